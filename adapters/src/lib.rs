@@ -1,0 +1,82 @@
+//! wardgate device adapters.
+//!
+//! An adapter turns a device-side transport (a serial port, a BLE link) into [`AdapterEvent`]s on a
+//! bounded channel. Adapters never talk to MQTT or SQLite: the gateway's pipeline drains the
+//! channel into the store, so a full channel slows the device side, never the heap.
+//!
+//! # Layout
+//! - [`observation`]: the data model (DESIGN §3): [`Observation`], [`DeviceEvent`], MDC codes.
+//! - [`serial`]: the serial port supervisor and the bedside-monitor protocol decoders
+//!   (`cms50`, `ansar-b`, `masimo`), pure functions from bytes to observations.
+//!
+//! # Contract
+//! - [`Adapter::run`] runs until the shutdown signal fires or an error it cannot recover from; the
+//!   gateway's supervisor restarts it with capped backoff and jitter and counts the failure.
+//! - Events are sent with `out.send(..).await`: backpressure reaches the device, never an
+//!   unbounded queue.
+//! - A decoder never panics on any input (property-tested).
+
+#![warn(missing_docs)]
+
+pub mod observation;
+pub mod serial;
+
+pub use observation::{DeviceEvent, DeviceId, EventKind, Observation, TimeQuality, Unit};
+
+use std::future::Future;
+use std::pin::Pin;
+use tokio::sync::{mpsc, watch};
+
+/// What an adapter emits: a reading or a device event.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AdapterEvent {
+    /// A decoded reading.
+    Observation(Observation),
+    /// A device event (connected, disconnected, error, rejected …).
+    Event(DeviceEvent),
+}
+
+/// A command sent back to a device (the way back, DESIGN §1): firmware relay and settings.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DeviceCommand {
+    /// Write raw bytes to the device's transport (serial: the port).
+    SendBytes(Vec<u8>),
+}
+
+/// Everything an adapter gets from the gateway when it starts.
+pub struct AdapterContext {
+    /// The adapter's configured name (used in logs and as part of device ids).
+    pub id: String,
+    /// Where events go; bounded, so `send().await` applies backpressure.
+    pub out: mpsc::Sender<AdapterEvent>,
+    /// Flips to `true` when the gateway shuts down; adapters return promptly.
+    pub shutdown: watch::Receiver<bool>,
+    /// Whether the gateway clock is known to be synchronised; sets `time_quality`.
+    pub clock_synced: watch::Receiver<bool>,
+}
+
+/// Errors an adapter returns to its supervisor.
+#[derive(Debug, thiserror::Error)]
+pub enum AdapterError {
+    /// The configuration cannot work (e.g. the port did not take the requested baud rate).
+    /// The supervisor reports it and retries only after the maximum backoff.
+    #[error("configuration refused by the device or port: {0}")]
+    Config(String),
+    /// A transport error that a restart may cure.
+    #[error("transport error: {0}")]
+    Transport(String),
+    /// The event channel closed: the gateway is shutting down.
+    #[error("event channel closed")]
+    ChannelClosed,
+}
+
+/// A boxed future returned by [`Adapter::run`].
+pub type RunFuture<'a> = Pin<Box<dyn Future<Output = Result<(), AdapterError>> + Send + 'a>>;
+
+/// Anything that turns a device-side transport into [`AdapterEvent`]s.
+pub trait Adapter: Send + Sync {
+    /// The adapter's configured name.
+    fn name(&self) -> &str;
+    /// Runs until `ctx.shutdown` fires (returns `Ok`) or a failure the supervisor should see.
+    fn run<'a>(&'a self, ctx: &'a mut AdapterContext) -> RunFuture<'a>;
+}

@@ -1,0 +1,221 @@
+//! The data model shared by adapters, the store and the uplink (DESIGN §3).
+//!
+//! An [`Observation`] is one reading: an IEEE 11073-10101 (MDC) code, a value in the unit named by
+//! [`Unit`], the device that produced it and when. Device events ([`DeviceEvent`]) travel the same
+//! path. Both are produced by pure decoders and adapters, buffered by the gateway's store and
+//! forwarded upstream in signed batches.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Stable device identifier, e.g. `serial:bed12-spo2:0000092845` or `ble:C8:2B:96:A1:00:01`.
+///
+/// For serial devices it is `serial:<configured device name>` — the name an installer gives the
+/// bedside monitor in the config, never the kernel's ttyUSB number (which can change at reboot).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DeviceId(pub String);
+
+impl DeviceId {
+    /// `serial:<name>` for a serial device configured under `name`.
+    pub fn serial(name: &str) -> Self {
+        DeviceId(format!("serial:{name}"))
+    }
+    /// The identifier as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A unit of measure: the IEEE 11073-10101 unit code (partition 4, DIM) and its UCUM spelling.
+///
+/// Source: PROTOCOLS.md §E.2 (antidote `nomenclature.h`, HL7 PHD IG).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Unit {
+    /// 32-bit MDC unit code, e.g. 262688 (MDC_DIM_PERCENT).
+    pub mdc: u32,
+    /// UCUM code, e.g. `%`, `/min`, `mm[Hg]`, `Cel`.
+    pub ucum: &'static str,
+}
+
+impl Unit {
+    /// MDC_DIM_PERCENT, `%`.
+    pub const PERCENT: Unit = Unit { mdc: 262_688, ucum: "%" };
+    /// MDC_DIM_BEAT_PER_MIN, `/min` (beats).
+    pub const BEAT_PER_MIN: Unit = Unit { mdc: 264_864, ucum: "/min" };
+    /// MDC_DIM_RESP_PER_MIN, `/min` (breaths).
+    pub const RESP_PER_MIN: Unit = Unit { mdc: 264_928, ucum: "/min" };
+    /// MDC_DIM_MMHG, `mm[Hg]`.
+    pub const MMHG: Unit = Unit { mdc: 266_016, ucum: "mm[Hg]" };
+    /// MDC_DIM_DEGC, `Cel`.
+    pub const DEGC: Unit = Unit { mdc: 268_192, ucum: "Cel" };
+    /// MDC_DIM_DIMLESS (term 512), `1`: a dimensionless number such as a pleth sample.
+    pub const DIMLESS: Unit = Unit { mdc: 262_656, ucum: "1" };
+
+    /// Every unit this crate emits; used to map a stored unit code back to its UCUM string.
+    pub const ALL: [Unit; 6] = [
+        Unit::PERCENT,
+        Unit::BEAT_PER_MIN,
+        Unit::RESP_PER_MIN,
+        Unit::MMHG,
+        Unit::DEGC,
+        Unit::DIMLESS,
+    ];
+
+    /// The unit with MDC code `mdc`, if this crate knows it.
+    pub fn from_mdc(mdc: u32) -> Option<Unit> {
+        Unit::ALL.iter().copied().find(|u| u.mdc == mdc)
+    }
+}
+
+/// IEEE 11073-10101 measurement codes (partition 2, SCADA) that wardgate emits.
+///
+/// Source: PROTOCOLS.md §E.2 (HL7 PHD IG examples, antidote specialisations).
+pub mod mdc {
+    /// MDC_PULS_OXIM_SAT_O2, SpO2 in %.
+    pub const SPO2: u32 = 150_456;
+    /// MDC_PULS_OXIM_PULS_RATE, pulse rate from an oximeter, /min.
+    pub const PULSE_RATE_OXIM: u32 = 149_530;
+    /// MDC_PULS_OXIM_PLETH, plethysmogram sample (dimensionless, device scale).
+    pub const PLETH: u32 = 150_452;
+    /// MDC_PULS_OXIM_PERF_REL, perfusion index in %.
+    pub const PERFUSION_INDEX: u32 = 150_488;
+    /// MDC_ECG_HEART_RATE, heart rate from ECG, /min.
+    pub const HEART_RATE_ECG: u32 = 147_842;
+    /// MDC_PRESS_BLD_NONINV_SYS, NIBP systolic, mmHg.
+    pub const NIBP_SYS: u32 = 150_021;
+    /// MDC_PRESS_BLD_NONINV_DIA, NIBP diastolic, mmHg.
+    pub const NIBP_DIA: u32 = 150_022;
+    /// MDC_PRESS_BLD_NONINV_MEAN, NIBP mean, mmHg.
+    pub const NIBP_MEAN: u32 = 150_023;
+    /// MDC_PULS_RATE_NON_INV, pulse rate from the NIBP cuff, /min.
+    pub const PULSE_RATE_NIBP: u32 = 149_546;
+    /// MDC_RESP_RATE, respiration rate, breaths/min.
+    pub const RESP_RATE: u32 = 151_562;
+    /// MDC_TEMP_BODY, body temperature, °C.
+    pub const TEMP_BODY: u32 = 150_364;
+    /// MDC_PRESS_BLD (invasive blood pressure, generic label) systolic, mmHg.
+    pub const IBP_SYS: u32 = 150_017;
+    /// MDC_PRESS_BLD_DIA, invasive diastolic, mmHg.
+    pub const IBP_DIA: u32 = 150_018;
+    /// MDC_PRESS_BLD_MEAN, invasive mean, mmHg.
+    pub const IBP_MEAN: u32 = 150_019;
+}
+
+/// How trustworthy an observation's time is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimeQuality {
+    /// `gateway_time` from a clock known to be synchronised (NTP).
+    Synced,
+    /// `gateway_time` from a clock not known to be synchronised (no RTC, no NTP yet).
+    Unsynced,
+    /// The device reported its own time stamp (`device_time`).
+    Device,
+}
+
+impl TimeQuality {
+    /// The wire spelling: `synced`, `unsynced` or `device`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimeQuality::Synced => "synced",
+            TimeQuality::Unsynced => "unsynced",
+            TimeQuality::Device => "device",
+        }
+    }
+    /// Parses the wire spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "synced" => Some(TimeQuality::Synced),
+            "unsynced" => Some(TimeQuality::Unsynced),
+            "device" => Some(TimeQuality::Device),
+            _ => None,
+        }
+    }
+}
+
+/// One reading from one device (DESIGN §3).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observation {
+    /// The device that measured it.
+    pub device: DeviceId,
+    /// IEEE 11073-10101 measurement code (see [`mdc`]).
+    pub code: u32,
+    /// The value, in `unit`. Never a placeholder: an absent or invalid reading is no observation.
+    pub value: f64,
+    /// Unit of `value`.
+    pub unit: Unit,
+    /// The device's own time stamp as it reported it (`YYYY-MM-DDThh:mm:ss`, device local time,
+    /// no offset), when it gives one.
+    pub device_time: Option<String>,
+    /// Gateway wall-clock time in milliseconds since the Unix epoch (UTC) when the reading arrived.
+    pub gateway_time: i64,
+    /// How far `gateway_time`/`device_time` can be trusted.
+    pub time_quality: TimeQuality,
+    /// Measurement-status flags from the device (e.g. `alarm`, `low-perfusion`); empty when the
+    /// device reported nothing unusual.
+    pub status: Vec<String>,
+}
+
+/// What a device event is about (DESIGN §3): travels the same path as observations.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// The device's transport came up (port opened and configured, BLE link established).
+    Connected,
+    /// The device's transport went away (unplug, EOF, EIO, link loss).
+    Disconnected,
+    /// Battery level report.
+    Battery,
+    /// Signal strength report.
+    Rssi,
+    /// An unknown or unauthorised device was seen and refused.
+    Rejected,
+    /// A device-side error: bad frame, checksum, identity mismatch, port problem.
+    Error,
+    /// The store dropped rows to stay within its retention limits (gateway-side event).
+    Dropped,
+}
+
+impl EventKind {
+    /// The wire spelling, e.g. `disconnected`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EventKind::Connected => "connected",
+            EventKind::Disconnected => "disconnected",
+            EventKind::Battery => "battery",
+            EventKind::Rssi => "rssi",
+            EventKind::Rejected => "rejected",
+            EventKind::Error => "error",
+            EventKind::Dropped => "dropped",
+        }
+    }
+}
+
+/// A device event (DESIGN §3): connection changes, errors, rejections.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeviceEvent {
+    /// The device concerned (for `rejected`, the identity it presented).
+    pub device: DeviceId,
+    /// What happened.
+    pub kind: EventKind,
+    /// Human-readable detail for an installer, e.g. `bad checksum at byte offset 4711`. Never
+    /// carries clinical values.
+    pub detail: String,
+    /// Gateway wall-clock time, milliseconds since the Unix epoch (UTC).
+    pub gateway_time: i64,
+}
+
+/// Milliseconds since the Unix epoch from the system clock (0 if the clock is before 1970).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,776 @@
+//! [`SerialAdapter`]: one serial bedside device, supervised end to end.
+//!
+//! # What it does
+//! 1. Opens the configured **stable path** (e.g. `/dev/serial/by-id/…`, a symlink that udev
+//!    re-points at whatever `ttyUSBn` the device got) with the configured baud rate, data bits,
+//!    parity and stop bits, no flow control, exclusive access (`TIOCEXCL` + `flock`).
+//! 2. **Reads the settings back** from the port (`SerialPort::baud_rate()`, `data_bits()`,
+//!    `parity()`, `stop_bits()`) and refuses to run when the port did not take them: an `error`
+//!    event, then [`AdapterError::Config`] (a USB-serial bridge that silently ignores parity
+//!    would otherwise deliver garbage that may still frame). The baud rate may differ by up to
+//!    [`BAUD_TOLERANCE_PERCENT`] % (a UART's own tolerance; drivers report the rate they achieved).
+//! 3. Emits `connected`, writes the protocol's [`Protocol::on_open`] bytes, sends its
+//!    [`Protocol::keepalive`] periodically, and feeds every byte read to a fresh decoder
+//!    ([`protocols::build`]).
+//! 4. Stamps each [`Reading`] into an [`Observation`] with device id `serial:<name>`,
+//!    `gateway_time` = [`now_ms`] and `time_quality` = `device` when the device sent its own time,
+//!    else `synced`/`unsynced` from [`AdapterContext::clock_synced`].
+//! 5. On end of file, `EIO`, `ENODEV` or any other read/write error (unplug; a pty whose master
+//!    closed gives `EIO`): emits `disconnected`, **closes the port** (drops the fd), and reopens the
+//!    stable path with capped exponential backoff and jitter (first wait 125–250 ms, doubling, at
+//!    most `max_backoff_s`; "equal jitter": half fixed, half random, so a ward of adapters does not
+//!    retry in lock step). The backoff restarts after a connection that lasted 10 s. There is no
+//!    busy loop: every retry waits. Returns `Ok(())` promptly when `shutdown` fires.
+//!
+//! # Identity (DESIGN §11: ports renumbered after reboot)
+//! When `serial_number` is configured, the protocol must report one ([`Protocol::reports_identity`],
+//! today only `masimo`; otherwise the adapter refuses to start with [`AdapterError::Config`], as the
+//! check could never pass). After every (re)open the adapter **holds back readings until the
+//! device has reported a matching serial number**: readings decoded before the first
+//! [`Decoded::Identity`] of the connection are dropped (counted in
+//! [`SerialStats::readings_dropped`]), not buffered — a Masimo reports `SN=` on every line, so at
+//! most the first line's readings are lost, and never attributed to the wrong bed. On a mismatch
+//! the adapter emits one `error` event (`device <name>: reports serial number X, configured Y;
+//! readings dropped until it matches`) and drops every reading until an identity that matches is
+//! seen again. The gate is reset on every reconnect: a different device on the same cable must
+//! prove itself again. Without a configured `serial_number`, identities are only logged.
+//!
+//! # Errors and counters
+//! A [`Decoded::Error`] becomes an `error` event `device <name>: <message> at byte offset N` (N
+//! counted from the first byte read on this connection) and increments
+//! [`SerialStats::frame_errors`]. At most [`MAX_ERROR_EVENTS_PER_SEC`] such events are sent per
+//! second; the rest are counted and summarised in one event, so a noisy line cannot flood the
+//! store. Counters are atomics readable at any time through [`SerialAdapter::stats`]. Logs never
+//! carry clinical values above `debug`.
+//!
+//! # The way back
+//! [`SerialAdapter::command_sender`] returns the device's command channel (DESIGN §1):
+//! [`DeviceCommand::SendBytes`] are written to the port while it is connected and wait in the
+//! channel (bounded, 16) while it is not.
+
+use super::config::{Parity, SerialConfig};
+use super::protocols::{self, Decoded, Protocol, Reading};
+use crate::observation::{now_ms, DeviceEvent, DeviceId, EventKind, Observation, TimeQuality};
+use crate::{Adapter, AdapterContext, AdapterError, AdapterEvent, DeviceCommand, RunFuture};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, Mutex};
+use tokio::time::Instant;
+use tokio_serial::{SerialPort, SerialPortBuilderExt, SerialStream};
+
+/// Largest accepted difference between the requested and the read-back baud rate, in percent.
+pub const BAUD_TOLERANCE_PERCENT: u32 = 2;
+
+/// Most `error` events sent per second for decoder errors; the rest are counted and summarised.
+pub const MAX_ERROR_EVENTS_PER_SEC: u32 = 5;
+
+/// First reopen wait (before jitter); doubles per failed attempt up to `max_backoff_s`.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
+/// A connection that lasted this long resets the backoff.
+const STABLE_CONNECTION: Duration = Duration::from_secs(10);
+/// Longest wait for a write (on-open bytes, keep-alive, commands) before the port counts as lost.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Read buffer size: a tenth of a second at 115200 baud.
+const READ_BUF: usize = 1024;
+/// Capacity of the per-device command channel.
+const COMMAND_CAPACITY: usize = 16;
+
+/// Line settings of a serial port: what the config asks for or what the port reports back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LineSettings {
+    /// Baud rate in bit/s.
+    pub baud: u32,
+    /// Data bits, 5–8.
+    pub data_bits: u8,
+    /// Parity.
+    pub parity: Parity,
+    /// Stop bits, 1 or 2.
+    pub stop_bits: u8,
+}
+
+impl LineSettings {
+    /// The settings `cfg` asks for (baud defaults to the protocol's own).
+    pub fn from_config(cfg: &SerialConfig) -> Self {
+        LineSettings { baud: cfg.baud(), data_bits: cfg.data_bits, parity: cfg.parity, stop_bits: cfg.stop_bits }
+    }
+
+    /// Reads the settings back from an open port.
+    pub fn read_back(port: &dyn SerialPort) -> Result<Self, String> {
+        let err = |what: &str, e: tokio_serial::Error| format!("cannot read back the {what}: {e}");
+        let baud = port.baud_rate().map_err(|e| err("baud rate", e))?;
+        let data_bits = match port.data_bits().map_err(|e| err("data bits", e))? {
+            tokio_serial::DataBits::Five => 5,
+            tokio_serial::DataBits::Six => 6,
+            tokio_serial::DataBits::Seven => 7,
+            tokio_serial::DataBits::Eight => 8,
+        };
+        let parity = match port.parity().map_err(|e| err("parity", e))? {
+            tokio_serial::Parity::None => Parity::None,
+            tokio_serial::Parity::Even => Parity::Even,
+            tokio_serial::Parity::Odd => Parity::Odd,
+        };
+        let stop_bits = match port.stop_bits().map_err(|e| err("stop bits", e))? {
+            tokio_serial::StopBits::One => 1,
+            tokio_serial::StopBits::Two => 2,
+        };
+        Ok(LineSettings { baud, data_bits, parity, stop_bits })
+    }
+
+    /// Short form such as `115200 8N1`.
+    pub fn describe(&self) -> String {
+        let p = match self.parity {
+            Parity::None => 'N',
+            Parity::Even => 'E',
+            Parity::Odd => 'O',
+        };
+        format!("{} {}{}{}", self.baud, self.data_bits, p, self.stop_bits)
+    }
+}
+
+/// Checks that the port took the requested settings: equal data bits, parity and stop bits, baud
+/// rate within [`BAUD_TOLERANCE_PERCENT`]. `Err` says what differs.
+pub fn check_line_settings(wanted: &LineSettings, actual: &LineSettings) -> Result<(), String> {
+    let baud_ok = u64::from(wanted.baud.abs_diff(actual.baud)) * 100
+        <= u64::from(wanted.baud) * u64::from(BAUD_TOLERANCE_PERCENT);
+    if baud_ok
+        && wanted.data_bits == actual.data_bits
+        && wanted.parity == actual.parity
+        && wanted.stop_bits == actual.stop_bits
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "port did not take the requested settings: asked for {}, port reports {}",
+            wanted.describe(),
+            actual.describe()
+        ))
+    }
+}
+
+/// A snapshot of a [`SerialAdapter`]'s counters (cumulative over the adapter's life).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SerialStats {
+    /// Well-formed frames (packages, messages, lines) decoded, see [`Protocol::frames_ok`].
+    pub frames_ok: u64,
+    /// [`Decoded::Error`]s: malformed or cut frames, garbage.
+    pub frame_errors: u64,
+    /// Observations sent.
+    pub readings: u64,
+    /// Readings dropped by the identity check (before a matching serial number, or after a
+    /// mismatching one).
+    pub readings_dropped: u64,
+    /// Times the device reported a serial number other than the configured one.
+    pub identity_mismatches: u64,
+    /// Successful opens of the port (the first one included).
+    pub connects: u64,
+    /// Successful opens after a lost connection (`connects` minus the first).
+    pub reconnects: u64,
+    /// Connections lost (EOF, EIO, ENODEV, write failure).
+    pub disconnects: u64,
+    /// Failed attempts to open the port.
+    pub open_failures: u64,
+    /// Bytes read from the port.
+    pub bytes_read: u64,
+}
+
+/// The atomics behind [`SerialStats`].
+#[derive(Debug, Default)]
+struct Counters {
+    frames_ok: AtomicU64,
+    frame_errors: AtomicU64,
+    readings: AtomicU64,
+    readings_dropped: AtomicU64,
+    identity_mismatches: AtomicU64,
+    connects: AtomicU64,
+    reconnects: AtomicU64,
+    disconnects: AtomicU64,
+    open_failures: AtomicU64,
+    bytes_read: AtomicU64,
+}
+
+fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// What the identity check says about one reported serial number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdentityVerdict {
+    /// No serial number is configured: nothing to check.
+    Unchecked,
+    /// It matches the configured one (first time on this connection, or again after a mismatch).
+    Confirmed,
+    /// It matches, as it did before.
+    StillConfirmed,
+    /// It differs from the configured one and from the last mismatching one: report it.
+    Mismatch,
+    /// It is the same wrong number as before: already reported.
+    StillMismatch,
+}
+
+/// Per-connection identity gate (see the module documentation). Pure: no I/O.
+#[derive(Clone, Debug)]
+pub struct IdentityGate {
+    /// The configured serial number, if any.
+    expected: Option<String>,
+    /// The last serial number the device reported on this connection.
+    last: Option<String>,
+    /// Whether readings may pass.
+    open: bool,
+}
+
+impl IdentityGate {
+    /// A gate for one connection: open when nothing is configured, closed until a match otherwise.
+    pub fn new(expected: Option<&str>) -> Self {
+        IdentityGate { expected: expected.map(str::to_owned), last: None, open: expected.is_none() }
+    }
+
+    /// Whether readings may pass now.
+    pub fn admits(&self) -> bool {
+        self.open
+    }
+
+    /// Records a serial number reported by the device (compared exactly, surrounding spaces
+    /// ignored).
+    pub fn observe(&mut self, reported: &str) -> IdentityVerdict {
+        let reported = reported.trim();
+        let previous = self.last.replace(reported.to_owned());
+        let Some(expected) = &self.expected else {
+            return IdentityVerdict::Unchecked;
+        };
+        if reported == expected.trim() {
+            let was_open = std::mem::replace(&mut self.open, true);
+            if was_open {
+                IdentityVerdict::StillConfirmed
+            } else {
+                IdentityVerdict::Confirmed
+            }
+        } else {
+            self.open = false;
+            if previous.as_deref() == Some(reported) {
+                IdentityVerdict::StillMismatch
+            } else {
+                IdentityVerdict::Mismatch
+            }
+        }
+    }
+}
+
+/// Allows at most [`MAX_ERROR_EVENTS_PER_SEC`] error events per one-second window.
+#[derive(Debug)]
+struct ErrorLimiter {
+    window_start: Instant,
+    sent: u32,
+    suppressed: u64,
+}
+
+impl ErrorLimiter {
+    fn new() -> Self {
+        ErrorLimiter { window_start: Instant::now(), sent: 0, suppressed: 0 }
+    }
+
+    /// Starts a new window when the current one is over; returns how many events the previous
+    /// windows suppressed (to summarise), resetting that count.
+    fn roll(&mut self, now: Instant) -> u64 {
+        if now.duration_since(self.window_start) >= Duration::from_secs(1) {
+            self.window_start = now;
+            self.sent = 0;
+            std::mem::take(&mut self.suppressed)
+        } else {
+            0
+        }
+    }
+
+    /// Whether one more event may be sent in this window (counts it either way).
+    fn allow(&mut self) -> bool {
+        if self.sent < MAX_ERROR_EVENTS_PER_SEC {
+            self.sent += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+}
+
+/// Why a connection ended.
+enum SessionEnd {
+    /// `shutdown` fired.
+    Shutdown,
+    /// The port went away or failed; the reason is for the `disconnected` event.
+    Lost(String),
+    /// The event channel closed.
+    ChannelClosed,
+}
+
+/// A serial bedside device adapter (see the module documentation).
+pub struct SerialAdapter {
+    /// The device's configuration (path, protocol, line settings, serial number, backoff cap).
+    cfg: SerialConfig,
+    /// `serial:<name>`, stamped on every observation and event.
+    device: DeviceId,
+    /// Counters, shared with whoever asks for [`SerialAdapter::stats`].
+    counters: Arc<Counters>,
+    /// Sender half of the command channel, handed out by [`SerialAdapter::command_sender`].
+    cmd_tx: mpsc::Sender<DeviceCommand>,
+    /// Receiver half, owned by the running `run` (a second concurrent `run` is refused).
+    cmd_rx: Mutex<mpsc::Receiver<DeviceCommand>>,
+}
+
+impl SerialAdapter {
+    /// An adapter for one configured serial device. Nothing is opened until [`Adapter::run`].
+    pub fn new(cfg: SerialConfig) -> Self {
+        let device = DeviceId::serial(&cfg.name);
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_CAPACITY);
+        SerialAdapter { cfg, device, counters: Arc::default(), cmd_tx, cmd_rx: Mutex::new(cmd_rx) }
+    }
+
+    /// The device id its observations carry: `serial:<name>`.
+    pub fn device_id(&self) -> &DeviceId {
+        &self.device
+    }
+
+    /// The device's command channel: bytes sent here are written to the port (the way back).
+    pub fn command_sender(&self) -> mpsc::Sender<DeviceCommand> {
+        self.cmd_tx.clone()
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> SerialStats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        SerialStats {
+            frames_ok: get(&c.frames_ok),
+            frame_errors: get(&c.frame_errors),
+            readings: get(&c.readings),
+            readings_dropped: get(&c.readings_dropped),
+            identity_mismatches: get(&c.identity_mismatches),
+            connects: get(&c.connects),
+            reconnects: get(&c.reconnects),
+            disconnects: get(&c.disconnects),
+            open_failures: get(&c.open_failures),
+            bytes_read: get(&c.bytes_read),
+        }
+    }
+
+    fn event(&self, kind: EventKind, detail: String) -> AdapterEvent {
+        AdapterEvent::Event(DeviceEvent { device: self.device.clone(), kind, detail, gateway_time: now_ms() })
+    }
+
+    async fn send(&self, ctx: &AdapterContext, ev: AdapterEvent) -> Result<(), AdapterError> {
+        ctx.out.send(ev).await.map_err(|_| AdapterError::ChannelClosed)
+    }
+
+    /// Reports a configuration the adapter cannot work with and returns the error to give up with.
+    async fn refuse(&self, ctx: &AdapterContext, why: String) -> AdapterError {
+        log::error!("serial {}: {why}", self.cfg.name);
+        let detail = format!("device {}: {why}", self.cfg.name);
+        match self.send(ctx, self.event(EventKind::Error, detail)).await {
+            Ok(()) => AdapterError::Config(why),
+            Err(e) => e,
+        }
+    }
+
+    /// Checks the parts of the config that no port can fix.
+    fn static_check(&self, protocol: &dyn Protocol) -> Result<(), String> {
+        let cfg = &self.cfg;
+        if !(5..=8).contains(&cfg.data_bits) {
+            return Err(format!("data_bits {} is not 5, 6, 7 or 8", cfg.data_bits));
+        }
+        if !(1..=2).contains(&cfg.stop_bits) {
+            return Err(format!("stop_bits {} is not 1 or 2", cfg.stop_bits));
+        }
+        if cfg.baud() == 0 {
+            return Err("baud 0".into());
+        }
+        if cfg.serial_number.is_some() && !protocol.reports_identity() {
+            return Err(format!(
+                "serial_number is configured but protocol {} never reports one, so it cannot be checked",
+                protocol.name()
+            ));
+        }
+        Ok(())
+    }
+
+    fn open(&self, want: &LineSettings) -> Result<SerialStream, tokio_serial::Error> {
+        let data_bits = match want.data_bits {
+            5 => tokio_serial::DataBits::Five,
+            6 => tokio_serial::DataBits::Six,
+            7 => tokio_serial::DataBits::Seven,
+            _ => tokio_serial::DataBits::Eight,
+        };
+        let parity = match want.parity {
+            Parity::None => tokio_serial::Parity::None,
+            Parity::Even => tokio_serial::Parity::Even,
+            Parity::Odd => tokio_serial::Parity::Odd,
+        };
+        let stop_bits =
+            if want.stop_bits == 2 { tokio_serial::StopBits::Two } else { tokio_serial::StopBits::One };
+        let path = self.cfg.path.to_string_lossy();
+        tokio_serial::new(path, want.baud)
+            .data_bits(data_bits)
+            .parity(parity)
+            .stop_bits(stop_bits)
+            .flow_control(tokio_serial::FlowControl::None)
+            .open_native_async()
+    }
+
+    async fn run_inner(&self, ctx: &mut AdapterContext) -> Result<(), AdapterError> {
+        let name = &self.cfg.name;
+        let Ok(mut cmd_rx) = self.cmd_rx.try_lock() else {
+            return Err(self.refuse(ctx, "adapter is already running".into()).await);
+        };
+        if let Err(why) = self.static_check(protocols::build(self.cfg.protocol).as_ref()) {
+            return Err(self.refuse(ctx, why).await);
+        }
+        let want = LineSettings::from_config(&self.cfg);
+        let max_backoff = Duration::from_secs(self.cfg.max_backoff_s.max(1));
+        let mut rng = fastrand::Rng::new();
+        let mut attempt: u32 = 0;
+        let mut open_failure_reported = false;
+        loop {
+            if *ctx.shutdown.borrow() {
+                return Ok(());
+            }
+            match self.open(&want) {
+                Ok(mut port) => {
+                    open_failure_reported = false;
+                    let actual = LineSettings::read_back(&port);
+                    if let Err(why) = actual.and_then(|a| check_line_settings(&want, &a)) {
+                        drop(port);
+                        return Err(self.refuse(ctx, why).await);
+                    }
+                    let previous = self.counters.connects.fetch_add(1, Ordering::Relaxed);
+                    if previous > 0 {
+                        bump(&self.counters.reconnects, 1);
+                    }
+                    log::info!("serial {name}: connected to {} at {}", self.cfg.path.display(), want.describe());
+                    let detail = format!(
+                        "device {name}: opened {} at {} ({})",
+                        self.cfg.path.display(),
+                        want.describe(),
+                        self.cfg.protocol.as_str()
+                    );
+                    self.send(ctx, self.event(EventKind::Connected, detail)).await?;
+                    let began = Instant::now();
+                    let end = self.session(&mut port, ctx, &mut cmd_rx).await;
+                    drop(port); // close the fd before any wait, so the device node can go away
+                    match end {
+                        SessionEnd::Shutdown => return Ok(()),
+                        SessionEnd::ChannelClosed => return Err(AdapterError::ChannelClosed),
+                        SessionEnd::Lost(reason) => {
+                            bump(&self.counters.disconnects, 1);
+                            log::warn!("serial {name}: connection lost: {reason}");
+                            let detail = format!("device {name}: {reason}");
+                            self.send(ctx, self.event(EventKind::Disconnected, detail)).await?;
+                        }
+                    }
+                    if began.elapsed() >= STABLE_CONNECTION {
+                        attempt = 0;
+                    }
+                }
+                Err(e) => {
+                    bump(&self.counters.open_failures, 1);
+                    if open_failure_reported {
+                        log::debug!("serial {name}: still cannot open {}: {e}", self.cfg.path.display());
+                    } else {
+                        open_failure_reported = true;
+                        log::warn!("serial {name}: cannot open {}: {e}", self.cfg.path.display());
+                        let detail = format!("device {name}: cannot open {}: {e}", self.cfg.path.display());
+                        self.send(ctx, self.event(EventKind::Error, detail)).await?;
+                    }
+                }
+            }
+            let wait = backoff_delay(attempt, max_backoff, &mut rng);
+            attempt = attempt.saturating_add(1);
+            log::debug!("serial {name}: reopening in {wait:?}");
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                changed = ctx.shutdown.changed() => {
+                    if changed.is_err() || *ctx.shutdown.borrow() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs one connection until it is lost, shutdown fires or the channel closes.
+    async fn session(
+        &self,
+        port: &mut SerialStream,
+        ctx: &mut AdapterContext,
+        cmd_rx: &mut mpsc::Receiver<DeviceCommand>,
+    ) -> SessionEnd {
+        let mut protocol = protocols::build(self.cfg.protocol);
+        let on_open = protocol.on_open();
+        if !on_open.is_empty() {
+            if let Err(reason) = write(port, &on_open).await {
+                return SessionEnd::Lost(reason);
+            }
+        }
+        let (period, keepalive) = match protocol.keepalive() {
+            Some((p, bytes)) if !p.is_zero() => (p, bytes),
+            _ => (Duration::from_secs(3600), Vec::new()),
+        };
+        let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut state = SessionState {
+            gate: IdentityGate::new(self.cfg.serial_number.as_deref()),
+            last_logged: None,
+            limiter: ErrorLimiter::new(),
+            frames_seen: 0,
+        };
+        let mut buf = vec![0u8; READ_BUF];
+        let mut decoded = Vec::new();
+        loop {
+            tokio::select! {
+                changed = ctx.shutdown.changed() => {
+                    if changed.is_err() || *ctx.shutdown.borrow() {
+                        return SessionEnd::Shutdown;
+                    }
+                }
+                read = port.read(&mut buf) => match read {
+                    Ok(0) => return SessionEnd::Lost("end of file on the port (unplugged?)".into()),
+                    Ok(n) => {
+                        bump(&self.counters.bytes_read, n as u64);
+                        protocol.feed(&buf[..n], &mut decoded);
+                        let frames = protocol.frames_ok();
+                        bump(&self.counters.frames_ok, frames - state.frames_seen);
+                        state.frames_seen = frames;
+                        if self.deliver(&mut decoded, &mut state, ctx).await.is_err() {
+                            return SessionEnd::ChannelClosed;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return SessionEnd::Lost(describe_io_error(&e)),
+                },
+                _ = ticker.tick(), if !keepalive.is_empty() => {
+                    if let Err(reason) = write(port, &keepalive).await {
+                        return SessionEnd::Lost(reason);
+                    }
+                }
+                cmd = cmd_rx.recv() => {
+                    if let Some(DeviceCommand::SendBytes(bytes)) = cmd {
+                        if let Err(reason) = write(port, &bytes).await {
+                            return SessionEnd::Lost(reason);
+                        }
+                    } else {
+                        // Unreachable while `self` holds a sender; wait for the other branches.
+                        std::future::pending::<()>().await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Turns decoder output into events on the channel (identity gate, error limiter, counters).
+    async fn deliver(
+        &self,
+        decoded: &mut Vec<Decoded>,
+        st: &mut SessionState,
+        ctx: &AdapterContext,
+    ) -> Result<(), AdapterError> {
+        let name = &self.cfg.name;
+        let suppressed = st.limiter.roll(Instant::now());
+        if suppressed > 0 {
+            let detail = format!("device {name}: {suppressed} further frame errors not reported one by one");
+            self.send(ctx, self.event(EventKind::Error, detail)).await?;
+        }
+        for d in decoded.drain(..) {
+            match d {
+                Decoded::Reading(r) => {
+                    if st.gate.admits() {
+                        let obs = self.observation(r, *ctx.clock_synced.borrow());
+                        log::debug!("serial {name}: code {} value {} {}", obs.code, obs.value, obs.unit.ucum);
+                        self.send(ctx, AdapterEvent::Observation(obs)).await?;
+                        bump(&self.counters.readings, 1);
+                    } else {
+                        bump(&self.counters.readings_dropped, 1);
+                    }
+                }
+                Decoded::Identity(id) => match st.gate.observe(&id) {
+                    IdentityVerdict::Unchecked => {
+                        if st.last_logged.as_deref() != Some(id.as_str()) {
+                            log::info!("serial {name}: device reports serial number {id}");
+                            st.last_logged = Some(id);
+                        }
+                    }
+                    IdentityVerdict::Confirmed => {
+                        log::info!("serial {name}: serial number {id} confirmed");
+                    }
+                    IdentityVerdict::StillConfirmed | IdentityVerdict::StillMismatch => {}
+                    IdentityVerdict::Mismatch => {
+                        bump(&self.counters.identity_mismatches, 1);
+                        let expected = self.cfg.serial_number.as_deref().unwrap_or_default();
+                        let why = format!(
+                            "reports serial number {id}, configured {expected}; readings dropped until it matches"
+                        );
+                        log::error!("serial {name}: {why}");
+                        let detail = format!("device {name}: {why}");
+                        self.send(ctx, self.event(EventKind::Error, detail)).await?;
+                    }
+                },
+                Decoded::Error { offset, message } => {
+                    bump(&self.counters.frame_errors, 1);
+                    if st.limiter.allow() {
+                        log::warn!("serial {name}: {message} at byte offset {offset}");
+                        let detail = format!("device {name}: {message} at byte offset {offset}");
+                        self.send(ctx, self.event(EventKind::Error, detail)).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn observation(&self, r: Reading, clock_synced: bool) -> Observation {
+        let time_quality = if r.device_time.is_some() {
+            TimeQuality::Device
+        } else if clock_synced {
+            TimeQuality::Synced
+        } else {
+            TimeQuality::Unsynced
+        };
+        Observation {
+            device: self.device.clone(),
+            code: r.code,
+            value: r.value,
+            unit: r.unit,
+            device_time: r.device_time,
+            gateway_time: now_ms(),
+            time_quality,
+            status: r.status,
+        }
+    }
+}
+
+/// Per-connection state of [`SerialAdapter::session`].
+struct SessionState {
+    /// The identity gate of this connection.
+    gate: IdentityGate,
+    /// The last serial number logged when none is configured (log once per change).
+    last_logged: Option<String>,
+    /// Rate limit for error events.
+    limiter: ErrorLimiter,
+    /// `frames_ok` of this connection's decoder already added to the counters.
+    frames_seen: u64,
+}
+
+/// Writes all of `bytes`, failing after [`WRITE_TIMEOUT`].
+async fn write(port: &mut SerialStream, bytes: &[u8]) -> Result<(), String> {
+    match tokio::time::timeout(WRITE_TIMEOUT, port.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("write failed: {}", describe_io_error(&e))),
+        Err(_) => Err(format!("write did not complete within {WRITE_TIMEOUT:?}")),
+    }
+}
+
+fn describe_io_error(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(5) => format!("I/O error (EIO, device unplugged?): {e}"),
+        Some(19) => format!("no such device (ENODEV, unplugged): {e}"),
+        _ => format!("read failed: {e}"),
+    }
+}
+
+/// Wait before reopen attempt `attempt` (0-based): `INITIAL_BACKOFF · 2^attempt`, capped at `max`,
+/// with equal jitter (half fixed, half uniformly random).
+pub fn backoff_delay(attempt: u32, max: Duration, rng: &mut fastrand::Rng) -> Duration {
+    let factor = 1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX);
+    let base = INITIAL_BACKOFF.saturating_mul(factor).min(max);
+    let half = base / 2;
+    let jitter_ms = rng.u64(0..=half.as_millis() as u64);
+    half + Duration::from_millis(jitter_ms)
+}
+
+impl Adapter for SerialAdapter {
+    fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    fn run<'a>(&'a self, ctx: &'a mut AdapterContext) -> RunFuture<'a> {
+        Box::pin(self.run_inner(ctx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(baud: u32, data_bits: u8, parity: Parity, stop_bits: u8) -> LineSettings {
+        LineSettings { baud, data_bits, parity, stop_bits }
+    }
+
+    #[test]
+    fn read_back_settings_must_match_what_was_asked() {
+        let want = settings(9600, 8, Parity::None, 1);
+        assert!(check_line_settings(&want, &want).is_ok());
+        // A driver reporting the rate it achieved (within 2 %) is fine.
+        assert!(check_line_settings(&settings(115_200, 8, Parity::None, 1), &settings(115_384, 8, Parity::None, 1)).is_ok());
+        let e = check_line_settings(&want, &settings(19_200, 8, Parity::None, 1)).unwrap_err();
+        assert!(e.contains("asked for 9600 8N1, port reports 19200 8N1"), "{e}");
+        assert!(check_line_settings(&want, &settings(9600, 8, Parity::Even, 1)).is_err());
+        assert!(check_line_settings(&want, &settings(9600, 7, Parity::None, 1)).is_err());
+        assert!(check_line_settings(&want, &settings(9600, 8, Parity::None, 2)).is_err());
+        assert_eq!(settings(9600, 7, Parity::Odd, 2).describe(), "9600 7O2");
+    }
+
+    #[test]
+    fn identity_gate_without_a_configured_number_admits_everything() {
+        let mut g = IdentityGate::new(None);
+        assert!(g.admits());
+        assert_eq!(g.observe("123"), IdentityVerdict::Unchecked);
+        assert!(g.admits());
+    }
+
+    #[test]
+    fn identity_gate_holds_readings_until_the_configured_number_is_seen() {
+        let mut g = IdentityGate::new(Some("0000092845"));
+        assert!(!g.admits(), "readings before the first identity are held back");
+        assert_eq!(g.observe("0000092845"), IdentityVerdict::Confirmed);
+        assert!(g.admits());
+        assert_eq!(g.observe(" 0000092845 "), IdentityVerdict::StillConfirmed);
+    }
+
+    #[test]
+    fn identity_gate_drops_readings_after_a_mismatch_until_it_matches_again() {
+        let mut g = IdentityGate::new(Some("A1"));
+        assert_eq!(g.observe("B2"), IdentityVerdict::Mismatch);
+        assert!(!g.admits());
+        assert_eq!(g.observe("B2"), IdentityVerdict::StillMismatch, "reported once");
+        assert_eq!(g.observe("C3"), IdentityVerdict::Mismatch, "a new wrong number is reported");
+        assert_eq!(g.observe("A1"), IdentityVerdict::Confirmed);
+        assert!(g.admits());
+        assert_eq!(g.observe("B2"), IdentityVerdict::Mismatch);
+        assert!(!g.admits());
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_is_capped() {
+        let mut rng = fastrand::Rng::with_seed(1);
+        let max = Duration::from_secs(30);
+        for _ in 0..100 {
+            let d0 = backoff_delay(0, max, &mut rng);
+            assert!(d0 >= Duration::from_millis(125) && d0 <= Duration::from_millis(250), "{d0:?}");
+            let d3 = backoff_delay(3, max, &mut rng);
+            assert!(d3 >= Duration::from_millis(1000) && d3 <= Duration::from_millis(2000), "{d3:?}");
+            let big = backoff_delay(40, max, &mut rng);
+            assert!(big >= Duration::from_secs(15) && big <= max, "{big:?}");
+        }
+        let small_cap = backoff_delay(10, Duration::from_secs(1), &mut rng);
+        assert!(small_cap <= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn error_limiter_allows_a_few_per_second_and_counts_the_rest() {
+        let mut l = ErrorLimiter::new();
+        let t0 = l.window_start;
+        let allowed = (0..20).filter(|_| l.allow()).count();
+        assert_eq!(allowed, MAX_ERROR_EVENTS_PER_SEC as usize);
+        assert_eq!(l.roll(t0 + Duration::from_millis(500)), 0);
+        assert_eq!(l.roll(t0 + Duration::from_secs(1)), 15);
+        assert!(l.allow());
+    }
+}

@@ -1,0 +1,500 @@
+//! Contec CMS50D+ / CMS50E pulse oximeters, newer `7D 81` command set ("V7.0"), 115200 8N1.
+//!
+//! # Sources
+//! - Contec Medical Systems, "Communication protocol of pulse oximeter V7.0" (2010-07-08), §3.2
+//!   package format: byte 0 is the *package type* with bit 7 clear; byte 1 is the *high byte*
+//!   with bit 7 set, whose bits 0..6 are bit 7 of the following data bytes; every data byte is sent
+//!   with bit 7 set (the synchronisation bit). Known from the copies on scribd/tranzoa.net as quoted
+//!   in third-party drivers; the vendor does not publish it.
+//! - gagistech/bedsidemon `src/bedsidemon/spo2/contec_cms50d_plus.cpp` (commit 8cca8de4):
+//!   restores the high bits exactly that way and names the 7 data bytes of the live package
+//!   (type `0x01`): d0 signal strength (bits 0..3), searching too long (bit 4), pulse beep
+//!   (bit 6), finger out (bit 7); d1 waveform point (bits 0..6), searching pulse (bit 7); d2 bit 4
+//!   set = PI invalid; d3 pulse rate, `0xFF` = invalid; d4 SpO2 in %, > 100 = invalid; d5/d6 PI
+//!   (16-bit little-endian).
+//! - celiponcio/oximeter-CMS50Dplus-v4.6-LIVE-data-display-store-alarm `BreatheIn.py`: the same
+//!   reading of the high byte's bits 0 and 1 (finger out, searching) from a real CMS50D+ v4.6.
+//! - headrotor/art-sensors `spO2/stream_data.py` (commit 0893e6a2): the captured handshake,
+//!   start-live command `7D 81 A1 80 80 80 80 80 80` and keep-alive `7D 81 AF 80 80 80 80 80 80`
+//!   sent periodically; the recording `shared/data/real/serial/cms50dplus_handshake_and_live.csv`
+//!   is transcribed from it.
+//! - titinho11/CMS50E-raw-ppg-data: the CMS50E recording `cms50e_live_capture.bin` (60 frames/s).
+//!
+//! # Frame layout as decoded here (9 bytes on the wire)
+//! `01 HI D0 D1 D2 D3 D4 D5 D6`, data byte `di` = `(Di & 0x7F) | (bit i of HI) << 7`.
+//!
+//! The byte that earlier reverse-engineering notes call "status" (`E0` valid, `E1`, `E2`) is the
+//! high byte: `E0` = no data byte has bit 7 set except d5/d6 (PI = `0xFFFF`, invalid); `E1` sets
+//! bit 7 of d0 = **finger out**; `E2` sets bit 7 of d1 = **searching pulse**. A pulse rate of
+//! 128 bpm or more also sets bit 3 of the high byte; decoders that compute `byte5 & 0x7F` report
+//! such a pulse 128 bpm too low — this decoder does not.
+//!
+//! # What is emitted per live frame
+//! - Finger out: nothing (no numeric, no pleth sample).
+//! - Searching pulse: the pleth sample only, with status `pulse-search`; no SpO2, no pulse rate.
+//! - Otherwise: SpO2 ([`mdc::SPO2`], %) when `1..=100`; pulse rate ([`mdc::PULSE_RATE_OXIM`],
+//!   /min) when `1..=254` (`0xFF` is the device's "invalid", 0 is never a measured rate); the pleth
+//!   sample ([`mdc::PLETH`], dimensionless, device scale `0..=127` = d1 bits 0..6). The numerics
+//!   carry status `search-too-long` when d0 bit 4 is set. Note: the expected CSV next to the
+//!   CMS50E recording lists the raw wire byte (`d1 | 0x80`, 128..255) in its `pleth` column; the
+//!   value emitted here is that byte minus the synchronisation bit.
+//! - PI (d5/d6) is not emitted: its scale is not documented in any source we could read, and both
+//!   recordings carry `0xFFFF` (invalid).
+//!
+//! Frames come at 60 per second, so SpO2 and pulse rate are repeated on every frame.
+//!
+//! # Framing
+//! Any byte with bit 7 clear starts a package. A live package (`0x01`) must be followed by
+//! exactly 8 bytes with bit 7 set. Other packages (responses to the host's queries, e.g. `0C 80`
+//! or `04 80 F5 F3 E5 F2 A0 A0 A0`) are skipped without error up to the next type byte. Bytes
+//! before the first type byte of the stream (the port opened mid-frame) are skipped silently.
+//! Errors ([`Decoded::Error`], offset = absolute stream offset): a live frame cut short by a new
+//! type byte, bytes with bit 7 set outside any package, a package with no body, a non-live package
+//! longer than 32 bytes. One error is reported per stretch of bad input; the stretch ends at the
+//! next well-formed package.
+
+use super::{Decoded, Protocol, Reading};
+use crate::observation::{mdc, Unit};
+use std::time::Duration;
+
+/// Host → device command that starts the live stream (package type `0x7D`, command `0xA1`).
+/// Source: headrotor/art-sensors `spO2/stream_data.py` (`cmd1`); the CMS50D+ capture.
+pub const START_LIVE: [u8; 9] = [0x7D, 0x81, 0xA1, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80];
+
+/// Host → device "host is connected" keep-alive (command `0xAF`; V7.0 protocol: "inform device
+/// being connected", every 5 s). Source: headrotor/art-sensors `spO2/stream_data.py` (`cmd2`,
+/// sent periodically by the vendor software).
+pub const KEEPALIVE: [u8; 9] = [0x7D, 0x81, 0xAF, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80];
+
+/// How often [`KEEPALIVE`] (followed by [`START_LIVE`] again) is sent: 5 s. The start command is
+/// repeated because the CMS50D+ stops live data about 30 s after it was requested
+/// (gagistech/bedsidemon re-requests every ~15 s); repeating it is harmless while streaming.
+pub const KEEPALIVE_PERIOD: Duration = Duration::from_secs(5);
+
+/// Package type of a live (real-time) data package.
+const LIVE_TYPE: u8 = 0x01;
+/// Length of a live package on the wire: type, high byte, 7 data bytes.
+const LIVE_LEN: usize = 9;
+/// Longest body accepted for a non-live package before the decoder calls it garbage.
+const MAX_OTHER_BODY: usize = 32;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Nothing recognised yet: the port may have opened mid-frame, skip silently.
+    Unsynced,
+    /// Between packages: only a type byte may come.
+    Idle,
+    /// Collecting a live package that started at `start`; `len` bytes are in `frame`.
+    Live { start: u64, len: usize },
+    /// Skipping the body of a non-live package of type `ty` that started at `start`.
+    Other { start: u64, ty: u8, len: usize },
+    /// After an error: skipping until the next type byte.
+    Garbage,
+}
+
+/// Decoder for the CMS50D+/CMS50E live stream (see the module documentation).
+#[derive(Debug)]
+pub struct Cms50 {
+    /// Framing state.
+    state: State,
+    /// The live package being collected.
+    frame: [u8; LIVE_LEN],
+    /// Absolute offset of the next byte fed.
+    offset: u64,
+    /// An error was reported and no well-formed package has followed yet: stay quiet.
+    in_bad_stretch: bool,
+    /// Complete live packages decoded.
+    frames_ok: u64,
+}
+
+impl Default for Cms50 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Cms50 {
+    /// A decoder at stream offset 0.
+    pub fn new() -> Self {
+        Cms50 {
+            state: State::Unsynced,
+            frame: [0; LIVE_LEN],
+            offset: 0,
+            in_bad_stretch: false,
+            frames_ok: 0,
+        }
+    }
+
+    fn error(&mut self, offset: u64, message: String, out: &mut Vec<Decoded>) {
+        if !self.in_bad_stretch {
+            out.push(Decoded::Error { offset, message });
+        }
+        self.in_bad_stretch = true;
+    }
+
+    fn begin(&mut self, ty: u8, at: u64) {
+        if ty == LIVE_TYPE {
+            self.frame[0] = ty;
+            self.state = State::Live { start: at, len: 1 };
+        } else {
+            self.state = State::Other { start: at, ty, len: 0 };
+        }
+    }
+
+    fn push(&mut self, b: u8, out: &mut Vec<Decoded>) {
+        let at = self.offset;
+        self.offset += 1;
+        let is_type = b & 0x80 == 0;
+        match self.state {
+            State::Unsynced | State::Garbage => {
+                if is_type {
+                    self.begin(b, at);
+                }
+            }
+            State::Idle => {
+                if is_type {
+                    self.begin(b, at);
+                } else {
+                    self.error(at, format!("unexpected byte 0x{b:02X} outside a package, resyncing"), out);
+                    self.state = State::Garbage;
+                }
+            }
+            State::Live { start, len } => {
+                if is_type {
+                    self.error(start, format!("truncated live frame ({len} of {LIVE_LEN} bytes), resyncing"), out);
+                    self.begin(b, at);
+                } else {
+                    self.frame[len] = b;
+                    if len + 1 == LIVE_LEN {
+                        self.state = State::Idle;
+                        self.in_bad_stretch = false;
+                        self.frames_ok += 1;
+                        decode_live(&self.frame, out);
+                    } else {
+                        self.state = State::Live { start, len: len + 1 };
+                    }
+                }
+            }
+            State::Other { start, ty, len } => {
+                if is_type {
+                    if len == 0 {
+                        self.error(start, format!("empty package of type 0x{ty:02X}, resyncing"), out);
+                    } else {
+                        self.in_bad_stretch = false;
+                    }
+                    self.begin(b, at);
+                } else if len + 1 > MAX_OTHER_BODY {
+                    self.error(
+                        start,
+                        format!("package of type 0x{ty:02X} longer than {MAX_OTHER_BODY} bytes, resyncing"),
+                        out,
+                    );
+                    self.state = State::Garbage;
+                } else {
+                    self.state = State::Other { start, ty, len: len + 1 };
+                }
+            }
+        }
+    }
+}
+
+/// The seven data bytes of a package with their bit 7 restored from the high byte.
+fn restore_high_bits(frame: &[u8; LIVE_LEN]) -> [u8; 7] {
+    let hi = frame[1];
+    let mut d = [0u8; 7];
+    for (i, v) in d.iter_mut().enumerate() {
+        *v = (frame[2 + i] & 0x7F) | (((hi >> i) & 1) << 7);
+    }
+    d
+}
+
+fn reading(code: u32, value: f64, unit: Unit, status: Vec<String>) -> Decoded {
+    Decoded::Reading(Reading { code, value, unit, device_time: None, status })
+}
+
+fn decode_live(frame: &[u8; LIVE_LEN], out: &mut Vec<Decoded>) {
+    let d = restore_high_bits(frame);
+    let finger_out = d[0] & 0x80 != 0;
+    let search_too_long = d[0] & 0x10 != 0;
+    let searching = d[1] & 0x80 != 0;
+    let pleth = d[1] & 0x7F;
+    let pulse = d[3];
+    let spo2 = d[4];
+    if finger_out {
+        return;
+    }
+    if searching {
+        out.push(reading(mdc::PLETH, f64::from(pleth), Unit::DIMLESS, vec!["pulse-search".into()]));
+        return;
+    }
+    let status = || -> Vec<String> {
+        if search_too_long {
+            vec!["search-too-long".into()]
+        } else {
+            Vec::new()
+        }
+    };
+    if (1..=100).contains(&spo2) {
+        out.push(reading(mdc::SPO2, f64::from(spo2), Unit::PERCENT, status()));
+    }
+    if (1..=254).contains(&pulse) {
+        out.push(reading(mdc::PULSE_RATE_OXIM, f64::from(pulse), Unit::BEAT_PER_MIN, status()));
+    }
+    out.push(reading(mdc::PLETH, f64::from(pleth), Unit::DIMLESS, Vec::new()));
+}
+
+impl Protocol for Cms50 {
+    fn name(&self) -> &'static str {
+        "cms50"
+    }
+
+    /// The start-live command [`START_LIVE`]. The vendor software's query handshake
+    /// (`A7 A2 A0 B0 AC B3 A8 AA A9`, see the CMS50D+ capture) is not needed for live data.
+    fn on_open(&mut self) -> Vec<u8> {
+        START_LIVE.to_vec()
+    }
+
+    /// [`KEEPALIVE`] then [`START_LIVE`], every [`KEEPALIVE_PERIOD`].
+    fn keepalive(&self) -> Option<(Duration, Vec<u8>)> {
+        let mut bytes = KEEPALIVE.to_vec();
+        bytes.extend_from_slice(&START_LIVE);
+        Some((KEEPALIVE_PERIOD, bytes))
+    }
+
+    fn feed(&mut self, bytes: &[u8], out: &mut Vec<Decoded>) {
+        for &b in bytes {
+            self.push(b, out);
+        }
+    }
+
+    fn frames_ok(&self) -> u64 {
+        self.frames_ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REAL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/real/serial/");
+
+    fn real(name: &str) -> Vec<u8> {
+        std::fs::read(format!("{REAL}{name}")).unwrap_or_else(|e| panic!("read {name}: {e}"))
+    }
+
+    fn decode_all(chunks: &[&[u8]]) -> Vec<Decoded> {
+        let mut p = Cms50::new();
+        let mut out = Vec::new();
+        for c in chunks {
+            p.feed(c, &mut out);
+        }
+        out
+    }
+
+    fn values(out: &[Decoded], code: u32) -> Vec<f64> {
+        out.iter()
+            .filter_map(|d| match d {
+                Decoded::Reading(r) if r.code == code => Some(r.value),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// (pleth, pulse, spo2) per row of `cms50e_live_capture.expected.csv`.
+    fn expected_rows() -> Vec<(u8, u8, u8)> {
+        let text = String::from_utf8(real("cms50e_live_capture.expected.csv")).unwrap();
+        text.lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                (f[4].parse().unwrap(), f[6].parse().unwrap(), f[7].parse().unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn cms50e_recording_decodes_to_102_frames_of_60_bpm_and_99_percent() {
+        let bin = real("cms50e_live_capture.bin");
+        let mut p = Cms50::new();
+        let mut out = Vec::new();
+        p.feed(&bin, &mut out);
+        assert_eq!(p.frames_ok(), 102);
+        assert!(out.iter().all(|d| matches!(d, Decoded::Reading(_))), "no errors: {out:?}");
+        let spo2 = values(&out, mdc::SPO2);
+        let pulse = values(&out, mdc::PULSE_RATE_OXIM);
+        let pleth = values(&out, mdc::PLETH);
+        assert_eq!((spo2.len(), pulse.len(), pleth.len()), (102, 102, 102));
+        let rows = expected_rows();
+        assert_eq!(rows.len(), 102);
+        for (i, (pl, pr, sp)) in rows.iter().enumerate() {
+            assert_eq!(pulse[i], f64::from(*pr), "frame {i}");
+            assert_eq!(spo2[i], f64::from(*sp), "frame {i}");
+            // The CSV's pleth column is the raw wire byte; the sync bit is not part of the value.
+            assert_eq!(pleth[i], f64::from(pl & 0x7F), "frame {i}");
+        }
+        assert!(pulse.iter().all(|&v| v == 60.0) && spo2.iter().all(|&v| v == 99.0));
+        for d in &out {
+            if let Decoded::Reading(r) = d {
+                assert!(r.device_time.is_none() && r.status.is_empty());
+                let unit = match r.code {
+                    mdc::SPO2 => Unit::PERCENT,
+                    mdc::PULSE_RATE_OXIM => Unit::BEAT_PER_MIN,
+                    _ => Unit::DIMLESS,
+                };
+                assert_eq!(r.unit, unit);
+            }
+        }
+    }
+
+    /// Device → host bytes of `cms50dplus_handshake_and_live.csv`, in order.
+    fn dplus_device_bytes() -> Vec<u8> {
+        let text = String::from_utf8(real("cms50dplus_handshake_and_live.csv")).unwrap();
+        let mut bytes = Vec::new();
+        for l in text.lines().skip(1) {
+            let f: Vec<&str> = l.split(',').collect();
+            if f[1] == "dev->host" {
+                bytes.extend(hex::decode(f[2]).unwrap());
+            }
+        }
+        bytes
+    }
+
+    #[test]
+    fn cms50dplus_handshake_responses_are_skipped_and_live_frames_give_65_bpm_97_percent() {
+        let bytes = dplus_device_bytes();
+        let mut p = Cms50::new();
+        let mut out = Vec::new();
+        p.feed(&bytes, &mut out);
+        assert!(out.iter().all(|d| matches!(d, Decoded::Reading(_))), "no errors: {out:?}");
+        assert_eq!(p.frames_ok(), 5);
+        assert_eq!(values(&out, mdc::PULSE_RATE_OXIM), vec![65.0; 5]);
+        assert_eq!(values(&out, mdc::SPO2), vec![97.0; 5]);
+        assert_eq!(values(&out, mdc::PLETH), vec![51.0, 48.0, 46.0, 44.0, 43.0]);
+    }
+
+    #[test]
+    fn byte_at_a_time_and_random_splits_give_identical_results() {
+        let mut bytes = dplus_device_bytes();
+        bytes.extend(real("cms50e_live_capture.bin"));
+        bytes.extend([0x92, 0x93, 0x01, 0xE0, 0x85]); // garbage and a cut frame, to split too
+        bytes.extend(&real("cms50e_live_capture.bin")[..90]);
+        let whole = decode_all(&[&bytes]);
+        let singles: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(decode_all(&singles), whole);
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..50 {
+            let mut chunks = Vec::new();
+            let mut rest = &bytes[..];
+            while !rest.is_empty() {
+                let n = rng.usize(1..=rest.len().min(40));
+                chunks.push(&rest[..n]);
+                rest = &rest[n..];
+            }
+            assert_eq!(decode_all(&chunks), whole);
+        }
+    }
+
+    #[test]
+    fn garbage_and_cut_frames_are_reported_once_at_their_absolute_offsets() {
+        let bin = real("cms50e_live_capture.bin");
+        let frame = &bin[..9];
+        let mut s = Vec::new();
+        s.extend(frame); // 0..9 ok
+        s.extend([0xA0, 0xA1, 0xA2]); // 9..12 stray bytes: one error at 9
+        s.extend(frame); // 12..21 ok
+        s.extend(&frame[..5]); // 21..26 cut frame: error at 21
+        s.extend(frame); // 26..35 ok
+        s.extend([0x0C, 0x0D]); // 35: empty package of type 0x0C: error at 35
+        s.extend([0x0C, 0x80]); // 37..39 a well-formed response package, no error
+        s.extend(frame); // 39..48 ok
+        let out = decode_all(&[&s]);
+        let errors: Vec<(u64, &str)> = out
+            .iter()
+            .filter_map(|d| match d {
+                Decoded::Error { offset, message } => Some((*offset, message.as_str())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(errors.iter().map(|e| e.0).collect::<Vec<_>>(), vec![9, 21, 35], "{errors:?}");
+        assert!(errors[0].1.contains("0xA0"));
+        assert!(errors[1].1.contains("truncated live frame (5 of 9"));
+        assert!(errors[2].1.contains("empty package of type 0x0C"));
+        assert_eq!(values(&out, mdc::SPO2).len(), 4);
+    }
+
+    #[test]
+    fn leading_partial_frame_is_skipped_silently() {
+        let bin = real("cms50e_live_capture.bin");
+        let out = decode_all(&[&bin[4..]]);
+        assert!(out.iter().all(|d| matches!(d, Decoded::Reading(_))));
+        assert_eq!(values(&out, mdc::SPO2).len(), 101);
+    }
+
+    #[test]
+    fn finger_out_emits_nothing_and_searching_emits_only_pleth() {
+        // E1: bit 7 of d0 = finger out; E2: bit 7 of d1 = searching (celiponcio, bedsidemon).
+        let finger_out = [0x01, 0xE1, 0x84, 0x93, 0x92, 0xBC, 0xE3, 0xFF, 0xFF];
+        let searching = [0x01, 0xE2, 0x84, 0x93, 0x92, 0xFF, 0xFF, 0xFF, 0xFF];
+        let out = decode_all(&[&finger_out, &searching]);
+        assert_eq!(out.len(), 1);
+        match &out[0] {
+            Decoded::Reading(r) => {
+                assert_eq!((r.code, r.value), (mdc::PLETH, 19.0));
+                assert_eq!(r.status, vec!["pulse-search".to_string()]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn pulse_above_127_uses_the_high_byte_and_invalid_markers_give_no_value() {
+        // Pulse 150 = 0x96: bit 7 travels in bit 3 of the high byte (0xE8), byte 5 = 0x80 | 0x16.
+        let fast = [0x01, 0xE8, 0x84, 0x93, 0x92, 0x96, 0xE3, 0xFF, 0xFF];
+        let out = decode_all(&[&fast]);
+        assert_eq!(values(&out, mdc::PULSE_RATE_OXIM), vec![150.0]);
+        // Pulse 0xFF (bit 3 of the high byte set, byte 5 = 0xFF) and SpO2 127 (> 100) are invalid.
+        let invalid = [0x01, 0xE8, 0x84, 0x93, 0x92, 0xFF, 0xFF, 0xFF, 0xFF];
+        let out = decode_all(&[&invalid]);
+        assert!(values(&out, mdc::PULSE_RATE_OXIM).is_empty());
+        assert!(values(&out, mdc::SPO2).is_empty());
+        assert_eq!(values(&out, mdc::PLETH), vec![19.0]);
+        // A plain 127 bpm (high bit clear) is a real pulse rate.
+        let p127 = [0x01, 0xE0, 0x84, 0x93, 0x92, 0xFF, 0xE3, 0xFF, 0xFF];
+        assert_eq!(values(&decode_all(&[&p127]), mdc::PULSE_RATE_OXIM), vec![127.0]);
+    }
+
+    #[test]
+    fn commands_are_the_documented_ones() {
+        let mut p = Cms50::new();
+        assert_eq!(p.on_open(), hex::decode("7d81a1808080808080").unwrap());
+        let (period, bytes) = p.keepalive().unwrap();
+        assert_eq!(period, Duration::from_secs(5));
+        assert_eq!(bytes, hex::decode("7d81af8080808080807d81a1808080808080").unwrap());
+        assert!(!p.reports_identity());
+    }
+
+    #[test]
+    fn arbitrary_input_never_panics() {
+        let mut rng = fastrand::Rng::with_seed(0xC5_50);
+        for _ in 0..2000 {
+            let len = rng.usize(0..200);
+            let buf: Vec<u8> = (0..len)
+                .map(|_| match rng.u8(0..4) {
+                    0 => 0x01,
+                    1 => rng.u8(0x80..=0xFF),
+                    _ => rng.u8(..),
+                })
+                .collect();
+            let mut p = Cms50::new();
+            let mut out = Vec::new();
+            for c in buf.chunks(rng.usize(1..=16)) {
+                p.feed(c, &mut out);
+            }
+            for d in out {
+                if let Decoded::Error { offset, .. } = d {
+                    assert!(offset < len as u64);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! Bedside-monitor protocol decoders: pure state machines from bytes to readings, no I/O.
+//!
+//! Each protocol implements [`Protocol`]: the serial adapter writes [`Protocol::on_open`] bytes
+//! after opening the port, sends [`Protocol::keepalive`] bytes periodically, and feeds every byte it
+//! reads to [`Protocol::feed`]. `wardgate decode --protocol P FILE` uses the same decoders.
+//!
+//! | module | device | link | source of the layout |
+//! |---|---|---|---|
+//! | [`cms50`] | Contec CMS50D+/CMS50E, `7D 81` command set ("V7.0") | 115200 8N1 | Contec "Communication protocol of pulse oximeter V7.0"; gagistech/bedsidemon; recordings in `shared/data/real/serial/` |
+//! | [`ansar_b`] | Ivy Biomedical 450C "ANSAR-B" output | 9600 8N1 | mdpnp/mdpnp `AnsarB.java`; recording `ivy450c_ansarb_capture.bin` |
+//! | [`masimo`] | Masimo Radical-7 / Rad-series "ASCII 1" output | 9600 8N1 | mdpnp/mdpnp `poxrad_discrete.h`, `masimo-radical-7.spec`; Masimo operator's manuals |
+//!
+//! Every decoder is a pure state machine: bytes may arrive split anywhere, a frame may be cut or
+//! garbled, and feeding the same bytes in any chunking yields the same [`Decoded`] sequence.
+//! Malformed input yields [`Decoded::Error`] with the absolute stream offset; no input panics.
+
+pub mod ansar_b;
+pub mod cms50;
+pub mod masimo;
+
+use crate::observation::Unit;
+use crate::serial::config::ProtocolName;
+use std::time::Duration;
+
+/// One decoded reading, before the adapter stamps it with device id and gateway time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reading {
+    /// IEEE 11073-10101 code (see [`crate::observation::mdc`]).
+    pub code: u32,
+    /// Value in `unit`.
+    pub value: f64,
+    /// Unit of `value`.
+    pub unit: Unit,
+    /// The device's own time stamp (`YYYY-MM-DDThh:mm:ss`, device local time) if it sent one.
+    pub device_time: Option<String>,
+    /// Status flags (e.g. `alarm`, `low-perfusion`), empty when normal.
+    pub status: Vec<String>,
+}
+
+/// What a decoder produces from the byte stream.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decoded {
+    /// A reading.
+    Reading(Reading),
+    /// The device reported its own serial number or id (checked against the config).
+    Identity(String),
+    /// A frame was malformed; `offset` is the absolute byte offset in the stream (counted from the
+    /// first byte fed since the decoder was created) where the bad frame started.
+    Error {
+        /// Absolute stream offset of the problem.
+        offset: u64,
+        /// What was wrong, e.g. `bad checksum`, `unexpected byte 0x41, resyncing`.
+        message: String,
+    },
+}
+
+/// A serial device protocol.
+pub trait Protocol: Send {
+    /// The protocol's CLI/config name, e.g. `cms50`.
+    fn name(&self) -> &'static str;
+    /// Bytes to write right after the port opens (handshake, start-live command).
+    fn on_open(&mut self) -> Vec<u8> {
+        Vec::new()
+    }
+    /// Period and bytes of the keep-alive the device needs to keep streaming, if any.
+    fn keepalive(&self) -> Option<(Duration, Vec<u8>)> {
+        None
+    }
+    /// Feeds bytes read from the port; appends what they complete to `out`. Never panics.
+    fn feed(&mut self, bytes: &[u8], out: &mut Vec<Decoded>);
+    /// Whether the protocol reports the device's own serial number ([`Decoded::Identity`]).
+    /// The serial adapter refuses a configured `serial_number` for protocols that do not, since
+    /// it could never be checked.
+    fn reports_identity(&self) -> bool {
+        false
+    }
+    /// Number of complete, well-formed frames (messages, lines) decoded so far, including frames
+    /// that carried no valid value (e.g. probe off). Used for the adapter's `frames_ok` counter.
+    fn frames_ok(&self) -> u64 {
+        0
+    }
+}
+
+/// A fresh decoder for the configured protocol (one per port opening: framing state never
+/// survives a reconnect).
+pub fn build(name: ProtocolName) -> Box<dyn Protocol> {
+    match name {
+        ProtocolName::Cms50 => Box::new(cms50::Cms50::new()),
+        ProtocolName::AnsarB => Box::new(ansar_b::AnsarB::new()),
+        ProtocolName::Masimo => Box::new(masimo::Masimo::new()),
+    }
+}

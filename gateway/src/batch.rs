@@ -1,0 +1,213 @@
+//! `Batch`: the unit of upload, and its CBOR payload (DESIGN §5, a contract; CDDL in
+//! `docs/wire-format.md`).
+//!
+//! A batch is signed as a COSE_Sign1 ([`crate::signing`]) whose payload is the CBOR encoding of
+//! [`BatchPayload`]: a map with text keys `v` (1), `gateway`, `site`, `ward`, `batch`,
+//! `observations`, `events`.
+
+use serde::{Deserialize, Serialize};
+use wardgate_adapters::observation::{DeviceEvent, Observation};
+
+/// Payload format version (`v`).
+pub const PAYLOAD_VERSION: u32 = 1;
+
+/// An observation with the seq the store gave it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredObservation {
+    /// Strictly increasing per gateway; the observation's identity upstream.
+    pub seq: u64,
+    /// The reading.
+    pub observation: Observation,
+}
+
+/// A device event with the seq the store gave it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredEvent {
+    /// Strictly increasing per gateway, shared with observations.
+    pub seq: u64,
+    /// The event.
+    pub event: DeviceEvent,
+}
+
+/// One row of a batch.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Item {
+    /// An observation.
+    Observation(StoredObservation),
+    /// A device event.
+    Event(StoredEvent),
+}
+
+impl Item {
+    /// The row's seq.
+    pub fn seq(&self) -> u64 {
+        match self {
+            Item::Observation(o) => o.seq,
+            Item::Event(e) => e.seq,
+        }
+    }
+}
+
+/// A batch as handed out by the store: its number (kept across re-sends) and its rows in seq
+/// order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    /// Batch number, strictly increasing per gateway; a re-send keeps it.
+    pub number: u64,
+    /// Rows in seq order.
+    pub items: Vec<Item>,
+}
+
+/// The CBOR payload of a batch message (the COSE_Sign1 payload).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BatchPayload {
+    /// Payload version, 1.
+    pub v: u32,
+    /// Gateway id (`[gateway] id`).
+    pub gateway: String,
+    /// Site id.
+    pub site: String,
+    /// Ward id.
+    pub ward: String,
+    /// Batch number.
+    pub batch: u64,
+    /// Observations, in seq order.
+    pub observations: Vec<WireObservation>,
+    /// Device events, in seq order.
+    pub events: Vec<WireEvent>,
+}
+
+/// An observation on the wire.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WireObservation {
+    /// Store sequence number (identity; upstream dedups on `(gateway, seq)`).
+    pub seq: u64,
+    /// Device id, e.g. `serial:bed12-spo2`.
+    pub device: String,
+    /// IEEE 11073-10101 measurement code, e.g. 150456 (SpO2).
+    pub code: u32,
+    /// Value in `unit`.
+    pub value: f64,
+    /// IEEE 11073-10101 unit code, e.g. 262688 (%).
+    pub unit: u32,
+    /// UCUM spelling of `unit`, e.g. `%`.
+    pub ucum: String,
+    /// Gateway time of arrival, ms since the Unix epoch (UTC).
+    pub gateway_time: i64,
+    /// `synced`, `unsynced` or `device`.
+    pub time_quality: String,
+    /// The device's own time stamp (`YYYY-MM-DDThh:mm:ss`, device local time), when it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_time: Option<String>,
+    /// Measurement-status flags; absent when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub status: Vec<String>,
+}
+
+/// A device event on the wire.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WireEvent {
+    /// Store sequence number.
+    pub seq: u64,
+    /// Device id (or `gateway` for the gateway's own events).
+    pub device: String,
+    /// `connected`, `disconnected`, `battery`, `rssi`, `rejected`, `error`, `dropped`.
+    pub kind: String,
+    /// Detail for an installer; never clinical values.
+    pub detail: String,
+    /// Gateway time, ms since the Unix epoch (UTC).
+    pub gateway_time: i64,
+}
+
+/// Identity of the gateway that sends the batch.
+#[derive(Clone, Debug)]
+pub struct Origin {
+    /// Gateway id.
+    pub gateway: String,
+    /// Site id.
+    pub site: String,
+    /// Ward id.
+    pub ward: String,
+}
+
+impl Batch {
+    /// The batch as its wire payload.
+    pub fn to_payload(&self, origin: &Origin) -> BatchPayload {
+        let mut observations = Vec::new();
+        let mut events = Vec::new();
+        for item in &self.items {
+            match item {
+                Item::Observation(o) => {
+                    let ob = &o.observation;
+                    observations.push(WireObservation {
+                        seq: o.seq,
+                        device: ob.device.0.clone(),
+                        code: ob.code,
+                        value: ob.value,
+                        unit: ob.unit.mdc,
+                        ucum: ob.unit.ucum.to_owned(),
+                        gateway_time: ob.gateway_time,
+                        time_quality: ob.time_quality.as_str().to_owned(),
+                        device_time: ob.device_time.clone(),
+                        status: ob.status.clone(),
+                    })
+                }
+                Item::Event(e) => events.push(WireEvent {
+                    seq: e.seq,
+                    device: e.event.device.0.clone(),
+                    kind: e.event.kind.as_str().to_owned(),
+                    detail: e.event.detail.clone(),
+                    gateway_time: e.event.gateway_time,
+                }),
+            }
+        }
+        BatchPayload {
+            v: PAYLOAD_VERSION,
+            gateway: origin.gateway.clone(),
+            site: origin.site.clone(),
+            ward: origin.ward.clone(),
+            batch: self.number,
+            observations,
+            events,
+        }
+    }
+}
+
+impl BatchPayload {
+    /// CBOR encoding (text keys, definite lengths).
+    pub fn to_cbor(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.observations.len() * 120);
+        ciborium::into_writer(self, &mut out).expect("serialising to a Vec cannot fail");
+        out
+    }
+    /// Decodes a payload. Errors: not CBOR, or not the batch schema.
+    pub fn from_cbor(bytes: &[u8]) -> Result<Self, String> {
+        ciborium::from_reader(bytes).map_err(|e| format!("batch payload is not a v1 batch: {e}"))
+    }
+}
+
+/// The upstream acknowledgement on `wardgate/v1/{site}/{ward}/{gateway}/ack` (ack mode
+/// `upstream`): CBOR map `{ "v": 1, "gateway": tstr, "batches": [* uint] }`, naming batches the
+/// receiver has stored durably.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    /// Version, 1.
+    pub v: u32,
+    /// The gateway whose batches are acknowledged.
+    pub gateway: String,
+    /// Batch numbers stored durably.
+    pub batches: Vec<u64>,
+}
+
+impl Ack {
+    /// CBOR encoding.
+    pub fn to_cbor(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        ciborium::into_writer(self, &mut out).expect("serialising to a Vec cannot fail");
+        out
+    }
+    /// Decodes an ack. Errors: not CBOR or not the ack schema.
+    pub fn from_cbor(bytes: &[u8]) -> Result<Self, String> {
+        ciborium::from_reader(bytes).map_err(|e| format!("not an ack message: {e}"))
+    }
+}

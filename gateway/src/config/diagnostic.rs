@@ -1,0 +1,88 @@
+//! `Diagnostic { file, line, col, message }` and its `F:line:col: message` rendering (DESIGN §9).
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// One problem found in a configuration file, located by 1-based line and column.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// The file the problem is in.
+    pub file: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column (in characters).
+    pub col: usize,
+    /// What is wrong and, where possible, what would be right.
+    pub message: String,
+}
+
+impl Diagnostic {
+    /// A diagnostic at byte offset `span.start` of `text` (the contents of `file`).
+    pub fn at(file: &Path, text: &str, span: Option<Range<usize>>, message: impl Into<String>) -> Self {
+        let (line, col) = span.map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+        Diagnostic { file: file.to_path_buf(), line, col, message: message.into() }
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.col, self.message)
+    }
+}
+
+/// 1-based (line, column) of byte `offset` in `text`; columns count characters, not bytes.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..floor_char_boundary(text, offset)];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let col = before[line_start..].chars().count() + 1;
+    (line, col)
+}
+
+fn floor_char_boundary(text: &str, mut i: usize) -> usize {
+    while i > 0 && !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// Every problem found in one configuration, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Diagnostics {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_col_counts_from_one() {
+        let t = "a = 1\nbb = \"é\"\nc";
+        assert_eq!(line_col(t, 0), (1, 1));
+        assert_eq!(line_col(t, 6), (2, 1));
+        assert_eq!(line_col(t, t.find('c').unwrap()), (3, 1));
+        // column counts characters: the closing quote after é is column 8
+        assert_eq!(line_col(t, t.rfind('"').unwrap()), (2, 8));
+    }
+
+    #[test]
+    fn renders_as_file_line_col_message() {
+        let d = Diagnostic::at(Path::new("w.toml"), "x\ny = 2", Some(2..3), "unknown key `y`");
+        assert_eq!(d.to_string(), "w.toml:2:1: unknown key `y`");
+    }
+}

@@ -1,0 +1,119 @@
+//! `wardgate run`: wires adapters → pipeline (writer) → store → uplink, and stops them in order.
+//!
+//! Shutdown order: adapters stop first (their senders drop), the writer drains and commits what
+//! is left in the channel, then the uplink publishes `offline` and disconnects. A kill -9 at any
+//! point loses nothing accepted: the store is the source of truth.
+
+use crate::config::Config;
+use crate::pipeline::{run_writer, WriterOptions, WriterStats};
+use crate::signing::Signer;
+use crate::store::{OpenReport, Store, StoreOptions};
+use crate::supervisor::{supervise, AdapterHealth};
+use crate::uplink::{Uplink, UplinkSettings, UplinkStatus};
+use anyhow::Context;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch, Notify};
+use wardgate_adapters::serial::SerialAdapter;
+use wardgate_adapters::Adapter;
+
+/// Capacity of the adapter → writer channel (events). Beyond it adapters wait.
+pub const CHANNEL_CAPACITY: usize = 8192;
+
+/// A running gateway.
+pub struct Running {
+    /// Set to `true` to stop everything.
+    pub shutdown: watch::Sender<bool>,
+    /// What the writer accepted.
+    pub writer: Arc<WriterStats>,
+    /// The uplink's state.
+    pub uplink: watch::Receiver<UplinkStatus>,
+    /// The store.
+    pub store: Arc<Store>,
+    /// What opening the store found.
+    pub open_report: OpenReport,
+    /// Health of each adapter, by name.
+    pub adapters: Vec<(String, Arc<AdapterHealth>)>,
+    adapter_tasks: Vec<tokio::task::JoinHandle<()>>,
+    writer_task: tokio::task::JoinHandle<()>,
+    uplink_task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the gateway described by a validated config.
+///
+/// Errors: the store cannot be opened, the key or certificates are unusable.
+pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
+    let signer = Arc::new(
+        Signer::from_files(cfg.uplink.cert.get_ref(), cfg.uplink.key.get_ref()).context("gateway signing key (uplink.cert / uplink.key)")?,
+    );
+    let tls = crate::tls::client_config(cfg.uplink.ca.get_ref(), cfg.uplink.cert.get_ref(), cfg.uplink.key.get_ref())
+        .context("uplink TLS configuration")?;
+    let opts = StoreOptions {
+        synchronous: cfg.store.synchronous,
+        max_bytes: cfg.store.max_bytes,
+        max_age_ms: (cfg.store.max_age_hours as i64).saturating_mul(3_600_000),
+    };
+    let path = cfg.store.path.clone();
+    let (store, open_report) = tokio::task::spawn_blocking(move || Store::open(&path, opts)).await??;
+    let store = Arc::new(store);
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let (_clock_tx, clock_rx) = watch::channel(true);
+    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let wake = Arc::new(Notify::new());
+    let writer = Arc::new(WriterStats::default());
+    let writer_task = tokio::spawn(run_writer(
+        store.clone(),
+        rx,
+        WriterOptions {
+            commit_interval: Duration::from_millis(cfg.store.commit_interval_ms),
+            commit_max_rows: cfg.store.commit_max_rows,
+            batch_max: cfg.uplink.batch_max,
+            retention_every: Duration::from_secs(10),
+        },
+        wake.clone(),
+        writer.clone(),
+    ));
+    let mut adapters = Vec::new();
+    let mut adapter_tasks = Vec::new();
+    for s in &cfg.serial {
+        let adapter: Arc<dyn Adapter> = Arc::new(SerialAdapter::new(s.clone()));
+        let health = Arc::new(AdapterHealth::default());
+        adapters.push((adapter.name().to_owned(), health.clone()));
+        adapter_tasks.push(tokio::spawn(supervise(adapter, tx.clone(), shutdown_rx.clone(), clock_rx.clone(), health)));
+    }
+    drop(tx);
+    let (uplink, uplink_status) = Uplink::new(store.clone(), signer, UplinkSettings::from_config(cfg, tls), wake);
+    let uplink_task = tokio::spawn(uplink.run(shutdown_rx));
+    log::info!(
+        "wardgate {} started: gateway {} ({} serial devices), store {}",
+        env!("CARGO_PKG_VERSION"),
+        cfg.gateway.id.get_ref(),
+        cfg.serial.len(),
+        cfg.store.path.display()
+    );
+    Ok(Running { shutdown, writer, uplink: uplink_status, store, open_report, adapters, adapter_tasks, writer_task, uplink_task })
+}
+
+impl Running {
+    /// Stops adapters, drains and commits the channel, disconnects the uplink.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.adapter_tasks {
+            let _ = t.await;
+        }
+        let _ = self.writer_task.await;
+        let _ = self.uplink_task.await;
+    }
+}
+
+/// `wardgate run`: starts the gateway and runs until SIGTERM or SIGINT.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let running = start(&cfg).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => log::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => log::info!("SIGINT: shutting down"),
+    }
+    running.stop().await;
+    Ok(())
+}

@@ -1,0 +1,56 @@
+//! Throw-away PKI for the demo and tests (rcgen, ring): a CA, a broker certificate for loopback,
+//! and client certificates, written as PEM files with owner-only keys.
+//!
+//! Not for production: a ward's gateway gets its key and certificate through provisioning.
+
+use rcgen::{BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// A certificate authority that can sign leaf certificates.
+pub struct Ca {
+    cert: Certificate,
+    key: KeyPair,
+    /// The CA certificate, PEM.
+    pub cert_pem: String,
+}
+
+impl Ca {
+    /// A new self-signed P-256 CA named `name`.
+    pub fn new(name: &str) -> anyhow::Result<Ca> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut p = CertificateParams::new(Vec::<String>::new())?;
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let cert = p.self_signed(&key)?;
+        let cert_pem = cert.pem();
+        Ok(Ca { cert, key, cert_pem })
+    }
+
+    /// A leaf certificate: `(cert PEM, PKCS#8 key PEM)`. `names` become SANs (IP addresses are
+    /// recognised); `server` selects serverAuth, otherwise clientAuth.
+    pub fn leaf(&self, common_name: &str, names: &[&str], server: bool) -> anyhow::Result<(String, String)> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        p.distinguished_name.push(DnType::CommonName, common_name);
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![if server { ExtendedKeyUsagePurpose::ServerAuth } else { ExtendedKeyUsagePurpose::ClientAuth }];
+        let cert = p.signed_by(&key, &self.cert, &self.key)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+}
+
+/// Writes `pem` to `path` (mode 0644).
+pub fn write_cert(path: &Path, pem: &str) -> std::io::Result<()> {
+    std::fs::write(path, pem)
+}
+
+/// Writes a private key to `path` with mode 0600 from the moment it exists.
+pub fn write_key(path: &Path, pem: &str) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(pem.as_bytes())?;
+    f.sync_all()
+}

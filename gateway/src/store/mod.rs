@@ -1,0 +1,613 @@
+//! `Store`: the durable buffer between devices and the uplink (DESIGN §4, a contract).
+//!
+//! # Design note
+//!
+//! **Constraints.** A Raspberry Pi with an SD card, no UPS, and an upstream that can be away for
+//! days. Nothing accepted may be lost to a crash, a kill -9 or a power cut; nothing may be
+//! deleted before the upstream (or, in `broker` ack mode, the broker) acknowledged it; the file
+//! must stay within a configured size; the uplink must never block ingestion.
+//!
+//! **On-disk layout.** One SQLite file in WAL mode (`PRAGMA application_id` = `0x57475244`,
+//! "WGRD", `user_version` = schema version):
+//! - `queue(seq INTEGER PRIMARY KEY AUTOINCREMENT, class, device, kind, code, value, unit,
+//!   device_time, gateway_time, time_quality, status, detail)`: observations (`kind` NULL) and
+//!   device events (`kind` = event name) in one sequence space. `AUTOINCREMENT` makes `seq`
+//!   strictly increasing for the life of the file, never reused after deletes.
+//! - `batches(number INTEGER PRIMARY KEY, first_seq, last_seq, created_ms)`: every batch handed
+//!   to the uplink and not yet acknowledged. A batch is the contiguous `seq` range
+//!   `first_seq..=last_seq` of `queue` (rows inside the range may be missing only when retention
+//!   dropped them, which it does for whole batches).
+//! - `meta(key, value)`: `assigned_upto` (highest seq already in a batch) and `next_batch`.
+//!
+//! **Accepted.** An observation is accepted when the transaction that inserted it has committed
+//! ([`Store::append`] returned `Ok`). With `synchronous=FULL` (default) that commit is fsynced.
+//! Writers use `BEGIN IMMEDIATE`; no read transaction outlives a call (the store is used from
+//! blocking threads, never held across an `.await`).
+//!
+//! **Batches.** [`Store::next_batch`] assigns the oldest unassigned rows to a new batch number in
+//! one transaction *before* the uplink publishes it, so a batch keeps its number and its rows
+//! across reconnects, restarts and crashes: [`Store::unacked_batches`] lists what must be sent
+//! again. Batch numbers strictly increase.
+//!
+//! **Deleted.** Rows leave the store only in [`Store::ack`] (their batch was acknowledged) or in
+//! retention ([`Store::enforce_retention`]), which drops the oldest rows of the lowest priority
+//! class first (waveform samples, then numerics, then device events) and records a `dropped`
+//! event with the counts, which travels upstream like any other event: nothing is lost silently.
+//!
+//! **Recovery.** [`Store::open`] runs `PRAGMA quick_check` and checks `application_id`. A corrupt
+//! or foreign file is renamed (with its `-wal`/`-shm`) to `<name>.quarantined-<epoch ms>`, a
+//! fresh store is created, and the returned [`OpenReport`] says so, for the daemon to log and
+//! report upstream. Data is never deleted to recover.
+
+pub mod schema;
+
+use crate::batch::{Batch, Item, StoredEvent, StoredObservation};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use wardgate_adapters::observation::{mdc, now_ms, DeviceEvent, DeviceId, EventKind, Observation, TimeQuality, Unit};
+use wardgate_adapters::AdapterEvent;
+
+pub use crate::config::Synchronous;
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite reported an error (I/O, full disk, busy beyond the timeout …).
+    #[error("store {path}: {source}")]
+    Sqlite {
+        /// The store file.
+        path: PathBuf,
+        /// The SQLite error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// Quarantining a corrupt file failed (e.g. read-only directory).
+    #[error("store {path}: cannot quarantine corrupt file: {source}")]
+    Quarantine {
+        /// The store file.
+        path: PathBuf,
+        /// The rename error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Retention priority class of a row: the lowest class is dropped first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Class {
+    /// High-rate waveform samples (e.g. pleth, MDC 150452): dropped first.
+    Waveform = 0,
+    /// Numerics (SpO2, heart rate, NIBP …).
+    Numeric = 1,
+    /// Device and gateway events: dropped last.
+    Event = 2,
+}
+
+/// Options for [`Store::open`].
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// `full` (fsync every commit) or `normal`.
+    pub synchronous: Synchronous,
+    /// Size limit of live data in bytes.
+    pub max_bytes: u64,
+    /// Age limit in milliseconds (by gateway time).
+    pub max_age_ms: i64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { synchronous: Synchronous::Full, max_bytes: 1 << 30, max_age_ms: 168 * 3_600_000 }
+    }
+}
+
+/// What [`Store::open`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Set when the existing file was corrupt or foreign and was moved aside: (new path, reason).
+    pub quarantined: Option<(PathBuf, String)>,
+}
+
+/// Figures for `status` and the heartbeat.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StoreStats {
+    /// Rows (observations and events) not yet acknowledged.
+    pub queued: u64,
+    /// Gateway time (epoch ms) of the oldest unacknowledged row.
+    pub oldest_ms: Option<i64>,
+    /// Batches handed to the uplink and not yet acknowledged.
+    pub unacked_batches: u64,
+    /// Bytes of live data in the file (pages in use × page size).
+    pub bytes: u64,
+    /// Rows dropped by retention since this process opened the store.
+    pub dropped: u64,
+}
+
+/// Counts of a retention drop, also recorded as a `dropped` event in the queue.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DropReport {
+    /// Waveform rows dropped.
+    pub waveform: u64,
+    /// Numeric rows dropped.
+    pub numeric: u64,
+    /// Event rows dropped.
+    pub events: u64,
+    /// Which limit: `max_bytes`, `max_age` or `disk_full`.
+    pub reason: &'static str,
+}
+
+impl DropReport {
+    /// Total rows dropped.
+    pub fn total(&self) -> u64 {
+        self.waveform + self.numeric + self.events
+    }
+}
+
+/// The durable buffer. Cheap to share (`Arc<Store>`); every method is blocking and short.
+pub struct Store {
+    /// One connection behind a mutex: writers and the uplink never see SQLITE_BUSY, and no
+    /// transaction outlives a method call.
+    conn: Mutex<Connection>,
+    /// The file, for error messages and quarantine.
+    path: PathBuf,
+    /// Retention limits.
+    opts: StoreOptions,
+    /// Rows dropped by retention since open (reported in status).
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+fn class_of(item: &AdapterEvent) -> Class {
+    match item {
+        AdapterEvent::Observation(o) if o.code == mdc::PLETH => Class::Waveform,
+        AdapterEvent::Observation(_) => Class::Numeric,
+        AdapterEvent::Event(_) => Class::Event,
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`, quarantining a corrupt or foreign file.
+    ///
+    /// Errors: the directory is not writable, the disk is full, or a corrupt file cannot be
+    /// moved aside.
+    pub fn open(path: &Path, opts: StoreOptions) -> Result<(Store, OpenReport), StoreError> {
+        let mut report = OpenReport::default();
+        if let Some(parent) = path.parent() {
+            if !parent.as_os_str().is_empty() {
+                let _ = std::fs::create_dir_all(parent);
+            }
+        }
+        let conn = match schema::open_checked(path, opts.synchronous) {
+            Ok(c) => c,
+            Err(schema::OpenProblem::Sqlite(e)) => return Err(StoreError::Sqlite { path: path.into(), source: e }),
+            Err(schema::OpenProblem::Unusable(reason)) => {
+                let aside = quarantine(path).map_err(|source| StoreError::Quarantine { path: path.into(), source })?;
+                log::error!("store {}: {reason}; moved it to {} and started a fresh store", path.display(), aside.display());
+                report.quarantined = Some((aside, reason));
+                schema::open_checked(path, opts.synchronous).map_err(|p| match p {
+                    schema::OpenProblem::Sqlite(e) => StoreError::Sqlite { path: path.into(), source: e },
+                    schema::OpenProblem::Unusable(r) => StoreError::Sqlite {
+                        path: path.into(),
+                        source: rusqlite::Error::InvalidParameterName(format!("fresh store unusable: {r}")),
+                    },
+                })?
+            }
+        };
+        let store = Store { conn: Mutex::new(conn), path: path.into(), opts, dropped: Default::default() };
+        if let Some((aside, reason)) = &report.quarantined {
+            store.append(&[AdapterEvent::Event(DeviceEvent {
+                device: DeviceId("gateway".into()),
+                kind: EventKind::Error,
+                detail: format!("store file was {reason}; quarantined as {} and a fresh store started", aside.display()),
+                gateway_time: now_ms(),
+            })])?;
+        }
+        Ok((store, report))
+    }
+
+    /// The store file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite { path: self.path.clone(), source }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave a transaction open (rusqlite rolls back on
+        // drop), so a poisoned mutex still guards a consistent connection.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends observations and events in one transaction (group commit) and returns the seq
+    /// range they received. When it returns `Ok`, they are accepted (DESIGN §4).
+    ///
+    /// Errors: SQLite I/O errors. On a full disk, retention drops the oldest lowest-class rows
+    /// (reported) and the append is retried once.
+    pub fn append(&self, items: &[AdapterEvent]) -> Result<std::ops::RangeInclusive<u64>, StoreError> {
+        match self.try_append(items) {
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DiskFull => {
+                log::error!("store {}: disk full; dropping oldest rows to make room", self.path.display());
+                self.drop_oldest(0.1, "disk_full")?;
+                self.try_append(items).map_err(|e| self.err(e))
+            }
+            r => r.map_err(|e| self.err(e)),
+        }
+    }
+
+    fn try_append(&self, items: &[AdapterEvent]) -> rusqlite::Result<std::ops::RangeInclusive<u64>> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (mut first, mut last) = (0i64, 0i64);
+        {
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO queue(class, device, kind, code, value, unit, device_time, gateway_time, time_quality, status, detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?;
+            for (i, item) in items.iter().enumerate() {
+                let class = class_of(item) as i64;
+                match item {
+                    AdapterEvent::Observation(o) => {
+                        let status = if o.status.is_empty() { None } else { Some(o.status.join(",")) };
+                        ins.execute(params![
+                            class,
+                            o.device.as_str(),
+                            Option::<&str>::None,
+                            o.code,
+                            o.value,
+                            o.unit.mdc,
+                            o.device_time,
+                            o.gateway_time,
+                            o.time_quality as i64,
+                            status,
+                            Option::<&str>::None
+                        ])?;
+                    }
+                    AdapterEvent::Event(e) => {
+                        ins.execute(params![
+                            class,
+                            e.device.as_str(),
+                            e.kind.as_str(),
+                            Option::<u32>::None,
+                            Option::<f64>::None,
+                            Option::<u32>::None,
+                            Option::<&str>::None,
+                            e.gateway_time,
+                            Option::<i64>::None,
+                            Option::<&str>::None,
+                            e.detail
+                        ])?;
+                    }
+                }
+                let seq = tx.last_insert_rowid();
+                if i == 0 {
+                    first = seq;
+                }
+                last = seq;
+            }
+        }
+        tx.commit()?;
+        Ok(first as u64..=last as u64)
+    }
+
+    /// Assigns up to `max` of the oldest unassigned rows to a new batch and returns it, or `None`
+    /// when nothing is pending. The assignment is committed before this returns.
+    pub fn next_batch(&self, max: usize) -> Result<Option<Batch>, StoreError> {
+        let mut conn = self.lock();
+        let r = (|| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let assigned: i64 = tx.query_row("SELECT value FROM meta WHERE key='assigned_upto'", [], |r| r.get(0))?;
+            let items = read_items(&tx, "seq > ?1 ORDER BY seq LIMIT ?2", params![assigned, max as i64])?;
+            let (Some(first), Some(last)) = (items.first().map(Item::seq), items.last().map(Item::seq)) else {
+                return Ok(None);
+            };
+            let number: i64 = tx.query_row("SELECT value FROM meta WHERE key='next_batch'", [], |r| r.get(0))?;
+            tx.execute(
+                "INSERT INTO batches(number, first_seq, last_seq, created_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![number, first as i64, last as i64, now_ms()],
+            )?;
+            tx.execute("UPDATE meta SET value=?1 WHERE key='assigned_upto'", [last as i64])?;
+            tx.execute("UPDATE meta SET value=?1 WHERE key='next_batch'", [number + 1])?;
+            tx.commit()?;
+            Ok(Some(Batch { number: number as u64, items }))
+        })();
+        r.map_err(|e| self.err(e))
+    }
+
+    /// Numbers of the batches handed out and not yet acknowledged, oldest first.
+    pub fn unacked_batches(&self) -> Result<Vec<u64>, StoreError> {
+        let conn = self.lock();
+        let r = (|| {
+            let mut st = conn.prepare_cached("SELECT number FROM batches ORDER BY number")?;
+            let rows = st.query_map([], |r| r.get::<_, i64>(0))?;
+            rows.map(|r| r.map(|n| n as u64)).collect::<rusqlite::Result<Vec<_>>>()
+        })();
+        r.map_err(|e| self.err(e))
+    }
+
+    /// Reads batch `number` again (same rows as when it was first handed out), for a re-send.
+    pub fn load_batch(&self, number: u64) -> Result<Option<Batch>, StoreError> {
+        let conn = self.lock();
+        let r = (|| {
+            let range: Option<(i64, i64)> = conn
+                .query_row("SELECT first_seq, last_seq FROM batches WHERE number=?1", [number as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?;
+            let Some((first, last)) = range else { return Ok(None) };
+            let items = read_items(&conn, "seq BETWEEN ?1 AND ?2 ORDER BY seq", params![first, last])?;
+            Ok(Some(Batch { number, items }))
+        })();
+        r.map_err(|e| self.err(e))
+    }
+
+    /// Acknowledges batch `number`: its rows leave the store. Returns `false` if the batch was
+    /// unknown (already acknowledged, or a stray ack), which is harmless.
+    pub fn ack(&self, number: u64) -> Result<bool, StoreError> {
+        let mut conn = self.lock();
+        let r = (|| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let range: Option<(i64, i64)> = tx
+                .query_row("SELECT first_seq, last_seq FROM batches WHERE number=?1", [number as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?;
+            let Some((first, last)) = range else { return Ok(false) };
+            tx.execute("DELETE FROM queue WHERE seq BETWEEN ?1 AND ?2", [first, last])?;
+            tx.execute("DELETE FROM batches WHERE number=?1", [number as i64])?;
+            tx.commit()?;
+            Ok(true)
+        })();
+        r.map_err(|e| self.err(e))
+    }
+
+    /// Figures for status and heartbeat.
+    pub fn stats(&self) -> Result<StoreStats, StoreError> {
+        let conn = self.lock();
+        let r = (|| {
+            let (queued, oldest): (i64, Option<i64>) =
+                conn.query_row("SELECT count(*), min(gateway_time) FROM queue", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let unacked: i64 = conn.query_row("SELECT count(*) FROM batches", [], |r| r.get(0))?;
+            Ok(StoreStats {
+                queued: queued as u64,
+                oldest_ms: oldest,
+                unacked_batches: unacked as u64,
+                bytes: used_bytes(&conn)?,
+                dropped: self.dropped.load(std::sync::atomic::Ordering::Relaxed),
+            })
+        })();
+        r.map_err(|e| self.err(e))
+    }
+
+    /// Applies the age and size limits. Returns what was dropped (also queued as a `dropped`
+    /// event), or `None` when within limits.
+    pub fn enforce_retention(&self, now: i64) -> Result<Option<DropReport>, StoreError> {
+        let mut total = DropReport { reason: "max_age", ..Default::default() };
+        {
+            let mut conn = self.lock();
+            let r = (|| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let cutoff = now - self.opts.max_age_ms;
+                let dropped = drop_where(&tx, "gateway_time < ?1", params![cutoff])?;
+                tx.commit()?;
+                Ok(dropped)
+            })();
+            let d = r.map_err(|e| self.err(e))?;
+            total.waveform += d.waveform;
+            total.numeric += d.numeric;
+            total.events += d.events;
+        }
+        if total.total() > 0 {
+            self.record_drop(&total)?;
+        }
+        let used = {
+            let conn = self.lock();
+            used_bytes(&conn).map_err(|e| self.err(e))?
+        };
+        if used > self.opts.max_bytes {
+            let fraction = ((used - self.opts.max_bytes) as f64 / used as f64 + 0.05).min(1.0);
+            if let Some(r) = self.drop_oldest(fraction, "max_bytes")? {
+                return Ok(Some(r));
+            }
+        }
+        Ok((total.total() > 0).then_some(total))
+    }
+
+    /// Drops about `fraction` of the rows: oldest first, lowest class first; unassigned rows
+    /// before whole unacknowledged batches.
+    fn drop_oldest(&self, fraction: f64, reason: &'static str) -> Result<Option<DropReport>, StoreError> {
+        let report = {
+            let mut conn = self.lock();
+            let r = (|| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let rows: i64 = tx.query_row("SELECT count(*) FROM queue", [], |r| r.get(0))?;
+                let mut want = ((rows as f64) * fraction).ceil().max(1.0) as i64;
+                let assigned: i64 = tx.query_row("SELECT value FROM meta WHERE key='assigned_upto'", [], |r| r.get(0))?;
+                let mut report = DropReport { reason, ..Default::default() };
+                for class in [Class::Waveform, Class::Numeric, Class::Event] {
+                    if want <= 0 {
+                        break;
+                    }
+                    let n = tx.execute(
+                        "DELETE FROM queue WHERE seq IN (SELECT seq FROM queue WHERE seq > ?1 AND class = ?2 ORDER BY seq LIMIT ?3)",
+                        params![assigned, class as i64, want],
+                    )? as i64;
+                    want -= n;
+                    match class {
+                        Class::Waveform => report.waveform += n as u64,
+                        Class::Numeric => report.numeric += n as u64,
+                        Class::Event => report.events += n as u64,
+                    }
+                }
+                // Still over: everything left is in flight; drop whole oldest batches.
+                while want > 0 {
+                    let oldest: Option<(i64, i64, i64)> = tx
+                        .query_row("SELECT number, first_seq, last_seq FROM batches ORDER BY number LIMIT 1", [], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                        })
+                        .optional()?;
+                    let Some((number, first, last)) = oldest else { break };
+                    let d = drop_where(&tx, "seq BETWEEN ?1 AND ?2", params![first, last])?;
+                    tx.execute("DELETE FROM batches WHERE number=?1", [number])?;
+                    want -= d.total() as i64;
+                    report.waveform += d.waveform;
+                    report.numeric += d.numeric;
+                    report.events += d.events;
+                }
+                tx.commit()?;
+                Ok(report)
+            })();
+            r.map_err(|e| self.err(e))?
+        };
+        if report.total() == 0 {
+            return Ok(None);
+        }
+        self.record_drop(&report)?;
+        Ok(Some(report))
+    }
+
+    fn record_drop(&self, r: &DropReport) -> Result<(), StoreError> {
+        self.dropped.fetch_add(r.total(), std::sync::atomic::Ordering::Relaxed);
+        log::warn!(
+            "store {}: retention ({}) dropped {} rows: {} waveform, {} numeric, {} events",
+            self.path.display(),
+            r.reason,
+            r.total(),
+            r.waveform,
+            r.numeric,
+            r.events
+        );
+        self.try_append(&[AdapterEvent::Event(DeviceEvent {
+            device: DeviceId("gateway".into()),
+            kind: EventKind::Dropped,
+            detail: format!(
+                "reason={} waveform={} numeric={} events={} total={}",
+                r.reason,
+                r.waveform,
+                r.numeric,
+                r.events,
+                r.total()
+            ),
+            gateway_time: now_ms(),
+        })])
+        .map(|_| ())
+        .map_err(|e| self.err(e))
+    }
+
+    /// Checkpoints and truncates the WAL (call when idle): keeps the `-wal` file bounded even
+    /// after a burst.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        let conn = self.lock();
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(|e| self.err(e))
+    }
+}
+
+fn used_bytes(conn: &Connection) -> rusqlite::Result<u64> {
+    let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    let free: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+    let size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    Ok(((pages - free).max(0) * size) as u64)
+}
+
+/// Deletes rows matching `cond` (whole batches they belong to stay consistent because callers
+/// pass batch-aligned conditions or age cut-offs) and counts them by class.
+fn drop_where(tx: &rusqlite::Transaction<'_>, cond: &str, p: impl rusqlite::Params + Clone) -> rusqlite::Result<DropReport> {
+    let mut report = DropReport::default();
+    {
+        let mut st = tx.prepare(&format!("SELECT class, count(*) FROM queue WHERE {cond} GROUP BY class"))?;
+        let mut rows = st.query(p.clone())?;
+        while let Some(r) = rows.next()? {
+            let (class, n): (i64, i64) = (r.get(0)?, r.get(1)?);
+            match class {
+                0 => report.waveform += n as u64,
+                1 => report.numeric += n as u64,
+                _ => report.events += n as u64,
+            }
+        }
+    }
+    if report.total() > 0 {
+        tx.execute(&format!("DELETE FROM queue WHERE {cond}"), p)?;
+        // Batches whose rows are all gone are done with.
+        tx.execute(
+            "DELETE FROM batches WHERE NOT EXISTS (SELECT 1 FROM queue WHERE seq BETWEEN batches.first_seq AND batches.last_seq)",
+            [],
+        )?;
+    }
+    Ok(report)
+}
+
+fn read_items(conn: &Connection, cond: &str, p: impl rusqlite::Params) -> rusqlite::Result<Vec<Item>> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT seq, device, kind, code, value, unit, device_time, gateway_time, time_quality, status, detail FROM queue WHERE {cond}"
+    ))?;
+    let mut rows = st.query(p)?;
+    let mut items = Vec::new();
+    while let Some(r) = rows.next()? {
+        let seq = r.get::<_, i64>(0)? as u64;
+        let device = DeviceId(r.get(1)?);
+        let kind: Option<String> = r.get(2)?;
+        let gateway_time: i64 = r.get(7)?;
+        match kind {
+            None => {
+                let unit_code: u32 = r.get(5)?;
+                let status: Option<String> = r.get(9)?;
+                items.push(Item::Observation(StoredObservation {
+                    seq,
+                    observation: Observation {
+                        device,
+                        code: r.get(3)?,
+                        value: r.get(4)?,
+                        unit: Unit::from_mdc(unit_code).unwrap_or(Unit { mdc: unit_code, ucum: "" }),
+                        device_time: r.get(6)?,
+                        gateway_time,
+                        time_quality: match r.get::<_, i64>(8)? {
+                            0 => TimeQuality::Synced,
+                            1 => TimeQuality::Unsynced,
+                            _ => TimeQuality::Device,
+                        },
+                        status: status.map(|s| s.split(',').map(str::to_owned).collect()).unwrap_or_default(),
+                    },
+                }));
+            }
+            Some(kind) => items.push(Item::Event(StoredEvent {
+                seq,
+                event: DeviceEvent {
+                    device,
+                    kind: event_kind(&kind),
+                    detail: r.get::<_, Option<String>>(10)?.unwrap_or_default(),
+                    gateway_time,
+                },
+            })),
+        }
+    }
+    Ok(items)
+}
+
+fn event_kind(s: &str) -> EventKind {
+    match s {
+        "connected" => EventKind::Connected,
+        "disconnected" => EventKind::Disconnected,
+        "battery" => EventKind::Battery,
+        "rssi" => EventKind::Rssi,
+        "rejected" => EventKind::Rejected,
+        "dropped" => EventKind::Dropped,
+        _ => EventKind::Error,
+    }
+}
+
+/// Renames `path` and its `-wal`/`-shm` companions to `<path>.quarantined-<epoch ms>[...]`.
+fn quarantine(path: &Path) -> std::io::Result<PathBuf> {
+    let stamp = now_ms();
+    let aside = PathBuf::from(format!("{}.quarantined-{stamp}", path.display()));
+    std::fs::rename(path, &aside)?;
+    for suffix in ["-wal", "-shm"] {
+        let from = PathBuf::from(format!("{}{suffix}", path.display()));
+        if from.exists() {
+            std::fs::rename(&from, format!("{}{suffix}", aside.display()))?;
+        }
+    }
+    Ok(aside)
+}
+
+#[cfg(test)]
+mod tests;

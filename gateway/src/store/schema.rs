@@ -1,0 +1,98 @@
+//! SQL schema, PRAGMAs (WAL, `synchronous`), and the checks that decide whether an existing file
+//! is ours and intact.
+
+use super::Synchronous;
+use rusqlite::Connection;
+use std::path::Path;
+
+/// `PRAGMA application_id` of a wardgate store: ASCII "WGRD".
+pub const APPLICATION_ID: i64 = 0x5747_5244;
+/// `PRAGMA user_version`: the schema version.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS queue(
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    class        INTEGER NOT NULL,
+    device       TEXT    NOT NULL,
+    kind         TEXT,
+    code         INTEGER,
+    value        REAL,
+    unit         INTEGER,
+    device_time  TEXT,
+    gateway_time INTEGER NOT NULL,
+    time_quality INTEGER,
+    status       TEXT,
+    detail       TEXT
+);
+CREATE INDEX IF NOT EXISTS queue_class_seq ON queue(class, seq);
+CREATE TABLE IF NOT EXISTS batches(
+    number     INTEGER PRIMARY KEY,
+    first_seq  INTEGER NOT NULL,
+    last_seq   INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta(key, value) VALUES ('assigned_upto', 0), ('next_batch', 1);
+";
+
+/// Why an existing file cannot be used.
+pub enum OpenProblem {
+    /// An operational error (permissions, I/O): not a reason to quarantine.
+    Sqlite(rusqlite::Error),
+    /// The file is corrupt, not a database, or another program's database.
+    Unusable(String),
+}
+
+/// Opens `path`, applies PRAGMAs, checks integrity and ownership, and creates the schema.
+pub fn open_checked(path: &Path, sync: Synchronous) -> Result<Connection, OpenProblem> {
+    let conn = Connection::open(path).map_err(OpenProblem::Sqlite)?;
+    let classify = |e: rusqlite::Error| match &e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(f.code, rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) =>
+        {
+            OpenProblem::Unusable(format!("corrupt ({e})"))
+        }
+        _ => OpenProblem::Sqlite(e),
+    };
+    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(OpenProblem::Sqlite)?;
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(classify)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(OpenProblem::Sqlite(rusqlite::Error::InvalidParameterName(format!(
+            "could not switch to WAL (journal_mode is {mode})"
+        ))));
+    }
+    let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(classify)?;
+    if check != "ok" {
+        return Err(OpenProblem::Unusable(format!("corrupt (quick_check: {check})")));
+    }
+    let app: i64 = conn.query_row("PRAGMA application_id", [], |r| r.get(0)).map_err(classify)?;
+    let tables: i64 =
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0)).map_err(classify)?;
+    if app != APPLICATION_ID && !(app == 0 && tables == 0) {
+        return Err(OpenProblem::Unusable(format!(
+            "not a wardgate store (application_id {app:#x}, {tables} schema objects)"
+        )));
+    }
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(classify)?;
+    if version > SCHEMA_VERSION {
+        return Err(OpenProblem::Sqlite(rusqlite::Error::InvalidParameterName(format!(
+            "store schema version {version} is newer than this wardgate ({SCHEMA_VERSION}); refusing to touch it"
+        ))));
+    }
+    let sync = match sync {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous={sync};
+         PRAGMA journal_size_limit=67108864;
+         PRAGMA wal_autocheckpoint=1000;
+         PRAGMA foreign_keys=OFF;
+         PRAGMA application_id={APPLICATION_ID};
+         {SCHEMA}
+         PRAGMA user_version={SCHEMA_VERSION};"
+    ))
+    .map_err(classify)?;
+    Ok(conn)
+}

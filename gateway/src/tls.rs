@@ -1,0 +1,56 @@
+//! rustls client configuration for mutual TLS (DESIGN §6), always with the `ring` provider.
+
+use crate::signing::{read_certs, read_key, SigningError};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Builds a TLS 1.3/1.2 client config that trusts only the CAs in `ca` and presents the client
+/// certificate chain in `cert` with the key in `key`.
+///
+/// Errors name the file and the problem (unreadable, no certificate, key not matching).
+pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<rustls::ClientConfig>, SigningError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in read_certs(ca)? {
+        roots.add(c).map_err(|e| SigningError::File { path: ca.display().to_string(), message: format!("unusable CA certificate: {e}") })?;
+    }
+    let chain = read_certs(cert)?;
+    let key = read_key(key)?;
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SigningError::Key(format!("TLS setup: {e}")))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| SigningError::Key(format!("{} does not fit {}: {e}", cert.display(), key_name(&e))))?;
+    Ok(Arc::new(cfg))
+}
+
+fn key_name(_: &rustls::Error) -> &'static str {
+    "the private key"
+}
+
+/// Turns a connection error into the sentence an installer needs, e.g. distinguishing an
+/// unknown broker CA, a certificate not yet valid (clock not set: waiting for time), a refused
+/// client certificate, and a broker that is down.
+pub fn explain(err: &rumqttc::ConnectionError) -> String {
+    let text = err.to_string();
+    let lower = text.to_lowercase();
+    if lower.contains("notvalidyet") {
+        return format!("waiting for time: the broker certificate is not yet valid by this gateway's clock ({text})");
+    }
+    if lower.contains("expired") {
+        return format!("the broker certificate has expired or this gateway's clock is wrong ({text})");
+    }
+    if lower.contains("unknownissuer") || lower.contains("badsignature") {
+        return format!("the broker's certificate is not signed by the configured CA (uplink.ca); refusing to connect ({text})");
+    }
+    if lower.contains("notvalidforname") {
+        return format!("the broker's certificate does not name the configured host ({text})");
+    }
+    if lower.contains("certificate") && (lower.contains("alert") || lower.contains("required")) {
+        return format!("the broker refused this gateway's client certificate (uplink.cert/uplink.key) ({text})");
+    }
+    if lower.contains("connection refused") {
+        return format!("broker unreachable: connection refused ({text})");
+    }
+    text
+}

@@ -1,0 +1,318 @@
+//! `Uplink`: store → sign → publish → delete on acknowledgement (DESIGN §4, §5).
+//!
+//! One MQTT session at a time over mutual TLS (rumqttc + rustls/ring). Each session starts from
+//! the store: batches handed out earlier and not acknowledged are re-sent first, with their
+//! numbers; then new batches are cut from pending rows, at most `max_inflight` unacknowledged at
+//! once. When a session fails (TLS refused, broker gone, keepalive missed), the MQTT client and
+//! its in-memory state are dropped and a new one is made after a capped, jittered backoff: nothing
+//! depends on rumqttc's session surviving.
+//!
+//! Acknowledgement: `broker` mode deletes a batch's rows on the broker's PUBACK for that batch's
+//! packet; `upstream` mode on the receiver's ack message on `.../ack` (see [`crate::batch::Ack`]).
+//! An unacknowledged batch is re-sent after `ack_timeout`. Delivery is at-least-once; the
+//! receiver dedups on `(gateway, batch)` and `(gateway, seq)`.
+
+pub mod inflight;
+pub mod topics;
+
+use crate::batch::{Ack, Origin};
+use crate::config::{AckMode, Config};
+use crate::signing::Signer;
+use crate::store::Store;
+use crate::supervisor::Backoff;
+use inflight::InflightTracker;
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, Transport};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Notify};
+
+/// Everything the uplink needs besides the store and the signer.
+#[derive(Clone)]
+pub struct UplinkSettings {
+    /// Broker host (name in its certificate, or IP).
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// Mutual-TLS client config.
+    pub tls: Arc<rustls::ClientConfig>,
+    /// MQTT client id (the gateway id).
+    pub client_id: String,
+    /// MQTT keepalive.
+    pub keepalive: Duration,
+    /// What counts as delivered.
+    pub ack: AckMode,
+    /// Most rows per batch.
+    pub batch_max: usize,
+    /// Longest wait for a batch to fill.
+    pub batch_interval: Duration,
+    /// Most unacknowledged batches on the wire.
+    pub max_inflight: usize,
+    /// Re-send a batch not acknowledged within this time.
+    pub ack_timeout: Duration,
+    /// Reconnect backoff cap.
+    pub backoff_max: Duration,
+    /// Gateway, site, ward.
+    pub origin: Origin,
+}
+
+impl UplinkSettings {
+    /// Settings from a validated config and a TLS client config.
+    pub fn from_config(c: &Config, tls: Arc<rustls::ClientConfig>) -> Self {
+        UplinkSettings {
+            host: c.uplink.host.get_ref().clone(),
+            port: *c.uplink.port.get_ref(),
+            tls,
+            client_id: c.gateway.id.get_ref().clone(),
+            keepalive: Duration::from_secs(c.uplink.keepalive_s),
+            ack: c.uplink.ack,
+            batch_max: c.uplink.batch_max,
+            batch_interval: Duration::from_millis(c.uplink.batch_interval_ms),
+            max_inflight: c.uplink.max_inflight,
+            ack_timeout: Duration::from_secs(c.uplink.ack_timeout_s),
+            backoff_max: Duration::from_secs(c.uplink.backoff_max_s),
+            origin: Origin {
+                gateway: c.gateway.id.get_ref().clone(),
+                site: c.gateway.site.get_ref().clone(),
+                ward: c.gateway.ward.get_ref().clone(),
+            },
+        }
+    }
+}
+
+/// What the uplink is doing, for status and heartbeat.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct UplinkStatus {
+    /// Whether an MQTT session is up.
+    pub connected: bool,
+    /// The last connection error, in an installer's words (`None` while connected).
+    pub last_error: Option<String>,
+    /// Batches published (first sends and re-sends).
+    pub batches_sent: u64,
+    /// Of those, re-sends of an already numbered batch.
+    pub batches_resent: u64,
+    /// Batches acknowledged and deleted from the store.
+    pub batches_acked: u64,
+    /// Sessions that ended in an error.
+    pub connection_failures: u64,
+}
+
+/// The MQTT sink. Run it with [`Uplink::run`].
+pub struct Uplink {
+    /// Source of truth for what is unsent.
+    store: Arc<Store>,
+    /// Signs batch payloads.
+    signer: Arc<Signer>,
+    /// Connection and batching parameters.
+    settings: UplinkSettings,
+    /// Published state for status/heartbeat.
+    status: watch::Sender<UplinkStatus>,
+    /// Woken by the pipeline when a full batch is pending, so batches need not wait for the tick.
+    wake: Arc<Notify>,
+}
+
+impl Uplink {
+    /// A new uplink. `wake` is notified by the writer when enough rows are pending.
+    pub fn new(store: Arc<Store>, signer: Arc<Signer>, settings: UplinkSettings, wake: Arc<Notify>) -> (Uplink, watch::Receiver<UplinkStatus>) {
+        let (status, rx) = watch::channel(UplinkStatus::default());
+        (Uplink { store, signer, settings, status, wake }, rx)
+    }
+
+    fn mqtt_options(&self) -> MqttOptions {
+        let s = &self.settings;
+        let mut o = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
+        o.set_keep_alive(s.keepalive)
+            .set_clean_session(true)
+            .set_max_packet_size(16 << 20, 16 << 20)
+            .set_inflight(u16::try_from(s.max_inflight.max(1)).unwrap_or(u16::MAX))
+            .set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(s.tls.clone())))
+            .set_last_will(LastWill::new(topics::status(&s.origin), "offline", QoS::AtLeastOnce, true));
+        o
+    }
+
+    /// Runs until `shutdown` becomes `true`: connect, deliver, reconnect with capped backoff.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Backoff::new(Duration::from_millis(500), self.settings.backoff_max);
+        let mut last_logged: Option<String> = None;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let started = Instant::now();
+            match self.session(&mut shutdown).await {
+                Ok(()) => return,
+                Err(reason) => {
+                    if started.elapsed() > Duration::from_secs(30) {
+                        backoff.reset();
+                    }
+                    if last_logged.as_deref() != Some(reason.as_str()) {
+                        log::warn!("uplink to {}:{}: {reason}; buffering in the store and retrying", self.settings.host, self.settings.port);
+                        last_logged = Some(reason.clone());
+                    } else {
+                        log::debug!("uplink still failing: {reason}");
+                    }
+                    self.status.send_modify(|s| {
+                        s.connected = false;
+                        s.last_error = Some(reason);
+                        s.connection_failures += 1;
+                    });
+                    let wait = backoff.next_delay();
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// One MQTT session. `Ok` on shutdown, `Err(reason)` when the session failed.
+    async fn session(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), String> {
+        let s = &self.settings;
+        let (client, mut el) = AsyncClient::new(self.mqtt_options(), 256);
+        let connect = async {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(crate::tls::explain(&e)),
+                }
+            }
+        };
+        tokio::select! {
+            r = tokio::time::timeout(s.keepalive.max(Duration::from_secs(5)) * 2, connect) => match r {
+                Ok(r) => r?,
+                Err(_) => return Err("timed out waiting for the broker's CONNACK".into()),
+            },
+            _ = shutdown.changed() => return Ok(()),
+        }
+        log::info!("uplink connected to {}:{} ({} ack mode)", s.host, s.port, match s.ack { AckMode::Upstream => "upstream", AckMode::Broker => "broker" });
+        self.status.send_modify(|st| {
+            st.connected = true;
+            st.last_error = None;
+        });
+        let ack_topic = topics::ack(&s.origin);
+        if s.ack == AckMode::Upstream {
+            client.try_subscribe(ack_topic.clone(), QoS::AtLeastOnce).map_err(|e| e.to_string())?;
+        }
+        client.try_publish(topics::status(&s.origin), QoS::AtLeastOnce, true, "online").map_err(|e| e.to_string())?;
+
+        let mut tracker = InflightTracker::new(s.ack);
+        let store = self.store.clone();
+        let mut resend: VecDeque<u64> = blocking(move || store.unacked_batches()).await?.into();
+        let batch_topic = topics::batch(&s.origin);
+        let mut tick = tokio::time::interval(s.batch_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                ev = el.poll() => {
+                    let ev = ev.map_err(|e| crate::tls::explain(&e))?;
+                    self.handle_event(ev, &mut tracker, &ack_topic).await?;
+                }
+                _ = tick.tick() => {
+                    for n in tracker.overdue(Instant::now(), s.ack_timeout) {
+                        if !resend.contains(&n) {
+                            log::info!("batch {n} not acknowledged within {:?}; sending it again", s.ack_timeout);
+                            resend.push_back(n);
+                        }
+                    }
+                    self.fill(&client, &mut tracker, &mut resend, &batch_topic).await?;
+                }
+                _ = self.wake.notified() => self.fill(&client, &mut tracker, &mut resend, &batch_topic).await?,
+                _ = shutdown.changed() => {
+                    let _ = client.try_publish(topics::status(&s.origin), QoS::AtLeastOnce, true, "offline");
+                    let _ = client.try_disconnect();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                        while let Ok(ev) = el.poll().await {
+                            if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) { break; }
+                        }
+                    }).await;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    async fn handle_event(&self, ev: Event, tracker: &mut InflightTracker, ack_topic: &str) -> Result<(), String> {
+        match ev {
+            Event::Outgoing(Outgoing::Publish(pkid)) if pkid != 0 => tracker.outgoing_publish(pkid),
+            Event::Incoming(Packet::PubAck(ack)) => {
+                if let Some(n) = tracker.puback(ack.pkid) {
+                    self.acknowledge(vec![n]).await?;
+                }
+            }
+            Event::Incoming(Packet::Publish(p)) if p.topic == ack_topic => match Ack::from_cbor(&p.payload) {
+                Ok(ack) if ack.gateway == self.settings.origin.gateway => {
+                    for n in &ack.batches {
+                        tracker.upstream_ack(*n);
+                    }
+                    self.acknowledge(ack.batches).await?;
+                }
+                Ok(ack) => log::warn!("ignoring an ack for gateway {} on our ack topic", ack.gateway),
+                Err(e) => log::warn!("ignoring a malformed ack message: {e}"),
+            },
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Deletes acknowledged batches from the store (stray or repeated numbers are harmless).
+    async fn acknowledge(&self, numbers: Vec<u64>) -> Result<(), String> {
+        let store = self.store.clone();
+        let acked = blocking(move || {
+            let mut acked = 0;
+            for n in numbers {
+                if store.ack(n)? {
+                    acked += 1;
+                }
+            }
+            Ok(acked)
+        })
+        .await?;
+        self.status.send_modify(|s| s.batches_acked += acked);
+        Ok(())
+    }
+
+    /// Puts batches on the wire until `max_inflight`: re-sends first, then new batches.
+    async fn fill(&self, client: &AsyncClient, tracker: &mut InflightTracker, resend: &mut VecDeque<u64>, topic: &str) -> Result<(), String> {
+        while tracker.len() < self.settings.max_inflight {
+            let store = self.store.clone();
+            let signer = self.signer.clone();
+            let origin = self.settings.origin.clone();
+            let max = self.settings.batch_max;
+            let again = resend.pop_front();
+            let signed = blocking(move || {
+                let batch = match again {
+                    Some(n) => store.load_batch(n)?,
+                    None => store.next_batch(max)?,
+                };
+                Ok(batch.map(|b| (b.number, signer.sign(b.to_payload(&origin).to_cbor()))))
+            })
+            .await?;
+            let Some((number, bytes)) = signed else {
+                if again.is_some() {
+                    continue; // acknowledged meanwhile
+                }
+                break;
+            };
+            if client.try_publish(topic, QoS::AtLeastOnce, false, bytes).is_err() {
+                // The client's request queue is full: try again on the next tick, same number.
+                resend.push_front(number);
+                break;
+            }
+            tracker.sent(number, Instant::now());
+            self.status.send_modify(|s| {
+                s.batches_sent += 1;
+                if again.is_some() {
+                    s.batches_resent += 1;
+                }
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Runs a store operation on the blocking pool (SQLite may fsync).
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static) -> Result<T, String> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| format!("store task failed: {e}"))?.map_err(|e| e.to_string())
+}

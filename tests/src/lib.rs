@@ -1,0 +1,1 @@
+//! Test support: mosquitto on random loopback ports, pseudo-terminals, TLS material.
