@@ -22,7 +22,10 @@ use wardgate_adapters::{
     Adapter, AdapterContext, AdapterError, AdapterEvent, EventKind, Observation, TimeQuality,
 };
 
-const REAL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/real/serial/");
+const REAL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/data/real/serial/"
+);
 
 fn real(name: &str) -> Vec<u8> {
     std::fs::read(format!("{REAL}{name}")).unwrap_or_else(|e| panic!("read {name}: {e}"))
@@ -46,7 +49,11 @@ impl Pty {
         tcsetattr(&pair.slave, SetArg::TCSANOW, &t).expect("tcsetattr");
         let path = nix::unistd::ttyname(&pair.slave).expect("ttyname");
         fcntl(&pair.master, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).expect("O_NONBLOCK");
-        Pty { master: File::from(pair.master), _slave: pair.slave, path }
+        Pty {
+            master: File::from(pair.master),
+            _slave: pair.slave,
+            path,
+        }
     }
 
     /// Writes everything, waiting while the pty buffer is full.
@@ -73,7 +80,10 @@ impl Pty {
             match self.master.read(&mut buf[..n - got.len()]) {
                 Ok(k) => got.extend(&buf[..k]),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    assert!(Instant::now() < deadline, "nothing written by the adapter: {got:02X?}");
+                    assert!(
+                        Instant::now() < deadline,
+                        "nothing written by the adapter: {got:02X?}"
+                    );
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
                 Err(e) => panic!("pty read: {e}"),
@@ -88,7 +98,8 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("wardgate-serial-pty-{}-{name}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("wardgate-serial-pty-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("scratch dir");
         Scratch(dir)
@@ -109,7 +120,12 @@ fn point(link: &Path, target: &Path) {
     std::fs::rename(&tmp, link).expect("rename symlink");
 }
 
-fn config(name: &str, path: &Path, protocol: ProtocolName, serial_number: Option<&str>) -> SerialConfig {
+fn config(
+    name: &str,
+    path: &Path,
+    protocol: ProtocolName,
+    serial_number: Option<&str>,
+) -> SerialConfig {
     SerialConfig {
         name: name.into(),
         path: path.into(),
@@ -145,7 +161,13 @@ fn start(cfg: SerialConfig) -> Running {
     };
     let a = adapter.clone();
     let task = tokio::spawn(async move { a.run(&mut ctx).await });
-    Running { adapter, events, shutdown, task, _clock: clock }
+    Running {
+        adapter,
+        events,
+        shutdown,
+        task,
+        _clock: clock,
+    }
 }
 
 impl Running {
@@ -174,7 +196,9 @@ impl Running {
         while seen.len() < n {
             match self.next().await {
                 AdapterEvent::Observation(o) => seen.push(o),
-                AdapterEvent::Event(e) => panic!("unexpected event {e:?} after {} observations", seen.len()),
+                AdapterEvent::Event(e) => {
+                    panic!("unexpected event {e:?} after {} observations", seen.len())
+                }
             }
         }
         seen
@@ -182,13 +206,19 @@ impl Running {
 
     async fn stop(self) -> (Arc<SerialAdapter>, Result<(), AdapterError>) {
         self.shutdown.send(true).expect("adapter gone");
-        let res = timeout(Duration::from_secs(2), self.task).await.expect("adapter did not stop").expect("join");
+        let res = timeout(Duration::from_secs(2), self.task)
+            .await
+            .expect("adapter did not stop")
+            .expect("join");
         (self.adapter, res)
     }
 }
 
 fn values(obs: &[Observation], code: u32) -> Vec<f64> {
-    obs.iter().filter(|o| o.code == code).map(|o| o.value).collect()
+    obs.iter()
+        .filter(|o| o.code == code)
+        .map(|o| o.value)
+        .collect()
 }
 
 /// The device → host bytes of the CMS50D+ capture (handshake responses, then live frames).
@@ -214,7 +244,11 @@ async fn cms50_replay_then_unplug_and_replug_on_the_stable_path() {
 
     let (detail, _) = run.expect_event(EventKind::Connected).await;
     assert!(detail.contains("115200 8N1"), "{detail}");
-    assert_eq!(pty.read_exact(9).await, hex::decode("7d81a1808080808080").unwrap(), "start-live command");
+    assert_eq!(
+        pty.read_exact(9).await,
+        hex::decode("7d81a1808080808080").unwrap(),
+        "start-live command"
+    );
 
     // Replay the CMS50E recording in uneven pieces.
     let bin = real("cms50e_live_capture.bin");
@@ -238,9 +272,16 @@ async fn cms50_replay_then_unplug_and_replug_on_the_stable_path() {
     drop(pty);
     let (detail, _) = run.expect_event(EventKind::Disconnected).await;
     assert!(detail.starts_with("device bed7-spo2: "), "{detail}");
+    assert!(
+        detail.contains("EIO") || detail.contains("end of file"),
+        "{detail}"
+    );
     let (detail, _) = run.expect_event(EventKind::Connected).await;
     assert!(detail.contains(&link.display().to_string()), "{detail}");
-    assert_eq!(pty2.read_exact(9).await, hex::decode("7d81a1808080808080").unwrap());
+    assert_eq!(
+        pty2.read_exact(9).await,
+        hex::decode("7d81a1808080808080").unwrap()
+    );
 
     pty2.write_all(&cms50dplus_device_bytes()).await;
     let obs = run.observations(5 * 3).await;
@@ -250,8 +291,16 @@ async fn cms50_replay_then_unplug_and_replug_on_the_stable_path() {
     let (adapter, res) = run.stop().await;
     assert!(res.is_ok(), "{res:?}");
     let s = adapter.stats();
-    assert_eq!((s.connects, s.reconnects, s.disconnects), (2, 1, 1), "{s:?}");
-    assert_eq!((s.frames_ok, s.frame_errors, s.readings), (107, 0, 321), "{s:?}");
+    assert_eq!(
+        (s.connects, s.reconnects, s.disconnects),
+        (2, 1, 1),
+        "{s:?}"
+    );
+    assert_eq!(
+        (s.frames_ok, s.frame_errors, s.readings),
+        (107, 0, 321),
+        "{s:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,7 +318,10 @@ async fn ivy_replay_at_9600_baud() {
     assert_eq!(values(&obs, mdc::NIBP_SYS), vec![121.0; 27]);
     let (adapter, res) = run.stop().await;
     assert!(res.is_ok(), "{res:?}");
-    assert_eq!((adapter.stats().frames_ok, adapter.stats().frame_errors), (27, 0));
+    assert_eq!(
+        (adapter.stats().frames_ok, adapter.stats().frame_errors),
+        (27, 0)
+    );
 }
 
 fn open_with(path: &Path, want: &LineSettings) -> tokio_serial::SerialStream {
@@ -279,8 +331,16 @@ fn open_with(path: &Path, want: &LineSettings) -> tokio_serial::SerialStream {
         Parity::Even => tokio_serial::Parity::Even,
         Parity::Odd => tokio_serial::Parity::Odd,
     };
-    let data_bits = if want.data_bits == 7 { tokio_serial::DataBits::Seven } else { tokio_serial::DataBits::Eight };
-    let stop_bits = if want.stop_bits == 2 { tokio_serial::StopBits::Two } else { tokio_serial::StopBits::One };
+    let data_bits = if want.data_bits == 7 {
+        tokio_serial::DataBits::Seven
+    } else {
+        tokio_serial::DataBits::Eight
+    };
+    let stop_bits = if want.stop_bits == 2 {
+        tokio_serial::StopBits::Two
+    } else {
+        tokio_serial::StopBits::One
+    };
     tokio_serial::new(path.to_string_lossy(), want.baud)
         .data_bits(data_bits)
         .parity(parity)
@@ -293,19 +353,42 @@ fn open_with(path: &Path, want: &LineSettings) -> tokio_serial::SerialStream {
 async fn line_settings_are_read_back_from_a_real_tty() {
     let pty = Pty::new();
     for want in [
-        LineSettings { baud: 9600, data_bits: 8, parity: Parity::None, stop_bits: 1 },
-        LineSettings { baud: 115_200, data_bits: 8, parity: Parity::None, stop_bits: 2 },
-        LineSettings { baud: 19_200, data_bits: 8, parity: Parity::None, stop_bits: 1 },
+        LineSettings {
+            baud: 9600,
+            data_bits: 8,
+            parity: Parity::None,
+            stop_bits: 1,
+        },
+        LineSettings {
+            baud: 115_200,
+            data_bits: 8,
+            parity: Parity::None,
+            stop_bits: 2,
+        },
+        LineSettings {
+            baud: 19_200,
+            data_bits: 8,
+            parity: Parity::None,
+            stop_bits: 1,
+        },
     ] {
         let port = open_with(&pty.path, &want);
         assert_eq!(LineSettings::read_back(&port).expect("read back"), want);
     }
     // A pty never does parity or fewer than 8 data bits: Linux clears PARENB and forces CS8
     // (drivers/tty/pty.c, pty_set_termios). It is a real port that does not take its settings.
-    let want = LineSettings { baud: 115_200, data_bits: 7, parity: Parity::Even, stop_bits: 2 };
+    let want = LineSettings {
+        baud: 115_200,
+        data_bits: 7,
+        parity: Parity::Even,
+        stop_bits: 2,
+    };
     let port = open_with(&pty.path, &want);
     let got = LineSettings::read_back(&port).expect("read back");
-    assert_eq!((got.data_bits, got.parity, got.baud), (8, Parity::None, 115_200));
+    assert_eq!(
+        (got.data_bits, got.parity, got.baud),
+        (8, Parity::None, 115_200)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -319,10 +402,20 @@ async fn a_port_that_does_not_take_the_parity_is_refused() {
     let mut run = start(cfg);
     let (detail, seen) = run.expect_event(EventKind::Error).await;
     assert!(seen.is_empty());
-    assert!(detail.contains("asked for 9600 8E1, port reports 9600 8N1"), "{detail}");
-    let res = timeout(Duration::from_secs(2), run.task).await.expect("returns").expect("join");
+    assert!(
+        detail.contains("asked for 9600 8E1, port reports 9600 8N1"),
+        "{detail}"
+    );
+    let res = timeout(Duration::from_secs(2), run.task)
+        .await
+        .expect("returns")
+        .expect("join");
     assert!(matches!(res, Err(AdapterError::Config(_))), "{res:?}");
-    assert_eq!(run.adapter.stats().connects, 0, "never reported as connected");
+    assert_eq!(
+        run.adapter.stats().connects,
+        0,
+        "never reported as connected"
+    );
     drop(pty);
 }
 
@@ -332,7 +425,12 @@ async fn masimo_readings_wait_for_the_configured_serial_number() {
     let link = scratch.0.join("usb-Masimo_Rad8");
     let mut pty = Pty::new();
     point(&link, &pty.path);
-    let mut run = start(config("bed9-spo2", &link, ProtocolName::Masimo, Some("0000056661")));
+    let mut run = start(config(
+        "bed9-spo2",
+        &link,
+        ProtocolName::Masimo,
+        Some("0000056661"),
+    ));
     run.expect_event(EventKind::Connected).await;
 
     // Published example lines (documentation, not recordings): mdpnp/mdpnp
@@ -342,8 +440,14 @@ async fn masimo_readings_wait_for_the_configured_serial_number() {
     let ours = "02/22/16 22:47:45 SN=0000056661 SPO2=098% BPM=097 PI=03.60% SPCO=--.-% SPMET=--.-% DESAT=-- PIDELTA=+-- ALARM=0000 EXC=000800\r\n";
     pty.write_all(other.as_bytes()).await;
     let (detail, seen) = run.expect_event(EventKind::Error).await;
-    assert!(seen.is_empty(), "another bed's readings must not pass: {seen:?}");
-    assert!(detail.contains("reports serial number 0123456789, configured 0000056661"), "{detail}");
+    assert!(
+        seen.is_empty(),
+        "another bed's readings must not pass: {seen:?}"
+    );
+    assert!(
+        detail.contains("reports serial number 0123456789, configured 0000056661"),
+        "{detail}"
+    );
 
     pty.write_all(ours.as_bytes()).await;
     let obs = run.observations(3).await;
@@ -365,15 +469,27 @@ async fn masimo_readings_wait_for_the_configured_serial_number() {
     let (adapter, res) = run.stop().await;
     assert!(res.is_ok(), "{res:?}");
     let s = adapter.stats();
-    assert_eq!((s.readings, s.readings_dropped, s.identity_mismatches), (6, 6, 2), "{s:?}");
+    assert_eq!(
+        (s.readings, s.readings_dropped, s.identity_mismatches),
+        (6, 6, 2),
+        "{s:?}"
+    );
 }
 
 #[tokio::test]
 async fn a_serial_number_for_a_protocol_without_one_is_refused() {
-    let mut run = start(config("bed1-spo2", Path::new("/nonexistent/port"), ProtocolName::Cms50, Some("123")));
+    let mut run = start(config(
+        "bed1-spo2",
+        Path::new("/nonexistent/port"),
+        ProtocolName::Cms50,
+        Some("123"),
+    ));
     let (detail, _) = run.expect_event(EventKind::Error).await;
     assert!(detail.contains("never reports one"), "{detail}");
-    let res = timeout(Duration::from_secs(2), run.task).await.expect("returns").expect("join");
+    let res = timeout(Duration::from_secs(2), run.task)
+        .await
+        .expect("returns")
+        .expect("join");
     assert!(matches!(res, Err(AdapterError::Config(_))), "{res:?}");
     assert_eq!(run.adapter.stats().open_failures, 0, "nothing was opened");
 }
@@ -387,7 +503,10 @@ async fn a_missing_port_is_retried_with_backoff_until_shutdown() {
     assert!(detail.contains("cannot open"), "{detail}");
     tokio::time::sleep(Duration::from_millis(600)).await;
     let failures = run.adapter.stats().open_failures;
-    assert!((2..=5).contains(&failures), "backoff, not a busy loop: {failures} attempts in 0.6 s");
+    assert!(
+        (2..=5).contains(&failures),
+        "backoff, not a busy loop: {failures} attempts in 0.6 s"
+    );
     // Only the first failure of a streak is reported.
     assert!(run.events.try_recv().is_err());
     let (_, res) = run.stop().await;

@@ -19,6 +19,7 @@
 
 pub mod batch;
 pub mod broker;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod decode;

@@ -93,7 +93,12 @@ pub struct LineSettings {
 impl LineSettings {
     /// The settings `cfg` asks for (baud defaults to the protocol's own).
     pub fn from_config(cfg: &SerialConfig) -> Self {
-        LineSettings { baud: cfg.baud(), data_bits: cfg.data_bits, parity: cfg.parity, stop_bits: cfg.stop_bits }
+        LineSettings {
+            baud: cfg.baud(),
+            data_bits: cfg.data_bits,
+            parity: cfg.parity,
+            stop_bits: cfg.stop_bits,
+        }
     }
 
     /// Reads the settings back from an open port.
@@ -115,7 +120,12 @@ impl LineSettings {
             tokio_serial::StopBits::One => 1,
             tokio_serial::StopBits::Two => 2,
         };
-        Ok(LineSettings { baud, data_bits, parity, stop_bits })
+        Ok(LineSettings {
+            baud,
+            data_bits,
+            parity,
+            stop_bits,
+        })
     }
 
     /// Short form such as `115200 8N1`.
@@ -223,7 +233,11 @@ pub struct IdentityGate {
 impl IdentityGate {
     /// A gate for one connection: open when nothing is configured, closed until a match otherwise.
     pub fn new(expected: Option<&str>) -> Self {
-        IdentityGate { expected: expected.map(str::to_owned), last: None, open: expected.is_none() }
+        IdentityGate {
+            expected: expected.map(str::to_owned),
+            last: None,
+            open: expected.is_none(),
+        }
     }
 
     /// Whether readings may pass now.
@@ -267,7 +281,11 @@ struct ErrorLimiter {
 
 impl ErrorLimiter {
     fn new() -> Self {
-        ErrorLimiter { window_start: Instant::now(), sent: 0, suppressed: 0 }
+        ErrorLimiter {
+            window_start: Instant::now(),
+            sent: 0,
+            suppressed: 0,
+        }
     }
 
     /// Starts a new window when the current one is over; returns how many events the previous
@@ -323,7 +341,13 @@ impl SerialAdapter {
     pub fn new(cfg: SerialConfig) -> Self {
         let device = DeviceId::serial(&cfg.name);
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_CAPACITY);
-        SerialAdapter { cfg, device, counters: Arc::default(), cmd_tx, cmd_rx: Mutex::new(cmd_rx) }
+        SerialAdapter {
+            cfg,
+            device,
+            counters: Arc::default(),
+            cmd_tx,
+            cmd_rx: Mutex::new(cmd_rx),
+        }
     }
 
     /// The device id its observations carry: `serial:<name>`.
@@ -355,11 +379,19 @@ impl SerialAdapter {
     }
 
     fn event(&self, kind: EventKind, detail: String) -> AdapterEvent {
-        AdapterEvent::Event(DeviceEvent { device: self.device.clone(), kind, detail, gateway_time: now_ms() })
+        AdapterEvent::Event(DeviceEvent {
+            device: self.device.clone(),
+            kind,
+            detail,
+            gateway_time: now_ms(),
+        })
     }
 
     async fn send(&self, ctx: &AdapterContext, ev: AdapterEvent) -> Result<(), AdapterError> {
-        ctx.out.send(ev).await.map_err(|_| AdapterError::ChannelClosed)
+        ctx.out
+            .send(ev)
+            .await
+            .map_err(|_| AdapterError::ChannelClosed)
     }
 
     /// Reports a configuration the adapter cannot work with and returns the error to give up with.
@@ -405,8 +437,11 @@ impl SerialAdapter {
             Parity::Even => tokio_serial::Parity::Even,
             Parity::Odd => tokio_serial::Parity::Odd,
         };
-        let stop_bits =
-            if want.stop_bits == 2 { tokio_serial::StopBits::Two } else { tokio_serial::StopBits::One };
+        let stop_bits = if want.stop_bits == 2 {
+            tokio_serial::StopBits::Two
+        } else {
+            tokio_serial::StopBits::One
+        };
         let path = self.cfg.path.to_string_lossy();
         tokio_serial::new(path, want.baud)
             .data_bits(data_bits)
@@ -445,14 +480,19 @@ impl SerialAdapter {
                     if previous > 0 {
                         bump(&self.counters.reconnects, 1);
                     }
-                    log::info!("serial {name}: connected to {} at {}", self.cfg.path.display(), want.describe());
+                    log::info!(
+                        "serial {name}: connected to {} at {}",
+                        self.cfg.path.display(),
+                        want.describe()
+                    );
                     let detail = format!(
                         "device {name}: opened {} at {} ({})",
                         self.cfg.path.display(),
                         want.describe(),
                         self.cfg.protocol.as_str()
                     );
-                    self.send(ctx, self.event(EventKind::Connected, detail)).await?;
+                    self.send(ctx, self.event(EventKind::Connected, detail))
+                        .await?;
                     let began = Instant::now();
                     let end = self.session(&mut port, ctx, &mut cmd_rx).await;
                     drop(port); // close the fd before any wait, so the device node can go away
@@ -463,7 +503,8 @@ impl SerialAdapter {
                             bump(&self.counters.disconnects, 1);
                             log::warn!("serial {name}: connection lost: {reason}");
                             let detail = format!("device {name}: {reason}");
-                            self.send(ctx, self.event(EventKind::Disconnected, detail)).await?;
+                            self.send(ctx, self.event(EventKind::Disconnected, detail))
+                                .await?;
                         }
                     }
                     if began.elapsed() >= STABLE_CONNECTION {
@@ -473,11 +514,20 @@ impl SerialAdapter {
                 Err(e) => {
                     bump(&self.counters.open_failures, 1);
                     if open_failure_reported {
-                        log::debug!("serial {name}: still cannot open {}: {e}", self.cfg.path.display());
+                        log::debug!(
+                            "serial {name}: still cannot open {}: {e}",
+                            self.cfg.path.display()
+                        );
                     } else {
                         open_failure_reported = true;
-                        log::warn!("serial {name}: cannot open {}: {e}", self.cfg.path.display());
-                        let detail = format!("device {name}: cannot open {}: {e}", self.cfg.path.display());
+                        log::warn!(
+                            "serial {name}: cannot open {}: {e}",
+                            self.cfg.path.display()
+                        );
+                        let detail = format!(
+                            "device {name}: cannot open {}: {e}",
+                            self.cfg.path.display()
+                        );
                         self.send(ctx, self.event(EventKind::Error, detail)).await?;
                     }
                 }
@@ -575,7 +625,8 @@ impl SerialAdapter {
         let name = &self.cfg.name;
         let suppressed = st.limiter.roll(Instant::now());
         if suppressed > 0 {
-            let detail = format!("device {name}: {suppressed} further frame errors not reported one by one");
+            let detail =
+                format!("device {name}: {suppressed} further frame errors not reported one by one");
             self.send(ctx, self.event(EventKind::Error, detail)).await?;
         }
         for d in decoded.drain(..) {
@@ -583,7 +634,12 @@ impl SerialAdapter {
                 Decoded::Reading(r) => {
                     if st.gate.admits() {
                         let obs = self.observation(r, *ctx.clock_synced.borrow());
-                        log::debug!("serial {name}: code {} value {} {}", obs.code, obs.value, obs.unit.ucum);
+                        log::debug!(
+                            "serial {name}: code {} value {} {}",
+                            obs.code,
+                            obs.value,
+                            obs.unit.ucum
+                        );
                         self.send(ctx, AdapterEvent::Observation(obs)).await?;
                         bump(&self.counters.readings, 1);
                     } else {
@@ -700,7 +756,12 @@ mod tests {
     use super::*;
 
     fn settings(baud: u32, data_bits: u8, parity: Parity, stop_bits: u8) -> LineSettings {
-        LineSettings { baud, data_bits, parity, stop_bits }
+        LineSettings {
+            baud,
+            data_bits,
+            parity,
+            stop_bits,
+        }
     }
 
     #[test]
@@ -708,9 +769,16 @@ mod tests {
         let want = settings(9600, 8, Parity::None, 1);
         assert!(check_line_settings(&want, &want).is_ok());
         // A driver reporting the rate it achieved (within 2 %) is fine.
-        assert!(check_line_settings(&settings(115_200, 8, Parity::None, 1), &settings(115_384, 8, Parity::None, 1)).is_ok());
+        assert!(check_line_settings(
+            &settings(115_200, 8, Parity::None, 1),
+            &settings(115_384, 8, Parity::None, 1)
+        )
+        .is_ok());
         let e = check_line_settings(&want, &settings(19_200, 8, Parity::None, 1)).unwrap_err();
-        assert!(e.contains("asked for 9600 8N1, port reports 19200 8N1"), "{e}");
+        assert!(
+            e.contains("asked for 9600 8N1, port reports 19200 8N1"),
+            "{e}"
+        );
         assert!(check_line_settings(&want, &settings(9600, 8, Parity::Even, 1)).is_err());
         assert!(check_line_settings(&want, &settings(9600, 7, Parity::None, 1)).is_err());
         assert!(check_line_settings(&want, &settings(9600, 8, Parity::None, 2)).is_err());
@@ -728,7 +796,10 @@ mod tests {
     #[test]
     fn identity_gate_holds_readings_until_the_configured_number_is_seen() {
         let mut g = IdentityGate::new(Some("0000092845"));
-        assert!(!g.admits(), "readings before the first identity are held back");
+        assert!(
+            !g.admits(),
+            "readings before the first identity are held back"
+        );
         assert_eq!(g.observe("0000092845"), IdentityVerdict::Confirmed);
         assert!(g.admits());
         assert_eq!(g.observe(" 0000092845 "), IdentityVerdict::StillConfirmed);
@@ -739,8 +810,16 @@ mod tests {
         let mut g = IdentityGate::new(Some("A1"));
         assert_eq!(g.observe("B2"), IdentityVerdict::Mismatch);
         assert!(!g.admits());
-        assert_eq!(g.observe("B2"), IdentityVerdict::StillMismatch, "reported once");
-        assert_eq!(g.observe("C3"), IdentityVerdict::Mismatch, "a new wrong number is reported");
+        assert_eq!(
+            g.observe("B2"),
+            IdentityVerdict::StillMismatch,
+            "reported once"
+        );
+        assert_eq!(
+            g.observe("C3"),
+            IdentityVerdict::Mismatch,
+            "a new wrong number is reported"
+        );
         assert_eq!(g.observe("A1"), IdentityVerdict::Confirmed);
         assert!(g.admits());
         assert_eq!(g.observe("B2"), IdentityVerdict::Mismatch);
@@ -753,9 +832,15 @@ mod tests {
         let max = Duration::from_secs(30);
         for _ in 0..100 {
             let d0 = backoff_delay(0, max, &mut rng);
-            assert!(d0 >= Duration::from_millis(125) && d0 <= Duration::from_millis(250), "{d0:?}");
+            assert!(
+                d0 >= Duration::from_millis(125) && d0 <= Duration::from_millis(250),
+                "{d0:?}"
+            );
             let d3 = backoff_delay(3, max, &mut rng);
-            assert!(d3 >= Duration::from_millis(1000) && d3 <= Duration::from_millis(2000), "{d3:?}");
+            assert!(
+                d3 >= Duration::from_millis(1000) && d3 <= Duration::from_millis(2000),
+                "{d3:?}"
+            );
             let big = backoff_delay(40, max, &mut rng);
             assert!(big >= Duration::from_secs(15) && big <= max, "{big:?}");
         }

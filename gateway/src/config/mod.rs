@@ -273,9 +273,10 @@ pub fn load_any(path: &Path) -> Result<AnyConfig, Diagnostics> {
 /// Parses and validates `text` as the contents of `path` (relative paths resolve against its
 /// directory).
 pub fn parse_any(path: &Path, text: &str) -> Result<AnyConfig, Diagnostics> {
-    let syntax = |e: toml::de::Error| Diagnostics(vec![Diagnostic::at(path, text, e.span(), e.message().trim())]);
+    let syntax = |e: toml::de::Error| Diagnostics(vec![Diagnostic::at(path, text, e.span(), e.message().trim().replace('\n', "; "))]);
     let table: toml::Table = toml::from_str(text).map_err(syntax)?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    take_warnings();
     let mut v = Validator { file: path, text, problems: Vec::new() };
     if table.contains_key("receiver") {
         let mut c: ReceiverConfig = toml::from_str(text).map_err(syntax)?;
@@ -414,6 +415,18 @@ struct Validator<'a> {
     problems: Vec<Diagnostic>,
 }
 
+thread_local! {
+    /// Warnings of the last [`parse_any`] on this thread (files not present yet).
+    static WARNINGS: std::cell::RefCell<Vec<Diagnostic>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Warnings from the last load on this thread: referenced files that do not exist (yet). They
+/// do not fail `check-config` (a config is often checked before the certificates are
+/// provisioned), but `run` fails on them with the file named.
+pub fn take_warnings() -> Vec<Diagnostic> {
+    WARNINGS.with(|w| std::mem::take(&mut *w.borrow_mut()))
+}
+
 impl Validator<'_> {
     fn at(&mut self, span: Option<std::ops::Range<usize>>, message: String) {
         self.problems.push(Diagnostic::at(self.file, self.text, span, message));
@@ -433,14 +446,23 @@ impl Validator<'_> {
             self.at(Some(p.span()), "port must be between 1 and 65535".into());
         }
     }
+    fn warn(&mut self, span: std::ops::Range<usize>, message: String) {
+        let d = Diagnostic::at(self.file, self.text, Some(span), format!("warning: {message}"));
+        WARNINGS.with(|w| w.borrow_mut().push(d));
+    }
     fn readable(&mut self, p: &Spanned<PathBuf>) {
-        if let Err(e) = std::fs::File::open(p.get_ref()) {
-            self.at(Some(p.span()), format!("cannot read {}: {e}", p.get_ref().display()));
+        match std::fs::File::open(p.get_ref()) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.warn(p.span(), format!("{} does not exist (yet)", p.get_ref().display())),
+            Err(e) => self.at(Some(p.span()), format!("cannot read {}: {e}", p.get_ref().display())),
+            Ok(_) => {}
         }
     }
     fn private_key(&mut self, p: &Spanned<PathBuf>) {
         use std::os::unix::fs::PermissionsExt;
         match std::fs::metadata(p.get_ref()) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.warn(p.span(), format!("private key {} does not exist (yet)", p.get_ref().display()))
+            }
             Err(e) => self.at(Some(p.span()), format!("cannot read private key {}: {e}", p.get_ref().display())),
             Ok(m) if m.permissions().mode() & 0o077 != 0 => self.at(
                 Some(p.span()),

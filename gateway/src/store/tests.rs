@@ -1,1 +1,133 @@
+//! Store tests on real SQLite files.
 
+use super::*;
+use wardgate_adapters::observation::TimeQuality;
+
+fn obs(device: &str, code: u32, value: f64) -> AdapterEvent {
+    AdapterEvent::Observation(Observation {
+        device: DeviceId(device.into()),
+        code,
+        value,
+        unit: Unit::PERCENT,
+        device_time: None,
+        gateway_time: now_ms(),
+        time_quality: TimeQuality::Synced,
+        status: vec![],
+    })
+}
+
+fn open(dir: &tempfile::TempDir) -> Store {
+    Store::open(&dir.path().join("store.db"), StoreOptions::default()).unwrap().0
+}
+
+#[test]
+fn seqs_strictly_increase_and_are_never_reused_after_ack() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let r1 = s.append(&[obs("d", mdc::SPO2, 97.0), obs("d", mdc::SPO2, 98.0)]).unwrap();
+    assert_eq!(r1, 1..=2);
+    let b = s.next_batch(10).unwrap().unwrap();
+    assert!(s.ack(b.number).unwrap());
+    let r2 = s.append(&[obs("d", mdc::SPO2, 99.0)]).unwrap();
+    assert_eq!(r2, 3..=3, "AUTOINCREMENT: a deleted seq is not handed out again");
+}
+
+#[test]
+fn a_batch_keeps_its_number_and_rows_across_reopen_until_acked() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = {
+        let s = open(&dir);
+        s.append(&[obs("a", mdc::SPO2, 95.0), obs("b", mdc::PULSE_RATE_OXIM, 61.0)]).unwrap();
+        let b = s.next_batch(10).unwrap().unwrap();
+        s.append(&[obs("a", mdc::SPO2, 96.0)]).unwrap();
+        b
+    };
+    let s = open(&dir);
+    assert_eq!(s.unacked_batches().unwrap(), vec![first.number]);
+    assert_eq!(s.load_batch(first.number).unwrap().unwrap(), first);
+    let next = s.next_batch(10).unwrap().unwrap();
+    assert!(next.number > first.number, "batch numbers strictly increase");
+    assert_eq!(next.items.len(), 1, "rows already in a batch are not handed out twice");
+    assert!(s.ack(first.number).unwrap());
+    assert!(!s.ack(first.number).unwrap(), "a repeated ack is harmless");
+    assert_eq!(s.stats().unwrap().queued, 1);
+}
+
+#[test]
+fn observation_fields_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let o = Observation {
+        device: DeviceId("serial:bed1".into()),
+        code: mdc::NIBP_SYS,
+        value: 121.5,
+        unit: Unit::MMHG,
+        device_time: Some("2011-03-15T14:22:05".into()),
+        gateway_time: 1_700_000_000_123,
+        time_quality: TimeQuality::Device,
+        status: vec!["alarm".into(), "low-perfusion".into()],
+    };
+    let e = DeviceEvent { device: DeviceId("serial:bed1".into()), kind: EventKind::Disconnected, detail: "EIO".into(), gateway_time: 5 };
+    s.append(&[AdapterEvent::Observation(o.clone()), AdapterEvent::Event(e.clone())]).unwrap();
+    let b = s.next_batch(10).unwrap().unwrap();
+    assert_eq!(b.items, vec![Item::Observation(StoredObservation { seq: 1, observation: o }), Item::Event(StoredEvent { seq: 2, event: e })]);
+}
+
+#[test]
+fn a_corrupt_file_is_quarantined_not_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    std::fs::write(&path, b"this is not an SQLite database, just bytes on a bad SD card ......").unwrap();
+    let (s, report) = Store::open(&path, StoreOptions::default()).unwrap();
+    let (aside, reason) = report.quarantined.expect("quarantined");
+    assert!(reason.contains("corrupt"), "{reason}");
+    assert!(std::fs::read(&aside).unwrap().starts_with(b"this is not"), "the old bytes are kept");
+    // the fresh store works and reports the quarantine upstream as an event
+    let b = s.next_batch(10).unwrap().unwrap();
+    assert!(matches!(&b.items[0], Item::Event(e) if e.event.detail.contains("quarantined")));
+}
+
+#[test]
+fn a_foreign_database_is_quarantined() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    rusqlite::Connection::open(&path).unwrap().execute_batch("CREATE TABLE patients(name TEXT); INSERT INTO patients VALUES ('x');").unwrap();
+    let (_s, report) = Store::open(&path, StoreOptions::default()).unwrap();
+    assert!(report.quarantined.unwrap().1.contains("not a wardgate store"));
+}
+
+#[test]
+fn size_retention_drops_waveform_first_and_reports_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions { max_bytes: 64 * 1024, ..Default::default() };
+    let (s, _) = Store::open(&dir.path().join("store.db"), opts).unwrap();
+    let mut rows = Vec::new();
+    for i in 0..3000 {
+        rows.push(obs("d", mdc::PLETH, i as f64));
+    }
+    for i in 0..200 {
+        rows.push(obs("d", mdc::SPO2, 90.0 + (i % 10) as f64));
+    }
+    s.append(&rows).unwrap();
+    let report = s.enforce_retention(now_ms()).unwrap().expect("over the limit");
+    assert!(report.waveform > 0);
+    assert_eq!(report.numeric, 0, "numerics survive while waveform rows are left");
+    assert_eq!(s.stats().unwrap().dropped, report.total());
+    // the drop is itself queued as an event for upstream
+    let mut found = false;
+    while let Some(b) = s.next_batch(10_000).unwrap() {
+        found |= b.items.iter().any(|i| matches!(i, Item::Event(e) if e.event.kind == EventKind::Dropped && e.event.detail.contains("reason=max_bytes")));
+        s.ack(b.number).unwrap();
+    }
+    assert!(found);
+}
+
+#[test]
+fn age_retention_drops_old_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions { max_age_ms: 1000, ..Default::default() };
+    let (s, _) = Store::open(&dir.path().join("store.db"), opts).unwrap();
+    s.append(&[obs("d", mdc::SPO2, 97.0)]).unwrap();
+    let r = s.enforce_retention(now_ms() + 10_000).unwrap().unwrap();
+    assert_eq!((r.numeric, r.reason), (1, "max_age"));
+}

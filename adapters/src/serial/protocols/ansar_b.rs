@@ -171,7 +171,11 @@ impl AnsarB {
                 } else {
                     if self.synced {
                         let start = self.msg_start;
-                        self.fail(start, "message start without the ANSAR-B tag, resyncing".into(), out);
+                        self.fail(
+                            start,
+                            "message start without the ANSAR-B tag, resyncing".into(),
+                            out,
+                        );
                     } else {
                         self.state = State::Hunt;
                     }
@@ -200,18 +204,30 @@ impl AnsarB {
                 }
                 START => {
                     let start = self.msg_start;
-                    self.fail(start, "truncated message (no end byte before the next start), resyncing".into(), out);
+                    self.fail(
+                        start,
+                        "truncated message (no end byte before the next start), resyncing".into(),
+                        out,
+                    );
                     self.start_message(at);
                 }
                 b'\r' | b'\n' | 0x20..=0x7E => {
                     if self.text.len() >= MAX_TEXT {
                         let start = self.msg_start;
-                        self.fail(start, format!("numeric block longer than {MAX_TEXT} bytes, resyncing"), out);
+                        self.fail(
+                            start,
+                            format!("numeric block longer than {MAX_TEXT} bytes, resyncing"),
+                            out,
+                        );
                     } else {
                         self.text.push(b);
                     }
                 }
-                _ => self.fail(at, format!("unexpected byte 0x{b:02X} in the numeric block, resyncing"), out),
+                _ => self.fail(
+                    at,
+                    format!("unexpected byte 0x{b:02X} in the numeric block, resyncing"),
+                    out,
+                ),
             },
         }
     }
@@ -236,7 +252,13 @@ fn parse_block(text: &[u8], text_start: u64, out: &mut Vec<Decoded>) {
 }
 
 fn reading(code: u32, value: f64, unit: Unit, status: &[String]) -> Decoded {
-    Decoded::Reading(Reading { code, value, unit, device_time: None, status: status.to_vec() })
+    Decoded::Reading(Reading {
+        code,
+        value,
+        unit,
+        device_time: None,
+        status: status.to_vec(),
+    })
 }
 
 /// Parses a value field: `Ok(None)` when empty (absent), an error text when not a number.
@@ -247,7 +269,7 @@ fn value(name: &str, field: &str) -> Result<Option<f64>, String> {
     }
     match field.parse::<f64>() {
         Ok(v) if v.is_finite() => Ok(Some(v)),
-        _ => Err(format!("field {name}: value {field:?} is not a number")),
+        _ => Err(format!("field {name}: a value is not a number")),
     }
 }
 
@@ -261,13 +283,21 @@ fn parse_line(line: &[u8], offset: u64, out: &mut Vec<Decoded>) {
     }
     let err = |message: String| Decoded::Error { offset, message };
     let Some((name, rest)) = line.split_once('=') else {
-        out.push(err(format!("numeric line {:?} has no '='", truncate(line))));
+        out.push(err("numeric line without '='".into()));
         return;
     };
+    // Error texts never carry clinical values: a field name that is not a plain tag is not echoed.
     let name = name.trim();
+    let name = if name.len() <= 8 && name.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        name
+    } else {
+        "?"
+    };
     let fields: Vec<&str> = rest.split(';').collect();
     let Ok(n) = fields[0].trim().parse::<usize>() else {
-        out.push(err(format!("field {name}: value count {:?} is not a number", truncate(fields[0]))));
+        out.push(err(format!(
+            "field {name}: the value count is not a number"
+        )));
         return;
     };
     if fields.len() != n + 3 {
@@ -287,7 +317,9 @@ fn parse_line(line: &[u8], offset: u64, out: &mut Vec<Decoded>) {
         }
     };
     if n != expected {
-        out.push(err(format!("field {name}: {n} values, expected {expected}")));
+        out.push(err(format!(
+            "field {name}: {n} values, expected {expected}"
+        )));
         return;
     }
     let label = fields[n + 1].trim();
@@ -306,17 +338,24 @@ fn parse_line(line: &[u8], offset: u64, out: &mut Vec<Decoded>) {
     if !alarm.is_empty() {
         status.push(format!("alarm={alarm}"));
     }
-    let emit = |code: u32, v: Option<f64>, unit: Unit, status: &[String], out: &mut Vec<Decoded>| {
-        if let Some(v) = v {
-            if unit != Unit::MMHG && v < 0.0 {
-                out.push(err(format!("field {name}: negative value")));
-            } else {
-                out.push(reading(code, v, unit, status));
+    let emit =
+        |code: u32, v: Option<f64>, unit: Unit, status: &[String], out: &mut Vec<Decoded>| {
+            if let Some(v) = v {
+                if unit != Unit::MMHG && v < 0.0 {
+                    out.push(err(format!("field {name}: negative value")));
+                } else {
+                    out.push(reading(code, v, unit, status));
+                }
             }
-        }
-    };
+        };
     match name {
-        "HR" => emit(mdc::HEART_RATE_ECG, values[0], Unit::BEAT_PER_MIN, &status, out),
+        "HR" => emit(
+            mdc::HEART_RATE_ECG,
+            values[0],
+            Unit::BEAT_PER_MIN,
+            &status,
+            out,
+        ),
         "RR" => emit(mdc::RESP_RATE, values[0], Unit::RESP_PER_MIN, &status, out),
         "SPO2" => {
             match values[0] {
@@ -335,7 +374,13 @@ fn parse_line(line: &[u8], offset: u64, out: &mut Vec<Decoded>) {
             emit(mdc::NIBP_SYS, values[0], Unit::MMHG, &status, out);
             emit(mdc::NIBP_DIA, values[1], Unit::MMHG, &status, out);
             emit(mdc::NIBP_MEAN, values[2], Unit::MMHG, &status, out);
-            emit(mdc::PULSE_RATE_NIBP, values[3], Unit::BEAT_PER_MIN, &status, out);
+            emit(
+                mdc::PULSE_RATE_NIBP,
+                values[3],
+                Unit::BEAT_PER_MIN,
+                &status,
+                out,
+            );
         }
         "P1" | "P2" => {
             status.insert(0, format!("channel={name}"));
@@ -360,11 +405,6 @@ fn parse_line(line: &[u8], offset: u64, out: &mut Vec<Decoded>) {
     }
 }
 
-/// At most 40 characters of `s`, for error messages.
-fn truncate(s: &str) -> String {
-    s.chars().take(40).collect()
-}
-
 impl Protocol for AnsarB {
     fn name(&self) -> &'static str {
         "ansar-b"
@@ -385,8 +425,10 @@ impl Protocol for AnsarB {
 mod tests {
     use super::*;
 
-    const CAPTURE: &str =
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/real/serial/ivy450c_ansarb_capture.bin");
+    const CAPTURE: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/data/real/serial/ivy450c_ansarb_capture.bin"
+    );
 
     fn capture() -> Vec<u8> {
         std::fs::read(CAPTURE).expect("read the Ivy 450C recording")
@@ -418,7 +460,10 @@ mod tests {
     fn ivy_recording_gives_27_messages_with_the_documented_values() {
         let (out, messages) = decode_all(&[&capture()]);
         assert_eq!(messages, 27, "DemoIvy450CTest requires 27 messages");
-        assert!(out.iter().all(|d| matches!(d, Decoded::Reading(_))), "no errors: {out:?}");
+        assert!(
+            out.iter().all(|d| matches!(d, Decoded::Reading(_))),
+            "no errors: {out:?}"
+        );
         assert_eq!(values(&out, mdc::HEART_RATE_ECG), vec![80.0; 27]);
         assert_eq!(values(&out, mdc::RESP_RATE), vec![35.0; 27]);
         assert_eq!(values(&out, mdc::SPO2), vec![100.0; 27]);
@@ -432,10 +477,15 @@ mod tests {
         assert_eq!(sys.len(), 27);
         assert!(sys.iter().all(|r| r.value == 111.0 || r.value == 110.0));
         assert!(sys.iter().any(|r| r.value == 110.0));
-        assert!(sys.iter().all(|r| r.status == vec!["channel=P1".to_string()]));
+        assert!(sys
+            .iter()
+            .all(|r| r.status == vec!["channel=P1".to_string()]));
         assert_eq!(values(&out, mdc::IBP_DIA), vec![73.0; 27]);
         assert_eq!(values(&out, mdc::IBP_MEAN), vec![88.0; 27]);
-        assert!(values(&out, mdc::TEMP_BODY).is_empty(), "T1=1;;; and T2=1;;; are empty");
+        assert!(
+            values(&out, mdc::TEMP_BODY).is_empty(),
+            "T1=1;;; and T2=1;;; are empty"
+        );
         // HR, RR, SPO2, PR, NIBP ×4, P1 ×3 per message.
         assert_eq!(out.len(), 27 * 11);
         for d in &out {
@@ -446,9 +496,14 @@ mod tests {
                 }
             }
         }
-        let units: Vec<Unit> = readings(&out, mdc::NIBP_SYS).iter().map(|r| r.unit).collect();
+        let units: Vec<Unit> = readings(&out, mdc::NIBP_SYS)
+            .iter()
+            .map(|r| r.unit)
+            .collect();
         assert!(units.iter().all(|u| *u == Unit::MMHG));
-        assert!(readings(&out, mdc::RESP_RATE).iter().all(|r| r.unit == Unit::RESP_PER_MIN));
+        assert!(readings(&out, mdc::RESP_RATE)
+            .iter()
+            .all(|r| r.unit == Unit::RESP_PER_MIN));
     }
 
     #[test]
@@ -502,7 +557,11 @@ mod tests {
         let (out, messages) = decode_all(&[&s]);
         assert_eq!(messages, 3);
         let e = errors(&out);
-        assert_eq!(e.iter().map(|e| e.0).collect::<Vec<_>>(), vec![garbage_at, cut_at, bad_tag_at], "{e:?}");
+        assert_eq!(
+            e.iter().map(|e| e.0).collect::<Vec<_>>(),
+            vec![garbage_at, cut_at, bad_tag_at],
+            "{e:?}"
+        );
         assert!(e[0].1.contains("0x78"));
         assert!(e[1].1.contains("truncated message"));
         assert!(e[2].1.contains("tag"));
@@ -526,15 +585,25 @@ mod tests {
         let hr = readings(&out, mdc::HEART_RATE_ECG);
         assert_eq!(hr[0].status, vec!["alarm=HR HIGH".to_string()]);
         let sys = readings(&out, mdc::IBP_SYS);
-        assert_eq!((sys[0].value, sys[0].status.clone()), (30.0, vec!["channel=P2".into(), "label=CVP".into()]));
-        assert!(readings(&out, mdc::IBP_MEAN).is_empty(), "empty mean is absent");
+        assert_eq!(
+            (sys[0].value, sys[0].status.clone()),
+            (30.0, vec!["channel=P2".into(), "label=CVP".into()])
+        );
+        assert!(
+            readings(&out, mdc::IBP_MEAN).is_empty(),
+            "empty mean is absent"
+        );
         let t = readings(&out, mdc::TEMP_BODY);
-        assert_eq!((t[0].value, t[0].unit, t[0].status.clone()), (37.2, Unit::DEGC, vec!["channel=T1".into()]));
+        assert_eq!(
+            (t[0].value, t[0].unit, t[0].status.clone()),
+            (37.2, Unit::DEGC, vec!["channel=T1".into()])
+        );
     }
 
     #[test]
     fn malformed_lines_are_errors_at_the_line_offset() {
-        let lines = "HR=1;80;ECG-II-DIAG;\rNIBP=4;121;75;;\rRR=1;3x;;\rT2=1;98.6;;\rSPO2=1;97;PR=61 ;\r";
+        let lines =
+            "HR=1;80;ECG-II-DIAG;\rNIBP=4;121;75;;\rRR=1;3x;;\rT2=1;98.6;;\rSPO2=1;97;PR=61 ;\r";
         let s = message_with(lines);
         let (out, messages) = decode_all(&[&s]);
         assert_eq!(messages, 1);
@@ -542,7 +611,11 @@ mod tests {
         let nibp_at = 409 + lines.find("NIBP").unwrap() as u64;
         let rr_at = 409 + lines.find("RR=").unwrap() as u64;
         let t2_at = 409 + lines.find("T2=").unwrap() as u64;
-        assert_eq!(e.iter().map(|e| e.0).collect::<Vec<_>>(), vec![nibp_at, rr_at, t2_at], "{e:?}");
+        assert_eq!(
+            e.iter().map(|e| e.0).collect::<Vec<_>>(),
+            vec![nibp_at, rr_at, t2_at],
+            "{e:?}"
+        );
         assert!(e[2].1.contains("Fahrenheit"));
         assert_eq!(values(&out, mdc::HEART_RATE_ECG), vec![80.0]);
         assert_eq!(values(&out, mdc::SPO2), vec![97.0]);

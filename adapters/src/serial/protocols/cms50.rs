@@ -137,7 +137,11 @@ impl Cms50 {
             self.frame[0] = ty;
             self.state = State::Live { start: at, len: 1 };
         } else {
-            self.state = State::Other { start: at, ty, len: 0 };
+            self.state = State::Other {
+                start: at,
+                ty,
+                len: 0,
+            };
         }
     }
 
@@ -155,13 +159,21 @@ impl Cms50 {
                 if is_type {
                     self.begin(b, at);
                 } else {
-                    self.error(at, format!("unexpected byte 0x{b:02X} outside a package, resyncing"), out);
+                    self.error(
+                        at,
+                        format!("unexpected byte 0x{b:02X} outside a package, resyncing"),
+                        out,
+                    );
                     self.state = State::Garbage;
                 }
             }
             State::Live { start, len } => {
                 if is_type {
-                    self.error(start, format!("truncated live frame ({len} of {LIVE_LEN} bytes), resyncing"), out);
+                    self.error(
+                        start,
+                        format!("truncated live frame ({len} of {LIVE_LEN} bytes), resyncing"),
+                        out,
+                    );
                     self.begin(b, at);
                 } else {
                     self.frame[len] = b;
@@ -171,14 +183,21 @@ impl Cms50 {
                         self.frames_ok += 1;
                         decode_live(&self.frame, out);
                     } else {
-                        self.state = State::Live { start, len: len + 1 };
+                        self.state = State::Live {
+                            start,
+                            len: len + 1,
+                        };
                     }
                 }
             }
             State::Other { start, ty, len } => {
                 if is_type {
                     if len == 0 {
-                        self.error(start, format!("empty package of type 0x{ty:02X}, resyncing"), out);
+                        self.error(
+                            start,
+                            format!("empty package of type 0x{ty:02X}, resyncing"),
+                            out,
+                        );
                     } else {
                         self.in_bad_stretch = false;
                     }
@@ -191,7 +210,11 @@ impl Cms50 {
                     );
                     self.state = State::Garbage;
                 } else {
-                    self.state = State::Other { start, ty, len: len + 1 };
+                    self.state = State::Other {
+                        start,
+                        ty,
+                        len: len + 1,
+                    };
                 }
             }
         }
@@ -209,7 +232,13 @@ fn restore_high_bits(frame: &[u8; LIVE_LEN]) -> [u8; 7] {
 }
 
 fn reading(code: u32, value: f64, unit: Unit, status: Vec<String>) -> Decoded {
-    Decoded::Reading(Reading { code, value, unit, device_time: None, status })
+    Decoded::Reading(Reading {
+        code,
+        value,
+        unit,
+        device_time: None,
+        status,
+    })
 }
 
 fn decode_live(frame: &[u8; LIVE_LEN], out: &mut Vec<Decoded>) {
@@ -224,7 +253,12 @@ fn decode_live(frame: &[u8; LIVE_LEN], out: &mut Vec<Decoded>) {
         return;
     }
     if searching {
-        out.push(reading(mdc::PLETH, f64::from(pleth), Unit::DIMLESS, vec!["pulse-search".into()]));
+        out.push(reading(
+            mdc::PLETH,
+            f64::from(pleth),
+            Unit::DIMLESS,
+            vec!["pulse-search".into()],
+        ));
         return;
     }
     let status = || -> Vec<String> {
@@ -238,9 +272,19 @@ fn decode_live(frame: &[u8; LIVE_LEN], out: &mut Vec<Decoded>) {
         out.push(reading(mdc::SPO2, f64::from(spo2), Unit::PERCENT, status()));
     }
     if (1..=254).contains(&pulse) {
-        out.push(reading(mdc::PULSE_RATE_OXIM, f64::from(pulse), Unit::BEAT_PER_MIN, status()));
+        out.push(reading(
+            mdc::PULSE_RATE_OXIM,
+            f64::from(pulse),
+            Unit::BEAT_PER_MIN,
+            status(),
+        ));
     }
-    out.push(reading(mdc::PLETH, f64::from(pleth), Unit::DIMLESS, Vec::new()));
+    out.push(reading(
+        mdc::PLETH,
+        f64::from(pleth),
+        Unit::DIMLESS,
+        Vec::new(),
+    ));
 }
 
 impl Protocol for Cms50 {
@@ -276,7 +320,10 @@ impl Protocol for Cms50 {
 mod tests {
     use super::*;
 
-    const REAL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/real/serial/");
+    const REAL: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/data/real/serial/"
+    );
 
     fn real(name: &str) -> Vec<u8> {
         std::fs::read(format!("{REAL}{name}")).unwrap_or_else(|e| panic!("read {name}: {e}"))
@@ -307,7 +354,11 @@ mod tests {
             .skip(1)
             .map(|l| {
                 let f: Vec<&str> = l.split(',').collect();
-                (f[4].parse().unwrap(), f[6].parse().unwrap(), f[7].parse().unwrap())
+                (
+                    f[4].parse().unwrap(),
+                    f[6].parse().unwrap(),
+                    f[7].parse().unwrap(),
+                )
             })
             .collect()
     }
@@ -319,7 +370,10 @@ mod tests {
         let mut out = Vec::new();
         p.feed(&bin, &mut out);
         assert_eq!(p.frames_ok(), 102);
-        assert!(out.iter().all(|d| matches!(d, Decoded::Reading(_))), "no errors: {out:?}");
+        assert!(
+            out.iter().all(|d| matches!(d, Decoded::Reading(_))),
+            "no errors: {out:?}"
+        );
         let spo2 = values(&out, mdc::SPO2);
         let pulse = values(&out, mdc::PULSE_RATE_OXIM);
         let pleth = values(&out, mdc::PLETH);
@@ -365,7 +419,10 @@ mod tests {
         let mut p = Cms50::new();
         let mut out = Vec::new();
         p.feed(&bytes, &mut out);
-        assert!(out.iter().all(|d| matches!(d, Decoded::Reading(_))), "no errors: {out:?}");
+        assert!(
+            out.iter().all(|d| matches!(d, Decoded::Reading(_))),
+            "no errors: {out:?}"
+        );
         assert_eq!(p.frames_ok(), 5);
         assert_eq!(values(&out, mdc::PULSE_RATE_OXIM), vec![65.0; 5]);
         assert_eq!(values(&out, mdc::SPO2), vec![97.0; 5]);
@@ -415,7 +472,11 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(errors.iter().map(|e| e.0).collect::<Vec<_>>(), vec![9, 21, 35], "{errors:?}");
+        assert_eq!(
+            errors.iter().map(|e| e.0).collect::<Vec<_>>(),
+            vec![9, 21, 35],
+            "{errors:?}"
+        );
         assert!(errors[0].1.contains("0xA0"));
         assert!(errors[1].1.contains("truncated live frame (5 of 9"));
         assert!(errors[2].1.contains("empty package of type 0x0C"));
@@ -460,7 +521,10 @@ mod tests {
         assert_eq!(values(&out, mdc::PLETH), vec![19.0]);
         // A plain 127 bpm (high bit clear) is a real pulse rate.
         let p127 = [0x01, 0xE0, 0x84, 0x93, 0x92, 0xFF, 0xE3, 0xFF, 0xFF];
-        assert_eq!(values(&decode_all(&[&p127]), mdc::PULSE_RATE_OXIM), vec![127.0]);
+        assert_eq!(
+            values(&decode_all(&[&p127]), mdc::PULSE_RATE_OXIM),
+            vec![127.0]
+        );
     }
 
     #[test]
@@ -469,7 +533,10 @@ mod tests {
         assert_eq!(p.on_open(), hex::decode("7d81a1808080808080").unwrap());
         let (period, bytes) = p.keepalive().unwrap();
         assert_eq!(period, Duration::from_secs(5));
-        assert_eq!(bytes, hex::decode("7d81af8080808080807d81a1808080808080").unwrap());
+        assert_eq!(
+            bytes,
+            hex::decode("7d81af8080808080807d81a1808080808080").unwrap()
+        );
         assert!(!p.reports_identity());
     }
 

@@ -201,14 +201,15 @@ fn number(key: &str, raw: &str, max: f64) -> Result<Option<f64>, String> {
     if body.is_empty() || body.contains('-') {
         return Ok(None);
     }
-    let digits_ok = body.bytes().all(|b| b.is_ascii_digit() || b == b'.') && body.bytes().any(|b| b.is_ascii_digit());
+    let digits_ok = body.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && body.bytes().any(|b| b.is_ascii_digit());
     let Some(v) = digits_ok.then(|| body.parse::<f64>().ok()).flatten() else {
-        return Err(format!("{key}={raw} is not a number"));
+        return Err(format!("{key} value is not a number"));
     };
     if v == 0.0 {
         Ok(None)
     } else if v > max {
-        Err(format!("{key}={raw} is out of range"))
+        Err(format!("{key} value is out of range"))
     } else {
         Ok(Some(v))
     }
@@ -244,7 +245,10 @@ fn parse_line(line: &[u8], offset: u64, out: &mut Vec<Decoded>) -> bool {
         out.push(Decoded::Error { offset, message });
         false
     };
-    if let Some(b) = line.iter().find(|b| !(0x20..=0x7E).contains(*b) && **b != b'\t') {
+    if let Some(b) = line
+        .iter()
+        .find(|b| !(0x20..=0x7E).contains(*b) && **b != b'\t')
+    {
         return fail(out, format!("non-text byte 0x{b:02X} in line"));
     }
     // Checked above: printable ASCII only.
@@ -254,7 +258,7 @@ fn parse_line(line: &[u8], offset: u64, out: &mut Vec<Decoded>) -> bool {
         return fail(out, "line without date and time".into());
     };
     let Some(device_time) = device_time(date, time) else {
-        return fail(out, format!("bad date/time {:?}", format!("{date} {time}")));
+        return fail(out, "bad date or time".into());
     };
     let (mut sn, mut spo2, mut bpm, mut pi) = (None, None, None, None);
     let mut status = Vec::new();
@@ -273,7 +277,8 @@ fn parse_line(line: &[u8], offset: u64, out: &mut Vec<Decoded>) -> bool {
             "SPO2" => number(key, raw, 100.0).map(|v| spo2 = v),
             "BPM" => number(key, raw, 350.0).map(|v| bpm = v),
             "PI" => number(key, raw, 100.0).map(|v| pi = v),
-            "EXC" => bits(key, raw).map(|v| flag_names(v, &EXCEPTIONS, EXC_SET, "exception", &mut status)),
+            "EXC" => bits(key, raw)
+                .map(|v| flag_names(v, &EXCEPTIONS, EXC_SET, "exception", &mut status)),
             "ALARM" => bits(key, raw).map(|v| flag_names(v, &ALARMS, 0, "alarm", &mut status)),
             _ => Ok(()),
         };
@@ -393,12 +398,36 @@ mod tests {
             vec![
                 Decoded::Identity("0000056661".into()),
                 reading(mdc::SPO2, 98.0, Unit::PERCENT, "2016-02-22T22:47:45", &[]),
-                reading(mdc::PULSE_RATE_OXIM, 97.0, Unit::BEAT_PER_MIN, "2016-02-22T22:47:45", &[]),
-                reading(mdc::PERFUSION_INDEX, 3.6, Unit::PERCENT, "2016-02-22T22:47:45", &[]),
+                reading(
+                    mdc::PULSE_RATE_OXIM,
+                    97.0,
+                    Unit::BEAT_PER_MIN,
+                    "2016-02-22T22:47:45",
+                    &[]
+                ),
+                reading(
+                    mdc::PERFUSION_INDEX,
+                    3.6,
+                    Unit::PERCENT,
+                    "2016-02-22T22:47:45",
+                    &[]
+                ),
                 Decoded::Identity("0000056661".into()),
                 reading(mdc::SPO2, 98.0, Unit::PERCENT, "2016-02-22T22:47:46", &[]),
-                reading(mdc::PULSE_RATE_OXIM, 96.0, Unit::BEAT_PER_MIN, "2016-02-22T22:47:46", &[]),
-                reading(mdc::PERFUSION_INDEX, 3.95, Unit::PERCENT, "2016-02-22T22:47:46", &[]),
+                reading(
+                    mdc::PULSE_RATE_OXIM,
+                    96.0,
+                    Unit::BEAT_PER_MIN,
+                    "2016-02-22T22:47:46",
+                    &[]
+                ),
+                reading(
+                    mdc::PERFUSION_INDEX,
+                    3.95,
+                    Unit::PERCENT,
+                    "2016-02-22T22:47:46",
+                    &[]
+                ),
             ]
         );
     }
@@ -406,11 +435,15 @@ mod tests {
     #[test]
     fn no_value_fields_and_exception_bits() {
         // The brief's form of the line with the values blanked as the device does while searching.
-        let line = "03/15/11 14:22:05 SN=0000092845 SPO2=---% BPM=--- PI=--.--% ALARM=0030 EXC=00000C\r\n";
+        let line =
+            "03/15/11 14:22:05 SN=0000092845 SPO2=---% BPM=--- PI=--.--% ALARM=0030 EXC=00000C\r\n";
         let out = decode_all(&[line.as_bytes()]);
         assert_eq!(out, vec![Decoded::Identity("0000092845".into())]);
         let line = "03/15/11 14:22:06 SPO2=000% BPM=000 PI=00.00% ALARM=0000 EXC=000828\r\n";
-        assert!(decode_all(&[line.as_bytes()]).is_empty(), "zero placeholders are absent");
+        assert!(
+            decode_all(&[line.as_bytes()]).is_empty(),
+            "zero placeholders are absent"
+        );
         let line = "03/15/11 14:22:07 SPO2=090% BPM=--- PI=--.--% ALARM=0012 EXC=800604\r\n";
         let out = decode_all(&[line.as_bytes()]);
         // Statuses follow the line's field order: ALARM (0x02, 0x10) then EXC (0x004, 0x400 and
@@ -423,7 +456,16 @@ mod tests {
             "exception-0x000200",
             "exception-0x800000",
         ];
-        assert_eq!(out, vec![reading(mdc::SPO2, 90.0, Unit::PERCENT, "2011-03-15T14:22:07", &st)]);
+        assert_eq!(
+            out,
+            vec![reading(
+                mdc::SPO2,
+                90.0,
+                Unit::PERCENT,
+                "2011-03-15T14:22:07",
+                &st
+            )]
+        );
     }
 
     #[test]
@@ -455,8 +497,15 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(errs, vec![bad_date, bad_value, bad_range, bad_hex, bad_byte, long], "{out:?}");
-        let spo2 = out.iter().filter(|d| matches!(d, Decoded::Reading(r) if r.code == mdc::SPO2)).count();
+        assert_eq!(
+            errs,
+            vec![bad_date, bad_value, bad_range, bad_hex, bad_byte, long],
+            "{out:?}"
+        );
+        let spo2 = out
+            .iter()
+            .filter(|d| matches!(d, Decoded::Reading(r) if r.code == mdc::SPO2))
+            .count();
         assert_eq!(spo2, 2);
     }
 
@@ -469,7 +518,13 @@ mod tests {
         bytes.extend(DOC_RADICAL7.as_bytes());
         bytes.extend(DOC_RADICAL5.as_bytes());
         let whole = decode_all(&[&bytes]);
-        assert_eq!(whole.iter().filter(|d| matches!(d, Decoded::Error { .. })).count(), 1);
+        assert_eq!(
+            whole
+                .iter()
+                .filter(|d| matches!(d, Decoded::Error { .. }))
+                .count(),
+            1
+        );
         let singles: Vec<&[u8]> = bytes.chunks(1).collect();
         assert_eq!(decode_all(&singles), whole);
         let mut rng = fastrand::Rng::with_seed(87);
@@ -489,7 +544,14 @@ mod tests {
     fn arbitrary_input_never_panics() {
         let mut rng = fastrand::Rng::with_seed(0x3A51);
         let pieces: [&[u8]; 8] = [
-            b"12/01/05 ", b"11:56:29 ", b"SPO2=", b"%", b"EXC=", b"---", b"\r\n", b"99/99/99 99:99:99 ",
+            b"12/01/05 ",
+            b"11:56:29 ",
+            b"SPO2=",
+            b"%",
+            b"EXC=",
+            b"---",
+            b"\r\n",
+            b"99/99/99 99:99:99 ",
         ];
         for _ in 0..2000 {
             let mut buf = Vec::new();

@@ -1,0 +1,167 @@
+//! The `wardgate` command line (DESIGN §9, a contract): clap `Cli`, dispatch, and the mapping of
+//! errors to exit codes (0 ok, 1 failure, 2 bad configuration or usage). `main.rs` only calls
+//! [`main`]; the end-to-end tests build the same entry point into their own binary.
+
+use clap::{Parser, Subcommand};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "wardgate", version, about = "Edge gateway for hospital wards: devices → signed batches → MQTT/TLS upstream")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway daemon.
+    Run {
+        /// Gateway config file.
+        #[arg(long, short, default_value = "/etc/wardgate/wardgate.toml")]
+        config: PathBuf,
+    },
+    /// Check a gateway or receiver config: exit 0, or exit 2 printing `FILE:line:col: message`.
+    CheckConfig {
+        /// The config file.
+        file: PathBuf,
+    },
+    /// Run the whole chain on loopback with recorded real devices and an embedded broker.
+    Demo {
+        /// Replay speed-up factor (1 = the devices' own pace).
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Also write DIR/gateway.pem and DIR/messages/*.cose (every message on the batch topic).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Decode a recording (`--protocol P FILE`) into JSON lines of observations.
+    Decode {
+        /// Serial protocol: cms50, ansar-b or masimo.
+        #[arg(long)]
+        protocol: Option<String>,
+        /// The recording (raw bytes, or ASCII hex).
+        file: PathBuf,
+    },
+    /// Verify COSE_Sign1 batch messages against a gateway certificate; print payloads as JSON lines.
+    Verify {
+        /// PEM certificate(s) of the gateway(s).
+        #[arg(long)]
+        cert: Vec<PathBuf>,
+        /// Message files, or `-` for one message on standard input.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// The upstream side: subscribe, verify, dedup, store durably, ack.
+    Receive {
+        /// Receiver config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+/// Parses `std::env::args`, runs the command, prints the cause chain of an error.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::telemetry::init_logging();
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(d) = e.downcast_ref::<crate::config::Diagnostics>() {
+                eprintln!("{d}");
+                return ExitCode::from(2);
+            }
+            eprintln!("wardgate: error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
+fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Command::Run { config } => {
+            let cfg = crate::config::load(&config)?;
+            runtime()?.block_on(crate::daemon::run(cfg))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { file } => {
+            let result = crate::config::load_any(&file);
+            for w in crate::config::take_warnings() {
+                eprintln!("{w}");
+            }
+            match result {
+                Ok(_) => {
+                    println!("{}: ok", file.display());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(d) => Err(d.into()),
+            }
+        }
+        Command::Demo { speed, out } => {
+            let ok = runtime()?.block_on(crate::demo::run(crate::demo::DemoOptions { speed, out }))?;
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Decode { protocol, file } => {
+            let Some(protocol) = protocol else {
+                anyhow::bail!("decode needs --protocol cms50|ansar-b|masimo");
+            };
+            let bytes = std::fs::read(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            let errors = crate::decode::decode_protocol(&protocol, &file, &bytes, &mut out, &mut std::io::stderr())?;
+            out.flush()?;
+            Ok(if errors == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Verify { cert, files } => {
+            if cert.is_empty() {
+                anyhow::bail!("verify needs --cert PEM (the gateway certificate)");
+            }
+            let mut v = crate::signing::Verifier::default();
+            for c in &cert {
+                v.add_file(c)?;
+            }
+            let mut failed = 0;
+            for f in &files {
+                let bytes = if f.as_os_str() == "-" {
+                    let mut b = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;
+                    b
+                } else {
+                    std::fs::read(f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?
+                };
+                match v.verify(&bytes).map_err(|e| e.to_string()).and_then(|p| crate::batch::BatchPayload::from_cbor(&p)) {
+                    Ok(p) => println!("{}", serde_json::to_string(&p)?),
+                    Err(e) => {
+                        eprintln!("{}: {e}", f.display());
+                        failed += 1;
+                    }
+                }
+            }
+            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Receive { config } => {
+            let cfg = crate::config::load_receiver(&config)?;
+            runtime()?.block_on(async {
+                let h = crate::receive::start(cfg)?;
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                let mut task = h.task;
+                tokio::select! {
+                    r = &mut task => return r?,
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+                let _ = h.shutdown.send(true);
+                task.await?
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
