@@ -46,17 +46,35 @@ pub struct Unit {
 
 impl Unit {
     /// MDC_DIM_PERCENT, `%`.
-    pub const PERCENT: Unit = Unit { mdc: 262_688, ucum: "%" };
+    pub const PERCENT: Unit = Unit {
+        mdc: 262_688,
+        ucum: "%",
+    };
     /// MDC_DIM_BEAT_PER_MIN, `/min` (beats).
-    pub const BEAT_PER_MIN: Unit = Unit { mdc: 264_864, ucum: "/min" };
+    pub const BEAT_PER_MIN: Unit = Unit {
+        mdc: 264_864,
+        ucum: "/min",
+    };
     /// MDC_DIM_RESP_PER_MIN, `/min` (breaths).
-    pub const RESP_PER_MIN: Unit = Unit { mdc: 264_928, ucum: "/min" };
+    pub const RESP_PER_MIN: Unit = Unit {
+        mdc: 264_928,
+        ucum: "/min",
+    };
     /// MDC_DIM_MMHG, `mm[Hg]`.
-    pub const MMHG: Unit = Unit { mdc: 266_016, ucum: "mm[Hg]" };
+    pub const MMHG: Unit = Unit {
+        mdc: 266_016,
+        ucum: "mm[Hg]",
+    };
     /// MDC_DIM_DEGC, `Cel`.
-    pub const DEGC: Unit = Unit { mdc: 268_192, ucum: "Cel" };
+    pub const DEGC: Unit = Unit {
+        mdc: 268_192,
+        ucum: "Cel",
+    };
     /// MDC_DIM_DIMLESS (term 512), `1`: a dimensionless number such as a pleth sample.
-    pub const DIMLESS: Unit = Unit { mdc: 262_656, ucum: "1" };
+    pub const DIMLESS: Unit = Unit {
+        mdc: 262_656,
+        ucum: "1",
+    };
 
     /// Every unit this crate emits; used to map a stored unit code back to its UCUM string.
     pub const ALL: [Unit; 6] = [

@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "wardgate", version, about = "Edge gateway for hospital wards: devices → signed batches → MQTT/TLS upstream")]
+#[command(
+    name = "wardgate",
+    version,
+    about = "Edge gateway for hospital wards: devices → signed batches → MQTT/TLS upstream"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -82,7 +86,10 @@ pub fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
 }
 
 fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
@@ -106,19 +113,35 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Demo { speed, out } => {
-            let ok = runtime()?.block_on(crate::demo::run(crate::demo::DemoOptions { speed, out }))?;
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            let ok =
+                runtime()?.block_on(crate::demo::run(crate::demo::DemoOptions { speed, out }))?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Decode { protocol, file } => {
             let Some(protocol) = protocol else {
                 anyhow::bail!("decode needs --protocol cms50|ansar-b|masimo");
             };
-            let bytes = std::fs::read(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let bytes =
+                std::fs::read(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
-            let errors = crate::decode::decode_protocol(&protocol, &file, &bytes, &mut out, &mut std::io::stderr())?;
+            let errors = crate::decode::decode_protocol(
+                &protocol,
+                &file,
+                &bytes,
+                &mut out,
+                &mut std::io::stderr(),
+            )?;
             out.flush()?;
-            Ok(if errors == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if errors == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Verify { cert, files } => {
             if cert.is_empty() {
@@ -137,7 +160,11 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 } else {
                     std::fs::read(f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?
                 };
-                match v.verify(&bytes).map_err(|e| e.to_string()).and_then(|p| crate::batch::BatchPayload::from_cbor(&p)) {
+                match v
+                    .verify(&bytes)
+                    .map_err(|e| e.to_string())
+                    .and_then(|p| crate::batch::BatchPayload::from_cbor(&p))
+                {
                     Ok(p) => println!("{}", serde_json::to_string(&p)?),
                     Err(e) => {
                         eprintln!("{}: {e}", f.display());
@@ -145,13 +172,18 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Receive { config } => {
             let cfg = crate::config::load_receiver(&config)?;
             runtime()?.block_on(async {
                 let h = crate::receive::start(cfg)?;
-                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
                 let mut task = h.task;
                 tokio::select! {
                     r = &mut task => return r?,

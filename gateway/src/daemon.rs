@@ -44,17 +44,23 @@ pub struct Running {
 /// Errors: the store cannot be opened, the key or certificates are unusable.
 pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     let signer = Arc::new(
-        Signer::from_files(cfg.uplink.cert.get_ref(), cfg.uplink.key.get_ref()).context("gateway signing key (uplink.cert / uplink.key)")?,
+        Signer::from_files(cfg.uplink.cert.get_ref(), cfg.uplink.key.get_ref())
+            .context("gateway signing key (uplink.cert / uplink.key)")?,
     );
-    let tls = crate::tls::client_config(cfg.uplink.ca.get_ref(), cfg.uplink.cert.get_ref(), cfg.uplink.key.get_ref())
-        .context("uplink TLS configuration")?;
+    let tls = crate::tls::client_config(
+        cfg.uplink.ca.get_ref(),
+        cfg.uplink.cert.get_ref(),
+        cfg.uplink.key.get_ref(),
+    )
+    .context("uplink TLS configuration")?;
     let opts = StoreOptions {
         synchronous: cfg.store.synchronous,
         max_bytes: cfg.store.max_bytes,
         max_age_ms: (cfg.store.max_age_hours as i64).saturating_mul(3_600_000),
     };
     let path = cfg.store.path.clone();
-    let (store, open_report) = tokio::task::spawn_blocking(move || Store::open(&path, opts)).await??;
+    let (store, open_report) =
+        tokio::task::spawn_blocking(move || Store::open(&path, opts)).await??;
     let store = Arc::new(store);
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (_clock_tx, clock_rx) = watch::channel(true);
@@ -79,10 +85,21 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         let adapter: Arc<dyn Adapter> = Arc::new(SerialAdapter::new(s.clone()));
         let health = Arc::new(AdapterHealth::default());
         adapters.push((adapter.name().to_owned(), health.clone()));
-        adapter_tasks.push(tokio::spawn(supervise(adapter, tx.clone(), shutdown_rx.clone(), clock_rx.clone(), health)));
+        adapter_tasks.push(tokio::spawn(supervise(
+            adapter,
+            tx.clone(),
+            shutdown_rx.clone(),
+            clock_rx.clone(),
+            health,
+        )));
     }
     drop(tx);
-    let (uplink, uplink_status) = Uplink::new(store.clone(), signer, UplinkSettings::from_config(cfg, tls), wake);
+    let (uplink, uplink_status) = Uplink::new(
+        store.clone(),
+        signer,
+        UplinkSettings::from_config(cfg, tls),
+        wake,
+    );
     let uplink_task = tokio::spawn(uplink.run(shutdown_rx));
     log::info!(
         "wardgate {} started: gateway {} ({} serial devices), store {}",
@@ -91,7 +108,17 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         cfg.serial.len(),
         cfg.store.path.display()
     );
-    Ok(Running { shutdown, writer, uplink: uplink_status, store, open_report, adapters, adapter_tasks, writer_task, uplink_task })
+    Ok(Running {
+        shutdown,
+        writer,
+        uplink: uplink_status,
+        store,
+        open_report,
+        adapters,
+        adapter_tasks,
+        writer_task,
+        uplink_task,
+    })
 }
 
 impl Running {

@@ -21,7 +21,11 @@ pub fn protocol_by_name(name: &str) -> Option<ProtocolName> {
 
 /// If `bytes` is ASCII hex (digits and whitespace only, even count), its decoded bytes.
 pub fn maybe_hex(bytes: &[u8]) -> Option<Vec<u8>> {
-    let digits: Vec<u8> = bytes.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+    let digits: Vec<u8> = bytes
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_hexdigit) {
         return None;
     }
@@ -32,13 +36,26 @@ pub fn maybe_hex(bytes: &[u8]) -> Option<Vec<u8>> {
 
 /// Decodes `bytes` (raw, or ASCII hex) with `protocol`; writes JSON lines to `out` and problems
 /// to `err`. Returns the number of decoder errors. Errors: unknown protocol name.
-pub fn decode_protocol(protocol: &str, file: &Path, bytes: &[u8], out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Result<usize> {
-    let name = protocol_by_name(protocol).ok_or_else(|| anyhow::anyhow!("unknown protocol `{protocol}`: expected cms50, ansar-b or masimo"))?;
+pub fn decode_protocol(
+    protocol: &str,
+    file: &Path,
+    bytes: &[u8],
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<usize> {
+    let name = protocol_by_name(protocol).ok_or_else(|| {
+        anyhow::anyhow!("unknown protocol `{protocol}`: expected cms50, ansar-b or masimo")
+    })?;
     let data = maybe_hex(bytes).unwrap_or_else(|| bytes.to_vec());
     let mut p = protocols::build(name);
     let mut decoded = Vec::new();
     p.feed(&data, &mut decoded);
-    let device = format!("file:{}", file.file_name().map(|f| f.to_string_lossy()).unwrap_or_default());
+    let device = format!(
+        "file:{}",
+        file.file_name()
+            .map(|f| f.to_string_lossy())
+            .unwrap_or_default()
+    );
     let mut errors = 0;
     for d in decoded {
         match d {
@@ -51,7 +68,9 @@ pub fn decode_protocol(protocol: &str, file: &Path, bytes: &[u8], out: &mut dyn 
                 }
                 writeln!(out, "{line}")?;
             }
-            Decoded::Identity(s) => writeln!(err, "{}: device reports serial number {s}", file.display())?,
+            Decoded::Identity(s) => {
+                writeln!(err, "{}: device reports serial number {s}", file.display())?
+            }
             Decoded::Error { offset, message } => {
                 errors += 1;
                 writeln!(err, "{}: byte offset {offset}: {message}", file.display())?;

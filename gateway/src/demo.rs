@@ -29,9 +29,11 @@ pub const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
 /// The embedded receiver config.
 pub const RECEIVER_CONFIG: &str = include_str!("../../config/receiver-demo.toml");
 /// Contec CMS50E live capture (see `data/real/serial/PROVENANCE.md`).
-pub const CMS50E_RECORDING: &[u8] = include_bytes!("../../data/real/serial/cms50e_live_capture.bin");
+pub const CMS50E_RECORDING: &[u8] =
+    include_bytes!("../../data/real/serial/cms50e_live_capture.bin");
 /// Ivy 450C ANSAR-B capture (see `data/real/serial/PROVENANCE.md`).
-pub const IVY450C_RECORDING: &[u8] = include_bytes!("../../data/real/serial/ivy450c_ansarb_capture.bin");
+pub const IVY450C_RECORDING: &[u8] =
+    include_bytes!("../../data/real/serial/ivy450c_ansarb_capture.bin");
 
 /// Options of `wardgate demo`.
 #[derive(Clone, Debug)]
@@ -58,10 +60,19 @@ fn devices() -> Vec<DemoDevice> {
             protocol: ProtocolName::Cms50,
             recording: CMS50E_RECORDING,
             // 60 live frames a second (PROVENANCE: the source README), 9 bytes each.
-            pace: Pace::Frames { size: 9, per_sec: 60.0 },
+            pace: Pace::Frames {
+                size: 9,
+                per_sec: 60.0,
+            },
             start: Some(vec![0x7D, 0x81, 0xA1]),
         },
-        DemoDevice { name: "bed2-monitor", protocol: ProtocolName::AnsarB, recording: IVY450C_RECORDING, pace: Pace::Baud(9600), start: None },
+        DemoDevice {
+            name: "bed2-monitor",
+            protocol: ProtocolName::AnsarB,
+            recording: IVY450C_RECORDING,
+            pace: Pace::Baud(9600),
+            start: None,
+        },
     ]
 }
 
@@ -70,7 +81,9 @@ pub fn expected_observations(protocol: ProtocolName, recording: &[u8]) -> u64 {
     let mut p = protocols::build(protocol);
     let mut out = Vec::new();
     p.feed(recording, &mut out);
-    out.iter().filter(|d| matches!(d, Decoded::Reading(_))).count() as u64
+    out.iter()
+        .filter(|d| matches!(d, Decoded::Reading(_)))
+        .count() as u64
 }
 
 /// Per-device result row.
@@ -95,7 +108,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
             d.canonicalize()?
         }
         None => {
-            let t = tempfile::Builder::new().prefix("wardgate-demo-").tempdir()?;
+            let t = tempfile::Builder::new()
+                .prefix("wardgate-demo-")
+                .tempdir()?;
             let p = t.path().to_path_buf();
             _tmp = t;
             p
@@ -105,7 +120,14 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     if messages.exists() {
         std::fs::remove_dir_all(&messages)?;
     }
-    for f in ["store.db", "store.db-wal", "store.db-shm", "upstream.db", "upstream.db-wal", "upstream.db-shm"] {
+    for f in [
+        "store.db",
+        "store.db-wal",
+        "store.db-shm",
+        "upstream.db",
+        "upstream.db-wal",
+        "upstream.db-shm",
+    ] {
         let _ = std::fs::remove_file(dir.join(f));
     }
     std::fs::create_dir_all(dir.join("dev"))?;
@@ -133,16 +155,25 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
 
     // 3. Configs through the real loader
     let gw_path = dir.join("wardgate.toml");
-    std::fs::write(&gw_path, DEMO_CONFIG.replace("port = 8883", &format!("port = {port}")))?;
+    std::fs::write(
+        &gw_path,
+        DEMO_CONFIG.replace("port = 8883", &format!("port = {port}")),
+    )?;
     let rx_path = dir.join("receiver.toml");
-    std::fs::write(&rx_path, RECEIVER_CONFIG.replace("port = 8883", &format!("port = {port}")))?;
+    std::fs::write(
+        &rx_path,
+        RECEIVER_CONFIG.replace("port = 8883", &format!("port = {port}")),
+    )?;
 
     // 4. Devices on ptys (before the gateway opens them)
     let mut sims = Vec::new();
     let mut expected = BTreeMap::new();
     for d in devices() {
         let port = SimulatedPort::open(&dir.join("dev").join(d.name), d.start.clone())?;
-        expected.insert(format!("serial:{}", d.name), expected_observations(d.protocol, d.recording));
+        expected.insert(
+            format!("serial:{}", d.name),
+            expected_observations(d.protocol, d.recording),
+        );
         sims.push((d, port));
     }
     let cfg = crate::config::load(&gw_path)?;
@@ -153,7 +184,13 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     let speed = opts.speed;
     let mut replays = Vec::new();
     for (d, mut port) in sims {
-        println!("replaying {} ({} bytes, {}) on {}", d.name, d.recording.len(), d.protocol.as_str(), port.link.display());
+        println!(
+            "replaying {} ({} bytes, {}) on {}",
+            d.name,
+            d.recording.len(),
+            d.protocol.as_str(),
+            port.link.display()
+        );
         replays.push(std::thread::spawn(move || {
             let r = port.replay(d.recording, d.pace, speed, Duration::from_secs(20));
             (d.name, r, port)
@@ -161,7 +198,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     }
     let mut ports = Vec::new();
     for r in replays {
-        let (name, result, port) = tokio::task::spawn_blocking(move || r.join()).await?.map_err(|_| anyhow::anyhow!("replay thread panicked"))?;
+        let (name, result, port) = tokio::task::spawn_blocking(move || r.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("replay thread panicked"))?;
         result.map_err(|e| anyhow::anyhow!("replaying {name}: {e}"))?;
         ports.push(port);
     }
@@ -169,19 +208,34 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     // 5. Wait until everything recorded is delivered (or a deadline passes).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let stats = receiver.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let done = expected.iter().all(|(dev, n)| stats.delivered.get(dev).copied().unwrap_or(0) >= *n);
+        let stats = receiver
+            .stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let done = expected
+            .iter()
+            .all(|(dev, n)| stats.delivered.get(dev).copied().unwrap_or(0) >= *n);
         let queued = gateway.store.stats().map(|s| s.queued).unwrap_or(u64::MAX);
         if (done && queued == 0) || Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let stored = gateway.writer.per_device.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let stored = gateway
+        .writer
+        .per_device
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     let uplink = gateway.uplink.borrow().clone();
     gateway.stop().await;
     drop(ports);
-    let stats = receiver.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let stats = receiver
+        .stats
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     let _ = receiver.shutdown.send(true);
     let _ = receiver.task.await;
     broker.shutdown().await;
@@ -190,7 +244,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     let verified = verify_dir(&dir.join("gateway.pem"), &messages)?;
     let mut ok = true;
     println!();
-    println!("{:<22} {:>9} {:>8} {:>10} {:>9}", "device", "recorded", "stored", "delivered", "verified");
+    println!(
+        "{:<22} {:>9} {:>8} {:>10} {:>9}",
+        "device", "recorded", "stored", "delivered", "verified"
+    );
     for (dev, recorded) in &expected {
         let row = Row {
             recorded: *recorded,
@@ -198,7 +255,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
             delivered: stats.delivered.get(dev).copied().unwrap_or(0),
             verified: verified.get(dev).copied().unwrap_or(0),
         };
-        let good = row.recorded > 0 && row.recorded == row.stored && row.stored == row.delivered && row.delivered == row.verified;
+        let good = row.recorded > 0
+            && row.recorded == row.stored
+            && row.stored == row.delivered
+            && row.delivered == row.verified;
         ok &= good;
         println!(
             "{:<22} {:>9} {:>8} {:>10} {:>9}  {}",
@@ -217,16 +277,33 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     );
     if opts.out.is_some() {
         println!("gateway certificate: {}", dir.join("gateway.pem").display());
-        println!("raw messages:        {}/*.cose ({} files)", messages.display(), stats.raw_messages);
-        println!("verify them with:    wardgate verify --cert {} {}/*.cose", dir.join("gateway.pem").display(), messages.display());
+        println!(
+            "raw messages:        {}/*.cose ({} files)",
+            messages.display(),
+            stats.raw_messages
+        );
+        println!(
+            "verify them with:    wardgate verify --cert {} {}/*.cose",
+            dir.join("gateway.pem").display(),
+            messages.display()
+        );
     }
-    println!("{}", if ok { "demo: every recorded observation was stored, delivered and verified" } else { "demo: FAILED (counts differ)" });
+    println!(
+        "{}",
+        if ok {
+            "demo: every recorded observation was stored, delivered and verified"
+        } else {
+            "demo: FAILED (counts differ)"
+        }
+    );
     Ok(ok)
 }
 
 fn pem_cert(pem: &str) -> anyhow::Result<rustls_pki_types::CertificateDer<'static>> {
     use rustls_pki_types::pem::PemObject;
-    Ok(rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())?)
+    Ok(rustls_pki_types::CertificateDer::from_pem_slice(
+        pem.as_bytes(),
+    )?)
 }
 
 /// Verifies every `*.cose` in `dir` with the certificate(s) in `cert` alone, and counts unique
@@ -236,12 +313,20 @@ pub fn verify_dir(cert: &Path, dir: &Path) -> anyhow::Result<BTreeMap<String, u6
     v.add_file(cert)?;
     let mut seen: HashSet<(String, u64)> = HashSet::new();
     let mut per = BTreeMap::new();
-    let mut entries: Vec<_> = std::fs::read_dir(dir).map(|r| r.filter_map(Result::ok).map(|e| e.path()).collect()).unwrap_or_default();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map(|r| r.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
     entries.sort();
-    for path in entries.into_iter().filter(|p| p.extension().is_some_and(|e| e == "cose")) {
+    for path in entries
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "cose"))
+    {
         let bytes = std::fs::read(&path)?;
-        let payload = v.verify(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let batch = crate::batch::BatchPayload::from_cbor(&payload).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let payload = v
+            .verify(&bytes)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let batch = crate::batch::BatchPayload::from_cbor(&payload)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         for o in batch.observations {
             if seen.insert((batch.gateway.clone(), o.seq)) {
                 *per.entry(o.device).or_insert(0) += 1;

@@ -85,7 +85,10 @@ impl SimulatedPort {
                 if stop_reader.load(Ordering::Relaxed) {
                     break; // drops our copy of the master: the pty really hangs up
                 }
-                let mut fds = [nix::poll::PollFd::new(reader.as_fd(), nix::poll::PollFlags::POLLIN)];
+                let mut fds = [nix::poll::PollFd::new(
+                    reader.as_fd(),
+                    nix::poll::PollFlags::POLLIN,
+                )];
                 match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16)) {
                     Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
                     Ok(_) => {}
@@ -109,23 +112,41 @@ impl SimulatedPort {
                 }
             }
         });
-        Ok(SimulatedPort { link: link.to_path_buf(), master, _slave: pty.slave, host_bytes, started, stop })
+        Ok(SimulatedPort {
+            link: link.to_path_buf(),
+            master,
+            _slave: pty.slave,
+            host_bytes,
+            started,
+            stop,
+        })
     }
 
     /// Writes `data` at `pace`, `speed` times faster than real time, after the host started the
     /// device. Blocking: run it on a thread. Returns the bytes written; an error when the
     /// gateway never started the device within `start_timeout`.
-    pub fn replay(&mut self, data: &[u8], pace: Pace, speed: f64, start_timeout: Duration) -> std::io::Result<usize> {
+    pub fn replay(
+        &mut self,
+        data: &[u8],
+        pace: Pace,
+        speed: f64,
+        start_timeout: Duration,
+    ) -> std::io::Result<usize> {
         let deadline = std::time::Instant::now() + start_timeout;
         while !self.started.load(Ordering::Relaxed) {
             if std::time::Instant::now() > deadline {
-                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the host never sent the start command"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the host never sent the start command",
+                ));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
         let speed = if speed > 0.0 { speed } else { 1.0 };
         let (chunk, period) = match pace {
-            Pace::Frames { size, per_sec } => (size.max(1), Duration::from_secs_f64(1.0 / per_sec / speed)),
+            Pace::Frames { size, per_sec } => {
+                (size.max(1), Duration::from_secs_f64(1.0 / per_sec / speed))
+            }
             Pace::Baud(baud) => {
                 let bytes_per_100ms = ((baud as f64 / 10.0) / 10.0).max(1.0) as usize;
                 (bytes_per_100ms, Duration::from_secs_f64(0.1 / speed))

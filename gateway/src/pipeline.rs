@@ -53,7 +53,13 @@ pub struct WriterStats {
 }
 
 /// Runs the writer until every sender of `rx` is dropped and the channel is drained.
-pub async fn run_writer(store: Arc<Store>, mut rx: mpsc::Receiver<AdapterEvent>, opts: WriterOptions, wake: Arc<Notify>, stats: Arc<WriterStats>) {
+pub async fn run_writer(
+    store: Arc<Store>,
+    mut rx: mpsc::Receiver<AdapterEvent>,
+    opts: WriterOptions,
+    wake: Arc<Notify>,
+    stats: Arc<WriterStats>,
+) {
     let mut pending_since_wake = 0usize;
     let mut last_retention = tokio::time::Instant::now();
     let mut buf: Vec<AdapterEvent> = Vec::with_capacity(opts.commit_max_rows.min(65_536));
@@ -92,13 +98,19 @@ pub async fn run_writer(store: Arc<Store>, mut rx: mpsc::Receiver<AdapterEvent>,
             Ok((rows, Ok(_))) => {
                 stats.commits.fetch_add(1, Ordering::Relaxed);
                 stats.rows.fetch_add(rows.len() as u64, Ordering::Relaxed);
-                stats.last_progress_ms.store(now_ms() as u64, Ordering::Relaxed);
+                stats
+                    .last_progress_ms
+                    .store(now_ms() as u64, Ordering::Relaxed);
                 {
                     let mut per = stats.per_device.lock().unwrap_or_else(|p| p.into_inner());
                     for r in &rows {
                         match r {
-                            AdapterEvent::Observation(o) => per.entry(o.device.0.clone()).or_default().observations += 1,
-                            AdapterEvent::Event(e) => per.entry(e.device.0.clone()).or_default().events += 1,
+                            AdapterEvent::Observation(o) => {
+                                per.entry(o.device.0.clone()).or_default().observations += 1
+                            }
+                            AdapterEvent::Event(e) => {
+                                per.entry(e.device.0.clone()).or_default().events += 1
+                            }
                         }
                     }
                 }
@@ -113,7 +125,10 @@ pub async fn run_writer(store: Arc<Store>, mut rx: mpsc::Receiver<AdapterEvent>,
             }
             Ok((rows, Err(e))) => {
                 stats.failed_commits.fetch_add(1, Ordering::Relaxed);
-                log::error!("{e}; keeping {} rows in memory and retrying in 1 s", rows.len());
+                log::error!(
+                    "{e}; keeping {} rows in memory and retrying in 1 s",
+                    rows.len()
+                );
                 buf = rows;
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }

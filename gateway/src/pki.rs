@@ -3,7 +3,10 @@
 //!
 //! Not for production: a ward's gateway gets its key and certificate through provisioning.
 
-use rcgen::{BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -23,20 +26,38 @@ impl Ca {
         let mut p = CertificateParams::new(Vec::<String>::new())?;
         p.distinguished_name.push(DnType::CommonName, name);
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let cert = p.self_signed(&key)?;
         let cert_pem = cert.pem();
-        Ok(Ca { cert, key, cert_pem })
+        Ok(Ca {
+            cert,
+            key,
+            cert_pem,
+        })
     }
 
     /// A leaf certificate: `(cert PEM, PKCS#8 key PEM)`. `names` become SANs (IP addresses are
     /// recognised); `server` selects serverAuth, otherwise clientAuth.
-    pub fn leaf(&self, common_name: &str, names: &[&str], server: bool) -> anyhow::Result<(String, String)> {
+    pub fn leaf(
+        &self,
+        common_name: &str,
+        names: &[&str],
+        server: bool,
+    ) -> anyhow::Result<(String, String)> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let mut p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        let mut p =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
         p.distinguished_name.push(DnType::CommonName, common_name);
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        p.extended_key_usages = vec![if server { ExtendedKeyUsagePurpose::ServerAuth } else { ExtendedKeyUsagePurpose::ClientAuth }];
+        p.extended_key_usages = vec![if server {
+            ExtendedKeyUsagePurpose::ServerAuth
+        } else {
+            ExtendedKeyUsagePurpose::ClientAuth
+        }];
         let cert = p.signed_by(&key, &self.cert, &self.key)?;
         Ok((cert.pem(), key.serialize_pem()))
     }
@@ -50,7 +71,11 @@ pub fn write_cert(path: &Path, pem: &str) -> std::io::Result<()> {
 /// Writes a private key to `path` with mode 0600 from the moment it exists.
 pub fn write_key(path: &Path, pem: &str) -> std::io::Result<()> {
     let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(pem.as_bytes())?;
     f.sync_all()
 }

@@ -54,7 +54,9 @@ pub enum Output {
 impl Output {
     /// Opens `sqlite:PATH` or `jsonl:PATH`.
     pub fn open(spec: &str) -> anyhow::Result<Output> {
-        let (kind, path) = spec.split_once(':').ok_or_else(|| anyhow::anyhow!("output `{spec}` must be sqlite:PATH or jsonl:PATH"))?;
+        let (kind, path) = spec
+            .split_once(':')
+            .ok_or_else(|| anyhow::anyhow!("output `{spec}` must be sqlite:PATH or jsonl:PATH"))?;
         let path = PathBuf::from(path);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).ok();
@@ -93,8 +95,15 @@ impl Output {
                         }
                     }
                 }
-                let file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
-                Ok(Output::Jsonl { file, seen, batches })
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)?;
+                Ok(Output::Jsonl {
+                    file,
+                    seen,
+                    batches,
+                })
             }
             other => anyhow::bail!("output kind `{other}` must be sqlite or jsonl"),
         }
@@ -103,7 +112,10 @@ impl Output {
     /// Writes a verified batch durably. Returns `(new observations per device, new events,
     /// whether the batch was seen before)`. Rows already present (same gateway and seq) are
     /// skipped.
-    pub fn write(&mut self, p: &BatchPayload) -> anyhow::Result<(BTreeMap<String, u64>, u64, bool)> {
+    pub fn write(
+        &mut self,
+        p: &BatchPayload,
+    ) -> anyhow::Result<(BTreeMap<String, u64>, u64, bool)> {
         let now = wardgate_adapters::observation::now_ms();
         let mut per = BTreeMap::new();
         let mut events = 0;
@@ -122,8 +134,18 @@ impl Output {
                     for o in &p.observations {
                         let status = (!o.status.is_empty()).then(|| o.status.join(","));
                         let n = ins.execute(rusqlite::params![
-                            p.gateway, o.seq as i64, p.batch as i64, o.device, o.code, o.value, o.unit, o.ucum,
-                            o.gateway_time, o.time_quality, o.device_time, status
+                            p.gateway,
+                            o.seq as i64,
+                            p.batch as i64,
+                            o.device,
+                            o.code,
+                            o.value,
+                            o.unit,
+                            o.ucum,
+                            o.gateway_time,
+                            o.time_quality,
+                            o.device_time,
+                            status
                         ])?;
                         if n == 1 {
                             *per.entry(o.device.clone()).or_insert(0) += 1;
@@ -133,13 +155,25 @@ impl Output {
                         "INSERT OR IGNORE INTO events(gateway, seq, batch, device, kind, detail, gateway_time) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     )?;
                     for e in &p.events {
-                        events += ev.execute(rusqlite::params![p.gateway, e.seq as i64, p.batch as i64, e.device, e.kind, e.detail, e.gateway_time])? as u64;
+                        events += ev.execute(rusqlite::params![
+                            p.gateway,
+                            e.seq as i64,
+                            p.batch as i64,
+                            e.device,
+                            e.kind,
+                            e.detail,
+                            e.gateway_time
+                        ])? as u64;
                     }
                 }
                 tx.commit()?;
                 Ok((per, events, !fresh))
             }
-            Output::Jsonl { file, seen, batches } => {
+            Output::Jsonl {
+                file,
+                seen,
+                batches,
+            } => {
                 let fresh = batches.insert((p.gateway.clone(), p.batch));
                 let mut out = Vec::new();
                 for o in &p.observations {
@@ -173,7 +207,11 @@ impl Output {
 }
 
 /// Verifies and decodes one message received on `topic`. Errors say why it is refused.
-pub fn check_message(verifier: &Verifier, topic: &str, message: &[u8]) -> Result<BatchPayload, String> {
+pub fn check_message(
+    verifier: &Verifier,
+    topic: &str,
+    message: &[u8],
+) -> Result<BatchPayload, String> {
     let payload = verifier.verify(message).map_err(|e| e.to_string())?;
     let p = BatchPayload::from_cbor(&payload)?;
     if p.v != PAYLOAD_VERSION {
@@ -181,7 +219,10 @@ pub fn check_message(verifier: &Verifier, topic: &str, message: &[u8]) -> Result
     }
     match topics::parse_batch(topic) {
         Some((site, ward, gw)) if site == p.site && ward == p.ward && gw == p.gateway => Ok(p),
-        _ => Err(format!("topic {topic} does not match the signed payload ({}/{}/{})", p.site, p.ward, p.gateway)),
+        _ => Err(format!(
+            "topic {topic} does not match the signed payload ({}/{}/{})",
+            p.site, p.ward, p.gateway
+        )),
     }
 }
 
@@ -201,7 +242,11 @@ pub fn start(cfg: ReceiverConfig) -> anyhow::Result<ReceiverHandle> {
     for p in &cfg.receiver.gateway_certs {
         verifier.add_file(p.get_ref())?;
     }
-    let tls = crate::tls::client_config(cfg.mqtt.ca.get_ref(), cfg.mqtt.cert.get_ref(), cfg.mqtt.key.get_ref())?;
+    let tls = crate::tls::client_config(
+        cfg.mqtt.ca.get_ref(),
+        cfg.mqtt.cert.get_ref(),
+        cfg.mqtt.key.get_ref(),
+    )?;
     let output = Output::open(cfg.receiver.output.get_ref())?;
     if let Some(d) = &cfg.receiver.raw_dir {
         std::fs::create_dir_all(d)?;
@@ -209,7 +254,11 @@ pub fn start(cfg: ReceiverConfig) -> anyhow::Result<ReceiverHandle> {
     let stats = Arc::new(Mutex::new(ReceiverStats::default()));
     let (tx, rx) = watch::channel(false);
     let task = tokio::spawn(run(cfg, verifier, tls, output, stats.clone(), rx));
-    Ok(ReceiverHandle { stats, shutdown: tx, task })
+    Ok(ReceiverHandle {
+        stats,
+        shutdown: tx,
+        task,
+    })
 }
 
 async fn run(
@@ -220,12 +269,18 @@ async fn run(
     stats: Arc<Mutex<ReceiverStats>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let mut o = MqttOptions::new(cfg.mqtt.client_id.clone(), cfg.mqtt.host.get_ref().clone(), *cfg.mqtt.port.get_ref());
+    let mut o = MqttOptions::new(
+        cfg.mqtt.client_id.clone(),
+        cfg.mqtt.host.get_ref().clone(),
+        *cfg.mqtt.port.get_ref(),
+    );
     o.set_keep_alive(Duration::from_secs(cfg.mqtt.keepalive_s))
         .set_clean_session(false)
         .set_manual_acks(true)
         .set_max_packet_size(16 << 20, 16 << 20)
-        .set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls)));
+        .set_transport(Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls),
+        ));
     let filter = match &cfg.receiver.share_group {
         Some(g) => format!("$share/{g}/{}", cfg.receiver.topic),
         None => cfg.receiver.topic.clone(),
@@ -279,16 +334,29 @@ async fn run(
                                 *s.delivered.entry(d).or_insert(0) += n;
                             }
                         }
-                        let origin = crate::batch::Origin { gateway: batch.gateway.clone(), site: batch.site.clone(), ward: batch.ward.clone() };
-                        let ack = Ack { v: 1, gateway: batch.gateway.clone(), batches: vec![batch.batch] };
-                        client.publish(topics::ack(&origin), QoS::AtLeastOnce, false, ack.to_cbor()).await?;
+                        let origin = crate::batch::Origin {
+                            gateway: batch.gateway.clone(),
+                            site: batch.site.clone(),
+                            ward: batch.ward.clone(),
+                        };
+                        let ack = Ack {
+                            v: 1,
+                            gateway: batch.gateway.clone(),
+                            batches: vec![batch.batch],
+                        };
+                        client
+                            .publish(topics::ack(&origin), QoS::AtLeastOnce, false, ack.to_cbor())
+                            .await?;
                     }
                     Err(reason) if reason.starts_with("output:") => {
                         // Not stored: do not PUBACK, so the broker redelivers after we restart.
                         anyhow::bail!("cannot store batch from {}: {reason}", p.topic);
                     }
                     Err(reason) => {
-                        stats.lock().unwrap_or_else(|e| e.into_inner()).rejected_messages += 1;
+                        stats
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .rejected_messages += 1;
                         log::warn!("rejected message on {}: {reason}", p.topic);
                     }
                 }

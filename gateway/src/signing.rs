@@ -8,7 +8,9 @@
 //!
 //! One crypto provider: `ring` (also rustls's provider here).
 
-use coset::{iana, CborSerializable, CoseSign1, CoseSign1Builder, HeaderBuilder, TaggedCborSerializable};
+use coset::{
+    iana, CborSerializable, CoseSign1, CoseSign1Builder, HeaderBuilder, TaggedCborSerializable,
+};
 use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -44,7 +46,8 @@ pub fn kid_of(cert: &CertificateDer<'_>) -> Result<[u8; 32], SigningError> {
 }
 
 fn spki_der(cert: &CertificateDer<'_>) -> Result<Vec<u8>, SigningError> {
-    let ee = webpki::EndEntityCert::try_from(cert).map_err(|e| SigningError::Key(format!("certificate does not parse: {e}")))?;
+    let ee = webpki::EndEntityCert::try_from(cert)
+        .map_err(|e| SigningError::Key(format!("certificate does not parse: {e}")))?;
     Ok(ee.subject_public_key_info().as_ref().to_vec())
 }
 
@@ -55,7 +58,8 @@ enum KeyAlg {
     EdDsa,
 }
 
-const OID_EC_PUBLIC_KEY: spki::ObjectIdentifier = spki::ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+const OID_EC_PUBLIC_KEY: spki::ObjectIdentifier =
+    spki::ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
 const OID_P256: spki::ObjectIdentifier = spki::ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
 const OID_ED25519: spki::ObjectIdentifier = spki::ObjectIdentifier::new_unwrap("1.3.101.112");
 
@@ -70,17 +74,25 @@ fn public_key(spki_der: &[u8]) -> Result<(KeyAlg, Vec<u8>), SigningError> {
         return Ok((KeyAlg::EdDsa, raw));
     }
     if oid == OID_EC_PUBLIC_KEY {
-        let curve = info.algorithm.parameters.and_then(|p| p.decode_as::<spki::ObjectIdentifier>().ok());
+        let curve = info
+            .algorithm
+            .parameters
+            .and_then(|p| p.decode_as::<spki::ObjectIdentifier>().ok());
         if curve == Some(OID_P256) {
             return Ok((KeyAlg::Es256, raw));
         }
     }
-    Err(SigningError::Key(format!("unsupported public key algorithm {oid} (wardgate signs with P-256 or Ed25519)")))
+    Err(SigningError::Key(format!(
+        "unsupported public key algorithm {oid} (wardgate signs with P-256 or Ed25519)"
+    )))
 }
 
 /// Reads every certificate from a PEM file.
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, SigningError> {
-    let file_err = |m: String| SigningError::File { path: path.display().to_string(), message: m };
+    let file_err = |m: String| SigningError::File {
+        path: path.display().to_string(),
+        message: m,
+    };
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| file_err(format!("cannot read certificates: {e}")))?
         .collect::<Result<Vec<_>, _>>()
@@ -118,7 +130,11 @@ impl Signer {
         let certs = read_certs(cert_path)?;
         let key = read_key(key_path)?;
         Signer::new(&certs[0], &key).map_err(|e| match e {
-            SigningError::Key(m) => SigningError::Key(format!("{} / {}: {m}", cert_path.display(), key_path.display())),
+            SigningError::Key(m) => SigningError::Key(format!(
+                "{} / {}: {m}",
+                cert_path.display(),
+                key_path.display()
+            )),
             e => e,
         })
     }
@@ -135,8 +151,12 @@ impl Signer {
         let rng = ring::rand::SystemRandom::new();
         let key = match alg {
             KeyAlg::Es256 => SigningKey::Es256(
-                EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.secret_pkcs8_der(), &rng)
-                    .map_err(|e| SigningError::Key(format!("not a P-256 PKCS#8 key: {e}")))?,
+                EcdsaKeyPair::from_pkcs8(
+                    &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                    pkcs8.secret_pkcs8_der(),
+                    &rng,
+                )
+                .map_err(|e| SigningError::Key(format!("not a P-256 PKCS#8 key: {e}")))?,
             ),
             KeyAlg::EdDsa => SigningKey::EdDsa(
                 Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8.secret_pkcs8_der())
@@ -148,7 +168,9 @@ impl Signer {
             SigningKey::EdDsa(k) => k.public_key().as_ref().to_vec(),
         };
         if key_public != public {
-            return Err(SigningError::Key("the private key does not belong to the certificate".into()));
+            return Err(SigningError::Key(
+                "the private key does not belong to the certificate".into(),
+            ));
         }
         let kid = kid_of(cert)?;
         Ok(Signer { key, kid, rng })
@@ -165,16 +187,25 @@ impl Signer {
             SigningKey::Es256(_) => iana::Algorithm::ES256,
             SigningKey::EdDsa(_) => iana::Algorithm::EdDSA,
         };
-        let protected = HeaderBuilder::new().algorithm(alg).key_id(self.kid.to_vec()).build();
+        let protected = HeaderBuilder::new()
+            .algorithm(alg)
+            .key_id(self.kid.to_vec())
+            .build();
         let sign1 = CoseSign1Builder::new()
             .protected(protected)
             .payload(payload)
             .create_signature(b"", |tbs| match &self.key {
-                SigningKey::Es256(k) => k.sign(&self.rng, tbs).expect("ECDSA signing with a valid key").as_ref().to_vec(),
+                SigningKey::Es256(k) => k
+                    .sign(&self.rng, tbs)
+                    .expect("ECDSA signing with a valid key")
+                    .as_ref()
+                    .to_vec(),
                 SigningKey::EdDsa(k) => k.sign(tbs).as_ref().to_vec(),
             })
             .build();
-        sign1.to_tagged_vec().expect("encoding a COSE_Sign1 to a Vec cannot fail")
+        sign1
+            .to_tagged_vec()
+            .expect("encoding a COSE_Sign1 to a Vec cannot fail")
     }
 }
 
@@ -219,22 +250,32 @@ impl Verifier {
             .or_else(|_| CoseSign1::from_slice(message))
             .map_err(|e| SigningError::Verify(format!("not a COSE_Sign1 message: {e}")))?;
         let kid = &sign1.protected.header.key_id;
-        let kid: [u8; 32] = kid
-            .as_slice()
-            .try_into()
-            .map_err(|_| SigningError::Verify(format!("protected kid has {} bytes, expected 32", kid.len())))?;
+        let kid: [u8; 32] = kid.as_slice().try_into().map_err(|_| {
+            SigningError::Verify(format!(
+                "protected kid has {} bytes, expected 32",
+                kid.len()
+            ))
+        })?;
         let Some((alg, key, _name)) = self.keys.get(&kid) else {
-            return Err(SigningError::Verify(format!("unknown kid {}: no trusted gateway certificate has it", hex::encode(kid))));
+            return Err(SigningError::Verify(format!(
+                "unknown kid {}: no trusted gateway certificate has it",
+                hex::encode(kid)
+            )));
         };
         let want = match alg {
             KeyAlg::Es256 => iana::Algorithm::ES256,
             KeyAlg::EdDsa => iana::Algorithm::EdDSA,
         };
         if sign1.protected.header.alg != Some(coset::RegisteredLabelWithPrivate::Assigned(want)) {
-            return Err(SigningError::Verify(format!("protected alg {:?} does not match the key ({want:?})", sign1.protected.header.alg)));
+            return Err(SigningError::Verify(format!(
+                "protected alg {:?} does not match the key ({want:?})",
+                sign1.protected.header.alg
+            )));
         }
         let Some(payload) = sign1.payload.clone() else {
-            return Err(SigningError::Verify("detached payloads are not accepted".into()));
+            return Err(SigningError::Verify(
+                "detached payloads are not accepted".into(),
+            ));
         };
         sign1
             .verify_signature(b"", |sig, tbs| {
@@ -253,10 +294,18 @@ impl Verifier {
 mod tests {
     use super::*;
 
-    fn gateway_pair(alg: &'static rcgen::SignatureAlgorithm) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+    fn gateway_pair(
+        alg: &'static rcgen::SignatureAlgorithm,
+    ) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
         let key = rcgen::KeyPair::generate_for(alg).unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["gw-test".into()]).unwrap().self_signed(&key).unwrap();
-        (cert.der().clone(), PrivateKeyDer::Pkcs8(key.serialize_der().into()))
+        let cert = rcgen::CertificateParams::new(vec!["gw-test".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (
+            cert.der().clone(),
+            PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
     }
 
     #[test]
@@ -271,7 +320,11 @@ mod tests {
         let mut bad = msg.clone();
         let n = bad.len();
         bad[n - 1] ^= 1;
-        assert!(v.verify(&bad).unwrap_err().to_string().contains("bad signature"));
+        assert!(v
+            .verify(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("bad signature"));
     }
 
     #[test]
@@ -280,7 +333,10 @@ mod tests {
         let signer = Signer::new(&cert, &key).unwrap();
         let mut v = Verifier::default();
         v.add(&cert, "gw").unwrap();
-        assert_eq!(v.verify(&signer.sign(vec![1, 2, 3])).unwrap(), vec![1, 2, 3]);
+        assert_eq!(
+            v.verify(&signer.sign(vec![1, 2, 3])).unwrap(),
+            vec![1, 2, 3]
+        );
     }
 
     #[test]
@@ -289,17 +345,28 @@ mod tests {
         let signer = Signer::new(&cert, &key).unwrap();
         let spki = spki_der(&cert).unwrap();
         assert_eq!(spki[0], 0x30, "SPKI DER is a SEQUENCE");
-        assert_eq!(signer.kid().as_slice(), ring::digest::digest(&ring::digest::SHA256, &spki).as_ref());
+        assert_eq!(
+            signer.kid().as_slice(),
+            ring::digest::digest(&ring::digest::SHA256, &spki).as_ref()
+        );
         let (other, _) = gateway_pair(&rcgen::PKCS_ECDSA_P256_SHA256);
         let mut v = Verifier::default();
         v.add(&other, "other").unwrap();
-        assert!(v.verify(&signer.sign(vec![])).unwrap_err().to_string().contains("unknown kid"));
+        assert!(v
+            .verify(&signer.sign(vec![]))
+            .unwrap_err()
+            .to_string()
+            .contains("unknown kid"));
     }
 
     #[test]
     fn key_of_another_certificate_is_refused() {
         let (cert, _) = gateway_pair(&rcgen::PKCS_ECDSA_P256_SHA256);
         let (_, key) = gateway_pair(&rcgen::PKCS_ECDSA_P256_SHA256);
-        assert!(Signer::new(&cert, &key).err().unwrap().to_string().contains("does not belong"));
+        assert!(Signer::new(&cert, &key)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("does not belong"));
     }
 }

@@ -23,7 +23,11 @@ pub struct Backoff {
 impl Backoff {
     /// Delays start at `base` and never exceed `cap`.
     pub fn new(base: Duration, cap: Duration) -> Self {
-        Backoff { base, cap: cap.max(base), attempt: 0 }
+        Backoff {
+            base,
+            cap: cap.max(base),
+            attempt: 0,
+        }
     }
     /// The next delay: `min(cap, base·2^n)` scaled by a random factor in [0.5, 1].
     pub fn next_delay(&mut self) -> Duration {
@@ -59,7 +63,12 @@ pub async fn supervise(
     loop {
         let started = Instant::now();
         let a = adapter.clone();
-        let mut ctx = AdapterContext { id: a.name().to_owned(), out: out.clone(), shutdown: shutdown.clone(), clock_synced: clock_synced.clone() };
+        let mut ctx = AdapterContext {
+            id: a.name().to_owned(),
+            out: out.clone(),
+            shutdown: shutdown.clone(),
+            clock_synced: clock_synced.clone(),
+        };
         let result = tokio::spawn(async move { a.run(&mut ctx).await }).await;
         if *shutdown.borrow() {
             return;
@@ -75,7 +84,11 @@ pub async fn supervise(
             backoff.reset();
         }
         let wait = backoff.next_delay();
-        log::warn!("adapter {} {reason}; restarting in {:.1}s", adapter.name(), wait.as_secs_f64());
+        log::warn!(
+            "adapter {} {reason}; restarting in {:.1}s",
+            adapter.name(),
+            wait.as_secs_f64()
+        );
         let ev = AdapterEvent::Event(DeviceEvent {
             device: DeviceId(format!("adapter:{}", adapter.name())),
             kind: EventKind::Error,

@@ -21,10 +21,16 @@ impl Log for Stderr {
 
 /// Installs the logger once; later calls do nothing.
 pub fn init_logging() {
-    let level = std::env::var("WARDGATE_LOG").ok().and_then(|s| s.parse::<LevelFilter>().ok()).unwrap_or(LevelFilter::Info);
-    let journald = std::env::var_os("JOURNAL_STREAM").is_some() && systemd_journal_logger::connected_to_journal();
+    let level = std::env::var("WARDGATE_LOG")
+        .ok()
+        .and_then(|s| s.parse::<LevelFilter>().ok())
+        .unwrap_or(LevelFilter::Info);
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some()
+        && systemd_journal_logger::connected_to_journal();
     let installed = if journald {
-        systemd_journal_logger::JournalLog::new().map(|j| j.with_syslog_identifier("wardgate".into()).install()).is_ok()
+        systemd_journal_logger::JournalLog::new()
+            .map(|j| j.with_syslog_identifier("wardgate".into()).install())
+            .is_ok()
     } else {
         log::set_logger(&Stderr).is_ok()
     };

@@ -8,19 +8,34 @@ use std::sync::Arc;
 /// certificate chain in `cert` with the key in `key`.
 ///
 /// Errors name the file and the problem (unreadable, no certificate, key not matching).
-pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<rustls::ClientConfig>, SigningError> {
+pub fn client_config(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<rustls::ClientConfig>, SigningError> {
     let mut roots = rustls::RootCertStore::empty();
     for c in read_certs(ca)? {
-        roots.add(c).map_err(|e| SigningError::File { path: ca.display().to_string(), message: format!("unusable CA certificate: {e}") })?;
+        roots.add(c).map_err(|e| SigningError::File {
+            path: ca.display().to_string(),
+            message: format!("unusable CA certificate: {e}"),
+        })?;
     }
     let chain = read_certs(cert)?;
     let key = read_key(key)?;
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| SigningError::Key(format!("TLS setup: {e}")))?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| SigningError::Key(format!("{} does not fit {}: {e}", cert.display(), key_name(&e))))?;
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| SigningError::Key(format!("TLS setup: {e}")))?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .map_err(|e| {
+        SigningError::Key(format!(
+            "{} does not fit {}: {e}",
+            cert.display(),
+            key_name(&e)
+        ))
+    })?;
     Ok(Arc::new(cfg))
 }
 
@@ -38,7 +53,9 @@ pub fn explain(err: &rumqttc::ConnectionError) -> String {
         return format!("waiting for time: the broker certificate is not yet valid by this gateway's clock ({text})");
     }
     if lower.contains("expired") {
-        return format!("the broker certificate has expired or this gateway's clock is wrong ({text})");
+        return format!(
+            "the broker certificate has expired or this gateway's clock is wrong ({text})"
+        );
     }
     if lower.contains("unknownissuer") || lower.contains("badsignature") {
         return format!("the broker's certificate is not signed by the configured CA (uplink.ca); refusing to connect ({text})");

@@ -19,15 +19,32 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     /// A diagnostic at byte offset `span.start` of `text` (the contents of `file`).
-    pub fn at(file: &Path, text: &str, span: Option<Range<usize>>, message: impl Into<String>) -> Self {
+    pub fn at(
+        file: &Path,
+        text: &str,
+        span: Option<Range<usize>>,
+        message: impl Into<String>,
+    ) -> Self {
         let (line, col) = span.map(|s| line_col(text, s.start)).unwrap_or((1, 1));
-        Diagnostic { file: file.to_path_buf(), line, col, message: message.into() }
+        Diagnostic {
+            file: file.to_path_buf(),
+            line,
+            col,
+            message: message.into(),
+        }
     }
 }
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.col, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.col,
+            self.message
+        )
     }
 }
 
@@ -82,7 +99,12 @@ mod tests {
 
     #[test]
     fn renders_as_file_line_col_message() {
-        let d = Diagnostic::at(Path::new("w.toml"), "x\ny = 2", Some(2..3), "unknown key `y`");
+        let d = Diagnostic::at(
+            Path::new("w.toml"),
+            "x\ny = 2",
+            Some(2..3),
+            "unknown key `y`",
+        );
         assert_eq!(d.to_string(), "w.toml:2:1: unknown key `y`");
     }
 }

@@ -265,7 +265,12 @@ pub fn load_receiver(path: &Path) -> Result<ReceiverConfig, Diagnostics> {
 /// Loads either kind of config file from `path` and validates it.
 pub fn load_any(path: &Path) -> Result<AnyConfig, Diagnostics> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        Diagnostics(vec![Diagnostic { file: path.into(), line: 1, col: 1, message: format!("cannot read: {e}") }])
+        Diagnostics(vec![Diagnostic {
+            file: path.into(),
+            line: 1,
+            col: 1,
+            message: format!("cannot read: {e}"),
+        }])
     })?;
     parse_any(path, &text)
 }
@@ -273,11 +278,22 @@ pub fn load_any(path: &Path) -> Result<AnyConfig, Diagnostics> {
 /// Parses and validates `text` as the contents of `path` (relative paths resolve against its
 /// directory).
 pub fn parse_any(path: &Path, text: &str) -> Result<AnyConfig, Diagnostics> {
-    let syntax = |e: toml::de::Error| Diagnostics(vec![Diagnostic::at(path, text, e.span(), e.message().trim().replace('\n', "; "))]);
+    let syntax = |e: toml::de::Error| {
+        Diagnostics(vec![Diagnostic::at(
+            path,
+            text,
+            e.span(),
+            e.message().trim().replace('\n', "; "),
+        )])
+    };
     let table: toml::Table = toml::from_str(text).map_err(syntax)?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     take_warnings();
-    let mut v = Validator { file: path, text, problems: Vec::new() };
+    let mut v = Validator {
+        file: path,
+        text,
+        problems: Vec::new(),
+    };
     if table.contains_key("receiver") {
         let mut c: ReceiverConfig = toml::from_str(text).map_err(syntax)?;
         v.version(&c.version);
@@ -294,15 +310,27 @@ pub fn parse_any(path: &Path, text: &str) -> Result<AnyConfig, Diagnostics> {
             v.readable(p);
         }
         if c.receiver.gateway_certs.is_empty() {
-            v.problems.push(Diagnostic::at(path, text, find_key(text, "gateway_certs"), "gateway_certs is empty: no batch could ever be verified"));
+            v.problems.push(Diagnostic::at(
+                path,
+                text,
+                find_key(text, "gateway_certs"),
+                "gateway_certs is empty: no batch could ever be verified",
+            ));
         }
         let out = c.receiver.output.get_ref().clone();
         match out.split_once(':') {
             Some(("sqlite" | "jsonl", p)) if !p.is_empty() => {
                 let resolved = base.join(p);
-                *c.receiver.output.get_mut() = format!("{}:{}", &out[..out.find(':').unwrap_or(0)], resolved.display());
+                *c.receiver.output.get_mut() = format!(
+                    "{}:{}",
+                    &out[..out.find(':').unwrap_or(0)],
+                    resolved.display()
+                );
             }
-            _ => v.at(Some(c.receiver.output.span()), format!("output `{out}` must be `sqlite:PATH` or `jsonl:PATH`")),
+            _ => v.at(
+                Some(c.receiver.output.span()),
+                format!("output `{out}` must be `sqlite:PATH` or `jsonl:PATH`"),
+            ),
         }
         if let Some(d) = c.receiver.raw_dir.as_mut() {
             *d = base.join(&*d);
@@ -311,7 +339,11 @@ pub fn parse_any(path: &Path, text: &str) -> Result<AnyConfig, Diagnostics> {
     } else {
         let mut c: Config = toml::from_str(text).map_err(syntax)?;
         v.version(&c.version);
-        for (s, what) in [(&c.gateway.id, "gateway id"), (&c.gateway.site, "site"), (&c.gateway.ward, "ward")] {
+        for (s, what) in [
+            (&c.gateway.id, "gateway id"),
+            (&c.gateway.site, "site"),
+            (&c.gateway.ward, "ward"),
+        ] {
             v.topic_safe(s, what);
         }
         v.topic_safe(&c.uplink.host, "host");
@@ -336,7 +368,12 @@ pub fn parse_any(path: &Path, text: &str) -> Result<AnyConfig, Diagnostics> {
         ];
         for (key, value) in positive {
             if value == 0 {
-                v.problems.push(Diagnostic::at(path, text, find_key(text, key), format!("{key} must be greater than 0")));
+                v.problems.push(Diagnostic::at(
+                    path,
+                    text,
+                    find_key(text, key),
+                    format!("{key} must be greater than 0"),
+                ));
             }
         }
         let mut names = std::collections::HashSet::new();
@@ -346,16 +383,28 @@ pub fn parse_any(path: &Path, text: &str) -> Result<AnyConfig, Diagnostics> {
                 v.at(span.clone(), format!("serial device name `{}` must be non-empty and contain no `/`, `+`, `#` or spaces (it is part of MQTT topics)", s.name));
             }
             if !names.insert(s.name.clone()) {
-                v.at(span.clone(), format!("serial device name `{}` is used twice", s.name));
+                v.at(
+                    span.clone(),
+                    format!("serial device name `{}` is used twice", s.name),
+                );
             }
             if !(5..=8).contains(&s.data_bits) {
-                v.at(span.clone(), format!("serial `{}`: data_bits must be 5, 6, 7 or 8", s.name));
+                v.at(
+                    span.clone(),
+                    format!("serial `{}`: data_bits must be 5, 6, 7 or 8", s.name),
+                );
             }
             if !(1..=2).contains(&s.stop_bits) {
-                v.at(span.clone(), format!("serial `{}`: stop_bits must be 1 or 2", s.name));
+                v.at(
+                    span.clone(),
+                    format!("serial `{}`: stop_bits must be 1 or 2", s.name),
+                );
             }
             if s.baud == Some(0) {
-                v.at(span.clone(), format!("serial `{}`: baud must be greater than 0", s.name));
+                v.at(
+                    span.clone(),
+                    format!("serial `{}`: baud must be greater than 0", s.name),
+                );
             }
             if s.path.is_relative() {
                 s.path = base.join(&s.path);
@@ -374,7 +423,10 @@ fn resolve(base: &Path, p: &mut Spanned<PathBuf>) {
 
 /// Whether `s` can be one level of an MQTT topic: non-empty, no `/`, `+`, `#`, whitespace or NUL.
 pub fn is_topic_safe(s: &str) -> bool {
-    !s.is_empty() && !s.chars().any(|c| matches!(c, '/' | '+' | '#' | '\0') || c.is_whitespace())
+    !s.is_empty()
+        && !s
+            .chars()
+            .any(|c| matches!(c, '/' | '+' | '#' | '\0') || c.is_whitespace())
 }
 
 fn find_key(text: &str, key: &str) -> Option<std::ops::Range<usize>> {
@@ -429,16 +481,29 @@ pub fn take_warnings() -> Vec<Diagnostic> {
 
 impl Validator<'_> {
     fn at(&mut self, span: Option<std::ops::Range<usize>>, message: String) {
-        self.problems.push(Diagnostic::at(self.file, self.text, span, message));
+        self.problems
+            .push(Diagnostic::at(self.file, self.text, span, message));
     }
     fn version(&mut self, v: &Spanned<u32>) {
         if *v.get_ref() != VERSION {
-            self.at(Some(v.span()), format!("unsupported config version {}; this wardgate reads version {VERSION}", v.get_ref()));
+            self.at(
+                Some(v.span()),
+                format!(
+                    "unsupported config version {}; this wardgate reads version {VERSION}",
+                    v.get_ref()
+                ),
+            );
         }
     }
     fn topic_safe(&mut self, s: &Spanned<String>, what: &str) {
         if !is_topic_safe(s.get_ref()) {
-            self.at(Some(s.span()), format!("{what} `{}` must be non-empty and contain no `/`, `+`, `#` or spaces", s.get_ref()));
+            self.at(
+                Some(s.span()),
+                format!(
+                    "{what} `{}` must be non-empty and contain no `/`, `+`, `#` or spaces",
+                    s.get_ref()
+                ),
+            );
         }
     }
     fn port(&mut self, p: &Spanned<u16>) {
@@ -447,23 +512,38 @@ impl Validator<'_> {
         }
     }
     fn warn(&mut self, span: std::ops::Range<usize>, message: String) {
-        let d = Diagnostic::at(self.file, self.text, Some(span), format!("warning: {message}"));
+        let d = Diagnostic::at(
+            self.file,
+            self.text,
+            Some(span),
+            format!("warning: {message}"),
+        );
         WARNINGS.with(|w| w.borrow_mut().push(d));
     }
     fn readable(&mut self, p: &Spanned<PathBuf>) {
         match std::fs::File::open(p.get_ref()) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.warn(p.span(), format!("{} does not exist (yet)", p.get_ref().display())),
-            Err(e) => self.at(Some(p.span()), format!("cannot read {}: {e}", p.get_ref().display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.warn(
+                p.span(),
+                format!("{} does not exist (yet)", p.get_ref().display()),
+            ),
+            Err(e) => self.at(
+                Some(p.span()),
+                format!("cannot read {}: {e}", p.get_ref().display()),
+            ),
             Ok(_) => {}
         }
     }
     fn private_key(&mut self, p: &Spanned<PathBuf>) {
         use std::os::unix::fs::PermissionsExt;
         match std::fs::metadata(p.get_ref()) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.warn(p.span(), format!("private key {} does not exist (yet)", p.get_ref().display()))
-            }
-            Err(e) => self.at(Some(p.span()), format!("cannot read private key {}: {e}", p.get_ref().display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.warn(
+                p.span(),
+                format!("private key {} does not exist (yet)", p.get_ref().display()),
+            ),
+            Err(e) => self.at(
+                Some(p.span()),
+                format!("cannot read private key {}: {e}", p.get_ref().display()),
+            ),
             Ok(m) if m.permissions().mode() & 0o077 != 0 => self.at(
                 Some(p.span()),
                 format!(
@@ -490,6 +570,11 @@ impl Validator<'_> {
 impl Config {
     /// The gateway's topic prefix `wardgate/v1/{site}/{ward}/{gateway}`.
     pub fn topic_prefix(&self) -> String {
-        format!("wardgate/v1/{}/{}/{}", self.gateway.site.get_ref(), self.gateway.ward.get_ref(), self.gateway.id.get_ref())
+        format!(
+            "wardgate/v1/{}/{}/{}",
+            self.gateway.site.get_ref(),
+            self.gateway.ward.get_ref(),
+            self.gateway.id.get_ref()
+        )
     }
 }

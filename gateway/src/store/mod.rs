@@ -45,7 +45,9 @@ use crate::batch::{Batch, Item, StoredEvent, StoredObservation};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use wardgate_adapters::observation::{mdc, now_ms, DeviceEvent, DeviceId, EventKind, Observation, TimeQuality, Unit};
+use wardgate_adapters::observation::{
+    mdc, now_ms, DeviceEvent, DeviceId, EventKind, Observation, TimeQuality, Unit,
+};
 use wardgate_adapters::AdapterEvent;
 
 pub use crate::config::Synchronous;
@@ -97,7 +99,11 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { synchronous: Synchronous::Full, max_bytes: 1 << 30, max_age_ms: 168 * 3_600_000 }
+        StoreOptions {
+            synchronous: Synchronous::Full,
+            max_bytes: 1 << 30,
+            max_age_ms: 168 * 3_600_000,
+        }
     }
 }
 
@@ -178,26 +184,51 @@ impl Store {
         }
         let conn = match schema::open_checked(path, opts.synchronous) {
             Ok(c) => c,
-            Err(schema::OpenProblem::Sqlite(e)) => return Err(StoreError::Sqlite { path: path.into(), source: e }),
+            Err(schema::OpenProblem::Sqlite(e)) => {
+                return Err(StoreError::Sqlite {
+                    path: path.into(),
+                    source: e,
+                })
+            }
             Err(schema::OpenProblem::Unusable(reason)) => {
-                let aside = quarantine(path).map_err(|source| StoreError::Quarantine { path: path.into(), source })?;
-                log::error!("store {}: {reason}; moved it to {} and started a fresh store", path.display(), aside.display());
+                let aside = quarantine(path).map_err(|source| StoreError::Quarantine {
+                    path: path.into(),
+                    source,
+                })?;
+                log::error!(
+                    "store {}: {reason}; moved it to {} and started a fresh store",
+                    path.display(),
+                    aside.display()
+                );
                 report.quarantined = Some((aside, reason));
                 schema::open_checked(path, opts.synchronous).map_err(|p| match p {
-                    schema::OpenProblem::Sqlite(e) => StoreError::Sqlite { path: path.into(), source: e },
+                    schema::OpenProblem::Sqlite(e) => StoreError::Sqlite {
+                        path: path.into(),
+                        source: e,
+                    },
                     schema::OpenProblem::Unusable(r) => StoreError::Sqlite {
                         path: path.into(),
-                        source: rusqlite::Error::InvalidParameterName(format!("fresh store unusable: {r}")),
+                        source: rusqlite::Error::InvalidParameterName(format!(
+                            "fresh store unusable: {r}"
+                        )),
                     },
                 })?
             }
         };
-        let store = Store { conn: Mutex::new(conn), path: path.into(), opts, dropped: Default::default() };
+        let store = Store {
+            conn: Mutex::new(conn),
+            path: path.into(),
+            opts,
+            dropped: Default::default(),
+        };
         if let Some((aside, reason)) = &report.quarantined {
             store.append(&[AdapterEvent::Event(DeviceEvent {
                 device: DeviceId("gateway".into()),
                 kind: EventKind::Error,
-                detail: format!("store file was {reason}; quarantined as {} and a fresh store started", aside.display()),
+                detail: format!(
+                    "store file was {reason}; quarantined as {} and a fresh store started",
+                    aside.display()
+                ),
                 gateway_time: now_ms(),
             })])?;
         }
@@ -210,7 +241,10 @@ impl Store {
     }
 
     fn err(&self, source: rusqlite::Error) -> StoreError {
-        StoreError::Sqlite { path: self.path.clone(), source }
+        StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -224,10 +258,18 @@ impl Store {
     ///
     /// Errors: SQLite I/O errors. On a full disk, retention drops the oldest lowest-class rows
     /// (reported) and the append is retried once.
-    pub fn append(&self, items: &[AdapterEvent]) -> Result<std::ops::RangeInclusive<u64>, StoreError> {
+    pub fn append(
+        &self,
+        items: &[AdapterEvent],
+    ) -> Result<std::ops::RangeInclusive<u64>, StoreError> {
         match self.try_append(items) {
-            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DiskFull => {
-                log::error!("store {}: disk full; dropping oldest rows to make room", self.path.display());
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DiskFull =>
+            {
+                log::error!(
+                    "store {}: disk full; dropping oldest rows to make room",
+                    self.path.display()
+                );
                 self.drop_oldest(0.1, "disk_full")?;
                 self.try_append(items).map_err(|e| self.err(e))
             }
@@ -235,7 +277,10 @@ impl Store {
         }
     }
 
-    fn try_append(&self, items: &[AdapterEvent]) -> rusqlite::Result<std::ops::RangeInclusive<u64>> {
+    fn try_append(
+        &self,
+        items: &[AdapterEvent],
+    ) -> rusqlite::Result<std::ops::RangeInclusive<u64>> {
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (mut first, mut last) = (0i64, 0i64);
@@ -248,7 +293,11 @@ impl Store {
                 let class = class_of(item) as i64;
                 match item {
                     AdapterEvent::Observation(o) => {
-                        let status = if o.status.is_empty() { None } else { Some(o.status.join(",")) };
+                        let status = if o.status.is_empty() {
+                            None
+                        } else {
+                            Some(o.status.join(","))
+                        };
                         ins.execute(params![
                             class,
                             o.device.as_str(),
@@ -296,20 +345,42 @@ impl Store {
         let mut conn = self.lock();
         let r = (|| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let assigned: i64 = tx.query_row("SELECT value FROM meta WHERE key='assigned_upto'", [], |r| r.get(0))?;
-            let items = read_items(&tx, "seq > ?1 ORDER BY seq LIMIT ?2", params![assigned, max as i64])?;
-            let (Some(first), Some(last)) = (items.first().map(Item::seq), items.last().map(Item::seq)) else {
+            let assigned: i64 = tx.query_row(
+                "SELECT value FROM meta WHERE key='assigned_upto'",
+                [],
+                |r| r.get(0),
+            )?;
+            let items = read_items(
+                &tx,
+                "seq > ?1 ORDER BY seq LIMIT ?2",
+                params![assigned, max as i64],
+            )?;
+            let (Some(first), Some(last)) =
+                (items.first().map(Item::seq), items.last().map(Item::seq))
+            else {
                 return Ok(None);
             };
-            let number: i64 = tx.query_row("SELECT value FROM meta WHERE key='next_batch'", [], |r| r.get(0))?;
+            let number: i64 =
+                tx.query_row("SELECT value FROM meta WHERE key='next_batch'", [], |r| {
+                    r.get(0)
+                })?;
             tx.execute(
                 "INSERT INTO batches(number, first_seq, last_seq, created_ms) VALUES (?1, ?2, ?3, ?4)",
                 params![number, first as i64, last as i64, now_ms()],
             )?;
-            tx.execute("UPDATE meta SET value=?1 WHERE key='assigned_upto'", [last as i64])?;
-            tx.execute("UPDATE meta SET value=?1 WHERE key='next_batch'", [number + 1])?;
+            tx.execute(
+                "UPDATE meta SET value=?1 WHERE key='assigned_upto'",
+                [last as i64],
+            )?;
+            tx.execute(
+                "UPDATE meta SET value=?1 WHERE key='next_batch'",
+                [number + 1],
+            )?;
             tx.commit()?;
-            Ok(Some(Batch { number: number as u64, items }))
+            Ok(Some(Batch {
+                number: number as u64,
+                items,
+            }))
         })();
         r.map_err(|e| self.err(e))
     }
@@ -320,7 +391,8 @@ impl Store {
         let r = (|| {
             let mut st = conn.prepare_cached("SELECT number FROM batches ORDER BY number")?;
             let rows = st.query_map([], |r| r.get::<_, i64>(0))?;
-            rows.map(|r| r.map(|n| n as u64)).collect::<rusqlite::Result<Vec<_>>>()
+            rows.map(|r| r.map(|n| n as u64))
+                .collect::<rusqlite::Result<Vec<_>>>()
         })();
         r.map_err(|e| self.err(e))
     }
@@ -330,12 +402,20 @@ impl Store {
         let conn = self.lock();
         let r = (|| {
             let range: Option<(i64, i64)> = conn
-                .query_row("SELECT first_seq, last_seq FROM batches WHERE number=?1", [number as i64], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
+                .query_row(
+                    "SELECT first_seq, last_seq FROM batches WHERE number=?1",
+                    [number as i64],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
                 .optional()?;
-            let Some((first, last)) = range else { return Ok(None) };
-            let items = read_items(&conn, "seq BETWEEN ?1 AND ?2 ORDER BY seq", params![first, last])?;
+            let Some((first, last)) = range else {
+                return Ok(None);
+            };
+            let items = read_items(
+                &conn,
+                "seq BETWEEN ?1 AND ?2 ORDER BY seq",
+                params![first, last],
+            )?;
             Ok(Some(Batch { number, items }))
         })();
         r.map_err(|e| self.err(e))
@@ -348,12 +428,19 @@ impl Store {
         let r = (|| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let range: Option<(i64, i64)> = tx
-                .query_row("SELECT first_seq, last_seq FROM batches WHERE number=?1", [number as i64], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
+                .query_row(
+                    "SELECT first_seq, last_seq FROM batches WHERE number=?1",
+                    [number as i64],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
                 .optional()?;
-            let Some((first, last)) = range else { return Ok(false) };
-            tx.execute("DELETE FROM queue WHERE seq BETWEEN ?1 AND ?2", [first, last])?;
+            let Some((first, last)) = range else {
+                return Ok(false);
+            };
+            tx.execute(
+                "DELETE FROM queue WHERE seq BETWEEN ?1 AND ?2",
+                [first, last],
+            )?;
             tx.execute("DELETE FROM batches WHERE number=?1", [number as i64])?;
             tx.commit()?;
             Ok(true)
@@ -366,7 +453,9 @@ impl Store {
         let conn = self.lock();
         let r = (|| {
             let (queued, oldest): (i64, Option<i64>) =
-                conn.query_row("SELECT count(*), min(gateway_time) FROM queue", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                conn.query_row("SELECT count(*), min(gateway_time) FROM queue", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
             let unacked: i64 = conn.query_row("SELECT count(*) FROM batches", [], |r| r.get(0))?;
             Ok(StoreStats {
                 queued: queued as u64,
@@ -382,7 +471,10 @@ impl Store {
     /// Applies the age and size limits. Returns what was dropped (also queued as a `dropped`
     /// event), or `None` when within limits.
     pub fn enforce_retention(&self, now: i64) -> Result<Option<DropReport>, StoreError> {
-        let mut total = DropReport { reason: "max_age", ..Default::default() };
+        let mut total = DropReport {
+            reason: "max_age",
+            ..Default::default()
+        };
         {
             let mut conn = self.lock();
             let r = (|| {
@@ -415,15 +507,26 @@ impl Store {
 
     /// Drops about `fraction` of the rows: oldest first, lowest class first; unassigned rows
     /// before whole unacknowledged batches.
-    fn drop_oldest(&self, fraction: f64, reason: &'static str) -> Result<Option<DropReport>, StoreError> {
+    fn drop_oldest(
+        &self,
+        fraction: f64,
+        reason: &'static str,
+    ) -> Result<Option<DropReport>, StoreError> {
         let report = {
             let mut conn = self.lock();
             let r = (|| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let rows: i64 = tx.query_row("SELECT count(*) FROM queue", [], |r| r.get(0))?;
                 let mut want = ((rows as f64) * fraction).ceil().max(1.0) as i64;
-                let assigned: i64 = tx.query_row("SELECT value FROM meta WHERE key='assigned_upto'", [], |r| r.get(0))?;
-                let mut report = DropReport { reason, ..Default::default() };
+                let assigned: i64 = tx.query_row(
+                    "SELECT value FROM meta WHERE key='assigned_upto'",
+                    [],
+                    |r| r.get(0),
+                )?;
+                let mut report = DropReport {
+                    reason,
+                    ..Default::default()
+                };
                 for class in [Class::Waveform, Class::Numeric, Class::Event] {
                     if want <= 0 {
                         break;
@@ -446,7 +549,9 @@ impl Store {
                             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                         })
                         .optional()?;
-                    let Some((number, first, last)) = oldest else { break };
+                    let Some((number, first, last)) = oldest else {
+                        break;
+                    };
                     let d = drop_where(&tx, "seq BETWEEN ?1 AND ?2", params![first, last])?;
                     tx.execute("DELETE FROM batches WHERE number=?1", [number])?;
                     want -= d.total() as i64;
@@ -467,7 +572,8 @@ impl Store {
     }
 
     fn record_drop(&self, r: &DropReport) -> Result<(), StoreError> {
-        self.dropped.fetch_add(r.total(), std::sync::atomic::Ordering::Relaxed);
+        self.dropped
+            .fetch_add(r.total(), std::sync::atomic::Ordering::Relaxed);
         log::warn!(
             "store {}: retention ({}) dropped {} rows: {} waveform, {} numeric, {} events",
             self.path.display(),
@@ -498,7 +604,8 @@ impl Store {
     /// after a burst.
     pub fn checkpoint(&self) -> Result<(), StoreError> {
         let conn = self.lock();
-        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(|e| self.err(e))
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(|e| self.err(e))
     }
 }
 
@@ -511,10 +618,16 @@ fn used_bytes(conn: &Connection) -> rusqlite::Result<u64> {
 
 /// Deletes rows matching `cond` (whole batches they belong to stay consistent because callers
 /// pass batch-aligned conditions or age cut-offs) and counts them by class.
-fn drop_where(tx: &rusqlite::Transaction<'_>, cond: &str, p: impl rusqlite::Params + Clone) -> rusqlite::Result<DropReport> {
+fn drop_where(
+    tx: &rusqlite::Transaction<'_>,
+    cond: &str,
+    p: impl rusqlite::Params + Clone,
+) -> rusqlite::Result<DropReport> {
     let mut report = DropReport::default();
     {
-        let mut st = tx.prepare(&format!("SELECT class, count(*) FROM queue WHERE {cond} GROUP BY class"))?;
+        let mut st = tx.prepare(&format!(
+            "SELECT class, count(*) FROM queue WHERE {cond} GROUP BY class"
+        ))?;
         let mut rows = st.query(p.clone())?;
         while let Some(r) = rows.next()? {
             let (class, n): (i64, i64) = (r.get(0)?, r.get(1)?);
@@ -536,7 +649,11 @@ fn drop_where(tx: &rusqlite::Transaction<'_>, cond: &str, p: impl rusqlite::Para
     Ok(report)
 }
 
-fn read_items(conn: &Connection, cond: &str, p: impl rusqlite::Params) -> rusqlite::Result<Vec<Item>> {
+fn read_items(
+    conn: &Connection,
+    cond: &str,
+    p: impl rusqlite::Params,
+) -> rusqlite::Result<Vec<Item>> {
     let mut st = conn.prepare_cached(&format!(
         "SELECT seq, device, kind, code, value, unit, device_time, gateway_time, time_quality, status, detail FROM queue WHERE {cond}"
     ))?;
@@ -557,7 +674,10 @@ fn read_items(conn: &Connection, cond: &str, p: impl rusqlite::Params) -> rusqli
                         device,
                         code: r.get(3)?,
                         value: r.get(4)?,
-                        unit: Unit::from_mdc(unit_code).unwrap_or(Unit { mdc: unit_code, ucum: "" }),
+                        unit: Unit::from_mdc(unit_code).unwrap_or(Unit {
+                            mdc: unit_code,
+                            ucum: "",
+                        }),
                         device_time: r.get(6)?,
                         gateway_time,
                         time_quality: match r.get::<_, i64>(8)? {
@@ -565,7 +685,9 @@ fn read_items(conn: &Connection, cond: &str, p: impl rusqlite::Params) -> rusqli
                             1 => TimeQuality::Unsynced,
                             _ => TimeQuality::Device,
                         },
-                        status: status.map(|s| s.split(',').map(str::to_owned).collect()).unwrap_or_default(),
+                        status: status
+                            .map(|s| s.split(',').map(str::to_owned).collect())
+                            .unwrap_or_default(),
                     },
                 }));
             }

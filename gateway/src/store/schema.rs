@@ -49,32 +49,47 @@ pub fn open_checked(path: &Path, sync: Synchronous) -> Result<Connection, OpenPr
     let conn = Connection::open(path).map_err(OpenProblem::Sqlite)?;
     let classify = |e: rusqlite::Error| match &e {
         rusqlite::Error::SqliteFailure(f, _)
-            if matches!(f.code, rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) =>
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt
+            ) =>
         {
             OpenProblem::Unusable(format!("corrupt ({e})"))
         }
         _ => OpenProblem::Sqlite(e),
     };
-    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(OpenProblem::Sqlite)?;
-    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(classify)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(OpenProblem::Sqlite)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(classify)?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(OpenProblem::Sqlite(rusqlite::Error::InvalidParameterName(format!(
-            "could not switch to WAL (journal_mode is {mode})"
-        ))));
+        return Err(OpenProblem::Sqlite(rusqlite::Error::InvalidParameterName(
+            format!("could not switch to WAL (journal_mode is {mode})"),
+        )));
     }
-    let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(classify)?;
+    let check: String = conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .map_err(classify)?;
     if check != "ok" {
-        return Err(OpenProblem::Unusable(format!("corrupt (quick_check: {check})")));
+        return Err(OpenProblem::Unusable(format!(
+            "corrupt (quick_check: {check})"
+        )));
     }
-    let app: i64 = conn.query_row("PRAGMA application_id", [], |r| r.get(0)).map_err(classify)?;
-    let tables: i64 =
-        conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0)).map_err(classify)?;
+    let app: i64 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(classify)?;
+    let tables: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .map_err(classify)?;
     if app != APPLICATION_ID && !(app == 0 && tables == 0) {
         return Err(OpenProblem::Unusable(format!(
             "not a wardgate store (application_id {app:#x}, {tables} schema objects)"
         )));
     }
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(classify)?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(classify)?;
     if version > SCHEMA_VERSION {
         return Err(OpenProblem::Sqlite(rusqlite::Error::InvalidParameterName(format!(
             "store schema version {version} is newer than this wardgate ({SCHEMA_VERSION}); refusing to touch it"

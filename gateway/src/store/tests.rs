@@ -17,19 +17,27 @@ fn obs(device: &str, code: u32, value: f64) -> AdapterEvent {
 }
 
 fn open(dir: &tempfile::TempDir) -> Store {
-    Store::open(&dir.path().join("store.db"), StoreOptions::default()).unwrap().0
+    Store::open(&dir.path().join("store.db"), StoreOptions::default())
+        .unwrap()
+        .0
 }
 
 #[test]
 fn seqs_strictly_increase_and_are_never_reused_after_ack() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir);
-    let r1 = s.append(&[obs("d", mdc::SPO2, 97.0), obs("d", mdc::SPO2, 98.0)]).unwrap();
+    let r1 = s
+        .append(&[obs("d", mdc::SPO2, 97.0), obs("d", mdc::SPO2, 98.0)])
+        .unwrap();
     assert_eq!(r1, 1..=2);
     let b = s.next_batch(10).unwrap().unwrap();
     assert!(s.ack(b.number).unwrap());
     let r2 = s.append(&[obs("d", mdc::SPO2, 99.0)]).unwrap();
-    assert_eq!(r2, 3..=3, "AUTOINCREMENT: a deleted seq is not handed out again");
+    assert_eq!(
+        r2,
+        3..=3,
+        "AUTOINCREMENT: a deleted seq is not handed out again"
+    );
 }
 
 #[test]
@@ -37,7 +45,11 @@ fn a_batch_keeps_its_number_and_rows_across_reopen_until_acked() {
     let dir = tempfile::tempdir().unwrap();
     let first = {
         let s = open(&dir);
-        s.append(&[obs("a", mdc::SPO2, 95.0), obs("b", mdc::PULSE_RATE_OXIM, 61.0)]).unwrap();
+        s.append(&[
+            obs("a", mdc::SPO2, 95.0),
+            obs("b", mdc::PULSE_RATE_OXIM, 61.0),
+        ])
+        .unwrap();
         let b = s.next_batch(10).unwrap().unwrap();
         s.append(&[obs("a", mdc::SPO2, 96.0)]).unwrap();
         b
@@ -46,8 +58,15 @@ fn a_batch_keeps_its_number_and_rows_across_reopen_until_acked() {
     assert_eq!(s.unacked_batches().unwrap(), vec![first.number]);
     assert_eq!(s.load_batch(first.number).unwrap().unwrap(), first);
     let next = s.next_batch(10).unwrap().unwrap();
-    assert!(next.number > first.number, "batch numbers strictly increase");
-    assert_eq!(next.items.len(), 1, "rows already in a batch are not handed out twice");
+    assert!(
+        next.number > first.number,
+        "batch numbers strictly increase"
+    );
+    assert_eq!(
+        next.items.len(),
+        1,
+        "rows already in a batch are not handed out twice"
+    );
     assert!(s.ack(first.number).unwrap());
     assert!(!s.ack(first.number).unwrap(), "a repeated ack is harmless");
     assert_eq!(s.stats().unwrap().queued, 1);
@@ -67,21 +86,46 @@ fn observation_fields_round_trip() {
         time_quality: TimeQuality::Device,
         status: vec!["alarm".into(), "low-perfusion".into()],
     };
-    let e = DeviceEvent { device: DeviceId("serial:bed1".into()), kind: EventKind::Disconnected, detail: "EIO".into(), gateway_time: 5 };
-    s.append(&[AdapterEvent::Observation(o.clone()), AdapterEvent::Event(e.clone())]).unwrap();
+    let e = DeviceEvent {
+        device: DeviceId("serial:bed1".into()),
+        kind: EventKind::Disconnected,
+        detail: "EIO".into(),
+        gateway_time: 5,
+    };
+    s.append(&[
+        AdapterEvent::Observation(o.clone()),
+        AdapterEvent::Event(e.clone()),
+    ])
+    .unwrap();
     let b = s.next_batch(10).unwrap().unwrap();
-    assert_eq!(b.items, vec![Item::Observation(StoredObservation { seq: 1, observation: o }), Item::Event(StoredEvent { seq: 2, event: e })]);
+    assert_eq!(
+        b.items,
+        vec![
+            Item::Observation(StoredObservation {
+                seq: 1,
+                observation: o
+            }),
+            Item::Event(StoredEvent { seq: 2, event: e })
+        ]
+    );
 }
 
 #[test]
 fn a_corrupt_file_is_quarantined_not_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.db");
-    std::fs::write(&path, b"this is not an SQLite database, just bytes on a bad SD card ......").unwrap();
+    std::fs::write(
+        &path,
+        b"this is not an SQLite database, just bytes on a bad SD card ......",
+    )
+    .unwrap();
     let (s, report) = Store::open(&path, StoreOptions::default()).unwrap();
     let (aside, reason) = report.quarantined.expect("quarantined");
     assert!(reason.contains("corrupt"), "{reason}");
-    assert!(std::fs::read(&aside).unwrap().starts_with(b"this is not"), "the old bytes are kept");
+    assert!(
+        std::fs::read(&aside).unwrap().starts_with(b"this is not"),
+        "the old bytes are kept"
+    );
     // the fresh store works and reports the quarantine upstream as an event
     let b = s.next_batch(10).unwrap().unwrap();
     assert!(matches!(&b.items[0], Item::Event(e) if e.event.detail.contains("quarantined")));
@@ -91,15 +135,25 @@ fn a_corrupt_file_is_quarantined_not_deleted() {
 fn a_foreign_database_is_quarantined() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.db");
-    rusqlite::Connection::open(&path).unwrap().execute_batch("CREATE TABLE patients(name TEXT); INSERT INTO patients VALUES ('x');").unwrap();
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch("CREATE TABLE patients(name TEXT); INSERT INTO patients VALUES ('x');")
+        .unwrap();
     let (_s, report) = Store::open(&path, StoreOptions::default()).unwrap();
-    assert!(report.quarantined.unwrap().1.contains("not a wardgate store"));
+    assert!(report
+        .quarantined
+        .unwrap()
+        .1
+        .contains("not a wardgate store"));
 }
 
 #[test]
 fn size_retention_drops_waveform_first_and_reports_it() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = StoreOptions { max_bytes: 64 * 1024, ..Default::default() };
+    let opts = StoreOptions {
+        max_bytes: 64 * 1024,
+        ..Default::default()
+    };
     let (s, _) = Store::open(&dir.path().join("store.db"), opts).unwrap();
     let mut rows = Vec::new();
     for i in 0..3000 {
@@ -109,9 +163,15 @@ fn size_retention_drops_waveform_first_and_reports_it() {
         rows.push(obs("d", mdc::SPO2, 90.0 + (i % 10) as f64));
     }
     s.append(&rows).unwrap();
-    let report = s.enforce_retention(now_ms()).unwrap().expect("over the limit");
+    let report = s
+        .enforce_retention(now_ms())
+        .unwrap()
+        .expect("over the limit");
     assert!(report.waveform > 0);
-    assert_eq!(report.numeric, 0, "numerics survive while waveform rows are left");
+    assert_eq!(
+        report.numeric, 0,
+        "numerics survive while waveform rows are left"
+    );
     assert_eq!(s.stats().unwrap().dropped, report.total());
     // the drop is itself queued as an event for upstream
     let mut found = false;
@@ -125,7 +185,10 @@ fn size_retention_drops_waveform_first_and_reports_it() {
 #[test]
 fn age_retention_drops_old_rows() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = StoreOptions { max_age_ms: 1000, ..Default::default() };
+    let opts = StoreOptions {
+        max_age_ms: 1000,
+        ..Default::default()
+    };
     let (s, _) = Store::open(&dir.path().join("store.db"), opts).unwrap();
     s.append(&[obs("d", mdc::SPO2, 97.0)]).unwrap();
     let r = s.enforce_retention(now_ms() + 10_000).unwrap().unwrap();

@@ -33,7 +33,12 @@ pub struct InflightTracker {
 impl InflightTracker {
     /// An empty tracker for `mode`.
     pub fn new(mode: AckMode) -> Self {
-        InflightTracker { mode, flights: BTreeMap::new(), awaiting_pkid: VecDeque::new(), by_pkid: HashMap::new() }
+        InflightTracker {
+            mode,
+            flights: BTreeMap::new(),
+            awaiting_pkid: VecDeque::new(),
+            by_pkid: HashMap::new(),
+        }
     }
 
     /// Number of batches in flight.
@@ -53,7 +58,13 @@ impl InflightTracker {
 
     /// Batch `number` was handed to the MQTT client at `now` (first send or re-send).
     pub fn sent(&mut self, number: u64, now: Instant) {
-        self.flights.insert(number, Flight { sent_at: now, puback: false });
+        self.flights.insert(
+            number,
+            Flight {
+                sent_at: now,
+                puback: false,
+            },
+        );
         self.awaiting_pkid.push_back(number);
     }
 
@@ -139,9 +150,14 @@ mod tests {
         let t0 = Instant::now();
         t.sent(1, t0);
         t.sent(2, t0 + Duration::from_secs(20));
-        assert_eq!(t.overdue(t0 + Duration::from_secs(30), Duration::from_secs(30)), vec![1]);
+        assert_eq!(
+            t.overdue(t0 + Duration::from_secs(30), Duration::from_secs(30)),
+            vec![1]
+        );
         t.sent(1, t0 + Duration::from_secs(30));
-        assert!(t.overdue(t0 + Duration::from_secs(31), Duration::from_secs(30)).is_empty());
+        assert!(t
+            .overdue(t0 + Duration::from_secs(31), Duration::from_secs(30))
+            .is_empty());
     }
 
     #[test]
@@ -153,6 +169,10 @@ mod tests {
         t.sent(5, now);
         t.outgoing_publish(2);
         assert_eq!(t.puback(2), Some(5));
-        assert_eq!(t.puback(1), None, "the first copy's PUBACK after delivery changes nothing");
+        assert_eq!(
+            t.puback(1),
+            None,
+            "the first copy's PUBACK after delivery changes nothing"
+        );
     }
 }

@@ -113,9 +113,23 @@ pub struct Uplink {
 
 impl Uplink {
     /// A new uplink. `wake` is notified by the writer when enough rows are pending.
-    pub fn new(store: Arc<Store>, signer: Arc<Signer>, settings: UplinkSettings, wake: Arc<Notify>) -> (Uplink, watch::Receiver<UplinkStatus>) {
+    pub fn new(
+        store: Arc<Store>,
+        signer: Arc<Signer>,
+        settings: UplinkSettings,
+        wake: Arc<Notify>,
+    ) -> (Uplink, watch::Receiver<UplinkStatus>) {
         let (status, rx) = watch::channel(UplinkStatus::default());
-        (Uplink { store, signer, settings, status, wake }, rx)
+        (
+            Uplink {
+                store,
+                signer,
+                settings,
+                status,
+                wake,
+            },
+            rx,
+        )
     }
 
     fn mqtt_options(&self) -> MqttOptions {
@@ -125,8 +139,15 @@ impl Uplink {
             .set_clean_session(true)
             .set_max_packet_size(16 << 20, 16 << 20)
             .set_inflight(u16::try_from(s.max_inflight.max(1)).unwrap_or(u16::MAX))
-            .set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(s.tls.clone())))
-            .set_last_will(LastWill::new(topics::status(&s.origin), "offline", QoS::AtLeastOnce, true));
+            .set_transport(Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(s.tls.clone()),
+            ))
+            .set_last_will(LastWill::new(
+                topics::status(&s.origin),
+                "offline",
+                QoS::AtLeastOnce,
+                true,
+            ));
         o
     }
 
@@ -146,7 +167,11 @@ impl Uplink {
                         backoff.reset();
                     }
                     if last_logged.as_deref() != Some(reason.as_str()) {
-                        log::warn!("uplink to {}:{}: {reason}; buffering in the store and retrying", self.settings.host, self.settings.port);
+                        log::warn!(
+                            "uplink to {}:{}: {reason}; buffering in the store and retrying",
+                            self.settings.host,
+                            self.settings.port
+                        );
                         last_logged = Some(reason.clone());
                     } else {
                         log::debug!("uplink still failing: {reason}");
@@ -186,16 +211,28 @@ impl Uplink {
             },
             _ = shutdown.changed() => return Ok(()),
         }
-        log::info!("uplink connected to {}:{} ({} ack mode)", s.host, s.port, match s.ack { AckMode::Upstream => "upstream", AckMode::Broker => "broker" });
+        log::info!(
+            "uplink connected to {}:{} ({} ack mode)",
+            s.host,
+            s.port,
+            match s.ack {
+                AckMode::Upstream => "upstream",
+                AckMode::Broker => "broker",
+            }
+        );
         self.status.send_modify(|st| {
             st.connected = true;
             st.last_error = None;
         });
         let ack_topic = topics::ack(&s.origin);
         if s.ack == AckMode::Upstream {
-            client.try_subscribe(ack_topic.clone(), QoS::AtLeastOnce).map_err(|e| e.to_string())?;
+            client
+                .try_subscribe(ack_topic.clone(), QoS::AtLeastOnce)
+                .map_err(|e| e.to_string())?;
         }
-        client.try_publish(topics::status(&s.origin), QoS::AtLeastOnce, true, "online").map_err(|e| e.to_string())?;
+        client
+            .try_publish(topics::status(&s.origin), QoS::AtLeastOnce, true, "online")
+            .map_err(|e| e.to_string())?;
 
         let mut tracker = InflightTracker::new(s.ack);
         let store = self.store.clone();
@@ -233,7 +270,12 @@ impl Uplink {
         }
     }
 
-    async fn handle_event(&self, ev: Event, tracker: &mut InflightTracker, ack_topic: &str) -> Result<(), String> {
+    async fn handle_event(
+        &self,
+        ev: Event,
+        tracker: &mut InflightTracker,
+        ack_topic: &str,
+    ) -> Result<(), String> {
         match ev {
             Event::Outgoing(Outgoing::Publish(pkid)) if pkid != 0 => tracker.outgoing_publish(pkid),
             Event::Incoming(Packet::PubAck(ack)) => {
@@ -241,16 +283,21 @@ impl Uplink {
                     self.acknowledge(vec![n]).await?;
                 }
             }
-            Event::Incoming(Packet::Publish(p)) if p.topic == ack_topic => match Ack::from_cbor(&p.payload) {
-                Ok(ack) if ack.gateway == self.settings.origin.gateway => {
-                    for n in &ack.batches {
-                        tracker.upstream_ack(*n);
+            Event::Incoming(Packet::Publish(p)) if p.topic == ack_topic => {
+                match Ack::from_cbor(&p.payload) {
+                    Ok(ack) if ack.gateway == self.settings.origin.gateway => {
+                        for n in &ack.batches {
+                            tracker.upstream_ack(*n);
+                        }
+                        self.acknowledge(ack.batches).await?;
                     }
-                    self.acknowledge(ack.batches).await?;
+                    Ok(ack) => log::warn!(
+                        "ignoring an ack for gateway {} on our ack topic",
+                        ack.gateway
+                    ),
+                    Err(e) => log::warn!("ignoring a malformed ack message: {e}"),
                 }
-                Ok(ack) => log::warn!("ignoring an ack for gateway {} on our ack topic", ack.gateway),
-                Err(e) => log::warn!("ignoring a malformed ack message: {e}"),
-            },
+            }
             _ => {}
         }
         Ok(())
@@ -274,7 +321,13 @@ impl Uplink {
     }
 
     /// Puts batches on the wire until `max_inflight`: re-sends first, then new batches.
-    async fn fill(&self, client: &AsyncClient, tracker: &mut InflightTracker, resend: &mut VecDeque<u64>, topic: &str) -> Result<(), String> {
+    async fn fill(
+        &self,
+        client: &AsyncClient,
+        tracker: &mut InflightTracker,
+        resend: &mut VecDeque<u64>,
+        topic: &str,
+    ) -> Result<(), String> {
         while tracker.len() < self.settings.max_inflight {
             let store = self.store.clone();
             let signer = self.signer.clone();
@@ -295,7 +348,10 @@ impl Uplink {
                 }
                 break;
             };
-            if client.try_publish(topic, QoS::AtLeastOnce, false, bytes).is_err() {
+            if client
+                .try_publish(topic, QoS::AtLeastOnce, false, bytes)
+                .is_err()
+            {
                 // The client's request queue is full: try again on the next tick, same number.
                 resend.push_front(number);
                 break;
@@ -313,6 +369,11 @@ impl Uplink {
 }
 
 /// Runs a store operation on the blocking pool (SQLite may fsync).
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static) -> Result<T, String> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| format!("store task failed: {e}"))?.map_err(|e| e.to_string())
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("store task failed: {e}"))?
+        .map_err(|e| e.to_string())
 }

@@ -25,14 +25,28 @@ pub fn ack(o: &Origin) -> String {
 /// Per-device status, retained: `…/device/{device}/status`. The device id's `/` (none are
 /// produced by wardgate) would be replaced by `_` to keep one topic level.
 pub fn device_status(o: &Origin, device: &str) -> String {
-    format!("{}/device/{}/status", prefix(o), device.replace(['/', '+', '#'], "_"))
+    format!(
+        "{}/device/{}/status",
+        prefix(o),
+        device.replace(['/', '+', '#'], "_")
+    )
 }
 
 /// Splits a batch topic into (site, ward, gateway); `None` if it is not one.
 pub fn parse_batch(topic: &str) -> Option<(&str, &str, &str)> {
     let mut it = topic.split('/');
-    match (it.next(), it.next(), it.next(), it.next(), it.next(), it.next(), it.next()) {
-        (Some("wardgate"), Some("v1"), Some(site), Some(ward), Some(gw), Some("batch"), None) => Some((site, ward, gw)),
+    match (
+        it.next(),
+        it.next(),
+        it.next(),
+        it.next(),
+        it.next(),
+        it.next(),
+        it.next(),
+    ) {
+        (Some("wardgate"), Some("v1"), Some(site), Some(ward), Some(gw), Some("batch"), None) => {
+            Some((site, ward, gw))
+        }
         _ => None,
     }
 }
@@ -43,12 +57,22 @@ mod tests {
 
     #[test]
     fn topics_follow_the_contract() {
-        let o = Origin { gateway: "gw1".into(), site: "s".into(), ward: "w".into() };
+        let o = Origin {
+            gateway: "gw1".into(),
+            site: "s".into(),
+            ward: "w".into(),
+        };
         assert_eq!(batch(&o), "wardgate/v1/s/w/gw1/batch");
         assert_eq!(status(&o), "wardgate/v1/s/w/gw1/status");
         assert_eq!(ack(&o), "wardgate/v1/s/w/gw1/ack");
-        assert_eq!(device_status(&o, "serial:bed1"), "wardgate/v1/s/w/gw1/device/serial:bed1/status");
-        assert_eq!(parse_batch("wardgate/v1/s/w/gw1/batch"), Some(("s", "w", "gw1")));
+        assert_eq!(
+            device_status(&o, "serial:bed1"),
+            "wardgate/v1/s/w/gw1/device/serial:bed1/status"
+        );
+        assert_eq!(
+            parse_batch("wardgate/v1/s/w/gw1/batch"),
+            Some(("s", "w", "gw1"))
+        );
         assert_eq!(parse_batch("wardgate/v1/s/w/gw1/status"), None);
     }
 }
