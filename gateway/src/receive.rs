@@ -36,6 +36,17 @@ pub struct ReceiverStats {
     pub raw_messages: u64,
 }
 
+/// What [`Output::write`] wrote for one batch.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// New observations per device.
+    pub per_device: BTreeMap<String, u64>,
+    /// New device events.
+    pub events: u64,
+    /// Whether this batch (gateway, number) had been stored before (a re-send).
+    pub duplicate: bool,
+}
+
 /// Where verified data goes.
 pub enum Output {
     /// SQLite file with `observations`, `events` and `batches` tables.
@@ -109,13 +120,9 @@ impl Output {
         }
     }
 
-    /// Writes a verified batch durably. Returns `(new observations per device, new events,
-    /// whether the batch was seen before)`. Rows already present (same gateway and seq) are
-    /// skipped.
-    pub fn write(
-        &mut self,
-        p: &BatchPayload,
-    ) -> anyhow::Result<(BTreeMap<String, u64>, u64, bool)> {
+    /// Writes a verified batch durably (committed or fsynced when this returns). Rows already
+    /// present (same gateway and seq) are skipped.
+    pub fn write(&mut self, p: &BatchPayload) -> anyhow::Result<Written> {
         let now = wardgate_adapters::observation::now_ms();
         let mut per = BTreeMap::new();
         let mut events = 0;
@@ -167,7 +174,11 @@ impl Output {
                     }
                 }
                 tx.commit()?;
-                Ok((per, events, !fresh))
+                Ok(Written {
+                    per_device: per,
+                    events,
+                    duplicate: !fresh,
+                })
             }
             Output::Jsonl {
                 file,
@@ -200,7 +211,11 @@ impl Output {
                 }
                 file.write_all(&out)?;
                 file.sync_data()?;
-                Ok((per, events, !fresh))
+                Ok(Written {
+                    per_device: per,
+                    events,
+                    duplicate: !fresh,
+                })
             }
         }
     }
@@ -315,14 +330,27 @@ async fn run(
                 let payload = p.payload.clone();
                 let v = verifier.clone();
                 let out = output.clone();
-                let result = tokio::task::spawn_blocking(move || -> Result<(BatchPayload, (BTreeMap<String, u64>, u64, bool)), String> {
-                    let batch = check_message(&v, &topic, &payload)?;
-                    let written = out.lock().unwrap_or_else(|e| e.into_inner()).write(&batch).map_err(|e| format!("output: {e}"))?;
-                    Ok((batch, written))
-                })
+                let result = tokio::task::spawn_blocking(
+                    move || -> Result<(BatchPayload, Written), String> {
+                        let batch = check_message(&v, &topic, &payload)?;
+                        let written = out
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .write(&batch)
+                            .map_err(|e| format!("output: {e}"))?;
+                        Ok((batch, written))
+                    },
+                )
                 .await?;
                 match result {
-                    Ok((batch, (per, events, dup))) => {
+                    Ok((
+                        batch,
+                        Written {
+                            per_device: per,
+                            events,
+                            duplicate: dup,
+                        },
+                    )) => {
                         {
                             let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
                             s.verified_messages += 1;
