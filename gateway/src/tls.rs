@@ -63,7 +63,12 @@ pub fn explain(err: &rumqttc::ConnectionError) -> String {
     if lower.contains("notvalidforname") {
         return format!("the broker's certificate does not name the configured host ({text})");
     }
-    if lower.contains("certificate") && (lower.contains("alert") || lower.contains("required")) {
+    // A fatal alert from the broker during the handshake (rustls: "received fatal alert:
+    // UnknownCA", "BadCertificate", "CertificateRequired") is the broker refusing our certificate.
+    if lower.contains("received fatal alert")
+        || (lower.contains("certificate")
+            && (lower.contains("alert") || lower.contains("required")))
+    {
         return format!("the broker refused this gateway's client certificate (uplink.cert/uplink.key) ({text})");
     }
     if lower.contains("connection refused") {

@@ -1,1 +1,156 @@
-//! Test support: mosquitto on random loopback ports, pseudo-terminals, TLS material.
+//! Test support for the wardgate end-to-end suite (`tests/tests/*.rs`).
+//!
+//! Everything here drives the real thing: a real mosquitto with mutual TLS on a random loopback
+//! port ([`broker`]), the real `wardgate` command line as child processes ([`process`], spawned
+//! from the package's own `wardgate-e2e-bin`), real pseudo-terminals replaying recordings of
+//! real devices ([`pty`], on top of [`wardgate::devsim`]), and the real SQLite files of the
+//! gateway's store and the receiver's output ([`db`]). [`env::TestEnv`] ties them together, one
+//! per test, in its own temporary directory.
+//!
+//! Rules the helpers follow: loopback only, random ports, every wait bounded by a deadline
+//! ([`wait_until`]), only processes we started are signalled (by PID), and every child is killed
+//! when its handle drops, so a failing test leaves nothing running.
+//!
+//! Set `WARDGATE_E2E_KEEP=1` to keep the temporary directories of the tests for inspection.
+
+pub mod broker;
+pub mod db;
+pub mod env;
+pub mod process;
+pub mod pty;
+pub mod python;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+pub use anyhow::{anyhow, bail, Context, Result};
+
+/// The workspace root (`/work/main` in development, the CI clone's root in CI).
+pub fn workspace_root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// A file under `data/real/serial/` of the workspace.
+pub fn real_recording(name: &str) -> std::path::PathBuf {
+    workspace_root().join("data/real/serial").join(name)
+}
+
+/// A fresh temporary directory named after the test; kept when `WARDGATE_E2E_KEEP` is set.
+pub fn temp_dir(name: &str) -> Result<tempfile::TempDir> {
+    let mut t = tempfile::Builder::new()
+        .prefix(&format!("wardgate-e2e-{name}-"))
+        .tempdir()?;
+    if std::env::var_os("WARDGATE_E2E_KEEP").is_some() {
+        eprintln!("[e2e] keeping {}", t.path().display());
+        t.disable_cleanup(true);
+    }
+    Ok(t)
+}
+
+/// Polls `f` every `every` until it returns `Ok(Some(_))`, or fails once `timeout` has passed
+/// (the error names `what` and the last `Err` or state `f` reported). `f` is called at least
+/// once, and once more after the deadline so a slow last step is not missed.
+pub fn wait_until<T>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    let mut last_err: Option<anyhow::Error> = None;
+    loop {
+        let past = Instant::now() >= deadline;
+        match f() {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if past {
+            return Err(match last_err {
+                Some(e) => e.context(format!("timed out after {timeout:?} waiting for {what}")),
+                None => anyhow!("timed out after {timeout:?} waiting for {what}"),
+            });
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// [`wait_until`] for a condition, polled every 50 ms.
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
+    wait_until(what, timeout, Duration::from_millis(50), || {
+        Ok(f()?.then_some(()))
+    })
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, read it, close).
+pub fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Whether something accepts TCP connections on `127.0.0.1:port`.
+pub fn port_accepts(port: u16) -> bool {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+}
+
+/// Counts the lines of `text` containing `needle`.
+pub fn count_lines(text: &str, needle: &str) -> usize {
+    text.lines().filter(|l| l.contains(needle)).count()
+}
+
+/// Every copy of one batch number seen in the raw messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchCopies {
+    /// How many messages carried this batch number (re-sends included).
+    pub copies: usize,
+    /// The seqs (observations and events) it carries, in order.
+    pub seqs: Vec<u64>,
+}
+
+/// Groups verified batch payloads (JSON, as printed by `wardgate verify`) by batch number and
+/// checks the at-least-once contract of DESIGN §4: every copy of a batch number carries exactly
+/// the same seqs, and no seq travels under two different batch numbers.
+pub fn batches_by_number(
+    payloads: &[serde_json::Value],
+) -> Result<std::collections::BTreeMap<u64, BatchCopies>> {
+    use std::collections::{BTreeMap, HashMap};
+    let mut by: BTreeMap<u64, BatchCopies> = BTreeMap::new();
+    let mut owner: HashMap<u64, u64> = HashMap::new();
+    for p in payloads {
+        let n = p["batch"]
+            .as_u64()
+            .context("payload without batch number")?;
+        let mut seqs: Vec<u64> = Vec::new();
+        for key in ["observations", "events"] {
+            for item in p[key]
+                .as_array()
+                .with_context(|| format!("payload without {key}"))?
+            {
+                seqs.push(item["seq"].as_u64().context("item without seq")?);
+            }
+        }
+        seqs.sort_unstable();
+        match by.get_mut(&n) {
+            Some(b) => {
+                if b.seqs != seqs {
+                    bail!(
+                        "batch {n} was sent with different rows: {:?} and then {:?}",
+                        b.seqs,
+                        seqs
+                    );
+                }
+                b.copies += 1;
+            }
+            None => {
+                for s in &seqs {
+                    if let Some(other) = owner.insert(*s, n) {
+                        bail!("seq {s} travelled under two batch numbers: {other} and {n}");
+                    }
+                }
+                by.insert(n, BatchCopies { copies: 1, seqs });
+            }
+        }
+    }
+    Ok(by)
+}

@@ -328,7 +328,10 @@ impl Uplink {
         resend: &mut VecDeque<u64>,
         topic: &str,
     ) -> Result<(), String> {
-        while tracker.len() < self.settings.max_inflight {
+        // Re-sending a batch that is already in flight does not widen the window.
+        while tracker.len() < self.settings.max_inflight
+            || resend.front().is_some_and(|n| tracker.contains(*n))
+        {
             let store = self.store.clone();
             let signer = self.signer.clone();
             let origin = self.settings.origin.clone();

@@ -1,0 +1,106 @@
+//! The independent Python verifier (`tests/python/verify_cose.py`, `cbor2` + `cryptography`)
+//! and the virtualenv it runs in.
+//!
+//! The venv is made once under the cargo target directory (`python3 -m venv`, then
+//! `pip install cbor2 cryptography`) and reused by later runs; creating it is serialised by a
+//! file lock so parallel tests and test binaries do not race. When PyPI cannot be reached this
+//! **fails** (CI has PyPI access): an unverified wire format must not pass silently.
+
+use crate::process::{run, Output};
+use crate::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Packages the verifier imports.
+pub const PACKAGES: &[&str] = &["cbor2", "cryptography"];
+
+/// The verifier script.
+pub fn script() -> PathBuf {
+    crate::workspace_root().join("tests/python/verify_cose.py")
+}
+
+fn python3() -> PathBuf {
+    std::env::var_os("PYTHON3")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "python3".into())
+}
+
+/// Returns the venv's python (creating the venv in `target_tmp/e2e-venv` when needed).
+/// `target_tmp` is the test's `env!("CARGO_TARGET_TMPDIR")`.
+pub fn venv_python(target_tmp: &Path) -> Result<PathBuf> {
+    use nix::fcntl::{Flock, FlockArg};
+    std::fs::create_dir_all(target_tmp)?;
+    let venv = target_tmp.join("e2e-venv");
+    let py = venv.join("bin/python");
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(target_tmp.join("e2e-venv.lock"))?;
+    let _lock = Flock::lock(lock_file, FlockArg::LockExclusive)
+        .map_err(|(_, e)| crate::anyhow!("lock the venv: {e}"))?;
+    let imports = format!("import {}", PACKAGES.join(", "));
+    if py.exists() {
+        let mut c = std::process::Command::new(&py);
+        c.args(["-c", &imports]);
+        if run(c, b"", Duration::from_secs(60))?.status.success() {
+            return Ok(py);
+        }
+    }
+    let mut c = std::process::Command::new(python3());
+    c.arg("-m").arg("venv").arg("--clear").arg(&venv);
+    let o = run(c, b"", Duration::from_secs(120)).context("python3 -m venv")?;
+    if !o.status.success() {
+        bail!(
+            "python3 -m venv {} failed ({}):\n{}{}",
+            venv.display(),
+            o.status,
+            o.stdout,
+            o.stderr
+        );
+    }
+    let mut c = std::process::Command::new(&py);
+    c.args([
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--no-input",
+        "-q",
+    ])
+    .args(PACKAGES);
+    let o = run(c, b"", Duration::from_secs(300)).context("pip install")?;
+    if !o.status.success() {
+        bail!(
+            "pip install {} into {} failed ({}); the independent verifier needs PyPI:\n{}{}",
+            PACKAGES.join(" "),
+            venv.display(),
+            o.status,
+            o.stdout,
+            o.stderr
+        );
+    }
+    Ok(py)
+}
+
+/// The verifier's totals line.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    /// The raw run.
+    pub output: Output,
+    /// The parsed JSON totals (`messages`, `verified`, `failed`, `batches`, `observations`,
+    /// `unique_observations`, `events`, `unique_events`, `per_device`).
+    pub totals: serde_json::Value,
+}
+
+/// Runs `verify_cose.py --cert CERT PATHS…`.
+pub fn verify(target_tmp: &Path, cert: &Path, paths: &[PathBuf]) -> Result<Summary> {
+    let py = venv_python(target_tmp)?;
+    let mut c = std::process::Command::new(py);
+    c.arg(script()).arg("--cert").arg(cert).args(paths);
+    let output = run(c, b"", Duration::from_secs(120))?;
+    let line = output.stdout.lines().last().unwrap_or_default();
+    let totals = serde_json::from_str(line)
+        .with_context(|| format!("verifier output is not JSON: {output:?}"))?;
+    Ok(Summary { output, totals })
+}

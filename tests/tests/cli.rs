@@ -1,0 +1,333 @@
+//! The offline commands of the CLI contract (DESIGN §9): `decode` and `verify`, and the
+//! independent Python verifier (`tests/python/verify_cose.py`) on the same messages. Messages come
+//! from `wardgate demo --out DIR` (the whole chain in-process, real recordings).
+
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use wardgate_e2e::process::{run, Output};
+use wardgate_e2e::{python, real_recording};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wardgate-e2e-bin");
+const TARGET_TMP: &str = env!("CARGO_TARGET_TMPDIR");
+
+fn wardgate(args: &[&std::ffi::OsStr], stdin: &[u8]) -> Output {
+    let mut c = std::process::Command::new(BIN);
+    c.args(args);
+    run(c, stdin, Duration::from_secs(60)).unwrap()
+}
+
+fn json_lines(out: &Output) -> Vec<Value> {
+    out.stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// Runs `wardgate demo --speed 50 --out DIR` (the whole chain in-process, real recordings) and
+/// returns `(DIR/gateway.pem, DIR/messages/*.cose)`.
+fn demo_messages(dir: &Path) -> (PathBuf, Vec<PathBuf>) {
+    let out = wardgate(
+        &[
+            "demo".as_ref(),
+            "--speed".as_ref(),
+            "50".as_ref(),
+            "--out".as_ref(),
+            dir.as_os_str(),
+        ],
+        b"",
+    );
+    assert_eq!(out.code(), Some(0), "wardgate demo: {out:?}");
+    assert!(
+        out.stdout
+            .contains("demo: every recorded observation was stored, delivered and verified"),
+        "{}",
+        out.stdout
+    );
+    let mut msgs: Vec<PathBuf> = std::fs::read_dir(dir.join("messages"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    msgs.sort();
+    assert!(!msgs.is_empty());
+    (dir.join("gateway.pem"), msgs)
+}
+
+fn verify(cert: &Path, files: &[PathBuf], stdin: &[u8]) -> Output {
+    let mut args: Vec<&std::ffi::OsStr> =
+        vec!["verify".as_ref(), "--cert".as_ref(), cert.as_os_str()];
+    args.extend(files.iter().map(|f| f.as_os_str()));
+    wardgate(&args, stdin)
+}
+
+/// A copy of `src` with one byte flipped at `at` (from the end when negative).
+fn tampered(src: &Path, dir: &Path, at: isize) -> PathBuf {
+    let mut b = std::fs::read(src).unwrap();
+    let i = if at < 0 {
+        (b.len() as isize + at) as usize
+    } else {
+        at as usize
+    };
+    b[i] ^= 0x01;
+    let p = dir.join(format!(
+        "tampered-{}",
+        src.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(&p, b).unwrap();
+    p
+}
+
+#[test]
+fn decode_cms50_recording_prints_one_json_line_per_observation_with_the_recorded_values() {
+    let file = real_recording("cms50e_live_capture.bin");
+    let out = wardgate(
+        &[
+            "decode".as_ref(),
+            "--protocol".as_ref(),
+            "cms50".as_ref(),
+            file.as_os_str(),
+        ],
+        b"",
+    );
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_eq!(out.stderr, "", "no decoder errors in a clean recording");
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 306, "102 frames × (SpO2, pulse, pleth)");
+    for l in &lines {
+        for key in ["code", "value", "unit", "device", "status"] {
+            assert!(l.get(key).is_some(), "`{key}` missing in {l}");
+        }
+        assert_eq!(l["device"], "file:cms50e_live_capture.bin");
+        assert!(
+            l["status"].as_array().is_some_and(|s| s.is_empty()),
+            "clean frames have no status flags: {l}"
+        );
+    }
+    // Frame by frame against the CSV transcription: SpO2 99, pulse 60, pleth = wire byte & 0x7F.
+    let csv = std::fs::read_to_string(real_recording("cms50e_live_capture.expected.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    assert_eq!(rows.len(), 102);
+    for (i, frame) in lines.chunks(3).enumerate() {
+        let get = |code: u64| {
+            frame
+                .iter()
+                .find(|l| l["code"] == code)
+                .unwrap_or_else(|| panic!("frame {i}: no {code}"))
+        };
+        let (pleth, pulse, spo2): (f64, f64, f64) = (
+            rows[i][4].parse().unwrap(),
+            rows[i][6].parse().unwrap(),
+            rows[i][7].parse().unwrap(),
+        );
+        assert_eq!(
+            (get(150456)["value"].as_f64(), get(150456)["unit"].as_u64()),
+            (Some(spo2), Some(262688)),
+            "frame {i} SpO2"
+        );
+        assert_eq!(
+            (get(149530)["value"].as_f64(), get(149530)["unit"].as_u64()),
+            (Some(pulse), Some(264864)),
+            "frame {i} pulse"
+        );
+        assert_eq!(
+            get(150452)["value"].as_f64(),
+            Some((pleth as u32 & 0x7F) as f64),
+            "frame {i} pleth"
+        );
+    }
+    // The same capture as ASCII hex decodes to the same observations.
+    let hex = real_recording("cms50e_live_capture.hex.txt");
+    let out_hex = wardgate(
+        &[
+            "decode".as_ref(),
+            "--protocol".as_ref(),
+            "cms50".as_ref(),
+            hex.as_os_str(),
+        ],
+        b"",
+    );
+    let hex_lines: Vec<Value> = json_lines(&out_hex)
+        .into_iter()
+        .map(|mut v| {
+            v["device"] = Value::Null;
+            v
+        })
+        .collect();
+    let bin_lines: Vec<Value> = lines
+        .into_iter()
+        .map(|mut v| {
+            v["device"] = Value::Null;
+            v
+        })
+        .collect();
+    assert_eq!(
+        hex_lines, bin_lines,
+        "hex transcription and binary capture decode alike"
+    );
+}
+
+#[test]
+fn decode_ivy_recording_and_usage_errors() {
+    let file = real_recording("ivy450c_ansarb_capture.bin");
+    let out = wardgate(
+        &[
+            "decode".as_ref(),
+            "--protocol".as_ref(),
+            "ansar-b".as_ref(),
+            file.as_os_str(),
+        ],
+        b"",
+    );
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 297, "27 messages × 11 numerics");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l["code"] == 147842 && l["value"] == 80.0)
+            .count(),
+        27,
+        "HR 80 in every message"
+    );
+    let no_protocol = wardgate(&["decode".as_ref(), file.as_os_str()], b"");
+    assert_ne!(no_protocol.code(), Some(0));
+    assert!(
+        no_protocol.stderr.contains("--protocol"),
+        "{}",
+        no_protocol.stderr
+    );
+    let unknown = wardgate(
+        &[
+            "decode".as_ref(),
+            "--protocol".as_ref(),
+            "foo".as_ref(),
+            file.as_os_str(),
+        ],
+        b"",
+    );
+    assert_ne!(unknown.code(), Some(0));
+    assert!(
+        unknown.stderr.contains("unknown protocol `foo`"),
+        "{}",
+        unknown.stderr
+    );
+}
+
+#[test]
+fn verify_prints_payloads_of_genuine_messages_and_rejects_tampered_ones() {
+    let scratch = wardgate_e2e::temp_dir("cli-verify").unwrap();
+    let (cert, msgs) = demo_messages(&scratch.path().join("demo"));
+    let (cert, msgs) = (&cert, &msgs);
+    let out = verify(cert, msgs, b"");
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let payloads = json_lines(&out);
+    assert_eq!(payloads.len(), msgs.len(), "one payload per message");
+    let mut seqs = BTreeSet::new();
+    for p in &payloads {
+        assert_eq!(p["v"], 1);
+        for key in ["gateway", "site", "ward", "batch", "observations", "events"] {
+            assert!(p.get(key).is_some(), "`{key}` missing");
+        }
+        for o in p["observations"].as_array().unwrap() {
+            for key in ["seq", "device", "code", "value", "unit", "gateway_time"] {
+                assert!(o.get(key).is_some(), "observation without `{key}`: {o}");
+            }
+            assert!(
+                seqs.insert(o["seq"].as_u64().unwrap()),
+                "seq twice in the demo's messages"
+            );
+        }
+    }
+    assert_eq!(
+        seqs.len(),
+        306 + 297,
+        "every recorded observation is in the messages"
+    );
+    // One message on standard input.
+    let stdin = wardgate(
+        &[
+            "verify".as_ref(),
+            "--cert".as_ref(),
+            cert.as_os_str(),
+            "-".as_ref(),
+        ],
+        &std::fs::read(&msgs[0]).unwrap(),
+    );
+    assert_eq!(stdin.code(), Some(0), "{stdin:?}");
+    assert_eq!(json_lines(&stdin)[0], payloads[0]);
+
+    // A flipped bit in the signature, and one in the payload.
+    for at in [-1, msgs[0].metadata().unwrap().len() as isize / 2] {
+        let bad = tampered(&msgs[0], scratch.path(), at);
+        let out = verify(cert, &[msgs[1].clone(), bad.clone()], b"");
+        assert_eq!(out.code(), Some(1), "tampered at {at}: {out:?}");
+        assert_eq!(
+            json_lines(&out).len(),
+            1,
+            "the genuine one is still printed"
+        );
+        assert!(
+            out.stderr.starts_with(&format!("{}: ", bad.display())),
+            "names the file: {}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains("bad signature") || out.stderr.contains("not a"),
+            "{}",
+            out.stderr
+        );
+    }
+    // Signed by someone else (the certificate of another gateway).
+    let other = wardgate_e2e::broker::Pki::create(&scratch.path().join("pki"), "other").unwrap();
+    let out = verify(&other.gateway_cert, &msgs[..1], b"");
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("unknown kid"), "{}", out.stderr);
+    // Not COSE at all.
+    let junk = scratch.path().join("junk.cose");
+    std::fs::write(&junk, b"hello").unwrap();
+    let out = verify(cert, &[junk], b"");
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("not a COSE_Sign1"), "{}", out.stderr);
+}
+
+#[test]
+fn independent_python_verifier_accepts_genuine_and_rejects_tampered_messages() {
+    let scratch = wardgate_e2e::temp_dir("cli-python").unwrap();
+    let (cert, msgs) = demo_messages(&scratch.path().join("demo"));
+    let (cert, msgs) = (&cert, &msgs);
+    let s = python::verify(TARGET_TMP.as_ref(), cert, msgs).unwrap();
+    assert_eq!(
+        s.output.code(),
+        Some(0),
+        "verify_cose.py on genuine messages: {:?}",
+        s.output
+    );
+    assert_eq!(s.totals["verified"].as_u64(), Some(msgs.len() as u64));
+    assert_eq!(s.totals["unique_observations"], 306 + 297, "{}", s.totals);
+    assert_eq!(s.totals["per_device"]["serial:bed1-spo2"], 306);
+    assert_eq!(s.totals["per_device"]["serial:bed2-monitor"], 297);
+
+    let bad_sig = tampered(&msgs[0], scratch.path(), -1);
+    let s = python::verify(TARGET_TMP.as_ref(), cert, std::slice::from_ref(&bad_sig)).unwrap();
+    assert_eq!(s.output.code(), Some(1), "{:?}", s.output);
+    assert!(
+        s.output
+            .stderr
+            .contains(&format!("{}: bad signature", bad_sig.display())),
+        "{}",
+        s.output.stderr
+    );
+    let other = wardgate_e2e::broker::Pki::create(&scratch.path().join("pki"), "other").unwrap();
+    let s = python::verify(TARGET_TMP.as_ref(), &other.gateway_cert, &msgs[..1]).unwrap();
+    assert_eq!(s.output.code(), Some(1), "{:?}", s.output);
+    assert!(
+        s.output.stderr.contains("unknown kid"),
+        "{}",
+        s.output.stderr
+    );
+}
