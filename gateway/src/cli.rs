@@ -76,6 +76,13 @@ pub fn main() -> ExitCode {
                 eprintln!("{d}");
                 return ExitCode::from(2);
             }
+            if let Some(u) = e.downcast_ref::<UsageError>() {
+                eprintln!("wardgate: {}", u.0);
+                return ExitCode::from(2);
+            }
+            if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) {
+                return ExitCode::SUCCESS; // e.g. `wardgate decode … | head`
+            }
             eprintln!("wardgate: error: {e}");
             for cause in e.chain().skip(1) {
                 eprintln!("  caused by: {cause}");
@@ -84,6 +91,11 @@ pub fn main() -> ExitCode {
         }
     }
 }
+
+/// A command used wrongly (missing or unknown argument value): exit 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
@@ -123,7 +135,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Decode { protocol, file } => {
             let Some(protocol) = protocol else {
-                anyhow::bail!("decode needs --protocol cms50|ansar-b|masimo");
+                return Err(UsageError("decode needs --protocol cms50|ansar-b|masimo".into()).into());
             };
             let bytes =
                 std::fs::read(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
@@ -145,7 +157,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Verify { cert, files } => {
             if cert.is_empty() {
-                anyhow::bail!("verify needs --cert PEM (the gateway certificate)");
+                return Err(UsageError("verify needs --cert PEM (the gateway certificate)".into()).into());
             }
             let mut v = crate::signing::Verifier::default();
             for c in &cert {
