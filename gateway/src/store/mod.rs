@@ -401,14 +401,7 @@ impl Store {
     pub fn load_batch(&self, number: u64) -> Result<Option<Batch>, StoreError> {
         let conn = self.lock();
         let r = (|| {
-            let range: Option<(i64, i64)> = conn
-                .query_row(
-                    "SELECT first_seq, last_seq FROM batches WHERE number=?1",
-                    [number as i64],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            let Some((first, last)) = range else {
+            let Some((first, last)) = batch_range(&conn, number)? else {
                 return Ok(None);
             };
             let items = read_items(
@@ -427,14 +420,7 @@ impl Store {
         let mut conn = self.lock();
         let r = (|| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let range: Option<(i64, i64)> = tx
-                .query_row(
-                    "SELECT first_seq, last_seq FROM batches WHERE number=?1",
-                    [number as i64],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            let Some((first, last)) = range else {
+            let Some((first, last)) = batch_range(&tx, number)? else {
                 return Ok(false);
             };
             tx.execute(
@@ -607,6 +593,16 @@ impl Store {
         conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
             .map_err(|e| self.err(e))
     }
+}
+
+/// The seq range `(first, last)` of batch `number`, if it is unacknowledged.
+fn batch_range(conn: &Connection, number: u64) -> rusqlite::Result<Option<(i64, i64)>> {
+    conn.query_row(
+        "SELECT first_seq, last_seq FROM batches WHERE number=?1",
+        [number as i64],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()
 }
 
 fn used_bytes(conn: &Connection) -> rusqlite::Result<u64> {
