@@ -1,5 +1,5 @@
 //! `SerialAdapter` against real pseudo-terminals, fed with the real recordings in
-//! `shared/data/real/serial/`.
+//! `data/real/serial/`.
 //!
 //! The adapter opens a *stable path*: a symlink to the pty's slave, like `/dev/serial/by-id/…`.
 //! Unplugging is simulated the way the kernel does it: the master closes (the slave then reads
@@ -22,10 +22,7 @@ use wardgate_adapters::{
     Adapter, AdapterContext, AdapterError, AdapterEvent, EventKind, Observation, TimeQuality,
 };
 
-const REAL: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/data/real/serial/"
-);
+const REAL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/real/serial/");
 
 fn real(name: &str) -> Vec<u8> {
     std::fs::read(format!("{REAL}{name}")).unwrap_or_else(|e| panic!("read {name}: {e}"))

@@ -80,7 +80,9 @@ pub fn main() -> ExitCode {
                 eprintln!("wardgate: {}", u.0);
                 return ExitCode::from(2);
             }
-            if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) {
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            {
                 return ExitCode::SUCCESS; // e.g. `wardgate decode … | head`
             }
             eprintln!("wardgate: error: {e}");
@@ -135,7 +137,9 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Decode { protocol, file } => {
             let Some(protocol) = protocol else {
-                return Err(UsageError("decode needs --protocol cms50|ansar-b|masimo".into()).into());
+                return Err(
+                    UsageError("decode needs --protocol cms50|ansar-b|masimo".into()).into(),
+                );
             };
             let bytes =
                 std::fs::read(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
@@ -157,7 +161,9 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Verify { cert, files } => {
             if cert.is_empty() {
-                return Err(UsageError("verify needs --cert PEM (the gateway certificate)".into()).into());
+                return Err(
+                    UsageError("verify needs --cert PEM (the gateway certificate)".into()).into(),
+                );
             }
             let mut v = crate::signing::Verifier::default();
             for c in &cert {

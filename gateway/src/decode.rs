@@ -44,7 +44,9 @@ pub fn decode_protocol(
     err: &mut dyn Write,
 ) -> anyhow::Result<usize> {
     let name = protocol_by_name(protocol).ok_or_else(|| {
-        crate::cli::UsageError(format!("unknown protocol `{protocol}`: expected cms50, ansar-b or masimo"))
+        crate::cli::UsageError(format!(
+            "unknown protocol `{protocol}`: expected cms50, ansar-b or masimo"
+        ))
     })?;
     let data = maybe_hex(bytes).unwrap_or_else(|| bytes.to_vec());
     let mut p = protocols::build(name);

@@ -33,7 +33,6 @@ CREATE TABLE IF NOT EXISTS batches(
     created_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO meta(key, value) VALUES ('assigned_upto', 0), ('next_batch', 1);
 ";
 
 /// Why an existing file cannot be used.
@@ -109,5 +108,31 @@ pub fn open_checked(path: &Path, sync: Synchronous) -> Result<Connection, OpenPr
          PRAGMA user_version={SCHEMA_VERSION};"
     ))
     .map_err(classify)?;
+    seed_fresh(&conn).map_err(classify)?;
     Ok(conn)
+}
+
+/// Seeds `seq` and batch numbers of a *fresh* store from the wall clock: seq starts at
+/// `now_ms × 1000`, batch numbers at `now_ms`.
+///
+/// Why: the receiver dedups on `(gateway, seq)` and `(gateway, batch)`. A store that starts again
+/// at 1 (after a quarantine, an SD-card swap or a reinstall) would have its new data taken for
+/// duplicates upstream, acknowledged and deleted: lost silently. Seeded from the clock, a new
+/// store's numbers start above anything an older store of this gateway can have issued (an older
+/// store would need more than 1,000 rows per millisecond of its life to overlap). A gateway whose
+/// clock still reads 1970 (no RTC, no NTP yet) seeds low; such a store is then only safe if no
+/// older store of the same gateway reached upstream — documented in ARCHITECTURE.md.
+fn seed_fresh(conn: &Connection) -> rusqlite::Result<()> {
+    let fresh: i64 = conn.query_row("SELECT count(*) FROM meta", [], |r| r.get(0))?;
+    if fresh > 0 {
+        return Ok(());
+    }
+    let now = wardgate_adapters::observation::now_ms().max(1);
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE;
+         INSERT INTO sqlite_sequence(name, seq) SELECT 'queue', {seq} WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name='queue');
+         INSERT INTO meta(key, value) VALUES ('assigned_upto', {seq}), ('next_batch', {now});
+         COMMIT;",
+        seq = now.saturating_mul(1000),
+    ))
 }

@@ -29,13 +29,14 @@ fn seqs_strictly_increase_and_are_never_reused_after_ack() {
     let r1 = s
         .append(&[obs("d", mdc::SPO2, 97.0), obs("d", mdc::SPO2, 98.0)])
         .unwrap();
-    assert_eq!(r1, 1..=2);
+    let first = *r1.start();
+    assert_eq!(r1, first..=first + 1);
     let b = s.next_batch(10).unwrap().unwrap();
     assert!(s.ack(b.number).unwrap());
     let r2 = s.append(&[obs("d", mdc::SPO2, 99.0)]).unwrap();
     assert_eq!(
         r2,
-        3..=3,
+        first + 2..=first + 2,
         "AUTOINCREMENT: a deleted seq is not handed out again"
     );
 }
@@ -92,20 +93,25 @@ fn observation_fields_round_trip() {
         detail: "EIO".into(),
         gateway_time: 5,
     };
-    s.append(&[
-        AdapterEvent::Observation(o.clone()),
-        AdapterEvent::Event(e.clone()),
-    ])
-    .unwrap();
+    let first = *s
+        .append(&[
+            AdapterEvent::Observation(o.clone()),
+            AdapterEvent::Event(e.clone()),
+        ])
+        .unwrap()
+        .start();
     let b = s.next_batch(10).unwrap().unwrap();
     assert_eq!(
         b.items,
         vec![
             Item::Observation(StoredObservation {
-                seq: 1,
+                seq: first,
                 observation: o
             }),
-            Item::Event(StoredEvent { seq: 2, event: e })
+            Item::Event(StoredEvent {
+                seq: first + 1,
+                event: e
+            })
         ]
     );
 }
@@ -193,4 +199,29 @@ fn age_retention_drops_old_rows() {
     s.append(&[obs("d", mdc::SPO2, 97.0)]).unwrap();
     let r = s.enforce_retention(now_ms() + 10_000).unwrap().unwrap();
     assert_eq!((r.numeric, r.reason), (1, "max_age"));
+}
+
+#[test]
+fn a_fresh_store_after_quarantine_numbers_above_the_old_one() {
+    // Upstream dedups on (gateway, seq) and (gateway, batch): a replacement store that started
+    // again at 1 would have its data taken for duplicates and lost.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let (old_seq, old_batch) = {
+        let s = open(&dir);
+        let r = s.append(&[obs("d", mdc::SPO2, 97.0)]).unwrap();
+        (*r.end(), s.next_batch(10).unwrap().unwrap().number)
+    };
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    std::fs::write(
+        &path,
+        b"garbage after a power cut ............................................",
+    )
+    .unwrap();
+    let _ = std::fs::remove_file(dir.path().join("store.db-wal"));
+    let (s, report) = Store::open(&path, StoreOptions::default()).unwrap();
+    assert!(report.quarantined.is_some());
+    let r = s.append(&[obs("d", mdc::SPO2, 98.0)]).unwrap();
+    assert!(*r.start() > old_seq, "{} must exceed {old_seq}", r.start());
+    assert!(s.next_batch(10).unwrap().unwrap().number > old_batch);
 }

@@ -7,7 +7,7 @@
 //!   and `.../ivy/_450c/Ivy450C.java`, and the unit test
 //!   `interop-lab/demo-devices/src/test/java/org/mdpnp/devices/ivy/_450c/DemoIvy450CTest.java`,
 //!   which requires 27 messages from the recording `Ivy450C.1.data` (our
-//!   `shared/data/real/serial/ivy450c_ansarb_capture.bin`, byte for byte).
+//!   `data/real/serial/ivy450c_ansarb_capture.bin`, byte for byte).
 //!
 //! # Message layout
 //! `0xFF`, `"ANSAR-B "` (8 ASCII bytes), a 400-byte binary waveform block (ECG 200 samples, then
@@ -427,7 +427,7 @@ mod tests {
 
     const CAPTURE: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/data/real/serial/ivy450c_ansarb_capture.bin"
+        "/../data/real/serial/ivy450c_ansarb_capture.bin"
     );
 
     fn capture() -> Vec<u8> {

@@ -16,7 +16,7 @@
 //!   reading of the high byte's bits 0 and 1 (finger out, searching) from a real CMS50D+ v4.6.
 //! - headrotor/art-sensors `spO2/stream_data.py` (commit 0893e6a2): the captured handshake,
 //!   start-live command `7D 81 A1 80 80 80 80 80 80` and keep-alive `7D 81 AF 80 80 80 80 80 80`
-//!   sent periodically; the recording `shared/data/real/serial/cms50dplus_handshake_and_live.csv`
+//!   sent periodically; the recording `data/real/serial/cms50dplus_handshake_and_live.csv`
 //!   is transcribed from it.
 //! - titinho11/CMS50E-raw-ppg-data: the CMS50E recording `cms50e_live_capture.bin` (60 frames/s).
 //!
@@ -320,10 +320,7 @@ impl Protocol for Cms50 {
 mod tests {
     use super::*;
 
-    const REAL: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/data/real/serial/"
-    );
+    const REAL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/real/serial/");
 
     fn real(name: &str) -> Vec<u8> {
         std::fs::read(format!("{REAL}{name}")).unwrap_or_else(|e| panic!("read {name}: {e}"))

@@ -21,7 +21,7 @@
 //!   SN=0000056661 SPO2=098% BPM=097 PI=03.60% SPCO=--.-% SPMET=--.-% DESAT=-- PIDELTA=+--
 //!   ALARM=0000 EXC=000800` (no `PVI` field on that model).
 //!
-//! There is no recording of a Masimo device in `shared/data/real`: the tests use the example lines
+//! There is no recording of a Masimo device in `data/real`: the tests use the example lines
 //! published in the sources above, labelled as such.
 //!
 //! # Decoding

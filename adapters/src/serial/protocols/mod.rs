@@ -6,7 +6,7 @@
 //!
 //! | module | device | link | source of the layout |
 //! |---|---|---|---|
-//! | [`cms50`] | Contec CMS50D+/CMS50E, `7D 81` command set ("V7.0") | 115200 8N1 | Contec "Communication protocol of pulse oximeter V7.0"; gagistech/bedsidemon; recordings in `shared/data/real/serial/` |
+//! | [`cms50`] | Contec CMS50D+/CMS50E, `7D 81` command set ("V7.0") | 115200 8N1 | Contec "Communication protocol of pulse oximeter V7.0"; gagistech/bedsidemon; recordings in `data/real/serial/` |
 //! | [`ansar_b`] | Ivy Biomedical 450C "ANSAR-B" output | 9600 8N1 | mdpnp/mdpnp `AnsarB.java`; recording `ivy450c_ansarb_capture.bin` |
 //! | [`masimo`] | Masimo Radical-7 / Rad-series "ASCII 1" output | 9600 8N1 | mdpnp/mdpnp `poxrad_discrete.h`, `masimo-radical-7.spec`; Masimo operator's manuals |
 //!
