@@ -69,6 +69,8 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     crate::telemetry::init_logging();
+    // Stores, receiver outputs and raw messages hold clinical data: owner-only, like keys.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -141,23 +143,23 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                     UsageError("decode needs --protocol cms50|ansar-b|masimo".into()).into(),
                 );
             };
-            let bytes =
-                std::fs::read(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let mut input = std::fs::File::open(&file)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let stdout = std::io::stdout();
-            let mut out = stdout.lock();
-            let errors = crate::decode::decode_protocol(
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let summary = crate::decode::decode_protocol(
                 &protocol,
                 &file,
-                &bytes,
+                &mut input,
                 &mut out,
                 &mut std::io::stderr(),
             )?;
             out.flush()?;
-            Ok(if errors == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            if summary.observations == 0 {
+                eprintln!("{}: no observations decoded as {protocol}", file.display());
+                return Ok(ExitCode::from(1));
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Verify { cert, files } => {
             if cert.is_empty() {
@@ -167,29 +169,33 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             }
             let mut v = crate::signing::Verifier::default();
             for c in &cert {
-                v.add_file(c)?;
+                v.add_file(c)
+                    .map_err(|e| UsageError(format!("--cert {}: {e}", c.display())))?;
             }
-            let mut failed = 0;
+            let (mut ok, mut failed) = (0u64, 0u64);
             for f in &files {
                 let bytes = if f.as_os_str() == "-" {
                     let mut b = Vec::new();
-                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;
-                    b
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut b).map(|_| b)
                 } else {
-                    std::fs::read(f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?
+                    std::fs::read(f)
                 };
-                match v
-                    .verify(&bytes)
-                    .map_err(|e| e.to_string())
-                    .and_then(|p| crate::batch::BatchPayload::from_cbor(&p))
-                {
-                    Ok(p) => println!("{}", serde_json::to_string(&p)?),
+                let result = bytes
+                    .map_err(|e| format!("cannot read: {e}"))
+                    .and_then(|b| v.verify(&b).map_err(|e| e.to_string()))
+                    .and_then(|p| crate::batch::BatchPayload::from_cbor(&p));
+                match result {
+                    Ok(p) => {
+                        println!("{}", serde_json::to_string(&p)?);
+                        ok += 1;
+                    }
                     Err(e) => {
                         eprintln!("{}: {e}", f.display());
                         failed += 1;
                     }
                 }
             }
+            eprintln!("{ok} verified, {failed} failed");
             Ok(if failed == 0 {
                 ExitCode::SUCCESS
             } else {

@@ -354,6 +354,7 @@ pub fn parse_any(path: &Path, text: &str) -> Result<AnyConfig, Diagnostics> {
         }
         resolve(&base, &mut c.uplink.key);
         v.private_key(&c.uplink.key);
+        let store_path_empty = c.store.path.as_os_str().is_empty();
         c.store.path = base.join(&c.store.path);
         let positive = [
             ("keepalive_s", c.uplink.keepalive_s as u128),
@@ -377,38 +378,104 @@ pub fn parse_any(path: &Path, text: &str) -> Result<AnyConfig, Diagnostics> {
             }
         }
         let mut names = std::collections::HashSet::new();
-        for s in c.serial.iter_mut() {
-            let span = find_value(text, "name", &s.name);
+        let mut paths = std::collections::HashMap::new();
+        let serial_tables = tables(text, "[[serial]]");
+        for (i, s) in c.serial.iter_mut().enumerate() {
+            let table = serial_tables.get(i).cloned().unwrap_or(0..text.len());
+            let at = |key: &str| {
+                find_key_in(text, table.clone(), key).or_else(|| Some(table.start..table.start + 1))
+            };
+            let name_span = at("name");
             if !is_topic_safe(&s.name) {
-                v.at(span.clone(), format!("serial device name `{}` must be non-empty and contain no `/`, `+`, `#` or spaces (it is part of MQTT topics)", s.name));
+                v.at(name_span.clone(), format!("serial device name `{}` must be non-empty and contain no `/`, `+`, `#` or spaces (it is part of MQTT topics)", s.name));
             }
             if !names.insert(s.name.clone()) {
                 v.at(
-                    span.clone(),
+                    name_span.clone(),
                     format!("serial device name `{}` is used twice", s.name),
                 );
             }
             if !(5..=8).contains(&s.data_bits) {
                 v.at(
-                    span.clone(),
+                    at("data_bits"),
                     format!("serial `{}`: data_bits must be 5, 6, 7 or 8", s.name),
                 );
             }
             if !(1..=2).contains(&s.stop_bits) {
                 v.at(
-                    span.clone(),
+                    at("stop_bits"),
                     format!("serial `{}`: stop_bits must be 1 or 2", s.name),
                 );
             }
             if s.baud == Some(0) {
                 v.at(
-                    span.clone(),
+                    at("baud"),
                     format!("serial `{}`: baud must be greater than 0", s.name),
                 );
+            }
+            if s.serial_number
+                .as_deref()
+                .is_some_and(|n| n.trim().is_empty())
+            {
+                v.at(at("serial_number"), format!("serial `{}`: serial_number is empty; remove it or give the device's serial number", s.name));
+            }
+            if s.path.as_os_str().is_empty() {
+                v.at(at("path"), format!("serial `{}`: path is empty", s.name));
             }
             if s.path.is_relative() {
                 s.path = base.join(&s.path);
             }
+            if let Some(other) = paths.insert(s.path.clone(), s.name.clone()) {
+                v.at(
+                    at("path"),
+                    format!(
+                        "serial `{}` uses the same port {} as `{other}`",
+                        s.name,
+                        s.path.display()
+                    ),
+                );
+            }
+            let p = s.path.to_string_lossy();
+            if p.starts_with("/dev/ttyUSB") || p.starts_with("/dev/ttyACM") {
+                let span = at("path").unwrap_or(0..0);
+                v.warn(span, format!("serial `{}`: {p} can be renumbered at reboot; use its /dev/serial/by-id/ path so data cannot land on another bed's device", s.name));
+            }
+        }
+        if c.uplink.keepalive_s > 65_535 {
+            v.problems.push(Diagnostic::at(
+                path,
+                text,
+                find_key(text, "keepalive_s"),
+                "keepalive_s must be at most 65535 (MQTT limit)",
+            ));
+        }
+        let store_table = tables(text, "[store]").first().cloned().unwrap_or(0..0);
+        let store_span = find_key_in(text, store_table.clone(), "path")
+            .or(Some(store_table.start..store_table.start + 1));
+        if store_path_empty {
+            v.at(
+                store_span,
+                "store path is empty; give a file, e.g. /var/lib/wardgate/store.db".into(),
+            );
+        } else if c.store.path.is_dir() {
+            v.at(
+                store_span,
+                format!(
+                    "store path {} is a directory; give a file name, e.g. {}/store.db",
+                    c.store.path.display(),
+                    c.store.path.display()
+                ),
+            );
+        } else if let Some(dir) = c
+            .store
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
+        {
+            v.warn(
+                store_span.unwrap_or(0..0),
+                format!("the store's directory {} does not exist (yet); under systemd StateDirectory=wardgate creates /var/lib/wardgate", dir.display()),
+            );
         }
         v.finish(AnyConfig::Gateway(Box::new(c)))
     }
@@ -446,6 +513,49 @@ fn find_key(text: &str, key: &str) -> Option<std::ops::Range<usize>> {
         })
 }
 
+/// Byte ranges of each `[[name]]` array-of-tables entry, in order (to the next table header).
+fn tables(text: &str, header: &str) -> Vec<std::ops::Range<usize>> {
+    let mut starts = Vec::new();
+    let mut ends = Vec::new();
+    let mut off = 0;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim_start();
+        if t.starts_with('[') {
+            if !starts.is_empty() && ends.len() < starts.len() {
+                ends.push(off);
+            }
+            if t.starts_with(header) {
+                starts.push(off);
+            }
+        }
+        off += line.len();
+    }
+    if ends.len() < starts.len() {
+        ends.push(text.len());
+    }
+    starts.into_iter().zip(ends).map(|(s, e)| s..e).collect()
+}
+
+/// The span of the value of `key = …` inside `range`.
+fn find_key_in(
+    text: &str,
+    range: std::ops::Range<usize>,
+    key: &str,
+) -> Option<std::ops::Range<usize>> {
+    let mut off = range.start;
+    for line in text[range.clone()].split_inclusive('\n') {
+        let t = line.trim_start();
+        if t.starts_with(key) && t[key.len()..].trim_start().starts_with('=') {
+            let eq = line.find('=')?;
+            let value_start = eq + 1 + (line[eq + 1..].len() - line[eq + 1..].trim_start().len());
+            return Some(off + value_start..off + line.trim_end().len());
+        }
+        off += line.len();
+    }
+    None
+}
+
+#[allow(dead_code)]
 fn find_value(text: &str, key: &str, value: &str) -> Option<std::ops::Range<usize>> {
     let quoted = format!("\"{value}\"");
     let mut off = 0;
@@ -512,6 +622,7 @@ impl Validator<'_> {
         }
     }
     fn warn(&mut self, span: std::ops::Range<usize>, message: String) {
+        // (spans of default values are 0..0: the warning then points at 1:1)
         let d = Diagnostic::at(
             self.file,
             self.text,
@@ -576,5 +687,94 @@ impl Config {
             self.gateway.ward.get_ref(),
             self.gateway.id.get_ref()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "version = 1\n[gateway]\nid = \"gw1\"\nsite = \"s\"\nward = \"w\"\n[uplink]\nhost = \"h\"\nca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n";
+
+    fn problems(extra: &str) -> Vec<String> {
+        let text = format!("{BASE}{extra}");
+        match parse_any(Path::new("/nonexistent/w.toml"), &text) {
+            Ok(_) => vec![],
+            Err(d) => d.0.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_minimal_config_is_accepted() {
+        assert_eq!(problems(""), Vec::<String>::new());
+    }
+
+    #[test]
+    fn serial_problems_point_at_their_own_key() {
+        let p = problems("[[serial]]\nname = \"a\"\npath = \"/dev/x\"\nprotocol = \"cms50\"\n[[serial]]\nname = \"b\"\npath = \"/dev/x\"\nprotocol = \"cms50\"\nstop_bits = 3\n");
+        assert!(
+            p.contains(
+                &"/nonexistent/w.toml:17:8: serial `b` uses the same port /dev/x as `a`"
+                    .to_string()
+            ),
+            "{p:?}"
+        );
+        assert!(
+            p.contains(
+                &"/nonexistent/w.toml:19:13: serial `b`: stop_bits must be 1 or 2".to_string()
+            ),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn duplicate_names_and_topic_unsafe_ids_are_refused() {
+        let p = problems("[[serial]]\nname = \"a\"\npath = \"/dev/x\"\nprotocol = \"cms50\"\n[[serial]]\nname = \"a\"\npath = \"/dev/y\"\nprotocol = \"masimo\"\nserial_number = \" \"\n");
+        assert!(
+            p.iter()
+                .any(|l| l
+                    .starts_with("/nonexistent/w.toml:16:8: serial device name `a` is used twice")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|l| l
+                    .starts_with("/nonexistent/w.toml:19:17: serial `a`: serial_number is empty")),
+            "{p:?}"
+        );
+        let text = BASE.replace("id = \"gw1\"", "id = \"gw/1\"");
+        let d = parse_any(Path::new("w.toml"), &text).unwrap_err();
+        assert!(
+            d.to_string().starts_with("w.toml:3:6: gateway id `gw/1`"),
+            "{d}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_carry_line_and_column() {
+        let d = parse_any(Path::new("w.toml"), &format!("{BASE}bogus = 1\n")).unwrap_err();
+        assert!(
+            d.to_string()
+                .starts_with("w.toml:11:1: unknown field `bogus`"),
+            "{d}"
+        );
+        let d = parse_any(
+            Path::new("w.toml"),
+            &BASE.replace("host = \"h\"", "host = \"h\"\nport = 0"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            d.to_string(),
+            "w.toml:8:8: port must be between 1 and 65535"
+        );
+        let d = parse_any(
+            Path::new("w.toml"),
+            &BASE.replace("host = \"h\"", "host = \"h\"\nkeepalive_s = 70000"),
+        )
+        .unwrap_err();
+        assert!(
+            d.to_string().contains("keepalive_s must be at most 65535"),
+            "{d}"
+        );
     }
 }

@@ -64,6 +64,11 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    /// The store's directory does not exist (it is never created implicitly).
+    #[error(
+        "the store's directory {0} does not exist; create it (systemd: StateDirectory=wardgate)"
+    )]
+    MissingDirectory(PathBuf),
     /// Quarantining a corrupt file failed (e.g. read-only directory).
     #[error("store {path}: cannot quarantine corrupt file: {source}")]
     Quarantine {
@@ -177,9 +182,10 @@ impl Store {
     /// moved aside.
     pub fn open(path: &Path, opts: StoreOptions) -> Result<(Store, OpenReport), StoreError> {
         let mut report = OpenReport::default();
-        if let Some(parent) = path.parent() {
-            if !parent.as_os_str().is_empty() {
-                let _ = std::fs::create_dir_all(parent);
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if !parent.is_dir() {
+                // Never create it: a typo in the path would silently start an empty store.
+                return Err(StoreError::MissingDirectory(parent.to_path_buf()));
             }
         }
         let conn = match schema::open_checked(path, opts.synchronous) {
