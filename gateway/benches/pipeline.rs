@@ -71,7 +71,7 @@ fn setup() -> Env {
     std::fs::write(
         d.join("mosquitto.conf"),
         format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\ncafile {0}/ca.pem\ncertfile {0}/broker.pem\nkeyfile {0}/broker.key\nrequire_certificate true\npersistence false\nuser root\nmax_inflight_messages 0\nmax_queued_messages 100000\n",
+            "listener {port} 127.0.0.1\nallow_anonymous true\ncafile {0}/ca.pem\ncertfile {0}/broker.pem\nkeyfile {0}/broker.key\nrequire_certificate true\npersistence false\nset_tcp_nodelay true\nuser root\nmax_inflight_messages 0\nmax_queued_messages 100000\n",
             d.display()
         ),
     )
@@ -137,6 +137,7 @@ async fn subscriber(
             rumqttc::TlsConfiguration::Rustls(tls),
         ));
     let (client, mut el) = AsyncClient::new(o, 1024);
+    el.set_network_options(wardgate::uplink::network_options());
     let (ready_tx, mut ready_rx) = mpsc::channel(1);
     let c2 = client.clone();
     tokio::spawn(async move {
@@ -348,7 +349,7 @@ fn main() {
         let _ = sub.disconnect().await;
 
         // 3. Latency at 1,000 observations/s
-        let interval = Duration::from_millis(200);
+        let interval = Duration::from_millis(env_u64("BENCH_INTERVAL_MS", 200));
         let lat = Arc::new(Mutex::new(Vec::with_capacity(6000)));
         let count = Arc::new(AtomicU64::new(0));
         let sub = subscriber(&env, count.clone(), lat.clone()).await;

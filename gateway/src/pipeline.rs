@@ -1,7 +1,9 @@
 //! `Pipeline`: drains adapter events from the bounded channel into the store with group commit.
 //!
-//! The writer takes the first event, then everything else that arrives within
-//! `commit_interval` (or until `commit_max_rows`), and commits them in one transaction. While a
+//! The writer takes the first event, then everything else already waiting or arriving until
+//! `commit_interval` after the previous commit (at most `commit_max_rows`), and commits them in
+//! one transaction: commits are at least `commit_interval` apart, and a row arriving after a
+//! quiet spell is committed at once. While a
 //! commit (fsync) runs, new events wait in the bounded channel; when it is full, adapters wait in
 //! `send().await`: backpressure reaches the device side, never the heap. A failed commit keeps
 //! the rows in memory and retries (they are not accepted yet, and are not dropped).
@@ -62,6 +64,7 @@ pub async fn run_writer(
 ) {
     let mut pending_since_wake = 0usize;
     let mut last_retention = tokio::time::Instant::now();
+    let mut last_commit = tokio::time::Instant::now() - opts.commit_interval;
     let mut buf: Vec<AdapterEvent> = Vec::with_capacity(opts.commit_max_rows.min(65_536));
     loop {
         if buf.is_empty() {
@@ -75,11 +78,18 @@ pub async fn run_writer(
             };
             let Some(first) = first else { break };
             buf.push(first);
-            let deadline = tokio::time::Instant::now() + opts.commit_interval;
+            // Commits are at least `commit_interval` apart (bounds the fsync rate, which wears an
+            // SD card); a row arriving after a quiet spell is committed at once.
+            let deadline = last_commit + opts.commit_interval;
             while buf.len() < opts.commit_max_rows {
                 match rx.try_recv() {
                     Ok(ev) => buf.push(ev),
                     Err(mpsc::error::TryRecvError::Disconnected) => break,
+                    Err(mpsc::error::TryRecvError::Empty)
+                        if tokio::time::Instant::now() >= deadline =>
+                    {
+                        break
+                    }
                     Err(mpsc::error::TryRecvError::Empty) => tokio::select! {
                         ev = rx.recv() => match ev { Some(ev) => buf.push(ev), None => break },
                         _ = tokio::time::sleep_until(deadline) => break,
@@ -88,6 +98,7 @@ pub async fn run_writer(
             }
         }
         let rows = std::mem::take(&mut buf);
+        last_commit = tokio::time::Instant::now();
         let s = store.clone();
         let result = tokio::task::spawn_blocking(move || {
             let r = s.append(&rows);

@@ -301,6 +301,7 @@ async fn run(
         None => cfg.receiver.topic.clone(),
     };
     let (client, mut el) = AsyncClient::new(o, 256);
+    el.set_network_options(crate::uplink::network_options());
     let output = Arc::new(Mutex::new(output));
     let verifier = Arc::new(verifier);
     let mut last_error: Option<String> = None;
@@ -308,7 +309,19 @@ async fn run(
     loop {
         let ev = tokio::select! {
             ev = el.poll() => ev,
-            _ = shutdown.changed() => { let _ = client.try_disconnect(); return Ok(()); }
+            _ = shutdown.changed() => {
+                // Send DISCONNECT so the broker knows this was a clean stop.
+                let _ = client.try_disconnect();
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    while let Ok(ev) = el.poll().await {
+                        if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                            break;
+                        }
+                    }
+                })
+                .await;
+                return Ok(());
+            }
         };
         match ev {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -319,11 +332,10 @@ async fn run(
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 if let Some(dir) = &cfg.receiver.raw_dir {
                     raw_n += 1;
-                    let name = match topics::parse_batch(&p.topic) {
-                        Some((_, _, gw)) => format!("{gw}-{raw_n:06}.cose"),
-                        None => format!("unknown-{raw_n:06}.cose"),
-                    };
-                    write_synced(&dir.join(name), &p.payload)?;
+                    let gw = topics::parse_batch(&p.topic)
+                        .map(|(_, _, gw)| gw)
+                        .unwrap_or("unknown");
+                    write_raw(dir, gw, raw_n, &p.payload)?;
                     stats.lock().unwrap_or_else(|e| e.into_inner()).raw_messages += 1;
                 }
                 let topic = p.topic.clone();
@@ -406,8 +418,32 @@ async fn run(
     }
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut f = std::fs::File::create(path)?;
-    f.write_all(bytes)?;
-    f.sync_data()
+/// Writes one raw message as `<gateway>-<receiver start ms>-<n>.cose`, never overwriting a file
+/// from an earlier run (`create_new`), and fsyncs it.
+fn write_raw(dir: &Path, gateway: &str, n: u64, bytes: &[u8]) -> std::io::Result<()> {
+    static START: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(wardgate_adapters::observation::now_ms);
+    let mut attempt = 0u32;
+    loop {
+        let suffix = if attempt == 0 {
+            String::new()
+        } else {
+            format!("-{attempt}")
+        };
+        let path = dir.join(format!("{gateway}-{start}-{n:06}{suffix}.cose"));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(mut f) => {
+                f.write_all(bytes)?;
+                return f.sync_data();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 1000 => {
+                attempt += 1
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }

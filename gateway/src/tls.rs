@@ -49,6 +49,14 @@ fn key_name(_: &rustls::Error) -> &'static str {
 pub fn explain(err: &rumqttc::ConnectionError) -> String {
     let text = err.to_string();
     let lower = text.to_lowercase();
+    // A fatal alert from the broker during the handshake (rustls: "received fatal alert:
+    // UnknownCA", "BadCertificate", "CertificateRequired") is the broker refusing our certificate.
+    if lower.contains("received fatal alert")
+        || (lower.contains("certificate")
+            && (lower.contains("alert") || lower.contains("required")))
+    {
+        return format!("the broker refused this gateway's client certificate (uplink.cert/uplink.key) ({text})");
+    }
     if lower.contains("notvalidyet") {
         return format!("waiting for time: the broker certificate is not yet valid by this gateway's clock ({text})");
     }
@@ -62,14 +70,6 @@ pub fn explain(err: &rumqttc::ConnectionError) -> String {
     }
     if lower.contains("notvalidforname") {
         return format!("the broker's certificate does not name the configured host ({text})");
-    }
-    // A fatal alert from the broker during the handshake (rustls: "received fatal alert:
-    // UnknownCA", "BadCertificate", "CertificateRequired") is the broker refusing our certificate.
-    if lower.contains("received fatal alert")
-        || (lower.contains("certificate")
-            && (lower.contains("alert") || lower.contains("required")))
-    {
-        return format!("the broker refused this gateway's client certificate (uplink.cert/uplink.key) ({text})");
     }
     if lower.contains("connection refused") {
         return format!("broker unreachable: connection refused ({text})");

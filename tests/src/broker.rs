@@ -266,6 +266,7 @@ fn config_text(port: u16, o: &MosquittoOptions) -> String {
          per_listener_settings false\n\
          allow_anonymous true\n\
          persistence false\n\
+         set_tcp_nodelay true\n\
          user root\n\
          log_dest stderr\n\
          log_type error\n\

@@ -207,12 +207,15 @@ pub struct StoreRow {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct StoreSnapshot {
     /// Highest seq ever assigned (`sqlite_sequence`): every row accepted so far has a seq up to
-    /// this, acknowledged ones included.
+    /// this, acknowledged ones included. (A fresh store does not start at 0: it is seeded from
+    /// the clock, see [`crate::env::StoreSeed`].)
     pub max_seq: u64,
     /// Rows not yet acknowledged.
     pub queue: Vec<StoreRow>,
     /// Batches handed to the uplink and not yet acknowledged.
     pub unacked_batches: u64,
+    /// The number the next batch will get (`meta.next_batch`).
+    pub next_batch: u64,
 }
 
 fn snapshot(c: &Connection) -> Result<StoreSnapshot> {
@@ -236,10 +239,16 @@ fn snapshot(c: &Connection) -> Result<StoreSnapshot> {
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let unacked: i64 = c.query_row("SELECT count(*) FROM batches", [], |r| r.get(0))?;
+    let next_batch: Option<i64> = c
+        .query_row("SELECT value FROM meta WHERE key='next_batch'", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
     Ok(StoreSnapshot {
         max_seq: max_seq.unwrap_or(0) as u64,
         queue,
         unacked_batches: unacked as u64,
+        next_batch: next_batch.unwrap_or(0) as u64,
     })
 }
 

@@ -20,6 +20,17 @@ use crate::{wait_for, Result};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Where a fresh store starts numbering. The store seeds `seq` and batch numbers from the clock
+/// (so a replacement store never reuses numbers upstream has seen): the first row gets
+/// `seq + 1`, the first batch `batch`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreSeed {
+    /// `sqlite_sequence` of the fresh store: rows get `seq + 1`, `seq + 2`, …
+    pub seq: u64,
+    /// The first batch number.
+    pub batch: u64,
+}
+
 /// Gateway id used by the tests.
 pub const GATEWAY_ID: &str = "gw-e2e-01";
 /// Site id used by the tests.
@@ -89,6 +100,7 @@ pub struct TestEnv {
     pub rx_dir: PathBuf,
     /// `logs/`.
     pub log_dir: PathBuf,
+    seed: std::sync::OnceLock<StoreSeed>,
     _tmp: tempfile::TempDir,
 }
 
@@ -122,6 +134,7 @@ impl TestEnv {
             gw_dir,
             rx_dir,
             log_dir,
+            seed: Default::default(),
             _tmp: tmp,
         })
     }
@@ -150,6 +163,53 @@ impl TestEnv {
     /// The gateway's store file.
     pub fn store_path(&self) -> PathBuf {
         self.gw_dir.join("store.db")
+    }
+
+    /// Creates the gateway's store with wardgate's own code (as `wardgate run` would on first
+    /// start) and records where its numbering starts. Done by [`Self::spawn_gateway`].
+    pub fn init_store(&self) -> Result<StoreSeed> {
+        if let Some(s) = self.seed.get() {
+            return Ok(*s);
+        }
+        anyhow::ensure!(
+            !self.store_path().exists(),
+            "the store exists already; its seed is unknown"
+        );
+        let (store, report) = wardgate::store::Store::open(
+            &self.store_path(),
+            wardgate::store::StoreOptions::default(),
+        )?;
+        anyhow::ensure!(
+            report.quarantined.is_none(),
+            "fresh store quarantined: {report:?}"
+        );
+        drop(store);
+        let snap = self.store()?;
+        anyhow::ensure!(snap.queue.is_empty(), "a fresh store holds rows");
+        let seed = StoreSeed {
+            seq: snap.max_seq,
+            batch: snap.next_batch,
+        };
+        Ok(*self.seed.get_or_init(|| seed))
+    }
+
+    /// Where the store started numbering ([`Self::init_store`] must have run).
+    pub fn seed(&self) -> StoreSeed {
+        *self
+            .seed
+            .get()
+            .expect("the store is created by spawn_gateway / init_store")
+    }
+
+    /// Every seq the store has assigned when its highest is `max_seq`: `seed + 1 ..= max_seq`.
+    pub fn accepted_seqs(&self, max_seq: u64) -> std::collections::BTreeSet<u64> {
+        let first = self.seed().seq + 1;
+        assert!(
+            max_seq + 1 >= first && max_seq - self.seed().seq < 10_000_000,
+            "implausible max seq {max_seq} for a store seeded at {}",
+            self.seed().seq
+        );
+        (first..=max_seq).collect()
     }
 
     /// Reads the gateway's store (live, read-only).
@@ -277,6 +337,7 @@ raw_dir = "messages"
 
     /// [`Self::spawn_gateway`] with extra environment variables (e.g. `WARDGATE_LOG=debug`).
     pub fn spawn_gateway_with_env(&self, config: &Path, env: &[(&str, &str)]) -> Result<Proc> {
+        self.init_store()?;
         Proc::spawn(
             "gateway",
             &self.bin,
@@ -394,7 +455,7 @@ raw_dir = "messages"
     }
 
     /// Waits until the chain is settled: the gateway's store holds nothing unacknowledged,
-    /// upstream holds exactly the seqs `1..=max_seq` the store ever assigned, and `max_seq` has
+    /// upstream holds exactly the seqs `seed + 1 ..= max_seq` the store ever assigned, `max_seq` has
     /// not moved for `quiet` (so the last bytes a device sent were decoded and delivered too).
     pub fn wait_settled(&self, quiet: Duration, timeout: Duration) -> Result<StoreSnapshot> {
         let up = self.upstream();
@@ -406,10 +467,12 @@ raw_dir = "messages"
             || {
                 let s = self.store()?;
                 let seqs = up.all_seqs()?;
+                let seed = self.seed().seq;
                 let complete = s.queue.is_empty()
                     && s.unacked_batches == 0
-                    && seqs.len() as u64 == s.max_seq
-                    && seqs.last().copied().unwrap_or(0) == s.max_seq;
+                    && seqs.len() as u64 == s.max_seq - seed
+                    && seqs.first().copied().unwrap_or(seed + 1) == seed + 1
+                    && seqs.last().copied().unwrap_or(s.max_seq) == s.max_seq;
                 let now = std::time::Instant::now();
                 match last {
                     Some((m, since)) if m == s.max_seq => {

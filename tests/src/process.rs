@@ -10,6 +10,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
+/// Makes the child die (SIGKILL) when the thread that spawned it ends — also when the test
+/// process itself is killed (kill -9, OOM) and no `Drop` runs, so nothing is left behind.
+pub fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is a single async-signal-safe system call; nothing is
+    // allocated or locked between fork and exec.
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+        });
+    }
+}
+
 /// A running (or exited) child process whose output is captured in files.
 pub struct Proc {
     /// Short name for messages, e.g. `gateway`.
@@ -53,6 +67,7 @@ impl Proc {
             .stderr(open(&stderr_path)?);
         // The gateway logs to journald when it believes it runs under systemd; never here.
         cmd.env_remove("JOURNAL_STREAM");
+        die_with_parent(&mut cmd);
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -196,6 +211,7 @@ pub fn run(mut cmd: Command, stdin: &[u8], timeout: Duration) -> Result<Output> 
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .env_remove("JOURNAL_STREAM");
+    die_with_parent(&mut cmd);
     let mut child = cmd.spawn().with_context(|| format!("spawn {cmd:?}"))?;
     let mut input = child.stdin.take().context("stdin")?;
     let data = stdin.to_vec();

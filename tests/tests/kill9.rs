@@ -70,7 +70,11 @@ fn assert_snapshot_delivered(env: &TestEnv, snap: &StoreSnapshot, what: &str) {
         }
     }
     let all = up.all_seqs().unwrap();
-    let missing: Vec<u64> = (1..=snap.max_seq).filter(|s| !all.contains(s)).collect();
+    let missing: Vec<u64> = env
+        .accepted_seqs(snap.max_seq)
+        .into_iter()
+        .filter(|s| !all.contains(s))
+        .collect();
     assert!(
         missing.is_empty(),
         "{what}: accepted seqs (up to {}) missing upstream: {missing:?}",
@@ -151,8 +155,8 @@ fn kill9_mid_stream_then_restart_delivers_every_accepted_observation_once() {
         "exactly A+B upstream"
     );
 
-    // C: at the devices' pace (CMS50E 30 frames/s, Ivy 9600 baud); kill -9 in the middle.
-    cms_r.play(&cms_parts[2], cms.pace, 0.5);
+    // C: slowed (CMS50E 15 frames/s, Ivy at its 9600 baud); kill -9 in the middle.
+    cms_r.play(&cms_parts[2], cms.pace, 0.25);
     ivy_r.play(&ivy_parts[2], ivy.pace, 1.0);
     // Kill right after the first Ivy message of C was delivered: the next one is being read.
     let ivy_ab = expect(2)[1].1;
@@ -184,10 +188,12 @@ fn kill9_mid_stream_then_restart_delivers_every_accepted_observation_once() {
     assert!(final_store.max_seq >= snap_c.max_seq);
 
     // Per device: never more than recorded; at most what the killed process had read but not yet
-    // committed is lost: for the CMS50E a frame being committed and one being read, for the Ivy
-    // the message being read (the one before it was already delivered when the kill came).
+    // committed is lost: for the CMS50E the frames of the last group commit (20 ms, but allow
+    // for a loaded machine: 5 frames = 333 ms at 15 frames/s); for the Ivy the message being
+    // read (the one before it was already delivered when the kill came, the next one takes
+    // 0.6 s to arrive).
     let counts = up.count_by_device().unwrap();
-    for (d, allowance) in [(&cms, 2 * 3), (&ivy, 11)] {
+    for (d, allowance) in [(&cms, 5 * 3), (&ivy, 11)] {
         let got = counts.get(&d.id()).copied().unwrap_or(0);
         let want = d.expected();
         assert!(
@@ -210,8 +216,5 @@ fn kill9_mid_stream_then_restart_delivers_every_accepted_observation_once() {
         .values()
         .flat_map(|b| b.seqs.iter().copied())
         .collect();
-    assert_eq!(
-        wire_seqs,
-        (1..=final_store.max_seq).collect::<BTreeSet<_>>()
-    );
+    assert_eq!(wire_seqs, env.accepted_seqs(final_store.max_seq));
 }

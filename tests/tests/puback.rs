@@ -2,16 +2,18 @@
 //! acknowledged, a re-sent batch keeps its number and exactly its rows (never the same rows
 //! under a new number), upstream stores each observation once, and nothing is lost.
 //!
-//! - `upstream` ack mode with the receiver away: nobody acknowledges, the gateway re-sends the
-//!   same batch numbers every `ack_timeout_s`, and mosquitto queues every copy for the
-//!   receiver's persistent session; the receiver comes back and gets them all.
-//! - `broker` ack mode with the broker frozen (SIGSTOP): TCP still takes the bytes but no PUBACK
-//!   (nor PINGRESP, nor CONNACK) comes for longer than `ack_timeout_s` and the keepalive; then it
-//!   thaws and answers everything late.
+//! - `upstream` ack mode, receiver away and never connected before: the broker drops the first
+//!   copies (no subscriber), so only the gateway's re-sends — with the in-flight window full —
+//!   can deliver once a receiver appears.
+//! - `upstream` ack mode, receiver away with a persistent session: mosquitto queues the first copy
+//!   and every re-send of each batch; the receiver comes back, gets them all, stores each once.
+//! - `broker` ack mode with the broker frozen (SIGSTOP) past `ack_timeout_s` and the keepalive:
+//!   TCP still takes the bytes but no PUBACK, PINGRESP or CONNACK comes; then it thaws and
+//!   answers everything late.
 //!
-//! Mosquitto cannot be told to withhold PUBACKs, and TLS is end to end, so freezing the broker is
-//! how the PUBACKs are delayed here. (`wardgate::broker::EmbeddedBroker` has no hook to delay or
-//! drop PUBACKs either.)
+//! Mosquitto cannot be told to withhold PUBACKs, and TLS is end to end (a proxy cannot see MQTT),
+//! so freezing the broker is how PUBACKs are delayed here. `wardgate::broker::EmbeddedBroker` has
+//! no hook to delay or drop PUBACKs either, so there is no embedded-broker variant.
 
 use std::time::Duration;
 use wardgate_e2e::env::{ReceiverOptions, TestEnv};
@@ -66,7 +68,7 @@ fn assert_complete_and_unique(
 }
 
 /// Runs the recordings through a gateway in `upstream` ack mode (ack_timeout 2 s) while no
-/// receiver is connected, until batch 1 has been sent again twice; returns the gateway.
+/// receiver is connected, until the first batch has been sent again twice; returns the gateway.
 fn stream_while_receiver_away(
     env: &TestEnv,
     cms: &Device,
@@ -89,20 +91,25 @@ fn stream_while_receiver_away(
     for r in &mut rs {
         r.wait_done(Duration::from_secs(30)).unwrap();
     }
-    // Nobody acknowledges: batch 1 goes out again every ack_timeout, and the store keeps every
-    // row.
+    // Nobody acknowledges: the first batch goes out again every ack_timeout, and the store keeps
+    // every row.
+    let first = env.seed().batch;
     gateway
-        .wait_stderr("batch 1 not acknowledged", 2, Duration::from_secs(15))
+        .wait_stderr(
+            &format!("batch {first} not acknowledged"),
+            2,
+            Duration::from_secs(15),
+        )
         .unwrap();
     let store = env.store().unwrap();
+    let accepted = store.max_seq - env.seed().seq;
     assert!(
-        store.max_seq >= cms.expected() + ivy.expected(),
-        "everything accepted: max seq {}",
-        store.max_seq
+        accepted >= cms.expected() + ivy.expected(),
+        "everything accepted: {accepted} rows"
     );
     assert_eq!(
         store.queue.len() as u64,
-        store.max_seq,
+        accepted,
         "no row may leave the store before the upstream ack"
     );
     assert!(
@@ -156,9 +163,9 @@ fn upstream_acks_withheld_queued_copies_and_resends_arrive_once() {
     receiver.terminate(Duration::from_secs(10)).unwrap();
     let batches = assert_complete_and_unique(&env, &cms, &ivy);
     assert!(
-        batches[&1].copies >= 3,
-        "batch 1 reached the receiver as first copy plus two re-sends: {:?}",
-        batches[&1]
+        batches[&env.seed().batch].copies >= 3,
+        "the first batch reached the receiver as first copy plus two re-sends: {:?}",
+        batches[&env.seed().batch]
     );
 }
 
@@ -166,7 +173,12 @@ fn upstream_acks_withheld_queued_copies_and_resends_arrive_once() {
 fn broker_pubacks_delayed_past_ack_timeout_and_keepalive_no_loss_no_renumbering() {
     let mut env = TestEnv::new("puback-broker", BIN).unwrap();
     let (cms, ivy) = devices();
-    let mut receiver = env.start_receiver(&ReceiverOptions::default()).unwrap();
+    // A receiver whose keepalive outlasts the freeze, so its session survives it.
+    let ropts = ReceiverOptions {
+        keepalive_s: 30,
+        ..ReceiverOptions::default()
+    };
+    let mut receiver = env.start_receiver(&ropts).unwrap();
     let mut opts = env.gateway_options();
     opts.ack = "broker";
     opts.ack_timeout_s = 2;
@@ -214,8 +226,33 @@ fn broker_pubacks_delayed_past_ack_timeout_and_keepalive_no_loss_no_renumbering(
     receiver.terminate(Duration::from_secs(10)).unwrap();
 
     let batches = assert_complete_and_unique(&env, &cms, &ivy);
-    assert!(
-        batches.values().any(|b| b.copies >= 2),
-        "a late-acknowledged batch reached upstream twice (same number): {batches:?}"
+    // The batches the gateway re-sent arrived under their own numbers (and with the rows of that
+    // number only, checked above).
+    let log = gateway.stderr();
+    let resent: Vec<u64> = log
+        .lines()
+        .filter_map(|l| {
+            l.split("batch ")
+                .nth(1)?
+                .split(" not acknowledged")
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(!resent.is_empty(), "{log}");
+    for n in &resent {
+        assert!(
+            batches.contains_key(n),
+            "re-sent batch {n} missing upstream"
+        );
+    }
+    eprintln!(
+        "re-sent batches {resent:?}; batches that reached upstream more than once: {:?}",
+        batches
+            .iter()
+            .filter(|(_, b)| b.copies > 1)
+            .map(|(n, b)| (*n, b.copies))
+            .collect::<Vec<_>>()
     );
 }

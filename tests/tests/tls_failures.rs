@@ -85,7 +85,7 @@ fn broker_certificate_from_an_unknown_ca_is_refused_logged_once_and_data_is_buff
     let before = failed_handshakes(&env.broker.log());
     wait_for(
         "three more refused handshakes at the broker",
-        Duration::from_secs(20),
+        Duration::from_secs(40),
         || Ok(failed_handshakes(&env.broker.log()) >= before + 3),
     )
     .unwrap();
@@ -142,7 +142,7 @@ fn client_certificate_from_another_ca_is_refused_by_the_broker_with_a_clear_log_
     let before = failed_handshakes(&env.broker.log());
     wait_for(
         "three more refused handshakes at the broker",
-        Duration::from_secs(20),
+        Duration::from_secs(40),
         || Ok(failed_handshakes(&env.broker.log()) >= before + 3),
     )
     .unwrap();

@@ -219,7 +219,7 @@ pub struct ReceiverSection {
     /// `sqlite:PATH` or `jsonl:PATH`: where verified observations are written durably (fsynced).
     pub output: Spanned<String>,
     /// If set, every message received on the batch topic is also written here as raw bytes
-    /// (`<gateway>-<batch>-<n>.cose`), for independent verification.
+    /// (`<gateway>-<receiver start ms>-<n>.cose`), for independent verification.
     pub raw_dir: Option<PathBuf>,
 }
 

@@ -195,6 +195,7 @@ impl Uplink {
     async fn session(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), String> {
         let s = &self.settings;
         let (client, mut el) = AsyncClient::new(self.mqtt_options(), 256);
+        el.set_network_options(network_options());
         let connect = async {
             loop {
                 match el.poll().await {
@@ -369,6 +370,15 @@ impl Uplink {
         }
         Ok(())
     }
+}
+
+/// TCP options for MQTT connections: no Nagle delay (a batch or an ack must not wait 40 ms for
+/// a delayed ACK on the peer).
+pub fn network_options() -> rumqttc::NetworkOptions {
+    let mut n = rumqttc::NetworkOptions::new();
+    n.set_tcp_nodelay(true);
+    n.set_connection_timeout(10);
+    n
 }
 
 /// Runs a store operation on the blocking pool (SQLite may fsync).
