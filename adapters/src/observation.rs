@@ -76,14 +76,79 @@ impl Unit {
         ucum: "1",
     };
 
+    /// MDC_DIM_KILO_PASCAL (term 3843), `kPa`: blood pressure from a BLE cuff set to kPa.
+    pub const KILO_PASCAL: Unit = Unit {
+        mdc: 265_987,
+        ucum: "kPa",
+    };
+    /// MDC_DIM_FAHR (term 4416), `[degF]`: a thermometer reporting in °F.
+    pub const FAHR: Unit = Unit {
+        mdc: 266_560,
+        ucum: "[degF]",
+    };
+    /// MDC_DIM_KILO_G (term 1731), `kg`.
+    pub const KILO_G: Unit = Unit {
+        mdc: 263_875,
+        ucum: "kg",
+    };
+    /// MDC_DIM_LB (term 1760), `[lb_av]` (avoirdupois pound).
+    pub const LB: Unit = Unit {
+        mdc: 263_904,
+        ucum: "[lb_av]",
+    };
+    /// MDC_DIM_MILLI_G_PER_DL (term 2130), `mg/dL`: glucose concentration (mass).
+    pub const MILLI_G_PER_DL: Unit = Unit {
+        mdc: 264_274,
+        ucum: "mg/dL",
+    };
+    /// MDC_DIM_MILLI_MOLE_PER_L (term 4722), `mmol/L`: glucose concentration (amount).
+    pub const MILLI_MOLE_PER_L: Unit = Unit {
+        mdc: 266_866,
+        ucum: "mmol/L",
+    };
+    /// MDC_DIM_CENTI_M (term 1297), `cm`: body height.
+    pub const CENTI_M: Unit = Unit {
+        mdc: 263_441,
+        ucum: "cm",
+    };
+    /// MDC_DIM_INCH (term 1376), `[in_i]` (international inch): body height.
+    pub const INCH: Unit = Unit {
+        mdc: 263_520,
+        ucum: "[in_i]",
+    };
+    /// MDC_DIM_KG_PER_M_SQ (term 1952), `kg/m2`: body mass index.
+    pub const KG_PER_M_SQ: Unit = Unit {
+        mdc: 264_096,
+        ucum: "kg/m2",
+    };
+    /// MDC_DIM_MILLI_SEC (term 2194), `ms`: RR intervals.
+    ///
+    /// Not in PROTOCOLS.md §E.2. Term 2194 (262144 + 2194 = 264338) as given by a C# MDC
+    /// enumeration and a Java MDC constant class, and an HL7 v2 OBX unit `264338^MDC_DIM_MILLI_SEC`
+    /// (public repositories, found by search; one Go table says 2177 and was outvoted).
+    pub const MILLI_SEC: Unit = Unit {
+        mdc: 264_338,
+        ucum: "ms",
+    };
+
     /// Every unit this crate emits; used to map a stored unit code back to its UCUM string.
-    pub const ALL: [Unit; 6] = [
+    pub const ALL: [Unit; 16] = [
         Unit::PERCENT,
         Unit::BEAT_PER_MIN,
         Unit::RESP_PER_MIN,
         Unit::MMHG,
         Unit::DEGC,
         Unit::DIMLESS,
+        Unit::KILO_PASCAL,
+        Unit::FAHR,
+        Unit::KILO_G,
+        Unit::LB,
+        Unit::MILLI_G_PER_DL,
+        Unit::MILLI_MOLE_PER_L,
+        Unit::CENTI_M,
+        Unit::INCH,
+        Unit::KG_PER_M_SQ,
+        Unit::MILLI_SEC,
     ];
 
     /// The unit with MDC code `mdc`, if this crate knows it.
@@ -124,6 +189,57 @@ pub mod mdc {
     pub const IBP_DIA: u32 = 150_018;
     /// MDC_PRESS_BLD_MEAN, invasive mean, mmHg.
     pub const IBP_MEAN: u32 = 150_019;
+
+    // --- BLE health profiles (PROTOCOLS.md §E.2 unless stated otherwise) ---
+
+    /// MDC_MASS_BODY_ACTUAL (term 57664), body weight, kg or lb.
+    pub const BODY_WEIGHT: u32 = 188_736;
+    /// MDC_LEN_BODY_ACTUAL (term 57668), body height, cm or in.
+    pub const BODY_HEIGHT: u32 = 188_740;
+    /// MDC_RATIO_MASS_BODY_LEN_SQ (term 57680), body mass index, kg/m².
+    pub const BMI: u32 = 188_752;
+    /// MDC_CONC_GLU_CAPILLARY_WHOLEBLOOD (term 29112), glucose, capillary whole blood.
+    pub const GLU_CAPILLARY_WHOLEBLOOD: u32 = 160_184;
+    /// MDC_CONC_GLU_UNDETERMINED_PLASMA (term 29296), glucose, undetermined plasma.
+    pub const GLU_UNDETERMINED_PLASMA: u32 = 160_368;
+    /// MDC_ATTR_VAL_BATT_CHARGE (partition 1, term 2460), battery charge, %.
+    pub const BATTERY_CHARGE: u32 = 67_996;
+
+    // Not in PROTOCOLS.md §E.2: terms from signove/antidote-derived MDC tables in public
+    // repositories (Java `Nomenclature` classes and C headers listing the glucometer terms
+    // 28948–29140, a C# MDC enumeration for 29292/29296, 57436 and 16168), checked by the
+    // partition arithmetic 2·65536 + term. 160364/160368 agree with the HL7 PHD example for
+    // undetermined plasma.
+
+    /// MDC_CONC_GLU_GEN (term 28948), glucose, sample type not stated.
+    pub const GLU_GEN: u32 = 160_020;
+    /// MDC_CONC_GLU_CAPILLARY_PLASMA (term 29116).
+    pub const GLU_CAPILLARY_PLASMA: u32 = 160_188;
+    /// MDC_CONC_GLU_VENOUS_WHOLEBLOOD (term 29120).
+    pub const GLU_VENOUS_WHOLEBLOOD: u32 = 160_192;
+    /// MDC_CONC_GLU_VENOUS_PLASMA (term 29124).
+    pub const GLU_VENOUS_PLASMA: u32 = 160_196;
+    /// MDC_CONC_GLU_ARTERIAL_WHOLEBLOOD (term 29128).
+    pub const GLU_ARTERIAL_WHOLEBLOOD: u32 = 160_200;
+    /// MDC_CONC_GLU_ARTERIAL_PLASMA (term 29132).
+    pub const GLU_ARTERIAL_PLASMA: u32 = 160_204;
+    /// MDC_CONC_GLU_CONTROL (term 29136): a control-solution test, not a patient value.
+    pub const GLU_CONTROL: u32 = 160_208;
+    /// MDC_CONC_GLU_ISF (term 29140), glucose in interstitial fluid.
+    pub const GLU_ISF: u32 = 160_212;
+    /// MDC_CONC_GLU_UNDETERMINED_WHOLEBLOOD (term 29292).
+    pub const GLU_UNDETERMINED_WHOLEBLOOD: u32 = 160_364;
+    /// MDC_ECG_TIME_PD_RR_GL (term 16168), RR interval, ms. The MII (German Medical
+    /// Informatics Initiative) cardiology FHIR examples use 147240 with UCUM `ms`.
+    pub const RR_INTERVAL: u32 = 147_240;
+    /// MDC_PRESS_CUFF (term 19228), current cuff pressure during inflation/deflation, mmHg or
+    /// kPa (BLE Intermediate Cuff Pressure). Source: an OpenICE/MD PnP DDS constant table
+    /// (`MDC_PRESS_CUFF = 19228`, `_SYS` 19229, `_MEAN` 19231), consistent with HL7 v2 OBX
+    /// lines `150301^MDC_PRESS_CUFF_SYS`.
+    pub const CUFF_PRESSURE: u32 = 150_300;
+    /// MDC_TEMP_ROOM (term 57436), ambient temperature, °C: used for a beacon's own temperature
+    /// sensor (Eddystone TLM, BTHome). Two public sources agree on 188508.
+    pub const TEMP_ROOM: u32 = 188_508;
 }
 
 /// How trustworthy an observation's time is.

@@ -57,6 +57,15 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Show what the gateway is doing: daemon, uplink and its last error, queue depth and age.
+    Status {
+        /// Gateway config file.
+        #[arg(long, short, default_value = "/etc/wardgate/wardgate.toml")]
+        config: PathBuf,
+        /// Machine-readable JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// The upstream side: subscribe, verify, dedup, store durably, ack.
     Receive {
         /// Receiver config file.
@@ -201,6 +210,20 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::Status { config, json } => {
+            let cfg = crate::config::load(&config)?;
+            crate::config::take_warnings();
+            let report = crate::status::report(&cfg.store.path);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!(
+                    "{}",
+                    crate::status::render(&report, cfg.gateway.id.get_ref())
+                );
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Receive { config } => {
             let cfg = crate::config::load_receiver(&config)?;

@@ -37,6 +37,7 @@ pub struct Running {
     adapter_tasks: Vec<tokio::task::JoinHandle<()>>,
     writer_task: tokio::task::JoinHandle<()>,
     uplink_task: tokio::task::JoinHandle<()>,
+    status_task: tokio::task::JoinHandle<()>,
 }
 
 /// Starts the gateway described by a validated config.
@@ -81,8 +82,11 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     ));
     let mut adapters = Vec::new();
     let mut adapter_tasks = Vec::new();
+    let mut serial_adapters = Vec::new();
     for s in &cfg.serial {
-        let adapter: Arc<dyn Adapter> = Arc::new(SerialAdapter::new(s.clone()));
+        let serial = Arc::new(SerialAdapter::new(s.clone()));
+        serial_adapters.push(serial.clone());
+        let adapter: Arc<dyn Adapter> = serial;
         let health = Arc::new(AdapterHealth::default());
         adapters.push((adapter.name().to_owned(), health.clone()));
         adapter_tasks.push(tokio::spawn(supervise(
@@ -100,7 +104,16 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         UplinkSettings::from_config(cfg, tls),
         wake,
     );
-    let uplink_task = tokio::spawn(uplink.run(shutdown_rx));
+    let uplink_task = tokio::spawn(uplink.run(shutdown_rx.clone()));
+    let status_task = tokio::spawn(write_status(
+        cfg.store.path.clone(),
+        cfg.gateway.id.get_ref().clone(),
+        uplink_status.clone(),
+        writer.clone(),
+        adapters.clone(),
+        serial_adapters,
+        shutdown_rx,
+    ));
     log::info!(
         "wardgate {} started: gateway {} ({} serial devices), store {}",
         env!("CARGO_PKG_VERSION"),
@@ -118,6 +131,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         adapter_tasks,
         writer_task,
         uplink_task,
+        status_task,
     })
 }
 
@@ -130,6 +144,7 @@ impl Running {
         }
         let _ = self.writer_task.await;
         let _ = self.uplink_task.await;
+        let _ = self.status_task.await;
     }
 }
 
@@ -143,4 +158,60 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     running.stop().await;
     Ok(())
+}
+
+/// Writes the `status.json` snapshot for `wardgate status` every 2 s until shutdown (and once
+/// more on the way out).
+async fn write_status(
+    store_path: std::path::PathBuf,
+    gateway: String,
+    uplink: watch::Receiver<UplinkStatus>,
+    writer: Arc<WriterStats>,
+    adapters: Vec<(String, Arc<AdapterHealth>)>,
+    serial: Vec<Arc<SerialAdapter>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use std::sync::atomic::Ordering;
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        let stop = tokio::select! {
+            _ = tick.tick() => false,
+            _ = shutdown.changed() => true,
+        };
+        let snap = crate::status::Snapshot {
+            written_ms: wardgate_adapters::observation::now_ms(),
+            stopped: stop,
+            gateway: gateway.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            uplink: uplink.borrow().clone(),
+            devices: writer
+                .per_device
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            adapters: adapters
+                .iter()
+                .map(|(name, h)| crate::status::AdapterSnapshot {
+                    name: name.clone(),
+                    failures: h.failures.load(Ordering::Relaxed),
+                    restarts: h.restarts.load(Ordering::Relaxed),
+                    serial: serial
+                        .iter()
+                        .find(|a| a.name() == name)
+                        .and_then(|a| serde_json::to_value(a.stats()).ok())
+                        .and_then(|v| serde_json::from_value(v).ok()),
+                })
+                .collect(),
+        };
+        let path = store_path.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(e) = crate::status::write_snapshot(&path, &snap) {
+                log::debug!("cannot write status snapshot: {e}");
+            }
+        })
+        .await;
+        if stop {
+            return;
+        }
+    }
 }

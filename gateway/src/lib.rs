@@ -29,6 +29,7 @@ pub mod pipeline;
 pub mod pki;
 pub mod receive;
 pub mod signing;
+pub mod status;
 pub mod store;
 pub mod supervisor;
 pub mod telemetry;

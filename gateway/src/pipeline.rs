@@ -31,7 +31,7 @@ pub struct WriterOptions {
 }
 
 /// Per-device counts of what the writer accepted.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeviceCounts {
     /// Observations committed to the store.
     pub observations: u64,

@@ -119,6 +119,27 @@ fn broker_certificate_from_an_unknown_ca_is_refused_logged_once_and_data_is_buff
         s.unacked_batches, 0,
         "nothing was handed to a broker it does not trust"
     );
+    // `wardgate status` shows the installer the same reason and the waiting data.
+    wait_for(
+        "status to show the refused uplink",
+        Duration::from_secs(10),
+        || {
+            let mut cmd = std::process::Command::new(BIN);
+            cmd.arg("status").arg("--config").arg(&cfg);
+            let out = wardgate_e2e::process::run(cmd, b"", Duration::from_secs(10))?;
+            Ok(out.status.success()
+                && out.stdout.contains("daemon:   running")
+                && out.stdout.contains("uplink:   DISCONNECTED")
+                && out.stdout.contains("not signed by the configured CA")
+                && out
+                    .stdout
+                    .lines()
+                    .find_map(|l| l.strip_prefix("store:    "))
+                    .and_then(|l| l.split(' ').next()?.parse::<u64>().ok())
+                    .is_some_and(|rows| rows >= want))
+        },
+    )
+    .unwrap();
     replay.wait_done(Duration::from_secs(10)).unwrap();
     assert!(gateway
         .terminate(Duration::from_secs(10))

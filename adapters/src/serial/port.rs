@@ -160,7 +160,7 @@ pub fn check_line_settings(wanted: &LineSettings, actual: &LineSettings) -> Resu
 }
 
 /// A snapshot of a [`SerialAdapter`]'s counters (cumulative over the adapter's life).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SerialStats {
     /// Well-formed frames (packages, messages, lines) decoded, see [`Protocol::frames_ok`].
     pub frames_ok: u64,

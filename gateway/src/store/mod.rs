@@ -120,7 +120,7 @@ pub struct OpenReport {
 }
 
 /// Figures for `status` and the heartbeat.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StoreStats {
     /// Rows (observations and events) not yet acknowledged.
     pub queued: u64,

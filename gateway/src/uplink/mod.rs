@@ -81,7 +81,7 @@ impl UplinkSettings {
 }
 
 /// What the uplink is doing, for status and heartbeat.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UplinkStatus {
     /// Whether an MQTT session is up.
     pub connected: bool,

@@ -1,0 +1,207 @@
+//! `wardgate status`: what the gateway is doing, for an installer (text) or a script (`--json`).
+//!
+//! The running daemon writes a snapshot, `status.json` beside the store, every 2 s (atomically:
+//! temp file + rename). `wardgate status` reads that snapshot and the store itself (read-only),
+//! so it works whether the daemon runs or not and needs no socket or privileges beyond reading
+//! the state directory.
+
+use crate::pipeline::DeviceCounts;
+use crate::store::StoreStats;
+use crate::uplink::UplinkStatus;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use wardgate_adapters::observation::now_ms;
+
+/// How old a snapshot may be while the daemon still counts as running (it writes every 2 s).
+pub const FRESH_MS: i64 = 10_000;
+
+/// Health of one adapter.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AdapterSnapshot {
+    /// Configured name.
+    pub name: String,
+    /// Runs that ended in an error or a panic.
+    pub failures: u64,
+    /// Restarts by the supervisor.
+    pub restarts: u64,
+    /// Serial adapters: frames decoded, frame errors, connects, disconnects (else absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<BTreeMap<String, u64>>,
+}
+
+/// The snapshot the daemon writes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// When it was written, ms since the Unix epoch.
+    pub written_ms: i64,
+    /// Set in the last snapshot of a daemon that shut down cleanly.
+    #[serde(default)]
+    pub stopped: bool,
+    /// Gateway id.
+    pub gateway: String,
+    /// `wardgate` version.
+    pub version: String,
+    /// The uplink.
+    pub uplink: UplinkStatus,
+    /// Rows accepted per device since the daemon started.
+    pub devices: BTreeMap<String, DeviceCounts>,
+    /// Adapters.
+    pub adapters: Vec<AdapterSnapshot>,
+}
+
+/// The path of the snapshot for a store at `store_path`.
+pub fn snapshot_path(store_path: &Path) -> PathBuf {
+    store_path.with_file_name("status.json")
+}
+
+/// Writes `snap` atomically beside the store.
+pub fn write_snapshot(store_path: &Path, snap: &Snapshot) -> std::io::Result<()> {
+    let path = snapshot_path(store_path);
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(snap)?)?;
+    std::fs::rename(tmp, path)
+}
+
+/// What `wardgate status` reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// Whether a fresh snapshot shows the daemon running.
+    pub running: bool,
+    /// The daemon's last snapshot, if any.
+    pub snapshot: Option<Snapshot>,
+    /// The store read directly (queue depth and age, bytes), if it exists.
+    pub store: Option<StoreStats>,
+}
+
+/// Reads the store (read-only, no recovery, no writes) for queue depth and age.
+pub fn read_store(path: &Path) -> rusqlite::Result<StoreStats> {
+    let c =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let (queued, oldest): (i64, Option<i64>) =
+        c.query_row("SELECT count(*), min(gateway_time) FROM queue", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let unacked: i64 = c.query_row("SELECT count(*) FROM batches", [], |r| r.get(0))?;
+    let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    let free: i64 = c.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+    let size: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    Ok(StoreStats {
+        queued: queued as u64,
+        oldest_ms: oldest,
+        unacked_batches: unacked as u64,
+        bytes: ((pages - free).max(0) * size) as u64,
+        dropped: 0,
+    })
+}
+
+/// Gathers the report for a gateway whose store is at `store_path`.
+pub fn report(store_path: &Path) -> Report {
+    let snapshot: Option<Snapshot> = std::fs::read(snapshot_path(store_path))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let running = snapshot
+        .as_ref()
+        .is_some_and(|s| !s.stopped && now_ms() - s.written_ms < FRESH_MS);
+    let store = store_path
+        .exists()
+        .then(|| read_store(store_path).ok())
+        .flatten();
+    Report {
+        running,
+        snapshot,
+        store,
+    }
+}
+
+fn ago(ms: i64) -> String {
+    let s = (now_ms() - ms).max(0) / 1000;
+    match s {
+        0..=119 => format!("{s} s ago"),
+        120..=7199 => format!("{} min ago", s / 60),
+        _ => format!("{} h ago", s / 3600),
+    }
+}
+
+/// The report as text for an installer.
+pub fn render(r: &Report, gateway: &str) -> String {
+    let mut out = String::new();
+    let mut line = |s: String| {
+        out.push_str(&s);
+        out.push('\n');
+    };
+    line(format!("gateway {gateway}"));
+    match &r.snapshot {
+        Some(s) if r.running => line(format!(
+            "daemon:   running (wardgate {}, status {})",
+            s.version,
+            ago(s.written_ms)
+        )),
+        Some(s) if s.stopped => line(format!(
+            "daemon:   NOT RUNNING (stopped {})",
+            ago(s.written_ms)
+        )),
+        Some(s) => line(format!(
+            "daemon:   NOT RUNNING (last status {}; killed or hung?)",
+            ago(s.written_ms)
+        )),
+        None => line("daemon:   NOT RUNNING (no status written yet)".into()),
+    }
+    if let Some(s) = &r.snapshot {
+        let u = &s.uplink;
+        if u.connected && r.running {
+            line("uplink:   connected".into());
+        } else {
+            line(format!(
+                "uplink:   DISCONNECTED{}",
+                u.last_error
+                    .as_ref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ));
+        }
+        line(format!(
+            "          {} batches sent ({} re-sent), {} acknowledged, {} connection failures",
+            u.batches_sent, u.batches_resent, u.batches_acked, u.connection_failures
+        ));
+    }
+    match &r.store {
+        Some(st) => line(format!(
+            "store:    {} rows queued{}, {} batches awaiting acknowledgement, {:.1} MB",
+            st.queued,
+            st.oldest_ms
+                .map(|t| format!(" (oldest {})", ago(t)))
+                .unwrap_or_default(),
+            st.unacked_batches,
+            st.bytes as f64 / 1e6
+        )),
+        None => line("store:    not created yet".into()),
+    }
+    if let Some(s) = &r.snapshot {
+        for a in &s.adapters {
+            let serial = a
+                .serial
+                .as_ref()
+                .map(|m| {
+                    format!(
+                        ", {} frames, {} frame errors, {} disconnects",
+                        m.get("frames_ok").unwrap_or(&0),
+                        m.get("frame_errors").unwrap_or(&0),
+                        m.get("disconnects").unwrap_or(&0)
+                    )
+                })
+                .unwrap_or_default();
+            line(format!(
+                "adapter:  {} ({} failures, {} restarts{serial})",
+                a.name, a.failures, a.restarts
+            ));
+        }
+        for (d, c) in &s.devices {
+            line(format!(
+                "device:   {d}: {} observations, {} events accepted since start",
+                c.observations, c.events
+            ));
+        }
+    }
+    out
+}
