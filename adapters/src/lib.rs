@@ -18,6 +18,7 @@
 
 #![warn(missing_docs)]
 
+pub mod ble;
 pub mod observation;
 pub mod serial;
 

@@ -375,8 +375,103 @@ fn main() {
             interval.as_millis(),
             p(0.99) - interval.as_millis() as i64
         );
+        drop(tx);
         gw.stop().await;
         let _ = sub.disconnect().await;
         println!("peak RSS of the bench process (pipeline + subscriber): {} KiB", vm_hwm_kib());
+
+        // 4. Peak RSS of the real daemon with 50 serial devices.
+        rss_with_devices(&env, env_u64("BENCH_DEVICES", 50) as usize, Duration::from_secs(env_u64("BENCH_RSS_SECS", 20)));
     });
+}
+
+/// Runs the real `wardgate run` (release build) with `n` serial devices, each a pty replaying the
+/// Ivy 450C ANSAR-B recording at 9600 baud (about 18 observations/s per device), delivering to
+/// mosquitto, and reports the daemon's peak RSS (VmHWM) after `secs`.
+fn rss_with_devices(env: &Env, n: usize, secs: Duration) {
+    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/wardgate");
+    if !bin.exists() {
+        println!(
+            "rss: skipped ({} not built; run `cargo build --release -p wardgate` first)",
+            bin.display()
+        );
+        return;
+    }
+    let d = env.dir.path();
+    std::fs::create_dir_all(d.join("dev")).unwrap();
+    let mut cfg = format!(
+        "version = 1\n[gateway]\nid = \"gw-rss\"\nsite = \"bench\"\nward = \"w1\"\n[store]\npath = \"rss.db\"\n[uplink]\nhost = \"127.0.0.1\"\nport = {}\nca = \"ca.pem\"\ncert = \"gateway.pem\"\nkey = \"gateway.key\"\nack = \"broker\"\n",
+        env.port
+    );
+    let mut ports = Vec::new();
+    for i in 0..n {
+        let link = d.join("dev").join(format!("bed{i}"));
+        ports.push(wardgate::devsim::SimulatedPort::open(&link, None).unwrap());
+        cfg.push_str(&format!(
+            "[[serial]]\nname = \"bed{i}\"\npath = \"dev/bed{i}\"\nprotocol = \"ansar-b\"\n"
+        ));
+    }
+    std::fs::write(d.join("rss.toml"), cfg).unwrap();
+    let mut child = Command::new(&bin)
+        .arg("run")
+        .arg("--config")
+        .arg(d.join("rss.toml"))
+        .env("WARDGATE_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut feeders = Vec::new();
+    for mut p in ports {
+        let stop = stop.clone();
+        feeders.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if p.replay(
+                    wardgate::demo::IVY450C_RECORDING,
+                    wardgate::devsim::Pace::Baud(9600),
+                    1.0,
+                    Duration::from_secs(5),
+                )
+                .is_err()
+                {
+                    break;
+                }
+            }
+        }));
+    }
+    std::thread::sleep(secs);
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("?")
+            .to_owned()
+    };
+    let cpu = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
+    let f: Vec<&str> = cpu
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    println!(
+        "daemon with {n} serial devices (~{} observations/s) after {} s: peak RSS {} KiB, RSS now {} KiB, CPU {:.1} % of one core",
+        n * 18,
+        secs.as_secs(),
+        field("VmHWM:"),
+        field("VmRSS:"),
+        ticks / 100.0 / secs.as_secs_f64() * 100.0
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+    stop.store(true, Ordering::Relaxed);
+    drop(feeders);
 }

@@ -40,12 +40,18 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Decode a recording (`--protocol P FILE`) into JSON lines of observations.
+    /// Decode a recording (`--protocol P FILE`) or one BLE payload (`--profile NAME HEX`) into
+    /// JSON lines of observations.
     Decode {
         /// Serial protocol: cms50, ansar-b or masimo.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "profile")]
         protocol: Option<String>,
-        /// The recording (raw bytes, or ASCII hex).
+        /// BLE decoder: heart-rate, blood-pressure, cuff-pressure, thermometer, plx-spot,
+        /// plx-continuous, weight, glucose, battery, ibeacon, eddystone, bthome, advertisement.
+        #[arg(long)]
+        profile: Option<String>,
+        /// The recording (raw bytes, or ASCII hex); with --profile, the payload in hex (HEX).
+        #[arg(value_name = "FILE|HEX")]
         file: PathBuf,
     },
     /// Verify COSE_Sign1 batch messages against a gateway certificate; print payloads as JSON lines.
@@ -146,11 +152,32 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Command::Decode { protocol, file } => {
+        Command::Decode {
+            protocol,
+            profile,
+            file,
+        } => {
+            if let Some(profile) = profile {
+                let hex = file
+                    .to_str()
+                    .ok_or_else(|| UsageError(format!("HEX `{}` is not text", file.display())))?;
+                let stdout = std::io::stdout();
+                let mut out = std::io::BufWriter::new(stdout.lock());
+                let summary =
+                    crate::decode::decode_profile(&profile, hex, &mut out, &mut std::io::stderr())?;
+                out.flush()?;
+                return Ok(if summary.errors > 0 {
+                    ExitCode::from(1)
+                } else {
+                    ExitCode::SUCCESS
+                });
+            }
             let Some(protocol) = protocol else {
-                return Err(
-                    UsageError("decode needs --protocol cms50|ansar-b|masimo".into()).into(),
-                );
+                return Err(UsageError(
+                    "decode needs --protocol cms50|ansar-b|masimo FILE, or --profile NAME HEX"
+                        .into(),
+                )
+                .into());
             };
             let mut input = std::fs::File::open(&file)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;

@@ -2,10 +2,18 @@
 //! adapter uses and prints one JSON line per observation (`code`, `value`, `unit`, `ucum`,
 //! `device`, `status`, `device_time`). Decoder errors go to stderr as `FILE: byte offset N:
 //! message`; the device's reported identity as `FILE: device reports serial number S`.
+//!
+//! `wardgate decode --profile NAME HEX`: decodes one BLE payload (a GATT notification value or
+//! an advertisement field) with the pure decoders of `wardgate_adapters::ble` and prints the
+//! same observation lines with `device` = `hex`; beacon formats first print one
+//! `{"device":"hex","presence":{…}}` line. Errors: `hex: byte offset N: message` on stderr.
 
 use serde_json::json;
 use std::io::Write;
 use std::path::Path;
+use wardgate_adapters::ble::advertisement::{self as adv, Beacon};
+use wardgate_adapters::ble::profiles::glucose;
+use wardgate_adapters::ble::{DecodeError, Profile, Reading};
 use wardgate_adapters::serial::protocols::{self, Decoded};
 use wardgate_adapters::serial::ProtocolName;
 
@@ -135,4 +143,301 @@ pub fn decode_protocol(
         )?;
     }
     Ok(summary)
+}
+
+/// Beacon and advertisement formats `--profile` accepts besides the GATT [`Profile`]s.
+pub const ADVERTISEMENT_PROFILES: [&str; 4] = ["ibeacon", "eddystone", "bthome", "advertisement"];
+
+/// Every `--profile` name, comma-separated (for usage messages).
+pub fn profile_names() -> String {
+    Profile::ALL
+        .iter()
+        .map(|p| p.name())
+        .chain(ADVERTISEMENT_PROFILES)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Parses the HEX argument: hex digits, optionally prefixed `0x`, optionally separated by
+/// spaces, `:` or `-` (as BLE tools print them). The error's offset is the payload byte where
+/// the bad digit sits.
+pub fn parse_hex_arg(arg: &str) -> Result<Vec<u8>, DecodeError> {
+    let trimmed = arg.trim();
+    let body = trimmed
+        .strip_prefix("0x")
+        .or_else(|| trimmed.strip_prefix("0X"))
+        .unwrap_or(trimmed);
+    let mut digits = Vec::with_capacity(body.len());
+    for c in body.chars() {
+        if c.is_ascii_whitespace() || c == ':' || c == '-' {
+            continue;
+        }
+        let Some(d) = c.to_digit(16) else {
+            return Err(DecodeError::new(
+                digits.len() / 2,
+                format!("`{c}` is not a hex digit"),
+            ));
+        };
+        digits.push(d as u8);
+    }
+    if digits.len() % 2 == 1 {
+        return Err(DecodeError::new(
+            digits.len() / 2,
+            "odd number of hex digits (last byte cut off)",
+        ));
+    }
+    Ok(digits.chunks_exact(2).map(|p| p[0] << 4 | p[1]).collect())
+}
+
+fn observation_line(r: &Reading) -> serde_json::Value {
+    let mut line = json!({
+        "device": "hex", "code": r.code, "value": r.value, "unit": r.unit.mdc, "ucum": r.unit.ucum, "status": r.status,
+    });
+    if let Some(t) = &r.device_time {
+        line["device_time"] = t.clone().into();
+    }
+    line
+}
+
+/// The payload after an optional 2-byte little-endian identifier (company id or service UUID)
+/// equal to `id`, and the offset where it starts.
+fn strip_id(bytes: &[u8], id: u16) -> (&[u8], usize) {
+    match bytes {
+        [a, b, rest @ ..] if u16::from_le_bytes([*a, *b]) == id => (rest, 2),
+        _ => (bytes, 0),
+    }
+}
+
+/// What [`decode_profile`] found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ProfileSummary {
+    /// Observation lines printed.
+    pub observations: u64,
+    /// Presence lines printed (beacon formats).
+    pub presence: u64,
+    /// Decode errors printed (0 or, for `advertisement`, one per bad frame).
+    pub errors: u64,
+}
+
+/// Decodes one BLE payload given as hex with the decoder named `profile` (see
+/// [`profile_names`]), writing JSON lines to `out` and `hex: byte offset N: message` lines to
+/// `err`.
+///
+/// - GATT profiles (`heart-rate` … `battery`): the characteristic value.
+/// - `ibeacon`: Apple manufacturer data after the company id (`02 15 …`), with or without
+///   the `4c 00` company id in front.
+/// - `eddystone` / `bthome`: the service data, with or without the 16-bit UUID (`aa fe` /
+///   `d2 fc`) in front.
+/// - `advertisement`: a whole advertising payload (AD structures); prints an
+///   `{"device":"hex","advertisement":{…}}` line, then every recognised beacon.
+///
+/// Errors: an unknown profile name ([`crate::cli::UsageError`]); write failures.
+pub fn decode_profile(
+    profile: &str,
+    hex_arg: &str,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<ProfileSummary> {
+    let gatt = Profile::from_name(profile);
+    if gatt.is_none() && !ADVERTISEMENT_PROFILES.contains(&profile) {
+        return Err(crate::cli::UsageError(format!(
+            "unknown profile `{profile}`: expected one of {}",
+            profile_names()
+        ))
+        .into());
+    }
+    let mut summary = ProfileSummary::default();
+    let bytes = match parse_hex_arg(hex_arg) {
+        Ok(b) => b,
+        Err(e) => {
+            writeln!(err, "hex: {e}")?;
+            summary.errors += 1;
+            return Ok(summary);
+        }
+    };
+    let mut beacons: Vec<Beacon> = Vec::new();
+    let mut problems: Vec<DecodeError> = Vec::new();
+    let mut readings: Vec<Reading> = Vec::new();
+    let mut extra: Option<(&str, serde_json::Value)> = None;
+    let shifted = |e: DecodeError, by: usize| DecodeError::new(e.offset + by, e.message);
+    match (gatt, profile) {
+        (Some(Profile::Glucose), _) => match glucose::parse(&bytes) {
+            Ok(m) => {
+                for r in glucose::readings(&m) {
+                    let mut line = observation_line(&r);
+                    line["sequence"] = m.sequence.into();
+                    writeln!(out, "{line}")?;
+                    summary.observations += 1;
+                }
+            }
+            Err(e) => problems.push(e),
+        },
+        (Some(p), _) => match p.decode(&bytes) {
+            Ok(r) if r.is_empty() => writeln!(
+                err,
+                "hex: no observations: only special values (NaN, NRes, ±INF) or an unsuccessful measurement"
+            )?,
+            Ok(r) => readings = r,
+            Err(e) => problems.push(e),
+        },
+        (None, "ibeacon") => {
+            let (payload, at) = strip_id(&bytes, adv::COMPANY_APPLE);
+            match adv::parse_ibeacon(payload) {
+                Ok(b) => beacons.push(Beacon::IBeacon(b)),
+                Err(e) => problems.push(shifted(e, at)),
+            }
+        }
+        (None, "eddystone") => {
+            let (payload, at) = strip_id(&bytes, adv::UUID_EDDYSTONE);
+            match adv::parse_eddystone(payload) {
+                Ok(b) => beacons.push(Beacon::Eddystone(b)),
+                Err(e) => problems.push(shifted(e, at)),
+            }
+        }
+        (None, "bthome") => {
+            let (payload, at) = strip_id(&bytes, adv::UUID_BTHOME);
+            match adv::parse_bthome(payload) {
+                Ok(b) => beacons.push(Beacon::BtHome(b)),
+                Err(e) => problems.push(shifted(e, at)),
+            }
+        }
+        _ => {
+            match adv::decode_advertisement(&bytes) {
+                Ok(a) => {
+                    let u16s = |v: &[(u16, Vec<u8>)], key: &str| -> Vec<serde_json::Value> {
+                        v.iter()
+                        .map(|(id, d)| json!({ key: format!("0x{id:04x}"), "data": hex::encode(d) }))
+                        .collect()
+                    };
+                    extra = Some((
+                        "advertisement",
+                        json!({
+                            "flags": a.flags,
+                            "service_uuids16": a.service_uuids16.iter().map(|u| format!("0x{u:04x}")).collect::<Vec<_>>(),
+                            "local_name": a.local_name,
+                            "tx_power_dbm": a.tx_power,
+                            "manufacturer_data": u16s(&a.manufacturer_data, "company"),
+                            "service_data": u16s(&a.service_data16, "uuid"),
+                        }),
+                    ));
+                    beacons = a.beacons;
+                    problems = a.problems;
+                }
+                Err(e) => problems.push(e),
+            }
+        }
+    }
+    if let Some((key, v)) = extra {
+        let mut line = json!({ "device": "hex" });
+        line[key] = v;
+        writeln!(out, "{line}")?;
+    }
+    for b in &beacons {
+        writeln!(
+            out,
+            "{}",
+            json!({ "device": "hex", "presence": b.presence() })
+        )?;
+        summary.presence += 1;
+        readings.extend(b.readings());
+    }
+    for r in &readings {
+        writeln!(out, "{}", observation_line(r))?;
+        summary.observations += 1;
+    }
+    for e in &problems {
+        writeln!(err, "hex: {e}")?;
+        summary.errors += 1;
+    }
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(profile: &str, hex: &str) -> (String, String, ProfileSummary) {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let s = decode_profile(profile, hex, &mut out, &mut err).unwrap();
+        (
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+            s,
+        )
+    }
+
+    #[test]
+    fn hex_argument_forms() {
+        assert_eq!(
+            parse_hex_arg("0x10-4E:D2 02").unwrap(),
+            [0x10, 0x4e, 0xd2, 0x02]
+        );
+        assert_eq!(parse_hex_arg("").unwrap(), Vec::<u8>::new());
+        let e = parse_hex_arg("10 4g").unwrap_err();
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (1, "`g` is not a hex digit")
+        );
+        assert_eq!(parse_hex_arg("104").unwrap_err().offset, 1);
+    }
+
+    #[test]
+    fn gatt_profile_lines() {
+        let (out, err, s) = run("heart-rate", "104ed202c802");
+        assert_eq!(s.observations, 3);
+        assert!(err.is_empty());
+        let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+        assert_eq!(
+            first,
+            json!({"device":"hex","code":147842,"value":78.0,"unit":264864,"ucum":"/min","status":[]})
+        );
+        let (_, err, s) = run("blood-pressure", "03020304050607");
+        assert_eq!(s.errors, 1);
+        assert_eq!(
+            err,
+            "hex: byte offset 7: time stamp: needs 7 bytes, 0 left\n"
+        );
+    }
+
+    #[test]
+    fn glucose_carries_sequence() {
+        let (out, _, s) = run("glucose", "1b0700e207041a0b091e1e005ab0110100");
+        assert_eq!(s.observations, 1);
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(v["sequence"], 7);
+        assert_eq!(v["device_time"], "2018-04-26T11:39:30");
+    }
+
+    #[test]
+    fn beacon_profiles() {
+        let (out, _, s) = run(
+            "ibeacon",
+            "4c000215a495bb70c5b14b44b5121370f02d74de005806c8c5",
+        );
+        assert_eq!((s.presence, s.observations), (1, 0));
+        assert!(out.contains("\"major\":88"));
+        let (_, err, _) = run("ibeacon", "4c001015a495");
+        assert_eq!(
+            err,
+            "hex: byte offset 2: not an iBeacon: type/length 10 15, expected 02 15\n"
+        );
+        let (out, _, s) = run("eddystone", "aafe20000b1813000000146700002ac4");
+        assert_eq!((s.presence, s.observations), (1, 1));
+        assert!(out.contains("\"battery_mv\":2840"));
+        let (out, _, s) = run("bthome", "4002ca0903bf13");
+        assert_eq!(s.observations, 1);
+        assert!(out.contains("\"humidity\""));
+        let (out, _, s) = run(
+            "advertisement",
+            "02010603020d1807ff6b003b1b5452020a001209506f6c6172204837204437393034433134",
+        );
+        assert_eq!((s.presence, s.errors), (0, 0));
+        assert!(out.contains("Polar H7 D7904C14"), "{out}");
+    }
+
+    #[test]
+    fn unknown_profile_is_a_usage_error() {
+        let e = decode_profile("nope", "00", &mut Vec::new(), &mut Vec::new()).unwrap_err();
+        assert!(e.downcast_ref::<crate::cli::UsageError>().is_some());
+    }
 }
