@@ -343,7 +343,7 @@ impl Uplink {
                     Some(n) => store.load_batch(n)?,
                     None => store.next_batch(max)?,
                 };
-                Ok(batch.map(|b| (b.number, signer.sign(b.to_payload(&origin).to_cbor()))))
+                Ok(batch.map(|b| (b.number, signer.sign(b.encode_payload(&origin)))))
             })
             .await?;
             let Some((number, bytes)) = signed else {
