@@ -3,13 +3,17 @@
 //! Shutdown order: adapters stop first (their senders drop), the writer drains and commits what
 //! is left in the channel, then the uplink publishes `offline` and disconnects. A kill -9 at any
 //! point loses nothing accepted: the store is the source of truth.
+//!
+//! Under systemd (`NOTIFY_SOCKET` set) a sibling task sends `READY=1` once everything is started,
+//! `STATUS=` every 2 s, `WATCHDOG=1` while the writer and the uplink loop make progress, and
+//! `STOPPING=1` on shutdown (see [`crate::sd_notify`]).
 
 use crate::config::Config;
 use crate::pipeline::{run_writer, WriterOptions, WriterStats};
 use crate::signing::Signer;
 use crate::store::{OpenReport, Store, StoreOptions};
 use crate::supervisor::{supervise, AdapterHealth};
-use crate::uplink::{Uplink, UplinkSettings, UplinkStatus};
+use crate::uplink::{LoopBeat, Uplink, UplinkSettings, UplinkStatus};
 use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +42,10 @@ pub struct Running {
     writer_task: tokio::task::JoinHandle<()>,
     uplink_task: tokio::task::JoinHandle<()>,
     status_task: tokio::task::JoinHandle<()>,
+    notify_task: tokio::task::JoinHandle<()>,
+    /// Keeps the writer running (idle ticks, retention, watchdog progress) even with no adapter;
+    /// dropped in [`Running::stop`] once the adapters have stopped.
+    writer_keepalive: mpsc::Sender<wardgate_adapters::AdapterEvent>,
 }
 
 /// Starts the gateway described by a validated config.
@@ -63,11 +71,24 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     let (store, open_report) =
         tokio::task::spawn_blocking(move || Store::open(&path, opts)).await??;
     let store = Arc::new(store);
+    let notifier = crate::sd_notify::Notifier::from_env();
+    let watchdog = notifier
+        .is_enabled()
+        .then(crate::sd_notify::watchdog_from_env)
+        .flatten();
+    if let Some(w) = watchdog {
+        log::info!("systemd watchdog: {w:?}; WATCHDOG=1 only while the writer and uplink progress");
+    }
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (_clock_tx, clock_rx) = watch::channel(true);
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let wake = Arc::new(Notify::new());
     let writer = Arc::new(WriterStats::default());
+    // Opening the store is the writer's first progress (the watchdog's starting point).
+    writer.last_progress_ms.store(
+        wardgate_adapters::observation::now_ms() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let writer_task = tokio::spawn(run_writer(
         store.clone(),
         rx,
@@ -75,7 +96,8 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
             commit_interval: Duration::from_millis(cfg.store.commit_interval_ms),
             commit_max_rows: cfg.store.commit_max_rows,
             batch_max: cfg.uplink.batch_max,
-            retention_every: Duration::from_secs(10),
+            // Also the writer's idle tick: kept well inside the watchdog period.
+            retention_every: crate::sd_notify::writer_tick(watchdog),
         },
         wake.clone(),
         writer.clone(),
@@ -97,13 +119,16 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
             health,
         )));
     }
-    drop(tx);
+    let writer_keepalive = tx;
     let (uplink, uplink_status) = Uplink::new(
         store.clone(),
         signer,
         UplinkSettings::from_config(cfg, tls),
         wake,
     );
+    let uplink_beat = Arc::new(LoopBeat::default());
+    uplink_beat.beat();
+    let uplink = uplink.with_beat(uplink_beat.clone());
     let uplink_task = tokio::spawn(uplink.run(shutdown_rx.clone()));
     let status_task = tokio::spawn(write_status(
         cfg.store.path.clone(),
@@ -112,6 +137,19 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         writer.clone(),
         adapters.clone(),
         serial_adapters,
+        shutdown_rx.clone(),
+    ));
+    // Last: READY=1 means the store is open and every task above has started.
+    let notify_task = tokio::spawn(crate::sd_notify::run(
+        notifier,
+        watchdog,
+        crate::sd_notify::Watched {
+            writer: writer.clone(),
+            uplink_beat,
+            uplink: uplink_status.clone(),
+            store: store.clone(),
+            devices: cfg.serial.len(),
+        },
         shutdown_rx,
     ));
     log::info!(
@@ -132,6 +170,8 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         writer_task,
         uplink_task,
         status_task,
+        notify_task,
+        writer_keepalive,
     })
 }
 
@@ -142,9 +182,11 @@ impl Running {
         for t in self.adapter_tasks {
             let _ = t.await;
         }
+        drop(self.writer_keepalive);
         let _ = self.writer_task.await;
         let _ = self.uplink_task.await;
         let _ = self.status_task.await;
+        let _ = self.notify_task.await;
     }
 }
 

@@ -13,6 +13,7 @@
 //! - [`pipeline`]: drains adapter events into the store with group commit.
 //! - [`supervisor`]: runs adapters, restarts them with capped backoff and jitter.
 //! - [`daemon`]: `wardgate run`.
+//! - [`sd_notify`]: systemd `READY`/`STATUS`/`STOPPING` and a watchdog tied to real progress.
 //! - [`receive`]: `wardgate receive`, the upstream side (verify, dedup, store durably, ack).
 //! - [`broker`]: a small embedded MQTT broker for `wardgate demo`.
 //! - [`demo`]: `wardgate demo`, the whole chain on loopback with recorded real devices.
@@ -28,6 +29,7 @@ pub mod devsim;
 pub mod pipeline;
 pub mod pki;
 pub mod receive;
+pub mod sd_notify;
 pub mod signing;
 pub mod status;
 pub mod store;

@@ -48,7 +48,8 @@ pub struct WriterStats {
     pub rows: AtomicU64,
     /// Commit attempts that failed (rows kept and retried).
     pub failed_commits: AtomicU64,
-    /// Unix ms of the last successful commit or idle tick: progress for the watchdog.
+    /// Unix ms of the last commit (or retried failed commit) or idle tick: progress for the
+    /// watchdog.
     pub last_progress_ms: AtomicU64,
     /// Accepted counts per device id.
     pub per_device: Mutex<BTreeMap<String, DeviceCounts>>,
@@ -136,6 +137,9 @@ pub async fn run_writer(
             }
             Ok((rows, Err(e))) => {
                 stats.failed_commits.fetch_add(1, Ordering::Relaxed);
+                // The writer is alive and retrying: that is progress for the watchdog (a restart
+                // would not cure a full disk and would lose these uncommitted rows).
+                stats.last_progress_ms.store(now_ms() as u64, Ordering::Relaxed);
                 log::error!(
                     "{e}; keeping {} rows in memory and retrying in 1 s",
                     rows.len()

@@ -23,6 +23,8 @@ use crate::supervisor::Backoff;
 use inflight::InflightTracker;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, Transport};
 use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
@@ -80,6 +82,34 @@ impl UplinkSettings {
     }
 }
 
+/// How often the uplink loop beats while it waits (connecting, backoff, idle session).
+pub const BEAT_EVERY: Duration = Duration::from_secs(1);
+
+/// Proof that the uplink loop is turning, for the systemd watchdog ([`crate::sd_notify`]).
+///
+/// The uplink stores the time (Unix ms) on every iteration of its session loop and at least every
+/// [`BEAT_EVERY`] while connecting or waiting out the reconnect backoff, so an unreachable broker
+/// keeps it fresh and a hung task or runtime lets it go stale.
+#[derive(Debug, Default)]
+pub struct LoopBeat {
+    last_ms: AtomicU64,
+}
+
+impl LoopBeat {
+    /// Records a turn of the loop now.
+    pub fn beat(&self) {
+        self.last_ms.store(
+            wardgate_adapters::observation::now_ms() as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Unix ms of the last turn; 0 before the first.
+    pub fn last_ms(&self) -> u64 {
+        self.last_ms.load(Ordering::Relaxed)
+    }
+}
+
 /// What the uplink is doing, for status and heartbeat.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UplinkStatus {
@@ -109,6 +139,8 @@ pub struct Uplink {
     status: watch::Sender<UplinkStatus>,
     /// Woken by the pipeline when a full batch is pending, so batches need not wait for the tick.
     wake: Arc<Notify>,
+    /// Beaten by the loop; read by the watchdog.
+    beat: Arc<LoopBeat>,
 }
 
 impl Uplink {
@@ -127,9 +159,29 @@ impl Uplink {
                 settings,
                 status,
                 wake,
+                beat: Arc::default(),
             },
             rx,
         )
+    }
+
+    /// Shares `beat` with the watchdog: the uplink loop beats it (see [`LoopBeat`]). Without
+    /// this call the uplink beats a private one nobody reads.
+    pub fn with_beat(mut self, beat: Arc<LoopBeat>) -> Uplink {
+        self.beat = beat;
+        self
+    }
+
+    /// Awaits `fut`, beating every [`BEAT_EVERY`] meanwhile: a long wait is not a hang.
+    async fn beating<F: Future>(&self, fut: F) -> F::Output {
+        tokio::pin!(fut);
+        let mut tick = tokio::time::interval(BEAT_EVERY);
+        loop {
+            tokio::select! {
+                out = &mut fut => return out,
+                _ = tick.tick() => self.beat.beat(),
+            }
+        }
     }
 
     fn mqtt_options(&self) -> MqttOptions {
@@ -156,6 +208,7 @@ impl Uplink {
         let mut backoff = Backoff::new(Duration::from_millis(500), self.settings.backoff_max);
         let mut last_logged: Option<String> = None;
         loop {
+            self.beat.beat();
             if *shutdown.borrow() {
                 return;
             }
@@ -182,9 +235,16 @@ impl Uplink {
                         s.connection_failures += 1;
                     });
                     let wait = backoff.next_delay();
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = shutdown.changed() => return,
+                    let stop = self
+                        .beating(async {
+                            tokio::select! {
+                                _ = tokio::time::sleep(wait) => false,
+                                _ = shutdown.changed() => true,
+                            }
+                        })
+                        .await;
+                    if stop {
+                        return;
                     }
                 }
             }
@@ -205,12 +265,19 @@ impl Uplink {
                 }
             }
         };
-        tokio::select! {
-            r = tokio::time::timeout(s.keepalive.max(Duration::from_secs(5)) * 2, connect) => match r {
-                Ok(r) => r?,
-                Err(_) => return Err("timed out waiting for the broker's CONNACK".into()),
-            },
-            _ = shutdown.changed() => return Ok(()),
+        let connect_timeout = s.keepalive.max(Duration::from_secs(5)) * 2;
+        let connected = self
+            .beating(async {
+                tokio::select! {
+                    r = tokio::time::timeout(connect_timeout, connect) => Some(r),
+                    _ = shutdown.changed() => None,
+                }
+            })
+            .await;
+        match connected {
+            Some(Ok(r)) => r?,
+            Some(Err(_)) => return Err("timed out waiting for the broker's CONNACK".into()),
+            None => return Ok(()),
         }
         log::info!(
             "uplink connected to {}:{} ({} ack mode)",
@@ -241,8 +308,12 @@ impl Uplink {
         let batch_topic = topics::batch(&s.origin);
         let mut tick = tokio::time::interval(s.batch_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut beat_tick = tokio::time::interval(BEAT_EVERY);
+        beat_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            self.beat.beat();
             tokio::select! {
+                _ = beat_tick.tick() => {}
                 ev = el.poll() => {
                     let ev = ev.map_err(|e| crate::tls::explain(&e))?;
                     self.handle_event(ev, &mut tracker, &ack_topic).await?;
