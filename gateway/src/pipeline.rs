@@ -116,13 +116,19 @@ pub async fn run_writer(
                 {
                     let mut per = stats.per_device.lock().unwrap_or_else(|p| p.into_inner());
                     for r in &rows {
-                        match r {
-                            AdapterEvent::Observation(o) => {
-                                per.entry(o.device.0.clone()).or_default().observations += 1
-                            }
-                            AdapterEvent::Event(e) => {
-                                per.entry(e.device.0.clone()).or_default().events += 1
-                            }
+                        let (device, is_obs) = match r {
+                            AdapterEvent::Observation(o) => (&o.device.0, true),
+                            AdapterEvent::Event(e) => (&e.device.0, false),
+                        };
+                        // Look up before inserting: no String copy per row on the hot path.
+                        let counts = match per.get_mut(device.as_str()) {
+                            Some(c) => c,
+                            None => per.entry(device.clone()).or_default(),
+                        };
+                        if is_obs {
+                            counts.observations += 1;
+                        } else {
+                            counts.events += 1;
                         }
                     }
                 }
@@ -139,7 +145,9 @@ pub async fn run_writer(
                 stats.failed_commits.fetch_add(1, Ordering::Relaxed);
                 // The writer is alive and retrying: that is progress for the watchdog (a restart
                 // would not cure a full disk and would lose these uncommitted rows).
-                stats.last_progress_ms.store(now_ms() as u64, Ordering::Relaxed);
+                stats
+                    .last_progress_ms
+                    .store(now_ms() as u64, Ordering::Relaxed);
                 log::error!(
                     "{e}; keeping {} rows in memory and retrying in 1 s",
                     rows.len()

@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS queue(
     status       TEXT,
     detail       TEXT
 );
-CREATE INDEX IF NOT EXISTS queue_class_seq ON queue(class, seq);
+-- No index on class: retention (rare) scans by seq; every append would pay for one.
+DROP INDEX IF EXISTS queue_class_seq;
 CREATE TABLE IF NOT EXISTS batches(
     number     INTEGER PRIMARY KEY,
     first_seq  INTEGER NOT NULL,
