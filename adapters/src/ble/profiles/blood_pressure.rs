@@ -162,18 +162,20 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<Reading>, DecodeError> {
     push_med(&mut out, mdc::NIBP_SYS, m.systolic, 0, u, &t, &st);
     push_med(&mut out, mdc::NIBP_DIA, m.diastolic, 0, u, &t, &st);
     push_med(&mut out, mdc::NIBP_MEAN, m.mean, 0, u, &t, &st);
-    if let Some(p) = m.pulse_rate {
-        push_med(
-            &mut out,
-            mdc::PULSE_RATE_NIBP,
-            p,
-            0,
-            Unit::BEAT_PER_MIN,
-            &t,
-            &st,
-        );
-    }
+    push_pulse(&mut out, &m, &t, &st);
     Ok(out)
+}
+
+/// The pulse rate (MDC_PULS_RATE_NON_INV, /min) of a measurement, when the flags say it is present.
+fn push_pulse(
+    out: &mut Vec<Reading>,
+    m: &BloodPressureMeasurement,
+    t: &Option<String>,
+    st: &[String],
+) {
+    if let Some(p) = m.pulse_rate {
+        push_med(out, mdc::PULSE_RATE_NIBP, p, 0, Unit::BEAT_PER_MIN, t, st);
+    }
 }
 
 /// Decodes an Intermediate Cuff Pressure (0x2A36): the current cuff pressure
@@ -191,17 +193,7 @@ pub fn decode_intermediate_cuff(bytes: &[u8]) -> Result<Vec<Reading>, DecodeErro
         &t,
         &st,
     );
-    if let Some(p) = m.pulse_rate {
-        push_med(
-            &mut out,
-            mdc::PULSE_RATE_NIBP,
-            p,
-            0,
-            Unit::BEAT_PER_MIN,
-            &t,
-            &st,
-        );
-    }
+    push_pulse(&mut out, &m, &t, &st);
     Ok(out)
 }
 
