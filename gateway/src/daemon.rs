@@ -225,7 +225,12 @@ async fn write_status(
             stopped: stop,
             gateway: gateway.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
-            uplink: uplink.borrow().clone(),
+            uplink: {
+                let mut u = uplink.borrow().clone();
+                // After shutdown nothing is connected, whatever the last state was.
+                u.connected &= !stop;
+                u
+            },
             devices: writer
                 .per_device
                 .lock()

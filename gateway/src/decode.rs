@@ -84,7 +84,9 @@ pub fn decode_protocol(
     let mut hex_mode: Option<bool> = None;
     let mut carry: Option<u8> = None;
     loop {
-        let n = input.read(&mut buf)?;
+        let n = input
+            .read(&mut buf)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
         if n == 0 {
             break;
         }

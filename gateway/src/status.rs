@@ -198,7 +198,7 @@ pub fn render(r: &Report, gateway: &str) -> String {
         }
         for (d, c) in &s.devices {
             line(format!(
-                "device:   {d}: {} observations, {} events accepted since start",
+                "device:   {d}: accepted since start: observations {}, events {}",
                 c.observations, c.events
             ));
         }

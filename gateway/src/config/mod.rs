@@ -425,7 +425,9 @@ pub fn parse_any(path: &Path, text: &str) -> Result<AnyConfig, Diagnostics> {
             if s.path.is_relative() {
                 s.path = base.join(&s.path);
             }
-            if let Some(other) = paths.insert(s.path.clone(), s.name.clone()) {
+            // Compare where the paths lead (by-id symlink vs /dev/ttyUSB0 is the realistic mix-up).
+            let real = std::fs::canonicalize(&s.path).unwrap_or_else(|_| s.path.clone());
+            if let Some(other) = paths.insert(real, s.name.clone()) {
                 v.at(
                     at("path"),
                     format!(
