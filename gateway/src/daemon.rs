@@ -215,11 +215,32 @@ async fn write_status(
 ) {
     use std::sync::atomic::Ordering;
     let mut tick = tokio::time::interval(Duration::from_secs(2));
+    // Liveness from the writer's counts: a device whose accepted rows grew since the last
+    // snapshot was seen (within the last 2 s). Monotonic time: a clock step changes nothing.
+    let mut liveness = crate::liveness::LivenessTracker::new();
+    let mut previous: std::collections::BTreeMap<String, u64> = Default::default();
     loop {
         let stop = tokio::select! {
             _ = tick.tick() => false,
             _ = shutdown.changed() => true,
         };
+        let devices = writer
+            .per_device
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let now = std::time::Instant::now();
+        let mut transitions = Vec::new();
+        for (d, c) in &devices {
+            let total = c.observations + c.events;
+            if previous.insert(d.clone(), total).unwrap_or(0) < total {
+                transitions.extend(liveness.seen(d, now));
+            }
+        }
+        transitions.extend(liveness.tick(now));
+        for t in &transitions {
+            log::info!("{t}");
+        }
         let snap = crate::status::Snapshot {
             written_ms: wardgate_adapters::observation::now_ms(),
             stopped: stop,
@@ -231,11 +252,11 @@ async fn write_status(
                 u.connected &= !stop;
                 u
             },
-            devices: writer
-                .per_device
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
+            devices,
+            liveness: liveness
+                .states()
+                .map(|(d, st)| (d.to_owned(), st.as_str().to_owned()))
+                .collect(),
             adapters: adapters
                 .iter()
                 .map(|(name, h)| crate::status::AdapterSnapshot {

@@ -10,6 +10,7 @@
 //! - [`signing`]: COSE_Sign1 signing and verification (`kid` = SHA-256 of the certificate SPKI).
 //! - [`tls`]: rustls client configs (mutual TLS, ring provider).
 //! - [`uplink`]: store → sign → publish → delete on acknowledgement; reconnect with backoff.
+//! - [`liveness`]: per-device online → stale → offline (DESIGN §8), pure; the daemon feeds it.
 //! - [`pipeline`]: drains adapter events into the store with group commit.
 //! - [`supervisor`]: runs adapters, restarts them with capped backoff and jitter.
 //! - [`daemon`]: `wardgate run`.
@@ -26,6 +27,7 @@ pub mod daemon;
 pub mod decode;
 pub mod demo;
 pub mod devsim;
+pub mod liveness;
 pub mod pipeline;
 pub mod pki;
 pub mod receive;

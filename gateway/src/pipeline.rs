@@ -37,6 +37,10 @@ pub struct DeviceCounts {
     pub observations: u64,
     /// Device events committed to the store.
     pub events: u64,
+    /// Wall-clock Unix ms of the last commit with a row from this device (0: never). For display
+    /// only: liveness runs on a monotonic clock (see [`crate::liveness`]).
+    #[serde(default)]
+    pub last_seen_ms: i64,
 }
 
 /// What the writer has done, shared with status and the demo.
@@ -114,6 +118,7 @@ pub async fn run_writer(
                     .last_progress_ms
                     .store(now_ms() as u64, Ordering::Relaxed);
                 {
+                    let committed_ms = now_ms();
                     let mut per = stats.per_device.lock().unwrap_or_else(|p| p.into_inner());
                     for r in &rows {
                         let (device, is_obs) = match r {
@@ -125,6 +130,7 @@ pub async fn run_writer(
                             Some(c) => c,
                             None => per.entry(device.clone()).or_default(),
                         };
+                        counts.last_seen_ms = committed_ms;
                         if is_obs {
                             counts.observations += 1;
                         } else {

@@ -46,6 +46,10 @@ pub struct Snapshot {
     pub uplink: UplinkStatus,
     /// Rows accepted per device since the daemon started.
     pub devices: BTreeMap<String, DeviceCounts>,
+    /// Liveness per tracked device (`online`, `stale`, `offline`; see [`crate::liveness`]).
+    /// Absent in snapshots of older daemons.
+    #[serde(default)]
+    pub liveness: BTreeMap<String, String>,
     /// Adapters.
     pub adapters: Vec<AdapterSnapshot>,
 }
@@ -197,11 +201,81 @@ pub fn render(r: &Report, gateway: &str) -> String {
             ));
         }
         for (d, c) in &s.devices {
+            // A stopped or hung daemon's states are history: show only when it was last seen.
+            let state = s.liveness.get(d).filter(|_| r.running);
+            let seen = (c.last_seen_ms > 0).then(|| format!("last seen {}", ago(c.last_seen_ms)));
+            let head = match (state, seen) {
+                (Some(st), Some(seen)) => format!("{st} ({seen}), "),
+                (Some(st), None) => format!("{st}, "),
+                (None, Some(seen)) => format!("{seen}, "),
+                (None, None) => String::new(),
+            };
             line(format!(
-                "device:   {d}: accepted since start: observations {}, events {}",
+                "device:   {d}: {head}accepted since start: observations {}, events {}",
                 c.observations, c.events
             ));
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_without_liveness_or_last_seen_still_parses() {
+        // A snapshot as an older daemon wrote it: no `liveness`, no `last_seen_ms`.
+        let mut snap = Snapshot::default();
+        snap.devices
+            .insert("serial:bed1".into(), DeviceCounts::default());
+        let mut v = serde_json::to_value(&snap).unwrap();
+        v.as_object_mut().unwrap().remove("liveness").unwrap();
+        v["devices"]["serial:bed1"]
+            .as_object_mut()
+            .unwrap()
+            .remove("last_seen_ms")
+            .unwrap();
+        let s: Snapshot = serde_json::from_value(v).unwrap();
+        assert!(s.liveness.is_empty());
+        assert_eq!(s.devices["serial:bed1"].last_seen_ms, 0);
+    }
+
+    #[test]
+    fn status_shows_each_devices_state_and_when_it_was_last_seen() {
+        let now = now_ms();
+        let mut snap = Snapshot {
+            written_ms: now,
+            gateway: "g".into(),
+            ..Default::default()
+        };
+        snap.devices.insert(
+            "serial:bed1".into(),
+            DeviceCounts {
+                observations: 5,
+                events: 0,
+                last_seen_ms: now - 3_000,
+            },
+        );
+        snap.liveness.insert("serial:bed1".into(), "online".into());
+        let running = Report {
+            running: true,
+            snapshot: Some(snap.clone()),
+            store: None,
+        };
+        let text = render(&running, "g");
+        assert!(
+            text.contains("device:   serial:bed1: online (last seen 3 s ago), accepted"),
+            "{text}"
+        );
+        let stopped = Report {
+            running: false,
+            ..running
+        };
+        let text = render(&stopped, "g");
+        assert!(
+            text.contains("device:   serial:bed1: last seen 3 s ago, accepted"),
+            "{text}"
+        );
+    }
 }
