@@ -31,16 +31,11 @@ pub fn client_config(
     .with_client_auth_cert(chain, key)
     .map_err(|e| {
         SigningError::Key(format!(
-            "{} does not fit {}: {e}",
-            cert.display(),
-            key_name(&e)
+            "{} does not fit the private key: {e}",
+            cert.display()
         ))
     })?;
     Ok(Arc::new(cfg))
-}
-
-fn key_name(_: &rustls::Error) -> &'static str {
-    "the private key"
 }
 
 /// Turns a connection error into the sentence an installer needs, e.g. distinguishing an

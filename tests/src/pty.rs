@@ -103,6 +103,14 @@ pub struct Replayer {
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Replayer {
+    /// Opens each device's pty under `dev_dir` and a replayer for it, in order.
+    pub fn for_devices(dev_dir: &Path, devices: &[&Device]) -> Result<Vec<Replayer>> {
+        devices
+            .iter()
+            .map(|d| Ok(Replayer::new(&d.name, d.open_port(dev_dir)?)))
+            .collect()
+    }
+
     /// Takes over `port`.
     pub fn new(name: &str, mut port: SimulatedPort) -> Replayer {
         let (tx, rx) = mpsc::channel::<Cmd>();

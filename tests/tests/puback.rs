@@ -79,10 +79,7 @@ fn stream_while_receiver_away(
     opts.ack_timeout_s = 2;
     opts.devices = vec![cms.clone(), ivy.clone()];
     let gw_cfg = env.write_gateway_config(&opts).unwrap();
-    let mut rs: Vec<Replayer> = [cms, ivy]
-        .iter()
-        .map(|d| Replayer::new(&d.name, d.open_port(&env.dev_dir()).unwrap()))
-        .collect();
+    let mut rs: Vec<Replayer> = Replayer::for_devices(&env.dev_dir(), &[cms, ivy]).unwrap();
     let mut gateway = env.spawn_gateway(&gw_cfg).unwrap();
     // At 10× the recordings last 1.6 s: with 50 ms batches that is more batches than the
     // in-flight window (16), so the window is full of unacknowledged batches.
@@ -184,10 +181,7 @@ fn broker_pubacks_delayed_past_ack_timeout_and_keepalive_no_loss_no_renumbering(
     opts.ack_timeout_s = 2;
     opts.devices = vec![cms.clone(), ivy.clone()];
     let gw_cfg = env.write_gateway_config(&opts).unwrap();
-    let mut rs: Vec<Replayer> = [&cms, &ivy]
-        .iter()
-        .map(|d| Replayer::new(&d.name, d.open_port(&env.dev_dir()).unwrap()))
-        .collect();
+    let mut rs: Vec<Replayer> = Replayer::for_devices(&env.dev_dir(), &[&cms, &ivy]).unwrap();
     let mut gateway = env.spawn_gateway(&gw_cfg).unwrap();
     // ~8 s of data: the CMS50E at 1/4 of its pace (6.8 s), the Ivy at twice its baud rate.
     rs[0].play(&cms.recording, cms.pace, 0.25);

@@ -60,10 +60,7 @@ fn recordings_arrive_complete_with_their_values_through_mosquitto_and_verify_ind
     let gw_cfg = env.write_gateway_config(&opts).unwrap();
 
     let mut receiver = env.start_receiver(&ReceiverOptions::default()).unwrap();
-    let mut replays: Vec<Replayer> = [&cms, &ivy]
-        .iter()
-        .map(|d| Replayer::new(&d.name, d.open_port(&env.dev_dir()).unwrap()))
-        .collect();
+    let mut replays: Vec<Replayer> = Replayer::for_devices(&env.dev_dir(), &[&cms, &ivy]).unwrap();
     let mut gateway = env.spawn_gateway(&gw_cfg).unwrap();
     for (r, d) in replays.iter_mut().zip([&cms, &ivy]) {
         r.play(&d.recording, d.pace, SPEED);

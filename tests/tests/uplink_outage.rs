@@ -25,10 +25,7 @@ fn broker_down_for_10s_mid_stream_loses_nothing_and_duplicates_nothing() {
     opts.devices = vec![cms.clone(), ivy.clone()];
     let gw_cfg = env.write_gateway_config(&opts).unwrap();
     let mut receiver = env.start_receiver(&ReceiverOptions::default()).unwrap();
-    let mut replays: Vec<Replayer> = [&cms, &ivy]
-        .iter()
-        .map(|d| Replayer::new(&d.name, d.open_port(&env.dev_dir()).unwrap()))
-        .collect();
+    let mut replays: Vec<Replayer> = Replayer::for_devices(&env.dev_dir(), &[&cms, &ivy]).unwrap();
     let mut gateway = env.spawn_gateway(&gw_cfg).unwrap();
     replays[0].play(&cms.recording, cms.pace, 0.1);
     replays[1].play(&ivy.recording, ivy.pace, 1.0);

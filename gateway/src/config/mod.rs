@@ -557,22 +557,6 @@ fn find_key_in(
     None
 }
 
-#[allow(dead_code)]
-fn find_value(text: &str, key: &str, value: &str) -> Option<std::ops::Range<usize>> {
-    let quoted = format!("\"{value}\"");
-    let mut off = 0;
-    for line in text.split_inclusive('\n') {
-        let t = line.trim_start();
-        if t.starts_with(key) && t[key.len()..].trim_start().starts_with('=') {
-            if let Some(i) = line.find(&quoted) {
-                return Some(off + i..off + i + quoted.len());
-            }
-        }
-        off += line.len();
-    }
-    None
-}
-
 struct Validator<'a> {
     file: &'a Path,
     text: &'a str,
