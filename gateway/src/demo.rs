@@ -216,7 +216,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
         let done = expected
             .iter()
             .all(|(dev, n)| stats.delivered.get(dev).copied().unwrap_or(0) >= *n);
-        let queued = gateway.store.stats().map(|s| s.queued).unwrap_or(u64::MAX);
+        let queued = gateway.store.queued();
         if (done && queued == 0) || Instant::now() > deadline {
             break;
         }

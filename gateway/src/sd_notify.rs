@@ -180,13 +180,7 @@ pub async fn run(
         let store = w.store.clone();
         let uplink = w.uplink.borrow().clone();
         let devices = w.devices;
-        async move {
-            let queued = tokio::task::spawn_blocking(move || store.stats().ok().map(|s| s.queued))
-                .await
-                .ok()
-                .flatten();
-            status_line(&uplink, queued, devices)
-        }
+        async move { status_line(&uplink, Some(store.queued()), devices) }
     };
     notifier.send(&format!("READY=1\nSTATUS={}", status(&w).await));
     let mut status_tick = tokio::time::interval(STATUS_EVERY);

@@ -165,6 +165,9 @@ pub struct Store {
     opts: StoreOptions,
     /// Rows dropped by retention since open (reported in status).
     dropped: std::sync::atomic::AtomicU64,
+    /// Rows in `queue`: counted once at open, then kept by append, ack and retention, so status
+    /// and the systemd STATUS line never scan the table.
+    queued: std::sync::atomic::AtomicU64,
 }
 
 fn class_of(item: &AdapterEvent) -> Class {
@@ -221,11 +224,18 @@ impl Store {
                 })?
             }
         };
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM queue", [], |r| r.get(0))
+            .map_err(|e| StoreError::Sqlite {
+                path: path.into(),
+                source: e,
+            })?;
         let store = Store {
             conn: Mutex::new(conn),
             path: path.into(),
             opts,
             dropped: Default::default(),
+            queued: std::sync::atomic::AtomicU64::new(rows as u64),
         };
         if let Some((aside, reason)) = &report.quarantined {
             store.append(&[AdapterEvent::Event(DeviceEvent {
@@ -342,6 +352,8 @@ impl Store {
             }
         }
         tx.commit()?;
+        self.queued
+            .fetch_add(items.len() as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(first as u64..=last as u64)
     }
 
@@ -429,18 +441,25 @@ impl Store {
             let Some((first, last)) = batch_range(&tx, number)? else {
                 return Ok(false);
             };
-            tx.execute(
+            let deleted = tx.execute(
                 "DELETE FROM queue WHERE seq BETWEEN ?1 AND ?2",
                 [first, last],
             )?;
             tx.execute("DELETE FROM batches WHERE number=?1", [number as i64])?;
             tx.commit()?;
+            self.queued
+                .fetch_sub(deleted as u64, std::sync::atomic::Ordering::Relaxed);
             Ok(true)
         })();
         r.map_err(|e| self.err(e))
     }
 
-    /// Figures for status and heartbeat.
+    /// Rows (observations and events) not yet acknowledged, without touching the file.
+    pub fn queued(&self) -> u64 {
+        self.queued.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Figures for status and heartbeat (scans the queue: not for a hot path; see [`Self::queued`]).
     pub fn stats(&self) -> Result<StoreStats, StoreError> {
         let conn = self.lock();
         let r = (|| {
@@ -566,6 +585,8 @@ impl Store {
     fn record_drop(&self, r: &DropReport) -> Result<(), StoreError> {
         self.dropped
             .fetch_add(r.total(), std::sync::atomic::Ordering::Relaxed);
+        self.queued
+            .fetch_sub(r.total(), std::sync::atomic::Ordering::Relaxed);
         log::warn!(
             "store {}: retention ({}) dropped {} rows: {} waveform, {} numeric, {} events",
             self.path.display(),

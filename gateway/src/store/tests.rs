@@ -225,3 +225,24 @@ fn a_fresh_store_after_quarantine_numbers_above_the_old_one() {
     assert!(*r.start() > old_seq, "{} must exceed {old_seq}", r.start());
     assert!(s.next_batch(10).unwrap().unwrap().number > old_batch);
 }
+
+#[test]
+fn the_queued_counter_matches_the_table_through_append_ack_retention_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        max_bytes: 64 * 1024,
+        ..Default::default()
+    };
+    let (s, _) = Store::open(&dir.path().join("store.db"), opts.clone()).unwrap();
+    let rows: Vec<_> = (0..3000).map(|i| obs("d", mdc::PLETH, i as f64)).collect();
+    s.append(&rows).unwrap();
+    let b = s.next_batch(100).unwrap().unwrap();
+    s.ack(b.number).unwrap();
+    s.enforce_retention(now_ms())
+        .unwrap()
+        .expect("over the limit");
+    assert_eq!(s.queued(), s.stats().unwrap().queued);
+    drop(s);
+    let (s, _) = Store::open(&dir.path().join("store.db"), opts).unwrap();
+    assert_eq!(s.queued(), s.stats().unwrap().queued);
+}
