@@ -297,6 +297,34 @@ pub struct Observation {
     pub status: Vec<String>,
 }
 
+impl Observation {
+    /// Stamps a decoded reading: `gateway_time` = [`now_ms`], `time_quality` = `device` when the
+    /// device sent its own time stamp, else `synced`/`unsynced` from `clock_synced`.
+    pub fn from_reading(
+        device: DeviceId,
+        r: crate::serial::protocols::Reading,
+        clock_synced: bool,
+    ) -> Observation {
+        let time_quality = if r.device_time.is_some() {
+            TimeQuality::Device
+        } else if clock_synced {
+            TimeQuality::Synced
+        } else {
+            TimeQuality::Unsynced
+        };
+        Observation {
+            device,
+            code: r.code,
+            value: r.value,
+            unit: r.unit,
+            device_time: r.device_time,
+            gateway_time: now_ms(),
+            time_quality,
+            status: r.status,
+        }
+    }
+}
+
 /// What a device event is about (DESIGN §3): travels the same path as observations.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -72,6 +72,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Pair and bond a BLE device (installer command; the daemon itself never pairs). Requires
+    /// LE Secure Connections and a passkey or numeric comparison unless told otherwise.
+    Pair {
+        /// The device's Bluetooth address as it advertises now (AA:BB:CC:DD:EE:FF).
+        address: String,
+        /// BlueZ adapter.
+        #[arg(long, default_value = "hci0")]
+        adapter: String,
+        /// Accept Just Works pairing (devices with neither display nor keyboard; no MITM protection).
+        #[arg(long)]
+        allow_just_works: bool,
+        /// Accept a BlueZ that allows LE legacy pairing (SecureConnections is not `only`).
+        #[arg(long)]
+        allow_legacy_pairing: bool,
+        /// BlueZ's main.conf, checked for `SecureConnections = only`.
+        #[arg(long, default_value = "/etc/bluetooth/main.conf", hide = true)]
+        bluez_main_conf: PathBuf,
+        /// Seconds to look for the device and to wait for the pairing.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
     /// The upstream side: subscribe, verify, dedup, store durably, ack.
     Receive {
         /// Receiver config file.
@@ -250,6 +271,26 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                     crate::status::render(&report, cfg.gateway.id.get_ref())
                 );
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pair {
+            address,
+            adapter,
+            allow_just_works,
+            allow_legacy_pairing,
+            bluez_main_conf,
+            timeout,
+        } => {
+            let address = wardgate_adapters::ble::config::Address::parse(&address)
+                .map_err(|e| UsageError(e))?;
+            runtime()?.block_on(crate::pair::pair(crate::pair::PairOptions {
+                address,
+                adapter,
+                allow_just_works,
+                allow_legacy: allow_legacy_pairing,
+                bluez_main_conf,
+                timeout: std::time::Duration::from_secs(timeout.max(1)),
+            }))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Receive { config } => {

@@ -18,6 +18,7 @@ use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify};
+use wardgate_adapters::ble::central::{BleAdapter, BleStats};
 use wardgate_adapters::serial::SerialAdapter;
 use wardgate_adapters::Adapter;
 
@@ -119,6 +120,21 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
             health,
         )));
     }
+    let mut ble_stats = None;
+    if let Some(b) = &cfg.ble {
+        let ble = Arc::new(BleAdapter::new(b.clone()));
+        ble_stats = Some(ble.stats());
+        let adapter: Arc<dyn Adapter> = ble;
+        let health = Arc::new(AdapterHealth::default());
+        adapters.push((adapter.name().to_owned(), health.clone()));
+        adapter_tasks.push(tokio::spawn(supervise(
+            adapter,
+            tx.clone(),
+            shutdown_rx.clone(),
+            clock_rx.clone(),
+            health,
+        )));
+    }
     let writer_keepalive = tx;
     let (uplink, uplink_status) = Uplink::new(
         store.clone(),
@@ -137,6 +153,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         writer.clone(),
         adapters.clone(),
         serial_adapters,
+        ble_stats,
         shutdown_rx.clone(),
     ));
     // Last: READY=1 means the store is open and every task above has started.
@@ -148,15 +165,16 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
             uplink_beat,
             uplink: uplink_status.clone(),
             store: store.clone(),
-            devices: cfg.serial.len(),
+            devices: cfg.serial.len() + cfg.ble.as_ref().map_or(0, |b| b.devices.len()),
         },
         shutdown_rx,
     ));
     log::info!(
-        "wardgate {} started: gateway {} ({} serial devices), store {}",
+        "wardgate {} started: gateway {} ({} serial devices, {} BLE devices), store {}",
         env!("CARGO_PKG_VERSION"),
         cfg.gateway.id.get_ref(),
         cfg.serial.len(),
+        cfg.ble.as_ref().map_or(0, |b| b.devices.len()),
         cfg.store.path.display()
     );
     Ok(Running {
@@ -211,6 +229,7 @@ async fn write_status(
     writer: Arc<WriterStats>,
     adapters: Vec<(String, Arc<AdapterHealth>)>,
     serial: Vec<Arc<SerialAdapter>>,
+    ble: Option<Arc<BleStats>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     use std::sync::atomic::Ordering;
@@ -267,6 +286,11 @@ async fn write_status(
                         .iter()
                         .find(|a| a.name() == name)
                         .and_then(|a| serde_json::to_value(a.stats()).ok())
+                        .and_then(|v| serde_json::from_value(v).ok()),
+                    ble: ble
+                        .as_ref()
+                        .filter(|_| name == "ble")
+                        .and_then(|b| serde_json::to_value(&**b).ok())
                         .and_then(|v| serde_json::from_value(v).ok()),
                 })
                 .collect(),

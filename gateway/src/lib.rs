@@ -28,6 +28,7 @@ pub mod decode;
 pub mod demo;
 pub mod devsim;
 pub mod liveness;
+pub mod pair;
 pub mod pipeline;
 pub mod pki;
 pub mod receive;

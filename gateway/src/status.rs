@@ -28,6 +28,10 @@ pub struct AdapterSnapshot {
     /// Serial adapters: frames decoded, frame errors, connects, disconnects (else absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<BTreeMap<String, u64>>,
+    /// The BLE adapter: advertisements, refused devices, pruned, connects, subscriptions,
+    /// notifications, decode errors (see `wardgate_adapters::ble::central::BleStats`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ble: Option<BTreeMap<String, u64>>,
 }
 
 /// The snapshot the daemon writes.
@@ -195,8 +199,20 @@ pub fn render(r: &Report, gateway: &str) -> String {
                     )
                 })
                 .unwrap_or_default();
+            let ble = a
+                .ble
+                .as_ref()
+                .map(|m| {
+                    let g = |k: &str| m.get(k).copied().unwrap_or(0);
+                    format!(
+                        ", {} advertisements, {} refused sightings ({} reported), {} connects, {} subscriptions, {} notifications, {} decode errors",
+                        g("advertisements"), g("rejected"), g("rejected_events"), g("connects"),
+                        g("subscriptions"), g("notifications"), g("decode_errors")
+                    )
+                })
+                .unwrap_or_default();
             line(format!(
-                "adapter:  {} ({} failures, {} restarts{serial})",
+                "adapter:  {} ({} failures, {} restarts{serial}{ble})",
                 a.name, a.failures, a.restarts
             ));
         }

@@ -13,8 +13,13 @@
 //! keep it as a [`sfloat::MedFloat`] status, and the `decode` functions emit no [`Reading`] for it.
 
 pub mod advertisement;
+pub mod bluez;
+pub mod central;
+pub mod config;
+pub mod presence;
 pub mod profiles;
 pub mod sfloat;
+pub mod vendor;
 
 pub use crate::serial::protocols::Reading;
 pub use profiles::Profile;

@@ -50,7 +50,7 @@
 
 use super::config::{Parity, SerialConfig};
 use super::protocols::{self, Decoded, Protocol, Reading};
-use crate::observation::{now_ms, DeviceEvent, DeviceId, EventKind, Observation, TimeQuality};
+use crate::observation::{now_ms, DeviceEvent, DeviceId, EventKind, Observation};
 use crate::{Adapter, AdapterContext, AdapterError, AdapterEvent, DeviceCommand, RunFuture};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -682,23 +682,7 @@ impl SerialAdapter {
     }
 
     fn observation(&self, r: Reading, clock_synced: bool) -> Observation {
-        let time_quality = if r.device_time.is_some() {
-            TimeQuality::Device
-        } else if clock_synced {
-            TimeQuality::Synced
-        } else {
-            TimeQuality::Unsynced
-        };
-        Observation {
-            device: self.device.clone(),
-            code: r.code,
-            value: r.value,
-            unit: r.unit,
-            device_time: r.device_time,
-            gateway_time: now_ms(),
-            time_quality,
-            status: r.status,
-        }
+        Observation::from_reading(self.device.clone(), r, clock_synced)
     }
 }
 

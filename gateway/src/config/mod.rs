@@ -17,6 +17,7 @@ pub use diagnostic::{Diagnostic, Diagnostics};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
+use wardgate_adapters::ble::config::BleConfig;
 use wardgate_adapters::serial::SerialConfig;
 
 /// The configuration format version this build understands.
@@ -38,6 +39,9 @@ pub struct Config {
     /// Serial bedside devices.
     #[serde(default)]
     pub serial: Vec<SerialConfig>,
+    /// BLE devices, tags and vendor profiles (`[ble]`, `[[ble.device]]`, `[[ble.tag]]`,
+    /// `[[ble.vendor_profile]]`); absent: no BLE adapter runs.
+    pub ble: Option<BleConfig>,
 }
 
 /// `[gateway]`: identity. Each value appears in MQTT topics, so `/`, `+`, `#` are refused.
@@ -443,6 +447,11 @@ pub fn parse_any(path: &Path, text: &str) -> Result<AnyConfig, Diagnostics> {
                 v.warn(span, format!("serial `{}`: {p} can be renumbered at reboot; use its /dev/serial/by-id/ path so data cannot land on another bed's device", s.name));
             }
         }
+        if let Some(ble) = &c.ble {
+            for (key, message) in ble.problems() {
+                v.at(ble_span(text, &key), message);
+            }
+        }
         if c.uplink.keepalive_s > 65_535 {
             v.problems.push(Diagnostic::at(
                 path,
@@ -481,6 +490,22 @@ pub fn parse_any(path: &Path, text: &str) -> Result<AnyConfig, Diagnostics> {
         }
         v.finish(AnyConfig::Gateway(Box::new(c)))
     }
+}
+
+/// Where a [`BleConfig::problems`] key (`device[2].address`, `tag[0].window_s`, `adapter`)
+/// points in the file: the key's value in the right `[[ble.…]]` entry, else the entry, else
+/// the `[ble]` header.
+fn ble_span(text: &str, key: &str) -> Option<std::ops::Range<usize>> {
+    let (entry, field) = key.split_once('.').unwrap_or((key, ""));
+    let ble = tables(text, "[ble]").first().cloned();
+    if let Some((kind, idx)) = entry.split_once('[') {
+        let idx: usize = idx.trim_end_matches(']').parse().ok()?;
+        let table = tables(text, &format!("[[ble.{kind}]]")).get(idx).cloned()?;
+        return find_key_in(text, table.clone(), field)
+            .or(Some(table.start..table.start + 1));
+    }
+    let ble = ble.unwrap_or(0..1);
+    find_key_in(text, ble.clone(), entry).or(Some(ble.start..ble.start + 1))
 }
 
 fn resolve(base: &Path, p: &mut Spanned<PathBuf>) {

@@ -412,3 +412,26 @@ mod tests {
         );
     }
 }
+
+/// Record Access Control Point (0x2A52) request "Report stored records" (op code 0x01):
+/// all records (operator 0x01) when `from` is `None`, else records whose sequence number is
+/// greater than or equal to `from` (operator 0x03, filter type 0x01 = sequence number, u16 LE).
+/// Source: Glucose Profile / GSS §3.186 (Record Access Control Point), PROTOCOLS.md §C.2.
+pub fn racp_request(from: Option<u16>) -> Vec<u8> {
+    match from {
+        None => vec![0x01, 0x01],
+        Some(s) => {
+            let [lo, hi] = s.to_le_bytes();
+            vec![0x01, 0x03, 0x01, lo, hi]
+        }
+    }
+}
+
+#[cfg(test)]
+mod racp_tests {
+    #[test]
+    fn racp_requests() {
+        assert_eq!(super::racp_request(None), [0x01, 0x01]);
+        assert_eq!(super::racp_request(Some(0x0102)), [0x01, 0x03, 0x01, 0x02, 0x01]);
+    }
+}
