@@ -6,6 +6,7 @@
 //! | [`sfloat`] | IEEE 11073-20601 SFLOAT (16-bit) and FLOAT (32-bit) | IEEE 11073-20601 §F.8; Bluetooth GATT Specification Supplement (GSS) §2.2 "medfloat16/medfloat32"; HL7 PHD FLOATS.md (PROTOCOLS.md §C.1) |
 //! | [`profiles`] | Heart Rate, Blood Pressure, Health Thermometer, Pulse Oximeter, Weight Scale, Glucose, Battery | GSS §3 characteristic definitions and the profile/service specifications cited per module (PROTOCOLS.md §C.2) |
 //! | [`advertisement`] | AD structures, iBeacon, Eddystone, BTHome v2 (plain, or encrypted with a key), vendor frames seen in `data/real/ble/` | Bluetooth Core Specification Supplement (CSS) Part A; PROTOCOLS.md §D |
+//! | [`presence`] | asset-tag presence: one summary (count, RSSI min/median/max) per tag and window instead of every advertisement; bounded tags (LRU eviction) and samples (exact RSSI histogram) | BLE RSSI range: Core Specification Vol 4 Part E §7.7.65.2 (HCI LE Advertising Report, RSSI −127..+20 dBm, 127 = not available); PROTOCOLS.md §D.4 |
 //! | [`bthome_crypto`] | BTHome v2 AES-128-CCM: nonce, decrypt/authenticate (4-byte MIC), counter for replay protection, encrypt for simulators | <https://bthome.io/encryption>; Bluetooth-Devices/bthome-ble `bthome_v2_encryption.py`, `parser.py` |
 //!
 //! Contract (the crate's): decoders never panic on any input (property-tested); a malformed
@@ -15,6 +16,7 @@
 
 pub mod advertisement;
 pub mod bthome_crypto;
+pub mod presence;
 pub mod profiles;
 pub mod sfloat;
 
