@@ -1192,9 +1192,15 @@ mod tests {
         let mac = [1, 2, 3, 4, 5, 6];
         // Objects: temperature (3 bytes), then unknown id 0x30 at plaintext offset 3.
         let sd = encrypt_bthome(mac, 0x40, &hex("02ca0930"), 1, &key).unwrap();
-        assert_eq!(parse_bthome_with_key(&sd, mac, &key).unwrap_err().offset, 1 + 3);
+        assert_eq!(
+            parse_bthome_with_key(&sd, mac, &key).unwrap_err().offset,
+            1 + 3
+        );
         let sd = encrypt_bthome(mac, 0x42, &hex("02ca0930"), 1, &key).unwrap();
-        assert_eq!(parse_bthome_with_key(&sd, mac, &key).unwrap_err().offset, 7 + 3);
+        assert_eq!(
+            parse_bthome_with_key(&sd, mac, &key).unwrap_err().offset,
+            7 + 3
+        );
         // Round trip with packet id, battery, MAC included.
         let objects = hex("000901614502ff");
         let sd = encrypt_bthome(mac, 0x46, &objects, 42, &key).unwrap();
@@ -1203,7 +1209,10 @@ mod tests {
         plain.extend(&objects);
         let p = parse_bthome(&plain).unwrap();
         let d = parse_bthome_with_key(&sd, [0; 6], &key).unwrap();
-        assert_eq!((d.packet_id, d.mac, d.trigger_based), (p.packet_id, p.mac, true));
+        assert_eq!(
+            (d.packet_id, d.mac, d.trigger_based),
+            (p.packet_id, p.mac, true)
+        );
         assert_eq!(d.values, p.values);
         assert_eq!(d.counter, Some(42));
     }

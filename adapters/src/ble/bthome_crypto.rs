@@ -322,7 +322,10 @@ mod tests {
             parse_bindkey(KEY).unwrap()
         );
         assert_eq!(parse_bindkey("23x").unwrap_err().offset, 2);
-        assert!(parse_bindkey("231d").unwrap_err().message.contains("4 hex digits"));
+        assert!(parse_bindkey("231d")
+            .unwrap_err()
+            .message
+            .contains("4 hex digits"));
         assert!(parse_bindkey(&format!("{KEY}00")).is_err());
         let e = parse_bindkey(&format!("{KEY}z")).unwrap_err();
         assert!(!e.message.contains(KEY));

@@ -377,7 +377,9 @@ mod tests {
         // The survivors are the 500 most recently heard.
         let s = a.flush_all();
         assert_eq!(s.len(), 500);
-        assert!(s.iter().all(|s| s.key["tag-".len()..].parse::<u64>().unwrap() >= 19_500));
+        assert!(s
+            .iter()
+            .all(|s| s.key["tag-".len()..].parse::<u64>().unwrap() >= 19_500));
         // Queued summaries are bounded too, even if nobody drains.
         let mut b = PresenceAggregator::new(ms(1), 3);
         for i in 0..1000u64 {
