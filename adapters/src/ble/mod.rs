@@ -1,5 +1,7 @@
-//! Bluetooth Low Energy: pure decoders for GATT health characteristics and beacon
-//! advertisements. No I/O, no btleplug: bytes in, [`Reading`]s (or typed structs) out.
+//! Bluetooth Low Energy: pure decoders for GATT health characteristics, declarative vendor
+//! profiles and beacon advertisements (BTHome also encrypted), and the presence aggregation of
+//! asset tags. No I/O, no btleplug: bytes in, [`Reading`]s (or typed structs) out; time is
+//! passed in as `Instant`s.
 //!
 //! | module | what | specification |
 //! |---|---|---|
