@@ -8,6 +8,8 @@
 //! - [`observation`]: the data model (DESIGN §3): [`Observation`], [`DeviceEvent`], MDC codes.
 //! - [`serial`]: the serial port supervisor and the bedside-monitor protocol decoders
 //!   (`cms50`, `ansar-b`, `masimo`), pure functions from bytes to observations.
+//! - [`ble`]: pure BLE decoders (SIG health characteristics, declarative vendor profiles,
+//!   beacons including encrypted BTHome) and asset-tag presence aggregation; no btleplug yet.
 //!
 //! # Contract
 //! - [`Adapter::run`] runs until the shutdown signal fires or an error it cannot recover from; the

@@ -240,6 +240,86 @@ pub mod mdc {
     /// MDC_TEMP_ROOM (term 57436), ambient temperature, °C: used for a beacon's own temperature
     /// sensor (Eddystone TLM, BTHome). Two public sources agree on 188508.
     pub const TEMP_ROOM: u32 = 188_508;
+
+    // --- Private partition: codes with no standard MDC term ---
+    //
+    // IEEE 11073-10101 reserves partition 1024, MDC_PART_PVT ("Private"), for codes outside
+    // the standard nomenclature. Source: antidote-derived MDC tables in public repositories (a
+    // Java constant class `MDC_PART_PVT = 1024 /* Private */` next to MDC_PART_RET_CODE 255 and
+    // MDC_PART_EXT_NOM 256, and a C `nomenclature.h` with the same line). A code in this
+    // partition means "wardgate-defined": a consumer must not read it as a standard term, and
+    // upstream systems map it through wardgate's documentation, not through the MDC tables.
+    //
+    // Inhalers: no standard MDC term for "inhaler actuation" or "doses remaining" was found in
+    // the sources this project uses (PROTOCOLS.md §E.2, the antidote-derived tables; IEEE
+    // 11073-10472 "medication monitor" defines its own terms, which could not be checked here).
+    // Until one is verified, wardgate uses the private codes below.
+
+    /// MDC_PART_PVT, the private partition (1024).
+    pub const PART_PVT: u32 = 1024;
+    /// First code of the private partition, 1024 × 65536.
+    pub const PVT_BASE: u32 = PART_PVT << 16;
+    /// wardgate-private (term 1): an inhaler actuation **event**; value = puffs in the event
+    /// (normally 1), unit `1`. Not a standard MDC code.
+    pub const PVT_INHALER_ACTUATION: u32 = PVT_BASE + 1;
+    /// wardgate-private (term 2): doses remaining in an inhaler canister (the dose counter),
+    /// unit `1`. Not a standard MDC code.
+    pub const PVT_DOSES_REMAINING: u32 = PVT_BASE + 2;
+
+    /// Whether `code` lies in the private partition (wardgate- or vendor-defined).
+    pub fn is_private(code: u32) -> bool {
+        code >> 16 == PART_PVT
+    }
+
+    /// Reference ids (and wardgate's names for its private codes) of the codes above, for
+    /// configuration files that name a code instead of giving its number.
+    pub const NAMES: &[(&str, u32)] = &[
+        ("MDC_PULS_OXIM_SAT_O2", SPO2),
+        ("MDC_PULS_OXIM_PULS_RATE", PULSE_RATE_OXIM),
+        ("MDC_PULS_OXIM_PLETH", PLETH),
+        ("MDC_PULS_OXIM_PERF_REL", PERFUSION_INDEX),
+        ("MDC_ECG_HEART_RATE", HEART_RATE_ECG),
+        ("MDC_PRESS_BLD_NONINV_SYS", NIBP_SYS),
+        ("MDC_PRESS_BLD_NONINV_DIA", NIBP_DIA),
+        ("MDC_PRESS_BLD_NONINV_MEAN", NIBP_MEAN),
+        ("MDC_PULS_RATE_NON_INV", PULSE_RATE_NIBP),
+        ("MDC_RESP_RATE", RESP_RATE),
+        ("MDC_TEMP_BODY", TEMP_BODY),
+        ("MDC_PRESS_BLD_SYS", IBP_SYS),
+        ("MDC_PRESS_BLD_DIA", IBP_DIA),
+        ("MDC_PRESS_BLD_MEAN", IBP_MEAN),
+        ("MDC_MASS_BODY_ACTUAL", BODY_WEIGHT),
+        ("MDC_LEN_BODY_ACTUAL", BODY_HEIGHT),
+        ("MDC_RATIO_MASS_BODY_LEN_SQ", BMI),
+        (
+            "MDC_CONC_GLU_CAPILLARY_WHOLEBLOOD",
+            GLU_CAPILLARY_WHOLEBLOOD,
+        ),
+        ("MDC_CONC_GLU_UNDETERMINED_PLASMA", GLU_UNDETERMINED_PLASMA),
+        ("MDC_ATTR_VAL_BATT_CHARGE", BATTERY_CHARGE),
+        ("MDC_CONC_GLU_GEN", GLU_GEN),
+        ("MDC_CONC_GLU_CAPILLARY_PLASMA", GLU_CAPILLARY_PLASMA),
+        ("MDC_CONC_GLU_VENOUS_WHOLEBLOOD", GLU_VENOUS_WHOLEBLOOD),
+        ("MDC_CONC_GLU_VENOUS_PLASMA", GLU_VENOUS_PLASMA),
+        ("MDC_CONC_GLU_ARTERIAL_WHOLEBLOOD", GLU_ARTERIAL_WHOLEBLOOD),
+        ("MDC_CONC_GLU_ARTERIAL_PLASMA", GLU_ARTERIAL_PLASMA),
+        ("MDC_CONC_GLU_CONTROL", GLU_CONTROL),
+        ("MDC_CONC_GLU_ISF", GLU_ISF),
+        (
+            "MDC_CONC_GLU_UNDETERMINED_WHOLEBLOOD",
+            GLU_UNDETERMINED_WHOLEBLOOD,
+        ),
+        ("MDC_ECG_TIME_PD_RR_GL", RR_INTERVAL),
+        ("MDC_PRESS_CUFF", CUFF_PRESSURE),
+        ("MDC_TEMP_ROOM", TEMP_ROOM),
+        ("WARDGATE_PVT_INHALER_ACTUATION", PVT_INHALER_ACTUATION),
+        ("WARDGATE_PVT_DOSES_REMAINING", PVT_DOSES_REMAINING),
+    ];
+
+    /// The code named `name` in [`NAMES`] (exact, case-sensitive).
+    pub fn by_name(name: &str) -> Option<u32> {
+        NAMES.iter().find(|(n, _)| *n == name).map(|&(_, c)| c)
+    }
 }
 
 /// How trustworthy an observation's time is.

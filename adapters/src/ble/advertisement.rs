@@ -13,9 +13,10 @@
 //! - Eddystone: google/eddystone `protocol-specification.md` and the per-frame READMEs,
 //!   PROTOCOLS.md §D.2. All multi-byte Eddystone fields are **big-endian**.
 //! - BTHome v2: <https://bthome.io> (format v2) and Bluetooth-Devices/bthome-ble `const.py`
-//!   (object ids, sizes, factors), PROTOCOLS.md §D.3. **Encrypted BTHome (AES-CCM) is not
-//!   decoded**: it would need a new crypto crate and per-device key provisioning; such a
-//!   payload is a [`DecodeError`] saying so.
+//!   (object ids, sizes, factors), PROTOCOLS.md §D.3. Encrypted BTHome (AES-CCM, device-info
+//!   bit 0) decodes with the device's key through [`parse_bthome_with_key`] /
+//!   [`decode_advertisement_with_key`] (crypto in [`crate::ble::bthome_crypto`]); without a
+//!   key such a payload is a [`DecodeError`] saying a key is needed.
 //!
 //! Presence fields (ids, Tx power, battery voltage, uptime, …) stay in the typed structs
 //! ([`Beacon::presence`] gives them as JSON). Only values with an MDC code become [`Reading`]s:
@@ -124,7 +125,21 @@ impl Advertisement {
 
 /// Decodes a whole advertising payload: AD structures, then every recognised beacon format
 /// (iBeacon manufacturer data, Eddystone/BTHome/Mi Scale service data, Omron local names).
+/// An encrypted BTHome frame is a problem saying a key is needed; see
+/// [`decode_advertisement_with_key`].
 pub fn decode_advertisement(bytes: &[u8]) -> Result<Advertisement, DecodeError> {
+    decode_advertisement_with_key(bytes, [0; 6], None)
+}
+
+/// [`decode_advertisement`] for an advertiser with a BTHome key: its BTHome service data is
+/// decoded with [`parse_bthome_with_key`] (`mac` most significant byte first, the
+/// advertiser's address; a plain BTHome frame is then refused as a possible downgrade).
+/// With `key = None` this is [`decode_advertisement`].
+pub fn decode_advertisement_with_key(
+    bytes: &[u8],
+    mac: [u8; 6],
+    key: Option<&[u8; 16]>,
+) -> Result<Advertisement, DecodeError> {
     let mut adv = Advertisement::default();
     for s in parse_ad_structures(bytes)? {
         let d = s.data;
@@ -156,7 +171,13 @@ pub fn decode_advertisement(bytes: &[u8]) -> Result<Advertisement, DecodeError> 
                 let payload = &d[2..];
                 let decoded = match uuid {
                     UUID_EDDYSTONE => Some(parse_eddystone(payload).map(Beacon::Eddystone)),
-                    UUID_BTHOME => Some(parse_bthome(payload).map(Beacon::BtHome)),
+                    UUID_BTHOME => Some(
+                        match key {
+                            Some(k) => parse_bthome_with_key(payload, mac, k),
+                            None => parse_bthome(payload),
+                        }
+                        .map(Beacon::BtHome),
+                    ),
                     UUID_WEIGHT_SCALE => Some(parse_mi_scale_v1(payload).map(Beacon::MiScale)),
                     _ => None,
                 };
@@ -183,7 +204,7 @@ pub enum Beacon {
     IBeacon(IBeacon),
     /// Eddystone frame.
     Eddystone(Eddystone),
-    /// BTHome v2 (unencrypted).
+    /// BTHome v2 (unencrypted, or decrypted with the device's key).
     BtHome(BtHome),
     /// Xiaomi Mi Scale V1 weight broadcast.
     MiScale(MiScaleV1),
@@ -251,6 +272,7 @@ impl Beacon {
                     .collect();
                 json!({
                     "trigger_based": b.trigger_based, "packet_id": b.packet_id,
+                    "encrypted": b.device_info & 0x01 != 0, "counter": b.counter,
                     "mac": b.mac.map(|m| mac_string(&m)), "values": values,
                 })
             }
@@ -571,6 +593,9 @@ pub struct BtHome {
     pub mac: Option<[u8; 6]>,
     /// Packet id (object 0x00), for dedup of repeated advertisements.
     pub packet_id: Option<u8>,
+    /// Encryption counter of an encrypted frame decoded with its key (`None` for plain
+    /// frames). Replay protection: reject a frame whose counter does not increase.
+    pub counter: Option<u32>,
     /// The objects in payload order (the packet id excluded).
     pub values: Vec<BtHomeValue>,
 }
@@ -708,11 +733,11 @@ fn bthome_object(id: u8) -> Option<ObjectFormat> {
     })
 }
 
-/// Parses BTHome v2 service data (after the 0xFCD2 UUID).
+/// Parses unencrypted BTHome v2 service data (after the 0xFCD2 UUID).
 ///
-/// Errors: encrypted payloads (device-info bit 0; AES-CCM not supported here), a version other
-/// than 2, an unknown object id (its size is unknown, so the rest cannot be parsed), or an
-/// object cut off.
+/// Errors: encrypted payloads (device-info bit 0: they need the device's key, see
+/// [`parse_bthome_with_key`]), a version other than 2, an unknown object id (its size is
+/// unknown, so the rest cannot be parsed), or an object cut off.
 pub fn parse_bthome(data: &[u8]) -> Result<BtHome, DecodeError> {
     let mut r = Reader::new(data);
     let info = r.u8("BTHome device information")?;
@@ -726,7 +751,7 @@ pub fn parse_bthome(data: &[u8]) -> Result<BtHome, DecodeError> {
     if info & 0x01 != 0 {
         return Err(DecodeError::new(
             0,
-            "encrypted BTHome payload (AES-CCM): not supported, no per-device keys",
+            "encrypted BTHome payload (AES-CCM): needs the device's 16-byte key (bindkey)",
         ));
     }
     let mac = if info & 0x02 != 0 {
@@ -737,16 +762,68 @@ pub fn parse_bthome(data: &[u8]) -> Result<BtHome, DecodeError> {
     } else {
         None
     };
+    let at = r.pos();
+    parse_bthome_objects(info, mac, None, r.rest(), at)
+}
+
+/// Parses BTHome v2 service data (after the 0xFCD2 UUID) from a device that has a key:
+/// decrypts and authenticates it ([`bthome_crypto::decrypt_bthome`]) and decodes the objects,
+/// so an encrypted frame yields the same [`BtHome`] values and readings as the unencrypted
+/// frame with the same objects, plus [`BtHome::counter`].
+///
+/// `mac` is the advertiser's address, most significant byte first (written order; btleplug's
+/// `BDAddr` order); a MAC carried in the frame takes precedence.
+///
+/// An **unencrypted** frame is refused: once a device has a key, a plain frame claiming to be
+/// it is a downgrade (the reference parser ignores such frames too). Offsets of errors in the
+/// decrypted objects are those of the matching ciphertext bytes in `data`.
+///
+/// [`bthome_crypto::decrypt_bthome`]: crate::ble::bthome_crypto::decrypt_bthome
+pub fn parse_bthome_with_key(
+    data: &[u8],
+    mac: [u8; 6],
+    key: &[u8; 16],
+) -> Result<BtHome, DecodeError> {
+    if let Some(&info) = data.first() {
+        if info & 0x01 == 0 && info >> 5 == 2 {
+            return Err(DecodeError::new(
+                0,
+                "unencrypted BTHome payload from a device configured with a key: refused \
+                 (possible downgrade)",
+            ));
+        }
+    }
+    let c = crate::ble::bthome_crypto::decrypt_bthome(mac, data, key)?;
+    parse_bthome_objects(
+        c.device_info,
+        c.mac,
+        Some(c.counter),
+        &c.plaintext,
+        c.header_len,
+    )
+}
+
+/// Decodes the object sequence of a BTHome v2 frame; `base` is added to error offsets.
+fn parse_bthome_objects(
+    info: u8,
+    mac: Option<[u8; 6]>,
+    counter: Option<u32>,
+    objects: &[u8],
+    base: usize,
+) -> Result<BtHome, DecodeError> {
+    let shift = |e: DecodeError| DecodeError::new(base + e.offset, e.message);
+    let mut r = Reader::new(objects);
     let mut packet_id = None;
     let mut values = Vec::new();
     while r.remaining() > 0 {
         let at = r.pos();
-        let id = r.u8("object id")?;
-        let (name, size, signed, num, den, ucum) = bthome_object(id)
-            .ok_or_else(|| DecodeError::new(at, format!("BTHome object id 0x{id:02x} unknown")))?;
+        let id = r.u8("object id").map_err(shift)?;
+        let (name, size, signed, num, den, ucum) = bthome_object(id).ok_or_else(|| {
+            DecodeError::new(base + at, format!("BTHome object id 0x{id:02x} unknown"))
+        })?;
         if size == 0 {
-            let len = r.u8(name)? as usize;
-            let b = r.take(len, name)?;
+            let len = r.u8(name).map_err(shift)? as usize;
+            let b = r.take(len, name).map_err(shift)?;
             let data = if id == 0x53 {
                 BtHomeData::Text(String::from_utf8_lossy(b).into_owned())
             } else {
@@ -760,7 +837,7 @@ pub fn parse_bthome(data: &[u8]) -> Result<BtHome, DecodeError> {
             });
             continue;
         }
-        let b = r.take(size, name)?;
+        let b = r.take(size, name).map_err(shift)?;
         let mut le = [0u8; 8];
         le[..size].copy_from_slice(b);
         let unsigned = u64::from_le_bytes(le);
@@ -786,6 +863,7 @@ pub fn parse_bthome(data: &[u8]) -> Result<BtHome, DecodeError> {
         trigger_based: info & 0x04 != 0,
         mac,
         packet_id,
+        counter,
         values,
     })
 }
@@ -1070,6 +1148,75 @@ mod tests {
         assert_eq!(parse_bthome(&hex("4002ca")).unwrap_err().offset, 2);
     }
 
+    /// An encrypted frame with the right key decodes to the same values and readings as the
+    /// unencrypted frame with the same objects (bthome.io / bthome-ble test_v2_encryption
+    /// vector: MAC 54:48:E6:8F:80:A5, key 231d…b932, counter bytes 00112233).
+    #[test]
+    fn encrypted_bthome_matches_plain() {
+        use crate::ble::bthome_crypto::parse_bindkey;
+        let key = parse_bindkey("231d39c1d7cc1ab1aee224cd096db932").unwrap();
+        let mac = [0x54, 0x48, 0xE6, 0x8F, 0x80, 0xA5];
+        let enc = hex("41a47266c95f730011223378237214");
+        let plain = parse_bthome(&hex("4002ca0903bf13")).unwrap();
+        let dec = parse_bthome_with_key(&enc, mac, &key).unwrap();
+        assert_eq!(dec.values, plain.values);
+        assert_eq!(dec.readings(), plain.readings());
+        assert_eq!(dec.counter, Some(0x3322_1100));
+        assert_eq!(plain.counter, None);
+        // Without a key: a clear error; with a wrong one: MIC mismatch, never a panic.
+        let e = parse_bthome(&enc).unwrap_err();
+        assert!(e.message.contains("needs the device's 16-byte key"), "{e}");
+        let e = parse_bthome_with_key(&enc, mac, &[7; 16]).unwrap_err();
+        assert!(e.message.starts_with("MIC mismatch"), "{e}");
+        // A plain frame from a keyed device is refused (downgrade).
+        let e = parse_bthome_with_key(&hex("4002ca0903bf13"), mac, &key).unwrap_err();
+        assert!(e.message.contains("downgrade"), "{e}");
+        // Through a whole advertisement: flags, then service data d2 fc + frame.
+        let mut ad = hex("020106");
+        ad.extend([2 + 1 + enc.len() as u8, AD_SERVICE_DATA16, 0xd2, 0xfc]);
+        ad.extend(&enc);
+        let a = decode_advertisement(&ad).unwrap();
+        assert!(a.beacons.is_empty());
+        assert_eq!(a.problems[0].offset, 3 + 4);
+        let a = decode_advertisement_with_key(&ad, mac, Some(&key)).unwrap();
+        assert_eq!(a.readings(), plain.readings());
+        assert_eq!(a.beacons[0].presence()["counter"], 0x3322_1100u32);
+        assert_eq!(a.beacons[0].presence()["encrypted"], true);
+    }
+
+    /// Errors inside the decrypted objects point at the matching ciphertext byte.
+    #[test]
+    fn encrypted_bthome_object_error_offsets() {
+        use crate::ble::bthome_crypto::encrypt_bthome;
+        let key = [0x11; 16];
+        let mac = [1, 2, 3, 4, 5, 6];
+        // Objects: temperature (3 bytes), then unknown id 0x30 at plaintext offset 3.
+        let sd = encrypt_bthome(mac, 0x40, &hex("02ca0930"), 1, &key).unwrap();
+        assert_eq!(
+            parse_bthome_with_key(&sd, mac, &key).unwrap_err().offset,
+            1 + 3
+        );
+        let sd = encrypt_bthome(mac, 0x42, &hex("02ca0930"), 1, &key).unwrap();
+        assert_eq!(
+            parse_bthome_with_key(&sd, mac, &key).unwrap_err().offset,
+            7 + 3
+        );
+        // Round trip with packet id, battery, MAC included.
+        let objects = hex("000901614502ff");
+        let sd = encrypt_bthome(mac, 0x46, &objects, 42, &key).unwrap();
+        let mut plain = vec![0x46];
+        plain.extend([6, 5, 4, 3, 2, 1]);
+        plain.extend(&objects);
+        let p = parse_bthome(&plain).unwrap();
+        let d = parse_bthome_with_key(&sd, [0; 6], &key).unwrap();
+        assert_eq!(
+            (d.packet_id, d.mac, d.trigger_based),
+            (p.packet_id, p.mac, true)
+        );
+        assert_eq!(d.values, p.values);
+        assert_eq!(d.counter, Some(42));
+    }
+
     /// `data/real/ble/advertisements.csv`: every row decodes as PROVENANCE.md states.
     #[test]
     fn real_advertisements() {
@@ -1204,6 +1351,16 @@ mod tests {
                 }
             }
             parse_bthome(&v).map(|h| h.readings())
+        });
+        let key = [0x5A; 16];
+        never_panics(0xFCD3, &["41a47266c95f730011223378237214"], |b| {
+            parse_bthome_with_key(b, [1, 2, 3, 4, 5, 6], &key).map(|h| h.readings())
+        });
+        // Valid ciphertexts of random plaintexts: the object parser behind the decryption.
+        never_panics(0xFCD4, &[], |b| {
+            let info = 0x40 | (b.first().copied().unwrap_or(0) & 0x06);
+            let sd = crate::ble::bthome_crypto::encrypt_bthome([9; 6], info, b, 1, &key)?;
+            parse_bthome_with_key(&sd, [9; 6], &key).map(|h| h.readings())
         });
         never_panics(0x181D, &["229e43e507040b101301"], |b| {
             parse_mi_scale_v1(b).map(|m| m.readings())

@@ -42,7 +42,7 @@ use super::bluez::{address_from_id, Bus};
 use super::config::{parse_uuid128, Address, BleConfig, BleDeviceConfig, TagRule};
 use super::presence::PresenceAggregator;
 use super::profiles::{glucose, Profile};
-use super::vendor::VendorProfile;
+use super::vendor::{CharacteristicMode, VendorProfile};
 use super::{advertisement, Reading};
 use crate::observation::{now_ms, DeviceEvent, DeviceId, EventKind, Observation};
 use crate::{Adapter, AdapterContext, AdapterError, AdapterEvent, RunFuture};
@@ -166,7 +166,7 @@ struct DeviceSpec {
 
 impl DeviceSpec {
     fn wants(&self, p: Profile) -> bool {
-        self.profiles.as_ref().is_none_or(|v| v.contains(&p))
+        self.profiles.as_ref().map_or(true, |v| v.contains(&p))
     }
 }
 
@@ -713,7 +713,7 @@ impl<'a> Scan<'a> {
                 let Some(a) = Address::parse(&s.key).ok() else { continue };
                 let dev = device_id(a);
                 let detail = format!(
-                    "rule={} window_s={} count={} rssi_min={} rssi_median={} rssi_max={}",
+                    "rule={} window_s={} count={} rssi_min={} rssi_median={:.1} rssi_max={}",
                     t.rule.name, t.rule.window_s, s.count, s.rssi_min, s.rssi_median, s.rssi_max
                 );
                 send(&self.ctx.out, event(&dev, EventKind::Rssi, detail)).await?;
@@ -741,7 +741,7 @@ impl<'a> Scan<'a> {
             for s in t.presence.flush_all() {
                 if let Ok(a) = Address::parse(&s.key) {
                     let detail = format!(
-                        "rule={} window_s={} count={} rssi_min={} rssi_median={} rssi_max={}",
+                        "rule={} window_s={} count={} rssi_min={} rssi_median={:.1} rssi_max={}",
                         t.rule.name, t.rule.window_s, s.count, s.rssi_min, s.rssi_median, s.rssi_max
                     );
                     let _ = self.ctx.out.try_send(event(&device_id(a), EventKind::Rssi, detail));
@@ -753,9 +753,10 @@ impl<'a> Scan<'a> {
 
 /// BTHome v2 service data, decrypted with the tag's key when it is encrypted.
 fn bthome(a: Address, data: &[u8], key: Option<&[u8; 16]>) -> Option<advertisement::BtHome> {
-    // TODO(merge ble-pure): decrypt with the key.
-    let _ = (a, key);
-    advertisement::parse_bthome(data).ok()
+    match key {
+        Some(k) => advertisement::parse_bthome_with_key(data, a.0, k).ok(),
+        None => advertisement::parse_bthome(data).ok(),
+    }
 }
 
 /// One admitted device's connection loop.
@@ -947,7 +948,7 @@ impl Session {
         // Battery Level and vendor "read" characteristics: read once per connection.
         for c in &chars {
             let is_battery = short_uuid(c.uuid) == Some(Profile::Battery.uuid()) && self.spec.wants(Profile::Battery);
-            let vendor_read = self.spec.vendor.as_ref().is_some_and(|v| v.reads(c.uuid));
+            let vendor_read = self.spec.vendor.as_ref().is_some_and(|v| vendor_mode(v, c.uuid) == Some(CharacteristicMode::Read));
             if (is_battery || vendor_read) && c.properties.contains(CharPropFlags::READ) {
                 if let Ok(Ok(v)) = timeout(GATT_TIMEOUT, p.read(c)).await {
                     self.handle(c.uuid, &v, identity_ok, &mut errors).await?;
@@ -963,7 +964,7 @@ impl Session {
             }
             let wanted = short.and_then(Profile::from_uuid).is_some_and(|pr| self.spec.wants(pr))
                 || (short == Some(UUID_RACP) && self.spec.wants(Profile::Glucose))
-                || self.spec.vendor.as_ref().is_some_and(|v| v.subscribes(c.uuid));
+                || self.spec.vendor.as_ref().is_some_and(|v| matches!(vendor_mode(v, c.uuid), Some(CharacteristicMode::Notify | CharacteristicMode::Indicate)));
             if wanted && c.properties.intersects(CharPropFlags::NOTIFY | CharPropFlags::INDICATE) {
                 match timeout(GATT_TIMEOUT, p.subscribe(c)).await {
                     Ok(Ok(())) => inc(&self.stats.subscriptions),
@@ -1031,8 +1032,8 @@ impl Session {
                 Ok(Vec::new())
             }
             None => match &self.spec.vendor {
-                Some(v) => v.decode(uuid, value).map_err(|e| (format!("vendor profile {} {uuid}", v.name), e)),
-                None => Ok(Vec::new()),
+                Some(v) if v.characteristic(uuid.as_u128()).is_some() => v.decode(uuid.as_u128(), value).map_err(|e| (format!("vendor profile {} {uuid}", v.name), e)),
+                _ => Ok(Vec::new()),
             },
         };
         match decoded {
@@ -1059,6 +1060,11 @@ impl Session {
     }
 }
 
+/// The mode a vendor profile gives characteristic `u`, if it declares it.
+fn vendor_mode(v: &VendorProfile, u: Uuid) -> Option<CharacteristicMode> {
+    v.characteristic(u.as_u128()).map(|c| c.mode)
+}
+
 /// Glucose sequence numbers are u16 and wrap: `a` comes after `b` when it is ahead by less
 /// than half the range.
 fn seq_after(a: u16, b: u16) -> bool {
@@ -1075,7 +1081,7 @@ struct ErrorBudget {
 impl ErrorBudget {
     fn allow(&mut self) -> bool {
         let now = Instant::now();
-        if self.second.is_none_or(|s| now.duration_since(s) >= Duration::from_secs(1)) {
+        if self.second.map_or(true, |s| now.duration_since(s) >= Duration::from_secs(1)) {
             self.second = Some(now);
             self.sent = 0;
         }

@@ -294,8 +294,10 @@ impl BleConfig {
             }
         }
         for (i, p) in self.vendor_profiles.iter().enumerate() {
-            if let Err(e) = p.validate() {
-                out.push((format!("vendor_profile[{i}]"), format!("vendor profile `{}`: {e}", p.name)));
+            if let Err(errors) = p.validate() {
+                for e in errors {
+                    out.push((format!("vendor_profile[{i}]"), format!("vendor profile: {e}")));
+                }
             }
         }
         out

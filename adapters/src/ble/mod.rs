@@ -1,11 +1,16 @@
-//! Bluetooth Low Energy: pure decoders for GATT health characteristics and beacon
-//! advertisements. No I/O, no btleplug: bytes in, [`Reading`]s (or typed structs) out.
+//! Bluetooth Low Energy: pure decoders for GATT health characteristics, declarative vendor
+//! profiles and beacon advertisements (BTHome also encrypted), and the presence aggregation of
+//! asset tags. No I/O, no btleplug: bytes in, [`Reading`]s (or typed structs) out; time is
+//! passed in as `Instant`s.
 //!
 //! | module | what | specification |
 //! |---|---|---|
 //! | [`sfloat`] | IEEE 11073-20601 SFLOAT (16-bit) and FLOAT (32-bit) | IEEE 11073-20601 §F.8; Bluetooth GATT Specification Supplement (GSS) §2.2 "medfloat16/medfloat32"; HL7 PHD FLOATS.md (PROTOCOLS.md §C.1) |
 //! | [`profiles`] | Heart Rate, Blood Pressure, Health Thermometer, Pulse Oximeter, Weight Scale, Glucose, Battery | GSS §3 characteristic definitions and the profile/service specifications cited per module (PROTOCOLS.md §C.2) |
-//! | [`advertisement`] | AD structures, iBeacon, Eddystone, BTHome v2, vendor frames seen in `data/real/ble/` | Bluetooth Core Specification Supplement (CSS) Part A; PROTOCOLS.md §D |
+//! | [`advertisement`] | AD structures, iBeacon, Eddystone, BTHome v2 (plain, or encrypted with a key), vendor frames seen in `data/real/ble/` | Bluetooth Core Specification Supplement (CSS) Part A; PROTOCOLS.md §D |
+//! | [`vendor`] | declarative vendor GATT profiles (TOML, serde): fields by offset/type/endian/scale, MDC code and unit, measurements, events (`event:<name>` status) and a device time stamp; `parse_uuid` with 16/32-bit short forms | Bluetooth Core Specification Vol 3 Part B §2.5.1 (Base UUID); GSS §2.2, §3.70 (medfloat, Date Time); IEEE 11073-10101 private partition (`MDC_PART_PVT`) for codes with no standard term |
+//! | [`presence`] | asset-tag presence: one summary (count, RSSI min/median/max) per tag and window instead of every advertisement; bounded tags (LRU eviction) and samples (exact RSSI histogram) | BLE RSSI range: Core Specification Vol 4 Part E §7.7.65.2 (HCI LE Advertising Report, RSSI −127..+20 dBm, 127 = not available); PROTOCOLS.md §D.4 |
+//! | [`bthome_crypto`] | BTHome v2 AES-128-CCM: nonce, decrypt/authenticate (4-byte MIC), counter for replay protection, encrypt for simulators | <https://bthome.io/encryption>; Bluetooth-Devices/bthome-ble `bthome_v2_encryption.py`, `parser.py` |
 //!
 //! Contract (the crate's): decoders never panic on any input (property-tested); a malformed
 //! payload yields a [`DecodeError`] with the byte offset where it went wrong. An IEEE 11073
@@ -16,6 +21,7 @@ pub mod advertisement;
 pub mod bluez;
 pub mod central;
 pub mod config;
+pub mod bthome_crypto;
 pub mod presence;
 pub mod profiles;
 pub mod sfloat;
@@ -189,6 +195,24 @@ impl DateTime {
                 self.year, self.month, self.day, self.hours, self.minutes, self.seconds
             )
         })
+    }
+
+    /// The UTC calendar time of `secs` seconds since the Unix epoch (1970-01-01T00:00:00Z);
+    /// `None` outside years 1582–9999. A device clock counting Unix seconds gives UTC, so
+    /// the result is UTC, not device local time.
+    pub fn from_unix_seconds(secs: i64) -> Option<DateTime> {
+        let day = secs.div_euclid(86_400);
+        let sod = secs.rem_euclid(86_400);
+        let (y, m, d) = civil_from_days(day);
+        let t = DateTime {
+            year: u16::try_from(y).ok()?,
+            month: m as u8,
+            day: d as u8,
+            hours: (sod / 3600) as u8,
+            minutes: (sod % 3600 / 60) as u8,
+            seconds: (sod % 60) as u8,
+        };
+        t.is_complete().then_some(t)
     }
 
     /// This time shifted by `minutes` (may be negative), across day, month and year
