@@ -53,6 +53,12 @@ enum Command {
         /// The recording (raw bytes, or ASCII hex); with --profile, the payload in hex (HEX).
         #[arg(value_name = "FILE|HEX")]
         file: PathBuf,
+        /// `--profile bthome`: the device's 16-byte encryption key (bindkey), in hex.
+        #[arg(long, requires = "mac")]
+        key: Option<String>,
+        /// `--profile bthome` with `--key`: the device's address, AA:BB:CC:DD:EE:FF.
+        #[arg(long, requires = "key")]
+        mac: Option<String>,
     },
     /// Verify COSE_Sign1 batch messages against a gateway certificate; print payloads as JSON lines.
     Verify {
@@ -177,15 +183,28 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             protocol,
             profile,
             file,
+            key,
+            mac,
         } => {
             if let Some(profile) = profile {
+                let bthome_key = match (key, mac) {
+                    (Some(k), Some(m)) => {
+                        let key: [u8; 16] = hex::decode(k.trim())
+                            .ok()
+                            .and_then(|v| v.try_into().ok())
+                            .ok_or_else(|| UsageError("--key must be 16 bytes in hex (32 digits)".into()))?;
+                        let mac = wardgate_adapters::ble::config::Address::parse(&m).map_err(UsageError)?;
+                        Some((key, mac.0))
+                    }
+                    _ => None,
+                };
                 let hex = file
                     .to_str()
                     .ok_or_else(|| UsageError(format!("HEX `{}` is not text", file.display())))?;
                 let stdout = std::io::stdout();
                 let mut out = std::io::BufWriter::new(stdout.lock());
                 let summary =
-                    crate::decode::decode_profile(&profile, hex, &mut out, &mut std::io::stderr())?;
+                    crate::decode::decode_profile_with_key(&profile, hex, bthome_key, &mut out, &mut std::io::stderr())?;
                 out.flush()?;
                 return Ok(if summary.errors > 0 {
                     ExitCode::from(1)
@@ -282,7 +301,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             timeout,
         } => {
             let address = wardgate_adapters::ble::config::Address::parse(&address)
-                .map_err(|e| UsageError(e))?;
+                .map_err(UsageError)?;
             runtime()?.block_on(crate::pair::pair(crate::pair::PairOptions {
                 address,
                 adapter,

@@ -240,6 +240,19 @@ pub fn decode_profile(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> anyhow::Result<ProfileSummary> {
+    decode_profile_with_key(profile, hex_arg, None, out, err)
+}
+
+/// [`decode_profile`] with a BTHome v2 encryption key (16 bytes) and the device's address
+/// (`AA:BB:…` as written, the nonce's MAC) for encrypted `bthome` frames (AES-CCM, see
+/// `wardgate_adapters::ble::bthome_crypto`).
+pub fn decode_profile_with_key(
+    profile: &str,
+    hex_arg: &str,
+    bthome_key: Option<([u8; 16], [u8; 6])>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<ProfileSummary> {
     let gatt = Profile::from_name(profile);
     if gatt.is_none() && !ADVERTISEMENT_PROFILES.contains(&profile) {
         return Err(crate::cli::UsageError(format!(
@@ -298,7 +311,11 @@ pub fn decode_profile(
         }
         (None, "bthome") => {
             let (payload, at) = strip_id(&bytes, adv::UUID_BTHOME);
-            match adv::parse_bthome(payload) {
+            let parsed = match &bthome_key {
+                Some((key, mac)) => adv::parse_bthome_with_key(payload, *mac, key),
+                None => adv::parse_bthome(payload),
+            };
+            match parsed {
                 Ok(b) => beacons.push(Beacon::BtHome(b)),
                 Err(e) => problems.push(shifted(e, at)),
             }
@@ -435,6 +452,27 @@ mod tests {
         );
         assert_eq!((s.presence, s.errors), (0, 0));
         assert!(out.contains("Polar H7 D7904C14"), "{out}");
+    }
+
+    #[test]
+    fn encrypted_bthome_with_its_key() {
+        // PROTOCOLS.md D-14 (bthome-ble test_bindkey_correct).
+        let key: [u8; 16] = hex::decode("231d39c1d7cc1ab1aee224cd096db932").unwrap().try_into().unwrap();
+        let mac = [0x54, 0x48, 0xE6, 0x8F, 0x80, 0xA5];
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let s = decode_profile_with_key("bthome", "d2fc41a47266c95f730011223378237214", Some((key, mac)), &mut out, &mut err).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!((s.observations, s.errors), (1, 0), "{out}");
+        assert!(out.contains("\"counter\":857870592") && out.contains("25.06"), "{out}");
+        let mut wrong = key;
+        wrong[0] ^= 1;
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let s = decode_profile_with_key("bthome", "41a47266c95f730011223378237214", Some((wrong, mac)), &mut out, &mut err).unwrap();
+        assert_eq!(s.errors, 1);
+        assert!(String::from_utf8(err).unwrap().contains("MIC mismatch"));
+        let (_, err, s) = run("bthome", "41a47266c95f730011223378237214");
+        assert_eq!(s.errors, 1);
+        assert!(err.contains("key"), "{err}");
     }
 
     #[test]

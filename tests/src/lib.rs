@@ -13,6 +13,7 @@
 //!
 //! Set `WARDGATE_E2E_KEEP=1` to keep the temporary directories of the tests for inspection.
 
+pub mod ble;
 pub mod broker;
 pub mod db;
 pub mod env;
@@ -33,6 +34,13 @@ pub fn workspace_root() -> &'static Path {
 /// A file under `data/real/serial/` of the workspace.
 pub fn real_recording(name: &str) -> std::path::PathBuf {
     workspace_root().join("data/real/serial").join(name)
+}
+
+/// Bytes of a hex string (test vectors). Panics on bad hex: test data is fixed.
+pub fn hex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex test data"))
+        .collect()
 }
 
 /// A fresh temporary directory named after the test; kept when `WARDGATE_E2E_KEEP` is set.
