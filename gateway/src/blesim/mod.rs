@@ -46,6 +46,28 @@
 //!   `UUIDs` are emitted when changed.
 //! - `Pair` with an agent: see [`Pairing`]. Success sets `Paired` and `Bonded`, and connects
 //!   (bluez-async then waits for `ServicesResolved`).
+//!
+//! Notes for the btleplug adapter (btleplug 0.13.5 / bluez-async 0.9, read from their code and
+//! exercised in `tests/blesim_btleplug.rs`):
+//! - Every `Central::events()` call first synthesises `DeviceDiscovered` (+ `ServicesAdvertisement`
+//!   if `UUIDs` is non-empty, + `DeviceConnected` if connected) for every device BlueZ already
+//!   knows, then streams live events; duplicates of `DeviceDiscovered` are possible.
+//! - A new device's first advertisement arrives inside `InterfacesAdded`: btleplug emits only
+//!   `DeviceDiscovered` (+ `ServicesAdvertisement`), no `RssiUpdate`/`ManufacturerData…` — read
+//!   `properties()` on discovery. Later adverts come as `RssiUpdate`, `ManufacturerData…`,
+//!   `ServiceData…`. `InterfacesRemoved` is ignored: there is no "device lost" event, and
+//!   `DeviceUpdated`/`DeviceServicesModified` are never emitted on BlueZ.
+//! - `Peripheral::notifications()` is a device-scoped `PropertiesChanged(Value)` stream: it also
+//!   yields read results, never ends on link loss, survives reconnects (same GATT paths), and
+//!   each call creates an independent stream that gets its own copy of every value. It only
+//!   yields characteristics known to *that* `Peripheral` value (after its `discover_services`).
+//! - Link loss ends every notify session: after reconnecting, `subscribe` again. `connect()`
+//!   returns after `ServicesResolved`. A GATT table change is not signalled to btleplug:
+//!   call `discover_services` again (old characteristic paths then fail with UnknownObject).
+//! - `start_scan` powers the adapter on and sets `DuplicateData=true`; a second `start_scan`
+//!   from the same connection fails with `org.bluez.Error.InProgress`; a client's discovery
+//!   ends when its D-Bus connection closes. btleplug has no pairing API: call `Device1.Pair`
+//!   and register an `org.bluez.Agent1` with `dbus` directly.
 
 mod bus;
 mod profiles;
@@ -935,14 +957,14 @@ impl SimBluez {
                 d.rssi = Some(adv.rssi);
                 ch.insert("RSSI".into(), v(adv.rssi));
             }
-            if adv.name.is_some() && adv.name != d.name {
-                d.name = adv.name.clone();
-                ch.insert("Name".into(), v(adv.name.clone().unwrap()));
+            if let Some(name) = adv.name.as_ref().filter(|n| d.name.as_ref() != Some(*n)) {
+                d.name = Some(name.clone());
+                ch.insert("Name".into(), v(name.clone()));
                 ch.insert("Alias".into(), v(alias(d)));
             }
-            if adv.tx_power.is_some() && adv.tx_power != d.tx_power {
-                d.tx_power = adv.tx_power;
-                ch.insert("TxPower".into(), v(adv.tx_power.unwrap()));
+            if let Some(tx) = adv.tx_power.filter(|t| d.tx_power != Some(*t)) {
+                d.tx_power = Some(tx);
+                ch.insert("TxPower".into(), v(tx));
             }
             if !mfr.is_empty() && (dup || mfr != d.manufacturer_data) {
                 d.manufacturer_data = mfr;
