@@ -17,9 +17,11 @@
 //! - [`sd_notify`]: systemd `READY`/`STATUS`/`STOPPING` and a watchdog tied to real progress.
 //! - [`receive`]: `wardgate receive`, the upstream side (verify, dedup, store durably, ack).
 //! - [`broker`]: a small embedded MQTT broker for `wardgate demo`.
+//! - [`blesim`]: a simulated BlueZ (org.bluez on a private dbus-daemon) for btleplug-level tests.
 //! - [`demo`]: `wardgate demo`, the whole chain on loopback with recorded real devices.
 
 pub mod batch;
+pub mod blesim;
 pub mod broker;
 pub mod cli;
 pub mod config;

@@ -237,18 +237,26 @@ fn refused_devices_stay_out_of_the_store_bonds_are_required_and_memory_stays_bou
         .unwrap_or_else(|| panic!("needs-pairing event: {events:?}"));
     assert!(need.detail.as_deref().unwrap_or("").contains("wardgate pair 5C:31:3E:01:16:6D"), "{need:?}");
 
-    // What `wardgate status` shows an installer: the adapter's counters, bounded memory.
-    let out = std::process::Command::new(BIN)
-        .args(["status", "--json", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let adapters = v["snapshot"]["adapters"].as_array().cloned().unwrap_or_default();
-    let b = adapters.iter().find(|a| a["name"] == "ble").expect("ble adapter in status");
-    assert!(b["ble"]["rejected"].as_u64().unwrap() >= u64::from(n) - 10, "{b}");
+    // What `wardgate status` shows an installer: the adapter's counters, bounded memory (the
+    // snapshot is rewritten every 2 s).
+    let status = || -> serde_json::Value {
+        let out = std::process::Command::new(BIN)
+            .args(["status", "--json", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let adapters = v["snapshot"]["adapters"].as_array().cloned().unwrap_or_default();
+        adapters.into_iter().find(|a| a["name"] == "ble").unwrap_or_default()
+    };
+    wait_for("status to count the refused sightings", Duration::from_secs(15), || {
+        Ok(status()["ble"]["rejected"].as_u64().unwrap_or(0) >= u64::from(n))
+    })
+    .unwrap();
+    let b = status();
     assert!(b["ble"]["tracked"].as_u64().unwrap() <= 4096, "{b}");
     assert!(b["ble"]["pruned"].as_u64().unwrap() > 0, "{b}");
+    assert_eq!(b["ble"]["rejected_events"].as_u64(), Some(20), "{b}");
 
     // The bond appears (an installer ran `wardgate pair`): now it is served.
     sim.set_bonded(SCALE, true, true);
@@ -438,7 +446,7 @@ fn inhaler_vendor_profile_asset_tag_presence_and_a_changed_attribute_table() {
     assert!(st.success(), "{}", gateway.stderr());
 }
 
-fn pair(ble: &BleWorld, args: &[&str], main_conf: &std::path::Path, stdin: &[u8]) -> std::process::Output {
+fn pair(ble: &BleWorld, args: &[&str], main_conf: &std::path::Path, stdin: &[u8]) -> wardgate_e2e::process::Output {
     let mut cmd = std::process::Command::new(BIN);
     cmd.arg("pair").args(args).arg("--bluez-main-conf").arg(main_conf).arg("--timeout").arg("15");
     cmd.env("DBUS_SYSTEM_BUS_ADDRESS", ble.bus.address());
@@ -475,20 +483,20 @@ fn pair_requires_secure_connections_confirms_the_number_and_refuses_just_works()
     // BlueZ allows legacy pairing: refused with the fix.
     let out = pair(&ble, &[SCALE], &default_conf, b"");
     assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = out.stderr.clone();
     assert!(err.contains("SecureConnections = only"), "{err}");
     assert_eq!(sim.bond_state(SCALE).map(|b| b.0), Some(false));
 
     // The installer declines the number: not paired.
     let out = pair(&ble, &[SCALE], &sc_only, b"n\n");
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("123456"));
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr.clone());
+    assert!(out.stdout.clone().contains("123456"));
     assert_eq!(sim.bond_state(SCALE).map(|b| b.0), Some(false));
 
     // The installer confirms: paired, bonded, trusted, and told what to put in the config.
     let out = pair(&ble, &[SCALE], &sc_only, b"y\n");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = out.stdout.clone();
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", out.stderr.clone());
     assert!(stdout.contains("Does the device show the number 123456?"), "{stdout}");
     assert!(stdout.contains("numeric comparison") && stdout.contains(&format!("address = \"{SCALE}\"")), "{stdout}");
     assert_eq!(sim.bond_state(SCALE), Some((true, true)));
@@ -498,10 +506,10 @@ fn pair_requires_secure_connections_confirms_the_number_and_refuses_just_works()
     sim.set_pairing(jw, Pairing::JustWorks);
     let out = pair(&ble, &[jw], &sc_only, b"");
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Just Works"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stderr.clone().contains("Just Works"), "{}", out.stderr.clone());
     assert_ne!(sim.bond_state(jw).map(|b| b.0), Some(true), "no bond left behind");
     let out = pair(&ble, &[jw, "--allow-just-works"], &sc_only, b"");
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr.clone());
 
     // A bad address is a usage error.
     let out = pair(&ble, &["not-an-address"], &sc_only, b"");

@@ -573,7 +573,8 @@ impl<'a> Scan<'a> {
         let props = p.properties().await.ok()??;
         Some(Sighting {
             rssi: props.rssi,
-            name: props.advertisement_name.or(props.local_name),
+            // `local_name` is BlueZ's Alias, which defaults to the address: not a name.
+            name: props.advertisement_name,
             address_type: props.address_type.map(|t| format!("{t:?}").to_lowercase()),
             manufacturer_data: props.manufacturer_data,
             service_data: props.service_data,
@@ -944,14 +945,15 @@ impl Session {
         );
         log::info!("ble {}: connected{}", self.name(), if adopted { " (link held by BlueZ from before)" } else { "" });
         self.emit(event(&self.spec.device, EventKind::Connected, detail)).await?;
-        let mut errors = ErrorBudget::default();
-        // Battery Level and vendor "read" characteristics: read once per connection.
+        // Battery Level and vendor "read" characteristics: read once per connection. BlueZ
+        // reports a read's result as a `Value` change too, so the value reaches `handle` through
+        // the notification stream (exactly once), not from here.
         for c in &chars {
             let is_battery = short_uuid(c.uuid) == Some(Profile::Battery.uuid()) && self.spec.wants(Profile::Battery);
             let vendor_read = self.spec.vendor.as_ref().is_some_and(|v| vendor_mode(v, c.uuid) == Some(CharacteristicMode::Read));
             if (is_battery || vendor_read) && c.properties.contains(CharPropFlags::READ) {
-                if let Ok(Ok(v)) = timeout(GATT_TIMEOUT, p.read(c)).await {
-                    self.handle(c.uuid, &v, identity_ok, &mut errors).await?;
+                if let Ok(Err(e)) = timeout(GATT_TIMEOUT, p.read(c)).await {
+                    log::debug!("ble {}: read {}: {e}", self.name(), c.uuid);
                 }
             }
         }
@@ -980,6 +982,7 @@ impl Session {
                 log::warn!("ble {}: glucose record request: {e}", self.name());
             }
         }
+        let mut errors = ErrorBudget::default();
         loop {
             tokio::select! {
                 n = notes.next() => match n {
