@@ -192,8 +192,11 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                         let key: [u8; 16] = hex::decode(k.trim())
                             .ok()
                             .and_then(|v| v.try_into().ok())
-                            .ok_or_else(|| UsageError("--key must be 16 bytes in hex (32 digits)".into()))?;
-                        let mac = wardgate_adapters::ble::config::Address::parse(&m).map_err(UsageError)?;
+                            .ok_or_else(|| {
+                                UsageError("--key must be 16 bytes in hex (32 digits)".into())
+                            })?;
+                        let mac = wardgate_adapters::ble::config::Address::parse(&m)
+                            .map_err(UsageError)?;
                         Some((key, mac.0))
                     }
                     _ => None,
@@ -203,8 +206,13 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                     .ok_or_else(|| UsageError(format!("HEX `{}` is not text", file.display())))?;
                 let stdout = std::io::stdout();
                 let mut out = std::io::BufWriter::new(stdout.lock());
-                let summary =
-                    crate::decode::decode_profile_with_key(&profile, hex, bthome_key, &mut out, &mut std::io::stderr())?;
+                let summary = crate::decode::decode_profile_with_key(
+                    &profile,
+                    hex,
+                    bthome_key,
+                    &mut out,
+                    &mut std::io::stderr(),
+                )?;
                 out.flush()?;
                 return Ok(if summary.errors > 0 {
                     ExitCode::from(1)
@@ -300,8 +308,8 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             bluez_main_conf,
             timeout,
         } => {
-            let address = wardgate_adapters::ble::config::Address::parse(&address)
-                .map_err(UsageError)?;
+            let address =
+                wardgate_adapters::ble::config::Address::parse(&address).map_err(UsageError)?;
             runtime()?.block_on(crate::pair::pair(crate::pair::PairOptions {
                 address,
                 adapter,

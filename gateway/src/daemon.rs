@@ -152,8 +152,10 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         uplink_status.clone(),
         writer.clone(),
         adapters.clone(),
-        serial_adapters,
-        ble_stats,
+        Counters {
+            serial: serial_adapters,
+            ble: ble_stats,
+        },
         shutdown_rx.clone(),
     ));
     // Last: READY=1 means the store is open and every task above has started.
@@ -220,6 +222,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where the status snapshot reads the adapters' own counters.
+struct Counters {
+    serial: Vec<Arc<SerialAdapter>>,
+    ble: Option<Arc<BleStats>>,
+}
+
 /// Writes the `status.json` snapshot for `wardgate status` every 2 s until shutdown (and once
 /// more on the way out).
 async fn write_status(
@@ -228,8 +236,7 @@ async fn write_status(
     uplink: watch::Receiver<UplinkStatus>,
     writer: Arc<WriterStats>,
     adapters: Vec<(String, Arc<AdapterHealth>)>,
-    serial: Vec<Arc<SerialAdapter>>,
-    ble: Option<Arc<BleStats>>,
+    counters: Counters,
     mut shutdown: watch::Receiver<bool>,
 ) {
     use std::sync::atomic::Ordering;
@@ -282,12 +289,14 @@ async fn write_status(
                     name: name.clone(),
                     failures: h.failures.load(Ordering::Relaxed),
                     restarts: h.restarts.load(Ordering::Relaxed),
-                    serial: serial
+                    serial: counters
+                        .serial
                         .iter()
                         .find(|a| a.name() == name)
                         .and_then(|a| serde_json::to_value(a.stats()).ok())
                         .and_then(|v| serde_json::from_value(v).ok()),
-                    ble: ble
+                    ble: counters
+                        .ble
                         .as_ref()
                         .filter(|_| name == "ble")
                         .and_then(|b| serde_json::to_value(&**b).ok())

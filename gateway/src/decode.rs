@@ -457,17 +457,37 @@ mod tests {
     #[test]
     fn encrypted_bthome_with_its_key() {
         // PROTOCOLS.md D-14 (bthome-ble test_bindkey_correct).
-        let key: [u8; 16] = hex::decode("231d39c1d7cc1ab1aee224cd096db932").unwrap().try_into().unwrap();
+        let key: [u8; 16] = hex::decode("231d39c1d7cc1ab1aee224cd096db932")
+            .unwrap()
+            .try_into()
+            .unwrap();
         let mac = [0x54, 0x48, 0xE6, 0x8F, 0x80, 0xA5];
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        let s = decode_profile_with_key("bthome", "d2fc41a47266c95f730011223378237214", Some((key, mac)), &mut out, &mut err).unwrap();
+        let s = decode_profile_with_key(
+            "bthome",
+            "d2fc41a47266c95f730011223378237214",
+            Some((key, mac)),
+            &mut out,
+            &mut err,
+        )
+        .unwrap();
         let out = String::from_utf8(out).unwrap();
         assert_eq!((s.observations, s.errors), (1, 0), "{out}");
-        assert!(out.contains("\"counter\":857870592") && out.contains("25.06"), "{out}");
+        assert!(
+            out.contains("\"counter\":857870592") && out.contains("25.06"),
+            "{out}"
+        );
         let mut wrong = key;
         wrong[0] ^= 1;
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        let s = decode_profile_with_key("bthome", "41a47266c95f730011223378237214", Some((wrong, mac)), &mut out, &mut err).unwrap();
+        let s = decode_profile_with_key(
+            "bthome",
+            "41a47266c95f730011223378237214",
+            Some((wrong, mac)),
+            &mut out,
+            &mut err,
+        )
+        .unwrap();
         assert_eq!(s.errors, 1);
         assert!(String::from_utf8(err).unwrap().contains("MIC mismatch"));
         let (_, err, s) = run("bthome", "41a47266c95f730011223378237214");

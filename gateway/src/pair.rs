@@ -130,7 +130,11 @@ pub async fn pair(opts: PairOptions) -> anyhow::Result<()> {
     result
 }
 
-fn proxy(conn: &Arc<SyncConnection>, path: String, secs: u64) -> Proxy<'static, Arc<SyncConnection>> {
+fn proxy(
+    conn: &Arc<SyncConnection>,
+    path: String,
+    secs: u64,
+) -> Proxy<'static, Arc<SyncConnection>> {
     Proxy::new("org.bluez", path, Duration::from_secs(secs), conn.clone())
 }
 
@@ -193,7 +197,10 @@ async fn pair_on(conn: &Arc<SyncConnection>, opts: &PairOptions) -> anyhow::Resu
         .with_context(|| format!("Bluetooth adapter {} (is it present?)", opts.adapter))?;
     let _ = adapter.set("org.bluez.Adapter1", "Pairable", true).await;
     let path = device_path(&opts.adapter, addr);
-    println!("Looking for {addr} on {} … (make the device discoverable / put it in pairing mode)", opts.adapter);
+    println!(
+        "Looking for {addr} on {} … (make the device discoverable / put it in pairing mode)",
+        opts.adapter
+    );
     let deadline = tokio::time::Instant::now() + opts.timeout;
     if !device_known(conn, &path).await {
         let _ = adapter
@@ -201,13 +208,19 @@ async fn pair_on(conn: &Arc<SyncConnection>, opts: &PairOptions) -> anyhow::Resu
             .await;
         while !device_known(conn, &path).await {
             if tokio::time::Instant::now() >= deadline {
-                bail!("{addr} was not seen within {} s: is it in range and in pairing mode?", opts.timeout.as_secs());
+                bail!(
+                    "{addr} was not seen within {} s: is it in range and in pairing mode?",
+                    opts.timeout.as_secs()
+                );
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
     let device = proxy(conn, path.clone(), opts.timeout.as_secs().max(30));
-    let paired: bool = device.get("org.bluez.Device1", "Paired").await.unwrap_or(false);
+    let paired: bool = device
+        .get("org.bluez.Device1", "Paired")
+        .await
+        .unwrap_or(false);
     if paired {
         println!("{addr} is already paired with this gateway; re-pairing");
         let dev = dbus::Path::new(path.clone()).map_err(|e| anyhow::anyhow!(e))?;
@@ -229,8 +242,12 @@ async fn pair_on(conn: &Arc<SyncConnection>, opts: &PairOptions) -> anyhow::Resu
     if let Err(e) = r {
         let name = e.name().unwrap_or("");
         let why = match name {
-            "org.bluez.Error.AuthenticationRejected" | "org.bluez.Error.Rejected" => "the passkey was not confirmed",
-            "org.bluez.Error.AuthenticationFailed" => "authentication failed (wrong passkey, or the device refused)",
+            "org.bluez.Error.AuthenticationRejected" | "org.bluez.Error.Rejected" => {
+                "the passkey was not confirmed"
+            }
+            "org.bluez.Error.AuthenticationFailed" => {
+                "authentication failed (wrong passkey, or the device refused)"
+            }
             "org.bluez.Error.AuthenticationCanceled" => "pairing was cancelled",
             "org.bluez.Error.ConnectionAttemptFailed" => "could not connect to the device",
             "org.bluez.Error.AuthenticationTimeout" => "the device did not answer in time",
@@ -238,7 +255,10 @@ async fn pair_on(conn: &Arc<SyncConnection>, opts: &PairOptions) -> anyhow::Resu
         };
         bail!("{addr}: {why} ({name}: {})", e.message().unwrap_or(""));
     }
-    let method = seen.lock().map(|m| m.unwrap_or(Method::JustWorks)).unwrap_or(Method::JustWorks);
+    let method = seen
+        .lock()
+        .map(|m| m.unwrap_or(Method::JustWorks))
+        .unwrap_or(Method::JustWorks);
     if method == Method::JustWorks && !opts.allow_just_works {
         let dev = dbus::Path::new(path.clone()).map_err(|e| anyhow::anyhow!(e))?;
         let _ = adapter
@@ -254,7 +274,10 @@ async fn pair_on(conn: &Arc<SyncConnection>, opts: &PairOptions) -> anyhow::Resu
     let bonded: bool = match device.get("org.bluez.Device1", "Bonded").await {
         Ok(b) => b,
         // BlueZ before 5.70 has no `Bonded`: `Paired` is the best it tells.
-        Err(_) => device.get("org.bluez.Device1", "Paired").await.unwrap_or(false),
+        Err(_) => device
+            .get("org.bluez.Device1", "Paired")
+            .await
+            .unwrap_or(false),
     };
     let identity: String = device
         .get("org.bluez.Device1", "Address")
@@ -272,7 +295,11 @@ async fn pair_on(conn: &Arc<SyncConnection>, opts: &PairOptions) -> anyhow::Resu
         "Paired {identity} ({}) using {}; bond {}.",
         if name.is_empty() { "no name" } else { &name },
         method.describe(),
-        if bonded { "stored" } else { "NOT stored: the device did not bond" }
+        if bonded {
+            "stored"
+        } else {
+            "NOT stored: the device did not bond"
+        }
     );
     println!("Allowlist it in /etc/wardgate/wardgate.toml, then `systemctl restart wardgate`:\n");
     println!("[[ble.device]]\nname = \"…\"            # e.g. bed12-hr\naddress = \"{identity}\"\naddress_type = \"{address_type}\"\nrequire_bond = true");
@@ -282,9 +309,7 @@ async fn pair_on(conn: &Arc<SyncConnection>, opts: &PairOptions) -> anyhow::Resu
 async fn device_known(conn: &Arc<SyncConnection>, path: &str) -> bool {
     let root = proxy(conn, "/".into(), 5);
     match root.get_managed_objects().await {
-        Ok(objects) => objects
-            .keys()
-            .any(|p| &**p == path),
+        Ok(objects) => objects.keys().any(|p| &**p == path),
         Err(_) => false,
     }
 }
@@ -310,7 +335,9 @@ fn answer(msg: &Message, seen: &Mutex<Option<Method>>) -> Message {
                 Err(_) => return rejected("bad arguments"),
             };
             set(Method::NumericComparison);
-            if prompt_yes(&format!("Does the device show the number {passkey:06}? [y/N] ")) {
+            if prompt_yes(&format!(
+                "Does the device show the number {passkey:06}? [y/N] "
+            )) {
                 msg.method_return()
             } else {
                 rejected("not confirmed by the installer")
@@ -329,7 +356,10 @@ fn answer(msg: &Message, seen: &Mutex<Option<Method>>) -> Message {
         }
         "RequestPasskey" => {
             set(Method::PasskeyEntry);
-            match prompt_line("Enter the 6-digit passkey the device shows: ").trim().parse::<u32>() {
+            match prompt_line("Enter the 6-digit passkey the device shows: ")
+                .trim()
+                .parse::<u32>()
+            {
                 Ok(n) if n <= 999_999 => msg.method_return().append1(n),
                 _ => rejected("no valid passkey entered"),
             }
@@ -373,9 +403,21 @@ mod tests {
     fn secure_connections_setting() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("main.conf");
-        assert_eq!(secure_connections_mode(&f), "on", "absent file: BlueZ default");
-        std::fs::write(&f, "[General]\n#SecureConnections = only\nName = x\n[Policy]\nSecureConnections=only\n").unwrap();
-        assert_eq!(secure_connections_mode(&f), "on", "comments and other sections do not count");
+        assert_eq!(
+            secure_connections_mode(&f),
+            "on",
+            "absent file: BlueZ default"
+        );
+        std::fs::write(
+            &f,
+            "[General]\n#SecureConnections = only\nName = x\n[Policy]\nSecureConnections=only\n",
+        )
+        .unwrap();
+        assert_eq!(
+            secure_connections_mode(&f),
+            "on",
+            "comments and other sections do not count"
+        );
         std::fs::write(&f, "[General]\nSecureConnections = Only\n").unwrap();
         assert_eq!(secure_connections_mode(&f), "only");
     }

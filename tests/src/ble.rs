@@ -20,7 +20,8 @@ impl BleWorld {
     /// Starts a private dbus-daemon and the simulated BlueZ on it. Fails (never skips) when
     /// `dbus-daemon` is missing: `scripts/test` installs it.
     pub fn start() -> Result<BleWorld> {
-        let bus = Bus::start().map_err(|e| anyhow::anyhow!("{e} (scripts/test installs dbus-daemon)"))?;
+        let bus =
+            Bus::start().map_err(|e| anyhow::anyhow!("{e} (scripts/test installs dbus-daemon)"))?;
         let sim = SimBluez::start(bus.address())?;
         Ok(BleWorld { sim, bus })
     }
@@ -35,7 +36,6 @@ impl BleWorld {
 pub fn real_ble(name: &str) -> PathBuf {
     workspace_root().join("data/real/ble").join(name)
 }
-
 
 /// The `hex_payload` column of the rows of `gatt_notifications.csv` whose device starts with
 /// `device` (e.g. `Polar H7`, `A&D UC-352BLE`), in file order.

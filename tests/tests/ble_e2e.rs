@@ -117,9 +117,15 @@ fn ble_devices_are_admitted_decoded_delivered_signed_and_resubscribed_once_after
             && up.values(&scale_id, BODY_WEIGHT)?.len() == 2)
     })
     .unwrap();
-    assert_eq!(up.values(&strap_id, HEART_RATE).unwrap(), [78.0, 79.0, 80.0]);
+    assert_eq!(
+        up.values(&strap_id, HEART_RATE).unwrap(),
+        [78.0, 79.0, 80.0]
+    );
     let rr = up.values(&strap_id, RR_INTERVAL).unwrap();
-    let want_rr: Vec<f64> = [722.0, 712.0, 695.0, 704.0].iter().map(|r| r * 1000.0 / 1024.0).collect();
+    let want_rr: Vec<f64> = [722.0, 712.0, 695.0, 704.0]
+        .iter()
+        .map(|r| r * 1000.0 / 1024.0)
+        .collect();
     assert_eq!(rr.len(), 4, "RR-intervals {rr:?}");
     for (a, b) in rr.iter().zip(&want_rr) {
         assert!((a - b).abs() < 1e-6, "RR {rr:?} vs {want_rr:?}");
@@ -127,31 +133,53 @@ fn ble_devices_are_admitted_decoded_delivered_signed_and_resubscribed_once_after
     assert_eq!(up.values(&scale_id, BODY_WEIGHT).unwrap(), [65.7, 65.6]);
     let obs = up.observations().unwrap();
     assert!(
-        obs.iter().all(|o| o.device == strap_id || o.device == scale_id),
+        obs.iter()
+            .all(|o| o.device == strap_id || o.device == scale_id),
         "only admitted devices' data upstream: {:?}",
-        obs.iter().map(|o| &o.device).collect::<std::collections::BTreeSet<_>>()
+        obs.iter()
+            .map(|o| &o.device)
+            .collect::<std::collections::BTreeSet<_>>()
     );
     // Battery Level was read on connect (the simulated battery reads 100 %? whatever it holds:
     // a battery observation exists for the strap).
-    assert!(!up.values(&strap_id, BATTERY).unwrap().is_empty(), "battery level read on connect");
+    assert!(
+        !up.values(&strap_id, BATTERY).unwrap().is_empty(),
+        "battery level read on connect"
+    );
 
     // The stranger is visible upstream, with what an installer needs to approve it.
-    wait_for("the rejected event upstream", Duration::from_secs(10), || {
-        Ok(up.events()?.iter().any(|e| e.kind == "rejected"))
-    })
+    wait_for(
+        "the rejected event upstream",
+        Duration::from_secs(10),
+        || Ok(up.events()?.iter().any(|e| e.kind == "rejected")),
+    )
     .unwrap();
     let events = up.events().unwrap();
     let rejected: Vec<_> = events.iter().filter(|e| e.kind == "rejected").collect();
     assert_eq!(rejected.len(), 1, "{rejected:?}");
     assert_eq!(rejected[0].device, format!("ble:{stranger}"));
     let detail = rejected[0].detail.clone().unwrap_or_default();
-    for want in [&format!("address={stranger}"), "rssi=-71", "name=\"Unknown Tracker\"", "reason=not-allowlisted"] {
-        assert!(detail.contains(want), "rejected detail {detail:?} lacks {want}");
+    for want in [
+        &format!("address={stranger}"),
+        "rssi=-71",
+        "name=\"Unknown Tracker\"",
+        "reason=not-allowlisted",
+    ] {
+        assert!(
+            detail.contains(want),
+            "rejected detail {detail:?} lacks {want}"
+        );
     }
-    let connected: Vec<_> = events.iter().filter(|e| e.kind == "connected" && e.device == strap_id).collect();
+    let connected: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == "connected" && e.device == strap_id)
+        .collect();
     assert_eq!(connected.len(), 1);
     let d = connected[0].detail.clone().unwrap_or_default();
-    assert!(d.contains("manufacturer=\"Polar Electro Oy\"") && d.contains("serial=\"D7904C14\""), "{d}");
+    assert!(
+        d.contains("manufacturer=\"Polar Electro Oy\"") && d.contains("serial=\"D7904C14\""),
+        "{d}"
+    );
 
     // Link loss: disconnected upstream, reconnect, exactly one new StartNotify, no doubles.
     sim.drop_link(STRAP);
@@ -159,11 +187,17 @@ fn ble_devices_are_admitted_decoded_delivered_signed_and_resubscribed_once_after
         sim.connect_count(STRAP) == 2 && sim.start_notify_count(STRAP, &hr_uuid()) == 2
     });
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(sim.start_notify_count(STRAP, &hr_uuid()), 2, "one StartNotify per connection");
+    assert_eq!(
+        sim.start_notify_count(STRAP, &hr_uuid()),
+        2,
+        "one StartNotify per connection"
+    );
     assert!(sim.notify(STRAP, &hr_uuid(), &hr[0]));
-    wait_for("the HR after the reconnect", Duration::from_secs(20), || {
-        Ok(up.values(&strap_id, HEART_RATE)?.len() >= 4)
-    })
+    wait_for(
+        "the HR after the reconnect",
+        Duration::from_secs(20),
+        || Ok(up.values(&strap_id, HEART_RATE)?.len() >= 4),
+    )
     .unwrap();
     std::thread::sleep(Duration::from_millis(700));
     assert_eq!(
@@ -172,7 +206,9 @@ fn ble_devices_are_admitted_decoded_delivered_signed_and_resubscribed_once_after
         "the notification after the reconnect arrives once"
     );
     let events = up.events().unwrap();
-    assert!(events.iter().any(|e| e.kind == "disconnected" && e.device == strap_id));
+    assert!(events
+        .iter()
+        .any(|e| e.kind == "disconnected" && e.device == strap_id));
 
     // Signed like every batch: each raw message verifies.
     env.wait_store_drained(Duration::from_secs(15)).unwrap();
@@ -212,30 +248,71 @@ fn refused_devices_stay_out_of_the_store_bonds_are_required_and_memory_stays_bou
     let n = 3000u32;
     for i in 0..n {
         let b = i.to_be_bytes();
-        let a = format!("4{:X}:{:02X}:{:02X}:{:02X}:{:02X}:9A", i % 16, b[0], b[1], b[2], b[3]);
-        sim.advertise(&a, &Advert { rssi: -80, ..Default::default() });
+        let a = format!(
+            "4{:X}:{:02X}:{:02X}:{:02X}:{:02X}:9A",
+            i % 16,
+            b[0],
+            b[1],
+            b[2],
+            b[3]
+        );
+        sim.advertise(
+            &a,
+            &Advert {
+                rssi: -80,
+                ..Default::default()
+            },
+        );
     }
     let up = env.upstream();
-    wait_for("the rejected events upstream", Duration::from_secs(30), || {
-        Ok(up.events()?.iter().filter(|e| e.kind == "rejected").count() >= 20)
-    })
+    wait_for(
+        "the rejected events upstream",
+        Duration::from_secs(30),
+        || Ok(up.events()?.iter().filter(|e| e.kind == "rejected").count() >= 20),
+    )
     .unwrap();
     // The gateway removes what it refused from BlueZ: BlueZ's device list stays small too.
-    wait_sim("refused devices pruned from BlueZ", 30, || sim.device_count() < 50);
+    wait_sim("refused devices pruned from BlueZ", 30, || {
+        sim.device_count() < 50
+    });
     std::thread::sleep(Duration::from_secs(1));
-    let rejected = up.events().unwrap().into_iter().filter(|e| e.kind == "rejected").count();
-    assert_eq!(rejected, 20, "at most rejected_per_minute events; the rest are counted");
-    assert!(up.observations().unwrap().is_empty(), "no refused data upstream");
-    assert!(env.store().unwrap().queue.iter().all(|r| r.kind.is_some()), "no observation stored");
+    let rejected = up
+        .events()
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "rejected")
+        .count();
+    assert_eq!(
+        rejected, 20,
+        "at most rejected_per_minute events; the rest are counted"
+    );
+    assert!(
+        up.observations().unwrap().is_empty(),
+        "no refused data upstream"
+    );
+    assert!(
+        env.store().unwrap().queue.iter().all(|r| r.kind.is_some()),
+        "no observation stored"
+    );
 
     // The unbonded scale: never connected, reported as needing pairing.
-    assert_eq!(sim.connect_count(SCALE), 0, "an allowlisted device without its bond is not served");
+    assert_eq!(
+        sim.connect_count(SCALE),
+        0,
+        "an allowlisted device without its bond is not served"
+    );
     let events = up.events().unwrap();
     let need = events
         .iter()
         .find(|e| e.device == format!("ble:{SCALE}") && e.kind == "error")
         .unwrap_or_else(|| panic!("needs-pairing event: {events:?}"));
-    assert!(need.detail.as_deref().unwrap_or("").contains("wardgate pair 5C:31:3E:01:16:6D"), "{need:?}");
+    assert!(
+        need.detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("wardgate pair 5C:31:3E:01:16:6D"),
+        "{need:?}"
+    );
 
     // What `wardgate status` shows an installer: the adapter's counters, bounded memory (the
     // snapshot is rewritten every 2 s).
@@ -246,12 +323,20 @@ fn refused_devices_stay_out_of_the_store_bonds_are_required_and_memory_stays_bou
             .output()
             .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let adapters = v["snapshot"]["adapters"].as_array().cloned().unwrap_or_default();
-        adapters.into_iter().find(|a| a["name"] == "ble").unwrap_or_default()
+        let adapters = v["snapshot"]["adapters"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        adapters
+            .into_iter()
+            .find(|a| a["name"] == "ble")
+            .unwrap_or_default()
     };
-    wait_for("status to count the refused sightings", Duration::from_secs(15), || {
-        Ok(status()["ble"]["rejected"].as_u64().unwrap_or(0) >= u64::from(n))
-    })
+    wait_for(
+        "status to count the refused sightings",
+        Duration::from_secs(15),
+        || Ok(status()["ble"]["rejected"].as_u64().unwrap_or(0) >= u64::from(n)),
+    )
     .unwrap();
     let b = status();
     assert!(b["ble"]["tracked"].as_u64().unwrap() <= 4096, "{b}");
@@ -260,8 +345,16 @@ fn refused_devices_stay_out_of_the_store_bonds_are_required_and_memory_stays_bou
 
     // The bond appears (an installer ran `wardgate pair`): now it is served.
     sim.set_bonded(SCALE, true, true);
-    sim.advertise(SCALE, &Advert { rssi: -60, ..Default::default() });
-    wait_sim("the scale to connect once bonded", 40, || sim.connect_count(SCALE) >= 1);
+    sim.advertise(
+        SCALE,
+        &Advert {
+            rssi: -60,
+            ..Default::default()
+        },
+    );
+    wait_sim("the scale to connect once bonded", 40, || {
+        sim.connect_count(SCALE) >= 1
+    });
     let st = gateway.terminate(Duration::from_secs(10)).unwrap();
     assert!(st.success(), "{}", gateway.stderr());
 }
@@ -272,7 +365,10 @@ fn stored_glucose_records_arrive_once_through_racp_after_reconnects() {
     let ble = BleWorld::start().unwrap();
     let sim = &ble.sim;
     let meter = "00:09:1F:40:00:01";
-    let mut d = blesim::glucose_meter(meter, &DeviceInformation::new("Roche", "Accu-Chek Guide", "92300001", "1.0"));
+    let mut d = blesim::glucose_meter(
+        meter,
+        &DeviceInformation::new("Roche", "Accu-Chek Guide", "92300001", "1.0"),
+    );
     d.paired = true;
     d.bonded = true;
     sim.add_device(d);
@@ -299,7 +395,11 @@ fn stored_glucose_records_arrive_once_through_racp_after_reconnects() {
     })
     .unwrap();
     let racp = blesim::uuid16(0x2A52);
-    assert_eq!(sim.writes(meter, &racp), [vec![0x01, 0x01]], "first connection: all records");
+    assert_eq!(
+        sim.writes(meter, &racp),
+        [vec![0x01, 0x01]],
+        "first connection: all records"
+    );
     // Link loss; the meter takes a 4th reading meanwhile.
     sim.drop_link(meter);
     sim.install_glucose_racp(meter, vec![record(1), record(2), record(3), record(4)]);
@@ -313,7 +413,11 @@ fn stored_glucose_records_arrive_once_through_racp_after_reconnects() {
         "after a reconnect: only records from sequence number 4"
     );
     std::thread::sleep(Duration::from_millis(700));
-    assert_eq!(up.values(&id, GLUCOSE_CAPILLARY).unwrap().len(), 4, "each record once");
+    assert_eq!(
+        up.values(&id, GLUCOSE_CAPILLARY).unwrap().len(),
+        4,
+        "each record once"
+    );
     let st = gateway.terminate(Duration::from_secs(10)).unwrap();
     assert!(st.success(), "{}", gateway.stderr());
 }
@@ -328,21 +432,34 @@ fn after_a_kill_9_the_restarted_gateway_adopts_the_link_bluez_still_holds() {
     let cfg = write_config_with_ble(&env, &env.gateway_options(), BLE_CONFIG).unwrap();
     let _receiver = env.start_receiver(&ReceiverOptions::default()).unwrap();
     let mut gateway = env.spawn_gateway_with_env(&cfg, &ble.env()).unwrap();
-    wait_sim("the held link to be subscribed", 20, || sim.start_notify_count(STRAP, &hr_uuid()) == 1);
+    wait_sim("the held link to be subscribed", 20, || {
+        sim.start_notify_count(STRAP, &hr_uuid()) == 1
+    });
     assert_eq!(sim.connect_count(STRAP), 0, "adopted, not reconnected");
     let hr = gatt_capture("Polar H7");
     assert!(sim.notify(STRAP, &hr_uuid(), &hr[0]));
     let id = format!("ble:{STRAP}");
     let up = env.upstream();
-    wait_for("the first HR", Duration::from_secs(20), || Ok(up.values(&id, HEART_RATE)?.len() == 1)).unwrap();
+    wait_for("the first HR", Duration::from_secs(20), || {
+        Ok(up.values(&id, HEART_RATE)?.len() == 1)
+    })
+    .unwrap();
 
     gateway.kill9().unwrap();
-    assert!(sim.is_connected(STRAP), "BlueZ keeps the link after our process died");
+    assert!(
+        sim.is_connected(STRAP),
+        "BlueZ keeps the link after our process died"
+    );
     let mut gateway = env.spawn_gateway_with_env(&cfg, &ble.env()).unwrap();
-    wait_sim("the restarted gateway to resubscribe", 20, || sim.start_notify_count(STRAP, &hr_uuid()) == 2);
+    wait_sim("the restarted gateway to resubscribe", 20, || {
+        sim.start_notify_count(STRAP, &hr_uuid()) == 2
+    });
     assert_eq!(sim.connect_count(STRAP), 0, "still the same link");
     assert!(sim.notify(STRAP, &hr_uuid(), &hr[1]));
-    wait_for("the HR after the restart", Duration::from_secs(20), || Ok(up.values(&id, HEART_RATE)?.len() == 2)).unwrap();
+    wait_for("the HR after the restart", Duration::from_secs(20), || {
+        Ok(up.values(&id, HEART_RATE)?.len() == 2)
+    })
+    .unwrap();
     assert_eq!(up.values(&id, HEART_RATE).unwrap(), [78.0, 79.0]);
     let st = gateway.terminate(Duration::from_secs(10)).unwrap();
     assert!(st.success(), "{}", gateway.stderr());
@@ -368,24 +485,45 @@ fn inhaler_vendor_profile_asset_tag_presence_and_a_changed_attribute_table() {
         services: vec![blesim::SimService {
             uuid: svc.into(),
             characteristics: vec![
-                blesim::SimCharacteristic { uuid: act.into(), flags: vec!["notify".into()], value: vec![] },
-                blesim::SimCharacteristic { uuid: batt.into(), flags: vec!["read".into()], value: vec![87] },
+                blesim::SimCharacteristic {
+                    uuid: act.into(),
+                    flags: vec!["notify".into()],
+                    value: vec![],
+                },
+                blesim::SimCharacteristic {
+                    uuid: batt.into(),
+                    flags: vec!["read".into()],
+                    value: vec![87],
+                },
             ],
         }],
         in_range: true,
     });
-    let profile = std::fs::read_to_string(wardgate_e2e::workspace_root().join("config/profiles/inhaler-example.toml")).unwrap();
+    let profile = std::fs::read_to_string(
+        wardgate_e2e::workspace_root().join("config/profiles/inhaler-example.toml"),
+    )
+    .unwrap();
     let ble_cfg = format!(
         "[ble]\n[[ble.device]]\nname = \"bed6-inhaler\"\naddress = \"{inhaler}\"\naddress_type = \"random\"\nvendor_profile = \"inhaler-example\"\n\n\
          [[ble.device]]\nname = \"bed4-hr\"\naddress = \"{STRAP}\"\nrequire_bond = false\n\n\
          [[ble.tag]]\nname = \"pumps\"\nibeacon_uuid = \"426c7565-4368-6172-6d42-6561636f6e73\"\nwindow_s = 1\n\n{profile}"
     );
     let cfg = write_config_with_ble(&env, &env.gateway_options(), &ble_cfg).unwrap();
-    let check = std::process::Command::new(BIN).arg("check-config").arg(&cfg).output().unwrap();
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let check = std::process::Command::new(BIN)
+        .arg("check-config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     let _receiver = env.start_receiver(&ReceiverOptions::default()).unwrap();
     let mut gateway = env.spawn_gateway_with_env(&cfg, &ble.env()).unwrap();
-    wait_sim("the inhaler to be subscribed", 20, || sim.is_notifying(inhaler, act));
+    wait_sim("the inhaler to be subscribed", 20, || {
+        sim.is_notifying(inhaler, act)
+    });
     // One actuation: time 2026-11-29T08:00:00Z (Unix 1795939200), event, 119 doses left.
     let mut v = 1_795_939_200u32.to_le_bytes().to_vec();
     v.push(1);
@@ -393,62 +531,134 @@ fn inhaler_vendor_profile_asset_tag_presence_and_a_changed_attribute_table() {
     assert!(sim.notify(inhaler, act, &v));
     let id = format!("ble:{inhaler}");
     let up = env.upstream();
-    wait_for("the actuation upstream", Duration::from_secs(20), || Ok(!up.values(&id, DOSES_REMAINING)?.is_empty())).unwrap();
+    wait_for("the actuation upstream", Duration::from_secs(20), || {
+        Ok(!up.values(&id, DOSES_REMAINING)?.is_empty())
+    })
+    .unwrap();
     assert_eq!(up.values(&id, DOSES_REMAINING).unwrap(), [119.0]);
     assert_eq!(up.values(&id, INHALER_ACTUATION).unwrap().len(), 1);
-    assert_eq!(up.values(&id, BATTERY).unwrap(), [87.0], "vendor battery read on connect");
+    assert_eq!(
+        up.values(&id, BATTERY).unwrap(),
+        [87.0],
+        "vendor battery read on connect"
+    );
 
     // An asset tag (the real Blue Charm iBeacon frame) at 10 Hz for 3 s: presence summaries
     // per 1 s window, not 30 observations.
     let tag = "D4:CA:6E:11:22:33";
     let frame = wardgate_e2e::hex("0215426c7565436861726d426561636f6e730efe1355c5");
     for i in 0..30 {
-        sim.advertise(tag, &Advert { rssi: -60 - (i % 7) as i16, manufacturer_data: vec![(0x004C, frame.clone())], ..Default::default() });
+        sim.advertise(
+            tag,
+            &Advert {
+                rssi: -60 - (i % 7) as i16,
+                manufacturer_data: vec![(0x004C, frame.clone())],
+                ..Default::default()
+            },
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     wait_for("presence summaries", Duration::from_secs(10), || {
-        Ok(up.events()?.iter().filter(|e| e.kind == "rssi" && e.device == format!("ble:{tag}")).count() >= 2)
+        Ok(up
+            .events()?
+            .iter()
+            .filter(|e| e.kind == "rssi" && e.device == format!("ble:{tag}"))
+            .count()
+            >= 2)
     })
     .unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    let presence: Vec<_> = up.events().unwrap().into_iter().filter(|e| e.kind == "rssi" && e.device == format!("ble:{tag}")).collect();
-    assert!((2..=5).contains(&presence.len()), "one summary per window: {presence:?}");
+    let presence: Vec<_> = up
+        .events()
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "rssi" && e.device == format!("ble:{tag}"))
+        .collect();
+    assert!(
+        (2..=5).contains(&presence.len()),
+        "one summary per window: {presence:?}"
+    );
     let counted: u64 = presence
         .iter()
         .map(|e| {
             let d = e.detail.clone().unwrap_or_default();
-            assert!(d.contains("rule=pumps") && d.contains("rssi_min=") && d.contains("rssi_median=") && d.contains("rssi_max="), "{d}");
-            d.split_whitespace().find_map(|kv| kv.strip_prefix("count=")).unwrap().parse::<u64>().unwrap()
+            assert!(
+                d.contains("rule=pumps")
+                    && d.contains("rssi_min=")
+                    && d.contains("rssi_median=")
+                    && d.contains("rssi_max="),
+                "{d}"
+            );
+            d.split_whitespace()
+                .find_map(|kv| kv.strip_prefix("count="))
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
         })
         .sum();
-    assert!((25..=30).contains(&counted), "advertisements counted: {counted}");
-    assert!(up.events().unwrap().iter().all(|e| e.kind != "rejected" || e.device != format!("ble:{tag}")), "the tag is admitted by its rule");
+    assert!(
+        (25..=30).contains(&counted),
+        "advertisements counted: {counted}"
+    );
+    assert!(
+        up.events()
+            .unwrap()
+            .iter()
+            .all(|e| e.kind != "rejected" || e.device != format!("ble:{tag}")),
+        "the tag is admitted by its rule"
+    );
 
     // A firmware update changes the strap's attribute table (a thermometer characteristic
     // appears): the next connection discovers it afresh.
     sim.place_device(strap());
     sim.advertise(STRAP, &captured_advert("ble-adv-06", -55));
-    wait_sim("the strap subscribed", 20, || sim.start_notify_count(STRAP, &hr_uuid()) == 1);
+    wait_sim("the strap subscribed", 20, || {
+        sim.start_notify_count(STRAP, &hr_uuid()) == 1
+    });
     let mut services = strap().services;
     services.push(blesim::SimService {
         uuid: blesim::uuid16(0x1809),
-        characteristics: vec![blesim::SimCharacteristic { uuid: blesim::uuid16(0x2A1C), flags: vec!["indicate".into()], value: vec![] }],
+        characteristics: vec![blesim::SimCharacteristic {
+            uuid: blesim::uuid16(0x2A1C),
+            flags: vec!["indicate".into()],
+            value: vec![],
+        }],
     });
     sim.drop_link(STRAP);
     sim.set_gatt(STRAP, services);
     let temp = blesim::uuid16(0x2A1C);
-    wait_sim("the new characteristic subscribed after the update", 30, || sim.is_notifying(STRAP, &temp));
+    wait_sim(
+        "the new characteristic subscribed after the update",
+        30,
+        || sim.is_notifying(STRAP, &temp),
+    );
     // Health Thermometer: flags 0 (°C), FLOAT 36.4 = mantissa 364, exponent -1 (0xFF000016C).
     assert!(sim.notify(STRAP, &temp, &[0x00, 0x6C, 0x01, 0x00, 0xFF]));
-    wait_for("the temperature upstream", Duration::from_secs(20), || Ok(!up.values(&format!("ble:{STRAP}"), TEMP_BODY)?.is_empty())).unwrap();
-    assert_eq!(up.values(&format!("ble:{STRAP}"), TEMP_BODY).unwrap(), [36.4]);
+    wait_for("the temperature upstream", Duration::from_secs(20), || {
+        Ok(!up.values(&format!("ble:{STRAP}"), TEMP_BODY)?.is_empty())
+    })
+    .unwrap();
+    assert_eq!(
+        up.values(&format!("ble:{STRAP}"), TEMP_BODY).unwrap(),
+        [36.4]
+    );
     let st = gateway.terminate(Duration::from_secs(10)).unwrap();
     assert!(st.success(), "{}", gateway.stderr());
 }
 
-fn pair(ble: &BleWorld, args: &[&str], main_conf: &std::path::Path, stdin: &[u8]) -> wardgate_e2e::process::Output {
+fn pair(
+    ble: &BleWorld,
+    args: &[&str],
+    main_conf: &std::path::Path,
+    stdin: &[u8],
+) -> wardgate_e2e::process::Output {
     let mut cmd = std::process::Command::new(BIN);
-    cmd.arg("pair").args(args).arg("--bluez-main-conf").arg(main_conf).arg("--timeout").arg("15");
+    cmd.arg("pair")
+        .args(args)
+        .arg("--bluez-main-conf")
+        .arg(main_conf)
+        .arg("--timeout")
+        .arg("15");
     cmd.env("DBUS_SYSTEM_BUS_ADDRESS", ble.bus.address());
     wardgate_e2e::process::run(cmd, stdin, Duration::from_secs(30)).unwrap()
 }
@@ -474,8 +684,21 @@ fn pair_requires_secure_connections_confirms_the_number_and_refuses_just_works()
     let stop2 = stop.clone();
     let advertiser = std::thread::spawn(move || {
         while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
-            adv_sim.advertise(SCALE, &Advert { rssi: -50, name: Some("A&D_UC-352BLE_01166D".into()), ..Default::default() });
-            adv_sim.advertise("D1:00:00:00:00:02", &Advert { rssi: -50, ..Default::default() });
+            adv_sim.advertise(
+                SCALE,
+                &Advert {
+                    rssi: -50,
+                    name: Some("A&D_UC-352BLE_01166D".into()),
+                    ..Default::default()
+                },
+            );
+            adv_sim.advertise(
+                "D1:00:00:00:00:02",
+                &Advert {
+                    rssi: -50,
+                    ..Default::default()
+                },
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     });
@@ -496,9 +719,20 @@ fn pair_requires_secure_connections_confirms_the_number_and_refuses_just_works()
     // The installer confirms: paired, bonded, trusted, and told what to put in the config.
     let out = pair(&ble, &[SCALE], &sc_only, b"y\n");
     let stdout = out.stdout.clone();
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", out.stderr.clone());
-    assert!(stdout.contains("Does the device show the number 123456?"), "{stdout}");
-    assert!(stdout.contains("numeric comparison") && stdout.contains(&format!("address = \"{SCALE}\"")), "{stdout}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        out.stderr.clone()
+    );
+    assert!(
+        stdout.contains("Does the device show the number 123456?"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("numeric comparison") && stdout.contains(&format!("address = \"{SCALE}\"")),
+        "{stdout}"
+    );
     assert_eq!(sim.bond_state(SCALE), Some((true, true)));
 
     // Just Works: refused by default and the bond removed.
@@ -506,8 +740,16 @@ fn pair_requires_secure_connections_confirms_the_number_and_refuses_just_works()
     sim.set_pairing(jw, Pairing::JustWorks);
     let out = pair(&ble, &[jw], &sc_only, b"");
     assert_eq!(out.status.code(), Some(1));
-    assert!(out.stderr.clone().contains("Just Works"), "{}", out.stderr.clone());
-    assert_ne!(sim.bond_state(jw).map(|b| b.0), Some(true), "no bond left behind");
+    assert!(
+        out.stderr.clone().contains("Just Works"),
+        "{}",
+        out.stderr.clone()
+    );
+    assert_ne!(
+        sim.bond_state(jw).map(|b| b.0),
+        Some(true),
+        "no bond left behind"
+    );
     let out = pair(&ble, &[jw, "--allow-just-works"], &sc_only, b"");
     assert_eq!(out.status.code(), Some(0), "{}", out.stderr.clone());
 

@@ -417,3 +417,46 @@ fn receiver_config_mistakes_are_reported_too() {
     let out = check_config(&good);
     assert_eq!((out.code(), out.stderr.as_str()), (Some(0), ""), "{out:?}");
 }
+
+#[test]
+fn ble_section_mistakes_are_reported_at_their_value() {
+    let f = Fixture::new();
+    let ble = "\n[ble]\nadapter = \"hci0\"\n\n[[ble.device]]\nname = \"bed4-hr\"\naddress = \"00:22:D0:90:4C:14\"\nrequire_bond = false\n\n[[ble.device]]\nname = \"bed5-scale\"\naddress = \"5C:31:3E:01:16\"\n";
+    let text = format!("{}{ble}", f.base());
+    let p = f.write("ble-address.toml", &text);
+    assert_one_problem(
+        &check_config(&p),
+        &p,
+        locate(&text, "\"5C:31:3E:01:16\"", 0),
+        "`5C:31:3E:01:16` is not a Bluetooth address",
+    );
+
+    // A resolvable private address cannot be allowlisted without a bond.
+    let ble = "\n[ble]\n\n[[ble.device]]\nname = \"bed6-tracker\"\naddress = \"4A:11:22:33:44:55\"\naddress_type = \"random\"\nrequire_bond = false\n";
+    let text = format!("{}{ble}", f.base());
+    let p = f.write("ble-rpa.toml", &text);
+    assert_one_problem(
+        &check_config(&p),
+        &p,
+        locate(&text, "false", 0),
+        "device `bed6-tracker`: 4A:11:22:33:44:55 is a resolvable private address",
+    );
+
+    // An unknown profile name and an unknown vendor profile.
+    let ble = "\n[ble]\n\n[[ble.device]]\nname = \"bed7\"\naddress = \"C0:11:22:33:44:55\"\nvendor_profile = \"inhaler-x\"\n";
+    let text = format!("{}{ble}", f.base());
+    let p = f.write("ble-vendor.toml", &text);
+    assert_one_problem(
+        &check_config(&p),
+        &p,
+        locate(&text, "\"inhaler-x\"", 0),
+        "device `bed7`: no [[ble.vendor_profile]] named `inhaler-x`",
+    );
+
+    // The shipped example vendor profile validates.
+    let profile = std::fs::read_to_string(workspace_root().join("config/profiles/inhaler-example.toml")).unwrap();
+    let text = format!("{}\n[ble]\n\n[[ble.device]]\nname = \"bed7\"\naddress = \"C0:11:22:33:44:55\"\nvendor_profile = \"inhaler-example\"\n\n{profile}", f.base());
+    let p = f.write("ble-ok.toml", &text);
+    let out = check_config(&p);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+}

@@ -121,9 +121,15 @@ mod tests {
     #[test]
     fn paths_and_ids() {
         let a = Address::parse("A0:9E:1A:12:34:56").unwrap();
-        assert_eq!(device_path("hci0", a), "/org/bluez/hci0/dev_A0_9E_1A_12_34_56");
+        assert_eq!(
+            device_path("hci0", a),
+            "/org/bluez/hci0/dev_A0_9E_1A_12_34_56"
+        );
         assert_eq!(address_from_id("hci0/dev_A0_9E_1A_12_34_56"), Some(a));
-        assert_eq!(address_from_id("/org/bluez/hci0/dev_A0_9E_1A_12_34_56"), Some(a));
+        assert_eq!(
+            address_from_id("/org/bluez/hci0/dev_A0_9E_1A_12_34_56"),
+            Some(a)
+        );
         assert_eq!(address_from_id("hci0"), None);
         assert_eq!(address_from_id("hci0/dev_zz"), None);
     }

@@ -166,7 +166,7 @@ struct DeviceSpec {
 
 impl DeviceSpec {
     fn wants(&self, p: Profile) -> bool {
-        self.profiles.as_ref().map_or(true, |v| v.contains(&p))
+        self.profiles.as_ref().is_none_or(|v| v.contains(&p))
     }
 }
 
@@ -259,7 +259,11 @@ impl BleAdapter {
         let _ = central.stop_scan().await;
         scan.stop().await;
         if let Err(AdapterError::Transport(why)) = &result {
-            let _ = send(&ctx.out, event(&me, EventKind::Error, format!("ble: {why}"))).await;
+            let _ = send(
+                &ctx.out,
+                event(&me, EventKind::Error, format!("ble: {why}")),
+            )
+            .await;
         }
         result
     }
@@ -356,8 +360,7 @@ impl RejectTracker {
 
     /// The number of reports held back, once the minute they belong to is over.
     fn take_summary(&mut self, now: Instant) -> Option<u64> {
-        if self.suppressed > 0 && now.duration_since(self.minute_start) >= Duration::from_secs(60)
-        {
+        if self.suppressed > 0 && now.duration_since(self.minute_start) >= Duration::from_secs(60) {
             self.minute_start = now;
             self.sent_this_minute = 0;
             return Some(std::mem::take(&mut self.suppressed));
@@ -419,12 +422,16 @@ impl TagState {
                 props
                     .manufacturer_data
                     .get(&advertisement::COMPANY_APPLE)
-                    .and_then(|d| advertisement::ibeacon_from_manufacturer(advertisement::COMPANY_APPLE, d))
+                    .and_then(|d| {
+                        advertisement::ibeacon_from_manufacturer(advertisement::COMPANY_APPLE, d)
+                    })
                     .is_some_and(|b| b.uuid == want)
             })
-            || self.rule.name_prefix.as_deref().is_some_and(|p| {
-                props.name.as_deref().is_some_and(|n| n.starts_with(p))
-            })
+            || self
+                .rule
+                .name_prefix
+                .as_deref()
+                .is_some_and(|p| props.name.as_deref().is_some_and(|n| n.starts_with(p)))
     }
 }
 
@@ -471,26 +478,27 @@ impl<'a> Scan<'a> {
         ctx: &'a AdapterContext,
     ) -> Self {
         let cfg = &owner.cfg;
-        let admitted = cfg
-            .devices
-            .iter()
-            .filter_map(|d| {
-                let address = Address::parse(&d.address).ok()?;
-                let spec = DeviceSpec {
-                    address,
-                    device: device_id(address),
-                    adapter: cfg.adapter.clone(),
-                    profiles: d.profiles.as_ref().map(|v| {
-                        v.iter().filter_map(|n| Profile::from_name(n)).collect()
-                    }),
-                    vendor: d.vendor_profile.as_ref().and_then(|n| {
-                        cfg.vendor_profiles.iter().find(|p| &p.name == n).cloned()
-                    }),
-                    cfg: d.clone(),
-                };
-                Some((address, Arc::new(spec)))
-            })
-            .collect();
+        let admitted =
+            cfg.devices
+                .iter()
+                .filter_map(|d| {
+                    let address = Address::parse(&d.address).ok()?;
+                    let spec = DeviceSpec {
+                        address,
+                        device: device_id(address),
+                        adapter: cfg.adapter.clone(),
+                        profiles: d
+                            .profiles
+                            .as_ref()
+                            .map(|v| v.iter().filter_map(|n| Profile::from_name(n)).collect()),
+                        vendor: d.vendor_profile.as_ref().and_then(|n| {
+                            cfg.vendor_profiles.iter().find(|p| &p.name == n).cloned()
+                        }),
+                        cfg: d.clone(),
+                    };
+                    Some((address, Arc::new(spec)))
+                })
+                .collect();
         Scan {
             owner,
             central,
@@ -527,7 +535,10 @@ impl<'a> Scan<'a> {
             CentralEvent::StateUpdate(state) => {
                 let off = state != CentralState::PoweredOn;
                 if off && !self.powered_off_reported {
-                    log::warn!("ble: adapter {} is not powered on ({state:?})", self.owner.cfg.adapter);
+                    log::warn!(
+                        "ble: adapter {} is not powered on ({state:?})",
+                        self.owner.cfg.adapter
+                    );
                     send(
                         &self.ctx.out,
                         event(
@@ -599,13 +610,21 @@ impl<'a> Scan<'a> {
         }
         if let Some(&rule) = self.tag_of.get(&a) {
             if let Some(r) = rssi {
-                self.tags[rule].presence.record(&a.to_string(), r, std::time::Instant::now());
+                self.tags[rule]
+                    .presence
+                    .record(&a.to_string(), r, std::time::Instant::now());
             }
             return Ok(());
         }
         // Unknown so far: look at what it advertises.
         let now = Instant::now();
-        if !discovered && self.rejects.last.get(&a).is_some_and(|t| now.duration_since(*t) < self.rejects.repeat) {
+        if !discovered
+            && self
+                .rejects
+                .last
+                .get(&a)
+                .is_some_and(|t| now.duration_since(*t) < self.rejects.repeat)
+        {
             inc(&self.owner.stats.rejected);
             return Ok(());
         }
@@ -618,7 +637,9 @@ impl<'a> Scan<'a> {
             }
             self.tag_of.insert(a, rule);
             if let Some(r) = rssi.or(s.rssi) {
-                self.tags[rule].presence.record(&a.to_string(), r, std::time::Instant::now());
+                self.tags[rule]
+                    .presence
+                    .record(&a.to_string(), r, std::time::Instant::now());
             }
             self.tag_data(rule, a, &id).await;
             return Ok(());
@@ -641,13 +662,22 @@ impl<'a> Scan<'a> {
                     s.name.as_deref().unwrap_or(""),
                 );
                 log::info!("ble: refused {detail}");
-                send(&self.ctx.out, event(&device_id(a), EventKind::Rejected, detail)).await?;
+                send(
+                    &self.ctx.out,
+                    event(&device_id(a), EventKind::Rejected, detail),
+                )
+                .await?;
             }
         }
         if self.owner.cfg.prune_rejected {
             if let Ok(st) = self.bus.bond_state(&self.owner.cfg.adapter, a).await {
-                if !st.paired && !st.connected
-                    && self.bus.remove_device(&self.owner.cfg.adapter, a).await.is_ok()
+                if !st.paired
+                    && !st.connected
+                    && self
+                        .bus
+                        .remove_device(&self.owner.cfg.adapter, a)
+                        .await
+                        .is_ok()
                 {
                     inc(&self.owner.stats.pruned);
                 }
@@ -678,7 +708,9 @@ impl<'a> Scan<'a> {
             }
         }
         let t = &mut self.tags[rule];
-        if !readings.is_empty() && (t.latest.len() < MAX_TAGS_PER_RULE || t.latest.contains_key(&a.to_string())) {
+        if !readings.is_empty()
+            && (t.latest.len() < MAX_TAGS_PER_RULE || t.latest.contains_key(&a.to_string()))
+        {
             t.latest.insert(a.to_string(), readings);
         }
     }
@@ -703,7 +735,8 @@ impl<'a> Scan<'a> {
             glucose_last: self.owner.glucose_last.clone(),
         };
         let task = tokio::spawn(session.run(link_rx));
-        self.sessions.insert(spec.address, SessionHandle { link, task });
+        self.sessions
+            .insert(spec.address, SessionHandle { link, task });
     }
 
     async fn on_tick(&mut self) -> Result<(), AdapterError> {
@@ -711,7 +744,9 @@ impl<'a> Scan<'a> {
         for t in &mut self.tags {
             for s in t.presence.drain_due(now) {
                 inc(&self.owner.stats.presence_summaries);
-                let Some(a) = Address::parse(&s.key).ok() else { continue };
+                let Some(a) = Address::parse(&s.key).ok() else {
+                    continue;
+                };
                 let dev = device_id(a);
                 let detail = format!(
                     "rule={} window_s={} count={} rssi_min={} rssi_median={:.1} rssi_max={}",
@@ -719,14 +754,23 @@ impl<'a> Scan<'a> {
                 );
                 send(&self.ctx.out, event(&dev, EventKind::Rssi, detail)).await?;
                 for r in t.latest.remove(&s.key).unwrap_or_default() {
-                    let o = Observation::from_reading(dev.clone(), r, *self.ctx.clock_synced.borrow());
+                    let o =
+                        Observation::from_reading(dev.clone(), r, *self.ctx.clock_synced.borrow());
                     send(&self.ctx.out, AdapterEvent::Observation(o)).await?;
                 }
             }
         }
         if let Some(n) = self.rejects.take_summary(Instant::now()) {
             let detail = format!("{n} more refused devices in the last minute were not reported one by one (limit rejected_per_minute = {})", self.owner.cfg.rejected_per_minute);
-            send(&self.ctx.out, event(&DeviceId(format!("adapter:{}", self.ctx.id)), EventKind::Rejected, detail)).await?;
+            send(
+                &self.ctx.out,
+                event(
+                    &DeviceId(format!("adapter:{}", self.ctx.id)),
+                    EventKind::Rejected,
+                    detail,
+                ),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -741,11 +785,15 @@ impl<'a> Scan<'a> {
         for t in &mut self.tags {
             for s in t.presence.flush_all() {
                 if let Ok(a) = Address::parse(&s.key) {
-                    let detail = format!(
+                    let detail =
+                        format!(
                         "rule={} window_s={} count={} rssi_min={} rssi_median={:.1} rssi_max={}",
                         t.rule.name, t.rule.window_s, s.count, s.rssi_min, s.rssi_median, s.rssi_max
                     );
-                    let _ = self.ctx.out.try_send(event(&device_id(a), EventKind::Rssi, detail));
+                    let _ = self
+                        .ctx
+                        .out
+                        .try_send(event(&device_id(a), EventKind::Rssi, detail));
                 }
             }
         }
@@ -792,9 +840,16 @@ impl Session {
             if *self.shutdown.borrow() {
                 return;
             }
-            match self.connect_once(&mut link, &mut bond_reported, &mut last_error).await {
+            match self
+                .connect_once(&mut link, &mut bond_reported, &mut last_error)
+                .await
+            {
                 Ok(Some(connected_for)) => {
-                    attempt = if connected_for >= STABLE_CONNECTION { 0 } else { attempt + 1 };
+                    attempt = if connected_for >= STABLE_CONNECTION {
+                        0
+                    } else {
+                        attempt + 1
+                    };
                 }
                 Ok(None) => attempt = attempt.saturating_add(1),
                 Err(AdapterError::ChannelClosed) => return,
@@ -819,8 +874,12 @@ impl Session {
     async fn report_once(&self, last: &mut String, why: String) -> Result<(), AdapterError> {
         if *last != why {
             log::warn!("ble {}: {why}", self.name());
-            self.emit(event(&self.spec.device, EventKind::Error, format!("device {}: {why}", self.name())))
-                .await?;
+            self.emit(event(
+                &self.spec.device,
+                EventKind::Error,
+                format!("device {}: {why}", self.name()),
+            ))
+            .await?;
             *last = why;
         }
         Ok(())
@@ -858,7 +917,10 @@ impl Session {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     let e = e.to_string();
-                    if e.contains("AuthenticationFailed") || e.contains("Key Missing") || e.contains("auth") {
+                    if e.contains("AuthenticationFailed")
+                        || e.contains("Key Missing")
+                        || e.contains("auth")
+                    {
                         self.report_once(last_error, format!("{a} refused our keys ({e}): the device lost its bond; it needs re-pairing (`wardgate pair {a}`)")).await?;
                     } else {
                         log::debug!("ble {}: connect failed: {e}", self.name());
@@ -875,7 +937,11 @@ impl Session {
         let started = Instant::now();
         let ended = self.connected(&p, link, adopted, last_error).await;
         let _ = self
-            .emit(event(&self.spec.device, EventKind::Disconnected, format!("device {}: link lost", self.name())))
+            .emit(event(
+                &self.spec.device,
+                EventKind::Disconnected,
+                format!("device {}: link lost", self.name()),
+            ))
             .await;
         match ended {
             Ok(Ended::Shutdown) => {
@@ -892,10 +958,20 @@ impl Session {
         }
     }
 
-    async fn read_string(&self, p: &Peripheral, chars: &[Characteristic], u: u16) -> Option<String> {
-        let c = chars.iter().find(|c| short_uuid(c.uuid) == Some(u) && c.properties.contains(CharPropFlags::READ))?;
+    async fn read_string(
+        &self,
+        p: &Peripheral,
+        chars: &[Characteristic],
+        u: u16,
+    ) -> Option<String> {
+        let c = chars.iter().find(|c| {
+            short_uuid(c.uuid) == Some(u) && c.properties.contains(CharPropFlags::READ)
+        })?;
         let v = timeout(GATT_TIMEOUT, p.read(c)).await.ok()?.ok()?;
-        let s = String::from_utf8_lossy(&v).trim_end_matches('\0').trim().to_owned();
+        let s = String::from_utf8_lossy(&v)
+            .trim_end_matches('\0')
+            .trim()
+            .to_owned();
         (!s.is_empty()).then_some(s)
     }
 
@@ -910,7 +986,11 @@ impl Session {
         match timeout(GATT_TIMEOUT, p.discover_services()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(AdapterError::Transport(format!("service discovery: {e}"))),
-            Err(_) => return Err(AdapterError::Transport("service discovery timed out".into())),
+            Err(_) => {
+                return Err(AdapterError::Transport(
+                    "service discovery timed out".into(),
+                ))
+            }
         }
         let chars: Vec<Characteristic> = p.characteristics().into_iter().collect();
         // The stream exists before the first StartNotify: nothing sent after it is missed.
@@ -943,14 +1023,28 @@ impl Session {
             p.services().len(),
             if adopted { " adopted=true" } else { "" },
         );
-        log::info!("ble {}: connected{}", self.name(), if adopted { " (link held by BlueZ from before)" } else { "" });
-        self.emit(event(&self.spec.device, EventKind::Connected, detail)).await?;
+        log::info!(
+            "ble {}: connected{}",
+            self.name(),
+            if adopted {
+                " (link held by BlueZ from before)"
+            } else {
+                ""
+            }
+        );
+        self.emit(event(&self.spec.device, EventKind::Connected, detail))
+            .await?;
         // Battery Level and vendor "read" characteristics: read once per connection. BlueZ
         // reports a read's result as a `Value` change too, so the value reaches `handle` through
         // the notification stream (exactly once), not from here.
         for c in &chars {
-            let is_battery = short_uuid(c.uuid) == Some(Profile::Battery.uuid()) && self.spec.wants(Profile::Battery);
-            let vendor_read = self.spec.vendor.as_ref().is_some_and(|v| vendor_mode(v, c.uuid) == Some(CharacteristicMode::Read));
+            let is_battery = short_uuid(c.uuid) == Some(Profile::Battery.uuid())
+                && self.spec.wants(Profile::Battery);
+            let vendor_read = self
+                .spec
+                .vendor
+                .as_ref()
+                .is_some_and(|v| vendor_mode(v, c.uuid) == Some(CharacteristicMode::Read));
             if (is_battery || vendor_read) && c.properties.contains(CharPropFlags::READ) {
                 if let Ok(Err(e)) = timeout(GATT_TIMEOUT, p.read(c)).await {
                     log::debug!("ble {}: read {}: {e}", self.name(), c.uuid);
@@ -964,19 +1058,43 @@ impl Session {
             if short == Some(UUID_RACP) && self.spec.wants(Profile::Glucose) {
                 racp = Some(c.clone());
             }
-            let wanted = short.and_then(Profile::from_uuid).is_some_and(|pr| self.spec.wants(pr))
+            let wanted = short
+                .and_then(Profile::from_uuid)
+                .is_some_and(|pr| self.spec.wants(pr))
                 || (short == Some(UUID_RACP) && self.spec.wants(Profile::Glucose))
-                || self.spec.vendor.as_ref().is_some_and(|v| matches!(vendor_mode(v, c.uuid), Some(CharacteristicMode::Notify | CharacteristicMode::Indicate)));
-            if wanted && c.properties.intersects(CharPropFlags::NOTIFY | CharPropFlags::INDICATE) {
+                || self.spec.vendor.as_ref().is_some_and(|v| {
+                    matches!(
+                        vendor_mode(v, c.uuid),
+                        Some(CharacteristicMode::Notify | CharacteristicMode::Indicate)
+                    )
+                });
+            if wanted
+                && c.properties
+                    .intersects(CharPropFlags::NOTIFY | CharPropFlags::INDICATE)
+            {
                 match timeout(GATT_TIMEOUT, p.subscribe(c)).await {
                     Ok(Ok(())) => inc(&self.stats.subscriptions),
-                    Ok(Err(e)) => return Err(AdapterError::Transport(format!("subscribe {}: {e}", c.uuid))),
-                    Err(_) => return Err(AdapterError::Transport(format!("subscribe {}: timed out", c.uuid))),
+                    Ok(Err(e)) => {
+                        return Err(AdapterError::Transport(format!(
+                            "subscribe {}: {e}",
+                            c.uuid
+                        )))
+                    }
+                    Err(_) => {
+                        return Err(AdapterError::Transport(format!(
+                            "subscribe {}: timed out",
+                            c.uuid
+                        )))
+                    }
                 }
             }
         }
         if let Some(c) = racp {
-            let last = self.glucose_last.lock().map(|m| m.get(&a).copied()).unwrap_or(None);
+            let last = self
+                .glucose_last
+                .lock()
+                .map(|m| m.get(&a).copied())
+                .unwrap_or(None);
             let req = glucose::racp_request(last.map(|s| s.wrapping_add(1)));
             if let Err(e) = p.write(&c, &req, WriteType::WithResponse).await {
                 log::warn!("ble {}: glucose record request: {e}", self.name());
@@ -1013,36 +1131,41 @@ impl Session {
         errors: &mut ErrorBudget,
     ) -> Result<(), AdapterError> {
         let short = short_uuid(uuid);
-        let decoded: Result<Vec<Reading>, (String, super::DecodeError)> = match short.and_then(Profile::from_uuid) {
-            Some(Profile::Glucose) => match glucose::parse(value) {
-                Ok(m) => {
-                    let mut last = self.glucose_last.lock().unwrap_or_else(|e| e.into_inner());
-                    let prev = last.get(&self.spec.address).copied();
-                    if prev.is_some_and(|p| !seq_after(m.sequence, p)) {
-                        inc(&self.stats.duplicates_dropped);
-                        Ok(Vec::new())
-                    } else {
-                        last.insert(self.spec.address, m.sequence);
-                        Ok(glucose::readings(&m))
+        let decoded: Result<Vec<Reading>, (String, super::DecodeError)> =
+            match short.and_then(Profile::from_uuid) {
+                Some(Profile::Glucose) => match glucose::parse(value) {
+                    Ok(m) => {
+                        let mut last = self.glucose_last.lock().unwrap_or_else(|e| e.into_inner());
+                        let prev = last.get(&self.spec.address).copied();
+                        if prev.is_some_and(|p| !seq_after(m.sequence, p)) {
+                            inc(&self.stats.duplicates_dropped);
+                            Ok(Vec::new())
+                        } else {
+                            last.insert(self.spec.address, m.sequence);
+                            Ok(glucose::readings(&m))
+                        }
                     }
+                    Err(e) => Err(("glucose measurement".into(), e)),
+                },
+                Some(p) if self.spec.wants(p) => p.decode(value).map_err(|e| (p.name().into(), e)),
+                Some(_) => Ok(Vec::new()),
+                None if short == Some(UUID_RACP) => {
+                    log::debug!("ble {}: RACP response {:02x?}", self.name(), value);
+                    Ok(Vec::new())
                 }
-                Err(e) => Err(("glucose measurement".into(), e)),
-            },
-            Some(p) if self.spec.wants(p) => p.decode(value).map_err(|e| (p.name().into(), e)),
-            Some(_) => Ok(Vec::new()),
-            None if short == Some(UUID_RACP) => {
-                log::debug!("ble {}: RACP response {:02x?}", self.name(), value);
-                Ok(Vec::new())
-            }
-            None => match &self.spec.vendor {
-                Some(v) if v.characteristic(uuid.as_u128()).is_some() => v.decode(uuid.as_u128(), value).map_err(|e| (format!("vendor profile {} {uuid}", v.name), e)),
-                _ => Ok(Vec::new()),
-            },
-        };
+                None => match &self.spec.vendor {
+                    Some(v) if v.characteristic(uuid.as_u128()).is_some() => v
+                        .decode(uuid.as_u128(), value)
+                        .map_err(|e| (format!("vendor profile {} {uuid}", v.name), e)),
+                    _ => Ok(Vec::new()),
+                },
+            };
         match decoded {
             Ok(readings) => {
                 if !identity_ok {
-                    self.stats.readings_dropped.fetch_add(readings.len() as u64, Ordering::Relaxed);
+                    self.stats
+                        .readings_dropped
+                        .fetch_add(readings.len() as u64, Ordering::Relaxed);
                     return Ok(());
                 }
                 let synced = *self.clock.borrow();
@@ -1054,8 +1177,12 @@ impl Session {
             Err((what, e)) => {
                 inc(&self.stats.decode_errors);
                 if errors.allow() {
-                    self.emit(event(&self.spec.device, EventKind::Error, format!("device {}: {what}: {e}", self.name())))
-                        .await?;
+                    self.emit(event(
+                        &self.spec.device,
+                        EventKind::Error,
+                        format!("device {}: {what}: {e}", self.name()),
+                    ))
+                    .await?;
                 }
             }
         }
@@ -1084,7 +1211,10 @@ struct ErrorBudget {
 impl ErrorBudget {
     fn allow(&mut self) -> bool {
         let now = Instant::now();
-        if self.second.map_or(true, |s| now.duration_since(s) >= Duration::from_secs(1)) {
+        if self
+            .second
+            .is_none_or(|s| now.duration_since(s) >= Duration::from_secs(1))
+        {
             self.second = Some(now);
             self.sent = 0;
         }
@@ -1109,7 +1239,10 @@ mod tests {
     #[test]
     fn uuids() {
         assert_eq!(short_uuid(uuid16(0x2a37)), Some(0x2a37));
-        assert_eq!(uuid16(0x180d).to_string(), "0000180d-0000-1000-8000-00805f9b34fb");
+        assert_eq!(
+            uuid16(0x180d).to_string(),
+            "0000180d-0000-1000-8000-00805f9b34fb"
+        );
         assert_eq!(short_uuid(Uuid::from_u128(0x1234)), None);
     }
 
@@ -1136,19 +1269,34 @@ mod tests {
         assert_eq!(reports, 30);
         assert!(r.last.len() <= MAX_TRACKED && r.order.len() <= MAX_TRACKED);
         assert_eq!(r.take_summary(t0), None, "the minute is not over yet");
-        assert_eq!(r.take_summary(t0 + Duration::from_secs(61)), Some(MAX_TRACKED as u64 + 1000 - 30));
+        assert_eq!(
+            r.take_summary(t0 + Duration::from_secs(61)),
+            Some(MAX_TRACKED as u64 + 1000 - 30)
+        );
         // A recently reported address is not reported again.
         let a = Address([0xC0, 0, 0, 0, 0, 1]);
-        assert_eq!(r.decide(a, t0 + Duration::from_secs(61)), RejectDecision::Report);
-        assert_eq!(r.decide(a, t0 + Duration::from_secs(62)), RejectDecision::Recent);
-        assert_eq!(r.decide(a, t0 + Duration::from_secs(61 + 600)), RejectDecision::Report);
+        assert_eq!(
+            r.decide(a, t0 + Duration::from_secs(61)),
+            RejectDecision::Report
+        );
+        assert_eq!(
+            r.decide(a, t0 + Duration::from_secs(62)),
+            RejectDecision::Recent
+        );
+        assert_eq!(
+            r.decide(a, t0 + Duration::from_secs(61 + 600)),
+            RejectDecision::Report
+        );
     }
 
     #[test]
     fn backoff_is_capped_with_jitter() {
         for attempt in 0..40 {
             let d = backoff(attempt, Duration::from_secs(30));
-            assert!(d <= Duration::from_secs(30) && d >= Duration::from_millis(125), "{d:?}");
+            assert!(
+                d <= Duration::from_secs(30) && d >= Duration::from_millis(125),
+                "{d:?}"
+            );
         }
     }
 }

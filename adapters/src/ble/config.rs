@@ -146,7 +146,10 @@ impl Address {
         let mut out = [0u8; 6];
         for (i, p) in parts.iter().enumerate() {
             if p.len() != 2 {
-                return Err(format!("`{s}`: byte {} (`{p}`) must be two hex digits", i + 1));
+                return Err(format!(
+                    "`{s}`: byte {} (`{p}`) must be two hex digits",
+                    i + 1
+                ));
             }
             out[i] = u8::from_str_radix(p, 16)
                 .map_err(|_| format!("`{s}`: byte {} (`{p}`) is not hex", i + 1))?;
@@ -208,13 +211,26 @@ impl BleConfig {
         let mut out = Vec::new();
         let mut names = std::collections::HashSet::new();
         let mut addrs = std::collections::HashSet::new();
-        let profile_names: std::collections::HashSet<&str> =
-            self.vendor_profiles.iter().map(|p| p.name.as_str()).collect();
+        let profile_names: std::collections::HashSet<&str> = self
+            .vendor_profiles
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
         if self.adapter.is_empty() || self.adapter.contains('/') {
-            out.push(("adapter".into(), format!("adapter `{}` must be a BlueZ adapter name like hci0", self.adapter)));
+            out.push((
+                "adapter".into(),
+                format!(
+                    "adapter `{}` must be a BlueZ adapter name like hci0",
+                    self.adapter
+                ),
+            ));
         }
         if self.rejected_per_minute == 0 {
-            out.push(("rejected_per_minute".into(), "rejected_per_minute must be greater than 0 (rejected devices must stay visible)".into()));
+            out.push((
+                "rejected_per_minute".into(),
+                "rejected_per_minute must be greater than 0 (rejected devices must stay visible)"
+                    .into(),
+            ));
         }
         for (i, d) in self.devices.iter().enumerate() {
             let k = |f: &str| format!("device[{i}].{f}");
@@ -222,7 +238,10 @@ impl BleConfig {
                 out.push((k("name"), format!("BLE device name `{}` must be non-empty and contain no `/`, `+`, `#` or spaces", d.name)));
             }
             if !names.insert(d.name.clone()) {
-                out.push((k("name"), format!("BLE device name `{}` is used twice", d.name)));
+                out.push((
+                    k("name"),
+                    format!("BLE device name `{}` is used twice", d.name),
+                ));
             }
             match Address::parse(&d.address) {
                 Err(e) => out.push((k("address"), e)),
@@ -242,25 +261,51 @@ impl BleConfig {
             }
             for p in d.profiles.iter().flatten() {
                 if super::Profile::from_name(p).is_none() {
-                    out.push((k("profiles"), format!("device `{}`: unknown profile `{p}`; known: {}", d.name,
-                        super::Profile::ALL.iter().map(|p| p.name()).collect::<Vec<_>>().join(", "))));
+                    out.push((
+                        k("profiles"),
+                        format!(
+                            "device `{}`: unknown profile `{p}`; known: {}",
+                            d.name,
+                            super::Profile::ALL
+                                .iter()
+                                .map(|p| p.name())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
                 }
             }
             if let Some(v) = &d.vendor_profile {
                 if !profile_names.contains(v.as_str()) {
-                    out.push((k("vendor_profile"), format!("device `{}`: no [[ble.vendor_profile]] named `{v}`", d.name)));
+                    out.push((
+                        k("vendor_profile"),
+                        format!("device `{}`: no [[ble.vendor_profile]] named `{v}`", d.name),
+                    ));
                 }
             }
             if d.max_backoff_s == 0 {
-                out.push((k("max_backoff_s"), "max_backoff_s must be greater than 0".into()));
+                out.push((
+                    k("max_backoff_s"),
+                    "max_backoff_s must be greater than 0".into(),
+                ));
             }
-            if d.serial_number.as_deref().is_some_and(|s| s.trim().is_empty()) {
-                out.push((k("serial_number"), format!("device `{}`: serial_number is empty", d.name)));
+            if d.serial_number
+                .as_deref()
+                .is_some_and(|s| s.trim().is_empty())
+            {
+                out.push((
+                    k("serial_number"),
+                    format!("device `{}`: serial_number is empty", d.name),
+                ));
             }
         }
         for (i, t) in self.tags.iter().enumerate() {
             let k = |f: &str| format!("tag[{i}].{f}");
-            if t.service_data.is_none() && t.ibeacon_uuid.is_none() && t.name_prefix.is_none() && t.addresses.is_empty() {
+            if t.service_data.is_none()
+                && t.ibeacon_uuid.is_none()
+                && t.name_prefix.is_none()
+                && t.addresses.is_empty()
+            {
                 out.push((k("name"), format!("tag rule `{}` has no matcher (service_data, ibeacon_uuid, name_prefix or addresses): it would admit nothing", t.name)));
             }
             if let Some(u) = &t.service_data {
@@ -270,11 +315,23 @@ impl BleConfig {
             }
             if let Some(u) = &t.ibeacon_uuid {
                 if parse_uuid128(u).is_none() {
-                    out.push((k("ibeacon_uuid"), format!("tag rule `{}`: `{u}` is not a UUID (8-4-4-4-12 hex)", t.name)));
+                    out.push((
+                        k("ibeacon_uuid"),
+                        format!(
+                            "tag rule `{}`: `{u}` is not a UUID (8-4-4-4-12 hex)",
+                            t.name
+                        ),
+                    ));
                 }
             }
             if t.name_prefix.as_deref() == Some("") {
-                out.push((k("name_prefix"), format!("tag rule `{}`: an empty name_prefix would admit every named device", t.name)));
+                out.push((
+                    k("name_prefix"),
+                    format!(
+                        "tag rule `{}`: an empty name_prefix would admit every named device",
+                        t.name
+                    ),
+                ));
             }
             for a in &t.addresses {
                 if let Err(e) = Address::parse(a) {
@@ -296,7 +353,10 @@ impl BleConfig {
         for (i, p) in self.vendor_profiles.iter().enumerate() {
             if let Err(errors) = p.validate() {
                 for e in errors {
-                    out.push((format!("vendor_profile[{i}]"), format!("vendor profile: {e}")));
+                    out.push((
+                        format!("vendor_profile[{i}]"),
+                        format!("vendor profile: {e}"),
+                    ));
                 }
             }
         }
@@ -332,8 +392,14 @@ mod tests {
         assert_eq!(a.to_string(), "A0:9E:1A:12:34:56");
         assert!(Address::parse("A0:9E:1A:12:34").is_err());
         assert!(Address::parse("A0:9E:1A:12:34:5G").is_err());
-        assert_eq!(Address::parse("C0:00:00:00:00:01").unwrap().random_kind(), RandomKind::Static);
-        assert_eq!(Address::parse("4A:00:00:00:00:01").unwrap().random_kind(), RandomKind::ResolvablePrivate);
+        assert_eq!(
+            Address::parse("C0:00:00:00:00:01").unwrap().random_kind(),
+            RandomKind::Static
+        );
+        assert_eq!(
+            Address::parse("4A:00:00:00:00:01").unwrap().random_kind(),
+            RandomKind::ResolvablePrivate
+        );
     }
 
     #[test]
@@ -352,11 +418,31 @@ mod tests {
     #[test]
     fn duplicates_unknown_profiles_and_empty_tags_are_reported() {
         let c = cfg("[[device]]\nname='a'\naddress='C0:11:22:33:44:55'\nprofiles=['heart-rate','ecg']\n[[device]]\nname='a'\naddress='c0:11:22:33:44:55'\n[[tag]]\nname='t'\n");
-        let p: Vec<String> = c.problems().into_iter().map(|(k, m)| format!("{k}: {m}")).collect();
-        assert!(p.iter().any(|m| m.starts_with("device[0].profiles") && m.contains("`ecg`")), "{p:?}");
-        assert!(p.iter().any(|m| m.starts_with("device[1].name") && m.contains("twice")), "{p:?}");
-        assert!(p.iter().any(|m| m.starts_with("device[1].address") && m.contains("twice")), "{p:?}");
-        assert!(p.iter().any(|m| m.starts_with("tag[0].name") && m.contains("no matcher")), "{p:?}");
+        let p: Vec<String> = c
+            .problems()
+            .into_iter()
+            .map(|(k, m)| format!("{k}: {m}"))
+            .collect();
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("device[0].profiles") && m.contains("`ecg`")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("device[1].name") && m.contains("twice")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("device[1].address") && m.contains("twice")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("tag[0].name") && m.contains("no matcher")),
+            "{p:?}"
+        );
     }
 
     #[test]

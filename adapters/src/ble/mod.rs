@@ -19,9 +19,9 @@
 
 pub mod advertisement;
 pub mod bluez;
+pub mod bthome_crypto;
 pub mod central;
 pub mod config;
-pub mod bthome_crypto;
 pub mod presence;
 pub mod profiles;
 pub mod sfloat;

@@ -501,8 +501,7 @@ fn ble_span(text: &str, key: &str) -> Option<std::ops::Range<usize>> {
     if let Some((kind, idx)) = entry.split_once('[') {
         let idx: usize = idx.trim_end_matches(']').parse().ok()?;
         let table = tables(text, &format!("[[ble.{kind}]]")).get(idx).cloned()?;
-        return find_key_in(text, table.clone(), field)
-            .or(Some(table.start..table.start + 1));
+        return find_key_in(text, table.clone(), field).or(Some(table.start..table.start + 1));
     }
     let ble = ble.unwrap_or(0..1);
     find_key_in(text, ble.clone(), entry).or(Some(ble.start..ble.start + 1))

@@ -432,6 +432,9 @@ mod racp_tests {
     #[test]
     fn racp_requests() {
         assert_eq!(super::racp_request(None), [0x01, 0x01]);
-        assert_eq!(super::racp_request(Some(0x0102)), [0x01, 0x03, 0x01, 0x02, 0x01]);
+        assert_eq!(
+            super::racp_request(Some(0x0102)),
+            [0x01, 0x03, 0x01, 0x02, 0x01]
+        );
     }
 }
