@@ -171,8 +171,14 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Demo { speed, out } => {
-            let ok =
-                runtime()?.block_on(crate::demo::run(crate::demo::DemoOptions { speed, out }))?;
+            // Before the runtime: the bus address must be in the environment before any thread
+            // or D-Bus connection exists.
+            let ble = crate::demo_ble::start_bus();
+            let ok = runtime()?.block_on(crate::demo::run(crate::demo::DemoOptions {
+                speed,
+                out,
+                ble,
+            }))?;
             Ok(if ok {
                 ExitCode::SUCCESS
             } else {

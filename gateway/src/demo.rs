@@ -36,12 +36,15 @@ pub const IVY450C_RECORDING: &[u8] =
     include_bytes!("../../data/real/serial/ivy450c_ansarb_capture.bin");
 
 /// Options of `wardgate demo`.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct DemoOptions {
     /// Replay speed-up (1 = real time).
     pub speed: f64,
     /// Where to leave `gateway.pem` and `messages/*.cose`; a temporary directory otherwise.
     pub out: Option<PathBuf>,
+    /// The private bus for the simulated BlueZ ([`crate::demo_ble::start_bus`]), or why the
+    /// BLE devices are left out.
+    pub ble: Result<crate::blesim::Bus, String>,
 }
 
 /// One simulated device of the demo.
@@ -100,7 +103,7 @@ pub struct Row {
 }
 
 /// Runs the demo; `Ok(true)` when every device's counts match.
-pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
+pub async fn run(mut opts: DemoOptions) -> anyhow::Result<bool> {
     let _tmp;
     let dir = match &opts.out {
         Some(d) => {
@@ -155,10 +158,20 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
 
     // 3. Configs through the real loader
     let gw_path = dir.join("wardgate.toml");
-    std::fs::write(
-        &gw_path,
-        DEMO_CONFIG.replace("port = 8883", &format!("port = {port}")),
-    )?;
+    let mut gw_text = DEMO_CONFIG.replace("port = 8883", &format!("port = {port}"));
+    let ble = match std::mem::replace(&mut opts.ble, Err(String::new())) {
+        Ok(bus) => {
+            let ble = crate::demo_ble::DemoBle::start(bus)?;
+            gw_text.push_str(crate::demo_ble::DEMO_BLE_CONFIG);
+            println!("simulated BlueZ on a private D-Bus: Polar H7 strap, A&D UC-352BLE scale, one stranger");
+            Some(ble)
+        }
+        Err(why) => {
+            println!("BLE devices left out: {why}");
+            None
+        }
+    };
+    std::fs::write(&gw_path, gw_text)?;
     let rx_path = dir.join("receiver.toml");
     std::fs::write(
         &rx_path,
@@ -175,6 +188,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
             expected_observations(d.protocol, d.recording),
         );
         sims.push((d, port));
+    }
+    if ble.is_some() {
+        expected.extend(crate::demo_ble::DemoBle::expected());
     }
     let cfg = crate::config::load(&gw_path)?;
     let rcfg = crate::config::load_receiver(&rx_path)?;
@@ -196,6 +212,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
             (d.name, r, port)
         }));
     }
+    let ble_play = ble.map(|b| {
+        std::thread::spawn(move || {
+            let r = b.play(speed);
+            (b, r)
+        })
+    });
     let mut ports = Vec::new();
     for r in replays {
         let (name, result, port) = tokio::task::spawn_blocking(move || r.join())
@@ -203,6 +225,14 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
             .map_err(|_| anyhow::anyhow!("replay thread panicked"))?;
         result.map_err(|e| anyhow::anyhow!("replaying {name}: {e}"))?;
         ports.push(port);
+    }
+    let mut ble = None;
+    if let Some(t) = ble_play {
+        let (b, r) = tokio::task::spawn_blocking(move || t.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("BLE demo thread panicked"))?;
+        r?;
+        ble = Some(b);
     }
 
     // 5. Wait until everything recorded is delivered (or a deadline passes).
@@ -231,6 +261,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
     let uplink = gateway.uplink.borrow().clone();
     gateway.stop().await;
     drop(ports);
+    drop(ble);
     let stats = receiver
         .stats
         .lock()
@@ -269,6 +300,14 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<bool> {
             row.verified,
             if good { "ok" } else { "MISMATCH" }
         );
+    }
+    if let Some(c) = stored.get(&format!("ble:{}", crate::demo_ble::STRANGER)) {
+        println!(
+            "refused:  ble:{} ({} observations stored; reported upstream as `rejected`)",
+            crate::demo_ble::STRANGER,
+            c.observations
+        );
+        ok &= c.observations == 0;
     }
     println!();
     println!(

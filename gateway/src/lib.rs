@@ -28,6 +28,7 @@ pub mod config;
 pub mod daemon;
 pub mod decode;
 pub mod demo;
+pub mod demo_ble;
 pub mod devsim;
 pub mod liveness;
 pub mod pair;

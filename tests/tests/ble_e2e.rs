@@ -80,6 +80,10 @@ fn ble_devices_are_admitted_decoded_delivered_signed_and_resubscribed_once_after
     let mut gateway = env.spawn_gateway_with_env(&cfg, &ble.env()).unwrap();
 
     wait_sim("the gateway to scan", 20, || sim.is_discovering());
+    assert!(
+        !sim.is_pairable(),
+        "the running daemon accepts no new pairings"
+    );
     // The strap advertises as the real Polar H7 did; a stranger advertises beside it.
     sim.advertise(STRAP, &captured_advert("ble-adv-06", -58));
     let stranger = "C4:7C:8D:6A:11:22";
@@ -734,6 +738,7 @@ fn pair_requires_secure_connections_confirms_the_number_and_refuses_just_works()
         "{stdout}"
     );
     assert_eq!(sim.bond_state(SCALE), Some((true, true)));
+    assert!(!sim.is_pairable(), "pair leaves the adapter non-pairable");
 
     // Just Works: refused by default and the bond removed.
     let jw = "D1:00:00:00:00:02";

@@ -454,7 +454,9 @@ fn ble_section_mistakes_are_reported_at_their_value() {
     );
 
     // The shipped example vendor profile validates.
-    let profile = std::fs::read_to_string(workspace_root().join("config/profiles/inhaler-example.toml")).unwrap();
+    let profile =
+        std::fs::read_to_string(workspace_root().join("config/profiles/inhaler-example.toml"))
+            .unwrap();
     let text = format!("{}\n[ble]\n\n[[ble.device]]\nname = \"bed7\"\naddress = \"C0:11:22:33:44:55\"\nvendor_profile = \"inhaler-example\"\n\n{profile}", f.base());
     let p = f.write("ble-ok.toml", &text);
     let out = check_config(&p);

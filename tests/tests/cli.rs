@@ -45,6 +45,19 @@ fn demo_messages(dir: &Path) -> (PathBuf, Vec<PathBuf>) {
         "{}",
         out.stdout
     );
+    // The BLE devices run too (scripts/test installs dbus-daemon): the real captures of the
+    // Polar H7 (3 notifications: 3 HR + 4 RR-intervals) and the A&D scale (2 weights).
+    for row in [
+        "ble:00:22:D0:90:4C:14          7        7          7         7  ok",
+        "ble:5C:31:3E:01:16:6D          2        2          2         2  ok",
+        "refused:  ble:C4:7C:8D:6A:11:22 (0 observations stored",
+    ] {
+        assert!(
+            out.stdout.contains(row),
+            "demo output lacks `{row}`:\n{}",
+            out.stdout
+        );
+    }
     let mut msgs: Vec<PathBuf> = std::fs::read_dir(dir.join("messages"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -245,8 +258,8 @@ fn verify_prints_payloads_of_genuine_messages_and_rejects_tampered_ones() {
     }
     assert_eq!(
         seqs.len(),
-        306 + 297,
-        "every recorded observation is in the messages"
+        306 + 297 + 7 + 2,
+        "every recorded observation is in the messages (serial and BLE)"
     );
     // One message on standard input.
     let stdin = wardgate(
@@ -308,9 +321,11 @@ fn independent_python_verifier_accepts_genuine_and_rejects_tampered_messages() {
         s.output
     );
     assert_eq!(s.totals["verified"].as_u64(), Some(msgs.len() as u64));
-    assert_eq!(s.totals["unique_observations"], 306 + 297, "{}", s.totals);
+    assert_eq!(s.totals["unique_observations"], 306 + 297 + 7 + 2, "{}", s.totals);
     assert_eq!(s.totals["per_device"]["serial:bed1-spo2"], 306);
     assert_eq!(s.totals["per_device"]["serial:bed2-monitor"], 297);
+    assert_eq!(s.totals["per_device"]["ble:00:22:D0:90:4C:14"], 7);
+    assert_eq!(s.totals["per_device"]["ble:5C:31:3E:01:16:6D"], 2);
 
     let bad_sig = tampered(&msgs[0], scratch.path(), -1);
     let s = python::verify(TARGET_TMP.as_ref(), cert, std::slice::from_ref(&bad_sig)).unwrap();

@@ -19,6 +19,15 @@ pub struct Bus {
     _dir: tempfile::TempDir,
 }
 
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus")
+            .field("address", &self.address)
+            .field("pid", &self.child.id())
+            .finish()
+    }
+}
+
 impl Bus {
     /// Starts `dbus-daemon` with a generated configuration: a `custom` bus on a unix socket
     /// under a fresh temporary directory, EXTERNAL authentication, and a policy that allows

@@ -279,6 +279,7 @@ struct Agent {
 
 struct State {
     powered: bool,
+    pairable: bool,
     discovery: BTreeSet<String>,
     duplicate_data: bool,
     devices: BTreeMap<String, Dev>,
@@ -454,7 +455,7 @@ fn adapter_props(st: &State) -> PropMap {
     p.insert("Powered".into(), v(st.powered));
     p.insert("Discoverable".into(), v(false));
     p.insert("DiscoverableTimeout".into(), v(180u32));
-    p.insert("Pairable".into(), v(true));
+    p.insert("Pairable".into(), v(st.pairable));
     p.insert("PairableTimeout".into(), v(0u32));
     p.insert("Discovering".into(), v(st.discovering()));
     p.insert("UUIDs".into(), v(Vec::<String>::new()));
@@ -834,6 +835,7 @@ impl SimBluez {
             bus_address: bus_address.to_string(),
             st: Mutex::new(State {
                 powered: true,
+                pairable: true,
                 discovery: BTreeSet::new(),
                 duplicate_data: false,
                 devices: BTreeMap::new(),
@@ -1138,6 +1140,11 @@ impl SimBluez {
             .devices
             .get(&key(address))
             .map(|d| (d.paired, d.bonded))
+    }
+
+    /// `Adapter1.Pairable` (whether the adapter accepts incoming pairing requests).
+    pub fn is_pairable(&self) -> bool {
+        self.inner.lock().pairable
     }
 
     pub fn is_discovering(&self) -> bool {
@@ -1470,6 +1477,16 @@ fn handle(
                         }
                         st.powered = b;
                         out.push(sig_changed(ADAPTER_PATH, I_ADAPTER, one("Powered", v(b))));
+                    }
+                }
+                (Some(Obj::Adapter), I_ADAPTER, "Pairable") => {
+                    let b = b.ok_or_else(|| {
+                        derr("org.freedesktop.DBus.Error.InvalidArgs", "Pairable is b")
+                    })?;
+                    ok(out);
+                    if b != st.pairable {
+                        st.pairable = b;
+                        out.push(sig_changed(ADAPTER_PATH, I_ADAPTER, one("Pairable", v(b))));
                     }
                 }
                 (Some(Obj::Dev(a)), I_DEVICE, "Trusted") => {

@@ -1,0 +1,165 @@
+//! The BLE half of `wardgate demo`: a simulated BlueZ ([`crate::blesim`]) on a private
+//! dbus-daemon, with devices that replay the real captures of `data/real/ble/`; the gateway's
+//! real BLE adapter (btleplug) reaches it through `DBUS_SYSTEM_BUS_ADDRESS`.
+//!
+//! Runs only where `dbus-daemon` exists (no root needed); otherwise the demo says why and runs
+//! the serial devices alone.
+
+use crate::blesim::{self, Advert, Bus, DeviceInformation, SimBluez};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use wardgate_adapters::ble::advertisement::decode_advertisement;
+use wardgate_adapters::ble::Profile;
+
+/// The `[ble]` section appended to the demo config.
+pub const DEMO_BLE_CONFIG: &str = include_str!("../../config/demo-ble.toml");
+const GATT_CAPTURES: &str = include_str!("../../data/real/ble/gatt_notifications.csv");
+const ADVERT_CAPTURES: &str = include_str!("../../data/real/ble/advertisements.csv");
+
+/// Polar H7 strap (test address: Polar's OUI; the capture carries none).
+pub const STRAP: &str = "00:22:D0:90:4C:14";
+/// A&D UC-352BLE scale (test address).
+pub const SCALE: &str = "5C:31:3E:01:16:6D";
+/// A device nobody allowlisted (its data must never be stored).
+pub const STRANGER: &str = "C4:7C:8D:6A:11:22";
+
+/// Starts the private bus, or says why BLE is left out of the demo. Must run before any
+/// D-Bus connection in this process (libdbus reads `DBUS_SYSTEM_BUS_ADDRESS` once), i.e.
+/// before the tokio runtime starts: it sets that variable for this process.
+pub fn start_bus() -> Result<Bus, String> {
+    let bus = Bus::start().map_err(|e| e.to_string())?;
+    std::env::set_var("DBUS_SYSTEM_BUS_ADDRESS", bus.address());
+    Ok(bus)
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
+}
+
+/// The captured values of `device` (a prefix of the CSV's device column), in order.
+fn gatt(device: &str) -> Vec<Vec<u8>> {
+    GATT_CAPTURES
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f.len() > 3 && f[1].starts_with(device)).then(|| hex(f[3]))
+        })
+        .collect()
+}
+
+fn polar_advert() -> Advert {
+    let row = ADVERT_CAPTURES
+        .lines()
+        .find(|l| l.starts_with("ble-adv-06,"))
+        .unwrap_or_default();
+    let payload = row.split(',').nth(4).map(hex).unwrap_or_default();
+    let adv = decode_advertisement(&payload).unwrap_or_default();
+    Advert {
+        rssi: -58,
+        name: adv.local_name,
+        manufacturer_data: adv.manufacturer_data,
+        service_data: vec![],
+        service_uuids: adv
+            .service_uuids16
+            .iter()
+            .map(|u| blesim::uuid16(*u))
+            .collect(),
+        tx_power: adv.tx_power.map(i16::from),
+    }
+}
+
+/// The simulated devices of the demo.
+pub struct DemoBle {
+    sim: SimBluez,
+    _bus: Bus,
+}
+
+impl DemoBle {
+    /// Starts the simulated BlueZ with the strap (in range, unknown until it advertises) and
+    /// the scale (bonded earlier).
+    pub fn start(bus: Bus) -> anyhow::Result<DemoBle> {
+        let sim = SimBluez::start(bus.address())?;
+        let mut strap = blesim::heart_rate_strap(
+            STRAP,
+            &DeviceInformation::new("Polar Electro Oy", "Polar H7", "D7904C14", "1.4.0"),
+        );
+        strap.address_type = blesim::AddressType::Public;
+        sim.place_device(strap);
+        let mut scale = blesim::weight_scale(
+            SCALE,
+            &DeviceInformation::new("A&D Medical", "UC-352BLE", "5130116", "2.0"),
+        );
+        scale.paired = true;
+        scale.bonded = true;
+        sim.add_device(scale);
+        Ok(DemoBle { sim, _bus: bus })
+    }
+
+    /// Observations the decoders find in each device's captures (the demo's expected counts).
+    pub fn expected() -> BTreeMap<String, u64> {
+        let count = |p: Profile, dev: &str| -> u64 {
+            gatt(dev)
+                .iter()
+                .map(|v| p.decode(v).map(|r| r.len() as u64).unwrap_or(0))
+                .sum()
+        };
+        BTreeMap::from([
+            (
+                format!("ble:{STRAP}"),
+                count(Profile::HeartRate, "Polar H7"),
+            ),
+            (
+                format!("ble:{SCALE}"),
+                count(Profile::Weight, "A&D UC-352BLE"),
+            ),
+        ])
+    }
+
+    /// Plays the devices (blocking): the strap and a stranger advertise, the gateway connects,
+    /// the scale indicates its two stored records back to back, the strap notifies its three
+    /// measurements about a second apart (÷ `speed`).
+    pub fn play(&self, speed: f64) -> anyhow::Result<()> {
+        let sim = &self.sim;
+        let wait = |what: &str, f: &dyn Fn() -> bool| -> anyhow::Result<()> {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !f() {
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "BLE demo: timed out waiting for {what}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(())
+        };
+        wait("the gateway to scan", &|| sim.is_discovering())?;
+        sim.advertise(STRAP, &polar_advert());
+        sim.advertise(
+            STRANGER,
+            &Advert {
+                rssi: -71,
+                name: Some("Unknown Tracker".into()),
+                ..Default::default()
+            },
+        );
+        let hr = blesim::uuid16(0x2A37);
+        let weight = blesim::uuid16(0x2A9D);
+        wait("the strap's subscription", &|| sim.is_notifying(STRAP, &hr))?;
+        wait("the scale's subscription", &|| {
+            sim.is_notifying(SCALE, &weight)
+        })?;
+        println!(
+            "BLE: Polar H7 and A&D UC-352BLE connected and subscribed through the simulated BlueZ"
+        );
+        for v in gatt("A&D UC-352BLE") {
+            sim.notify(SCALE, &weight, &v);
+        }
+        for v in gatt("Polar H7") {
+            sim.notify(STRAP, &hr, &v);
+            std::thread::sleep(Duration::from_secs_f64(1.0 / speed.max(0.01)));
+        }
+        Ok(())
+    }
+}
