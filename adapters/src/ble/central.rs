@@ -1142,7 +1142,14 @@ impl Session {
                             Ok(Vec::new())
                         } else {
                             last.insert(self.spec.address, m.sequence);
-                            Ok(glucose::readings(&m))
+                            // The record's sequence number travels as a status flag, so the
+                            // upstream can recognise a record fetched again after a gateway
+                            // restart (the dedup state here is in memory).
+                            let mut rs = glucose::readings(&m);
+                            for r in &mut rs {
+                                r.status.push(format!("record={}", m.sequence));
+                            }
+                            Ok(rs)
                         }
                     }
                     Err(e) => Err(("glucose measurement".into(), e)),
