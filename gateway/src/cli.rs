@@ -273,7 +273,13 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 let result = bytes
                     .map_err(|e| format!("cannot read: {e}"))
                     .and_then(|b| v.verify(&b).map_err(|e| e.to_string()))
-                    .and_then(|p| crate::batch::BatchPayload::from_cbor(&p));
+                    .and_then(|p| match crate::batch::BatchPayload::from_cbor(&p) {
+                        Ok(b) => serde_json::to_value(&b).map_err(|e| e.to_string()),
+                        // Retained device status and heartbeat (crate::health) are signed too.
+                        Err(e) => crate::health::to_json(&p)
+                            .filter(|j| j.get("kind").is_some())
+                            .ok_or(e),
+                    });
                 match result {
                     Ok(p) => {
                         println!("{}", serde_json::to_string(&p)?);

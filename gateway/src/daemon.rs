@@ -81,7 +81,20 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         log::info!("systemd watchdog: {w:?}; WATCHDOG=1 only while the writer and uplink progress");
     }
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let (_clock_tx, clock_rx) = watch::channel(true);
+    let clock = crate::clock::ClockWatch::new(cfg.clock_source());
+    if !clock.synced() {
+        log::warn!("the system clock is not known to be synchronised (no NTP yet?): observations are stamped `unsynced` until it is, then corrected");
+    }
+    let (clock_tx, clock_rx) = watch::channel(clock.synced());
+    let unsynced_after_seq = if clock.synced() {
+        None
+    } else {
+        let st = store.clone();
+        tokio::task::spawn_blocking(move || st.max_seq())
+            .await?
+            .ok()
+    };
+    let (retained_tx, retained_rx) = watch::channel(crate::health::RetainedSet::new());
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let wake = Arc::new(Notify::new());
     let writer = Arc::new(WriterStats::default());
@@ -144,20 +157,58 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     );
     let uplink_beat = Arc::new(LoopBeat::default());
     uplink_beat.beat();
-    let uplink = uplink.with_beat(uplink_beat.clone());
+    let uplink = uplink
+        .with_beat(uplink_beat.clone())
+        .with_retained(retained_rx);
     let uplink_task = tokio::spawn(uplink.run(shutdown_rx.clone()));
-    let status_task = tokio::spawn(write_status(
-        cfg.store.path.clone(),
-        cfg.gateway.id.get_ref().clone(),
-        uplink_status.clone(),
-        writer.clone(),
-        adapters.clone(),
-        Counters {
-            serial: serial_adapters,
-            ble: ble_stats,
-        },
-        shutdown_rx.clone(),
-    ));
+    let mut tracked: Vec<(String, crate::liveness::Thresholds)> = cfg
+        .serial
+        .iter()
+        .map(|s| {
+            (
+                format!("serial:{}", s.name),
+                crate::liveness::Thresholds::SERIAL,
+            )
+        })
+        .collect();
+    for d in cfg.ble.iter().flat_map(|b| b.devices.iter()) {
+        if let Ok(a) = wardgate_adapters::ble::config::Address::parse(&d.address) {
+            let (stale, offline) = d.liveness_s();
+            tracked.push((
+                wardgate_adapters::ble::central::device_id(a).0,
+                crate::liveness::Thresholds {
+                    stale: Duration::from_secs(stale),
+                    offline: Duration::from_secs(offline),
+                },
+            ));
+        }
+    }
+    let status_task = tokio::spawn(
+        StatusLoop {
+            store_path: cfg.store.path.clone(),
+            origin: crate::batch::Origin {
+                gateway: cfg.gateway.id.get_ref().clone(),
+                site: cfg.gateway.site.get_ref().clone(),
+                ward: cfg.gateway.ward.get_ref().clone(),
+            },
+            store: store.clone(),
+            uplink: uplink_status.clone(),
+            writer: writer.clone(),
+            adapters: adapters.clone(),
+            counters: Counters {
+                serial: serial_adapters,
+                ble: ble_stats,
+            },
+            tracked,
+            retained: retained_tx,
+            heartbeat_every: Duration::from_secs(cfg.uplink.heartbeat_s.max(1)),
+            clock,
+            clock_tx,
+            unsynced_after_seq,
+            started: std::time::Instant::now(),
+        }
+        .run(shutdown_rx.clone()),
+    );
     // Last: READY=1 means the store is open and every task above has started.
     let notify_task = tokio::spawn(crate::sd_notify::run(
         notifier,
@@ -228,91 +279,237 @@ struct Counters {
     ble: Option<Arc<BleStats>>,
 }
 
-/// Writes the `status.json` snapshot for `wardgate status` every 2 s until shutdown (and once
-/// more on the way out).
-async fn write_status(
+/// The daemon's 2-second loop: the `status.json` snapshot for `wardgate status`, device
+/// liveness (transitions logged and published retained), the gateway heartbeat, and the clock
+/// (synchronisation state for the adapters, correction of buffered rows when it syncs).
+struct StatusLoop {
     store_path: std::path::PathBuf,
-    gateway: String,
+    origin: crate::batch::Origin,
+    store: Arc<Store>,
     uplink: watch::Receiver<UplinkStatus>,
     writer: Arc<WriterStats>,
     adapters: Vec<(String, Arc<AdapterHealth>)>,
     counters: Counters,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    use std::sync::atomic::Ordering;
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
-    // Liveness from the writer's counts: a device whose accepted rows grew since the last
-    // snapshot was seen (within the last 2 s). Monotonic time: a clock step changes nothing.
-    let mut liveness = crate::liveness::LivenessTracker::new();
-    let mut previous: std::collections::BTreeMap<String, u64> = Default::default();
-    loop {
-        let stop = tokio::select! {
-            _ = tick.tick() => false,
-            _ = shutdown.changed() => true,
-        };
-        let devices = writer
-            .per_device
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let now = std::time::Instant::now();
-        let mut transitions = Vec::new();
-        for (d, c) in &devices {
-            let total = c.observations + c.events;
-            if previous.insert(d.clone(), total).unwrap_or(0) < total {
-                transitions.extend(liveness.seen(d, now));
+    /// Configured devices and their liveness thresholds.
+    tracked: Vec<(String, crate::liveness::Thresholds)>,
+    retained: watch::Sender<crate::health::RetainedSet>,
+    heartbeat_every: Duration,
+    clock: crate::clock::ClockWatch,
+    clock_tx: watch::Sender<bool>,
+    /// Rows with a larger `seq` were stamped while the clock was unsynchronised.
+    unsynced_after_seq: Option<u64>,
+    started: std::time::Instant,
+}
+
+impl StatusLoop {
+    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        use std::sync::atomic::Ordering;
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        // Liveness from the writer's counts: a device whose accepted rows grew since the last
+        // snapshot was seen (within the last 2 s). Monotonic time: a clock step changes nothing.
+        let mut liveness = crate::liveness::LivenessTracker::new();
+        let mut since: std::collections::BTreeMap<String, i64> = Default::default();
+        let start = std::time::Instant::now();
+        for (d, t) in &self.tracked {
+            liveness.track(d, *t, start);
+            since.insert(d.clone(), wardgate_adapters::observation::now_ms());
+        }
+        let mut previous: std::collections::BTreeMap<String, u64> = Default::default();
+        let mut last_heartbeat: Option<std::time::Instant> = None;
+        let mut first = true;
+        loop {
+            let stop = tokio::select! {
+                _ = tick.tick() => false,
+                _ = shutdown.changed() => true,
+            };
+            self.follow_clock().await;
+            let devices = self
+                .writer
+                .per_device
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let now = std::time::Instant::now();
+            let now_ms = wardgate_adapters::observation::now_ms();
+            let mut transitions = Vec::new();
+            for (d, c) in &devices {
+                let total = c.observations + c.events;
+                if previous.insert(d.clone(), total).unwrap_or(0) < total {
+                    transitions.extend(liveness.seen(d, now));
+                }
             }
-        }
-        transitions.extend(liveness.tick(now));
-        for t in &transitions {
-            log::info!("{t}");
-        }
-        let snap = crate::status::Snapshot {
-            written_ms: wardgate_adapters::observation::now_ms(),
-            stopped: stop,
-            gateway: gateway.clone(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            uplink: {
-                let mut u = uplink.borrow().clone();
+            transitions.extend(liveness.tick(now));
+            let mut changed: Vec<String> = transitions.iter().map(|t| t.device.clone()).collect();
+            if first {
+                // Every configured device's initial state, so the upstream knows them all.
+                changed.extend(self.tracked.iter().map(|(d, _)| d.clone()));
+                first = false;
+            }
+            for t in &transitions {
+                log::info!("{t}");
+                since.insert(t.device.clone(), now_ms);
+            }
+            if !changed.is_empty() {
+                self.retained.send_modify(|set| {
+                    for d in &changed {
+                        let Some(state) = liveness.state(d) else {
+                            continue;
+                        };
+                        let c = devices.get(d).cloned().unwrap_or_default();
+                        let s = crate::health::DeviceStatus {
+                            device: d.clone(),
+                            state: state.as_str().into(),
+                            since_ms: since.get(d).copied().unwrap_or(now_ms),
+                            last_seen_ms: c.last_seen_ms,
+                            battery_pct: c.battery_pct,
+                            rssi_dbm: c.rssi_dbm,
+                            errors: c.errors,
+                            last_error: c.last_error.clone(),
+                        };
+                        set.insert(
+                            crate::health::device_topic(d),
+                            Arc::new(crate::health::device_status(&self.origin.gateway, &s)),
+                        );
+                    }
+                });
+            }
+            let uplink = {
+                let mut u = self.uplink.borrow().clone();
                 // After shutdown nothing is connected, whatever the last state was.
                 u.connected &= !stop;
                 u
-            },
-            devices,
-            liveness: liveness
-                .states()
-                .map(|(d, st)| (d.to_owned(), st.as_str().to_owned()))
-                .collect(),
-            adapters: adapters
+            };
+            let adapters: Vec<crate::status::AdapterSnapshot> = self
+                .adapters
                 .iter()
                 .map(|(name, h)| crate::status::AdapterSnapshot {
                     name: name.clone(),
                     failures: h.failures.load(Ordering::Relaxed),
                     restarts: h.restarts.load(Ordering::Relaxed),
-                    serial: counters
+                    serial: self
+                        .counters
                         .serial
                         .iter()
                         .find(|a| a.name() == name)
                         .and_then(|a| serde_json::to_value(a.stats()).ok())
                         .and_then(|v| serde_json::from_value(v).ok()),
-                    ble: counters
+                    ble: self
+                        .counters
                         .ble
                         .as_ref()
                         .filter(|_| name == "ble")
                         .and_then(|b| serde_json::to_value(&**b).ok())
                         .and_then(|v| serde_json::from_value(v).ok()),
                 })
-                .collect(),
-        };
-        let path = store_path.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            if let Err(e) = crate::status::write_snapshot(&path, &snap) {
-                log::debug!("cannot write status snapshot: {e}");
+                .collect();
+            if last_heartbeat.is_none_or(|t| now.duration_since(t) >= self.heartbeat_every) {
+                last_heartbeat = Some(now);
+                self.heartbeat(&liveness, &uplink, &adapters, now_ms).await;
             }
+            let snap = crate::status::Snapshot {
+                written_ms: now_ms,
+                stopped: stop,
+                gateway: self.origin.gateway.clone(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                uplink,
+                devices,
+                liveness: liveness
+                    .states()
+                    .map(|(d, st)| (d.to_owned(), st.as_str().to_owned()))
+                    .collect(),
+                adapters,
+                clock_synced: Some(self.clock.synced()),
+            };
+            let path = self.store_path.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Err(e) = crate::status::write_snapshot(&path, &snap) {
+                    log::debug!("cannot write status snapshot: {e}");
+                }
+            })
+            .await;
+            if stop {
+                return;
+            }
+        }
+    }
+
+    /// Polls the clock source; on synchronisation corrects the rows stamped before it.
+    async fn follow_clock(&mut self) {
+        match self.clock.poll() {
+            Some(crate::clock::ClockChange::Synced { step_ms }) => {
+                let _ = self.clock_tx.send(true);
+                let after = self.unsynced_after_seq.take().unwrap_or(u64::MAX);
+                let store = self.store.clone();
+                let corrected = tokio::task::spawn_blocking(move || {
+                    if after == u64::MAX {
+                        return Ok(0);
+                    }
+                    store.correct_unsynced(after, step_ms)
+                })
+                .await;
+                match corrected {
+                    Ok(Ok(n)) => log::info!(
+                        "clock synchronised (stepped {:+.3} s); gateway_time of {n} buffered rows corrected",
+                        step_ms as f64 / 1000.0
+                    ),
+                    Ok(Err(e)) => log::warn!("clock synchronised, but correcting buffered rows failed: {e}"),
+                    Err(e) => log::warn!("clock correction task failed: {e}"),
+                }
+            }
+            Some(crate::clock::ClockChange::Unsynced) => {
+                let _ = self.clock_tx.send(false);
+                let store = self.store.clone();
+                self.unsynced_after_seq = tokio::task::spawn_blocking(move || store.max_seq())
+                    .await
+                    .ok()
+                    .and_then(Result::ok);
+                log::warn!("the system clock is no longer synchronised; observations are stamped `unsynced`");
+            }
+            None => {}
+        }
+    }
+
+    async fn heartbeat(
+        &self,
+        liveness: &crate::liveness::LivenessTracker,
+        uplink: &UplinkStatus,
+        adapters: &[crate::status::AdapterSnapshot],
+        now_ms: i64,
+    ) {
+        let store = self.store.clone();
+        let figures = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::store::StoreError>((store.oldest_pending_ms()?, store.bytes()?))
         })
         .await;
-        if stop {
-            return;
-        }
+        let (oldest, bytes) = match figures {
+            Ok(Ok(f)) => f,
+            _ => (None, 0),
+        };
+        let count = |st: crate::liveness::DeviceState| {
+            liveness.states().filter(|(_, s)| *s == st).count() as u64
+        };
+        let h = crate::health::Heartbeat {
+            gateway: self.origin.gateway.clone(),
+            site: self.origin.site.clone(),
+            ward: self.origin.ward.clone(),
+            time_ms: now_ms,
+            uptime_s: self.started.elapsed().as_secs(),
+            queue_depth: self.store.queued(),
+            oldest_unsent_age_s: oldest.map(|t| ((now_ms - t).max(0) / 1000) as u64),
+            store_bytes: bytes,
+            clock_synced: self.clock.synced(),
+            uplink_connected: uplink.connected,
+            batches_acked: uplink.batches_acked,
+            adapters: adapters
+                .iter()
+                .map(|a| (a.name.clone(), a.failures, a.restarts))
+                .collect(),
+            devices_online: count(crate::liveness::DeviceState::Online),
+            devices_stale: count(crate::liveness::DeviceState::Stale),
+            devices_offline: count(crate::liveness::DeviceState::Offline),
+        };
+        self.retained.send_modify(|set| {
+            set.insert("heartbeat".into(), Arc::new(crate::health::heartbeat(&h)));
+        });
     }
 }

@@ -137,6 +137,17 @@ impl LivenessTracker {
         self.classes.insert(class.to_owned(), thresholds);
     }
 
+    /// Tracks `device` with its own thresholds from now on (it starts `offline` until seen:
+    /// a configured device that never spoke is reported as such).
+    pub fn track(&mut self, device: &str, thresholds: Thresholds, now: Instant) {
+        self.devices.entry(device.to_owned()).or_insert(Entry {
+            state: DeviceState::Offline,
+            last_seen: now,
+            thresholds,
+            disconnected: true,
+        });
+    }
+
     /// `device` delivered data at `now`. Returns the transition to online if it was not
     /// (a device seen for the first time comes from offline). Ignored for untracked classes.
     pub fn seen(&mut self, device: &str, now: Instant) -> Option<Transition> {

@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 use wardgate_adapters::observation::now_ms;
 use wardgate_adapters::AdapterEvent;
+use wardgate_adapters::EventKind;
 
 /// Writer parameters.
 #[derive(Clone, Debug)]
@@ -31,7 +32,7 @@ pub struct WriterOptions {
 }
 
 /// Per-device counts of what the writer accepted.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DeviceCounts {
     /// Observations committed to the store.
     pub observations: u64,
@@ -41,6 +42,18 @@ pub struct DeviceCounts {
     /// only: liveness runs on a monotonic clock (see [`crate::liveness`]).
     #[serde(default)]
     pub last_seen_ms: i64,
+    /// Last battery level the device reported, % (MDC_ATTR_VAL_BATT_CHARGE observations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub battery_pct: Option<f64>,
+    /// Last RSSI heard, dBm (median of the last presence window for tags).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rssi_dbm: Option<i64>,
+    /// `error` events of the device since the daemon started.
+    #[serde(default)]
+    pub errors: u64,
+    /// The last of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// What the writer has done, shared with status and the demo.
@@ -121,9 +134,9 @@ pub async fn run_writer(
                     let committed_ms = now_ms();
                     let mut per = stats.per_device.lock().unwrap_or_else(|p| p.into_inner());
                     for r in &rows {
-                        let (device, is_obs) = match r {
-                            AdapterEvent::Observation(o) => (&o.device.0, true),
-                            AdapterEvent::Event(e) => (&e.device.0, false),
+                        let device = match r {
+                            AdapterEvent::Observation(o) => &o.device.0,
+                            AdapterEvent::Event(e) => &e.device.0,
                         };
                         // Look up before inserting: no String copy per row on the hot path.
                         let counts = match per.get_mut(device.as_str()) {
@@ -131,10 +144,32 @@ pub async fn run_writer(
                             None => per.entry(device.clone()).or_default(),
                         };
                         counts.last_seen_ms = committed_ms;
-                        if is_obs {
-                            counts.observations += 1;
-                        } else {
-                            counts.events += 1;
+                        match r {
+                            AdapterEvent::Observation(o) => {
+                                counts.observations += 1;
+                                if o.code == wardgate_adapters::observation::mdc::BATTERY_CHARGE {
+                                    counts.battery_pct = Some(o.value);
+                                }
+                            }
+                            AdapterEvent::Event(e) => {
+                                counts.events += 1;
+                                match e.kind {
+                                    EventKind::Error => {
+                                        counts.errors += 1;
+                                        counts.last_error =
+                                            Some(e.detail.chars().take(200).collect());
+                                    }
+                                    EventKind::Rssi => {
+                                        counts.rssi_dbm = e
+                                            .detail
+                                            .split_whitespace()
+                                            .find_map(|kv| kv.strip_prefix("rssi_median="))
+                                            .and_then(|v| v.parse::<f64>().ok())
+                                            .map(|v| v.round() as i64);
+                                    }
+                                    _ => {}
+                                }
+                            }
                         }
                     }
                 }

@@ -56,6 +56,9 @@ pub struct Snapshot {
     pub liveness: BTreeMap<String, String>,
     /// Adapters.
     pub adapters: Vec<AdapterSnapshot>,
+    /// Whether the system clock was synchronised (absent in snapshots of older daemons).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_synced: Option<bool>,
 }
 
 /// The path of the snapshot for a store at `store_path`.
@@ -154,6 +157,13 @@ pub fn render(r: &Report, gateway: &str) -> String {
             ago(s.written_ms)
         )),
         None => line("daemon:   NOT RUNNING (no status written yet)".into()),
+    }
+    if let Some(synced) = r.snapshot.as_ref().and_then(|s| s.clock_synced) {
+        line(if synced {
+            "clock:    synchronised".into()
+        } else {
+            "clock:    NOT SYNCHRONISED (no NTP yet: observations are stamped `unsynced` and corrected once it syncs; a broker certificate may look not yet valid)".into()
+        });
     }
     if let Some(s) = &r.snapshot {
         let u = &s.uplink;
@@ -271,6 +281,7 @@ mod tests {
                 observations: 5,
                 events: 0,
                 last_seen_ms: now - 3_000,
+                ..Default::default()
             },
         );
         snap.liveness.insert("serial:bed1".into(), "online".into());

@@ -17,6 +17,7 @@ pub mod ble;
 pub mod broker;
 pub mod db;
 pub mod env;
+pub mod mqtt;
 pub mod process;
 pub mod pty;
 pub mod python;

@@ -94,6 +94,16 @@ impl Bus {
     }
 }
 
+impl Bus {
+    /// Sets `Adapter1.Powered` (used to power-cycle an adapter that went blind).
+    pub async fn set_powered(&self, adapter: &str, powered: bool) -> Result<(), String> {
+        let p = self.proxy(format!("/org/bluez/{adapter}"));
+        p.set("org.bluez.Adapter1", "Powered", powered)
+            .await
+            .map_err(|e| e.message().unwrap_or("D-Bus error").to_owned())
+    }
+}
+
 impl Drop for Bus {
     fn drop(&mut self) {
         self.task.abort();

@@ -113,6 +113,10 @@ pub struct BleStats {
     pub readings_dropped: AtomicU64,
     /// Presence summaries sent.
     pub presence_summaries: AtomicU64,
+    /// Reconnects because a subscribed device went silent.
+    pub silent_reconnects: AtomicU64,
+    /// Times the adapter heard no advertisement while known tags should be heard.
+    pub blind_episodes: AtomicU64,
 }
 
 fn inc(c: &AtomicU64) {
@@ -468,6 +472,10 @@ struct Scan<'a> {
     /// Which rule a tag address matched (bounded like the reject map).
     tag_of: HashMap<Address, usize>,
     powered_off_reported: bool,
+    /// Last advertisement report of any device.
+    last_advert: Instant,
+    /// Recovery stage of a blind adapter (0: hearing fine).
+    blind_stage: u32,
 }
 
 impl<'a> Scan<'a> {
@@ -514,10 +522,25 @@ impl<'a> Scan<'a> {
             tags: cfg.tags.iter().map(TagState::new).collect(),
             tag_of: HashMap::new(),
             powered_off_reported: false,
+            last_advert: Instant::now(),
+            blind_stage: 0,
         }
     }
 
     async fn on_event(&mut self, ev: CentralEvent) -> Result<(), AdapterError> {
+        if matches!(
+            ev,
+            CentralEvent::DeviceDiscovered(_)
+                | CentralEvent::RssiUpdate { .. }
+                | CentralEvent::ManufacturerDataAdvertisement { .. }
+                | CentralEvent::ServiceDataAdvertisement { .. }
+        ) {
+            self.last_advert = Instant::now();
+            if self.blind_stage > 0 {
+                log::info!("ble: {} hears advertisements again", self.owner.cfg.adapter);
+                self.blind_stage = 0;
+            }
+        }
         let stats = &self.owner.stats;
         match ev {
             CentralEvent::DeviceConnected(id) => {
@@ -739,7 +762,71 @@ impl<'a> Scan<'a> {
             .insert(spec.address, SessionHandle { link, task });
     }
 
+    /// A blind adapter: no advertisement for `blind_after_s` while tags it heard before should
+    /// be heard. Recovery in stages: restart discovery, power-cycle the adapter, then fail (the
+    /// supervisor restarts the BLE adapter with a new D-Bus connection).
+    async fn check_blind(&mut self) -> Result<(), AdapterError> {
+        let blind_after = Duration::from_secs(self.owner.cfg.blind_after_s.max(1));
+        if self.tags.is_empty()
+            || self.tag_of.is_empty()
+            || self.last_advert.elapsed() < blind_after
+        {
+            return Ok(());
+        }
+        self.blind_stage += 1;
+        inc(&self.owner.stats.blind_episodes);
+        let adapter = self.owner.cfg.adapter.clone();
+        let secs = blind_after.as_secs();
+        let action = match self.blind_stage {
+            1 => "restarting discovery",
+            2 => "power-cycling the adapter",
+            _ => "restarting the BLE adapter",
+        };
+        let detail = format!("Bluetooth adapter {adapter} heard no advertisement for {secs} s while known asset tags should be heard (blind?); {action}");
+        log::warn!("ble: {detail}");
+        send(
+            &self.ctx.out,
+            event(
+                &DeviceId(format!("adapter:{}", self.ctx.id)),
+                EventKind::Error,
+                detail,
+            ),
+        )
+        .await?;
+        self.last_advert = Instant::now();
+        match self.blind_stage {
+            1 => {
+                let _ = self.central.stop_scan().await;
+                self.central
+                    .start_scan(ScanFilter::default())
+                    .await
+                    .map_err(|e| AdapterError::Transport(format!("restarting discovery: {e}")))?;
+            }
+            2 => {
+                let _ = self.bus.set_powered(&adapter, false).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let _ = self.bus.set_powered(&adapter, true).await;
+                let _ = self.central.stop_scan().await;
+                self.central
+                    .start_scan(ScanFilter::default())
+                    .await
+                    .map_err(|e| {
+                        AdapterError::Transport(format!(
+                            "restarting discovery after a power cycle: {e}"
+                        ))
+                    })?;
+            }
+            _ => {
+                return Err(AdapterError::Transport(format!(
+                    "adapter {adapter} stayed blind after a discovery restart and a power cycle"
+                )))
+            }
+        }
+        Ok(())
+    }
+
     async fn on_tick(&mut self) -> Result<(), AdapterError> {
+        self.check_blind().await?;
         let now = std::time::Instant::now();
         for t in &mut self.tags {
             for s in t.presence.drain_due(now) {
@@ -1101,15 +1188,28 @@ impl Session {
             }
         }
         let mut errors = ErrorBudget::default();
+        let silent_after = self.spec.cfg.silent_after();
+        let mut last_value = Instant::now();
         loop {
+            let silent_at = last_value + silent_after.unwrap_or(Duration::from_secs(86_400 * 365));
             tokio::select! {
                 n = notes.next() => match n {
                     Some(ValueNotification { uuid, value, .. }) => {
                         inc(&self.stats.notifications);
+                        last_value = Instant::now();
                         self.handle(uuid, &value, identity_ok, &mut errors).await?;
                     }
                     None => return Err(AdapterError::Transport("notification stream ended".into())),
                 },
+                _ = tokio::time::sleep_until(silent_at), if silent_after.is_some() => {
+                    let s = silent_after.unwrap_or_default().as_secs();
+                    inc(&self.stats.silent_reconnects);
+                    log::warn!("ble {}: subscribed but silent for {s} s; reconnecting", self.name());
+                    self.emit(event(&self.spec.device, EventKind::Error, format!(
+                        "device {}: subscribed but silent for {s} s (link up, no notifications); reconnecting and subscribing again", self.name()))).await?;
+                    let _ = p.disconnect().await;
+                    return Ok(Ended::LinkLost);
+                }
                 r = link.changed() => {
                     if r.is_err() { return Ok(Ended::Shutdown) }
                     if !p.is_connected().await.unwrap_or(false) { return Ok(Ended::LinkLost) }

@@ -45,6 +45,12 @@ pub struct BleConfig {
     /// one event per minute (default 30).
     #[serde(default = "default_rejected_per_minute")]
     pub rejected_per_minute: u32,
+    /// A scanning adapter that hears no advertisement for this many seconds while asset tags
+    /// it heard before should be heard is treated as **blind**: an `error` event, then discovery
+    /// is restarted, then the adapter power-cycled, then the BLE adapter restarted. Default 120;
+    /// applies only with `[[ble.tag]]` rules.
+    #[serde(default = "default_blind_after")]
+    pub blind_after_s: u64,
     /// Admitted devices, by identity address.
     #[serde(default, rename = "device")]
     pub devices: Vec<BleDeviceConfig>,
@@ -84,6 +90,46 @@ pub struct BleDeviceConfig {
     /// Longest wait between reconnect attempts, seconds (default 30).
     #[serde(default = "default_max_backoff")]
     pub max_backoff_s: u64,
+    /// Liveness: silence (no row from the device) after which it is `stale`, seconds. Default
+    /// 15 for continuous devices (profiles `heart-rate`, `plx-continuous`), 26 h for episodic
+    /// ones (scales, cuffs, meters, inhalers: used once or twice a day).
+    pub stale_after_s: Option<u64>,
+    /// Liveness: silence after which it is `offline`, seconds. Default 60 (continuous) or 72 h.
+    pub offline_after_s: Option<u64>,
+    /// A connected, subscribed device that sends no notification for this many seconds is
+    /// reported (`error` event) and reconnected. Default 20 for continuous devices, off for
+    /// episodic ones (0 turns it off).
+    pub silent_after_s: Option<u64>,
+}
+
+impl BleDeviceConfig {
+    /// Whether the device streams measurements (heart-rate or continuous PLX among its
+    /// profiles) rather than sending one now and then.
+    pub fn continuous(&self) -> bool {
+        self.profiles
+            .iter()
+            .flatten()
+            .any(|p| p == "heart-rate" || p == "plx-continuous")
+    }
+
+    /// Liveness thresholds (stale, offline) in seconds: configured, else by kind.
+    pub fn liveness_s(&self) -> (u64, u64) {
+        let (s, o) = if self.continuous() {
+            (15, 60)
+        } else {
+            (26 * 3600, 72 * 3600)
+        };
+        let stale = self.stale_after_s.unwrap_or(s);
+        (stale, self.offline_after_s.unwrap_or(o).max(stale))
+    }
+
+    /// Silence on a subscribed link that triggers a reconnect (`None`: never).
+    pub fn silent_after(&self) -> Option<std::time::Duration> {
+        let s = self
+            .silent_after_s
+            .unwrap_or(if self.continuous() { 20 } else { 0 });
+        (s > 0).then(|| std::time::Duration::from_secs(s))
+    }
 }
 
 /// `[[ble.tag]]`: devices admitted by their advertisements (asset tags, beacons). At least one
@@ -125,6 +171,9 @@ fn default_rejected_per_minute() -> u32 {
 }
 fn default_max_backoff() -> u64 {
     30
+}
+fn default_blind_after() -> u64 {
+    120
 }
 fn default_window() -> u64 {
     10
@@ -225,6 +274,12 @@ impl BleConfig {
                 ),
             ));
         }
+        if self.blind_after_s == 0 {
+            out.push((
+                "blind_after_s".into(),
+                "blind_after_s must be greater than 0".into(),
+            ));
+        }
         if self.rejected_per_minute == 0 {
             out.push((
                 "rejected_per_minute".into(),
@@ -282,6 +337,19 @@ impl BleConfig {
                         format!("device `{}`: no [[ble.vendor_profile]] named `{v}`", d.name),
                     ));
                 }
+            }
+            if d.stale_after_s == Some(0) || d.offline_after_s == Some(0) {
+                out.push((
+                    k(if d.stale_after_s == Some(0) {
+                        "stale_after_s"
+                    } else {
+                        "offline_after_s"
+                    }),
+                    format!(
+                        "device `{}`: liveness thresholds must be greater than 0",
+                        d.name
+                    ),
+                ));
             }
             if d.max_backoff_s == 0 {
                 out.push((

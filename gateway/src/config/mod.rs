@@ -54,6 +54,10 @@ pub struct GatewaySection {
     pub site: Spanned<String>,
     /// Ward id, e.g. `ward-7`.
     pub ward: Spanned<String>,
+    /// Where "the clock is synchronised" comes from (see [`crate::clock`]): `kernel` (default,
+    /// adjtimex: NTP via systemd-timesyncd, chrony or ntpd), `synced` (assume so: an RTC and no
+    /// NTP), or `file:PATH` (synchronised while PATH exists).
+    pub clock: Option<Spanned<String>>,
 }
 
 /// SQLite `synchronous` setting for the store.
@@ -146,6 +150,9 @@ pub struct UplinkSection {
     /// Cap of the reconnect backoff in seconds (jittered); default 60.
     #[serde(default = "default_backoff_max")]
     pub backoff_max_s: u64,
+    /// Seconds between two gateway heartbeats (retained, `…/heartbeat`); default 60.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_s: u64,
 }
 
 fn default_mqtts_port() -> Spanned<u16> {
@@ -167,6 +174,9 @@ fn default_ack_timeout() -> u64 {
     30
 }
 fn default_backoff_max() -> u64 {
+    60
+}
+fn default_heartbeat() -> u64 {
     60
 }
 
@@ -351,6 +361,11 @@ pub fn parse_any(path: &Path, text: &str) -> Result<AnyConfig, Diagnostics> {
             v.topic_safe(s, what);
         }
         v.topic_safe(&c.uplink.host, "host");
+        if let Some(clock) = &c.gateway.clock {
+            if let Err(e) = crate::clock::ClockSource::parse(clock.get_ref()) {
+                v.at(Some(clock.span()), e);
+            }
+        }
         v.port(&c.uplink.port);
         for p in [&mut c.uplink.ca, &mut c.uplink.cert] {
             resolve(&base, p);
@@ -366,6 +381,7 @@ pub fn parse_any(path: &Path, text: &str) -> Result<AnyConfig, Diagnostics> {
             ("max_inflight", c.uplink.max_inflight as u128),
             ("ack_timeout_s", c.uplink.ack_timeout_s as u128),
             ("backoff_max_s", c.uplink.backoff_max_s as u128),
+            ("heartbeat_s", c.uplink.heartbeat_s as u128),
             ("commit_max_rows", c.store.commit_max_rows as u128),
             ("commit_interval_ms", c.store.commit_interval_ms as u128),
             ("max_bytes", c.store.max_bytes as u128),
@@ -489,6 +505,17 @@ pub fn parse_any(path: &Path, text: &str) -> Result<AnyConfig, Diagnostics> {
             );
         }
         v.finish(AnyConfig::Gateway(Box::new(c)))
+    }
+}
+
+impl Config {
+    /// The clock source of `[gateway] clock` (validated; `kernel` when absent).
+    pub fn clock_source(&self) -> crate::clock::ClockSource {
+        self.gateway
+            .clock
+            .as_ref()
+            .and_then(|c| crate::clock::ClockSource::parse(c.get_ref()).ok())
+            .unwrap_or(crate::clock::ClockSource::Kernel)
     }
 }
 

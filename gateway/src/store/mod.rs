@@ -454,6 +454,69 @@ impl Store {
         r.map_err(|e| self.err(e))
     }
 
+    /// The highest `seq` ever assigned (0 for an empty, never-used store).
+    pub fn max_seq(&self) -> Result<u64, StoreError> {
+        let conn = self.lock();
+        conn.query_row(
+            "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name='queue'), 0)",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n.max(0) as u64)
+        .map_err(|e| self.err(e))
+    }
+
+    /// The clock was stepped by `step_ms` when it became synchronised: adds the step to the
+    /// `gateway_time` of every row with `seq > after_seq` that is not yet in a batch (numbered
+    /// batches are immutable: their rows keep what they were sent with) and marks those
+    /// observations stamped `unsynced` as `synced`. Returns the number of rows corrected.
+    /// One immediate transaction.
+    pub fn correct_unsynced(&self, after_seq: u64, step_ms: i64) -> Result<u64, StoreError> {
+        let mut conn = self.lock();
+        let r = (|| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let batched: i64 =
+                tx.query_row("SELECT coalesce(max(last_seq), 0) FROM batches", [], |r| {
+                    r.get(0)
+                })?;
+            let from = (after_seq as i64).max(batched);
+            let n = tx.execute(
+                "UPDATE queue SET gateway_time = gateway_time + ?1,
+                        time_quality = CASE WHEN time_quality = ?2 THEN ?3 ELSE time_quality END
+                 WHERE seq > ?4",
+                params![
+                    step_ms,
+                    TimeQuality::Unsynced as i64,
+                    TimeQuality::Synced as i64,
+                    from
+                ],
+            )?;
+            tx.commit()?;
+            Ok(n as u64)
+        })();
+        r.map_err(|e| self.err(e))
+    }
+
+    /// Gateway time (Unix ms) of the oldest row not yet acknowledged, by `seq` (an index
+    /// lookup, cheap enough for every heartbeat; rows are appended in time order, so this is
+    /// the oldest unless the clock stepped backwards).
+    pub fn oldest_pending_ms(&self) -> Result<Option<i64>, StoreError> {
+        let conn = self.lock();
+        conn.query_row(
+            "SELECT gateway_time FROM queue ORDER BY seq LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|e| self.err(e))
+    }
+
+    /// Bytes of live data in the file (pages in use × page size).
+    pub fn bytes(&self) -> Result<u64, StoreError> {
+        let conn = self.lock();
+        used_bytes(&conn).map_err(|e| self.err(e))
+    }
+
     /// Rows (observations and events) not yet acknowledged, without touching the file.
     pub fn queued(&self) -> u64 {
         self.queued.load(std::sync::atomic::Ordering::Relaxed)

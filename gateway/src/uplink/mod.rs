@@ -141,6 +141,8 @@ pub struct Uplink {
     wake: Arc<Notify>,
     /// Beaten by the loop; read by the watchdog.
     beat: Arc<LoopBeat>,
+    /// Retained status messages to publish (device status, heartbeat; [`crate::health`]).
+    retained: Option<watch::Receiver<crate::health::RetainedSet>>,
 }
 
 impl Uplink {
@@ -160,6 +162,7 @@ impl Uplink {
                 status,
                 wake,
                 beat: Arc::default(),
+                retained: None,
             },
             rx,
         )
@@ -170,6 +173,44 @@ impl Uplink {
     pub fn with_beat(mut self, beat: Arc<LoopBeat>) -> Uplink {
         self.beat = beat;
         self
+    }
+
+    /// Publishes the retained messages of `set` ([`crate::health`]): all of them at every new
+    /// session, then each one that changed, signed like the batches.
+    pub fn with_retained(mut self, set: watch::Receiver<crate::health::RetainedSet>) -> Uplink {
+        self.retained = Some(set);
+        self
+    }
+
+    /// Signs and publishes (retained, QoS 1) every entry of the set that differs from what this
+    /// session published already.
+    fn publish_retained(
+        &self,
+        client: &AsyncClient,
+        published: &mut std::collections::HashMap<String, Arc<Vec<u8>>>,
+    ) -> Result<(), String> {
+        let Some(rx) = &self.retained else {
+            return Ok(());
+        };
+        let set = rx.borrow().clone();
+        let prefix = topics::prefix(&self.settings.origin);
+        for (suffix, payload) in set {
+            if published
+                .get(&suffix)
+                .is_some_and(|p| Arc::ptr_eq(p, &payload))
+            {
+                continue;
+            }
+            let signed = self.signer.sign(payload.as_ref().clone());
+            if client
+                .try_publish(format!("{prefix}/{suffix}"), QoS::AtLeastOnce, true, signed)
+                .is_err()
+            {
+                break; // request queue full: the rest goes on the next change or tick
+            }
+            published.insert(suffix, payload);
+        }
+        Ok(())
     }
 
     /// Awaits `fut`, beating every [`BEAT_EVERY`] meanwhile: a long wait is not a hang.
@@ -302,6 +343,9 @@ impl Uplink {
             .try_publish(topics::status(&s.origin), QoS::AtLeastOnce, true, "online")
             .map_err(|e| e.to_string())?;
 
+        let mut published = std::collections::HashMap::new();
+        self.publish_retained(&client, &mut published)?;
+        let mut retained_rx = self.retained.clone();
         let mut tracker = InflightTracker::new(s.ack);
         let store = self.store.clone();
         let mut resend: VecDeque<u64> = blocking(move || store.unacked_batches()).await?.into();
@@ -326,8 +370,21 @@ impl Uplink {
                         }
                     }
                     self.fill(&client, &mut tracker, &mut resend, &batch_topic).await?;
+                    self.publish_retained(&client, &mut published)?;
                 }
                 _ = self.wake.notified() => self.fill(&client, &mut tracker, &mut resend, &batch_topic).await?,
+                r = async {
+                    match retained_rx.as_mut() {
+                        Some(rx) => rx.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if r.is_ok() {
+                        self.publish_retained(&client, &mut published)?;
+                    } else {
+                        retained_rx = None;
+                    }
+                }
                 _ = shutdown.changed() => {
                     let _ = client.try_publish(topics::status(&s.origin), QoS::AtLeastOnce, true, "offline");
                     let _ = client.try_disconnect();

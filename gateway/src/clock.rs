@@ -1,0 +1,194 @@
+//! Time without an RTC (DESIGN §11): is the system clock synchronised, and by how much did it
+//! move when it became so?
+//!
+//! A Raspberry Pi boots with the time it last saved (fake-hwclock) or 1970, and NTP corrects it
+//! some time later — possibly hours later on a ward network. Until then `gateway_time` is only
+//! as good as the unsynchronised clock: observations are stamped `time_quality = "unsynced"`
+//! (adapters read [`crate::clock`]'s watch through `AdapterContext::clock_synced`).
+//!
+//! Sources ([`ClockSource`], `[gateway] clock` in the config):
+//! - `kernel` (default): the kernel's NTP state from `adjtimex(2)` with no modes set (read-only):
+//!   synchronised unless the call returns `TIME_ERROR` or the status has `STA_UNSYNC` — the same
+//!   test systemd's `timedatectl` (NTPSynchronized) makes. systemd-timesyncd, chrony and ntpd all
+//!   clear `STA_UNSYNC` once they discipline the clock.
+//! - `synced`: assume it is (a box with a real RTC and no NTP).
+//! - `file:PATH`: synchronised while PATH exists (e.g. `/run/systemd/timesync/synchronized`,
+//!   which systemd-timesyncd touches on sync; also how the tests drive it).
+//!
+//! When the clock becomes synchronised, [`ClockWatch`] reports the **step**: the difference
+//! between the wall clock now and what the last unsynchronised reading plus the monotonic time
+//! elapsed since predicts. The daemon adds it to the `gateway_time` of rows stamped while
+//! unsynchronised that are still in the store and not yet in a batch ([`crate::store::Store::correct_unsynced`]).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Where the synchronisation state comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClockSource {
+    /// `adjtimex(2)`: the kernel's NTP state.
+    Kernel,
+    /// Always synchronised.
+    Synced,
+    /// Synchronised while this file exists.
+    File(PathBuf),
+}
+
+impl ClockSource {
+    /// Parses the config value: `kernel`, `synced`, or `file:PATH`.
+    pub fn parse(s: &str) -> Result<ClockSource, String> {
+        match s {
+            "kernel" => Ok(ClockSource::Kernel),
+            "synced" => Ok(ClockSource::Synced),
+            _ => match s.strip_prefix("file:") {
+                Some(p) if !p.is_empty() => Ok(ClockSource::File(PathBuf::from(p))),
+                _ => Err(format!(
+                    "clock `{s}` must be `kernel`, `synced` or `file:PATH`"
+                )),
+            },
+        }
+    }
+
+    /// Whether the clock is synchronised now.
+    pub fn synced(&self) -> bool {
+        match self {
+            ClockSource::Kernel => kernel_synced(),
+            ClockSource::Synced => true,
+            ClockSource::File(p) => p.exists(),
+        }
+    }
+}
+
+/// `adjtimex(2)` with `modes = 0` (query only): `false` when the kernel reports `TIME_ERROR`
+/// or `STA_UNSYNC`. On failure of the call itself: `false` (not known to be synchronised).
+#[allow(unsafe_code)]
+fn kernel_synced() -> bool {
+    // SAFETY: `timex` is plain old data, zero-initialised; with `modes = 0` adjtimex only
+    // writes the current state into it and changes nothing (no privilege needed).
+    let mut t: libc::timex = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::adjtimex(&mut t) };
+    r >= 0 && r != libc::TIME_ERROR && t.status & libc::STA_UNSYNC == 0
+}
+
+/// Wall-clock milliseconds since the Unix epoch (0 before 1970).
+fn wall_ms() -> i64 {
+    wardgate_adapters::observation::now_ms()
+}
+
+/// A change of the synchronisation state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClockChange {
+    /// The clock became synchronised; `step_ms` = how far the wall clock moved beyond the
+    /// monotonic time that passed (positive: it jumped forward).
+    Synced {
+        /// The step, milliseconds.
+        step_ms: i64,
+    },
+    /// The clock is no longer known to be synchronised.
+    Unsynced,
+}
+
+/// Follows the clock: call [`ClockWatch::poll`] every few seconds.
+#[derive(Debug)]
+pub struct ClockWatch {
+    source: ClockSource,
+    synced: bool,
+    /// The last (wall, monotonic) reading taken while unsynchronised.
+    last_unsynced: Option<(i64, Instant)>,
+}
+
+impl ClockWatch {
+    /// Starts following `source`; [`Self::synced`] is its state now.
+    pub fn new(source: ClockSource) -> ClockWatch {
+        let synced = source.synced();
+        ClockWatch {
+            last_unsynced: (!synced).then(|| (wall_ms(), Instant::now())),
+            source,
+            synced,
+        }
+    }
+
+    /// Whether the clock was synchronised at the last poll.
+    pub fn synced(&self) -> bool {
+        self.synced
+    }
+
+    /// Reads the state; returns a change, if any.
+    pub fn poll(&mut self) -> Option<ClockChange> {
+        self.observe(self.source.synced(), wall_ms(), Instant::now())
+    }
+
+    /// [`Self::poll`] with the readings given (pure; unit-tested).
+    pub fn observe(&mut self, synced: bool, wall: i64, mono: Instant) -> Option<ClockChange> {
+        match (self.synced, synced) {
+            (false, true) => {
+                self.synced = true;
+                let step_ms = self
+                    .last_unsynced
+                    .take()
+                    .map(|(w, m)| wall - (w + mono.saturating_duration_since(m).as_millis() as i64))
+                    .unwrap_or(0);
+                Some(ClockChange::Synced { step_ms })
+            }
+            (true, false) => {
+                self.synced = false;
+                self.last_unsynced = Some((wall, mono));
+                Some(ClockChange::Unsynced)
+            }
+            (false, false) => {
+                self.last_unsynced = Some((wall, mono));
+                None
+            }
+            (true, true) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn parse_sources() {
+        assert_eq!(ClockSource::parse("kernel"), Ok(ClockSource::Kernel));
+        assert_eq!(
+            ClockSource::parse("file:/run/x"),
+            Ok(ClockSource::File("/run/x".into()))
+        );
+        assert!(ClockSource::parse("file:").is_err());
+        assert!(ClockSource::parse("ntp").is_err());
+    }
+
+    #[test]
+    fn the_step_is_measured_against_monotonic_time() {
+        let t0 = Instant::now();
+        let mut w = ClockWatch {
+            source: ClockSource::Synced,
+            synced: false,
+            last_unsynced: Some((1_000_000, t0)),
+        };
+        // 10 s later (monotonic) the clock still unsynced reads 10 s later: no step yet.
+        assert_eq!(
+            w.observe(false, 1_010_000, t0 + Duration::from_secs(10)),
+            None
+        );
+        // 5 s later NTP stepped the clock 3 hours forward.
+        let step = 3 * 3_600_000;
+        assert_eq!(
+            w.observe(true, 1_015_000 + step, t0 + Duration::from_secs(15)),
+            Some(ClockChange::Synced { step_ms: step })
+        );
+        assert_eq!(w.observe(true, 0, t0 + Duration::from_secs(16)), None);
+        assert_eq!(
+            w.observe(false, 5, t0 + Duration::from_secs(17)),
+            Some(ClockChange::Unsynced)
+        );
+    }
+
+    #[test]
+    fn the_kernel_query_answers() {
+        // Whatever this machine's state, the query itself works without privileges.
+        let _ = kernel_synced();
+    }
+}

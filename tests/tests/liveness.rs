@@ -1,0 +1,392 @@
+//! Liveness and time on the ward, with real parts: `wardgate run` (child process) with BLE
+//! devices on the simulated BlueZ, real mosquitto with mutual TLS, an MQTT watcher reading the
+//! retained topics (verified with the gateway's certificate), the receiver's SQLite output.
+//! What a user checks: every device's state is published retained on each transition; the
+//! heartbeat tells the gateway's health; a silent device or a blind adapter is reported and
+//! recovered; an unsynchronised clock is visible, and buffered observations are corrected when
+//! it syncs; wall-clock jumps mark no device offline and cause no reconnect.
+
+use std::time::Duration;
+use wardgate::blesim::{self, Advert, DeviceInformation};
+use wardgate_e2e::ble::{gatt_capture, write_config_with_ble, BleWorld};
+use wardgate_e2e::env::{ReceiverOptions, TestEnv};
+use wardgate_e2e::{mqtt, wait_for};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wardgate-e2e-bin");
+const STRAP: &str = "00:22:D0:90:4C:14";
+
+fn strap(ble: &BleWorld) {
+    let mut d = blesim::heart_rate_strap(
+        STRAP,
+        &DeviceInformation::new("Polar Electro Oy", "Polar H7", "D7904C14", "1.4.0"),
+    );
+    d.address_type = blesim::AddressType::Public;
+    ble.sim.place_device(d);
+}
+
+fn strap_config(extra: &str) -> String {
+    format!(
+        "[[ble.device]]\nname = \"bed4-hr\"\naddress = \"{STRAP}\"\nrequire_bond = false\nprofiles = [\"heart-rate\", \"battery\"]\n{extra}\n"
+    )
+}
+
+fn hr() -> String {
+    blesim::uuid16(0x2A37)
+}
+
+/// Sets `[uplink] heartbeat_s` and `[gateway] clock` in a written config.
+fn tune(path: &std::path::Path, heartbeat_s: u64, clock: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let text = text.replacen(
+        "[uplink]\n",
+        &format!("[uplink]\nheartbeat_s = {heartbeat_s}\n"),
+        1,
+    );
+    let text = text.replacen(
+        "[gateway]\n",
+        &format!("[gateway]\nclock = \"{clock}\"\n"),
+        1,
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+fn states_of(env: &TestEnv, msgs: &[mqtt::Message], topic_end: &str) -> Vec<String> {
+    msgs.iter()
+        .filter(|m| m.topic.ends_with(topic_end))
+        .map(|m| {
+            mqtt::verified_json(env, &m.payload).unwrap()["state"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn device_status_is_published_retained_on_every_transition_and_the_heartbeat_reports_health() {
+    let env = TestEnv::new("liveness", BIN).unwrap();
+    let ble = BleWorld::start().unwrap();
+    strap(&ble);
+    let cfg = write_config_with_ble(
+        &env,
+        &env.gateway_options(),
+        &format!(
+            "[ble]\n{}",
+            strap_config("stale_after_s = 2\noffline_after_s = 4\nsilent_after_s = 0")
+        ),
+    )
+    .unwrap();
+    tune(&cfg, 1, "synced");
+    let _receiver = env.start_receiver(&ReceiverOptions::default()).unwrap();
+    // Watch the device's status topic live for the whole scenario.
+    let (ca, cert, key, port) = (
+        env.pki.ca_pem.clone(),
+        env.pki.receiver_cert.clone(),
+        env.pki.receiver_key.clone(),
+        env.broker.port,
+    );
+    let mut gateway = env.spawn_gateway_with_env(&cfg, &ble.env()).unwrap();
+    let watcher = std::thread::spawn(move || {
+        mqtt::collect_with(
+            &ca,
+            &cert,
+            &key,
+            port,
+            "wardgate/v1/+/+/+/device/+/status",
+            Duration::from_secs(16),
+        )
+    });
+    let sim = &ble.sim;
+    wait_for("scanning", Duration::from_secs(20), || {
+        Ok(sim.is_discovering())
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(2)); // the configured device is published `offline` first
+    sim.advertise(
+        STRAP,
+        &Advert {
+            rssi: -60,
+            ..Default::default()
+        },
+    );
+    wait_for("subscribed", Duration::from_secs(20), || {
+        Ok(sim.is_notifying(STRAP, &hr()))
+    })
+    .unwrap();
+    for v in gatt_capture("Polar H7") {
+        sim.notify(STRAP, &hr(), &v);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // The strap walks away: link lost, no reconnect possible → stale after 2 s, offline after 4 s.
+    sim.set_in_range(STRAP, false);
+    let msgs = watcher.join().unwrap().unwrap();
+    let topic_end = format!("/device/ble:{STRAP}/status");
+    let states = states_of(&env, &msgs, &topic_end);
+    let mut dedup = states.clone();
+    dedup.dedup();
+    assert_eq!(
+        dedup,
+        ["offline", "online", "stale", "offline"],
+        "retained states in order: {states:?}"
+    );
+    let last = msgs
+        .iter()
+        .rev()
+        .find(|m| m.topic.ends_with(&topic_end))
+        .unwrap();
+    let j = mqtt::verified_json(&env, &last.payload).unwrap();
+    assert_eq!(j["device"], format!("ble:{STRAP}"));
+    assert_eq!(j["kind"], "device-status");
+    assert!(
+        j["battery"].as_f64().is_some(),
+        "battery level read on connect travels with the status: {j}"
+    );
+    assert!(
+        j["last_seen"].as_i64().unwrap() > 0
+            && j["since"].as_i64().unwrap() >= j["last_seen"].as_i64().unwrap(),
+        "{j}"
+    );
+
+    // A late subscriber gets the current state retained, and the heartbeat.
+    let now = mqtt::latest(&env, "wardgate/v1/#", Duration::from_secs(2)).unwrap();
+    let st = now
+        .values()
+        .find(|m| m.topic.ends_with(&topic_end))
+        .expect("retained device status");
+    assert!(st.retained);
+    assert_eq!(
+        mqtt::verified_json(&env, &st.payload).unwrap()["state"],
+        "offline"
+    );
+    let hb = now
+        .values()
+        .find(|m| m.topic.ends_with("/heartbeat"))
+        .expect("retained heartbeat");
+    let h = mqtt::verified_json(&env, &hb.payload).unwrap();
+    assert_eq!(h["kind"], "heartbeat");
+    assert_eq!(h["gateway"], "gw-e2e-01");
+    assert_eq!(h["clock_synced"], true);
+    assert_eq!(h["uplink"]["connected"], true);
+    assert_eq!(h["devices"]["offline"], 1);
+    assert!(h["uptime_s"].as_u64().unwrap() >= 5, "{h}");
+    assert!(
+        h["queue_depth"].as_u64().is_some() && h["store_bytes"].as_u64().unwrap() > 0,
+        "{h}"
+    );
+    assert_eq!(h["adapters"][0]["name"], "ble");
+    let st = gateway.terminate(Duration::from_secs(10)).unwrap();
+    assert!(st.success(), "{}", gateway.stderr());
+}
+
+#[test]
+fn a_silent_subscribed_device_is_reported_and_reconnected_and_a_blind_adapter_recovers() {
+    let env = TestEnv::new("liveness-silent", BIN).unwrap();
+    let ble = BleWorld::start().unwrap();
+    strap(&ble);
+    let tag = "D4:CA:6E:11:22:33";
+    let cfg = write_config_with_ble(
+        &env,
+        &env.gateway_options(),
+        &format!(
+            "[ble]\nblind_after_s = 2\n{}\n[[ble.tag]]\nname = \"pumps\"\naddresses = [\"{tag}\"]\nwindow_s = 1\n",
+            strap_config("silent_after_s = 2")
+        ),
+    )
+    .unwrap();
+    let _receiver = env.start_receiver(&ReceiverOptions::default()).unwrap();
+    let mut gateway = env.spawn_gateway_with_env(&cfg, &ble.env()).unwrap();
+    let sim = &ble.sim;
+    wait_for("scanning", Duration::from_secs(20), || {
+        Ok(sim.is_discovering())
+    })
+    .unwrap();
+    sim.advertise(
+        STRAP,
+        &Advert {
+            rssi: -60,
+            ..Default::default()
+        },
+    );
+    sim.advertise(
+        tag,
+        &Advert {
+            rssi: -70,
+            ..Default::default()
+        },
+    );
+    wait_for("subscribed", Duration::from_secs(20), || {
+        Ok(sim.is_notifying(STRAP, &hr()))
+    })
+    .unwrap();
+    sim.notify(STRAP, &hr(), &gatt_capture("Polar H7")[0]);
+    // Then nothing: after 2 s of silence the gateway reports it and reconnects, subscribing again.
+    wait_for(
+        "a reconnect after the silence",
+        Duration::from_secs(20),
+        || Ok(sim.connect_count(STRAP) >= 2 && sim.start_notify_count(STRAP, &hr()) >= 2),
+    )
+    .unwrap();
+    let up = env.upstream();
+    wait_for(
+        "the silence reported upstream",
+        Duration::from_secs(20),
+        || {
+            Ok(up.events()?.iter().any(|e| {
+                e.kind == "error"
+                    && e.detail
+                        .as_deref()
+                        .unwrap_or("")
+                        .contains("subscribed but silent for 2 s")
+            }))
+        },
+    )
+    .unwrap();
+
+    // Blind adapter: the tag (heard before) falls silent with everything else for 2 s.
+    wait_for(
+        "the blind adapter reported",
+        Duration::from_secs(20),
+        || {
+            Ok(up.events()?.iter().any(|e| {
+                e.kind == "error"
+                    && e.device == "adapter:ble"
+                    && e.detail
+                        .as_deref()
+                        .unwrap_or("")
+                        .contains("heard no advertisement for 2 s")
+            }))
+        },
+    )
+    .unwrap();
+    let events = up.events().unwrap();
+    let blind = events
+        .iter()
+        .find(|e| {
+            e.device == "adapter:ble"
+                && e.detail
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("restarting discovery")
+        })
+        .unwrap_or_else(|| panic!("first recovery step: {events:?}"));
+    assert!(blind.detail.as_deref().unwrap().contains("blind"));
+    // Discovery was restarted: the adapter scans, and hears the tag again.
+    wait_for("scanning again", Duration::from_secs(10), || {
+        Ok(sim.is_discovering())
+    })
+    .unwrap();
+    for _ in 0..5 {
+        sim.advertise(
+            tag,
+            &Advert {
+                rssi: -65,
+                ..Default::default()
+            },
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        gateway.stderr().contains("hears advertisements again")
+            || gateway
+                .wait_stderr("hears advertisements again", 1, Duration::from_secs(10))
+                .is_ok()
+    );
+    let st = gateway.terminate(Duration::from_secs(10)).unwrap();
+    assert!(st.success(), "{}", gateway.stderr());
+}
+
+#[test]
+fn an_unsynchronised_clock_is_visible_and_buffered_observations_are_corrected_when_it_syncs() {
+    let mut env = TestEnv::new("clock", BIN).unwrap();
+    let ble = BleWorld::start().unwrap();
+    strap(&ble);
+    let synced_flag = env.dir.join("timesync-synchronized");
+    let cfg = write_config_with_ble(
+        &env,
+        &env.gateway_options(),
+        &format!("[ble]\n{}", strap_config("silent_after_s = 0")),
+    )
+    .unwrap();
+    tune(&cfg, 1, &format!("file:{}", synced_flag.display()));
+    let _receiver = env.start_receiver(&ReceiverOptions::default()).unwrap();
+    let mut gateway = env.spawn_gateway_with_env(&cfg, &ble.env()).unwrap();
+    let sim = &ble.sim;
+    wait_for("scanning", Duration::from_secs(20), || {
+        Ok(sim.is_discovering())
+    })
+    .unwrap();
+    sim.advertise(
+        STRAP,
+        &Advert {
+            rssi: -60,
+            ..Default::default()
+        },
+    );
+    wait_for("subscribed", Duration::from_secs(20), || {
+        Ok(sim.is_notifying(STRAP, &hr()))
+    })
+    .unwrap();
+    let hr_values = gatt_capture("Polar H7");
+    sim.notify(STRAP, &hr(), &hr_values[0]);
+    let id = format!("ble:{STRAP}");
+    let up = env.upstream();
+    wait_for("the first HR", Duration::from_secs(20), || {
+        Ok(up.values(&id, 147_842)?.len() == 1)
+    })
+    .unwrap();
+    // Give the status snapshot (every 2 s) time to be written.
+    std::thread::sleep(Duration::from_millis(2500));
+
+    // An installer sees it.
+    let out = std::process::Command::new(BIN)
+        .args(["status", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("clock:    NOT SYNCHRONISED"), "{text}");
+
+    // The broker goes away; two more readings wait in the store, stamped unsynced.
+    env.broker.stop().unwrap();
+    sim.notify(STRAP, &hr(), &hr_values[1]);
+    sim.notify(STRAP, &hr(), &hr_values[2]);
+    wait_for("two rows buffered", Duration::from_secs(10), || {
+        Ok(env
+            .store()?
+            .queue
+            .iter()
+            .filter(|r| r.code == Some(147_842))
+            .count()
+            == 2)
+    })
+    .unwrap();
+    // NTP synchronises the clock; then the broker is back.
+    std::fs::write(&synced_flag, b"").unwrap();
+    gateway
+        .wait_stderr("clock synchronised", 1, Duration::from_secs(10))
+        .unwrap();
+    env.broker.restart().unwrap();
+    wait_for("all three HR upstream", Duration::from_secs(30), || {
+        Ok(up.values(&id, 147_842)?.len() == 3)
+    })
+    .unwrap();
+    let c = rusqlite::Connection::open(&up.path).unwrap();
+    let q: Vec<(f64, String)> = c
+        .prepare("SELECT value, time_quality FROM observations WHERE code = 147842 ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        q,
+        [
+            (78.0, "unsynced".to_string()),
+            (79.0, "synced".to_string()),
+            (80.0, "synced".to_string())
+        ],
+        "the one sent before the sync stays `unsynced`; the buffered ones were corrected"
+    );
+    let st = gateway.terminate(Duration::from_secs(10)).unwrap();
+    assert!(st.success(), "{}", gateway.stderr());
+}
