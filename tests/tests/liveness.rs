@@ -390,3 +390,125 @@ fn an_unsynchronised_clock_is_visible_and_buffered_observations_are_corrected_wh
     let st = gateway.terminate(Duration::from_secs(10)).unwrap();
     assert!(st.success(), "{}", gateway.stderr());
 }
+
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+#[test]
+fn wall_clock_jumps_of_hours_mark_no_device_offline_and_cause_no_reconnect() {
+    // The gateway runs under libfaketime (scripts/test installs it): its wall clock follows an
+    // offset read from a file at every call, its monotonic clock stays real.
+    assert!(
+        std::path::Path::new(LIBFAKETIME).exists(),
+        "{LIBFAKETIME} missing: apt-get install faketime (scripts/test does)"
+    );
+    let env = TestEnv::new("clock-jump", BIN).unwrap();
+    let ble = BleWorld::start().unwrap();
+    strap(&ble);
+    let offset = env.dir.join("faketime-offset");
+    std::fs::write(&offset, "+0").unwrap();
+    let cfg = write_config_with_ble(
+        &env,
+        &env.gateway_options(),
+        &format!(
+            "[ble]\n{}",
+            strap_config("stale_after_s = 2\noffline_after_s = 4\nsilent_after_s = 0")
+        ),
+    )
+    .unwrap();
+    tune(&cfg, 1, "synced");
+    let _receiver = env.start_receiver(&ReceiverOptions::default()).unwrap();
+    let offset_s = offset.display().to_string();
+    let mut vars: Vec<(&str, &str)> = ble.env().to_vec();
+    vars.extend([
+        ("LD_PRELOAD", LIBFAKETIME),
+        ("FAKETIME_TIMESTAMP_FILE", offset_s.as_str()),
+        ("FAKETIME_NO_CACHE", "1"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ("FAKETIME_DONT_RESET", "1"),
+    ]);
+    let mut gateway = env.spawn_gateway_with_env(&cfg, &vars).unwrap();
+    let sim = &ble.sim;
+    wait_for("scanning", Duration::from_secs(20), || {
+        Ok(sim.is_discovering())
+    })
+    .unwrap();
+    sim.advertise(
+        STRAP,
+        &Advert {
+            rssi: -60,
+            ..Default::default()
+        },
+    );
+    wait_for("subscribed", Duration::from_secs(20), || {
+        Ok(sim.is_notifying(STRAP, &hr()))
+    })
+    .unwrap();
+    let id = format!("ble:{STRAP}");
+    let up = env.upstream();
+    let (ca, cert, key, port) = (
+        env.pki.ca_pem.clone(),
+        env.pki.receiver_cert.clone(),
+        env.pki.receiver_key.clone(),
+        env.broker.port,
+    );
+    let watcher = std::thread::spawn(move || {
+        mqtt::collect_with(
+            &ca,
+            &cert,
+            &key,
+            port,
+            "wardgate/v1/+/+/+/device/+/status",
+            Duration::from_secs(10),
+        )
+    });
+    // 24 notifications, 300 ms apart; the wall clock jumps 5 h forward, then 5 h back.
+    let v = gatt_capture("Polar H7")[0].clone();
+    for i in 0..24 {
+        if i == 6 {
+            std::fs::write(&offset, "+5h").unwrap();
+        }
+        if i == 14 {
+            std::fs::write(&offset, "-5h").unwrap();
+        }
+        assert!(sim.notify(STRAP, &hr(), &v));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    wait_for("all 24 upstream", Duration::from_secs(30), || {
+        Ok(up.values(&id, 147_842)?.len() == 24)
+    })
+    .unwrap();
+    let msgs = watcher.join().unwrap().unwrap();
+    let states = states_of(&env, &msgs, &format!("/device/ble:{STRAP}/status"));
+    // The retained state may still be the initial `offline` when the watcher subscribes.
+    let after: Vec<_> = states.iter().skip_while(|s| *s != "online").collect();
+    assert!(
+        !after.is_empty() && after.iter().all(|s| *s == "online"),
+        "no stale/offline on a wall-clock jump (liveness runs on monotonic time): {states:?}"
+    );
+    assert_eq!(
+        gateway.stderr_count("uplink connected"),
+        1,
+        "no reconnect: {}",
+        gateway.stderr()
+    );
+    assert_eq!(
+        sim.connect_count(STRAP),
+        1,
+        "the BLE link was never dropped"
+    );
+    // The jumps are visible in the stamps (that is what the clock said), nothing was lost.
+    let c = rusqlite::Connection::open(&up.path).unwrap();
+    let (min, max): (i64, i64) = c
+        .query_row(
+            "SELECT min(gateway_time), max(gateway_time) FROM observations WHERE code = 147842",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(
+        max - min > 9 * 3_600_000,
+        "stamps span the jumps: {min}..{max}"
+    );
+    let st = gateway.terminate(Duration::from_secs(10)).unwrap();
+    assert!(st.success(), "{}", gateway.stderr());
+}
