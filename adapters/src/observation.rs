@@ -454,6 +454,15 @@ pub struct DeviceEvent {
     pub gateway_time: i64,
 }
 
+/// Milliseconds of **monotonic** time since this process first asked, starting at 1 (so 0 can
+/// mean "never"). For progress stamps and timeouts that a wall-clock step must not move
+/// (DESIGN §11: timers use monotonic time).
+pub fn mono_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(std::time::Instant::now);
+    start.elapsed().as_millis() as u64 + 1
+}
+
 /// Milliseconds since the Unix epoch from the system clock (0 if the clock is before 1970).
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -144,6 +144,78 @@ impl ClockWatch {
     }
 }
 
+/// The clock as the daemon shares it: the adapters read [`SharedClock::subscribe`]; the status
+/// loop and the uplink call [`SharedClock::poll`] (the uplink right before it cuts a new batch,
+/// so rows stamped before a synchronisation are corrected before they can leave in a batch, even
+/// when the uplink reconnects the moment the clock is set).
+pub struct SharedClock {
+    inner: std::sync::Mutex<Inner>,
+    tx: tokio::sync::watch::Sender<bool>,
+}
+
+struct Inner {
+    watch: ClockWatch,
+    /// Rows with a larger `seq` were stamped while unsynchronised.
+    unsynced_after_seq: Option<u64>,
+}
+
+impl SharedClock {
+    /// Starts following `source`. Blocking: reads the store's last `seq` when the clock is
+    /// unsynchronised now.
+    pub fn new(source: ClockSource, store: &crate::store::Store) -> std::sync::Arc<SharedClock> {
+        let watch = ClockWatch::new(source);
+        let synced = watch.synced();
+        let unsynced_after_seq = if synced { None } else { store.max_seq().ok() };
+        std::sync::Arc::new(SharedClock {
+            inner: std::sync::Mutex::new(Inner {
+                watch,
+                unsynced_after_seq,
+            }),
+            tx: tokio::sync::watch::channel(synced).0,
+        })
+    }
+
+    /// Whether the clock is synchronised (as of the last poll).
+    pub fn synced(&self) -> bool {
+        *self.tx.borrow()
+    }
+
+    /// A receiver that follows [`Self::synced`] (for `AdapterContext::clock_synced`).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.tx.subscribe()
+    }
+
+    /// Polls the source. When the clock became synchronised, corrects the rows stamped before
+    /// ([`crate::store::Store::correct_unsynced`], by the measured step) before anyone else sees
+    /// it synchronised. Blocking (SQLite): call from a blocking thread.
+    pub fn poll(&self, store: &crate::store::Store) -> Option<ClockChange> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let change = inner.watch.poll()?;
+        match change {
+            ClockChange::Synced { step_ms } => {
+                if let Some(after) = inner.unsynced_after_seq.take() {
+                    match store.correct_unsynced(after, step_ms) {
+                        Ok(n) => log::info!(
+                            "clock synchronised (stepped {:+.3} s); gateway_time of {n} buffered rows corrected",
+                            step_ms as f64 / 1000.0
+                        ),
+                        Err(e) => log::warn!(
+                            "clock synchronised, but correcting buffered rows failed: {e}"
+                        ),
+                    }
+                }
+                let _ = self.tx.send(true);
+            }
+            ClockChange::Unsynced => {
+                inner.unsynced_after_seq = store.max_seq().ok();
+                let _ = self.tx.send(false);
+                log::warn!("the system clock is no longer synchronised; observations are stamped `unsynced`");
+            }
+        }
+        Some(change)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

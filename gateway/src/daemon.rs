@@ -81,26 +81,22 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         log::info!("systemd watchdog: {w:?}; WATCHDOG=1 only while the writer and uplink progress");
     }
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let clock = crate::clock::ClockWatch::new(cfg.clock_source());
+    let clock = {
+        let st = store.clone();
+        let source = cfg.clock_source();
+        tokio::task::spawn_blocking(move || crate::clock::SharedClock::new(source, &st)).await?
+    };
     if !clock.synced() {
         log::warn!("the system clock is not known to be synchronised (no NTP yet?): observations are stamped `unsynced` until it is, then corrected");
     }
-    let (clock_tx, clock_rx) = watch::channel(clock.synced());
-    let unsynced_after_seq = if clock.synced() {
-        None
-    } else {
-        let st = store.clone();
-        tokio::task::spawn_blocking(move || st.max_seq())
-            .await?
-            .ok()
-    };
+    let clock_rx = clock.subscribe();
     let (retained_tx, retained_rx) = watch::channel(crate::health::RetainedSet::new());
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let wake = Arc::new(Notify::new());
     let writer = Arc::new(WriterStats::default());
     // Opening the store is the writer's first progress (the watchdog's starting point).
     writer.last_progress_ms.store(
-        wardgate_adapters::observation::now_ms() as u64,
+        wardgate_adapters::observation::mono_ms(),
         std::sync::atomic::Ordering::Relaxed,
     );
     let writer_task = tokio::spawn(run_writer(
@@ -203,8 +199,6 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
             retained: retained_tx,
             heartbeat_every: Duration::from_secs(cfg.uplink.heartbeat_s.max(1)),
             clock,
-            clock_tx,
-            unsynced_after_seq,
             started: std::time::Instant::now(),
         }
         .run(shutdown_rx.clone()),
@@ -294,10 +288,7 @@ struct StatusLoop {
     tracked: Vec<(String, crate::liveness::Thresholds)>,
     retained: watch::Sender<crate::health::RetainedSet>,
     heartbeat_every: Duration,
-    clock: crate::clock::ClockWatch,
-    clock_tx: watch::Sender<bool>,
-    /// Rows with a larger `seq` were stamped while the clock was unsynchronised.
-    unsynced_after_seq: Option<u64>,
+    clock: Arc<crate::clock::SharedClock>,
     started: std::time::Instant,
 }
 
@@ -433,40 +424,10 @@ impl StatusLoop {
         }
     }
 
-    /// Polls the clock source; on synchronisation corrects the rows stamped before it.
+    /// Polls the clock source (on synchronisation the rows stamped before are corrected).
     async fn follow_clock(&mut self) {
-        match self.clock.poll() {
-            Some(crate::clock::ClockChange::Synced { step_ms }) => {
-                let _ = self.clock_tx.send(true);
-                let after = self.unsynced_after_seq.take().unwrap_or(u64::MAX);
-                let store = self.store.clone();
-                let corrected = tokio::task::spawn_blocking(move || {
-                    if after == u64::MAX {
-                        return Ok(0);
-                    }
-                    store.correct_unsynced(after, step_ms)
-                })
-                .await;
-                match corrected {
-                    Ok(Ok(n)) => log::info!(
-                        "clock synchronised (stepped {:+.3} s); gateway_time of {n} buffered rows corrected",
-                        step_ms as f64 / 1000.0
-                    ),
-                    Ok(Err(e)) => log::warn!("clock synchronised, but correcting buffered rows failed: {e}"),
-                    Err(e) => log::warn!("clock correction task failed: {e}"),
-                }
-            }
-            Some(crate::clock::ClockChange::Unsynced) => {
-                let _ = self.clock_tx.send(false);
-                let store = self.store.clone();
-                self.unsynced_after_seq = tokio::task::spawn_blocking(move || store.max_seq())
-                    .await
-                    .ok()
-                    .and_then(Result::ok);
-                log::warn!("the system clock is no longer synchronised; observations are stamped `unsynced`");
-            }
-            None => {}
-        }
+        let (clock, store) = (self.clock.clone(), self.store.clone());
+        let _ = tokio::task::spawn_blocking(move || clock.poll(&store)).await;
     }
 
     async fn heartbeat(

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
-use wardgate_adapters::observation::now_ms;
+use wardgate_adapters::observation::{mono_ms, now_ms};
 use wardgate_adapters::AdapterEvent;
 use wardgate_adapters::EventKind;
 
@@ -65,7 +65,7 @@ pub struct WriterStats {
     pub rows: AtomicU64,
     /// Commit attempts that failed (rows kept and retried).
     pub failed_commits: AtomicU64,
-    /// Unix ms of the last commit (or retried failed commit) or idle tick: progress for the
+    /// Monotonic ms (`mono_ms`) of the last commit (or retried failed commit) or idle tick: progress for the
     /// watchdog.
     pub last_progress_ms: AtomicU64,
     /// Accepted counts per device id.
@@ -89,7 +89,7 @@ pub async fn run_writer(
             let first = tokio::select! {
                 ev = rx.recv() => ev,
                 _ = tokio::time::sleep(opts.retention_every) => {
-                    stats.last_progress_ms.store(now_ms() as u64, Ordering::Relaxed);
+                    stats.last_progress_ms.store(mono_ms(), Ordering::Relaxed);
                     retention(&store, &mut last_retention, &opts).await;
                     continue;
                 }
@@ -129,7 +129,7 @@ pub async fn run_writer(
                 stats.rows.fetch_add(rows.len() as u64, Ordering::Relaxed);
                 stats
                     .last_progress_ms
-                    .store(now_ms() as u64, Ordering::Relaxed);
+                    .store(mono_ms(), Ordering::Relaxed);
                 {
                     let committed_ms = now_ms();
                     let mut per = stats.per_device.lock().unwrap_or_else(|p| p.into_inner());
@@ -188,7 +188,7 @@ pub async fn run_writer(
                 // would not cure a full disk and would lose these uncommitted rows).
                 stats
                     .last_progress_ms
-                    .store(now_ms() as u64, Ordering::Relaxed);
+                    .store(mono_ms(), Ordering::Relaxed);
                 log::error!(
                     "{e}; keeping {} rows in memory and retrying in 1 s",
                     rows.len()

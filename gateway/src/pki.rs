@@ -48,10 +48,26 @@ impl Ca {
         names: &[&str],
         server: bool,
     ) -> anyhow::Result<(String, String)> {
+        self.leaf_valid_from(common_name, names, server, None)
+    }
+
+    /// [`Self::leaf`] valid from midnight UTC of `not_before` (year, month, day) instead of
+    /// rcgen's default (1975): what a real CA issues, and what a gateway whose clock is behind
+    /// sees as "not yet valid".
+    pub fn leaf_valid_from(
+        &self,
+        common_name: &str,
+        names: &[&str],
+        server: bool,
+        not_before: Option<(i32, u8, u8)>,
+    ) -> anyhow::Result<(String, String)> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut p =
             CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
         p.distinguished_name.push(DnType::CommonName, common_name);
+        if let Some((y, m, d)) = not_before {
+            p.not_before = rcgen::date_time_ymd(y, m, d);
+        }
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![if server {
             ExtendedKeyUsagePurpose::ServerAuth

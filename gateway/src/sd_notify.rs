@@ -25,7 +25,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use wardgate_adapters::observation::now_ms;
+use wardgate_adapters::observation::mono_ms;
 
 /// How often `STATUS=` is refreshed (the same pace as `status.json`).
 pub const STATUS_EVERY: Duration = Duration::from_secs(2);
@@ -124,7 +124,8 @@ pub fn writer_tick(watchdog: Option<Duration>) -> Duration {
 }
 
 /// The watchdog decision: send `WATCHDOG=1` only if both the writer's last progress and the
-/// uplink loop's last turn (Unix ms) are within `max_age` of `now_ms`. A timestamp slightly in
+/// uplink loop's last turn (monotonic ms, so a wall-clock step neither starves nor fakes the
+/// watchdog) are within `max_age` of `now_ms`. A timestamp slightly in
 /// the future (clock stepped back) counts as recent; `0` (never) does not.
 pub fn should_ping(now_ms: u64, writer_ms: u64, uplink_ms: u64, max_age: Duration) -> bool {
     let max = max_age.as_millis() as u64;
@@ -197,7 +198,7 @@ pub async fn run(
             _ = dog_tick.tick(), if watchdog.is_some() => {
                 let writer = w.writer.last_progress_ms.load(Ordering::Relaxed);
                 let uplink = w.uplink_beat.last_ms();
-                let now = now_ms() as u64;
+                let now = mono_ms();
                 if should_ping(now, writer, uplink, period) {
                     if withheld {
                         log::info!("watchdog: progress again; resuming WATCHDOG=1");

@@ -52,8 +52,18 @@ pub fn explain(err: &rumqttc::ConnectionError) -> String {
     {
         return format!("the broker refused this gateway's client certificate (uplink.cert/uplink.key) ({text})");
     }
-    if lower.contains("notvalidyet") {
-        return format!("waiting for time: the broker certificate is not yet valid by this gateway's clock ({text})");
+    if lower.contains("notvalidyet") || lower.contains("not valid yet") {
+        // rustls names the verification time, which changes at every retry: keep only the
+        // certificate's start, so the reason stays the same and is logged once.
+        let from = text
+            .split("not valid before ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse::<i64>().ok());
+        return match from {
+            Some(t) => format!("waiting for time: the broker certificate is not valid yet by this gateway's clock (valid from Unix time {t}); buffering until the clock is set (NTP)"),
+            None => "waiting for time: the broker certificate is not valid yet by this gateway's clock; buffering until the clock is set (NTP)".into(),
+        };
     }
     if lower.contains("expired") {
         return format!(

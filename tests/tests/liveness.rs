@@ -411,7 +411,7 @@ fn wall_clock_jumps_of_hours_mark_no_device_offline_and_cause_no_reconnect() {
         &env.gateway_options(),
         &format!(
             "[ble]\n{}",
-            strap_config("stale_after_s = 2\noffline_after_s = 4\nsilent_after_s = 0")
+            strap_config("stale_after_s = 4\noffline_after_s = 8\nsilent_after_s = 0")
         ),
     )
     .unwrap();
@@ -511,4 +511,159 @@ fn wall_clock_jumps_of_hours_mark_no_device_offline_and_cause_no_reconnect() {
     );
     let st = gateway.terminate(Duration::from_secs(10)).unwrap();
     assert!(st.success(), "{}", gateway.stderr());
+}
+
+#[test]
+fn a_clock_days_behind_waits_for_time_then_delivers_with_corrected_stamps() {
+    assert!(
+        std::path::Path::new(LIBFAKETIME).exists(),
+        "{LIBFAKETIME} missing: apt-get install faketime"
+    );
+    // The broker's certificate, as a real CA issues it: valid from yesterday (UTC).
+    let env = TestEnv::with_broker("clock-behind", BIN, |pki| {
+        let days = wardgate_adapters::observation::now_ms() / 86_400_000 - 1;
+        let (y, m, d) = civil_from_days(days);
+        let (cert, key) = pki
+            .ca
+            .leaf_valid_from(
+                "e2e broker",
+                &["127.0.0.1", "localhost"],
+                true,
+                Some((y, m, d)),
+            )
+            .unwrap();
+        let (c, k) = (
+            pki.dir.join("broker-recent.pem"),
+            pki.dir.join("broker-recent.key"),
+        );
+        wardgate::pki::write_cert(&c, &cert).unwrap();
+        wardgate::pki::write_key(&k, &key).unwrap();
+        let mut o = wardgate_e2e::broker::MosquittoOptions::from_pki(pki);
+        o.certfile = c;
+        o.keyfile = k;
+        o
+    })
+    .unwrap();
+    let ble = BleWorld::start().unwrap();
+    strap(&ble);
+    // A Raspberry Pi without RTC booted with a clock two days behind; NTP has not answered yet.
+    let offset = env.dir.join("faketime-offset");
+    std::fs::write(&offset, "-2d").unwrap();
+    let synced_flag = env.dir.join("timesync-synchronized");
+    let cfg = write_config_with_ble(
+        &env,
+        &env.gateway_options(),
+        &format!("[ble]\n{}", strap_config("silent_after_s = 0")),
+    )
+    .unwrap();
+    tune(&cfg, 1, &format!("file:{}", synced_flag.display()));
+    let _receiver = env.start_receiver(&ReceiverOptions::default()).unwrap();
+    let offset_s = offset.display().to_string();
+    let mut vars: Vec<(&str, &str)> = ble.env().to_vec();
+    vars.extend([
+        ("LD_PRELOAD", LIBFAKETIME),
+        ("FAKETIME_TIMESTAMP_FILE", offset_s.as_str()),
+        ("FAKETIME_NO_CACHE", "1"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ("FAKETIME_DONT_RESET", "1"),
+    ]);
+    let mut gateway = env.spawn_gateway_with_env(&cfg, &vars).unwrap();
+    // The broker's certificate is not valid yet by this clock: "waiting for time", not a failure.
+    gateway
+        .wait_stderr("waiting for time", 1, Duration::from_secs(20))
+        .unwrap();
+    let sim = &ble.sim;
+    wait_for("scanning", Duration::from_secs(20), || {
+        Ok(sim.is_discovering())
+    })
+    .unwrap();
+    sim.advertise(
+        STRAP,
+        &Advert {
+            rssi: -60,
+            ..Default::default()
+        },
+    );
+    wait_for("subscribed", Duration::from_secs(20), || {
+        Ok(sim.is_notifying(STRAP, &hr()))
+    })
+    .unwrap();
+    for v in gatt_capture("Polar H7") {
+        sim.notify(STRAP, &hr(), &v);
+    }
+    wait_for("three rows buffered", Duration::from_secs(10), || {
+        Ok(env
+            .store()?
+            .queue
+            .iter()
+            .filter(|r| r.code == Some(147_842))
+            .count()
+            == 3)
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let out = std::process::Command::new(BIN)
+        .args(["status", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("waiting for time") && text.contains("NOT SYNCHRONISED"),
+        "{text}"
+    );
+    assert!(gateway.is_running(), "waiting for time is not fatal");
+    assert_eq!(
+        gateway.stderr_count("waiting for time"),
+        1,
+        "logged once, not at every retry: {}",
+        gateway.stderr()
+    );
+
+    // NTP answers: the clock steps two days forward and is synchronised (together: the flag,
+    // then at once the clock).
+    std::fs::write(&synced_flag, b"").unwrap();
+    std::fs::write(&offset, "+0").unwrap();
+    let id = format!("ble:{STRAP}");
+    let up = env.upstream();
+    wait_for(
+        "the buffered readings upstream",
+        Duration::from_secs(40),
+        || Ok(up.values(&id, 147_842)?.len() == 3),
+    )
+    .unwrap();
+    let c = rusqlite::Connection::open(&up.path).unwrap();
+    let rows: Vec<(i64, String)> = c
+        .prepare(
+            "SELECT gateway_time, time_quality FROM observations WHERE code = 147842 ORDER BY seq",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let now = wardgate_adapters::observation::now_ms();
+    for (t, q) in &rows {
+        assert_eq!(q, "synced", "{rows:?}");
+        assert!(
+            (now - t).abs() < 120_000,
+            "corrected by the 2-day step: {t} vs now {now}"
+        );
+    }
+    let st = gateway.terminate(Duration::from_secs(10)).unwrap();
+    assert!(st.success(), "{}", gateway.stderr());
+}
+
+/// (year, month, day) of a day count since 1970-01-01 (H. Hinnant's civil_from_days).
+fn civil_from_days(z: i64) -> (i32, u8, u8) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    let y = (yoe + era * 400 + i64::from(m <= 2)) as i32;
+    (y, m, d)
 }

@@ -99,12 +99,13 @@ impl LoopBeat {
     /// Records a turn of the loop now.
     pub fn beat(&self) {
         self.last_ms.store(
-            wardgate_adapters::observation::now_ms() as u64,
+            wardgate_adapters::observation::mono_ms(),
             Ordering::Relaxed,
         );
     }
 
-    /// Unix ms of the last turn; 0 before the first.
+    /// Monotonic ms ([`wardgate_adapters::observation::mono_ms`]) of the last turn; 0 before
+    /// the first.
     pub fn last_ms(&self) -> u64 {
         self.last_ms.load(Ordering::Relaxed)
     }
@@ -143,6 +144,8 @@ pub struct Uplink {
     beat: Arc<LoopBeat>,
     /// Retained status messages to publish (device status, heartbeat; [`crate::health`]).
     retained: Option<watch::Receiver<crate::health::RetainedSet>>,
+    /// Polled before each new batch is cut (rows stamped before a clock sync are corrected first).
+    clock: Option<Arc<crate::clock::SharedClock>>,
 }
 
 impl Uplink {
@@ -163,6 +166,7 @@ impl Uplink {
                 wake,
                 beat: Arc::default(),
                 retained: None,
+                clock: None,
             },
             rx,
         )
@@ -179,6 +183,13 @@ impl Uplink {
     /// session, then each one that changed, signed like the batches.
     pub fn with_retained(mut self, set: watch::Receiver<crate::health::RetainedSet>) -> Uplink {
         self.retained = Some(set);
+        self
+    }
+
+    /// Polls `clock` before each new batch: a batch never carries rows stamped before a clock
+    /// synchronisation that were not corrected yet.
+    pub fn with_clock(mut self, clock: Arc<crate::clock::SharedClock>) -> Uplink {
+        self.clock = Some(clock);
         self
     }
 
@@ -466,10 +477,16 @@ impl Uplink {
             let origin = self.settings.origin.clone();
             let max = self.settings.batch_max;
             let again = resend.pop_front();
+            let clock = self.clock.clone();
             let signed = blocking(move || {
                 let batch = match again {
                     Some(n) => store.load_batch(n)?,
-                    None => store.next_batch(max)?,
+                    None => {
+                        if let Some(c) = &clock {
+                            c.poll(&store);
+                        }
+                        store.next_batch(max)?
+                    }
                 };
                 Ok(batch.map(|b| (b.number, signer.sign(b.encode_payload(&origin)))))
             })
