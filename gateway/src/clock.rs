@@ -190,18 +190,22 @@ impl SharedClock {
     /// it synchronised. Blocking (SQLite): call from a blocking thread.
     pub fn poll(&self, store: &crate::store::Store) -> Option<ClockChange> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let change = inner.watch.poll()?;
+        let change = inner.watch.poll();
+        log::debug!("clock poll: {change:?} (synced {})", inner.watch.synced());
+        let change = change?;
         match change {
             ClockChange::Synced { step_ms } => {
-                if let Some(after) = inner.unsynced_after_seq.take() {
-                    match store.correct_unsynced(after, step_ms) {
-                        Ok(n) => log::info!(
-                            "clock synchronised (stepped {:+.3} s); gateway_time of {n} buffered rows corrected",
-                            step_ms as f64 / 1000.0
-                        ),
-                        Err(e) => log::warn!(
-                            "clock synchronised, but correcting buffered rows failed: {e}"
-                        ),
+                let corrected = match inner.unsynced_after_seq.take() {
+                    Some(after) => store.correct_unsynced(after, step_ms),
+                    None => Ok(0),
+                };
+                match corrected {
+                    Ok(n) => log::info!(
+                        "clock synchronised (stepped {:+.3} s); gateway_time of {n} buffered rows corrected",
+                        step_ms as f64 / 1000.0
+                    ),
+                    Err(e) => {
+                        log::warn!("clock synchronised, but correcting buffered rows failed: {e}")
                     }
                 }
                 let _ = self.tx.send(true);

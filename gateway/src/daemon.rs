@@ -155,7 +155,8 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     uplink_beat.beat();
     let uplink = uplink
         .with_beat(uplink_beat.clone())
-        .with_retained(retained_rx);
+        .with_retained(retained_rx)
+        .with_clock(clock.clone());
     let uplink_task = tokio::spawn(uplink.run(shutdown_rx.clone()));
     let mut tracked: Vec<(String, crate::liveness::Thresholds)> = cfg
         .serial

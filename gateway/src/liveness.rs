@@ -203,13 +203,19 @@ impl LivenessTracker {
             let to = e
                 .thresholds
                 .state_after(now.saturating_duration_since(e.last_seen));
-            if to > e.state {
+            // One step at a time: a device goes stale before it goes offline, even when a late
+            // tick finds it past both thresholds (upstream sees every state).
+            while to > e.state {
+                let next = match e.state {
+                    DeviceState::Online => DeviceState::Stale,
+                    _ => DeviceState::Offline,
+                };
                 out.push(Transition {
                     device: device.clone(),
                     from: e.state,
-                    to,
+                    to: next,
                 });
-                e.state = to;
+                e.state = next;
             }
         }
         out
@@ -287,13 +293,16 @@ mod tests {
     }
 
     #[test]
-    fn a_long_silence_between_ticks_goes_straight_to_offline() {
+    fn a_long_silence_between_ticks_passes_through_stale_to_offline() {
         let t0 = Instant::now();
         let mut t = LivenessTracker::new();
         t.seen(BED1, t0);
         assert_eq!(
             t.tick(t0 + secs(61)),
-            vec![tr(DeviceState::Online, DeviceState::Offline)]
+            vec![
+                tr(DeviceState::Online, DeviceState::Stale),
+                tr(DeviceState::Stale, DeviceState::Offline)
+            ]
         );
     }
 

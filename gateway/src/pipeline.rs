@@ -127,9 +127,7 @@ pub async fn run_writer(
             Ok((rows, Ok(_))) => {
                 stats.commits.fetch_add(1, Ordering::Relaxed);
                 stats.rows.fetch_add(rows.len() as u64, Ordering::Relaxed);
-                stats
-                    .last_progress_ms
-                    .store(mono_ms(), Ordering::Relaxed);
+                stats.last_progress_ms.store(mono_ms(), Ordering::Relaxed);
                 {
                     let committed_ms = now_ms();
                     let mut per = stats.per_device.lock().unwrap_or_else(|p| p.into_inner());
@@ -186,9 +184,7 @@ pub async fn run_writer(
                 stats.failed_commits.fetch_add(1, Ordering::Relaxed);
                 // The writer is alive and retrying: that is progress for the watchdog (a restart
                 // would not cure a full disk and would lose these uncommitted rows).
-                stats
-                    .last_progress_ms
-                    .store(mono_ms(), Ordering::Relaxed);
+                stats.last_progress_ms.store(mono_ms(), Ordering::Relaxed);
                 log::error!(
                     "{e}; keeping {} rows in memory and retrying in 1 s",
                     rows.len()

@@ -354,6 +354,11 @@ raw_dir = "messages"
 
     /// Starts `wardgate receive --config CONFIG` (stderr in `logs/receiver.stderr`).
     pub fn spawn_receiver(&self, config: &Path) -> Result<Proc> {
+        self.spawn_receiver_with_env(config, &[])
+    }
+
+    /// [`Self::spawn_receiver`] with extra environment variables.
+    pub fn spawn_receiver_with_env(&self, config: &Path, env: &[(&str, &str)]) -> Result<Proc> {
         Proc::spawn(
             "receiver",
             &self.bin,
@@ -364,7 +369,7 @@ raw_dir = "messages"
             ],
             &self.rx_dir,
             &self.log_dir,
-            &[],
+            env,
         )
     }
 
@@ -388,6 +393,15 @@ raw_dir = "messages"
 
     /// Starts a receiver with `opts` and waits until it is subscribed.
     pub fn start_receiver(&self, opts: &ReceiverOptions) -> Result<Proc> {
+        self.start_receiver_with_env(opts, &[])
+    }
+
+    /// [`Self::start_receiver`] with extra environment variables (e.g. a faked clock).
+    pub fn start_receiver_with_env(
+        &self,
+        opts: &ReceiverOptions,
+        env: &[(&str, &str)],
+    ) -> Result<Proc> {
         let cfg = self.write_receiver_config(opts)?;
         let before = self
             .broker
@@ -395,7 +409,7 @@ raw_dir = "messages"
             .lines()
             .filter(|l| l.contains(&opts.client_id) && l.contains("wardgate/v1/+/+/+/batch"))
             .count();
-        let p = self.spawn_receiver(&cfg)?;
+        let p = self.spawn_receiver_with_env(&cfg, env)?;
         self.wait_subscribed(&opts.client_id, before + 1, Duration::from_secs(15))?;
         Ok(p)
     }

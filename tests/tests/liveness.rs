@@ -72,7 +72,7 @@ fn device_status_is_published_retained_on_every_transition_and_the_heartbeat_rep
         &env.gateway_options(),
         &format!(
             "[ble]\n{}",
-            strap_config("stale_after_s = 2\noffline_after_s = 4\nsilent_after_s = 0")
+            strap_config("stale_after_s = 3\noffline_after_s = 7\nsilent_after_s = 0")
         ),
     )
     .unwrap();
@@ -93,7 +93,7 @@ fn device_status_is_published_retained_on_every_transition_and_the_heartbeat_rep
             &key,
             port,
             "wardgate/v1/+/+/+/device/+/status",
-            Duration::from_secs(16),
+            Duration::from_secs(21),
         )
     });
     let sim = &ble.sim;
@@ -117,7 +117,8 @@ fn device_status_is_published_retained_on_every_transition_and_the_heartbeat_rep
         sim.notify(STRAP, &hr(), &v);
         std::thread::sleep(Duration::from_millis(300));
     }
-    // The strap walks away: link lost, no reconnect possible → stale after 2 s, offline after 4 s.
+    // The strap walks away: link lost, no reconnect possible → stale after 3 s, offline after 7 s
+    // (thresholds more than one 2-s status tick apart, so the stale state is seen).
     sim.set_in_range(STRAP, false);
     let msgs = watcher.join().unwrap().unwrap();
     let topic_end = format!("/device/ble:{STRAP}/status");
@@ -422,9 +423,13 @@ fn wall_clock_jumps_of_hours_mark_no_device_offline_and_cause_no_reconnect() {
     vars.extend([
         ("LD_PRELOAD", LIBFAKETIME),
         ("FAKETIME_TIMESTAMP_FILE", offset_s.as_str()),
-        ("FAKETIME_NO_CACHE", "1"),
+        // Re-read the offset file once a second (reading it at every call from many threads
+        // now and then fails, and libfaketime then falls back to the real time).
+        ("FAKETIME_CACHE_DURATION", "1"),
         ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
         ("FAKETIME_DONT_RESET", "1"),
+        // File times stay real (libfaketime would fake stat results too).
+        ("NO_FAKE_STAT", "1"),
     ]);
     let mut gateway = env.spawn_gateway_with_env(&cfg, &vars).unwrap();
     let sim = &ble.sim;
@@ -519,9 +524,12 @@ fn a_clock_days_behind_waits_for_time_then_delivers_with_corrected_stamps() {
         std::path::Path::new(LIBFAKETIME).exists(),
         "{LIBFAKETIME} missing: apt-get install faketime"
     );
-    // The broker's certificate, as a real CA issues it: valid from yesterday (UTC).
+    // The broker's certificate, as a real CA issues it, valid from midnight UTC; the gateway's
+    // clock is behind it: here the certificate is dated tomorrow and the gateway's clock is the
+    // machine's, then "NTP" steps it two days forward (libfaketime). A libfaketime hiccup can
+    // only make the clock look behind, never let a connection through early.
     let env = TestEnv::with_broker("clock-behind", BIN, |pki| {
-        let days = wardgate_adapters::observation::now_ms() / 86_400_000 - 1;
+        let days = wardgate_adapters::observation::now_ms() / 86_400_000 + 1;
         let (y, m, d) = civil_from_days(days);
         let (cert, key) = pki
             .ca
@@ -546,9 +554,9 @@ fn a_clock_days_behind_waits_for_time_then_delivers_with_corrected_stamps() {
     .unwrap();
     let ble = BleWorld::start().unwrap();
     strap(&ble);
-    // A Raspberry Pi without RTC booted with a clock two days behind; NTP has not answered yet.
+    // A Raspberry Pi without RTC booted with a clock behind; NTP has not answered yet.
     let offset = env.dir.join("faketime-offset");
-    std::fs::write(&offset, "-2d").unwrap();
+    std::fs::write(&offset, "+0").unwrap();
     let synced_flag = env.dir.join("timesync-synchronized");
     let cfg = write_config_with_ble(
         &env,
@@ -557,15 +565,31 @@ fn a_clock_days_behind_waits_for_time_then_delivers_with_corrected_stamps() {
     )
     .unwrap();
     tune(&cfg, 1, &format!("file:{}", synced_flag.display()));
-    let _receiver = env.start_receiver(&ReceiverOptions::default()).unwrap();
+    // The upstream receiver's clock is right (two days ahead of the machine's, like the
+    // gateway's after NTP).
+    let _receiver = env
+        .start_receiver_with_env(
+            &ReceiverOptions::default(),
+            &[
+                ("LD_PRELOAD", LIBFAKETIME),
+                ("FAKETIME", "+2d"),
+                ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+                ("NO_FAKE_STAT", "1"),
+            ],
+        )
+        .unwrap();
     let offset_s = offset.display().to_string();
     let mut vars: Vec<(&str, &str)> = ble.env().to_vec();
     vars.extend([
         ("LD_PRELOAD", LIBFAKETIME),
         ("FAKETIME_TIMESTAMP_FILE", offset_s.as_str()),
-        ("FAKETIME_NO_CACHE", "1"),
+        // Re-read the offset file once a second (reading it at every call from many threads
+        // now and then fails, and libfaketime then falls back to the real time).
+        ("FAKETIME_CACHE_DURATION", "1"),
         ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
         ("FAKETIME_DONT_RESET", "1"),
+        // File times stay real (libfaketime would fake stat results too).
+        ("NO_FAKE_STAT", "1"),
     ]);
     let mut gateway = env.spawn_gateway_with_env(&cfg, &vars).unwrap();
     // The broker's certificate is not valid yet by this clock: "waiting for time", not a failure.
@@ -614,7 +638,11 @@ fn a_clock_days_behind_waits_for_time_then_delivers_with_corrected_stamps() {
     );
     assert!(gateway.is_running(), "waiting for time is not fatal");
     assert_eq!(
-        gateway.stderr_count("waiting for time"),
+        gateway
+            .stderr()
+            .lines()
+            .filter(|l| l.starts_with("WARN") && l.contains("waiting for time"))
+            .count(),
         1,
         "logged once, not at every retry: {}",
         gateway.stderr()
@@ -623,7 +651,7 @@ fn a_clock_days_behind_waits_for_time_then_delivers_with_corrected_stamps() {
     // NTP answers: the clock steps two days forward and is synchronised (together: the flag,
     // then at once the clock).
     std::fs::write(&synced_flag, b"").unwrap();
-    std::fs::write(&offset, "+0").unwrap();
+    std::fs::write(&offset, "+2d").unwrap();
     let id = format!("ble:{STRAP}");
     let up = env.upstream();
     wait_for(
@@ -642,12 +670,12 @@ fn a_clock_days_behind_waits_for_time_then_delivers_with_corrected_stamps() {
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    let now = wardgate_adapters::observation::now_ms();
+    let now = wardgate_adapters::observation::now_ms() + 2 * 86_400_000;
     for (t, q) in &rows {
         assert_eq!(q, "synced", "{rows:?}");
         assert!(
             (now - t).abs() < 120_000,
-            "corrected by the 2-day step: {t} vs now {now}"
+            "corrected by the 2-day step to the gateway's new clock: {t} vs {now}"
         );
     }
     let st = gateway.terminate(Duration::from_secs(10)).unwrap();

@@ -98,10 +98,8 @@ pub struct LoopBeat {
 impl LoopBeat {
     /// Records a turn of the loop now.
     pub fn beat(&self) {
-        self.last_ms.store(
-            wardgate_adapters::observation::mono_ms(),
-            Ordering::Relaxed,
-        );
+        self.last_ms
+            .store(wardgate_adapters::observation::mono_ms(), Ordering::Relaxed);
     }
 
     /// Monotonic ms ([`wardgate_adapters::observation::mono_ms`]) of the last turn; 0 before
