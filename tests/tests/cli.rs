@@ -321,7 +321,12 @@ fn independent_python_verifier_accepts_genuine_and_rejects_tampered_messages() {
         s.output
     );
     assert_eq!(s.totals["verified"].as_u64(), Some(msgs.len() as u64));
-    assert_eq!(s.totals["unique_observations"], 306 + 297 + 7 + 2, "{}", s.totals);
+    assert_eq!(
+        s.totals["unique_observations"],
+        306 + 297 + 7 + 2,
+        "{}",
+        s.totals
+    );
     assert_eq!(s.totals["per_device"]["serial:bed1-spo2"], 306);
     assert_eq!(s.totals["per_device"]["serial:bed2-monitor"], 297);
     assert_eq!(s.totals["per_device"]["ble:00:22:D0:90:4C:14"], 7);
