@@ -99,6 +99,40 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         timeout: u64,
     },
+    /// Installer command: make this gateway's key and certificate request, or install the
+    /// certificate the hospital CA signed.
+    ///
+    /// `wardgate provision --config F [--csr PATH] [--force]`: a new P-256 key at `uplink.key`
+    /// (0600, written atomically; an existing key is kept unless --force, then kept as
+    /// `<key>.old`) and a PKCS#10 CSR (RFC 2986; CN = gateway id, O = site, OU = ward, SAN
+    /// `URI:urn:wardgate:{site}:{ward}:{id}`) at `--csr` or `uplink.cert` with extension `.csr`.
+    /// Prints the key's fingerprint (the COSE kid) and the next steps.
+    ///
+    /// `wardgate provision --install-cert SIGNED.pem --config F [--ca CA.pem]`: checks that the
+    /// certificate is for the key on disk, valid by this clock and issued under `--ca` (default
+    /// `uplink.ca`, when it exists) for clientAuth, then installs it atomically at `uplink.cert`
+    /// (0644). A running daemon switches to it at its next certificate check.
+    ///
+    /// Exit 0 done, 1 failed (certificate refused, I/O), 2 bad config or usage (an existing key
+    /// without --force).
+    Provision {
+        /// Gateway config file (`[gateway]` id/site/ward, `[uplink]` key/cert/ca).
+        #[arg(long, short, default_value = "/etc/wardgate/wardgate.toml")]
+        config: PathBuf,
+        /// Where to write the CSR (default: uplink.cert with extension `.csr`).
+        #[arg(long, conflicts_with = "install_cert")]
+        csr: Option<PathBuf>,
+        /// Replace an existing key (the old one is kept as `<key>.old`).
+        #[arg(long, conflicts_with = "install_cert")]
+        force: bool,
+        /// Install this signed certificate (PEM; a chain is installed as given) at uplink.cert.
+        #[arg(long, value_name = "SIGNED.pem")]
+        install_cert: Option<PathBuf>,
+        /// With --install-cert: the CA certificate(s) to verify its chain against (default
+        /// uplink.ca).
+        #[arg(long, requires = "install_cert")]
+        ca: Option<PathBuf>,
+    },
     /// The upstream side: subscribe, verify, dedup, store durably, ack.
     Receive {
         /// Receiver config file.
@@ -330,6 +364,38 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 bluez_main_conf,
                 timeout: std::time::Duration::from_secs(timeout.max(1)),
             }))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Provision {
+            config,
+            csr,
+            force,
+            install_cert,
+            ca,
+        } => {
+            let cfg = crate::config::load(&config)?;
+            crate::config::take_warnings();
+            let usage = |e: crate::provision::ProvisionError| -> anyhow::Error {
+                match e {
+                    crate::provision::ProvisionError::Usage(m) => UsageError(m).into(),
+                    e => e.into(),
+                }
+            };
+            match install_cert {
+                Some(signed) => {
+                    let i = crate::provision::install_cert(&cfg, &signed, ca.as_deref())
+                        .map_err(usage)?;
+                    print!("{}", crate::provision::render_installed(&i));
+                }
+                None => {
+                    let p =
+                        crate::provision::provision(&cfg, csr.as_deref(), force).map_err(usage)?;
+                    print!(
+                        "{}",
+                        crate::provision::render_provisioned(&p, &cfg, &config)
+                    );
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Receive { config } => {

@@ -10,11 +10,10 @@
 
 use crate::config::Config;
 use crate::pipeline::{run_writer, WriterOptions, WriterStats};
-use crate::signing::Signer;
 use crate::store::{OpenReport, Store, StoreOptions};
 use crate::supervisor::{supervise, AdapterHealth};
+use crate::uplink::credentials::Credentials;
 use crate::uplink::{LoopBeat, Uplink, UplinkSettings, UplinkStatus};
-use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify};
@@ -53,16 +52,17 @@ pub struct Running {
 ///
 /// Errors: the store cannot be opened, the key or certificates are unusable.
 pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
-    let signer = Arc::new(
-        Signer::from_files(cfg.uplink.cert.get_ref(), cfg.uplink.key.get_ref())
-            .context("gateway signing key (uplink.cert / uplink.key)")?,
-    );
-    let tls = crate::tls::client_config(
+    // The certificate and key, watched for replacement on disk (rotation without a restart).
+    let credentials = Credentials::load(
         cfg.uplink.ca.get_ref(),
         cfg.uplink.cert.get_ref(),
         cfg.uplink.key.get_ref(),
-    )
-    .context("uplink TLS configuration")?;
+        (cfg.uplink.cert_check_s > 0).then(|| Duration::from_secs(cfg.uplink.cert_check_s)),
+    )?;
+    let (signer, tls) = (
+        credentials.active().signer.clone(),
+        credentials.active().tls.clone(),
+    );
     let opts = StoreOptions {
         synchronous: cfg.store.synchronous,
         max_bytes: cfg.store.max_bytes,
@@ -156,7 +156,8 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     let uplink = uplink
         .with_beat(uplink_beat.clone())
         .with_retained(retained_rx)
-        .with_clock(clock.clone());
+        .with_clock(clock.clone())
+        .with_credentials(credentials);
     let uplink_task = tokio::spawn(uplink.run(shutdown_rx.clone()));
     let mut tracked: Vec<(String, crate::liveness::Thresholds)> = cfg
         .serial

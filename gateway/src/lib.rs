@@ -9,11 +9,13 @@
 //! - [`batch`]: batch rows and their CBOR payload (DESIGN §5).
 //! - [`signing`]: COSE_Sign1 signing and verification (`kid` = SHA-256 of the certificate SPKI).
 //! - [`tls`]: rustls client configs (mutual TLS, ring provider).
-//! - [`uplink`]: store → sign → publish → delete on acknowledgement; reconnect with backoff.
+//! - [`uplink`]: store → sign → publish → delete on acknowledgement; reconnect with backoff;
+//!   certificate rotation without a restart ([`uplink::credentials`]).
 //! - [`liveness`]: per-device online → stale → offline (DESIGN §8), pure; the daemon feeds it.
 //! - [`pipeline`]: drains adapter events into the store with group commit.
 //! - [`supervisor`]: runs adapters, restarts them with capped backoff and jitter.
 //! - [`daemon`]: `wardgate run`.
+//! - [`provision`]: `wardgate provision`: the gateway's key and CSR, installing the signed certificate.
 //! - [`sd_notify`]: systemd `READY`/`STATUS`/`STOPPING` and a watchdog tied to real progress.
 //! - [`receive`]: `wardgate receive`, the upstream side (verify, dedup, store durably, ack).
 //! - [`broker`]: a small embedded MQTT broker for `wardgate demo`.
@@ -36,6 +38,7 @@ pub mod liveness;
 pub mod pair;
 pub mod pipeline;
 pub mod pki;
+pub mod provision;
 pub mod receive;
 pub mod sd_notify;
 pub mod signing;

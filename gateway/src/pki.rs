@@ -40,6 +40,11 @@ impl Ca {
         })
     }
 
+    /// The CA's private key, PKCS#8 PEM (for tests that sign with another tool, e.g. openssl).
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
     /// A leaf certificate: `(cert PEM, PKCS#8 key PEM)`. `names` become SANs (IP addresses are
     /// recognised); `server` selects serverAuth, otherwise clientAuth.
     pub fn leaf(

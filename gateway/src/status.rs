@@ -182,6 +182,21 @@ pub fn render(r: &Report, gateway: &str) -> String {
             "          {} batches sent ({} re-sent), {} acknowledged, {} connection failures",
             u.batches_sent, u.batches_resent, u.batches_acked, u.connection_failures
         ));
+        if let Some(kid) = &u.kid {
+            line(format!(
+                "          certificate kid {kid}{}",
+                if u.rotations > 0 {
+                    format!(" ({} rotations since start)", u.rotations)
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        if let Some(e) = &u.credentials_error {
+            line(format!(
+                "          CERTIFICATE/KEY REPLACEMENT REFUSED, still using the previous pair: {e}"
+            ));
+        }
     }
     match &r.store {
         Some(st) => line(format!(

@@ -61,6 +61,8 @@ pub struct GatewayOptions {
     pub key: PathBuf,
     /// `[[serial]]` devices (their links live in `gateway/dev/`).
     pub devices: Vec<Device>,
+    /// `[uplink] cert_check_s` (absent: the default).
+    pub cert_check_s: Option<u64>,
 }
 
 /// What goes into the receiver's `receiver.toml`.
@@ -152,6 +154,7 @@ impl TestEnv {
             cert: self.pki.gateway_cert.clone(),
             key: self.pki.gateway_key.clone(),
             devices: Vec::new(),
+            cert_check_s: None,
         }
     }
 
@@ -279,6 +282,9 @@ backoff_max_s = {backoff}
             ack_timeout = o.ack_timeout_s,
             backoff = o.backoff_max_s,
         );
+        if let Some(c) = o.cert_check_s {
+            t.push_str(&format!("cert_check_s = {c}\n"));
+        }
         for d in &o.devices {
             t.push_str(&format!(
                 "\n[[serial]]\nname = \"{}\"\npath = \"dev/{}\"\nprotocol = \"{}\"\nmax_backoff_s = 1\n",
@@ -294,6 +300,15 @@ backoff_max_s = {backoff}
 
     /// Writes `receiver/receiver.toml` (SQLite output, raw messages kept) and returns it.
     pub fn write_receiver_config(&self, o: &ReceiverOptions) -> Result<PathBuf> {
+        self.write_receiver_config_with_certs(o, std::slice::from_ref(&self.pki.gateway_cert))
+    }
+
+    /// [`Self::write_receiver_config`] accepting batches signed by any of `gateway_certs`.
+    pub fn write_receiver_config_with_certs(
+        &self,
+        o: &ReceiverOptions,
+        gateway_certs: &[PathBuf],
+    ) -> Result<PathBuf> {
         let share = o
             .share_group
             .as_ref()
@@ -313,7 +328,7 @@ client_id = "{client_id}"
 keepalive_s = {keepalive}
 
 [receiver]
-{share}gateway_certs = ["{gw}"]
+{share}gateway_certs = [{gw}]
 output = "sqlite:upstream.db"
 raw_dir = "messages"
 "#,
@@ -323,7 +338,11 @@ raw_dir = "messages"
             key = self.pki.receiver_key.display(),
             client_id = o.client_id,
             keepalive = o.keepalive_s,
-            gw = self.pki.gateway_cert.display(),
+            gw = gateway_certs
+                .iter()
+                .map(|c| format!("\"{}\"", c.display()))
+                .collect::<Vec<_>>()
+                .join(", "),
         );
         let path = self.rx_dir.join("receiver.toml");
         std::fs::write(&path, t)?;
@@ -393,7 +412,7 @@ raw_dir = "messages"
 
     /// Starts a receiver with `opts` and waits until it is subscribed.
     pub fn start_receiver(&self, opts: &ReceiverOptions) -> Result<Proc> {
-        self.start_receiver_with_env(opts, &[])
+        self.start_receiver_full(opts, std::slice::from_ref(&self.pki.gateway_cert), &[])
     }
 
     /// [`Self::start_receiver`] with extra environment variables (e.g. a faked clock).
@@ -402,7 +421,25 @@ raw_dir = "messages"
         opts: &ReceiverOptions,
         env: &[(&str, &str)],
     ) -> Result<Proc> {
-        let cfg = self.write_receiver_config(opts)?;
+        self.start_receiver_full(opts, std::slice::from_ref(&self.pki.gateway_cert), env)
+    }
+
+    /// [`Self::start_receiver`] accepting batches signed by any of `gateway_certs`.
+    pub fn start_receiver_with_certs(
+        &self,
+        opts: &ReceiverOptions,
+        gateway_certs: &[PathBuf],
+    ) -> Result<Proc> {
+        self.start_receiver_full(opts, gateway_certs, &[])
+    }
+
+    fn start_receiver_full(
+        &self,
+        opts: &ReceiverOptions,
+        gateway_certs: &[PathBuf],
+        env: &[(&str, &str)],
+    ) -> Result<Proc> {
+        let cfg = self.write_receiver_config_with_certs(opts, gateway_certs)?;
         let before = self
             .broker
             .log()

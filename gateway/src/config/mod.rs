@@ -153,6 +153,11 @@ pub struct UplinkSection {
     /// Seconds between two gateway heartbeats (retained, `…/heartbeat`); default 60.
     #[serde(default = "default_heartbeat")]
     pub heartbeat_s: u64,
+    /// How often (s) `ca`, `cert` and `key` are checked for replacement on disk while connected;
+    /// a usable new pair is presented at a clean reconnect once the batches in flight are
+    /// acknowledged. They are also checked before every (re)connection. 0: only then. Default 60.
+    #[serde(default = "default_cert_check")]
+    pub cert_check_s: u64,
 }
 
 fn default_mqtts_port() -> Spanned<u16> {
@@ -177,6 +182,9 @@ fn default_backoff_max() -> u64 {
     60
 }
 fn default_heartbeat() -> u64 {
+    60
+}
+fn default_cert_check() -> u64 {
     60
 }
 

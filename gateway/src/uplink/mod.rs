@@ -11,7 +11,19 @@
 //! packet; `upstream` mode on the receiver's ack message on `.../ack` (see [`crate::batch::Ack`]).
 //! An unacknowledged batch is re-sent after `ack_timeout`. Delivery is at-least-once; the
 //! receiver dedups on `(gateway, batch)` and `(gateway, seq)`.
+//!
+//! Certificate rotation ([`credentials`]): with [`Uplink::with_credentials`], the uplink checks
+//! `uplink.cert`/`uplink.key`/`uplink.ca` before every connection attempt and every
+//! `cert_check_s` during a session. A usable replacement is switched to — TLS config and COSE
+//! signer together — only between sessions: when one is noticed during a session, the uplink
+//! stops cutting new batches, waits until the batches in flight are acknowledged (at most
+//! `ack_timeout`), disconnects cleanly and reconnects at once with the new pair (batches not yet
+//! acknowledged are re-sent, re-signed with the new key, from the store). A replacement that
+//! cannot be used leaves the active pair in use and raises an alert once per distinct content: a
+//! warning in the log, an `error` event of device `gateway` upstream, and
+//! [`UplinkStatus::credentials_error`] (shown by `wardgate status`).
 
+pub mod credentials;
 pub mod inflight;
 pub mod topics;
 
@@ -20,6 +32,7 @@ use crate::config::{AckMode, Config};
 use crate::signing::Signer;
 use crate::store::Store;
 use crate::supervisor::Backoff;
+use credentials::{Check, Credentials};
 use inflight::InflightTracker;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, Transport};
 use std::collections::VecDeque;
@@ -124,6 +137,24 @@ pub struct UplinkStatus {
     pub batches_acked: u64,
     /// Sessions that ended in an error.
     pub connection_failures: u64,
+    /// The `kid` (hex) of the certificate and key in use (absent in older snapshots).
+    #[serde(default)]
+    pub kid: Option<String>,
+    /// A replacement certificate or key on disk that was refused (the previous pair stays in
+    /// use): file and problem. Cleared when a usable pair or the active one is on disk again.
+    #[serde(default)]
+    pub credentials_error: Option<String>,
+    /// Certificate rotations applied since start.
+    #[serde(default)]
+    pub rotations: u64,
+}
+
+/// How a session ended without an error.
+enum SessionEnd {
+    /// Shutdown was requested.
+    Shutdown,
+    /// A new certificate and key are pending: reconnect now to present them.
+    Rotate,
 }
 
 /// The MQTT sink. Run it with [`Uplink::run`].
@@ -144,6 +175,9 @@ pub struct Uplink {
     retained: Option<watch::Receiver<crate::health::RetainedSet>>,
     /// Polled before each new batch is cut (rows stamped before a clock sync are corrected first).
     clock: Option<Arc<crate::clock::SharedClock>>,
+    /// The certificate and key files, watched for replacement (`None`: `signer` and
+    /// `settings.tls` for the life of the uplink).
+    credentials: Option<Credentials>,
 }
 
 impl Uplink {
@@ -154,7 +188,10 @@ impl Uplink {
         settings: UplinkSettings,
         wake: Arc<Notify>,
     ) -> (Uplink, watch::Receiver<UplinkStatus>) {
-        let (status, rx) = watch::channel(UplinkStatus::default());
+        let (status, rx) = watch::channel(UplinkStatus {
+            kid: Some(hex::encode(signer.kid())),
+            ..Default::default()
+        });
         (
             Uplink {
                 store,
@@ -165,6 +202,7 @@ impl Uplink {
                 beat: Arc::default(),
                 retained: None,
                 clock: None,
+                credentials: None,
             },
             rx,
         )
@@ -196,6 +234,7 @@ impl Uplink {
     fn publish_retained(
         &self,
         client: &AsyncClient,
+        signer: &Signer,
         published: &mut std::collections::HashMap<String, Arc<Vec<u8>>>,
     ) -> Result<(), String> {
         let Some(rx) = &self.retained else {
@@ -210,7 +249,7 @@ impl Uplink {
             {
                 continue;
             }
-            let signed = self.signer.sign(payload.as_ref().clone());
+            let signed = signer.sign(payload.as_ref().clone());
             if client
                 .try_publish(format!("{prefix}/{suffix}"), QoS::AtLeastOnce, true, signed)
                 .is_err()
@@ -220,6 +259,74 @@ impl Uplink {
             published.insert(suffix, payload);
         }
         Ok(())
+    }
+
+    /// Watches the certificate and key files for replacement (see the module documentation).
+    /// Its active pair replaces the `signer` and `tls` given to [`Uplink::new`].
+    pub fn with_credentials(mut self, credentials: Credentials) -> Uplink {
+        let kid = credentials.active().kid();
+        self.status.send_modify(|s| s.kid = Some(kid));
+        self.credentials = Some(credentials);
+        self
+    }
+
+    /// Checks the files and reports what it found: log, status, and for a refused replacement
+    /// an `error` event of device `gateway` in the store (it travels upstream like any event).
+    async fn check_credentials(&self, creds: &mut Credentials) {
+        let active = creds.active().kid();
+        match creds.check() {
+            Check::Unchanged => {}
+            Check::Pending { kid } => {
+                log::info!(
+                    "uplink certificate and key replaced on disk (new kid {kid}); switching to them at the next connection"
+                );
+                self.status.send_modify(|s| s.credentials_error = None);
+            }
+            Check::Restored => {
+                log::info!(
+                    "uplink certificate and key on disk are the ones in use again (kid {active})"
+                );
+                self.status.send_modify(|s| s.credentials_error = None);
+            }
+            Check::Refused { detail } => {
+                let text = format!(
+                    "replacement uplink certificate/key refused, still using the previous pair (kid {active}): {detail}"
+                );
+                log::warn!("{text}");
+                self.status
+                    .send_modify(|s| s.credentials_error = Some(detail.clone()));
+                let store = self.store.clone();
+                let ev = wardgate_adapters::AdapterEvent::Event(
+                    wardgate_adapters::observation::DeviceEvent {
+                        device: wardgate_adapters::observation::DeviceId("gateway".into()),
+                        kind: wardgate_adapters::observation::EventKind::Error,
+                        detail: text,
+                        gateway_time: wardgate_adapters::observation::now_ms(),
+                    },
+                );
+                if let Err(e) = blocking(move || store.append(&[ev]).map(|_| ())).await {
+                    log::error!("cannot record the refused certificate event: {e}");
+                }
+            }
+        }
+    }
+
+    /// The pair for the next session: checks the files, switches to a pending pair.
+    async fn pair_for_session(&mut self) -> (Arc<rustls::ClientConfig>, Arc<Signer>) {
+        let Some(mut creds) = self.credentials.take() else {
+            return (self.settings.tls.clone(), self.signer.clone());
+        };
+        self.check_credentials(&mut creds).await;
+        if let Some(kid) = creds.apply_pending() {
+            log::info!("uplink certificate rotated: new kid {kid}");
+            self.status.send_modify(|s| {
+                s.kid = Some(kid);
+                s.rotations += 1;
+            });
+        }
+        let p = creds.active().clone();
+        self.credentials = Some(creds);
+        (p.tls, p.signer)
     }
 
     /// Awaits `fut`, beating every [`BEAT_EVERY`] meanwhile: a long wait is not a hang.
@@ -234,7 +341,7 @@ impl Uplink {
         }
     }
 
-    fn mqtt_options(&self) -> MqttOptions {
+    fn mqtt_options(&self, tls: Arc<rustls::ClientConfig>) -> MqttOptions {
         let s = &self.settings;
         let mut o = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
         o.set_keep_alive(s.keepalive)
@@ -242,7 +349,7 @@ impl Uplink {
             .set_max_packet_size(16 << 20, 16 << 20)
             .set_inflight(u16::try_from(s.max_inflight.max(1)).unwrap_or(u16::MAX))
             .set_transport(Transport::tls_with_config(
-                rumqttc::TlsConfiguration::Rustls(s.tls.clone()),
+                rumqttc::TlsConfiguration::Rustls(tls),
             ))
             .set_last_will(LastWill::new(
                 topics::status(&s.origin),
@@ -254,7 +361,7 @@ impl Uplink {
     }
 
     /// Runs until `shutdown` becomes `true`: connect, deliver, reconnect with capped backoff.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Backoff::new(Duration::from_millis(500), self.settings.backoff_max);
         let mut last_logged: Option<String> = None;
         loop {
@@ -263,8 +370,18 @@ impl Uplink {
                 return;
             }
             let started = Instant::now();
-            match self.session(&mut shutdown).await {
-                Ok(()) => return,
+            let (tls, signer) = self.pair_for_session().await;
+            let mut creds = self.credentials.take();
+            let ended = self
+                .session(&mut shutdown, tls, signer, creds.as_mut())
+                .await;
+            self.credentials = creds;
+            match ended {
+                Ok(SessionEnd::Shutdown) => return,
+                Ok(SessionEnd::Rotate) => {
+                    backoff.reset();
+                    last_logged = None;
+                }
                 Err(reason) => {
                     if started.elapsed() > Duration::from_secs(30) {
                         backoff.reset();
@@ -301,10 +418,17 @@ impl Uplink {
         }
     }
 
-    /// One MQTT session. `Ok` on shutdown, `Err(reason)` when the session failed.
-    async fn session(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), String> {
+    /// One MQTT session with one certificate/key pair. `Ok` on shutdown or to rotate,
+    /// `Err(reason)` when the session failed.
+    async fn session(
+        &self,
+        shutdown: &mut watch::Receiver<bool>,
+        tls: Arc<rustls::ClientConfig>,
+        signer: Arc<Signer>,
+        mut creds: Option<&mut Credentials>,
+    ) -> Result<SessionEnd, String> {
         let s = &self.settings;
-        let (client, mut el) = AsyncClient::new(self.mqtt_options(), 256);
+        let (client, mut el) = AsyncClient::new(self.mqtt_options(tls), 256);
         el.set_network_options(network_options());
         let connect = async {
             loop {
@@ -327,16 +451,17 @@ impl Uplink {
         match connected {
             Some(Ok(r)) => r?,
             Some(Err(_)) => return Err("timed out waiting for the broker's CONNACK".into()),
-            None => return Ok(()),
+            None => return Ok(SessionEnd::Shutdown),
         }
         log::info!(
-            "uplink connected to {}:{} ({} ack mode)",
+            "uplink connected to {}:{} ({} ack mode, kid {})",
             s.host,
             s.port,
             match s.ack {
                 AckMode::Upstream => "upstream",
                 AckMode::Broker => "broker",
-            }
+            },
+            hex::encode(signer.kid())
         );
         self.status.send_modify(|st| {
             st.connected = true;
@@ -353,7 +478,7 @@ impl Uplink {
             .map_err(|e| e.to_string())?;
 
         let mut published = std::collections::HashMap::new();
-        self.publish_retained(&client, &mut published)?;
+        self.publish_retained(&client, &signer, &mut published)?;
         let mut retained_rx = self.retained.clone();
         let mut tracker = InflightTracker::new(s.ack);
         let store = self.store.clone();
@@ -363,9 +488,42 @@ impl Uplink {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut beat_tick = tokio::time::interval(BEAT_EVERY);
         beat_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let check_every = creds
+            .as_ref()
+            .and_then(|c| c.check_every)
+            .unwrap_or(Duration::from_secs(3600));
+        let mut cert_tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + check_every, check_every);
+        cert_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Set when a new pair is pending: no new batches; reconnect once the window is empty.
+        let mut draining: Option<Instant> = None;
         loop {
             self.beat.beat();
+            if let Some(since) = draining {
+                if tracker.is_empty() || since.elapsed() > s.ack_timeout {
+                    log::info!("uplink reconnecting to present the new certificate");
+                    let _ = client.try_disconnect();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                        while let Ok(ev) = el.poll().await {
+                            if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) {
+                                break;
+                            }
+                        }
+                    })
+                    .await;
+                    return Ok(SessionEnd::Rotate);
+                }
+            }
             tokio::select! {
+                _ = cert_tick.tick(), if draining.is_none() && creds.as_ref().is_some_and(|c| c.check_every.is_some()) => {
+                    if let Some(c) = creds.as_deref_mut() {
+                        self.check_credentials(c).await;
+                        if c.has_pending() {
+                            log::info!("uplink: new certificate pending; reconnecting once the {} batches in flight are acknowledged", tracker.len());
+                            draining = Some(Instant::now());
+                        }
+                    }
+                }
                 _ = beat_tick.tick() => {}
                 ev = el.poll() => {
                     let ev = ev.map_err(|e| crate::tls::explain(&e))?;
@@ -378,10 +536,12 @@ impl Uplink {
                             resend.push_back(n);
                         }
                     }
-                    self.fill(&client, &mut tracker, &mut resend, &batch_topic).await?;
-                    self.publish_retained(&client, &mut published)?;
+                    if draining.is_none() {
+                        self.fill(&client, &signer, &mut tracker, &mut resend, &batch_topic).await?;
+                    }
+                    self.publish_retained(&client, &signer, &mut published)?;
                 }
-                _ = self.wake.notified() => self.fill(&client, &mut tracker, &mut resend, &batch_topic).await?,
+                _ = self.wake.notified(), if draining.is_none() => self.fill(&client, &signer, &mut tracker, &mut resend, &batch_topic).await?,
                 r = async {
                     match retained_rx.as_mut() {
                         Some(rx) => rx.changed().await,
@@ -389,7 +549,7 @@ impl Uplink {
                     }
                 } => {
                     if r.is_ok() {
-                        self.publish_retained(&client, &mut published)?;
+                        self.publish_retained(&client, &signer, &mut published)?;
                     } else {
                         retained_rx = None;
                     }
@@ -402,7 +562,7 @@ impl Uplink {
                             if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) { break; }
                         }
                     }).await;
-                    return Ok(());
+                    return Ok(SessionEnd::Shutdown);
                 }
             }
         }
@@ -462,6 +622,7 @@ impl Uplink {
     async fn fill(
         &self,
         client: &AsyncClient,
+        signer: &Arc<Signer>,
         tracker: &mut InflightTracker,
         resend: &mut VecDeque<u64>,
         topic: &str,
@@ -471,7 +632,7 @@ impl Uplink {
             || resend.front().is_some_and(|n| tracker.contains(*n))
         {
             let store = self.store.clone();
-            let signer = self.signer.clone();
+            let signer = signer.clone();
             let origin = self.settings.origin.clone();
             let max = self.settings.batch_max;
             let again = resend.pop_front();

@@ -1,0 +1,472 @@
+//! `wardgate provision`: the gateway's key and certificate request, and installing the signed
+//! certificate (DESIGN §6, §9). An installer's command; the daemon never writes keys.
+//!
+//! Two steps, both driven by the gateway config (`[gateway]` id/site/ward, `[uplink]`
+//! key/cert/ca):
+//!
+//! 1. `wardgate provision --config F [--csr PATH] [--force]` generates a **P-256** key (rcgen
+//!    with ring) as PKCS#8 PEM at `uplink.key`, owner-only (0600) from the moment it exists and
+//!    put in place atomically (temporary file in the same directory, fsync, rename, fsync of the
+//!    directory). An existing key is kept unless `--force`; with `--force` the old one is kept as
+//!    `<key>.old`. It then writes a PKCS#10 certificate signing request (RFC 2986), PEM
+//!    `CERTIFICATE REQUEST`, signed with the new key, at `--csr` or `uplink.cert` with the
+//!    extension `.csr` (`gateway.pem` → `gateway.csr`). Subject (RFC 5280 §4.1.2.6):
+//!    `CN` = gateway id (= the MQTT client id, so a broker's `use_identity_as_username` or ACLs
+//!    by CN see the same name), `O` = site, `OU` = ward. One subjectAltName (RFC 5280
+//!    §4.2.1.6), a URI `urn:wardgate:{site}:{ward}:{id}`, for CAs that require a SAN; the
+//!    request also asks for keyUsage digitalSignature and extendedKeyUsage clientAuth.
+//!    It prints the key's fingerprint, SHA-256 of its SubjectPublicKeyInfo DER: the `kid` of
+//!    every batch this gateway will sign (see [`crate::signing`]), so upstream can match it.
+//! 2. `wardgate provision --install-cert SIGNED.pem --config F [--ca CA.pem]` checks the
+//!    certificate the CA returned — its public key is the key on disk (else refused: a
+//!    certificate for another key), it is valid now by this clock (a clear "not yet valid by this
+//!    clock" for a Raspberry Pi without RTC that has no time yet), its chain verifies against
+//!    `--ca` or `uplink.ca` (when that file exists) for clientAuth (RFC 5280 §6) — and installs
+//!    it (chain included, as given) atomically at `uplink.cert`, mode 0644.
+//!
+//! A running daemon picks up the new pair at its next certificate check and reconnects (see
+//! [`crate::uplink::credentials`]).
+//!
+//! Errors: [`ProvisionError::Usage`] (exit 2: an existing key without `--force`, unusable
+//! arguments), everything else exit 1.
+
+use crate::config::Config;
+use crate::signing::{kid_of, read_certs, read_key, Signer};
+use rcgen::{
+    CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls_pki_types::CertificateDer;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// Errors of `wardgate provision`.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    /// The command was used in a way it cannot honour (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// Anything else: I/O, a refused certificate (exit 1).
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn failed(msg: impl Into<String>) -> ProvisionError {
+    ProvisionError::Failed(msg.into())
+}
+
+/// Where the CSR goes by default: `uplink.cert` with the extension `csr`.
+pub fn default_csr_path(cert: &Path) -> PathBuf {
+    cert.with_extension("csr")
+}
+
+/// What `provision` made.
+#[derive(Debug)]
+pub struct Provisioned {
+    /// The new key file.
+    pub key: PathBuf,
+    /// The old key, when `--force` replaced one.
+    pub old_key: Option<PathBuf>,
+    /// The CSR file.
+    pub csr: PathBuf,
+    /// SHA-256 of the key's SubjectPublicKeyInfo DER (the COSE `kid`), lowercase hex.
+    pub kid: String,
+    /// The subject written into the CSR, e.g. `CN=gw-1, O=site, OU=ward-7`.
+    pub subject: String,
+    /// The subjectAltName URI.
+    pub san: String,
+}
+
+/// Step 1: a new P-256 key at `uplink.key` (0600, atomic) and a CSR for it.
+pub fn provision(
+    cfg: &Config,
+    csr: Option<&Path>,
+    force: bool,
+) -> Result<Provisioned, ProvisionError> {
+    let key_path = cfg.uplink.key.get_ref().clone();
+    let csr_path = csr
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| default_csr_path(cfg.uplink.cert.get_ref()));
+    let (id, site, ward) = (
+        cfg.gateway.id.get_ref(),
+        cfg.gateway.site.get_ref(),
+        cfg.gateway.ward.get_ref(),
+    );
+    let existing = std::fs::symlink_metadata(&key_path).ok();
+    if existing.is_some() && !force {
+        return Err(ProvisionError::Usage(format!(
+            "{} exists already; refusing to replace the gateway's key. To renew the certificate \
+             with a new key run again with --force (the old key is kept as {}); to renew with the \
+             same key, have the CA sign a CSR for it instead",
+            key_path.display(),
+            old_path(&key_path).display()
+        )));
+    }
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| failed(format!("cannot generate a P-256 key: {e}")))?;
+    let kid = hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        &key.public_key_der(),
+    ));
+
+    let san = format!("urn:wardgate:{site}:{ward}:{id}");
+    let mut params = CertificateParams::new(Vec::<String>::new())
+        .map_err(|e| failed(format!("CSR parameters: {e}")))?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, id.as_str());
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, site.as_str());
+    params
+        .distinguished_name
+        .push(DnType::OrganizationalUnitName, ward.as_str());
+    params.subject_alt_names = vec![SanType::URI(
+        san.as_str()
+            .try_into()
+            .map_err(|e| failed(format!("subjectAltName {san}: {e}")))?,
+    )];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let csr_pem = params
+        .serialize_request(&key)
+        .and_then(|r| r.pem())
+        .map_err(|e| failed(format!("cannot make the certificate signing request: {e}")))?;
+
+    // The CSR first: if it cannot be written, nothing has changed yet.
+    write_atomic(&csr_path, csr_pem.as_bytes(), 0o644, None)
+        .map_err(|e| failed(format!("cannot write {}: {e}", csr_path.display())))?;
+    let mut old_key = None;
+    let owner = existing.as_ref().map(|m| (m.uid(), m.gid()));
+    if existing.is_some() {
+        let old = old_path(&key_path);
+        let _ = std::fs::remove_file(&old);
+        // A hard link, not a rename: `uplink.key` never disappears, the rename below replaces it.
+        std::fs::hard_link(&key_path, &old)
+            .or_else(|_| std::fs::copy(&key_path, &old).map(|_| ()))
+            .map_err(|e| {
+                failed(format!(
+                    "cannot keep the old key as {}: {e}; nothing replaced",
+                    old.display()
+                ))
+            })?;
+        old_key = Some(old);
+    }
+    write_atomic(&key_path, key.serialize_pem().as_bytes(), 0o600, owner)
+        .map_err(|e| failed(format!("cannot write the key {}: {e}", key_path.display())))?;
+    Ok(Provisioned {
+        key: key_path,
+        old_key,
+        csr: csr_path,
+        kid,
+        subject: format!("CN={id}, O={site}, OU={ward}"),
+        san,
+    })
+}
+
+/// `<key>.old`.
+pub fn old_path(key: &Path) -> PathBuf {
+    let mut s = key.as_os_str().to_owned();
+    s.push(".old");
+    s.into()
+}
+
+/// What `--install-cert` installed.
+#[derive(Debug)]
+pub struct Installed {
+    /// Where.
+    pub cert: PathBuf,
+    /// SHA-256 of the certificate's SubjectPublicKeyInfo (the COSE `kid`), lowercase hex.
+    pub kid: String,
+    /// notBefore and notAfter, RFC 3339 (UTC).
+    pub valid: (String, String),
+    /// The CA file the chain was verified against; `None` when there was none to check with.
+    pub chain_verified_by: Option<PathBuf>,
+}
+
+/// Step 2: checks `signed` against the key on disk, the clock and the CA, then installs it at
+/// `uplink.cert` (0644, atomic). `ca` overrides `uplink.ca` for the chain check (a hospital
+/// whose client CA is not the broker's CA).
+pub fn install_cert(
+    cfg: &Config,
+    signed: &Path,
+    ca: Option<&Path>,
+) -> Result<Installed, ProvisionError> {
+    let key_path = cfg.uplink.key.get_ref();
+    let cert_path = cfg.uplink.cert.get_ref();
+    let pem = std::fs::read(signed)
+        .map_err(|e| failed(format!("cannot read {}: {e}", signed.display())))?;
+    let chain = read_certs(signed).map_err(|e| failed(e.to_string()))?;
+    let leaf = &chain[0];
+    let key = read_key(key_path).map_err(|e| {
+        failed(format!(
+            "{e} (run `wardgate provision` first: the certificate must be for the key it made)"
+        ))
+    })?;
+    let cert_kid = kid_of(leaf).map_err(|e| failed(format!("{}: {e}", signed.display())))?;
+    if let Err(e) = Signer::new(leaf, &key) {
+        let key_kid = std::fs::read_to_string(key_path)
+            .ok()
+            .and_then(|p| KeyPair::from_pem(&p).ok())
+            .map(|k| {
+                hex::encode(ring::digest::digest(
+                    &ring::digest::SHA256,
+                    &k.public_key_der(),
+                ))
+            })
+            .unwrap_or_else(|| "unknown".into());
+        return Err(failed(format!(
+            "{} is not a certificate for this gateway's key {} ({e}): the certificate's key \
+             fingerprint is {}, the key's is {key_kid}. Was it issued for an older CSR? Send {} \
+             to the CA again",
+            signed.display(),
+            key_path.display(),
+            hex::encode(cert_kid),
+            default_csr_path(cert_path).display()
+        )));
+    }
+    let (not_before, not_after) =
+        validity(leaf).map_err(|e| failed(format!("{}: {e}", signed.display())))?;
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    if now < not_before {
+        return Err(failed(format!(
+            "{} is not yet valid by this clock: valid from {} but this gateway's clock says {}. \
+             If the clock is wrong (no RTC, no time sync yet), set it (timedatectl, NTP) and run \
+             this again",
+            signed.display(),
+            rfc3339(not_before),
+            rfc3339(now)
+        )));
+    }
+    if now > not_after {
+        return Err(failed(format!(
+            "{} expired on {} (this clock says {}); ask the CA for a new certificate",
+            signed.display(),
+            rfc3339(not_after),
+            rfc3339(now)
+        )));
+    }
+    let ca_path = ca
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| cfg.uplink.ca.get_ref().clone());
+    let chain_verified_by = if ca.is_some() || ca_path.exists() {
+        verify_chain(&chain, &ca_path)?;
+        Some(ca_path)
+    } else {
+        None
+    };
+    write_atomic(cert_path, &pem, 0o644, None)
+        .map_err(|e| failed(format!("cannot install {}: {e}", cert_path.display())))?;
+    Ok(Installed {
+        cert: cert_path.clone(),
+        kid: hex::encode(cert_kid),
+        valid: (rfc3339(not_before), rfc3339(not_after)),
+        chain_verified_by,
+    })
+}
+
+/// Verifies `chain[0]` for clientAuth up to a CA certificate in `ca` (intermediates from the rest
+/// of `chain`), at the current time.
+fn verify_chain(chain: &[CertificateDer<'static>], ca: &Path) -> Result<(), ProvisionError> {
+    let roots = read_certs(ca).map_err(|e| failed(format!("--ca / uplink.ca: {e}")))?;
+    let anchors = roots
+        .iter()
+        .map(|c| webpki::anchor_from_trusted_cert(c).map(|a| a.to_owned()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| failed(format!("{}: unusable CA certificate: {e}", ca.display())))?;
+    let ee = webpki::EndEntityCert::try_from(&chain[0])
+        .map_err(|e| failed(format!("the certificate does not parse: {e}")))?;
+    ee.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &anchors,
+        &chain[1..],
+        rustls_pki_types::UnixTime::now(),
+        webpki::KeyUsage::client_auth(),
+        None,
+        None,
+    )
+    .map(|_| ())
+    .map_err(|e| {
+        failed(format!(
+            "the certificate's chain does not verify against {} for client authentication ({e}). \
+             If the hospital's client-certificate CA is not the broker's CA, name it with --ca; \
+             the certificate needs extendedKeyUsage clientAuth (or none)",
+            ca.display()
+        ))
+    })
+}
+
+/// notBefore and notAfter of an X.509 certificate (RFC 5280 §4.1.2.5), as durations since the
+/// Unix epoch. TBSCertificate: `[0] version OPTIONAL, serialNumber, signature, issuer,
+/// validity SEQUENCE { notBefore Time, notAfter Time }, …`; Time is UTCTime or GeneralizedTime.
+pub fn validity(cert: &CertificateDer<'_>) -> Result<(Duration, Duration), String> {
+    use spki::der::asn1::{AnyRef, GeneralizedTime, UtcTime};
+    use spki::der::{Decode, Reader, SliceReader, Tag, Tagged};
+    let bad = |e: spki::der::Error| format!("certificate does not parse: {e}");
+    let outer = AnyRef::from_der(cert.as_ref()).map_err(bad)?;
+    let mut r = SliceReader::new(outer.value()).map_err(bad)?;
+    let tbs: AnyRef = r.decode().map_err(bad)?;
+    let mut t = SliceReader::new(tbs.value()).map_err(bad)?;
+    let first: AnyRef = t.decode().map_err(bad)?;
+    if first.tag().is_context_specific() {
+        let _serial: AnyRef = t.decode().map_err(bad)?;
+    }
+    let _signature: AnyRef = t.decode().map_err(bad)?;
+    let _issuer: AnyRef = t.decode().map_err(bad)?;
+    let validity: AnyRef = t.decode().map_err(bad)?;
+    let mut v = SliceReader::new(validity.value()).map_err(bad)?;
+    let mut time = || -> Result<Duration, String> {
+        let a: AnyRef = v.decode().map_err(bad)?;
+        match a.tag() {
+            Tag::UtcTime => Ok(UtcTime::try_from(a).map_err(bad)?.to_unix_duration()),
+            Tag::GeneralizedTime => Ok(GeneralizedTime::try_from(a)
+                .map_err(bad)?
+                .to_unix_duration()),
+            t => Err(format!("certificate validity holds a {t}, not a time")),
+        }
+    };
+    Ok((time()?, time()?))
+}
+
+/// `2026-01-27T10:00:00Z`.
+pub fn rfc3339(d: Duration) -> String {
+    spki::der::DateTime::from_unix_duration(Duration::from_secs(d.as_secs()))
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| format!("{} s after 1970", d.as_secs()))
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory created with
+/// `mode` (set explicitly too, whatever the umask), optionally chowned to `owner`, fsynced,
+/// renamed over `path`, and the directory fsynced. A crash leaves the old file or the new one,
+/// never a partial one; a key is never readable by others, not even for a moment.
+pub fn write_atomic(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("not a file path"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let _ = std::fs::remove_file(&tmp);
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+        }
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(&dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The text `wardgate provision` prints.
+pub fn render_provisioned(p: &Provisioned, cfg: &Config, config_path: &Path) -> String {
+    let mut s = format!(
+        "new P-256 key for gateway {} (site {}, ward {})\n",
+        cfg.gateway.id.get_ref(),
+        cfg.gateway.site.get_ref(),
+        cfg.gateway.ward.get_ref()
+    );
+    s += &format!("key:      {} (mode 0600)\n", p.key.display());
+    if let Some(old) = &p.old_key {
+        s += &format!("old key:  {} (kept; the running gateway still uses it until the new certificate is installed)\n", old.display());
+    }
+    s += &format!(
+        "kid:      {} (SHA-256 of the key's SubjectPublicKeyInfo: the COSE kid of every batch this gateway signs)\n",
+        p.kid
+    );
+    s += &format!("CSR:      {} (PKCS#10, PEM)\n", p.csr.display());
+    s += &format!("subject:  {}\n", p.subject);
+    s += &format!("SAN:      URI:{}\n", p.san);
+    s += "\nnext:\n";
+    s += &format!(
+        "  1. send {} to the hospital CA for a client certificate (extendedKeyUsage clientAuth);\n",
+        p.csr.display()
+    );
+    s += "  2. give upstream the signed certificate (receiver `gateway_certs`) so it accepts this kid;\n";
+    s += &format!(
+        "  3. install it: wardgate provision --install-cert SIGNED.pem --config {}\n",
+        config_path.display()
+    );
+    if std::fs::metadata(&p.key).is_ok_and(|m| m.uid() == 0) {
+        s += &format!(
+            "note: {} is owned by root; the systemd unit runs wardgate as user wardgate: \
+             `chown wardgate:wardgate {}`\n",
+            p.key.display(),
+            p.key.display()
+        );
+    }
+    s
+}
+
+/// The text `wardgate provision --install-cert` prints.
+pub fn render_installed(i: &Installed) -> String {
+    let mut s = format!("installed {} (mode 0644)\n", i.cert.display());
+    s += &format!("kid:      {}\n", i.kid);
+    s += &format!("valid:    {} to {}\n", i.valid.0, i.valid.1);
+    match &i.chain_verified_by {
+        Some(ca) => s += &format!("chain:    verified against {}\n", ca.display()),
+        None => {
+            s += "chain:    NOT CHECKED (uplink.ca does not exist yet; pass --ca to check it)\n"
+        }
+    }
+    s += "a running wardgate switches to it at its next certificate check (uplink.cert_check_s) \
+          and reconnects; a stopped one uses it when started\n";
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validity_reads_utc_and_generalized_times() {
+        let ca = crate::pki::Ca::new("t").unwrap();
+        let (pem, _) = ca.leaf("x", &[], false).unwrap();
+        let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let (nb, na) = validity(&der).unwrap();
+        // rcgen's defaults: 1975-01-01 to 4096-01-01 (GeneralizedTime beyond 2049).
+        assert_eq!(rfc3339(nb), "1975-01-01T00:00:00Z");
+        assert_eq!(rfc3339(na), "4096-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn write_atomic_sets_the_mode_whatever_the_umask_and_replaces() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("k");
+        write_atomic(&p, b"one", 0o600, None).unwrap();
+        write_atomic(&p, b"two", 0o644, None).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+        assert_eq!(
+            std::fs::read_dir(d.path()).unwrap().count(),
+            1,
+            "no temp left"
+        );
+    }
+
+    use rustls_pki_types::pem::PemObject;
+}
