@@ -218,10 +218,11 @@ async fn watchdog_is_withheld_while_the_writer_makes_no_progress() {
     let sock = UnixDatagram::bind(&socket).unwrap();
     let writer = Arc::new(WriterStats::default());
     let beat = Arc::new(LoopBeat::default());
-    // The writer's last progress is older than the period; the uplink loop is alive.
-    writer
-        .last_progress_ms
-        .store(now() - 5_000, Ordering::Relaxed);
+    // The writer's last progress is older than the period (progress stamps are monotonic ms
+    // since the process's first stamp); the uplink loop is alive.
+    let first = now();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    writer.last_progress_ms.store(first, Ordering::Relaxed);
     let (_status_tx, status_rx) = tokio::sync::watch::channel(UplinkStatus::default());
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(wardgate::sd_notify::run(
@@ -289,8 +290,5 @@ async fn watchdog_is_withheld_while_the_writer_makes_no_progress() {
 }
 
 fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
+    wardgate_adapters::observation::mono_ms()
 }

@@ -651,10 +651,20 @@ impl<'a> Scan<'a> {
             inc(&self.owner.stats.rejected);
             return Ok(());
         }
-        let Some(s) = self.sighting(&id).await else {
-            return Ok(());
-        };
-        if let Some(rule) = self.tags.iter().position(|t| t.matches(a, &s)) {
+        // What it advertises is needed only to match tag rules or to report it: a ward full of
+        // phones costs no extra D-Bus round trip per advertisement when there are no tag rules.
+        let mut s = None;
+        if !self.tags.is_empty() {
+            let Some(got) = self.sighting(&id).await else {
+                return Ok(());
+            };
+            s = Some(got);
+        }
+        if let Some(rule) = s
+            .as_ref()
+            .and_then(|s| self.tags.iter().position(|t| t.matches(a, s)))
+        {
+            let s = s.unwrap_or_default();
             if self.tag_of.len() >= MAX_TRACKED {
                 self.tag_of.clear();
             }
@@ -678,6 +688,10 @@ impl<'a> Scan<'a> {
             RejectDecision::Suppress => inc(&self.owner.stats.rejected_suppressed),
             RejectDecision::Report => {
                 inc(&self.owner.stats.rejected_events);
+                let s = match s {
+                    Some(s) => s,
+                    None => self.sighting(&id).await.unwrap_or_default(),
+                };
                 let detail = format!(
                     "address={a} address_type={} rssi={} name={:?} reason=not-allowlisted",
                     s.address_type.as_deref().unwrap_or("unknown"),
