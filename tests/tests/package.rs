@@ -30,11 +30,9 @@ use wardgate_e2e::{temp_dir, workspace_root};
 const CONFFILE: &str = "/etc/wardgate/wardgate.toml";
 
 fn sh(cmd: &mut Command) -> Output {
-    let out = cmd
-        .stdin(Stdio::null())
+    cmd.stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    out
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
 }
 
 fn ok(cmd: &mut Command) -> String {
@@ -547,7 +545,7 @@ fn run_script(script: &Path, args: &[&str], was_enabled: bool) -> Vec<String> {
         fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
     }
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
-    let out = ok(Command::new("unshare")
+    ok(Command::new("unshare")
         .args(["-m", "sh", "-c"])
         .arg("mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/system && exec sh \"$@\"")
         .arg("sh")
@@ -557,7 +555,6 @@ fn run_script(script: &Path, args: &[&str], was_enabled: bool) -> Vec<String> {
         .env_remove("DPKG_ROOT")
         .env("FAKE_LOG", &log)
         .env("FAKE_WAS_ENABLED", if was_enabled { "0" } else { "1" }));
-    let _ = out;
     fs::read_to_string(&log)
         .unwrap_or_default()
         .lines()
