@@ -82,9 +82,28 @@ fn deb() -> Option<&'static Path> {
         // The dev profile: the binary `cargo test --workspace` already built, so this only
         // packages (a release build would cost minutes in CI). cargo-deb warns about it; the
         // contents are the same as a release package's but for the binary's optimisation.
-        ok(Command::new(workspace_root().join("packaging/build-deb"))
-            .args(["--profile", "dev", "-o"])
-            .arg(&out));
+        let mut c = Command::new(workspace_root().join("packaging/build-deb"));
+        c.args(["--profile", "dev", "-o"]).arg(&out);
+        // Not the variables cargo set for this test process: build scripts track some of them
+        // (ring: CARGO_MANIFEST_DIR), and a change would rebuild half the tree twice per run.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if [
+                "CARGO_MANIFEST_",
+                "CARGO_PKG_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+            ]
+            .iter()
+            .any(|p| k.starts_with(p))
+            {
+                c.env_remove(&*k);
+            }
+        }
+        ok(&mut c);
         Some((dir, out))
     })
     .as_ref()
