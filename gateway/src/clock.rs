@@ -10,7 +10,10 @@
 //! - `kernel` (default): the kernel's NTP state from `adjtimex(2)` with no modes set (read-only):
 //!   synchronised unless the call returns `TIME_ERROR` or the status has `STA_UNSYNC` — the same
 //!   test systemd's `timedatectl` (NTPSynchronized) makes. systemd-timesyncd, chrony and ntpd all
-//!   clear `STA_UNSYNC` once they discipline the clock.
+//!   clear `STA_UNSYNC` once they discipline the clock. Under the shipped unit
+//!   (`ProtectClock=yes`, whose seccomp filter refuses adjtimex even for reading) it falls back to
+//!   systemd-timesyncd's flag file [`TIMESYNCD_FLAG`]; with chrony or ntpd there, set
+//!   `clock = "synced"` or a `file:` their hooks maintain.
 //! - `synced`: assume it is (a box with a real RTC and no NTP).
 //! - `file:PATH`: synchronised while PATH exists (e.g. `/run/systemd/timesync/synchronized`,
 //!   which systemd-timesyncd touches on sync; also how the tests drive it).
@@ -52,22 +55,37 @@ impl ClockSource {
     /// Whether the clock is synchronised now.
     pub fn synced(&self) -> bool {
         match self {
-            ClockSource::Kernel => kernel_synced(),
+            ClockSource::Kernel => kernel_synced().unwrap_or_else(|| {
+                // The unit's ProtectClock=yes filters adjtimex(2) even for reading (EPERM):
+                // then systemd-timesyncd's flag file says it.
+                static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+                if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    log::info!("clock: adjtimex(2) is not permitted here (systemd ProtectClock=); using {TIMESYNCD_FLAG} instead");
+                }
+                std::path::Path::new(TIMESYNCD_FLAG).exists()
+            }),
             ClockSource::Synced => true,
             ClockSource::File(p) => p.exists(),
         }
     }
 }
 
-/// `adjtimex(2)` with `modes = 0` (query only): `false` when the kernel reports `TIME_ERROR`
-/// or `STA_UNSYNC`. On failure of the call itself: `false` (not known to be synchronised).
+/// The file systemd-timesyncd creates once it has synchronised the clock.
+pub const TIMESYNCD_FLAG: &str = "/run/systemd/timesync/synchronized";
+
+/// `adjtimex(2)` with `modes = 0` (query only): `Some(false)` when the kernel reports
+/// `TIME_ERROR` or `STA_UNSYNC`; `None` when the call is refused (a seccomp filter such as
+/// systemd's `ProtectClock=` returns EPERM even for reading).
 #[allow(unsafe_code)]
-fn kernel_synced() -> bool {
+fn kernel_synced() -> Option<bool> {
     // SAFETY: `timex` is plain old data, zero-initialised; with `modes = 0` adjtimex only
     // writes the current state into it and changes nothing (no privilege needed).
     let mut t: libc::timex = unsafe { std::mem::zeroed() };
     let r = unsafe { libc::adjtimex(&mut t) };
-    r >= 0 && r != libc::TIME_ERROR && t.status & libc::STA_UNSYNC == 0
+    if r < 0 {
+        return None;
+    }
+    Some(r != libc::TIME_ERROR && t.status & libc::STA_UNSYNC == 0)
 }
 
 /// Wall-clock milliseconds since the Unix epoch (0 before 1970).
@@ -157,6 +175,9 @@ struct Inner {
     watch: ClockWatch,
     /// Rows with a larger `seq` were stamped while unsynchronised.
     unsynced_after_seq: Option<u64>,
+    /// The last `seq` seen at a poll that still found the clock unsynchronised: rows up to it
+    /// carry the old clock's time for sure; later ones may already carry the new one.
+    unsynced_upto_seq: u64,
 }
 
 impl SharedClock {
@@ -169,6 +190,7 @@ impl SharedClock {
         std::sync::Arc::new(SharedClock {
             inner: std::sync::Mutex::new(Inner {
                 watch,
+                unsynced_upto_seq: unsynced_after_seq.unwrap_or(0),
                 unsynced_after_seq,
             }),
             tx: tokio::sync::watch::channel(synced).0,
@@ -191,12 +213,20 @@ impl SharedClock {
     pub fn poll(&self, store: &crate::store::Store) -> Option<ClockChange> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let change = inner.watch.poll();
-        log::debug!("clock poll: {change:?} (synced {})", inner.watch.synced());
+        if change.is_none() {
+            if !inner.watch.synced() {
+                if let Ok(n) = store.max_seq() {
+                    inner.unsynced_upto_seq = n;
+                }
+            }
+            return None;
+        }
         let change = change?;
         match change {
             ClockChange::Synced { step_ms } => {
+                let upto = inner.unsynced_upto_seq;
                 let corrected = match inner.unsynced_after_seq.take() {
-                    Some(after) => store.correct_unsynced(after, step_ms),
+                    Some(after) => store.correct_unsynced(after, upto, step_ms, wall_ms()),
                     None => Ok(0),
                 };
                 match corrected {
@@ -212,6 +242,7 @@ impl SharedClock {
             }
             ClockChange::Unsynced => {
                 inner.unsynced_after_seq = store.max_seq().ok();
+                inner.unsynced_upto_seq = inner.unsynced_after_seq.unwrap_or(0);
                 let _ = self.tx.send(false);
                 log::warn!("the system clock is no longer synchronised; observations are stamped `unsynced`");
             }
@@ -264,7 +295,7 @@ mod tests {
 
     #[test]
     fn the_kernel_query_answers() {
-        // Whatever this machine's state, the query itself works without privileges.
-        let _ = kernel_synced();
+        // Whatever this machine's state, the query itself works without privileges here.
+        assert!(kernel_synced().is_some());
     }
 }

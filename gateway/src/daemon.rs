@@ -326,8 +326,8 @@ impl StatusLoop {
             let now_ms = wardgate_adapters::observation::now_ms();
             let mut transitions = Vec::new();
             for (d, c) in &devices {
-                let total = c.observations + c.events;
-                if previous.insert(d.clone(), total).unwrap_or(0) < total {
+                // Only signs of life from the device count, not the gateway's error reports.
+                if previous.insert(d.clone(), c.activity).unwrap_or(0) < c.activity {
                     transitions.extend(liveness.seen(d, now));
                 }
             }

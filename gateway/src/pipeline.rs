@@ -38,10 +38,15 @@ pub struct DeviceCounts {
     pub observations: u64,
     /// Device events committed to the store.
     pub events: u64,
-    /// Wall-clock Unix ms of the last commit with a row from this device (0: never). For display
-    /// only: liveness runs on a monotonic clock (see [`crate::liveness`]).
+    /// Wall-clock Unix ms of the last commit with a sign of life from this device (0: never).
+    /// For display only: liveness runs on a monotonic clock (see [`crate::liveness`]).
     #[serde(default)]
     pub last_seen_ms: i64,
+    /// Rows that show the device itself is there: observations and `connected`, `battery`,
+    /// `rssi` events — not the gateway's own `error`/`disconnected`/`rejected` reports about
+    /// it. Liveness follows this count.
+    #[serde(default)]
+    pub activity: u64,
     /// Last battery level the device reported, % (MDC_ATTR_VAL_BATT_CHARGE observations).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub battery_pct: Option<f64>,
@@ -141,7 +146,17 @@ pub async fn run_writer(
                             Some(c) => c,
                             None => per.entry(device.clone()).or_default(),
                         };
-                        counts.last_seen_ms = committed_ms;
+                        let alive = match r {
+                            AdapterEvent::Observation(_) => true,
+                            AdapterEvent::Event(e) => matches!(
+                                e.kind,
+                                EventKind::Connected | EventKind::Battery | EventKind::Rssi
+                            ),
+                        };
+                        if alive {
+                            counts.activity += 1;
+                            counts.last_seen_ms = committed_ms;
+                        }
                         match r {
                             AdapterEvent::Observation(o) => {
                                 counts.observations += 1;

@@ -152,8 +152,55 @@ impl Adapter for BleAdapter {
     fn name(&self) -> &str {
         "ble"
     }
+    /// Runs the adapter on **its own thread and single-threaded runtime**: libdbus connects
+    /// with blocking calls (no timeout when the system bus hangs), and btleplug makes some
+    /// more; none of them may stall the gateway's runtime (store writer, uplink, serial
+    /// adapters, watchdog). Events cross over on the same bounded channel.
     fn run<'a>(&'a self, ctx: &'a mut AdapterContext) -> RunFuture<'a> {
-        Box::pin(self.run_inner(ctx))
+        Box::pin(async move {
+            let inner = BleAdapter {
+                cfg: self.cfg.clone(),
+                stats: self.stats.clone(),
+                glucose_last: self.glucose_last.clone(),
+            };
+            let mut own = AdapterContext {
+                id: ctx.id.clone(),
+                out: ctx.out.clone(),
+                shutdown: ctx.shutdown.clone(),
+                clock_synced: ctx.clock_synced.clone(),
+            };
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+            let spawned = std::thread::Builder::new()
+                .name("wardgate-ble".into())
+                .spawn(move || {
+                    let r = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt.block_on(inner.run_inner(&mut own)),
+                        Err(e) => Err(AdapterError::Transport(format!("BLE runtime: {e}"))),
+                    };
+                    let _ = done_tx.send(r);
+                });
+            if let Err(e) = spawned {
+                return Err(AdapterError::Transport(format!("BLE thread: {e}")));
+            }
+            let mut shutdown = ctx.shutdown.clone();
+            tokio::select! {
+                r = done_rx => r.unwrap_or_else(|_| Err(AdapterError::Transport("BLE thread ended".into()))),
+                _ = async {
+                    while !*shutdown.borrow() {
+                        if shutdown.changed().await.is_err() { break; }
+                    }
+                    // A thread stuck in a blocking D-Bus call cannot be joined: give it a moment,
+                    // then let the gateway stop without it (the process exit ends it).
+                    tokio::time::sleep(Duration::from_secs(6)).await;
+                } => {
+                    log::warn!("ble: the BLE thread did not stop within 6 s (system D-Bus hung?); stopping without it");
+                    Ok(())
+                }
+            }
+        })
     }
 }
 

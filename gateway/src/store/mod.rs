@@ -466,12 +466,21 @@ impl Store {
         .map_err(|e| self.err(e))
     }
 
-    /// The clock was stepped by `step_ms` when it became synchronised: adds the step to the
-    /// `gateway_time` of every row with `seq > after_seq` that is not yet in a batch (numbered
-    /// batches are immutable: their rows keep what they were sent with) and marks those
-    /// observations stamped `unsynced` as `synced`. Returns the number of rows corrected.
-    /// One immediate transaction.
-    pub fn correct_unsynced(&self, after_seq: u64, step_ms: i64) -> Result<u64, StoreError> {
+    /// The clock was stepped by `step_ms` when it became synchronised (at wall time `now_ms`,
+    /// on the new clock): adds the step to the `gateway_time` of the rows stamped by the old
+    /// clock that are not yet in a batch (numbered batches are immutable: their rows keep what
+    /// they were sent with), and marks those observations stamped `unsynced` as `synced`.
+    /// Rows with `after_seq < seq ≤ upto_seq` were stamped by the old clock for sure; a later row
+    /// (appended between the step and its detection) is corrected only if its time is nearer the
+    /// old clock's "now" (`now_ms - step_ms`) than the new one, so it is never shifted twice.
+    /// Returns the number of rows corrected. One immediate transaction.
+    pub fn correct_unsynced(
+        &self,
+        after_seq: u64,
+        upto_seq: u64,
+        step_ms: i64,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
         let mut conn = self.lock();
         let r = (|| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -483,12 +492,15 @@ impl Store {
             let n = tx.execute(
                 "UPDATE queue SET gateway_time = gateway_time + ?1,
                         time_quality = CASE WHEN time_quality = ?2 THEN ?3 ELSE time_quality END
-                 WHERE seq > ?4",
+                 WHERE seq > ?4
+                   AND (seq <= ?5 OR abs(gateway_time - (?6 - ?1)) < abs(gateway_time - ?6))",
                 params![
                     step_ms,
                     TimeQuality::Unsynced as i64,
                     TimeQuality::Synced as i64,
-                    from
+                    from,
+                    upto_seq as i64,
+                    now_ms
                 ],
             )?;
             tx.commit()?;

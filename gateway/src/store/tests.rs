@@ -246,3 +246,56 @@ fn the_queued_counter_matches_the_table_through_append_ack_retention_and_reopen(
     let (s, _) = Store::open(&dir.path().join("store.db"), opts).unwrap();
     assert_eq!(s.queued(), s.stats().unwrap().queued);
 }
+
+#[test]
+fn a_clock_step_corrects_old_clock_rows_once_and_never_batched_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let at = |t: i64, q: TimeQuality| {
+        AdapterEvent::Observation(Observation {
+            gateway_time: t,
+            time_quality: q,
+            ..match obs("d", mdc::SPO2, 97.0) {
+                AdapterEvent::Observation(o) => o,
+                _ => unreachable!(),
+            }
+        })
+    };
+    let step = 2 * 86_400_000i64;
+    let old_now = 1_000_000_000_000i64;
+    let new_now = old_now + step;
+    let after = s.max_seq().unwrap();
+    // One row already in a batch, two more by the old clock, then the poll that still saw the
+    // clock unsynchronised (upto), then one row stamped by the new clock before detection.
+    s.append(&[at(old_now - 9_000, TimeQuality::Unsynced)])
+        .unwrap();
+    let batched = s.next_batch(10).unwrap().unwrap();
+    s.append(&[
+        at(old_now - 5_000, TimeQuality::Unsynced),
+        at(old_now - 4_000, TimeQuality::Unsynced),
+    ])
+    .unwrap();
+    let upto = s.max_seq().unwrap();
+    s.append(&[at(new_now - 500, TimeQuality::Unsynced)])
+        .unwrap();
+    assert_eq!(s.correct_unsynced(after, upto, step, new_now).unwrap(), 2);
+    let rows = s.load_batch(batched.number).unwrap().unwrap();
+    assert_eq!(rows.items.len(), 1);
+    let c = rusqlite::Connection::open(dir.path().join("store.db")).unwrap();
+    let times: Vec<(i64, i64)> = c
+        .prepare("SELECT gateway_time, time_quality FROM queue ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        times,
+        [
+            (old_now - 9_000, 1), // in a numbered batch: untouched
+            (new_now - 5_000, 0), // old clock: corrected, synced
+            (new_now - 4_000, 0),
+            (new_now - 500, 1), // already on the new clock: not shifted again
+        ]
+    );
+}
