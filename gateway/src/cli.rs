@@ -344,7 +344,12 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                     crate::status::render(&report, cfg.gateway.id.get_ref())
                 );
             }
-            Ok(ExitCode::SUCCESS)
+            // Something could not be read: say so in the exit status too.
+            Ok(if report.problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Pair {
             address,

@@ -98,12 +98,22 @@ pub fn secure_connections_mode(main_conf: &Path) -> String {
 pub async fn pair(opts: PairOptions) -> anyhow::Result<()> {
     let mode = secure_connections_mode(&opts.bluez_main_conf);
     if mode != "only" && !opts.allow_legacy {
+        let source = if opts.bluez_main_conf.exists() {
+            format!(
+                "SecureConnections = {mode} in {}",
+                opts.bluez_main_conf.display()
+            )
+        } else {
+            format!(
+                "{} does not exist, and BlueZ's default is SecureConnections = on",
+                opts.bluez_main_conf.display()
+            )
+        };
         bail!(
-            "BlueZ on this gateway allows LE legacy pairing (SecureConnections = {mode} in {}): \
+            "BlueZ on this gateway allows LE legacy pairing ({source}): \
              set `SecureConnections = only` under [General] there and restart bluetooth \
              (`systemctl restart bluetooth`), or pass --allow-legacy-pairing for a device that \
-             cannot do LE Secure Connections",
-            opts.bluez_main_conf.display()
+             cannot do LE Secure Connections"
         );
     }
     let (resource, conn) = dbus_tokio::connection::new_system_sync()

@@ -66,7 +66,8 @@ pub fn default_csr_path(cert: &Path) -> PathBuf {
 pub struct Provisioned {
     /// The new key file.
     pub key: PathBuf,
-    /// The old key, when `--force` replaced one.
+    /// With `--force`: the key still in use (the new one is staged as `<key>.new` until
+    /// `--install-cert`).
     pub old_key: Option<PathBuf>,
     /// The CSR file.
     pub csr: PathBuf,
@@ -97,10 +98,10 @@ pub fn provision(
     if existing.is_some() && !force {
         return Err(ProvisionError::Usage(format!(
             "{} exists already; refusing to replace the gateway's key. To renew the certificate \
-             with a new key run again with --force (the old key is kept as {}); to renew with the \
-             same key, have the CA sign a CSR for it instead",
+             with a new key run again with --force (the new key is staged as {} and replaces the \
+             current one only when --install-cert installs its certificate)",
             key_path.display(),
-            old_path(&key_path).display()
+            new_path(&key_path).display()
         )));
     }
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
@@ -137,24 +138,19 @@ pub fn provision(
     // The CSR first: if it cannot be written, nothing has changed yet.
     write_atomic(&csr_path, csr_pem.as_bytes(), 0o644, None)
         .map_err(|e| failed(format!("cannot write {}: {e}", csr_path.display())))?;
-    let mut old_key = None;
     let owner = existing.as_ref().map(|m| (m.uid(), m.gid()));
-    if existing.is_some() {
-        let old = old_path(&key_path);
-        let _ = std::fs::remove_file(&old);
-        // A hard link, not a rename: `uplink.key` never disappears, the rename below replaces it.
-        std::fs::hard_link(&key_path, &old)
-            .or_else(|_| std::fs::copy(&key_path, &old).map(|_| ()))
-            .map_err(|e| {
-                failed(format!(
-                    "cannot keep the old key as {}: {e}; nothing replaced",
-                    old.display()
-                ))
-            })?;
-        old_key = Some(old);
-    }
-    write_atomic(&key_path, key.serialize_pem().as_bytes(), 0o600, owner)
-        .map_err(|e| failed(format!("cannot write the key {}: {e}", key_path.display())))?;
+    // With --force the new key is **staged** beside the one in use (`<key>.new`): the running
+    // gateway, and any restart before the new certificate arrives, keep working with the
+    // current pair; `--install-cert` swaps key and certificate together.
+    let target = if existing.is_some() {
+        new_path(&key_path)
+    } else {
+        key_path.clone()
+    };
+    write_atomic(&target, key.serialize_pem().as_bytes(), 0o600, owner)
+        .map_err(|e| failed(format!("cannot write the key {}: {e}", target.display())))?;
+    let old_key = existing.is_some().then(|| key_path.clone());
+    let key_path = target;
     Ok(Provisioned {
         key: key_path,
         old_key,
@@ -163,6 +159,13 @@ pub fn provision(
         subject: format!("CN={id}, O={site}, OU={ward}"),
         san,
     })
+}
+
+/// `<key>.new`: a key made by `provision --force`, waiting for its certificate.
+pub fn new_path(key: &Path) -> PathBuf {
+    let mut s = key.as_os_str().to_owned();
+    s.push(".new");
+    s.into()
 }
 
 /// `<key>.old`.
@@ -199,6 +202,15 @@ pub fn install_cert(
         .map_err(|e| failed(format!("cannot read {}: {e}", signed.display())))?;
     let chain = read_certs(signed).map_err(|e| failed(e.to_string()))?;
     let leaf = &chain[0];
+    // A key staged by `provision --force` whose certificate this is: swap both now.
+    let staged = new_path(key_path);
+    if staged.exists() {
+        if let Ok(k) = read_key(&staged) {
+            if Signer::new(leaf, &k).is_ok() {
+                return install_with_staged_key(cfg, signed, ca, &pem, &chain, &staged);
+            }
+        }
+    }
     let key = read_key(key_path).map_err(|e| {
         failed(format!(
             "{e} (run `wardgate provision` first: the certificate must be for the key it made)"
@@ -226,6 +238,72 @@ pub fn install_cert(
             default_csr_path(cert_path).display()
         )));
     }
+    let (valid, chain_verified_by) = check_validity_and_chain(cfg, signed, ca, &chain)?;
+    write_atomic(cert_path, &pem, 0o644, None)
+        .map_err(|e| failed(format!("cannot install {}: {e}", cert_path.display())))?;
+    Ok(Installed {
+        cert: cert_path.clone(),
+        kid: hex::encode(cert_kid),
+        valid,
+        chain_verified_by,
+    })
+}
+
+/// The certificate is for the key `provision --force` staged: checks it, then installs it and
+/// moves the staged key into place (the previous key is kept as `<key>.old`). The key moves
+/// first and the certificate right after; the running gateway waits for files to settle
+/// before it reads a changed pair.
+fn install_with_staged_key(
+    cfg: &Config,
+    signed: &Path,
+    ca: Option<&Path>,
+    pem: &[u8],
+    chain: &[CertificateDer<'static>],
+    staged: &Path,
+) -> Result<Installed, ProvisionError> {
+    let key_path = cfg.uplink.key.get_ref();
+    let cert_path = cfg.uplink.cert.get_ref();
+    let (valid, chain_verified_by) = check_validity_and_chain(cfg, signed, ca, chain)?;
+    let cert_kid = kid_of(&chain[0]).map_err(|e| failed(format!("{}: {e}", signed.display())))?;
+    let old = old_path(key_path);
+    let _ = std::fs::remove_file(&old);
+    if key_path.exists() {
+        std::fs::hard_link(key_path, &old)
+            .or_else(|_| std::fs::copy(key_path, &old).map(|_| ()))
+            .map_err(|e| {
+                failed(format!(
+                    "cannot keep the old key as {}: {e}; nothing replaced",
+                    old.display()
+                ))
+            })?;
+    }
+    std::fs::rename(staged, key_path).map_err(|e| {
+        failed(format!(
+            "cannot move {} to {}: {e}",
+            staged.display(),
+            key_path.display()
+        ))
+    })?;
+    write_atomic(cert_path, pem, 0o644, None)
+        .map_err(|e| failed(format!("cannot install {}: {e}", cert_path.display())))?;
+    Ok(Installed {
+        cert: cert_path.clone(),
+        kid: hex::encode(cert_kid),
+        valid,
+        chain_verified_by,
+    })
+}
+
+/// Checks the leaf's validity period against this clock and its chain against `ca` (or
+/// `uplink.ca` when it exists). Returns (notBefore, notAfter) in RFC 3339 and the CA used.
+#[allow(clippy::type_complexity)]
+fn check_validity_and_chain(
+    cfg: &Config,
+    signed: &Path,
+    ca: Option<&Path>,
+    chain: &[CertificateDer<'static>],
+) -> Result<((String, String), Option<PathBuf>), ProvisionError> {
+    let leaf = &chain[0];
     let (not_before, not_after) =
         validity(leaf).map_err(|e| failed(format!("{}: {e}", signed.display())))?;
     let now = SystemTime::now()
@@ -253,19 +331,12 @@ pub fn install_cert(
         .map(Path::to_path_buf)
         .unwrap_or_else(|| cfg.uplink.ca.get_ref().clone());
     let chain_verified_by = if ca.is_some() || ca_path.exists() {
-        verify_chain(&chain, &ca_path)?;
+        verify_chain(chain, &ca_path)?;
         Some(ca_path)
     } else {
         None
     };
-    write_atomic(cert_path, &pem, 0o644, None)
-        .map_err(|e| failed(format!("cannot install {}: {e}", cert_path.display())))?;
-    Ok(Installed {
-        cert: cert_path.clone(),
-        kid: hex::encode(cert_kid),
-        valid: (rfc3339(not_before), rfc3339(not_after)),
-        chain_verified_by,
-    })
+    Ok(((rfc3339(not_before), rfc3339(not_after)), chain_verified_by))
 }
 
 /// Verifies `chain[0]` for clientAuth up to a CA certificate in `ca` (intermediates from the rest
@@ -391,7 +462,7 @@ pub fn render_provisioned(p: &Provisioned, cfg: &Config, config_path: &Path) -> 
     );
     s += &format!("key:      {} (mode 0600)\n", p.key.display());
     if let Some(old) = &p.old_key {
-        s += &format!("old key:  {} (kept; the running gateway still uses it until the new certificate is installed)\n", old.display());
+        s += &format!("in use:   {} (unchanged: the running gateway, and any restart, keep using it and its certificate until --install-cert installs the certificate for the new key; then it is kept as {})\n", old.display(), old_path(old).display());
     }
     s += &format!(
         "kid:      {} (SHA-256 of the key's SubjectPublicKeyInfo: the COSE kid of every batch this gateway signs)\n",

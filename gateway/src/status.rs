@@ -83,6 +83,9 @@ pub struct Report {
     pub snapshot: Option<Snapshot>,
     /// The store read directly (queue depth and age, bytes), if it exists.
     pub store: Option<StoreStats>,
+    /// What could not be read (permission denied, corrupt file), in an installer's words.
+    #[serde(default)]
+    pub problems: Vec<String>,
 }
 
 /// Reads the store (read-only, no recovery, no writes) for queue depth and age.
@@ -106,22 +109,69 @@ pub fn read_store(path: &Path) -> rusqlite::Result<StoreStats> {
     })
 }
 
-/// Gathers the report for a gateway whose store is at `store_path`.
+/// Gathers the report for a gateway whose store is at `store_path`. What cannot be read
+/// (permissions, a corrupt file) is named in [`Report::problems`], never taken for "absent".
 pub fn report(store_path: &Path) -> Report {
-    let snapshot: Option<Snapshot> = std::fs::read(snapshot_path(store_path))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
+    let mut problems = Vec::new();
+    let snap_path = snapshot_path(store_path);
+    let snapshot: Option<Snapshot> = match std::fs::read(&snap_path) {
+        Ok(b) => match serde_json::from_slice(&b) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                problems.push(format!(
+                    "{} is unreadable ({e}): the daemon rewrites it every 2 s while it runs",
+                    snap_path.display()
+                ));
+                None
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            problems.push(format!(
+                "cannot read {} ({e}){}",
+                snap_path.display(),
+                sudo_hint(&e)
+            ));
+            None
+        }
+    };
     let running = snapshot
         .as_ref()
         .is_some_and(|s| !s.stopped && now_ms() - s.written_ms < FRESH_MS);
-    let store = store_path
-        .exists()
-        .then(|| read_store(store_path).ok())
-        .flatten();
+    let store = match std::fs::metadata(store_path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            problems.push(format!(
+                "cannot read the store {} ({e}){}",
+                store_path.display(),
+                sudo_hint(&e)
+            ));
+            None
+        }
+        Ok(_) => match read_store(store_path) {
+            Ok(st) => Some(st),
+            Err(e) => {
+                problems.push(format!(
+                    "cannot read the store {} ({e})",
+                    store_path.display()
+                ));
+                None
+            }
+        },
+    };
     Report {
         running,
         snapshot,
         store,
+        problems,
+    }
+}
+
+fn sudo_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        ": run it with sudo, or as user wardgate"
+    } else {
+        ""
     }
 }
 
@@ -142,6 +192,9 @@ pub fn render(r: &Report, gateway: &str) -> String {
         out.push('\n');
     };
     line(format!("gateway {gateway}"));
+    for p in &r.problems {
+        line(format!("PROBLEM:  {p}"));
+    }
     match &r.snapshot {
         Some(s) if r.running => line(format!(
             "daemon:   running (wardgate {}, status {})",
@@ -256,6 +309,17 @@ pub fn render(r: &Report, gateway: &str) -> String {
                 c.observations, c.events
             ));
         }
+        // Configured devices that never sent anything since the daemon started.
+        for (d, st) in s
+            .liveness
+            .iter()
+            .filter(|(d, _)| !s.devices.contains_key(*d))
+        {
+            line(format!(
+                "device:   {d}: {} (nothing received since start)",
+                if r.running { st.as_str() } else { "not seen" }
+            ));
+        }
     }
     out
 }
@@ -304,6 +368,7 @@ mod tests {
             running: true,
             snapshot: Some(snap.clone()),
             store: None,
+            problems: vec![],
         };
         let text = render(&running, "g");
         assert!(
@@ -317,6 +382,50 @@ mod tests {
         let text = render(&stopped, "g");
         assert!(
             text.contains("device:   serial:bed1: last seen 3 s ago, accepted"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn unreadable_files_are_problems_not_absence() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store.db");
+        let r = report(&store);
+        assert!(r.problems.is_empty() && r.snapshot.is_none() && r.store.is_none());
+        std::fs::write(snapshot_path(&store), b"{ not json").unwrap();
+        std::fs::write(&store, b"not sqlite").unwrap();
+        let r = report(&store);
+        assert_eq!(r.problems.len(), 2, "{:?}", r.problems);
+        assert!(
+            r.problems[0].contains("status.json is unreadable"),
+            "{:?}",
+            r.problems
+        );
+        assert!(
+            r.problems[1].contains("cannot read the store"),
+            "{:?}",
+            r.problems
+        );
+        let text = render(&r, "g");
+        assert!(text.contains("PROBLEM:  "), "{text}");
+    }
+
+    #[test]
+    fn configured_devices_that_never_spoke_are_listed() {
+        let mut snap = Snapshot::default();
+        snap.liveness
+            .insert("ble:00:22:D0:90:4C:14".into(), "offline".into());
+        let r = Report {
+            running: true,
+            snapshot: Some(snap),
+            store: None,
+            problems: vec![],
+        };
+        let text = render(&r, "g");
+        assert!(
+            text.contains(
+                "device:   ble:00:22:D0:90:4C:14: offline (nothing received since start)"
+            ),
             "{text}"
         );
     }

@@ -221,7 +221,8 @@ fn provision_csr_signed_by_the_ca_installed_and_used_for_tls_and_signing() {
         .success());
     receiver.terminate(Duration::from_secs(10)).unwrap();
 
-    // Renewal with a new key: --force keeps the old one as <key>.old.
+    // Renewal with a new key: --force stages it as <key>.new; the pair in use stays untouched,
+    // so a restart before the new certificate arrives still works.
     let forced = wardgate(
         &env,
         &[
@@ -232,12 +233,34 @@ fn provision_csr_signed_by_the_ca_installed_and_used_for_tls_and_signing() {
         ],
     );
     assert_eq!(forced.code(), Some(0), "{forced:?}");
+    let staged = env.gw_dir.join("gateway.key.new");
+    assert_eq!(
+        std::fs::read_to_string(&key).unwrap(),
+        key_pem,
+        "the key in use is untouched"
+    );
+    assert_ne!(std::fs::read_to_string(&staged).unwrap(), key_pem);
+    assert_eq!(mode(&staged), 0o600);
+    let check = wardgate(&env, &["check-config".as_ref(), cfg.as_os_str()]);
+    assert_eq!(check.code(), Some(0), "{check:?}");
+    // Re-installing the current certificate (same key) still works; the staged key waits.
+    let same = install(&signed);
+    assert_eq!(same.code(), Some(0), "{same:?}");
+    assert!(staged.exists());
+    // The CA signs the new CSR: key and certificate are swapped together, the old key kept.
+    let renewed = env.dir.join("renewed.pem");
+    openssl_sign(&env, &csr, &renewed);
+    let swap = install(&renewed);
+    assert_eq!(swap.code(), Some(0), "{swap:?}");
+    assert!(!staged.exists());
     assert_eq!(
         std::fs::read_to_string(env.gw_dir.join("gateway.key.old")).unwrap(),
         key_pem
     );
     assert_ne!(std::fs::read_to_string(&key).unwrap(), key_pem);
     assert_eq!(mode(&key), 0o600);
+    let check = wardgate(&env, &["check-config".as_ref(), cfg.as_os_str()]);
+    assert_eq!(check.code(), Some(0), "the new pair matches: {check:?}");
     // The certificate installed before is for the old key now: refused.
     let stale = install(&signed);
     assert_eq!(stale.code(), Some(1), "{stale:?}");

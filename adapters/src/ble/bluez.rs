@@ -95,6 +95,14 @@ impl Bus {
 }
 
 impl Bus {
+    /// `Adapter1.Pairable` (true while `wardgate pair` runs).
+    pub async fn pairable(&self, adapter: &str) -> Result<bool, String> {
+        let p = self.proxy(format!("/org/bluez/{adapter}"));
+        p.get("org.bluez.Adapter1", "Pairable")
+            .await
+            .map_err(|e| e.message().unwrap_or("D-Bus error").to_owned())
+    }
+
     /// Sets `Adapter1.Powered` (used to power-cycle an adapter that went blind).
     pub async fn set_powered(&self, adapter: &str, powered: bool) -> Result<(), String> {
         let p = self.proxy(format!("/org/bluez/{adapter}"));

@@ -523,6 +523,9 @@ struct Scan<'a> {
     last_advert: Instant,
     /// Recovery stage of a blind adapter (0: hearing fine).
     blind_stage: u32,
+    /// The adapter is pairable: `wardgate pair` is running, so unknown devices are not pruned
+    /// (the device being paired is one of them). Refreshed every tick.
+    pairing_in_progress: bool,
 }
 
 impl<'a> Scan<'a> {
@@ -571,6 +574,7 @@ impl<'a> Scan<'a> {
             powered_off_reported: false,
             last_advert: Instant::now(),
             blind_stage: 0,
+            pairing_in_progress: false,
         }
     }
 
@@ -745,7 +749,11 @@ impl<'a> Scan<'a> {
                     rssi.or(s.rssi).map_or("unknown".into(), |r| r.to_string()),
                     s.name.as_deref().unwrap_or(""),
                 );
-                log::info!("ble: refused {detail}");
+                // Advertised names are often people's (a phone's): upstream only, not the log.
+                log::info!(
+                    "ble: refused {a} ({}), not allowlisted",
+                    s.address_type.as_deref().unwrap_or("unknown")
+                );
                 send(
                     &self.ctx.out,
                     event(&device_id(a), EventKind::Rejected, detail),
@@ -753,7 +761,7 @@ impl<'a> Scan<'a> {
                 .await?;
             }
         }
-        if self.owner.cfg.prune_rejected {
+        if self.owner.cfg.prune_rejected && !self.pairing_in_progress {
             if let Ok(st) = self.bus.bond_state(&self.owner.cfg.adapter, a).await {
                 if !st.paired
                     && !st.connected
@@ -888,6 +896,13 @@ impl<'a> Scan<'a> {
 
     async fn on_tick(&mut self) -> Result<(), AdapterError> {
         self.check_blind().await?;
+        if self.owner.cfg.prune_rejected {
+            self.pairing_in_progress = self
+                .bus
+                .pairable(&self.owner.cfg.adapter)
+                .await
+                .unwrap_or(false);
+        }
         let now = std::time::Instant::now();
         for t in &mut self.tags {
             for s in t.presence.drain_due(now) {

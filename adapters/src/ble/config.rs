@@ -200,6 +200,9 @@ impl Address {
                     i + 1
                 ));
             }
+            if !p.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(format!("`{s}`: byte {} (`{p}`) is not hex", i + 1));
+            }
             out[i] = u8::from_str_radix(p, 16)
                 .map_err(|_| format!("`{s}`: byte {} (`{p}`) is not hex", i + 1))?;
         }
@@ -265,7 +268,7 @@ impl BleConfig {
             .iter()
             .map(|p| p.name.as_str())
             .collect();
-        if self.adapter.is_empty() || self.adapter.contains('/') {
+        if !valid_adapter_name(&self.adapter) {
             out.push((
                 "adapter".into(),
                 format!(
@@ -338,6 +341,11 @@ impl BleConfig {
                     ));
                 }
             }
+            if let (Some(st), Some(off)) = (d.stale_after_s, d.offline_after_s) {
+                if st > off {
+                    out.push((k("offline_after_s"), format!("device `{}`: offline_after_s ({off}) is shorter than stale_after_s ({st})", d.name)));
+                }
+            }
             if d.stale_after_s == Some(0) || d.offline_after_s == Some(0) {
                 out.push((
                     k(if d.stale_after_s == Some(0) {
@@ -377,7 +385,7 @@ impl BleConfig {
                 out.push((k("name"), format!("tag rule `{}` has no matcher (service_data, ibeacon_uuid, name_prefix or addresses): it would admit nothing", t.name)));
             }
             if let Some(u) = &t.service_data {
-                if u.len() != 4 || u16::from_str_radix(u, 16).is_err() {
+                if u.len() != 4 || !u.chars().all(|c| c.is_ascii_hexdigit()) {
                     out.push((k("service_data"), format!("tag rule `{}`: service_data `{u}` must be a 16-bit UUID in hex, e.g. feaa", t.name)));
                 }
             }
@@ -418,7 +426,11 @@ impl BleConfig {
                 out.push((k("window_s"), "window_s must be greater than 0".into()));
             }
         }
+        let mut seen_profiles = std::collections::HashSet::new();
         for (i, p) in self.vendor_profiles.iter().enumerate() {
+            if !seen_profiles.insert(p.name.as_str()) {
+                out.push((format!("vendor_profile[{i}].name"), format!("vendor profile name `{}` is used twice: a device's vendor_profile would be ambiguous", p.name)));
+            }
             if let Err(errors) = p.validate() {
                 for e in errors {
                     out.push((
@@ -430,6 +442,14 @@ impl BleConfig {
         }
         out
     }
+}
+
+/// Whether `name` can be a BlueZ adapter name (`hci0`): ASCII letters, digits and `_` only
+/// (it becomes a D-Bus object path element).
+pub fn valid_adapter_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// Parses a 128-bit UUID in 8-4-4-4-12 form (case-insensitive).

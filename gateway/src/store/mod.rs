@@ -472,7 +472,8 @@ impl Store {
     /// they were sent with), and marks those observations stamped `unsynced` as `synced`.
     /// Rows with `after_seq < seq ≤ upto_seq` were stamped by the old clock for sure; a later row
     /// (appended between the step and its detection) is corrected only if its time is nearer the
-    /// old clock's "now" (`now_ms - step_ms`) than the new one, so it is never shifted twice.
+    /// old clock's "now" (`now_ms - step_ms`) than the new one (a tie, e.g. no step at all, counts as
+    /// old), so it is never shifted twice.
     /// Returns the number of rows corrected. One immediate transaction.
     pub fn correct_unsynced(
         &self,
@@ -493,7 +494,7 @@ impl Store {
                 "UPDATE queue SET gateway_time = gateway_time + ?1,
                         time_quality = CASE WHEN time_quality = ?2 THEN ?3 ELSE time_quality END
                  WHERE seq > ?4
-                   AND (seq <= ?5 OR abs(gateway_time - (?6 - ?1)) < abs(gateway_time - ?6))",
+                   AND (seq <= ?5 OR abs(gateway_time - (?6 - ?1)) <= abs(gateway_time - ?6))",
                 params![
                     step_ms,
                     TimeQuality::Unsynced as i64,
