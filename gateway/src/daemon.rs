@@ -114,11 +114,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     ));
     let mut adapters = Vec::new();
     let mut adapter_tasks = Vec::new();
-    let mut serial_adapters = Vec::new();
-    for s in &cfg.serial {
-        let serial = Arc::new(SerialAdapter::new(s.clone()));
-        serial_adapters.push(serial.clone());
-        let adapter: Arc<dyn Adapter> = serial;
+    let mut start_adapter = |adapter: Arc<dyn Adapter>| {
         let health = Arc::new(AdapterHealth::default());
         adapters.push((adapter.name().to_owned(), health.clone()));
         adapter_tasks.push(tokio::spawn(supervise(
@@ -128,21 +124,18 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
             clock_rx.clone(),
             health,
         )));
+    };
+    let mut serial_adapters = Vec::new();
+    for s in &cfg.serial {
+        let serial = Arc::new(SerialAdapter::new(s.clone()));
+        serial_adapters.push(serial.clone());
+        start_adapter(serial);
     }
     let mut ble_stats = None;
     if let Some(b) = &cfg.ble {
         let ble = Arc::new(BleAdapter::new(b.clone()));
         ble_stats = Some(ble.stats());
-        let adapter: Arc<dyn Adapter> = ble;
-        let health = Arc::new(AdapterHealth::default());
-        adapters.push((adapter.name().to_owned(), health.clone()));
-        adapter_tasks.push(tokio::spawn(supervise(
-            adapter,
-            tx.clone(),
-            shutdown_rx.clone(),
-            clock_rx.clone(),
-            health,
-        )));
+        start_adapter(ble);
     }
     let writer_keepalive = tx;
     let (uplink, uplink_status) = Uplink::new(

@@ -30,6 +30,41 @@ fn strap_config(extra: &str) -> String {
     )
 }
 
+/// Waits for the gateway to scan, lets the strap advertise, waits until it is subscribed.
+fn connect_strap(sim: &blesim::SimBluez) {
+    wait_for("scanning", Duration::from_secs(20), || {
+        Ok(sim.is_discovering())
+    })
+    .unwrap();
+    sim.advertise(
+        STRAP,
+        &Advert {
+            rssi: -60,
+            ..Default::default()
+        },
+    );
+    wait_for("subscribed", Duration::from_secs(20), || {
+        Ok(sim.is_notifying(STRAP, &hr()))
+    })
+    .unwrap();
+}
+
+/// The environment that runs a process under libfaketime with the wall-clock offset read from
+/// `offset_file` (re-read once a second), the monotonic clock and file times real.
+fn faketime_env(offset_file: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("LD_PRELOAD", LIBFAKETIME.into()),
+        ("FAKETIME_TIMESTAMP_FILE", offset_file.into()),
+        // Re-read the offset file once a second (reading it at every call from many threads
+        // now and then fails, and libfaketime then falls back to the real time).
+        ("FAKETIME_CACHE_DURATION", "1".into()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".into()),
+        ("FAKETIME_DONT_RESET", "1".into()),
+        // File times stay real (libfaketime would fake stat results too).
+        ("NO_FAKE_STAT", "1".into()),
+    ]
+}
+
 fn hr() -> String {
     blesim::uuid16(0x2A37)
 }
@@ -312,21 +347,7 @@ fn an_unsynchronised_clock_is_visible_and_buffered_observations_are_corrected_wh
     let _receiver = env.start_receiver(&ReceiverOptions::default()).unwrap();
     let mut gateway = env.spawn_gateway_with_env(&cfg, &ble.env()).unwrap();
     let sim = &ble.sim;
-    wait_for("scanning", Duration::from_secs(20), || {
-        Ok(sim.is_discovering())
-    })
-    .unwrap();
-    sim.advertise(
-        STRAP,
-        &Advert {
-            rssi: -60,
-            ..Default::default()
-        },
-    );
-    wait_for("subscribed", Duration::from_secs(20), || {
-        Ok(sim.is_notifying(STRAP, &hr()))
-    })
-    .unwrap();
+    connect_strap(sim);
     let hr_values = gatt_capture("Polar H7");
     sim.notify(STRAP, &hr(), &hr_values[0]);
     let id = format!("ble:{STRAP}");
@@ -418,36 +439,12 @@ fn wall_clock_jumps_of_hours_mark_no_device_offline_and_cause_no_reconnect() {
     .unwrap();
     tune(&cfg, 1, "synced");
     let _receiver = env.start_receiver(&ReceiverOptions::default()).unwrap();
-    let offset_s = offset.display().to_string();
+    let faked = faketime_env(&offset.display().to_string());
     let mut vars: Vec<(&str, &str)> = ble.env().to_vec();
-    vars.extend([
-        ("LD_PRELOAD", LIBFAKETIME),
-        ("FAKETIME_TIMESTAMP_FILE", offset_s.as_str()),
-        // Re-read the offset file once a second (reading it at every call from many threads
-        // now and then fails, and libfaketime then falls back to the real time).
-        ("FAKETIME_CACHE_DURATION", "1"),
-        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
-        ("FAKETIME_DONT_RESET", "1"),
-        // File times stay real (libfaketime would fake stat results too).
-        ("NO_FAKE_STAT", "1"),
-    ]);
+    vars.extend(faked.iter().map(|(k, v)| (*k, v.as_str())));
     let mut gateway = env.spawn_gateway_with_env(&cfg, &vars).unwrap();
     let sim = &ble.sim;
-    wait_for("scanning", Duration::from_secs(20), || {
-        Ok(sim.is_discovering())
-    })
-    .unwrap();
-    sim.advertise(
-        STRAP,
-        &Advert {
-            rssi: -60,
-            ..Default::default()
-        },
-    );
-    wait_for("subscribed", Duration::from_secs(20), || {
-        Ok(sim.is_notifying(STRAP, &hr()))
-    })
-    .unwrap();
+    connect_strap(sim);
     let id = format!("ble:{STRAP}");
     let up = env.upstream();
     let (ca, cert, key, port) = (
@@ -578,40 +575,16 @@ fn a_clock_days_behind_waits_for_time_then_delivers_with_corrected_stamps() {
             ],
         )
         .unwrap();
-    let offset_s = offset.display().to_string();
+    let faked = faketime_env(&offset.display().to_string());
     let mut vars: Vec<(&str, &str)> = ble.env().to_vec();
-    vars.extend([
-        ("LD_PRELOAD", LIBFAKETIME),
-        ("FAKETIME_TIMESTAMP_FILE", offset_s.as_str()),
-        // Re-read the offset file once a second (reading it at every call from many threads
-        // now and then fails, and libfaketime then falls back to the real time).
-        ("FAKETIME_CACHE_DURATION", "1"),
-        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
-        ("FAKETIME_DONT_RESET", "1"),
-        // File times stay real (libfaketime would fake stat results too).
-        ("NO_FAKE_STAT", "1"),
-    ]);
+    vars.extend(faked.iter().map(|(k, v)| (*k, v.as_str())));
     let mut gateway = env.spawn_gateway_with_env(&cfg, &vars).unwrap();
     // The broker's certificate is not valid yet by this clock: "waiting for time", not a failure.
     gateway
         .wait_stderr("waiting for time", 1, Duration::from_secs(20))
         .unwrap();
     let sim = &ble.sim;
-    wait_for("scanning", Duration::from_secs(20), || {
-        Ok(sim.is_discovering())
-    })
-    .unwrap();
-    sim.advertise(
-        STRAP,
-        &Advert {
-            rssi: -60,
-            ..Default::default()
-        },
-    );
-    wait_for("subscribed", Duration::from_secs(20), || {
-        Ok(sim.is_notifying(STRAP, &hr()))
-    })
-    .unwrap();
+    connect_strap(sim);
     for v in gatt_capture("Polar H7") {
         sim.notify(STRAP, &hr(), &v);
     }
