@@ -116,10 +116,16 @@ fn ble_devices_are_admitted_decoded_delivered_signed_and_resubscribed_once_after
     let strap_id = format!("ble:{STRAP}");
     let scale_id = format!("ble:{SCALE}");
     let up = env.upstream();
-    wait_for("HR and weights upstream", Duration::from_secs(20), || {
-        Ok(up.values(&strap_id, HEART_RATE)?.len() == 3
-            && up.values(&scale_id, BODY_WEIGHT)?.len() == 2)
-    })
+    // A notification's readings (HR, then its RR-intervals) may land in different batches.
+    wait_for(
+        "HR, RR and weights upstream",
+        Duration::from_secs(20),
+        || {
+            Ok(up.values(&strap_id, HEART_RATE)?.len() == 3
+                && up.values(&strap_id, RR_INTERVAL)?.len() == 4
+                && up.values(&scale_id, BODY_WEIGHT)?.len() == 2)
+        },
+    )
     .unwrap();
     assert_eq!(
         up.values(&strap_id, HEART_RATE).unwrap(),
