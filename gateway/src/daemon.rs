@@ -394,6 +394,7 @@ impl StatusLoop {
             }
             let snap = crate::status::Snapshot {
                 written_ms: now_ms,
+                written_boot_ms: crate::status::boot_ms(),
                 stopped: stop,
                 gateway: self.origin.gateway.clone(),
                 version: env!("CARGO_PKG_VERSION").into(),

@@ -39,6 +39,10 @@ pub struct AdapterSnapshot {
 pub struct Snapshot {
     /// When it was written, ms since the Unix epoch.
     pub written_ms: i64,
+    /// When it was written, ms of `CLOCK_BOOTTIME` (monotonic since boot, system-wide): decides
+    /// "running" without trusting the wall clock. Absent in snapshots of older daemons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written_boot_ms: Option<i64>,
     /// Set in the last snapshot of a daemon that shut down cleanly.
     #[serde(default)]
     pub stopped: bool,
@@ -135,9 +139,7 @@ pub fn report(store_path: &Path) -> Report {
             None
         }
     };
-    let running = snapshot
-        .as_ref()
-        .is_some_and(|s| !s.stopped && now_ms() - s.written_ms < FRESH_MS);
+    let running = snapshot.as_ref().is_some_and(|s| !s.stopped && fresh(s));
     let store = match std::fs::metadata(store_path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => {
@@ -164,6 +166,23 @@ pub fn report(store_path: &Path) -> Report {
         snapshot,
         store,
         problems,
+    }
+}
+
+/// `CLOCK_BOOTTIME` in ms: monotonic since boot, the same for every process, unmoved by
+/// wall-clock steps (`None` if the clock cannot be read).
+pub fn boot_ms() -> Option<i64> {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .ok()
+        .map(|t| t.tv_sec() * 1000 + t.tv_nsec() / 1_000_000)
+}
+
+/// Whether the snapshot was written within [`FRESH_MS`]: on the boot clock when the snapshot
+/// has it (a snapshot from before a reboot is never fresh), else on the wall clock.
+fn fresh(s: &Snapshot) -> bool {
+    match (s.written_boot_ms, boot_ms()) {
+        (Some(w), Some(now)) => now >= w && now - w < FRESH_MS,
+        _ => now_ms() - s.written_ms < FRESH_MS,
     }
 }
 
@@ -428,5 +447,21 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn running_is_judged_on_the_boot_clock_not_the_wall_clock() {
+        let boot = boot_ms().unwrap();
+        let snap = |written_ms: i64, written_boot_ms: i64| Snapshot {
+            written_ms,
+            written_boot_ms: Some(written_boot_ms),
+            ..Default::default()
+        };
+        // Written 2 s ago by the boot clock, while the wall clock says hours ago (a step).
+        assert!(fresh(&snap(now_ms() - 5 * 3_600_000, boot - 2_000)));
+        // The wall clock says "just now", the boot clock 60 s ago: a dead daemon.
+        assert!(!fresh(&snap(now_ms(), boot - 60_000)));
+        // From before a reboot (boot clock restarted): never running.
+        assert!(!fresh(&snap(now_ms(), boot + 3_600_000)));
     }
 }
