@@ -103,8 +103,8 @@ enum Command {
     /// certificate the hospital CA signed.
     ///
     /// `wardgate provision --config F [--csr PATH] [--force]`: a new P-256 key at `uplink.key`
-    /// (0600, written atomically; an existing key is kept unless --force, then kept as
-    /// `<key>.old`) and a PKCS#10 CSR (RFC 2986; CN = gateway id, O = site, OU = ward, SAN
+    /// (0600, written atomically; an existing key is kept unless --force, which stages the new
+    /// key as `<key>.new` until --install-cert installs its certificate) and a PKCS#10 CSR (RFC 2986; CN = gateway id, O = site, OU = ward, SAN
     /// `URI:urn:wardgate:{site}:{ward}:{id}`) at `--csr` or `uplink.cert` with extension `.csr`.
     /// Prints the key's fingerprint (the COSE kid) and the next steps.
     ///
@@ -122,7 +122,9 @@ enum Command {
         /// Where to write the CSR (default: uplink.cert with extension `.csr`).
         #[arg(long, conflicts_with = "install_cert")]
         csr: Option<PathBuf>,
-        /// Replace an existing key (the old one is kept as `<key>.old`).
+        /// Make a new key although one exists: staged as `<key>.new` (the pair in use stays)
+        /// until --install-cert installs its certificate; the old key is then kept as
+        /// `<key>.old`.
         #[arg(long, conflicts_with = "install_cert")]
         force: bool,
         /// Install this signed certificate (PEM; a chain is installed as given) at uplink.cert.
@@ -361,6 +363,12 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         } => {
             let address =
                 wardgate_adapters::ble::config::Address::parse(&address).map_err(UsageError)?;
+            if !wardgate_adapters::ble::config::valid_adapter_name(&adapter) {
+                return Err(UsageError(format!(
+                    "--adapter `{adapter}` is not a BlueZ adapter name (like hci0)"
+                ))
+                .into());
+            }
             runtime()?.block_on(crate::pair::pair(crate::pair::PairOptions {
                 address,
                 adapter,

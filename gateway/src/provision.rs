@@ -7,8 +7,9 @@
 //! 1. `wardgate provision --config F [--csr PATH] [--force]` generates a **P-256** key (rcgen
 //!    with ring) as PKCS#8 PEM at `uplink.key`, owner-only (0600) from the moment it exists and
 //!    put in place atomically (temporary file in the same directory, fsync, rename, fsync of the
-//!    directory). An existing key is kept unless `--force`; with `--force` the old one is kept as
-//!    `<key>.old`. It then writes a PKCS#10 certificate signing request (RFC 2986), PEM
+//!    directory). An existing key is kept unless `--force`; with `--force` the new key is staged
+//!    as `<key>.new` and the pair in use stays until `--install-cert` of the new certificate
+//!    moves both into place (the old key kept as `<key>.old`). It then writes a PKCS#10 certificate signing request (RFC 2986), PEM
 //!    `CERTIFICATE REQUEST`, signed with the new key, at `--csr` or `uplink.cert` with the
 //!    extension `.csr` (`gateway.pem` → `gateway.csr`). Subject (RFC 5280 §4.1.2.6):
 //!    `CN` = gateway id (= the MQTT client id, so a broker's `use_identity_as_username` or ACLs

@@ -228,6 +228,9 @@ pub fn render(r: &Report, gateway: &str) -> String {
             "daemon:   NOT RUNNING (last status {}; killed or hung?)",
             ago(s.written_ms)
         )),
+        None if r.problems.iter().any(|p| p.contains("status.json")) => {
+            line("daemon:   UNKNOWN (its status file cannot be read: see PROBLEM)".into())
+        }
         None => line("daemon:   NOT RUNNING (no status written yet)".into()),
     }
     if let Some(synced) = r.snapshot.as_ref().and_then(|s| s.clock_synced) {
@@ -280,6 +283,9 @@ pub fn render(r: &Report, gateway: &str) -> String {
             st.unacked_batches,
             st.bytes as f64 / 1e6
         )),
+        None if r.problems.iter().any(|p| p.contains("the store")) => {
+            line("store:    UNKNOWN (cannot be read: see PROBLEM)".into())
+        }
         None => line("store:    not created yet".into()),
     }
     if let Some(s) = &r.snapshot {

@@ -770,3 +770,48 @@ fn pair_requires_secure_connections_confirms_the_number_and_refuses_just_works()
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     advertiser.join().unwrap();
 }
+
+/// A hung system D-Bus (here: the bus daemon frozen with SIGSTOP) must not stall anything but
+/// BLE: the serial monitor's data keeps reaching the store, `wardgate status` shows the daemon
+/// running, and SIGTERM still stops it promptly.
+#[test]
+fn a_hung_system_bus_stalls_only_ble_serial_data_flows_and_the_daemon_stops() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let env = TestEnv::new("ble-hung-bus", BIN).unwrap();
+    let ble = BleWorld::start().unwrap();
+    let ivy = wardgate_e2e::pty::Device::ivy450c("bed2-monitor");
+    let mut opts = env.gateway_options();
+    opts.devices = vec![ivy.clone()];
+    let cfg = write_config_with_ble(&env, &opts, BLE_CONFIG).unwrap();
+    let mut replays = wardgate_e2e::pty::Replayer::for_devices(&env.dev_dir(), &[&ivy]).unwrap();
+    let mut gateway = env.spawn_gateway_with_env(&cfg, &ble.env()).unwrap();
+    wait_sim("the gateway to scan", 20, || ble.sim.is_discovering());
+    // The monitor sends its recording at its own pace (about 16 s); the bus freezes.
+    replays[0].play(&ivy.recording, ivy.pace, 1.0);
+    let bus = Pid::from_raw(ble.bus.pid() as i32);
+    kill(bus, Signal::SIGSTOP).unwrap();
+    let rows = || env.store().map(|s| s.max_seq).unwrap_or(0);
+    std::thread::sleep(Duration::from_secs(2));
+    let before = rows();
+    std::thread::sleep(Duration::from_secs(4));
+    let after = rows();
+    let status = std::process::Command::new(BIN)
+        .args(["status", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout).into_owned();
+    let started = std::time::Instant::now();
+    let st = gateway.terminate(Duration::from_secs(15));
+    let took = started.elapsed();
+    kill(bus, Signal::SIGCONT).unwrap();
+    assert!(
+        after > before,
+        "serial rows kept coming while the bus was frozen: {before} → {after}"
+    );
+    assert!(text.contains("daemon:   running"), "{text}");
+    let st = st.unwrap();
+    assert!(st.success(), "exit {st}: {}", gateway.stderr());
+    assert!(took < Duration::from_secs(12), "SIGTERM took {took:?}");
+}

@@ -163,9 +163,21 @@ impl Adapter for BleAdapter {
                 stats: self.stats.clone(),
                 glucose_last: self.glucose_last.clone(),
             };
+            // The thread sends into its own channel; a task here forwards to the gateway's. If
+            // the thread hangs, dropping the forwarder releases the gateway's channel, so the
+            // writer can drain and the daemon stop.
+            let (ble_tx, mut ble_rx) = mpsc::channel::<AdapterEvent>(1024);
+            let out = ctx.out.clone();
+            let forward = tokio::spawn(async move {
+                while let Some(ev) = ble_rx.recv().await {
+                    if out.send(ev).await.is_err() {
+                        break;
+                    }
+                }
+            });
             let mut own = AdapterContext {
                 id: ctx.id.clone(),
-                out: ctx.out.clone(),
+                out: ble_tx,
                 shutdown: ctx.shutdown.clone(),
                 clock_synced: ctx.clock_synced.clone(),
             };
@@ -183,11 +195,19 @@ impl Adapter for BleAdapter {
                     let _ = done_tx.send(r);
                 });
             if let Err(e) = spawned {
+                forward.abort();
                 return Err(AdapterError::Transport(format!("BLE thread: {e}")));
             }
             let mut shutdown = ctx.shutdown.clone();
+            let abort = forward.abort_handle();
             tokio::select! {
-                r = done_rx => r.unwrap_or_else(|_| Err(AdapterError::Transport("BLE thread ended".into()))),
+                r = done_rx => {
+                    // The thread's senders are gone with its runtime: the forwarder ends once it
+                    // has passed on what was queued.
+                    let _ = timeout(Duration::from_secs(5), forward).await;
+                    abort.abort();
+                    r.unwrap_or_else(|_| Err(AdapterError::Transport("BLE thread ended".into())))
+                }
                 _ = async {
                     while !*shutdown.borrow() {
                         if shutdown.changed().await.is_err() { break; }
@@ -197,6 +217,7 @@ impl Adapter for BleAdapter {
                     tokio::time::sleep(Duration::from_secs(6)).await;
                 } => {
                     log::warn!("ble: the BLE thread did not stop within 6 s (system D-Bus hung?); stopping without it");
+                    abort.abort();
                     Ok(())
                 }
             }
