@@ -32,36 +32,43 @@ pub fn start_bus() -> Result<Bus, String> {
     Ok(bus)
 }
 
-fn hex(s: &str) -> Vec<u8> {
-    (0..s.len() / 2)
-        .filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
-        .collect()
-}
-
-/// The captured values of `device` (a prefix of the CSV's device column), in order.
-fn gatt(device: &str) -> Vec<Vec<u8>> {
+/// The captured values of `device` (a prefix of the `device` column of
+/// `data/real/ble/gatt_notifications.csv`, e.g. `Polar H7`, `A&D UC-352BLE`), in file order.
+pub fn gatt_capture(device: &str) -> Vec<Vec<u8>> {
     GATT_CAPTURES
         .lines()
         .skip(1)
         .filter_map(|l| {
             let f: Vec<&str> = l.split(',').collect();
-            (f.len() > 3 && f[1].starts_with(device)).then(|| hex(f[3]))
+            (f.len() > 3 && f[1].starts_with(device))
+                .then(|| hex::decode(f[3]).ok())
+                .flatten()
         })
         .collect()
 }
 
-fn polar_advert() -> Advert {
+/// A whole advertising payload of `data/real/ble/advertisements.csv` (rows `ble-adv-06` and
+/// `ble-adv-07` carry whole AD payloads) as BlueZ would expose it, heard at `rssi`.
+pub fn captured_advert(id: &str, rssi: i16) -> Advert {
     let row = ADVERT_CAPTURES
         .lines()
-        .find(|l| l.starts_with("ble-adv-06,"))
+        .find(|l| l.starts_with(&format!("{id},")))
         .unwrap_or_default();
-    let payload = row.split(',').nth(4).map(hex).unwrap_or_default();
+    let payload = row
+        .split(',')
+        .nth(4)
+        .and_then(|h| hex::decode(h).ok())
+        .unwrap_or_default();
     let adv = decode_advertisement(&payload).unwrap_or_default();
     Advert {
-        rssi: -58,
+        rssi,
         name: adv.local_name,
         manufacturer_data: adv.manufacturer_data,
-        service_data: vec![],
+        service_data: adv
+            .service_data16
+            .iter()
+            .map(|(u, d)| (blesim::uuid16(*u), d.clone()))
+            .collect(),
         service_uuids: adv
             .service_uuids16
             .iter()
@@ -101,7 +108,7 @@ impl DemoBle {
     /// Observations the decoders find in each device's captures (the demo's expected counts).
     pub fn expected() -> BTreeMap<String, u64> {
         let count = |p: Profile, dev: &str| -> u64 {
-            gatt(dev)
+            gatt_capture(dev)
                 .iter()
                 .map(|v| p.decode(v).map(|r| r.len() as u64).unwrap_or(0))
                 .sum()
@@ -135,7 +142,7 @@ impl DemoBle {
             Ok(())
         };
         wait("the gateway to scan", &|| sim.is_discovering())?;
-        sim.advertise(STRAP, &polar_advert());
+        sim.advertise(STRAP, &captured_advert("ble-adv-06", -58));
         sim.advertise(
             STRANGER,
             &Advert {
@@ -153,10 +160,10 @@ impl DemoBle {
         println!(
             "BLE: Polar H7 and A&D UC-352BLE connected and subscribed through the simulated BlueZ"
         );
-        for v in gatt("A&D UC-352BLE") {
+        for v in gatt_capture("A&D UC-352BLE") {
             sim.notify(SCALE, &weight, &v);
         }
-        for v in gatt("Polar H7") {
+        for v in gatt_capture("Polar H7") {
             sim.notify(STRAP, &hr, &v);
             std::thread::sleep(Duration::from_secs_f64(1.0 / speed.max(0.01)));
         }

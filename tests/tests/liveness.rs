@@ -137,17 +137,7 @@ fn device_status_is_published_retained_on_every_transition_and_the_heartbeat_rep
     })
     .unwrap();
     std::thread::sleep(Duration::from_secs(2)); // the configured device is published `offline` first
-    sim.advertise(
-        STRAP,
-        &Advert {
-            rssi: -60,
-            ..Default::default()
-        },
-    );
-    wait_for("subscribed", Duration::from_secs(20), || {
-        Ok(sim.is_notifying(STRAP, &hr()))
-    })
-    .unwrap();
+    connect_strap(sim);
     for v in gatt_capture("Polar H7") {
         sim.notify(STRAP, &hr(), &v);
         std::thread::sleep(Duration::from_millis(300));
@@ -526,8 +516,9 @@ fn a_clock_days_behind_waits_for_time_then_delivers_with_corrected_stamps() {
     // machine's, then "NTP" steps it two days forward (libfaketime). A libfaketime hiccup can
     // only make the clock look behind, never let a connection through early.
     let env = TestEnv::with_broker("clock-behind", BIN, |pki| {
-        let days = wardgate_adapters::observation::now_ms() / 86_400_000 + 1;
-        let (y, m, d) = civil_from_days(days);
+        let tomorrow = (wardgate_adapters::observation::now_ms() / 86_400_000 + 1) * 86_400;
+        let t = wardgate_adapters::ble::DateTime::from_unix_seconds(tomorrow).unwrap();
+        let (y, m, d) = (i32::from(t.year), t.month, t.day);
         let (cert, key) = pki
             .ca
             .leaf_valid_from(
@@ -653,18 +644,4 @@ fn a_clock_days_behind_waits_for_time_then_delivers_with_corrected_stamps() {
     }
     let st = gateway.terminate(Duration::from_secs(10)).unwrap();
     assert!(st.success(), "{}", gateway.stderr());
-}
-
-/// (year, month, day) of a day count since 1970-01-01 (H. Hinnant's civil_from_days).
-fn civil_from_days(z: i64) -> (i32, u8, u8) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u8;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
-    let y = (yoe + era * 400 + i64::from(m <= 2)) as i32;
-    (y, m, d)
 }

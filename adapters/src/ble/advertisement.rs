@@ -334,15 +334,7 @@ pub struct IBeacon {
 impl IBeacon {
     /// The UUID in 8-4-4-4-12 form, lower case.
     pub fn uuid_string(&self) -> String {
-        let h = to_hex(&self.uuid);
-        format!(
-            "{}-{}-{}-{}-{}",
-            &h[0..8],
-            &h[8..12],
-            &h[12..16],
-            &h[16..20],
-            &h[20..32]
-        )
+        super::vendor::format_uuid(u128::from_be_bytes(self.uuid))
     }
 }
 

@@ -42,7 +42,7 @@ use super::bluez::{address_from_id, Bus};
 use super::config::{parse_uuid128, Address, BleConfig, BleDeviceConfig, TagRule};
 use super::presence::PresenceAggregator;
 use super::profiles::{glucose, Profile};
-use super::vendor::{CharacteristicMode, VendorProfile};
+use super::vendor::{self, CharacteristicMode, VendorProfile};
 use super::{advertisement, Reading};
 use crate::observation::{now_ms, DeviceEvent, DeviceId, EventKind, Observation};
 use crate::{Adapter, AdapterContext, AdapterError, AdapterEvent, RunFuture};
@@ -265,17 +265,16 @@ async fn send(out: &mpsc::Sender<AdapterEvent>, ev: AdapterEvent) -> Result<(), 
     out.send(ev).await.map_err(|_| AdapterError::ChannelClosed)
 }
 
-/// The 16-bit form of a UUID on the Bluetooth Base UUID, if it is one.
+/// The 16-bit form of a UUID on the Bluetooth Base UUID ([`vendor::BASE_UUID`]), if it is one.
 pub fn short_uuid(u: Uuid) -> Option<u16> {
-    let b = u.as_bytes();
-    let base = Uuid::from_u128(0x0000_0000_0000_1000_8000_0080_5f9b_34fb);
-    let bb = base.as_bytes();
-    (b[0] == 0 && b[1] == 0 && b[4..] == bb[4..]).then(|| u16::from_be_bytes([b[2], b[3]]))
+    let v = u.as_u128();
+    let short = (v >> 96) as u32;
+    (short <= 0xFFFF && v & !(0xFFFF_FFFFu128 << 96) == vendor::BASE_UUID).then_some(short as u16)
 }
 
 /// The full UUID of a 16-bit one.
 pub fn uuid16(u: u16) -> Uuid {
-    Uuid::from_u128(0x0000_0000_0000_1000_8000_0080_5f9b_34fb | ((u as u128) << 96))
+    Uuid::from_u128(vendor::uuid16(u))
 }
 
 impl BleAdapter {
@@ -472,7 +471,7 @@ impl TagState {
                 .iter()
                 .filter_map(|(a, k)| {
                     let a = Address::parse(a).ok()?;
-                    let k: [u8; 16] = hex_bytes(k)?.try_into().ok()?;
+                    let k = super::bthome_crypto::parse_bindkey(k).ok()?;
                     Some((a, k))
                 })
                 .collect(),
@@ -505,16 +504,6 @@ impl TagState {
                 .as_deref()
                 .is_some_and(|p| props.name.as_deref().is_some_and(|n| n.starts_with(p)))
     }
-}
-
-fn hex_bytes(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// What one advertisement report told us.
@@ -654,15 +643,22 @@ impl<'a> Scan<'a> {
                 inc(&stats.advertisements);
                 self.on_sighting(id, Some(rssi), false).await?;
             }
-            CentralEvent::ManufacturerDataAdvertisement { id, .. }
-            | CentralEvent::ServiceDataAdvertisement { id, .. } => {
-                // Tags: refresh the beacon readings (the count comes from RSSI reports).
+            CentralEvent::ServiceDataAdvertisement { id, service_data } => {
+                // Tags: refresh the beacon readings from the event's own data (the count comes
+                // from RSSI reports).
                 if let Some(a) = address_from_id(&id.to_string()) {
                     if let Some(&rule) = self.tag_of.get(&a) {
-                        self.tag_data(rule, a, &id).await;
+                        self.tag_data(rule, a, &service_data);
                     } else if let Some(s) = self.sessions.get(&a) {
                         s.link.send_modify(|n| *n += 1);
                     }
+                }
+            }
+            CentralEvent::ManufacturerDataAdvertisement { id, .. } => {
+                if let Some(s) =
+                    address_from_id(&id.to_string()).and_then(|a| self.sessions.get(&a))
+                {
+                    s.link.send_modify(|n| *n += 1);
                 }
             }
             _ => {}
@@ -746,7 +742,7 @@ impl<'a> Scan<'a> {
                     .presence
                     .record(&a.to_string(), r, std::time::Instant::now());
             }
-            self.tag_data(rule, a, &id).await;
+            self.tag_data(rule, a, &s.service_data);
             return Ok(());
         }
         inc(&self.owner.stats.rejected);
@@ -799,13 +795,10 @@ impl<'a> Scan<'a> {
         Ok(())
     }
 
-    /// Decodes the tag's current advertisement data into readings kept for its next summary.
-    async fn tag_data(&mut self, rule: usize, a: Address, id: &PeripheralId) {
-        let Some(s) = self.sighting(id).await else {
-            return;
-        };
+    /// Decodes the tag's advertised service data into readings kept for its next summary.
+    fn tag_data(&mut self, rule: usize, a: Address, service_data: &HashMap<Uuid, Vec<u8>>) {
         let mut readings = Vec::new();
-        for (uuid, data) in &s.service_data {
+        for (uuid, data) in service_data {
             let frame = match short_uuid(*uuid) {
                 Some(advertisement::UUID_EDDYSTONE) => advertisement::parse_eddystone(data)
                     .ok()
@@ -932,11 +925,11 @@ impl<'a> Scan<'a> {
                     continue;
                 };
                 let dev = device_id(a);
-                let detail = format!(
-                    "rule={} window_s={} count={} rssi_min={} rssi_median={:.1} rssi_max={}",
-                    t.rule.name, t.rule.window_s, s.count, s.rssi_min, s.rssi_median, s.rssi_max
-                );
-                send(&self.ctx.out, event(&dev, EventKind::Rssi, detail)).await?;
+                send(
+                    &self.ctx.out,
+                    event(&dev, EventKind::Rssi, presence_detail(&t.rule, &s)),
+                )
+                .await?;
                 for r in t.latest.remove(&s.key).unwrap_or_default() {
                     let o =
                         Observation::from_reading(dev.clone(), r, *self.ctx.clock_synced.borrow());
@@ -969,11 +962,7 @@ impl<'a> Scan<'a> {
         for t in &mut self.tags {
             for s in t.presence.flush_all() {
                 if let Ok(a) = Address::parse(&s.key) {
-                    let detail =
-                        format!(
-                        "rule={} window_s={} count={} rssi_min={} rssi_median={:.1} rssi_max={}",
-                        t.rule.name, t.rule.window_s, s.count, s.rssi_min, s.rssi_median, s.rssi_max
-                    );
+                    let detail = presence_detail(&t.rule, &s);
                     let _ = self
                         .ctx
                         .out
@@ -982,6 +971,14 @@ impl<'a> Scan<'a> {
             }
         }
     }
+}
+
+/// The `rssi` event detail of a tag's presence summary (wire-format.md).
+fn presence_detail(rule: &TagRule, s: &super::presence::PresenceSummary) -> String {
+    format!(
+        "rule={} window_s={} count={} rssi_min={} rssi_median={:.1} rssi_max={}",
+        rule.name, rule.window_s, s.count, s.rssi_min, s.rssi_median, s.rssi_max
+    )
 }
 
 /// BTHome v2 service data, decrypted with the tag's key when it is encrypted.

@@ -452,18 +452,14 @@ pub fn valid_adapter_name(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// Parses a 128-bit UUID in 8-4-4-4-12 form (case-insensitive).
+/// Parses a 128-bit UUID in 8-4-4-4-12 form (case-insensitive), big-endian bytes; the short
+/// 16/32-bit forms [`super::vendor::parse_uuid`] also takes are refused here (an iBeacon UUID
+/// is always 128-bit).
 pub fn parse_uuid128(s: &str) -> Option<[u8; 16]> {
-    let hex: String = s.chars().filter(|c| *c != '-').collect();
-    let groups: Vec<usize> = s.split('-').map(str::len).collect();
-    if hex.len() != 32 || groups != [8, 4, 4, 4, 12] {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
+    (s.len() == 36)
+        .then(|| super::vendor::parse_uuid(s).ok())
+        .flatten()
+        .map(u128::to_be_bytes)
 }
 
 #[cfg(test)]

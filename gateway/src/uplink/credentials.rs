@@ -250,16 +250,48 @@ mod tests {
         std::thread::sleep(SETTLE + Duration::from_millis(100));
     }
 
+    /// A CA, a certificate and key signed by it on disk, and credentials loaded from them.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        ca: Ca,
+        cert_p: std::path::PathBuf,
+        key_p: std::path::PathBuf,
+        c1: String,
+        cr: Credentials,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let d = tempfile::tempdir().unwrap();
+            let ca = Ca::new("t").unwrap();
+            let (ca_p, cert_p, key_p) =
+                (d.path().join("ca"), d.path().join("c"), d.path().join("k"));
+            write_cert(&ca_p, &ca.cert_pem).unwrap();
+            let (c1, k1) = ca.leaf("gw", &[], false).unwrap();
+            write_cert(&cert_p, &c1).unwrap();
+            write_key(&key_p, &k1).unwrap();
+            let cr = Credentials::load(&ca_p, &cert_p, &key_p, None).unwrap();
+            Fixture {
+                _dir: d,
+                ca,
+                cert_p,
+                key_p,
+                c1,
+                cr,
+            }
+        }
+    }
+
     #[test]
     fn a_valid_replacement_is_pending_a_bad_one_refused_once_and_the_active_pair_stays() {
-        let d = tempfile::tempdir().unwrap();
-        let ca = Ca::new("t").unwrap();
-        let (ca_p, cert_p, key_p) = (d.path().join("ca"), d.path().join("c"), d.path().join("k"));
-        write_cert(&ca_p, &ca.cert_pem).unwrap();
-        let (c1, k1) = ca.leaf("gw", &[], false).unwrap();
-        write_cert(&cert_p, &c1).unwrap();
-        write_key(&key_p, &k1).unwrap();
-        let mut cr = Credentials::load(&ca_p, &cert_p, &key_p, None).unwrap();
+        let Fixture {
+            _dir,
+            ca,
+            cert_p,
+            key_p,
+            c1,
+            mut cr,
+        } = Fixture::new();
         let kid_a = cr.active().kid();
         assert_eq!(cr.check(), Check::Unchanged);
 
@@ -317,14 +349,14 @@ mod tests {
 
     #[test]
     fn a_change_still_settling_waits_for_the_next_check() {
-        let d = tempfile::tempdir().unwrap();
-        let ca = Ca::new("t").unwrap();
-        let (ca_p, cert_p, key_p) = (d.path().join("ca"), d.path().join("c"), d.path().join("k"));
-        write_cert(&ca_p, &ca.cert_pem).unwrap();
-        let (c1, k1) = ca.leaf("gw", &[], false).unwrap();
-        write_cert(&cert_p, &c1).unwrap();
-        write_key(&key_p, &k1).unwrap();
-        let mut cr = Credentials::load(&ca_p, &cert_p, &key_p, None).unwrap();
+        let Fixture {
+            _dir,
+            ca,
+            cert_p,
+            key_p,
+            c1: _,
+            mut cr,
+        } = Fixture::new();
         let (c2, k2) = ca.leaf("gw", &[], false).unwrap();
         write_cert(&cert_p, &c2).unwrap();
         // The key is not replaced yet: an installer half-way through.
