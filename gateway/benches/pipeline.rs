@@ -52,16 +52,16 @@ fn mosquitto_bin() -> String {
 fn setup() -> Env {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let ca = wardgate::pki::Ca::new("bench CA").unwrap();
-    wardgate::pki::write_cert(&d.join("ca.pem"), &ca.cert_pem).unwrap();
+    let ca = wardgate_sim::pki::Ca::new("bench CA").unwrap();
+    wardgate_sim::pki::write_cert(&d.join("ca.pem"), &ca.cert_pem).unwrap();
     for (name, cn, server) in [
         ("broker", "127.0.0.1", true),
         ("gateway", "gw-bench", false),
         ("sub", "bench-sub", false),
     ] {
         let (c, k) = ca.leaf(cn, &["127.0.0.1"], server).unwrap();
-        wardgate::pki::write_cert(&d.join(format!("{name}.pem")), &c).unwrap();
-        wardgate::pki::write_key(&d.join(format!("{name}.key")), &k).unwrap();
+        wardgate_sim::pki::write_cert(&d.join(format!("{name}.pem")), &c).unwrap();
+        wardgate_sim::pki::write_key(&d.join(format!("{name}.key")), &k).unwrap();
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -137,7 +137,7 @@ async fn subscriber(
             rumqttc::TlsConfiguration::Rustls(tls),
         ));
     let (client, mut el) = AsyncClient::new(o, 1024);
-    el.set_network_options(wardgate::uplink::network_options());
+    el.set_network_options(wardgate::mqtt::network_options());
     let (ready_tx, mut ready_rx) = mpsc::channel(1);
     let c2 = client.clone();
     tokio::spawn(async move {
@@ -406,7 +406,7 @@ fn rss_with_devices(env: &Env, n: usize, secs: Duration) {
     let mut ports = Vec::new();
     for i in 0..n {
         let link = d.join("dev").join(format!("bed{i}"));
-        ports.push(wardgate::devsim::SimulatedPort::open(&link, None).unwrap());
+        ports.push(wardgate_sim::devsim::SimulatedPort::open(&link, None).unwrap());
         cfg.push_str(&format!(
             "[[serial]]\nname = \"bed{i}\"\npath = \"dev/bed{i}\"\nprotocol = \"ansar-b\"\n"
         ));
@@ -427,8 +427,8 @@ fn rss_with_devices(env: &Env, n: usize, secs: Duration) {
         feeders.push(std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 if p.replay(
-                    wardgate::demo::IVY450C_RECORDING,
-                    wardgate::devsim::Pace::Baud(9600),
+                    wardgate_sim::demo_serial::IVY450C_RECORDING,
+                    wardgate_sim::devsim::Pace::Baud(9600),
                     1.0,
                     Duration::from_secs(5),
                 )

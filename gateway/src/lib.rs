@@ -1,51 +1,46 @@
 //! wardgate: edge gateway daemon for hospital wards.
 //!
-//! Devices → adapters → store (SQLite) → uplink (COSE_Sign1 batches over MQTT with mutual TLS)
-//! → upstream receiver. See `ARCHITECTURE.md` for the map and the invariants.
+//! Devices → adapters (`wardgate-adapters`) → [`pipeline`] → [`store`] (SQLite) → [`uplink`]
+//! (COSE_Sign1 batches over MQTT with mutual TLS) → upstream [`receive`]r. See `ARCHITECTURE.md`
+//! for the map, the dependency rules and the invariants.
 //!
 //! # Layout
-//! - [`config`]: TOML schema, validation, `FILE:line:col: message` diagnostics.
+//! The daemon (`wardgate run`), by concern:
+//! - [`daemon`]: wiring only: start everything, stop it in order.
+//! - [`supervisor`]: runs adapters, restarts them with capped backoff and jitter.
+//! - [`pipeline`]: the writer: adapter events into the store with group commit.
 //! - [`store`]: the durable buffer (DESIGN §4): group commit, batches, acks, retention, recovery.
-//! - [`batch`]: batch rows and their CBOR payload (DESIGN §5).
-//! - [`signing`]: COSE_Sign1 signing and verification (`kid` = SHA-256 of the certificate SPKI).
-//! - [`tls`]: rustls client configs (mutual TLS, ring provider).
 //! - [`uplink`]: store → sign → publish → delete on acknowledgement; reconnect with backoff;
 //!   certificate rotation without a restart ([`uplink::credentials`]).
-//! - [`liveness`]: per-device online → stale → offline (DESIGN §8), pure; the daemon feeds it.
-//! - [`pipeline`]: drains adapter events into the store with group commit.
-//! - [`supervisor`]: runs adapters, restarts them with capped backoff and jitter.
-//! - [`daemon`]: `wardgate run`.
-//! - [`provision`]: `wardgate provision`: the gateway's key and CSR, installing the signed certificate.
-//! - [`sd_notify`]: systemd `READY`/`STATUS`/`STOPPING` and a watchdog tied to real progress.
-//! - [`receive`]: `wardgate receive`, the upstream side (verify, dedup, store durably, ack).
-//! - [`broker`]: a small embedded MQTT broker for `wardgate demo`.
-//! - [`blesim`]: a simulated BlueZ (org.bluez on a private dbus-daemon) for btleplug-level tests.
-//! - [`demo`]: `wardgate demo`, the whole chain on loopback with recorded real devices.
+//! - [`health`]: liveness, retained device status and heartbeat, the status snapshot.
+//! - [`system`]: clock, systemd notifications and watchdog, logging.
+//!
+//! The contract both sides share: [`batch`] (rows and their CBOR payload, DESIGN §5),
+//! [`signing`] (COSE_Sign1, `kid` = SHA-256 of the certificate SPKI), [`mqtt`] (topics and TCP
+//! options), [`tls`] (rustls client configs, ring provider), [`config`] (TOML schema, validation,
+//! `FILE:line:col: message` diagnostics).
+//!
+//! The upstream side: [`receive`] (`wardgate receive`: verify, dedup, store durably, ack).
+//!
+//! The command line: [`cli`], one file per subcommand; [`error`] maps errors to exit codes.
+//! `wardgate demo` exists only with the `demo` cargo feature, which links the simulated world
+//! (`wardgate-sim`); the packaged binary is built without it.
+
+#![warn(missing_docs)]
 
 pub mod batch;
-pub mod blesim;
-pub mod broker;
 pub mod cli;
-pub mod clock;
 pub mod config;
 pub mod daemon;
-pub mod decode;
-pub mod demo;
-pub mod demo_ble;
-pub mod devsim;
+pub mod error;
 pub mod health;
-pub mod liveness;
-pub mod pair;
+pub mod mqtt;
 pub mod pipeline;
-pub mod pki;
-pub mod provision;
 pub mod receive;
-pub mod sd_notify;
 pub mod signing;
-pub mod status;
 pub mod store;
 pub mod supervisor;
-pub mod telemetry;
+pub mod system;
 pub mod tls;
 pub mod uplink;
 

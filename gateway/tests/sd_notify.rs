@@ -25,11 +25,11 @@ impl Drop for Daemon {
 
 /// Writes certificates and a config whose uplink points at a closed loopback port.
 fn gateway_config(dir: &Path) -> std::path::PathBuf {
-    let ca = wardgate::pki::Ca::new("sd_notify test CA").unwrap();
-    wardgate::pki::write_cert(&dir.join("ca.pem"), &ca.cert_pem).unwrap();
+    let ca = wardgate_sim::pki::Ca::new("sd_notify test CA").unwrap();
+    wardgate_sim::pki::write_cert(&dir.join("ca.pem"), &ca.cert_pem).unwrap();
     let (cert, key) = ca.leaf("gw-sd-01", &[], false).unwrap();
-    wardgate::pki::write_cert(&dir.join("gateway.pem"), &cert).unwrap();
-    wardgate::pki::write_key(&dir.join("gateway.key"), &key).unwrap();
+    wardgate_sim::pki::write_cert(&dir.join("gateway.pem"), &cert).unwrap();
+    wardgate_sim::pki::write_key(&dir.join("gateway.key"), &key).unwrap();
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -208,8 +208,8 @@ async fn watchdog_is_withheld_while_the_writer_makes_no_progress() {
     use std::sync::atomic::Ordering;
     use std::sync::Arc;
     use wardgate::pipeline::WriterStats;
-    use wardgate::sd_notify::{Notifier, Watched};
-    use wardgate::uplink::{LoopBeat, UplinkStatus};
+    use wardgate::system::sd_notify::{Notifier, Watched};
+    use wardgate::uplink::LoopBeat;
 
     let dir = tempfile::tempdir().unwrap();
     let (store, _) =
@@ -223,17 +223,20 @@ async fn watchdog_is_withheld_while_the_writer_makes_no_progress() {
     let first = now();
     tokio::time::sleep(Duration::from_millis(600)).await;
     writer.last_progress_ms.store(first, Ordering::Relaxed);
-    let (_status_tx, status_rx) = tokio::sync::watch::channel(UplinkStatus::default());
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(wardgate::sd_notify::run(
+    let task = tokio::spawn(wardgate::system::sd_notify::run(
         Notifier::connect(socket.to_str().unwrap()).unwrap(),
         Some(Duration::from_millis(400)),
         Watched {
-            writer: writer.clone(),
-            uplink_beat: beat.clone(),
-            uplink: status_rx,
-            store: Arc::new(store),
-            devices: 0,
+            writer_progress: {
+                let writer = writer.clone();
+                Box::new(move || writer.last_progress_ms.load(Ordering::Relaxed))
+            },
+            uplink_progress: {
+                let beat = beat.clone();
+                Box::new(move || beat.last_ms())
+            },
+            status: Box::new(move || format!("{} queued", store.queued())),
         },
         shutdown_rx,
     ));

@@ -1,11 +1,11 @@
-//! BLE test support: a private dbus-daemon with the simulated BlueZ ([`wardgate::blesim`]) that
+//! BLE test support: a private dbus-daemon with the simulated BlueZ ([`wardgate_sim::blesim`]) that
 //! the gateway under test reaches through `DBUS_SYSTEM_BUS_ADDRESS`, and the real captures of
 //! `data/real/ble/` turned into what the simulated devices send.
 
 use crate::env::{GatewayOptions, TestEnv};
 use crate::Result;
 use std::path::PathBuf;
-use wardgate::blesim::{Bus, SimBluez};
+use wardgate_sim::blesim::{Bus, SimBluez};
 
 /// The bus and the simulated BlueZ on it. Both stop when dropped.
 pub struct BleWorld {
@@ -33,7 +33,7 @@ impl BleWorld {
 
 /// The real captures of `data/real/ble/`, as the demo replays them: `gatt_capture(device)`
 /// (notification values in file order) and `captured_advert(id, rssi)` (a whole advertisement).
-pub use wardgate::demo_ble::{captured_advert, gatt_capture};
+pub use wardgate_sim::demo_ble::{captured_advert, gatt_capture};
 
 /// Writes the usual gateway config plus `ble` (a `[ble]` section and its tables) and returns
 /// its path.

@@ -1,5 +1,5 @@
 //! A real mosquitto (2.x) on a random loopback port with a TLS listener that requires client
-//! certificates, and the throw-away PKI it and the clients use ([`wardgate::pki::Ca`]).
+//! certificates, and the throw-away PKI it and the clients use ([`wardgate_sim::pki::Ca`]).
 //!
 //! The broker can be stopped and restarted on the **same port** (the outage test), killed, or
 //! frozen with SIGSTOP (PUBACKs withheld while TCP still accepts bytes). Dropping the handle
@@ -10,7 +10,7 @@ use crate::{bail, free_port, port_accepts, wait_until, Context, Result};
 use nix::sys::signal::Signal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use wardgate::pki::{write_cert, write_key, Ca};
+use wardgate_sim::pki::{write_cert, write_key, Ca};
 
 /// The mosquitto executable: `$MOSQUITTO`, else `/usr/sbin/mosquitto`, else `mosquitto` on PATH.
 pub fn mosquitto_bin() -> PathBuf {

@@ -3,7 +3,7 @@
 //! Everything here drives the real thing: a real mosquitto with mutual TLS on a random loopback
 //! port ([`broker`]), the real `wardgate` command line as child processes ([`process`], spawned
 //! from the package's own `wardgate-e2e-bin`), real pseudo-terminals replaying recordings of
-//! real devices ([`pty`], on top of [`wardgate::devsim`]), and the real SQLite files of the
+//! real devices ([`pty`], on top of [`wardgate_sim::devsim`]), and the real SQLite files of the
 //! gateway's store and the receiver's output ([`db`]). [`env::TestEnv`] ties them together, one
 //! per test, in its own temporary directory.
 //!

@@ -97,5 +97,6 @@ pub fn verified_json(env: &TestEnv, payload: &[u8]) -> Result<serde_json::Value>
     let mut v = wardgate::signing::Verifier::default();
     v.add_file(&env.pki.gateway_cert)?;
     let p = v.verify(payload).map_err(|e| anyhow::anyhow!("{e}"))?;
-    wardgate::health::to_json(&p).ok_or_else(|| anyhow::anyhow!("payload is not a CBOR map"))
+    wardgate::health::retained::to_json(&p)
+        .ok_or_else(|| anyhow::anyhow!("payload is not a CBOR map"))
 }

@@ -1,4 +1,4 @@
-//! Simulated serial devices on real pseudo-terminals ([`wardgate::devsim::SimulatedPort`]) fed
+//! Simulated serial devices on real pseudo-terminals ([`wardgate_sim::devsim::SimulatedPort`]) fed
 //! with the recordings of real devices, and a [`Replayer`] thread that plays byte segments into
 //! a port on command, so a test can pause the device, kill the gateway, and go on.
 
@@ -6,9 +6,9 @@ use crate::{anyhow, Result};
 use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
-use wardgate::devsim::{Pace, SimulatedPort};
 use wardgate_adapters::serial::protocols::cms50::START_LIVE;
 use wardgate_adapters::serial::ProtocolName;
+use wardgate_sim::devsim::{Pace, SimulatedPort};
 
 /// A simulated bedside device: its recording and how it sends it.
 #[derive(Clone, Debug)]
@@ -32,7 +32,7 @@ impl Device {
         Device {
             name: name.into(),
             protocol: ProtocolName::Cms50,
-            recording: wardgate::demo::CMS50E_RECORDING.to_vec(),
+            recording: wardgate_sim::demo_serial::CMS50E_RECORDING.to_vec(),
             pace: Pace::Frames {
                 size: 9,
                 per_sec: 60.0,
@@ -46,7 +46,7 @@ impl Device {
         Device {
             name: name.into(),
             protocol: ProtocolName::AnsarB,
-            recording: wardgate::demo::IVY450C_RECORDING.to_vec(),
+            recording: wardgate_sim::demo_serial::IVY450C_RECORDING.to_vec(),
             pace: Pace::Baud(9600),
             start: None,
         }
@@ -64,7 +64,7 @@ impl Device {
 
     /// Observations the decoder finds in `bytes` (the whole recording: [`Self::expected`]).
     pub fn expected_in(&self, bytes: &[u8]) -> u64 {
-        wardgate::demo::expected_observations(self.protocol, bytes)
+        wardgate_sim::demo_serial::expected_observations(self.protocol, bytes)
     }
 
     /// Observations in the whole recording.

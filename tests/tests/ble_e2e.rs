@@ -6,10 +6,10 @@
 //! costs nothing and never doubles a subscription.
 
 use std::time::Duration;
-use wardgate::blesim::{self, Advert, DeviceInformation, Pairing, SimDevice};
 use wardgate_e2e::ble::{captured_advert, gatt_capture, write_config_with_ble, BleWorld};
 use wardgate_e2e::env::{ReceiverOptions, TestEnv};
 use wardgate_e2e::wait_for;
+use wardgate_sim::blesim::{self, Advert, DeviceInformation, Pairing, SimDevice};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wardgate-e2e-bin");
 

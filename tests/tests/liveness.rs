@@ -7,10 +7,10 @@
 //! it syncs; wall-clock jumps mark no device offline and cause no reconnect.
 
 use std::time::Duration;
-use wardgate::blesim::{self, Advert, DeviceInformation};
 use wardgate_e2e::ble::{gatt_capture, write_config_with_ble, BleWorld};
 use wardgate_e2e::env::{ReceiverOptions, TestEnv};
 use wardgate_e2e::{mqtt, wait_for};
+use wardgate_sim::blesim::{self, Advert, DeviceInformation};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wardgate-e2e-bin");
 const STRAP: &str = "00:22:D0:90:4C:14";
@@ -532,8 +532,8 @@ fn a_clock_days_behind_waits_for_time_then_delivers_with_corrected_stamps() {
             pki.dir.join("broker-recent.pem"),
             pki.dir.join("broker-recent.key"),
         );
-        wardgate::pki::write_cert(&c, &cert).unwrap();
-        wardgate::pki::write_key(&k, &key).unwrap();
+        wardgate_sim::pki::write_cert(&c, &cert).unwrap();
+        wardgate_sim::pki::write_key(&k, &key).unwrap();
         let mut o = wardgate_e2e::broker::MosquittoOptions::from_pki(pki);
         o.certfile = c;
         o.keyfile = k;

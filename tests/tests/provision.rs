@@ -38,7 +38,7 @@ fn wardgate(env: &TestEnv, args: &[&std::ffi::OsStr]) -> wardgate_e2e::process::
 fn openssl_sign(env: &TestEnv, csr: &Path, out: &Path) {
     let ca_key = env.pki.dir.join("ca.key");
     if !ca_key.exists() {
-        wardgate::pki::write_key(&ca_key, &env.pki.ca.key_pem()).unwrap();
+        wardgate_sim::pki::write_key(&ca_key, &env.pki.ca.key_pem()).unwrap();
     }
     let o = run(Command::new("openssl")
         .args([
@@ -311,7 +311,7 @@ fn rotation_on_disk_without_restart_and_refused_replacements_keep_the_old_pair()
         env.gw_dir.join("gateway.key"),
     );
     std::fs::copy(&env.pki.gateway_cert, &cert).unwrap();
-    wardgate::pki::write_key(
+    wardgate_sim::pki::write_key(
         &key,
         &std::fs::read_to_string(&env.pki.gateway_key).unwrap(),
     )
@@ -411,7 +411,7 @@ fn rotation_on_disk_without_restart_and_refused_replacements_keep_the_old_pair()
     assert_eq!(gateway_errors(""), 2, "{:?}", up.events().unwrap());
 
     // 3. Pair B, installed as an installer would: key, then certificate.
-    wardgate::pki::write_key(&key, &std::fs::read_to_string(&key_b).unwrap()).unwrap();
+    wardgate_sim::pki::write_key(&key, &std::fs::read_to_string(&key_b).unwrap()).unwrap();
     std::fs::copy(&cert_b, &cert).unwrap();
     gateway
         .wait_stderr("uplink certificate rotated", 1, Duration::from_secs(30))

@@ -12,7 +12,7 @@
 //!   answers everything late.
 //!
 //! Mosquitto cannot be told to withhold PUBACKs, and TLS is end to end (a proxy cannot see MQTT),
-//! so freezing the broker is how PUBACKs are delayed here. `wardgate::broker::EmbeddedBroker` has
+//! so freezing the broker is how PUBACKs are delayed here. `wardgate_sim::broker::EmbeddedBroker` has
 //! no hook to delay or drop PUBACKs either, so there is no embedded-broker variant.
 
 use std::time::Duration;

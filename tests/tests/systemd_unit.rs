@@ -102,7 +102,7 @@ fn the_dbus_policy_allows_org_bluez_and_nothing_else() {
     .unwrap();
     let address = format!("unix:path={}", socket.display());
     // root owns both names: the simulated BlueZ, and a plain connection for the open service.
-    let sim = wardgate::blesim::SimBluez::start(&address).unwrap();
+    let sim = wardgate_sim::blesim::SimBluez::start(&address).unwrap();
     let mut ch = dbus::channel::Channel::open_private(&address).unwrap();
     ch.register().unwrap();
     let open = dbus::blocking::Connection::from(ch);

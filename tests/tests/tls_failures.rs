@@ -5,11 +5,11 @@
 //! key that does not belong to it stops the gateway at start with a message naming the file.
 
 use std::time::Duration;
-use wardgate::pki::{write_cert, write_key, Ca};
 use wardgate_e2e::broker::MosquittoOptions;
 use wardgate_e2e::env::TestEnv;
 use wardgate_e2e::pty::{Device, Replayer};
 use wardgate_e2e::{count_lines, wait_for};
+use wardgate_sim::pki::{write_cert, write_key, Ca};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wardgate-e2e-bin");
 

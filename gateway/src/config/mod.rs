@@ -54,7 +54,7 @@ pub struct GatewaySection {
     pub site: Spanned<String>,
     /// Ward id, e.g. `ward-7`.
     pub ward: Spanned<String>,
-    /// Where "the clock is synchronised" comes from (see [`crate::clock`]): `kernel` (default,
+    /// Where "the clock is synchronised" comes from (see [`crate::system::clock`]): `kernel` (default,
     /// adjtimex: NTP via systemd-timesyncd, chrony or ntpd), `synced` (assume so: an RTC and no
     /// NTP), or `file:PATH` (synchronised while PATH exists).
     pub clock: Option<Spanned<String>>,
@@ -370,7 +370,7 @@ pub fn parse_any(path: &Path, text: &str) -> Result<AnyConfig, Diagnostics> {
         }
         v.topic_safe(&c.uplink.host, "host");
         if let Some(clock) = &c.gateway.clock {
-            if let Err(e) = crate::clock::ClockSource::parse(clock.get_ref()) {
+            if let Err(e) = crate::system::clock::ClockSource::parse(clock.get_ref()) {
                 v.at(Some(clock.span()), e);
             }
         }
@@ -518,12 +518,12 @@ pub fn parse_any(path: &Path, text: &str) -> Result<AnyConfig, Diagnostics> {
 
 impl Config {
     /// The clock source of `[gateway] clock` (validated; `kernel` when absent).
-    pub fn clock_source(&self) -> crate::clock::ClockSource {
+    pub fn clock_source(&self) -> crate::system::clock::ClockSource {
         self.gateway
             .clock
             .as_ref()
-            .and_then(|c| crate::clock::ClockSource::parse(c.get_ref()).ok())
-            .unwrap_or(crate::clock::ClockSource::Kernel)
+            .and_then(|c| crate::system::clock::ClockSource::parse(c.get_ref()).ok())
+            .unwrap_or(crate::system::clock::ClockSource::Kernel)
     }
 }
 

@@ -830,5 +830,28 @@ fn quarantine(path: &Path) -> std::io::Result<PathBuf> {
     Ok(aside)
 }
 
+/// Reads the store at `path` read-only (no recovery, no writes, works while the daemon runs):
+/// queue depth and age, unacknowledged batches, bytes in use (`dropped` is 0: only the daemon
+/// counts drops). For `wardgate status`.
+pub fn read_stats(path: &Path) -> rusqlite::Result<StoreStats> {
+    let c =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let (queued, oldest): (i64, Option<i64>) =
+        c.query_row("SELECT count(*), min(gateway_time) FROM queue", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let unacked: i64 = c.query_row("SELECT count(*) FROM batches", [], |r| r.get(0))?;
+    let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    let free: i64 = c.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+    let size: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    Ok(StoreStats {
+        queued: queued as u64,
+        oldest_ms: oldest,
+        unacked_batches: unacked as u64,
+        bytes: ((pages - free).max(0) * size) as u64,
+        dropped: 0,
+    })
+}
+
 #[cfg(test)]
 mod tests;

@@ -244,7 +244,7 @@ fn contents_hash(paths: &[PathBuf; 3]) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pki::{write_cert, write_key, Ca};
+    use wardgate_sim::pki::{write_cert, write_key, Ca};
 
     fn settle() {
         std::thread::sleep(SETTLE + Duration::from_millis(100));

@@ -25,10 +25,10 @@
 
 pub mod credentials;
 pub mod inflight;
-pub mod topics;
 
 use crate::batch::{Ack, Origin};
 use crate::config::{AckMode, Config};
+use crate::mqtt;
 use crate::signing::Signer;
 use crate::store::Store;
 use crate::supervisor::Backoff;
@@ -98,7 +98,7 @@ impl UplinkSettings {
 /// How often the uplink loop beats while it waits (connecting, backoff, idle session).
 pub const BEAT_EVERY: Duration = Duration::from_secs(1);
 
-/// Proof that the uplink loop is turning, for the systemd watchdog ([`crate::sd_notify`]).
+/// Proof that the uplink loop is turning, for the systemd watchdog ([`crate::system::sd_notify`]).
 ///
 /// The uplink stores the time (Unix ms) on every iteration of its session loop and at least every
 /// [`BEAT_EVERY`] while connecting or waiting out the reconnect backoff, so an unreachable broker
@@ -121,6 +121,12 @@ impl LoopBeat {
         self.last_ms.load(Ordering::Relaxed)
     }
 }
+
+/// Latest payload (CBOR, unsigned) per topic suffix below `wardgate/v1/{site}/{ward}/{gateway}/`
+/// (e.g. `device/ble:00:22:D0:90:4C:14/status`, `heartbeat`), which the uplink signs and
+/// publishes retained: what changed while connected, everything at each new session. A new `Arc`
+/// marks a change. Produced by `crate::health` (the status loop).
+pub type RetainedSet = std::collections::BTreeMap<String, Arc<Vec<u8>>>;
 
 /// What the uplink is doing, for status and heartbeat.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -172,9 +178,9 @@ pub struct Uplink {
     /// Beaten by the loop; read by the watchdog.
     beat: Arc<LoopBeat>,
     /// Retained status messages to publish (device status, heartbeat; [`crate::health`]).
-    retained: Option<watch::Receiver<crate::health::RetainedSet>>,
+    retained: Option<watch::Receiver<RetainedSet>>,
     /// Polled before each new batch is cut (rows stamped before a clock sync are corrected first).
-    clock: Option<Arc<crate::clock::SharedClock>>,
+    clock: Option<Arc<crate::system::clock::SharedClock>>,
     /// The certificate and key files, watched for replacement (`None`: `signer` and
     /// `settings.tls` for the life of the uplink).
     credentials: Option<Credentials>,
@@ -217,14 +223,14 @@ impl Uplink {
 
     /// Publishes the retained messages of `set` ([`crate::health`]): all of them at every new
     /// session, then each one that changed, signed like the batches.
-    pub fn with_retained(mut self, set: watch::Receiver<crate::health::RetainedSet>) -> Uplink {
+    pub fn with_retained(mut self, set: watch::Receiver<RetainedSet>) -> Uplink {
         self.retained = Some(set);
         self
     }
 
     /// Polls `clock` before each new batch: a batch never carries rows stamped before a clock
     /// synchronisation that were not corrected yet.
-    pub fn with_clock(mut self, clock: Arc<crate::clock::SharedClock>) -> Uplink {
+    pub fn with_clock(mut self, clock: Arc<crate::system::clock::SharedClock>) -> Uplink {
         self.clock = Some(clock);
         self
     }
@@ -241,7 +247,7 @@ impl Uplink {
             return Ok(());
         };
         let set = rx.borrow().clone();
-        let prefix = topics::prefix(&self.settings.origin);
+        let prefix = mqtt::prefix(&self.settings.origin);
         for (suffix, payload) in set {
             if published
                 .get(&suffix)
@@ -352,7 +358,7 @@ impl Uplink {
                 rumqttc::TlsConfiguration::Rustls(tls),
             ))
             .set_last_will(LastWill::new(
-                topics::status(&s.origin),
+                mqtt::status(&s.origin),
                 "offline",
                 QoS::AtLeastOnce,
                 true,
@@ -429,7 +435,7 @@ impl Uplink {
     ) -> Result<SessionEnd, String> {
         let s = &self.settings;
         let (client, mut el) = AsyncClient::new(self.mqtt_options(tls), 256);
-        el.set_network_options(network_options());
+        el.set_network_options(mqtt::network_options());
         let connect = async {
             loop {
                 match el.poll().await {
@@ -467,14 +473,14 @@ impl Uplink {
             st.connected = true;
             st.last_error = None;
         });
-        let ack_topic = topics::ack(&s.origin);
+        let ack_topic = mqtt::ack(&s.origin);
         if s.ack == AckMode::Upstream {
             client
                 .try_subscribe(ack_topic.clone(), QoS::AtLeastOnce)
                 .map_err(|e| e.to_string())?;
         }
         client
-            .try_publish(topics::status(&s.origin), QoS::AtLeastOnce, true, "online")
+            .try_publish(mqtt::status(&s.origin), QoS::AtLeastOnce, true, "online")
             .map_err(|e| e.to_string())?;
 
         let mut published = std::collections::HashMap::new();
@@ -483,7 +489,7 @@ impl Uplink {
         let mut tracker = InflightTracker::new(s.ack);
         let store = self.store.clone();
         let mut resend: VecDeque<u64> = blocking(move || store.unacked_batches()).await?.into();
-        let batch_topic = topics::batch(&s.origin);
+        let batch_topic = mqtt::batch(&s.origin);
         let mut tick = tokio::time::interval(s.batch_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut beat_tick = tokio::time::interval(BEAT_EVERY);
@@ -555,7 +561,7 @@ impl Uplink {
                     }
                 }
                 _ = shutdown.changed() => {
-                    let _ = client.try_publish(topics::status(&s.origin), QoS::AtLeastOnce, true, "offline");
+                    let _ = client.try_publish(mqtt::status(&s.origin), QoS::AtLeastOnce, true, "offline");
                     let _ = client.try_disconnect();
                     let _ = tokio::time::timeout(Duration::from_secs(2), async {
                         while let Ok(ev) = el.poll().await {
@@ -674,15 +680,6 @@ impl Uplink {
         }
         Ok(())
     }
-}
-
-/// TCP options for MQTT connections: no Nagle delay (a batch or an ack must not wait 40 ms for
-/// a delayed ACK on the peer).
-pub fn network_options() -> rumqttc::NetworkOptions {
-    let mut n = rumqttc::NetworkOptions::new();
-    n.set_tcp_nodelay(true);
-    n.set_connection_timeout(10);
-    n
 }
 
 /// Runs a store operation on the blocking pool (SQLite may fsync).

@@ -27,7 +27,7 @@ use dbus::nonblock::stdintf::org_freedesktop_dbus::{ObjectManager, Properties};
 use dbus::nonblock::{Proxy, SyncConnection};
 use dbus::Message;
 use std::io::{BufRead, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wardgate_adapters::ble::bluez::device_path;
@@ -403,6 +403,50 @@ fn prompt_line(q: &str) -> String {
 
 fn prompt_yes(q: &str) -> bool {
     matches!(prompt_line(q).trim(), "y" | "Y" | "yes" | "YES" | "Yes")
+}
+
+/// `wardgate pair` arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The device's Bluetooth address as it advertises now (AA:BB:CC:DD:EE:FF).
+    address: String,
+    /// BlueZ adapter.
+    #[arg(long, default_value = "hci0")]
+    adapter: String,
+    /// Accept Just Works pairing (devices with neither display nor keyboard; no MITM protection).
+    #[arg(long)]
+    allow_just_works: bool,
+    /// Accept a BlueZ that allows LE legacy pairing (SecureConnections is not `only`).
+    #[arg(long)]
+    allow_legacy_pairing: bool,
+    /// BlueZ's main.conf, checked for `SecureConnections = only`.
+    #[arg(long, default_value = "/etc/bluetooth/main.conf", hide = true)]
+    bluez_main_conf: PathBuf,
+    /// Seconds to look for the device and to wait for the pairing.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+}
+
+/// `wardgate pair`: exit 2 for a malformed address or adapter name, 1 when pairing failed.
+pub fn main(args: Args) -> anyhow::Result<std::process::ExitCode> {
+    use crate::error::UsageError;
+    let address = Address::parse(&args.address).map_err(UsageError)?;
+    if !wardgate_adapters::ble::config::valid_adapter_name(&args.adapter) {
+        return Err(UsageError(format!(
+            "--adapter `{}` is not a BlueZ adapter name (like hci0)",
+            args.adapter
+        ))
+        .into());
+    }
+    super::runtime()?.block_on(pair(PairOptions {
+        address,
+        adapter: args.adapter,
+        allow_just_works: args.allow_just_works,
+        allow_legacy: args.allow_legacy_pairing,
+        bluez_main_conf: args.bluez_main_conf,
+        timeout: Duration::from_secs(args.timeout.max(1)),
+    }))?;
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use btleplug::api::{
 use btleplug::platform::{Manager, Peripheral};
 use futures::{Stream, StreamExt};
 use uuid::Uuid;
-use wardgate::blesim::{
+use wardgate_sim::blesim::{
     self, device_path, glucose_meter, heart_rate_strap, uuid16, weight_scale, Advert, Bus,
     DeviceInformation, Pairing, SimBluez, SimDevice,
 };

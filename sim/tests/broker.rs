@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
-use wardgate::broker::{BrokerTls, EmbeddedBroker};
+use wardgate_sim::broker::{BrokerTls, EmbeddedBroker};
 
 const WAIT: Duration = Duration::from_secs(5);
 

@@ -8,18 +8,12 @@
 //! | `…/device/{device}/status` | on every liveness transition (online → stale → offline → online) | [`device_status`] |
 //! | `…/heartbeat` | every `[uplink] heartbeat_s` | [`heartbeat`] |
 //!
-//! The daemon's status loop produces them into a [`RetainedSet`] (latest payload per topic
+//! The daemon's status loop produces them into a [`crate::uplink::RetainedSet`] (latest payload per topic
 //! suffix); the uplink publishes what changed while connected and everything at each new
 //! session, so a broker restarted without persistence is repopulated and an upstream that
 //! subscribes late gets the current state. CDDL in `docs/wire-format.md`.
 
 use ciborium::Value;
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
-/// Latest payload (CBOR, unsigned) per topic suffix below `wardgate/v1/{site}/{ward}/{gateway}/`
-/// (e.g. `device/ble:00:22:D0:90:4C:14/status`, `heartbeat`). A new `Arc` marks a change.
-pub type RetainedSet = BTreeMap<String, Arc<Vec<u8>>>;
 
 fn text(s: &str) -> Value {
     Value::Text(s.to_owned())

@@ -509,13 +509,59 @@ pub fn render_installed(i: &Installed) -> String {
     s
 }
 
+/// `wardgate provision` arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Gateway config file (`[gateway]` id/site/ward, `[uplink]` key/cert/ca).
+    #[arg(long, short, default_value = "/etc/wardgate/wardgate.toml")]
+    config: PathBuf,
+    /// Where to write the CSR (default: uplink.cert with extension `.csr`).
+    #[arg(long, conflicts_with = "install_cert")]
+    csr: Option<PathBuf>,
+    /// Make a new key although one exists: staged as `<key>.new` (the pair in use stays)
+    /// until --install-cert installs its certificate; the old key is then kept as
+    /// `<key>.old`.
+    #[arg(long, conflicts_with = "install_cert")]
+    force: bool,
+    /// Install this signed certificate (PEM; a chain is installed as given) at uplink.cert.
+    #[arg(long, value_name = "SIGNED.pem")]
+    install_cert: Option<PathBuf>,
+    /// With --install-cert: the CA certificate(s) to verify its chain against (default
+    /// uplink.ca).
+    #[arg(long, requires = "install_cert")]
+    ca: Option<PathBuf>,
+}
+
+/// `wardgate provision`: exit 2 for bad config or usage, 1 when the certificate is refused.
+pub fn main(args: Args) -> anyhow::Result<std::process::ExitCode> {
+    let cfg = crate::config::load(&args.config)?;
+    crate::config::take_warnings();
+    let usage = |e: ProvisionError| -> anyhow::Error {
+        match e {
+            ProvisionError::Usage(m) => crate::error::UsageError(m).into(),
+            e => e.into(),
+        }
+    };
+    match args.install_cert {
+        Some(signed) => {
+            let i = install_cert(&cfg, &signed, args.ca.as_deref()).map_err(usage)?;
+            print!("{}", render_installed(&i));
+        }
+        None => {
+            let p = provision(&cfg, args.csr.as_deref(), args.force).map_err(usage)?;
+            print!("{}", render_provisioned(&p, &cfg, &args.config));
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn validity_reads_utc_and_generalized_times() {
-        let ca = crate::pki::Ca::new("t").unwrap();
+        let ca = wardgate_sim::pki::Ca::new("t").unwrap();
         let (pem, _) = ca.leaf("x", &[], false).unwrap();
         let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
         let (nb, na) = validity(&der).unwrap();

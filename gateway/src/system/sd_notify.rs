@@ -8,21 +8,16 @@
 //! # Watchdog
 //!
 //! `WATCHDOG=1` is not sent on a timer alone. Every `WATCHDOG_USEC / 2` the notifier asks
-//! [`should_ping`]: the store writer ([`WriterStats::last_progress_ms`]: every commit, and an
+//! [`should_ping`]: the store writer (`WriterStats::last_progress_ms`: every commit, and an
 //! idle tick the daemon keeps shorter than a quarter of the watchdog period) **and** the uplink
-//! loop ([`crate::uplink::LoopBeat`]: every iteration of the session loop, and every second while
+//! loop (`crate::uplink::LoopBeat`: every iteration of the session loop, and every second while
 //! connecting or waiting out the reconnect backoff) must both have moved within the last
 //! watchdog period. An unreachable broker keeps the uplink loop turning, so it does not stop the
 //! watchdog; a hung runtime, a writer stuck in a commit that never returns, or a store whose
 //! commits keep failing does, and systemd restarts the gateway.
 
-use crate::pipeline::WriterStats;
-use crate::store::Store;
-use crate::uplink::{LoopBeat, UplinkStatus};
 use std::io;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use wardgate_adapters::observation::mono_ms;
@@ -134,11 +129,18 @@ pub fn should_ping(now_ms: u64, writer_ms: u64, uplink_ms: u64, max_age: Duratio
 }
 
 /// The one-line `STATUS=` text, e.g. `uplink connected; 12 queued; 3 devices`.
-pub fn status_line(uplink: &UplinkStatus, queued: Option<u64>, devices: usize) -> String {
-    let link = if uplink.connected {
+///
+/// `uplink_error` is the uplink's last error while disconnected (`None`: still connecting).
+pub fn status_line(
+    connected: bool,
+    uplink_error: Option<&str>,
+    queued: Option<u64>,
+    devices: usize,
+) -> String {
+    let link = if connected {
         "uplink connected".to_owned()
     } else {
-        match &uplink.last_error {
+        match uplink_error {
             Some(e) => format!("uplink down: {e}"),
             None => "uplink connecting".to_owned(),
         }
@@ -151,18 +153,16 @@ pub fn status_line(uplink: &UplinkStatus, queued: Option<u64>, devices: usize) -
     line.replace(['\n', '\r'], " ")
 }
 
-/// What the notifier watches.
+/// What the notifier watches, as readers the daemon wires in (this module knows nothing of the
+/// writer, the uplink or the store).
 pub struct Watched {
-    /// The writer's progress.
-    pub writer: Arc<WriterStats>,
-    /// The uplink loop's heartbeat.
-    pub uplink_beat: Arc<LoopBeat>,
-    /// The uplink's state (for `STATUS=`).
-    pub uplink: watch::Receiver<UplinkStatus>,
-    /// The store (queue depth for `STATUS=`).
-    pub store: Arc<Store>,
-    /// Configured devices.
-    pub devices: usize,
+    /// Monotonic ms ([`mono_ms`]) of the store writer's last progress (every commit, and its
+    /// idle tick); 0 = never.
+    pub writer_progress: Box<dyn Fn() -> u64 + Send>,
+    /// Monotonic ms of the uplink loop's last turn; 0 = never.
+    pub uplink_progress: Box<dyn Fn() -> u64 + Send>,
+    /// The `STATUS=` text (see [`status_line`]).
+    pub status: Box<dyn Fn() -> String + Send>,
 }
 
 /// Sends `READY=1` (the caller has started everything), then `STATUS=` every
@@ -177,13 +177,7 @@ pub async fn run(
     if !notifier.is_enabled() {
         return;
     }
-    let status = |w: &Watched| {
-        let store = w.store.clone();
-        let uplink = w.uplink.borrow().clone();
-        let devices = w.devices;
-        async move { status_line(&uplink, Some(store.queued()), devices) }
-    };
-    notifier.send(&format!("READY=1\nSTATUS={}", status(&w).await));
+    notifier.send(&format!("READY=1\nSTATUS={}", (w.status)()));
     let mut status_tick = tokio::time::interval(STATUS_EVERY);
     status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Without a watchdog this timer never matters; a long period keeps the select uniform.
@@ -194,10 +188,10 @@ pub async fn run(
     let mut withheld = false;
     loop {
         tokio::select! {
-            _ = status_tick.tick() => notifier.send(&format!("STATUS={}", status(&w).await)),
+            _ = status_tick.tick() => notifier.send(&format!("STATUS={}", (w.status)())),
             _ = dog_tick.tick(), if watchdog.is_some() => {
-                let writer = w.writer.last_progress_ms.load(Ordering::Relaxed);
-                let uplink = w.uplink_beat.last_ms();
+                let writer = (w.writer_progress)();
+                let uplink = (w.uplink_progress)();
                 let now = mono_ms();
                 if should_ping(now, writer, uplink, period) {
                     if withheld {
@@ -289,18 +283,16 @@ mod tests {
 
     #[test]
     fn status_is_one_line() {
-        let mut s = UplinkStatus {
-            connected: true,
-            ..Default::default()
-        };
         assert_eq!(
-            status_line(&s, Some(12), 3),
+            status_line(true, Some("old error"), Some(12), 3),
             "uplink connected; 12 queued; 3 devices"
         );
-        s.connected = false;
-        s.last_error = Some("broker down\n(refused)".into());
         assert_eq!(
-            status_line(&s, None, 1),
+            status_line(false, None, Some(0), 2),
+            "uplink connecting; 0 queued; 2 devices"
+        );
+        assert_eq!(
+            status_line(false, Some("broker down\n(refused)"), None, 1),
             "uplink down: broker down (refused); queue unknown; 1 device"
         );
     }

@@ -5,78 +5,12 @@
 //! so it works whether the daemon runs or not and needs no socket or privileges beyond reading
 //! the state directory.
 
-use crate::pipeline::DeviceCounts;
+use crate::health::snapshot::{boot_ms, snapshot_path, Snapshot, FRESH_MS};
 use crate::store::StoreStats;
-use crate::uplink::UplinkStatus;
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use wardgate_adapters::observation::now_ms;
-
-/// How old a snapshot may be while the daemon still counts as running (it writes every 2 s).
-pub const FRESH_MS: i64 = 10_000;
-
-/// Health of one adapter.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct AdapterSnapshot {
-    /// Configured name.
-    pub name: String,
-    /// Runs that ended in an error or a panic.
-    pub failures: u64,
-    /// Restarts by the supervisor.
-    pub restarts: u64,
-    /// Serial adapters: frames decoded, frame errors, connects, disconnects (else absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub serial: Option<BTreeMap<String, u64>>,
-    /// The BLE adapter: advertisements, refused devices, pruned, connects, subscriptions,
-    /// notifications, decode errors (see `wardgate_adapters::ble::central::BleStats`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ble: Option<BTreeMap<String, u64>>,
-}
-
-/// The snapshot the daemon writes.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Snapshot {
-    /// When it was written, ms since the Unix epoch.
-    pub written_ms: i64,
-    /// When it was written, ms of `CLOCK_BOOTTIME` (monotonic since boot, system-wide): decides
-    /// "running" without trusting the wall clock. Absent in snapshots of older daemons.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub written_boot_ms: Option<i64>,
-    /// Set in the last snapshot of a daemon that shut down cleanly.
-    #[serde(default)]
-    pub stopped: bool,
-    /// Gateway id.
-    pub gateway: String,
-    /// `wardgate` version.
-    pub version: String,
-    /// The uplink.
-    pub uplink: UplinkStatus,
-    /// Rows accepted per device since the daemon started.
-    pub devices: BTreeMap<String, DeviceCounts>,
-    /// Liveness per tracked device (`online`, `stale`, `offline`; see [`crate::liveness`]).
-    /// Absent in snapshots of older daemons.
-    #[serde(default)]
-    pub liveness: BTreeMap<String, String>,
-    /// Adapters.
-    pub adapters: Vec<AdapterSnapshot>,
-    /// Whether the system clock was synchronised (absent in snapshots of older daemons).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub clock_synced: Option<bool>,
-}
-
-/// The path of the snapshot for a store at `store_path`.
-pub fn snapshot_path(store_path: &Path) -> PathBuf {
-    store_path.with_file_name("status.json")
-}
-
-/// Writes `snap` atomically beside the store.
-pub fn write_snapshot(store_path: &Path, snap: &Snapshot) -> std::io::Result<()> {
-    let path = snapshot_path(store_path);
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(snap)?)?;
-    std::fs::rename(tmp, path)
-}
 
 /// What `wardgate status` reports.
 #[derive(Clone, Debug, Serialize)]
@@ -90,27 +24,6 @@ pub struct Report {
     /// What could not be read (permission denied, corrupt file), in an installer's words.
     #[serde(default)]
     pub problems: Vec<String>,
-}
-
-/// Reads the store (read-only, no recovery, no writes) for queue depth and age.
-pub fn read_store(path: &Path) -> rusqlite::Result<StoreStats> {
-    let c =
-        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let (queued, oldest): (i64, Option<i64>) =
-        c.query_row("SELECT count(*), min(gateway_time) FROM queue", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
-    let unacked: i64 = c.query_row("SELECT count(*) FROM batches", [], |r| r.get(0))?;
-    let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
-    let free: i64 = c.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
-    let size: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-    Ok(StoreStats {
-        queued: queued as u64,
-        oldest_ms: oldest,
-        unacked_batches: unacked as u64,
-        bytes: ((pages - free).max(0) * size) as u64,
-        dropped: 0,
-    })
 }
 
 /// Gathers the report for a gateway whose store is at `store_path`. What cannot be read
@@ -150,7 +63,7 @@ pub fn report(store_path: &Path) -> Report {
             ));
             None
         }
-        Ok(_) => match read_store(store_path) {
+        Ok(_) => match crate::store::read_stats(store_path) {
             Ok(st) => Some(st),
             Err(e) => {
                 problems.push(format!(
@@ -167,14 +80,6 @@ pub fn report(store_path: &Path) -> Report {
         store,
         problems,
     }
-}
-
-/// `CLOCK_BOOTTIME` in ms: monotonic since boot, the same for every process, unmoved by
-/// wall-clock steps (`None` if the clock cannot be read).
-pub fn boot_ms() -> Option<i64> {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
-        .ok()
-        .map(|t| t.tv_sec() * 1000 + t.tv_nsec() / 1_000_000)
 }
 
 /// Whether the snapshot was written within [`FRESH_MS`]: on the boot clock when the snapshot
@@ -349,9 +254,34 @@ pub fn render(r: &Report, gateway: &str) -> String {
     out
 }
 
+/// `wardgate status` arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Gateway config file.
+    #[arg(long, short, default_value = "/etc/wardgate/wardgate.toml")]
+    config: PathBuf,
+    /// Machine-readable JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `wardgate status`: exit 1 when something could not be read (named in the report).
+pub fn main(args: Args) -> anyhow::Result<ExitCode> {
+    let cfg = crate::config::load(&args.config)?;
+    crate::config::take_warnings();
+    let r = report(&cfg.store.path);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", render(&r, cfg.gateway.id.get_ref()));
+    }
+    Ok(super::exit_if(r.problems.is_empty()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::DeviceCounts;
 
     #[test]
     fn a_snapshot_without_liveness_or_last_seen_still_parses() {

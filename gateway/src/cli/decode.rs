@@ -8,9 +8,11 @@
 //! same observation lines with `device` = `hex`; beacon formats first print one
 //! `{"device":"hex","presence":{…}}` line. Errors: `hex: byte offset N: message` on stderr.
 
+use crate::error::UsageError;
 use serde_json::json;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use wardgate_adapters::ble::advertisement::{self as adv, Beacon};
 use wardgate_adapters::ble::profiles::glucose;
 use wardgate_adapters::ble::{DecodeError, Profile, Reading};
@@ -58,7 +60,7 @@ pub const MAX_ERROR_LINES: u64 = 20;
 /// Decodes `input` (raw bytes, or ASCII hex) with `protocol`, in 64 KiB pieces so memory stays
 /// bounded whatever the file size; writes JSON lines to `out` and problems to `err`.
 ///
-/// Errors: unknown protocol name (a [`crate::cli::UsageError`]), read or write failures.
+/// Errors: unknown protocol name (a [`crate::error::UsageError`]), read or write failures.
 pub fn decode_protocol(
     protocol: &str,
     file: &Path,
@@ -67,7 +69,7 @@ pub fn decode_protocol(
     err: &mut dyn Write,
 ) -> anyhow::Result<DecodeSummary> {
     let name = protocol_by_name(protocol).ok_or_else(|| {
-        crate::cli::UsageError(format!(
+        crate::error::UsageError(format!(
             "unknown protocol `{protocol}`: expected cms50, ansar-b or masimo"
         ))
     })?;
@@ -233,7 +235,7 @@ pub struct ProfileSummary {
 /// - `advertisement`: a whole advertising payload (AD structures); prints an
 ///   `{"device":"hex","advertisement":{…}}` line, then every recognised beacon.
 ///
-/// Errors: an unknown profile name ([`crate::cli::UsageError`]); write failures.
+/// Errors: an unknown profile name ([`crate::error::UsageError`]); write failures.
 pub fn decode_profile(
     profile: &str,
     hex_arg: &str,
@@ -255,7 +257,7 @@ pub fn decode_profile_with_key(
 ) -> anyhow::Result<ProfileSummary> {
     let gatt = Profile::from_name(profile);
     if gatt.is_none() && !ADVERTISEMENT_PROFILES.contains(&profile) {
-        return Err(crate::cli::UsageError(format!(
+        return Err(crate::error::UsageError(format!(
             "unknown profile `{profile}`: expected one of {}",
             profile_names()
         ))
@@ -369,6 +371,78 @@ pub fn decode_profile_with_key(
         summary.errors += 1;
     }
     Ok(summary)
+}
+
+/// `wardgate decode` arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Serial protocol: cms50, ansar-b or masimo.
+    #[arg(long, conflicts_with = "profile")]
+    protocol: Option<String>,
+    /// BLE decoder: heart-rate, blood-pressure, cuff-pressure, thermometer, plx-spot,
+    /// plx-continuous, weight, glucose, battery, ibeacon, eddystone, bthome, advertisement.
+    #[arg(long)]
+    profile: Option<String>,
+    /// The recording (raw bytes, or ASCII hex); with --profile, the payload in hex (HEX).
+    #[arg(value_name = "FILE|HEX")]
+    file: PathBuf,
+    /// `--profile bthome`: the device's 16-byte encryption key (bindkey), in hex.
+    #[arg(long, requires = "mac")]
+    key: Option<String>,
+    /// `--profile bthome` with `--key`: the device's address, AA:BB:CC:DD:EE:FF.
+    #[arg(long, requires = "key")]
+    mac: Option<String>,
+}
+
+/// `wardgate decode`: exit 1 when a BLE payload had errors or a recording gave no observation.
+pub fn main(args: Args) -> anyhow::Result<ExitCode> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    if let Some(profile) = args.profile {
+        let bthome_key = match (args.key, args.mac) {
+            (Some(k), Some(m)) => {
+                let key: [u8; 16] = hex::decode(k.trim())
+                    .ok()
+                    .and_then(|v| v.try_into().ok())
+                    .ok_or_else(|| {
+                        UsageError("--key must be 16 bytes in hex (32 digits)".into())
+                    })?;
+                let mac = wardgate_adapters::ble::config::Address::parse(&m).map_err(UsageError)?;
+                Some((key, mac.0))
+            }
+            _ => None,
+        };
+        let hex = args
+            .file
+            .to_str()
+            .ok_or_else(|| UsageError(format!("HEX `{}` is not text", args.file.display())))?;
+        let summary =
+            decode_profile_with_key(&profile, hex, bthome_key, &mut out, &mut std::io::stderr())?;
+        out.flush()?;
+        return Ok(super::exit_if(summary.errors == 0));
+    }
+    let Some(protocol) = args.protocol else {
+        return Err(UsageError(
+            "decode needs --protocol cms50|ansar-b|masimo FILE, or --profile NAME HEX".into(),
+        )
+        .into());
+    };
+    let file = args.file;
+    let mut input =
+        std::fs::File::open(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let summary = decode_protocol(
+        &protocol,
+        &file,
+        &mut input,
+        &mut out,
+        &mut std::io::stderr(),
+    )?;
+    out.flush()?;
+    if summary.observations == 0 {
+        eprintln!("{}: no observations decoded as {protocol}", file.display());
+        return Ok(ExitCode::from(crate::error::EXIT_FAILURE));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]
@@ -498,6 +572,6 @@ mod tests {
     #[test]
     fn unknown_profile_is_a_usage_error() {
         let e = decode_profile("nope", "00", &mut Vec::new(), &mut Vec::new()).unwrap_err();
-        assert!(e.downcast_ref::<crate::cli::UsageError>().is_some());
+        assert!(e.downcast_ref::<crate::error::UsageError>().is_some());
     }
 }

@@ -9,8 +9,8 @@
 
 use crate::batch::{Ack, BatchPayload, PAYLOAD_VERSION};
 use crate::config::ReceiverConfig;
+use crate::mqtt;
 use crate::signing::Verifier;
-use crate::uplink::topics;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, Transport};
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
@@ -232,7 +232,7 @@ pub fn check_message(
     if p.v != PAYLOAD_VERSION {
         return Err(format!("payload version {} is not {PAYLOAD_VERSION}", p.v));
     }
-    match topics::parse_batch(topic) {
+    match mqtt::parse_batch(topic) {
         Some((site, ward, gw)) if site == p.site && ward == p.ward && gw == p.gateway => Ok(p),
         _ => Err(format!(
             "topic {topic} does not match the signed payload ({}/{}/{})",
@@ -301,7 +301,7 @@ async fn run(
         None => cfg.receiver.topic.clone(),
     };
     let (client, mut el) = AsyncClient::new(o, 256);
-    el.set_network_options(crate::uplink::network_options());
+    el.set_network_options(mqtt::network_options());
     let output = Arc::new(Mutex::new(output));
     let verifier = Arc::new(verifier);
     let mut last_error: Option<String> = None;
@@ -332,7 +332,7 @@ async fn run(
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 if let Some(dir) = &cfg.receiver.raw_dir {
                     raw_n += 1;
-                    let gw = topics::parse_batch(&p.topic)
+                    let gw = mqtt::parse_batch(&p.topic)
                         .map(|(_, _, gw)| gw)
                         .unwrap_or("unknown");
                     write_raw(dir, gw, raw_n, &p.payload)?;
@@ -385,7 +385,7 @@ async fn run(
                             batches: vec![batch.batch],
                         };
                         client
-                            .publish(topics::ack(&origin), QoS::AtLeastOnce, false, ack.to_cbor())
+                            .publish(mqtt::ack(&origin), QoS::AtLeastOnce, false, ack.to_cbor())
                             .await?;
                     }
                     Err(reason) if reason.starts_with("output:") => {

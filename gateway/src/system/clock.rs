@@ -4,7 +4,7 @@
 //! A Raspberry Pi boots with the time it last saved (fake-hwclock) or 1970, and NTP corrects it
 //! some time later — possibly hours later on a ward network. Until then `gateway_time` is only
 //! as good as the unsynchronised clock: observations are stamped `time_quality = "unsynced"`
-//! (adapters read [`crate::clock`]'s watch through `AdapterContext::clock_synced`).
+//! (adapters read [`crate::system::clock`]'s watch through `AdapterContext::clock_synced`).
 //!
 //! Sources ([`ClockSource`], `[gateway] clock` in the config):
 //! - `kernel` (default): the kernel's NTP state from `adjtimex(2)` with no modes set (read-only):

@@ -3,7 +3,7 @@
 //! `wardgate demo` without Bluetooth hardware and without root.
 //!
 //! ```no_run
-//! use wardgate::blesim::{self, Bus, SimBluez};
+//! use wardgate_sim::blesim::{self, Bus, SimBluez};
 //! let bus = Bus::start()?;                        // private dbus-daemon, killed on drop
 //! let sim = SimBluez::start(bus.address())?;      // owns org.bluez, serves /org/bluez/hci0
 //! let info = blesim::DeviceInformation::new("Acme", "HRM-1", "SN1", "1.0");

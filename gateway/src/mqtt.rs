@@ -1,4 +1,6 @@
-//! The topic contract (DESIGN §5), in one place: `wardgate/v1/{site}/{ward}/{gateway}/…`.
+//! The MQTT contract both sides share (DESIGN §5), in one place: the topics
+//! `wardgate/v1/{site}/{ward}/{gateway}/…` and the TCP options of every MQTT connection. Used by
+//! the gateway's uplink and by the upstream receiver alike.
 
 use crate::batch::Origin;
 
@@ -49,6 +51,15 @@ pub fn parse_batch(topic: &str) -> Option<(&str, &str, &str)> {
         }
         _ => None,
     }
+}
+
+/// TCP options for MQTT connections: no Nagle delay (a batch or an ack must not wait 40 ms for
+/// a delayed ACK on the peer).
+pub fn network_options() -> rumqttc::NetworkOptions {
+    let mut n = rumqttc::NetworkOptions::new();
+    n.set_tcp_nodelay(true);
+    n.set_connection_timeout(10);
+    n
 }
 
 #[cfg(test)]

@@ -8,8 +8,8 @@
 //! It is **not** a production broker: hospitals run their own broker cluster (DESIGN.md §5).
 //!
 //! ```no_run
-//! # async fn demo(tls: wardgate::broker::BrokerTls) -> std::io::Result<()> {
-//! use wardgate::broker::EmbeddedBroker;
+//! # async fn demo(tls: wardgate_sim::broker::BrokerTls) -> std::io::Result<()> {
+//! use wardgate_sim::broker::EmbeddedBroker;
 //! let broker = EmbeddedBroker::start("127.0.0.1:0".parse().unwrap(), tls).await?;
 //! let port = broker.local_addr().port(); // clients connect to 127.0.0.1:port (or localhost)
 //! # let _ = port;

@@ -1,10 +1,10 @@
 //! `wardgate demo`: the whole chain on loopback with recorded real devices, nothing to set up.
 //!
-//! 1. A throw-away PKI ([`crate::pki`]): CA, broker certificate for 127.0.0.1, gateway and
+//! 1. A throw-away PKI ([`wardgate_sim::pki`]): CA, broker certificate for 127.0.0.1, gateway and
 //!    receiver client certificates.
-//! 2. The embedded broker ([`crate::broker`]) with TLS requiring client certificates, on a random
+//! 2. The embedded broker ([`wardgate_sim::broker`]) with TLS requiring client certificates, on a random
 //!    loopback port.
-//! 3. One pseudo-terminal per device ([`crate::devsim`]) replaying its recording from
+//! 3. One pseudo-terminal per device ([`wardgate_sim::devsim`]) replaying its recording from
 //!    `data/real/serial/` at the device's own pace (`--speed` to hurry); the CMS50 waits for the
 //!    gateway's start-live command like the real oximeter.
 //! 4. The gateway itself (`config/demo.toml`: real serial adapters, store, uplink) and the
@@ -15,25 +15,47 @@
 //!    upstream, and verified independently from the raw messages with only `gateway.pem`.
 //!    It succeeds only when all four match for every device.
 
-use crate::broker::{BrokerTls, EmbeddedBroker};
-use crate::devsim::{Pace, SimulatedPort};
 use crate::signing::Verifier;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use wardgate_adapters::serial::protocols::{self, Decoded};
-use wardgate_adapters::serial::ProtocolName;
+use wardgate_sim::broker::{BrokerTls, EmbeddedBroker};
+use wardgate_sim::demo_serial::{devices, expected_observations};
+use wardgate_sim::devsim::SimulatedPort;
+use wardgate_sim::{demo_ble, pki};
 
 /// The embedded gateway config.
-pub const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
+pub const DEMO_CONFIG: &str = include_str!("../../../config/demo.toml");
 /// The embedded receiver config.
-pub const RECEIVER_CONFIG: &str = include_str!("../../config/receiver-demo.toml");
-/// Contec CMS50E live capture (see `data/real/serial/PROVENANCE.md`).
-pub const CMS50E_RECORDING: &[u8] =
-    include_bytes!("../../data/real/serial/cms50e_live_capture.bin");
-/// Ivy 450C ANSAR-B capture (see `data/real/serial/PROVENANCE.md`).
-pub const IVY450C_RECORDING: &[u8] =
-    include_bytes!("../../data/real/serial/ivy450c_ansarb_capture.bin");
+pub const RECEIVER_CONFIG: &str = include_str!("../../../config/receiver-demo.toml");
+/// `wardgate demo` arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Replay speed-up factor (1 = the devices' own pace).
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    /// Also write DIR/gateway.pem and DIR/messages/*.cose (every message on the batch topic).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// `wardgate demo`: exit 0 when every device's counts match, 1 otherwise.
+pub fn main(args: Args) -> anyhow::Result<ExitCode> {
+    // Before the runtime: the bus address must be in the environment before any thread or D-Bus
+    // connection exists.
+    let ble = demo_ble::start_bus();
+    let ok = super::runtime()?.block_on(run(DemoOptions {
+        speed: args.speed,
+        out: args.out,
+        ble,
+    }))?;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
 
 /// Options of `wardgate demo`.
 #[derive(Debug)]
@@ -42,51 +64,9 @@ pub struct DemoOptions {
     pub speed: f64,
     /// Where to leave `gateway.pem` and `messages/*.cose`; a temporary directory otherwise.
     pub out: Option<PathBuf>,
-    /// The private bus for the simulated BlueZ ([`crate::demo_ble::start_bus`]), or why the
+    /// The private bus for the simulated BlueZ ([`demo_ble::start_bus`]), or why the
     /// BLE devices are left out.
-    pub ble: Result<crate::blesim::Bus, String>,
-}
-
-/// One simulated device of the demo.
-struct DemoDevice {
-    name: &'static str,
-    protocol: ProtocolName,
-    recording: &'static [u8],
-    pace: Pace,
-    start: Option<Vec<u8>>,
-}
-
-fn devices() -> Vec<DemoDevice> {
-    vec![
-        DemoDevice {
-            name: "bed1-spo2",
-            protocol: ProtocolName::Cms50,
-            recording: CMS50E_RECORDING,
-            // 60 live frames a second (PROVENANCE: the source README), 9 bytes each.
-            pace: Pace::Frames {
-                size: 9,
-                per_sec: 60.0,
-            },
-            start: Some(vec![0x7D, 0x81, 0xA1]),
-        },
-        DemoDevice {
-            name: "bed2-monitor",
-            protocol: ProtocolName::AnsarB,
-            recording: IVY450C_RECORDING,
-            pace: Pace::Baud(9600),
-            start: None,
-        },
-    ]
-}
-
-/// Observations the decoder finds in a recording (the demo's expected count).
-pub fn expected_observations(protocol: ProtocolName, recording: &[u8]) -> u64 {
-    let mut p = protocols::build(protocol);
-    let mut out = Vec::new();
-    p.feed(recording, &mut out);
-    out.iter()
-        .filter(|d| matches!(d, Decoded::Reading(_)))
-        .count() as u64
+    pub ble: Result<wardgate_sim::blesim::Bus, String>,
 }
 
 /// Per-device result row.
@@ -137,13 +117,13 @@ pub async fn run(mut opts: DemoOptions) -> anyhow::Result<bool> {
     println!("wardgate demo: working in {}", dir.display());
 
     // 1. PKI
-    let ca = crate::pki::Ca::new("wardgate demo CA")?;
-    crate::pki::write_cert(&dir.join("ca.pem"), &ca.cert_pem)?;
+    let ca = pki::Ca::new("wardgate demo CA")?;
+    pki::write_cert(&dir.join("ca.pem"), &ca.cert_pem)?;
     let (broker_cert, broker_key) = ca.leaf("demo broker", &["127.0.0.1", "localhost"], true)?;
     for (name, cn) in [("gateway", "gw-demo-01"), ("receiver", "demo-receiver")] {
         let (c, k) = ca.leaf(cn, &[], false)?;
-        crate::pki::write_cert(&dir.join(format!("{name}.pem")), &c)?;
-        crate::pki::write_key(&dir.join(format!("{name}.key")), &k)?;
+        pki::write_cert(&dir.join(format!("{name}.pem")), &c)?;
+        pki::write_key(&dir.join(format!("{name}.key")), &k)?;
     }
 
     // 2. Broker
@@ -161,8 +141,8 @@ pub async fn run(mut opts: DemoOptions) -> anyhow::Result<bool> {
     let mut gw_text = DEMO_CONFIG.replace("port = 8883", &format!("port = {port}"));
     let ble = match std::mem::replace(&mut opts.ble, Err(String::new())) {
         Ok(bus) => {
-            let ble = crate::demo_ble::DemoBle::start(bus)?;
-            gw_text.push_str(crate::demo_ble::DEMO_BLE_CONFIG);
+            let ble = demo_ble::DemoBle::start(bus)?;
+            gw_text.push_str(demo_ble::DEMO_BLE_CONFIG);
             println!("simulated BlueZ on a private D-Bus: Polar H7 strap, A&D UC-352BLE scale, one stranger");
             Some(ble)
         }
@@ -190,7 +170,7 @@ pub async fn run(mut opts: DemoOptions) -> anyhow::Result<bool> {
         sims.push((d, port));
     }
     if ble.is_some() {
-        expected.extend(crate::demo_ble::DemoBle::expected());
+        expected.extend(demo_ble::DemoBle::expected());
     }
     let cfg = crate::config::load(&gw_path)?;
     let rcfg = crate::config::load_receiver(&rx_path)?;
@@ -301,10 +281,10 @@ pub async fn run(mut opts: DemoOptions) -> anyhow::Result<bool> {
             if good { "ok" } else { "MISMATCH" }
         );
     }
-    if let Some(c) = stored.get(&format!("ble:{}", crate::demo_ble::STRANGER)) {
+    if let Some(c) = stored.get(&format!("ble:{}", demo_ble::STRANGER)) {
         println!(
             "refused:  ble:{} ({} observations stored; reported upstream as `rejected`)",
-            crate::demo_ble::STRANGER,
+            demo_ble::STRANGER,
             c.observations
         );
         ok &= c.observations == 0;

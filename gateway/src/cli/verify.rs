@@ -1,0 +1,64 @@
+//! `wardgate verify --cert PEM FILE…`: verifies COSE_Sign1 messages (batches, retained device
+//! status, heartbeats) against gateway certificates and prints each payload as a JSON line;
+//! `N verified, M failed` on stderr; exit 1 when any failed.
+
+use crate::error::UsageError;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// `wardgate verify` arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// PEM certificate(s) of the gateway(s).
+    #[arg(long)]
+    cert: Vec<PathBuf>,
+    /// Message files, or `-` for one message on standard input.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+}
+
+/// Verifies every file; one bad file does not stop the others.
+pub fn main(args: Args) -> anyhow::Result<ExitCode> {
+    if args.cert.is_empty() {
+        return Err(UsageError("verify needs --cert PEM (the gateway certificate)".into()).into());
+    }
+    let mut v = crate::signing::Verifier::default();
+    for c in &args.cert {
+        v.add_file(c)
+            .map_err(|e| UsageError(format!("--cert {}: {e}", c.display())))?;
+    }
+    let (mut ok, mut failed) = (0u64, 0u64);
+    for f in &args.files {
+        match verify_one(&v, f) {
+            Ok(p) => {
+                println!("{}", serde_json::to_string(&p)?);
+                ok += 1;
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", f.display());
+                failed += 1;
+            }
+        }
+    }
+    eprintln!("{ok} verified, {failed} failed");
+    Ok(super::exit_if(failed == 0))
+}
+
+/// The verified payload of one message file (`-`: standard input) as JSON.
+fn verify_one(v: &crate::signing::Verifier, f: &PathBuf) -> Result<serde_json::Value, String> {
+    let bytes = if f.as_os_str() == "-" {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut b).map(|_| b)
+    } else {
+        std::fs::read(f)
+    }
+    .map_err(|e| format!("cannot read: {e}"))?;
+    let p = v.verify(&bytes).map_err(|e| e.to_string())?;
+    match crate::batch::BatchPayload::from_cbor(&p) {
+        Ok(b) => serde_json::to_value(&b).map_err(|e| e.to_string()),
+        // Retained device status and heartbeat (crate::health::retained) are signed too.
+        Err(e) => crate::health::retained::to_json(&p)
+            .filter(|j| j.get("kind").is_some())
+            .ok_or_else(|| e.to_string()),
+    }
+}

@@ -1,0 +1,83 @@
+//! The daemon's status snapshot, `status.json` beside the store: written every 2 s by the status
+//! loop ([`super::status_loop`]) atomically (temp file + rename), read by `wardgate status`
+//! (`crate::cli::status`), so the status view needs no socket and works whether the daemon runs
+//! or not.
+
+use crate::pipeline::DeviceCounts;
+use crate::uplink::UplinkStatus;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// How old a snapshot may be while the daemon still counts as running (it writes every 2 s).
+pub const FRESH_MS: i64 = 10_000;
+
+/// Health of one adapter.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AdapterSnapshot {
+    /// Configured name.
+    pub name: String,
+    /// Runs that ended in an error or a panic.
+    pub failures: u64,
+    /// Restarts by the supervisor.
+    pub restarts: u64,
+    /// Serial adapters: frames decoded, frame errors, connects, disconnects (else absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<BTreeMap<String, u64>>,
+    /// The BLE adapter: advertisements, refused devices, pruned, connects, subscriptions,
+    /// notifications, decode errors (see `wardgate_adapters::ble::central::BleStats`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ble: Option<BTreeMap<String, u64>>,
+}
+
+/// The snapshot the daemon writes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// When it was written, ms since the Unix epoch.
+    pub written_ms: i64,
+    /// When it was written, ms of `CLOCK_BOOTTIME` (monotonic since boot, system-wide): decides
+    /// "running" without trusting the wall clock. Absent in snapshots of older daemons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written_boot_ms: Option<i64>,
+    /// Set in the last snapshot of a daemon that shut down cleanly.
+    #[serde(default)]
+    pub stopped: bool,
+    /// Gateway id.
+    pub gateway: String,
+    /// `wardgate` version.
+    pub version: String,
+    /// The uplink.
+    pub uplink: UplinkStatus,
+    /// Rows accepted per device since the daemon started.
+    pub devices: BTreeMap<String, DeviceCounts>,
+    /// Liveness per tracked device (`online`, `stale`, `offline`; see [`crate::health::liveness`]).
+    /// Absent in snapshots of older daemons.
+    #[serde(default)]
+    pub liveness: BTreeMap<String, String>,
+    /// Adapters.
+    pub adapters: Vec<AdapterSnapshot>,
+    /// Whether the system clock was synchronised (absent in snapshots of older daemons).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_synced: Option<bool>,
+}
+
+/// The path of the snapshot for a store at `store_path`.
+pub fn snapshot_path(store_path: &Path) -> PathBuf {
+    store_path.with_file_name("status.json")
+}
+
+/// Writes `snap` atomically beside the store.
+pub fn write_snapshot(store_path: &Path, snap: &Snapshot) -> std::io::Result<()> {
+    let path = snapshot_path(store_path);
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(snap)?)?;
+    std::fs::rename(tmp, path)
+}
+
+/// `CLOCK_BOOTTIME` in ms: monotonic since boot, the same for every process, unmoved by
+/// wall-clock steps (`None` if the clock cannot be read).
+pub fn boot_ms() -> Option<i64> {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .ok()
+        .map(|t| t.tv_sec() * 1000 + t.tv_nsec() / 1_000_000)
+}
