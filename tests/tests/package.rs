@@ -667,3 +667,54 @@ fn scripts_enable_without_starting_restart_on_upgrade_and_stop_on_remove() {
         "{calls:?}"
     );
 }
+
+/// The packaged binary is the product alone: built without the `demo` feature, it has no `demo`
+/// subcommand and links none of the simulated world (`wardgate-sim`: a fake BlueZ, an MQTT
+/// server, a throw-away PKI). Its installer commands are all there.
+#[test]
+fn packaged_binary_holds_no_simulator() {
+    let Some(deb) = deb() else { return };
+    let tmp = temp_dir("deb-bin").unwrap();
+    ok(Command::new("dpkg-deb").arg("-x").arg(deb).arg(tmp.path()));
+    let bin = tmp.path().join("usr/bin/wardgate");
+    let help = ok(Command::new(&bin).arg("--help"));
+    for cmd in [
+        "run",
+        "check-config",
+        "status",
+        "provision",
+        "pair",
+        "decode",
+        "verify",
+    ] {
+        assert!(
+            help.lines()
+                .any(|l| l.trim_start().starts_with(&format!("{cmd} "))),
+            "`{cmd}` missing from the packaged binary's help:\n{help}"
+        );
+    }
+    assert!(
+        !help.lines().any(|l| l.trim_start().starts_with("demo ")),
+        "the packaged binary offers `demo`:\n{help}"
+    );
+    let demo = sh(Command::new(&bin).arg("demo"));
+    assert_eq!(
+        demo.status.code(),
+        Some(2),
+        "`wardgate demo` in the package must be a usage error"
+    );
+    // No simulator code: its crate name and source paths appear in any binary that links it
+    // (panic locations, type names), stripped or not.
+    let bytes = fs::read(&bin).unwrap();
+    for needle in [
+        "wardgate_sim",
+        "sim/src/blesim",
+        "sim/src/broker.rs",
+        "wardgate demo CA",
+    ] {
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+            "the packaged binary contains `{needle}`: a simulator was linked in"
+        );
+    }
+}

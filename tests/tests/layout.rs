@@ -1,0 +1,320 @@
+//! The house rules that `ARCHITECTURE.md` states, checked on the source tree itself:
+//!
+//! - no import cycle between the modules of a crate (at each folder level: `gateway/src/*`,
+//!   `adapters/src/*`, `adapters/src/ble/*`, `adapters/src/serial/*`, `sim/src/*`), read from the
+//!   `crate::…` paths in non-test code;
+//! - the pure decoders (`adapters/src/ble/decode/`, `adapters/src/serial/protocols/`) do no I/O:
+//!   no tokio, btleplug, dbus, tokio-serial, nor the adapters' I/O modules;
+//! - adapters never touch MQTT or SQLite; the simulated world (`wardgate-sim`) depends on
+//!   `wardgate-adapters` only, never on the gateway it exercises;
+//! - the gateway's library has `#![warn(missing_docs)]`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use wardgate_e2e::workspace_root;
+
+/// Every `.rs` file below `dir`.
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().map(Result::unwrap) {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The code of a file without comments and without its `#[cfg(test)]` items (a unit-test module
+/// may reach anywhere).
+fn code(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut out = String::new();
+    let mut lines = text.lines().peekable();
+    while let Some(l) = lines.next() {
+        let t = l.trim_start();
+        if t.starts_with("#[cfg(test)]") {
+            // Skip the item that follows: to the end of its braces.
+            let mut depth = 0i32;
+            let mut opened = false;
+            for l in lines.by_ref() {
+                for c in l.chars() {
+                    match c {
+                        '{' => {
+                            depth += 1;
+                            opened = true;
+                        }
+                        '}' => depth -= 1,
+                        _ => {}
+                    }
+                }
+                if (opened && depth <= 0) || (!opened && l.trim_end().ends_with(';')) {
+                    break;
+                }
+            }
+            continue;
+        }
+        if t.starts_with("//") {
+            continue;
+        }
+        out.push_str(l.split(" //").next().unwrap_or(""));
+        out.push('\n');
+    }
+    out
+}
+
+/// The module path of a file relative to `src` (`ble/decode/uuid.rs` → `[ble, decode, uuid]`;
+/// `mod.rs`, `lib.rs` and `main.rs` name their folder / the crate root).
+fn module_of(src: &Path, file: &Path) -> Vec<String> {
+    let rel = file.strip_prefix(src).unwrap();
+    let mut parts: Vec<String> = rel
+        .iter()
+        .map(|c| c.to_string_lossy().trim_end_matches(".rs").to_string())
+        .collect();
+    if matches!(
+        parts.last().map(String::as_str),
+        Some("mod" | "lib" | "main")
+    ) {
+        parts.pop();
+    }
+    parts
+}
+
+/// The `crate::a::b::…` paths a piece of code names (also inside `use crate::{a, b::c}`).
+fn crate_paths(code: &str) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    let ident = |s: &str| -> Vec<String> {
+        s.split("::")
+            .map(|p| {
+                p.trim()
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect::<String>()
+            })
+            .take_while(|p| !p.is_empty())
+            .collect()
+    };
+    let mut rest = code;
+    while let Some(i) = rest.find("crate::") {
+        let before = rest[..i].chars().last();
+        rest = &rest[i + "crate::".len()..];
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+            continue; // e.g. `wardgate_crate::`
+        }
+        if let Some(group) = rest.strip_prefix('{') {
+            let end = group.find('}').unwrap_or(group.len());
+            for item in group[..end].split(',') {
+                let p = ident(item);
+                if !p.is_empty() {
+                    out.push(p);
+                }
+            }
+        } else {
+            let p = ident(rest);
+            if !p.is_empty() {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Module → the sibling modules it imports, at the level of the folder `prefix` (e.g. `[]` for
+/// the crate's top level, `["ble"]` for the modules in `ble/`).
+fn graph(src: &Path, prefix: &[&str]) -> BTreeMap<String, BTreeSet<String>> {
+    let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for f in rust_files(src) {
+        let m = module_of(src, &f);
+        if m.len() <= prefix.len() || m.iter().zip(prefix).any(|(a, b)| a != b) {
+            continue;
+        }
+        let from = m[prefix.len()].clone();
+        g.entry(from.clone()).or_default();
+        for p in crate_paths(&code(&f)) {
+            if p.len() <= prefix.len() || p.iter().zip(prefix).any(|(a, b)| a != b) {
+                continue;
+            }
+            let to = &p[prefix.len()];
+            let dir = src.join(prefix.join("/"));
+            if *to != from && (dir.join(to).is_dir() || dir.join(format!("{to}.rs")).is_file()) {
+                g.entry(from.clone()).or_default().insert(to.clone());
+            }
+        }
+    }
+    g
+}
+
+/// A cycle in `g`, if any, as the list of modules around it.
+fn find_cycle(g: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+    fn visit(
+        g: &BTreeMap<String, BTreeSet<String>>,
+        n: &str,
+        state: &mut BTreeMap<String, u8>,
+        path: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        state.insert(n.to_string(), 1);
+        path.push(n.to_string());
+        for m in g.get(n).into_iter().flatten() {
+            match state.get(m).copied().unwrap_or(0) {
+                1 => {
+                    let start = path.iter().position(|p| p == m).unwrap();
+                    let mut c = path[start..].to_vec();
+                    c.push(m.clone());
+                    return Some(c);
+                }
+                0 => {
+                    if let Some(c) = visit(g, m, state, path) {
+                        return Some(c);
+                    }
+                }
+                _ => {}
+            }
+        }
+        path.pop();
+        state.insert(n.to_string(), 2);
+        None
+    }
+    let mut state = BTreeMap::new();
+    for n in g.keys() {
+        if state.get(n).copied().unwrap_or(0) == 0 {
+            if let Some(c) = visit(g, n, &mut state, &mut Vec::new()) {
+                return Some(c);
+            }
+        }
+    }
+    None
+}
+
+/// Every folder of `src` (as a module prefix), the crate root included.
+fn folders(src: &Path) -> Vec<Vec<String>> {
+    let mut out = vec![vec![]];
+    for f in rust_files(src) {
+        let m = module_of(src, &f);
+        for i in 1..m.len() {
+            let prefix = m[..i].to_vec();
+            if src.join(prefix.join("/")).is_dir() && !out.contains(&prefix) {
+                out.push(prefix);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn no_import_cycle_between_modules() {
+    let root = workspace_root();
+    let mut problems = Vec::new();
+    for krate in ["gateway", "adapters", "sim"] {
+        let src = root.join(krate).join("src");
+        for prefix in folders(&src) {
+            let p: Vec<&str> = prefix.iter().map(String::as_str).collect();
+            let g = graph(&src, &p);
+            if let Some(c) = find_cycle(&g) {
+                problems.push(format!(
+                    "{krate}/src/{}: import cycle {}",
+                    prefix.join("/"),
+                    c.join(" → ")
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn the_checker_sees_a_cycle_and_grouped_imports() {
+    // The checker itself must be able to fail.
+    let paths = crate_paths("use crate::{store::Store, config};\nlet x = crate::uplink::run();");
+    let names: Vec<&str> = paths.iter().map(|p| p[0].as_str()).collect();
+    assert_eq!(names, ["store", "config", "uplink"]);
+    let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    g.entry("a".into()).or_default().insert("b".into());
+    g.entry("b".into()).or_default().insert("c".into());
+    assert_eq!(find_cycle(&g), None);
+    g.entry("c".into()).or_default().insert("a".into());
+    assert_eq!(
+        find_cycle(&g).unwrap(),
+        ["a", "b", "c", "a"].map(String::from)
+    );
+    assert!(code(&workspace_root().join("tests/tests/layout.rs")).contains("fn find_cycle"));
+}
+
+/// The words that mean I/O in a decoder's source.
+const IO_WORDS: [&str; 6] = [
+    "tokio",
+    "btleplug",
+    "dbus",
+    "tokio_serial",
+    "std::fs",
+    "std::net",
+];
+
+#[test]
+fn decoders_do_no_io() {
+    let root = workspace_root();
+    let mut problems = Vec::new();
+    let mut seen = 0;
+    for dir in ["adapters/src/ble/decode", "adapters/src/serial/protocols"] {
+        let dir = root.join(dir);
+        assert!(dir.is_dir(), "{} is missing", dir.display());
+        for f in rust_files(&dir) {
+            seen += 1;
+            let c = code(&f);
+            for w in IO_WORDS {
+                if c.contains(&format!("{w}::")) || c.contains(&format!("use {w}")) {
+                    problems.push(format!("{}: uses {w}", f.display()));
+                }
+            }
+            for p in crate_paths(&c) {
+                if p.iter().any(|s| s == "central" || s == "bluez")
+                    || p.first().is_some_and(|s| s == "serial")
+                        && p.get(1).is_some_and(|s| s != "protocols")
+                {
+                    problems.push(format!("{}: imports crate::{}", f.display(), p.join("::")));
+                }
+            }
+        }
+    }
+    assert!(seen > 10, "only {seen} decoder files found");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn crate_boundaries_hold() {
+    let root = workspace_root();
+    let manifest =
+        |krate: &str| std::fs::read_to_string(root.join(krate).join("Cargo.toml")).unwrap();
+    let deps = |m: &str| -> String {
+        // The [dependencies] table only (dev-dependencies may differ).
+        let start = m.find("[dependencies]").unwrap();
+        let rest = &m[start + 1..];
+        rest[..rest.find("\n[").unwrap_or(rest.len())].to_string()
+    };
+    let adapters = deps(&manifest("adapters"));
+    for forbidden in ["rusqlite", "rumqttc", "wardgate ", "wardgate-sim"] {
+        assert!(
+            !adapters.contains(forbidden),
+            "adapters depend on {forbidden}"
+        );
+    }
+    let sim = deps(&manifest("sim"));
+    assert!(sim.contains("wardgate-adapters"));
+    assert!(
+        !sim.lines()
+            .any(|l| l.starts_with("wardgate ") || l.starts_with("wardgate=")),
+        "sim depends on the gateway"
+    );
+    let gateway = manifest("gateway");
+    assert!(
+        gateway.contains("wardgate-sim = { workspace = true, optional = true }"),
+        "the gateway must link the simulators only through the optional `demo` feature"
+    );
+    let lib = std::fs::read_to_string(root.join("gateway/src/lib.rs")).unwrap();
+    assert!(lib.contains("#![warn(missing_docs)]"));
+}
