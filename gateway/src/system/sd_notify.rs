@@ -13,8 +13,15 @@
 //! loop (`crate::uplink::LoopBeat`: every iteration of the session loop, and every second while
 //! connecting or waiting out the reconnect backoff) must both have moved within the last
 //! watchdog period. An unreachable broker keeps the uplink loop turning, so it does not stop the
-//! watchdog; a hung runtime, a writer stuck in a commit that never returns, or a store whose
-//! commits keep failing does, and systemd restarts the gateway.
+//! watchdog; a hung runtime or a writer stuck in a commit that never returns does, and systemd
+//! restarts the gateway.
+//!
+//! A store whose commits keep **failing** (full disk, I/O error) does **not** stop the watchdog:
+//! the writer keeps the rows in memory and retries every second, and each retry counts as
+//! progress (`crate::pipeline`), because a restart would not cure a full disk and would lose those
+//! uncommitted rows. The failure is reported instead: an error log per retry, the writer's
+//! `failed_commits` counter (status, heartbeat). This is the one statement of that promise;
+//! `ARCHITECTURE.md` and `crate::pipeline` refer to it.
 
 use std::io;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
