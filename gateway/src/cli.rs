@@ -194,17 +194,12 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { file } => {
-            let result = crate::config::load_any(&file);
-            for w in crate::config::take_warnings() {
+            let loaded = crate::config::load_any(&file)?;
+            for w in &loaded.warnings {
                 eprintln!("{w}");
             }
-            match result {
-                Ok(_) => {
-                    println!("{}: ok", file.display());
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(d) => Err(d.into()),
-            }
+            println!("{}: ok", file.display());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Demo { speed, out } => {
             // Before the runtime: the bus address must be in the environment before any thread
@@ -336,7 +331,6 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Status { config, json } => {
             let cfg = crate::config::load(&config)?;
-            crate::config::take_warnings();
             let report = crate::status::report(&cfg.store.path);
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -387,7 +381,6 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             ca,
         } => {
             let cfg = crate::config::load(&config)?;
-            crate::config::take_warnings();
             let usage = |e: crate::provision::ProvisionError| -> anyhow::Error {
                 match e {
                     crate::provision::ProvisionError::Usage(m) => UsageError(m).into(),
