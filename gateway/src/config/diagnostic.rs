@@ -89,7 +89,8 @@ fn floor_char_boundary(text: &str, mut i: usize) -> usize {
     i
 }
 
-/// Every problem found in one configuration, in file order: the error of a load that failed.
+/// The error of a load that failed: every problem found, warnings first, each kind in file
+/// order ([`Diagnostics::into_errors`] keeps the errors only).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostics(pub Vec<Diagnostic>);
 
