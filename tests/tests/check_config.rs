@@ -462,3 +462,116 @@ fn ble_section_mistakes_are_reported_at_their_value() {
     let out = check_config(&p);
     assert_eq!(out.code(), Some(0), "{out:?}");
 }
+
+/// 1-based (line, column) of the character right after the `nth` occurrence of `needle`.
+fn after(text: &str, needle: &str, nth: usize) -> (usize, usize) {
+    let (l, c) = locate(text, needle, nth);
+    (l, c + needle.chars().count())
+}
+
+#[test]
+fn every_toml_form_is_located_exactly() {
+    let f = Fixture::new();
+    let base = f.base();
+    let store = "[store]\npath = \"store.db\"\n";
+    assert!(base.contains(store));
+    let top = |extra: &str| {
+        base.replacen(store, "", 1)
+            .replacen("version = 1\n", &format!("version = 1\n{extra}"), 1)
+    };
+    // (case, config text, position, message)
+    let cases: Vec<(&str, String, (usize, usize), &str)> = vec![
+        {
+            // dotted keys at the top level: the second one's value
+            let t = top("store.path = \"store.db\"\nstore.max_age_hours = 0\n");
+            let at = after(&t, "store.max_age_hours = ", 0);
+            ("dotted-keys", t, at, "max_age_hours must be greater than 0")
+        },
+        {
+            // a header with spaces and quoted keys
+            let t = base.replacen(
+                store,
+                "[ store ]\n\"path\" = \"store.db\"\n\"max_bytes\" = 0\n",
+                1,
+            );
+            let at = after(&t, "\"max_bytes\" = ", 0);
+            (
+                "spaced-header-quoted-key",
+                t,
+                at,
+                "max_bytes must be greater than 0",
+            )
+        },
+        {
+            // an inline table
+            let t = top("store = { path = \"store.db\", commit_max_rows = 0 }\n");
+            let at = after(&t, "commit_max_rows = ", 0);
+            (
+                "inline-table",
+                t,
+                at,
+                "commit_max_rows must be greater than 0",
+            )
+        },
+        {
+            // the second [[serial]]: `baud` in both entries, only the second one non-standard
+            let t = base
+                .replacen(
+                    "protocol = \"cms50\"",
+                    "protocol = \"cms50\"\nbaud = 115200",
+                    1,
+                )
+                .replacen(
+                    "protocol = \"ansar-b\"",
+                    "protocol = \"ansar-b\"\nbaud = 123",
+                    1,
+                );
+            let at = after(&t, "baud = ", 1);
+            (
+                "array-of-tables",
+                t,
+                at,
+                "serial `bed2-monitor`: baud 123 is not a standard rate",
+            )
+        },
+        {
+            // `path` in [store], then in two [[serial]]: only the last one is wrong
+            let t = base.replacen("path = \"dev/bed2-monitor\"", "path = \"\"", 1);
+            let at = after(&t, "path = ", 2);
+            (
+                "key-in-several-tables",
+                t,
+                at,
+                "serial `bed2-monitor`: path is empty",
+            )
+        },
+    ];
+    let mut failures = Vec::new();
+    for (case, text, at, message) in &cases {
+        let p = f.write(&format!("{case}.toml"), text);
+        let out = check_config(&p);
+        if let Err(e) = std::panic::catch_unwind(|| assert_one_problem(&out, &p, *at, message)) {
+            failures.push(format!(
+                "{case}: {}",
+                e.downcast_ref::<String>().cloned().unwrap_or_default()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn a_private_key_given_as_the_ca_is_refused_at_its_value() {
+    let f = Fixture::new();
+    let base = f.base();
+    let ca = format!("ca = \"{}\"", f.pki.ca_pem.display());
+    let key = f.pki.gateway_key.display().to_string();
+    let text = base.replacen(&ca, &format!("ca = \"{key}\""), 1);
+    let p = f.write("ca-is-key.toml", &text);
+    assert_one_problem(
+        &check_config(&p),
+        &p,
+        after(&text, "ca = ", 0),
+        &format!("{key} holds a private key"),
+    );
+}

@@ -1,6 +1,6 @@
 //! `wardgate check-config FILE`: exit 0 (`FILE: ok`, warnings on stderr) when the gateway or
 //! receiver config is usable, otherwise exit 2 with one `FILE:line:col: message` line per
-//! problem (see [`crate::config`]).
+//! problem, warnings first (see [`crate::config`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,11 +14,10 @@ pub struct Args {
 
 /// Checks the file; warnings go to stderr in both cases.
 pub fn main(args: Args) -> anyhow::Result<ExitCode> {
-    let result = crate::config::load_any(&args.file);
-    for w in crate::config::take_warnings() {
+    let loaded = crate::config::load_any(&args.file)?;
+    for w in &loaded.warnings {
         eprintln!("{w}");
     }
-    result?;
     println!("{}: ok", args.file.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -535,7 +535,6 @@ pub struct Args {
 /// `wardgate provision`: exit 2 for bad config or usage, 1 when the certificate is refused.
 pub fn main(args: Args) -> anyhow::Result<std::process::ExitCode> {
     let cfg = crate::config::load(&args.config)?;
-    crate::config::take_warnings();
     let usage = |e: ProvisionError| -> anyhow::Error {
         match e {
             ProvisionError::Usage(m) => crate::error::UsageError(m).into(),

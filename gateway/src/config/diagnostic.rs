@@ -4,6 +4,16 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+/// How bad a problem is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Severity {
+    /// The config is refused.
+    #[default]
+    Error,
+    /// Reported (`warning: …`), the config is accepted; e.g. a file not provisioned yet.
+    Warning,
+}
+
 /// One problem found in a configuration file, located by 1-based line and column.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Diagnostic {
@@ -13,12 +23,15 @@ pub struct Diagnostic {
     pub line: usize,
     /// 1-based column (in characters).
     pub col: usize,
+    /// Error or warning (rendered as a `warning: ` prefix of the message).
+    pub severity: Severity,
     /// What is wrong and, where possible, what would be right.
     pub message: String,
 }
 
 impl Diagnostic {
-    /// A diagnostic at byte offset `span.start` of `text` (the contents of `file`).
+    /// An error at byte offset `span.start` of `text` (the contents of `file`); at 1:1 when
+    /// `span` is `None`.
     pub fn at(
         file: &Path,
         text: &str,
@@ -30,8 +43,15 @@ impl Diagnostic {
             file: file.to_path_buf(),
             line,
             col,
+            severity: Severity::Error,
             message: message.into(),
         }
+    }
+
+    /// The same diagnostic with `severity`.
+    pub fn with_severity(mut self, severity: Severity) -> Self {
+        self.severity = severity;
+        self
     }
 }
 
@@ -39,10 +59,14 @@ impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}:{}:{}: {}",
+            "{}:{}:{}: {}{}",
             self.file.display(),
             self.line,
             self.col,
+            match self.severity {
+                Severity::Error => "",
+                Severity::Warning => "warning: ",
+            },
             self.message
         )
     }
@@ -65,7 +89,8 @@ fn floor_char_boundary(text: &str, mut i: usize) -> usize {
     i
 }
 
-/// Every problem found in one configuration, in file order.
+/// The error of a load that failed: every problem found, warnings first, each kind in file
+/// order ([`Diagnostics::into_errors`] keeps the errors only).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostics(pub Vec<Diagnostic>);
 
@@ -82,6 +107,18 @@ impl fmt::Display for Diagnostics {
 }
 
 impl std::error::Error for Diagnostics {}
+
+impl Diagnostics {
+    /// Only the errors (what refused the config), without the warnings.
+    pub fn into_errors(self) -> Diagnostics {
+        Diagnostics(
+            self.0
+                .into_iter()
+                .filter(|d| d.severity == Severity::Error)
+                .collect(),
+        )
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -106,5 +143,7 @@ mod tests {
             "unknown key `y`",
         );
         assert_eq!(d.to_string(), "w.toml:2:1: unknown key `y`");
+        let w = d.with_severity(Severity::Warning);
+        assert_eq!(w.to_string(), "w.toml:2:1: warning: unknown key `y`");
     }
 }

@@ -23,35 +23,11 @@
 //! elapsed since predicts. The daemon adds it to the `gateway_time` of rows stamped while
 //! unsynchronised that are still in the store and not yet in a batch ([`crate::store::Store::correct_unsynced`]).
 
-use std::path::PathBuf;
 use std::time::Instant;
 
-/// Where the synchronisation state comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ClockSource {
-    /// `adjtimex(2)`: the kernel's NTP state.
-    Kernel,
-    /// Always synchronised.
-    Synced,
-    /// Synchronised while this file exists.
-    File(PathBuf),
-}
+use crate::config::ClockSource;
 
 impl ClockSource {
-    /// Parses the config value: `kernel`, `synced`, or `file:PATH`.
-    pub fn parse(s: &str) -> Result<ClockSource, String> {
-        match s {
-            "kernel" => Ok(ClockSource::Kernel),
-            "synced" => Ok(ClockSource::Synced),
-            _ => match s.strip_prefix("file:") {
-                Some(p) if !p.is_empty() => Ok(ClockSource::File(PathBuf::from(p))),
-                _ => Err(format!(
-                    "clock `{s}` must be `kernel`, `synced` or `file:PATH`"
-                )),
-            },
-        }
-    }
-
     /// Whether the clock is synchronised now.
     pub fn synced(&self) -> bool {
         match self {

@@ -1,0 +1,182 @@
+//! Checks that look at the filesystem, on a config whose relative paths are resolved: the
+//! certificate and key files (present, readable, a certificate where one is expected, key
+//! owner-only), the store's path, serial devices that lead to the same port.
+//!
+//! A file that does not exist (yet) is a warning: configs are often checked before the
+//! certificates are provisioned, and `wardgate run` fails later naming the file.
+
+use super::positions::KeyPath;
+use super::schema::{Config, ReceiverConfig};
+use super::validate::Problem;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// The filesystem problems of a gateway config (paths already resolved).
+pub fn gateway(c: &Config) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let up = KeyPath::of("uplink");
+    certificate(&mut out, up.clone().key("ca"), c.uplink.ca.get_ref());
+    certificate(&mut out, up.clone().key("cert"), c.uplink.cert.get_ref());
+    private_key(&mut out, up.key("key"), c.uplink.key.get_ref());
+    store(&mut out, &c.store.path);
+    // Compare where the paths lead (by-id symlink vs /dev/ttyUSB0 is the realistic mix-up).
+    let mut ports = HashMap::new();
+    for (i, s) in c.serial.iter().enumerate() {
+        if s.path.as_os_str().is_empty() {
+            continue; // reported by validate
+        }
+        let real = std::fs::canonicalize(&s.path).unwrap_or_else(|_| s.path.clone());
+        if let Some(other) = ports.insert(real, &s.name) {
+            out.push(Problem::error(
+                KeyPath::of("serial").index(i).key("path"),
+                format!(
+                    "serial `{}` uses the same port {} as `{other}`",
+                    s.name,
+                    s.path.display()
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// The filesystem problems of a receiver config (paths already resolved).
+pub fn receiver(c: &ReceiverConfig) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let mqtt = KeyPath::of("mqtt");
+    certificate(&mut out, mqtt.clone().key("ca"), c.mqtt.ca.get_ref());
+    certificate(&mut out, mqtt.clone().key("cert"), c.mqtt.cert.get_ref());
+    private_key(&mut out, mqtt.key("key"), c.mqtt.key.get_ref());
+    for (i, p) in c.receiver.gateway_certs.iter().enumerate() {
+        let at = KeyPath::of("receiver").key("gateway_certs").index(i);
+        certificate(&mut out, at, p.get_ref());
+    }
+    out
+}
+
+/// The labels of the PEM blocks in `text` (`CERTIFICATE`, `PRIVATE KEY`, …), in order.
+pub fn pem_labels(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("-----BEGIN ")?.strip_suffix("-----"))
+        .collect()
+}
+
+/// A PEM file that should hold certificates: present (else a warning), readable, and not a
+/// private key given by mistake.
+fn certificate(out: &mut Vec<Problem>, at: KeyPath, path: &Path) {
+    match std::fs::read(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => out.push(Problem::warning(
+            at,
+            format!("{} does not exist (yet)", path.display()),
+        )),
+        Err(e) => out.push(Problem::error(
+            at,
+            format!("cannot read {}: {e}", path.display()),
+        )),
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let labels = pem_labels(&text);
+            if !labels.contains(&"CERTIFICATE") {
+                if let Some(key) = labels.iter().find(|l| l.ends_with("PRIVATE KEY")) {
+                    out.push(Problem::error(
+                        at,
+                        format!(
+                            "{} holds a private key (PEM `{key}`), not a certificate",
+                            path.display()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn private_key(out: &mut Vec<Problem>, at: KeyPath, path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => out.push(Problem::warning(
+            at,
+            format!("private key {} does not exist (yet)", path.display()),
+        )),
+        Err(e) => out.push(Problem::error(
+            at,
+            format!("cannot read private key {}: {e}", path.display()),
+        )),
+        Ok(m) if m.permissions().mode() & 0o077 != 0 => out.push(Problem::error(
+            at,
+            format!(
+                "private key {} is readable by others (mode {:o}); run `chmod 600 {}`",
+                path.display(),
+                m.permissions().mode() & 0o777,
+                path.display()
+            ),
+        )),
+        Ok(_) => {}
+    }
+}
+
+fn store(out: &mut Vec<Problem>, path: &Path) {
+    let at = KeyPath::of("store").key("path");
+    if path.as_os_str().is_empty() {
+        // reported by validate
+    } else if path.is_dir() {
+        out.push(Problem::error(
+            at,
+            format!(
+                "store path {} is a directory; give a file name, e.g. {}/store.db",
+                path.display(),
+                path.display()
+            ),
+        ));
+    } else if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
+    {
+        out.push(Problem::warning(
+            at,
+            format!("the store's directory {} does not exist (yet); under systemd StateDirectory=wardgate creates /var/lib/wardgate", dir.display()),
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::diagnostic::Severity;
+
+    #[test]
+    fn pem_labels_are_read_from_begin_lines() {
+        let t = "junk\n-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n -----BEGIN CERTIFICATE-----\n";
+        assert_eq!(pem_labels(t), ["PRIVATE KEY", "CERTIFICATE"]);
+    }
+
+    #[test]
+    fn a_private_key_given_as_a_certificate_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k.pem");
+        std::fs::write(
+            &key,
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        certificate(&mut out, KeyPath::of("ca"), &key);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].severity, Severity::Error);
+        assert!(out[0]
+            .message
+            .ends_with("holds a private key (PEM `PRIVATE KEY`), not a certificate"));
+
+        let cert = dir.path().join("c.pem");
+        std::fs::write(
+            &cert,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        certificate(&mut out, KeyPath::of("ca"), &cert);
+        certificate(&mut out, KeyPath::of("ca"), &dir.path().join("absent.pem"));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].severity, Severity::Warning);
+    }
+}

@@ -1,0 +1,317 @@
+//! The configuration schema: the serde types of both kinds of file, as written in TOML.
+//!
+//! Values that diagnostics or callers locate keep their byte span ([`Spanned`]); every other
+//! position comes from [`super::positions`]. Types here hold data only: checking them is
+//! [`super::validate`] (pure) and [`super::files`] (filesystem).
+
+use serde::Deserialize;
+use std::path::PathBuf;
+use toml::Spanned;
+use wardgate_adapters::ble::config::BleConfig;
+use wardgate_adapters::serial::SerialConfig;
+
+/// The configuration format version this build understands.
+pub const VERSION: u32 = 1;
+
+/// A gateway configuration (`wardgate run`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Format version; must be 1.
+    pub version: Spanned<u32>,
+    /// Who this gateway is: its id, site and ward (used in topics and batches).
+    pub gateway: GatewaySection,
+    /// The durable buffer.
+    #[serde(default)]
+    pub store: StoreSection,
+    /// The MQTT uplink.
+    pub uplink: UplinkSection,
+    /// Serial bedside devices.
+    #[serde(default)]
+    pub serial: Vec<SerialConfig>,
+    /// BLE devices, tags and vendor profiles (`[ble]`, `[[ble.device]]`, `[[ble.tag]]`,
+    /// `[[ble.vendor_profile]]`); absent: no BLE adapter runs.
+    pub ble: Option<BleConfig>,
+}
+
+/// `[gateway]`: identity. Each value appears in MQTT topics, so `/`, `+`, `#` are refused.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    /// Gateway id, unique in the hospital, e.g. `gw-ward7-01`.
+    pub id: Spanned<String>,
+    /// Site (hospital) id, e.g. `st-mary`.
+    pub site: Spanned<String>,
+    /// Ward id, e.g. `ward-7`.
+    pub ward: Spanned<String>,
+    /// Where "the clock is synchronised" comes from ([`ClockSource`]): `kernel` (default,
+    /// adjtimex: NTP via systemd-timesyncd, chrony or ntpd), `synced` (assume so: an RTC and no
+    /// NTP), or `file:PATH` (synchronised while PATH exists).
+    pub clock: Option<Spanned<String>>,
+}
+
+/// SQLite `synchronous` setting for the store.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// Every commit is fsynced before it counts as accepted (survives power loss). Default.
+    #[default]
+    Full,
+    /// WAL commits are fsynced at checkpoints only: survives a process crash, not power loss.
+    Normal,
+}
+
+/// `[store]`: the durable buffer (DESIGN §4).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// SQLite file; default `/var/lib/wardgate/store.db`.
+    pub path: PathBuf,
+    /// `full` (default) or `normal`.
+    pub synchronous: Synchronous,
+    /// Longest time an observation waits for its group commit, in milliseconds; default 20.
+    pub commit_interval_ms: u64,
+    /// Most observations in one transaction; default 5000.
+    pub commit_max_rows: usize,
+    /// Size limit of the live data in bytes; beyond it the oldest rows of the lowest priority
+    /// class are dropped and the drop is reported upstream. Default 1 GiB.
+    pub max_bytes: u64,
+    /// Age limit in hours (by gateway time); older rows are dropped and reported. Default 168.
+    pub max_age_hours: u64,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            path: PathBuf::from("/var/lib/wardgate/store.db"),
+            synchronous: Synchronous::Full,
+            commit_interval_ms: 20,
+            commit_max_rows: 5000,
+            max_bytes: 1 << 30,
+            max_age_hours: 168,
+        }
+    }
+}
+
+/// When a batch counts as delivered and its rows may leave the store (DESIGN §4).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AckMode {
+    /// The upstream receiver's ack message on `.../ack` after it stored the batch durably. Default.
+    #[default]
+    Upstream,
+    /// The broker's PUBACK (the broker may persist only periodically).
+    Broker,
+}
+
+/// `[uplink]`: MQTT over mutual TLS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkSection {
+    /// Broker host name (must match its certificate) or IP address.
+    pub host: Spanned<String>,
+    /// Broker TLS port; default 8883.
+    #[serde(default = "default_mqtts_port")]
+    pub port: Spanned<u16>,
+    /// PEM file with the CA certificate(s) that signed the broker's certificate.
+    pub ca: Spanned<PathBuf>,
+    /// PEM file with the gateway's client certificate (also identifies the signing key: `kid`).
+    pub cert: Spanned<PathBuf>,
+    /// PEM file with the gateway's PKCS#8 private key (P-256 or Ed25519), mode 0600 or stricter.
+    pub key: Spanned<PathBuf>,
+    /// `upstream` (default) or `broker`.
+    #[serde(default)]
+    pub ack: AckMode,
+    /// MQTT keepalive in seconds; a dead link is noticed within two periods. Default 30.
+    #[serde(default = "default_keepalive")]
+    pub keepalive_s: u64,
+    /// Most observations and events in one batch; default 2000.
+    #[serde(default = "default_batch_max")]
+    pub batch_max: usize,
+    /// Longest time a pending observation waits for its batch to fill, in ms; default 200.
+    #[serde(default = "default_batch_interval")]
+    pub batch_interval_ms: u64,
+    /// Most unacknowledged batches in flight; default 16.
+    #[serde(default = "default_max_inflight")]
+    pub max_inflight: usize,
+    /// Re-send an unacknowledged batch (same number) after this many seconds; default 30.
+    #[serde(default = "default_ack_timeout")]
+    pub ack_timeout_s: u64,
+    /// Cap of the reconnect backoff in seconds (jittered); default 60.
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max_s: u64,
+    /// Seconds between two gateway heartbeats (retained, `…/heartbeat`); default 60.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_s: u64,
+    /// How often (s) `ca`, `cert` and `key` are checked for replacement on disk while connected;
+    /// a usable new pair is presented at a clean reconnect once the batches in flight are
+    /// acknowledged. They are also checked before every (re)connection. 0: only then. Default 60.
+    #[serde(default = "default_cert_check")]
+    pub cert_check_s: u64,
+}
+
+fn default_mqtts_port() -> Spanned<u16> {
+    Spanned::new(0..0, 8883)
+}
+fn default_keepalive() -> u64 {
+    30
+}
+fn default_batch_max() -> usize {
+    2000
+}
+fn default_batch_interval() -> u64 {
+    200
+}
+fn default_max_inflight() -> usize {
+    16
+}
+fn default_ack_timeout() -> u64 {
+    30
+}
+fn default_backoff_max() -> u64 {
+    60
+}
+fn default_heartbeat() -> u64 {
+    60
+}
+fn default_cert_check() -> u64 {
+    60
+}
+
+/// An upstream receiver configuration (`wardgate receive`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiverConfig {
+    /// Format version; must be 1.
+    pub version: Spanned<u32>,
+    /// Connection to the hospital's broker.
+    pub mqtt: MqttSection,
+    /// What to accept and where to store it.
+    pub receiver: ReceiverSection,
+}
+
+/// `[mqtt]` of a receiver: broker connection with mutual TLS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSection {
+    /// Broker host name or IP address.
+    pub host: Spanned<String>,
+    /// Broker TLS port; default 8883.
+    #[serde(default = "default_mqtts_port")]
+    pub port: Spanned<u16>,
+    /// CA certificate(s) of the broker (PEM).
+    pub ca: Spanned<PathBuf>,
+    /// The receiver's client certificate (PEM).
+    pub cert: Spanned<PathBuf>,
+    /// The receiver's private key (PEM, PKCS#8), owner-only.
+    pub key: Spanned<PathBuf>,
+    /// MQTT client id; receivers sharing a subscription need distinct ids. Default `wardgate-receiver`.
+    #[serde(default = "default_receiver_id")]
+    pub client_id: String,
+    /// Keepalive in seconds; default 30.
+    #[serde(default = "default_keepalive")]
+    pub keepalive_s: u64,
+}
+
+fn default_receiver_id() -> String {
+    "wardgate-receiver".into()
+}
+
+/// `[receiver]`: verification, dedup, durable output.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiverSection {
+    /// Topic filter for batches; default `wardgate/v1/+/+/+/batch`.
+    #[serde(default = "default_batch_filter")]
+    pub topic: String,
+    /// Shared-subscription group (`$share/{group}/{topic}`) so several receivers split the load.
+    pub share_group: Option<String>,
+    /// PEM certificates of the gateways whose batches are accepted (each identifies a `kid`).
+    pub gateway_certs: Vec<Spanned<PathBuf>>,
+    /// `sqlite:PATH` or `jsonl:PATH`: where verified observations are written durably (fsynced).
+    pub output: Spanned<String>,
+    /// If set, every message received on the batch topic is also written here as raw bytes
+    /// (`<gateway>-<receiver start ms>-<n>.cose`), for independent verification.
+    pub raw_dir: Option<PathBuf>,
+}
+
+fn default_batch_filter() -> String {
+    "wardgate/v1/+/+/+/batch".into()
+}
+
+/// A loaded file: either kind.
+#[derive(Debug, Clone)]
+pub enum AnyConfig {
+    /// A gateway config.
+    Gateway(Box<Config>),
+    /// A receiver config.
+    Receiver(Box<ReceiverConfig>),
+}
+
+impl Config {
+    /// The gateway's topic prefix `wardgate/v1/{site}/{ward}/{gateway}`.
+    pub fn topic_prefix(&self) -> String {
+        format!(
+            "wardgate/v1/{}/{}/{}",
+            self.gateway.site.get_ref(),
+            self.gateway.ward.get_ref(),
+            self.gateway.id.get_ref()
+        )
+    }
+}
+
+impl Config {
+    /// The clock source of `[gateway] clock` (validated; `kernel` when absent).
+    pub fn clock_source(&self) -> ClockSource {
+        self.gateway
+            .clock
+            .as_ref()
+            .and_then(|c| ClockSource::parse(c.get_ref()).ok())
+            .unwrap_or(ClockSource::Kernel)
+    }
+}
+
+/// Where "the clock is synchronised" comes from (`[gateway] clock`); the daemon's clock module
+/// reads it (`ClockSource::synced`, defined there because it touches the system).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClockSource {
+    /// `adjtimex(2)`: the kernel's NTP state.
+    Kernel,
+    /// Always synchronised.
+    Synced,
+    /// Synchronised while this file exists.
+    File(PathBuf),
+}
+
+impl ClockSource {
+    /// Parses the config value: `kernel`, `synced`, or `file:PATH`.
+    pub fn parse(s: &str) -> Result<ClockSource, String> {
+        match s {
+            "kernel" => Ok(ClockSource::Kernel),
+            "synced" => Ok(ClockSource::Synced),
+            _ => match s.strip_prefix("file:") {
+                Some(p) if !p.is_empty() => Ok(ClockSource::File(PathBuf::from(p))),
+                _ => Err(format!(
+                    "clock `{s}` must be `kernel`, `synced` or `file:PATH`"
+                )),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_source_parses_its_three_forms() {
+        assert_eq!(ClockSource::parse("kernel"), Ok(ClockSource::Kernel));
+        assert_eq!(ClockSource::parse("synced"), Ok(ClockSource::Synced));
+        assert_eq!(
+            ClockSource::parse("file:/run/x"),
+            Ok(ClockSource::File("/run/x".into()))
+        );
+        assert!(ClockSource::parse("file:").is_err());
+        assert!(ClockSource::parse("ntp").is_err());
+    }
+}

@@ -1,0 +1,391 @@
+//! Checks that need no filesystem: values, ranges and rules across fields, on the config as
+//! written (before relative paths are resolved). Pure: the same config always gives the same
+//! [`Problem`]s, each naming its setting by [`KeyPath`]; [`super::positions`] locates them.
+
+use super::diagnostic::Severity;
+use super::positions::KeyPath;
+use super::schema::{ClockSource, Config, ReceiverConfig, VERSION};
+use std::collections::HashSet;
+
+/// One problem with a setting, before it is located in the file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The setting the problem is about (its value is where the diagnostic points).
+    pub at: KeyPath,
+    /// Error (the config is refused) or warning (reported, accepted).
+    pub severity: Severity,
+    /// What is wrong and, where possible, what would be right.
+    pub message: String,
+}
+
+impl Problem {
+    /// An error at `at`.
+    pub fn error(at: KeyPath, message: impl Into<String>) -> Problem {
+        Problem {
+            at,
+            severity: Severity::Error,
+            message: message.into(),
+        }
+    }
+
+    /// A warning at `at`.
+    pub fn warning(at: KeyPath, message: impl Into<String>) -> Problem {
+        Problem {
+            at,
+            severity: Severity::Warning,
+            message: message.into(),
+        }
+    }
+}
+
+/// Baud rates a serial port can be set to on Linux (the termios `Bnnn` constants).
+pub const STANDARD_BAUD_RATES: &[u32] = &[
+    50, 75, 110, 134, 150, 200, 300, 600, 1_200, 1_800, 2_400, 4_800, 9_600, 19_200, 38_400,
+    57_600, 115_200, 230_400, 460_800, 500_000, 576_000, 921_600, 1_000_000, 1_152_000, 1_500_000,
+    2_000_000, 2_500_000, 3_000_000, 3_500_000, 4_000_000,
+];
+
+/// Whether `s` can be one level of an MQTT topic: non-empty, no `/`, `+`, `#`, whitespace or NUL.
+pub fn is_topic_safe(s: &str) -> bool {
+    !s.is_empty()
+        && !s
+            .chars()
+            .any(|c| matches!(c, '/' | '+' | '#' | '\0') || c.is_whitespace())
+}
+
+fn version(out: &mut Vec<Problem>, v: u32) {
+    if v != VERSION {
+        out.push(Problem::error(
+            KeyPath::of("version"),
+            format!("unsupported config version {v}; this wardgate reads version {VERSION}"),
+        ));
+    }
+}
+
+fn topic_safe(out: &mut Vec<Problem>, at: KeyPath, value: &str, what: &str) {
+    if !is_topic_safe(value) {
+        out.push(Problem::error(
+            at,
+            format!("{what} `{value}` must be non-empty and contain no `/`, `+`, `#` or spaces"),
+        ));
+    }
+}
+
+fn port(out: &mut Vec<Problem>, at: KeyPath, port: u16) {
+    if port == 0 {
+        out.push(Problem::error(at, "port must be between 1 and 65535"));
+    }
+}
+
+/// The problems of a gateway config that can be seen without the filesystem.
+pub fn gateway(c: &Config) -> Vec<Problem> {
+    let mut out = Vec::new();
+    version(&mut out, *c.version.get_ref());
+    let gw = KeyPath::of("gateway");
+    topic_safe(
+        &mut out,
+        gw.clone().key("id"),
+        c.gateway.id.get_ref(),
+        "gateway id",
+    );
+    topic_safe(
+        &mut out,
+        gw.clone().key("site"),
+        c.gateway.site.get_ref(),
+        "site",
+    );
+    topic_safe(
+        &mut out,
+        gw.clone().key("ward"),
+        c.gateway.ward.get_ref(),
+        "ward",
+    );
+    if let Some(clock) = &c.gateway.clock {
+        if let Err(e) = ClockSource::parse(clock.get_ref()) {
+            out.push(Problem::error(gw.clone().key("clock"), e));
+        }
+    }
+    let up = KeyPath::of("uplink");
+    topic_safe(
+        &mut out,
+        up.clone().key("host"),
+        c.uplink.host.get_ref(),
+        "host",
+    );
+    port(&mut out, up.clone().key("port"), *c.uplink.port.get_ref());
+    let store = KeyPath::of("store");
+    let positive = [
+        (&up, "keepalive_s", c.uplink.keepalive_s as u128),
+        (&up, "batch_max", c.uplink.batch_max as u128),
+        (&up, "max_inflight", c.uplink.max_inflight as u128),
+        (&up, "ack_timeout_s", c.uplink.ack_timeout_s as u128),
+        (&up, "backoff_max_s", c.uplink.backoff_max_s as u128),
+        (&up, "heartbeat_s", c.uplink.heartbeat_s as u128),
+        (&store, "commit_max_rows", c.store.commit_max_rows as u128),
+        (
+            &store,
+            "commit_interval_ms",
+            c.store.commit_interval_ms as u128,
+        ),
+        (&store, "max_bytes", c.store.max_bytes as u128),
+        (&store, "max_age_hours", c.store.max_age_hours as u128),
+    ];
+    for (table, key, value) in positive {
+        if value == 0 {
+            out.push(Problem::error(
+                table.clone().key(key),
+                format!("{key} must be greater than 0"),
+            ));
+        }
+    }
+    if c.uplink.keepalive_s > 65_535 {
+        out.push(Problem::error(
+            up.clone().key("keepalive_s"),
+            "keepalive_s must be at most 65535 (MQTT limit)",
+        ));
+    }
+    if c.store.path.as_os_str().is_empty() {
+        out.push(Problem::error(
+            store.key("path"),
+            "store path is empty; give a file, e.g. /var/lib/wardgate/store.db",
+        ));
+    }
+    serial(&mut out, c);
+    if let Some(ble) = &c.ble {
+        for (key, message) in ble.problems() {
+            let mut at = KeyPath::of("ble");
+            at.0.extend(KeyPath::parse(&key).0);
+            out.push(Problem::error(at, message));
+        }
+    }
+    out
+}
+
+fn serial(out: &mut Vec<Problem>, c: &Config) {
+    let mut names = HashSet::new();
+    for (i, s) in c.serial.iter().enumerate() {
+        let at = |key: &str| KeyPath::of("serial").index(i).key(key);
+        if !is_topic_safe(&s.name) {
+            out.push(Problem::error(at("name"), format!("serial device name `{}` must be non-empty and contain no `/`, `+`, `#` or spaces (it is part of MQTT topics)", s.name)));
+        }
+        if !names.insert(s.name.as_str()) {
+            out.push(Problem::error(
+                at("name"),
+                format!("serial device name `{}` is used twice", s.name),
+            ));
+        }
+        if !(5..=8).contains(&s.data_bits) {
+            out.push(Problem::error(
+                at("data_bits"),
+                format!("serial `{}`: data_bits must be 5, 6, 7 or 8", s.name),
+            ));
+        }
+        if !(1..=2).contains(&s.stop_bits) {
+            out.push(Problem::error(
+                at("stop_bits"),
+                format!("serial `{}`: stop_bits must be 1 or 2", s.name),
+            ));
+        }
+        match s.baud {
+            Some(0) => out.push(Problem::error(
+                at("baud"),
+                format!("serial `{}`: baud must be greater than 0", s.name),
+            )),
+            Some(b) if !STANDARD_BAUD_RATES.contains(&b) => out.push(Problem::error(
+                at("baud"),
+                format!(
+                    "serial `{}`: baud {b} is not a standard rate (e.g. 9600, 19200, 38400, 57600, 115200); the device's manual names its rate",
+                    s.name
+                ),
+            )),
+            _ => {}
+        }
+        if s.serial_number
+            .as_deref()
+            .is_some_and(|n| n.trim().is_empty())
+        {
+            out.push(Problem::error(at("serial_number"), format!("serial `{}`: serial_number is empty; remove it or give the device's serial number", s.name)));
+        }
+        if s.path.as_os_str().is_empty() {
+            out.push(Problem::error(
+                at("path"),
+                format!("serial `{}`: path is empty", s.name),
+            ));
+        }
+        let p = s.path.to_string_lossy();
+        if p.starts_with("/dev/ttyUSB") || p.starts_with("/dev/ttyACM") {
+            out.push(Problem::warning(at("path"), format!("serial `{}`: {p} can be renumbered at reboot; use its /dev/serial/by-id/ path so data cannot land on another bed's device", s.name)));
+        }
+    }
+}
+
+/// The problems of a receiver config that can be seen without the filesystem.
+pub fn receiver(c: &ReceiverConfig) -> Vec<Problem> {
+    let mut out = Vec::new();
+    version(&mut out, *c.version.get_ref());
+    let mqtt = KeyPath::of("mqtt");
+    topic_safe(
+        &mut out,
+        mqtt.clone().key("host"),
+        c.mqtt.host.get_ref(),
+        "host",
+    );
+    port(&mut out, mqtt.key("port"), *c.mqtt.port.get_ref());
+    let rx = KeyPath::of("receiver");
+    if c.receiver.gateway_certs.is_empty() {
+        out.push(Problem::error(
+            rx.clone().key("gateway_certs"),
+            "gateway_certs is empty: no batch could ever be verified",
+        ));
+    }
+    if output_path(c.receiver.output.get_ref()).is_none() {
+        out.push(Problem::error(
+            rx.key("output"),
+            format!(
+                "output `{}` must be `sqlite:PATH` or `jsonl:PATH`",
+                c.receiver.output.get_ref()
+            ),
+        ));
+    }
+    out
+}
+
+/// `(kind, PATH)` of a receiver `output` (`sqlite:PATH` or `jsonl:PATH`); `None` if malformed.
+pub fn output_path(output: &str) -> Option<(&str, &str)> {
+    match output.split_once(':') {
+        Some((kind @ ("sqlite" | "jsonl"), p)) if !p.is_empty() => Some((kind, p)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "version = 1\n[gateway]\nid = \"gw1\"\nsite = \"s\"\nward = \"w\"\n[uplink]\nhost = \"h\"\nca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n";
+
+    /// `(path, message)` of each problem of `BASE` + `extra`.
+    fn problems(extra: &str) -> Vec<(String, String)> {
+        let c: Config = toml::from_str(&format!("{BASE}{extra}")).unwrap();
+        gateway(&c)
+            .into_iter()
+            .map(|p| (p.at.to_string(), p.message))
+            .collect()
+    }
+
+    fn paths(extra: &str) -> Vec<String> {
+        problems(extra).into_iter().map(|(p, _)| p).collect()
+    }
+
+    #[test]
+    fn a_minimal_config_has_no_problem() {
+        assert_eq!(problems(""), vec![]);
+    }
+
+    #[test]
+    fn identifiers_must_be_usable_in_topics() {
+        assert!(is_topic_safe("ward-7"));
+        for bad in ["", "a/b", "a+", "#", "a b", "a\0"] {
+            assert!(!is_topic_safe(bad), "{bad:?}");
+        }
+        let c: Config = toml::from_str(&BASE.replace("\"w\"", "\"w 7\"")).unwrap();
+        let p = gateway(&c);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].at.to_string(), "gateway.ward");
+        assert!(p[0].message.starts_with("ward `w 7` must be"), "{p:?}");
+    }
+
+    #[test]
+    fn ranges_are_checked() {
+        let c: Config = toml::from_str(&BASE.replace(
+            "host = \"h\"",
+            "host = \"h\"\nport = 0\nkeepalive_s = 70000\nbatch_max = 0",
+        ))
+        .unwrap();
+        let p: Vec<String> = gateway(&c).into_iter().map(|p| p.at.to_string()).collect();
+        assert_eq!(p, ["uplink.port", "uplink.batch_max", "uplink.keepalive_s"]);
+        assert_eq!(
+            paths("[store]\nmax_age_hours = 0\npath = \"\"\n"),
+            ["store.max_age_hours", "store.path"]
+        );
+    }
+
+    #[test]
+    fn version_and_clock_are_checked() {
+        let c: Config = toml::from_str(&BASE.replace("version = 1", "version = 2")).unwrap();
+        assert_eq!(
+            gateway(&c)[0].message,
+            "unsupported config version 2; this wardgate reads version 1"
+        );
+        let c: Config =
+            toml::from_str(&BASE.replace("ward = \"w\"", "ward = \"w\"\nclock = \"ntp\"")).unwrap();
+        assert_eq!(gateway(&c)[0].at.to_string(), "gateway.clock");
+    }
+
+    #[test]
+    fn serial_rules_name_the_entry_and_key() {
+        let two = "[[serial]]\nname = \"a\"\npath = \"/dev/serial/by-id/x\"\nprotocol = \"cms50\"\n[[serial]]\nname = \"a\"\npath = \"/dev/ttyUSB0\"\nprotocol = \"masimo\"\nstop_bits = 3\ndata_bits = 9\nserial_number = \" \"\n";
+        let p = problems(two);
+        let at: Vec<&str> = p.iter().map(|(a, _)| a.as_str()).collect();
+        assert_eq!(
+            at,
+            [
+                "serial[1].name",
+                "serial[1].data_bits",
+                "serial[1].stop_bits",
+                "serial[1].serial_number",
+                "serial[1].path"
+            ]
+        );
+        assert!(p[0].1.contains("is used twice"));
+        // the renumberable port is a warning, the rest errors
+        let c: Config = toml::from_str(&format!("{BASE}{two}")).unwrap();
+        let sev: Vec<Severity> = gateway(&c).into_iter().map(|p| p.severity).collect();
+        assert_eq!(sev.iter().filter(|s| **s == Severity::Warning).count(), 1);
+        assert_eq!(sev.last(), Some(&Severity::Warning));
+    }
+
+    #[test]
+    fn a_non_standard_baud_rate_is_refused() {
+        let one = |baud: &str| {
+            problems(&format!(
+                "[[serial]]\nname = \"a\"\npath = \"/dev/serial/by-id/x\"\nprotocol = \"cms50\"\n{baud}"
+            ))
+        };
+        assert_eq!(one(""), vec![]);
+        assert_eq!(one("baud = 9600\n"), vec![]);
+        assert_eq!(one("baud = 115200\n"), vec![]);
+        let p = one("baud = 123\n");
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].0, "serial[0].baud");
+        assert!(
+            p[0].1
+                .starts_with("serial `a`: baud 123 is not a standard rate"),
+            "{p:?}"
+        );
+        assert_eq!(
+            one("baud = 0\n")[0].1,
+            "serial `a`: baud must be greater than 0"
+        );
+    }
+
+    #[test]
+    fn ble_problems_are_placed_under_ble() {
+        let p =
+            paths("[ble]\nadapter = \"hci-0\"\n[[ble.device]]\nname = \"d\"\naddress = \"nope\"\n");
+        assert_eq!(p, ["ble.adapter", "ble.device[0].address"]);
+    }
+
+    #[test]
+    fn receiver_rules() {
+        let text = "version = 1\n[mqtt]\nhost = \"h\"\nport = 0\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n[receiver]\ngateway_certs = []\noutput = \"postgres:x\"\n";
+        let c: ReceiverConfig = toml::from_str(text).unwrap();
+        let p: Vec<String> = receiver(&c).into_iter().map(|p| p.at.to_string()).collect();
+        assert_eq!(
+            p,
+            ["mqtt.port", "receiver.gateway_certs", "receiver.output"]
+        );
+        assert_eq!(output_path("sqlite:a.db"), Some(("sqlite", "a.db")));
+        assert_eq!(output_path("jsonl:"), None);
+    }
+}
