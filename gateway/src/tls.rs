@@ -38,10 +38,39 @@ pub fn client_config(
     Ok(Arc::new(cfg))
 }
 
+/// Why a connection to the broker failed, in the categories an installer acts on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnectProblem {
+    /// The broker refused our client certificate (a fatal TLS alert in the handshake).
+    ClientCertRefused,
+    /// The broker's certificate is not valid yet by our clock: the clock is not set (no RTC,
+    /// no NTP yet). `valid_from`: the certificate's start, Unix seconds, when rustls names it.
+    WaitingForTime {
+        /// Start of the broker certificate's validity, Unix seconds.
+        valid_from: Option<i64>,
+    },
+    /// The broker's certificate has expired (or our clock is far ahead).
+    BrokerCertExpired,
+    /// The broker's certificate does not chain to `uplink.ca`.
+    UnknownIssuer,
+    /// The broker's certificate does not name the configured host.
+    WrongHostName,
+    /// TCP connection refused: the broker is down or the port is wrong.
+    Refused,
+    /// Anything else (reset, timeout, protocol error): the text says what.
+    Other,
+}
+
 /// Turns a connection error into the sentence an installer needs, e.g. distinguishing an
 /// unknown broker CA, a certificate not yet valid (clock not set: waiting for time), a refused
 /// client certificate, and a broker that is down.
 pub fn explain(err: &rumqttc::ConnectionError) -> String {
+    classify(err).1
+}
+
+/// [`explain`] with the category: callers that act on the kind (log once per kind, report
+/// "waiting for time") match on [`ConnectProblem`], never on the text.
+pub fn classify(err: &rumqttc::ConnectionError) -> (ConnectProblem, String) {
     let text = err.to_string();
     let lower = text.to_lowercase();
     // A fatal alert from the broker during the handshake (rustls: "received fatal alert:
@@ -50,7 +79,7 @@ pub fn explain(err: &rumqttc::ConnectionError) -> String {
         || (lower.contains("certificate")
             && (lower.contains("alert") || lower.contains("required")))
     {
-        return format!("the broker refused this gateway's client certificate (uplink.cert/uplink.key) ({text})");
+        return (ConnectProblem::ClientCertRefused, format!("the broker refused this gateway's client certificate (uplink.cert/uplink.key) ({text})"));
     }
     if lower.contains("notvalidyet") || lower.contains("not valid yet") {
         // rustls names the verification time, which changes at every retry: keep only the
@@ -60,24 +89,31 @@ pub fn explain(err: &rumqttc::ConnectionError) -> String {
             .nth(1)
             .and_then(|r| r.split_whitespace().next())
             .and_then(|n| n.parse::<i64>().ok());
-        return match from {
+        return (ConnectProblem::WaitingForTime { valid_from: from }, match from {
             Some(t) => format!("waiting for time: the broker certificate is not valid yet by this gateway's clock (valid from Unix time {t}); buffering until the clock is set (NTP)"),
             None => "waiting for time: the broker certificate is not valid yet by this gateway's clock; buffering until the clock is set (NTP)".into(),
-        };
+        });
     }
     if lower.contains("expired") {
-        return format!(
-            "the broker certificate has expired or this gateway's clock is wrong ({text})"
+        return (
+            ConnectProblem::BrokerCertExpired,
+            format!("the broker certificate has expired or this gateway's clock is wrong ({text})"),
         );
     }
     if lower.contains("unknownissuer") || lower.contains("badsignature") {
-        return format!("the broker's certificate is not signed by the configured CA (uplink.ca); refusing to connect ({text})");
+        return (ConnectProblem::UnknownIssuer, format!("the broker's certificate is not signed by the configured CA (uplink.ca); refusing to connect ({text})"));
     }
     if lower.contains("notvalidforname") {
-        return format!("the broker's certificate does not name the configured host ({text})");
+        return (
+            ConnectProblem::WrongHostName,
+            format!("the broker's certificate does not name the configured host ({text})"),
+        );
     }
     if lower.contains("connection refused") {
-        return format!("broker unreachable: connection refused ({text})");
+        return (
+            ConnectProblem::Refused,
+            format!("broker unreachable: connection refused ({text})"),
+        );
     }
-    text
+    (ConnectProblem::Other, text)
 }

@@ -24,6 +24,7 @@
 //! [`UplinkStatus::credentials_error`] (shown by `wardgate status`).
 
 pub mod credentials;
+pub mod error;
 pub mod inflight;
 
 use crate::batch::{Ack, Origin};
@@ -33,6 +34,7 @@ use crate::signing::Signer;
 use crate::store::Store;
 use crate::supervisor::Backoff;
 use credentials::{Check, Credentials};
+use error::SessionError;
 use inflight::InflightTracker;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, Transport};
 use std::collections::VecDeque;
@@ -242,7 +244,7 @@ impl Uplink {
         client: &AsyncClient,
         signer: &Signer,
         published: &mut std::collections::HashMap<String, Arc<Vec<u8>>>,
-    ) -> Result<(), String> {
+    ) -> Result<(), SessionError> {
         let Some(rx) = &self.retained else {
             return Ok(());
         };
@@ -369,7 +371,7 @@ impl Uplink {
     /// Runs until `shutdown` becomes `true`: connect, deliver, reconnect with capped backoff.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Backoff::new(Duration::from_millis(500), self.settings.backoff_max);
-        let mut last_logged: Option<String> = None;
+        let mut last_logged: Option<SessionError> = None;
         loop {
             self.beat.beat();
             if *shutdown.borrow() {
@@ -392,19 +394,20 @@ impl Uplink {
                     if started.elapsed() > Duration::from_secs(30) {
                         backoff.reset();
                     }
-                    if last_logged.as_deref() != Some(reason.as_str()) {
+                    let text = reason.to_string();
+                    if !last_logged.as_ref().is_some_and(|l| l.same_reason(&reason)) {
                         log::warn!(
-                            "uplink to {}:{}: {reason}; buffering in the store and retrying",
+                            "uplink to {}:{}: {text}; buffering in the store and retrying",
                             self.settings.host,
                             self.settings.port
                         );
-                        last_logged = Some(reason.clone());
+                        last_logged = Some(reason);
                     } else {
-                        log::debug!("uplink still failing: {reason}");
+                        log::debug!("uplink still failing: {text}");
                     }
                     self.status.send_modify(|s| {
                         s.connected = false;
-                        s.last_error = Some(reason);
+                        s.last_error = Some(text);
                         s.connection_failures += 1;
                     });
                     let wait = backoff.next_delay();
@@ -432,7 +435,7 @@ impl Uplink {
         tls: Arc<rustls::ClientConfig>,
         signer: Arc<Signer>,
         mut creds: Option<&mut Credentials>,
-    ) -> Result<SessionEnd, String> {
+    ) -> Result<SessionEnd, SessionError> {
         let s = &self.settings;
         let (client, mut el) = AsyncClient::new(self.mqtt_options(tls), 256);
         el.set_network_options(mqtt::network_options());
@@ -441,7 +444,7 @@ impl Uplink {
                 match el.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
                     Ok(_) => {}
-                    Err(e) => return Err(crate::tls::explain(&e)),
+                    Err(e) => return Err(SessionError::connection(&e)),
                 }
             }
         };
@@ -456,7 +459,7 @@ impl Uplink {
             .await;
         match connected {
             Some(Ok(r)) => r?,
-            Some(Err(_)) => return Err("timed out waiting for the broker's CONNACK".into()),
+            Some(Err(_)) => return Err(SessionError::ConnackTimeout),
             None => return Ok(SessionEnd::Shutdown),
         }
         log::info!(
@@ -475,13 +478,9 @@ impl Uplink {
         });
         let ack_topic = mqtt::ack(&s.origin);
         if s.ack == AckMode::Upstream {
-            client
-                .try_subscribe(ack_topic.clone(), QoS::AtLeastOnce)
-                .map_err(|e| e.to_string())?;
+            client.try_subscribe(ack_topic.clone(), QoS::AtLeastOnce)?;
         }
-        client
-            .try_publish(mqtt::status(&s.origin), QoS::AtLeastOnce, true, "online")
-            .map_err(|e| e.to_string())?;
+        client.try_publish(mqtt::status(&s.origin), QoS::AtLeastOnce, true, "online")?;
 
         let mut published = std::collections::HashMap::new();
         self.publish_retained(&client, &signer, &mut published)?;
@@ -532,7 +531,7 @@ impl Uplink {
                 }
                 _ = beat_tick.tick() => {}
                 ev = el.poll() => {
-                    let ev = ev.map_err(|e| crate::tls::explain(&e))?;
+                    let ev = ev.map_err(|e| SessionError::connection(&e))?;
                     self.handle_event(ev, &mut tracker, &ack_topic).await?;
                 }
                 _ = tick.tick() => {
@@ -579,7 +578,7 @@ impl Uplink {
         ev: Event,
         tracker: &mut InflightTracker,
         ack_topic: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), SessionError> {
         match ev {
             Event::Outgoing(Outgoing::Publish(pkid)) if pkid != 0 => tracker.outgoing_publish(pkid),
             Event::Incoming(Packet::PubAck(ack)) => {
@@ -608,7 +607,7 @@ impl Uplink {
     }
 
     /// Deletes acknowledged batches from the store (stray or repeated numbers are harmless).
-    async fn acknowledge(&self, numbers: Vec<u64>) -> Result<(), String> {
+    async fn acknowledge(&self, numbers: Vec<u64>) -> Result<(), SessionError> {
         let store = self.store.clone();
         let acked = blocking(move || {
             let mut acked = 0;
@@ -632,7 +631,7 @@ impl Uplink {
         tracker: &mut InflightTracker,
         resend: &mut VecDeque<u64>,
         topic: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), SessionError> {
         // Re-sending a batch that is already in flight does not widen the window.
         while tracker.len() < self.settings.max_inflight
             || resend.front().is_some_and(|n| tracker.contains(*n))
@@ -685,9 +684,8 @@ impl Uplink {
 /// Runs a store operation on the blocking pool (SQLite may fsync).
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
-) -> Result<T, String> {
-    tokio::task::spawn_blocking(f)
+) -> Result<T, SessionError> {
+    Ok(tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| format!("store task failed: {e}"))?
-        .map_err(|e| e.to_string())
+        .map_err(|e| SessionError::StoreTask(e.to_string()))??)
 }
