@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod ble;
+pub mod retry;
 pub mod observation;
 pub mod serial;
 
