@@ -31,7 +31,7 @@ use crate::batch::{Ack, Origin};
 use crate::config::{AckMode, Config};
 use crate::signing::Signer;
 use crate::store::Store;
-use crate::supervisor::Backoff;
+use wardgate_adapters::retry::{Backoff, RESTART_INITIAL, UPLINK_STABLE};
 use credentials::{Check, Credentials};
 use inflight::InflightTracker;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, Transport};
@@ -302,6 +302,7 @@ impl Uplink {
                         kind: wardgate_adapters::observation::EventKind::Error,
                         detail: text,
                         gateway_time: wardgate_adapters::observation::now_ms(),
+                        presence: None,
                     },
                 );
                 if let Err(e) = blocking(move || store.append(&[ev]).map(|_| ())).await {
@@ -362,7 +363,7 @@ impl Uplink {
 
     /// Runs until `shutdown` becomes `true`: connect, deliver, reconnect with capped backoff.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        let mut backoff = Backoff::new(Duration::from_millis(500), self.settings.backoff_max);
+        let mut backoff = Backoff::new(RESTART_INITIAL, self.settings.backoff_max);
         let mut last_logged: Option<String> = None;
         loop {
             self.beat.beat();
@@ -383,7 +384,7 @@ impl Uplink {
                     last_logged = None;
                 }
                 Err(reason) => {
-                    if started.elapsed() > Duration::from_secs(30) {
+                    if started.elapsed() > UPLINK_STABLE {
                         backoff.reset();
                     }
                     if last_logged.as_deref() != Some(reason.as_str()) {
