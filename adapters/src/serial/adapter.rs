@@ -13,7 +13,7 @@
 //!    [`Protocol::keepalive`] periodically, and feeds every byte read to a fresh decoder
 //!    ([`protocols::build`]).
 //! 4. Stamps each [`Reading`] into an [`Observation`] with device id `serial:<name>`,
-//!    `gateway_time` = [`now_ms`] and `time_quality` = `device` when the device sent its own time,
+//!    `gateway_time` = [`now_ms`](crate::observation::now_ms) and `time_quality` = `device` when the device sent its own time,
 //!    else `synced`/`unsynced` from [`AdapterContext::clock_synced`].
 //! 5. On end of file, `EIO`, `ENODEV` or any other read/write error (unplug; a pty whose master
 //!    closed gives `EIO`): emits `disconnected`, **closes the port** (drops the fd), and reopens the

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | [`config`] | `[[serial]]` tables ([`SerialConfig`]) | no |
 //! | [`protocols`] | decoders (`cms50`, `ansar-b`, `masimo`) and [`protocols::build`] | no (pure state machines) |
-//! | [`line`] | line settings ([`LineSettings`]): applied when the port opens, read back and checked | opens the port, reads its settings |
+//! | [`line`](mod@line) | line settings ([`LineSettings`]): applied when the port opens, read back and checked | opens the port, reads its settings |
 //! | [`identity`] | the serial-number gate ([`identity::IdentityGate`]) | no |
 //! | [`adapter`] | [`SerialAdapter`]: the run loop that opens the stable path, checks line settings and identity, feeds the decoder and reopens after an unplug | yes |
 

@@ -35,7 +35,18 @@
 //!    btleplug as connected at start; their sessions adopt the link (no reconnect), rediscover
 //!    and resubscribe.
 //!
-//! Every decoded [`Reading`] becomes an [`Observation`] with device id `ble:<identity address>`.
+//! # Files
+//! | file | role |
+//! |---|---|
+//! | `mod.rs` | [`BleAdapter`]: its own thread and current-thread runtime bridged to the gateway's channel; the scan loop's driver; [`BleStats`] |
+//! | `admission.rs` | who is served: refused-device bookkeeping (bounded, rate-limited), tag rules, what one advertisement report said |
+//! | `scan.rs` | the scan loop's state: classification of every report, presence summaries, session start, blind-adapter recovery |
+//! | `session.rs` | one admitted device's connection loop: connect with [`crate::retry::Backoff`], discovery, subscriptions, decoding |
+//! | [`bluez`] | the few BlueZ D-Bus calls btleplug lacks (bond state, pairable, power, `RemoveDevice`) |
+//!
+//! Everything pure (decoders, presence aggregation, UUIDs) lives in [`crate::ble::decode`].
+//!
+//! Every decoded [`Reading`](crate::observation::Reading) becomes an [`Observation`](crate::observation::Observation) with device id `ble:<identity address>`.
 //! Logs never carry clinical values above `debug`.
 
 pub mod bluez;

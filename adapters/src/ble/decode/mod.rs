@@ -1,4 +1,4 @@
-//! Pure BLE decoders: bytes in, [`Reading`]s (or typed structs) out. Nothing here does I/O —
+//! Pure BLE decoders: bytes in, [`Reading`](crate::observation::Reading)s (or typed structs) out. Nothing here does I/O —
 //! no tokio, btleplug or D-Bus, and nothing from [`crate::ble::central`]; time is passed in as
 //! `Instant`s. `wardgate decode` and the simulators use the same functions as the adapter.
 //!
@@ -17,7 +17,7 @@
 //! Contract (the crate's): decoders never panic on any input (property-tested); a malformed
 //! payload yields a [`DecodeError`] with the byte offset where it went wrong. An IEEE 11073
 //! special value (NaN, NRes, ±INF, reserved) is never turned into a number: the typed structs
-//! keep it as a [`sfloat::MedFloat`] status, and the `decode` functions emit no [`Reading`] for it.
+//! keep it as a [`sfloat::MedFloat`] status, and the `decode` functions emit no [`Reading`](crate::observation::Reading) for it.
 
 pub mod advertisement;
 pub mod presence;
@@ -182,7 +182,7 @@ impl DateTime {
             && self.seconds <= 59
     }
 
-    /// `YYYY-MM-DDThh:mm:ss` (the [`Reading::device_time`] format) when [`is_complete`]
+    /// `YYYY-MM-DDThh:mm:ss` (the [`Reading::device_time`](crate::observation::Reading::device_time) format) when [`is_complete`]
     /// (a time stamp with an unknown year, month or day, or out-of-range fields, is not a
     /// usable device time: `None`).
     ///
