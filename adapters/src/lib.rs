@@ -29,8 +29,8 @@
 #![warn(missing_docs)]
 
 pub mod ble;
-pub mod retry;
 pub mod observation;
+pub mod retry;
 pub mod serial;
 
 pub use observation::{DeviceEvent, DeviceId, EventKind, Observation, TimeQuality, Unit};

@@ -396,11 +396,7 @@ pub struct Observation {
 impl Observation {
     /// Stamps a decoded reading: `gateway_time` = [`now_ms`], `time_quality` = `device` when the
     /// device sent its own time stamp, else `synced`/`unsynced` from `clock_synced`.
-    pub fn from_reading(
-        device: DeviceId,
-        r: Reading,
-        clock_synced: bool,
-    ) -> Observation {
+    pub fn from_reading(device: DeviceId, r: Reading, clock_synced: bool) -> Observation {
         let time_quality = if r.device_time.is_some() {
             TimeQuality::Device
         } else if clock_synced {

@@ -539,6 +539,5 @@ mod tests {
     }
 
     #[test]
-    fn uuid128() {
-    }
+    fn uuid128() {}
 }

@@ -57,10 +57,8 @@ impl LineSettings {
 
     /// Reads the settings back from an open port.
     pub fn read_back(port: &dyn SerialPort) -> Result<Self, LineError> {
-        let err = |what: &'static str, e: tokio_serial::Error| LineError::ReadBack {
-            what,
-            source: e,
-        };
+        let err =
+            |what: &'static str, e: tokio_serial::Error| LineError::ReadBack { what, source: e };
         let baud = port.baud_rate().map_err(|e| err("baud rate", e))?;
         let data_bits = match port.data_bits().map_err(|e| err("data bits", e))? {
             tokio_serial::DataBits::Five => 5,

@@ -1,8 +1,8 @@
 //! Admission (DESIGN §6): which devices the adapter serves, which feed presence, which are
 //! refused — the bookkeeping, bounded whatever the number of rotating addresses on the ward.
 
-use super::MAX_TRACKED;
 use super::MAX_TAGS_PER_RULE;
+use super::MAX_TRACKED;
 use crate::ble::config::{Address, TagRule};
 use crate::ble::decode::advertisement::{self, bthome_crypto};
 use crate::ble::decode::presence::PresenceAggregator;
@@ -144,7 +144,6 @@ pub(super) struct Sighting {
     pub(super) manufacturer_data: HashMap<u16, Vec<u8>>,
     pub(super) service_data: HashMap<Uuid, Vec<u8>>,
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -358,4 +358,3 @@ async fn pick_adapter(manager: &Manager, name: &str) -> Result<BtAdapter, Adapte
         }
     )))
 }
-

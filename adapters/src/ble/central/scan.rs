@@ -303,7 +303,12 @@ impl<'a> Scan<'a> {
     }
 
     /// Decodes the tag's advertised service data into readings kept for its next summary.
-    pub(super) fn tag_data(&mut self, rule: usize, a: Address, service_data: &HashMap<Uuid, Vec<u8>>) {
+    pub(super) fn tag_data(
+        &mut self,
+        rule: usize,
+        a: Address,
+        service_data: &HashMap<Uuid, Vec<u8>>,
+    ) {
         let mut readings = Vec::new();
         for (uuid, data) in service_data {
             let frame = match to_sig16(*uuid) {
@@ -476,7 +481,11 @@ impl<'a> Scan<'a> {
 }
 
 /// BTHome v2 service data, decrypted with the tag's key when it is encrypted.
-pub(super) fn bthome(a: Address, data: &[u8], key: Option<&[u8; 16]>) -> Option<advertisement::BtHome> {
+pub(super) fn bthome(
+    a: Address,
+    data: &[u8],
+    key: Option<&[u8; 16]>,
+) -> Option<advertisement::BtHome> {
     match key {
         Some(k) => advertisement::parse_bthome_with_key(data, a.0, k).ok(),
         None => advertisement::parse_bthome(data).ok(),

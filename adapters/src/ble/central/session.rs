@@ -3,7 +3,7 @@
 
 use super::bluez::Bus;
 use super::{
-    event, inc, send, BleStats, DeviceSpec, GATT_TIMEOUT, CONNECT_TIMEOUT, LINK_CHECK,
+    event, inc, send, BleStats, DeviceSpec, CONNECT_TIMEOUT, GATT_TIMEOUT, LINK_CHECK,
     UUID_DIS_FIRMWARE, UUID_DIS_MANUFACTURER, UUID_DIS_MODEL, UUID_DIS_SERIAL, UUID_RACP,
 };
 use crate::ble::config::Address;
@@ -14,9 +14,9 @@ use crate::ble::decode::{DecodeError, Profile};
 use crate::observation::{EventKind, Observation, Reading};
 use crate::retry::{Backoff, RateLimit, DEVICE_STABLE};
 use crate::{AdapterError, AdapterEvent};
+use btleplug::api::Central as _;
 use btleplug::api::{CharPropFlags, Characteristic, Peripheral as _, ValueNotification, WriteType};
 use btleplug::platform::{Adapter as BtAdapter, Peripheral, PeripheralId};
-use btleplug::api::Central as _;
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -82,7 +82,11 @@ impl Session {
         send(&self.out, ev).await
     }
 
-    pub(super) async fn report_once(&self, last: &mut String, why: String) -> Result<(), AdapterError> {
+    pub(super) async fn report_once(
+        &self,
+        last: &mut String,
+        why: String,
+    ) -> Result<(), AdapterError> {
         if *last != why {
             log::warn!("ble {}: {why}", self.name());
             self.emit(event(
@@ -175,9 +179,9 @@ impl Session {
         chars: &[Characteristic],
         u: Uuid,
     ) -> Option<String> {
-        let c = chars.iter().find(|c| {
-            c.uuid == u && c.properties.contains(CharPropFlags::READ)
-        })?;
+        let c = chars
+            .iter()
+            .find(|c| c.uuid == u && c.properties.contains(CharPropFlags::READ))?;
         let v = timeout(GATT_TIMEOUT, p.read(c)).await.ok()?.ok()?;
         let s = String::from_utf8_lossy(&v)
             .trim_end_matches('\0')
@@ -249,8 +253,7 @@ impl Session {
         // reports a read's result as a `Value` change too, so the value reaches `handle` through
         // the notification stream (exactly once), not from here.
         for c in &chars {
-            let is_battery = c.uuid == Profile::Battery.uuid()
-                && self.spec.wants(Profile::Battery);
+            let is_battery = c.uuid == Profile::Battery.uuid() && self.spec.wants(Profile::Battery);
             let vendor_read = self
                 .spec
                 .vendor
@@ -352,42 +355,41 @@ impl Session {
         identity_ok: bool,
         errors: &mut RateLimit,
     ) -> Result<(), AdapterError> {
-        let decoded: Result<Vec<Reading>, (String, DecodeError)> =
-            match Profile::from_uuid(uuid) {
-                Some(Profile::Glucose) => match glucose::parse(value) {
-                    Ok(m) => {
-                        let mut last = self.glucose_last.lock().unwrap_or_else(|e| e.into_inner());
-                        let prev = last.get(&self.spec.address).copied();
-                        if prev.is_some_and(|p| !seq_after(m.sequence, p)) {
-                            inc(&self.stats.duplicates_dropped);
-                            Ok(Vec::new())
-                        } else {
-                            last.insert(self.spec.address, m.sequence);
-                            // The record's sequence number travels as a status flag, so the
-                            // upstream can recognise a record fetched again after a gateway
-                            // restart (the dedup state here is in memory).
-                            let mut rs = glucose::readings(&m);
-                            for r in &mut rs {
-                                r.status.push(format!("record={}", m.sequence));
-                            }
-                            Ok(rs)
+        let decoded: Result<Vec<Reading>, (String, DecodeError)> = match Profile::from_uuid(uuid) {
+            Some(Profile::Glucose) => match glucose::parse(value) {
+                Ok(m) => {
+                    let mut last = self.glucose_last.lock().unwrap_or_else(|e| e.into_inner());
+                    let prev = last.get(&self.spec.address).copied();
+                    if prev.is_some_and(|p| !seq_after(m.sequence, p)) {
+                        inc(&self.stats.duplicates_dropped);
+                        Ok(Vec::new())
+                    } else {
+                        last.insert(self.spec.address, m.sequence);
+                        // The record's sequence number travels as a status flag, so the
+                        // upstream can recognise a record fetched again after a gateway
+                        // restart (the dedup state here is in memory).
+                        let mut rs = glucose::readings(&m);
+                        for r in &mut rs {
+                            r.status.push(format!("record={}", m.sequence));
                         }
+                        Ok(rs)
                     }
-                    Err(e) => Err(("glucose measurement".into(), e)),
-                },
-                Some(p) if self.spec.wants(p) => p.decode(value).map_err(|e| (p.name().into(), e)),
-                Some(_) => Ok(Vec::new()),
-                None if uuid == UUID_RACP => {
-                    log::debug!("ble {}: RACP response {:02x?}", self.name(), value);
-                    Ok(Vec::new())
                 }
-                None => match &self.spec.vendor {
-                    Some(v) if v.characteristic(uuid).is_some() => v
-                        .decode(uuid, value)
-                        .map_err(|e| (format!("vendor profile {} {uuid}", v.name), e)),
-                    _ => Ok(Vec::new()),
-                },
-            };
+                Err(e) => Err(("glucose measurement".into(), e)),
+            },
+            Some(p) if self.spec.wants(p) => p.decode(value).map_err(|e| (p.name().into(), e)),
+            Some(_) => Ok(Vec::new()),
+            None if uuid == UUID_RACP => {
+                log::debug!("ble {}: RACP response {:02x?}", self.name(), value);
+                Ok(Vec::new())
+            }
+            None => match &self.spec.vendor {
+                Some(v) if v.characteristic(uuid).is_some() => v
+                    .decode(uuid, value)
+                    .map_err(|e| (format!("vendor profile {} {uuid}", v.name), e)),
+                _ => Ok(Vec::new()),
+            },
+        };
         match decoded {
             Ok(readings) => {
                 if !identity_ok {

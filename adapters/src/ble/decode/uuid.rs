@@ -118,7 +118,9 @@ mod tests {
         let full = "5e1f0001-7c3a-4b8e-9d2f-1a2b3c4d5e6f";
         assert_eq!(parse(&full.to_uppercase()).unwrap().to_string(), full);
         assert_eq!(
-            parse("5e1f00017c3a4b8e9d2f1a2b3c4d5e6f").unwrap().to_string(),
+            parse("5e1f00017c3a4b8e9d2f1a2b3c4d5e6f")
+                .unwrap()
+                .to_string(),
             full
         );
         assert_eq!(parse("fe5g").unwrap_err().offset, 3);

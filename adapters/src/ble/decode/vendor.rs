@@ -1109,10 +1109,16 @@ mod tests {
     #[test]
     fn uuids() {
         // The parser itself is tested in `decode::uuid`; here: the forms a profile uses.
-        assert_eq!(uuid("fe50").as_u128(), 0x0000_FE50_0000_1000_8000_0080_5F9B_34FB);
+        assert_eq!(
+            uuid("fe50").as_u128(),
+            0x0000_FE50_0000_1000_8000_0080_5F9B_34FB
+        );
         assert_eq!(uuid("0xFE50"), uuid("0000fe50-0000-1000-8000-00805f9b34fb"));
         assert_eq!(uuid(" 0000FE50 "), uuid::sig16(0xFE50));
-        assert_eq!(uuid("12345678").as_u128(), 0x1234_5678_0000_1000_8000_0080_5F9B_34FB);
+        assert_eq!(
+            uuid("12345678").as_u128(),
+            0x1234_5678_0000_1000_8000_0080_5F9B_34FB
+        );
     }
 
     #[test]

@@ -36,9 +36,9 @@
 //! beacon temperature → [`mdc::TEMP_ROOM`] (°C), BTHome battery → [`mdc::BATTERY_CHARGE`] (%),
 //! Mi Scale weight → [`mdc::BODY_WEIGHT`].
 
+use crate::ble::decode::profiles::reading;
 use crate::ble::decode::{DateTime, DecodeError, Reader};
 use crate::observation::Reading;
-use crate::ble::decode::profiles::reading;
 use crate::observation::{mdc, Unit};
 use serde_json::{json, Value};
 
@@ -701,7 +701,9 @@ mod tests {
         // Valid ciphertexts of random plaintexts: the object parser behind the decryption.
         never_panics(0xFCD4, &[], |b| {
             let info = 0x40 | (b.first().copied().unwrap_or(0) & 0x06);
-            let sd = crate::ble::decode::advertisement::bthome_crypto::encrypt_bthome([9; 6], info, b, 1, &key)?;
+            let sd = crate::ble::decode::advertisement::bthome_crypto::encrypt_bthome(
+                [9; 6], info, b, 1, &key,
+            )?;
             parse_bthome_with_key(&sd, [9; 6], &key).map(|h| h.readings())
         });
         never_panics(0x181D, &["229e43e507040b101301"], |b| {

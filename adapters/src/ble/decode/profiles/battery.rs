@@ -7,8 +7,8 @@
 //!
 //! Reading: [`mdc::BATTERY_CHARGE`] (MDC_ATTR_VAL_BATT_CHARGE, 67996) in %.
 
-use crate::ble::decode::uuid::{sig16, Uuid};
 use super::reading;
+use crate::ble::decode::uuid::{sig16, Uuid};
 use crate::ble::decode::DecodeError;
 use crate::observation::Reading;
 use crate::observation::{mdc, Unit};

@@ -26,9 +26,9 @@
 //! `pulse-rate-above-range`, `pulse-rate-below-range`, `pulse-rate-range-reserved`,
 //! `improper-position`. The user id is kept in the typed struct only.
 
-use crate::ble::decode::uuid::{sig16, Uuid};
 use super::push_med;
 use crate::ble::decode::sfloat::MedFloat;
+use crate::ble::decode::uuid::{sig16, Uuid};
 use crate::ble::decode::{bit_names, DateTime, DecodeError, Reader};
 use crate::observation::Reading;
 use crate::observation::{mdc, Unit};

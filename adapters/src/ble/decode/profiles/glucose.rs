@@ -48,9 +48,9 @@
 //! The **sequence number** is the device's record number: [`GlucoseMeasurement::sequence`],
 //! for deduplicating records re-sent through the Record Access Control Point.
 
-use crate::ble::decode::uuid::{sig16, Uuid};
 use super::push_med;
 use crate::ble::decode::sfloat::MedFloat;
+use crate::ble::decode::uuid::{sig16, Uuid};
 use crate::ble::decode::{bit_names, DateTime, DecodeError, Reader};
 use crate::observation::Reading;
 use crate::observation::{mdc, Unit};

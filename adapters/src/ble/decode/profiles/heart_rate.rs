@@ -16,8 +16,8 @@
 //! [`mdc::RR_INTERVAL`] (MDC_ECG_TIME_PD_RR_GL, 147240) in **ms** (raw × 1000/1024, exact in
 //! binary floating point). Energy expended has no MDC code here: typed field only.
 
-use crate::ble::decode::uuid::{sig16, Uuid};
 use super::reading;
+use crate::ble::decode::uuid::{sig16, Uuid};
 use crate::ble::decode::{DecodeError, Reader};
 use crate::observation::Reading;
 use crate::observation::{mdc, Unit};

@@ -175,7 +175,9 @@ mod tests {
         for p in Profile::ALL {
             crate::ble::decode::test_util::never_panics(
                 crate::ble::decode::test_util::seed(p.uuid()),
-                &[], |b| p.decode(b));
+                &[],
+                |b| p.decode(b),
+            );
         }
     }
 }

@@ -31,9 +31,9 @@
 //! `sensor-malfunction`, `sensor-disconnected`). When the spot-check says the device clock is
 //! not set, its time stamp is not used as device time and `device-clock-not-set` is added.
 
-use crate::ble::decode::uuid::{sig16, Uuid};
 use super::push_med;
 use crate::ble::decode::sfloat::MedFloat;
+use crate::ble::decode::uuid::{sig16, Uuid};
 use crate::ble::decode::{bit_names, DateTime, DecodeError, Reader};
 use crate::observation::Reading;
 use crate::observation::{mdc, Unit};

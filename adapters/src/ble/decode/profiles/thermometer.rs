@@ -18,9 +18,9 @@
 //! the site becomes a status string `site-<name>` (e.g. `site-finger`), a reserved type
 //! `site-reserved`.
 
-use crate::ble::decode::uuid::{sig16, Uuid};
 use super::push_med;
 use crate::ble::decode::sfloat::MedFloat;
+use crate::ble::decode::uuid::{sig16, Uuid};
 use crate::ble::decode::{DateTime, DecodeError, Reader};
 use crate::observation::Reading;
 use crate::observation::{mdc, Unit};

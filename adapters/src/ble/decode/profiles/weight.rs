@@ -24,8 +24,8 @@
 //! weight reading and adds `measurement-unsuccessful` to the others. The user id stays in the
 //! typed struct.
 
-use crate::ble::decode::uuid::{sig16, Uuid};
 use super::reading;
+use crate::ble::decode::uuid::{sig16, Uuid};
 use crate::ble::decode::{DateTime, DecodeError, Reader};
 use crate::observation::Reading;
 use crate::observation::{mdc, Unit};
