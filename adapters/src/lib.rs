@@ -5,11 +5,19 @@
 //! channel into the store, so a full channel slows the device side, never the heap.
 //!
 //! # Layout
-//! - [`observation`]: the data model (DESIGN §3): [`Observation`], [`DeviceEvent`], MDC codes.
-//! - [`serial`]: the serial port supervisor and the bedside-monitor protocol decoders
-//!   (`cms50`, `ansar-b`, `masimo`), pure functions from bytes to observations.
-//! - [`ble`]: pure BLE decoders (SIG health characteristics, declarative vendor profiles,
-//!   beacons including encrypted BTHome) and asset-tag presence aggregation; no btleplug yet.
+//! - [`observation`]: the data model (DESIGN §3): [`Observation`], [`DeviceEvent`] (with the
+//!   typed [`observation::PresenceReport`]), the decoders' [`observation::Reading`], MDC codes.
+//! - [`retry`]: the one retry policy: [`retry::Backoff`] (capped exponential, equal jitter) and
+//!   [`retry::RateLimit`], used by serial, BLE and the gateway's supervisor and uplink.
+//! - [`serial`]: the serial port adapter (run loop, line settings, identity gate) and the
+//!   bedside-monitor protocol decoders (`cms50`, `ansar-b`, `masimo`), pure state machines.
+//! - [`ble`]: `ble::decode` holds the pure BLE decoders (SIG health characteristics, declarative
+//!   vendor profiles, beacons including encrypted BTHome, presence aggregation); `ble::central`
+//!   the I/O: the BLE adapter on BlueZ through btleplug (and a few direct D-Bus calls).
+//!
+//! Modules depend one way: `observation` and `retry` on nothing here; decoders
+//! (`serial::protocols`, `ble::decode`) on `observation`; adapters (`serial::adapter`,
+//! `ble::central`) on decoders, `retry` and the contract below.
 //!
 //! # Contract
 //! - [`Adapter::run`] runs until the shutdown signal fires or an error it cannot recover from; the
@@ -22,6 +30,7 @@
 
 pub mod ble;
 pub mod observation;
+pub mod retry;
 pub mod serial;
 
 pub use observation::{DeviceEvent, DeviceId, EventKind, Observation, TimeQuality, Unit};
@@ -58,7 +67,8 @@ pub struct AdapterContext {
     pub clock_synced: watch::Receiver<bool>,
 }
 
-/// Errors an adapter returns to its supervisor.
+/// Errors an adapter returns to its supervisor, which acts on the kind: `ChannelClosed` stops
+/// supervision, the others are reported and the adapter restarted after a backoff.
 #[derive(Debug, thiserror::Error)]
 pub enum AdapterError {
     /// The configuration cannot work (e.g. the port did not take the requested baud rate).

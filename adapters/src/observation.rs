@@ -33,6 +33,22 @@ impl fmt::Display for DeviceId {
     }
 }
 
+/// One decoded reading, before the adapter stamps it with device id and gateway time: what
+/// every pure decoder (serial protocols, BLE profiles, advertisements, vendor profiles) emits.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reading {
+    /// IEEE 11073-10101 code (see [`crate::observation::mdc`]).
+    pub code: u32,
+    /// Value in `unit`.
+    pub value: f64,
+    /// Unit of `value`.
+    pub unit: Unit,
+    /// The device's own time stamp (`YYYY-MM-DDThh:mm:ss`, device local time) if it sent one.
+    pub device_time: Option<String>,
+    /// Status flags (e.g. `alarm`, `low-perfusion`), empty when normal.
+    pub status: Vec<String>,
+}
+
 /// A unit of measure: the IEEE 11073-10101 unit code (partition 4, DIM) and its UCUM spelling.
 ///
 /// Source: PROTOCOLS.md §E.2 (antidote `nomenclature.h`, HL7 PHD IG).
@@ -380,11 +396,7 @@ pub struct Observation {
 impl Observation {
     /// Stamps a decoded reading: `gateway_time` = [`now_ms`], `time_quality` = `device` when the
     /// device sent its own time stamp, else `synced`/`unsynced` from `clock_synced`.
-    pub fn from_reading(
-        device: DeviceId,
-        r: crate::serial::protocols::Reading,
-        clock_synced: bool,
-    ) -> Observation {
+    pub fn from_reading(device: DeviceId, r: Reading, clock_synced: bool) -> Observation {
         let time_quality = if r.device_time.is_some() {
             TimeQuality::Device
         } else if clock_synced {
@@ -452,6 +464,63 @@ pub struct DeviceEvent {
     pub detail: String,
     /// Gateway wall-clock time, milliseconds since the Unix epoch (UTC).
     pub gateway_time: i64,
+    /// For an `rssi` event of a BLE asset tag: the typed presence summary that `detail` renders.
+    /// In-process only (the wire and the store carry `detail`); `None` for every other event.
+    pub presence: Option<PresenceReport>,
+}
+
+impl DeviceEvent {
+    /// An event of `kind` for `device`, stamped now ([`now_ms`]).
+    pub fn new(device: DeviceId, kind: EventKind, detail: impl Into<String>) -> Self {
+        DeviceEvent {
+            device,
+            kind,
+            detail: detail.into(),
+            gateway_time: now_ms(),
+            presence: None,
+        }
+    }
+
+    /// The `rssi` event of a tag's presence summary, stamped now: `detail` is the report's wire
+    /// text ([`PresenceReport`]'s `Display`), rendered here and nowhere else.
+    pub fn presence(device: DeviceId, report: PresenceReport) -> Self {
+        DeviceEvent {
+            device,
+            kind: EventKind::Rssi,
+            detail: report.to_string(),
+            gateway_time: now_ms(),
+            presence: Some(report),
+        }
+    }
+}
+
+/// A BLE asset tag's presence over one window (PROTOCOLS.md §D.4): what a `rssi` event says.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PresenceReport {
+    /// The `[[ble.tag]]` rule the tag matched.
+    pub rule: String,
+    /// The rule's window, seconds.
+    pub window_s: u64,
+    /// Advertisements heard in the window.
+    pub count: u64,
+    /// Weakest RSSI, dBm.
+    pub rssi_min: i16,
+    /// Median RSSI, dBm (mean of the two middle samples for an even count).
+    pub rssi_median: f64,
+    /// Strongest RSSI, dBm.
+    pub rssi_max: i16,
+}
+
+impl fmt::Display for PresenceReport {
+    /// The wire-format detail (docs/wire-format.md): `rule=… window_s=… count=… rssi_min=…
+    /// rssi_median=F rssi_max=…`, the median with one decimal.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "rule={} window_s={} count={} rssi_min={} rssi_median={:.1} rssi_max={}",
+            self.rule, self.window_s, self.count, self.rssi_min, self.rssi_median, self.rssi_max
+        )
+    }
 }
 
 /// Milliseconds of **monotonic** time since this process first asked, starting at 1 (so 0 can

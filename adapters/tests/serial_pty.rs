@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout, Instant};
 use wardgate_adapters::observation::mdc;
-use wardgate_adapters::serial::port::LineSettings;
+use wardgate_adapters::serial::LineSettings;
 use wardgate_adapters::serial::{Parity, ProtocolName, SerialAdapter, SerialConfig};
 use wardgate_adapters::{
     Adapter, AdapterContext, AdapterError, AdapterEvent, EventKind, Observation, TimeQuality,

@@ -337,6 +337,7 @@ mod tests {
                         kind: EventKind::Dropped,
                         detail: "x".into(),
                         gateway_time: 5,
+                        presence: None,
                     },
                 }),
             ],

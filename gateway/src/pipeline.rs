@@ -174,11 +174,9 @@ pub async fn run_writer(
                                     }
                                     EventKind::Rssi => {
                                         counts.rssi_dbm = e
-                                            .detail
-                                            .split_whitespace()
-                                            .find_map(|kv| kv.strip_prefix("rssi_median="))
-                                            .and_then(|v| v.parse::<f64>().ok())
-                                            .map(|v| v.round() as i64);
+                                            .presence
+                                            .as_ref()
+                                            .map(|p| p.rssi_median.round() as i64);
                                     }
                                     _ => {}
                                 }

@@ -8,7 +8,7 @@
 use crate::blesim::{self, Advert, Bus, DeviceInformation, SimBluez};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use wardgate_adapters::ble::advertisement::decode_advertisement;
+use wardgate_adapters::ble::decode::advertisement::decode_advertisement;
 use wardgate_adapters::ble::Profile;
 
 /// The `[ble]` section appended to the demo config.

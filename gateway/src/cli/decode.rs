@@ -13,9 +13,10 @@ use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use wardgate_adapters::ble::advertisement::{self as adv, Beacon};
-use wardgate_adapters::ble::profiles::glucose;
-use wardgate_adapters::ble::{DecodeError, Profile, Reading};
+use wardgate_adapters::ble::decode::advertisement::{self as adv, Beacon};
+use wardgate_adapters::ble::decode::profiles::glucose;
+use wardgate_adapters::ble::{DecodeError, Profile};
+use wardgate_adapters::observation::Reading;
 use wardgate_adapters::serial::protocols::{self, Decoded};
 use wardgate_adapters::serial::ProtocolName;
 
@@ -247,7 +248,7 @@ pub fn decode_profile(
 
 /// [`decode_profile`] with a BTHome v2 encryption key (16 bytes) and the device's address
 /// (`AA:BB:…` as written, the nonce's MAC) for encrypted `bthome` frames (AES-CCM, see
-/// `wardgate_adapters::ble::bthome_crypto`).
+/// `wardgate_adapters::ble::decode::advertisement::bthome_crypto`).
 pub fn decode_profile_with_key(
     profile: &str,
     hex_arg: &str,

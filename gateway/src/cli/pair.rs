@@ -30,7 +30,7 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use wardgate_adapters::ble::bluez::device_path;
+use wardgate_adapters::ble::central::bluez::device_path;
 use wardgate_adapters::ble::config::Address;
 
 /// Object path of our agent.

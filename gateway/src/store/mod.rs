@@ -246,6 +246,7 @@ impl Store {
                     aside.display()
                 ),
                 gateway_time: now_ms(),
+                presence: None,
             })])?;
         }
         Ok((store, report))
@@ -684,6 +685,7 @@ impl Store {
                 r.total()
             ),
             gateway_time: now_ms(),
+            presence: None,
         })])
         .map(|_| ())
         .map_err(|e| self.err(e))
@@ -797,6 +799,7 @@ fn read_items(
                     kind: event_kind(&kind),
                     detail: r.get::<_, Option<String>>(10)?.unwrap_or_default(),
                     gateway_time,
+                    presence: None,
                 },
             })),
         }

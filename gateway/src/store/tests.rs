@@ -92,6 +92,7 @@ fn observation_fields_round_trip() {
         kind: EventKind::Disconnected,
         detail: "EIO".into(),
         gateway_time: 5,
+        presence: None,
     };
     let first = *s
         .append(&[

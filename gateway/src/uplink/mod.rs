@@ -32,7 +32,6 @@ use crate::config::{AckMode, Config};
 use crate::mqtt;
 use crate::signing::Signer;
 use crate::store::Store;
-use crate::supervisor::Backoff;
 use credentials::{Check, Credentials};
 use error::SessionError;
 use inflight::InflightTracker;
@@ -43,6 +42,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
+use wardgate_adapters::retry::{Backoff, RESTART_INITIAL, UPLINK_STABLE};
 
 /// Everything the uplink needs besides the store and the signer.
 #[derive(Clone)]
@@ -310,6 +310,7 @@ impl Uplink {
                         kind: wardgate_adapters::observation::EventKind::Error,
                         detail: text,
                         gateway_time: wardgate_adapters::observation::now_ms(),
+                        presence: None,
                     },
                 );
                 if let Err(e) = blocking(move || store.append(&[ev]).map(|_| ())).await {
@@ -370,7 +371,7 @@ impl Uplink {
 
     /// Runs until `shutdown` becomes `true`: connect, deliver, reconnect with capped backoff.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        let mut backoff = Backoff::new(Duration::from_millis(500), self.settings.backoff_max);
+        let mut backoff = Backoff::new(RESTART_INITIAL, self.settings.backoff_max);
         let mut last_logged: Option<SessionError> = None;
         loop {
             self.beat.beat();
@@ -391,7 +392,7 @@ impl Uplink {
                     last_logged = None;
                 }
                 Err(reason) => {
-                    if started.elapsed() > Duration::from_secs(30) {
+                    if started.elapsed() > UPLINK_STABLE {
                         backoff.reset();
                     }
                     let text = reason.to_string();

@@ -60,8 +60,8 @@
 //! cannot be `0xFF`. The price: a message cut inside its waveform block is noticed only in what
 //! follows, and the next message is then usually lost as well.
 
-use super::{Decoded, Protocol, Reading};
-use crate::observation::{mdc, Unit};
+use super::{Decoded, Protocol};
+use crate::observation::{mdc, Reading, Unit};
 
 /// First byte of a message.
 const START: u8 = 0xFF;

@@ -53,8 +53,8 @@
 //! longer than 32 bytes. One error is reported per stretch of bad input; the stretch ends at the
 //! next well-formed package.
 
-use super::{Decoded, Protocol, Reading};
-use crate::observation::{mdc, Unit};
+use super::{Decoded, Protocol};
+use crate::observation::{mdc, Reading, Unit};
 use std::time::Duration;
 
 /// Host → device command that starts the live stream (package type `0x7D`, command `0xA1`).

@@ -46,8 +46,8 @@
 //! line of the stream is decoded when it is whole and skipped silently when not (the port opened
 //! mid-line).
 
-use super::{Decoded, Protocol, Reading};
-use crate::observation::{mdc, Unit};
+use super::{Decoded, Protocol};
+use crate::observation::{mdc, Reading, Unit};
 
 /// Longest line accepted (the Radical-7 example is 130 bytes).
 const MAX_LINE: usize = 256;

@@ -18,24 +18,9 @@ pub mod ansar_b;
 pub mod cms50;
 pub mod masimo;
 
-use crate::observation::Unit;
+use crate::observation::Reading;
 use crate::serial::config::ProtocolName;
 use std::time::Duration;
-
-/// One decoded reading, before the adapter stamps it with device id and gateway time.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Reading {
-    /// IEEE 11073-10101 code (see [`crate::observation::mdc`]).
-    pub code: u32,
-    /// Value in `unit`.
-    pub value: f64,
-    /// Unit of `value`.
-    pub unit: Unit,
-    /// The device's own time stamp (`YYYY-MM-DDThh:mm:ss`, device local time) if it sent one.
-    pub device_time: Option<String>,
-    /// Status flags (e.g. `alarm`, `low-perfusion`), empty when normal.
-    pub status: Vec<String>,
-}
 
 /// What a decoder produces from the byte stream.
 #[derive(Clone, Debug, PartialEq)]

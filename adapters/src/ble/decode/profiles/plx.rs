@@ -32,16 +32,18 @@
 //! not set, its time stamp is not used as device time and `device-clock-not-set` is added.
 
 use super::push_med;
-use crate::ble::sfloat::MedFloat;
-use crate::ble::{bit_names, DateTime, DecodeError, Reader, Reading};
+use crate::ble::decode::sfloat::MedFloat;
+use crate::ble::decode::uuid::{sig16, Uuid};
+use crate::ble::decode::{bit_names, DateTime, DecodeError, Reader};
+use crate::observation::Reading;
 use crate::observation::{mdc, Unit};
 
 /// PLX Spot-Check Measurement characteristic UUID.
-pub const UUID_SPOT_CHECK: u16 = 0x2A5E;
+pub const UUID_SPOT_CHECK: Uuid = sig16(0x2A5E);
 /// PLX Continuous Measurement characteristic UUID.
-pub const UUID_CONTINUOUS: u16 = 0x2A5F;
+pub const UUID_CONTINUOUS: Uuid = sig16(0x2A5F);
 /// PLX Features characteristic UUID.
-pub const UUID_FEATURES: u16 = 0x2A60;
+pub const UUID_FEATURES: Uuid = sig16(0x2A60);
 
 /// PLX Features (0x2A60, PLXS §3.3): `supported features u16 | [measurement status support
 /// u16] | [device & sensor status support u24]`. Feature bits: 0 measurement status support
@@ -343,7 +345,7 @@ pub fn decode_continuous(bytes: &[u8]) -> Result<Vec<Reading>, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ble::test_util::*;
+    use crate::ble::decode::test_util::*;
 
     #[test]
     fn c17_c18_continuous_e05() {
@@ -440,12 +442,12 @@ mod tests {
     #[test]
     fn property_no_panic() {
         never_panics(
-            UUID_SPOT_CHECK as u64,
+            seed(UUID_SPOT_CHECK),
             &["0562004800e9070c1f173b3b008000"],
             decode_spot_check,
         );
         never_panics(
-            UUID_CONTINUOUS as u64,
+            seed(UUID_CONTINUOUS),
             &["1f62003c0061003d0060003e00400020000019f0"],
             decode_continuous,
         );

@@ -152,7 +152,7 @@ pub fn float_le(bytes: [u8; 4]) -> MedFloat {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ble::test_util::hex;
+    use crate::ble::decode::test_util::hex;
 
     fn s(h: &str) -> MedFloat {
         let b = hex(h);

@@ -49,14 +49,16 @@
 //! for deduplicating records re-sent through the Record Access Control Point.
 
 use super::push_med;
-use crate::ble::sfloat::MedFloat;
-use crate::ble::{bit_names, DateTime, DecodeError, Reader, Reading};
+use crate::ble::decode::sfloat::MedFloat;
+use crate::ble::decode::uuid::{sig16, Uuid};
+use crate::ble::decode::{bit_names, DateTime, DecodeError, Reader};
+use crate::observation::Reading;
 use crate::observation::{mdc, Unit};
 
 /// Glucose Measurement characteristic UUID.
-pub const UUID: u16 = 0x2A18;
+pub const UUID: Uuid = sig16(0x2A18);
 /// Glucose Measurement Context characteristic UUID.
-pub const UUID_CONTEXT: u16 = 0x2A34;
+pub const UUID_CONTEXT: Uuid = sig16(0x2A34);
 
 /// Concentration unit, flags bit 2.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -325,7 +327,7 @@ pub fn parse_context(bytes: &[u8]) -> Result<GlucoseContext, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ble::test_util::*;
+    use crate::ble::decode::test_util::*;
 
     /// C-16. PROTOCOLS.md says "time offset missing"; with flags 0x1B the 15 bytes hold the
     /// offset, concentration and type, and it is the sensor-status word that is cut off.
@@ -402,11 +404,11 @@ mod tests {
 
     #[test]
     fn property_no_panic() {
-        never_panics(UUID as u64, &["1b0700e207041a0b091e1e005ab0110100"], |b| {
+        never_panics(seed(UUID), &["1b0700e207041a0b091e1e005ab0110100"], |b| {
             parse(b).map(|m| (readings(&m), m.device_time()))
         });
         never_panics(
-            UUID_CONTEXT as u64,
+            seed(UUID_CONTEXT),
             &["ff0700000105e001510807320105f041f0"],
             parse_context,
         );

@@ -28,7 +28,7 @@
 //! parser allows a restart from a small value (< 100) after a battery change; wardgate's
 //! policy belongs in the adapter, not here.
 
-use super::DecodeError;
+use crate::ble::decode::DecodeError;
 use aes::Aes128;
 use ccm::aead::generic_array::GenericArray;
 use ccm::aead::{AeadInPlace, KeyInit};
@@ -69,7 +69,7 @@ pub struct BtHomeCleartext {
 pub fn nonce(mac: [u8; 6], device_info: u8, counter: [u8; 4]) -> [u8; 13] {
     let mut n = [0u8; 13];
     n[..6].copy_from_slice(&mac);
-    n[6..8].copy_from_slice(&super::advertisement::UUID_BTHOME.to_le_bytes());
+    n[6..8].copy_from_slice(&super::UUID_BTHOME.to_le_bytes());
     n[8] = device_info;
     n[9..].copy_from_slice(&counter);
     n
@@ -233,7 +233,7 @@ fn reversed(mut a: [u8; 6]) -> [u8; 6] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ble::test_util::*;
+    use crate::ble::decode::test_util::*;
 
     const KEY: &str = "231d39c1d7cc1ab1aee224cd096db932";
     const MAC: [u8; 6] = [0x54, 0x48, 0xE6, 0x8F, 0x80, 0xA5];

@@ -12,9 +12,9 @@
 //!   missing field should start. Bytes after the last field the flags announce are ignored
 //!   (later specification versions append fields behind new flag bits), except where noted
 //!   (Heart Rate RR-intervals fill the rest; Battery Level is exactly one byte).
-//! - A special SFLOAT/FLOAT value yields no [`Reading`] (see [`crate::ble::sfloat`]).
+//! - A special SFLOAT/FLOAT value yields no [`Reading`] (see [`crate::ble::decode::sfloat`]).
 //! - A time stamp becomes [`Reading::device_time`] only when complete (year, month and day
-//!   known); the typed structs keep the raw [`crate::ble::DateTime`].
+//!   known); the typed structs keep the raw [`crate::ble::decode::DateTime`].
 //! - Status words become `status` strings, the same for every reading of the measurement.
 
 pub mod battery;
@@ -26,7 +26,9 @@ pub mod thermometer;
 pub mod weight;
 
 use super::sfloat::MedFloat;
-use super::{DecodeError, Reading};
+use super::uuid::Uuid;
+use super::DecodeError;
+use crate::observation::Reading;
 use crate::observation::Unit;
 
 /// A GATT characteristic this crate decodes, by its CLI name.
@@ -87,8 +89,8 @@ impl Profile {
         Profile::ALL.into_iter().find(|p| p.name() == name)
     }
 
-    /// The 16-bit characteristic UUID (full form `0000xxxx-0000-1000-8000-00805F9B34FB`).
-    pub fn uuid(self) -> u16 {
+    /// The characteristic UUID (a SIG 16-bit one: `0000xxxx-0000-1000-8000-00805F9B34FB`).
+    pub fn uuid(self) -> Uuid {
         match self {
             Profile::HeartRate => heart_rate::UUID,
             Profile::BloodPressure => blood_pressure::UUID_MEASUREMENT,
@@ -103,7 +105,7 @@ impl Profile {
     }
 
     /// The profile for a characteristic UUID.
-    pub fn from_uuid(uuid: u16) -> Option<Profile> {
+    pub fn from_uuid(uuid: Uuid) -> Option<Profile> {
         Profile::ALL.into_iter().find(|p| p.uuid() == uuid)
     }
 
@@ -171,7 +173,11 @@ mod tests {
     #[test]
     fn every_profile_never_panics() {
         for p in Profile::ALL {
-            crate::ble::test_util::never_panics(p.uuid() as u64, &[], |b| p.decode(b));
+            crate::ble::decode::test_util::never_panics(
+                crate::ble::decode::test_util::seed(p.uuid()),
+                &[],
+                |b| p.decode(b),
+            );
         }
     }
 }

@@ -15,16 +15,30 @@
 //! - BTHome v2: <https://bthome.io> (format v2) and Bluetooth-Devices/bthome-ble `const.py`
 //!   (object ids, sizes, factors), PROTOCOLS.md §D.3. Encrypted BTHome (AES-CCM, device-info
 //!   bit 0) decodes with the device's key through [`parse_bthome_with_key`] /
-//!   [`decode_advertisement_with_key`] (crypto in [`crate::ble::bthome_crypto`]); without a
+//!   [`decode_advertisement_with_key`] (crypto in [`crate::ble::decode::advertisement::bthome_crypto`]); without a
 //!   key such a payload is a [`DecodeError`] saying a key is needed.
+//!
+//! | file | section |
+//! |---|---|
+//! | `mod.rs` | AD structures, [`Advertisement`], [`Beacon`] dispatch |
+//! | [`ibeacon`] | iBeacon (Apple manufacturer data) |
+//! | [`eddystone`] | Eddystone UID, URL, TLM, EID |
+//! | [`bthome`] | BTHome v2 objects, plain or encrypted |
+//! | [`bthome_crypto`] | BTHome v2 AES-128-CCM: nonce, decrypt/authenticate (4-byte MIC), encrypt for simulators; <https://bthome.io/encryption> |
+//! | [`mi_scale`] | Xiaomi Mi Scale V1 (XMTZC01HM) service data 0x181D |
+//! | [`omron`] | Omron `BLEsmart_` local names |
+//!
+//! 16-bit service UUIDs stay `u16` here: that is what the AD structure carries on air
+//! ([`crate::ble::decode::uuid::sig16`] gives the full [`Uuid`](crate::ble::decode::Uuid)).
 //!
 //! Presence fields (ids, Tx power, battery voltage, uptime, …) stay in the typed structs
 //! ([`Beacon::presence`] gives them as JSON). Only values with an MDC code become [`Reading`]s:
 //! beacon temperature → [`mdc::TEMP_ROOM`] (°C), BTHome battery → [`mdc::BATTERY_CHARGE`] (%),
 //! Mi Scale weight → [`mdc::BODY_WEIGHT`].
 
-use super::{DateTime, DecodeError, Reader, Reading};
-use crate::ble::profiles::reading;
+use crate::ble::decode::profiles::reading;
+use crate::ble::decode::{DateTime, DecodeError, Reader};
+use crate::observation::Reading;
 use crate::observation::{mdc, Unit};
 use serde_json::{json, Value};
 
@@ -315,687 +329,23 @@ fn mac_string(le: &[u8; 6]) -> String {
         .join(":")
 }
 
-// ------------------------------------------------------------------------------------------
-// iBeacon
+pub mod bthome;
+pub mod bthome_crypto;
+pub mod eddystone;
+pub mod ibeacon;
+pub mod mi_scale;
+pub mod omron;
 
-/// An iBeacon frame (PROTOCOLS.md §D.1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IBeacon {
-    /// Proximity UUID (big-endian, as written).
-    pub uuid: [u8; 16],
-    /// Major (u16 big-endian on air).
-    pub major: u16,
-    /// Minor (u16 big-endian on air).
-    pub minor: u16,
-    /// Measured power: RSSI at 1 m, dBm.
-    pub measured_power: i8,
-}
-
-impl IBeacon {
-    /// The UUID in 8-4-4-4-12 form, lower case.
-    pub fn uuid_string(&self) -> String {
-        super::vendor::format_uuid(u128::from_be_bytes(self.uuid))
-    }
-}
-
-/// Parses an iBeacon payload: the manufacturer data **after** the company id,
-/// `02 15 | UUID 16 B | major u16 BE | minor u16 BE | power s8` (23 bytes).
-pub fn parse_ibeacon(payload: &[u8]) -> Result<IBeacon, DecodeError> {
-    let mut r = Reader::new(payload);
-    let head = r.take(2, "iBeacon type and length")?;
-    if head != [0x02, 0x15] {
-        return Err(DecodeError::new(
-            0,
-            format!(
-                "not an iBeacon: type/length {:02x} {:02x}, expected 02 15",
-                head[0], head[1]
-            ),
-        ));
-    }
-    let body = r.take(21, "iBeacon body")?;
-    if r.remaining() > 0 {
-        return Err(DecodeError::new(
-            23,
-            "iBeacon: trailing bytes after measured power",
-        ));
-    }
-    let mut uuid = [0u8; 16];
-    uuid.copy_from_slice(&body[..16]);
-    Ok(IBeacon {
-        uuid,
-        major: u16::from_be_bytes([body[16], body[17]]),
-        minor: u16::from_be_bytes([body[18], body[19]]),
-        measured_power: body[20] as i8,
-    })
-}
-
-/// The iBeacon in a manufacturer-data AD structure, if it is one: company 0x004C and a
-/// payload starting `02 15` (vector D-04: other companies, or Apple's other `xx 15` types,
-/// are not iBeacons).
-pub fn ibeacon_from_manufacturer(company: u16, payload: &[u8]) -> Option<IBeacon> {
-    (company == COMPANY_APPLE)
-        .then(|| parse_ibeacon(payload).ok())
-        .flatten()
-}
-
-// ------------------------------------------------------------------------------------------
-// Eddystone
-
-/// Eddystone TLM, unencrypted (version 0).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Tlm {
-    /// Battery voltage, mV (`None` when the beacon reports 0 = not supported).
-    pub battery_mv: Option<u16>,
-    /// Beacon temperature, °C, from signed 8.8 fixed point (`None` for 0x8000 = not supported).
-    pub temperature_c: Option<f64>,
-    /// Advertising PDUs sent since power-on or reboot.
-    pub adv_count: u32,
-    /// Time since power-on or reboot, in 0.1 s units (raw SEC_CNT).
-    pub sec_count: u32,
-}
-
-impl Tlm {
-    /// Uptime in seconds (SEC_CNT × 0.1 s).
-    pub fn uptime_s(&self) -> f64 {
-        self.sec_count as f64 / 10.0
-    }
-}
-
-/// An Eddystone frame (service data of UUID 0xFEAA).
-#[derive(Clone, Debug, PartialEq)]
-pub enum Eddystone {
-    /// UID frame (0x00): 10-byte namespace, 6-byte instance.
-    Uid {
-        /// Calibrated Tx power at 0 m, dBm.
-        tx_power_0m: i8,
-        /// Namespace id.
-        namespace: [u8; 10],
-        /// Instance id.
-        instance: [u8; 6],
-    },
-    /// URL frame (0x10).
-    Url {
-        /// Calibrated Tx power at 0 m, dBm.
-        tx_power_0m: i8,
-        /// The expanded URL.
-        url: String,
-    },
-    /// Unencrypted TLM frame (0x20, version 0).
-    Tlm(Tlm),
-    /// Encrypted TLM (0x20, version 1): kept opaque.
-    EncryptedTlm {
-        /// Encrypted TLM data (12 bytes).
-        data: [u8; 12],
-        /// Salt.
-        salt: u16,
-        /// Message integrity check.
-        mic: u16,
-    },
-    /// EID frame (0x30): 8-byte ephemeral id.
-    Eid {
-        /// Calibrated Tx power at 0 m, dBm.
-        tx_power_0m: i8,
-        /// Ephemeral identifier.
-        eid: [u8; 8],
-    },
-}
-
-const URL_SCHEMES: [&str; 4] = ["http://www.", "https://www.", "http://", "https://"];
-const URL_EXPANSIONS: [&str; 14] = [
-    ".com/", ".org/", ".edu/", ".net/", ".info/", ".biz/", ".gov/", ".com", ".org", ".edu", ".net",
-    ".info", ".biz", ".gov",
-];
-
-/// Parses Eddystone service data (after the 0xFEAA UUID).
-pub fn parse_eddystone(data: &[u8]) -> Result<Eddystone, DecodeError> {
-    let mut r = Reader::new(data);
-    let frame = r.u8("Eddystone frame type")?;
-    match frame {
-        0x00 => {
-            let tx = r.u8("Tx power")? as i8;
-            let ns = r.take(10, "namespace")?;
-            let inst = r.take(6, "instance")?;
-            // The two RFU bytes are optional (PROTOCOLS.md §D.2).
-            let mut namespace = [0u8; 10];
-            namespace.copy_from_slice(ns);
-            let mut instance = [0u8; 6];
-            instance.copy_from_slice(inst);
-            Ok(Eddystone::Uid {
-                tx_power_0m: tx,
-                namespace,
-                instance,
-            })
-        }
-        0x10 => {
-            let tx = r.u8("Tx power")? as i8;
-            let scheme = r.u8("URL scheme")?;
-            let mut url = URL_SCHEMES
-                .get(scheme as usize)
-                .ok_or_else(|| DecodeError::new(2, format!("URL scheme 0x{scheme:02x} reserved")))?
-                .to_string();
-            let enc = r.rest();
-            if enc.is_empty() || enc.len() > 17 {
-                return Err(DecodeError::new(
-                    3,
-                    format!("encoded URL is {} bytes, expected 1–17", enc.len()),
-                ));
-            }
-            for (i, &b) in enc.iter().enumerate() {
-                match b {
-                    0x00..=0x0d => url.push_str(URL_EXPANSIONS[b as usize]),
-                    0x21..=0x7e => url.push(b as char),
-                    _ => {
-                        return Err(DecodeError::new(
-                            3 + i,
-                            format!("URL byte 0x{b:02x} is reserved"),
-                        ))
-                    }
-                }
-            }
-            Ok(Eddystone::Url {
-                tx_power_0m: tx,
-                url,
-            })
-        }
-        0x20 => match r.u8("TLM version")? {
-            0x00 => {
-                let v = r.take(2, "VBATT")?;
-                let t = r.take(2, "TEMP")?;
-                let a = r.take(4, "ADV_CNT")?;
-                let s = r.take(4, "SEC_CNT")?;
-                let mv = u16::from_be_bytes([v[0], v[1]]);
-                let temp = i16::from_be_bytes([t[0], t[1]]);
-                Ok(Eddystone::Tlm(Tlm {
-                    battery_mv: (mv != 0).then_some(mv),
-                    temperature_c: (temp != i16::MIN).then(|| temp as f64 / 256.0),
-                    adv_count: u32::from_be_bytes([a[0], a[1], a[2], a[3]]),
-                    sec_count: u32::from_be_bytes([s[0], s[1], s[2], s[3]]),
-                }))
-            }
-            0x01 => {
-                let d = r.take(12, "encrypted TLM")?;
-                let salt = r.take(2, "salt")?;
-                let mic = r.take(2, "MIC")?;
-                let mut data = [0u8; 12];
-                data.copy_from_slice(d);
-                Ok(Eddystone::EncryptedTlm {
-                    data,
-                    salt: u16::from_be_bytes([salt[0], salt[1]]),
-                    mic: u16::from_be_bytes([mic[0], mic[1]]),
-                })
-            }
-            v => Err(DecodeError::new(
-                1,
-                format!("TLM version 0x{v:02x} unknown"),
-            )),
-        },
-        0x30 => {
-            let tx = r.u8("Tx power")? as i8;
-            let e = r.take(8, "EID")?;
-            let mut eid = [0u8; 8];
-            eid.copy_from_slice(e);
-            Ok(Eddystone::Eid {
-                tx_power_0m: tx,
-                eid,
-            })
-        }
-        f => Err(DecodeError::new(
-            0,
-            format!("Eddystone frame type 0x{f:02x} unknown or reserved"),
-        )),
-    }
-}
-
-// ------------------------------------------------------------------------------------------
-// BTHome v2
-
-/// A BTHome object value.
-#[derive(Clone, Debug, PartialEq)]
-pub enum BtHomeData {
-    /// A scaled number (binary sensors and events: the raw integer).
-    Number(f64),
-    /// Text object (0x53), lossy UTF-8.
-    Text(String),
-    /// Raw object (0x54).
-    Raw(Vec<u8>),
-}
-
-/// One BTHome object.
-#[derive(Clone, Debug, PartialEq)]
-pub struct BtHomeValue {
-    /// Object id.
-    pub object_id: u8,
-    /// What it measures, e.g. `temperature`, `humidity`, `door` (binary), `button` (event).
-    pub name: &'static str,
-    /// The value, factor applied.
-    pub data: BtHomeData,
-    /// UCUM unit (`1` for counts, booleans and events).
-    pub ucum: &'static str,
-}
-
-/// A decoded BTHome v2 payload.
-#[derive(Clone, Debug, PartialEq)]
-pub struct BtHome {
-    /// Device-information byte (bit0 encryption, bit1 MAC included, bit2 trigger-based,
-    /// bits 5–7 version = 2).
-    pub device_info: u8,
-    /// Trigger-based device (sends on events, not periodically).
-    pub trigger_based: bool,
-    /// MAC address as on air (little-endian) when the device includes it.
-    pub mac: Option<[u8; 6]>,
-    /// Packet id (object 0x00), for dedup of repeated advertisements.
-    pub packet_id: Option<u8>,
-    /// Encryption counter of an encrypted frame decoded with its key (`None` for plain
-    /// frames). Replay protection: reject a frame whose counter does not increase.
-    pub counter: Option<u32>,
-    /// The objects in payload order (the packet id excluded).
-    pub values: Vec<BtHomeValue>,
-}
-
-impl BtHome {
-    /// Readings: temperatures → [`mdc::TEMP_ROOM`] °C, battery (0x01) → [`mdc::BATTERY_CHARGE`] %.
-    pub fn readings(&self) -> Vec<Reading> {
-        self.values
-            .iter()
-            .filter_map(|v| {
-                let BtHomeData::Number(n) = v.data else {
-                    return None;
-                };
-                match v.object_id {
-                    0x02 | 0x45 | 0x57 | 0x58 => {
-                        Some(reading(mdc::TEMP_ROOM, n, Unit::DEGC, None, &[]))
-                    }
-                    0x01 => Some(reading(mdc::BATTERY_CHARGE, n, Unit::PERCENT, None, &[])),
-                    _ => None,
-                }
-            })
-            .collect()
-    }
-}
-
-/// Object format: (name, size in bytes, signed, factor numerator, factor denominator, UCUM).
-/// Size 0 = length-prefixed (text, raw). Source: bthome-ble `const.py` MEAS_TYPES.
-type ObjectFormat = (&'static str, usize, bool, f64, f64, &'static str);
-
-/// Names of the binary-sensor objects 0x15–0x2D (one byte, 0/1).
-const BINARY_SENSORS: [&str; 25] = [
-    "battery_low",
-    "battery_charging",
-    "carbon_monoxide",
-    "cold",
-    "connectivity",
-    "door",
-    "garage_door",
-    "gas",
-    "heat",
-    "light",
-    "lock",
-    "moisture_detected",
-    "motion",
-    "moving",
-    "occupancy",
-    "plug",
-    "presence",
-    "problem",
-    "running",
-    "safety",
-    "smoke",
-    "sound",
-    "tamper",
-    "vibration",
-    "window",
-];
-
-fn bthome_object(id: u8) -> Option<ObjectFormat> {
-    Some(match id {
-        0x00 => ("packet_id", 1, false, 1.0, 1.0, "1"),
-        0x01 => ("battery", 1, false, 1.0, 1.0, "%"),
-        0x02 => ("temperature", 2, true, 1.0, 100.0, "Cel"),
-        0x03 => ("humidity", 2, false, 1.0, 100.0, "%"),
-        0x04 => ("pressure", 3, false, 1.0, 100.0, "hPa"),
-        0x05 => ("illuminance", 3, false, 1.0, 100.0, "lx"),
-        0x06 => ("mass", 2, false, 1.0, 100.0, "kg"),
-        0x07 => ("mass", 2, false, 1.0, 100.0, "[lb_av]"),
-        0x08 => ("dew_point", 2, true, 1.0, 100.0, "Cel"),
-        0x09 => ("count", 1, false, 1.0, 1.0, "1"),
-        0x0A => ("energy", 3, false, 1.0, 1000.0, "kW.h"),
-        0x0B => ("power", 3, false, 1.0, 100.0, "W"),
-        0x0C => ("voltage", 2, false, 1.0, 1000.0, "V"),
-        0x0D => ("pm2_5", 2, false, 1.0, 1.0, "ug/m3"),
-        0x0E => ("pm10", 2, false, 1.0, 1.0, "ug/m3"),
-        0x0F => ("generic", 1, false, 1.0, 1.0, "1"),
-        0x10 => ("power_on", 1, false, 1.0, 1.0, "1"),
-        0x11 => ("opening", 1, false, 1.0, 1.0, "1"),
-        0x12 => ("co2", 2, false, 1.0, 1.0, "[ppm]"),
-        0x13 => ("tvoc", 2, false, 1.0, 1.0, "ug/m3"),
-        0x14 => ("moisture", 2, false, 1.0, 100.0, "%"),
-        0x15..=0x2D => (
-            BINARY_SENSORS[(id - 0x15) as usize],
-            1,
-            false,
-            1.0,
-            1.0,
-            "1",
-        ),
-        0x2E => ("humidity", 1, false, 1.0, 1.0, "%"),
-        0x2F => ("moisture", 1, false, 1.0, 1.0, "%"),
-        0x3A => ("button", 1, false, 1.0, 1.0, "1"),
-        0x3C => ("dimmer", 2, false, 1.0, 1.0, "1"),
-        0x3D => ("count", 2, false, 1.0, 1.0, "1"),
-        0x3E => ("count", 4, false, 1.0, 1.0, "1"),
-        0x3F => ("rotation", 2, true, 1.0, 10.0, "deg"),
-        0x40 => ("distance", 2, false, 1.0, 1.0, "mm"),
-        0x41 => ("distance", 2, false, 1.0, 10.0, "m"),
-        0x42 => ("duration", 3, false, 1.0, 1000.0, "s"),
-        0x43 => ("current", 2, false, 1.0, 1000.0, "A"),
-        0x44 => ("speed", 2, false, 1.0, 100.0, "m/s"),
-        0x45 => ("temperature", 2, true, 1.0, 10.0, "Cel"),
-        0x46 => ("uv_index", 1, false, 1.0, 10.0, "1"),
-        0x47 => ("volume", 2, false, 1.0, 10.0, "L"),
-        0x48 => ("volume", 2, false, 1.0, 1.0, "mL"),
-        0x49 => ("volume_flow_rate", 2, false, 1.0, 1000.0, "m3/h"),
-        0x4A => ("voltage", 2, false, 1.0, 10.0, "V"),
-        0x4B => ("gas", 3, false, 1.0, 1000.0, "m3"),
-        0x4C => ("gas", 4, false, 1.0, 1000.0, "m3"),
-        0x4D => ("energy", 4, false, 1.0, 1000.0, "kW.h"),
-        0x4E => ("volume", 4, false, 1.0, 1000.0, "L"),
-        0x4F => ("water", 4, false, 1.0, 1000.0, "L"),
-        0x50 => ("timestamp", 4, false, 1.0, 1.0, "s"),
-        0x51 => ("acceleration", 2, false, 1.0, 1000.0, "m/s2"),
-        0x52 => ("gyroscope", 2, false, 1.0, 1000.0, "deg/s"),
-        0x53 => ("text", 0, false, 1.0, 1.0, "1"),
-        0x54 => ("raw", 0, false, 1.0, 1.0, "1"),
-        0x55 => ("volume_storage", 4, false, 1.0, 1000.0, "L"),
-        0x56 => ("conductivity", 2, false, 1.0, 1.0, "uS/cm"),
-        0x57 => ("temperature", 1, true, 1.0, 1.0, "Cel"),
-        0x58 => ("temperature", 1, true, 35.0, 100.0, "Cel"),
-        0x59 => ("count", 1, true, 1.0, 1.0, "1"),
-        0x5A => ("count", 2, true, 1.0, 1.0, "1"),
-        0x5B => ("count", 4, true, 1.0, 1.0, "1"),
-        0x5C => ("power", 4, true, 1.0, 100.0, "W"),
-        0x5D => ("current", 2, true, 1.0, 1000.0, "A"),
-        0x5E => ("direction", 2, false, 1.0, 100.0, "deg"),
-        0x5F => ("precipitation", 2, false, 1.0, 10.0, "mm"),
-        0x60 => ("channel", 1, false, 1.0, 1.0, "1"),
-        0x61 => ("rotational_speed", 2, false, 1.0, 1.0, "/min"),
-        0x62 => ("speed", 4, true, 1.0, 1_000_000.0, "m/s"),
-        0x63 => ("acceleration", 4, true, 1.0, 1_000_000.0, "m/s2"),
-        0x64 => ("light_level", 1, false, 1.0, 1.0, "1"),
-        _ => return None,
-    })
-}
-
-/// Parses unencrypted BTHome v2 service data (after the 0xFCD2 UUID).
-///
-/// Errors: encrypted payloads (device-info bit 0: they need the device's key, see
-/// [`parse_bthome_with_key`]), a version other than 2, an unknown object id (its size is
-/// unknown, so the rest cannot be parsed), or an object cut off.
-pub fn parse_bthome(data: &[u8]) -> Result<BtHome, DecodeError> {
-    let mut r = Reader::new(data);
-    let info = r.u8("BTHome device information")?;
-    let version = info >> 5;
-    if version != 2 {
-        return Err(DecodeError::new(
-            0,
-            format!("BTHome version {version}, only version 2 is supported"),
-        ));
-    }
-    if info & 0x01 != 0 {
-        return Err(DecodeError::new(
-            0,
-            "encrypted BTHome payload (AES-CCM): needs the device's 16-byte key (bindkey)",
-        ));
-    }
-    let mac = if info & 0x02 != 0 {
-        let m = r.take(6, "MAC address")?;
-        let mut a = [0u8; 6];
-        a.copy_from_slice(m);
-        Some(a)
-    } else {
-        None
-    };
-    let at = r.pos();
-    parse_bthome_objects(info, mac, None, r.rest(), at)
-}
-
-/// Parses BTHome v2 service data (after the 0xFCD2 UUID) from a device that has a key:
-/// decrypts and authenticates it ([`bthome_crypto::decrypt_bthome`]) and decodes the objects,
-/// so an encrypted frame yields the same [`BtHome`] values and readings as the unencrypted
-/// frame with the same objects, plus [`BtHome::counter`].
-///
-/// `mac` is the advertiser's address, most significant byte first (written order; btleplug's
-/// `BDAddr` order); a MAC carried in the frame takes precedence.
-///
-/// An **unencrypted** frame is refused: once a device has a key, a plain frame claiming to be
-/// it is a downgrade (the reference parser ignores such frames too). Offsets of errors in the
-/// decrypted objects are those of the matching ciphertext bytes in `data`.
-///
-/// [`bthome_crypto::decrypt_bthome`]: crate::ble::bthome_crypto::decrypt_bthome
-pub fn parse_bthome_with_key(
-    data: &[u8],
-    mac: [u8; 6],
-    key: &[u8; 16],
-) -> Result<BtHome, DecodeError> {
-    if let Some(&info) = data.first() {
-        if info & 0x01 == 0 && info >> 5 == 2 {
-            return Err(DecodeError::new(
-                0,
-                "unencrypted BTHome payload from a device configured with a key: refused \
-                 (possible downgrade)",
-            ));
-        }
-    }
-    let c = crate::ble::bthome_crypto::decrypt_bthome(mac, data, key)?;
-    parse_bthome_objects(
-        c.device_info,
-        c.mac,
-        Some(c.counter),
-        &c.plaintext,
-        c.header_len,
-    )
-}
-
-/// Decodes the object sequence of a BTHome v2 frame; `base` is added to error offsets.
-fn parse_bthome_objects(
-    info: u8,
-    mac: Option<[u8; 6]>,
-    counter: Option<u32>,
-    objects: &[u8],
-    base: usize,
-) -> Result<BtHome, DecodeError> {
-    let shift = |e: DecodeError| DecodeError::new(base + e.offset, e.message);
-    let mut r = Reader::new(objects);
-    let mut packet_id = None;
-    let mut values = Vec::new();
-    while r.remaining() > 0 {
-        let at = r.pos();
-        let id = r.u8("object id").map_err(shift)?;
-        let (name, size, signed, num, den, ucum) = bthome_object(id).ok_or_else(|| {
-            DecodeError::new(base + at, format!("BTHome object id 0x{id:02x} unknown"))
-        })?;
-        if size == 0 {
-            let len = r.u8(name).map_err(shift)? as usize;
-            let b = r.take(len, name).map_err(shift)?;
-            let data = if id == 0x53 {
-                BtHomeData::Text(String::from_utf8_lossy(b).into_owned())
-            } else {
-                BtHomeData::Raw(b.to_vec())
-            };
-            values.push(BtHomeValue {
-                object_id: id,
-                name,
-                data,
-                ucum,
-            });
-            continue;
-        }
-        let b = r.take(size, name).map_err(shift)?;
-        let mut le = [0u8; 8];
-        le[..size].copy_from_slice(b);
-        let unsigned = u64::from_le_bytes(le);
-        let raw = if signed {
-            let shift = 64 - 8 * size as u32;
-            ((unsigned << shift) as i64 >> shift) as f64
-        } else {
-            unsigned as f64
-        };
-        if id == 0x00 {
-            packet_id = Some(b[0]);
-            continue;
-        }
-        values.push(BtHomeValue {
-            object_id: id,
-            name,
-            data: BtHomeData::Number(raw * num / den),
-            ucum,
-        });
-    }
-    Ok(BtHome {
-        device_info: info,
-        trigger_based: info & 0x04 != 0,
-        mac,
-        packet_id,
-        counter,
-        values,
-    })
-}
-
-// ------------------------------------------------------------------------------------------
-// Xiaomi Mi Scale V1 (XMTZC01HM) service data 0x181D
-
-/// Unit the Mi Scale V1 reports in (control byte bits 0 and 4).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MiScaleUnit {
-    /// Kilograms (raw / 200).
-    Kg,
-    /// Pounds (raw / 100).
-    Lb,
-    /// Jin (市斤, 0.5 kg; raw / 100).
-    Jin,
-}
-
-impl MiScaleUnit {
-    /// `kg`, `lb` or `jin`.
-    pub fn name(self) -> &'static str {
-        match self {
-            MiScaleUnit::Kg => "kg",
-            MiScaleUnit::Lb => "lb",
-            MiScaleUnit::Jin => "jin",
-        }
-    }
-}
-
-/// A Xiaomi Mi Smart Scale V1 broadcast: proprietary service data under the Weight Scale
-/// UUID 0x181D, 10 bytes: `control u8 | weight u16 LE | Date Time (year u16 LE, month, day,
-/// hour, minute, second)`. Control bits: 0 lb, 4 jin (else kg), 5 stabilised, 7 weight
-/// removed. Sources: Bluetooth-Devices/xiaomi-ble `test_Xiaomi_Scale1` (86.55 kg for
-/// `229e43…`), openScale's Mi Scale handlers as summarised by several public parsers.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct MiScaleV1 {
-    /// Control byte.
-    pub control: u8,
-    /// Weight in `unit`.
-    pub weight: f64,
-    /// Reporting unit.
-    pub unit: MiScaleUnit,
-    /// The weight has settled.
-    pub stabilised: bool,
-    /// The person stepped off (the weight is the last one, repeated).
-    pub removed: bool,
-    /// Scale time.
-    pub time: DateTime,
-}
-
-impl MiScaleV1 {
-    /// The weight in kg (jin → kg ÷ 2; pounds are not converted: `None`).
-    pub fn weight_kg(&self) -> Option<f64> {
-        match self.unit {
-            MiScaleUnit::Kg => Some(self.weight),
-            MiScaleUnit::Jin => Some(self.weight / 2.0),
-            MiScaleUnit::Lb => None,
-        }
-    }
-    /// One [`mdc::BODY_WEIGHT`] reading (kg, or lb as sent) when the weight is stabilised and
-    /// the person is still on the scale; none for the jittering or step-off broadcasts.
-    pub fn readings(&self) -> Vec<Reading> {
-        if !self.stabilised || self.removed {
-            return Vec::new();
-        }
-        let (v, u) = match self.weight_kg() {
-            Some(kg) => (kg, Unit::KILO_G),
-            None => (self.weight, Unit::LB),
-        };
-        vec![reading(mdc::BODY_WEIGHT, v, u, self.time.to_iso(), &[])]
-    }
-}
-
-/// Parses Mi Scale V1 service data (after the 0x181D UUID).
-pub fn parse_mi_scale_v1(data: &[u8]) -> Result<MiScaleV1, DecodeError> {
-    let mut r = Reader::new(data);
-    let control = r.u8("control")?;
-    let raw = r.u16("weight")?;
-    let time = r.date_time("time")?;
-    if r.remaining() > 0 {
-        return Err(DecodeError::new(10, "Mi Scale V1 data is 10 bytes"));
-    }
-    let unit = if control & 0x01 != 0 {
-        MiScaleUnit::Lb
-    } else if control & 0x10 != 0 {
-        MiScaleUnit::Jin
-    } else {
-        MiScaleUnit::Kg
-    };
-    let weight = match unit {
-        MiScaleUnit::Kg => raw as f64 / 200.0,
-        _ => raw as f64 / 100.0,
-    };
-    Ok(MiScaleV1 {
-        control,
-        weight,
-        unit,
-        stabilised: control & 0x20 != 0,
-        removed: control & 0x80 != 0,
-        time,
-    })
-}
-
-// ------------------------------------------------------------------------------------------
-// Omron local names
-
-/// An Omron health device's local name, `BLEsmart_<model 8 hex><MAC 12 hex>`: lower-case
-/// `s` (`BLEsmart_`) while in pairing mode, upper-case (`BLESmart_`) in transfer mode.
-/// Source: StanfordSpezi/SpeziDevices `SpeziOmronTests.swift` (`testOmronLocalNames`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OmronName {
-    /// Model code, 8 hex digits (e.g. `00000160` = BP5250).
-    pub model: String,
-    /// MAC address, 12 hex digits.
-    pub mac: String,
-    /// `true` in pairing mode (`BLEsmart_`), `false` in transfer mode (`BLESmart_`).
-    pub pairing_mode: bool,
-}
-
-/// Parses an Omron local name; `None` if it is not one.
-pub fn parse_omron_name(name: &str) -> Option<OmronName> {
-    let (pairing_mode, rest) = if let Some(r) = name.strip_prefix("BLEsmart_") {
-        (true, r)
-    } else {
-        (false, name.strip_prefix("BLESmart_")?)
-    };
-    if rest.len() != 20 || !rest.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    Some(OmronName {
-        model: rest[..8].to_string(),
-        mac: rest[8..].to_string(),
-        pairing_mode,
-    })
-}
+pub use bthome::*;
+pub use eddystone::*;
+pub use ibeacon::*;
+pub use mi_scale::*;
+pub use omron::*;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ble::test_util::*;
+    use crate::ble::decode::test_util::*;
 
     #[test]
     fn d02_full_ibeacon_advertisement() {
@@ -1145,7 +495,7 @@ mod tests {
     /// vector: MAC 54:48:E6:8F:80:A5, key 231d…b932, counter bytes 00112233).
     #[test]
     fn encrypted_bthome_matches_plain() {
-        use crate::ble::bthome_crypto::parse_bindkey;
+        use crate::ble::decode::advertisement::bthome_crypto::parse_bindkey;
         let key = parse_bindkey("231d39c1d7cc1ab1aee224cd096db932").unwrap();
         let mac = [0x54, 0x48, 0xE6, 0x8F, 0x80, 0xA5];
         let enc = hex("41a47266c95f730011223378237214");
@@ -1179,7 +529,7 @@ mod tests {
     /// Errors inside the decrypted objects point at the matching ciphertext byte.
     #[test]
     fn encrypted_bthome_object_error_offsets() {
-        use crate::ble::bthome_crypto::encrypt_bthome;
+        use crate::ble::decode::advertisement::bthome_crypto::encrypt_bthome;
         let key = [0x11; 16];
         let mac = [1, 2, 3, 4, 5, 6];
         // Objects: temperature (3 bytes), then unknown id 0x30 at plaintext offset 3.
@@ -1219,7 +569,7 @@ mod tests {
         // ble-adv-01: Blue Charm BC08 iBeacon.
         let b = ibeacon_from_manufacturer(COMPANY_APPLE, &payload("ble-adv-01")).unwrap();
         assert_eq!(b.uuid_string(), "426c7565-4368-6172-6d42-6561636f6e73");
-        assert_eq!(&b.uuid, b"BlueCharmBeacons");
+        assert_eq!(b.uuid.as_bytes(), b"BlueCharmBeacons");
         assert_eq!((b.major, b.minor, b.measured_power), (3838, 4949, -59));
         // ble-adv-02: vendor service data 0x2080: no decode asserted, none attempted.
         let mut ad = vec![
@@ -1351,7 +701,9 @@ mod tests {
         // Valid ciphertexts of random plaintexts: the object parser behind the decryption.
         never_panics(0xFCD4, &[], |b| {
             let info = 0x40 | (b.first().copied().unwrap_or(0) & 0x06);
-            let sd = crate::ble::bthome_crypto::encrypt_bthome([9; 6], info, b, 1, &key)?;
+            let sd = crate::ble::decode::advertisement::bthome_crypto::encrypt_bthome(
+                [9; 6], info, b, 1, &key,
+            )?;
             parse_bthome_with_key(&sd, [9; 6], &key).map(|h| h.readings())
         });
         never_panics(0x181D, &["229e43e507040b101301"], |b| {

@@ -27,14 +27,16 @@
 //! `improper-position`. The user id is kept in the typed struct only.
 
 use super::push_med;
-use crate::ble::sfloat::MedFloat;
-use crate::ble::{bit_names, DateTime, DecodeError, Reader, Reading};
+use crate::ble::decode::sfloat::MedFloat;
+use crate::ble::decode::uuid::{sig16, Uuid};
+use crate::ble::decode::{bit_names, DateTime, DecodeError, Reader};
+use crate::observation::Reading;
 use crate::observation::{mdc, Unit};
 
 /// Blood Pressure Measurement characteristic UUID.
-pub const UUID_MEASUREMENT: u16 = 0x2A35;
+pub const UUID_MEASUREMENT: Uuid = sig16(0x2A35);
 /// Intermediate Cuff Pressure characteristic UUID.
-pub const UUID_INTERMEDIATE_CUFF: u16 = 0x2A36;
+pub const UUID_INTERMEDIATE_CUFF: Uuid = sig16(0x2A36);
 
 /// Pressure unit, flags bit 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,7 +202,7 @@ pub fn decode_intermediate_cuff(bytes: &[u8]) -> Result<Vec<Reading>, DecodeErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ble::test_util::*;
+    use crate::ble::decode::test_util::*;
 
     #[test]
     fn c08_mmhg_no_optional_fields() {
@@ -286,12 +288,12 @@ mod tests {
     #[test]
     fn property_no_panic() {
         never_panics(
-            UUID_MEASUREMENT as u64,
+            seed(UUID_MEASUREMENT),
             &["1e0400000000000000041114293b3c00012700"],
             decode,
         );
         never_panics(
-            UUID_INTERMEDIATE_CUFF as u64,
+            seed(UUID_INTERMEDIATE_CUFF),
             &["156ff0000000003c001200"],
             decode_intermediate_cuff,
         );

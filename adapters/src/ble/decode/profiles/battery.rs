@@ -8,11 +8,13 @@
 //! Reading: [`mdc::BATTERY_CHARGE`] (MDC_ATTR_VAL_BATT_CHARGE, 67996) in %.
 
 use super::reading;
-use crate::ble::{DecodeError, Reading};
+use crate::ble::decode::uuid::{sig16, Uuid};
+use crate::ble::decode::DecodeError;
+use crate::observation::Reading;
 use crate::observation::{mdc, Unit};
 
 /// Characteristic UUID.
-pub const UUID: u16 = 0x2A19;
+pub const UUID: Uuid = sig16(0x2A19);
 
 /// Parses a Battery Level: exactly one byte, at most 100.
 pub fn parse(bytes: &[u8]) -> Result<u8, DecodeError> {
@@ -45,7 +47,7 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<Reading>, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ble::test_util::*;
+    use crate::ble::decode::test_util::*;
 
     #[test]
     fn c28_c29() {
@@ -62,6 +64,6 @@ mod tests {
 
     #[test]
     fn property_no_panic() {
-        never_panics(UUID as u64, &["64"], decode);
+        never_panics(seed(UUID), &["64"], decode);
     }
 }

@@ -19,14 +19,16 @@
 //! `site-reserved`.
 
 use super::push_med;
-use crate::ble::sfloat::MedFloat;
-use crate::ble::{DateTime, DecodeError, Reader, Reading};
+use crate::ble::decode::sfloat::MedFloat;
+use crate::ble::decode::uuid::{sig16, Uuid};
+use crate::ble::decode::{DateTime, DecodeError, Reader};
+use crate::observation::Reading;
 use crate::observation::{mdc, Unit};
 
 /// Temperature Measurement characteristic UUID.
-pub const UUID: u16 = 0x2A1C;
+pub const UUID: Uuid = sig16(0x2A1C);
 /// Intermediate Temperature characteristic UUID (same layout).
-pub const UUID_INTERMEDIATE: u16 = 0x2A1E;
+pub const UUID_INTERMEDIATE: Uuid = sig16(0x2A1E);
 
 /// One decoded Temperature Measurement.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,7 +111,7 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<Reading>, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ble::test_util::*;
+    use crate::ble::decode::test_util::*;
 
     #[test]
     fn c14_type_flag_without_type_byte() {
@@ -147,6 +149,6 @@ mod tests {
 
     #[test]
     fn property_no_panic() {
-        never_panics(UUID as u64, &["06b00e00fedc070c050b321b04"], decode);
+        never_panics(seed(UUID), &["06b00e00fedc070c050b321b04"], decode);
     }
 }

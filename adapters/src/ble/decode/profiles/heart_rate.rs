@@ -17,11 +17,13 @@
 //! binary floating point). Energy expended has no MDC code here: typed field only.
 
 use super::reading;
-use crate::ble::{DecodeError, Reader, Reading};
+use crate::ble::decode::uuid::{sig16, Uuid};
+use crate::ble::decode::{DecodeError, Reader};
+use crate::observation::Reading;
 use crate::observation::{mdc, Unit};
 
 /// Characteristic UUID.
-pub const UUID: u16 = 0x2A37;
+pub const UUID: Uuid = sig16(0x2A37);
 
 /// Sensor contact status, flags bits 1–2.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,7 +134,7 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<Reading>, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ble::test_util::*;
+    use crate::ble::decode::test_util::*;
 
     #[test]
     fn c01_u8_no_contact_support() {
@@ -217,6 +219,6 @@ mod tests {
 
     #[test]
     fn property_no_panic() {
-        never_panics(UUID as u64, &["192c01e8030004", "104ed202c802"], decode);
+        never_panics(seed(UUID), &["192c01e8030004", "104ed202c802"], decode);
     }
 }

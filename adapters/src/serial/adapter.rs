@@ -8,12 +8,12 @@
 //!    `parity()`, `stop_bits()`) and refuses to run when the port did not take them: an `error`
 //!    event, then [`AdapterError::Config`] (a USB-serial bridge that silently ignores parity
 //!    would otherwise deliver garbage that may still frame). The baud rate may differ by up to
-//!    [`BAUD_TOLERANCE_PERCENT`] % (a UART's own tolerance; drivers report the rate they achieved).
+//!    [`BAUD_TOLERANCE_PERCENT`](super::line::BAUD_TOLERANCE_PERCENT) % (a UART's own tolerance; drivers report the rate they achieved).
 //! 3. Emits `connected`, writes the protocol's [`Protocol::on_open`] bytes, sends its
 //!    [`Protocol::keepalive`] periodically, and feeds every byte read to a fresh decoder
 //!    ([`protocols::build`]).
 //! 4. Stamps each [`Reading`] into an [`Observation`] with device id `serial:<name>`,
-//!    `gateway_time` = [`now_ms`] and `time_quality` = `device` when the device sent its own time,
+//!    `gateway_time` = [`now_ms`](crate::observation::now_ms) and `time_quality` = `device` when the device sent its own time,
 //!    else `synced`/`unsynced` from [`AdapterContext::clock_synced`].
 //! 5. On end of file, `EIO`, `ENODEV` or any other read/write error (unplug; a pty whose master
 //!    closed gives `EIO`): emits `disconnected`, **closes the port** (drops the fd), and reopens the
@@ -38,7 +38,7 @@
 //! # Errors and counters
 //! A [`Decoded::Error`] becomes an `error` event `device <name>: <message> at byte offset N` (N
 //! counted from the first byte read on this connection) and increments
-//! [`SerialStats::frame_errors`]. At most [`MAX_ERROR_EVENTS_PER_SEC`] such events are sent per
+//! [`SerialStats::frame_errors`]. At most [`MAX_ERROR_EVENTS_PER_SEC`](crate::retry::MAX_ERROR_EVENTS_PER_SEC) such events are sent per
 //! second; the rest are counted and summarised in one event, so a noisy line cannot flood the
 //! store. Counters are atomics readable at any time through [`SerialAdapter::stats`]. Logs never
 //! carry clinical values above `debug`.
@@ -48,9 +48,12 @@
 //! [`DeviceCommand::SendBytes`] are written to the port while it is connected and wait in the
 //! channel (bounded, 16) while it is not.
 
-use super::config::{Parity, SerialConfig};
-use super::protocols::{self, Decoded, Protocol, Reading};
-use crate::observation::{now_ms, DeviceEvent, DeviceId, EventKind, Observation};
+use super::config::SerialConfig;
+use super::identity::{IdentityGate, IdentityVerdict};
+use super::line::{check_line_settings, LineSettings};
+use super::protocols::{self, Decoded, Protocol};
+use crate::observation::{DeviceEvent, DeviceId, EventKind, Observation, Reading};
+use crate::retry::{Backoff, RateLimit, DEVICE_STABLE};
 use crate::{Adapter, AdapterContext, AdapterError, AdapterEvent, DeviceCommand, RunFuture};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -58,106 +61,14 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, Mutex};
 use tokio::time::Instant;
-use tokio_serial::{SerialPort, SerialPortBuilderExt, SerialStream};
+use tokio_serial::SerialStream;
 
-/// Largest accepted difference between the requested and the read-back baud rate, in percent.
-pub const BAUD_TOLERANCE_PERCENT: u32 = 2;
-
-/// Most `error` events sent per second for decoder errors; the rest are counted and summarised.
-pub const MAX_ERROR_EVENTS_PER_SEC: u32 = 5;
-
-/// First reopen wait (before jitter); doubles per failed attempt up to `max_backoff_s`.
-const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
-/// A connection that lasted this long resets the backoff.
-const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 /// Longest wait for a write (on-open bytes, keep-alive, commands) before the port counts as lost.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Read buffer size: a tenth of a second at 115200 baud.
 const READ_BUF: usize = 1024;
 /// Capacity of the per-device command channel.
 const COMMAND_CAPACITY: usize = 16;
-
-/// Line settings of a serial port: what the config asks for or what the port reports back.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LineSettings {
-    /// Baud rate in bit/s.
-    pub baud: u32,
-    /// Data bits, 5–8.
-    pub data_bits: u8,
-    /// Parity.
-    pub parity: Parity,
-    /// Stop bits, 1 or 2.
-    pub stop_bits: u8,
-}
-
-impl LineSettings {
-    /// The settings `cfg` asks for (baud defaults to the protocol's own).
-    pub fn from_config(cfg: &SerialConfig) -> Self {
-        LineSettings {
-            baud: cfg.baud(),
-            data_bits: cfg.data_bits,
-            parity: cfg.parity,
-            stop_bits: cfg.stop_bits,
-        }
-    }
-
-    /// Reads the settings back from an open port.
-    pub fn read_back(port: &dyn SerialPort) -> Result<Self, String> {
-        let err = |what: &str, e: tokio_serial::Error| format!("cannot read back the {what}: {e}");
-        let baud = port.baud_rate().map_err(|e| err("baud rate", e))?;
-        let data_bits = match port.data_bits().map_err(|e| err("data bits", e))? {
-            tokio_serial::DataBits::Five => 5,
-            tokio_serial::DataBits::Six => 6,
-            tokio_serial::DataBits::Seven => 7,
-            tokio_serial::DataBits::Eight => 8,
-        };
-        let parity = match port.parity().map_err(|e| err("parity", e))? {
-            tokio_serial::Parity::None => Parity::None,
-            tokio_serial::Parity::Even => Parity::Even,
-            tokio_serial::Parity::Odd => Parity::Odd,
-        };
-        let stop_bits = match port.stop_bits().map_err(|e| err("stop bits", e))? {
-            tokio_serial::StopBits::One => 1,
-            tokio_serial::StopBits::Two => 2,
-        };
-        Ok(LineSettings {
-            baud,
-            data_bits,
-            parity,
-            stop_bits,
-        })
-    }
-
-    /// Short form such as `115200 8N1`.
-    pub fn describe(&self) -> String {
-        let p = match self.parity {
-            Parity::None => 'N',
-            Parity::Even => 'E',
-            Parity::Odd => 'O',
-        };
-        format!("{} {}{}{}", self.baud, self.data_bits, p, self.stop_bits)
-    }
-}
-
-/// Checks that the port took the requested settings: equal data bits, parity and stop bits, baud
-/// rate within [`BAUD_TOLERANCE_PERCENT`]. `Err` says what differs.
-pub fn check_line_settings(wanted: &LineSettings, actual: &LineSettings) -> Result<(), String> {
-    let baud_ok = u64::from(wanted.baud.abs_diff(actual.baud)) * 100
-        <= u64::from(wanted.baud) * u64::from(BAUD_TOLERANCE_PERCENT);
-    if baud_ok
-        && wanted.data_bits == actual.data_bits
-        && wanted.parity == actual.parity
-        && wanted.stop_bits == actual.stop_bits
-    {
-        Ok(())
-    } else {
-        Err(format!(
-            "port did not take the requested settings: asked for {}, port reports {}",
-            wanted.describe(),
-            actual.describe()
-        ))
-    }
-}
 
 /// A snapshot of a [`SerialAdapter`]'s counters (cumulative over the adapter's life).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -202,114 +113,6 @@ struct Counters {
 
 fn bump(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
-}
-
-/// What the identity check says about one reported serial number.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum IdentityVerdict {
-    /// No serial number is configured: nothing to check.
-    Unchecked,
-    /// It matches the configured one (first time on this connection, or again after a mismatch).
-    Confirmed,
-    /// It matches, as it did before.
-    StillConfirmed,
-    /// It differs from the configured one and from the last mismatching one: report it.
-    Mismatch,
-    /// It is the same wrong number as before: already reported.
-    StillMismatch,
-}
-
-/// Per-connection identity gate (see the module documentation). Pure: no I/O.
-#[derive(Clone, Debug)]
-pub struct IdentityGate {
-    /// The configured serial number, if any.
-    expected: Option<String>,
-    /// The last serial number the device reported on this connection.
-    last: Option<String>,
-    /// Whether readings may pass.
-    open: bool,
-}
-
-impl IdentityGate {
-    /// A gate for one connection: open when nothing is configured, closed until a match otherwise.
-    pub fn new(expected: Option<&str>) -> Self {
-        IdentityGate {
-            expected: expected.map(str::to_owned),
-            last: None,
-            open: expected.is_none(),
-        }
-    }
-
-    /// Whether readings may pass now.
-    pub fn admits(&self) -> bool {
-        self.open
-    }
-
-    /// Records a serial number reported by the device (compared exactly, surrounding spaces
-    /// ignored).
-    pub fn observe(&mut self, reported: &str) -> IdentityVerdict {
-        let reported = reported.trim();
-        let previous = self.last.replace(reported.to_owned());
-        let Some(expected) = &self.expected else {
-            return IdentityVerdict::Unchecked;
-        };
-        if reported == expected.trim() {
-            let was_open = std::mem::replace(&mut self.open, true);
-            if was_open {
-                IdentityVerdict::StillConfirmed
-            } else {
-                IdentityVerdict::Confirmed
-            }
-        } else {
-            self.open = false;
-            if previous.as_deref() == Some(reported) {
-                IdentityVerdict::StillMismatch
-            } else {
-                IdentityVerdict::Mismatch
-            }
-        }
-    }
-}
-
-/// Allows at most [`MAX_ERROR_EVENTS_PER_SEC`] error events per one-second window.
-#[derive(Debug)]
-struct ErrorLimiter {
-    window_start: Instant,
-    sent: u32,
-    suppressed: u64,
-}
-
-impl ErrorLimiter {
-    fn new() -> Self {
-        ErrorLimiter {
-            window_start: Instant::now(),
-            sent: 0,
-            suppressed: 0,
-        }
-    }
-
-    /// Starts a new window when the current one is over; returns how many events the previous
-    /// windows suppressed (to summarise), resetting that count.
-    fn roll(&mut self, now: Instant) -> u64 {
-        if now.duration_since(self.window_start) >= Duration::from_secs(1) {
-            self.window_start = now;
-            self.sent = 0;
-            std::mem::take(&mut self.suppressed)
-        } else {
-            0
-        }
-    }
-
-    /// Whether one more event may be sent in this window (counts it either way).
-    fn allow(&mut self) -> bool {
-        if self.sent < MAX_ERROR_EVENTS_PER_SEC {
-            self.sent += 1;
-            true
-        } else {
-            self.suppressed += 1;
-            false
-        }
-    }
 }
 
 /// Why a connection ended.
@@ -379,12 +182,7 @@ impl SerialAdapter {
     }
 
     fn event(&self, kind: EventKind, detail: String) -> AdapterEvent {
-        AdapterEvent::Event(DeviceEvent {
-            device: self.device.clone(),
-            kind,
-            detail,
-            gateway_time: now_ms(),
-        })
+        AdapterEvent::Event(DeviceEvent::new(self.device.clone(), kind, detail))
     }
 
     async fn send(&self, ctx: &AdapterContext, ev: AdapterEvent) -> Result<(), AdapterError> {
@@ -425,32 +223,6 @@ impl SerialAdapter {
         Ok(())
     }
 
-    fn open(&self, want: &LineSettings) -> Result<SerialStream, tokio_serial::Error> {
-        let data_bits = match want.data_bits {
-            5 => tokio_serial::DataBits::Five,
-            6 => tokio_serial::DataBits::Six,
-            7 => tokio_serial::DataBits::Seven,
-            _ => tokio_serial::DataBits::Eight,
-        };
-        let parity = match want.parity {
-            Parity::None => tokio_serial::Parity::None,
-            Parity::Even => tokio_serial::Parity::Even,
-            Parity::Odd => tokio_serial::Parity::Odd,
-        };
-        let stop_bits = if want.stop_bits == 2 {
-            tokio_serial::StopBits::Two
-        } else {
-            tokio_serial::StopBits::One
-        };
-        let path = self.cfg.path.to_string_lossy();
-        tokio_serial::new(path, want.baud)
-            .data_bits(data_bits)
-            .parity(parity)
-            .stop_bits(stop_bits)
-            .flow_control(tokio_serial::FlowControl::None)
-            .open_native_async()
-    }
-
     async fn run_inner(&self, ctx: &mut AdapterContext) -> Result<(), AdapterError> {
         let name = &self.cfg.name;
         let Ok(mut cmd_rx) = self.cmd_rx.try_lock() else {
@@ -461,20 +233,19 @@ impl SerialAdapter {
         }
         let want = LineSettings::from_config(&self.cfg);
         let max_backoff = Duration::from_secs(self.cfg.max_backoff_s.max(1));
-        let mut rng = fastrand::Rng::new();
-        let mut attempt: u32 = 0;
+        let mut backoff = Backoff::device(max_backoff);
         let mut open_failure_reported = false;
         loop {
             if *ctx.shutdown.borrow() {
                 return Ok(());
             }
-            match self.open(&want) {
+            match want.open(&self.cfg.path) {
                 Ok(mut port) => {
                     open_failure_reported = false;
                     let actual = LineSettings::read_back(&port);
                     if let Err(why) = actual.and_then(|a| check_line_settings(&want, &a)) {
                         drop(port);
-                        return Err(self.refuse(ctx, why).await);
+                        return Err(self.refuse(ctx, why.to_string()).await);
                     }
                     let previous = self.counters.connects.fetch_add(1, Ordering::Relaxed);
                     if previous > 0 {
@@ -507,8 +278,8 @@ impl SerialAdapter {
                                 .await?;
                         }
                     }
-                    if began.elapsed() >= STABLE_CONNECTION {
-                        attempt = 0;
+                    if began.elapsed() >= DEVICE_STABLE {
+                        backoff.reset();
                     }
                 }
                 Err(e) => {
@@ -532,8 +303,7 @@ impl SerialAdapter {
                     }
                 }
             }
-            let wait = backoff_delay(attempt, max_backoff, &mut rng);
-            attempt = attempt.saturating_add(1);
+            let wait = backoff.next_delay();
             log::debug!("serial {name}: reopening in {wait:?}");
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
@@ -569,7 +339,7 @@ impl SerialAdapter {
         let mut state = SessionState {
             gate: IdentityGate::new(self.cfg.serial_number.as_deref()),
             last_logged: None,
-            limiter: ErrorLimiter::new(),
+            limiter: RateLimit::error_events(),
             frames_seen: 0,
         };
         let mut buf = vec![0u8; READ_BUF];
@@ -623,8 +393,8 @@ impl SerialAdapter {
         ctx: &AdapterContext,
     ) -> Result<(), AdapterError> {
         let name = &self.cfg.name;
-        let suppressed = st.limiter.roll(Instant::now());
-        if suppressed > 0 {
+        let now = Instant::now().into_std();
+        if let Some(suppressed) = st.limiter.take_suppressed(now) {
             let detail =
                 format!("device {name}: {suppressed} further frame errors not reported one by one");
             self.send(ctx, self.event(EventKind::Error, detail)).await?;
@@ -670,7 +440,7 @@ impl SerialAdapter {
                 },
                 Decoded::Error { offset, message } => {
                     bump(&self.counters.frame_errors, 1);
-                    if st.limiter.allow() {
+                    if st.limiter.allow(now) {
                         log::warn!("serial {name}: {message} at byte offset {offset}");
                         let detail = format!("device {name}: {message} at byte offset {offset}");
                         self.send(ctx, self.event(EventKind::Error, detail)).await?;
@@ -693,7 +463,7 @@ struct SessionState {
     /// The last serial number logged when none is configured (log once per change).
     last_logged: Option<String>,
     /// Rate limit for error events.
-    limiter: ErrorLimiter,
+    limiter: RateLimit,
     /// `frames_ok` of this connection's decoder already added to the counters.
     frames_seen: u64,
 }
@@ -715,16 +485,6 @@ fn describe_io_error(e: &std::io::Error) -> String {
     }
 }
 
-/// Wait before reopen attempt `attempt` (0-based): `INITIAL_BACKOFF · 2^attempt`, capped at `max`,
-/// with equal jitter (half fixed, half uniformly random).
-pub fn backoff_delay(attempt: u32, max: Duration, rng: &mut fastrand::Rng) -> Duration {
-    let factor = 1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX);
-    let base = INITIAL_BACKOFF.saturating_mul(factor).min(max);
-    let half = base / 2;
-    let jitter_ms = rng.u64(0..=half.as_millis() as u64);
-    half + Duration::from_millis(jitter_ms)
-}
-
 impl Adapter for SerialAdapter {
     fn name(&self) -> &str {
         &self.cfg.name
@@ -732,114 +492,5 @@ impl Adapter for SerialAdapter {
 
     fn run<'a>(&'a self, ctx: &'a mut AdapterContext) -> RunFuture<'a> {
         Box::pin(self.run_inner(ctx))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn settings(baud: u32, data_bits: u8, parity: Parity, stop_bits: u8) -> LineSettings {
-        LineSettings {
-            baud,
-            data_bits,
-            parity,
-            stop_bits,
-        }
-    }
-
-    #[test]
-    fn read_back_settings_must_match_what_was_asked() {
-        let want = settings(9600, 8, Parity::None, 1);
-        assert!(check_line_settings(&want, &want).is_ok());
-        // A driver reporting the rate it achieved (within 2 %) is fine.
-        assert!(check_line_settings(
-            &settings(115_200, 8, Parity::None, 1),
-            &settings(115_384, 8, Parity::None, 1)
-        )
-        .is_ok());
-        let e = check_line_settings(&want, &settings(19_200, 8, Parity::None, 1)).unwrap_err();
-        assert!(
-            e.contains("asked for 9600 8N1, port reports 19200 8N1"),
-            "{e}"
-        );
-        assert!(check_line_settings(&want, &settings(9600, 8, Parity::Even, 1)).is_err());
-        assert!(check_line_settings(&want, &settings(9600, 7, Parity::None, 1)).is_err());
-        assert!(check_line_settings(&want, &settings(9600, 8, Parity::None, 2)).is_err());
-        assert_eq!(settings(9600, 7, Parity::Odd, 2).describe(), "9600 7O2");
-    }
-
-    #[test]
-    fn identity_gate_without_a_configured_number_admits_everything() {
-        let mut g = IdentityGate::new(None);
-        assert!(g.admits());
-        assert_eq!(g.observe("123"), IdentityVerdict::Unchecked);
-        assert!(g.admits());
-    }
-
-    #[test]
-    fn identity_gate_holds_readings_until_the_configured_number_is_seen() {
-        let mut g = IdentityGate::new(Some("0000092845"));
-        assert!(
-            !g.admits(),
-            "readings before the first identity are held back"
-        );
-        assert_eq!(g.observe("0000092845"), IdentityVerdict::Confirmed);
-        assert!(g.admits());
-        assert_eq!(g.observe(" 0000092845 "), IdentityVerdict::StillConfirmed);
-    }
-
-    #[test]
-    fn identity_gate_drops_readings_after_a_mismatch_until_it_matches_again() {
-        let mut g = IdentityGate::new(Some("A1"));
-        assert_eq!(g.observe("B2"), IdentityVerdict::Mismatch);
-        assert!(!g.admits());
-        assert_eq!(
-            g.observe("B2"),
-            IdentityVerdict::StillMismatch,
-            "reported once"
-        );
-        assert_eq!(
-            g.observe("C3"),
-            IdentityVerdict::Mismatch,
-            "a new wrong number is reported"
-        );
-        assert_eq!(g.observe("A1"), IdentityVerdict::Confirmed);
-        assert!(g.admits());
-        assert_eq!(g.observe("B2"), IdentityVerdict::Mismatch);
-        assert!(!g.admits());
-    }
-
-    #[test]
-    fn backoff_doubles_with_jitter_and_is_capped() {
-        let mut rng = fastrand::Rng::with_seed(1);
-        let max = Duration::from_secs(30);
-        for _ in 0..100 {
-            let d0 = backoff_delay(0, max, &mut rng);
-            assert!(
-                d0 >= Duration::from_millis(125) && d0 <= Duration::from_millis(250),
-                "{d0:?}"
-            );
-            let d3 = backoff_delay(3, max, &mut rng);
-            assert!(
-                d3 >= Duration::from_millis(1000) && d3 <= Duration::from_millis(2000),
-                "{d3:?}"
-            );
-            let big = backoff_delay(40, max, &mut rng);
-            assert!(big >= Duration::from_secs(15) && big <= max, "{big:?}");
-        }
-        let small_cap = backoff_delay(10, Duration::from_secs(1), &mut rng);
-        assert!(small_cap <= Duration::from_secs(1));
-    }
-
-    #[test]
-    fn error_limiter_allows_a_few_per_second_and_counts_the_rest() {
-        let mut l = ErrorLimiter::new();
-        let t0 = l.window_start;
-        let allowed = (0..20).filter(|_| l.allow()).count();
-        assert_eq!(allowed, MAX_ERROR_EVENTS_PER_SEC as usize);
-        assert_eq!(l.roll(t0 + Duration::from_millis(500)), 0);
-        assert_eq!(l.roll(t0 + Duration::from_secs(1)), 15);
-        assert!(l.allow());
     }
 }

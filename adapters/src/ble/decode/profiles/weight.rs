@@ -25,13 +25,15 @@
 //! typed struct.
 
 use super::reading;
-use crate::ble::{DateTime, DecodeError, Reader, Reading};
+use crate::ble::decode::uuid::{sig16, Uuid};
+use crate::ble::decode::{DateTime, DecodeError, Reader};
+use crate::observation::Reading;
 use crate::observation::{mdc, Unit};
 
 /// Weight Measurement characteristic UUID.
-pub const UUID: u16 = 0x2A9D;
+pub const UUID: Uuid = sig16(0x2A9D);
 /// Weight Scale Feature characteristic UUID.
-pub const UUID_FEATURE: u16 = 0x2A9E;
+pub const UUID_FEATURE: Uuid = sig16(0x2A9E);
 
 /// Weight Scale Feature (0x2A9E): what the scale supports and its resolutions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -196,7 +198,7 @@ pub fn decode_with_feature(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ble::test_util::*;
+    use crate::ble::decode::test_util::*;
 
     #[test]
     fn c23_c24_c25() {
@@ -271,8 +273,8 @@ mod tests {
 
     #[test]
     fn property_no_panic() {
-        never_panics(UUID as u64, &["0eb036e7070c190e1e2d03e100d606"], decode);
-        never_panics(UUID_FEATURE as u64, &[], |b| {
+        never_panics(seed(UUID), &["0eb036e7070c190e1e2d03e100d606"], decode);
+        never_panics(seed(UUID_FEATURE), &[], |b| {
             WeightScaleFeature::parse(b).map(|f| decode_with_feature(b, f))
         });
     }

@@ -5,7 +5,7 @@
 //! `doc/org.bluez.Adapter.rst` (`RemoveDevice(object device)`). Object paths are
 //! `/org/bluez/<adapter>/dev_AA_BB_CC_DD_EE_FF`.
 
-use super::config::Address;
+use crate::ble::config::Address;
 use dbus::nonblock::stdintf::org_freedesktop_dbus::Properties;
 use dbus::nonblock::{Proxy, SyncConnection};
 use std::sync::Arc;

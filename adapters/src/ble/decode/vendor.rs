@@ -33,9 +33,9 @@
 //!
 //! # Field types
 //! `u8`, `i8`, `u16`, `i16`, `u24`, `u32`, `i32` (two's complement), `f32` (IEEE 754 binary32),
-//! `sfloat`/`float` (IEEE 11073-20601 SFLOAT/FLOAT, [`crate::ble::sfloat`]), and two time
+//! `sfloat`/`float` (IEEE 11073-20601 SFLOAT/FLOAT, [`crate::ble::decode::sfloat`]), and two time
 //! stamps: `unix_time` (u32 seconds since 1970-01-01T00:00:00Z, device clock in UTC) and
-//! `date_time` (the 7-byte Bluetooth Date Time, GSS §3.70, [`crate::ble::DateTime`], device
+//! `date_time` (the 7-byte Bluetooth Date Time, GSS §3.70, [`crate::ble::decode::DateTime`], device
 //! local time; little-endian by definition). `endian` applies to every multi-byte type except
 //! `date_time`.
 //!
@@ -66,17 +66,15 @@
 //! decoding is a [`DecodeError`] with the byte offset of the field.
 
 use super::sfloat::MedFloat;
-use super::{DateTime, DecodeError, Reading};
+use super::uuid::{self, Uuid};
+use super::{DateTime, DecodeError};
+use crate::observation::Reading;
 use crate::observation::{mdc, Unit};
 use serde::Deserialize;
 use std::fmt;
 
 /// Prefix of the status string that marks an event reading: `event:<field name>`.
 pub const EVENT_STATUS_PREFIX: &str = "event:";
-
-/// The Bluetooth Base UUID `00000000-0000-1000-8000-00805F9B34FB` (Core Specification Vol 3
-/// Part B §2.5.1): a 16- or 32-bit UUID `x` stands for `x × 2^96 + BASE_UUID`.
-pub const BASE_UUID: u128 = 0x0000_0000_0000_1000_8000_0080_5F9B_34FB;
 
 /// A vendor GATT profile: a service and the characteristics to decode.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -569,16 +567,16 @@ fn time_stamp(t: FieldType, e: Endian, b: &[u8]) -> Result<String, &'static str>
 }
 
 impl VendorProfile {
-    /// The service UUID as a number.
-    pub fn service_uuid(&self) -> Result<u128, DecodeError> {
-        parse_uuid(&self.service)
+    /// The service UUID.
+    pub fn service_uuid(&self) -> Result<Uuid, DecodeError> {
+        uuid::parse(&self.service)
     }
 
     /// The characteristic whose UUID is `uuid` (the first, if the profile has duplicates).
-    pub fn characteristic(&self, uuid: u128) -> Option<&VendorCharacteristic> {
+    pub fn characteristic(&self, uuid: Uuid) -> Option<&VendorCharacteristic> {
         self.characteristics
             .iter()
-            .find(|c| parse_uuid(&c.uuid).ok() == Some(uuid))
+            .find(|c| uuid::parse(&c.uuid).ok() == Some(uuid))
     }
 
     /// Every problem in the profile (empty `Err` never happens: `Ok` when there is none).
@@ -598,7 +596,7 @@ impl VendorProfile {
         if self.name.trim().is_empty() {
             err(name.clone(), "name is empty".into());
         }
-        if let Err(e) = parse_uuid(&self.service) {
+        if let Err(e) = uuid::parse(&self.service) {
             err(format!("{name}.service"), e.to_string());
         }
         if self.characteristics.is_empty() {
@@ -607,17 +605,16 @@ impl VendorProfile {
                 "no characteristic: add at least one [[…characteristic]]".into(),
             );
         }
-        let mut seen: Vec<(u128, usize)> = Vec::new();
+        let mut seen: Vec<(Uuid, usize)> = Vec::new();
         for (ci, c) in self.characteristics.iter().enumerate() {
             let cpath = format!("{name}.characteristic[{ci}]");
-            match parse_uuid(&c.uuid) {
+            match uuid::parse(&c.uuid) {
                 Ok(u) => {
                     if let Some((_, first)) = seen.iter().find(|(x, _)| *x == u) {
                         err(
                             cpath.clone(),
                             format!(
-                                "duplicate characteristic UUID {} (also characteristic[{first}])",
-                                format_uuid(u)
+                                "duplicate characteristic UUID {u} (also characteristic[{first}])"
                             ),
                         );
                     } else {
@@ -700,19 +697,18 @@ impl VendorProfile {
     /// Decodes one value of characteristic `uuid` into readings (see the module
     /// documentation). Errors: a characteristic not in the profile (offset 0), a value too
     /// short for a required field (that field's offset) or for `min_len`. Never panics.
-    pub fn decode(&self, uuid: u128, bytes: &[u8]) -> Result<Vec<Reading>, DecodeError> {
+    pub fn decode(&self, uuid: Uuid, bytes: &[u8]) -> Result<Vec<Reading>, DecodeError> {
         self.decode_frame(uuid, bytes).map(|f| f.readings)
     }
 
     /// [`VendorProfile::decode`] with the time stamp and the absent values.
-    pub fn decode_frame(&self, uuid: u128, bytes: &[u8]) -> Result<VendorFrame, DecodeError> {
+    pub fn decode_frame(&self, uuid: Uuid, bytes: &[u8]) -> Result<VendorFrame, DecodeError> {
         self.characteristic(uuid)
             .ok_or_else(|| {
                 DecodeError::new(
                     0,
                     format!(
-                        "characteristic {} is not in vendor profile {:?}",
-                        format_uuid(uuid),
+                        "characteristic {uuid} is not in vendor profile {:?}",
                         self.name
                     ),
                 )
@@ -752,77 +748,13 @@ pub fn parse_unit(name: &str) -> Result<Unit, String> {
     })
 }
 
-/// The 128-bit UUID of a 16-bit one (`0000xxxx-0000-1000-8000-00805F9B34FB`).
-pub fn uuid16(short: u16) -> u128 {
-    ((short as u128) << 96) | BASE_UUID
-}
-
-/// Parses a UUID: 128-bit `8-4-4-4-12` (or 32 hex digits without hyphens), or a 16-bit (4 hex
-/// digits) or 32-bit (8 hex digits) short form, optionally `0x`-prefixed, expanded on the
-/// Bluetooth Base UUID. Case-insensitive; surrounding spaces ignored. The result is the UUID
-/// read as a big-endian number (`uuid::Uuid::as_u128`). Errors carry the character offset.
-pub fn parse_uuid(text: &str) -> Result<u128, DecodeError> {
-    let lead = text.len() - text.trim_start().len();
-    let t = text.trim();
-    let (body, skip) = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
-        Some(rest) => (rest, lead + 2),
-        None => (t, lead),
-    };
-    let hyphenated = body.len() == 36;
-    let mut v: u128 = 0;
-    let mut digits = 0usize;
-    for (i, c) in body.char_indices() {
-        if hyphenated && matches!(i, 8 | 13 | 18 | 23) {
-            if c != '-' {
-                return Err(DecodeError::new(
-                    skip + i,
-                    format!("UUID: expected '-' at position {i} of xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"),
-                ));
-            }
-            continue;
-        }
-        let d = c
-            .to_digit(16)
-            .ok_or_else(|| DecodeError::new(skip + i, format!("UUID: {c:?} is not a hex digit")))?;
-        if digits >= 32 {
-            return Err(DecodeError::new(skip + i, "UUID: more than 32 hex digits"));
-        }
-        v = (v << 4) | d as u128;
-        digits += 1;
-    }
-    match (digits, hyphenated, t.len() != body.len()) {
-        (4 | 8, false, _) => Ok((v << 96) | BASE_UUID),
-        (32, _, false) => Ok(v),
-        _ => Err(DecodeError::new(
-            skip,
-            format!(
-                "UUID: {digits} hex digits; expected 4 (16-bit), 8 (32-bit) or a 128-bit \
-                 xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
-            ),
-        )),
-    }
-}
-
-/// A UUID in lower-case `8-4-4-4-12` form.
-pub fn format_uuid(u: u128) -> String {
-    let h = format!("{u:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ble::test_util::*;
+    use crate::ble::decode::test_util::*;
 
     /// The shipped example (`config/profiles/inhaler-example.toml`).
-    const EXAMPLE: &str = include_str!("../../../config/profiles/inhaler-example.toml");
+    const EXAMPLE: &str = include_str!("../../../../config/profiles/inhaler-example.toml");
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -846,8 +778,8 @@ mod tests {
         c.ble.vendor_profile.remove(0)
     }
 
-    fn uuid(s: &str) -> u128 {
-        parse_uuid(s).unwrap()
+    fn uuid(s: &str) -> Uuid {
+        uuid::parse(s).unwrap()
     }
 
     /// SYNTHETIC simulated inhaler: payloads built to the example profile's layout, not
@@ -912,7 +844,7 @@ mod tests {
         assert_eq!(e.offset, 5);
         assert!(e.message.contains("doses_remaining"), "{e}");
         // Unknown characteristic.
-        let e = p.decode(uuid16(0x2A37), &[0, 60]).unwrap_err();
+        let e = p.decode(uuid::sig16(0x2A37), &[0, 60]).unwrap_err();
         assert!(
             e.message.contains("00002a37-0000-1000-8000-00805f9b34fb"),
             "{e}"
@@ -1009,7 +941,7 @@ mod tests {
         v.extend(72.5f32.to_le_bytes());
         v.extend([0x62, 0x00]); // SFLOAT 98
         v.extend([0x72, 0x01, 0x00, 0xFF]); // FLOAT 370 × 10⁻¹ = 37.0
-        let u = uuid16(0x2B00);
+        let u = uuid::sig16(0x2B00);
         let r = p.decode(u, &v).unwrap();
         let values: Vec<f64> = r.iter().map(|r| r.value).collect();
         assert_eq!(
@@ -1069,7 +1001,7 @@ mod tests {
             "#,
         );
         p.validate().unwrap();
-        let u = uuid16(0x2A99);
+        let u = uuid::sig16(0x2A99);
         let mut v = hex("e20704110f3300"); // 2018-04-17T15:51:00 (C-30)
         v.push(1);
         let r = p.decode(u, &v).unwrap();
@@ -1170,35 +1102,23 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("servic"), "{e}");
         // Decoding with an invalid profile still never panics: a profile error at the field.
-        let e = p.decode(uuid16(0x2A00), &[0; 30]).unwrap_err();
+        let e = p.decode(uuid::sig16(0x2A00), &[0; 30]).unwrap_err();
         assert!(e.message.contains("profile error"), "{e}");
     }
 
     #[test]
     fn uuids() {
-        assert_eq!(uuid("fe50"), 0x0000_FE50_0000_1000_8000_0080_5F9B_34FB);
+        // The parser itself is tested in `decode::uuid`; here: the forms a profile uses.
+        assert_eq!(
+            uuid("fe50").as_u128(),
+            0x0000_FE50_0000_1000_8000_0080_5F9B_34FB
+        );
         assert_eq!(uuid("0xFE50"), uuid("0000fe50-0000-1000-8000-00805f9b34fb"));
-        assert_eq!(uuid(" 0000FE50 "), uuid16(0xFE50));
-        assert_eq!(uuid("12345678"), 0x1234_5678_0000_1000_8000_0080_5F9B_34FB);
+        assert_eq!(uuid(" 0000FE50 "), uuid::sig16(0xFE50));
         assert_eq!(
-            uuid("5e1f00017c3a4b8e9d2f1a2b3c4d5e6f"),
-            uuid("5e1f0001-7c3a-4b8e-9d2f-1a2b3c4d5e6f")
+            uuid("12345678").as_u128(),
+            0x1234_5678_0000_1000_8000_0080_5F9B_34FB
         );
-        assert_eq!(
-            format_uuid(uuid("5E1F0001-7C3A-4B8E-9D2F-1A2B3C4D5E6F")),
-            "5e1f0001-7c3a-4b8e-9d2f-1a2b3c4d5e6f"
-        );
-        assert_eq!(parse_uuid("fe5g").unwrap_err().offset, 3);
-        assert_eq!(parse_uuid("0xfe5g").unwrap_err().offset, 5);
-        assert_eq!(
-            parse_uuid("5e1f0001_7c3a-4b8e-9d2f-1a2b3c4d5e6f")
-                .unwrap_err()
-                .offset,
-            8
-        );
-        assert!(parse_uuid("").is_err());
-        assert!(parse_uuid("fe501").is_err());
-        assert!(parse_uuid("0x5e1f00017c3a4b8e9d2f1a2b3c4d5e6f").is_err());
     }
 
     #[test]
@@ -1209,7 +1129,7 @@ mod tests {
             (p.decode_frame(a, bytes), p.decode_frame(b, bytes))
         });
         never_panics(0x1A5, &["66653530"], |bytes| {
-            parse_uuid(&String::from_utf8_lossy(bytes))
+            uuid::parse(&String::from_utf8_lossy(bytes))
         });
         // Random profiles (any type, offset, endian, scale) on random values.
         let mut rng = fastrand::Rng::with_seed(0x7E4D);
@@ -1258,7 +1178,7 @@ mod tests {
             for _ in 0..20 {
                 let len = rng.usize(0..48);
                 let buf: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
-                if let Ok(f) = p.decode_frame(uuid16(0x2A00), &buf) {
+                if let Ok(f) = p.decode_frame(uuid::sig16(0x2A00), &buf) {
                     assert!(f.readings.iter().all(|r| r.value.is_finite()));
                 }
             }

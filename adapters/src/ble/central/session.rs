@@ -1,0 +1,445 @@
+//! One admitted device's connection loop: connect with backoff, fresh discovery, Device
+//! Information, subscriptions, glucose records, decoding of every notification.
+
+use super::bluez::Bus;
+use super::{
+    event, inc, send, BleStats, DeviceSpec, CONNECT_TIMEOUT, GATT_TIMEOUT, LINK_CHECK,
+    UUID_DIS_FIRMWARE, UUID_DIS_MANUFACTURER, UUID_DIS_MODEL, UUID_DIS_SERIAL, UUID_RACP,
+};
+use crate::ble::config::Address;
+use crate::ble::decode::profiles::glucose;
+use crate::ble::decode::uuid::Uuid;
+use crate::ble::decode::vendor::{CharacteristicMode, VendorProfile};
+use crate::ble::decode::{DecodeError, Profile};
+use crate::observation::{EventKind, Observation, Reading};
+use crate::retry::{Backoff, RateLimit, DEVICE_STABLE};
+use crate::{AdapterError, AdapterEvent};
+use btleplug::api::Central as _;
+use btleplug::api::{CharPropFlags, Characteristic, Peripheral as _, ValueNotification, WriteType};
+use btleplug::platform::{Adapter as BtAdapter, Peripheral, PeripheralId};
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{timeout, Instant};
+
+/// One admitted device's connection loop.
+pub(super) struct Session {
+    pub(super) spec: Arc<DeviceSpec>,
+    pub(super) central: BtAdapter,
+    pub(super) id: PeripheralId,
+    pub(super) bus: Arc<Bus>,
+    pub(super) out: mpsc::Sender<AdapterEvent>,
+    pub(super) shutdown: watch::Receiver<bool>,
+    pub(super) clock: watch::Receiver<bool>,
+    pub(super) stats: Arc<BleStats>,
+    pub(super) glucose_last: Arc<Mutex<HashMap<Address, u16>>>,
+}
+
+/// How a connection ended.
+pub(super) enum Ended {
+    LinkLost,
+    Shutdown,
+}
+
+impl Session {
+    pub(super) fn name(&self) -> &str {
+        &self.spec.cfg.name
+    }
+
+    pub(super) async fn run(mut self, mut link: watch::Receiver<u64>) {
+        let mut backoff = Backoff::device(Duration::from_secs(self.spec.cfg.max_backoff_s));
+        let mut bond_reported = false;
+        let mut last_error = String::new();
+        loop {
+            if *self.shutdown.borrow() {
+                return;
+            }
+            match self
+                .connect_once(&mut link, &mut bond_reported, &mut last_error)
+                .await
+            {
+                Ok(Some(connected_for)) if connected_for >= DEVICE_STABLE => backoff.reset(),
+                Ok(_) => {}
+                Err(AdapterError::ChannelClosed) => return,
+                Err(_) => {}
+            }
+            if *self.shutdown.borrow() {
+                return;
+            }
+            let wait = backoff.next_delay();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                r = link.changed() => if r.is_err() { return },
+                _ = self.shutdown.changed() => return,
+            }
+        }
+    }
+
+    pub(super) async fn emit(&self, ev: AdapterEvent) -> Result<(), AdapterError> {
+        send(&self.out, ev).await
+    }
+
+    pub(super) async fn report_once(
+        &self,
+        last: &mut String,
+        why: String,
+    ) -> Result<(), AdapterError> {
+        if *last != why {
+            log::warn!("ble {}: {why}", self.name());
+            self.emit(event(
+                &self.spec.device,
+                EventKind::Error,
+                format!("device {}: {why}", self.name()),
+            ))
+            .await?;
+            *last = why;
+        }
+        Ok(())
+    }
+
+    /// One connection: `Ok(Some(duration))` after a connection ended, `Ok(None)` when no
+    /// connection was made.
+    pub(super) async fn connect_once(
+        &mut self,
+        link: &mut watch::Receiver<u64>,
+        bond_reported: &mut bool,
+        last_error: &mut String,
+    ) -> Result<Option<Duration>, AdapterError> {
+        let a = self.spec.address;
+        if self.spec.cfg.require_bond {
+            match self.bus.bond_state(&self.spec.adapter, a).await {
+                Ok(st) if st.paired => *bond_reported = false,
+                Ok(_) => {
+                    if !*bond_reported {
+                        self.report_once(last_error, format!("{a} is not bonded with this gateway: it needs (re-)pairing (`wardgate pair {a}`); its data is refused until then")).await?;
+                        *bond_reported = true;
+                    }
+                    return Ok(None);
+                }
+                Err(_) => return Ok(None), // BlueZ does not know it (yet): wait for an advertisement
+            }
+        }
+        let p = match self.central.peripheral(&self.id).await {
+            Ok(p) => p,
+            Err(_) => return Ok(None),
+        };
+        let adopted = p.is_connected().await.unwrap_or(false);
+        if !adopted {
+            match timeout(CONNECT_TIMEOUT, p.connect()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    let e = e.to_string();
+                    if e.contains("AuthenticationFailed")
+                        || e.contains("Key Missing")
+                        || e.contains("auth")
+                    {
+                        self.report_once(last_error, format!("{a} refused our keys ({e}): the device lost its bond; it needs re-pairing (`wardgate pair {a}`)")).await?;
+                    } else {
+                        log::debug!("ble {}: connect failed: {e}", self.name());
+                    }
+                    return Ok(None);
+                }
+                Err(_) => {
+                    log::debug!("ble {}: connect timed out", self.name());
+                    return Ok(None);
+                }
+            }
+        }
+        inc(&self.stats.connects);
+        let started = Instant::now();
+        let ended = self.connected(&p, link, adopted, last_error).await;
+        let _ = self
+            .emit(event(
+                &self.spec.device,
+                EventKind::Disconnected,
+                format!("device {}: link lost", self.name()),
+            ))
+            .await;
+        match ended {
+            Ok(Ended::Shutdown) => {
+                let _ = p.disconnect().await;
+                Ok(Some(started.elapsed()))
+            }
+            Ok(Ended::LinkLost) => Ok(Some(started.elapsed())),
+            Err(AdapterError::ChannelClosed) => Err(AdapterError::ChannelClosed),
+            Err(e) => {
+                log::warn!("ble {}: {e}", self.name());
+                let _ = p.disconnect().await;
+                Ok(Some(started.elapsed()))
+            }
+        }
+    }
+
+    pub(super) async fn read_string(
+        &self,
+        p: &Peripheral,
+        chars: &[Characteristic],
+        u: Uuid,
+    ) -> Option<String> {
+        let c = chars
+            .iter()
+            .find(|c| c.uuid == u && c.properties.contains(CharPropFlags::READ))?;
+        let v = timeout(GATT_TIMEOUT, p.read(c)).await.ok()?.ok()?;
+        let s = String::from_utf8_lossy(&v)
+            .trim_end_matches('\0')
+            .trim()
+            .to_owned();
+        (!s.is_empty()).then_some(s)
+    }
+
+    pub(super) async fn connected(
+        &mut self,
+        p: &Peripheral,
+        link: &mut watch::Receiver<u64>,
+        adopted: bool,
+        last_error: &mut String,
+    ) -> Result<Ended, AdapterError> {
+        let a = self.spec.address;
+        match timeout(GATT_TIMEOUT, p.discover_services()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(AdapterError::Transport(format!("service discovery: {e}"))),
+            Err(_) => {
+                return Err(AdapterError::Transport(
+                    "service discovery timed out".into(),
+                ))
+            }
+        }
+        let chars: Vec<Characteristic> = p.characteristics().into_iter().collect();
+        // The stream exists before the first StartNotify: nothing sent after it is missed.
+        let mut notes = p
+            .notifications()
+            .await
+            .map_err(|e| AdapterError::Transport(format!("notification stream: {e}")))?;
+        let manufacturer = self.read_string(p, &chars, UUID_DIS_MANUFACTURER).await;
+        let model = self.read_string(p, &chars, UUID_DIS_MODEL).await;
+        let serial = self.read_string(p, &chars, UUID_DIS_SERIAL).await;
+        let firmware = self.read_string(p, &chars, UUID_DIS_FIRMWARE).await;
+        let identity_ok = match (&self.spec.cfg.serial_number, &serial) {
+            (None, _) => true,
+            (Some(want), Some(got)) if want == got => true,
+            (Some(want), got) => {
+                self.report_once(last_error, format!("{a} reports serial number {}, configured {want}; readings dropped until it matches", got.as_deref().unwrap_or("(none)"))).await?;
+                false
+            }
+        };
+        if identity_ok {
+            last_error.clear();
+        }
+        let detail = format!(
+            "device {}: address={a} manufacturer={:?} model={:?} serial={:?} firmware={:?} services={}{}",
+            self.name(),
+            manufacturer.as_deref().unwrap_or(""),
+            model.as_deref().unwrap_or(""),
+            serial.as_deref().unwrap_or(""),
+            firmware.as_deref().unwrap_or(""),
+            p.services().len(),
+            if adopted { " adopted=true" } else { "" },
+        );
+        log::info!(
+            "ble {}: connected{}",
+            self.name(),
+            if adopted {
+                " (link held by BlueZ from before)"
+            } else {
+                ""
+            }
+        );
+        self.emit(event(&self.spec.device, EventKind::Connected, detail))
+            .await?;
+        // Battery Level and vendor "read" characteristics: read once per connection. BlueZ
+        // reports a read's result as a `Value` change too, so the value reaches `handle` through
+        // the notification stream (exactly once), not from here.
+        for c in &chars {
+            let is_battery = c.uuid == Profile::Battery.uuid() && self.spec.wants(Profile::Battery);
+            let vendor_read = self
+                .spec
+                .vendor
+                .as_ref()
+                .is_some_and(|v| vendor_mode(v, c.uuid) == Some(CharacteristicMode::Read));
+            if (is_battery || vendor_read) && c.properties.contains(CharPropFlags::READ) {
+                if let Ok(Err(e)) = timeout(GATT_TIMEOUT, p.read(c)).await {
+                    log::debug!("ble {}: read {}: {e}", self.name(), c.uuid);
+                }
+            }
+        }
+        // Subscribe exactly once per connection to every wanted notify/indicate characteristic.
+        let mut racp = None;
+        for c in &chars {
+            let is_racp = c.uuid == UUID_RACP;
+            if is_racp && self.spec.wants(Profile::Glucose) {
+                racp = Some(c.clone());
+            }
+            let wanted = Profile::from_uuid(c.uuid).is_some_and(|pr| self.spec.wants(pr))
+                || (is_racp && self.spec.wants(Profile::Glucose))
+                || self.spec.vendor.as_ref().is_some_and(|v| {
+                    matches!(
+                        vendor_mode(v, c.uuid),
+                        Some(CharacteristicMode::Notify | CharacteristicMode::Indicate)
+                    )
+                });
+            if wanted
+                && c.properties
+                    .intersects(CharPropFlags::NOTIFY | CharPropFlags::INDICATE)
+            {
+                match timeout(GATT_TIMEOUT, p.subscribe(c)).await {
+                    Ok(Ok(())) => inc(&self.stats.subscriptions),
+                    Ok(Err(e)) => {
+                        return Err(AdapterError::Transport(format!(
+                            "subscribe {}: {e}",
+                            c.uuid
+                        )))
+                    }
+                    Err(_) => {
+                        return Err(AdapterError::Transport(format!(
+                            "subscribe {}: timed out",
+                            c.uuid
+                        )))
+                    }
+                }
+            }
+        }
+        if let Some(c) = racp {
+            let last = self
+                .glucose_last
+                .lock()
+                .map(|m| m.get(&a).copied())
+                .unwrap_or(None);
+            let req = glucose::racp_request(last.map(|s| s.wrapping_add(1)));
+            if let Err(e) = p.write(&c, &req, WriteType::WithResponse).await {
+                log::warn!("ble {}: glucose record request: {e}", self.name());
+            }
+        }
+        let mut errors = RateLimit::error_events();
+        let silent_after = self.spec.cfg.silent_after();
+        let mut last_value = Instant::now();
+        loop {
+            let silent_at = last_value + silent_after.unwrap_or(Duration::from_secs(86_400 * 365));
+            tokio::select! {
+                n = notes.next() => match n {
+                    Some(ValueNotification { uuid, value, .. }) => {
+                        inc(&self.stats.notifications);
+                        last_value = Instant::now();
+                        self.handle(uuid, &value, identity_ok, &mut errors).await?;
+                    }
+                    None => return Err(AdapterError::Transport("notification stream ended".into())),
+                },
+                _ = tokio::time::sleep_until(silent_at), if silent_after.is_some() => {
+                    let s = silent_after.unwrap_or_default().as_secs();
+                    inc(&self.stats.silent_reconnects);
+                    log::warn!("ble {}: subscribed but silent for {s} s; reconnecting", self.name());
+                    self.emit(event(&self.spec.device, EventKind::Error, format!(
+                        "device {}: subscribed but silent for {s} s (link up, no notifications); reconnecting and subscribing again", self.name()))).await?;
+                    let _ = p.disconnect().await;
+                    return Ok(Ended::LinkLost);
+                }
+                r = link.changed() => {
+                    if r.is_err() { return Ok(Ended::Shutdown) }
+                    if !p.is_connected().await.unwrap_or(false) { return Ok(Ended::LinkLost) }
+                }
+                _ = tokio::time::sleep(LINK_CHECK) => {
+                    if !p.is_connected().await.unwrap_or(false) { return Ok(Ended::LinkLost) }
+                }
+                _ = self.shutdown.changed() => return Ok(Ended::Shutdown),
+            }
+        }
+    }
+
+    /// Decodes one value of characteristic `uuid` and sends its observations.
+    pub(super) async fn handle(
+        &self,
+        uuid: Uuid,
+        value: &[u8],
+        identity_ok: bool,
+        errors: &mut RateLimit,
+    ) -> Result<(), AdapterError> {
+        let decoded: Result<Vec<Reading>, (String, DecodeError)> = match Profile::from_uuid(uuid) {
+            Some(Profile::Glucose) => match glucose::parse(value) {
+                Ok(m) => {
+                    let mut last = self.glucose_last.lock().unwrap_or_else(|e| e.into_inner());
+                    let prev = last.get(&self.spec.address).copied();
+                    if prev.is_some_and(|p| !seq_after(m.sequence, p)) {
+                        inc(&self.stats.duplicates_dropped);
+                        Ok(Vec::new())
+                    } else {
+                        last.insert(self.spec.address, m.sequence);
+                        // The record's sequence number travels as a status flag, so the
+                        // upstream can recognise a record fetched again after a gateway
+                        // restart (the dedup state here is in memory).
+                        let mut rs = glucose::readings(&m);
+                        for r in &mut rs {
+                            r.status.push(format!("record={}", m.sequence));
+                        }
+                        Ok(rs)
+                    }
+                }
+                Err(e) => Err(("glucose measurement".into(), e)),
+            },
+            Some(p) if self.spec.wants(p) => p.decode(value).map_err(|e| (p.name().into(), e)),
+            Some(_) => Ok(Vec::new()),
+            None if uuid == UUID_RACP => {
+                log::debug!("ble {}: RACP response {:02x?}", self.name(), value);
+                Ok(Vec::new())
+            }
+            None => match &self.spec.vendor {
+                Some(v) if v.characteristic(uuid).is_some() => v
+                    .decode(uuid, value)
+                    .map_err(|e| (format!("vendor profile {} {uuid}", v.name), e)),
+                _ => Ok(Vec::new()),
+            },
+        };
+        match decoded {
+            Ok(readings) => {
+                if !identity_ok {
+                    self.stats
+                        .readings_dropped
+                        .fetch_add(readings.len() as u64, Ordering::Relaxed);
+                    return Ok(());
+                }
+                let synced = *self.clock.borrow();
+                for r in readings {
+                    let o = Observation::from_reading(self.spec.device.clone(), r, synced);
+                    self.emit(AdapterEvent::Observation(o)).await?;
+                }
+            }
+            Err((what, e)) => {
+                inc(&self.stats.decode_errors);
+                if errors.allow(std::time::Instant::now()) {
+                    self.emit(event(
+                        &self.spec.device,
+                        EventKind::Error,
+                        format!("device {}: {what}: {e}", self.name()),
+                    ))
+                    .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The mode a vendor profile gives characteristic `u`, if it declares it.
+pub(super) fn vendor_mode(v: &VendorProfile, u: Uuid) -> Option<CharacteristicMode> {
+    v.characteristic(u).map(|c| c.mode)
+}
+
+/// Glucose sequence numbers are u16 and wrap: `a` comes after `b` when it is ahead by less
+/// than half the range.
+pub(super) fn seq_after(a: u16, b: u16) -> bool {
+    a != b && a.wrapping_sub(b) < 0x8000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glucose_sequence_wraps() {
+        assert!(seq_after(2, 1));
+        assert!(!seq_after(1, 1));
+        assert!(!seq_after(1, 2));
+        assert!(seq_after(0, 0xffff));
+    }
+}
