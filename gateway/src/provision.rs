@@ -404,7 +404,10 @@ pub fn require_v3(cert: &CertificateDer<'_>) -> Result<(), String> {
 /// Unix epoch (UTCTime or GeneralizedTime, as the certificate has them).
 pub fn validity(cert: &CertificateDer<'_>) -> Result<(Duration, Duration), String> {
     let v = parse_x509(cert)?.tbs_certificate.validity;
-    Ok((v.not_before.to_unix_duration(), v.not_after.to_unix_duration()))
+    Ok((
+        v.not_before.to_unix_duration(),
+        v.not_after.to_unix_duration(),
+    ))
 }
 
 /// `2026-01-27T10:00:00Z`.
@@ -562,12 +565,19 @@ mod tests {
             Err(e) => format!("{e:?}"),
             Ok(_) => "accepted".into(),
         };
-        assert!(webpki_says.contains("UnsupportedCertVersion"), "{webpki_says}");
+        assert!(
+            webpki_says.contains("UnsupportedCertVersion"),
+            "{webpki_says}"
+        );
     }
 
     #[test]
     fn bytes_that_are_not_a_certificate_say_so() {
-        for bad in [&b"not DER at all"[..], &[0x30, 0x03, 0x02, 0x01, 0x01][..], &[][..]] {
+        for bad in [
+            &b"not DER at all"[..],
+            &[0x30, 0x03, 0x02, 0x01, 0x01][..],
+            &[][..],
+        ] {
             let der = CertificateDer::from(bad.to_vec());
             let e = validity(&der).unwrap_err();
             assert!(e.contains("not an X.509 certificate"), "{e}");
@@ -576,7 +586,9 @@ mod tests {
         // A truncated real certificate too.
         let leaf = leaf_der();
         let cut = CertificateDer::from(leaf.as_ref()[..leaf.as_ref().len() - 10].to_vec());
-        assert!(validity(&cut).unwrap_err().contains("not an X.509 certificate"));
+        assert!(validity(&cut)
+            .unwrap_err()
+            .contains("not an X.509 certificate"));
     }
 
     #[test]
@@ -586,9 +598,8 @@ mod tests {
         use x509_cert::time::Time;
         let leaf = leaf_der();
         let mut c = x509_cert::Certificate::from_der(leaf.as_ref()).unwrap();
-        let t = |s: u64| {
-            Time::UtcTime(UtcTime::from_unix_duration(Duration::from_secs(s)).unwrap())
-        };
+        let t =
+            |s: u64| Time::UtcTime(UtcTime::from_unix_duration(Duration::from_secs(s)).unwrap());
         // 2026-01-27T10:00:00Z and 2027-01-27T10:00:00Z.
         c.tbs_certificate.validity.not_before = t(1_769_508_000);
         c.tbs_certificate.validity.not_after = t(1_801_044_000);

@@ -100,7 +100,10 @@ pub fn in_ci() -> bool {
 fn ci_value_means_ci(v: Option<&str>) -> bool {
     match v {
         None => false,
-        Some(v) => !matches!(v.trim().to_ascii_lowercase().as_str(), "" | "0" | "false" | "no"),
+        Some(v) => !matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "" | "0" | "false" | "no"
+        ),
     }
 }
 
@@ -226,7 +229,14 @@ mod tests {
         for v in ["true", "1", "yes", "TRUE", "woodpecker"] {
             assert!(ci_value_means_ci(Some(v)), "{v}");
         }
-        for v in [None, Some(""), Some("0"), Some("false"), Some("False"), Some("no")] {
+        for v in [
+            None,
+            Some(""),
+            Some("0"),
+            Some("false"),
+            Some("False"),
+            Some("no"),
+        ] {
             assert!(!ci_value_means_ci(v), "{v:?}");
         }
     }
@@ -238,6 +248,9 @@ mod tests {
             Ok("SKIPPED: pkg::t: needs root".to_string())
         );
         let e = skip_outcome(true, "pkg::t", "needs root").unwrap_err();
-        assert!(e.starts_with("pkg::t: needs root. CI runs every test"), "{e}");
+        assert!(
+            e.starts_with("pkg::t: needs root. CI runs every test"),
+            "{e}"
+        );
     }
 }

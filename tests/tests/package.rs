@@ -406,7 +406,9 @@ fn write_store(path: &Path) {
 #[test]
 fn install_upgrade_remove_purge_keep_the_store_and_the_edited_config() {
     if !is_root() {
-        return wardgate_e2e::skip_or_fail("installing into a scratch root with dpkg needs root (CI runs as root)");
+        return wardgate_e2e::skip_or_fail(
+            "installing into a scratch root with dpkg needs root (CI runs as root)",
+        );
     }
     let Some(deb) = deb() else { return };
     let root = Root::new(deb);
@@ -590,7 +592,9 @@ fn run_script(script: &Path, args: &[&str], was_enabled: bool) -> Vec<String> {
 #[test]
 fn scripts_enable_without_starting_restart_on_upgrade_and_stop_on_remove() {
     if !is_root() {
-        return wardgate_e2e::skip_or_fail("a private mount namespace with /run/systemd/system needs root");
+        return wardgate_e2e::skip_or_fail(
+            "a private mount namespace with /run/systemd/system needs root",
+        );
     }
     let Some(deb) = deb() else { return };
     let tmp = temp_dir("deb-scripts").unwrap();
