@@ -495,15 +495,36 @@ async fn a_serial_number_for_a_protocol_without_one_is_refused() {
 async fn a_missing_port_is_retried_with_backoff_until_shutdown() {
     let scratch = Scratch::new("missing");
     let link = scratch.0.join("not-plugged-in");
+    let started = Instant::now();
     let mut run = start(config("bed2-spo2", &link, ProtocolName::Masimo, None));
     let (detail, _) = run.expect_event(EventKind::Error).await;
     assert!(detail.contains("cannot open"), "{detail}");
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let failures = run.adapter.stats().open_failures;
-    assert!(
-        (2..=5).contains(&failures),
-        "backoff, not a busy loop: {failures} attempts in 0.6 s"
-    );
+    // The schedule (port.rs): waits of 125–250 ms, 250–500 ms, 500–1000 ms (cap 1 s) between
+    // attempts. Asserted as lower bounds from before the first attempt, which a loaded machine
+    // can only make later, never earlier: a busy loop or a fixed short interval fails them.
+    // The upper side is only "it keeps retrying", with a generous deadline.
+    let deadline = started + Duration::from_secs(15);
+    let mut reached = Vec::new(); // when attempt 1, 2, 3, 4 had been seen to fail
+    while reached.len() < 4 {
+        let failures = run.adapter.stats().open_failures as usize;
+        while reached.len() < failures.min(4) {
+            reached.push(started.elapsed());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "retrying stopped: {failures} attempts in 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let min_ms = [0, 125, 125 + 250, 125 + 250 + 500];
+    for (n, (at, min)) in reached.iter().zip(min_ms).enumerate() {
+        assert!(
+            *at >= Duration::from_millis(min),
+            "backoff, not a busy loop: attempt {} after {at:?}, expected no sooner than {min} ms \
+             (all: {reached:?})",
+            n + 1
+        );
+    }
     // Only the first failure of a streak is reported.
     assert!(run.events.try_recv().is_err());
     let (_, res) = run.stop().await;

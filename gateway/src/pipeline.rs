@@ -39,7 +39,7 @@ pub struct DeviceCounts {
     /// Device events committed to the store.
     pub events: u64,
     /// Wall-clock Unix ms of the last commit with a sign of life from this device (0: never).
-    /// For display only: liveness runs on a monotonic clock (see [`crate::health::liveness`]).
+    /// For display only: liveness runs on a monotonic clock (see [`crate::liveness`]).
     #[serde(default)]
     pub last_seen_ms: i64,
     /// Rows that show the device itself is there: observations and `connected`, `battery`,
@@ -134,55 +134,8 @@ pub async fn run_writer(
                 stats.rows.fetch_add(rows.len() as u64, Ordering::Relaxed);
                 stats.last_progress_ms.store(mono_ms(), Ordering::Relaxed);
                 {
-                    let committed_ms = now_ms();
                     let mut per = stats.per_device.lock().unwrap_or_else(|p| p.into_inner());
-                    for r in &rows {
-                        let device = match r {
-                            AdapterEvent::Observation(o) => &o.device.0,
-                            AdapterEvent::Event(e) => &e.device.0,
-                        };
-                        // Look up before inserting: no String copy per row on the hot path.
-                        let counts = match per.get_mut(device.as_str()) {
-                            Some(c) => c,
-                            None => per.entry(device.clone()).or_default(),
-                        };
-                        let alive = match r {
-                            AdapterEvent::Observation(_) => true,
-                            AdapterEvent::Event(e) => matches!(
-                                e.kind,
-                                EventKind::Connected | EventKind::Battery | EventKind::Rssi
-                            ),
-                        };
-                        if alive {
-                            counts.activity += 1;
-                            counts.last_seen_ms = committed_ms;
-                        }
-                        match r {
-                            AdapterEvent::Observation(o) => {
-                                counts.observations += 1;
-                                if o.code == wardgate_adapters::observation::mdc::BATTERY_CHARGE {
-                                    counts.battery_pct = Some(o.value);
-                                }
-                            }
-                            AdapterEvent::Event(e) => {
-                                counts.events += 1;
-                                match e.kind {
-                                    EventKind::Error => {
-                                        counts.errors += 1;
-                                        counts.last_error =
-                                            Some(e.detail.chars().take(200).collect());
-                                    }
-                                    EventKind::Rssi => {
-                                        counts.rssi_dbm = e
-                                            .presence
-                                            .as_ref()
-                                            .map(|p| p.rssi_median.round() as i64);
-                                    }
-                                    _ => {}
-                                }
-                            }
-                        }
-                    }
+                    count_committed(&mut per, &rows, now_ms());
                 }
                 pending_since_wake += rows.len();
                 if pending_since_wake >= opts.batch_max {
@@ -227,5 +180,223 @@ async fn retention(store: &Arc<Store>, last: &mut tokio::time::Instant, _opts: &
         Ok(Ok(_)) => {}
         Ok(Err(e)) => log::error!("retention: {e}"),
         Err(e) => log::error!("retention task failed: {e}"),
+    }
+}
+
+/// Adds committed `rows` to the per-device counts (`committed_ms`: wall-clock Unix ms of the
+/// commit, the `last_seen_ms` of devices that showed a sign of life).
+pub(crate) fn count_committed(
+    per: &mut BTreeMap<String, DeviceCounts>,
+    rows: &[AdapterEvent],
+    committed_ms: i64,
+) {
+    for r in rows {
+        let device = match r {
+            AdapterEvent::Observation(o) => &o.device.0,
+            AdapterEvent::Event(e) => &e.device.0,
+        };
+        // Look up before inserting: no String copy per row on the hot path.
+        let counts = match per.get_mut(device.as_str()) {
+            Some(c) => c,
+            None => per.entry(device.clone()).or_default(),
+        };
+        counts.count(r, committed_ms);
+    }
+}
+
+impl DeviceCounts {
+    /// Counts one committed row of this device.
+    fn count(&mut self, r: &AdapterEvent, committed_ms: i64) {
+        let alive = match r {
+            AdapterEvent::Observation(_) => true,
+            AdapterEvent::Event(e) => matches!(
+                e.kind,
+                EventKind::Connected | EventKind::Battery | EventKind::Rssi
+            ),
+        };
+        if alive {
+            self.activity += 1;
+            self.last_seen_ms = committed_ms;
+        }
+        match r {
+            AdapterEvent::Observation(o) => {
+                self.observations += 1;
+                if o.code == wardgate_adapters::observation::mdc::BATTERY_CHARGE {
+                    self.battery_pct = Some(o.value);
+                }
+            }
+            AdapterEvent::Event(e) => {
+                self.events += 1;
+                match e.kind {
+                    EventKind::Error => {
+                        self.errors += 1;
+                        self.last_error = Some(e.detail.chars().take(200).collect());
+                    }
+                    EventKind::Rssi => {
+                        // The typed presence report (a tag's window summary); an `rssi` event
+                        // without one leaves the RSSI unknown, not stale.
+                        self.rssi_dbm = e.presence.as_ref().map(|p| p.rssi_median.round() as i64);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod counting_tests {
+    use super::*;
+    use wardgate_adapters::observation::{
+        mdc, DeviceEvent, DeviceId, Observation, TimeQuality, Unit,
+    };
+
+    fn obs(device: &str, code: u32, value: f64) -> AdapterEvent {
+        AdapterEvent::Observation(Observation {
+            device: DeviceId(device.into()),
+            code,
+            value,
+            unit: Unit::PERCENT,
+            device_time: None,
+            gateway_time: 1,
+            time_quality: TimeQuality::Synced,
+            status: vec![],
+        })
+    }
+
+    fn ev(device: &str, kind: EventKind, detail: &str) -> AdapterEvent {
+        AdapterEvent::Event(DeviceEvent::new(DeviceId(device.into()), kind, detail))
+    }
+
+    /// A tag's presence summary with median `median` dBm.
+    fn presence(device: &str, median: f64) -> AdapterEvent {
+        AdapterEvent::Event(DeviceEvent::presence(
+            DeviceId(device.into()),
+            wardgate_adapters::observation::PresenceReport {
+                rule: "tags".into(),
+                window_s: 10,
+                count: 7,
+                rssi_min: -80,
+                rssi_median: median,
+                rssi_max: -40,
+            },
+        ))
+    }
+
+    fn counted(rows: &[AdapterEvent], at: i64) -> BTreeMap<String, DeviceCounts> {
+        let mut per = BTreeMap::new();
+        count_committed(&mut per, rows, at);
+        per
+    }
+
+    #[test]
+    fn observations_and_events_are_counted_per_device() {
+        let per = counted(
+            &[
+                obs("serial:a", mdc::SPO2, 97.0),
+                obs("serial:a", mdc::SPO2, 98.0),
+                ev("serial:a", EventKind::Connected, ""),
+                obs("ble:b", mdc::HEART_RATE_ECG, 70.0),
+            ],
+            1_000,
+        );
+        assert_eq!(per.len(), 2);
+        let a = &per["serial:a"];
+        assert_eq!((a.observations, a.events, a.activity), (2, 1, 3));
+        let b = &per["ble:b"];
+        assert_eq!((b.observations, b.events, b.activity), (1, 0, 1));
+        assert_eq!(b.last_seen_ms, 1_000);
+    }
+
+    #[test]
+    fn counts_add_up_across_commits() {
+        let mut per = BTreeMap::new();
+        count_committed(&mut per, &[obs("d", mdc::SPO2, 97.0)], 1_000);
+        count_committed(
+            &mut per,
+            &[obs("d", mdc::SPO2, 96.0), obs("d", mdc::SPO2, 95.0)],
+            2_000,
+        );
+        assert_eq!(per["d"].observations, 3);
+        assert_eq!(per["d"].activity, 3);
+        assert_eq!(per["d"].last_seen_ms, 2_000);
+    }
+
+    #[test]
+    fn only_signs_of_life_count_as_activity_and_move_last_seen() {
+        let mut per = BTreeMap::new();
+        count_committed(&mut per, &[ev("d", EventKind::Connected, "")], 1_000);
+        // The gateway's own reports about the device are not the device being there.
+        count_committed(
+            &mut per,
+            &[
+                ev("d", EventKind::Disconnected, "link lost"),
+                ev("d", EventKind::Rejected, "bad frame"),
+                ev("d", EventKind::Error, "cannot open"),
+                ev("d", EventKind::Dropped, "3 rows"),
+            ],
+            2_000,
+        );
+        let d = &per["d"];
+        assert_eq!((d.events, d.activity, d.last_seen_ms), (5, 1, 1_000));
+        count_committed(
+            &mut per,
+            &[
+                ev("d", EventKind::Battery, "80 %"),
+                ev("d", EventKind::Rssi, "rssi=-60"),
+            ],
+            3_000,
+        );
+        let d = &per["d"];
+        assert_eq!((d.events, d.activity, d.last_seen_ms), (7, 3, 3_000));
+        assert_eq!(d.observations, 0);
+    }
+
+    #[test]
+    fn battery_is_the_last_battery_charge_observation() {
+        let per = counted(
+            &[
+                obs("d", mdc::BATTERY_CHARGE, 81.0),
+                obs("d", mdc::SPO2, 97.0),
+                obs("d", mdc::BATTERY_CHARGE, 79.0),
+            ],
+            1,
+        );
+        assert_eq!(per["d"].battery_pct, Some(79.0));
+        assert_eq!(
+            counted(&[obs("d", mdc::SPO2, 97.0)], 1)["d"].battery_pct,
+            None
+        );
+    }
+
+    #[test]
+    fn errors_are_counted_and_the_last_kept_at_most_200_characters() {
+        let long = "é".repeat(300);
+        let per = counted(
+            &[
+                ev("d", EventKind::Error, "first"),
+                ev("d", EventKind::Error, &long),
+            ],
+            1,
+        );
+        let d = &per["d"];
+        assert_eq!(d.errors, 2);
+        let last = d.last_error.as_deref().unwrap();
+        assert_eq!(last.chars().count(), 200);
+        assert!(last.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn rssi_is_the_rounded_median_of_the_presence_report() {
+        let rssi = |e: AdapterEvent| counted(&[e], 1)["tag"].rssi_dbm;
+        assert_eq!(rssi(presence("tag", -61.5)), Some(-62));
+        assert_eq!(rssi(presence("tag", -70.0)), Some(-70));
+        // Text is never parsed back: a detail that reads like a report is not one.
+        assert_eq!(rssi(ev("tag", EventKind::Rssi, "rssi_median=-60")), None);
+        let mut per = BTreeMap::new();
+        count_committed(&mut per, &[presence("tag", -50.0)], 1);
+        assert_eq!(per["tag"].rssi_dbm, Some(-50));
+        count_committed(&mut per, &[ev("tag", EventKind::Rssi, "gone")], 2);
+        assert_eq!(per["tag"].rssi_dbm, None);
     }
 }

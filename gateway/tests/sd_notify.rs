@@ -108,6 +108,41 @@ fn collect(
     }
 }
 
+/// Reads notifications until none equal to `what` has arrived for `quiet`. `Ok` with the lines
+/// read, or `Err` with them when no such spell began before `deadline` ran out.
+#[allow(clippy::type_complexity)]
+fn quiet_spell(
+    sock: &UnixDatagram,
+    what: &str,
+    quiet: Duration,
+    deadline: Duration,
+) -> Result<Vec<(Instant, String)>, Vec<(Instant, String)>> {
+    let end = Instant::now() + deadline;
+    let mut lines: Vec<(Instant, String)> = Vec::new();
+    let mut last = Instant::now();
+    loop {
+        let quiet_until = last + quiet;
+        if Instant::now() >= quiet_until {
+            return Ok(lines);
+        }
+        if Instant::now() >= end {
+            return Err(lines);
+        }
+        let n = lines.len();
+        collect(
+            sock,
+            quiet_until
+                .min(end)
+                .saturating_duration_since(Instant::now()),
+            &mut lines,
+            |l| l.len() > n,
+        );
+        if let Some((t, _)) = lines[n..].iter().rev().find(|(_, l)| l == what) {
+            last = *t;
+        }
+    }
+}
+
 fn count(lines: &[(Instant, String)], what: &str) -> usize {
     lines.iter().filter(|(_, l)| l == what).count()
 }
@@ -128,18 +163,24 @@ fn ready_status_watchdog_while_broker_unreachable_and_stopping_on_sigterm() {
     assert_eq!(count(&lines, "READY=1"), 1, "no READY=1: {lines:?}");
     let ready_at = lines[0].0;
 
-    // The broker is unreachable the whole time: the watchdog must keep coming regardless.
-    collect(&sock, Duration::from_secs(7), &mut lines, |_| false);
+    // The broker is unreachable the whole time: the watchdog must keep coming regardless. Wait
+    // for 5 pings and 3 statuses (due within about 6 s) with a generous deadline; what is
+    // asserted is systemd's own rule: no gap between pings reaches the 2 s period (the daemon
+    // pings every 1 s, so a loaded machine has a second of slack).
+    collect(&sock, Duration::from_secs(30), &mut lines, |l| {
+        count(l, "WATCHDOG=1") >= 5
+            && l.iter().filter(|(_, x)| x.starts_with("STATUS=")).count() >= 3
+    });
     let pings: Vec<Instant> = lines
         .iter()
         .filter(|(_, l)| l == "WATCHDOG=1")
         .map(|(t, _)| *t)
         .collect();
-    assert!(pings.len() >= 4, "too few WATCHDOG=1 in 7 s: {lines:?}");
+    assert!(pings.len() >= 5, "too few WATCHDOG=1 in 30 s: {lines:?}");
     let mut prev = ready_at;
     for t in &pings {
         assert!(
-            t.duration_since(prev) < Duration::from_millis(1_900),
+            t.duration_since(prev) < Duration::from_secs(2),
             "gap between watchdog pings reached the period: {lines:?}"
         );
         prev = *t;
@@ -148,7 +189,10 @@ fn ready_status_watchdog_while_broker_unreachable_and_stopping_on_sigterm() {
         .iter()
         .filter_map(|(_, l)| l.strip_prefix("STATUS="))
         .collect();
-    assert!(statuses.len() >= 3, "too few STATUS= lines: {lines:?}");
+    assert!(
+        statuses.len() >= 3,
+        "too few STATUS= lines in 30 s: {lines:?}"
+    );
     let last = statuses.last().unwrap();
     assert!(
         last.starts_with("uplink down: ") && last.ends_with("; 0 queued; 0 devices"),
@@ -272,18 +316,47 @@ async fn watchdog_is_withheld_while_the_writer_makes_no_progress() {
             }
         })
     };
-    let moving = recv(Duration::from_millis(1_500)).await.unwrap();
+    // Pings resume (every 200 ms; waited for with a generous deadline).
+    let moving = {
+        let sock = sock.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut lines = Vec::new();
+            collect(&sock, Duration::from_secs(15), &mut lines, |l| {
+                count(l, "WATCHDOG=1") >= 3
+            });
+            lines
+        })
+    }
+    .await
+    .unwrap();
     assert!(
         count(&moving, "WATCHDOG=1") >= 3,
-        "writer moving: {moving:?}"
+        "writer moving, yet fewer than 3 WATCHDOG=1 in 15 s: {moving:?}"
     );
 
-    // The uplink loop stops (hung): the watchdog stops again.
+    // The uplink loop stops (hung): the watchdog stops again. Pings keep coming while the last
+    // beat is younger than the period (400 ms), and a loaded machine may send one late, so
+    // what is asserted is that a quiet spell of 1 s (2.5 periods, 5 ping intervals) begins
+    // within a generous deadline. Were the hang not noticed, pings would keep coming every
+    // 200 ms and no such spell would ever begin.
     beating.abort();
-    // Pings already sent (the beat still fresh) wait in the socket: read and discard them.
-    recv(Duration::from_millis(500)).await.unwrap();
-    let hung = recv(Duration::from_millis(1_000)).await.unwrap();
-    assert_eq!(count(&hung, "WATCHDOG=1"), 0, "uplink hung: {hung:?}");
+    let hung = {
+        let sock = sock.clone();
+        tokio::task::spawn_blocking(move || {
+            quiet_spell(
+                &sock,
+                "WATCHDOG=1",
+                Duration::from_secs(1),
+                Duration::from_secs(15),
+            )
+        })
+    }
+    .await
+    .unwrap();
+    assert!(
+        hung.is_ok(),
+        "uplink hung, yet WATCHDOG=1 kept coming: {hung:?}"
+    );
 
     shutdown.send(true).unwrap();
     task.await.unwrap();

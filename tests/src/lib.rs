@@ -91,6 +91,62 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<boo
     })
 }
 
+/// Whether the suite runs in CI: `CI` is set to anything but empty, `0` or `false` (`.ci/run`
+/// sets `CI=true`; so do the common CI services).
+pub fn in_ci() -> bool {
+    ci_value_means_ci(std::env::var("CI").ok().as_deref())
+}
+
+fn ci_value_means_ci(v: Option<&str>) -> bool {
+    match v {
+        None => false,
+        Some(v) => !matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "" | "0" | "false" | "no"
+        ),
+    }
+}
+
+/// The one way a test in this workspace gives up because the machine lacks a tool or a
+/// privilege: under CI ([`in_ci`]) it panics with `reason` — CI installs everything the suite
+/// needs (`scripts/test`), so a missing tool there is a broken CI, not a pass. Elsewhere it
+/// prints `SKIPPED: <test>: <reason>` straight to the terminal (not through the test harness's
+/// output capture, which would hide it for a passing test), and the caller returns.
+///
+/// ```ignore
+/// if !is_root() {
+///     return wardgate_e2e::skip_or_fail("dpkg --root needs root");
+/// }
+/// ```
+#[track_caller]
+pub fn skip_or_fail(reason: &str) {
+    let test = std::thread::current()
+        .name()
+        .filter(|n| *n != "main")
+        .map(str::to_string)
+        .unwrap_or_else(|| std::panic::Location::caller().to_string());
+    match skip_outcome(in_ci(), &test, reason) {
+        Err(fail) => panic!("{fail}"),
+        Ok(line) => {
+            use std::io::Write;
+            // `std::io::stderr()` directly: libtest captures only the print macros.
+            let _ = writeln!(std::io::stderr(), "\n{line}");
+        }
+    }
+}
+
+/// What [`skip_or_fail`] does: `Ok(the SKIPPED line)` or, under CI, `Err(the failure)`.
+fn skip_outcome(ci: bool, test: &str, reason: &str) -> std::result::Result<String, String> {
+    if ci {
+        Err(format!(
+            "{test}: {reason}. CI runs every test (CI is set): install what it needs \
+             (scripts/test does) instead of skipping"
+        ))
+    } else {
+        Ok(format!("SKIPPED: {test}: {reason}"))
+    }
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, read it, close).
 pub fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -162,4 +218,39 @@ pub fn batches_by_number(
         }
     }
     Ok(by)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ci_is_on_for_the_usual_values_and_off_when_unset_or_false() {
+        for v in ["true", "1", "yes", "TRUE", "woodpecker"] {
+            assert!(ci_value_means_ci(Some(v)), "{v}");
+        }
+        for v in [
+            None,
+            Some(""),
+            Some("0"),
+            Some("false"),
+            Some("False"),
+            Some("no"),
+        ] {
+            assert!(!ci_value_means_ci(v), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn a_skip_is_a_failure_under_ci_and_a_loud_line_elsewhere() {
+        assert_eq!(
+            skip_outcome(false, "pkg::t", "needs root"),
+            Ok("SKIPPED: pkg::t: needs root".to_string())
+        );
+        let e = skip_outcome(true, "pkg::t", "needs root").unwrap_err();
+        assert!(
+            e.starts_with("pkg::t: needs root. CI runs every test"),
+            "{e}"
+        );
+    }
 }

@@ -85,6 +85,27 @@ fn tune(path: &std::path::Path, heartbeat_s: u64, clock: &str) {
     std::fs::write(path, text).unwrap();
 }
 
+/// What `wardgate status` prints for this config.
+fn status_text(cfg: &std::path::Path) -> String {
+    let out = std::process::Command::new(BIN)
+        .args(["status", "--config"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The uplink's "N connection failures" from `wardgate status` output.
+fn connection_failures(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.trim_end().strip_suffix(" connection failures"))?
+        .rsplit(", ")
+        .next()?
+        .parse()
+        .ok()
+}
+
 fn states_of(env: &TestEnv, msgs: &[mqtt::Message], topic_end: &str) -> Vec<String> {
     msgs.iter()
         .filter(|m| m.topic.ends_with(topic_end))
@@ -136,7 +157,24 @@ fn device_status_is_published_retained_on_every_transition_and_the_heartbeat_rep
         Ok(sim.is_discovering())
     })
     .unwrap();
-    std::thread::sleep(Duration::from_secs(2)); // the configured device is published `offline` first
+    // The configured device is published `offline` first (waited for as the retained state).
+    let topic_end = format!("/device/ble:{STRAP}/status");
+    wait_for(
+        "the strap published offline",
+        Duration::from_secs(20),
+        || {
+            let now = mqtt::latest(
+                &env,
+                "wardgate/v1/+/+/+/device/+/status",
+                Duration::from_millis(500),
+            )?;
+            Ok(now
+                .values()
+                .filter(|m| m.topic.ends_with(&topic_end))
+                .any(|m| states_of(&env, std::slice::from_ref(m), &topic_end) == ["offline"]))
+        },
+    )
+    .unwrap();
     connect_strap(sim);
     for v in gatt_capture("Polar H7") {
         sim.notify(STRAP, &hr(), &v);
@@ -146,7 +184,6 @@ fn device_status_is_published_retained_on_every_transition_and_the_heartbeat_rep
     // (thresholds more than one 2-s status tick apart, so the stale state is seen).
     sim.set_in_range(STRAP, false);
     let msgs = watcher.join().unwrap().unwrap();
-    let topic_end = format!("/device/ble:{STRAP}/status");
     let states = states_of(&env, &msgs, &topic_end);
     let mut dedup = states.clone();
     dedup.dedup();
@@ -346,17 +383,17 @@ fn an_unsynchronised_clock_is_visible_and_buffered_observations_are_corrected_wh
         Ok(up.values(&id, 147_842)?.len() == 1)
     })
     .unwrap();
-    // Give the status snapshot (every 2 s) time to be written.
-    std::thread::sleep(Duration::from_millis(2500));
-
-    // An installer sees it.
-    let out = std::process::Command::new(BIN)
-        .args(["status", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("clock:    NOT SYNCHRONISED"), "{text}");
+    // An installer sees it (in the status snapshot, written every 2 s).
+    let mut text = String::new();
+    wait_for(
+        "status saying the clock is not synchronised",
+        Duration::from_secs(20),
+        || {
+            text = status_text(&cfg);
+            Ok(text.contains("clock:    NOT SYNCHRONISED"))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{text}"));
 
     // The broker goes away; two more readings wait in the store, stamped unsynced.
     env.broker.stop().unwrap();
@@ -589,17 +626,20 @@ fn a_clock_days_behind_waits_for_time_then_delivers_with_corrected_stamps() {
             == 3)
     })
     .unwrap();
-    std::thread::sleep(Duration::from_millis(2500));
-    let out = std::process::Command::new(BIN)
-        .args(["status", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("waiting for time") && text.contains("NOT SYNCHRONISED"),
-        "{text}"
-    );
+    // Status says so, after a few connection attempts (so that "logged once" below means
+    // something: the uplink retried and did not log each time).
+    let mut text = String::new();
+    wait_for(
+        "status: waiting for time, after 3 attempts",
+        Duration::from_secs(30),
+        || {
+            text = status_text(&cfg);
+            Ok(text.contains("waiting for time")
+                && text.contains("NOT SYNCHRONISED")
+                && connection_failures(&text).is_some_and(|n| n >= 3))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{text}"));
     assert!(gateway.is_running(), "waiting for time is not fatal");
     assert_eq!(
         gateway

@@ -18,7 +18,9 @@
 //! Where the .deb comes from: `WARDGATE_DEB=path.deb` (any architecture, e.g. one built by
 //! `cross/build && packaging/build-deb --target … --no-build`); otherwise the test runs
 //! `packaging/build-deb --profile dev` (cargo-deb must be installed: `./scripts/test` installs it).
-//! `WARDGATE_SKIP_PACKAGE=1` skips, loudly. The install parts need root (CI is root).
+//! `WARDGATE_SKIP_PACKAGE=1` skips, loudly. The install parts need root (CI is root). Every skip
+//! goes through [`wardgate_e2e::skip_or_fail`]: `SKIPPED: <test>: <reason>` on a developer's
+//! machine, a failure under `CI=true`.
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -51,19 +53,20 @@ fn is_root() -> bool {
     ok(Command::new("id").arg("-u")).trim() == "0"
 }
 
-/// The .deb under test, built once per test binary (the tests share it).
+/// The .deb under test, built once per test binary (the tests share it); `None` when the test
+/// is skipped (each test that asks says so itself, see [`wardgate_e2e::skip_or_fail`]).
 fn deb() -> Option<&'static Path> {
-    static DEB: OnceLock<Option<(tempfile::TempDir, PathBuf)>> = OnceLock::new();
-    DEB.get_or_init(|| {
-        if std::env::var_os("WARDGATE_SKIP_PACKAGE").is_some() {
-            eprintln!("SKIPPED: WARDGATE_SKIP_PACKAGE is set");
-            return None;
-        }
+    if std::env::var_os("WARDGATE_SKIP_PACKAGE").is_some() {
+        wardgate_e2e::skip_or_fail("WARDGATE_SKIP_PACKAGE is set");
+        return None;
+    }
+    static DEB: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    let (_, p) = DEB.get_or_init(|| {
         let dir = temp_dir("deb").unwrap();
         if let Some(p) = std::env::var_os("WARDGATE_DEB") {
             let p = PathBuf::from(p);
             assert!(p.is_file(), "WARDGATE_DEB={} is not a file", p.display());
-            return Some((dir, p));
+            return (dir, p);
         }
         let have = Command::new("cargo")
             .args(["deb", "--version"])
@@ -104,10 +107,9 @@ fn deb() -> Option<&'static Path> {
             }
         }
         ok(&mut c);
-        Some((dir, out))
-    })
-    .as_ref()
-    .map(|(_, p)| p.as_path())
+        (dir, out)
+    });
+    Some(p.as_path())
 }
 
 fn field(deb: &Path, name: &str) -> String {
@@ -403,11 +405,12 @@ fn write_store(path: &Path) {
 
 #[test]
 fn install_upgrade_remove_purge_keep_the_store_and_the_edited_config() {
-    let Some(deb) = deb() else { return };
     if !is_root() {
-        eprintln!("SKIPPED: installing into a scratch root with dpkg needs root (CI runs as root)");
-        return;
+        return wardgate_e2e::skip_or_fail(
+            "installing into a scratch root with dpkg needs root (CI runs as root)",
+        );
     }
+    let Some(deb) = deb() else { return };
     let root = Root::new(deb);
     let work = temp_dir("deb-versions").unwrap();
     let v1 = field(deb, "Version");
@@ -588,11 +591,12 @@ fn run_script(script: &Path, args: &[&str], was_enabled: bool) -> Vec<String> {
 
 #[test]
 fn scripts_enable_without_starting_restart_on_upgrade_and_stop_on_remove() {
-    let Some(deb) = deb() else { return };
     if !is_root() {
-        eprintln!("SKIPPED: a private mount namespace with /run/systemd/system needs root");
-        return;
+        return wardgate_e2e::skip_or_fail(
+            "a private mount namespace with /run/systemd/system needs root",
+        );
     }
+    let Some(deb) = deb() else { return };
     let tmp = temp_dir("deb-scripts").unwrap();
     let ctrl = control_dir(deb, tmp.path());
     let (postinst, prerm, postrm) = (

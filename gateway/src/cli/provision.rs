@@ -203,6 +203,7 @@ pub fn install_cert(
         .map_err(|e| failed(format!("cannot read {}: {e}", signed.display())))?;
     let chain = read_certs(signed).map_err(|e| failed(e.to_string()))?;
     let leaf = &chain[0];
+    require_v3(leaf).map_err(|e| failed(format!("{}: {e}", signed.display())))?;
     // A key staged by `provision --force` whose certificate this is: swap both now.
     let staged = new_path(key_path);
     if staged.exists() {
@@ -371,36 +372,42 @@ fn verify_chain(chain: &[CertificateDer<'static>], ca: &Path) -> Result<(), Prov
     })
 }
 
-/// notBefore and notAfter of an X.509 certificate (RFC 5280 §4.1.2.5), as durations since the
-/// Unix epoch. TBSCertificate: `[0] version OPTIONAL, serialNumber, signature, issuer,
-/// validity SEQUENCE { notBefore Time, notAfter Time }, …`; Time is UTCTime or GeneralizedTime.
-pub fn validity(cert: &CertificateDer<'_>) -> Result<(Duration, Duration), String> {
-    use spki::der::asn1::{AnyRef, GeneralizedTime, UtcTime};
-    use spki::der::{Decode, Reader, SliceReader, Tag, Tagged};
-    let bad = |e: spki::der::Error| format!("certificate does not parse: {e}");
-    let outer = AnyRef::from_der(cert.as_ref()).map_err(bad)?;
-    let mut r = SliceReader::new(outer.value()).map_err(bad)?;
-    let tbs: AnyRef = r.decode().map_err(bad)?;
-    let mut t = SliceReader::new(tbs.value()).map_err(bad)?;
-    let first: AnyRef = t.decode().map_err(bad)?;
-    if first.tag().is_context_specific() {
-        let _serial: AnyRef = t.decode().map_err(bad)?;
-    }
-    let _signature: AnyRef = t.decode().map_err(bad)?;
-    let _issuer: AnyRef = t.decode().map_err(bad)?;
-    let validity: AnyRef = t.decode().map_err(bad)?;
-    let mut v = SliceReader::new(validity.value()).map_err(bad)?;
-    let mut time = || -> Result<Duration, String> {
-        let a: AnyRef = v.decode().map_err(bad)?;
-        match a.tag() {
-            Tag::UtcTime => Ok(UtcTime::try_from(a).map_err(bad)?.to_unix_duration()),
-            Tag::GeneralizedTime => Ok(GeneralizedTime::try_from(a)
-                .map_err(bad)?
-                .to_unix_duration()),
-            t => Err(format!("certificate validity holds a {t}, not a time")),
-        }
+/// The certificate parsed as X.509 (RFC 5280) by the `x509-cert` crate, with a message an
+/// installer can act on when it does not parse.
+fn parse_x509(cert: &CertificateDer<'_>) -> Result<x509_cert::Certificate, String> {
+    use x509_cert::der::Decode;
+    x509_cert::Certificate::from_der(cert.as_ref()).map_err(|e| {
+        format!(
+            "the file holds a PEM CERTIFICATE block that is not an X.509 certificate ({e}); \
+             send the certificate the CA issued, PEM-encoded"
+        )
+    })
+}
+
+/// Refuses a certificate that is not X.509 v3: rustls/webpki (the TLS stack of the uplink and
+/// of the chain check) accept only v3, and would say only `UnsupportedCertVersion`.
+pub fn require_v3(cert: &CertificateDer<'_>) -> Result<(), String> {
+    use x509_cert::certificate::Version;
+    let name = match parse_x509(cert)?.tbs_certificate.version {
+        Version::V3 => return Ok(()),
+        Version::V2 => "v2",
+        Version::V1 => "v1",
     };
-    Ok((time()?, time()?))
+    Err(format!(
+        "this is an X.509 {name} certificate; wardgate (like most TLS stacks today) accepts only \
+         X.509 v3 certificates. Ask the CA to sign the same CSR again as a v3 certificate (with \
+         OpenSSL: pass extensions, e.g. `-extfile` with `extendedKeyUsage = clientAuth`)"
+    ))
+}
+
+/// notBefore and notAfter of an X.509 certificate (RFC 5280 §4.1.2.5), as durations since the
+/// Unix epoch (UTCTime or GeneralizedTime, as the certificate has them).
+pub fn validity(cert: &CertificateDer<'_>) -> Result<(Duration, Duration), String> {
+    let v = parse_x509(cert)?.tbs_certificate.validity;
+    Ok((
+        v.not_before.to_unix_duration(),
+        v.not_after.to_unix_duration(),
+    ))
 }
 
 /// `2026-01-27T10:00:00Z`.
@@ -560,13 +567,91 @@ mod tests {
 
     #[test]
     fn validity_reads_utc_and_generalized_times() {
-        let ca = wardgate_sim::pki::Ca::new("t").unwrap();
-        let (pem, _) = ca.leaf("x", &[], false).unwrap();
-        let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
-        let (nb, na) = validity(&der).unwrap();
+        let (nb, na) = validity(&leaf_der()).unwrap();
         // rcgen's defaults: 1975-01-01 to 4096-01-01 (GeneralizedTime beyond 2049).
         assert_eq!(rfc3339(nb), "1975-01-01T00:00:00Z");
         assert_eq!(rfc3339(na), "4096-01-01T00:00:00Z");
+    }
+
+    /// A test leaf as rcgen makes it (X.509 v3).
+    fn leaf_der() -> CertificateDer<'static> {
+        let ca = wardgate_sim::pki::Ca::new("t").unwrap();
+        let (pem, _) = ca.leaf("x", &[], false).unwrap();
+        CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
+    }
+
+    /// The same leaf re-encoded as an X.509 v1 certificate (no extensions; the signature no
+    /// longer matches, which parsing does not look at).
+    fn as_v1(der: &CertificateDer<'_>) -> CertificateDer<'static> {
+        use x509_cert::der::{Decode, Encode};
+        let mut c = x509_cert::Certificate::from_der(der.as_ref()).unwrap();
+        c.tbs_certificate.version = x509_cert::certificate::Version::V1;
+        c.tbs_certificate.extensions = None;
+        CertificateDer::from(c.to_der().unwrap())
+    }
+
+    #[test]
+    fn a_v3_certificate_passes_the_version_check() {
+        assert_eq!(require_v3(&leaf_der()), Ok(()));
+    }
+
+    #[test]
+    fn a_v1_certificate_is_refused_in_words_an_installer_can_act_on() {
+        let v1 = as_v1(&leaf_der());
+        let e = require_v3(&v1).unwrap_err();
+        assert!(e.contains("X.509 v1 certificate"), "{e}");
+        assert!(e.contains("as a v3 certificate"), "{e}");
+        // Its validity still reads: the refusal is about the version, not the parse.
+        let (nb, na) = validity(&v1).unwrap();
+        assert_eq!(rfc3339(nb), "1975-01-01T00:00:00Z");
+        assert_eq!(rfc3339(na), "4096-01-01T00:00:00Z");
+        // And webpki, which would otherwise be the first to see it, only names the variant.
+        let webpki_says = match webpki::EndEntityCert::try_from(&v1) {
+            Err(e) => format!("{e:?}"),
+            Ok(_) => "accepted".into(),
+        };
+        assert!(
+            webpki_says.contains("UnsupportedCertVersion"),
+            "{webpki_says}"
+        );
+    }
+
+    #[test]
+    fn bytes_that_are_not_a_certificate_say_so() {
+        for bad in [
+            &b"not DER at all"[..],
+            &[0x30, 0x03, 0x02, 0x01, 0x01][..],
+            &[][..],
+        ] {
+            let der = CertificateDer::from(bad.to_vec());
+            let e = validity(&der).unwrap_err();
+            assert!(e.contains("not an X.509 certificate"), "{e}");
+            assert!(require_v3(&der).is_err());
+        }
+        // A truncated real certificate too.
+        let leaf = leaf_der();
+        let cut = CertificateDer::from(leaf.as_ref()[..leaf.as_ref().len() - 10].to_vec());
+        assert!(validity(&cut)
+            .unwrap_err()
+            .contains("not an X.509 certificate"));
+    }
+
+    #[test]
+    fn utc_times_before_2050_are_read_too() {
+        use x509_cert::der::asn1::UtcTime;
+        use x509_cert::der::{Decode, Encode};
+        use x509_cert::time::Time;
+        let leaf = leaf_der();
+        let mut c = x509_cert::Certificate::from_der(leaf.as_ref()).unwrap();
+        let t =
+            |s: u64| Time::UtcTime(UtcTime::from_unix_duration(Duration::from_secs(s)).unwrap());
+        // 2026-01-27T10:00:00Z and 2027-01-27T10:00:00Z.
+        c.tbs_certificate.validity.not_before = t(1_769_508_000);
+        c.tbs_certificate.validity.not_after = t(1_801_044_000);
+        let der = CertificateDer::from(c.to_der().unwrap());
+        let (nb, na) = validity(&der).unwrap();
+        assert_eq!(rfc3339(nb), "2026-01-27T10:00:00Z");
+        assert_eq!(rfc3339(na), "2027-01-27T10:00:00Z");
     }
 
     #[test]

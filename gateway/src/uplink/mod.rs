@@ -580,29 +580,10 @@ impl Uplink {
         tracker: &mut InflightTracker,
         ack_topic: &str,
     ) -> Result<(), SessionError> {
-        match ev {
-            Event::Outgoing(Outgoing::Publish(pkid)) if pkid != 0 => tracker.outgoing_publish(pkid),
-            Event::Incoming(Packet::PubAck(ack)) => {
-                if let Some(n) = tracker.puback(ack.pkid) {
-                    self.acknowledge(vec![n]).await?;
-                }
-            }
-            Event::Incoming(Packet::Publish(p)) if p.topic == ack_topic => {
-                match Ack::from_cbor(&p.payload) {
-                    Ok(ack) if ack.gateway == self.settings.origin.gateway => {
-                        for n in &ack.batches {
-                            tracker.upstream_ack(*n);
-                        }
-                        self.acknowledge(ack.batches).await?;
-                    }
-                    Ok(ack) => log::warn!(
-                        "ignoring an ack for gateway {} on our ack topic",
-                        ack.gateway
-                    ),
-                    Err(e) => log::warn!("ignoring a malformed ack message: {e}"),
-                }
-            }
-            _ => {}
+        match on_event(&ev, tracker, ack_topic, &self.settings.origin.gateway) {
+            EventOutcome::Nothing => {}
+            EventOutcome::Acknowledge(numbers) => self.acknowledge(numbers).await?,
+            EventOutcome::Ignore(why) => log::warn!("{why}"),
         }
         Ok(())
     }
@@ -682,6 +663,62 @@ impl Uplink {
     }
 }
 
+/// What the session does about one MQTT event, decided by [`on_event`].
+#[derive(Debug, PartialEq, Eq)]
+enum EventOutcome {
+    /// Nothing (bookkeeping only, or an event the session does not act on).
+    Nothing,
+    /// Delete these batches from the store: they are acknowledged.
+    Acknowledge(Vec<u64>),
+    /// A message on the ack topic that is not for us or does not parse: log it, carry on.
+    Ignore(String),
+}
+
+/// The session's event handling without I/O: updates the in-flight window for `ev` and says
+/// what to do. `gateway` is this gateway's id (acks name the gateway they are for).
+fn on_event(
+    ev: &Event,
+    tracker: &mut InflightTracker,
+    ack_topic: &str,
+    gateway: &str,
+) -> EventOutcome {
+    match ev {
+        Event::Outgoing(Outgoing::Publish(pkid)) if *pkid != 0 => {
+            tracker.outgoing_publish(*pkid);
+            EventOutcome::Nothing
+        }
+        Event::Incoming(Packet::PubAck(ack)) => match tracker.puback(ack.pkid) {
+            Some(n) => EventOutcome::Acknowledge(vec![n]),
+            None => EventOutcome::Nothing,
+        },
+        Event::Incoming(Packet::Publish(p)) if p.topic == ack_topic => {
+            match Ack::from_cbor(&p.payload) {
+                Ok(ack) if ack.gateway == gateway => {
+                    for n in &ack.batches {
+                        tracker.upstream_ack(*n);
+                    }
+                    EventOutcome::Acknowledge(ack.batches)
+                }
+                Ok(ack) => EventOutcome::Ignore(format!(
+                    "ignoring an ack for gateway {} on our ack topic",
+                    ack.gateway
+                )),
+                Err(e) => EventOutcome::Ignore(format!("ignoring a malformed ack message: {e}")),
+            }
+        }
+        _ => EventOutcome::Nothing,
+    }
+}
+
+/// TCP options for MQTT connections: no Nagle delay (a batch or an ack must not wait 40 ms for
+/// a delayed ACK on the peer).
+pub fn network_options() -> rumqttc::NetworkOptions {
+    let mut n = rumqttc::NetworkOptions::new();
+    n.set_tcp_nodelay(true);
+    n.set_connection_timeout(10);
+    n
+}
+
 /// Runs a store operation on the blocking pool (SQLite may fsync).
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
@@ -689,4 +726,115 @@ async fn blocking<T: Send + 'static>(
     Ok(tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| SessionError::StoreTask(e.to_string()))??)
+}
+
+#[cfg(test)]
+mod event_tests {
+    use super::*;
+    use rumqttc::{PubAck, Publish};
+
+    const ACKS: &str = "wardgate/v1/s/w/gw-1/ack";
+
+    fn sent(t: &mut InflightTracker, number: u64, pkid: u16) {
+        t.sent(number, Instant::now());
+        let out = on_event(&Event::Outgoing(Outgoing::Publish(pkid)), t, ACKS, "gw-1");
+        assert_eq!(out, EventOutcome::Nothing);
+    }
+
+    fn puback(t: &mut InflightTracker, pkid: u16) -> EventOutcome {
+        on_event(
+            &Event::Incoming(Packet::PubAck(PubAck::new(pkid))),
+            t,
+            ACKS,
+            "gw-1",
+        )
+    }
+
+    fn ack_message(t: &mut InflightTracker, topic: &str, payload: Vec<u8>) -> EventOutcome {
+        let p = Publish::new(topic, QoS::AtLeastOnce, payload);
+        on_event(&Event::Incoming(Packet::Publish(p)), t, ACKS, "gw-1")
+    }
+
+    fn ack(gateway: &str, batches: &[u64]) -> Vec<u8> {
+        Ack {
+            v: 1,
+            gateway: gateway.into(),
+            batches: batches.to_vec(),
+        }
+        .to_cbor()
+    }
+
+    #[test]
+    fn broker_mode_acknowledges_a_batch_on_its_puback() {
+        let mut t = InflightTracker::new(AckMode::Broker);
+        sent(&mut t, 41, 7);
+        sent(&mut t, 42, 8);
+        assert_eq!(puback(&mut t, 8), EventOutcome::Acknowledge(vec![42]));
+        assert!(t.contains(41) && !t.contains(42));
+        // A repeated or unknown PUBACK acknowledges nothing.
+        assert_eq!(puback(&mut t, 8), EventOutcome::Nothing);
+        assert_eq!(puback(&mut t, 99), EventOutcome::Nothing);
+        assert_eq!(puback(&mut t, 7), EventOutcome::Acknowledge(vec![41]));
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_qos0_publish_takes_no_batch_number() {
+        let mut t = InflightTracker::new(AckMode::Broker);
+        t.sent(5, Instant::now());
+        // pkid 0 is a QoS 0 publish: it must not take the waiting batch's place in line.
+        let out = on_event(&Event::Outgoing(Outgoing::Publish(0)), &mut t, ACKS, "gw-1");
+        assert_eq!(out, EventOutcome::Nothing);
+        let out = on_event(&Event::Outgoing(Outgoing::Publish(3)), &mut t, ACKS, "gw-1");
+        assert_eq!(out, EventOutcome::Nothing);
+        assert_eq!(puback(&mut t, 3), EventOutcome::Acknowledge(vec![5]));
+    }
+
+    #[test]
+    fn upstream_mode_waits_for_the_upstream_ack_not_the_puback() {
+        let mut t = InflightTracker::new(AckMode::Upstream);
+        sent(&mut t, 10, 1);
+        sent(&mut t, 11, 2);
+        assert_eq!(puback(&mut t, 1), EventOutcome::Nothing);
+        assert!(t.contains(10), "a PUBACK is not delivery upstream");
+        assert_eq!(
+            ack_message(&mut t, ACKS, ack("gw-1", &[10, 11, 3])),
+            EventOutcome::Acknowledge(vec![10, 11, 3]),
+            "every number is deleted, also one from an earlier session (3)"
+        );
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn acks_for_another_gateway_or_malformed_ones_are_ignored_with_a_reason() {
+        let mut t = InflightTracker::new(AckMode::Upstream);
+        sent(&mut t, 10, 1);
+        match ack_message(&mut t, ACKS, ack("gw-2", &[10])) {
+            EventOutcome::Ignore(why) => assert!(why.contains("gw-2"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        match ack_message(&mut t, ACKS, b"not cbor".to_vec()) {
+            EventOutcome::Ignore(why) => assert!(why.contains("malformed"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(t.contains(10), "nothing acknowledged");
+    }
+
+    #[test]
+    fn messages_on_other_topics_and_other_events_change_nothing() {
+        let mut t = InflightTracker::new(AckMode::Upstream);
+        sent(&mut t, 10, 1);
+        assert_eq!(
+            ack_message(&mut t, "wardgate/v1/s/w/gw-2/ack", ack("gw-1", &[10])),
+            EventOutcome::Nothing
+        );
+        for ev in [
+            Event::Incoming(Packet::PingResp),
+            Event::Outgoing(Outgoing::PingReq),
+            Event::Outgoing(Outgoing::Subscribe(4)),
+        ] {
+            assert_eq!(on_event(&ev, &mut t, ACKS, "gw-1"), EventOutcome::Nothing);
+        }
+        assert!(t.contains(10));
+    }
 }
