@@ -1,23 +1,21 @@
 //! GATT helpers and ready-made simulated medical devices (Bluetooth SIG assigned numbers).
 
 use super::{AddressType, SimCharacteristic, SimDevice, SimService};
+use wardgate_adapters::ble::decode::uuid;
 
 /// Expands a 16-bit SIG-assigned UUID to its 128-bit lowercase string form
 /// (`0000XXXX-0000-1000-8000-00805f9b34fb`), the form BlueZ uses on D-Bus.
 pub fn uuid16(short: u16) -> String {
-    format!("0000{short:04x}-0000-1000-8000-00805f9b34fb")
+    uuid::sig16(short).to_string()
 }
 
-/// Normalises a UUID string: lowercase; a bare 4-hex-digit short UUID is expanded with [`uuid16`].
-pub fn normalize_uuid(uuid: &str) -> String {
-    let u = uuid.trim().to_ascii_lowercase();
-    let short = u.strip_prefix("0x").unwrap_or(&u);
-    if short.len() == 4 {
-        if let Ok(v) = u16::from_str_radix(short, 16) {
-            return uuid16(v);
-        }
-    }
-    u
+/// Normalises a UUID string to BlueZ's lowercase 128-bit form with the gateway's one UUID
+/// parser (`wardgate_adapters::ble::decode::uuid::parse`: 16-, 32- and 128-bit forms); text
+/// that is no UUID is only trimmed and lowercased (the simulator serves what a test gives it).
+pub fn normalize_uuid(text: &str) -> String {
+    uuid::parse(text)
+        .map(|u| u.to_string())
+        .unwrap_or_else(|_| text.trim().to_ascii_lowercase())
 }
 
 /// Device Information Service strings (0x180A: 0x2A29 manufacturer, 0x2A24 model,
