@@ -1,0 +1,464 @@
+//! One MQTT session of the uplink, from CONNECT to its end: subscribe to acks, publish
+//! `online` and the retained payloads, re-send unacknowledged batches, then the select loop
+//! (events, batch ticks, wake-ups from the writer, certificate checks, shutdown). What each MQTT
+//! event means is decided by the pure [`on_event`]; this file carries it out.
+//!
+//! The reconnect loop around sessions (backoff, logging once per reason, certificate rotation)
+//! is [`Uplink::run`](super::Uplink::run) in `mod.rs`.
+
+use super::error::SessionError;
+use super::inflight::InflightTracker;
+use super::{Uplink, BEAT_EVERY};
+use crate::batch::Ack;
+use crate::config::AckMode;
+use crate::mqtt;
+use crate::signing::Signer;
+use crate::uplink::credentials::Credentials;
+use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// How a session ended without an error.
+pub(super) enum SessionEnd {
+    /// Shutdown was requested.
+    Shutdown,
+    /// A new certificate and key are pending: reconnect now to present them.
+    Rotate,
+}
+
+impl Uplink {
+    /// One MQTT session with one certificate/key pair. `Ok` on shutdown or to rotate,
+    /// `Err(reason)` when the session failed.
+    pub(super) async fn session(
+        &self,
+        shutdown: &mut watch::Receiver<bool>,
+        tls: Arc<rustls::ClientConfig>,
+        signer: Arc<Signer>,
+        mut creds: Option<&mut Credentials>,
+    ) -> Result<SessionEnd, SessionError> {
+        let s = &self.settings;
+        let (client, mut el) = AsyncClient::new(self.mqtt_options(tls), 256);
+        el.set_network_options(mqtt::network_options());
+        let connect = async {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(SessionError::connection(&e)),
+                }
+            }
+        };
+        let connect_timeout = s.keepalive.max(Duration::from_secs(5)) * 2;
+        let connected = self
+            .beating(async {
+                tokio::select! {
+                    r = tokio::time::timeout(connect_timeout, connect) => Some(r),
+                    _ = shutdown.changed() => None,
+                }
+            })
+            .await;
+        match connected {
+            Some(Ok(r)) => r?,
+            Some(Err(_)) => return Err(SessionError::ConnackTimeout),
+            None => return Ok(SessionEnd::Shutdown),
+        }
+        log::info!(
+            "uplink connected to {}:{} ({} ack mode, kid {})",
+            s.host,
+            s.port,
+            match s.ack {
+                AckMode::Upstream => "upstream",
+                AckMode::Broker => "broker",
+            },
+            hex::encode(signer.kid())
+        );
+        self.status.send_modify(|st| {
+            st.connected = true;
+            st.last_error = None;
+        });
+        let ack_topic = mqtt::ack(&s.origin);
+        if s.ack == AckMode::Upstream {
+            client.try_subscribe(ack_topic.clone(), QoS::AtLeastOnce)?;
+        }
+        client.try_publish(mqtt::status(&s.origin), QoS::AtLeastOnce, true, "online")?;
+
+        let mut published = std::collections::HashMap::new();
+        self.publish_retained(&client, &signer, &mut published)?;
+        let mut retained_rx = self.retained.clone();
+        let mut tracker = InflightTracker::new(s.ack);
+        let store = self.store.clone();
+        let mut resend: VecDeque<u64> = blocking(move || store.unacked_batches()).await?.into();
+        let batch_topic = mqtt::batch(&s.origin);
+        let mut tick = tokio::time::interval(s.batch_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut beat_tick = tokio::time::interval(BEAT_EVERY);
+        beat_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let check_every = creds
+            .as_ref()
+            .and_then(|c| c.check_every)
+            .unwrap_or(Duration::from_secs(3600));
+        let mut cert_tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + check_every, check_every);
+        cert_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Set when a new pair is pending: no new batches; reconnect once the window is empty.
+        let mut draining: Option<Instant> = None;
+        loop {
+            self.beat.beat();
+            if let Some(since) = draining {
+                if tracker.is_empty() || since.elapsed() > s.ack_timeout {
+                    log::info!("uplink reconnecting to present the new certificate");
+                    let _ = client.try_disconnect();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                        while let Ok(ev) = el.poll().await {
+                            if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) {
+                                break;
+                            }
+                        }
+                    })
+                    .await;
+                    return Ok(SessionEnd::Rotate);
+                }
+            }
+            tokio::select! {
+                _ = cert_tick.tick(), if draining.is_none() && creds.as_ref().is_some_and(|c| c.check_every.is_some()) => {
+                    if let Some(c) = creds.as_deref_mut() {
+                        self.check_credentials(c).await;
+                        if c.has_pending() {
+                            log::info!("uplink: new certificate pending; reconnecting once the {} batches in flight are acknowledged", tracker.len());
+                            draining = Some(Instant::now());
+                        }
+                    }
+                }
+                _ = beat_tick.tick() => {}
+                ev = el.poll() => {
+                    let ev = ev.map_err(|e| SessionError::connection(&e))?;
+                    self.handle_event(ev, &mut tracker, &ack_topic).await?;
+                }
+                _ = tick.tick() => {
+                    for n in tracker.overdue(Instant::now(), s.ack_timeout) {
+                        if !resend.contains(&n) {
+                            log::info!("batch {n} not acknowledged within {:?}; sending it again", s.ack_timeout);
+                            resend.push_back(n);
+                        }
+                    }
+                    if draining.is_none() {
+                        self.fill(&client, &signer, &mut tracker, &mut resend, &batch_topic).await?;
+                    }
+                    self.publish_retained(&client, &signer, &mut published)?;
+                }
+                _ = self.wake.notified(), if draining.is_none() => self.fill(&client, &signer, &mut tracker, &mut resend, &batch_topic).await?,
+                r = async {
+                    match retained_rx.as_mut() {
+                        Some(rx) => rx.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if r.is_ok() {
+                        self.publish_retained(&client, &signer, &mut published)?;
+                    } else {
+                        retained_rx = None;
+                    }
+                }
+                _ = shutdown.changed() => {
+                    let _ = client.try_publish(mqtt::status(&s.origin), QoS::AtLeastOnce, true, "offline");
+                    let _ = client.try_disconnect();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                        while let Ok(ev) = el.poll().await {
+                            if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) { break; }
+                        }
+                    }).await;
+                    return Ok(SessionEnd::Shutdown);
+                }
+            }
+        }
+    }
+
+    async fn handle_event(
+        &self,
+        ev: Event,
+        tracker: &mut InflightTracker,
+        ack_topic: &str,
+    ) -> Result<(), SessionError> {
+        match on_event(&ev, tracker, ack_topic, &self.settings.origin.gateway) {
+            EventOutcome::Nothing => {}
+            EventOutcome::Acknowledge(numbers) => self.acknowledge(numbers).await?,
+            EventOutcome::Ignore(why) => log::warn!("{why}"),
+        }
+        Ok(())
+    }
+
+    /// Deletes acknowledged batches from the store (stray or repeated numbers are harmless).
+    async fn acknowledge(&self, numbers: Vec<u64>) -> Result<(), SessionError> {
+        let store = self.store.clone();
+        let acked = blocking(move || {
+            let mut acked = 0;
+            for n in numbers {
+                if store.ack(n)? {
+                    acked += 1;
+                }
+            }
+            Ok(acked)
+        })
+        .await?;
+        self.status.send_modify(|s| s.batches_acked += acked);
+        Ok(())
+    }
+
+    /// Puts batches on the wire until `max_inflight`: re-sends first, then new batches.
+    async fn fill(
+        &self,
+        client: &AsyncClient,
+        signer: &Arc<Signer>,
+        tracker: &mut InflightTracker,
+        resend: &mut VecDeque<u64>,
+        topic: &str,
+    ) -> Result<(), SessionError> {
+        // Re-sending a batch that is already in flight does not widen the window.
+        while tracker.len() < self.settings.max_inflight
+            || resend.front().is_some_and(|n| tracker.contains(*n))
+        {
+            let store = self.store.clone();
+            let signer = signer.clone();
+            let origin = self.settings.origin.clone();
+            let max = self.settings.batch_max;
+            let again = resend.pop_front();
+            let clock = self.clock.clone();
+            let signed = blocking(move || {
+                let batch = match again {
+                    Some(n) => store.load_batch(n)?,
+                    None => {
+                        if let Some(c) = &clock {
+                            c.poll(&store);
+                        }
+                        store.next_batch(max)?
+                    }
+                };
+                Ok(batch.map(|b| (b.number, signer.sign(b.encode_payload(&origin)))))
+            })
+            .await?;
+            let Some((number, bytes)) = signed else {
+                if again.is_some() {
+                    continue; // acknowledged meanwhile
+                }
+                break;
+            };
+            if client
+                .try_publish(topic, QoS::AtLeastOnce, false, bytes)
+                .is_err()
+            {
+                // The client's request queue is full: try again on the next tick, same number.
+                resend.push_front(number);
+                break;
+            }
+            tracker.sent(number, Instant::now());
+            self.status.send_modify(|s| {
+                s.batches_sent += 1;
+                if again.is_some() {
+                    s.batches_resent += 1;
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Signs and publishes (retained, QoS 1) every entry of the set that differs from what this
+    /// session published already.
+    fn publish_retained(
+        &self,
+        client: &AsyncClient,
+        signer: &Signer,
+        published: &mut std::collections::HashMap<String, Arc<Vec<u8>>>,
+    ) -> Result<(), SessionError> {
+        let Some(rx) = &self.retained else {
+            return Ok(());
+        };
+        let set = rx.borrow().clone();
+        let prefix = mqtt::prefix(&self.settings.origin);
+        for (suffix, payload) in set {
+            if published
+                .get(&suffix)
+                .is_some_and(|p| Arc::ptr_eq(p, &payload))
+            {
+                continue;
+            }
+            let signed = signer.sign(payload.as_ref().clone());
+            if client
+                .try_publish(format!("{prefix}/{suffix}"), QoS::AtLeastOnce, true, signed)
+                .is_err()
+            {
+                break; // request queue full: the rest goes on the next change or tick
+            }
+            published.insert(suffix, payload);
+        }
+        Ok(())
+    }
+}
+
+/// What the session does about one MQTT event, decided by [`on_event`].
+#[derive(Debug, PartialEq, Eq)]
+enum EventOutcome {
+    /// Nothing (bookkeeping only, or an event the session does not act on).
+    Nothing,
+    /// Delete these batches from the store: they are acknowledged.
+    Acknowledge(Vec<u64>),
+    /// A message on the ack topic that is not for us or does not parse: log it, carry on.
+    Ignore(String),
+}
+
+/// The session's event handling without I/O: updates the in-flight window for `ev` and says
+/// what to do. `gateway` is this gateway's id (acks name the gateway they are for).
+fn on_event(
+    ev: &Event,
+    tracker: &mut InflightTracker,
+    ack_topic: &str,
+    gateway: &str,
+) -> EventOutcome {
+    match ev {
+        Event::Outgoing(Outgoing::Publish(pkid)) if *pkid != 0 => {
+            tracker.outgoing_publish(*pkid);
+            EventOutcome::Nothing
+        }
+        Event::Incoming(Packet::PubAck(ack)) => match tracker.puback(ack.pkid) {
+            Some(n) => EventOutcome::Acknowledge(vec![n]),
+            None => EventOutcome::Nothing,
+        },
+        Event::Incoming(Packet::Publish(p)) if p.topic == ack_topic => {
+            match Ack::from_cbor(&p.payload) {
+                Ok(ack) if ack.gateway == gateway => {
+                    for n in &ack.batches {
+                        tracker.upstream_ack(*n);
+                    }
+                    EventOutcome::Acknowledge(ack.batches)
+                }
+                Ok(ack) => EventOutcome::Ignore(format!(
+                    "ignoring an ack for gateway {} on our ack topic",
+                    ack.gateway
+                )),
+                Err(e) => EventOutcome::Ignore(format!("ignoring a malformed ack message: {e}")),
+            }
+        }
+        _ => EventOutcome::Nothing,
+    }
+}
+
+/// Runs a store operation on the blocking pool (SQLite may fsync).
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, SessionError> {
+    Ok(tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| SessionError::StoreTask(e.to_string()))??)
+}
+
+#[cfg(test)]
+mod event_tests {
+    use super::*;
+    use rumqttc::{PubAck, Publish};
+
+    const ACKS: &str = "wardgate/v1/s/w/gw-1/ack";
+
+    fn sent(t: &mut InflightTracker, number: u64, pkid: u16) {
+        t.sent(number, Instant::now());
+        let out = on_event(&Event::Outgoing(Outgoing::Publish(pkid)), t, ACKS, "gw-1");
+        assert_eq!(out, EventOutcome::Nothing);
+    }
+
+    fn puback(t: &mut InflightTracker, pkid: u16) -> EventOutcome {
+        on_event(
+            &Event::Incoming(Packet::PubAck(PubAck::new(pkid))),
+            t,
+            ACKS,
+            "gw-1",
+        )
+    }
+
+    fn ack_message(t: &mut InflightTracker, topic: &str, payload: Vec<u8>) -> EventOutcome {
+        let p = Publish::new(topic, QoS::AtLeastOnce, payload);
+        on_event(&Event::Incoming(Packet::Publish(p)), t, ACKS, "gw-1")
+    }
+
+    fn ack(gateway: &str, batches: &[u64]) -> Vec<u8> {
+        Ack {
+            v: 1,
+            gateway: gateway.into(),
+            batches: batches.to_vec(),
+        }
+        .to_cbor()
+    }
+
+    #[test]
+    fn broker_mode_acknowledges_a_batch_on_its_puback() {
+        let mut t = InflightTracker::new(AckMode::Broker);
+        sent(&mut t, 41, 7);
+        sent(&mut t, 42, 8);
+        assert_eq!(puback(&mut t, 8), EventOutcome::Acknowledge(vec![42]));
+        assert!(t.contains(41) && !t.contains(42));
+        // A repeated or unknown PUBACK acknowledges nothing.
+        assert_eq!(puback(&mut t, 8), EventOutcome::Nothing);
+        assert_eq!(puback(&mut t, 99), EventOutcome::Nothing);
+        assert_eq!(puback(&mut t, 7), EventOutcome::Acknowledge(vec![41]));
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_qos0_publish_takes_no_batch_number() {
+        let mut t = InflightTracker::new(AckMode::Broker);
+        t.sent(5, Instant::now());
+        // pkid 0 is a QoS 0 publish: it must not take the waiting batch's place in line.
+        let out = on_event(&Event::Outgoing(Outgoing::Publish(0)), &mut t, ACKS, "gw-1");
+        assert_eq!(out, EventOutcome::Nothing);
+        let out = on_event(&Event::Outgoing(Outgoing::Publish(3)), &mut t, ACKS, "gw-1");
+        assert_eq!(out, EventOutcome::Nothing);
+        assert_eq!(puback(&mut t, 3), EventOutcome::Acknowledge(vec![5]));
+    }
+
+    #[test]
+    fn upstream_mode_waits_for_the_upstream_ack_not_the_puback() {
+        let mut t = InflightTracker::new(AckMode::Upstream);
+        sent(&mut t, 10, 1);
+        sent(&mut t, 11, 2);
+        assert_eq!(puback(&mut t, 1), EventOutcome::Nothing);
+        assert!(t.contains(10), "a PUBACK is not delivery upstream");
+        assert_eq!(
+            ack_message(&mut t, ACKS, ack("gw-1", &[10, 11, 3])),
+            EventOutcome::Acknowledge(vec![10, 11, 3]),
+            "every number is deleted, also one from an earlier session (3)"
+        );
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn acks_for_another_gateway_or_malformed_ones_are_ignored_with_a_reason() {
+        let mut t = InflightTracker::new(AckMode::Upstream);
+        sent(&mut t, 10, 1);
+        match ack_message(&mut t, ACKS, ack("gw-2", &[10])) {
+            EventOutcome::Ignore(why) => assert!(why.contains("gw-2"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        match ack_message(&mut t, ACKS, b"not cbor".to_vec()) {
+            EventOutcome::Ignore(why) => assert!(why.contains("malformed"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(t.contains(10), "nothing acknowledged");
+    }
+
+    #[test]
+    fn messages_on_other_topics_and_other_events_change_nothing() {
+        let mut t = InflightTracker::new(AckMode::Upstream);
+        sent(&mut t, 10, 1);
+        assert_eq!(
+            ack_message(&mut t, "wardgate/v1/s/w/gw-2/ack", ack("gw-1", &[10])),
+            EventOutcome::Nothing
+        );
+        for ev in [
+            Event::Incoming(Packet::PingResp),
+            Event::Outgoing(Outgoing::PingReq),
+            Event::Outgoing(Outgoing::Subscribe(4)),
+        ] {
+            assert_eq!(on_event(&ev, &mut t, ACKS, "gw-1"), EventOutcome::Nothing);
+        }
+        assert!(t.contains(10));
+    }
+}
