@@ -16,7 +16,8 @@
 //! - [`system`]: clock, systemd notifications and watchdog, logging.
 //!
 //! The contract both sides share: [`batch`] (rows and their CBOR payload, DESIGN §5),
-//! [`signing`] (COSE_Sign1, `kid` = SHA-256 of the certificate SPKI), [`mqtt`] (topics and TCP
+//! [`signing`] (COSE_Sign1, `kid` = SHA-256 of the certificate SPKI, `x5chain`; trust by listed
+//! certificate or CA), [`identity`] (who a certificate names), [`mqtt`] (topics and TCP
 //! options), [`tls`] (rustls client configs, ring provider), [`config`] (TOML schema, validation,
 //! `FILE:line:col: message` diagnostics).
 //!
@@ -34,6 +35,7 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod health;
+pub mod identity;
 pub mod mqtt;
 pub mod pipeline;
 pub mod receive;

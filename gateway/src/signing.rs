@@ -2,9 +2,18 @@
 //!
 //! - Algorithm: ES256 (ECDSA P-256 with SHA-256, signature raw `r‖s`, 64 bytes; RFC 9053 §2.1)
 //!   or EdDSA (Ed25519; RFC 9053 §2.2), with the gateway's TLS client key.
-//! - Protected header: `alg` (1) and `kid` (4) = SHA-256 of the gateway certificate's
-//!   SubjectPublicKeyInfo DER (RFC 5280 §4.1.2.7), 32 bytes.
+//! - Protected header: `alg` (1), `kid` (4) = SHA-256 of the signer certificate's
+//!   SubjectPublicKeyInfo DER (RFC 5280 §4.1.2.7), 32 bytes, and `x5chain` (33, RFC 9360 §2):
+//!   the signer's certificate chain as in its PEM file (one certificate: a bstr; several: an
+//!   array of bstr, leaf first), so a verifier that trusts a CA needs no copy of each
+//!   certificate, and a renewed certificate needs no change upstream.
 //! - The message is tagged (CBOR tag 18); external AAD is empty.
+//!
+//! [`Verifier`] trusts signers two ways: **listed** certificates (by `kid`, as before), and
+//! certificates that **chain to a trusted CA** (`x5chain` verified with webpki for clientAuth at
+//! the current time, honouring revocation lists). Either way it returns who signed
+//! ([`crate::identity::Identity`]); what that identity may sign is the caller's rule (a batch
+//! only from the gateway it names, an ack only from a receiver).
 //!
 //! One crypto provider: `ring` (also rustls's provider here).
 
@@ -14,8 +23,16 @@ use coset::{
 use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use crate::identity::Identity;
 use std::collections::HashMap;
 use std::path::Path;
+
+/// COSE header label of `x5chain` (RFC 9360 §2).
+pub const X5CHAIN: i64 = 33;
+/// Most certificates accepted in an `x5chain` (leaf + intermediates).
+pub const MAX_CHAIN: usize = 4;
+/// Largest certificate accepted in an `x5chain`, bytes.
+pub const MAX_CERT_BYTES: usize = 16 * 1024;
 
 /// Errors loading keys or certificates, or verifying messages.
 #[derive(Debug, thiserror::Error)]
@@ -116,10 +133,13 @@ enum SigningKey {
     EdDsa(Ed25519KeyPair),
 }
 
-/// Signs batch payloads as COSE_Sign1 with the gateway key.
+/// Signs payloads as COSE_Sign1 with a key and its certificate chain (the gateway's for batches
+/// and status, a receiver's for acks).
 pub struct Signer {
     key: SigningKey,
     kid: [u8; 32],
+    /// The certificate chain sent as `x5chain`, leaf first.
+    chain: Vec<CertificateDer<'static>>,
     rng: ring::rand::SystemRandom,
 }
 
@@ -129,14 +149,16 @@ impl Signer {
     pub fn from_files(cert_path: &Path, key_path: &Path) -> Result<Signer, SigningError> {
         let certs = read_certs(cert_path)?;
         let key = read_key(key_path)?;
-        Signer::new(&certs[0], &key).map_err(|e| match e {
-            SigningError::Key(m) => SigningError::Key(format!(
-                "{} / {}: {m}",
-                cert_path.display(),
-                key_path.display()
-            )),
-            e => e,
-        })
+        Signer::new(&certs[0], &key)
+            .map(|s| s.with_chain(certs))
+            .map_err(|e| match e {
+                SigningError::Key(m) => SigningError::Key(format!(
+                    "{} / {}: {m}",
+                    cert_path.display(),
+                    key_path.display()
+                )),
+                e => e,
+            })
     }
 
     /// A signer from DER: the certificate and its private key (must be PKCS#8).
@@ -173,7 +195,28 @@ impl Signer {
             ));
         }
         let kid = kid_of(cert)?;
-        Ok(Signer { key, kid, rng })
+        Ok(Signer {
+            key,
+            kid,
+            chain: vec![cert.clone().into_owned()],
+            rng,
+        })
+    }
+
+    /// Test helper: sends `chain` as `x5chain` whatever it holds (to build hostile messages).
+    #[cfg(test)]
+    fn with_chain_unchecked(mut self, chain: Vec<CertificateDer<'static>>) -> Signer {
+        self.chain = chain;
+        self
+    }
+
+    /// Sends `chain` (leaf first; the leaf must be this signer's certificate) as `x5chain`
+    /// instead of the leaf alone. At most [`MAX_CHAIN`] certificates are sent.
+    pub fn with_chain(mut self, chain: Vec<CertificateDer<'static>>) -> Signer {
+        if chain.first().and_then(|c| kid_of(c).ok()) == Some(self.kid) {
+            self.chain = chain.into_iter().take(MAX_CHAIN).collect();
+        }
+        self
     }
 
     /// The `kid` this signer puts in the protected header.
@@ -187,9 +230,18 @@ impl Signer {
             SigningKey::Es256(_) => iana::Algorithm::ES256,
             SigningKey::EdDsa(_) => iana::Algorithm::EdDSA,
         };
+        let chain = match &self.chain[..] {
+            [one] => ciborium::Value::Bytes(one.to_vec()),
+            many => ciborium::Value::Array(
+                many.iter()
+                    .map(|c| ciborium::Value::Bytes(c.to_vec()))
+                    .collect(),
+            ),
+        };
         let protected = HeaderBuilder::new()
             .algorithm(alg)
             .key_id(self.kid.to_vec())
+            .value(X5CHAIN, chain)
             .build();
         let sign1 = CoseSign1Builder::new()
             .protected(protected)
@@ -209,21 +261,44 @@ impl Signer {
     }
 }
 
-/// Verifies COSE_Sign1 messages against a set of trusted gateway certificates, by `kid`.
+/// A message that verified, and who signed it.
+#[derive(Clone, Debug)]
+pub struct Verified {
+    /// The payload.
+    pub payload: Vec<u8>,
+    /// The signer's certificate identity.
+    pub signer: Identity,
+    /// The signer's `kid`.
+    pub kid: [u8; 32],
+    /// Whether the signer was trusted as a listed certificate (else through a CA).
+    pub listed: bool,
+}
+
+struct Listed {
+    alg: KeyAlg,
+    key: Vec<u8>,
+    identity: Identity,
+}
+
+/// Verifies COSE_Sign1 messages against listed signer certificates (by `kid`) and trusted CAs
+/// (by the message's `x5chain`), with optional revocation lists.
 #[derive(Default)]
 pub struct Verifier {
-    keys: HashMap<[u8; 32], (KeyAlg, Vec<u8>, String)>,
+    listed: HashMap<[u8; 32], Listed>,
+    anchors: Vec<rustls_pki_types::TrustAnchor<'static>>,
+    crls: Vec<webpki::CertRevocationList<'static>>,
 }
 
 impl Verifier {
-    /// Trusts `cert` under `name` (shown in errors and logs).
-    pub fn add(&mut self, cert: &CertificateDer<'_>, name: &str) -> Result<(), SigningError> {
+    /// Trusts `cert` (listed) under `name` (kept for compatibility; errors name the `kid`).
+    pub fn add(&mut self, cert: &CertificateDer<'_>, _name: &str) -> Result<(), SigningError> {
         let (alg, key) = public_key(&spki_der(cert)?)?;
-        self.keys.insert(kid_of(cert)?, (alg, key, name.to_owned()));
+        let identity = Identity::of(cert).map_err(SigningError::Key)?;
+        self.listed.insert(kid_of(cert)?, Listed { alg, key, identity });
         Ok(())
     }
 
-    /// Trusts every certificate in a PEM file.
+    /// Trusts every certificate in a PEM file (listed).
     pub fn add_file(&mut self, path: &Path) -> Result<(), SigningError> {
         for c in read_certs(path)? {
             self.add(&c, &path.display().to_string())?;
@@ -231,21 +306,73 @@ impl Verifier {
         Ok(())
     }
 
-    /// Number of trusted keys.
+    /// Trusts signers whose `x5chain` chains to a CA certificate in the PEM file `path`.
+    pub fn add_ca_file(&mut self, path: &Path) -> Result<(), SigningError> {
+        for c in read_certs(path)? {
+            let a = webpki::anchor_from_trusted_cert(&c).map_err(|e| SigningError::File {
+                path: path.display().to_string(),
+                message: format!("unusable CA certificate: {e}"),
+            })?;
+            self.anchors.push(a.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Honours the certificate revocation list(s) in `path` (PEM `X509 CRL`, or DER) for
+    /// signers trusted through a CA.
+    pub fn add_crl_file(&mut self, path: &Path) -> Result<(), SigningError> {
+        let file_err = |m: String| SigningError::File {
+            path: path.display().to_string(),
+            message: m,
+        };
+        let bytes = std::fs::read(path).map_err(|e| file_err(format!("cannot read: {e}")))?;
+        let ders: Vec<Vec<u8>> = if bytes.starts_with(b"-----") {
+            use rustls_pki_types::CertificateRevocationListDer as Crl;
+            Crl::pem_slice_iter(&bytes)
+                .map(|c| c.map(|c| c.to_vec()))
+                .collect::<Result<_, _>>()
+                .map_err(|e| file_err(format!("bad PEM: {e}")))?
+        } else {
+            vec![bytes]
+        };
+        if ders.is_empty() {
+            return Err(file_err("no X509 CRL in the file".into()));
+        }
+        for der in ders {
+            let crl = webpki::OwnedCertRevocationList::from_der(&der)
+                .map_err(|e| file_err(format!("not a usable CRL: {e}")))?;
+            self.crls.push(crl.into());
+        }
+        Ok(())
+    }
+
+    /// Number of listed certificates plus trusted CAs.
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.listed.len() + self.anchors.len()
     }
 
-    /// Whether no key is trusted.
+    /// Whether nothing is trusted.
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.len() == 0
     }
 
-    /// Verifies a COSE_Sign1 (tagged or untagged) and returns its payload.
-    ///
-    /// Errors: not a COSE_Sign1; no or unknown `kid`; `alg` missing or not matching the key;
-    /// detached payload; bad signature.
+    /// Verifies a COSE_Sign1 (tagged or untagged) and returns its payload, whoever signed it
+    /// among the trusted. Callers that act on who signed use [`Verifier::verify_signed`].
     pub fn verify(&self, message: &[u8]) -> Result<Vec<u8>, SigningError> {
+        self.verify_signed(message).map(|v| v.payload)
+    }
+
+    /// Verifies a COSE_Sign1 (tagged or untagged) at the current time and says who signed it.
+    ///
+    /// A listed `kid` is verified with its listed key. Otherwise the protected `x5chain` must
+    /// hold at most [`MAX_CHAIN`] certificates of at most [`MAX_CERT_BYTES`], its leaf must have
+    /// the message's `kid`, and the chain must verify to a trusted CA for clientAuth now, not
+    /// revoked by a configured CRL.
+    ///
+    /// Errors: not a COSE_Sign1; no or malformed `kid`; unknown signer; chain refused (expired,
+    /// revoked, unknown issuer, wrong key usage); `alg` missing or not the key's; detached
+    /// payload; bad signature.
+    pub fn verify_signed(&self, message: &[u8]) -> Result<Verified, SigningError> {
         let sign1 = CoseSign1::from_tagged_slice(message)
             .or_else(|_| CoseSign1::from_slice(message))
             .map_err(|e| SigningError::Verify(format!("not a COSE_Sign1 message: {e}")))?;
@@ -256,11 +383,12 @@ impl Verifier {
                 kid.len()
             ))
         })?;
-        let Some((alg, key, _name)) = self.keys.get(&kid) else {
-            return Err(SigningError::Verify(format!(
-                "unknown kid {}: no trusted gateway certificate has it",
-                hex::encode(kid)
-            )));
+        let (alg, key, signer, listed) = match self.listed.get(&kid) {
+            Some(l) => (l.alg, l.key.clone(), l.identity.clone(), true),
+            None => {
+                let (alg, key, identity) = self.chain_signer(&sign1, &kid)?;
+                (alg, key, identity, false)
+            }
         };
         let want = match alg {
             KeyAlg::Es256 => iana::Algorithm::ES256,
@@ -283,11 +411,110 @@ impl Verifier {
                     KeyAlg::Es256 => &signature::ECDSA_P256_SHA256_FIXED,
                     KeyAlg::EdDsa => &signature::ED25519,
                 };
-                signature::UnparsedPublicKey::new(algo, key).verify(tbs, sig)
+                signature::UnparsedPublicKey::new(algo, &key).verify(tbs, sig)
             })
             .map_err(|_| SigningError::Verify("bad signature".into()))?;
-        Ok(payload)
+        Ok(Verified {
+            payload,
+            signer,
+            kid,
+            listed,
+        })
     }
+
+    /// The key and identity of a signer trusted through a CA: from the protected `x5chain`.
+    fn chain_signer(
+        &self,
+        sign1: &CoseSign1,
+        kid: &[u8; 32],
+    ) -> Result<(KeyAlg, Vec<u8>, Identity), SigningError> {
+        let unknown = || {
+            SigningError::Verify(format!(
+                "unknown kid {}: no listed certificate has it{}",
+                hex::encode(kid),
+                if self.anchors.is_empty() {
+                    ""
+                } else {
+                    " and the message carries no certificate chain"
+                }
+            ))
+        };
+        if self.anchors.is_empty() {
+            return Err(unknown());
+        }
+        let chain = x5chain(sign1)?.ok_or_else(unknown)?;
+        let leaf = &chain[0];
+        if kid_of(leaf)? != *kid {
+            return Err(SigningError::Verify(
+                "the kid is not the x5chain leaf's key".into(),
+            ));
+        }
+        let ee = webpki::EndEntityCert::try_from(leaf)
+            .map_err(|e| SigningError::Verify(format!("x5chain leaf does not parse: {e}")))?;
+        let crl_refs: Vec<&webpki::CertRevocationList<'_>> = self.crls.iter().collect();
+        let revocation = (!crl_refs.is_empty())
+            .then(|| webpki::RevocationOptionsBuilder::new(&crl_refs).ok())
+            .flatten()
+            .map(|b| {
+                b.with_depth(webpki::RevocationCheckDepth::Chain)
+                    .with_status_policy(webpki::UnknownStatusPolicy::Allow)
+                    .with_expiration_policy(webpki::ExpirationPolicy::Ignore)
+                    .build()
+            });
+        ee.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &self.anchors,
+            &chain[1..],
+            rustls_pki_types::UnixTime::now(),
+            webpki::KeyUsage::client_auth(),
+            revocation,
+            None,
+        )
+        .map_err(|e| SigningError::Verify(format!("signer certificate refused: {e}")))?;
+        let (alg, key) = public_key(&spki_der(leaf)?)?;
+        let identity = Identity::of(leaf).map_err(SigningError::Verify)?;
+        Ok((alg, key, identity))
+    }
+}
+
+/// The protected `x5chain` of a message, bounded ([`MAX_CHAIN`], [`MAX_CERT_BYTES`]); `None`
+/// when absent.
+fn x5chain(sign1: &CoseSign1) -> Result<Option<Vec<CertificateDer<'static>>>, SigningError> {
+    let Some((_, v)) = sign1
+        .protected
+        .header
+        .rest
+        .iter()
+        .find(|(l, _)| *l == coset::Label::Int(X5CHAIN))
+    else {
+        return Ok(None);
+    };
+    let bad = |m: &str| SigningError::Verify(format!("x5chain: {m}"));
+    let items: Vec<&ciborium::Value> = match v {
+        ciborium::Value::Bytes(_) => vec![v],
+        ciborium::Value::Array(a) if !a.is_empty() && a.len() <= MAX_CHAIN => a.iter().collect(),
+        ciborium::Value::Array(a) => {
+            return Err(bad(&format!(
+                "{} certificates; 1 to {MAX_CHAIN} accepted",
+                a.len()
+            )))
+        }
+        _ => return Err(bad("neither a bstr nor an array of bstr")),
+    };
+    items
+        .into_iter()
+        .map(|i| match i {
+            ciborium::Value::Bytes(b) if b.len() <= MAX_CERT_BYTES => {
+                Ok(CertificateDer::from(b.clone()))
+            }
+            ciborium::Value::Bytes(b) => Err(bad(&format!(
+                "a certificate of {} bytes (at most {MAX_CERT_BYTES})",
+                b.len()
+            ))),
+            _ => Err(bad("an item that is not a bstr")),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
 }
 
 #[cfg(test)]
@@ -368,5 +595,129 @@ mod tests {
             .unwrap()
             .to_string()
             .contains("does not belong"));
+    }
+
+    /// A CA (can sign certificates and CRLs) and a clientAuth leaf with the SAN URIs `uris`.
+    struct Pki {
+        ca: rcgen::Certificate,
+        ca_key: rcgen::KeyPair,
+    }
+
+    impl Pki {
+        fn new() -> Pki {
+            let ca_key = rcgen::KeyPair::generate().unwrap();
+            let mut p = rcgen::CertificateParams::new(vec![]).unwrap();
+            p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            p.key_usages = vec![
+                rcgen::KeyUsagePurpose::KeyCertSign,
+                rcgen::KeyUsagePurpose::CrlSign,
+            ];
+            p.distinguished_name
+                .push(rcgen::DnType::CommonName, "test CA");
+            let ca = p.self_signed(&ca_key).unwrap();
+            Pki { ca, ca_key }
+        }
+
+        fn leaf(&self, serial: u64, uris: &[&str]) -> (CertificateDer<'static>, Signer) {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut p = rcgen::CertificateParams::new(vec![]).unwrap();
+            p.serial_number = Some(serial.into());
+            p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+            p.subject_alt_names = uris
+                .iter()
+                .map(|u| rcgen::SanType::URI((*u).try_into().unwrap()))
+                .collect();
+            let cert = p.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+            let der = cert.der().clone();
+            let signer =
+                Signer::new(&der, &PrivateKeyDer::Pkcs8(key.serialize_der().into())).unwrap();
+            (der, signer)
+        }
+
+        fn ca_file(&self, dir: &Path) -> std::path::PathBuf {
+            let p = dir.join("ca.pem");
+            std::fs::write(&p, self.ca.pem()).unwrap();
+            p
+        }
+
+        fn crl_file(&self, dir: &Path, revoked: &[u64]) -> std::path::PathBuf {
+            let now = rcgen::date_time_ymd(2026, 1, 1);
+            let crl = rcgen::CertificateRevocationListParams {
+                this_update: now,
+                next_update: rcgen::date_time_ymd(2036, 1, 1),
+                crl_number: 1u64.into(),
+                issuing_distribution_point: None,
+                revoked_certs: revoked
+                    .iter()
+                    .map(|s| rcgen::RevokedCertParams {
+                        serial_number: (*s).into(),
+                        revocation_time: now,
+                        reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                        invalidity_date: None,
+                    })
+                    .collect(),
+                key_identifier_method: rcgen::KeyIdMethod::Sha256,
+            }
+            .signed_by(&self.ca, &self.ca_key)
+            .unwrap();
+            let p = dir.join("ca.crl");
+            std::fs::write(&p, crl.pem().unwrap()).unwrap();
+            p
+        }
+    }
+
+    #[test]
+    fn a_signer_trusted_by_its_ca_is_verified_from_its_x5chain_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new();
+        let (_, signer) = pki.leaf(7, &["urn:wardgate:s:w:gw-1"]);
+        let msg = signer.sign(b"batch".to_vec());
+        let mut v = Verifier::default();
+        assert!(v.verify(&msg).unwrap_err().to_string().contains("unknown kid"));
+        v.add_ca_file(&pki.ca_file(dir.path())).unwrap();
+        let ok = v.verify_signed(&msg).unwrap();
+        assert_eq!(ok.payload, b"batch");
+        assert!(!ok.listed);
+        assert!(ok.signer.is_gateway("gw-1", "s", "w"));
+        assert_eq!(ok.kid, signer.kid());
+    }
+
+    #[test]
+    fn another_ca_a_revoked_certificate_and_a_borrowed_kid_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new();
+        let mut v = Verifier::default();
+        v.add_ca_file(&pki.ca_file(dir.path())).unwrap();
+        // A leaf of another CA.
+        let (_, rogue) = Pki::new().leaf(7, &["urn:wardgate:s:w:gw-1"]);
+        let e = v.verify(&rogue.sign(vec![])).unwrap_err().to_string();
+        assert!(e.contains("signer certificate refused"), "{e}");
+        // Revoked by the CA's CRL (serial 8), while serial 7 stays good.
+        let (_, good) = pki.leaf(7, &["urn:wardgate:s:w:gw-1"]);
+        let (_, revoked) = pki.leaf(8, &["urn:wardgate:s:w:gw-2"]);
+        v.add_crl_file(&pki.crl_file(dir.path(), &[8])).unwrap();
+        assert!(v.verify(&good.sign(vec![])).is_ok());
+        let e = v.verify(&revoked.sign(vec![])).unwrap_err().to_string();
+        assert!(e.contains("refused") && e.to_lowercase().contains("revoked"), "{e}");
+        // A signature by one key presenting another's certificate.
+        let (good_cert, _) = pki.leaf(9, &["urn:wardgate:s:w:gw-3"]);
+        let (_, thief) = pki.leaf(10, &["urn:wardgate:s:w:gw-4"]);
+        let e = v
+            .verify(&thief.with_chain_unchecked(vec![good_cert]).sign(vec![]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not the x5chain leaf"), "{e}");
+    }
+
+    #[test]
+    fn x5chain_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new();
+        let mut v = Verifier::default();
+        v.add_ca_file(&pki.ca_file(dir.path())).unwrap();
+        let (cert, signer) = pki.leaf(7, &["urn:wardgate:s:w:gw-1"]);
+        let long = signer.with_chain_unchecked(vec![cert; MAX_CHAIN + 1]);
+        let e = v.verify(&long.sign(vec![])).unwrap_err().to_string();
+        assert!(e.contains("x5chain") && e.contains("certificates"), "{e}");
     }
 }
