@@ -305,7 +305,7 @@ impl Uplink {
 
 /// What the session does about one MQTT event, decided by [`on_event`].
 #[derive(Debug, PartialEq, Eq)]
-enum EventOutcome {
+pub(super) enum EventOutcome {
     /// Nothing (bookkeeping only, or an event the session does not act on).
     Nothing,
     /// Delete these batches from the store: they are acknowledged.
@@ -317,7 +317,7 @@ enum EventOutcome {
 
 /// The session's event handling without I/O: updates the in-flight window for `ev` and says
 /// what to do. `gateway` is this gateway's id (acks name the gateway they are for).
-fn on_event(
+pub(super) fn on_event(
     ev: &Event,
     tracker: &mut InflightTracker,
     ack_topic: &str,
