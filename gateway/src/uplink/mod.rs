@@ -30,6 +30,8 @@
 pub mod credentials;
 pub mod error;
 pub mod inflight;
+#[cfg(test)]
+mod model_tests;
 mod session;
 
 use crate::batch::Origin;

@@ -82,12 +82,15 @@ impl Uplink {
         if s.ack == AckMode::Upstream {
             client.try_subscribe(ack_topic.clone(), QoS::AtLeastOnce)?;
         }
+        // One tracker per client: every QoS 1 publish of this session is recorded in it, in the
+        // order it is queued, so that each batch is paired with its own packet id.
+        let mut tracker = InflightTracker::new(s.ack);
         client.try_publish(mqtt::status(&s.origin), QoS::AtLeastOnce, true, "online")?;
+        tracker.other();
 
         let mut published = std::collections::HashMap::new();
-        self.publish_retained(&client, &signer, &mut published)?;
+        self.publish_retained(&client, &signer, &mut tracker, &mut published)?;
         let mut retained_rx = self.retained.clone();
-        let mut tracker = InflightTracker::new(s.ack);
         let store = self.store.clone();
         let mut resend: VecDeque<u64> = blocking(move || store.unacked_batches()).await?.into();
         let batch_topic = mqtt::batch(&s.origin);
@@ -146,7 +149,7 @@ impl Uplink {
                     if draining.is_none() {
                         self.fill(&client, &signer, &mut tracker, &mut resend, &batch_topic).await?;
                     }
-                    self.publish_retained(&client, &signer, &mut published)?;
+                    self.publish_retained(&client, &signer, &mut tracker, &mut published)?;
                 }
                 _ = self.wake.notified(), if draining.is_none() => self.fill(&client, &signer, &mut tracker, &mut resend, &batch_topic).await?,
                 r = async {
@@ -156,13 +159,15 @@ impl Uplink {
                     }
                 } => {
                     if r.is_ok() {
-                        self.publish_retained(&client, &signer, &mut published)?;
+                        self.publish_retained(&client, &signer, &mut tracker, &mut published)?;
                     } else {
                         retained_rx = None;
                     }
                 }
                 _ = shutdown.changed() => {
-                    let _ = client.try_publish(mqtt::status(&s.origin), QoS::AtLeastOnce, true, "offline");
+                    if client.try_publish(mqtt::status(&s.origin), QoS::AtLeastOnce, true, "offline").is_ok() {
+                        tracker.other();
+                    }
                     let _ = client.try_disconnect();
                     let _ = tokio::time::timeout(Duration::from_secs(2), async {
                         while let Ok(ev) = el.poll().await {
@@ -264,11 +269,12 @@ impl Uplink {
     }
 
     /// Signs and publishes (retained, QoS 1) every entry of the set that differs from what this
-    /// session published already.
+    /// session published already; each queued publish takes its place in `tracker`'s line.
     fn publish_retained(
         &self,
         client: &AsyncClient,
         signer: &Signer,
+        tracker: &mut InflightTracker,
         published: &mut std::collections::HashMap<String, Arc<Vec<u8>>>,
     ) -> Result<(), SessionError> {
         let Some(rx) = &self.retained else {
@@ -290,6 +296,7 @@ impl Uplink {
             {
                 break; // request queue full: the rest goes on the next change or tick
             }
+            tracker.other();
             published.insert(suffix, payload);
         }
         Ok(())
@@ -298,18 +305,19 @@ impl Uplink {
 
 /// What the session does about one MQTT event, decided by [`on_event`].
 #[derive(Debug, PartialEq, Eq)]
-enum EventOutcome {
+pub(super) enum EventOutcome {
     /// Nothing (bookkeeping only, or an event the session does not act on).
     Nothing,
     /// Delete these batches from the store: they are acknowledged.
     Acknowledge(Vec<u64>),
-    /// A message on the ack topic that is not for us or does not parse: log it, carry on.
+    /// Something unexpected that acknowledges nothing (a message on the ack topic that is not for
+    /// us or does not parse, a packet id for an unrecorded publish): log it, carry on.
     Ignore(String),
 }
 
 /// The session's event handling without I/O: updates the in-flight window for `ev` and says
 /// what to do. `gateway` is this gateway's id (acks name the gateway they are for).
-fn on_event(
+pub(super) fn on_event(
     ev: &Event,
     tracker: &mut InflightTracker,
     ack_topic: &str,
@@ -317,8 +325,13 @@ fn on_event(
 ) -> EventOutcome {
     match ev {
         Event::Outgoing(Outgoing::Publish(pkid)) if *pkid != 0 => {
-            tracker.outgoing_publish(*pkid);
-            EventOutcome::Nothing
+            if tracker.outgoing_publish(*pkid) {
+                EventOutcome::Nothing
+            } else {
+                EventOutcome::Ignore(format!(
+                    "uplink: packet id {pkid} was written for a publish the session did not record; its PUBACK acknowledges nothing"
+                ))
+            }
         }
         Event::Incoming(Packet::PubAck(ack)) => match tracker.puback(ack.pkid) {
             Some(n) => EventOutcome::Acknowledge(vec![n]),
@@ -400,6 +413,43 @@ mod event_tests {
         assert_eq!(puback(&mut t, 99), EventOutcome::Nothing);
         assert_eq!(puback(&mut t, 7), EventOutcome::Acknowledge(vec![41]));
         assert!(t.is_empty());
+    }
+
+    /// Issue 9: the session's other QoS 1 publishes (`online`, retained statuses, heartbeat)
+    /// are written between batches; in broker mode their PUBACKs must delete no batch.
+    #[test]
+    fn broker_mode_status_pubacks_between_batches_acknowledge_no_batch() {
+        let mut t = InflightTracker::new(AckMode::Broker);
+        let written = |t: &mut InflightTracker, pkid: u16| {
+            let out = on_event(&Event::Outgoing(Outgoing::Publish(pkid)), t, ACKS, "gw-1");
+            assert_eq!(out, EventOutcome::Nothing);
+        };
+        t.other(); // online
+        written(&mut t, 1);
+        t.sent(20, Instant::now());
+        t.other(); // device status, queued before batch 20 was written
+        t.other(); // heartbeat
+        written(&mut t, 2);
+        written(&mut t, 3);
+        written(&mut t, 4);
+        sent(&mut t, 21, 5);
+        for pkid in [1, 3, 4] {
+            assert_eq!(puback(&mut t, pkid), EventOutcome::Nothing);
+        }
+        assert!(t.contains(20) && t.contains(21));
+        assert_eq!(puback(&mut t, 5), EventOutcome::Acknowledge(vec![21]));
+        assert_eq!(puback(&mut t, 2), EventOutcome::Acknowledge(vec![20]));
+    }
+
+    #[test]
+    fn a_pkid_for_an_unrecorded_publish_is_reported() {
+        let mut t = InflightTracker::new(AckMode::Broker);
+        let out = on_event(&Event::Outgoing(Outgoing::Publish(1)), &mut t, ACKS, "gw-1");
+        assert!(
+            matches!(out, EventOutcome::Ignore(ref why) if why.contains("packet id 1")),
+            "{out:?}"
+        );
+        assert_eq!(puback(&mut t, 1), EventOutcome::Nothing);
     }
 
     #[test]
