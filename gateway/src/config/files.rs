@@ -17,7 +17,16 @@ pub fn gateway(c: &Config) -> Vec<Problem> {
     let up = KeyPath::of("uplink");
     certificate(&mut out, up.clone().key("ca"), c.uplink.ca.get_ref());
     certificate(&mut out, up.clone().key("cert"), c.uplink.cert.get_ref());
-    private_key(&mut out, up.key("key"), c.uplink.key.get_ref());
+    private_key(&mut out, up.clone().key("key"), c.uplink.key.get_ref());
+    for (i, p) in c.uplink.receiver_certs.iter().enumerate() {
+        certificate(&mut out, up.clone().key("receiver_certs").index(i), p.get_ref());
+    }
+    if let Some(p) = &c.uplink.receiver_ca {
+        certificate(&mut out, up.clone().key("receiver_ca"), p.get_ref());
+    }
+    for (i, p) in c.uplink.receiver_crl.iter().enumerate() {
+        exists(&mut out, up.clone().key("receiver_crl").index(i), p.get_ref());
+    }
     store(&mut out, &c.store.path);
     // Compare where the paths lead (by-id symlink vs /dev/ttyUSB0 is the realistic mix-up).
     let mut ports = HashMap::new();
@@ -47,11 +56,30 @@ pub fn receiver(c: &ReceiverConfig) -> Vec<Problem> {
     certificate(&mut out, mqtt.clone().key("ca"), c.mqtt.ca.get_ref());
     certificate(&mut out, mqtt.clone().key("cert"), c.mqtt.cert.get_ref());
     private_key(&mut out, mqtt.key("key"), c.mqtt.key.get_ref());
+    let rx = KeyPath::of("receiver");
     for (i, p) in c.receiver.gateway_certs.iter().enumerate() {
-        let at = KeyPath::of("receiver").key("gateway_certs").index(i);
-        certificate(&mut out, at, p.get_ref());
+        certificate(&mut out, rx.clone().key("gateway_certs").index(i), p.get_ref());
+    }
+    if let Some(p) = &c.receiver.gateway_ca {
+        certificate(&mut out, rx.clone().key("gateway_ca"), p.get_ref());
+    }
+    for (i, p) in c.receiver.gateway_crl.iter().enumerate() {
+        exists(&mut out, rx.clone().key("gateway_crl").index(i), p.get_ref());
     }
     out
+}
+
+/// A file that must exist and be readable (a revocation list): a warning when missing, an error
+/// when unreadable.
+fn exists(out: &mut Vec<Problem>, at: KeyPath, path: &Path) {
+    match std::fs::metadata(path).and_then(|_| std::fs::File::open(path)) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => out.push(Problem::warning(
+            at,
+            format!("{} does not exist (yet)", path.display()),
+        )),
+        Err(e) => out.push(Problem::error(at, format!("cannot read {}: {e}", path.display()))),
+    }
 }
 
 /// The labels of the PEM blocks in `text` (`CERTIFICATE`, `PRIVATE KEY`, …), in order.

@@ -140,6 +140,15 @@ fn resolve_gateway(c: &mut Config, base: &Path) {
     for p in [&mut c.uplink.ca, &mut c.uplink.cert, &mut c.uplink.key] {
         resolve(base, p.get_mut());
     }
+    for p in c
+        .uplink
+        .receiver_certs
+        .iter_mut()
+        .chain(c.uplink.receiver_ca.as_mut())
+        .chain(c.uplink.receiver_crl.iter_mut())
+    {
+        resolve(base, p.get_mut());
+    }
     resolve(base, &mut c.store.path);
     for s in c.serial.iter_mut() {
         resolve(base, &mut s.path);
@@ -150,7 +159,13 @@ fn resolve_receiver(c: &mut ReceiverConfig, base: &Path) {
     for p in [&mut c.mqtt.ca, &mut c.mqtt.cert, &mut c.mqtt.key] {
         resolve(base, p.get_mut());
     }
-    for p in c.receiver.gateway_certs.iter_mut() {
+    for p in c
+        .receiver
+        .gateway_certs
+        .iter_mut()
+        .chain(c.receiver.gateway_ca.as_mut())
+        .chain(c.receiver.gateway_crl.iter_mut())
+    {
         resolve(base, p.get_mut());
     }
     if let Some((kind, p)) = validate::output_path(c.receiver.output.get_ref()) {

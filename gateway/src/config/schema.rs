@@ -122,6 +122,16 @@ pub struct UplinkSection {
     /// `upstream` (default) or `broker`.
     #[serde(default)]
     pub ack: AckMode,
+    /// Upstream acks are COSE_Sign1 messages; rows are deleted only for an ack signed by a
+    /// trusted receiver: one whose certificate is listed here (PEM files)…
+    #[serde(default)]
+    pub receiver_certs: Vec<Spanned<PathBuf>>,
+    /// …or whose certificate (sent in the ack's `x5chain`) chains to this CA and names a receiver
+    /// (`urn:wardgate-receiver:{name}` subjectAltName URI; see `crate::identity`).
+    pub receiver_ca: Option<Spanned<PathBuf>>,
+    /// Certificate revocation lists (PEM or DER) honoured for receivers trusted by `receiver_ca`.
+    #[serde(default)]
+    pub receiver_crl: Vec<Spanned<PathBuf>>,
     /// MQTT keepalive in seconds; a dead link is noticed within two periods. Default 30.
     #[serde(default = "default_keepalive")]
     pub keepalive_s: u64,
@@ -226,8 +236,17 @@ pub struct ReceiverSection {
     pub topic: String,
     /// Shared-subscription group (`$share/{group}/{topic}`) so several receivers split the load.
     pub share_group: Option<String>,
-    /// PEM certificates of the gateways whose batches are accepted (each identifies a `kid`).
+    /// PEM certificates of the gateways whose batches are accepted (each identifies a `kid`)…
+    #[serde(default)]
     pub gateway_certs: Vec<Spanned<PathBuf>>,
+    /// …or a CA: a batch is accepted when its signer's certificate (the message's `x5chain`)
+    /// chains to it and names the gateway, site and ward of the topic and payload (SAN URI
+    /// `urn:wardgate:{site}:{ward}:{id}`, or CN = id). A renewed gateway certificate then needs
+    /// no receiver change.
+    pub gateway_ca: Option<Spanned<PathBuf>>,
+    /// Certificate revocation lists (PEM or DER) honoured for gateways trusted by `gateway_ca`.
+    #[serde(default)]
+    pub gateway_crl: Vec<Spanned<PathBuf>>,
     /// `sqlite:PATH` or `jsonl:PATH`: where verified observations are written durably (fsynced).
     pub output: Spanned<String>,
     /// If set, every message received on the batch topic is also written here as raw bytes

@@ -113,6 +113,17 @@ pub fn gateway(c: &Config) -> Vec<Problem> {
         "host",
     );
     port(&mut out, up.clone().key("port"), *c.uplink.port.get_ref());
+    if c.uplink.ack == super::schema::AckMode::Upstream
+        && c.uplink.receiver_certs.is_empty()
+        && c.uplink.receiver_ca.is_none()
+    {
+        out.push(Problem::error(
+            up.clone().key("receiver_certs"),
+            "upstream acks must be signed by a trusted receiver: set receiver_certs (the \
+             receivers' certificates) or receiver_ca (their CA); without one no ack could ever \
+             be verified and nothing would leave the store",
+        ));
+    }
     let store = KeyPath::of("store");
     let positive = [
         (&up, "keepalive_s", c.uplink.keepalive_s as u128),
@@ -232,10 +243,10 @@ pub fn receiver(c: &ReceiverConfig) -> Vec<Problem> {
     );
     port(&mut out, mqtt.key("port"), *c.mqtt.port.get_ref());
     let rx = KeyPath::of("receiver");
-    if c.receiver.gateway_certs.is_empty() {
+    if c.receiver.gateway_certs.is_empty() && c.receiver.gateway_ca.is_none() {
         out.push(Problem::error(
             rx.clone().key("gateway_certs"),
-            "gateway_certs is empty: no batch could ever be verified",
+            "neither gateway_certs nor gateway_ca is set: no batch could ever be verified",
         ));
     }
     if output_path(c.receiver.output.get_ref()).is_none() {
