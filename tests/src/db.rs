@@ -34,8 +34,9 @@ pub struct UpObservation {
     pub device: String,
     /// MDC code.
     pub code: u32,
-    /// Value.
-    pub value: f64,
+    /// Value; absent (NULL) when the gateway sent one that was not a number (the row's status
+    /// then says `invalid-value=…`).
+    pub value: Option<f64>,
     /// MDC unit code.
     pub unit: u32,
     /// UCUM unit.
@@ -183,7 +184,8 @@ impl Upstream {
             .observations()?
             .into_iter()
             .filter(|o| o.device == device && o.code == code)
-            .map(|o| o.value)
+            // An absent value shows as NaN, so no comparison with real values passes by accident.
+            .map(|o| o.value.unwrap_or(f64::NAN))
             .collect())
     }
 }

@@ -47,7 +47,7 @@ fn assert_snapshot_delivered(env: &TestEnv, snap: &StoreSnapshot, what: &str) {
                     )
                 });
                 assert_eq!(
-                    (o.device.as_str(), Some(o.code), Some(o.value)),
+                    (o.device.as_str(), Some(o.code), o.value),
                     (row.device.as_str(), row.code, row.value),
                     "{what}: seq {}",
                     row.seq

@@ -249,9 +249,24 @@ pub struct ReceiverSection {
     pub gateway_crl: Vec<Spanned<PathBuf>>,
     /// `sqlite:PATH` or `jsonl:PATH`: where verified observations are written durably (fsynced).
     pub output: Spanned<String>,
-    /// If set, every message received on the batch topic is also written here as raw bytes
-    /// (`<gateway>-<receiver start ms>-<n>.cose`), for independent verification.
+    /// If set, every message on the batch topic whose signature verified is also written here
+    /// as raw bytes (`<gateway>-<receiver start ms>-<n>.cose`), for independent verification.
+    /// Unverifiable messages are never written; a failed write (disk full) is logged and
+    /// counted, and the receiver carries on.
     pub raw_dir: Option<PathBuf>,
+    /// Largest batch message (MQTT payload bytes) the receiver processes; default 16 MiB (the
+    /// gateway's own outgoing limit). A larger message is read, PUBACKed and dropped: counted,
+    /// logged once per sender, never stored or acknowledged upstream. See `receive` for the
+    /// memory this costs.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+}
+
+/// Default `[receiver] max_message_bytes`: 16 MiB, what a gateway's uplink may send.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+fn default_max_message_bytes() -> usize {
+    DEFAULT_MAX_MESSAGE_BYTES
 }
 
 fn default_batch_filter() -> String {

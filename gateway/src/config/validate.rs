@@ -230,6 +230,9 @@ fn serial(out: &mut Vec<Problem>, c: &Config) {
     }
 }
 
+/// MQTT 3.1.1's largest remaining length (§2.2.3): no packet, hence no payload, is larger.
+pub const MQTT_MAX_PAYLOAD: usize = 268_435_455;
+
 /// The problems of a receiver config that can be seen without the filesystem.
 pub fn receiver(c: &ReceiverConfig) -> Vec<Problem> {
     let mut out = Vec::new();
@@ -247,6 +250,13 @@ pub fn receiver(c: &ReceiverConfig) -> Vec<Problem> {
         out.push(Problem::error(
             rx.clone().key("gateway_certs"),
             "neither gateway_certs nor gateway_ca is set: no batch could ever be verified",
+        ));
+    }
+    let max = c.receiver.max_message_bytes;
+    if !(1024..=MQTT_MAX_PAYLOAD).contains(&max) {
+        out.push(Problem::error(
+            rx.clone().key("max_message_bytes"),
+            format!("max_message_bytes must be between 1024 and {MQTT_MAX_PAYLOAD} (MQTT's largest packet)"),
         ));
     }
     if output_path(c.receiver.output.get_ref()).is_none() {
@@ -389,12 +399,17 @@ mod tests {
 
     #[test]
     fn receiver_rules() {
-        let text = "version = 1\n[mqtt]\nhost = \"h\"\nport = 0\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n[receiver]\ngateway_certs = []\noutput = \"postgres:x\"\n";
+        let text = "version = 1\n[mqtt]\nhost = \"h\"\nport = 0\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n[receiver]\ngateway_certs = []\noutput = \"postgres:x\"\nmax_message_bytes = 10\n";
         let c: ReceiverConfig = toml::from_str(text).unwrap();
         let p: Vec<String> = receiver(&c).into_iter().map(|p| p.at.to_string()).collect();
         assert_eq!(
             p,
-            ["mqtt.port", "receiver.gateway_certs", "receiver.output"]
+            [
+                "mqtt.port",
+                "receiver.gateway_certs",
+                "receiver.max_message_bytes",
+                "receiver.output"
+            ]
         );
         assert_eq!(output_path("sqlite:a.db"), Some(("sqlite", "a.db")));
         assert_eq!(output_path("jsonl:"), None);

@@ -4,242 +4,73 @@
 //! durably (SQLite with `synchronous=FULL`, or JSON lines with `fsync`), and only then publishes
 //! the ack on `wardgate/v1/{site}/{ward}/{gateway}/ack` and PUBACKs the message.
 //!
-//! Messages that fail verification are counted, logged, never stored and never acknowledged
-//! upstream (the MQTT PUBACK is still sent so the broker does not redeliver them forever).
+//! The roles, one file each:
+//! - `mod.rs` (here): [`start`] and the **polling task**, which owns the rumqttc event loop. It
+//!   never awaits the MQTT client or anything the worker does: it polls, hands each message to
+//!   the worker through a channel it never waits on, subscribes with `try_subscribe`, and that
+//!   is all. (Awaiting `publish`/`ack` here wedged the receiver for good once the client's
+//!   request channel filled during a backlog: nothing drained it, FAILURES.md B03.)
+//! - [`worker`]: one message at a time, in order: verify → raw copy → durable write → ack
+//!   queued → PUBACK queued. A message is PUBACKed only after its batch is stored and its ack
+//!   queued ahead of the PUBACK.
+//! - [`verify`] (pure): signature, payload `v`, schema, topic against payload.
+//! - [`output`]: the SQLite / JSON-lines writers; values that are not numbers.
+//! - [`raw`]: `raw_dir`, written only for verified messages; failures counted, survived.
+//! - [`ack`]: the ack message (where the signed ack goes).
+//! - [`report`]: counters, the totals log line, one log line per sender.
+//!
+//! **Messages that fail verification** are counted, logged once per sender, never stored,
+//! never written to `raw_dir` and never acknowledged upstream (the MQTT PUBACK is still sent so
+//! the broker does not redeliver them forever).
+//!
+//! **Message size.** rumqttc (MQTT 3.1.1) refuses an incoming packet larger than its limit with
+//! a *connection* error, before reading it; with a persistent session the broker then
+//! redelivers the same message at every reconnect, for ever. So the client's incoming limit is
+//! MQTT's own maximum ([`MQTT_MAX_PAYLOAD`], 256 MiB): every legal packet is read, and a payload
+//! above `[receiver] max_message_bytes` (default 16 MiB, what a gateway may send) is dropped
+//! right after reading: its bytes are released at once, it is PUBACKed (also a retained one,
+//! which comes back at each new subscription and is dropped again), counted (`oversize`),
+//! logged once per sender, never verified, stored or acknowledged upstream. The cost is memory:
+//! a message is held whole while it is read, and messages not yet PUBACKed wait in the worker's
+//! queue, so the peak is about the broker's in-flight window for this client (mosquitto
+//! `max_inflight_messages`, default 20) times the largest message the broker accepts. Set the
+//! broker's own limit (mosquitto `message_size_limit`) to bound it; the receiver survives
+//! without it. The queue is unbounded in count on purpose: the broker's window bounds it, and a
+//! bound here would make the polling task wait on the worker, which waits on the client, which
+//! needs the polling task — the wedge this design removes. `queued_max` in the totals shows the
+//! high-water mark.
+//!
+//! **Values that are not numbers** (NaN, ±infinity) are stored as absent with the status flag
+//! `invalid-value=…` and counted; see [`output`] for why this rather than rejecting the batch.
+//!
+//! Reporting: the counters ([`ReceiverStats`]) are logged as one `receiver totals:` line every
+//! minute when they changed and once when the receiver stops.
 
-use crate::batch::{Ack, BatchPayload, PAYLOAD_VERSION};
+pub mod ack;
+pub mod output;
+pub mod raw;
+pub mod report;
+pub mod verify;
+pub mod worker;
+
+pub use crate::config::validate::MQTT_MAX_PAYLOAD;
+pub use output::{Output, Written};
+pub use report::ReceiverStats;
+pub use verify::check_message;
+
 use crate::config::ReceiverConfig;
 use crate::mqtt;
 use crate::signing::Verifier;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, Transport};
-use std::collections::{BTreeMap, HashSet};
-use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use tokio::sync::watch;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use worker::{lock, Job, Processor};
 
-/// Counters of a running receiver (shared with the demo and tests).
-#[derive(Debug, Default, Clone, serde::Serialize)]
-pub struct ReceiverStats {
-    /// Messages whose signature verified.
-    pub verified_messages: u64,
-    /// Messages refused (not COSE, unknown kid, bad signature, bad payload, topic mismatch).
-    pub rejected_messages: u64,
-    /// Messages that repeated a batch already stored (re-sends).
-    pub duplicate_batches: u64,
-    /// New observations written, per device.
-    pub delivered: BTreeMap<String, u64>,
-    /// New device events written.
-    pub events: u64,
-    /// Raw messages written to `raw_dir`.
-    pub raw_messages: u64,
-}
-
-/// What [`Output::write`] wrote for one batch.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Written {
-    /// New observations per device.
-    pub per_device: BTreeMap<String, u64>,
-    /// New device events.
-    pub events: u64,
-    /// Whether this batch (gateway, number) had been stored before (a re-send).
-    pub duplicate: bool,
-}
-
-/// Where verified data goes.
-pub enum Output {
-    /// SQLite file with `observations`, `events` and `batches` tables.
-    Sqlite(rusqlite::Connection),
-    /// JSON lines, one observation or event per line, fsynced per batch.
-    Jsonl {
-        /// The open file (append).
-        file: std::fs::File,
-        /// `(gateway, seq)` already written (loaded from the file at start).
-        seen: HashSet<(String, u64)>,
-        /// `(gateway, batch)` already written.
-        batches: HashSet<(String, u64)>,
-    },
-}
-
-impl Output {
-    /// Opens `sqlite:PATH` or `jsonl:PATH`.
-    pub fn open(spec: &str) -> anyhow::Result<Output> {
-        let (kind, path) = spec
-            .split_once(':')
-            .ok_or_else(|| anyhow::anyhow!("output `{spec}` must be sqlite:PATH or jsonl:PATH"))?;
-        let path = PathBuf::from(path);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).ok();
-        }
-        match kind {
-            "sqlite" => {
-                let c = rusqlite::Connection::open(&path)?;
-                c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
-                c.execute_batch(
-                    "PRAGMA synchronous=FULL;
-                     CREATE TABLE IF NOT EXISTS batches(gateway TEXT NOT NULL, batch INTEGER NOT NULL, site TEXT, ward TEXT,
-                        received_ms INTEGER NOT NULL, PRIMARY KEY(gateway, batch));
-                     CREATE TABLE IF NOT EXISTS observations(gateway TEXT NOT NULL, seq INTEGER NOT NULL, batch INTEGER NOT NULL,
-                        device TEXT NOT NULL, code INTEGER NOT NULL, value REAL NOT NULL, unit INTEGER NOT NULL, ucum TEXT,
-                        gateway_time INTEGER NOT NULL, time_quality TEXT, device_time TEXT, status TEXT,
-                        PRIMARY KEY(gateway, seq));
-                     CREATE TABLE IF NOT EXISTS events(gateway TEXT NOT NULL, seq INTEGER NOT NULL, batch INTEGER NOT NULL,
-                        device TEXT NOT NULL, kind TEXT NOT NULL, detail TEXT, gateway_time INTEGER NOT NULL,
-                        PRIMARY KEY(gateway, seq));",
-                )?;
-                Ok(Output::Sqlite(c))
-            }
-            "jsonl" => {
-                let mut seen = HashSet::new();
-                let mut batches = HashSet::new();
-                if let Ok(text) = std::fs::read_to_string(&path) {
-                    for line in text.lines() {
-                        if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
-                            let gw = v["gateway"].as_str().unwrap_or_default().to_owned();
-                            if let Some(seq) = v["seq"].as_u64() {
-                                seen.insert((gw.clone(), seq));
-                            }
-                            if let Some(b) = v["batch"].as_u64() {
-                                batches.insert((gw, b));
-                            }
-                        }
-                    }
-                }
-                let file = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)?;
-                Ok(Output::Jsonl {
-                    file,
-                    seen,
-                    batches,
-                })
-            }
-            other => anyhow::bail!("output kind `{other}` must be sqlite or jsonl"),
-        }
-    }
-
-    /// Writes a verified batch durably (committed or fsynced when this returns). Rows already
-    /// present (same gateway and seq) are skipped.
-    pub fn write(&mut self, p: &BatchPayload) -> anyhow::Result<Written> {
-        let now = wardgate_adapters::observation::now_ms();
-        let mut per = BTreeMap::new();
-        let mut events = 0;
-        match self {
-            Output::Sqlite(c) => {
-                let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-                let fresh = tx.execute(
-                    "INSERT OR IGNORE INTO batches(gateway, batch, site, ward, received_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    rusqlite::params![p.gateway, p.batch as i64, p.site, p.ward, now],
-                )? == 1;
-                {
-                    let mut ins = tx.prepare_cached(
-                        "INSERT OR IGNORE INTO observations(gateway, seq, batch, device, code, value, unit, ucum, gateway_time, time_quality, device_time, status)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-                    )?;
-                    for o in &p.observations {
-                        let status = (!o.status.is_empty()).then(|| o.status.join(","));
-                        let n = ins.execute(rusqlite::params![
-                            p.gateway,
-                            o.seq as i64,
-                            p.batch as i64,
-                            o.device,
-                            o.code,
-                            o.value,
-                            o.unit,
-                            o.ucum,
-                            o.gateway_time,
-                            o.time_quality,
-                            o.device_time,
-                            status
-                        ])?;
-                        if n == 1 {
-                            *per.entry(o.device.clone()).or_insert(0) += 1;
-                        }
-                    }
-                    let mut ev = tx.prepare_cached(
-                        "INSERT OR IGNORE INTO events(gateway, seq, batch, device, kind, detail, gateway_time) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    )?;
-                    for e in &p.events {
-                        events += ev.execute(rusqlite::params![
-                            p.gateway,
-                            e.seq as i64,
-                            p.batch as i64,
-                            e.device,
-                            e.kind,
-                            e.detail,
-                            e.gateway_time
-                        ])? as u64;
-                    }
-                }
-                tx.commit()?;
-                Ok(Written {
-                    per_device: per,
-                    events,
-                    duplicate: !fresh,
-                })
-            }
-            Output::Jsonl {
-                file,
-                seen,
-                batches,
-            } => {
-                let fresh = batches.insert((p.gateway.clone(), p.batch));
-                let mut out = Vec::new();
-                for o in &p.observations {
-                    if seen.insert((p.gateway.clone(), o.seq)) {
-                        let mut v = serde_json::to_value(o)?;
-                        v["gateway"] = p.gateway.clone().into();
-                        v["batch"] = p.batch.into();
-                        v["type"] = "observation".into();
-                        serde_json::to_writer(&mut out, &v)?;
-                        out.push(b'\n');
-                        *per.entry(o.device.clone()).or_insert(0) += 1;
-                    }
-                }
-                for e in &p.events {
-                    if seen.insert((p.gateway.clone(), e.seq)) {
-                        let mut v = serde_json::to_value(e)?;
-                        v["gateway"] = p.gateway.clone().into();
-                        v["batch"] = p.batch.into();
-                        v["type"] = "event".into();
-                        serde_json::to_writer(&mut out, &v)?;
-                        out.push(b'\n');
-                        events += 1;
-                    }
-                }
-                file.write_all(&out)?;
-                file.sync_data()?;
-                Ok(Written {
-                    per_device: per,
-                    events,
-                    duplicate: !fresh,
-                })
-            }
-        }
-    }
-}
-
-/// Verifies and decodes one message received on `topic`. Errors say why it is refused.
-pub fn check_message(
-    verifier: &Verifier,
-    topic: &str,
-    message: &[u8],
-) -> Result<BatchPayload, String> {
-    let payload = verifier.verify(message).map_err(|e| e.to_string())?;
-    let p = BatchPayload::from_cbor(&payload)?;
-    if p.v != PAYLOAD_VERSION {
-        return Err(format!("payload version {} is not {PAYLOAD_VERSION}", p.v));
-    }
-    match mqtt::parse_batch(topic) {
-        Some((site, ward, gw)) if site == p.site && ward == p.ward && gw == p.gateway => Ok(p),
-        _ => Err(format!(
-            "topic {topic} does not match the signed payload ({}/{}/{})",
-            p.site, p.ward, p.gateway
-        )),
-    }
-}
+/// How long a stopping receiver lets the worker finish the message in hand and send its ack.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How often the totals are logged when they changed.
+const TOTALS_EVERY: Duration = Duration::from_secs(60);
 
 /// A running receiver's handle for tests and the demo.
 pub struct ReceiverHandle {
@@ -262,13 +93,14 @@ pub fn start(cfg: ReceiverConfig) -> anyhow::Result<ReceiverHandle> {
         cfg.mqtt.cert.get_ref(),
         cfg.mqtt.key.get_ref(),
     )?;
-    let output = Output::open(cfg.receiver.output.get_ref())?;
-    if let Some(d) = &cfg.receiver.raw_dir {
-        std::fs::create_dir_all(d)?;
-    }
+    let processor = Processor {
+        verifier,
+        output: Output::open(cfg.receiver.output.get_ref())?,
+        raw: cfg.receiver.raw_dir.as_deref().map(raw::RawWriter::new),
+    };
     let stats = Arc::new(Mutex::new(ReceiverStats::default()));
     let (tx, rx) = watch::channel(false);
-    let task = tokio::spawn(run(cfg, verifier, tls, output, stats.clone(), rx));
+    let task = tokio::spawn(run(cfg, processor, tls, stats.clone(), rx));
     Ok(ReceiverHandle {
         stats,
         shutdown: tx,
@@ -276,11 +108,23 @@ pub fn start(cfg: ReceiverConfig) -> anyhow::Result<ReceiverHandle> {
     })
 }
 
+/// What the polling task does with one received message: the job for the worker. A payload
+/// over `max` bytes is let go here (only the packet id and topic are kept for the PUBACK).
+pub fn job_for(mut p: rumqttc::Publish, max: usize) -> Job {
+    let size = p.payload.len();
+    if size > max {
+        p.payload = Default::default();
+        Job::Oversize { publish: p, size }
+    } else {
+        Job::Message(p)
+    }
+}
+
+/// The polling task (see the module documentation).
 async fn run(
     cfg: ReceiverConfig,
-    verifier: Verifier,
+    processor: Processor,
     tls: Arc<rustls::ClientConfig>,
-    output: Output,
     stats: Arc<Mutex<ReceiverStats>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -292,7 +136,8 @@ async fn run(
     o.set_keep_alive(Duration::from_secs(cfg.mqtt.keepalive_s))
         .set_clean_session(false)
         .set_manual_acks(true)
-        .set_max_packet_size(16 << 20, 16 << 20)
+        // Incoming: every packet MQTT allows, so no message can cause a reconnect loop.
+        .set_max_packet_size(MQTT_MAX_PAYLOAD, 1 << 20)
         .set_transport(Transport::tls_with_config(
             rumqttc::TlsConfiguration::Rustls(tls),
         ));
@@ -300,107 +145,47 @@ async fn run(
         Some(g) => format!("$share/{g}/{}", cfg.receiver.topic),
         None => cfg.receiver.topic.clone(),
     };
+    let max = cfg.receiver.max_message_bytes;
     let (client, mut el) = AsyncClient::new(o, 256);
     el.set_network_options(mqtt::network_options());
-    let output = Arc::new(Mutex::new(output));
-    let verifier = Arc::new(verifier);
+    let (jobs, jobs_rx) = mpsc::unbounded_channel();
+    let mut worker = tokio::spawn(worker::run(
+        processor,
+        jobs_rx,
+        client.clone(),
+        stats.clone(),
+        shutdown.clone(),
+    ));
     let mut last_error: Option<String> = None;
-    let mut raw_n: u64 = 0;
+    let mut subscribe = false;
+    let mut totals = Totals::new();
     loop {
         let ev = tokio::select! {
             ev = el.poll() => ev,
-            _ = shutdown.changed() => {
-                // Send DISCONNECT so the broker knows this was a clean stop.
-                let _ = client.try_disconnect();
-                let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                    while let Ok(ev) = el.poll().await {
-                        if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
-                            break;
-                        }
-                    }
-                })
-                .await;
-                return Ok(());
+            _ = shutdown.wait_for(|s| *s) => break,
+            r = &mut worker => {
+                log::info!("{}", lock(&stats).totals());
+                return match r {
+                    Ok(Ok(())) => Err(anyhow::anyhow!("the receiver's worker stopped")),
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(anyhow::anyhow!("the receiver's worker failed: {e}")),
+                };
             }
         };
         match ev {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 log::info!("receiver connected; subscribing to {filter}");
                 last_error = None;
-                client.subscribe(filter.clone(), QoS::AtLeastOnce).await?;
+                subscribe = true;
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                if let Some(dir) = &cfg.receiver.raw_dir {
-                    raw_n += 1;
-                    let gw = mqtt::parse_batch(&p.topic)
-                        .map(|(_, _, gw)| gw)
-                        .unwrap_or("unknown");
-                    write_raw(dir, gw, raw_n, &p.payload)?;
-                    stats.lock().unwrap_or_else(|e| e.into_inner()).raw_messages += 1;
+                {
+                    let mut s = lock(&stats);
+                    s.queued += 1;
+                    s.queued_max = s.queued_max.max(s.queued);
                 }
-                let topic = p.topic.clone();
-                let payload = p.payload.clone();
-                let v = verifier.clone();
-                let out = output.clone();
-                let result = tokio::task::spawn_blocking(
-                    move || -> Result<(BatchPayload, Written), String> {
-                        let batch = check_message(&v, &topic, &payload)?;
-                        let written = out
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .write(&batch)
-                            .map_err(|e| format!("output: {e}"))?;
-                        Ok((batch, written))
-                    },
-                )
-                .await?;
-                match result {
-                    Ok((
-                        batch,
-                        Written {
-                            per_device: per,
-                            events,
-                            duplicate: dup,
-                        },
-                    )) => {
-                        {
-                            let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
-                            s.verified_messages += 1;
-                            s.events += events;
-                            if dup {
-                                s.duplicate_batches += 1;
-                            }
-                            for (d, n) in per {
-                                *s.delivered.entry(d).or_insert(0) += n;
-                            }
-                        }
-                        let origin = crate::batch::Origin {
-                            gateway: batch.gateway.clone(),
-                            site: batch.site.clone(),
-                            ward: batch.ward.clone(),
-                        };
-                        let ack = Ack {
-                            v: 1,
-                            gateway: batch.gateway.clone(),
-                            batches: vec![batch.batch],
-                        };
-                        client
-                            .publish(mqtt::ack(&origin), QoS::AtLeastOnce, false, ack.to_cbor())
-                            .await?;
-                    }
-                    Err(reason) if reason.starts_with("output:") => {
-                        // Not stored: do not PUBACK, so the broker redelivers after we restart.
-                        anyhow::bail!("cannot store batch from {}: {reason}", p.topic);
-                    }
-                    Err(reason) => {
-                        stats
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .rejected_messages += 1;
-                        log::warn!("rejected message on {}: {reason}", p.topic);
-                    }
-                }
-                client.ack(&p).await?;
+                // Fails only when the worker has ended; its result is read next time round.
+                let _ = jobs.send(job_for(p, max));
             }
             Ok(_) => {}
             Err(e) => {
@@ -411,39 +196,105 @@ async fn run(
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = shutdown.changed() => return Ok(()),
+                    _ = shutdown.wait_for(|s| *s) => break,
                 }
             }
+        }
+        // Never `subscribe().await` here: a full request channel would stop this very loop.
+        if subscribe
+            && client
+                .try_subscribe(filter.clone(), QoS::AtLeastOnce)
+                .is_ok()
+        {
+            subscribe = false;
+        }
+        totals.maybe_log(&stats);
+    }
+    // Stopping: the worker finishes the message in hand; keep polling so its ack and PUBACK
+    // leave, then DISCONNECT so the broker knows this was a clean stop. Messages not PUBACKed
+    // are redelivered to the next session.
+    let deadline = tokio::time::Instant::now() + STOP_GRACE;
+    let mut result = Ok(());
+    loop {
+        tokio::select! {
+            r = &mut worker => {
+                if let Ok(Err(e)) = r {
+                    result = Err(e);
+                }
+                break;
+            }
+            ev = el.poll() => if ev.is_err() {
+                worker.abort();
+                break;
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                log::warn!("receiver: the message in hand did not finish within {STOP_GRACE:?}; it will be redelivered");
+                worker.abort();
+                break;
+            }
+        }
+    }
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(ev) = el.poll().await {
+            if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                break;
+            }
+        }
+    })
+    .await;
+    log::info!("{}", lock(&stats).totals());
+    result
+}
+
+/// Logs the totals every [`TOTALS_EVERY`] when they changed.
+struct Totals {
+    last: Instant,
+    logged: ReceiverStats,
+}
+
+impl Totals {
+    fn new() -> Totals {
+        Totals {
+            last: Instant::now(),
+            logged: ReceiverStats::default(),
+        }
+    }
+
+    fn maybe_log(&mut self, stats: &Mutex<ReceiverStats>) {
+        if self.last.elapsed() < TOTALS_EVERY {
+            return;
+        }
+        self.last = Instant::now();
+        let now = lock(stats).clone();
+        if now != self.logged {
+            log::info!("{}", now.totals());
+            self.logged = now;
         }
     }
 }
 
-/// Writes one raw message as `<gateway>-<receiver start ms>-<n>.cose`, never overwriting a file
-/// from an earlier run (`create_new`), and fsyncs it.
-fn write_raw(dir: &Path, gateway: &str, n: u64, bytes: &[u8]) -> std::io::Result<()> {
-    static START: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
-    let start = *START.get_or_init(wardgate_adapters::observation::now_ms);
-    let mut attempt = 0u32;
-    loop {
-        let suffix = if attempt == 0 {
-            String::new()
-        } else {
-            format!("-{attempt}")
-        };
-        let path = dir.join(format!("{gateway}-{start}-{n:06}{suffix}.cose"));
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-        {
-            Ok(mut f) => {
-                f.write_all(bytes)?;
-                return f.sync_data();
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_oversize_payload_is_let_go_before_the_worker_sees_it() {
+        let p = rumqttc::Publish::new(
+            "wardgate/v1/s/w/gw/batch",
+            QoS::AtLeastOnce,
+            vec![7u8; 2048],
+        );
+        match job_for(p.clone(), 2048) {
+            Job::Message(m) => assert_eq!(m.payload.len(), 2048),
+            j => panic!("{j:?}"),
+        }
+        match job_for(p, 2047) {
+            Job::Oversize { publish, size } => {
+                assert_eq!((publish.payload.len(), size), (0, 2048));
+                assert_eq!(publish.topic, "wardgate/v1/s/w/gw/batch");
             }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 1000 => {
-                attempt += 1
-            }
-            Err(e) => return Err(e),
+            j => panic!("{j:?}"),
         }
     }
 }

@@ -1,0 +1,144 @@
+//! Is this message a batch we accept? Pure: no I/O, nothing written before it says yes.
+//!
+//! The checks, in order, each with the reason a refused message is logged with: the COSE_Sign1
+//! signature against the trusted gateway keys ([`Verifier`]); the payload is a CBOR map whose
+//! `v` is [`PAYLOAD_VERSION`] (read first, so a future version is refused as such rather than as
+//! a schema error); the v1 schema; the topic names the site, ward and gateway the signed payload
+//! names.
+//!
+//! Where the issue-9 trust work slots in: binding the signing certificate's identity to the
+//! gateway named here (CA trust, `x5chain`) is one more check in [`check_message`], after the
+//! signature and before the topic comparison.
+
+use crate::batch::{BatchPayload, PAYLOAD_VERSION};
+use crate::mqtt;
+use crate::signing::Verifier;
+
+/// Verifies and decodes one message received on `topic`. Errors say why it is refused.
+pub fn check_message(
+    verifier: &Verifier,
+    topic: &str,
+    message: &[u8],
+) -> Result<BatchPayload, String> {
+    let payload = verifier.verify(message).map_err(|e| e.to_string())?;
+    let p = decode_batch(&payload)?;
+    match mqtt::parse_batch(topic) {
+        Some((site, ward, gw)) if site == p.site && ward == p.ward && gw == p.gateway => Ok(p),
+        _ => Err(format!(
+            "topic {topic} does not match the signed payload ({}/{}/{})",
+            p.site, p.ward, p.gateway
+        )),
+    }
+}
+
+/// Decodes a batch payload, checking its `v` before its schema.
+pub fn decode_batch(payload: &[u8]) -> Result<BatchPayload, String> {
+    let value: ciborium::Value =
+        ciborium::from_reader(payload).map_err(|e| format!("batch payload is not CBOR: {e}"))?;
+    match version_of(&value)? {
+        v if v == u64::from(PAYLOAD_VERSION) => {}
+        v => return Err(format!("payload version {v} is not {PAYLOAD_VERSION}")),
+    }
+    value
+        .deserialized()
+        .map_err(|e| format!("batch payload is not a v1 batch: {e}"))
+}
+
+/// The `v` of a CBOR map payload: a map is required, `v` must be present and an unsigned
+/// integer.
+pub fn version_of(value: &ciborium::Value) -> Result<u64, String> {
+    let map = value
+        .as_map()
+        .ok_or_else(|| "payload is not a CBOR map".to_owned())?;
+    let v = map
+        .iter()
+        .find(|(k, _)| k.as_text() == Some("v"))
+        .map(|(_, v)| v)
+        .ok_or_else(|| "payload has no version `v`".to_owned())?;
+    v.as_integer()
+        .and_then(|i| u64::try_from(i).ok())
+        .ok_or_else(|| "payload version `v` is not an unsigned integer".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::WireObservation;
+
+    fn payload(v: u32) -> BatchPayload {
+        BatchPayload {
+            v,
+            gateway: "gw1".into(),
+            site: "s".into(),
+            ward: "w".into(),
+            batch: 7,
+            observations: vec![WireObservation {
+                seq: 1,
+                device: "serial:a".into(),
+                code: 150456,
+                value: 97.0,
+                unit: 262688,
+                ucum: "%".into(),
+                gateway_time: 1,
+                time_quality: "synced".into(),
+                device_time: None,
+                status: vec![],
+            }],
+            events: vec![],
+        }
+    }
+
+    fn cbor(v: &impl serde::Serialize) -> Vec<u8> {
+        let mut out = Vec::new();
+        ciborium::into_writer(v, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_v1_batch_decodes() {
+        assert_eq!(decode_batch(&payload(1).to_cbor()).unwrap(), payload(1));
+    }
+
+    #[test]
+    fn the_version_is_checked_before_the_schema() {
+        assert_eq!(
+            decode_batch(&payload(2).to_cbor()).unwrap_err(),
+            "payload version 2 is not 1"
+        );
+        // A future version with another shape is refused for its version, not its shape.
+        let mut m = std::collections::BTreeMap::new();
+        m.insert("v", 3u32);
+        m.insert("rows", 5);
+        assert_eq!(
+            decode_batch(&cbor(&m)).unwrap_err(),
+            "payload version 3 is not 1"
+        );
+        let mut m = std::collections::BTreeMap::new();
+        m.insert("gateway", "gw1");
+        assert_eq!(
+            decode_batch(&cbor(&m)).unwrap_err(),
+            "payload has no version `v`"
+        );
+        let mut m = std::collections::BTreeMap::new();
+        m.insert("v", "1");
+        assert_eq!(
+            decode_batch(&cbor(&m)).unwrap_err(),
+            "payload version `v` is not an unsigned integer"
+        );
+        assert_eq!(
+            decode_batch(&cbor(&[1u8, 2])).unwrap_err(),
+            "payload is not a CBOR map"
+        );
+        assert!(decode_batch(b"\xff\x00junk")
+            .unwrap_err()
+            .starts_with("batch payload is not CBOR"));
+    }
+
+    #[test]
+    fn junk_and_unsigned_messages_are_refused_before_anything_else() {
+        let v = Verifier::default();
+        let topic = "wardgate/v1/s/w/gw1/batch";
+        assert!(check_message(&v, topic, b"junk").is_err());
+        assert!(check_message(&v, topic, &payload(1).to_cbor()).is_err());
+    }
+}

@@ -1,0 +1,321 @@
+//! The worker: the one task that handles received messages, one at a time in arrival order,
+//! and the only one that calls the MQTT client after subscribing.
+//!
+//! For each message: verify ([`super::verify`]), copy to `raw_dir` ([`super::raw`]), store
+//! durably ([`super::output`]), then queue the ack ([`super::ack`]) and only after it the PUBACK.
+//! rumqttc sends requests in the order they are queued, so the broker never sees a PUBACK for a
+//! batch before its ack, and neither leaves before the batch is committed. It may await the
+//! client (a full request channel) because the polling task never waits for it: the event loop
+//! keeps draining the channel, so this wait always ends.
+//!
+//! A message that cannot be *stored* (the output fails) is not PUBACKed: the worker stops with
+//! the error, the receiver exits, and the broker redelivers the message to the next session.
+
+use super::ack::ack_message;
+use super::output::{Output, Written};
+use super::raw::{RawFailures, RawWriter};
+use super::report::{claimed_sender, Noted, OncePerSender, ReceiverStats};
+use super::verify::check_message;
+use crate::batch::BatchPayload;
+use crate::signing::Verifier;
+use rumqttc::{AsyncClient, Publish, QoS};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, watch};
+
+/// One received message for the worker.
+#[derive(Debug)]
+pub enum Job {
+    /// A message within `max_message_bytes`.
+    Message(Publish),
+    /// A message over the limit; its payload was already let go, `size` says how big it was.
+    Oversize {
+        /// The packet (empty payload): what the PUBACK needs.
+        publish: Publish,
+        /// Its payload size in bytes.
+        size: usize,
+    },
+}
+
+/// What became of one message within the limit.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Verified and stored durably (or already stored: `written.duplicate`).
+    Stored {
+        /// The batch.
+        batch: BatchPayload,
+        /// What was new.
+        written: Written,
+        /// The raw copy, when `raw_dir` is set.
+        raw: Option<std::io::Result<PathBuf>>,
+    },
+    /// Refused, with the reason; nothing written.
+    Rejected(String),
+}
+
+/// The synchronous part: verification and durable writes (run on a blocking thread).
+pub struct Processor {
+    /// Trusted gateway keys.
+    pub verifier: Verifier,
+    /// Durable output.
+    pub output: Output,
+    /// `raw_dir`, when configured.
+    pub raw: Option<RawWriter>,
+}
+
+impl Processor {
+    /// Handles one message. `Err` only when the verified batch could not be stored.
+    pub fn process(&mut self, topic: &str, message: &[u8]) -> anyhow::Result<Outcome> {
+        let batch = match check_message(&self.verifier, topic, message) {
+            Ok(b) => b,
+            Err(reason) => return Ok(Outcome::Rejected(reason)),
+        };
+        let raw = self.raw.as_mut().map(|w| w.write(&batch.gateway, message));
+        let written = self.output.write(&batch)?;
+        Ok(Outcome::Stored {
+            batch,
+            written,
+            raw,
+        })
+    }
+}
+
+/// Logs at most one line per sender for each kind of trouble.
+struct Logs {
+    rejected: OncePerSender,
+    oversize: OncePerSender,
+    invalid: OncePerSender,
+    raw: RawFailures,
+}
+
+fn once(log: &mut OncePerSender, sender: &str, line: impl FnOnce() -> String) {
+    match log.note(sender) {
+        Noted::First => log::warn!(
+            "{} (further ones from this sender are only counted)",
+            line()
+        ),
+        Noted::Full => log::warn!(
+            "{} (too many senders to name: further ones are only counted)",
+            line()
+        ),
+        Noted::Again => {}
+    }
+}
+
+/// The counters, even after a panic elsewhere poisoned the lock.
+pub fn lock(s: &Mutex<ReceiverStats>) -> std::sync::MutexGuard<'_, ReceiverStats> {
+    s.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs until `jobs` closes, `stop` turns true (the message in hand is finished first), or a
+/// batch cannot be stored (`Err`).
+pub async fn run(
+    mut processor: Processor,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    client: AsyncClient,
+    stats: Arc<Mutex<ReceiverStats>>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut logs = Logs {
+        rejected: OncePerSender::new(1024),
+        oversize: OncePerSender::new(1024),
+        invalid: OncePerSender::new(1024),
+        raw: RawFailures::default(),
+    };
+    loop {
+        let job = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+            j = jobs.recv() => match j {
+                Some(j) => j,
+                None => return Ok(()),
+            },
+        };
+        match job {
+            Job::Oversize { publish, size } => {
+                let sender = claimed_sender(&publish.topic);
+                lock(&stats).oversize_messages += 1;
+                once(&mut logs.oversize, &sender, || {
+                    format!(
+                        "dropped a {size}-byte message on {} (retained: {}): larger than max_message_bytes; acknowledged to the broker, not stored, no upstream ack",
+                        publish.topic, publish.retain
+                    )
+                });
+                client.ack(&publish).await?;
+            }
+            Job::Message(p) => {
+                let (topic, payload) = (p.topic.clone(), p.payload.clone());
+                let (back, result) = tokio::task::spawn_blocking(move || {
+                    let r = processor.process(&topic, &payload);
+                    (processor, r)
+                })
+                .await?;
+                processor = back;
+                match result {
+                    Err(e) => {
+                        // Not stored: no PUBACK, the broker redelivers after the restart.
+                        anyhow::bail!("cannot store batch from {}: {e:#}", p.topic);
+                    }
+                    Ok(Outcome::Rejected(reason)) => {
+                        lock(&stats).rejected_messages += 1;
+                        once(&mut logs.rejected, &claimed_sender(&p.topic), || {
+                            format!("rejected message on {}: {reason}", p.topic)
+                        });
+                        client.ack(&p).await?;
+                    }
+                    Ok(Outcome::Stored {
+                        batch,
+                        written,
+                        raw,
+                    }) => {
+                        let raw_line = {
+                            let mut s = lock(&stats);
+                            s.verified_messages += 1;
+                            s.events += written.events;
+                            s.invalid_values += written.invalid_values;
+                            if written.duplicate {
+                                s.duplicate_batches += 1;
+                            }
+                            for (d, n) in &written.per_device {
+                                *s.delivered.entry(d.clone()).or_insert(0) += n;
+                            }
+                            match &raw {
+                                Some(Ok(_)) => s.raw_messages += 1,
+                                Some(Err(_)) => s.raw_failures += 1,
+                                None => {}
+                            }
+                            let failures = s.raw_failures;
+                            raw.as_ref().and_then(|r| logs.raw.record(r, failures))
+                        };
+                        if let Some(line) = raw_line {
+                            log::warn!("{line}");
+                        }
+                        if written.invalid_values > 0 {
+                            once(&mut logs.invalid, &batch.gateway, || {
+                                format!(
+                                    "batch {} from {}: {} value(s) not a number, stored as absent with status invalid-value=… (counted in invalid_values)",
+                                    batch.batch, batch.gateway, written.invalid_values
+                                )
+                            });
+                        }
+                        let (ack_topic, ack) = ack_message(&batch);
+                        client
+                            .publish(ack_topic, QoS::AtLeastOnce, false, ack)
+                            .await?;
+                        client.ack(&p).await?;
+                    }
+                }
+            }
+        }
+        lock(&stats).queued -= 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::WireObservation;
+
+    fn signed(value: f64) -> (Verifier, Vec<u8>) {
+        let ca = self_signed();
+        let signer = crate::signing::Signer::new(&ca.0, &ca.1).unwrap();
+        let mut v = Verifier::default();
+        v.add(&ca.0, "gw1").unwrap();
+        let p = BatchPayload {
+            v: 1,
+            gateway: "gw1".into(),
+            site: "s".into(),
+            ward: "w".into(),
+            batch: 3,
+            observations: vec![WireObservation {
+                seq: 1,
+                device: "serial:a".into(),
+                code: 150456,
+                value,
+                unit: 262688,
+                ucum: "%".into(),
+                gateway_time: 1,
+                time_quality: "synced".into(),
+                device_time: None,
+                status: vec![],
+            }],
+            events: vec![],
+        };
+        (v, signer.sign(p.to_cbor()))
+    }
+
+    /// A self-signed P-256 certificate and its key (rcgen).
+    fn self_signed() -> (
+        rustls::pki_types::CertificateDer<'static>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    ) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["gw1".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (
+            cert.der().clone(),
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+    }
+
+    fn processor(dir: &std::path::Path, verifier: Verifier, raw: &std::path::Path) -> Processor {
+        Processor {
+            verifier,
+            output: Output::open(&format!("sqlite:{}", dir.join("up.db").display())).unwrap(),
+            raw: Some(RawWriter::new(raw)),
+        }
+    }
+
+    const TOPIC: &str = "wardgate/v1/s/w/gw1/batch";
+
+    #[test]
+    fn junk_is_rejected_and_leaves_no_raw_file() {
+        let d = tempfile::tempdir().unwrap();
+        let (v, _) = signed(1.0);
+        let mut p = processor(d.path(), v, &d.path().join("raw"));
+        for junk in [&b"junk"[..], &[0xd2, 0x84, 0x40][..], &[0u8; 4096][..]] {
+            assert!(matches!(
+                p.process(TOPIC, junk).unwrap(),
+                Outcome::Rejected(_)
+            ));
+        }
+        assert_eq!(std::fs::read_dir(d.path().join("raw")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_raw_write_failure_still_stores_the_batch() {
+        let d = tempfile::tempdir().unwrap();
+        let (v, msg) = signed(97.0);
+        // A directory nothing can be created in, not even by root.
+        let mut p = processor(d.path(), v, std::path::Path::new("/proc/self/fdinfo"));
+        match p.process(TOPIC, &msg).unwrap() {
+            Outcome::Stored { written, raw, .. } => {
+                assert!(matches!(raw, Some(Err(_))), "{raw:?}");
+                assert_eq!(written.per_device.get("serial:a"), Some(&1));
+            }
+            o => panic!("{o:?}"),
+        }
+    }
+
+    #[test]
+    fn a_nan_from_a_trusted_key_is_stored_as_absent_and_counted() {
+        let d = tempfile::tempdir().unwrap();
+        let (v, msg) = signed(f64::NAN);
+        let mut p = processor(d.path(), v, &d.path().join("raw"));
+        match p.process(TOPIC, &msg).unwrap() {
+            Outcome::Stored { written, raw, .. } => {
+                assert!(matches!(raw, Some(Ok(_))));
+                assert_eq!(written.invalid_values, 1);
+                assert_eq!(written.per_device.get("serial:a"), Some(&1));
+            }
+            o => panic!("{o:?}"),
+        }
+        // The wrong topic for the signed payload is refused.
+        assert!(matches!(
+            p.process("wardgate/v1/s/w/gw2/batch", &msg).unwrap(),
+            Outcome::Rejected(_)
+        ));
+    }
+}
