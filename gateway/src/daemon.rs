@@ -142,7 +142,11 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     let (uplink, uplink_status) = Uplink::new(
         store.clone(),
         signer,
-        UplinkSettings::from_config(cfg, tls),
+        UplinkSettings::from_config(
+            cfg,
+            tls,
+            Arc::new(crate::uplink::receivers_from_config(cfg)?),
+        ),
         wake,
     );
     let uplink_beat = Arc::new(LoopBeat::default());

@@ -27,6 +27,7 @@
 //! session's select loop and the pure `on_event`), [`error`] (why a session failed), [`inflight`]
 //! (pure pkid ↔ batch bookkeeping), [`credentials`] (rotation).
 
+pub mod acks;
 pub mod credentials;
 pub mod error;
 pub mod inflight;
@@ -77,11 +78,18 @@ pub struct UplinkSettings {
     pub backoff_max: Duration,
     /// Gateway, site, ward.
     pub origin: Origin,
+    /// Which acks are authentic (upstream mode): this gateway's id and the trusted receivers.
+    pub acks: acks::AckPolicy,
 }
 
 impl UplinkSettings {
-    /// Settings from a validated config and a TLS client config.
-    pub fn from_config(c: &Config, tls: Arc<rustls::ClientConfig>) -> Self {
+    /// Settings from a validated config, a TLS client config and the trusted receivers
+    /// ([`receivers_from_config`]).
+    pub fn from_config(
+        c: &Config,
+        tls: Arc<rustls::ClientConfig>,
+        receivers: Arc<crate::signing::Verifier>,
+    ) -> Self {
         UplinkSettings {
             host: c.uplink.host.get_ref().clone(),
             port: *c.uplink.port.get_ref(),
@@ -99,8 +107,30 @@ impl UplinkSettings {
                 site: c.gateway.site.get_ref().clone(),
                 ward: c.gateway.ward.get_ref().clone(),
             },
+            acks: acks::AckPolicy {
+                gateway: c.gateway.id.get_ref().clone(),
+                receivers,
+            },
         }
     }
+}
+
+/// The receivers whose signed acks this gateway trusts: `[uplink] receiver_certs` (listed),
+/// `receiver_ca` and `receiver_crl`. Errors name the file.
+pub fn receivers_from_config(
+    c: &Config,
+) -> Result<crate::signing::Verifier, crate::signing::SigningError> {
+    let mut v = crate::signing::Verifier::default();
+    for p in &c.uplink.receiver_certs {
+        v.add_file(p.get_ref())?;
+    }
+    if let Some(p) = &c.uplink.receiver_ca {
+        v.add_ca_file(p.get_ref())?;
+    }
+    for p in &c.uplink.receiver_crl {
+        v.add_crl_file(p.get_ref())?;
+    }
+    Ok(v)
 }
 
 /// How often the uplink loop beats while it waits (connecting, backoff, idle session).
@@ -161,6 +191,13 @@ pub struct UplinkStatus {
     /// Certificate rotations applied since start.
     #[serde(default)]
     pub rotations: u64,
+    /// Messages on the ack topic refused as not authentic (unsigned, untrusted signer, another
+    /// gateway's, oversize): they deleted nothing. See [`acks`].
+    #[serde(default)]
+    pub acks_refused: u64,
+    /// The last refused ack: sender and reason.
+    #[serde(default)]
+    pub last_refused_ack: Option<String>,
 }
 
 /// The MQTT sink. Run it with [`Uplink::run`].
@@ -184,6 +221,8 @@ pub struct Uplink {
     /// The certificate and key files, watched for replacement (`None`: `signer` and
     /// `settings.tls` for the life of the uplink).
     credentials: Option<Credentials>,
+    /// Senders of refused acks already logged (bounded: [`session::MAX_LOGGED_SENDERS`]).
+    refused_senders: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Uplink {
@@ -209,6 +248,7 @@ impl Uplink {
                 retained: None,
                 clock: None,
                 credentials: None,
+                refused_senders: Default::default(),
             },
             rx,
         )
@@ -321,7 +361,9 @@ impl Uplink {
         let mut o = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
         o.set_keep_alive(s.keepalive)
             .set_clean_session(true)
-            .set_max_packet_size(16 << 20, 16 << 20)
+            // In: acks only, bounded (a larger packet ends the session before it is read; our
+            // ack topic is cleared of retained junk at each connect). Out: batches.
+            .set_max_packet_size(acks::MAX_ACK_BYTES + 1024, 16 << 20)
             .set_inflight(u16::try_from(s.max_inflight.max(1)).unwrap_or(u16::MAX))
             .set_transport(Transport::tls_with_config(
                 rumqttc::TlsConfiguration::Rustls(tls),

@@ -20,7 +20,8 @@
 
 use super::inflight::InflightTracker;
 use super::session::{on_event, EventOutcome};
-use crate::batch::Ack;
+use crate::uplink::acks::test_support::{policy, receiver, signed_ack};
+use crate::uplink::acks::AckPolicy;
 use crate::config::AckMode;
 use crate::store::{Store, StoreOptions, Synchronous};
 use proptest::prelude::*;
@@ -33,6 +34,27 @@ use wardgate_adapters::AdapterEvent;
 
 const GATEWAY: &str = "gw-1";
 const ACKS: &str = "wardgate/v1/s/w/gw-1/ack";
+
+thread_local! {
+    /// The receiver gateway `gw-1` trusts (its signer, and the gateway's policy), and an
+    /// impostor: another holder of a certificate, whom the gateway does not trust.
+    static KEYS: (crate::signing::Signer, AckPolicy, crate::signing::Signer) = {
+        let (cert, signer) = receiver("up-a");
+        let p = policy(GATEWAY, &cert);
+        (signer, p, receiver("impostor").1)
+    };
+}
+
+/// Who signs an ack in the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Signed {
+    /// The trusted receiver.
+    Trusted,
+    /// Another certificate holder on the shared broker.
+    Impostor,
+    /// Nobody: the plain v1 ack of before issue 9.
+    Plain,
+}
 const BATCHES: &str = "wardgate/v1/s/w/gw-1/batch";
 const STATUS: &str = "wardgate/v1/s/w/gw-1/status";
 /// The uplink's `max_inflight`, also rumqttc's window and packet id range: small, so that packet
@@ -63,6 +85,9 @@ enum Step {
     ForgedAck(u64),
     /// An ack for another gateway naming one of our batches.
     OtherGatewayAck(usize),
+    /// An ack naming one of our batches that went out, signed by an impostor (`true`) or not
+    /// signed at all (`false`): it must delete nothing.
+    ImpostorAck(usize, bool),
     /// The link drops; the next session publishes `online` and this many retained payloads.
     Disconnect(usize),
     /// The process restarts: the store is reopened, then a new session as for `Disconnect`.
@@ -80,6 +105,7 @@ fn step() -> impl Strategy<Value = Step> {
         2 => any::<usize>().prop_map(Step::UpstreamAck),
         1 => (0u64..5).prop_map(Step::ForgedAck),
         1 => any::<usize>().prop_map(Step::OtherGatewayAck),
+        2 => (any::<usize>(), any::<bool>()).prop_map(|(i, s)| Step::ImpostorAck(i, s)),
         1 => (0usize..=3).prop_map(Step::Disconnect),
         1 => (0usize..=3).prop_map(Step::Restart),
     ]
@@ -249,8 +275,10 @@ impl Model {
     /// The session handles every event rumqttc emitted, in order, as `handle_event` does.
     fn drain_events(&mut self) {
         while let Some(ev) = self.session.state.events.pop_front() {
-            match on_event(&ev, &mut self.session.tracker, ACKS, GATEWAY) {
+            let out = KEYS.with(|(_, p, _)| on_event(&ev, &mut self.session.tracker, ACKS, p));
+            match out {
                 EventOutcome::Nothing => {}
+                EventOutcome::Refused { .. } => {}
                 EventOutcome::Acknowledge(numbers) => self.acknowledge(numbers),
                 EventOutcome::Ignore(why) => {
                     assert!(
@@ -318,23 +346,27 @@ impl Model {
         self.drain_events();
     }
 
-    fn ack_message(&mut self, gateway: &str, batches: Vec<u64>) {
+    fn ack_message(&mut self, gateway: &str, batches: Vec<u64>, signed: Signed) {
         if self.mode != AckMode::Upstream {
             return; // not subscribed: the broker delivers nothing on the ack topic
         }
-        if gateway == GATEWAY {
+        if gateway == GATEWAY && signed == Signed::Trusted {
             for n in &batches {
                 if self.cut.contains_key(n) {
                     self.own_acked.insert(*n);
                 }
             }
         }
-        let payload = Ack {
-            v: 1,
-            gateway: gateway.into(),
-            batches,
-        }
-        .to_cbor();
+        let payload = KEYS.with(|(trusted, _, impostor)| match signed {
+            Signed::Trusted => signed_ack(trusted, gateway, &batches),
+            Signed::Impostor => signed_ack(impostor, gateway, &batches),
+            Signed::Plain => crate::batch::Ack {
+                v: 1,
+                gateway: gateway.into(),
+                batches,
+            }
+            .to_cbor(),
+        });
         let p = Publish::new(ACKS, QoS::AtLeastOnce, payload);
         self.session
             .state
@@ -365,17 +397,28 @@ impl Model {
             Step::UpstreamAck(pick) => {
                 if !self.written.is_empty() {
                     let n = self.written[pick % self.written.len()];
-                    self.ack_message(GATEWAY, vec![n]);
+                    self.ack_message(GATEWAY, vec![n], Signed::Trusted);
                 }
             }
             Step::ForgedAck(k) => {
                 let first = self.store_first_number();
-                self.ack_message(GATEWAY, vec![first + 1_000_000 + k, first - 1 - k]);
+                self.ack_message(
+                    GATEWAY,
+                    vec![first + 1_000_000 + k, first - 1 - k],
+                    Signed::Trusted,
+                );
             }
             Step::OtherGatewayAck(pick) => {
                 if !self.written.is_empty() {
                     let n = self.written[pick % self.written.len()];
-                    self.ack_message("gw-2", vec![n]);
+                    self.ack_message("gw-2", vec![n], Signed::Trusted);
+                }
+            }
+            Step::ImpostorAck(pick, signed) => {
+                if !self.written.is_empty() {
+                    let n = self.written[pick % self.written.len()];
+                    let how = if signed { Signed::Impostor } else { Signed::Plain };
+                    self.ack_message(GATEWAY, vec![n], how);
                 }
             }
             Step::Disconnect(retained) => self.new_session(retained),
@@ -445,7 +488,7 @@ impl Model {
             }
             if self.mode == AckMode::Upstream {
                 let written = std::mem::take(&mut self.written);
-                self.ack_message(GATEWAY, written);
+                self.ack_message(GATEWAY, written, Signed::Trusted);
             }
             while !self.at_broker.is_empty() {
                 self.puback(0);

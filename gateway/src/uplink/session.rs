@@ -6,10 +6,10 @@
 //! The reconnect loop around sessions (backoff, logging once per reason, certificate rotation)
 //! is [`Uplink::run`](super::Uplink::run) in `mod.rs`.
 
+use super::acks::{check_ack, AckPolicy, AckVerdict};
 use super::error::SessionError;
 use super::inflight::InflightTracker;
 use super::{Uplink, BEAT_EVERY};
-use crate::batch::Ack;
 use crate::config::AckMode;
 use crate::mqtt;
 use crate::signing::Signer;
@@ -19,6 +19,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+
+/// Most distinct senders of refused acks logged individually (memory bound).
+pub(super) const MAX_LOGGED_SENDERS: usize = 256;
 
 /// How a session ended without an error.
 pub(super) enum SessionEnd {
@@ -79,12 +82,18 @@ impl Uplink {
             st.last_error = None;
         });
         let ack_topic = mqtt::ack(&s.origin);
-        if s.ack == AckMode::Upstream {
-            client.try_subscribe(ack_topic.clone(), QoS::AtLeastOnce)?;
-        }
         // One tracker per client: every QoS 1 publish of this session is recorded in it, in the
         // order it is queued, so that each batch is paired with its own packet id.
         let mut tracker = InflightTracker::new(s.ack);
+        if s.ack == AckMode::Upstream {
+            // Acks are never retained: clear whatever anyone left retained on our ack topic
+            // (an empty retained publish deletes it at the broker) before subscribing, so a
+            // junk or oversize retained message is not delivered at every connect. Where the
+            // broker's ACL does not let us publish there, the broker drops this silently.
+            client.try_publish(ack_topic.clone(), QoS::AtLeastOnce, true, Vec::new())?;
+            tracker.other();
+            client.try_subscribe(ack_topic.clone(), QoS::AtLeastOnce)?;
+        }
         client.try_publish(mqtt::status(&s.origin), QoS::AtLeastOnce, true, "online")?;
         tracker.other();
 
@@ -186,12 +195,35 @@ impl Uplink {
         tracker: &mut InflightTracker,
         ack_topic: &str,
     ) -> Result<(), SessionError> {
-        match on_event(&ev, tracker, ack_topic, &self.settings.origin.gateway) {
+        match on_event(&ev, tracker, ack_topic, &self.settings.acks) {
             EventOutcome::Nothing => {}
             EventOutcome::Acknowledge(numbers) => self.acknowledge(numbers).await?,
             EventOutcome::Ignore(why) => log::warn!("{why}"),
+            EventOutcome::Refused { sender, why } => self.refused_ack(sender, why),
         }
         Ok(())
+    }
+
+    /// Counts a refused ack; logs it the first time this sender is seen (at most
+    /// [`MAX_LOGGED_SENDERS`] senders are remembered; later ones are counted only).
+    fn refused_ack(&self, sender: String, why: String) {
+        let first = {
+            let mut seen = self
+                .refused_senders
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            seen.len() < MAX_LOGGED_SENDERS && seen.insert(sender.clone())
+        };
+        if first {
+            log::warn!(
+                "refusing an ack from {sender} (deletes nothing; further ones from it are only \
+                 counted): {why}"
+            );
+        }
+        self.status.send_modify(|s| {
+            s.acks_refused += 1;
+            s.last_refused_ack = Some(format!("{sender}: {why}"));
+        });
     }
 
     /// Deletes acknowledged batches from the store (stray or repeated numbers are harmless).
@@ -310,18 +342,26 @@ pub(super) enum EventOutcome {
     Nothing,
     /// Delete these batches from the store: they are acknowledged.
     Acknowledge(Vec<u64>),
-    /// Something unexpected that acknowledges nothing (a message on the ack topic that is not for
-    /// us or does not parse, a packet id for an unrecorded publish): log it, carry on.
+    /// Something unexpected that acknowledges nothing (a packet id for an unrecorded publish):
+    /// log it, carry on.
     Ignore(String),
+    /// A message on the ack topic that is not an authenticated ack for us ([`check_ack`]):
+    /// count it, log it once per sender, delete nothing.
+    Refused {
+        /// Who it claims to come from (`kid:…` or `unsigned`).
+        sender: String,
+        /// Why it is refused.
+        why: String,
+    },
 }
 
 /// The session's event handling without I/O: updates the in-flight window for `ev` and says
-/// what to do. `gateway` is this gateway's id (acks name the gateway they are for).
+/// what to do. `acks` says which acks are authentic ([`check_ack`]).
 pub(super) fn on_event(
     ev: &Event,
     tracker: &mut InflightTracker,
     ack_topic: &str,
-    gateway: &str,
+    acks: &AckPolicy,
 ) -> EventOutcome {
     match ev {
         Event::Outgoing(Outgoing::Publish(pkid)) if *pkid != 0 => {
@@ -337,19 +377,16 @@ pub(super) fn on_event(
             Some(n) => EventOutcome::Acknowledge(vec![n]),
             None => EventOutcome::Nothing,
         },
-        Event::Incoming(Packet::Publish(p)) if p.topic == ack_topic => {
-            match Ack::from_cbor(&p.payload) {
-                Ok(ack) if ack.gateway == gateway => {
-                    for n in &ack.batches {
+        // An empty retained message is our own clearing of the topic (see `session`).
+        Event::Incoming(Packet::Publish(p)) if p.topic == ack_topic && !p.payload.is_empty() => {
+            match check_ack(acks, &p.payload) {
+                AckVerdict::Accept(batches) => {
+                    for n in &batches {
                         tracker.upstream_ack(*n);
                     }
-                    EventOutcome::Acknowledge(ack.batches)
+                    EventOutcome::Acknowledge(batches)
                 }
-                Ok(ack) => EventOutcome::Ignore(format!(
-                    "ignoring an ack for gateway {} on our ack topic",
-                    ack.gateway
-                )),
-                Err(e) => EventOutcome::Ignore(format!("ignoring a malformed ack message: {e}")),
+                AckVerdict::Refuse { sender, why } => EventOutcome::Refused { sender, why },
             }
         }
         _ => EventOutcome::Nothing,
@@ -368,37 +405,41 @@ pub(super) async fn blocking<T: Send + 'static>(
 #[cfg(test)]
 mod event_tests {
     use super::*;
+    use crate::uplink::acks::test_support::{policy, receiver, signed_ack};
     use rumqttc::{PubAck, Publish};
+
+    thread_local! {
+        /// A receiver trusted by the policy of gateway `gw-1`, and that policy.
+        static RX: (crate::signing::Signer, AckPolicy) = {
+            let (cert, signer) = receiver("up-a");
+            let p = policy("gw-1", &cert);
+            (signer, p)
+        };
+    }
+
+    fn on(ev: &Event, t: &mut InflightTracker) -> EventOutcome {
+        RX.with(|(_, p)| on_event(ev, t, ACKS, p))
+    }
 
     const ACKS: &str = "wardgate/v1/s/w/gw-1/ack";
 
     fn sent(t: &mut InflightTracker, number: u64, pkid: u16) {
         t.sent(number, Instant::now());
-        let out = on_event(&Event::Outgoing(Outgoing::Publish(pkid)), t, ACKS, "gw-1");
+        let out = on(&Event::Outgoing(Outgoing::Publish(pkid)), t);
         assert_eq!(out, EventOutcome::Nothing);
     }
 
     fn puback(t: &mut InflightTracker, pkid: u16) -> EventOutcome {
-        on_event(
-            &Event::Incoming(Packet::PubAck(PubAck::new(pkid))),
-            t,
-            ACKS,
-            "gw-1",
-        )
+        on(&Event::Incoming(Packet::PubAck(PubAck::new(pkid))), t)
     }
 
     fn ack_message(t: &mut InflightTracker, topic: &str, payload: Vec<u8>) -> EventOutcome {
         let p = Publish::new(topic, QoS::AtLeastOnce, payload);
-        on_event(&Event::Incoming(Packet::Publish(p)), t, ACKS, "gw-1")
+        on(&Event::Incoming(Packet::Publish(p)), t)
     }
 
     fn ack(gateway: &str, batches: &[u64]) -> Vec<u8> {
-        Ack {
-            v: 1,
-            gateway: gateway.into(),
-            batches: batches.to_vec(),
-        }
-        .to_cbor()
+        RX.with(|(signer, _)| signed_ack(signer, gateway, batches))
     }
 
     #[test]
@@ -421,7 +462,7 @@ mod event_tests {
     fn broker_mode_status_pubacks_between_batches_acknowledge_no_batch() {
         let mut t = InflightTracker::new(AckMode::Broker);
         let written = |t: &mut InflightTracker, pkid: u16| {
-            let out = on_event(&Event::Outgoing(Outgoing::Publish(pkid)), t, ACKS, "gw-1");
+            let out = on(&Event::Outgoing(Outgoing::Publish(pkid)), t);
             assert_eq!(out, EventOutcome::Nothing);
         };
         t.other(); // online
@@ -444,7 +485,7 @@ mod event_tests {
     #[test]
     fn a_pkid_for_an_unrecorded_publish_is_reported() {
         let mut t = InflightTracker::new(AckMode::Broker);
-        let out = on_event(&Event::Outgoing(Outgoing::Publish(1)), &mut t, ACKS, "gw-1");
+        let out = on(&Event::Outgoing(Outgoing::Publish(1)), &mut t);
         assert!(
             matches!(out, EventOutcome::Ignore(ref why) if why.contains("packet id 1")),
             "{out:?}"
@@ -457,9 +498,9 @@ mod event_tests {
         let mut t = InflightTracker::new(AckMode::Broker);
         t.sent(5, Instant::now());
         // pkid 0 is a QoS 0 publish: it must not take the waiting batch's place in line.
-        let out = on_event(&Event::Outgoing(Outgoing::Publish(0)), &mut t, ACKS, "gw-1");
+        let out = on(&Event::Outgoing(Outgoing::Publish(0)), &mut t);
         assert_eq!(out, EventOutcome::Nothing);
-        let out = on_event(&Event::Outgoing(Outgoing::Publish(3)), &mut t, ACKS, "gw-1");
+        let out = on(&Event::Outgoing(Outgoing::Publish(3)), &mut t);
         assert_eq!(out, EventOutcome::Nothing);
         assert_eq!(puback(&mut t, 3), EventOutcome::Acknowledge(vec![5]));
     }
@@ -480,17 +521,33 @@ mod event_tests {
     }
 
     #[test]
-    fn acks_for_another_gateway_or_malformed_ones_are_ignored_with_a_reason() {
+    fn unauthenticated_or_misaddressed_acks_are_refused_with_their_sender() {
         let mut t = InflightTracker::new(AckMode::Upstream);
         sent(&mut t, 10, 1);
         match ack_message(&mut t, ACKS, ack("gw-2", &[10])) {
-            EventOutcome::Ignore(why) => assert!(why.contains("gw-2"), "{why}"),
+            EventOutcome::Refused { sender, why } => {
+                assert!(sender.starts_with("kid:"), "{sender}");
+                assert!(why.contains("gw-2"), "{why}");
+            }
             other => panic!("{other:?}"),
         }
         match ack_message(&mut t, ACKS, b"not cbor".to_vec()) {
-            EventOutcome::Ignore(why) => assert!(why.contains("malformed"), "{why}"),
+            EventOutcome::Refused { sender, .. } => assert_eq!(sender, "unsigned"),
             other => panic!("{other:?}"),
         }
+        // The plain v1 ack anyone on the broker could publish (the forged-ack attack).
+        let plain = crate::batch::Ack {
+            v: 1,
+            gateway: "gw-1".into(),
+            batches: vec![10],
+        }
+        .to_cbor();
+        assert!(matches!(
+            ack_message(&mut t, ACKS, plain),
+            EventOutcome::Refused { .. }
+        ));
+        // Our own clearing of a retained message on the ack topic is no ack at all.
+        assert_eq!(ack_message(&mut t, ACKS, vec![]), EventOutcome::Nothing);
         assert!(t.contains(10), "nothing acknowledged");
     }
 
@@ -507,7 +564,7 @@ mod event_tests {
             Event::Outgoing(Outgoing::PingReq),
             Event::Outgoing(Outgoing::Subscribe(4)),
         ] {
-            assert_eq!(on_event(&ev, &mut t, ACKS, "gw-1"), EventOutcome::Nothing);
+            assert_eq!(on(&ev, &mut t), EventOutcome::Nothing);
         }
         assert!(t.contains(10));
     }
