@@ -233,6 +233,11 @@ fn start_gateway(env: &Env, store: Arc<Store>, batch_interval: Duration) -> Gate
         ack_timeout: Duration::from_secs(60),
         backoff_max: Duration::from_secs(2),
         origin: origin(),
+        // Broker ack mode: no upstream acks to verify, so nobody is trusted to send them.
+        acks: wardgate::uplink::acks::AckPolicy {
+            gateway: origin().gateway,
+            receivers: Arc::new(wardgate::signing::Verifier::default()),
+        },
     };
     let (uplink, _status) = Uplink::new(store.clone(), signer, settings, wake);
     let up = tokio::spawn(uplink.run(srx));

@@ -51,6 +51,7 @@ port = {closed}
 ca = "ca.pem"
 cert = "gateway.pem"
 key = "gateway.key"
+receiver_certs = ["ca.pem"]
 keepalive_s = 5
 backoff_max_s = 1
 "#

@@ -67,8 +67,16 @@ impl Ca {
         not_before: Option<(i32, u8, u8)>,
     ) -> anyhow::Result<(String, String)> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        // `urn:…` names become URI subjectAltNames (wardgate identities); the rest DNS names or
+        // IP addresses.
+        let (uris, hosts): (Vec<&str>, Vec<&str>) =
+            names.iter().partition(|n| n.starts_with("urn:"));
         let mut p =
-            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+            CertificateParams::new(hosts.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        for u in uris {
+            p.subject_alt_names
+                .push(rcgen::SanType::URI(u.try_into()?));
+        }
         p.distinguished_name.push(DnType::CommonName, common_name);
         if let Some((y, m, d)) = not_before {
             p.not_before = rcgen::date_time_ymd(y, m, d);

@@ -56,6 +56,7 @@ cert = "{cert}"
 key = "{key}"
 ack = "upstream"
 keepalive_s = 5
+receiver_certs = ["{rx}"]
 
 [[serial]]
 name = "bed1-spo2"
@@ -70,6 +71,7 @@ protocol = "ansar-b"
             ca = self.pki.ca_pem.display(),
             cert = self.pki.gateway_cert.display(),
             key = self.pki.gateway_key.display(),
+            rx = self.pki.receiver_cert.display(),
         )
     }
 

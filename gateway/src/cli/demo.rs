@@ -120,8 +120,21 @@ pub async fn run(mut opts: DemoOptions) -> anyhow::Result<bool> {
     let ca = pki::Ca::new("wardgate demo CA")?;
     pki::write_cert(&dir.join("ca.pem"), &ca.cert_pem)?;
     let (broker_cert, broker_key) = ca.leaf("demo broker", &["127.0.0.1", "localhost"], true)?;
-    for (name, cn) in [("gateway", "gw-demo-01"), ("receiver", "demo-receiver")] {
-        let (c, k) = ca.leaf(cn, &[], false)?;
+    // Each names its role (crate::identity): the receiver trusts the gateway, and the gateway
+    // the receiver's acks, through the CA and these names, not through copies of certificates.
+    for (name, cn, urn) in [
+        (
+            "gateway",
+            "gw-demo-01",
+            "urn:wardgate:demo-hospital:ward-7:gw-demo-01",
+        ),
+        (
+            "receiver",
+            "demo-receiver",
+            "urn:wardgate-receiver:demo-receiver",
+        ),
+    ] {
+        let (c, k) = ca.leaf(cn, &[urn], false)?;
         pki::write_cert(&dir.join(format!("{name}.pem")), &c)?;
         pki::write_key(&dir.join(format!("{name}.key")), &k)?;
     }

@@ -181,7 +181,7 @@ fn resolve_receiver(c: &mut ReceiverConfig, base: &Path) {
 mod tests {
     use super::*;
 
-    const BASE: &str = "version = 1\n[gateway]\nid = \"gw1\"\nsite = \"s\"\nward = \"w\"\n[uplink]\nhost = \"h\"\nca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n";
+    const BASE: &str = "version = 1\n[gateway]\nid = \"gw1\"\nsite = \"s\"\nward = \"w\"\n[uplink]\nhost = \"h\"\nca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"k.pem\"\nreceiver_certs = [\"rx.pem\"]\n";
 
     fn problems(extra: &str) -> Vec<String> {
         let text = format!("{BASE}{extra}");
@@ -200,6 +200,7 @@ mod tests {
                 "/nonexistent/w.toml:8:6: warning: /nonexistent/ca.pem does not exist (yet)",
                 "/nonexistent/w.toml:9:8: warning: /nonexistent/c.pem does not exist (yet)",
                 "/nonexistent/w.toml:10:7: warning: private key /nonexistent/k.pem does not exist (yet)",
+                "/nonexistent/w.toml:11:19: warning: /nonexistent/rx.pem does not exist (yet)",
             ]
             .iter()
             .filter(|l| !l.contains("/var/lib/wardgate") || !Path::new("/var/lib/wardgate").is_dir())
@@ -236,7 +237,7 @@ mod tests {
 
     const GW: &str = "version = 1\n[gateway]\nid = \"gw1\"\nsite = \"s\"\nward = \"w\"\n";
     const UP: &str =
-        "[uplink]\nhost = \"h\"\nca = \"/ca.pem\"\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n";
+        "[uplink]\nhost = \"h\"\nca = \"/ca.pem\"\ncert = \"/c.pem\"\nkey = \"/k.pem\"\nreceiver_certs = [\"/rx.pem\"]\n";
 
     #[test]
     fn positions_follow_every_toml_form() {
@@ -262,13 +263,13 @@ mod tests {
             s.replace("a\"", "b\"").replace("9600", "123")
         );
         assert!(
-            error_at(&t).starts_with("20:8: serial `b`: baud 123 is not a standard rate"),
+            error_at(&t).starts_with("21:8: serial `b`: baud 123 is not a standard rate"),
             "{}",
             error_at(&t)
         );
         // a key name in two tables ([store] and [[serial]]), only the second wrong
         let t = format!("{GW}[store]\npath = \"s.db\"\n{UP}[[serial]]\nname = \"a\"\npath = \"/dev/serial/by-id/a\"\nprotocol = \"cms50\"\nstop_bits = 1\n[[serial]]\nname = \"b\"\npath = \"\"\nprotocol = \"cms50\"\nstop_bits = 2\n");
-        assert_eq!(error_at(&t), "20:8: serial `b`: path is empty");
+        assert_eq!(error_at(&t), "21:8: serial `b`: path is empty");
     }
 
     #[test]
@@ -276,14 +277,14 @@ mod tests {
         let p = problems("[[serial]]\nname = \"a\"\npath = \"/dev/x\"\nprotocol = \"cms50\"\n[[serial]]\nname = \"b\"\npath = \"/dev/x\"\nprotocol = \"cms50\"\nstop_bits = 3\n");
         assert!(
             p.contains(
-                &"/nonexistent/w.toml:17:8: serial `b` uses the same port /dev/x as `a`"
+                &"/nonexistent/w.toml:18:8: serial `b` uses the same port /dev/x as `a`"
                     .to_string()
             ),
             "{p:?}"
         );
         assert!(
             p.contains(
-                &"/nonexistent/w.toml:19:13: serial `b`: stop_bits must be 1 or 2".to_string()
+                &"/nonexistent/w.toml:20:13: serial `b`: stop_bits must be 1 or 2".to_string()
             ),
             "{p:?}"
         );
@@ -295,13 +296,13 @@ mod tests {
         assert!(
             p.iter()
                 .any(|l| l
-                    .starts_with("/nonexistent/w.toml:16:8: serial device name `a` is used twice")),
+                    .starts_with("/nonexistent/w.toml:17:8: serial device name `a` is used twice")),
             "{p:?}"
         );
         assert!(
             p.iter()
                 .any(|l| l
-                    .starts_with("/nonexistent/w.toml:19:17: serial `a`: serial_number is empty")),
+                    .starts_with("/nonexistent/w.toml:20:17: serial `a`: serial_number is empty")),
             "{p:?}"
         );
         let text = BASE.replace("id = \"gw1\"", "id = \"gw/1\"");
@@ -319,7 +320,7 @@ mod tests {
         let d = parse_any(Path::new("w.toml"), &format!("{BASE}bogus = 1\n")).unwrap_err();
         assert!(
             d.to_string()
-                .starts_with("w.toml:11:1: unknown field `bogus`"),
+                .starts_with("w.toml:12:1: unknown field `bogus`"),
             "{d}"
         );
         let d = parse_any(

@@ -247,6 +247,10 @@ pub struct ReceiverSection {
     /// Certificate revocation lists (PEM or DER) honoured for gateways trusted by `gateway_ca`.
     #[serde(default)]
     pub gateway_crl: Vec<Spanned<PathBuf>>,
+    /// Migration from gateways older than signed acks: also send the plain v1 ack they read
+    /// (new gateways refuse it). Default false; switch off once every gateway is upgraded.
+    #[serde(default)]
+    pub legacy_plain_acks: bool,
     /// `sqlite:PATH` or `jsonl:PATH`: where verified observations are written durably (fsynced).
     pub output: Spanned<String>,
     /// If set, every message on the batch topic whose signature verified is also written here

@@ -283,7 +283,7 @@ pub fn output_path(output: &str) -> Option<(&str, &str)> {
 mod tests {
     use super::*;
 
-    const BASE: &str = "version = 1\n[gateway]\nid = \"gw1\"\nsite = \"s\"\nward = \"w\"\n[uplink]\nhost = \"h\"\nca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n";
+    const BASE: &str = "version = 1\n[gateway]\nid = \"gw1\"\nsite = \"s\"\nward = \"w\"\n[uplink]\nhost = \"h\"\nca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"k.pem\"\nreceiver_certs = [\"rx.pem\"]\n";
 
     /// `(path, message)` of each problem of `BASE` + `extra`.
     fn problems(extra: &str) -> Vec<(String, String)> {

@@ -88,6 +88,17 @@ pub fn start(cfg: ReceiverConfig) -> anyhow::Result<ReceiverHandle> {
     for p in &cfg.receiver.gateway_certs {
         verifier.add_file(p.get_ref())?;
     }
+    if let Some(p) = &cfg.receiver.gateway_ca {
+        verifier.add_ca_file(p.get_ref())?;
+    }
+    for p in &cfg.receiver.gateway_crl {
+        verifier.add_crl_file(p.get_ref())?;
+    }
+    // Acks are signed with the receiver's own MQTT client certificate and key.
+    let acker = ack::Acker {
+        signer: crate::signing::Signer::from_files(cfg.mqtt.cert.get_ref(), cfg.mqtt.key.get_ref())?,
+        legacy_plain: cfg.receiver.legacy_plain_acks,
+    };
     let tls = crate::tls::client_config(
         cfg.mqtt.ca.get_ref(),
         cfg.mqtt.cert.get_ref(),
@@ -97,6 +108,7 @@ pub fn start(cfg: ReceiverConfig) -> anyhow::Result<ReceiverHandle> {
         verifier,
         output: Output::open(cfg.receiver.output.get_ref())?,
         raw: cfg.receiver.raw_dir.as_deref().map(raw::RawWriter::new),
+        acker,
     };
     let stats = Arc::new(Mutex::new(ReceiverStats::default()));
     let (tx, rx) = watch::channel(false);

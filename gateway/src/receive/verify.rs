@@ -1,14 +1,13 @@
 //! Is this message a batch we accept? Pure: no I/O, nothing written before it says yes.
 //!
 //! The checks, in order, each with the reason a refused message is logged with: the COSE_Sign1
-//! signature against the trusted gateway keys ([`Verifier`]); the payload is a CBOR map whose
-//! `v` is [`PAYLOAD_VERSION`] (read first, so a future version is refused as such rather than as
-//! a schema error); the v1 schema; the topic names the site, ward and gateway the signed payload
-//! names.
-//!
-//! Where the issue-9 trust work slots in: binding the signing certificate's identity to the
-//! gateway named here (CA trust, `x5chain`) is one more check in [`check_message`], after the
-//! signature and before the topic comparison.
+//! signature against the trusted gateways ([`Verifier`]: a listed certificate, or one that
+//! chains to `gateway_ca` through the message's `x5chain`, not revoked); the payload is a CBOR
+//! map whose `v` is [`PAYLOAD_VERSION`] (read first, so a future version is refused as such
+//! rather than as a schema error); the v1 schema; the topic names the site, ward and gateway the
+//! signed payload names; and the **signer's certificate names that same gateway**
+//! ([`crate::identity`]: SAN `urn:wardgate:{site}:{ward}:{id}`, or CN = id), so one gateway's key
+//! cannot sign another gateway's data.
 
 use crate::batch::{BatchPayload, PAYLOAD_VERSION};
 use crate::mqtt;
@@ -20,15 +19,24 @@ pub fn check_message(
     topic: &str,
     message: &[u8],
 ) -> Result<BatchPayload, String> {
-    let payload = verifier.verify(message).map_err(|e| e.to_string())?;
-    let p = decode_batch(&payload)?;
+    let verified = verifier.verify_signed(message).map_err(|e| e.to_string())?;
+    let p = decode_batch(&verified.payload)?;
     match mqtt::parse_batch(topic) {
-        Some((site, ward, gw)) if site == p.site && ward == p.ward && gw == p.gateway => Ok(p),
-        _ => Err(format!(
-            "topic {topic} does not match the signed payload ({}/{}/{})",
-            p.site, p.ward, p.gateway
-        )),
+        Some((site, ward, gw)) if site == p.site && ward == p.ward && gw == p.gateway => {}
+        _ => {
+            return Err(format!(
+                "topic {topic} does not match the signed payload ({}/{}/{})",
+                p.site, p.ward, p.gateway
+            ))
+        }
     }
+    if !verified.signer.is_gateway(&p.gateway, &p.site, &p.ward) {
+        return Err(format!(
+            "signed by {}, not by gateway {} of {}/{}: one gateway's key cannot sign another's data",
+            verified.signer, p.gateway, p.site, p.ward
+        ));
+    }
+    Ok(p)
 }
 
 /// Decodes a batch payload, checking its `v` before its schema.

@@ -11,7 +11,7 @@
 //! A message that cannot be *stored* (the output fails) is not PUBACKed: the worker stops with
 //! the error, the receiver exits, and the broker redelivers the message to the next session.
 
-use super::ack::ack_message;
+use super::ack::Acker;
 use super::output::{Output, Written};
 use super::raw::{RawFailures, RawWriter};
 use super::report::{claimed_sender, Noted, OncePerSender, ReceiverStats};
@@ -48,6 +48,8 @@ pub enum Outcome {
         written: Written,
         /// The raw copy, when `raw_dir` is set.
         raw: Option<std::io::Result<PathBuf>>,
+        /// The signed ack(s) to publish: `(topic, payload)`.
+        acks: Vec<(String, Vec<u8>)>,
     },
     /// Refused, with the reason; nothing written.
     Rejected(String),
@@ -61,6 +63,8 @@ pub struct Processor {
     pub output: Output,
     /// `raw_dir`, when configured.
     pub raw: Option<RawWriter>,
+    /// Signs the acks.
+    pub acker: Acker,
 }
 
 impl Processor {
@@ -72,10 +76,12 @@ impl Processor {
         };
         let raw = self.raw.as_mut().map(|w| w.write(&batch.gateway, message));
         let written = self.output.write(&batch)?;
+        let acks = self.acker.messages(&batch);
         Ok(Outcome::Stored {
             batch,
             written,
             raw,
+            acks,
         })
     }
 }
@@ -167,6 +173,7 @@ pub async fn run(
                         batch,
                         written,
                         raw,
+                        acks,
                     }) => {
                         let raw_line = {
                             let mut s = lock(&stats);
@@ -198,10 +205,11 @@ pub async fn run(
                                 )
                             });
                         }
-                        let (ack_topic, ack) = ack_message(&batch);
-                        client
-                            .publish(ack_topic, QoS::AtLeastOnce, false, ack)
-                            .await?;
+                        for (ack_topic, ack) in acks {
+                            client
+                                .publish(ack_topic, QoS::AtLeastOnce, false, ack)
+                                .await?;
+                        }
                         client.ack(&p).await?;
                     }
                 }
@@ -250,10 +258,11 @@ mod tests {
         rustls::pki_types::PrivateKeyDer<'static>,
     ) {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["gw1".into()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["gw1".into()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "gw1");
+        let cert = params.self_signed(&key).unwrap();
         (
             cert.der().clone(),
             rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
@@ -265,6 +274,10 @@ mod tests {
             verifier,
             output: Output::open(&format!("sqlite:{}", dir.join("up.db").display())).unwrap(),
             raw: Some(RawWriter::new(raw)),
+            acker: Acker {
+                signer: crate::uplink::acks::test_support::receiver("up-test").1,
+                legacy_plain: false,
+            },
         }
     }
 
