@@ -186,7 +186,10 @@ mod tests {
         let id = Identity::of(&c).unwrap();
         assert!(id.is_gateway("gw-1", "st-mary", "ward-7"));
         assert!(!id.is_gateway("gw-1", "st-mary", "ward-8"), "another ward");
-        assert!(!id.is_gateway("gw-2", "st-mary", "ward-7"), "another gateway");
+        assert!(
+            !id.is_gateway("gw-2", "st-mary", "ward-7"),
+            "another gateway"
+        );
         assert!(!id.is_receiver());
         assert_eq!(id.to_string(), "gateway gw-1 (st-mary/ward-7)");
     }
@@ -215,7 +218,14 @@ mod tests {
 
     #[test]
     fn malformed_urns_and_nameless_certificates_name_nobody() {
-        let c = cert(None, &["urn:wardgate:s:gw-1", "urn:wardgate-receiver:", "urn:other:x"]);
+        let c = cert(
+            None,
+            &[
+                "urn:wardgate:s:gw-1",
+                "urn:wardgate-receiver:",
+                "urn:other:x",
+            ],
+        );
         assert_eq!(Identity::of(&c).unwrap(), Identity::Unknown);
         let c = cert(None, &["urn:wardgate:s::gw-1"]);
         assert_eq!(Identity::of(&c).unwrap(), Identity::Unknown);

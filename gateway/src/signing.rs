@@ -17,13 +17,13 @@
 //!
 //! One crypto provider: `ring` (also rustls's provider here).
 
+use crate::identity::Identity;
 use coset::{
     iana, CborSerializable, CoseSign1, CoseSign1Builder, HeaderBuilder, TaggedCborSerializable,
 };
 use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use crate::identity::Identity;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -294,7 +294,8 @@ impl Verifier {
     pub fn add(&mut self, cert: &CertificateDer<'_>, _name: &str) -> Result<(), SigningError> {
         let (alg, key) = public_key(&spki_der(cert)?)?;
         let identity = Identity::of(cert).map_err(SigningError::Key)?;
-        self.listed.insert(kid_of(cert)?, Listed { alg, key, identity });
+        self.listed
+            .insert(kid_of(cert)?, Listed { alg, key, identity });
         Ok(())
     }
 
@@ -673,7 +674,11 @@ mod tests {
         let (_, signer) = pki.leaf(7, &["urn:wardgate:s:w:gw-1"]);
         let msg = signer.sign(b"batch".to_vec());
         let mut v = Verifier::default();
-        assert!(v.verify(&msg).unwrap_err().to_string().contains("unknown kid"));
+        assert!(v
+            .verify(&msg)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown kid"));
         v.add_ca_file(&pki.ca_file(dir.path())).unwrap();
         let ok = v.verify_signed(&msg).unwrap();
         assert_eq!(ok.payload, b"batch");
@@ -698,7 +703,10 @@ mod tests {
         v.add_crl_file(&pki.crl_file(dir.path(), &[8])).unwrap();
         assert!(v.verify(&good.sign(vec![])).is_ok());
         let e = v.verify(&revoked.sign(vec![])).unwrap_err().to_string();
-        assert!(e.contains("refused") && e.to_lowercase().contains("revoked"), "{e}");
+        assert!(
+            e.contains("refused") && e.to_lowercase().contains("revoked"),
+            "{e}"
+        );
         // A signature by one key presenting another's certificate.
         let (good_cert, _) = pki.leaf(9, &["urn:wardgate:s:w:gw-3"]);
         let (_, thief) = pki.leaf(10, &["urn:wardgate:s:w:gw-4"]);

@@ -74,8 +74,7 @@ impl Ca {
         let mut p =
             CertificateParams::new(hosts.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
         for u in uris {
-            p.subject_alt_names
-                .push(rcgen::SanType::URI(u.try_into()?));
+            p.subject_alt_names.push(rcgen::SanType::URI(u.try_into()?));
         }
         p.distinguished_name.push(DnType::CommonName, common_name);
         if let Some((y, m, d)) = not_before {

@@ -205,6 +205,9 @@ fn shipped_reference_configs_pass() {
                         l.split('=').next().unwrap().trim(),
                         p.display()
                     ),
+                    None if l.starts_with("receiver_certs") => {
+                        format!("receiver_certs = [\"{}\"]\n", f.pki.receiver_cert.display())
+                    }
                     // The state directory (systemd's StateDirectory= makes it in production).
                     None if l.starts_with("#path = \"/var/lib/wardgate")
                         || l.starts_with("path = \"/var/lib/wardgate") =>

@@ -120,7 +120,8 @@ fn publish_all(env: &TestEnv, gw: &Gw, msgs: Vec<(String, Vec<u8>, bool)>) -> Re
     })
 }
 
-/// Collects every ack published on `wardgate/v1/+/+/+/ack` as `(gateway, batch)` until dropped.
+/// Collects every ack published on `wardgate/v1/+/+/+/ack` as `(gateway, batch)` until dropped;
+/// each must be a signed v2 ack that verifies against the receiver's certificate.
 struct AckWatcher {
     acks: Arc<Mutex<BTreeSet<(String, u64)>>>,
     stop: Arc<AtomicBool>,
@@ -145,6 +146,8 @@ impl AckWatcher {
                 .build()?;
             rt.block_on(async {
                 let tls = wardgate::tls::client_config(&ca, &cert, &key)?;
+                let mut receiver = wardgate::signing::Verifier::default();
+                receiver.add_file(&cert)?;
                 let mut o = MqttOptions::new("e2e-ack-watcher", "127.0.0.1", port);
                 o.set_keep_alive(Duration::from_secs(5))
                     .set_clean_session(true)
@@ -162,7 +165,9 @@ impl AckWatcher {
                             sub.store(true, Ordering::Relaxed)
                         }
                         Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
-                            let ack = Ack::from_cbor(&p.payload).map_err(anyhow::Error::msg)?;
+                            let signed = receiver.verify(&p.payload)?;
+                            let ack = Ack::from_cbor(&signed).map_err(anyhow::Error::msg)?;
+                            anyhow::ensure!(ack.v == 2, "ack version {}", ack.v);
                             let mut set = a.lock().unwrap();
                             for b in ack.batches {
                                 set.insert((ack.gateway.clone(), b));

@@ -172,6 +172,16 @@ pub fn render(r: &Report, gateway: &str) -> String {
                 }
             ));
         }
+        if u.acks_refused > 0 {
+            line(format!(
+                "          {} ACKS REFUSED (not signed by a trusted receiver, or not for this gateway; they deleted nothing){}",
+                u.acks_refused,
+                u.last_refused_ack
+                    .as_ref()
+                    .map(|l| format!("; last: {l}"))
+                    .unwrap_or_default()
+            ));
+        }
         if let Some(e) = &u.credentials_error {
             line(format!(
                 "          CERTIFICATE/KEY REPLACEMENT REFUSED, still using the previous pair: {e}"

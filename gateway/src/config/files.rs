@@ -19,13 +19,21 @@ pub fn gateway(c: &Config) -> Vec<Problem> {
     certificate(&mut out, up.clone().key("cert"), c.uplink.cert.get_ref());
     private_key(&mut out, up.clone().key("key"), c.uplink.key.get_ref());
     for (i, p) in c.uplink.receiver_certs.iter().enumerate() {
-        certificate(&mut out, up.clone().key("receiver_certs").index(i), p.get_ref());
+        certificate(
+            &mut out,
+            up.clone().key("receiver_certs").index(i),
+            p.get_ref(),
+        );
     }
     if let Some(p) = &c.uplink.receiver_ca {
         certificate(&mut out, up.clone().key("receiver_ca"), p.get_ref());
     }
     for (i, p) in c.uplink.receiver_crl.iter().enumerate() {
-        exists(&mut out, up.clone().key("receiver_crl").index(i), p.get_ref());
+        exists(
+            &mut out,
+            up.clone().key("receiver_crl").index(i),
+            p.get_ref(),
+        );
     }
     store(&mut out, &c.store.path);
     // Compare where the paths lead (by-id symlink vs /dev/ttyUSB0 is the realistic mix-up).
@@ -58,13 +66,21 @@ pub fn receiver(c: &ReceiverConfig) -> Vec<Problem> {
     private_key(&mut out, mqtt.key("key"), c.mqtt.key.get_ref());
     let rx = KeyPath::of("receiver");
     for (i, p) in c.receiver.gateway_certs.iter().enumerate() {
-        certificate(&mut out, rx.clone().key("gateway_certs").index(i), p.get_ref());
+        certificate(
+            &mut out,
+            rx.clone().key("gateway_certs").index(i),
+            p.get_ref(),
+        );
     }
     if let Some(p) = &c.receiver.gateway_ca {
         certificate(&mut out, rx.clone().key("gateway_ca"), p.get_ref());
     }
     for (i, p) in c.receiver.gateway_crl.iter().enumerate() {
-        exists(&mut out, rx.clone().key("gateway_crl").index(i), p.get_ref());
+        exists(
+            &mut out,
+            rx.clone().key("gateway_crl").index(i),
+            p.get_ref(),
+        );
     }
     out
 }
@@ -78,7 +94,10 @@ fn exists(out: &mut Vec<Problem>, at: KeyPath, path: &Path) {
             at,
             format!("{} does not exist (yet)", path.display()),
         )),
-        Err(e) => out.push(Problem::error(at, format!("cannot read {}: {e}", path.display()))),
+        Err(e) => out.push(Problem::error(
+            at,
+            format!("cannot read {}: {e}", path.display()),
+        )),
     }
 }
 

@@ -111,6 +111,8 @@ pub struct Heartbeat {
     pub uplink_connected: bool,
     /// Batches acknowledged since start.
     pub batches_acked: u64,
+    /// Messages on the ack topic refused as not authentic since start (they deleted nothing).
+    pub acks_refused: u64,
     /// Adapters: name, failures, restarts.
     pub adapters: Vec<(String, u64, u64)>,
     /// Devices per liveness state.
@@ -124,7 +126,7 @@ pub struct Heartbeat {
 /// CBOR payload of the heartbeat:
 /// `{ "v": 1, "kind": "heartbeat", "gateway", "site", "ward", "time", "uptime_s",
 /// "queue_depth", "oldest_unsent_age_s": uint / null, "store_bytes", "clock_synced",
-/// "uplink": { "connected", "batches_acked" }, "adapters": [* { "name", "failures",
+/// "uplink": { "connected", "batches_acked", "acks_refused" }, "adapters": [* { "name", "failures",
 /// "restarts" }], "devices": { "online", "stale", "offline" } }`.
 pub fn heartbeat(h: &Heartbeat) -> Vec<u8> {
     let adapters = h
@@ -158,6 +160,7 @@ pub fn heartbeat(h: &Heartbeat) -> Vec<u8> {
             map(vec![
                 ("connected", Value::Bool(h.uplink_connected)),
                 ("batches_acked", int(h.batches_acked as i64)),
+                ("acks_refused", int(h.acks_refused as i64)),
             ]),
         ),
         ("adapters", Value::Array(adapters)),

@@ -223,6 +223,7 @@ impl StatusLoop {
             clock_synced: self.clock.synced(),
             uplink_connected: uplink.connected,
             batches_acked: uplink.batches_acked,
+            acks_refused: uplink.acks_refused,
             adapters: adapters
                 .iter()
                 .map(|a| (a.name.clone(), a.failures, a.restarts))

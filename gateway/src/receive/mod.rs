@@ -96,7 +96,10 @@ pub fn start(cfg: ReceiverConfig) -> anyhow::Result<ReceiverHandle> {
     }
     // Acks are signed with the receiver's own MQTT client certificate and key.
     let acker = ack::Acker {
-        signer: crate::signing::Signer::from_files(cfg.mqtt.cert.get_ref(), cfg.mqtt.key.get_ref())?,
+        signer: crate::signing::Signer::from_files(
+            cfg.mqtt.cert.get_ref(),
+            cfg.mqtt.key.get_ref(),
+        )?,
         legacy_plain: cfg.receiver.legacy_plain_acks,
     };
     let tls = crate::tls::client_config(

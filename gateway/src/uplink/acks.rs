@@ -82,7 +82,10 @@ pub fn check_ack(policy: &AckPolicy, message: &[u8]) -> AckVerdict {
         Err(e) => return refuse(sender, format!("signed ack payload: {e}")),
     };
     if ack.v != ACK_VERSION {
-        return refuse(sender, format!("ack version {} is not {ACK_VERSION}", ack.v));
+        return refuse(
+            sender,
+            format!("ack version {} is not {ACK_VERSION}", ack.v),
+        );
     }
     if ack.gateway != policy.gateway {
         return refuse(
@@ -132,8 +135,7 @@ pub(crate) mod test_support {
             format!("urn:wardgate-receiver:{name}").try_into().unwrap(),
         )];
         let cert = p.self_signed(&key).unwrap().der().clone();
-        let signer =
-            Signer::new(&cert, &PrivateKeyDer::Pkcs8(key.serialize_der().into())).unwrap();
+        let signer = Signer::new(&cert, &PrivateKeyDer::Pkcs8(key.serialize_der().into())).unwrap();
         (cert, signer)
     }
 
@@ -210,7 +212,9 @@ mod tests {
         );
         assert!(refused(&v1).1.contains("version 1"));
         let many: Vec<u64> = (0..=MAX_ACK_BATCHES as u64).collect();
-        assert!(refused(&signed_ack(&rx, "gw-1", &many)).1.contains("batches"));
+        assert!(refused(&signed_ack(&rx, "gw-1", &many))
+            .1
+            .contains("batches"));
         // Junk and an oversize message.
         assert_eq!(refused(b"\xff\x00").0, "unsigned");
         assert!(refused(&vec![0u8; MAX_ACK_BYTES + 1]).1.contains("bytes"));

@@ -20,10 +20,10 @@
 
 use super::inflight::InflightTracker;
 use super::session::{on_event, EventOutcome};
-use crate::uplink::acks::test_support::{policy, receiver, signed_ack};
-use crate::uplink::acks::AckPolicy;
 use crate::config::AckMode;
 use crate::store::{Store, StoreOptions, Synchronous};
+use crate::uplink::acks::test_support::{policy, receiver, signed_ack};
+use crate::uplink::acks::AckPolicy;
 use proptest::prelude::*;
 use rumqttc::{Event, MqttState, Outgoing, Packet, PubAck, Publish, QoS, Request};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -417,7 +417,11 @@ impl Model {
             Step::ImpostorAck(pick, signed) => {
                 if !self.written.is_empty() {
                     let n = self.written[pick % self.written.len()];
-                    let how = if signed { Signed::Impostor } else { Signed::Plain };
+                    let how = if signed {
+                        Signed::Impostor
+                    } else {
+                        Signed::Plain
+                    };
                     self.ack_message(GATEWAY, vec![n], how);
                 }
             }
