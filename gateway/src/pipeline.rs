@@ -39,7 +39,7 @@ pub struct DeviceCounts {
     /// Device events committed to the store.
     pub events: u64,
     /// Wall-clock Unix ms of the last commit with a sign of life from this device (0: never).
-    /// For display only: liveness runs on a monotonic clock (see [`crate::liveness`]).
+    /// For display only: liveness runs on a monotonic clock (see [`crate::health::liveness`]).
     #[serde(default)]
     pub last_seen_ms: i64,
     /// Rows that show the device itself is there: observations and `connected`, `battery`,

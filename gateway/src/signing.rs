@@ -26,6 +26,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::collections::HashMap;
 use std::path::Path;
+use std::time::Duration;
 
 /// COSE header label of `x5chain` (RFC 9360 §2).
 pub const X5CHAIN: i64 = 33;
@@ -63,8 +64,14 @@ pub fn kid_of(cert: &CertificateDer<'_>) -> Result<[u8; 32], SigningError> {
 }
 
 fn spki_der(cert: &CertificateDer<'_>) -> Result<Vec<u8>, SigningError> {
-    let ee = webpki::EndEntityCert::try_from(cert)
-        .map_err(|e| SigningError::Key(format!("certificate does not parse: {e}")))?;
+    let ee = webpki::EndEntityCert::try_from(cert).map_err(|e| {
+        // webpki says only `UnsupportedCertVersion` for an X.509 v1/v2 certificate.
+        SigningError::Key(
+            require_v3(cert)
+                .err()
+                .unwrap_or_else(|| format!("certificate does not parse: {e}")),
+        )
+    })?;
     Ok(ee.subject_public_key_info().as_ref().to_vec())
 }
 
@@ -126,6 +133,44 @@ pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, SigningError> {
         path: path.display().to_string(),
         message: format!("cannot read private key: {e}"),
     })
+}
+
+/// The certificate parsed as X.509 (RFC 5280) by the `x509-cert` crate, with a message an
+/// installer can act on when it does not parse.
+pub fn parse_x509(cert: &CertificateDer<'_>) -> Result<x509_cert::Certificate, String> {
+    use x509_cert::der::Decode;
+    x509_cert::Certificate::from_der(cert.as_ref()).map_err(|e| {
+        format!(
+            "the file holds a PEM CERTIFICATE block that is not an X.509 certificate ({e}); \
+             send the certificate the CA issued, PEM-encoded"
+        )
+    })
+}
+
+/// Refuses a certificate that is not X.509 v3: rustls/webpki (the TLS stack of the uplink and
+/// of the chain check) accept only v3, and would say only `UnsupportedCertVersion`.
+pub fn require_v3(cert: &CertificateDer<'_>) -> Result<(), String> {
+    use x509_cert::certificate::Version;
+    let name = match parse_x509(cert)?.tbs_certificate.version {
+        Version::V3 => return Ok(()),
+        Version::V2 => "v2",
+        Version::V1 => "v1",
+    };
+    Err(format!(
+        "this is an X.509 {name} certificate; wardgate (like most TLS stacks today) accepts only \
+         X.509 v3 certificates. Ask the CA to sign the same CSR again as a v3 certificate (with \
+         OpenSSL: pass extensions, e.g. `-extfile` with `extendedKeyUsage = clientAuth`)"
+    ))
+}
+
+/// notBefore and notAfter of an X.509 certificate (RFC 5280 §4.1.2.5), as durations since the
+/// Unix epoch (UTCTime or GeneralizedTime, as the certificate has them).
+pub fn validity(cert: &CertificateDer<'_>) -> Result<(Duration, Duration), String> {
+    let v = parse_x509(cert)?.tbs_certificate.validity;
+    Ok((
+        v.not_before.to_unix_duration(),
+        v.not_after.to_unix_duration(),
+    ))
 }
 
 enum SigningKey {

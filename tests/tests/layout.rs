@@ -86,9 +86,10 @@ fn module_of(src: &Path, file: &Path) -> Vec<String> {
     parts
 }
 
-/// The `crate::a::b::…` paths a piece of code names (also inside `use crate::{a, b::c}`).
-fn crate_paths(code: &str) -> Vec<Vec<String>> {
-    let mut out = Vec::new();
+/// The paths of this crate a piece of code names, made absolute: `crate::a::b`, and the
+/// relative `super::…` / `self::…` forms resolved against `module` (the file's module path),
+/// also inside groups (`use super::{a, b::c}`).
+fn crate_paths_in(code: &str, module: &[String]) -> Vec<Vec<String>> {
     // `a::b::C` up to the first character that is neither part of an identifier nor `::`.
     let ident = |s: &str| -> Vec<String> {
         let s = s.trim_start();
@@ -103,32 +104,67 @@ fn crate_paths(code: &str) -> Vec<Vec<String>> {
         s[..end]
             .split("::")
             .map(str::to_string)
-            .take_while(|p| !p.is_empty())
+            .take_while(|p| !p.is_empty() && p != "self")
             .collect()
     };
-    let mut rest = code;
-    while let Some(i) = rest.find("crate::") {
-        let before = rest[..i].chars().last();
-        rest = &rest[i + "crate::".len()..];
-        if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
-            continue; // e.g. `wardgate_crate::`
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < code.len() {
+        let rest = &code[i..];
+        let Some((at, token)) = ["crate::", "super::", "self::"]
+            .iter()
+            .filter_map(|t| rest.find(t).map(|p| (p, *t)))
+            .min()
+        else {
+            break;
+        };
+        let start = i + at;
+        i = start + token.len();
+        if code[..start]
+            .chars()
+            .last()
+            .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':')
+        {
+            continue; // e.g. `wardgate_crate::`, `Self::`, or a path's inner `self::`
         }
-        if let Some(group) = rest.strip_prefix('{') {
+        let mut base: Vec<String> = match token {
+            "crate::" => Vec::new(),
+            "self::" => module.to_vec(),
+            _ => module[..module.len().saturating_sub(1)].to_vec(),
+        };
+        while code[i..].starts_with("super::") {
+            base.pop();
+            i += "super::".len();
+        }
+        let path = ident(&code[i..]);
+        let mut prefix = base.clone();
+        prefix.extend(path.iter().cloned());
+        // A group after the path: `…::{a, b::c}`.
+        let after: String = {
+            let consumed = code[i..].trim_start();
+            let skip = path.iter().map(|p| p.len() + 2).sum::<usize>();
+            consumed.get(skip..).unwrap_or("").to_string()
+        };
+        if let Some(group) = after.strip_prefix('{') {
             let end = group.find('}').unwrap_or(group.len());
             for item in group[..end].split(',') {
-                let p = ident(item);
-                if !p.is_empty() {
+                let mut p = prefix.clone();
+                p.extend(ident(item));
+                if p.len() > base.len() || !base.is_empty() {
                     out.push(p);
                 }
             }
-        } else {
-            let p = ident(rest);
-            if !p.is_empty() {
-                out.push(p);
-            }
+        } else if !prefix.is_empty() {
+            out.push(prefix);
         }
     }
+    out.retain(|p| !p.is_empty());
     out
+}
+
+/// [`crate_paths_in`] for code at the crate root.
+fn crate_paths(code: &str) -> Vec<Vec<String>> {
+    crate_paths_in(code, &[])
 }
 
 /// Module → the sibling modules it imports, at the level of the folder `prefix` (e.g. `[]` for
@@ -142,7 +178,7 @@ fn graph(src: &Path, prefix: &[&str]) -> BTreeMap<String, BTreeSet<String>> {
         }
         let from = m[prefix.len()].clone();
         g.entry(from.clone()).or_default();
-        for p in crate_paths(&code(&f)) {
+        for p in crate_paths_in(&code(&f), &m) {
             if p.len() <= prefix.len() || p.iter().zip(prefix).any(|(a, b)| a != b) {
                 continue;
             }
@@ -241,6 +277,31 @@ fn the_checker_sees_a_cycle_and_grouped_imports() {
     );
     let names: Vec<String> = paths.iter().map(|p| p.join("::")).collect();
     assert_eq!(names, ["store::Store", "config", "uplink::run", "a::B"]);
+    // Relative paths, from `store/schema.rs` (module store::schema) and `store/mod.rs` (store).
+    let schema = ["store".to_string(), "schema".to_string()];
+    let names = |code: &str, m: &[String]| -> Vec<String> {
+        crate_paths_in(code, m)
+            .iter()
+            .map(|p| p.join("::"))
+            .collect()
+    };
+    assert_eq!(
+        names("use super::Synchronous;", &schema),
+        ["store::Synchronous"]
+    );
+    assert_eq!(
+        names("use super::super::uplink::LoopBeat;", &schema),
+        ["uplink::LoopBeat"]
+    );
+    assert_eq!(names("use super::uplink::X;", &schema[..1]), ["uplink::X"]);
+    assert_eq!(
+        names("use super::{self, uplink::Y, config};", &schema[..1]),
+        ["uplink::Y", "config"]
+    );
+    assert_eq!(
+        names("use self::inner::Z; Self::new();", &schema),
+        ["store::schema::inner::Z"]
+    );
     let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     g.entry("a".into()).or_default().insert("b".into());
     g.entry("b".into()).or_default().insert("c".into());
@@ -279,7 +340,20 @@ fn decoders_do_no_io() {
                     problems.push(format!("{}: uses {w}", f.display()));
                 }
             }
-            for p in crate_paths(&c) {
+            // `use std::{fs, net, …}`
+            for group in c.split("std::{").skip(1) {
+                let items = &group[..group.find('}').unwrap_or(group.len())];
+                for w in ["fs", "net"] {
+                    if items
+                        .split(',')
+                        .any(|i| i.trim() == w || i.trim().starts_with(&format!("{w}::")))
+                    {
+                        problems.push(format!("{}: uses std::{w}", f.display()));
+                    }
+                }
+            }
+            let src = root.join("adapters/src");
+            for p in crate_paths_in(&c, &module_of(&src, &f)) {
                 // The adapters' I/O modules: BLE central (and its BlueZ calls), the serial run loop
                 // and the module that opens ports.
                 if p.iter().any(|s| s == "central" || s == "bluez")

@@ -400,6 +400,12 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if let Some(profile) = args.profile {
+        if args.key.is_some() && profile != "bthome" {
+            return Err(UsageError(format!(
+                "--key and --mac decrypt BTHome v2 frames; profile `{profile}` takes neither"
+            ))
+            .into());
+        }
         let bthome_key = match (args.key, args.mac) {
             (Some(k), Some(m)) => {
                 let key: [u8; 16] = hex::decode(k.trim())

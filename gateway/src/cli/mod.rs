@@ -43,6 +43,13 @@ enum Command {
     /// Run the whole chain on loopback with recorded real devices and an embedded broker.
     #[cfg(feature = "demo")]
     Demo(demo::Args),
+    /// Not in this build (see [`no_demo`]).
+    #[cfg(not(feature = "demo"))]
+    #[command(hide = true)]
+    Demo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        _args: Vec<String>,
+    },
     /// Decode a recording (`--protocol P FILE`) or one BLE payload (`--profile NAME HEX`) into
     /// JSON lines of observations.
     Decode(decode::Args),
@@ -85,6 +92,8 @@ pub fn main() -> ExitCode {
         Command::CheckConfig(a) => check_config::main(a),
         #[cfg(feature = "demo")]
         Command::Demo(a) => demo::main(a),
+        #[cfg(not(feature = "demo"))]
+        Command::Demo { .. } => Err(no_demo()),
         Command::Decode(a) => decode::main(a),
         Command::Verify(a) => verify::main(a),
         Command::Status(a) => status::main(a),
@@ -116,6 +125,20 @@ fn exit_code(e: &anyhow::Error) -> ExitCode {
         eprintln!("  caused by: {cause}");
     }
     ExitCode::from(EXIT_FAILURE)
+}
+
+/// `wardgate demo` in a build without the `demo` feature (the packaged product): a usage error
+/// that says where the demo is, rather than clap's "did you mean decode".
+#[cfg(not(feature = "demo"))]
+fn no_demo() -> anyhow::Error {
+    UsageError(
+        "this build has no demo: the packaged wardgate leaves out the simulated devices, broker \
+         and BlueZ the demo runs against. Run it from a source checkout \
+         (`cargo run -p wardgate -- demo`); on the ward, check the real chain with \
+         `wardgate check-config` and `wardgate status`"
+            .into(),
+    )
+    .into()
 }
 
 /// The runtime every async subcommand runs on: two workers (a Raspberry Pi has four cores, the

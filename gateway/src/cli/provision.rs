@@ -32,7 +32,7 @@
 //! arguments), everything else exit 1.
 
 use crate::config::Config;
-use crate::signing::{kid_of, read_certs, read_key, Signer};
+use crate::signing::{kid_of, read_certs, read_key, require_v3, validity, Signer};
 use rcgen::{
     CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose, SanType,
 };
@@ -372,44 +372,6 @@ fn verify_chain(chain: &[CertificateDer<'static>], ca: &Path) -> Result<(), Prov
     })
 }
 
-/// The certificate parsed as X.509 (RFC 5280) by the `x509-cert` crate, with a message an
-/// installer can act on when it does not parse.
-fn parse_x509(cert: &CertificateDer<'_>) -> Result<x509_cert::Certificate, String> {
-    use x509_cert::der::Decode;
-    x509_cert::Certificate::from_der(cert.as_ref()).map_err(|e| {
-        format!(
-            "the file holds a PEM CERTIFICATE block that is not an X.509 certificate ({e}); \
-             send the certificate the CA issued, PEM-encoded"
-        )
-    })
-}
-
-/// Refuses a certificate that is not X.509 v3: rustls/webpki (the TLS stack of the uplink and
-/// of the chain check) accept only v3, and would say only `UnsupportedCertVersion`.
-pub fn require_v3(cert: &CertificateDer<'_>) -> Result<(), String> {
-    use x509_cert::certificate::Version;
-    let name = match parse_x509(cert)?.tbs_certificate.version {
-        Version::V3 => return Ok(()),
-        Version::V2 => "v2",
-        Version::V1 => "v1",
-    };
-    Err(format!(
-        "this is an X.509 {name} certificate; wardgate (like most TLS stacks today) accepts only \
-         X.509 v3 certificates. Ask the CA to sign the same CSR again as a v3 certificate (with \
-         OpenSSL: pass extensions, e.g. `-extfile` with `extendedKeyUsage = clientAuth`)"
-    ))
-}
-
-/// notBefore and notAfter of an X.509 certificate (RFC 5280 §4.1.2.5), as durations since the
-/// Unix epoch (UTCTime or GeneralizedTime, as the certificate has them).
-pub fn validity(cert: &CertificateDer<'_>) -> Result<(Duration, Duration), String> {
-    let v = parse_x509(cert)?.tbs_certificate.validity;
-    Ok((
-        v.not_before.to_unix_duration(),
-        v.not_after.to_unix_duration(),
-    ))
-}
-
 /// `2026-01-27T10:00:00Z`.
 pub fn rfc3339(d: Duration) -> String {
     spki::der::DateTime::from_unix_duration(Duration::from_secs(d.as_secs()))
@@ -541,7 +503,7 @@ pub struct Args {
 
 /// `wardgate provision`: exit 2 for bad config or usage, 1 when the certificate is refused.
 pub fn main(args: Args) -> anyhow::Result<std::process::ExitCode> {
-    let cfg = crate::config::load(&args.config)?;
+    let cfg = crate::config::load_gateway(&args.config, crate::config::Checks::NoFiles)?;
     let usage = |e: ProvisionError| -> anyhow::Error {
         match e {
             ProvisionError::Usage(m) => crate::error::UsageError(m).into(),

@@ -277,7 +277,7 @@ pub struct Args {
 
 /// `wardgate status`: exit 1 when something could not be read (named in the report).
 pub fn main(args: Args) -> anyhow::Result<ExitCode> {
-    let cfg = crate::config::load(&args.config)?;
+    let cfg = crate::config::load_gateway(&args.config, crate::config::Checks::NoFiles)?;
     let r = report(&cfg.store.path);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);

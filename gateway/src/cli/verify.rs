@@ -44,15 +44,28 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     Ok(super::exit_if(failed == 0))
 }
 
+/// Largest message read, bytes (the MQTT maximum, 256 MiB, is far more than any batch).
+const MAX_MESSAGE_BYTES: u64 = 64 << 20;
+
 /// The verified payload of one message file (`-`: standard input) as JSON.
 fn verify_one(v: &crate::signing::Verifier, f: &PathBuf) -> Result<serde_json::Value, String> {
-    let bytes = if f.as_os_str() == "-" {
-        let mut b = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::stdin(), &mut b).map(|_| b)
+    let source: Box<dyn std::io::Read> = if f.as_os_str() == "-" {
+        Box::new(std::io::stdin())
     } else {
-        std::fs::read(f)
-    }
+        Box::new(std::fs::File::open(f).map_err(|e| format!("cannot read: {e}"))?)
+    };
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(source, MAX_MESSAGE_BYTES + 1),
+        &mut bytes,
+    )
     .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > MAX_MESSAGE_BYTES {
+        return Err(format!(
+            "larger than {} MiB: not a wardgate message",
+            MAX_MESSAGE_BYTES >> 20
+        ));
+    }
     let p = v.verify(&bytes).map_err(|e| e.to_string())?;
     match crate::batch::BatchPayload::from_cbor(&p) {
         Ok(b) => serde_json::to_value(&b).map_err(|e| e.to_string()),

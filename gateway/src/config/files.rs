@@ -18,6 +18,12 @@ pub fn gateway(c: &Config) -> Vec<Problem> {
     certificate(&mut out, up.clone().key("ca"), c.uplink.ca.get_ref());
     certificate(&mut out, up.clone().key("cert"), c.uplink.cert.get_ref());
     private_key(&mut out, up.clone().key("key"), c.uplink.key.get_ref());
+    pair(
+        &mut out,
+        up.clone().key("key"),
+        c.uplink.cert.get_ref(),
+        c.uplink.key.get_ref(),
+    );
     for (i, p) in c.uplink.receiver_certs.iter().enumerate() {
         certificate(
             &mut out,
@@ -63,7 +69,13 @@ pub fn receiver(c: &ReceiverConfig) -> Vec<Problem> {
     let mqtt = KeyPath::of("mqtt");
     certificate(&mut out, mqtt.clone().key("ca"), c.mqtt.ca.get_ref());
     certificate(&mut out, mqtt.clone().key("cert"), c.mqtt.cert.get_ref());
-    private_key(&mut out, mqtt.key("key"), c.mqtt.key.get_ref());
+    private_key(&mut out, mqtt.clone().key("key"), c.mqtt.key.get_ref());
+    pair(
+        &mut out,
+        mqtt.key("key"),
+        c.mqtt.cert.get_ref(),
+        c.mqtt.key.get_ref(),
+    );
     let rx = KeyPath::of("receiver");
     for (i, p) in c.receiver.gateway_certs.iter().enumerate() {
         certificate(
@@ -132,7 +144,20 @@ fn certificate(out: &mut Vec<Problem>, at: KeyPath, path: &Path) {
                             path.display()
                         ),
                     ));
+                    return;
                 }
+            }
+            // What `run` will do with it: every certificate must parse, as X.509 v3.
+            let problem = crate::signing::read_certs(path)
+                .map_err(|e| e.to_string())
+                .and_then(|certs| {
+                    certs.iter().try_for_each(|c| {
+                        crate::signing::require_v3(c)
+                            .map_err(|e| format!("{}: {e}", path.display()))
+                    })
+                });
+            if let Err(e) = problem {
+                out.push(Problem::error(at, e));
             }
         }
     }
@@ -158,7 +183,54 @@ fn private_key(out: &mut Vec<Problem>, at: KeyPath, path: &Path) {
                 path.display()
             ),
         )),
-        Ok(_) => {}
+        Ok(m) => {
+            if let Err(e) = crate::signing::read_key(path) {
+                out.push(Problem::error(at, e.to_string()));
+            } else if let Some(w) = service_user_cannot_read(&m, path) {
+                out.push(Problem::warning(at, w));
+            }
+        }
+    }
+}
+
+/// The service user of the packaged unit (`User=wardgate`).
+const SERVICE_USER: &str = "wardgate";
+
+/// When the service user exists and the (owner-only) key belongs to someone else: the daemon,
+/// which runs as that user, could not read it (`wardgate provision` run with sudo makes keys
+/// owned by root).
+fn service_user_cannot_read(m: &std::fs::Metadata, path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let user = nix::unistd::User::from_name(SERVICE_USER).ok().flatten()?;
+    if m.uid() == user.uid.as_raw() || nix::unistd::getuid() == user.uid {
+        return None;
+    }
+    Some(format!(
+        "private key {} belongs to uid {}, not to the service user {SERVICE_USER}: the daemon \
+         (User={SERVICE_USER}) cannot read it; run `chown {SERVICE_USER}: {}`",
+        path.display(),
+        m.uid(),
+        path.display()
+    ))
+}
+
+/// The certificate and key `run` will pair: when both are readable, the key must belong to the
+/// certificate (an error at the key otherwise).
+fn pair(out: &mut Vec<Problem>, at: KeyPath, cert: &Path, key: &Path) {
+    let (Ok(certs), Ok(k)) = (
+        crate::signing::read_certs(cert),
+        crate::signing::read_key(key),
+    ) else {
+        return; // missing or unreadable: reported at the file itself
+    };
+    if crate::signing::require_v3(&certs[0]).is_err() {
+        return; // reported at the certificate
+    }
+    if let Err(e) = crate::signing::Signer::new(&certs[0], &k) {
+        out.push(Problem::error(
+            at,
+            format!("{} / {}: {e}", cert.display(), key.display()),
+        ));
     }
 }
 
@@ -223,7 +295,53 @@ mod tests {
         let mut out = Vec::new();
         certificate(&mut out, KeyPath::of("ca"), &cert);
         certificate(&mut out, KeyPath::of("ca"), &dir.path().join("absent.pem"));
+        // A CERTIFICATE block that is no certificate is what `run` would refuse: an error; a
+        // file not there yet is a warning.
+        let got: Vec<Severity> = out.iter().map(|p| p.severity).collect();
+        assert_eq!(got, [Severity::Error, Severity::Warning], "{:?}", out);
+        assert!(
+            out[0].message.contains("not an X.509 certificate"),
+            "{}",
+            out[0].message
+        );
+    }
+
+    #[test]
+    fn keys_must_parse_and_belong_to_their_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let pair = |name: &str| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut p = rcgen::CertificateParams::new(vec![]).unwrap();
+            p.distinguished_name.push(rcgen::DnType::CommonName, name);
+            let cert = p.self_signed(&key).unwrap();
+            let (c, k) = (
+                dir.path().join(format!("{name}.pem")),
+                dir.path().join(format!("{name}.key")),
+            );
+            std::fs::write(&c, cert.pem()).unwrap();
+            std::fs::write(&k, key.serialize_pem()).unwrap();
+            (c, k)
+        };
+        let (c1, k1) = pair("a");
+        let (_, k2) = pair("b");
+        let mut out = Vec::new();
+        super::pair(&mut out, KeyPath::of("key"), &c1, &k1);
+        assert!(out.is_empty(), "{out:?}");
+        super::pair(&mut out, KeyPath::of("key"), &c1, &k2);
         assert_eq!(out.len(), 1);
-        assert_eq!(out[0].severity, Severity::Warning);
+        assert!(
+            out[0].message.contains("does not belong"),
+            "{}",
+            out[0].message
+        );
+        // A key file that holds no key.
+        let junk = dir.path().join("junk.key");
+        std::fs::write(&junk, "junk").unwrap();
+        std::fs::set_permissions(&junk, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let mut out = Vec::new();
+        private_key(&mut out, KeyPath::of("key"), &junk);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].severity, Severity::Error);
     }
 }

@@ -44,16 +44,38 @@ pub struct Loaded<T> {
     pub warnings: Vec<Diagnostic>,
 }
 
+/// Which checks a load runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checks {
+    /// Schema, values and the files the daemon will use (`run`, `receive`, `check-config`).
+    Full,
+    /// Schema and values only: for the installer commands that look at or repair those files
+    /// themselves (`status` must work while a certificate is broken; `provision` replaces it).
+    NoFiles,
+}
+
+/// Largest config file read, bytes: a config is a few KiB; anything larger is not one (and
+/// `/dev/zero` must not fill the memory).
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
 /// Loads and validates a gateway config. Errors carry every error as `FILE:line:col: message`
 /// (warnings are dropped; [`load_any`] returns them).
 pub fn load(path: &Path) -> Result<Config, Diagnostics> {
-    match load_any(path).map_err(Diagnostics::into_errors)?.config {
+    load_gateway(path, Checks::Full)
+}
+
+/// [`load`] with the given [`Checks`].
+pub fn load_gateway(path: &Path, checks: Checks) -> Result<Config, Diagnostics> {
+    match load_with(path, checks)
+        .map_err(Diagnostics::into_errors)?
+        .config
+    {
         AnyConfig::Gateway(c) => Ok(*c),
         AnyConfig::Receiver(_) => Err(Diagnostics(vec![Diagnostic::at(
             path,
             "",
             None,
-            "this is a receiver config (it has [receiver]); `wardgate run` needs a gateway config",
+            "this is a receiver config (it has [receiver]); this command needs a gateway config",
         )])),
     }
 }
@@ -74,20 +96,53 @@ pub fn load_receiver(path: &Path) -> Result<ReceiverConfig, Diagnostics> {
 /// Loads either kind of config file from `path` and validates it. The error holds the warnings
 /// too (first), then the errors, each in file order.
 pub fn load_any(path: &Path) -> Result<Loaded<AnyConfig>, Diagnostics> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    load_with(path, Checks::Full)
+}
+
+/// [`load_any`] with the given [`Checks`]. Errors: the file cannot be read, is larger than
+/// [`MAX_CONFIG_BYTES`], is not UTF-8, or does not validate.
+pub fn load_with(path: &Path, checks: Checks) -> Result<Loaded<AnyConfig>, Diagnostics> {
+    let fail = |m: String| Diagnostics(vec![Diagnostic::at(path, "", None, m)]);
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(
+            std::fs::File::open(path).map_err(|e| fail(format!("cannot read: {e}")))?,
+            MAX_CONFIG_BYTES + 1,
+        ),
+        &mut bytes,
+    )
+    .map_err(|e| fail(format!("cannot read: {e}")))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(fail(format!(
+            "larger than {} MiB: not a wardgate config",
+            MAX_CONFIG_BYTES >> 20
+        )));
+    }
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let good = std::str::from_utf8(&e.as_bytes()[..at]).unwrap_or_default();
         Diagnostics(vec![Diagnostic::at(
             path,
-            "",
-            None,
-            format!("cannot read: {e}"),
+            good,
+            Some(at..at),
+            "not UTF-8 text here (a config file is UTF-8)",
         )])
     })?;
-    parse_any(path, &text)
+    parse_with(path, &text, checks)
 }
 
 /// Parses and validates `text` as the contents of `path` (relative paths resolve against its
 /// directory). Like [`load_any`].
 pub fn parse_any(path: &Path, text: &str) -> Result<Loaded<AnyConfig>, Diagnostics> {
+    parse_with(path, text, Checks::Full)
+}
+
+/// [`parse_any`] with the given [`Checks`].
+pub fn parse_with(
+    path: &Path,
+    text: &str,
+    checks: Checks,
+) -> Result<Loaded<AnyConfig>, Diagnostics> {
     let syntax = |e: toml::de::Error| {
         Diagnostics(vec![Diagnostic::at(
             path,
@@ -102,13 +157,17 @@ pub fn parse_any(path: &Path, text: &str) -> Result<Loaded<AnyConfig>, Diagnosti
         let mut c: ReceiverConfig = toml::from_str(text).map_err(syntax)?;
         let mut problems = validate::receiver(&c);
         resolve_receiver(&mut c, &base);
-        problems.extend(files::receiver(&c));
+        if checks == Checks::Full {
+            problems.extend(files::receiver(&c));
+        }
         (AnyConfig::Receiver(Box::new(c)), problems)
     } else {
         let mut c: Config = toml::from_str(text).map_err(syntax)?;
         let mut problems = validate::gateway(&c);
         resolve_gateway(&mut c, &base);
-        problems.extend(files::gateway(&c));
+        if checks == Checks::Full {
+            problems.extend(files::gateway(&c));
+        }
         (AnyConfig::Gateway(Box::new(c)), problems)
     };
     let positions = positions::Positions::parse(text);

@@ -252,6 +252,12 @@ pub fn receiver(c: &ReceiverConfig) -> Vec<Problem> {
             "neither gateway_certs nor gateway_ca is set: no batch could ever be verified",
         ));
     }
+    if let Some(g) = &c.receiver.share_group {
+        topic_safe(&mut out, rx.clone().key("share_group"), g, "share_group");
+    }
+    if let Err(e) = topic_filter(&c.receiver.topic) {
+        out.push(Problem::error(rx.clone().key("topic"), e));
+    }
     let max = c.receiver.max_message_bytes;
     if !(1024..=MQTT_MAX_PAYLOAD).contains(&max) {
         out.push(Problem::error(
@@ -269,6 +275,29 @@ pub fn receiver(c: &ReceiverConfig) -> Vec<Problem> {
         ));
     }
     out
+}
+
+/// Whether `f` is a valid MQTT topic filter (MQTT 3.1.1 §4.7): non-empty levels or `+` alone
+/// in a level, `#` only as the last level; no `$` at the start (a shared subscription is made
+/// from `share_group`).
+pub fn topic_filter(f: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("topic `{f}` is not an MQTT topic filter: {why}"));
+    if f.is_empty() || f.contains('\0') {
+        return bad("empty or holds NUL");
+    }
+    if f.starts_with('$') {
+        return bad("it starts with `$` (use share_group for a shared subscription)");
+    }
+    let levels: Vec<&str> = f.split('/').collect();
+    for (i, l) in levels.iter().enumerate() {
+        if l.contains('#') && (*l != "#" || i + 1 != levels.len()) {
+            return bad("`#` must be a whole level, the last one");
+        }
+        if l.contains('+') && *l != "+" {
+            return bad("`+` must be a whole level");
+        }
+    }
+    Ok(())
 }
 
 /// `(kind, PATH)` of a receiver `output` (`sqlite:PATH` or `jsonl:PATH`); `None` if malformed.
@@ -296,6 +325,21 @@ mod tests {
 
     fn paths(extra: &str) -> Vec<String> {
         problems(extra).into_iter().map(|(p, _)| p).collect()
+    }
+
+    #[test]
+    fn receiver_topic_filters_and_share_groups_are_checked() {
+        assert!(topic_filter("wardgate/v1/+/+/+/batch").is_ok());
+        assert!(topic_filter("wardgate/#").is_ok());
+        for bad in [
+            "",
+            "wardgate/#/x",
+            "ward#gate/x",
+            "wardgate/a+/x",
+            "$share/g/x",
+        ] {
+            assert!(topic_filter(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -42,8 +42,8 @@ pub enum Job {
 pub enum Outcome {
     /// Verified and stored durably (or already stored: `written.duplicate`).
     Stored {
-        /// The batch.
-        batch: BatchPayload,
+        /// The batch (boxed: it is much larger than a rejection).
+        batch: Box<BatchPayload>,
         /// What was new.
         written: Written,
         /// The raw copy, when `raw_dir` is set.
@@ -78,7 +78,7 @@ impl Processor {
         let written = self.output.write(&batch)?;
         let acks = self.acker.messages(&batch);
         Ok(Outcome::Stored {
-            batch,
+            batch: Box::new(batch),
             written,
             raw,
             acks,
