@@ -427,7 +427,8 @@ fn the_code_map_names_every_file() {
             // As a word: `session.rs`, `session`, `{cms50,ansar_b}.rs`, `profiles/`.
             let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
             let named = map.match_indices(&stem).any(|(i, _)| {
-                !word(map[..i].chars().last()) && !word(map[i + stem.len()..].chars().next())
+                !word(map[..i].chars().last())
+                    && (stem.ends_with('/') || !word(map[i + stem.len()..].chars().next()))
             });
             if !named {
                 missing.push(f.strip_prefix(root).unwrap().display().to_string());
