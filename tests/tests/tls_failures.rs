@@ -251,7 +251,8 @@ fn client_certificate_missing_or_not_matching_its_key_stops_the_gateway_naming_t
     );
     drop(gateway);
 
-    // A key that belongs to another certificate: refused at start, naming both files.
+    // A key that belongs to another certificate: a configuration error (exit 2, as check-config
+    // says) at the key setting, naming both files.
     let (_, other_key) = env.pki.leaf("other", "other", &[], false).unwrap();
     let mut opts = env.gateway_options();
     opts.key = other_key.clone();
@@ -263,9 +264,10 @@ fn client_certificate_missing_or_not_matching_its_key_stops_the_gateway_naming_t
             Duration::from_secs(10),
         )
         .unwrap();
-    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert_eq!(out.code(), Some(2), "{out:?}");
     assert!(
-        out.stderr.contains("does not belong to the certificate"),
+        out.stderr.starts_with(&format!("{}:", cfg.display()))
+            && out.stderr.contains("does not belong to the certificate"),
         "{}",
         out.stderr
     );
