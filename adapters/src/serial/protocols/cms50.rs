@@ -131,7 +131,8 @@ pub struct Cms50 {
     offset: u64,
     /// An error was reported and no well-formed package has followed yet: stay quiet.
     in_bad_stretch: bool,
-    /// Complete live packages decoded.
+    /// Live packages whose readings were emitted (locked, or the run that made the lock); a
+    /// run discarded before the lock is not counted, so a stream that never locks shows none.
     frames_ok: u64,
     /// Readings are trusted: [`LOCK_FRAMES`] good live packages came in a row, no error since.
     locked: bool,
@@ -189,8 +190,8 @@ impl Cms50 {
             return;
         }
         self.in_bad_stretch = false;
-        self.frames_ok += 1;
         if self.locked {
+            self.frames_ok += 1;
             decode_live(&d, out);
             return;
         }
@@ -198,6 +199,7 @@ impl Cms50 {
         self.run += 1;
         if self.run >= LOCK_FRAMES {
             self.locked = true;
+            self.frames_ok += self.run as u64;
             self.run = 0;
             out.append(&mut self.held);
         }
