@@ -77,7 +77,10 @@ fn random_input_gives_no_readings(protocol: ProtocolName) {
     }
     let per_mb = total as f64 / (len as f64 / 1e6);
     println!("{protocol:?}: {total} numeric readings from {len} random bytes = {per_mb:.2} per MB");
-    assert_eq!(total, 0, "{protocol:?}: readings invented from random bytes");
+    assert_eq!(
+        total, 0,
+        "{protocol:?}: readings invented from random bytes"
+    );
 }
 
 #[test]
@@ -111,7 +114,7 @@ fn line_levels(frames: &[&[u8]], idle_bits: usize) -> Vec<bool> {
             line.extend((0..8).map(|i| b >> i & 1 == 1));
             line.push(true); // stop
         }
-        line.extend(std::iter::repeat(true).take(idle_bits));
+        line.extend(std::iter::repeat_n(true, idle_bits));
     }
     line
 }
@@ -170,8 +173,12 @@ fn the_uart_model_reads_the_right_baud_back_exactly() {
     assert_eq!(misread(&frames, 115200, 10, 117500), flat);
 }
 
-/// Frames of each device's stream at its own baud, and the idle bit times after each frame.
-fn device_streams() -> Vec<(ProtocolName, u32, Vec<Vec<u8>>, Vec<usize>)> {
+/// A device's protocol, its baud rate, the frames of its stream, and the idle bit times after
+/// each frame to try.
+type DeviceStream = (ProtocolName, u32, Vec<Vec<u8>>, Vec<usize>);
+
+/// Each device's stream at its own baud rate.
+fn device_streams() -> Vec<DeviceStream> {
     // CMS50E: 9-byte frames at 60/s on 115200 baud (1920 bit times per frame, 90 of them bits).
     let cms = real("cms50e_live_capture.bin");
     let cms_frames: Vec<Vec<u8>> = cms.chunks(9).map(<[u8]>::to_vec).collect();

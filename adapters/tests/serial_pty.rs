@@ -545,7 +545,7 @@ async fn noise_on_the_line_is_reported_once_as_a_baud_rate_or_cable_problem() {
     let (detail, _) = run.expect_event(EventKind::Connected).await;
     assert!(detail.contains("19200 8N1"), "{detail}");
     let _start_live = pty.read_exact(9).await;
-    let mut rng = fastrand::Rng::with_seed(0x0BAD_BAD);
+    let mut rng = fastrand::Rng::with_seed(0x00BA_DBAD);
     let mut noise = vec![0u8; 4 * 4096];
     rng.fill(&mut noise);
     for chunk in noise.chunks(512) {
@@ -570,7 +570,9 @@ async fn noise_on_the_line_is_reported_once_as_a_baud_rate_or_cable_problem() {
     assert_eq!(baud.len(), 1, "{details:#?}");
     assert!(
         baud[0].starts_with("device bed1-spo2: ")
-            && baud[0].contains("bytes and no valid frame: check the baud rate (configured 19200) and the cable"),
+            && baud[0].contains(
+                "bytes and no valid frame: check the baud rate (configured 19200) and the cable"
+            ),
         "{}",
         baud[0]
     );

@@ -215,7 +215,10 @@ fn shipped_reference_configs_pass() {
                     }
                     // The serial ports: plugged in.
                     None if l.starts_with("path = \"/dev/serial/by-id/") => {
-                        let port = f.dir.path().join(l.rsplit('/').next().unwrap().trim_end_matches('"'));
+                        let port = f
+                            .dir
+                            .path()
+                            .join(l.rsplit('/').next().unwrap().trim_end_matches('"'));
                         std::fs::write(&port, "").unwrap();
                         format!("path = \"{}\"\n", port.display())
                     }
@@ -579,9 +582,11 @@ fn every_toml_form_is_located_exactly() {
 #[test]
 fn a_serial_port_that_does_not_exist_is_a_warning_at_its_path() {
     let f = Fixture::new();
-    let text = f
-        .base()
-        .replacen("path = \"dev/bed2-monitor\"", "path = \"dev/bed2-monitr\"", 1);
+    let text = f.base().replacen(
+        "path = \"dev/bed2-monitor\"",
+        "path = \"dev/bed2-monitr\"",
+        1,
+    );
     let p = f.write("typo.toml", &text);
     let out = check_config(&p);
     assert_eq!(out.code(), Some(0), "a warning, not an error: {out:?}");
@@ -606,7 +611,10 @@ fn a_serial_port_that_does_not_exist_is_a_warning_at_its_path() {
     assert_eq!(out.code(), Some(0), "{out:?}");
     let (line, col) = locate(&text, "\"dev/by-id-gone\"", 0);
     assert!(
-        out.stderr.starts_with(&format!("{}:{line}:{col}: warning: serial `bed1-spo2`: port ", p.display())),
+        out.stderr.starts_with(&format!(
+            "{}:{line}:{col}: warning: serial `bed1-spo2`: port ",
+            p.display()
+        )),
         "{}",
         out.stderr
     );

@@ -554,6 +554,33 @@ impl LineJudge {
     }
 }
 
+/// Writes all of `bytes`, failing after [`WRITE_TIMEOUT`].
+async fn write(port: &mut SerialStream, bytes: &[u8]) -> Result<(), String> {
+    match tokio::time::timeout(WRITE_TIMEOUT, port.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("write failed: {}", describe_io_error(&e))),
+        Err(_) => Err(format!("write did not complete within {WRITE_TIMEOUT:?}")),
+    }
+}
+
+fn describe_io_error(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(5) => format!("I/O error (EIO, device unplugged?): {e}"),
+        Some(19) => format!("no such device (ENODEV, unplugged): {e}"),
+        _ => format!("read failed: {e}"),
+    }
+}
+
+impl Adapter for SerialAdapter {
+    fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    fn run<'a>(&'a self, ctx: &'a mut AdapterContext) -> RunFuture<'a> {
+        Box::pin(self.run_inner(ctx))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -592,32 +619,5 @@ mod tests {
         for i in 0..10_000u64 {
             assert_eq!(j.observe(90, 10, u64::from(i % 7 == 0)), None);
         }
-    }
-}
-
-/// Writes all of `bytes`, failing after [`WRITE_TIMEOUT`].
-async fn write(port: &mut SerialStream, bytes: &[u8]) -> Result<(), String> {
-    match tokio::time::timeout(WRITE_TIMEOUT, port.write_all(bytes)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("write failed: {}", describe_io_error(&e))),
-        Err(_) => Err(format!("write did not complete within {WRITE_TIMEOUT:?}")),
-    }
-}
-
-fn describe_io_error(e: &std::io::Error) -> String {
-    match e.raw_os_error() {
-        Some(5) => format!("I/O error (EIO, device unplugged?): {e}"),
-        Some(19) => format!("no such device (ENODEV, unplugged): {e}"),
-        _ => format!("read failed: {e}"),
-    }
-}
-
-impl Adapter for SerialAdapter {
-    fn name(&self) -> &str {
-        &self.cfg.name
-    }
-
-    fn run<'a>(&'a self, ctx: &'a mut AdapterContext) -> RunFuture<'a> {
-        Box::pin(self.run_inner(ctx))
     }
 }

@@ -226,12 +226,20 @@ mod tests {
         serial_port(&mut out, KeyPath::of("p"), "bed1", &there);
         assert!(out.is_empty(), "{out:?}");
         serial_port(&mut out, KeyPath::of("p"), "bed1", &dangling);
-        serial_port(&mut out, KeyPath::of("p"), "bed1", &dir.path().join("absent"));
+        serial_port(
+            &mut out,
+            KeyPath::of("p"),
+            "bed1",
+            &dir.path().join("absent"),
+        );
         assert_eq!(out.len(), 2);
         assert!(out.iter().all(|p| p.severity == Severity::Warning));
         assert_eq!(
             out[0].message,
-            format!("serial `bed1`: port {} does not exist (yet)", dangling.display())
+            format!(
+                "serial `bed1`: port {} does not exist (yet)",
+                dangling.display()
+            )
         );
     }
 

@@ -186,7 +186,11 @@ impl Cms50 {
     fn live_frame(&mut self, start: u64, out: &mut Vec<Decoded>) {
         let d = restore_high_bits(&self.frame);
         if let Err(why) = check_live(&d) {
-            self.error(start, format!("malformed live frame ({why}), resyncing"), out);
+            self.error(
+                start,
+                format!("malformed live frame ({why}), resyncing"),
+                out,
+            );
             return;
         }
         self.in_bad_stretch = false;
@@ -624,15 +628,30 @@ mod tests {
         let good = [0x01, 0xE0, 0x84, 0x93, 0x92, 0xBC, 0xE3, 0xFF, 0xFF];
         let cases: [(&str, [u8; 9]); 5] = [
             // d2 = 0x32: reserved bit 5 set.
-            ("reserved bits", [0x01, 0xE0, 0x84, 0x93, 0xB2, 0xBC, 0xE3, 0xFF, 0xFF]),
+            (
+                "reserved bits",
+                [0x01, 0xE0, 0x84, 0x93, 0xB2, 0xBC, 0xE3, 0xFF, 0xFF],
+            ),
             // SpO2 byte 0xE5 = 101.
-            ("SpO2", [0x01, 0xE0, 0x84, 0x93, 0x92, 0xBC, 0xE5, 0xFF, 0xFF]),
+            (
+                "SpO2",
+                [0x01, 0xE0, 0x84, 0x93, 0x92, 0xBC, 0xE5, 0xFF, 0xFF],
+            ),
             // SpO2 200: high bit from bit 4 of the high byte.
-            ("SpO2", [0x01, 0xF0, 0x84, 0x93, 0x92, 0xBC, 0xC8, 0xFF, 0xFF]),
+            (
+                "SpO2",
+                [0x01, 0xF0, 0x84, 0x93, 0x92, 0xBC, 0xC8, 0xFF, 0xFF],
+            ),
             // Pulse 10 bpm: below the device's range.
-            ("pulse rate", [0x01, 0xE0, 0x84, 0x93, 0x92, 0x8A, 0xE3, 0xFF, 0xFF]),
+            (
+                "pulse rate",
+                [0x01, 0xE0, 0x84, 0x93, 0x92, 0x8A, 0xE3, 0xFF, 0xFF],
+            ),
             // Pulse 0xFB = 251 bpm: above it, and not the invalid marker.
-            ("pulse rate", [0x01, 0xE8, 0x84, 0x93, 0x92, 0xFB, 0xE3, 0xFF, 0xFF]),
+            (
+                "pulse rate",
+                [0x01, 0xE8, 0x84, 0x93, 0x92, 0xFB, 0xE3, 0xFF, 0xFF],
+            ),
         ];
         for (field, bad) in cases {
             let out = decode_all(&[&good, &good, &bad, &good, &good]);
@@ -641,7 +660,10 @@ mod tests {
                 "{field}: {out:?}"
             );
             match &out[..] {
-                [Decoded::Error { offset: 18, message }] => {
+                [Decoded::Error {
+                    offset: 18,
+                    message,
+                }] => {
                     assert!(message.contains(field), "{message}")
                 }
                 other => panic!("{field}: {other:?}"),

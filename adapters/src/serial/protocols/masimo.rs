@@ -377,11 +377,15 @@ mod tests {
     #[test]
     fn values_outside_the_device_range_are_errors_not_readings() {
         for bad in ["SPO2=101%", "BPM=024", "BPM=241", "PI=20.01%", "PI=00.01%"] {
-            let line = format!("\n12/01/05 11:56:29 SPO2=098% BPM=070 PI=02.00% {bad} EXC=000800\r\n");
+            let line =
+                format!("\n12/01/05 11:56:29 SPO2=098% BPM=070 PI=02.00% {bad} EXC=000800\r\n");
             let out = decode_all(&[line.as_bytes()]);
             match &out[..] {
                 [Decoded::Error { offset: 1, message }] => {
-                    assert!(message.ends_with("value is out of range"), "{bad}: {message}")
+                    assert!(
+                        message.ends_with("value is out of range"),
+                        "{bad}: {message}"
+                    )
                 }
                 other => panic!("{bad}: {other:?}"),
             }
