@@ -530,3 +530,59 @@ async fn a_missing_port_is_retried_with_backoff_until_shutdown() {
     let (_, res) = run.stop().await;
     assert!(res.is_ok());
 }
+
+/// Noise on the line (a wrong baud rate, a bad cable): no observation, and one `error` event
+/// that says so, with the configured rate, however long the noise lasts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn noise_on_the_line_is_reported_once_as_a_baud_rate_or_cable_problem() {
+    let scratch = Scratch::new("noise");
+    let link = scratch.0.join("usb-Contec_CMS50");
+    let mut pty = Pty::new();
+    point(&link, &pty.path);
+    let mut cfg = config("bed1-spo2", &link, ProtocolName::Cms50, None);
+    cfg.baud = Some(19200);
+    let mut run = start(cfg);
+    let (detail, _) = run.expect_event(EventKind::Connected).await;
+    assert!(detail.contains("19200 8N1"), "{detail}");
+    let _start_live = pty.read_exact(9).await;
+    let mut rng = fastrand::Rng::with_seed(0x00BA_DBAD);
+    let mut noise = vec![0u8; 4 * 4096];
+    rng.fill(&mut noise);
+    for chunk in noise.chunks(512) {
+        pty.write_all(chunk).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Everything the adapter says about it, until it has been quiet for a while.
+    let mut details = Vec::new();
+    while let Ok(Some(ev)) = timeout(Duration::from_millis(700), run.events.recv()).await {
+        match ev {
+            AdapterEvent::Event(e) => {
+                assert_eq!(e.kind, EventKind::Error, "{e:?}");
+                details.push(e.detail);
+            }
+            AdapterEvent::Observation(o) => panic!("a reading from noise: {o:?}"),
+        }
+    }
+    let baud: Vec<&String> = details
+        .iter()
+        .filter(|d| d.contains("check the baud rate"))
+        .collect();
+    assert_eq!(baud.len(), 1, "{details:#?}");
+    assert!(
+        baud[0].starts_with("device bed1-spo2: ")
+            && baud[0].contains(
+                "bytes and no valid frame: check the baud rate (configured 19200) and the cable"
+            ),
+        "{}",
+        baud[0]
+    );
+    // The decoder's own errors are rate-limited, not one per bad frame.
+    assert!(details.len() < 40, "{} events", details.len());
+    let (adapter, res) = run.stop().await;
+    assert!(res.is_ok(), "{res:?}");
+    let stats = adapter.stats();
+    assert_eq!((stats.readings, stats.frames_ok), (0, 0));
+    assert_eq!(stats.line_suspect_reports, 1);
+    assert_eq!(stats.bytes_read, noise.len() as u64);
+    assert!(stats.frame_errors > 100, "{stats:?}");
+}

@@ -32,6 +32,11 @@ impl Fixture {
     fn new() -> Fixture {
         let dir = wardgate_e2e::temp_dir("check-config").unwrap();
         let pki = Pki::create(&dir.path().join("pki"), "check-config CA").unwrap();
+        // The serial ports of `base()` (check-config warns about a port that does not exist).
+        std::fs::create_dir(dir.path().join("dev")).unwrap();
+        for port in ["bed1-spo2", "bed2-monitor"] {
+            std::fs::write(dir.path().join("dev").join(port), "").unwrap();
+        }
         Fixture { dir, pki }
     }
 
@@ -207,6 +212,15 @@ fn shipped_reference_configs_pass() {
                     ),
                     None if l.starts_with("receiver_certs") => {
                         format!("receiver_certs = [\"{}\"]\n", f.pki.receiver_cert.display())
+                    }
+                    // The serial ports: plugged in.
+                    None if l.starts_with("path = \"/dev/serial/by-id/") => {
+                        let port = f
+                            .dir
+                            .path()
+                            .join(l.rsplit('/').next().unwrap().trim_end_matches('"'));
+                        std::fs::write(&port, "").unwrap();
+                        format!("path = \"{}\"\n", port.display())
                     }
                     // The state directory (systemd's StateDirectory= makes it in production).
                     None if l.starts_with("#path = \"/var/lib/wardgate")
@@ -563,6 +577,47 @@ fn every_toml_form_is_located_exactly() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn a_serial_port_that_does_not_exist_is_a_warning_at_its_path() {
+    let f = Fixture::new();
+    let text = f.base().replacen(
+        "path = \"dev/bed2-monitor\"",
+        "path = \"dev/bed2-monitr\"",
+        1,
+    );
+    let p = f.write("typo.toml", &text);
+    let out = check_config(&p);
+    assert_eq!(out.code(), Some(0), "a warning, not an error: {out:?}");
+    assert_eq!(out.stdout.trim(), format!("{}: ok", p.display()));
+    let (line, col) = locate(&text, "\"dev/bed2-monitr\"", 0);
+    assert_eq!(
+        out.stderr,
+        format!(
+            "{}:{line}:{col}: warning: serial `bed2-monitor`: port {} does not exist (yet)\n",
+            p.display(),
+            f.dir.path().join("dev/bed2-monitr").display()
+        )
+    );
+    // A dangling stable link (udev removed the device) is missing too.
+    let link = f.dir.path().join("dev/by-id-gone");
+    std::os::unix::fs::symlink(f.dir.path().join("dev/ttyUSB9"), &link).unwrap();
+    let text = f
+        .base()
+        .replacen("path = \"dev/bed1-spo2\"", "path = \"dev/by-id-gone\"", 1);
+    let p = f.write("dangling.toml", &text);
+    let out = check_config(&p);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let (line, col) = locate(&text, "\"dev/by-id-gone\"", 0);
+    assert!(
+        out.stderr.starts_with(&format!(
+            "{}:{line}:{col}: warning: serial `bed1-spo2`: port ",
+            p.display()
+        )),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]

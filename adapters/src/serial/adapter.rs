@@ -43,6 +43,16 @@
 //! store. Counters are atomics readable at any time through [`SerialAdapter::stats`]. Logs never
 //! carry clinical values above `debug`.
 //!
+//! # A wrong baud rate (or a bad cable) is reported as such
+//! The bytes of a connection are judged in windows of [`NO_FRAME_WINDOW`] bytes: a window with
+//! no well-formed frame ([`Protocol::frames_ok`] did not move), or with more malformed frames
+//! than good ones, gives one `error` event `device <name>: 4096 bytes and no valid frame: check
+//! the baud rate (configured 19200) and the cable` (or `…, 3 valid frames and 41 malformed: …`),
+//! counted in [`SerialStats::line_suspect_reports`]. It is not repeated while the line stays
+//! bad; a good window re-arms it, and so does a reconnect. The decoders, not this check, make
+//! sure no reading comes out of such a stream (`adapters/tests/decoder_noise.rs`): the event
+//! only says why the device seems silent.
+//!
 //! # The way back
 //! [`SerialAdapter::command_sender`] returns the device's command channel (DESIGN §1):
 //! [`DeviceCommand::SendBytes`] are written to the port while it is connected and wait in the
@@ -69,6 +79,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 const READ_BUF: usize = 1024;
 /// Capacity of the per-device command channel.
 const COMMAND_CAPACITY: usize = 16;
+/// Bytes per window of the wrong-baud check (see the module documentation): at least 7 Masimo
+/// lines, 7 ANSAR-B messages or 450 CMS50 frames.
+pub const NO_FRAME_WINDOW: u64 = 4096;
 
 /// A snapshot of a [`SerialAdapter`]'s counters (cumulative over the adapter's life).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -94,6 +107,8 @@ pub struct SerialStats {
     pub open_failures: u64,
     /// Bytes read from the port.
     pub bytes_read: u64,
+    /// `error` events saying the bytes read do not frame (wrong baud rate or cable).
+    pub line_suspect_reports: u64,
 }
 
 /// The atomics behind [`SerialStats`].
@@ -109,6 +124,7 @@ struct Counters {
     disconnects: AtomicU64,
     open_failures: AtomicU64,
     bytes_read: AtomicU64,
+    line_suspect_reports: AtomicU64,
 }
 
 fn bump(c: &AtomicU64, n: u64) {
@@ -178,6 +194,7 @@ impl SerialAdapter {
             disconnects: get(&c.disconnects),
             open_failures: get(&c.open_failures),
             bytes_read: get(&c.bytes_read),
+            line_suspect_reports: get(&c.line_suspect_reports),
         }
     }
 
@@ -341,6 +358,7 @@ impl SerialAdapter {
             last_logged: None,
             limiter: RateLimit::error_events(),
             frames_seen: 0,
+            judge: LineJudge::default(),
         };
         let mut buf = vec![0u8; READ_BUF];
         let mut decoded = Vec::new();
@@ -357,8 +375,18 @@ impl SerialAdapter {
                         bump(&self.counters.bytes_read, n as u64);
                         protocol.feed(&buf[..n], &mut decoded);
                         let frames = protocol.frames_ok();
-                        bump(&self.counters.frames_ok, frames - state.frames_seen);
+                        let new_frames = frames - state.frames_seen;
+                        bump(&self.counters.frames_ok, new_frames);
                         state.frames_seen = frames;
+                        let errors = decoded
+                            .iter()
+                            .filter(|d| matches!(d, Decoded::Error { .. }))
+                            .count() as u64;
+                        if let Some(what) = state.judge.observe(n as u64, new_frames, errors) {
+                            if self.report_line_suspect(ctx, &what).await.is_err() {
+                                return SessionEnd::ChannelClosed;
+                            }
+                        }
                         if self.deliver(&mut decoded, &mut state, ctx).await.is_err() {
                             return SessionEnd::ChannelClosed;
                         }
@@ -383,6 +411,23 @@ impl SerialAdapter {
                 }
             }
         }
+    }
+
+    /// The one `error` event of a stretch of bytes that do not frame (see the module docs).
+    async fn report_line_suspect(
+        &self,
+        ctx: &AdapterContext,
+        what: &str,
+    ) -> Result<(), AdapterError> {
+        bump(&self.counters.line_suspect_reports, 1);
+        let name = &self.cfg.name;
+        let why = format!(
+            "{what}: check the baud rate (configured {}) and the cable",
+            self.cfg.baud()
+        );
+        log::warn!("serial {name}: {why}");
+        let detail = format!("device {name}: {why}");
+        self.send(ctx, self.event(EventKind::Error, detail)).await
     }
 
     /// Turns decoder output into events on the channel (identity gate, error limiter, counters).
@@ -466,6 +511,47 @@ struct SessionState {
     limiter: RateLimit,
     /// `frames_ok` of this connection's decoder already added to the counters.
     frames_seen: u64,
+    /// The wrong-baud check of this connection.
+    judge: LineJudge,
+}
+
+/// The wrong-baud check of one connection, by windows of [`NO_FRAME_WINDOW`] bytes (pure; see
+/// the module documentation).
+#[derive(Debug, Default)]
+struct LineJudge {
+    /// Bytes, good frames and malformed frames in the current window.
+    bytes: u64,
+    frames: u64,
+    errors: u64,
+    /// The current bad stretch has been reported.
+    reported: bool,
+}
+
+impl LineJudge {
+    /// Accounts what one read gave; returns what to report when a bad window closes the first
+    /// time in a stretch.
+    fn observe(&mut self, bytes: u64, frames: u64, errors: u64) -> Option<String> {
+        self.bytes += bytes;
+        self.frames += frames;
+        self.errors += errors;
+        if self.bytes < NO_FRAME_WINDOW {
+            return None;
+        }
+        let (b, f, e) = (self.bytes, self.frames, self.errors);
+        (self.bytes, self.frames, self.errors) = (0, 0, 0);
+        if f > 0 && e <= f {
+            self.reported = false;
+            return None;
+        }
+        if std::mem::replace(&mut self.reported, true) {
+            return None;
+        }
+        Some(if f == 0 {
+            format!("{b} bytes and no valid frame")
+        } else {
+            format!("{b} bytes, {f} valid frames and {e} malformed")
+        })
+    }
 }
 
 /// Writes all of `bytes`, failing after [`WRITE_TIMEOUT`].
@@ -492,5 +578,46 @@ impl Adapter for SerialAdapter {
 
     fn run<'a>(&'a self, ctx: &'a mut AdapterContext) -> RunFuture<'a> {
         Box::pin(self.run_inner(ctx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_without_a_frame_is_reported_once_per_bad_stretch() {
+        let mut j = LineJudge::default();
+        for _ in 0..3 {
+            assert_eq!(j.observe(1024, 0, 0), None);
+        }
+        assert_eq!(
+            j.observe(1024, 0, 0).as_deref(),
+            Some("4096 bytes and no valid frame")
+        );
+        // Still bad: quiet, however long it lasts.
+        for _ in 0..100 {
+            assert_eq!(j.observe(1024, 0, 3), None);
+        }
+        // A good window re-arms it.
+        for _ in 0..4 {
+            assert_eq!(j.observe(1024, 100, 1), None);
+        }
+        for _ in 0..3 {
+            assert_eq!(j.observe(1000, 2, 10), None);
+        }
+        assert_eq!(
+            j.observe(1100, 0, 11).as_deref(),
+            Some("4100 bytes, 6 valid frames and 41 malformed")
+        );
+    }
+
+    #[test]
+    fn a_good_stream_is_never_reported() {
+        let mut j = LineJudge::default();
+        // CMS50: 9 bytes a frame, a cut frame now and then.
+        for i in 0..10_000u64 {
+            assert_eq!(j.observe(90, 10, u64::from(i % 7 == 0)), None);
+        }
     }
 }

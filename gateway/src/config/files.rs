@@ -1,6 +1,7 @@
 //! Checks that look at the filesystem, on a config whose relative paths are resolved: the
 //! certificate and key files (present, readable, a certificate where one is expected, key
-//! owner-only), the store's path, serial devices that lead to the same port.
+//! owner-only), the store's path, serial ports that do not exist, serial devices that lead to
+//! the same port.
 //!
 //! A file that does not exist (yet) is a warning: configs are often checked before the
 //! certificates are provisioned, and `wardgate run` fails later naming the file.
@@ -48,10 +49,12 @@ pub fn gateway(c: &Config) -> Vec<Problem> {
         if s.path.as_os_str().is_empty() {
             continue; // reported by validate
         }
+        let at = || KeyPath::of("serial").index(i).key("path");
+        serial_port(&mut out, at(), &s.name, &s.path);
         let real = std::fs::canonicalize(&s.path).unwrap_or_else(|_| s.path.clone());
         if let Some(other) = ports.insert(real, &s.name) {
             out.push(Problem::error(
-                KeyPath::of("serial").index(i).key("path"),
+                at(),
                 format!(
                     "serial `{}` uses the same port {} as `{other}`",
                     s.name,
@@ -95,6 +98,27 @@ pub fn receiver(c: &ReceiverConfig) -> Vec<Problem> {
         );
     }
     out
+}
+
+/// A serial port that is not there is a warning, not an error: the device may simply be
+/// unplugged while the config is checked (the adapter waits for it and reopens the path), but a
+/// typo in a `/dev/serial/by-id/…` name looks exactly the same, and would leave a bed without
+/// readings with nothing but `disconnected` in the log. A dangling symlink counts as missing.
+fn serial_port(out: &mut Vec<Problem>, at: KeyPath, name: &str, path: &Path) {
+    match std::fs::metadata(path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => out.push(Problem::warning(
+            at,
+            format!(
+                "serial `{name}`: port {} does not exist (yet)",
+                path.display()
+            ),
+        )),
+        Err(e) => out.push(Problem::warning(
+            at,
+            format!("serial `{name}`: cannot see port {}: {e}", path.display()),
+        )),
+    }
 }
 
 /// A file that must exist and be readable (a revocation list): a warning when missing, an error
@@ -262,6 +286,34 @@ fn store(out: &mut Vec<Problem>, path: &Path) {
 mod tests {
     use super::*;
     use crate::config::diagnostic::Severity;
+
+    #[test]
+    fn a_serial_port_that_does_not_exist_is_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let there = dir.path().join("tty");
+        std::fs::write(&there, "").unwrap();
+        let dangling = dir.path().join("by-id-link");
+        std::os::unix::fs::symlink(dir.path().join("gone"), &dangling).unwrap();
+        let mut out = Vec::new();
+        serial_port(&mut out, KeyPath::of("p"), "bed1", &there);
+        assert!(out.is_empty(), "{out:?}");
+        serial_port(&mut out, KeyPath::of("p"), "bed1", &dangling);
+        serial_port(
+            &mut out,
+            KeyPath::of("p"),
+            "bed1",
+            &dir.path().join("absent"),
+        );
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|p| p.severity == Severity::Warning));
+        assert_eq!(
+            out[0].message,
+            format!(
+                "serial `bed1`: port {} does not exist (yet)",
+                dangling.display()
+            )
+        );
+    }
 
     #[test]
     fn pem_labels_are_read_from_begin_lines() {

@@ -19,6 +19,14 @@
 //!   sent periodically; the recording `data/real/serial/cms50dplus_handshake_and_live.csv`
 //!   is transcribed from it.
 //! - titinho11/CMS50E-raw-ppg-data: the CMS50E recording `cms50e_live_capture.bin` (60 frames/s).
+//! - timegrid/CMS50Dplus7 `cms50dplus7.py` (commit 070343e8), written against the V7.0 protocol:
+//!   a package is the type byte, the high byte and 1..=7 data bytes (3..=9 bytes, "too long" above
+//!   9); live data d0 bits 0..3 signal strength, bit 4 searching too long, bit 5 low SpO2, bit 6
+//!   pulse beep, bit 7 probe error; d2 bits 0..3 bar graph, bit 4 PI flag, **bits 5..7
+//!   reserved**; d3 pulse rate `0xFF` = invalid; d4 SpO2 `0x7F` = invalid; d5/d6 PI `0xFFFF` =
+//!   invalid.
+//! - Contec CMS50D+ / CMS50E user manuals, specifications: SpO2 measuring range 0–100 %, pulse
+//!   rate measuring range 30–250 bpm (we accept 25–250: some CMS50 variants state 25).
 //!
 //! # Frame layout as decoded here (9 bytes on the wire)
 //! `01 HI D0 D1 D2 D3 D4 D5 D6`, data byte `di` = `(Di & 0x7F) | (bit i of HI) << 7`.
@@ -33,7 +41,7 @@
 //! - Finger out: nothing (no numeric, no pleth sample).
 //! - Searching pulse: the pleth sample only, with status `pulse-search`; no SpO2, no pulse rate.
 //! - Otherwise: SpO2 ([`mdc::SPO2`], %) when `1..=100`; pulse rate ([`mdc::PULSE_RATE_OXIM`],
-//!   /min) when `1..=254` (`0xFF` is the device's "invalid", 0 is never a measured rate); the pleth
+//!   /min) when `25..=250` (`0xFF` is the device's "invalid", 0 is never a measured rate); the pleth
 //!   sample ([`mdc::PLETH`], dimensionless, device scale `0..=127` = d1 bits 0..6). The numerics
 //!   carry status `search-too-long` when d0 bit 4 is set. Note: the expected CSV next to the
 //!   CMS50E recording lists the raw wire byte (`d1 | 0x80`, 128..255) in its `pleth` column; the
@@ -43,6 +51,22 @@
 //!
 //! Frames come at 60 per second, so SpO2 and pulse rate are repeated on every frame.
 //!
+//! # Nothing invented: field checks and lock
+//! A noisy line or a wrong baud rate delivers bytes that sometimes look like a live package
+//! (`01` then 8 bytes with bit 7 set: about one in 65,536 random positions). So:
+//! - **Field checks** (a live package that fails one is an error, not a reading): d2 bits 5..7
+//!   (reserved, V7.0) are 0; SpO2 is `0..=100` or the invalid marker `0x7F`; the pulse rate is 0,
+//!   `25..=250` (the device's measuring range) or the invalid marker `0xFF`. A value the device
+//!   cannot send is a sign of a broken stream, never a reading.
+//! - **Lock**: nothing is emitted until [`LOCK_FRAMES`] live packages in a row, back to back
+//!   (nothing between them), passed the checks. The readings of those packages are held back and
+//!   emitted together when the last of them arrives, so a real stream loses nothing (the
+//!   recordings decode to exactly what they did without the lock). Any error drops the lock
+//!   and discards what was held back; a well-formed non-live package (a reply to a command) does
+//!   not drop it, but does break a run that is still being counted. Random bytes give 0
+//!   readings per MB (`adapters/tests/decoder_noise.rs`, also for recordings misread at every
+//!   other standard baud rate).
+//!
 //! # Framing
 //! Any byte with bit 7 clear starts a package. A live package (`0x01`) must be followed by
 //! exactly 8 bytes with bit 7 set. Other packages (responses to the host's queries, e.g. `0C 80`
@@ -50,7 +74,8 @@
 //! before the first type byte of the stream (the port opened mid-frame) are skipped silently.
 //! Errors ([`Decoded::Error`], offset = absolute stream offset): a live frame cut short by a new
 //! type byte, bytes with bit 7 set outside any package, a package with no body, a non-live package
-//! longer than 32 bytes. One error is reported per stretch of bad input; the stretch ends at the
+//! longer than 9 bytes (V7.0: type, high byte, at most 7 data bytes), a live package whose fields
+//! fail the checks above. One error is reported per stretch of bad input; the stretch ends at the
 //! next well-formed package.
 
 use super::{Decoded, Protocol};
@@ -75,8 +100,11 @@ pub const KEEPALIVE_PERIOD: Duration = Duration::from_secs(5);
 const LIVE_TYPE: u8 = 0x01;
 /// Length of a live package on the wire: type, high byte, 7 data bytes.
 const LIVE_LEN: usize = 9;
-/// Longest body accepted for a non-live package before the decoder calls it garbage.
-const MAX_OTHER_BODY: usize = 32;
+/// Longest body (high byte + data bytes) of any package: V7.0 packages are at most 9 bytes.
+const MAX_OTHER_BODY: usize = LIVE_LEN - 1;
+/// Live packages in a row, back to back and passing the field checks, before readings are
+/// trusted (see the module documentation). The CMS50D+ recording has 5 live packages.
+pub const LOCK_FRAMES: usize = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -103,8 +131,15 @@ pub struct Cms50 {
     offset: u64,
     /// An error was reported and no well-formed package has followed yet: stay quiet.
     in_bad_stretch: bool,
-    /// Complete live packages decoded.
+    /// Live packages whose readings were emitted (locked, or the run that made the lock); a
+    /// run discarded before the lock is not counted, so a stream that never locks shows none.
     frames_ok: u64,
+    /// Readings are trusted: [`LOCK_FRAMES`] good live packages came in a row, no error since.
+    locked: bool,
+    /// Good live packages in the current run while not locked.
+    run: usize,
+    /// Readings of the current run, held back until the lock.
+    held: Vec<Decoded>,
 }
 
 impl Default for Cms50 {
@@ -122,7 +157,15 @@ impl Cms50 {
             offset: 0,
             in_bad_stretch: false,
             frames_ok: 0,
+            locked: false,
+            run: 0,
+            held: Vec::new(),
         }
+    }
+
+    /// Whether readings are currently trusted (see the module documentation).
+    pub fn locked(&self) -> bool {
+        self.locked
     }
 
     fn error(&mut self, offset: u64, message: String, out: &mut Vec<Decoded>) {
@@ -130,6 +173,40 @@ impl Cms50 {
             out.push(Decoded::Error { offset, message });
         }
         self.in_bad_stretch = true;
+        self.unlock();
+    }
+
+    fn unlock(&mut self) {
+        self.locked = false;
+        self.run = 0;
+        self.held.clear();
+    }
+
+    /// A complete live package that started at `start`.
+    fn live_frame(&mut self, start: u64, out: &mut Vec<Decoded>) {
+        let d = restore_high_bits(&self.frame);
+        if let Err(why) = check_live(&d) {
+            self.error(
+                start,
+                format!("malformed live frame ({why}), resyncing"),
+                out,
+            );
+            return;
+        }
+        self.in_bad_stretch = false;
+        if self.locked {
+            self.frames_ok += 1;
+            decode_live(&d, out);
+            return;
+        }
+        decode_live(&d, &mut self.held);
+        self.run += 1;
+        if self.run >= LOCK_FRAMES {
+            self.locked = true;
+            self.frames_ok += self.run as u64;
+            self.run = 0;
+            out.append(&mut self.held);
+        }
     }
 
     fn begin(&mut self, ty: u8, at: u64) {
@@ -179,9 +256,7 @@ impl Cms50 {
                     self.frame[len] = b;
                     if len + 1 == LIVE_LEN {
                         self.state = State::Idle;
-                        self.in_bad_stretch = false;
-                        self.frames_ok += 1;
-                        decode_live(&self.frame, out);
+                        self.live_frame(start, out);
                     } else {
                         self.state = State::Live {
                             start,
@@ -200,6 +275,12 @@ impl Cms50 {
                         );
                     } else {
                         self.in_bad_stretch = false;
+                        // A reply between live packages: the lock holds, a run being counted
+                        // starts again.
+                        if !self.locked {
+                            self.run = 0;
+                            self.held.clear();
+                        }
                     }
                     self.begin(b, at);
                 } else if len + 1 > MAX_OTHER_BODY {
@@ -241,8 +322,31 @@ fn reading(code: u32, value: f64, unit: Unit, status: Vec<String>) -> Decoded {
     })
 }
 
-fn decode_live(frame: &[u8; LIVE_LEN], out: &mut Vec<Decoded>) {
-    let d = restore_high_bits(frame);
+/// Device range of the pulse rate (CMS50 specifications: 30–250 bpm; 25 in some variants).
+const PULSE_RANGE: std::ops::RangeInclusive<u8> = 25..=250;
+/// The device's "pulse rate invalid" marker.
+const PULSE_INVALID: u8 = 0xFF;
+/// The device's "SpO2 invalid" marker (V7.0, timegrid/CMS50Dplus7).
+const SPO2_INVALID: u8 = 0x7F;
+
+/// The field checks of a live package (data bytes with bit 7 restored). The error text names
+/// the field, never its value.
+fn check_live(d: &[u8; 7]) -> Result<(), &'static str> {
+    if d[2] & 0xE0 != 0 {
+        return Err("reserved bits of byte 4 set");
+    }
+    let spo2 = d[4];
+    if spo2 > 100 && spo2 != SPO2_INVALID {
+        return Err("SpO2 outside 0-100 and not the invalid marker");
+    }
+    let pulse = d[3];
+    if pulse != 0 && pulse != PULSE_INVALID && !PULSE_RANGE.contains(&pulse) {
+        return Err("pulse rate outside the device's range and not the invalid marker");
+    }
+    Ok(())
+}
+
+fn decode_live(d: &[u8; 7], out: &mut Vec<Decoded>) {
     let finger_out = d[0] & 0x80 != 0;
     let search_too_long = d[0] & 0x10 != 0;
     let searching = d[1] & 0x80 != 0;
@@ -271,7 +375,7 @@ fn decode_live(frame: &[u8; LIVE_LEN], out: &mut Vec<Decoded>) {
     if (1..=100).contains(&spo2) {
         out.push(reading(mdc::SPO2, f64::from(spo2), Unit::PERCENT, status()));
     }
-    if (1..=254).contains(&pulse) {
+    if PULSE_RANGE.contains(&pulse) {
         out.push(reading(
             mdc::PULSE_RATE_OXIM,
             f64::from(pulse),
@@ -451,16 +555,16 @@ mod tests {
     #[test]
     fn garbage_and_cut_frames_are_reported_once_at_their_absolute_offsets() {
         let bin = real("cms50e_live_capture.bin");
-        let frame = &bin[..9];
+        let run = &bin[..27]; // three frames: enough to lock
         let mut s = Vec::new();
-        s.extend(frame); // 0..9 ok
-        s.extend([0xA0, 0xA1, 0xA2]); // 9..12 stray bytes: one error at 9
-        s.extend(frame); // 12..21 ok
-        s.extend(&frame[..5]); // 21..26 cut frame: error at 21
-        s.extend(frame); // 26..35 ok
-        s.extend([0x0C, 0x0D]); // 35: empty package of type 0x0C: error at 35
-        s.extend([0x0C, 0x80]); // 37..39 a well-formed response package, no error
-        s.extend(frame); // 39..48 ok
+        s.extend(run); // 0..27 ok
+        s.extend([0xA0, 0xA1, 0xA2]); // 27..30 stray bytes: one error at 27
+        s.extend(run); // 30..57 ok
+        s.extend(&run[..5]); // 57..62 cut frame: error at 57
+        s.extend(run); // 62..89 ok
+        s.extend([0x0C, 0x0D]); // 89: empty package of type 0x0C: error at 89
+        s.extend([0x0C, 0x80]); // 91..93 a well-formed response package, no error
+        s.extend(run); // 93..120 ok
         let out = decode_all(&[&s]);
         let errors: Vec<(u64, &str)> = out
             .iter()
@@ -471,13 +575,100 @@ mod tests {
             .collect();
         assert_eq!(
             errors.iter().map(|e| e.0).collect::<Vec<_>>(),
-            vec![9, 21, 35],
+            vec![27, 57, 89],
             "{errors:?}"
         );
         assert!(errors[0].1.contains("0xA0"));
         assert!(errors[1].1.contains("truncated live frame (5 of 9"));
         assert!(errors[2].1.contains("empty package of type 0x0C"));
+        assert_eq!(values(&out, mdc::SPO2).len(), 12);
+    }
+
+    #[test]
+    fn nothing_is_emitted_before_three_good_frames_in_a_row_and_an_error_drops_the_lock() {
+        let bin = real("cms50e_live_capture.bin");
+        let frame = &bin[..9];
+        let mut p = Cms50::new();
+        let mut out = Vec::new();
+        // Two good frames, then a cut one: nothing, the two are discarded.
+        p.feed(frame, &mut out);
+        p.feed(frame, &mut out);
+        assert!(out.is_empty() && !p.locked());
+        p.feed(&frame[..4], &mut out);
+        p.feed(frame, &mut out);
+        p.feed(frame, &mut out);
+        assert_eq!(values(&out, mdc::SPO2).len(), 0);
+        // The third in a row locks and releases the run's readings.
+        p.feed(frame, &mut out);
+        assert!(p.locked());
+        assert_eq!(values(&out, mdc::SPO2), vec![99.0; 3]);
+        assert_eq!(values(&out, mdc::PLETH).len(), 3);
+        // Locked: a reply package between live frames keeps the lock; every frame is emitted.
+        p.feed(&[0x0C, 0x80], &mut out);
+        p.feed(frame, &mut out);
+        assert!(p.locked());
         assert_eq!(values(&out, mdc::SPO2).len(), 4);
+        // A frame that fails a check drops the lock.
+        let bad_spo2 = [0x01, 0xE0, 0x84, 0x93, 0x92, 0xBC, 0xE5, 0xFF, 0xFF]; // SpO2 101
+        p.feed(&bad_spo2, &mut out);
+        assert!(!p.locked());
+        p.feed(frame, &mut out);
+        assert_eq!(values(&out, mdc::SPO2).len(), 4);
+        // While not locked, a reply package breaks the run being counted.
+        p.feed(frame, &mut out);
+        p.feed(&[0x0C, 0x80], &mut out);
+        p.feed(frame, &mut out);
+        p.feed(frame, &mut out);
+        assert!(!p.locked());
+        assert_eq!(values(&out, mdc::SPO2).len(), 4);
+    }
+
+    #[test]
+    fn fields_the_device_cannot_send_are_errors_not_readings() {
+        let good = [0x01, 0xE0, 0x84, 0x93, 0x92, 0xBC, 0xE3, 0xFF, 0xFF];
+        let cases: [(&str, [u8; 9]); 5] = [
+            // d2 = 0x32: reserved bit 5 set.
+            (
+                "reserved bits",
+                [0x01, 0xE0, 0x84, 0x93, 0xB2, 0xBC, 0xE3, 0xFF, 0xFF],
+            ),
+            // SpO2 byte 0xE5 = 101.
+            (
+                "SpO2",
+                [0x01, 0xE0, 0x84, 0x93, 0x92, 0xBC, 0xE5, 0xFF, 0xFF],
+            ),
+            // SpO2 200: high bit from bit 4 of the high byte.
+            (
+                "SpO2",
+                [0x01, 0xF0, 0x84, 0x93, 0x92, 0xBC, 0xC8, 0xFF, 0xFF],
+            ),
+            // Pulse 10 bpm: below the device's range.
+            (
+                "pulse rate",
+                [0x01, 0xE0, 0x84, 0x93, 0x92, 0x8A, 0xE3, 0xFF, 0xFF],
+            ),
+            // Pulse 0xFB = 251 bpm: above it, and not the invalid marker.
+            (
+                "pulse rate",
+                [0x01, 0xE8, 0x84, 0x93, 0x92, 0xFB, 0xE3, 0xFF, 0xFF],
+            ),
+        ];
+        for (field, bad) in cases {
+            let out = decode_all(&[&good, &good, &bad, &good, &good]);
+            assert!(
+                out.iter().all(|d| !matches!(d, Decoded::Reading(_))),
+                "{field}: {out:?}"
+            );
+            match &out[..] {
+                [Decoded::Error {
+                    offset: 18,
+                    message,
+                }] => {
+                    assert!(message.contains(field), "{message}")
+                }
+                other => panic!("{field}: {other:?}"),
+            }
+        }
     }
 
     #[test]
@@ -493,7 +684,7 @@ mod tests {
         // E1: bit 7 of d0 = finger out; E2: bit 7 of d1 = searching (celiponcio, bedsidemon).
         let finger_out = [0x01, 0xE1, 0x84, 0x93, 0x92, 0xBC, 0xE3, 0xFF, 0xFF];
         let searching = [0x01, 0xE2, 0x84, 0x93, 0x92, 0xFF, 0xFF, 0xFF, 0xFF];
-        let out = decode_all(&[&finger_out, &searching]);
+        let out = decode_all(&[&finger_out, &finger_out, &searching]);
         assert_eq!(out.len(), 1);
         match &out[0] {
             Decoded::Reading(r) => {
@@ -508,19 +699,19 @@ mod tests {
     fn pulse_above_127_uses_the_high_byte_and_invalid_markers_give_no_value() {
         // Pulse 150 = 0x96: bit 7 travels in bit 3 of the high byte (0xE8), byte 5 = 0x80 | 0x16.
         let fast = [0x01, 0xE8, 0x84, 0x93, 0x92, 0x96, 0xE3, 0xFF, 0xFF];
-        let out = decode_all(&[&fast]);
-        assert_eq!(values(&out, mdc::PULSE_RATE_OXIM), vec![150.0]);
+        let out = decode_all(&[&fast, &fast, &fast]);
+        assert_eq!(values(&out, mdc::PULSE_RATE_OXIM), vec![150.0; 3]);
         // Pulse 0xFF (bit 3 of the high byte set, byte 5 = 0xFF) and SpO2 127 (> 100) are invalid.
         let invalid = [0x01, 0xE8, 0x84, 0x93, 0x92, 0xFF, 0xFF, 0xFF, 0xFF];
-        let out = decode_all(&[&invalid]);
+        let out = decode_all(&[&invalid, &invalid, &invalid]);
         assert!(values(&out, mdc::PULSE_RATE_OXIM).is_empty());
         assert!(values(&out, mdc::SPO2).is_empty());
-        assert_eq!(values(&out, mdc::PLETH), vec![19.0]);
+        assert_eq!(values(&out, mdc::PLETH), vec![19.0; 3]);
         // A plain 127 bpm (high bit clear) is a real pulse rate.
         let p127 = [0x01, 0xE0, 0x84, 0x93, 0x92, 0xFF, 0xE3, 0xFF, 0xFF];
         assert_eq!(
-            values(&decode_all(&[&p127]), mdc::PULSE_RATE_OXIM),
-            vec![127.0]
+            values(&decode_all(&[&p127, &p127, &p127]), mdc::PULSE_RATE_OXIM),
+            vec![127.0; 3]
         );
     }
 

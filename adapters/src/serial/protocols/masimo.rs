@@ -34,7 +34,9 @@
 //! - `SPO2` → [`mdc::SPO2`] (%), `BPM` → [`mdc::PULSE_RATE_OXIM`] (/min), `PI` →
 //!   [`mdc::PERFUSION_INDEX`] (%). A value made of dashes (`---`, `--.-`, `+--`) is absent. A value
 //!   of zero is absent too: the Rad-8 manual shows `000` as the placeholder while the sensor is off
-//!   the patient, and no oximeter measures a saturation, rate or PI of zero.
+//!   the patient, and no oximeter measures a saturation, rate or PI of zero. A value outside the
+//!   device's range (SpO2 1–100 %, pulse rate 25–240 bpm, PI 0.02–20 %: Masimo SET
+//!   specifications) is an error, never a reading: the line is not what the device sent.
 //! - `SPCO`, `SPMET`, `DESAT`, `PIDELTA`, `PVI` are not emitted (no MDC code in this crate yet).
 //! - `EXC` (hex) and `ALARM` (hex) bits become status strings on every reading of the line (see
 //!   [`EXCEPTIONS`], [`ALARMS`]); the `0x000800` "Masimo SET" bit is normal operation, not a
@@ -48,6 +50,15 @@
 
 use super::{Decoded, Protocol};
 use crate::observation::{mdc, Reading, Unit};
+
+/// SpO2 the device can report, %.
+const SPO2_RANGE: std::ops::RangeInclusive<f64> = 1.0..=100.0;
+/// Pulse rate range of Masimo SET devices (Radical-7 / Rad-8 operator's manual specifications:
+/// 25–240 bpm; the Radical-7 example line of the source shows `BPM=240`).
+const PULSE_RANGE: std::ops::RangeInclusive<f64> = 25.0..=240.0;
+/// Perfusion index range of Masimo SET devices (same specifications: 0.02–20 %; the example
+/// line shows `PI=20.00%`).
+const PI_RANGE: std::ops::RangeInclusive<f64> = 0.02..=20.0;
 
 /// Longest line accepted (the Radical-7 example is 130 bytes).
 const MAX_LINE: usize = 256;
@@ -195,8 +206,13 @@ fn device_time(date: &str, time: &str) -> Option<String> {
     valid.then(|| format!("20{y:02}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}"))
 }
 
-/// A numeric field: `Ok(None)` when absent (dashes or the zero placeholder).
-fn number(key: &str, raw: &str, max: f64) -> Result<Option<f64>, String> {
+/// A numeric field: `Ok(None)` when absent (dashes or the zero placeholder); a value outside
+/// `range` (what the device can display) is an error, never a reading.
+fn number(
+    key: &str,
+    raw: &str,
+    range: std::ops::RangeInclusive<f64>,
+) -> Result<Option<f64>, String> {
     let body = raw.trim_end_matches('%');
     if body.is_empty() || body.contains('-') {
         return Ok(None);
@@ -208,7 +224,7 @@ fn number(key: &str, raw: &str, max: f64) -> Result<Option<f64>, String> {
     };
     if v == 0.0 {
         Ok(None)
-    } else if v > max {
+    } else if !range.contains(&v) {
         Err(format!("{key} value is out of range"))
     } else {
         Ok(Some(v))
@@ -274,9 +290,9 @@ fn parse_line(line: &[u8], offset: u64, out: &mut Vec<Decoded>) -> bool {
                 }
                 Ok(())
             }
-            "SPO2" => number(key, raw, 100.0).map(|v| spo2 = v),
-            "BPM" => number(key, raw, 350.0).map(|v| bpm = v),
-            "PI" => number(key, raw, 100.0).map(|v| pi = v),
+            "SPO2" => number(key, raw, SPO2_RANGE).map(|v| spo2 = v),
+            "BPM" => number(key, raw, PULSE_RANGE).map(|v| bpm = v),
+            "PI" => number(key, raw, PI_RANGE).map(|v| pi = v),
             "EXC" => bits(key, raw)
                 .map(|v| flag_names(v, &EXCEPTIONS, EXC_SET, "exception", &mut status)),
             "ALARM" => bits(key, raw).map(|v| flag_names(v, &ALARMS, 0, "alarm", &mut status)),
@@ -356,6 +372,27 @@ mod tests {
             device_time: Some(time.into()),
             status: status.iter().map(|s| s.to_string()).collect(),
         })
+    }
+
+    #[test]
+    fn values_outside_the_device_range_are_errors_not_readings() {
+        for bad in ["SPO2=101%", "BPM=024", "BPM=241", "PI=20.01%", "PI=00.01%"] {
+            let line =
+                format!("\n12/01/05 11:56:29 SPO2=098% BPM=070 PI=02.00% {bad} EXC=000800\r\n");
+            let out = decode_all(&[line.as_bytes()]);
+            match &out[..] {
+                [Decoded::Error { offset: 1, message }] => {
+                    assert!(
+                        message.ends_with("value is out of range"),
+                        "{bad}: {message}"
+                    )
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        let edges = "\n12/01/05 11:56:29 SPO2=001% BPM=025 PI=00.02% EXC=000800\r\n";
+        let out = decode_all(&[edges.as_bytes()]);
+        assert_eq!(out.len(), 3, "{out:?}");
     }
 
     #[test]
