@@ -1,5 +1,6 @@
-//! `wardgate verify --cert PEM FILE…`: verifies COSE_Sign1 messages (batches, retained device
-//! status, heartbeats) against gateway certificates and prints each payload as a JSON line;
+//! `wardgate verify --cert PEM FILE…` (or `--ca PEM [--crl CRL]`): verifies COSE_Sign1 messages
+//! (batches, retained device status, heartbeats, acks) against listed certificates or, through
+//! their `x5chain`, a CA, and prints each payload as a JSON line;
 //! `N verified, M failed` on stderr; exit 1 when any failed.
 
 use crate::error::UsageError;
@@ -9,9 +10,16 @@ use std::process::ExitCode;
 /// `wardgate verify` arguments.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// PEM certificate(s) of the gateway(s).
+    /// PEM certificate(s) of the gateway(s) (listed: trusted by `kid`).
     #[arg(long)]
     cert: Vec<PathBuf>,
+    /// PEM CA certificate(s): a message whose `x5chain` chains to one is trusted too (its signer
+    /// is printed on stderr).
+    #[arg(long)]
+    ca: Vec<PathBuf>,
+    /// Certificate revocation list(s) for `--ca` (PEM or DER).
+    #[arg(long, requires = "ca")]
+    crl: Vec<PathBuf>,
     /// Message files, or `-` for one message on standard input.
     #[arg(required = true)]
     files: Vec<PathBuf>,
@@ -19,13 +27,24 @@ pub struct Args {
 
 /// Verifies every file; one bad file does not stop the others.
 pub fn main(args: Args) -> anyhow::Result<ExitCode> {
-    if args.cert.is_empty() {
-        return Err(UsageError("verify needs --cert PEM (the gateway certificate)".into()).into());
+    if args.cert.is_empty() && args.ca.is_empty() {
+        return Err(UsageError(
+            "verify needs --cert PEM (the gateway certificate) or --ca PEM (its CA)".into(),
+        )
+        .into());
     }
     let mut v = crate::signing::Verifier::default();
     for c in &args.cert {
         v.add_file(c)
             .map_err(|e| UsageError(format!("--cert {}: {e}", c.display())))?;
+    }
+    for c in &args.ca {
+        v.add_ca_file(c)
+            .map_err(|e| UsageError(format!("--ca {}: {e}", c.display())))?;
+    }
+    for c in &args.crl {
+        v.add_crl_file(c)
+            .map_err(|e| UsageError(format!("--crl {}: {e}", c.display())))?;
     }
     let (mut ok, mut failed) = (0u64, 0u64);
     for f in &args.files {
@@ -66,7 +85,11 @@ fn verify_one(v: &crate::signing::Verifier, f: &PathBuf) -> Result<serde_json::V
             MAX_MESSAGE_BYTES >> 20
         ));
     }
-    let p = v.verify(&bytes).map_err(|e| e.to_string())?;
+    let verified = v.verify_signed(&bytes).map_err(|e| e.to_string())?;
+    if !verified.listed {
+        eprintln!("{}: signed by {}", f.display(), verified.signer);
+    }
+    let p = verified.payload;
     match crate::batch::BatchPayload::from_cbor(&p) {
         Ok(b) => serde_json::to_value(&b).map_err(|e| e.to_string()),
         // Retained device status and heartbeat (crate::health::retained) are signed too.
