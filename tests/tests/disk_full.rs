@@ -132,6 +132,9 @@ fn a_full_filesystem_refuses_new_rows_reports_them_and_loses_nothing_accepted() 
         pings >= 4,
         "WATCHDOG=1 kept coming while full: {pings} in 6 s"
     );
+    // Stop listening (an unread datagram socket fills up and blocks the notifier's send).
+    drop(notify);
+    let _ = std::fs::remove_file(&notify_path);
     let text = status(&gateway);
     assert!(text.contains("daemon:   running"), "{text}");
     assert!(text.contains("store:    FULL since"), "{text}");
