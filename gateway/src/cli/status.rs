@@ -33,7 +33,7 @@ pub struct Report {
 /// [`Report::problems`], never taken for "absent".
 pub fn report(store_path: &Path, snap_path: &Path) -> Report {
     let mut problems = Vec::new();
-    let snapshot: Option<Snapshot> = match std::fs::read(&snap_path) {
+    let snapshot: Option<Snapshot> = match std::fs::read(snap_path) {
         Ok(b) => match serde_json::from_slice(&b) {
             Ok(s) => Some(s),
             Err(e) => {
