@@ -216,6 +216,7 @@ fn start_gateway(env: &Env, store: Arc<Store>, batch_interval: Duration) -> Gate
             commit_max_rows: 5000,
             batch_max: 2000,
             retention_every: Duration::from_secs(3600),
+            buffer_max_rows: 10_000,
         },
         wake.clone(),
         Arc::new(WriterStats::default()),

@@ -67,6 +67,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         synchronous: cfg.store.synchronous,
         max_bytes: cfg.store.max_bytes,
         max_age_ms: (cfg.store.max_age_hours as i64).saturating_mul(3_600_000),
+        max_pages: cfg.store.max_pages,
     };
     let path = cfg.store.path.clone();
     let (store, open_report) =
@@ -109,6 +110,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
             batch_max: cfg.uplink.batch_max,
             // Also the writer's idle tick: kept well inside the watchdog period.
             retention_every: crate::system::sd_notify::writer_tick(watchdog),
+            buffer_max_rows: cfg.store.buffer_max_rows.max(1),
         },
         wake.clone(),
         writer.clone(),
@@ -181,7 +183,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     }
     let status_task = tokio::spawn(
         crate::health::status_loop::StatusLoop {
-            store_path: cfg.store.path.clone(),
+            status_path: cfg.store.status_path(),
             origin: crate::batch::Origin {
                 gateway: cfg.gateway.id.get_ref().clone(),
                 site: cfg.gateway.site.get_ref().clone(),

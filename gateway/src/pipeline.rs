@@ -5,11 +5,36 @@
 //! one transaction: commits are at least `commit_interval` apart, and a row arriving after a
 //! quiet spell is committed at once. While a
 //! commit (fsync) runs, new events wait in the bounded channel; when it is full, adapters wait in
-//! `send().await`: backpressure reaches the device side, never the heap. A failed commit keeps
-//! the rows in memory and retries (they are not accepted yet, and are not dropped).
+//! `send().await`: backpressure reaches the device side, never the heap.
+//!
+//! # When the store cannot accept rows (full disk)
+//!
+//! A failed commit (SQLITE_FULL from a full filesystem or `[store] max_pages`, or an I/O error)
+//! keeps its rows in memory: they are not accepted yet, and nothing in the store is deleted to
+//! make room (rows already accepted stay, see `crate::store`). The writer then
+//! - retries every second, and each retry is progress for the watchdog (the promise is stated
+//!   once, in `crate::system::sd_notify`);
+//! - keeps draining the channel, so adapters are not stalled into losing data silently at the
+//!   device, into a buffer bounded by `buffer_max_rows` (or the failed commit's size, if larger);
+//! - when the buffer is full, **refuses** rows: the *newest* of the lowest class go first
+//!   (waveform samples, then numerics, then device events: the retention order). An incoming
+//!   row of a higher class than something held takes the place of the newest held row of the
+//!   lowest class; otherwise the incoming row itself is refused. The oldest rows are kept
+//!   because they continue what the store already holds: the gap upstream is one span at the
+//!   end of the outage per device and class, not holes. Every refused row is counted per device
+//!   and class with the time span it covers;
+//! - logs the change of state once, a summary every [`SUMMARY_EVERY`] while it lasts, and the
+//!   recovery once, never a line per retry;
+//! - when a commit succeeds again, records one `dropped` event of device `gateway`
+//!   (`reason=store_full`, or `store_error` for other failures) with the refused counts per
+//!   device and their first/last gateway time ([`refused_detail`]), which travels upstream like
+//!   any row.
+//!
+//! [`WriterStats::store`] shows the state (`wardgate status`). On shutdown while the store
+//! still refuses, the rows held in memory are lost and logged with their counts.
 
-use crate::store::Store;
-use std::collections::BTreeMap;
+use crate::store::{class_of, Class, Store};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,6 +54,218 @@ pub struct WriterOptions {
     pub batch_max: usize,
     /// How often retention limits are checked.
     pub retention_every: Duration,
+    /// Most rows held in memory while commits fail; beyond it rows are refused (module doc).
+    pub buffer_max_rows: usize,
+}
+
+/// How often the writer logs a summary while the store cannot accept rows.
+pub const SUMMARY_EVERY: Duration = Duration::from_secs(60);
+
+/// How long the writer waits between commit attempts while they fail.
+pub const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// Rows of one device the writer had to refuse (not accepted, never in the store).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Refused {
+    /// Waveform samples refused.
+    pub waveform: u64,
+    /// Numerics refused.
+    pub numeric: u64,
+    /// Device events refused.
+    pub events: u64,
+    /// Gateway time (Unix ms) of the oldest refused row.
+    pub first_ms: i64,
+    /// Gateway time (Unix ms) of the newest refused row.
+    pub last_ms: i64,
+}
+
+impl Refused {
+    /// Rows refused.
+    pub fn total(&self) -> u64 {
+        self.waveform + self.numeric + self.events
+    }
+
+    fn add(&mut self, class: Class, gateway_time: i64) {
+        if self.total() == 0 {
+            (self.first_ms, self.last_ms) = (gateway_time, gateway_time);
+        }
+        self.first_ms = self.first_ms.min(gateway_time);
+        self.last_ms = self.last_ms.max(gateway_time);
+        match class {
+            Class::Waveform => self.waveform += 1,
+            Class::Numeric => self.numeric += 1,
+            Class::Event => self.events += 1,
+        }
+    }
+
+    fn merge(&mut self, o: &Refused) {
+        if o.total() == 0 {
+            return;
+        }
+        if self.total() == 0 {
+            *self = o.clone();
+            return;
+        }
+        self.first_ms = self.first_ms.min(o.first_ms);
+        self.last_ms = self.last_ms.max(o.last_ms);
+        self.waveform += o.waveform;
+        self.numeric += o.numeric;
+        self.events += o.events;
+    }
+}
+
+/// Whether the store accepts rows, for `wardgate status` ([`WriterStats::store`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoreState {
+    /// Set while commits fail: wall-clock Unix ms of the first failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing_since_ms: Option<i64>,
+    /// The failure is a full store (filesystem or `max_pages`), not another error.
+    #[serde(default)]
+    pub full: bool,
+    /// The last commit error, while failing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Rows held in memory, not yet accepted.
+    #[serde(default)]
+    pub buffered: u64,
+    /// Rows refused since the daemon started.
+    #[serde(default)]
+    pub refused_since_start: u64,
+    /// Refused rows per device not yet reported upstream (recorded as a `dropped` event as soon
+    /// as the store accepts rows again).
+    #[serde(default)]
+    pub refused_unreported: BTreeMap<String, Refused>,
+}
+
+/// The writer's rows not yet committed: bounded while commits fail (module doc).
+#[derive(Debug, Default)]
+pub struct PendingRows {
+    rows: VecDeque<AdapterEvent>,
+    by_class: [usize; 3],
+}
+
+impl PendingRows {
+    /// Rows held.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Adds a row with no bound (normal group commit: the bound is the commit size).
+    pub fn push(&mut self, ev: AdapterEvent) {
+        self.by_class[class_of(&ev) as usize] += 1;
+        self.rows.push_back(ev);
+    }
+
+    /// Adds a row while commits fail, holding at most `max`; returns the row refused to make it
+    /// fit, if any: the newest row of the lowest class, the incoming one included (an incoming
+    /// row of the lowest class held is itself refused; a higher-class one replaces the newest
+    /// held row of the lowest class).
+    pub fn admit(&mut self, ev: AdapterEvent, max: usize) -> Option<AdapterEvent> {
+        if self.rows.len() < max {
+            self.push(ev);
+            return None;
+        }
+        let incoming = class_of(&ev) as usize;
+        match (0..3).find(|c| self.by_class[*c] > 0) {
+            Some(low) if low < incoming => {
+                let at = self
+                    .rows
+                    .iter()
+                    .rposition(|r| class_of(r) as usize == low)?;
+                let out = self.rows.remove(at)?;
+                self.by_class[low] -= 1;
+                self.push(ev);
+                Some(out)
+            }
+            _ => Some(ev),
+        }
+    }
+
+    /// Takes up to `n` of the oldest rows.
+    fn take_front(&mut self, n: usize) -> Vec<AdapterEvent> {
+        let n = n.min(self.rows.len());
+        let rows: Vec<AdapterEvent> = self.rows.drain(..n).collect();
+        for r in &rows {
+            self.by_class[class_of(r) as usize] -= 1;
+        }
+        rows
+    }
+
+    /// Puts rows taken by [`Self::take_front`] back in front, in their order.
+    fn put_front(&mut self, rows: Vec<AdapterEvent>) {
+        for r in rows.into_iter().rev() {
+            self.by_class[class_of(&r) as usize] += 1;
+            self.rows.push_front(r);
+        }
+    }
+
+    /// Counts per device of what is held (for the log when it is lost at shutdown).
+    fn counts(&self) -> BTreeMap<String, Refused> {
+        let mut m: BTreeMap<String, Refused> = BTreeMap::new();
+        for r in &self.rows {
+            let (d, t) = device_and_time(r);
+            m.entry(d.to_owned()).or_default().add(class_of(r), t);
+        }
+        m
+    }
+}
+
+fn device_and_time(r: &AdapterEvent) -> (&str, i64) {
+    match r {
+        AdapterEvent::Observation(o) => (o.device.as_str(), o.gateway_time),
+        AdapterEvent::Event(e) => (e.device.as_str(), e.gateway_time),
+    }
+}
+
+/// The `dropped` event's detail for refused rows: totals and span first, then one
+/// `| <device> …` part per device, e.g. `reason=store_full waveform=120 numeric=8 events=0
+/// total=128 first_ms=… last_ms=… | serial:bed1 waveform=120 numeric=8 events=0 total=128
+/// first_ms=… last_ms=…`.
+pub fn refused_detail(reason: &str, per: &BTreeMap<String, Refused>) -> String {
+    let mut all = Refused::default();
+    for r in per.values() {
+        all.merge(r);
+    }
+    let part = |r: &Refused| {
+        format!(
+            "waveform={} numeric={} events={} total={} first_ms={} last_ms={}",
+            r.waveform,
+            r.numeric,
+            r.events,
+            r.total(),
+            r.first_ms,
+            r.last_ms
+        )
+    };
+    let mut s = format!("reason={reason} {}", part(&all));
+    for (d, r) in per {
+        s.push_str(&format!(" | {d} {}", part(r)));
+    }
+    s
+}
+
+/// `device: N, …` for log lines.
+fn per_device_line(per: &BTreeMap<String, Refused>) -> String {
+    per.iter()
+        .map(|(d, r)| format!("{d}: {}", r.total()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A run of failing commits.
+struct Episode {
+    since: tokio::time::Instant,
+    since_ms: i64,
+    full: bool,
+    last_error: String,
+    last_summary: tokio::time::Instant,
+    refusing: bool,
 }
 
 /// Per-device counts of what the writer accepted.
@@ -75,6 +312,8 @@ pub struct WriterStats {
     pub last_progress_ms: AtomicU64,
     /// Accepted counts per device id.
     pub per_device: Mutex<BTreeMap<String, DeviceCounts>>,
+    /// Whether the store accepts rows; what was refused.
+    pub store: Mutex<StoreState>,
 }
 
 /// Runs the writer until every sender of `rx` is dropped and the channel is drained.
@@ -88,9 +327,59 @@ pub async fn run_writer(
     let mut pending_since_wake = 0usize;
     let mut last_retention = tokio::time::Instant::now();
     let mut last_commit = tokio::time::Instant::now() - opts.commit_interval;
-    let mut buf: Vec<AdapterEvent> = Vec::with_capacity(opts.commit_max_rows.min(65_536));
+    let mut buf = PendingRows::default();
+    let mut closed = false;
+    // Set while commits fail.
+    let mut episode: Option<Episode> = None;
+    // Refused rows per device not yet recorded in the store as a `dropped` event.
+    let mut unreported: BTreeMap<String, Refused> = BTreeMap::new();
+    let mut unreported_full = false;
     loop {
-        if buf.is_empty() {
+        if let Some(ep) = episode.as_mut() {
+            // The store refused the last commit: keep draining the channel into the bounded
+            // buffer (refusing beyond it) until the next attempt.
+            let retry_at = tokio::time::Instant::now() + RETRY_EVERY;
+            let max = opts.buffer_max_rows;
+            while !closed {
+                tokio::select! {
+                    ev = rx.recv() => match ev {
+                        Some(ev) => {
+                            if let Some(out) = buf.admit(ev, max) {
+                                let (d, t) = device_and_time(&out);
+                                unreported.entry(d.to_owned()).or_default().add(class_of(&out), t);
+                                unreported_full |= ep.full;
+                                stats.store.lock().unwrap_or_else(|p| p.into_inner()).refused_since_start += 1;
+                                if !ep.refusing {
+                                    ep.refusing = true;
+                                    log::error!(
+                                        "store: {} rows held in memory, the most it holds (buffer_max_rows): refusing new rows from now on (newest first, waveform before numerics before events), counted per device and reported upstream when the store accepts rows again",
+                                        buf.len()
+                                    );
+                                }
+                            }
+                        }
+                        None => closed = true,
+                    },
+                    _ = tokio::time::sleep_until(retry_at) => break,
+                }
+            }
+            stats.last_progress_ms.store(mono_ms(), Ordering::Relaxed);
+            if ep.last_summary.elapsed() >= SUMMARY_EVERY {
+                ep.last_summary = tokio::time::Instant::now();
+                let refused: u64 = unreported.values().map(Refused::total).sum();
+                log::warn!(
+                    "store still not accepting rows after {} s ({}): {} rows held in memory, {refused} refused so far ({})",
+                    ep.since.elapsed().as_secs(),
+                    ep.last_error,
+                    buf.len(),
+                    per_device_line(&unreported)
+                );
+            }
+            publish(&stats, episode.as_ref(), &buf, &unreported);
+        } else if buf.is_empty() && unreported.is_empty() {
+            if closed {
+                break;
+            }
             let first = tokio::select! {
                 ev = rx.recv() => ev,
                 _ = tokio::time::sleep(opts.retention_every) => {
@@ -120,7 +409,23 @@ pub async fn run_writer(
                 }
             }
         }
-        let rows = std::mem::take(&mut buf);
+        // Refused rows are reported in the first commit after the store accepted one again.
+        let with_report = episode.is_none() && !unreported.is_empty();
+        let mut rows = buf.take_front(opts.commit_max_rows);
+        if with_report {
+            let reason = if unreported_full {
+                "store_full"
+            } else {
+                "store_error"
+            };
+            rows.push(AdapterEvent::Event(
+                wardgate_adapters::observation::DeviceEvent::new(
+                    wardgate_adapters::observation::DeviceId("gateway".into()),
+                    EventKind::Dropped,
+                    refused_detail(reason, &unreported),
+                ),
+            ));
+        }
         last_commit = tokio::time::Instant::now();
         let s = store.clone();
         let result = tokio::task::spawn_blocking(move || {
@@ -137,6 +442,28 @@ pub async fn run_writer(
                     let mut per = stats.per_device.lock().unwrap_or_else(|p| p.into_inner());
                     count_committed(&mut per, &rows, now_ms());
                 }
+                if let Some(ep) = episode.take() {
+                    let refused: u64 = unreported.values().map(Refused::total).sum();
+                    log::warn!(
+                        "store accepts rows again after {} s; {} rows held in memory are being committed; {refused} rows were refused{}",
+                        ep.since.elapsed().as_secs(),
+                        buf.len() + rows.len(),
+                        if refused > 0 {
+                            format!(" ({}), reported upstream as a `dropped` event", per_device_line(&unreported))
+                        } else {
+                            String::new()
+                        }
+                    );
+                }
+                if with_report {
+                    log::info!(
+                        "store: recorded the refused rows as a `dropped` event: {}",
+                        per_device_line(&unreported)
+                    );
+                    unreported.clear();
+                    unreported_full = false;
+                }
+                publish(&stats, None, &buf, &unreported);
                 pending_since_wake += rows.len();
                 if pending_since_wake >= opts.batch_max {
                     pending_since_wake = 0;
@@ -146,17 +473,59 @@ pub async fn run_writer(
                     retention(&store, &mut last_retention, &opts).await;
                 }
             }
-            Ok((rows, Err(e))) => {
+            Ok((mut rows, Err(e))) => {
                 stats.failed_commits.fetch_add(1, Ordering::Relaxed);
                 // The writer is alive and retrying: that is progress for the watchdog (a restart
-                // would not cure a full disk and would lose these uncommitted rows).
+                // would not cure a full disk and would lose the rows held in memory).
                 stats.last_progress_ms.store(mono_ms(), Ordering::Relaxed);
-                log::error!(
-                    "{e}; keeping {} rows in memory and retrying in 1 s",
-                    rows.len()
-                );
-                buf = rows;
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                if with_report {
+                    rows.pop();
+                }
+                buf.put_front(rows);
+                let full = e.is_full();
+                match episode.as_mut() {
+                    None => {
+                        log::error!(
+                            "{e}; {}: {} rows held in memory and retried every {} s; beyond {} rows new rows are refused, counted and reported upstream; nothing already accepted is deleted",
+                            if full { "the store is full" } else { "the store cannot accept rows" },
+                            buf.len(),
+                            RETRY_EVERY.as_secs(),
+                            opts.buffer_max_rows
+                        );
+                        let now = tokio::time::Instant::now();
+                        episode = Some(Episode {
+                            since: now,
+                            since_ms: now_ms(),
+                            full,
+                            last_error: e.to_string(),
+                            last_summary: now,
+                            refusing: false,
+                        });
+                    }
+                    Some(ep) => {
+                        let msg = e.to_string();
+                        if full != ep.full {
+                            log::error!("{msg}; the store still cannot accept rows");
+                        }
+                        ep.full |= full;
+                        ep.last_error = msg;
+                    }
+                }
+                publish(&stats, episode.as_ref(), &buf, &unreported);
+                if closed {
+                    let lost = buf.counts();
+                    let n: u64 = lost.values().map(Refused::total).sum();
+                    let mut all = unreported.clone();
+                    for (d, r) in &lost {
+                        all.entry(d.clone()).or_default().merge(r);
+                    }
+                    log::error!(
+                        "shutting down while the store refuses rows: {n} rows held in memory are lost ({}); refused and unreported before: {}",
+                        per_device_line(&lost),
+                        refused_detail(if unreported_full { "store_full" } else { "store_error" }, &unreported)
+                    );
+                    break;
+                }
             }
             Err(join) => {
                 stats.failed_commits.fetch_add(1, Ordering::Relaxed);
@@ -165,6 +534,21 @@ pub async fn run_writer(
         }
     }
     wake.notify_one();
+}
+
+/// Publishes the store state for status.
+fn publish(
+    stats: &WriterStats,
+    ep: Option<&Episode>,
+    buf: &PendingRows,
+    unreported: &BTreeMap<String, Refused>,
+) {
+    let mut st = stats.store.lock().unwrap_or_else(|p| p.into_inner());
+    st.failing_since_ms = ep.map(|e| e.since_ms);
+    st.full = ep.is_some_and(|e| e.full);
+    st.last_error = ep.map(|e| e.last_error.clone());
+    st.buffered = buf.len() as u64;
+    st.refused_unreported.clone_from(unreported);
 }
 
 async fn retention(store: &Arc<Store>, last: &mut tokio::time::Instant, _opts: &WriterOptions) {

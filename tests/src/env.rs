@@ -256,6 +256,7 @@ ward = "{WARD}"
 
 [store]
 path = "store.db"
+status_path = "status.json"
 commit_interval_ms = 20
 
 [uplink]

@@ -1,11 +1,13 @@
 //! `wardgate status`: what the gateway is doing, for an installer (text) or a script (`--json`).
 //!
-//! The running daemon writes a snapshot, `status.json` beside the store, every 2 s (atomically:
-//! temp file + rename). `wardgate status` reads that snapshot and the store itself (read-only),
-//! so it works whether the daemon runs or not and needs no socket or privileges beyond reading
-//! the state directory.
+//! The running daemon writes a snapshot, `status.json`, every 2 s (atomically: temp file +
+//! rename) where `[store] status_path` says: by default `/run/wardgate/status.json` under systemd,
+//! else beside the store (`crate::config::StoreSection::status_path`; this command resolves it
+//! from the same config). `wardgate status` reads that snapshot and the store itself
+//! (read-only), so it works whether the daemon runs or not and needs no socket or privileges
+//! beyond reading the state and runtime directories.
 
-use crate::health::snapshot::{boot_ms, snapshot_path, Snapshot, FRESH_MS};
+use crate::health::snapshot::{boot_ms, Snapshot, FRESH_MS};
 use crate::store::StoreStats;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -26,12 +28,12 @@ pub struct Report {
     pub problems: Vec<String>,
 }
 
-/// Gathers the report for a gateway whose store is at `store_path`. What cannot be read
-/// (permissions, a corrupt file) is named in [`Report::problems`], never taken for "absent".
-pub fn report(store_path: &Path) -> Report {
+/// Gathers the report for a gateway whose store is at `store_path` and whose daemon writes its
+/// snapshot to `snap_path`. What cannot be read (permissions, a corrupt file) is named in
+/// [`Report::problems`], never taken for "absent".
+pub fn report(store_path: &Path, snap_path: &Path) -> Report {
     let mut problems = Vec::new();
-    let snap_path = snapshot_path(store_path);
-    let snapshot: Option<Snapshot> = match std::fs::read(&snap_path) {
+    let snapshot: Option<Snapshot> = match std::fs::read(snap_path) {
         Ok(b) => match serde_json::from_slice(&b) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -188,6 +190,43 @@ pub fn render(r: &Report, gateway: &str) -> String {
             ));
         }
     }
+    if let Some(s) = r.snapshot.as_ref().filter(|_| r.running) {
+        let st = &s.store;
+        if let Some(since) = st.failing_since_ms {
+            line(format!(
+                "store:    {} since {}: NOT ACCEPTING NEW ROWS; {} held in memory and retried every second{}",
+                if st.full { "FULL" } else { "FAILING" },
+                ago(since),
+                st.buffered,
+                st.last_error
+                    .as_ref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    if let Some(s) = &r.snapshot {
+        let st = &s.store;
+        let unreported: u64 = st.refused_unreported.values().map(|r| r.total()).sum();
+        if st.refused_since_start > 0 || unreported > 0 {
+            line(format!(
+                "          {} ROWS REFUSED since start (store full){}",
+                st.refused_since_start,
+                if unreported > 0 {
+                    format!(
+                        "; {unreported} not yet reported upstream ({})",
+                        st.refused_unreported
+                            .iter()
+                            .map(|(d, r)| format!("{d}: {}", r.total()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                } else {
+                    "; reported upstream as a `dropped` event".into()
+                }
+            ));
+        }
+    }
     match &r.store {
         Some(st) => line(format!(
             "store:    {} rows queued{}, {} batches awaiting acknowledgement, {:.1} MB",
@@ -278,7 +317,7 @@ pub struct Args {
 /// `wardgate status`: exit 1 when something could not be read (named in the report).
 pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     let cfg = crate::config::load_gateway(&args.config, crate::config::Checks::NoFiles)?;
-    let r = report(&cfg.store.path);
+    let r = report(&cfg.store.path, &cfg.store.status_path());
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
@@ -354,11 +393,12 @@ mod tests {
     fn unreadable_files_are_problems_not_absence() {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("store.db");
-        let r = report(&store);
+        let snap = dir.path().join("status.json");
+        let r = report(&store, &snap);
         assert!(r.problems.is_empty() && r.snapshot.is_none() && r.store.is_none());
-        std::fs::write(snapshot_path(&store), b"{ not json").unwrap();
+        std::fs::write(&snap, b"{ not json").unwrap();
         std::fs::write(&store, b"not sqlite").unwrap();
-        let r = report(&store);
+        let r = report(&store, &snap);
         assert_eq!(r.problems.len(), 2, "{:?}", r.problems);
         assert!(
             r.problems[0].contains("status.json is unreadable"),
@@ -372,6 +412,40 @@ mod tests {
         );
         let text = render(&r, "g");
         assert!(text.contains("PROBLEM:  "), "{text}");
+    }
+
+    #[test]
+    fn a_full_store_and_refused_rows_are_shown() {
+        let mut snap = Snapshot {
+            written_ms: now_ms(),
+            ..Default::default()
+        };
+        snap.store.failing_since_ms = Some(now_ms() - 5_000);
+        snap.store.full = true;
+        snap.store.buffered = 50;
+        snap.store.refused_since_start = 7;
+        snap.store.refused_unreported.insert(
+            "serial:bed1".into(),
+            crate::pipeline::Refused {
+                waveform: 7,
+                ..Default::default()
+            },
+        );
+        let r = Report {
+            running: true,
+            snapshot: Some(snap),
+            store: None,
+            problems: vec![],
+        };
+        let text = render(&r, "g");
+        assert!(
+            text.contains("store:    FULL since 5 s ago: NOT ACCEPTING NEW ROWS; 50 held"),
+            "{text}"
+        );
+        assert!(
+            text.contains("7 ROWS REFUSED since start (store full); 7 not yet reported upstream (serial:bed1: 7)"),
+            "{text}"
+        );
     }
 
     #[test]

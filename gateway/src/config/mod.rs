@@ -209,6 +209,9 @@ fn resolve_gateway(c: &mut Config, base: &Path) {
         resolve(base, p.get_mut());
     }
     resolve(base, &mut c.store.path);
+    if let Some(p) = c.store.status_path.as_mut() {
+        resolve(base, p);
+    }
     for s in c.serial.iter_mut() {
         resolve(base, &mut s.path);
     }

@@ -78,6 +78,39 @@ pub struct StoreSection {
     pub max_bytes: u64,
     /// Age limit in hours (by gateway time); older rows are dropped and reported. Default 168.
     pub max_age_hours: u64,
+    /// Hard limit of the store file in SQLite pages (`PRAGMA max_page_count`, 4 KiB each): the
+    /// store behaves as on a full disk beyond it. Absent (default): no limit but the disk's.
+    pub max_pages: Option<u64>,
+    /// Most new rows held in memory while the store cannot accept them (full disk); beyond it
+    /// new rows are refused (newest first, waveform before numerics before events), counted per
+    /// device and reported upstream as a `dropped` event when the store accepts rows again.
+    /// Default 10000 (a few MB).
+    pub buffer_max_rows: usize,
+    /// Where the daemon writes its status snapshot for `wardgate status`. Default:
+    /// `/run/wardgate/status.json` when the directory `/run/wardgate` exists (systemd's
+    /// `RuntimeDirectory=wardgate`: a tmpfs a full store cannot block), else `status.json`
+    /// beside the store. See [`StoreSection::status_path`].
+    pub status_path: Option<PathBuf>,
+}
+
+/// The runtime directory the packaged unit creates (`RuntimeDirectory=wardgate`).
+pub const RUNTIME_DIR: &str = "/run/wardgate";
+
+impl StoreSection {
+    /// Where the status snapshot lives: `status_path` when given, else
+    /// [`RUNTIME_DIR`]`/status.json` when that directory exists, else `status.json` beside the
+    /// store. The daemon and `wardgate status` resolve it the same way from the same config.
+    pub fn status_path(&self) -> PathBuf {
+        if let Some(p) = &self.status_path {
+            return p.clone();
+        }
+        let run = std::path::Path::new(RUNTIME_DIR);
+        if run.is_dir() {
+            run.join("status.json")
+        } else {
+            self.path.with_file_name("status.json")
+        }
+    }
 }
 
 impl Default for StoreSection {
@@ -89,6 +122,9 @@ impl Default for StoreSection {
             commit_max_rows: 5000,
             max_bytes: 1 << 30,
             max_age_hours: 168,
+            max_pages: None,
+            buffer_max_rows: 10_000,
+            status_path: None,
         }
     }
 }

@@ -140,6 +140,8 @@ pub fn gateway(c: &Config) -> Vec<Problem> {
         ),
         (&store, "max_bytes", c.store.max_bytes as u128),
         (&store, "max_age_hours", c.store.max_age_hours as u128),
+        (&store, "buffer_max_rows", c.store.buffer_max_rows as u128),
+        (&store, "max_pages", c.store.max_pages.unwrap_or(1) as u128),
     ];
     for (table, key, value) in positive {
         if value == 0 {

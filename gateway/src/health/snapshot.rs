@@ -1,7 +1,13 @@
-//! The daemon's status snapshot, `status.json` beside the store: written every 2 s by the status
-//! loop ([`super::status_loop`]) atomically (temp file + rename), read by `wardgate status`
+//! The daemon's status snapshot, `status.json`: written every 2 s by the status loop
+//! ([`super::status_loop`]) atomically (temp file + rename), read by `wardgate status`
 //! (`crate::cli::status`), so the status view needs no socket and works whether the daemon runs
 //! or not.
+//!
+//! Where: `[store] status_path`, by default `/run/wardgate/status.json` when systemd made the
+//! runtime directory (`RuntimeDirectory=wardgate`, a tmpfs), else `status.json` beside the store
+//! (`crate::config::StoreSection::status_path`). Under /run a full store's filesystem cannot
+//! stop the daemon from telling the truth about it; beside the store (runs outside systemd,
+//! tests) it can, so give such runs a `status_path` on another filesystem if that matters.
 
 use crate::pipeline::DeviceCounts;
 use crate::uplink::UplinkStatus;
@@ -59,17 +65,15 @@ pub struct Snapshot {
     /// Whether the system clock was synchronised (absent in snapshots of older daemons).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock_synced: Option<bool>,
+    /// Whether the store accepts rows (full disk) and what was refused (absent in snapshots of
+    /// older daemons).
+    #[serde(default)]
+    pub store: crate::pipeline::StoreState,
 }
 
-/// The path of the snapshot for a store at `store_path`.
-pub fn snapshot_path(store_path: &Path) -> PathBuf {
-    store_path.with_file_name("status.json")
-}
-
-/// Writes `snap` atomically beside the store.
-pub fn write_snapshot(store_path: &Path, snap: &Snapshot) -> std::io::Result<()> {
-    let path = snapshot_path(store_path);
-    let tmp = path.with_extension("json.tmp");
+/// Writes `snap` atomically to `path` (temp file beside it + rename).
+pub fn write_snapshot(path: &Path, snap: &Snapshot) -> std::io::Result<()> {
+    let tmp: PathBuf = path.with_extension("json.tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(snap)?)?;
     std::fs::rename(tmp, path)
 }

@@ -26,8 +26,8 @@ pub struct Counters {
 /// liveness (transitions logged and published retained), the gateway heartbeat, and the clock
 /// (synchronisation state for the adapters, correction of buffered rows when it syncs).
 pub struct StatusLoop {
-    /// The store's path (`status.json` is written beside it).
-    pub store_path: std::path::PathBuf,
+    /// Where `status.json` is written (`crate::config::StoreSection::status_path`).
+    pub status_path: std::path::PathBuf,
     /// Who this gateway is (heartbeat fields, device status payloads).
     pub origin: crate::batch::Origin,
     /// The store (queue depth, oldest row, bytes; clock corrections).
@@ -69,6 +69,8 @@ impl StatusLoop {
         let mut previous: std::collections::BTreeMap<String, u64> = Default::default();
         let mut last_heartbeat: Option<std::time::Instant> = None;
         let mut first = true;
+        // The last snapshot write error, logged once per distinct error (not every 2 s).
+        let mut write_error: Option<String> = None;
         loop {
             let stop = tokio::select! {
                 _ = tick.tick() => false,
@@ -172,14 +174,37 @@ impl StatusLoop {
                     .collect(),
                 adapters,
                 clock_synced: Some(self.clock.synced()),
+                store: self
+                    .writer
+                    .store
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone(),
             };
-            let path = self.store_path.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                if let Err(e) = super::snapshot::write_snapshot(&path, &snap) {
-                    log::debug!("cannot write status snapshot: {e}");
-                }
+            let path = self.status_path.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                super::snapshot::write_snapshot(&path, &snap).map_err(|e| e.to_string())
             })
-            .await;
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            match written {
+                Ok(()) if write_error.is_some() => {
+                    write_error = None;
+                    log::info!(
+                        "status snapshot {} written again",
+                        self.status_path.display()
+                    );
+                }
+                Ok(()) => {}
+                Err(e) if write_error.as_ref() != Some(&e) => {
+                    log::warn!(
+                        "cannot write the status snapshot {} ({e}): `wardgate status` will show the daemon as not running; set [store] status_path on another filesystem (systemd: RuntimeDirectory=wardgate)",
+                        self.status_path.display()
+                    );
+                    write_error = Some(e);
+                }
+                Err(_) => {}
+            }
             if stop {
                 return;
             }

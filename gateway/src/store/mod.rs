@@ -34,6 +34,16 @@
 //! class first (waveform samples, then numerics, then device events) and records a `dropped`
 //! event with the counts, which travels upstream like any other event: nothing is lost silently.
 //!
+//! **Full.** A full store (SQLITE_FULL: the filesystem is out of space, or the file reached
+//! `[store] max_pages`) deletes nothing: [`Store::append`] fails with [`StoreError::is_full`] and
+//! the rows it was given are *not accepted*. Rows already accepted are never given up to make
+//! room for new ones on a full disk (deleting needs free space in the WAL anyway, and a full disk
+//! is an accident, not the configured size limit `max_bytes`, which retention enforces by
+//! dropping the oldest). The writer (`crate::pipeline`) holds a bounded number of new rows in
+//! memory, refuses the rest (newest first, waveform before numerics before events), counts them
+//! per device and records one `dropped` event (`reason=store_full`) when the store accepts rows
+//! again. Acknowledged batches are still deleted while full, which frees pages for new rows.
+//!
 //! **Recovery.** [`Store::open`] runs `PRAGMA quick_check` and checks `application_id`. A corrupt
 //! or foreign file is renamed (with its `-wal`/`-shm`) to `<name>.quarantined-<epoch ms>`, a
 //! fresh store is created, and the returned [`OpenReport`] says so, for the daemon to log and
@@ -80,6 +90,18 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// Whether this is a full store: SQLITE_FULL, from a full filesystem (ENOSPC) or from the
+    /// store's own page limit (`[store] max_pages`, `PRAGMA max_page_count`).
+    pub fn is_full(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sqlite { source: rusqlite::Error::SqliteFailure(e, _), .. }
+                if e.code == rusqlite::ErrorCode::DiskFull
+        )
+    }
+}
+
 /// Retention priority class of a row: the lowest class is dropped first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Class {
@@ -100,6 +122,9 @@ pub struct StoreOptions {
     pub max_bytes: u64,
     /// Age limit in milliseconds (by gateway time).
     pub max_age_ms: i64,
+    /// Hard limit of the file in pages (`PRAGMA max_page_count`): a commit that would grow the
+    /// file beyond it fails as a full disk does. `None`: SQLite's default (no practical limit).
+    pub max_pages: Option<u64>,
 }
 
 impl Default for StoreOptions {
@@ -108,6 +133,7 @@ impl Default for StoreOptions {
             synchronous: Synchronous::Full,
             max_bytes: 1 << 30,
             max_age_ms: 168 * 3_600_000,
+            max_pages: None,
         }
     }
 }
@@ -143,7 +169,7 @@ pub struct DropReport {
     pub numeric: u64,
     /// Event rows dropped.
     pub events: u64,
-    /// Which limit: `max_bytes`, `max_age` or `disk_full`.
+    /// Which limit: `max_bytes` or `max_age`.
     pub reason: &'static str,
 }
 
@@ -170,7 +196,8 @@ pub struct Store {
     queued: std::sync::atomic::AtomicU64,
 }
 
-fn class_of(item: &AdapterEvent) -> Class {
+/// The retention class of a row (also the order in which the writer refuses rows when full).
+pub fn class_of(item: &AdapterEvent) -> Class {
     match item {
         AdapterEvent::Observation(o) if o.code == mdc::PLETH => Class::Waveform,
         AdapterEvent::Observation(_) => Class::Numeric,
@@ -224,6 +251,13 @@ impl Store {
                 })?
             }
         };
+        if let Some(max) = opts.max_pages {
+            conn.query_row(&format!("PRAGMA max_page_count = {max}"), [], |_| Ok(()))
+                .map_err(|e| StoreError::Sqlite {
+                    path: path.into(),
+                    source: e,
+                })?;
+        }
         let rows: i64 = conn
             .query_row("SELECT count(*) FROM queue", [], |r| r.get(0))
             .map_err(|e| StoreError::Sqlite {
@@ -273,25 +307,15 @@ impl Store {
     /// Appends observations and events in one transaction (group commit) and returns the seq
     /// range they received. When it returns `Ok`, they are accepted (DESIGN §4).
     ///
-    /// Errors: SQLite I/O errors. On a full disk, retention drops the oldest lowest-class rows
-    /// (reported) and the append is retried once.
+    /// Errors: SQLite I/O errors. A full store (the disk, or `max_pages`) is
+    /// [`StoreError::is_full`]: nothing is deleted to make room (rows already accepted are never
+    /// given up for new ones on a full disk; the writer refuses new rows instead, counted and
+    /// reported, see `crate::pipeline`), and the caller may retry the same rows later.
     pub fn append(
         &self,
         items: &[AdapterEvent],
     ) -> Result<std::ops::RangeInclusive<u64>, StoreError> {
-        match self.try_append(items) {
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::DiskFull =>
-            {
-                log::error!(
-                    "store {}: disk full; dropping oldest rows to make room",
-                    self.path.display()
-                );
-                self.drop_oldest(0.1, "disk_full")?;
-                self.try_append(items).map_err(|e| self.err(e))
-            }
-            r => r.map_err(|e| self.err(e)),
-        }
+        self.try_append(items).map_err(|e| self.err(e))
     }
 
     fn try_append(

@@ -17,10 +17,12 @@
 //! restarts the gateway.
 //!
 //! A store whose commits keep **failing** (full disk, I/O error) does **not** stop the watchdog:
-//! the writer keeps the rows in memory and retries every second, and each retry counts as
-//! progress (`crate::pipeline`), because a restart would not cure a full disk and would lose those
-//! uncommitted rows. The failure is reported instead: an error log per retry, the writer's
-//! `failed_commits` counter (status, heartbeat). This is the one statement of that promise;
+//! the writer keeps the rows in memory (at most `[store] buffer_max_rows`; beyond it new rows are
+//! refused, counted per device and reported upstream once the store accepts rows again) and
+//! retries every second, and each retry counts as progress (`crate::pipeline`), because a
+//! restart would not cure a full disk and would lose those uncommitted rows. The failure is
+//! reported instead: one error log when it starts, a summary every minute, one line when it
+//! ends, the writer's `failed_commits` counter and the store state in `wardgate status`. This is the one statement of that promise;
 //! `ARCHITECTURE.md` and `crate::pipeline` refer to it.
 
 use std::io;
