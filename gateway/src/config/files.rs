@@ -16,32 +16,18 @@ use std::path::Path;
 pub fn gateway(c: &Config) -> Vec<Problem> {
     let mut out = Vec::new();
     let up = KeyPath::of("uplink");
-    certificate(&mut out, up.clone().key("ca"), c.uplink.ca.get_ref());
-    certificate(&mut out, up.clone().key("cert"), c.uplink.cert.get_ref());
-    private_key(&mut out, up.clone().key("key"), c.uplink.key.get_ref());
-    pair(
+    tls_files(
         &mut out,
-        up.clone().key("key"),
-        c.uplink.cert.get_ref(),
-        c.uplink.key.get_ref(),
+        &up,
+        [&c.uplink.ca, &c.uplink.cert, &c.uplink.key].map(|p| p.get_ref().as_path()),
     );
-    for (i, p) in c.uplink.receiver_certs.iter().enumerate() {
-        certificate(
-            &mut out,
-            up.clone().key("receiver_certs").index(i),
-            p.get_ref(),
-        );
-    }
-    if let Some(p) = &c.uplink.receiver_ca {
-        certificate(&mut out, up.clone().key("receiver_ca"), p.get_ref());
-    }
-    for (i, p) in c.uplink.receiver_crl.iter().enumerate() {
-        exists(
-            &mut out,
-            up.clone().key("receiver_crl").index(i),
-            p.get_ref(),
-        );
-    }
+    trust_files(
+        &mut out,
+        &up,
+        ("receiver_certs", &c.uplink.receiver_certs),
+        ("receiver_ca", c.uplink.receiver_ca.as_ref()),
+        ("receiver_crl", &c.uplink.receiver_crl),
+    );
     store(&mut out, &c.store.path);
     // Compare where the paths lead (by-id symlink vs /dev/ttyUSB0 is the realistic mix-up).
     let mut ports = HashMap::new();
@@ -70,33 +56,18 @@ pub fn gateway(c: &Config) -> Vec<Problem> {
 pub fn receiver(c: &ReceiverConfig) -> Vec<Problem> {
     let mut out = Vec::new();
     let mqtt = KeyPath::of("mqtt");
-    certificate(&mut out, mqtt.clone().key("ca"), c.mqtt.ca.get_ref());
-    certificate(&mut out, mqtt.clone().key("cert"), c.mqtt.cert.get_ref());
-    private_key(&mut out, mqtt.clone().key("key"), c.mqtt.key.get_ref());
-    pair(
+    tls_files(
         &mut out,
-        mqtt.key("key"),
-        c.mqtt.cert.get_ref(),
-        c.mqtt.key.get_ref(),
+        &mqtt,
+        [&c.mqtt.ca, &c.mqtt.cert, &c.mqtt.key].map(|p| p.get_ref().as_path()),
     );
-    let rx = KeyPath::of("receiver");
-    for (i, p) in c.receiver.gateway_certs.iter().enumerate() {
-        certificate(
-            &mut out,
-            rx.clone().key("gateway_certs").index(i),
-            p.get_ref(),
-        );
-    }
-    if let Some(p) = &c.receiver.gateway_ca {
-        certificate(&mut out, rx.clone().key("gateway_ca"), p.get_ref());
-    }
-    for (i, p) in c.receiver.gateway_crl.iter().enumerate() {
-        exists(
-            &mut out,
-            rx.clone().key("gateway_crl").index(i),
-            p.get_ref(),
-        );
-    }
+    trust_files(
+        &mut out,
+        &KeyPath::of("receiver"),
+        ("gateway_certs", &c.receiver.gateway_certs),
+        ("gateway_ca", c.receiver.gateway_ca.as_ref()),
+        ("gateway_crl", &c.receiver.gateway_crl),
+    );
     out
 }
 
@@ -118,6 +89,37 @@ fn serial_port(out: &mut Vec<Problem>, at: KeyPath, name: &str, path: &Path) {
             at,
             format!("serial `{name}`: cannot see port {}: {e}", path.display()),
         )),
+    }
+}
+
+/// The MQTT/TLS files of `table` (`[uplink]` or `[mqtt]`): `ca`, `cert`, `key`, and that the
+/// key belongs to the certificate.
+fn tls_files(out: &mut Vec<Problem>, table: &KeyPath, [ca, cert, key]: [&Path; 3]) {
+    certificate(out, table.clone().key("ca"), ca);
+    certificate(out, table.clone().key("cert"), cert);
+    private_key(out, table.clone().key("key"), key);
+    pair(out, table.clone().key("key"), cert, key);
+}
+
+type Spanned = toml::Spanned<std::path::PathBuf>;
+
+/// The trust files of `table`: listed certificates, a CA, revocation lists (each with its key
+/// name).
+fn trust_files(
+    out: &mut Vec<Problem>,
+    table: &KeyPath,
+    (certs_key, certs): (&str, &[Spanned]),
+    (ca_key, ca): (&str, Option<&Spanned>),
+    (crl_key, crls): (&str, &[Spanned]),
+) {
+    for (i, p) in certs.iter().enumerate() {
+        certificate(out, table.clone().key(certs_key).index(i), p.get_ref());
+    }
+    if let Some(p) = ca {
+        certificate(out, table.clone().key(ca_key), p.get_ref());
+    }
+    for (i, p) in crls.iter().enumerate() {
+        exists(out, table.clone().key(crl_key).index(i), p.get_ref());
     }
 }
 
