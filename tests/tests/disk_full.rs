@@ -147,6 +147,17 @@ fn a_full_filesystem_refuses_new_rows_reports_them_and_loses_nothing_accepted() 
         "{log}"
     );
     assert_eq!(count_lines(&log, "dropping oldest rows"), 0, "{log}");
+    // The uplink stays connected: it cannot cut new batches, says so once, and does not turn
+    // the full store into a reconnect loop.
+    assert!(
+        count_lines(&log, "no new batch is cut until space returns") <= 1,
+        "{log}"
+    );
+    assert_eq!(
+        count_lines(&log, "buffering in the store and retrying"),
+        0,
+        "a full store must not end the MQTT session:\n{log}"
+    );
     let during = read_store_copy(&store_path, &scratch).unwrap();
     assert_eq!(
         during.max_seq - seed.seq,

@@ -223,6 +223,8 @@ pub struct Uplink {
     credentials: Option<Credentials>,
     /// Senders of refused acks already logged (bounded: [`session::MAX_LOGGED_SENDERS`]).
     refused_senders: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The store refused a write for being full (logged once per spell).
+    store_full: std::sync::atomic::AtomicBool,
 }
 
 impl Uplink {
@@ -249,6 +251,7 @@ impl Uplink {
                 clock: None,
                 credentials: None,
                 refused_senders: Default::default(),
+                store_full: Default::default(),
             },
             rx,
         )

@@ -238,9 +238,33 @@ impl Uplink {
             }
             Ok(acked)
         })
-        .await?;
+        .await;
+        let acked = match acked {
+            // A full store may refuse even the delete (it needs room in the WAL): the rows stay,
+            // the batch is re-sent after ack_timeout and acknowledged again; no reconnect.
+            Err(SessionError::Store(e)) if e.is_full() => {
+                self.store_full(&e);
+                return Ok(());
+            }
+            other => other?,
+        };
         self.status.send_modify(|s| s.batches_acked += acked);
         Ok(())
+    }
+
+    /// Logs, once per spell, that the store is full for the uplink: no new batch can be cut and
+    /// an acknowledged batch may not be deletable until space returns; the session goes on
+    /// (re-sends and acks) instead of reconnecting. The writer reports what it refused.
+    fn store_full(&self, e: &crate::store::StoreError) {
+        if !self
+            .store_full
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            log::error!(
+                "uplink: {e}: no new batch is cut until space returns; batches already cut are \
+                 still sent and acknowledged"
+            );
+        }
     }
 
     /// Puts batches on the wire until `max_inflight`: re-sends first, then new batches.
@@ -274,7 +298,26 @@ impl Uplink {
                 };
                 Ok(batch.map(|b| (b.number, signer.sign(b.encode_payload(&origin)))))
             })
-            .await?;
+            .await;
+            let signed = match signed {
+                // Cutting a batch writes to the store: on a full one, send what is cut already
+                // and try again on the next tick, without ending the session.
+                Err(SessionError::Store(e)) if e.is_full() => {
+                    self.store_full(&e);
+                    if let Some(n) = again {
+                        resend.push_front(n);
+                    }
+                    break;
+                }
+                Ok(s) => {
+                    if again.is_none() {
+                        self.store_full
+                            .store(false, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    s
+                }
+                Err(e) => return Err(e),
+            };
             let Some((number, bytes)) = signed else {
                 if again.is_some() {
                     continue; // acknowledged meanwhile
