@@ -237,6 +237,11 @@ fn device_status_is_published_retained_on_every_transition_and_the_heartbeat_rep
         "{h}"
     );
     assert_eq!(h["adapters"][0]["name"], "ble");
+    assert_eq!(
+        (h["store_full"].as_bool(), h["rows_refused"].as_u64()),
+        (Some(false), Some(0))
+    );
+    assert_eq!(h["uplink"]["acks_refused"], 0);
     let st = gateway.terminate(Duration::from_secs(10)).unwrap();
     assert!(st.success(), "{}", gateway.stderr());
 }

@@ -105,6 +105,8 @@ pub struct Heartbeat {
     pub oldest_unsent_age_s: Option<u64>,
     /// Bytes of live data in the store.
     pub store_bytes: u64,
+    /// Whether the store is full now, and rows refused for it since start.
+    pub store_full: (bool, u64),
     /// Whether the system clock is known to be synchronised.
     pub clock_synced: bool,
     /// Uplink state: connected, last error, counters.
@@ -125,7 +127,8 @@ pub struct Heartbeat {
 
 /// CBOR payload of the heartbeat:
 /// `{ "v": 1, "kind": "heartbeat", "gateway", "site", "ward", "time", "uptime_s",
-/// "queue_depth", "oldest_unsent_age_s": uint / null, "store_bytes", "clock_synced",
+/// "queue_depth", "oldest_unsent_age_s": uint / null, "store_bytes", "store_full", "rows_refused",
+/// "clock_synced",
 /// "uplink": { "connected", "batches_acked", "acks_refused" }, "adapters": [* { "name", "failures",
 /// "restarts" }], "devices": { "online", "stale", "offline" } }`.
 pub fn heartbeat(h: &Heartbeat) -> Vec<u8> {
@@ -154,6 +157,8 @@ pub fn heartbeat(h: &Heartbeat) -> Vec<u8> {
             h.oldest_unsent_age_s.map_or(Value::Null, |a| int(a as i64)),
         ),
         ("store_bytes", int(h.store_bytes as i64)),
+        ("store_full", Value::Bool(h.store_full.0)),
+        ("rows_refused", int(h.store_full.1 as i64)),
         ("clock_synced", Value::Bool(h.clock_synced)),
         (
             "uplink",

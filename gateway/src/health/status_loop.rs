@@ -249,6 +249,10 @@ impl StatusLoop {
             uplink_connected: uplink.connected,
             batches_acked: uplink.batches_acked,
             acks_refused: uplink.acks_refused,
+            store_full: {
+                let st = self.writer.store.lock().unwrap_or_else(|e| e.into_inner());
+                (st.full, st.refused_since_start)
+            },
             adapters: adapters
                 .iter()
                 .map(|a| (a.name.clone(), a.failures, a.restarts))
