@@ -253,15 +253,7 @@ impl Decryptor {
         cert: &CertificateDer<'_>,
         key: &PrivateKeyDer<'_>,
     ) -> Result<Decryptor, EncryptionError> {
-        use p256::pkcs8::DecodePrivateKey;
-        let secret = match key {
-            PrivateKeyDer::Pkcs8(k) => p256::SecretKey::from_pkcs8_der(k.secret_pkcs8_der())
-                .map_err(|e| format!("not a P-256 PKCS#8 key ({e})")),
-            PrivateKeyDer::Sec1(k) => p256::SecretKey::from_sec1_der(k.secret_sec1_der())
-                .map_err(|e| format!("not a P-256 SEC1 key ({e})")),
-            _ => Err("an RSA key cannot decrypt (P-256 needed)".to_owned()),
-        }
-        .map_err(EncryptionError::Key)?;
+        let secret = secret_key(key).map_err(EncryptionError::Key)?;
         let point = crate::signing::p256_point(cert)?;
         let ours = p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(
             &secret.public_key(),
@@ -276,6 +268,23 @@ impl Decryptor {
             kid: crate::signing::kid_of(cert)?,
             secret,
         })
+    }
+
+    /// From the private key alone (PEM file): the `kid` is the SHA-256 of the SubjectPublicKeyInfo
+    /// DER of its public key, which is what a certificate for that key carries.
+    pub fn from_key_file(key: &Path) -> Result<Decryptor, EncryptionError> {
+        use p256::pkcs8::EncodePublicKey;
+        let k = crate::signing::read_key(key)?;
+        let secret =
+            secret_key(&k).map_err(|m| EncryptionError::Key(format!("{}: {m}", key.display())))?;
+        let spki = secret
+            .public_key()
+            .to_public_key_der()
+            .map_err(|e| EncryptionError::Key(format!("{}: {e}", key.display())))?;
+        let d = ring::digest::digest(&ring::digest::SHA256, spki.as_bytes());
+        let mut kid = [0u8; 32];
+        kid.copy_from_slice(d.as_ref());
+        Ok(Decryptor { kid, secret })
     }
 
     /// From PEM files: the receiver's certificate (first in the file) and its key.
@@ -410,6 +419,18 @@ impl Decryptor {
     }
 }
 
+/// A P-256 private key from PKCS#8 or SEC1 DER.
+fn secret_key(key: &PrivateKeyDer<'_>) -> Result<p256::SecretKey, String> {
+    use p256::pkcs8::DecodePrivateKey;
+    match key {
+        PrivateKeyDer::Pkcs8(k) => p256::SecretKey::from_pkcs8_der(k.secret_pkcs8_der())
+            .map_err(|e| format!("not a P-256 PKCS#8 key ({e}); decryption needs P-256")),
+        PrivateKeyDer::Sec1(k) => p256::SecretKey::from_sec1_der(k.secret_sec1_der())
+            .map_err(|e| format!("not a P-256 SEC1 key ({e})")),
+        _ => Err("an RSA key cannot decrypt (P-256 needed)".to_owned()),
+    }
+}
+
 /// The recipient's protected header as received (its original bytes go into the KDF context).
 fn recipient_protected_of(r: &CoseRecipient) -> ProtectedHeader {
     r.protected.clone()
@@ -440,6 +461,23 @@ mod tests {
         assert_eq!(rx.decrypt(&m).unwrap(), SIGNED);
         // Fresh CEK, IV and ephemeral keys every time.
         assert_ne!(e.encrypt(SIGNED), m);
+    }
+
+    #[test]
+    fn the_kid_from_the_key_alone_is_the_certificate_kid() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["rx".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("k.pem"), key.serialize_pem()).unwrap();
+        let rx = Decryptor::from_key_file(&d.path().join("k.pem")).unwrap();
+        assert_eq!(rx.kid(), crate::signing::kid_of(cert.der()).unwrap());
+        let m = Encryptor::new(&[cert.der().clone()])
+            .unwrap()
+            .encrypt(SIGNED);
+        assert_eq!(rx.decrypt(&m).unwrap(), SIGNED);
     }
 
     #[test]

@@ -124,6 +124,24 @@ pub fn gateway(c: &Config) -> Vec<Problem> {
              be verified and nothing would leave the store",
         ));
     }
+    let encrypt = c.uplink.encrypt.as_ref().map(|e| *e.get_ref());
+    if encrypt == Some(true) && c.uplink.receiver_certs.is_empty() {
+        out.push(Problem::error(
+            up.clone().key("encrypt"),
+            "encrypt = true needs the receivers' certificates in receiver_certs: their public \
+             keys are what batches are encrypted to",
+        ));
+    }
+    if encrypt != Some(false) && c.uplink.receiver_certs.len() > crate::encryption::MAX_RECIPIENTS {
+        out.push(Problem::error(
+            up.clone().key("receiver_certs"),
+            format!(
+                "messages are encrypted to at most {} receivers; list fewer receiver_certs, or \
+                 set encrypt = false",
+                crate::encryption::MAX_RECIPIENTS
+            ),
+        ));
+    }
     let store = KeyPath::of("store");
     let positive = [
         (&up, "keepalive_s", c.uplink.keepalive_s as u128),
