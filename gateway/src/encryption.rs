@@ -139,12 +139,12 @@ impl Encryptor {
         })
     }
 
-    /// Recipients from PEM files (the first certificate of each). Errors name the file.
+    /// Recipients from PEM files: every certificate in each, as `receiver_certs` trusts every
+    /// certificate it lists for acks. Errors name the files.
     pub fn from_files<P: AsRef<Path>>(paths: &[P]) -> Result<Encryptor, EncryptionError> {
         let mut certs = Vec::new();
         for p in paths {
-            let mut c = crate::signing::read_certs(p.as_ref())?;
-            certs.push(c.swap_remove(0));
+            certs.extend(crate::signing::read_certs(p.as_ref())?);
         }
         Encryptor::new(&certs).map_err(|e| match e {
             EncryptionError::Key(m) => EncryptionError::Key(format!(

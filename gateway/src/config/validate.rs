@@ -348,6 +348,31 @@ mod tests {
     }
 
     #[test]
+    fn encrypt_needs_receiver_certs_and_at_most_eight() {
+        assert!(problems("encrypt = true\n").is_empty());
+        assert!(problems("encrypt = false\n").is_empty());
+        let no_certs = BASE.replace("receiver_certs = [\"rx.pem\"]\n", "ack = \"broker\"\n");
+        let check = |extra: &str| -> Vec<String> {
+            let c: Config = toml::from_str(&format!("{no_certs}{extra}")).unwrap();
+            gateway(&c).into_iter().map(|p| p.at.to_string()).collect()
+        };
+        assert_eq!(check("encrypt = true\n"), ["uplink.encrypt"]);
+        assert!(
+            check("").is_empty(),
+            "off by default without receiver_certs"
+        );
+        let nine = BASE.replace(
+            "receiver_certs = [\"rx.pem\"]",
+            &format!("receiver_certs = [{}]", vec!["\"r.pem\""; 9].join(", ")),
+        );
+        let c: Config = toml::from_str(&nine).unwrap();
+        let at: Vec<String> = gateway(&c).into_iter().map(|p| p.at.to_string()).collect();
+        assert_eq!(at, ["uplink.receiver_certs"]);
+        let c: Config = toml::from_str(&format!("{nine}encrypt = false\n")).unwrap();
+        assert!(gateway(&c).is_empty());
+    }
+
+    #[test]
     fn receiver_topic_filters_and_share_groups_are_checked() {
         assert!(topic_filter("wardgate/v1/+/+/+/batch").is_ok());
         assert!(topic_filter("wardgate/#").is_ok());
