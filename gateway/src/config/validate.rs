@@ -363,7 +363,7 @@ mod tests {
         );
         let nine = BASE.replace(
             "receiver_certs = [\"rx.pem\"]",
-            &format!("receiver_certs = [{}]", vec!["\"r.pem\""; 9].join(", ")),
+            &format!("receiver_certs = [{}]", ["\"r.pem\""; 9].join(", ")),
         );
         let c: Config = toml::from_str(&nine).unwrap();
         let at: Vec<String> = gateway(&c).into_iter().map(|p| p.at.to_string()).collect();
