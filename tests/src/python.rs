@@ -1,5 +1,6 @@
-//! The independent Python verifier (`tests/python/verify_cose.py`, `cbor2` + `cryptography`)
-//! and the virtualenv it runs in.
+//! The independent Python verifier (`tests/python/verify_cose.py`, `cbor2` + `cryptography`),
+//! its decryptor for encrypted messages (`tests/python/decrypt_cose.py`, `--key`), and the
+//! virtualenv they run in.
 //!
 //! The venv is made once under the cargo target directory (`python3 -m venv`, then
 //! `pip install cbor2 cryptography`) and reused by later runs; creating it is serialised by a
