@@ -239,6 +239,7 @@ fn start_gateway(env: &Env, store: Arc<Store>, batch_interval: Duration) -> Gate
             gateway: origin().gateway,
             receivers: Arc::new(wardgate::signing::Verifier::default()),
         },
+        encrypt: None,
     };
     let (uplink, _status) = Uplink::new(store.clone(), signer, settings, wake);
     let up = tokio::spawn(uplink.run(srx));

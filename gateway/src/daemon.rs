@@ -148,7 +148,8 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
             cfg,
             tls,
             Arc::new(crate::uplink::receivers_from_config(cfg)?),
-        ),
+        )
+        .with_encryption(crate::uplink::encryptor_from_config(cfg)?),
         wake,
     );
     let uplink_beat = Arc::new(LoopBeat::default());

@@ -33,6 +33,7 @@ pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod encryption;
 pub mod error;
 pub mod health;
 pub mod identity;

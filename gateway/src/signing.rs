@@ -63,6 +63,16 @@ pub fn kid_of(cert: &CertificateDer<'_>) -> Result<[u8; 32], SigningError> {
     Ok(kid)
 }
 
+/// The certificate's P-256 public key as an uncompressed SEC1 point (65 bytes, `04‖x‖y`), or
+/// `None` when its key is of another type (Ed25519): what COSE_Encrypt recipients need.
+pub fn p256_point(cert: &CertificateDer<'_>) -> Result<Option<Vec<u8>>, SigningError> {
+    match public_key(&spki_der(cert)?) {
+        Ok((KeyAlg::Es256, raw)) => Ok(Some(raw)),
+        Ok((KeyAlg::EdDsa, _)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 fn spki_der(cert: &CertificateDer<'_>) -> Result<Vec<u8>, SigningError> {
     let ee = webpki::EndEntityCert::try_from(cert).map_err(|e| {
         // webpki says only `UnsupportedCertVersion` for an X.509 v1/v2 certificate.

@@ -15,7 +15,11 @@ For every message file it checks:
     observations (array of maps with seq, device, code, value, unit, gateway_time, ...),
     events (array of maps with seq, device, kind, detail, gateway_time).
 
-Usage: verify_cose.py --cert gateway.pem [--cert other.pem] PATH...
+With --key RECEIVER.key, every message must be encrypted to that receiver (COSE_Encrypt, see
+decrypt_cose.py beside this file): it is decrypted first, then the signed message inside is
+verified as above.
+
+Usage: verify_cose.py --cert gateway.pem [--cert other.pem] [--key receiver.key] PATH...
   PATH is a message file or a directory (every *.cose inside it).
 
 Prints one JSON line of totals on stdout:
@@ -33,6 +37,7 @@ import sys
 from collections.abc import Mapping
 
 import cbor2
+import decrypt_cose
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -223,11 +228,13 @@ def message_files(paths):
 def main(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cert", action="append", required=True, help="gateway certificate (PEM)")
+    ap.add_argument("--key", help="receiver private key (PEM, P-256): decrypt first")
     ap.add_argument("paths", nargs="+", help="message files or directories of *.cose")
     args = ap.parse_args(argv)
     try:
         keys = load_keys(args.cert)
-    except (OSError, ValueError, Invalid) as e:
+        receiver = decrypt_cose.load_receiver_key(args.key) if args.key else None
+    except (OSError, ValueError, Invalid, decrypt_cose.Undecryptable) as e:
         print(f"verify_cose: {e}", file=sys.stderr)
         return 2
     files = message_files(args.paths)
@@ -244,8 +251,10 @@ def main(argv):
         try:
             with open(path, "rb") as f:
                 raw = f.read()
+            if receiver is not None:
+                raw = decrypt_cose.decrypt(raw, *receiver)
             batch = verify_message(raw, keys)
-        except (OSError, Invalid) as e:
+        except (OSError, Invalid, decrypt_cose.Undecryptable) as e:
             print(f"{path}: {e}", file=sys.stderr)
             failures += 1
             continue

@@ -92,11 +92,18 @@ fn fastrand_id() -> u64 {
         ^ u64::from(std::process::id())
 }
 
-/// Verifies a status payload with the gateway's certificate and returns it as JSON.
+/// Verifies a status payload with the gateway's certificate and returns it as JSON. Device
+/// status is encrypted to the receiver (`receiver_certs` lists it): it is decrypted with the
+/// receiver's key first.
 pub fn verified_json(env: &TestEnv, payload: &[u8]) -> Result<serde_json::Value> {
     let mut v = wardgate::signing::Verifier::default();
     v.add_file(&env.pki.gateway_cert)?;
-    let p = v.verify(payload).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let rx =
+        wardgate::encryption::Decryptor::from_files(&env.pki.receiver_cert, &env.pki.receiver_key)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let signed = wardgate::receive::verify::open_message(Some(&rx), payload)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let p = v.verify(&signed).map_err(|e| anyhow::anyhow!("{e}"))?;
     wardgate::health::retained::to_json(&p)
         .ok_or_else(|| anyhow::anyhow!("payload is not a CBOR map"))
 }

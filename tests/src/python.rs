@@ -1,5 +1,6 @@
-//! The independent Python verifier (`tests/python/verify_cose.py`, `cbor2` + `cryptography`)
-//! and the virtualenv it runs in.
+//! The independent Python verifier (`tests/python/verify_cose.py`, `cbor2` + `cryptography`),
+//! its decryptor for encrypted messages (`tests/python/decrypt_cose.py`, `--key`), and the
+//! virtualenv they run in.
 //!
 //! The venv is made once under the cargo target directory (`python3 -m venv`, then
 //! `pip install cbor2 cryptography`) and reused by later runs; creating it is serialised by a
@@ -95,9 +96,24 @@ pub struct Summary {
 
 /// Runs `verify_cose.py --cert CERT PATHS…`.
 pub fn verify(target_tmp: &Path, cert: &Path, paths: &[PathBuf]) -> Result<Summary> {
+    verify_with(target_tmp, cert, None, paths)
+}
+
+/// Runs `verify_cose.py --cert CERT [--key RECEIVER_KEY] PATHS…`: with a key, every message is
+/// decrypted first by the independent decryptor (`tests/python/decrypt_cose.py`).
+pub fn verify_with(
+    target_tmp: &Path,
+    cert: &Path,
+    key: Option<&Path>,
+    paths: &[PathBuf],
+) -> Result<Summary> {
     let py = venv_python(target_tmp)?;
     let mut c = std::process::Command::new(py);
-    c.arg(script()).arg("--cert").arg(cert).args(paths);
+    c.arg(script()).arg("--cert").arg(cert);
+    if let Some(k) = key {
+        c.arg("--key").arg(k);
+    }
+    c.args(paths);
     let output = run(c, b"", Duration::from_secs(120))?;
     let line = output.stdout.lines().last().unwrap_or_default();
     let totals = serde_json::from_str(line)

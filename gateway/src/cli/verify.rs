@@ -1,7 +1,10 @@
 //! `wardgate verify --cert PEM FILE…` (or `--ca PEM [--crl CRL]`): verifies COSE_Sign1 messages
 //! (batches, retained device status, heartbeats, acks) against listed certificates or, through
 //! their `x5chain`, a CA, and prints each payload as a JSON line;
-//! `N verified, M failed` on stderr; exit 1 when any failed.
+//! `N verified, M failed` on stderr; exit 1 when any failed. An encrypted message (COSE_Encrypt,
+//! `docs/wire-format.md` "Encryption") needs `--key RECEIVER.key` (a receiver's P-256 key; its
+//! recipient is found by the `kid` of its public key): it is decrypted, then the signed message
+//! inside is verified.
 
 use crate::error::UsageError;
 use std::path::PathBuf;
@@ -20,6 +23,9 @@ pub struct Args {
     /// Certificate revocation list(s) for `--ca` (PEM or DER).
     #[arg(long, requires = "ca")]
     crl: Vec<PathBuf>,
+    /// A receiver's private key (PEM, P-256), to decrypt messages encrypted to it.
+    #[arg(long)]
+    key: Option<PathBuf>,
     /// Message files, or `-` for one message on standard input.
     #[arg(required = true)]
     files: Vec<PathBuf>,
@@ -46,9 +52,16 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         v.add_crl_file(c)
             .map_err(|e| UsageError(format!("--crl {}: {e}", c.display())))?;
     }
+    let decryptor = match &args.key {
+        Some(k) => Some(
+            crate::encryption::Decryptor::from_key_file(k)
+                .map_err(|e| UsageError(format!("--key: {e}")))?,
+        ),
+        None => None,
+    };
     let (mut ok, mut failed) = (0u64, 0u64);
     for f in &args.files {
-        match verify_one(&v, f) {
+        match verify_one(&v, decryptor.as_ref(), f) {
             Ok(p) => {
                 println!("{}", serde_json::to_string(&p)?);
                 ok += 1;
@@ -67,7 +80,11 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
 const MAX_MESSAGE_BYTES: u64 = 64 << 20;
 
 /// The verified payload of one message file (`-`: standard input) as JSON.
-fn verify_one(v: &crate::signing::Verifier, f: &PathBuf) -> Result<serde_json::Value, String> {
+fn verify_one(
+    v: &crate::signing::Verifier,
+    decryptor: Option<&crate::encryption::Decryptor>,
+    f: &PathBuf,
+) -> Result<serde_json::Value, String> {
     let source: Box<dyn std::io::Read> = if f.as_os_str() == "-" {
         Box::new(std::io::stdin())
     } else {
@@ -85,6 +102,14 @@ fn verify_one(v: &crate::signing::Verifier, f: &PathBuf) -> Result<serde_json::V
             MAX_MESSAGE_BYTES >> 20
         ));
     }
+    if crate::encryption::is_encrypted(&bytes) && decryptor.is_none() {
+        return Err(
+            "encrypted (COSE_Encrypt): give --key with the key of a receiver it is \
+                    encrypted to"
+                .into(),
+        );
+    }
+    let bytes = crate::receive::verify::open_message(decryptor, &bytes)?;
     let verified = v.verify_signed(&bytes).map_err(|e| e.to_string())?;
     if !verified.listed {
         eprintln!("{}: signed by {}", f.display(), verified.signer);

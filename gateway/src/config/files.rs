@@ -28,6 +28,25 @@ pub fn gateway(c: &Config) -> Vec<Problem> {
         ("receiver_ca", c.uplink.receiver_ca.as_ref()),
         ("receiver_crl", &c.uplink.receiver_crl),
     );
+    // Encryption (on by default with receiver_certs): every listed certificate must be a P-256
+    // key, at most 8 of them. Missing files are already reported above.
+    if c.uplink.encrypt.as_ref().map(|e| *e.get_ref()) != Some(false)
+        && !c.uplink.receiver_certs.is_empty()
+        && c.uplink.receiver_certs.iter().all(|p| p.get_ref().exists())
+    {
+        let paths: Vec<_> = c
+            .uplink
+            .receiver_certs
+            .iter()
+            .map(|p| p.get_ref())
+            .collect();
+        if let Err(e) = crate::encryption::Encryptor::from_files(&paths) {
+            out.push(Problem::error(
+                up.clone().key("receiver_certs"),
+                e.to_string(),
+            ));
+        }
+    }
     store(&mut out, &c.store.path);
     // Compare where the paths lead (by-id symlink vs /dev/ttyUSB0 is the realistic mix-up).
     let mut ports = HashMap::new();

@@ -168,6 +168,12 @@ pub struct UplinkSection {
     /// Certificate revocation lists (PEM or DER) honoured for receivers trusted by `receiver_ca`.
     #[serde(default)]
     pub receiver_crl: Vec<Spanned<PathBuf>>,
+    /// Encrypt batches and device status to every certificate in `receiver_certs` (COSE_Encrypt,
+    /// ECDH-ES + A256KW, A256GCM; `docs/wire-format.md` "Encryption"). Unset: on when
+    /// `receiver_certs` lists any (at most 8, P-256 keys). `false` turns it off, e.g. while a
+    /// receiver not yet able to decrypt is still in service, or when receivers are trusted only
+    /// through `receiver_ca` (there is no key to encrypt to).
+    pub encrypt: Option<Spanned<bool>>,
     /// MQTT keepalive in seconds; a dead link is noticed within two periods. Default 30.
     #[serde(default = "default_keepalive")]
     pub keepalive_s: u64,

@@ -124,6 +124,24 @@ pub fn gateway(c: &Config) -> Vec<Problem> {
              be verified and nothing would leave the store",
         ));
     }
+    let encrypt = c.uplink.encrypt.as_ref().map(|e| *e.get_ref());
+    if encrypt == Some(true) && c.uplink.receiver_certs.is_empty() {
+        out.push(Problem::error(
+            up.clone().key("encrypt"),
+            "encrypt = true needs the receivers' certificates in receiver_certs: their public \
+             keys are what batches are encrypted to",
+        ));
+    }
+    if encrypt != Some(false) && c.uplink.receiver_certs.len() > crate::encryption::MAX_RECIPIENTS {
+        out.push(Problem::error(
+            up.clone().key("receiver_certs"),
+            format!(
+                "messages are encrypted to at most {} receivers; list fewer receiver_certs, or \
+                 set encrypt = false",
+                crate::encryption::MAX_RECIPIENTS
+            ),
+        ));
+    }
     let store = KeyPath::of("store");
     let positive = [
         (&up, "keepalive_s", c.uplink.keepalive_s as u128),
@@ -327,6 +345,31 @@ mod tests {
 
     fn paths(extra: &str) -> Vec<String> {
         problems(extra).into_iter().map(|(p, _)| p).collect()
+    }
+
+    #[test]
+    fn encrypt_needs_receiver_certs_and_at_most_eight() {
+        assert!(problems("encrypt = true\n").is_empty());
+        assert!(problems("encrypt = false\n").is_empty());
+        let no_certs = BASE.replace("receiver_certs = [\"rx.pem\"]\n", "ack = \"broker\"\n");
+        let check = |extra: &str| -> Vec<String> {
+            let c: Config = toml::from_str(&format!("{no_certs}{extra}")).unwrap();
+            gateway(&c).into_iter().map(|p| p.at.to_string()).collect()
+        };
+        assert_eq!(check("encrypt = true\n"), ["uplink.encrypt"]);
+        assert!(
+            check("").is_empty(),
+            "off by default without receiver_certs"
+        );
+        let nine = BASE.replace(
+            "receiver_certs = [\"rx.pem\"]",
+            &format!("receiver_certs = [{}]", ["\"r.pem\""; 9].join(", ")),
+        );
+        let c: Config = toml::from_str(&nine).unwrap();
+        let at: Vec<String> = gateway(&c).into_iter().map(|p| p.at.to_string()).collect();
+        assert_eq!(at, ["uplink.receiver_certs"]);
+        let c: Config = toml::from_str(&format!("{nine}encrypt = false\n")).unwrap();
+        assert!(gateway(&c).is_empty());
     }
 
     #[test]

@@ -107,8 +107,21 @@ pub fn start(cfg: ReceiverConfig) -> anyhow::Result<ReceiverHandle> {
         cfg.mqtt.cert.get_ref(),
         cfg.mqtt.key.get_ref(),
     )?;
+    // Batches encrypted to this receiver are opened with the same key (P-256 only: with an
+    // Ed25519 key, encrypted batches are refused with that reason).
+    let decryptor = match crate::encryption::Decryptor::from_files(
+        cfg.mqtt.cert.get_ref(),
+        cfg.mqtt.key.get_ref(),
+    ) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            log::warn!("encrypted batches cannot be opened by this receiver: {e}");
+            None
+        }
+    };
     let processor = Processor {
         verifier,
+        decryptor,
         output: Output::open(cfg.receiver.output.get_ref())?,
         raw: cfg.receiver.raw_dir.as_deref().map(raw::RawWriter::new),
         acker,

@@ -10,8 +10,28 @@
 //! cannot sign another gateway's data.
 
 use crate::batch::{BatchPayload, PAYLOAD_VERSION};
+use crate::encryption::{is_encrypted, Decryptor};
 use crate::mqtt;
 use crate::signing::Verifier;
+use std::borrow::Cow;
+
+/// The signed message (COSE_Sign1) in a received one: a COSE_Encrypt is decrypted with this
+/// receiver's key ([`crate::encryption`]); anything else is passed on as it is (a plain
+/// COSE_Sign1 from a gateway not encrypting yet, or junk for [`check_message`] to refuse).
+pub fn open_message<'a>(
+    decryptor: Option<&Decryptor>,
+    message: &'a [u8],
+) -> Result<Cow<'a, [u8]>, String> {
+    if !is_encrypted(message) {
+        return Ok(Cow::Borrowed(message));
+    }
+    let d = decryptor.ok_or_else(|| {
+        "encrypted, and this receiver's key (not P-256) cannot decrypt".to_owned()
+    })?;
+    d.decrypt(message)
+        .map(Cow::Owned)
+        .map_err(|e| format!("cannot decrypt: {e}"))
+}
 
 /// Verifies and decodes one message received on `topic`. Errors say why it is refused.
 pub fn check_message(

@@ -15,7 +15,7 @@ use super::ack::Acker;
 use super::output::{Output, Written};
 use super::raw::{RawFailures, RawWriter};
 use super::report::{claimed_sender, Noted, OncePerSender, ReceiverStats};
-use super::verify::check_message;
+use super::verify::{check_message, open_message};
 use crate::batch::BatchPayload;
 use crate::signing::Verifier;
 use rumqttc::{AsyncClient, Publish, QoS};
@@ -59,6 +59,8 @@ pub enum Outcome {
 pub struct Processor {
     /// Trusted gateway keys.
     pub verifier: Verifier,
+    /// This receiver's key, for batches encrypted to it (`None`: its key cannot decrypt).
+    pub decryptor: Option<crate::encryption::Decryptor>,
     /// Durable output.
     pub output: Output,
     /// `raw_dir`, when configured.
@@ -70,11 +72,18 @@ pub struct Processor {
 impl Processor {
     /// Handles one message. `Err` only when the verified batch could not be stored.
     pub fn process(&mut self, topic: &str, message: &[u8]) -> anyhow::Result<Outcome> {
-        let batch = match check_message(&self.verifier, topic, message) {
+        // Encrypted (COSE_Encrypt): decrypt first; plain COSE_Sign1 is accepted too (migration).
+        let signed = match open_message(self.decryptor.as_ref(), message) {
+            Ok(s) => s,
+            Err(reason) => return Ok(Outcome::Rejected(reason)),
+        };
+        let batch = match check_message(&self.verifier, topic, &signed) {
             Ok(b) => b,
             Err(reason) => return Ok(Outcome::Rejected(reason)),
         };
-        let raw = self.raw.as_mut().map(|w| w.write(&batch.gateway, message));
+        // The raw copy is the signed message inside: verifiable later with the gateway's
+        // certificate alone (`wardgate verify`), no receiver key needed.
+        let raw = self.raw.as_mut().map(|w| w.write(&batch.gateway, &signed));
         let written = self.output.write(&batch)?;
         let acks = self.acker.messages(&batch);
         Ok(Outcome::Stored {
@@ -272,6 +281,7 @@ mod tests {
     fn processor(dir: &std::path::Path, verifier: Verifier, raw: &std::path::Path) -> Processor {
         Processor {
             verifier,
+            decryptor: None,
             output: Output::open(&format!("sqlite:{}", dir.join("up.db").display())).unwrap(),
             raw: Some(RawWriter::new(raw)),
             acker: Acker {
@@ -329,6 +339,49 @@ mod tests {
         assert!(matches!(
             p.process("wardgate/v1/s/w/gw2/batch", &msg).unwrap(),
             Outcome::Rejected(_)
+        ));
+    }
+
+    #[test]
+    fn an_encrypted_batch_is_decrypted_verified_and_stored_with_its_signed_copy() {
+        let d = tempfile::tempdir().unwrap();
+        let (v, msg) = signed(97.0);
+        let rx_key = rcgen::KeyPair::generate().unwrap();
+        let rx_cert = rcgen::CertificateParams::new(vec!["rx".into()])
+            .unwrap()
+            .self_signed(&rx_key)
+            .unwrap()
+            .der()
+            .clone();
+        let sealed = crate::encryption::Encryptor::new(std::slice::from_ref(&rx_cert))
+            .unwrap()
+            .encrypt(&msg);
+        let raw = d.path().join("raw");
+        // Without the key: refused, nothing written.
+        let mut p = processor(d.path(), v, &raw);
+        match p.process(TOPIC, &sealed).unwrap() {
+            Outcome::Rejected(r) => assert!(r.contains("cannot decrypt"), "{r}"),
+            o => panic!("{o:?}"),
+        }
+        // With it: stored, and the raw copy is the signed message inside.
+        p.decryptor = Some(
+            crate::encryption::Decryptor::new(
+                &rx_cert,
+                &rustls::pki_types::PrivateKeyDer::Pkcs8(rx_key.serialize_der().into()),
+            )
+            .unwrap(),
+        );
+        match p.process(TOPIC, &sealed).unwrap() {
+            Outcome::Stored { written, raw, .. } => {
+                assert_eq!(written.per_device.get("serial:a"), Some(&1));
+                assert_eq!(std::fs::read(raw.unwrap().unwrap()).unwrap(), msg);
+            }
+            o => panic!("{o:?}"),
+        }
+        // A plain signed batch is still accepted (migration).
+        assert!(matches!(
+            p.process(TOPIC, &msg).unwrap(),
+            Outcome::Stored { .. }
         ));
     }
 }

@@ -80,6 +80,8 @@ pub struct UplinkSettings {
     pub origin: Origin,
     /// Which acks are authentic (upstream mode): this gateway's id and the trusted receivers.
     pub acks: acks::AckPolicy,
+    /// Encrypt batches and device status to these receivers (`None`: signed only).
+    pub encrypt: Option<Arc<crate::encryption::Encryptor>>,
 }
 
 impl UplinkSettings {
@@ -111,8 +113,46 @@ impl UplinkSettings {
                 gateway: c.gateway.id.get_ref().clone(),
                 receivers,
             },
+            encrypt: None,
         }
     }
+
+    /// With encryption to these receivers ([`encryptor_from_config`]).
+    pub fn with_encryption(mut self, e: Option<crate::encryption::Encryptor>) -> Self {
+        self.encrypt = e.map(Arc::new);
+        self
+    }
+
+    /// The message to publish for a signed one: encrypted when encryption is on.
+    pub fn seal(&self, signed: Vec<u8>) -> Vec<u8> {
+        seal(self.encrypt.as_deref(), signed)
+    }
+}
+
+/// A signed message, encrypted when there is an encryptor.
+pub fn seal(encrypt: Option<&crate::encryption::Encryptor>, signed: Vec<u8>) -> Vec<u8> {
+    match encrypt {
+        Some(e) => e.encrypt(&signed),
+        None => signed,
+    }
+}
+
+/// The receivers batches and device status are encrypted to: `[uplink] receiver_certs` unless
+/// `encrypt = false` (`None` then, or when none are listed). Errors name the files.
+pub fn encryptor_from_config(
+    c: &Config,
+) -> Result<Option<crate::encryption::Encryptor>, crate::encryption::EncryptionError> {
+    let on = c.uplink.encrypt.as_ref().map(|e| *e.get_ref());
+    if on == Some(false) || (on.is_none() && c.uplink.receiver_certs.is_empty()) {
+        return Ok(None);
+    }
+    let paths: Vec<_> = c
+        .uplink
+        .receiver_certs
+        .iter()
+        .map(|p| p.get_ref())
+        .collect();
+    crate::encryption::Encryptor::from_files(&paths).map(Some)
 }
 
 /// The receivers whose signed acks this gateway trusts: `[uplink] receiver_certs` (listed),

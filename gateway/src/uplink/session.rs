@@ -284,6 +284,7 @@ impl Uplink {
             let signer = signer.clone();
             let origin = self.settings.origin.clone();
             let max = self.settings.batch_max;
+            let encrypt = self.settings.encrypt.clone();
             let again = resend.pop_front();
             let clock = self.clock.clone();
             let signed = blocking(move || {
@@ -296,7 +297,12 @@ impl Uplink {
                         store.next_batch(max)?
                     }
                 };
-                Ok(batch.map(|b| (b.number, signer.sign(b.encode_payload(&origin)))))
+                Ok(batch.map(|b| {
+                    (
+                        b.number,
+                        super::seal(encrypt.as_deref(), signer.sign(b.encode_payload(&origin))),
+                    )
+                }))
             })
             .await;
             let signed = match signed {
@@ -365,6 +371,13 @@ impl Uplink {
                 continue;
             }
             let signed = signer.sign(payload.as_ref().clone());
+            // Device status names devices: encrypted with the batches. The heartbeat carries
+            // only counts, for monitoring that holds no receiver key: signed only.
+            let signed = if suffix.starts_with("device/") {
+                self.settings.seal(signed)
+            } else {
+                signed
+            };
             if client
                 .try_publish(format!("{prefix}/{suffix}"), QoS::AtLeastOnce, true, signed)
                 .is_err()
