@@ -180,8 +180,7 @@ fn half_open_uplink_is_noticed_within_two_keepalives_and_loses_nothing() {
     let last_down = gateway
         .stderr()
         .lines()
-        .filter(|l| l.contains(&down_needle))
-        .last()
+        .rfind(|l| l.contains(&down_needle))
         .unwrap_or_default()
         .to_string();
     eprintln!(
