@@ -12,6 +12,12 @@
 //! - C: replayed at the device's pace, and the gateway is killed in the middle of it. Bytes it
 //!   had read but not yet committed die with it (they were never accepted); everything it had
 //!   committed — read from a copy of the store taken right after the kill — must arrive.
+//!
+//! The soak (issue 9 item 8): two devices stream without pause while the gateway is killed with
+//! SIGKILL at random moments (150 ms to 2 s after its start, so also while it opens its store or
+//! connects) and restarted at once, and the receiver is killed at random moments in between;
+//! at the end every seq the store ever accepted must be upstream and no row twice. CI runs 10 +
+//! 3 kills; `scripts/soak-kill9 [GATEWAY_KILLS] [RECEIVER_KILLS]` runs the long one (200 + 50).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
