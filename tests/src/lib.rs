@@ -18,6 +18,7 @@ pub mod broker;
 pub mod db;
 pub mod env;
 pub mod mqtt;
+pub mod netns;
 pub mod process;
 pub mod pty;
 pub mod python;

@@ -195,3 +195,64 @@ pub fn ansar_b_message_ends(bytes: &[u8]) -> Vec<usize> {
         .map(|(i, _)| i + 1)
         .collect()
 }
+
+/// A device that keeps sending: a thread replaying its recording over and over (in slices of
+/// about a second, so [`Streamer::stop`] returns quickly) until stopped. Writes block while
+/// nobody reads the pty (the gateway is dead) and resume when the restarted gateway reads.
+pub struct Streamer {
+    name: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<u64>>>,
+}
+
+impl Streamer {
+    /// Opens `device`'s pty under `dev_dir` and streams its recording at `speed` × its pace.
+    pub fn start(device: &Device, dev_dir: &Path, speed: f64) -> Result<Streamer> {
+        use std::sync::atomic::Ordering;
+        let mut port = device.open_port(dev_dir)?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let (rec, pace) = (device.recording.clone(), device.pace);
+        // About one second of the device per slice (frame-aligned for fixed-size frames).
+        let slice = match pace {
+            Pace::Frames { size, per_sec } => size * (per_sec as usize).max(1),
+            Pace::Baud(b) => (b as usize / 10).max(1),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("stream-{}", device.name))
+            .spawn(move || {
+                let mut written = 0u64;
+                while !flag.load(Ordering::Relaxed) {
+                    for part in rec.chunks(slice) {
+                        if flag.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        written += port.replay(part, pace, speed, Duration::from_secs(60))? as u64;
+                    }
+                }
+                Ok(written)
+            })?;
+        Ok(Streamer {
+            name: device.name.clone(),
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops after the current slice; the bytes written.
+    pub fn stop(mut self) -> Result<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .take()
+            .expect("thread")
+            .join()
+            .map_err(|_| anyhow!("stream {} panicked", self.name))?
+            .map_err(|e| anyhow!("stream {}: {e}", self.name))
+    }
+}
+
+impl Drop for Streamer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
