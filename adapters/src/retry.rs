@@ -6,8 +6,8 @@
 //!
 //! | user | first wait | cap | reset after |
 //! |---|---|---|---|
-//! | serial port reopen ([`crate::serial`]) | [`DEVICE_INITIAL`] | `max_backoff_s` | [`DEVICE_STABLE`] connected |
-//! | BLE device reconnect ([`crate::ble::central`]) | [`DEVICE_INITIAL`] | `max_backoff_s` | [`DEVICE_STABLE`] connected |
+//! | serial port reopen (the serial adapter) | [`DEVICE_INITIAL`] | `max_backoff_s` | [`DEVICE_STABLE`] connected |
+//! | BLE device reconnect (the BLE adapter) | [`DEVICE_INITIAL`] | `max_backoff_s` | [`DEVICE_STABLE`] connected |
 //! | adapter restart (gateway supervisor) | [`RESTART_INITIAL`] | [`RESTART_CAP`] | [`RESTART_STABLE`] running |
 //! | uplink reconnect (gateway uplink) | [`RESTART_INITIAL`] | `backoff_max_s` | [`UPLINK_STABLE`] connected |
 //!

@@ -104,6 +104,25 @@ pub struct WireObservation {
     pub status: Vec<String>,
 }
 
+#[cfg(test)]
+impl WireObservation {
+    /// An SpO2 reading (MDC 150456, %) of device `serial:a`, for unit tests.
+    pub(crate) fn spo2_for_tests(seq: u64, value: f64) -> WireObservation {
+        WireObservation {
+            seq,
+            device: "serial:a".into(),
+            code: 150456,
+            value,
+            unit: 262688,
+            ucum: "%".into(),
+            gateway_time: 1,
+            time_quality: "synced".into(),
+            device_time: None,
+            status: vec![],
+        }
+    }
+}
+
 /// A device event on the wire.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WireEvent {

@@ -2,7 +2,7 @@
 //! 2 bad configuration or usage.
 //!
 //! Library modules return their own `thiserror` enums; `anyhow` is used only at the binary edge
-//! ([`crate::cli`]), which maps a [`UsageError`] or a [`crate::config::Diagnostics`] to exit 2
+//! (the command line, `cli/`), which maps a [`UsageError`] or a [`crate::config::Diagnostics`] to exit 2
 //! and everything else to exit 1.
 
 /// A command used wrongly (missing or unknown argument value): exit 2.

@@ -13,7 +13,7 @@
 //! keeps its rows in memory: they are not accepted yet, and nothing in the store is deleted to
 //! make room (rows already accepted stay, see `crate::store`). The writer then
 //! - retries every second, and each retry is progress for the watchdog (the promise is stated
-//!   once, in `crate::system::sd_notify`);
+//!   once, in `system/sd_notify.rs`);
 //! - keeps draining the channel, so adapters are not stalled into losing data silently at the
 //!   device, into a buffer bounded by `buffer_max_rows` (or the failed commit's size, if larger);
 //! - when the buffer is full, **refuses** rows: the *newest* of the lowest class go first
@@ -276,7 +276,7 @@ pub struct DeviceCounts {
     /// Device events committed to the store.
     pub events: u64,
     /// Wall-clock Unix ms of the last commit with a sign of life from this device (0: never).
-    /// For display only: liveness runs on a monotonic clock (see [`crate::health::liveness`]).
+    /// For display only: liveness runs on a monotonic clock (the status loop in `health/`).
     #[serde(default)]
     pub last_seen_ms: i64,
     /// Rows that show the device itself is there: observations and `connected`, `battery`,

@@ -354,6 +354,27 @@ impl Verifier {
         Ok(())
     }
 
+    /// A verifier trusting the certificates in the PEM files `listed`, the CA certificates in
+    /// `cas` and honouring the revocation lists in `crls` (the `*_certs`, `*_ca`, `*_crl`
+    /// settings of either side). Errors name the file.
+    pub fn from_files<'a>(
+        listed: impl IntoIterator<Item = &'a Path>,
+        cas: impl IntoIterator<Item = &'a Path>,
+        crls: impl IntoIterator<Item = &'a Path>,
+    ) -> Result<Verifier, SigningError> {
+        let mut v = Verifier::default();
+        for p in listed {
+            v.add_file(p)?;
+        }
+        for p in cas {
+            v.add_ca_file(p)?;
+        }
+        for p in crls {
+            v.add_crl_file(p)?;
+        }
+        Ok(v)
+    }
+
     /// Trusts every certificate in a PEM file (listed).
     pub fn add_file(&mut self, path: &Path) -> Result<(), SigningError> {
         for c in read_certs(path)? {

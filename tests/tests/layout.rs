@@ -31,7 +31,7 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// The code of a file without comments and without its `#[cfg(test)]` items (a unit-test module
+/// The code of a file (with its doc comments) without plain comments and `#[cfg(test)]` items (a unit-test module
 /// may reach anywhere).
 fn code(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap();
@@ -60,7 +60,8 @@ fn code(path: &Path) -> String {
             }
             continue;
         }
-        if t.starts_with("//") {
+        // Doc comments stay: a doc link (`[`crate::x`]`) is a dependency a reader follows too.
+        if t.starts_with("//") && !t.starts_with("///") && !t.starts_with("//!") {
             continue;
         }
         out.push_str(l.split(" //").next().unwrap_or(""));

@@ -1,6 +1,6 @@
 //! The identity gate (DESIGN §11: ports renumbered after reboot): readings pass only once the
-//! device has reported the configured serial number on this connection. Pure: no I/O; see
-//! [`super::adapter`] for how the adapter reports verdicts.
+//! device has reported the configured serial number on this connection. Pure: no I/O; the
+//! serial adapter (`adapter.rs`) reports its verdicts.
 
 /// What the identity check says about one reported serial number.
 #[derive(Clone, Debug, PartialEq, Eq)]

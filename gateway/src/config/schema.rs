@@ -1,8 +1,8 @@
 //! The configuration schema: the serde types of both kinds of file, as written in TOML.
 //!
 //! Values that diagnostics or callers locate keep their byte span ([`Spanned`]); every other
-//! position comes from [`super::positions`]. Types here hold data only: checking them is
-//! [`super::validate`] (pure) and [`super::files`] (filesystem).
+//! position comes from `positions.rs`. Types here hold data only: checking them is
+//! `validate.rs` (pure) and `files.rs` (filesystem).
 
 use serde::Deserialize;
 use std::path::PathBuf;

@@ -1,6 +1,6 @@
 //! The daemon's status snapshot, `status.json`: written every 2 s by the status loop
-//! ([`super::status_loop`]) atomically (temp file + rename), read by `wardgate status`
-//! (`crate::cli::status`), so the status view needs no socket and works whether the daemon runs
+//! (`status_loop.rs`) atomically (temp file + rename), read by `wardgate status`
+//! (`cli/status.rs`), so the status view needs no socket and works whether the daemon runs
 //! or not.
 //!
 //! Where: `[store] status_path`, by default `/run/wardgate/status.json` when systemd made the

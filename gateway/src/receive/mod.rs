@@ -84,16 +84,12 @@ pub struct ReceiverHandle {
 
 /// Starts a receiver from a validated config.
 pub fn start(cfg: ReceiverConfig) -> anyhow::Result<ReceiverHandle> {
-    let mut verifier = Verifier::default();
-    for p in &cfg.receiver.gateway_certs {
-        verifier.add_file(p.get_ref())?;
-    }
-    if let Some(p) = &cfg.receiver.gateway_ca {
-        verifier.add_ca_file(p.get_ref())?;
-    }
-    for p in &cfg.receiver.gateway_crl {
-        verifier.add_crl_file(p.get_ref())?;
-    }
+    let r = &cfg.receiver;
+    let verifier = Verifier::from_files(
+        r.gateway_certs.iter().map(|p| p.get_ref().as_path()),
+        r.gateway_ca.iter().map(|p| p.get_ref().as_path()),
+        r.gateway_crl.iter().map(|p| p.get_ref().as_path()),
+    )?;
     // Acks are signed with the receiver's own MQTT client certificate and key.
     let acker = ack::Acker {
         signer: crate::signing::Signer::from_files(

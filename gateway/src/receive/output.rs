@@ -273,18 +273,7 @@ mod tests {
     use crate::batch::WireEvent;
 
     fn obs(seq: u64, value: f64) -> WireObservation {
-        WireObservation {
-            seq,
-            device: "serial:a".into(),
-            code: 150456,
-            value,
-            unit: 262688,
-            ucum: "%".into(),
-            gateway_time: 1,
-            time_quality: "synced".into(),
-            device_time: None,
-            status: vec![],
-        }
+        WireObservation::spo2_for_tests(seq, value)
     }
 
     fn batch(n: u64, observations: Vec<WireObservation>) -> BatchPayload {

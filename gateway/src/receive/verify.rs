@@ -100,18 +100,7 @@ mod tests {
             site: "s".into(),
             ward: "w".into(),
             batch: 7,
-            observations: vec![WireObservation {
-                seq: 1,
-                device: "serial:a".into(),
-                code: 150456,
-                value: 97.0,
-                unit: 262688,
-                ucum: "%".into(),
-                gateway_time: 1,
-                time_quality: "synced".into(),
-                device_time: None,
-                status: vec![],
-            }],
+            observations: vec![WireObservation::spo2_for_tests(1, 97.0)],
             events: vec![],
         }
     }

@@ -244,18 +244,7 @@ mod tests {
             site: "s".into(),
             ward: "w".into(),
             batch: 3,
-            observations: vec![WireObservation {
-                seq: 1,
-                device: "serial:a".into(),
-                code: 150456,
-                value,
-                unit: 262688,
-                ucum: "%".into(),
-                gateway_time: 1,
-                time_quality: "synced".into(),
-                device_time: None,
-                status: vec![],
-            }],
+            observations: vec![WireObservation::spo2_for_tests(1, value)],
             events: vec![],
         };
         (v, signer.sign(p.to_cbor()))

@@ -39,7 +39,7 @@
 //! the rows it was given are *not accepted*. Rows already accepted are never given up to make
 //! room for new ones on a full disk (deleting needs free space in the WAL anyway, and a full disk
 //! is an accident, not the configured size limit `max_bytes`, which retention enforces by
-//! dropping the oldest). The writer (`crate::pipeline`) holds a bounded number of new rows in
+//! dropping the oldest). The writer (`pipeline.rs`) holds a bounded number of new rows in
 //! memory, refuses the rest (newest first, waveform before numerics before events), counts them
 //! per device and records one `dropped` event (`reason=store_full`) when the store accepts rows
 //! again. Acknowledged batches are still deleted while full, which frees pages for new rows.
@@ -310,7 +310,7 @@ impl Store {
     /// Errors: SQLite I/O errors. A full store (the disk, or `max_pages`) is
     /// [`StoreError::is_full`]: nothing is deleted to make room (rows already accepted are never
     /// given up for new ones on a full disk; the writer refuses new rows instead, counted and
-    /// reported, see `crate::pipeline`), and the caller may retry the same rows later.
+    /// reported by the writer), and the caller may retry the same rows later.
     pub fn append(
         &self,
         items: &[AdapterEvent],

@@ -10,7 +10,7 @@
 //! `WATCHDOG=1` is not sent on a timer alone. Every `WATCHDOG_USEC / 2` the notifier asks
 //! [`should_ping`]: the store writer (`WriterStats::last_progress_ms`: every commit, and an
 //! idle tick the daemon keeps shorter than a quarter of the watchdog period) **and** the uplink
-//! loop (`crate::uplink::LoopBeat`: every iteration of the session loop, and every second while
+//! loop (the uplink's `LoopBeat`: every iteration of the session loop, and every second while
 //! connecting or waiting out the reconnect backoff) must both have moved within the last
 //! watchdog period. An unreachable broker keeps the uplink loop turning, so it does not stop the
 //! watchdog; a hung runtime or a writer stuck in a commit that never returns does, and systemd
@@ -19,11 +19,11 @@
 //! A store whose commits keep **failing** (full disk, I/O error) does **not** stop the watchdog:
 //! the writer keeps the rows in memory (at most `[store] buffer_max_rows`; beyond it new rows are
 //! refused, counted per device and reported upstream once the store accepts rows again) and
-//! retries every second, and each retry counts as progress (`crate::pipeline`), because a
+//! retries every second, and each retry counts as progress for the writer, because a
 //! restart would not cure a full disk and would lose those uncommitted rows. The failure is
 //! reported instead: one error log when it starts, a summary every minute, one line when it
 //! ends, the writer's `failed_commits` counter and the store state in `wardgate status`. This is the one statement of that promise;
-//! `ARCHITECTURE.md` and `crate::pipeline` refer to it.
+//! `ARCHITECTURE.md` and the writer (`pipeline.rs`) refer to it.
 
 use std::io;
 use std::os::unix::net::{SocketAddr, UnixDatagram};

@@ -56,53 +56,51 @@ pub enum AckVerdict {
 /// Checks one message received on this gateway's ack topic. Pure apart from the clock the
 /// certificate check reads.
 pub fn check_ack(policy: &AckPolicy, message: &[u8]) -> AckVerdict {
-    let refuse = |sender: String, why: String| AckVerdict::Refuse { sender, why };
-    let sender = claimed_sender(message);
+    match acknowledged(policy, message) {
+        Ok(batches) => AckVerdict::Accept(batches),
+        // Only a refused message needs its claimed sender (a second parse of its header).
+        Err(why) => AckVerdict::Refuse {
+            sender: claimed_sender(message),
+            why,
+        },
+    }
+}
+
+/// The batches an authentic ack acknowledges, or why it is refused ([`check_ack`]).
+fn acknowledged(policy: &AckPolicy, message: &[u8]) -> Result<Vec<u64>, String> {
     if message.len() > MAX_ACK_BYTES {
-        return refuse(
-            sender,
-            format!("ack of {} bytes (at most {MAX_ACK_BYTES})", message.len()),
-        );
+        return Err(format!(
+            "ack of {} bytes (at most {MAX_ACK_BYTES})",
+            message.len()
+        ));
     }
-    let verified = match policy.receivers.verify_signed(message) {
-        Ok(v) => v,
-        Err(e) => return refuse(sender, format!("ack not signed by a trusted receiver: {e}")),
-    };
+    let verified = policy
+        .receivers
+        .verify_signed(message)
+        .map_err(|e| format!("ack not signed by a trusted receiver: {e}"))?;
     if !verified.listed && !verified.signer.is_receiver() {
-        return refuse(
-            sender,
-            format!(
-                "ack signed by {}, which is not a receiver (no urn:wardgate-receiver: name)",
-                verified.signer
-            ),
-        );
+        return Err(format!(
+            "ack signed by {}, which is not a receiver (no urn:wardgate-receiver: name)",
+            verified.signer
+        ));
     }
-    let ack = match Ack::from_cbor(&verified.payload) {
-        Ok(a) => a,
-        Err(e) => return refuse(sender, format!("signed ack payload: {e}")),
-    };
+    let ack = Ack::from_cbor(&verified.payload).map_err(|e| format!("signed ack payload: {e}"))?;
     if ack.v != ACK_VERSION {
-        return refuse(
-            sender,
-            format!("ack version {} is not {ACK_VERSION}", ack.v),
-        );
+        return Err(format!("ack version {} is not {ACK_VERSION}", ack.v));
     }
     if ack.gateway != policy.gateway {
-        return refuse(
-            sender,
-            format!("signed ack names gateway {}, not this one", ack.gateway),
-        );
+        return Err(format!(
+            "signed ack names gateway {}, not this one",
+            ack.gateway
+        ));
     }
     if ack.batches.len() > MAX_ACK_BATCHES {
-        return refuse(
-            sender,
-            format!(
-                "ack names {} batches (at most {MAX_ACK_BATCHES})",
-                ack.batches.len()
-            ),
-        );
+        return Err(format!(
+            "ack names {} batches (at most {MAX_ACK_BATCHES})",
+            ack.batches.len()
+        ));
     }
-    AckVerdict::Accept(ack.batches)
+    Ok(ack.batches)
 }
 
 /// Who a message on the ack topic claims to come from, for logs: `kid:` and the first 8 bytes

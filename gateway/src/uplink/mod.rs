@@ -160,23 +160,18 @@ pub fn encryptor_from_config(
 pub fn receivers_from_config(
     c: &Config,
 ) -> Result<crate::signing::Verifier, crate::signing::SigningError> {
-    let mut v = crate::signing::Verifier::default();
-    for p in &c.uplink.receiver_certs {
-        v.add_file(p.get_ref())?;
-    }
-    if let Some(p) = &c.uplink.receiver_ca {
-        v.add_ca_file(p.get_ref())?;
-    }
-    for p in &c.uplink.receiver_crl {
-        v.add_crl_file(p.get_ref())?;
-    }
-    Ok(v)
+    let u = &c.uplink;
+    crate::signing::Verifier::from_files(
+        u.receiver_certs.iter().map(|p| p.get_ref().as_path()),
+        u.receiver_ca.iter().map(|p| p.get_ref().as_path()),
+        u.receiver_crl.iter().map(|p| p.get_ref().as_path()),
+    )
 }
 
 /// How often the uplink loop beats while it waits (connecting, backoff, idle session).
 pub const BEAT_EVERY: Duration = Duration::from_secs(1);
 
-/// Proof that the uplink loop is turning, for the systemd watchdog ([`crate::system::sd_notify`]).
+/// Proof that the uplink loop is turning, for the systemd watchdog (`system/sd_notify.rs`).
 ///
 /// The uplink stores the time (Unix ms) on every iteration of its session loop and at least every
 /// [`BEAT_EVERY`] while connecting or waiting out the reconnect backoff, so an unreachable broker
@@ -203,7 +198,7 @@ impl LoopBeat {
 /// Latest payload (CBOR, unsigned) per topic suffix below `wardgate/v1/{site}/{ward}/{gateway}/`
 /// (e.g. `device/ble:00:22:D0:90:4C:14/status`, `heartbeat`), which the uplink signs and
 /// publishes retained: what changed while connected, everything at each new session. A new `Arc`
-/// marks a change. Produced by `crate::health` (the status loop).
+/// marks a change. Produced by the status loop (`health/`).
 pub type RetainedSet = std::collections::BTreeMap<String, Arc<Vec<u8>>>;
 
 /// What the uplink is doing, for status and heartbeat.
@@ -254,7 +249,7 @@ pub struct Uplink {
     wake: Arc<Notify>,
     /// Beaten by the loop; read by the watchdog.
     beat: Arc<LoopBeat>,
-    /// Retained status messages to publish (device status, heartbeat; [`crate::health`]).
+    /// Retained status messages to publish (device status, heartbeat; filled by `health/`).
     retained: Option<watch::Receiver<RetainedSet>>,
     /// Polled before each new batch is cut (rows stamped before a clock sync are corrected first).
     clock: Option<Arc<crate::system::clock::SharedClock>>,
@@ -304,7 +299,7 @@ impl Uplink {
         self
     }
 
-    /// Publishes the retained messages of `set` ([`crate::health`]): all of them at every new
+    /// Publishes the retained messages of `set` (filled by `health/`): all of them at every new
     /// session, then each one that changed, signed like the batches.
     pub fn with_retained(mut self, set: watch::Receiver<RetainedSet>) -> Uplink {
         self.retained = Some(set);

@@ -1,5 +1,5 @@
 //! Pure BLE decoders: bytes in, [`Reading`](crate::observation::Reading)s (or typed structs) out. Nothing here does I/O —
-//! no tokio, btleplug or D-Bus, and nothing from [`crate::ble::central`]; time is passed in as
+//! no tokio, btleplug or D-Bus, and nothing from the BLE I/O (`ble/central/`); time is passed in as
 //! `Instant`s. `wardgate decode` and the simulators use the same functions as the adapter.
 //!
 //! | module | what | specification |
@@ -200,16 +200,20 @@ impl DateTime {
     /// `None` outside years 1582–9999. A device clock counting Unix seconds gives UTC, so
     /// the result is UTC, not device local time.
     pub fn from_unix_seconds(secs: i64) -> Option<DateTime> {
-        let day = secs.div_euclid(86_400);
-        let sod = secs.rem_euclid(86_400);
+        Self::from_day_and_second(secs.div_euclid(86_400), secs.rem_euclid(86_400))
+    }
+
+    /// The time `second` (0..86,400) into day `day` counted from 1970-01-01; `None` outside
+    /// years 1582–9999.
+    fn from_day_and_second(day: i64, second: i64) -> Option<DateTime> {
         let (y, m, d) = civil_from_days(day);
         let t = DateTime {
             year: u16::try_from(y).ok()?,
             month: m as u8,
             day: d as u8,
-            hours: (sod / 3600) as u8,
-            minutes: (sod % 3600 / 60) as u8,
-            seconds: (sod % 60) as u8,
+            hours: (second / 3600) as u8,
+            minutes: (second % 3600 / 60) as u8,
+            seconds: (second % 60) as u8,
         };
         t.is_complete().then_some(t)
     }
@@ -222,18 +226,10 @@ impl DateTime {
         }
         let days = days_from_civil(self.year as i64, self.month as i64, self.day as i64);
         let total = days * 1440 + self.hours as i64 * 60 + self.minutes as i64 + minutes as i64;
-        let day = total.div_euclid(1440);
-        let min_of_day = total.rem_euclid(1440);
-        let (y, m, d) = civil_from_days(day);
-        let t = DateTime {
-            year: u16::try_from(y).ok()?,
-            month: m as u8,
-            day: d as u8,
-            hours: (min_of_day / 60) as u8,
-            minutes: (min_of_day % 60) as u8,
-            seconds: self.seconds,
-        };
-        t.is_complete().then_some(t)
+        Self::from_day_and_second(
+            total.div_euclid(1440),
+            total.rem_euclid(1440) * 60 + self.seconds as i64,
+        )
     }
 }
 

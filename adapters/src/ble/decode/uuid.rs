@@ -8,7 +8,7 @@
 //! uses; the text form out is `Uuid`'s `Display` (lower-case `8-4-4-4-12`).
 //!
 //! 16-bit numbers stay `u16` only where the air format carries 16 bits (the 16-bit service UUID
-//! of an AD structure, [`crate::ble::decode::advertisement`]).
+//! of an AD structure, in `advertisement/`).
 
 use crate::ble::decode::DecodeError;
 pub use ::uuid::Uuid;
