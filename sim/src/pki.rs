@@ -23,15 +23,7 @@ impl Ca {
     /// A new self-signed P-256 CA named `name`.
     pub fn new(name: &str) -> anyhow::Result<Ca> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let mut p = CertificateParams::new(Vec::<String>::new())?;
-        p.distinguished_name.push(DnType::CommonName, name);
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let cert = p.self_signed(&key)?;
+        let cert = ca_params(name).self_signed(&key)?;
         let cert_pem = cert.pem();
         Ok(Ca {
             cert,
@@ -66,29 +58,109 @@ impl Ca {
         server: bool,
         not_before: Option<(i32, u8, u8)>,
     ) -> anyhow::Result<(String, String)> {
+        self.leaf_with(common_name, names, server, |p| {
+            if let Some((y, m, d)) = not_before {
+                p.not_before = rcgen::date_time_ymd(y, m, d);
+            }
+        })
+    }
+
+    /// [`Self::leaf`] with its parameters changed by `customize` before signing (validity,
+    /// serial number, key usages: the TLS failure tests' broken certificates).
+    pub fn leaf_with(
+        &self,
+        common_name: &str,
+        names: &[&str],
+        server: bool,
+        customize: impl FnOnce(&mut CertificateParams),
+    ) -> anyhow::Result<(String, String)> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        // `urn:…` names become URI subjectAltNames (wardgate identities); the rest DNS names or
-        // IP addresses.
-        let (uris, hosts): (Vec<&str>, Vec<&str>) =
-            names.iter().partition(|n| n.starts_with("urn:"));
-        let mut p =
-            CertificateParams::new(hosts.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
-        for u in uris {
-            p.subject_alt_names.push(rcgen::SanType::URI(u.try_into()?));
-        }
-        p.distinguished_name.push(DnType::CommonName, common_name);
-        if let Some((y, m, d)) = not_before {
-            p.not_before = rcgen::date_time_ymd(y, m, d);
-        }
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        p.extended_key_usages = vec![if server {
-            ExtendedKeyUsagePurpose::ServerAuth
-        } else {
-            ExtendedKeyUsagePurpose::ClientAuth
-        }];
+        let mut p = leaf_params(common_name, names, server)?;
+        customize(&mut p);
         let cert = p.signed_by(&key, &self.cert, &self.key)?;
         Ok((cert.pem(), key.serialize_pem()))
     }
+
+    /// An intermediate CA named `name`, signed by this CA.
+    pub fn intermediate(&self, name: &str) -> anyhow::Result<Ca> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let cert = ca_params(name).signed_by(&key, &self.cert, &self.key)?;
+        let cert_pem = cert.pem();
+        Ok(Ca {
+            cert,
+            key,
+            cert_pem,
+        })
+    }
+
+    /// A certificate revocation list (RFC 5280 §5, PEM) signed by this CA that revokes the
+    /// certificates with the serial numbers `serials`; valid from 2020 to 2099.
+    pub fn crl(&self, serials: &[u64]) -> anyhow::Result<String> {
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2020, 1, 1),
+            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            crl_number: 1u64.into(),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: (*s).into(),
+                    revocation_time: rcgen::date_time_ymd(2021, 1, 1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.cert, &self.key)?.pem()?)
+    }
+}
+
+/// A self-signed leaf certificate (no CA): `(cert PEM, key PEM)`, as [`Ca::leaf`] makes them.
+pub fn self_signed_leaf(
+    common_name: &str,
+    names: &[&str],
+    server: bool,
+) -> anyhow::Result<(String, String)> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let cert = leaf_params(common_name, names, server)?.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A CA's parameters: P-256, may sign certificates and CRLs.
+fn ca_params(name: &str) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name.push(DnType::CommonName, name);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p
+}
+
+/// A leaf's parameters: `names` become SANs — `urn:…` names URI SANs (wardgate identities),
+/// the rest DNS names or IP addresses; serverAuth or clientAuth.
+fn leaf_params(
+    common_name: &str,
+    names: &[&str],
+    server: bool,
+) -> anyhow::Result<CertificateParams> {
+    let (uris, hosts): (Vec<&str>, Vec<&str>) = names.iter().partition(|n| n.starts_with("urn:"));
+    let mut p = CertificateParams::new(hosts.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+    for u in uris {
+        p.subject_alt_names.push(rcgen::SanType::URI(u.try_into()?));
+    }
+    p.distinguished_name.push(DnType::CommonName, common_name);
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![if server {
+        ExtendedKeyUsagePurpose::ServerAuth
+    } else {
+        ExtendedKeyUsagePurpose::ClientAuth
+    }];
+    Ok(p)
 }
 
 /// Writes `pem` to `path` (mode 0644).

@@ -194,7 +194,11 @@ fn half_open_uplink_is_noticed_within_two_keepalives_and_loses_nothing() {
         noticed <= Duration::from_secs(2 * KEEPALIVE_S + 2),
         "a half-open uplink took {noticed:?} to be noticed (keepalive {KEEPALIVE_S} s)"
     );
-    assert!(status_down.contains("DISCONNECTED"), "{status_down}");
+    assert!(status_down.contains("DISCONNECTED since "), "{status_down}");
+    assert!(
+        status_down.contains("the broker stopped answering"),
+        "the status names a dead link, not a library message: {status_down}"
+    );
     assert!(
         seq_during > seq_before + 20,
         "the store stopped accepting during the cut: {seq_before} → {seq_during}"

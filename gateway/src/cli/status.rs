@@ -153,7 +153,16 @@ pub fn render(r: &Report, gateway: &str) -> String {
             line("uplink:   connected".into());
         } else {
             line(format!(
-                "uplink:   DISCONNECTED{}",
+                "uplink:   DISCONNECTED{}{}",
+                u.down_since_ms
+                    .map(|t| format!(
+                        " since {} ({})",
+                        crate::cli::provision::rfc3339(std::time::Duration::from_millis(
+                            u64::try_from(t).unwrap_or(0)
+                        )),
+                        ago(t)
+                    ))
+                    .unwrap_or_default(),
                 u.last_error
                     .as_ref()
                     .map(|e| format!(": {e}"))

@@ -208,6 +208,11 @@ pub struct UplinkStatus {
     pub connected: bool,
     /// The last connection error, in an installer's words (`None` while connected).
     pub last_error: Option<String>,
+    /// Since when the uplink has been down (Unix ms, this gateway's clock): set at the first
+    /// failure after a session (or at the first failed attempt after start), `None` while
+    /// connected.
+    #[serde(default)]
+    pub down_since_ms: Option<i64>,
     /// Batches published (first sends and re-sends).
     pub batches_sent: u64,
     /// Of those, re-sends of an already numbered batch.
@@ -455,6 +460,8 @@ impl Uplink {
                     self.status.send_modify(|s| {
                         s.connected = false;
                         s.last_error = Some(text);
+                        s.down_since_ms
+                            .get_or_insert_with(wardgate_adapters::observation::now_ms);
                         s.connection_failures += 1;
                     });
                     let wait = backoff.next_delay();

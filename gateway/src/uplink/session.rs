@@ -80,6 +80,7 @@ impl Uplink {
         self.status.send_modify(|st| {
             st.connected = true;
             st.last_error = None;
+            st.down_since_ms = None;
         });
         let ack_topic = mqtt::ack(&s.origin);
         // One tracker per client: every QoS 1 publish of this session is recorded in it, in the
