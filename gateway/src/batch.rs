@@ -293,8 +293,10 @@ impl BatchPayload {
 }
 
 /// The upstream acknowledgement on `wardgate/v1/{site}/{ward}/{gateway}/ack` (ack mode
-/// `upstream`): CBOR map `{ "v": 1, "gateway": tstr, "batches": [* uint] }`, naming batches the
-/// receiver has stored durably.
+/// `upstream`): CBOR map `{ "v": 2, "gateway": tstr, "batches": [* uint], ? "refused": tstr }`,
+/// naming batches the receiver has stored durably; since v2 it travels inside a COSE_Sign1
+/// (docs/wire-format.md, "Ack"). `refused` makes it a refusal notice: the receiver refuses
+/// this gateway's batches and says why (`batches` is then empty).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Ack {
     /// Version, 1.
@@ -303,7 +305,15 @@ pub struct Ack {
     pub gateway: String,
     /// Batch numbers stored durably.
     pub batches: Vec<u64>,
+    /// A refusal notice: why the receiver refuses batches signed by this gateway (its
+    /// certificate revoked, expired, not from the gateway CA, not naming it), at most
+    /// [`MAX_REFUSAL_CHARS`] characters. Absent in an ordinary ack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
+
+/// Longest refusal reason a receiver sends and a gateway shows, in characters.
+pub const MAX_REFUSAL_CHARS: usize = 400;
 
 impl Ack {
     /// CBOR encoding.

@@ -482,15 +482,9 @@ impl Verifier {
                 "detached payloads are not accepted".into(),
             ));
         };
-        sign1
-            .verify_signature(b"", |sig, tbs| {
-                let algo: &dyn signature::VerificationAlgorithm = match alg {
-                    KeyAlg::Es256 => &signature::ECDSA_P256_SHA256_FIXED,
-                    KeyAlg::EdDsa => &signature::ED25519,
-                };
-                signature::UnparsedPublicKey::new(algo, &key).verify(tbs, sig)
-            })
-            .map_err(|_| SigningError::Verify("bad signature".into()))?;
+        if !signature_verifies(&sign1, alg, &key) {
+            return Err(SigningError::Verify("bad signature".into()));
+        }
         Ok(Verified {
             payload,
             signer,
@@ -547,11 +541,76 @@ impl Verifier {
             revocation,
             None,
         )
-        .map_err(|e| SigningError::Verify(format!("signer certificate refused: {e}")))?;
+        .map_err(|e| {
+            SigningError::Verify(format!("signer certificate refused: {}", chain_refusal(&e)))
+        })?;
         let (alg, key) = public_key(&spki_der(leaf)?)?;
         let identity = Identity::of(leaf).map_err(SigningError::Verify)?;
         Ok((alg, key, identity))
     }
+}
+
+/// Why webpki refused a signer's certificate chain, in words an operator acts on.
+fn chain_refusal(e: &webpki::Error) -> String {
+    let date = |t: &rustls_pki_types::UnixTime| {
+        spki::der::DateTime::from_unix_duration(std::time::Duration::from_secs(t.as_secs()))
+            .map(|d| d.to_string())
+            .unwrap_or_else(|_| format!("{} s after 1970", t.as_secs()))
+    };
+    match e {
+        webpki::Error::CertRevoked => {
+            "it is revoked (listed in a configured revocation list)".into()
+        }
+        webpki::Error::CertExpired { time, not_after } => format!(
+            "it expired on {} (this clock says {})",
+            date(not_after),
+            date(time)
+        ),
+        webpki::Error::CertNotValidYet { time, not_before } => format!(
+            "it is not valid before {} (this clock says {})",
+            date(not_before),
+            date(time)
+        ),
+        webpki::Error::UnknownIssuer => "it is not issued by a configured CA".into(),
+        #[allow(deprecated)]
+        webpki::Error::RequiredEkuNotFound | webpki::Error::RequiredEkuNotFoundContext(_) => {
+            "it is not a client certificate (extended key usage lacks clientAuth)".into()
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// Whether the signature of `sign1` (no external AAD) verifies with `key` (SEC1 point or
+/// Ed25519 key, per `alg`).
+fn signature_verifies(sign1: &CoseSign1, alg: KeyAlg, key: &[u8]) -> bool {
+    sign1
+        .verify_signature(b"", |sig, tbs| {
+            let algo: &dyn signature::VerificationAlgorithm = match alg {
+                KeyAlg::Es256 => &signature::ECDSA_P256_SHA256_FIXED,
+                KeyAlg::EdDsa => &signature::ED25519,
+            };
+            signature::UnparsedPublicKey::new(algo, key).verify(tbs, sig)
+        })
+        .is_ok()
+}
+
+/// Who signed `message` according to the leaf of its own `x5chain`, **without any trust**: the
+/// leaf must carry the message's `kid` and its key must verify the signature, which proves the
+/// signer holds that certificate's key — not that anyone trusts the certificate. The receiver
+/// uses it to tell a gateway whose batches it refuses (revoked, expired, untrusted CA) why,
+/// and only when the certificate names that gateway. `None` for anything less.
+pub fn proven_signer(message: &[u8]) -> Option<Identity> {
+    let sign1 = CoseSign1::from_tagged_slice(message)
+        .or_else(|_| CoseSign1::from_slice(message))
+        .ok()?;
+    let chain = x5chain(&sign1).ok()??;
+    let leaf = chain.first()?;
+    if kid_of(leaf).ok()?.as_slice() != sign1.protected.header.key_id.as_slice() {
+        return None;
+    }
+    let (alg, key) = public_key(&spki_der(leaf).ok()?).ok()?;
+    signature_verifies(&sign1, alg, &key).then_some(())?;
+    Identity::of(leaf).ok()
 }
 
 /// The protected `x5chain` of a message, bounded ([`MAX_CHAIN`], [`MAX_CERT_BYTES`]); `None`

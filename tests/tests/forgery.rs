@@ -98,6 +98,7 @@ fn forged_acks_from_another_certificate_holder_delete_nothing() {
                     v,
                     gateway: GATEWAY_ID.into(),
                     batches: vec![batch],
+                    refused: None,
                 };
                 // try_publish: never await the client from the task that polls its loop.
                 let _ = client.try_publish(&ack_topic, QoS::AtLeastOnce, false, ack(1).to_cbor());

@@ -193,6 +193,14 @@ pub fn render(r: &Report, gateway: &str) -> String {
                     .unwrap_or_default()
             ));
         }
+        if let Some(r) = &u.receiver_refusal {
+            line(format!(
+                "          RECEIVER REFUSES THIS GATEWAY'S BATCHES{}: {r} (they stay in the store and are re-sent)",
+                u.receiver_refusal_since_ms
+                    .map(|t| format!(" (first {})", ago(t)))
+                    .unwrap_or_default()
+            ));
+        }
         if let Some(e) = &u.credentials_error {
             line(format!(
                 "          CERTIFICATE/KEY REPLACEMENT REFUSED, still using the previous pair: {e}"

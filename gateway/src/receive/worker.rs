@@ -52,7 +52,13 @@ pub enum Outcome {
         acks: Vec<(String, Vec<u8>)>,
     },
     /// Refused, with the reason; nothing written.
-    Rejected(String),
+    Rejected {
+        /// Why.
+        reason: String,
+        /// The signed refusal notice for the gateway that provably signed it, when there is
+        /// one ([`Acker::refusal`]): `(topic, payload)`.
+        notice: Option<(String, Vec<u8>)>,
+    },
 }
 
 /// The synchronous part: verification and durable writes (run on a blocking thread).
@@ -75,11 +81,19 @@ impl Processor {
         // Encrypted (COSE_Encrypt): decrypt first; plain COSE_Sign1 is accepted too (migration).
         let signed = match open_message(self.decryptor.as_ref(), message) {
             Ok(s) => s,
-            Err(reason) => return Ok(Outcome::Rejected(reason)),
+            Err(reason) => {
+                return Ok(Outcome::Rejected {
+                    reason,
+                    notice: None,
+                })
+            }
         };
         let batch = match check_message(&self.verifier, topic, &signed) {
             Ok(b) => b,
-            Err(reason) => return Ok(Outcome::Rejected(reason)),
+            Err(reason) => {
+                let notice = self.acker.refusal(topic, &signed, &reason);
+                return Ok(Outcome::Rejected { reason, notice });
+            }
         };
         // The raw copy is the signed message inside: verifiable later with the gateway's
         // certificate alone (`wardgate verify`), no receiver key needed.
@@ -117,6 +131,40 @@ fn once(log: &mut OncePerSender, sender: &str, line: impl FnOnce() -> String) {
     }
 }
 
+/// When a gateway whose batches are refused is told why again: at most once per
+/// [`NoticeSchedule::EVERY`] per gateway, for at most [`NoticeSchedule::MAX_GATEWAYS`] gateways
+/// (then the oldest entries make room): a gateway re-sending every few seconds gets one notice
+/// a minute, not one per batch.
+#[derive(Debug, Default)]
+pub struct NoticeSchedule {
+    last: std::collections::HashMap<String, std::time::Instant>,
+}
+
+impl NoticeSchedule {
+    /// Least time between two notices to one gateway.
+    pub const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+    /// Most gateways remembered.
+    pub const MAX_GATEWAYS: usize = 1024;
+
+    /// Whether `gateway` is due a notice at `now` (and if so, records it).
+    pub fn due(&mut self, gateway: &str, now: std::time::Instant) -> bool {
+        if let Some(t) = self.last.get(gateway) {
+            if now.duration_since(*t) < Self::EVERY {
+                return false;
+            }
+        }
+        if self.last.len() >= Self::MAX_GATEWAYS && !self.last.contains_key(gateway) {
+            self.last
+                .retain(|_, t| now.duration_since(*t) < Self::EVERY);
+            if self.last.len() >= Self::MAX_GATEWAYS {
+                return false;
+            }
+        }
+        self.last.insert(gateway.to_string(), now);
+        true
+    }
+}
+
 /// The counters, even after a panic elsewhere poisoned the lock.
 pub fn lock(s: &Mutex<ReceiverStats>) -> std::sync::MutexGuard<'_, ReceiverStats> {
     s.lock().unwrap_or_else(|e| e.into_inner())
@@ -131,6 +179,7 @@ pub async fn run(
     stats: Arc<Mutex<ReceiverStats>>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let mut notices = NoticeSchedule::default();
     let mut logs = Logs {
         rejected: OncePerSender::new(1024),
         oversize: OncePerSender::new(1024),
@@ -171,11 +220,20 @@ pub async fn run(
                         // Not stored: no PUBACK, the broker redelivers after the restart.
                         anyhow::bail!("cannot store batch from {}: {e:#}", p.topic);
                     }
-                    Ok(Outcome::Rejected(reason)) => {
+                    Ok(Outcome::Rejected { reason, notice }) => {
                         lock(&stats).rejected_messages += 1;
-                        once(&mut logs.rejected, &claimed_sender(&p.topic), || {
+                        let sender = claimed_sender(&p.topic);
+                        once(&mut logs.rejected, &sender, || {
                             format!("rejected message on {}: {reason}", p.topic)
                         });
+                        if let Some((topic, notice)) = notice {
+                            if notices.due(&sender, std::time::Instant::now()) {
+                                log::info!("told {sender} why its batches are refused (signed refusal notice on {topic})");
+                                client
+                                    .publish(topic, QoS::AtLeastOnce, false, notice)
+                                    .await?;
+                            }
+                        }
                         client.ack(&p).await?;
                     }
                     Ok(Outcome::Stored {
@@ -251,6 +309,20 @@ mod tests {
     }
 
     /// A self-signed P-256 certificate and its key (rcgen).
+    #[test]
+    fn a_gateway_is_told_at_most_once_a_minute_and_memory_is_bounded() {
+        let mut n = NoticeSchedule::default();
+        let t0 = std::time::Instant::now();
+        assert!(n.due("gw1", t0));
+        assert!(!n.due("gw1", t0 + std::time::Duration::from_secs(59)));
+        assert!(n.due("gw2", t0));
+        assert!(n.due("gw1", t0 + NoticeSchedule::EVERY));
+        for i in 0..2 * NoticeSchedule::MAX_GATEWAYS {
+            n.due(&format!("g{i}"), t0 + NoticeSchedule::EVERY);
+        }
+        assert!(n.last.len() <= NoticeSchedule::MAX_GATEWAYS);
+    }
+
     fn self_signed() -> (
         rustls::pki_types::CertificateDer<'static>,
         rustls::pki_types::PrivateKeyDer<'static>,
@@ -290,7 +362,7 @@ mod tests {
         for junk in [&b"junk"[..], &[0xd2, 0x84, 0x40][..], &[0u8; 4096][..]] {
             assert!(matches!(
                 p.process(TOPIC, junk).unwrap(),
-                Outcome::Rejected(_)
+                Outcome::Rejected { .. }
             ));
         }
         assert_eq!(std::fs::read_dir(d.path().join("raw")).unwrap().count(), 0);
@@ -327,7 +399,7 @@ mod tests {
         // The wrong topic for the signed payload is refused.
         assert!(matches!(
             p.process("wardgate/v1/s/w/gw2/batch", &msg).unwrap(),
-            Outcome::Rejected(_)
+            Outcome::Rejected { .. }
         ));
     }
 
@@ -349,7 +421,7 @@ mod tests {
         // Without the key: refused, nothing written.
         let mut p = processor(d.path(), v, &raw);
         match p.process(TOPIC, &sealed).unwrap() {
-            Outcome::Rejected(r) => assert!(r.contains("cannot decrypt"), "{r}"),
+            Outcome::Rejected { reason: r, .. } => assert!(r.contains("cannot decrypt"), "{r}"),
             o => panic!("{o:?}"),
         }
         // With it: stored, and the raw copy is the signed message inside.

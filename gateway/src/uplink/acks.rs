@@ -17,7 +17,7 @@
 //! (retained, or recorded and re-sent) names batches the receiver did store, so applying it
 //! again is harmless.
 
-use crate::batch::Ack;
+use crate::batch::{Ack, MAX_REFUSAL_CHARS};
 use crate::signing::Verifier;
 use std::sync::Arc;
 
@@ -43,6 +43,14 @@ pub struct AckPolicy {
 pub enum AckVerdict {
     /// A trusted receiver acknowledged these batches of ours.
     Accept(Vec<u64>),
+    /// A trusted receiver refuses our batches and says why (a signed refusal notice: our
+    /// certificate revoked, expired, not trusted by it). Deletes nothing; shown in status.
+    ReceiverRefuses {
+        /// The receiver (its certificate's identity).
+        receiver: String,
+        /// Its reason, at most [`MAX_REFUSAL_CHARS`] characters.
+        reason: String,
+    },
     /// Not an ack we act on. `sender` identifies who sent it for the once-per-sender log (the
     /// signer's `kid` prefix, or `unsigned`); `why` is the reason.
     Refuse {
@@ -57,7 +65,17 @@ pub enum AckVerdict {
 /// certificate check reads.
 pub fn check_ack(policy: &AckPolicy, message: &[u8]) -> AckVerdict {
     match acknowledged(policy, message) {
-        Ok(batches) => AckVerdict::Accept(batches),
+        Ok((
+            receiver,
+            Ack {
+                refused: Some(reason),
+                ..
+            },
+        )) => AckVerdict::ReceiverRefuses {
+            receiver,
+            reason: reason.chars().take(MAX_REFUSAL_CHARS).collect(),
+        },
+        Ok((_, ack)) => AckVerdict::Accept(ack.batches),
         // Only a refused message needs its claimed sender (a second parse of its header).
         Err(why) => AckVerdict::Refuse {
             sender: claimed_sender(message),
@@ -66,8 +84,8 @@ pub fn check_ack(policy: &AckPolicy, message: &[u8]) -> AckVerdict {
     }
 }
 
-/// The batches an authentic ack acknowledges, or why it is refused ([`check_ack`]).
-fn acknowledged(policy: &AckPolicy, message: &[u8]) -> Result<Vec<u64>, String> {
+/// An authentic ack and who signed it, or why it is refused ([`check_ack`]).
+fn acknowledged(policy: &AckPolicy, message: &[u8]) -> Result<(String, Ack), String> {
     if message.len() > MAX_ACK_BYTES {
         return Err(format!(
             "ack of {} bytes (at most {MAX_ACK_BYTES})",
@@ -100,7 +118,12 @@ fn acknowledged(policy: &AckPolicy, message: &[u8]) -> Result<Vec<u64>, String> 
             ack.batches.len()
         ));
     }
-    Ok(ack.batches)
+    let receiver = if verified.signer.is_receiver() {
+        verified.signer.to_string()
+    } else {
+        format!("listed receiver kid:{}", hex::encode(&verified.kid[..8]))
+    };
+    Ok((receiver, ack))
 }
 
 /// Who a message on the ack topic claims to come from, for logs: `kid:` and the first 8 bytes
@@ -154,6 +177,7 @@ pub(crate) mod test_support {
                 v: ACK_VERSION,
                 gateway: gateway.into(),
                 batches: batches.to_vec(),
+                refused: None,
             }
             .to_cbor(),
         )
@@ -188,6 +212,7 @@ mod tests {
             v: 1,
             gateway: "gw-1".into(),
             batches: vec![4],
+            refused: None,
         }
         .to_cbor();
         let (sender, why) = refused(&plain);
@@ -205,6 +230,7 @@ mod tests {
                 v: 1,
                 gateway: "gw-1".into(),
                 batches: vec![4],
+                refused: None,
             }
             .to_cbor(),
         );

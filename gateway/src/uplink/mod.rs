@@ -238,6 +238,14 @@ pub struct UplinkStatus {
     /// The last refused ack: sender and reason.
     #[serde(default)]
     pub last_refused_ack: Option<String>,
+    /// A trusted receiver's signed refusal notice (`receiver: reason`): it refuses this
+    /// gateway's batches (e.g. its certificate revoked or expired there). Cleared when an ack
+    /// deletes a batch again.
+    #[serde(default)]
+    pub receiver_refusal: Option<String>,
+    /// Since when (Unix ms) [`Self::receiver_refusal`] has been reported.
+    #[serde(default)]
+    pub receiver_refusal_since_ms: Option<i64>,
 }
 
 /// The MQTT sink. Run it with [`Uplink::run`].

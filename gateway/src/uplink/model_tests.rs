@@ -278,7 +278,7 @@ impl Model {
             let out = KEYS.with(|(_, p, _)| on_event(&ev, &mut self.session.tracker, ACKS, p));
             match out {
                 EventOutcome::Nothing => {}
-                EventOutcome::Refused { .. } => {}
+                EventOutcome::Refused { .. } | EventOutcome::ReceiverRefuses { .. } => {}
                 EventOutcome::Acknowledge(numbers) => self.acknowledge(numbers),
                 EventOutcome::Ignore(why) => {
                     assert!(
@@ -364,6 +364,7 @@ impl Model {
                 v: 1,
                 gateway: gateway.into(),
                 batches,
+                refused: None,
             }
             .to_cbor(),
         });

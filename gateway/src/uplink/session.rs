@@ -19,6 +19,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use wardgate_adapters::observation::now_ms;
 
 /// Most distinct senders of refused acks logged individually (memory bound).
 pub(super) const MAX_LOGGED_SENDERS: usize = 256;
@@ -201,6 +202,20 @@ impl Uplink {
             EventOutcome::Acknowledge(numbers) => self.acknowledge(numbers).await?,
             EventOutcome::Ignore(why) => log::warn!("{why}"),
             EventOutcome::Refused { sender, why } => self.refused_ack(sender, why),
+            EventOutcome::ReceiverRefuses { receiver, reason } => {
+                let text = format!("{receiver}: {reason}");
+                let mut first = false;
+                self.status.send_modify(|s| {
+                    first = s.receiver_refusal.as_ref() != Some(&text);
+                    s.receiver_refusal_since_ms.get_or_insert_with(now_ms);
+                    s.receiver_refusal = Some(text.clone());
+                });
+                if first {
+                    log::warn!(
+                        "receiver {receiver} refuses this gateway's batches (they stay in the store and are re-sent): {reason}"
+                    );
+                }
+            }
         }
         Ok(())
     }
@@ -249,7 +264,13 @@ impl Uplink {
             }
             other => other?,
         };
-        self.status.send_modify(|s| s.batches_acked += acked);
+        self.status.send_modify(|s| {
+            s.batches_acked += acked;
+            if acked > 0 {
+                s.receiver_refusal = None;
+                s.receiver_refusal_since_ms = None;
+            }
+        });
         Ok(())
     }
 
@@ -410,6 +431,14 @@ pub(super) enum EventOutcome {
         /// Why it is refused.
         why: String,
     },
+    /// A trusted receiver refuses our batches (a signed refusal notice): show it in status,
+    /// log it once per reason, delete nothing.
+    ReceiverRefuses {
+        /// The receiver.
+        receiver: String,
+        /// Its reason.
+        reason: String,
+    },
 }
 
 /// The session's event handling without I/O: updates the in-flight window for `ev` and says
@@ -444,6 +473,9 @@ pub(super) fn on_event(
                     EventOutcome::Acknowledge(batches)
                 }
                 AckVerdict::Refuse { sender, why } => EventOutcome::Refused { sender, why },
+                AckVerdict::ReceiverRefuses { receiver, reason } => {
+                    EventOutcome::ReceiverRefuses { receiver, reason }
+                }
             }
         }
         _ => EventOutcome::Nothing,
@@ -597,6 +629,7 @@ mod event_tests {
             v: 1,
             gateway: "gw-1".into(),
             batches: vec![10],
+            refused: None,
         }
         .to_cbor();
         assert!(matches!(
