@@ -293,6 +293,12 @@ pub struct ReceiverSection {
     /// (new gateways refuse it). Default false; switch off once every gateway is upgraded.
     #[serde(default)]
     pub legacy_plain_acks: bool,
+    /// Refuse batches that are not encrypted to this receiver (COSE_Encrypt): the last step of
+    /// the migration to encryption, once every gateway lists this receiver's certificate in
+    /// `[uplink] receiver_certs`. A refused gateway is told why (signed refusal notice).
+    /// Default false (plain COSE_Sign1 batches accepted).
+    #[serde(default)]
+    pub require_encryption: bool,
     /// `sqlite:PATH` or `jsonl:PATH`: where verified observations are written durably (fsynced).
     pub output: Spanned<String>,
     /// If set, every message on the batch topic whose signature verified is also written here
