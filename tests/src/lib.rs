@@ -17,6 +17,7 @@ pub mod ble;
 pub mod broker;
 pub mod db;
 pub mod env;
+pub mod fault_proxy;
 pub mod mqtt;
 pub mod netns;
 pub mod process;
