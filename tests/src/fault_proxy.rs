@@ -59,7 +59,7 @@ pub enum PubackFault {
     /// Every `every`-th PUBACK (counted over all connections) is dropped; `every = 1`: all of
     /// them (the broker "holds back" its acks).
     Drop {
-        /// 1 drops every PUBACK, N every Nth.
+        /// 1 drops every PUBACK, N every Nth (0: none).
         every: u64,
     },
 }
@@ -302,7 +302,11 @@ async fn client_to_broker(
         }
         to.write_all(&p).await?;
         to.flush().await?;
-        if publish && faults.cut_every_nth_publish.is_some_and(|k| k > 0 && n % k == 0) {
+        if publish
+            && faults
+                .cut_every_nth_publish
+                .is_some_and(|k| n.is_multiple_of(k))
+        {
             sh.counters.cuts.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
@@ -334,7 +338,7 @@ async fn broker_to_client(
                         at += min + Duration::from_millis(fastrand::u64(0..=span));
                     }
                     PubackFault::Drop { every } => {
-                        if every > 0 && n % every == 0 {
+                        if n.is_multiple_of(every) {
                             sh.counters.pubacks_dropped.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }
@@ -353,7 +357,9 @@ async fn broker_to_client(
             to.write_all(&p).await?;
             to.flush().await?;
             if p[0] >> 4 == PUBACK {
-                sh.counters.pubacks_forwarded.fetch_add(1, Ordering::Relaxed);
+                sh.counters
+                    .pubacks_forwarded
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
         Ok::<(), anyhow::Error>(())
@@ -378,7 +384,9 @@ async fn read_packet(r: &mut (impl AsyncRead + Unpin)) -> Result<Option<Vec<u8>>
         len |= ((b & 0x7f) as usize) << (7 * i);
         if b & 0x80 == 0 {
             if len > MAX_PACKET {
-                return Err(anyhow!("MQTT packet of {len} bytes is over the proxy's limit"));
+                return Err(anyhow!(
+                    "MQTT packet of {len} bytes is over the proxy's limit"
+                ));
             }
             let head = packet.len();
             packet.resize(head + len, 0);
@@ -408,7 +416,9 @@ mod tests {
     #[test]
     fn packets_are_framed_by_their_remaining_length() {
         // PUBLISH QoS 1, DUP, topic "a/b", pkid 0x0102, payload "xy"; then a PUBACK for 7.
-        let publish = [0x3a, 0x09, 0x00, 0x03, b'a', b'/', b'b', 0x01, 0x02, b'x', b'y'];
+        let publish = [
+            0x3a, 0x09, 0x00, 0x03, b'a', b'/', b'b', 0x01, 0x02, b'x', b'y',
+        ];
         let puback = [0x40, 0x02, 0x00, 0x07];
         let bytes: Vec<u8> = publish.iter().chain(&puback).copied().collect();
         let rt = tokio::runtime::Builder::new_current_thread()
