@@ -10,7 +10,7 @@
 //! them one by one, unless a fault says otherwise:
 //!
 //! - PUBACKs (broker → client) delayed by a fixed or random time (order kept: a packet never
-//!   overtakes one read before it), or dropped (all, or every Nth);
+//!   overtakes one read before it), or dropped (all, every Nth, or those of one packet id);
 //! - every connection cut now, or after every Nth PUBLISH (client → broker), both sides closed
 //!   (no DISCONNECT, no TLS close_notify: as a dying link looks);
 //! - blackhole: connections are accepted (TLS completes) but nothing is forwarded either way.
@@ -62,6 +62,9 @@ pub enum PubackFault {
         /// 1 drops every PUBACK, N every Nth (0: none).
         every: u64,
     },
+    /// Every PUBACK for this packet id is dropped, the others are forwarded: the client's
+    /// packet ids wrap around to an id still unacknowledged (a packet-id collision).
+    DropPkid(u16),
 }
 
 /// The faults in force; change them with [`FaultProxy::set`] at any time.
@@ -339,6 +342,12 @@ async fn broker_to_client(
                     }
                     PubackFault::Drop { every } => {
                         if n.is_multiple_of(every) {
+                            sh.counters.pubacks_dropped.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                    }
+                    PubackFault::DropPkid(id) => {
+                        if p.get(2..4) == Some(&id.to_be_bytes()[..]) {
                             sh.counters.pubacks_dropped.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }

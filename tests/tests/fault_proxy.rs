@@ -189,20 +189,24 @@ fn b01_pubacks_withheld_on_a_wrapped_window_then_cut_and_broker_session_gone() {
     });
     let connects_before = c.gateway.stderr_count("uplink connected");
 
-    // The broker's PUBACKs vanish: the window (2) fills, and after ack_timeout a batch is queued
-    // again on the full window: rumqttc's packet ids wrap at 2, so the re-send collides with an
-    // unacknowledged id and is parked inside rumqttc (it never reaches the wire).
+    // The broker's PUBACKs for packet id 1 vanish, those for 2 arrive: with a window of 2,
+    // rumqttc's packet ids wrap from 2 back to 1 while 1 is unacknowledged, and the next batch is
+    // parked on that collision inside rumqttc (it never reaches the wire); after ack_timeout the
+    // gateway queues a re-send behind it. Then every PUBACK is held back.
     let published = c.proxy.stats().publishes;
-    c.proxy.set(|f| f.puback = PubackFault::Drop { every: 1 });
-    wait_for(
-        "2 PUBLISHes without PUBACK",
-        Duration::from_secs(10),
-        || Ok(c.proxy.stats().publishes >= published + 2),
-    )
-    .unwrap();
+    let collisions = c.gateway.stderr_count("Collision on packet id");
+    c.proxy.set(|f| f.puback = PubackFault::DropPkid(1));
+    c.gateway
+        .wait_stderr(
+            "Collision on packet id",
+            collisions + 1,
+            Duration::from_secs(15),
+        )
+        .unwrap();
     c.gateway
         .wait_stderr("not acknowledged within", 1, Duration::from_secs(15))
         .unwrap();
+    c.proxy.set(|f| f.puback = PubackFault::Drop { every: 1 });
     std::thread::sleep(Duration::from_millis(500));
     let seq_at_cut = c.env.store().unwrap().max_seq;
     let pubacks_before = c.proxy.stats().pubacks_forwarded;
