@@ -19,6 +19,7 @@
 //! This module uses no other module of the crate (only `wardgate_adapters` for the device
 //! sections), so everything may depend on it.
 
+pub mod devices;
 pub mod diagnostic;
 pub mod files;
 pub mod positions;
@@ -214,6 +215,19 @@ fn resolve_gateway(c: &mut Config, base: &Path) {
     }
     for s in c.serial.iter_mut() {
         resolve(base, &mut s.path);
+    }
+    if let Some(f) = c.firmware.as_mut() {
+        for p in f
+            .signer_certs
+            .iter_mut()
+            .chain(f.signer_ca.as_mut())
+            .chain(f.signer_crl.iter_mut())
+        {
+            resolve(base, p.get_mut());
+        }
+        if let Some(d) = f.cache_dir.as_mut() {
+            resolve(base, d);
+        }
     }
 }
 
