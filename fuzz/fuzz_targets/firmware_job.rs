@@ -12,8 +12,9 @@ use wardgate::firmware::job::{verify, Message, Reason};
 use wardgate::firmware::target::Fleet;
 use wardgate_fuzz::{ca_verifier, fixture};
 
-/// 2027-01-01: the fixed clock.
-const NOW: u64 = 1_798_761_600;
+/// The fixed clock (2026-12-07), inside the validity of the seed jobs in `corpus/firmware_job`
+/// (made with `wardgate firmware job` and an imgtool image).
+const NOW: u64 = 1_796_600_000;
 
 fn fleet() -> Fleet {
     let d = |id: &str, name: &str| ConfiguredDevice {
@@ -51,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
             let again = Message::from_cbor(&v.message.to_cbor()).expect("re-encoded job decodes");
             assert_eq!(again, v.message);
             if let Message::Job(j) = &v.message {
-                let _ = fleet().resolve(&j.target);
+                let _ = fleet().resolve(&j.target.class, j.target.devices.as_deref());
             }
             let _ = v.message.to_json();
         }

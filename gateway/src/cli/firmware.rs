@@ -521,7 +521,9 @@ fn accept(a: AcceptArgs) -> anyhow::Result<ExitCode> {
     let outcome = if a.dry_run {
         let last = store()?.firmware_last_seq(v.message.class())?;
         match &v.message {
-            Message::Job(j) => fleet.resolve(&j.target).map(|d| json!({"devices": d})),
+            Message::Job(j) => fleet
+                .resolve(&j.target.class, j.target.devices.as_deref())
+                .map(|d| json!({"devices": d})),
             Message::Cancel(_) => Ok(json!({})),
         }
         .and_then(|o| match last {

@@ -24,6 +24,7 @@
 //! per device (state `queued`).
 
 use super::image::{Expected, ImageVersion};
+pub use super::reason::{refuse, Reason, Refusal};
 use super::target::Fleet;
 pub use crate::config::schema::{check_tz, TimeOfDay};
 use crate::identity::Identity;
@@ -54,96 +55,6 @@ pub const MAX_URI: usize = 2048;
 pub const CLOCK_SKEW_S: u64 = 300;
 /// Least `first_chunk_timeout_s`: the first upload chunk waits for the slot erase (B25, F1).
 pub const MIN_FIRST_CHUNK_TIMEOUT_S: u64 = 40;
-
-/// Why a job or cancel is refused: a stable snake_case string ([`Reason::as_str`]) that goes
-/// upstream in `failed` progress messages; never renamed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Reason {
-    /// Larger than [`MAX_JOB_BYTES`].
-    TooLarge,
-    /// Not a COSE_Sign1, unknown or untrusted signer, revoked or expired certificate, bad
-    /// signature.
-    SignatureRefused,
-    /// A trusted signature, but the certificate names no firmware signer.
-    NotAFirmwareSigner,
-    /// `v` is not 1.
-    UnsupportedVersion,
-    /// The payload does not follow the CDDL.
-    Malformed,
-    /// A policy value out of bounds (`first_chunk_timeout_s` < 40, battery > 100, …).
-    InvalidPolicy,
-    /// `issued` is in the future.
-    NotYetValid,
-    /// `expires` has passed.
-    Expired,
-    /// `seq` is not greater than the last accepted for the class.
-    SeqReplayed,
-    /// A job with this id was already accepted.
-    DuplicateJob,
-    /// The class is not configured on this gateway (`[firmware.classes]`).
-    UnknownClass,
-    /// A listed device is not configured on this gateway.
-    UnknownDevice,
-    /// A listed device reference names several configured devices.
-    AmbiguousDevice,
-    /// A listed device is configured but not in the job's class.
-    DeviceNotInClass,
-    /// The target resolves to no device.
-    NoDevices,
-    /// A cancel names a job of another class.
-    CancelMismatch,
-    /// This gateway has no `[firmware]` section: it relays nothing.
-    FirmwareOff,
-}
-
-impl Reason {
-    /// The wire string.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::TooLarge => "too_large",
-            Reason::SignatureRefused => "signature_refused",
-            Reason::NotAFirmwareSigner => "not_a_firmware_signer",
-            Reason::UnsupportedVersion => "unsupported_version",
-            Reason::Malformed => "malformed",
-            Reason::InvalidPolicy => "invalid_policy",
-            Reason::NotYetValid => "not_yet_valid",
-            Reason::Expired => "expired",
-            Reason::SeqReplayed => "seq_replayed",
-            Reason::DuplicateJob => "duplicate_job",
-            Reason::UnknownClass => "unknown_class",
-            Reason::UnknownDevice => "unknown_device",
-            Reason::AmbiguousDevice => "ambiguous_device",
-            Reason::DeviceNotInClass => "device_not_in_class",
-            Reason::NoDevices => "no_devices",
-            Reason::CancelMismatch => "cancel_mismatch",
-            Reason::FirmwareOff => "firmware_off",
-        }
-    }
-}
-
-impl std::fmt::Display for Reason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A refused job: the reason and a sentence for a person.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{reason}: {detail}")]
-pub struct Refusal {
-    /// Machine-readable.
-    pub reason: Reason,
-    /// What exactly.
-    pub detail: String,
-}
-
-/// A refusal.
-pub fn refuse(reason: Reason, detail: impl Into<String>) -> Refusal {
-    Refusal {
-        reason,
-        detail: detail.into(),
-    }
-}
 
 /// What the job's policy says the relay must do (absent optional values: the gateway's
 /// `[firmware]` settings).
@@ -971,7 +882,7 @@ pub enum Accepted {
 /// The gateway's half: targets resolved against `fleet`, then `seq` checked and the message
 /// recorded in `store` in one transaction (see the module doc). `now_ms`: Unix milliseconds.
 ///
-/// Errors: the refusal, or `Err(Err(StoreError))` when the store failed (nothing recorded).
+/// Errors: the refusal, or the store failed (nothing recorded).
 pub fn accept(
     store: &Store,
     fleet: &Fleet,
@@ -980,7 +891,7 @@ pub fn accept(
 ) -> Result<Accepted, AcceptError> {
     match &v.message {
         Message::Job(j) => {
-            let devices = fleet.resolve(&j.target)?;
+            let devices = fleet.resolve(&j.target.class, j.target.devices.as_deref())?;
             let row = JobRow {
                 id: j.id.clone(),
                 class: j.target.class.clone(),

@@ -7,8 +7,10 @@
 //!
 //! - [`image`]: the MCUboot image parser and the checks of an image against a job (pure).
 //! - [`job`]: the signed job and cancel: format, verification, refusal reasons, acceptance.
+//! - [`reason`]: the refusal reasons (stable strings, a wire contract).
 //! - [`target`]: job targets → configured device ids (pure).
 
 pub mod image;
 pub mod job;
+pub mod reason;
 pub mod target;

@@ -8,7 +8,7 @@
 //! device of another class (`device_not_in_class`), nothing at all (`no_devices`). The job's
 //! `from_versions` is not checked here: only the device knows what it runs (the relay asks).
 
-use super::job::{refuse, Reason, Refusal, Target};
+use super::reason::{refuse, Reason, Refusal};
 use crate::config::devices::{self, ConfiguredDevice, LookupError};
 use std::collections::BTreeMap;
 
@@ -58,15 +58,15 @@ impl Fleet {
         self.classes.contains_key(class)
     }
 
-    /// The device ids a job's target names, in the order given (or the class's order), without
-    /// duplicates.
-    pub fn resolve(&self, target: &Target) -> Result<Vec<String>, Refusal> {
-        let Some(members) = self.classes.get(&target.class) else {
+    /// The device ids a job's target (`class`, and `devices` when it lists some) names, in the
+    /// order given (or the class's order), without duplicates.
+    pub fn resolve(&self, class: &str, devices: Option<&[String]>) -> Result<Vec<String>, Refusal> {
+        let Some(members) = self.classes.get(class) else {
             return Err(refuse(
                 Reason::UnknownClass,
                 format!(
                     "class `{}` is not configured on this gateway ([firmware.classes] has {})",
-                    target.class,
+                    class,
                     if self.classes.is_empty() {
                         "none".to_owned()
                     } else {
@@ -76,7 +76,7 @@ impl Fleet {
             ));
         };
         let mut out: Vec<String> = Vec::new();
-        match &target.devices {
+        match devices {
             None => out.extend(members.iter().cloned()),
             Some(refs) => {
                 for r in refs {
@@ -96,7 +96,7 @@ impl Fleet {
                     if !members.contains(&d.id) {
                         return Err(refuse(
                             Reason::DeviceNotInClass,
-                            format!("device `{r}` ({}) is not in class `{}`", d.id, target.class),
+                            format!("device `{r}` ({}) is not in class `{class}`", d.id),
                         ));
                     }
                     if !out.contains(&d.id) {
@@ -108,7 +108,7 @@ impl Fleet {
         if out.is_empty() {
             return Err(refuse(
                 Reason::NoDevices,
-                format!("class `{}` has no device on this gateway", target.class),
+                format!("class `{class}` has no device on this gateway"),
             ));
         }
         Ok(out)
@@ -142,33 +142,36 @@ mod tests {
         )
     }
 
+    type Target = (String, Option<Vec<String>>);
+
     fn target(class: &str, devices: Option<&[&str]>) -> Target {
-        Target {
-            class: class.into(),
-            devices: devices.map(|d| d.iter().map(|s| s.to_string()).collect()),
-            from_versions: None,
-        }
+        (
+            class.into(),
+            devices.map(|d| d.iter().map(|s| s.to_string()).collect()),
+        )
+    }
+
+    fn resolve(f: &Fleet, t: &Target) -> Result<Vec<String>, Refusal> {
+        f.resolve(&t.0, t.1.as_deref())
     }
 
     fn reason(t: Target) -> Reason {
-        fleet().resolve(&t).unwrap_err().reason
+        resolve(&fleet(), &t).unwrap_err().reason
     }
 
     #[test]
     fn a_class_resolves_to_its_devices_and_a_list_to_those_named() {
         let f = fleet();
         assert_eq!(
-            f.resolve(&target("acme-spo2", None)).unwrap(),
+            resolve(&f, &target("acme-spo2", None)).unwrap(),
             ["serial:bed12", "serial:bed14"]
         );
         assert_eq!(
-            f.resolve(&target("acme-spo2", Some(&["bed14", "serial:bed14"])))
-                .unwrap(),
+            resolve(&f, &target("acme-spo2", Some(&["bed14", "serial:bed14"]))).unwrap(),
             ["serial:bed14"]
         );
         assert_eq!(
-            f.resolve(&target("polar-hr", Some(&["ble:A0:9E:1A:12:34:56"])))
-                .unwrap(),
+            resolve(&f, &target("polar-hr", Some(&["ble:A0:9E:1A:12:34:56"]))).unwrap(),
             ["ble:A0:9E:1A:12:34:56"]
         );
     }

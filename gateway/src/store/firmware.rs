@@ -1,8 +1,8 @@
 //! The firmware relay's durable state (schema version 2): accepted jobs, the last accepted `seq`
 //! per target class (anti-rollback), and one execution per job and device.
 //!
-//! Plain values only (ids, numbers, text states): the meaning of a job lives in
-//! `crate::firmware`, which decides; the store remembers, in short transactions like the rest
+//! Plain values only (ids, numbers, text states): the meaning of a job lives in the firmware
+//! relay, which decides; the store remembers, in short transactions like the rest
 //! of [`Store`]. The `seq` check and the recording of a job happen in **one** `BEGIN IMMEDIATE`
 //! transaction, so two copies of a job arriving together cannot both be accepted.
 
