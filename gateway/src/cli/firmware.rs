@@ -36,7 +36,7 @@ pub enum Command {
     /// hash, signature type. Exit 1 when malformed or when the hash TLV does not match.
     Inspect(InspectArgs),
     /// Make and sign a firmware job (or a cancel) for upstream to publish.
-    Job(JobArgs),
+    Job(Box<JobArgs>),
     /// Verify a job as the gateway would and record it in the gateway's store.
     Accept(AcceptArgs),
 }
@@ -45,7 +45,7 @@ pub enum Command {
 pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Inspect(a) => inspect(a),
-        Command::Job(a) => make_job(a),
+        Command::Job(a) => make_job(*a),
         Command::Accept(a) => accept(a),
     }
 }
@@ -388,7 +388,7 @@ fn make_job(a: JobArgs) -> anyhow::Result<ExitCode> {
                 ))
             }
         };
-        Message::Job(Job {
+        Message::Job(Box::new(Job {
             id: a.id.unwrap_or_else(|| format!("{}-{}", a.class, a.seq)),
             seq: a.seq,
             issued,
@@ -435,7 +435,7 @@ fn make_job(a: JobArgs) -> anyhow::Result<ExitCode> {
                 max_attempts: a.max_attempts,
                 deadline: a.deadline,
             },
-        })
+        }))
     };
     // What a gateway will check about the contents: refuse to sign what it would refuse.
     let payload = message.to_cbor();

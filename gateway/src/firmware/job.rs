@@ -216,8 +216,8 @@ pub struct Cancel {
 /// A job or a cancel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
-    /// A job.
-    Job(Job),
+    /// A job (boxed: a cancel is small).
+    Job(Box<Job>),
     /// A cancel.
     Cancel(Cancel),
 }
@@ -463,7 +463,7 @@ impl Message {
                 "policy.deadline is not after issued",
             ));
         }
-        Ok(Message::Job(Job {
+        Ok(Message::Job(Box::new(Job {
             id,
             seq,
             issued,
@@ -471,7 +471,7 @@ impl Message {
             target,
             image,
             policy,
-        }))
+        })))
     }
 
     /// The message as JSON, for `wardgate verify` and `wardgate firmware accept` (hashes in
@@ -996,7 +996,7 @@ pub(crate) mod tests {
 
     fn edit(job: &Job, f: impl FnOnce(&mut Vec<(Value, Value)>)) -> Vec<u8> {
         let mut v: Value =
-            ciborium::de::from_reader(&Message::Job(job.clone()).to_cbor()[..]).unwrap();
+            ciborium::de::from_reader(&Message::Job(Box::new(job.clone())).to_cbor()[..]).unwrap();
         let Value::Map(m) = &mut v else {
             unreachable!()
         };
@@ -1011,7 +1011,7 @@ pub(crate) mod tests {
     #[test]
     fn a_job_and_a_cancel_round_trip() {
         let j = sample_job(7, 1_800_000_000);
-        let m = Message::Job(j);
+        let m = Message::Job(Box::new(j));
         assert_eq!(Message::from_cbor(&m.to_cbor()).unwrap(), m);
         let c = Message::Cancel(Cancel {
             job: "job-7".into(),
@@ -1063,10 +1063,16 @@ pub(crate) mod tests {
         );
         let mut many = j.clone();
         many.target.devices = Some(vec!["d".into(); MAX_DEVICES + 1]);
-        assert_eq!(reason(&Message::Job(many).to_cbor()), Reason::Malformed);
+        assert_eq!(
+            reason(&Message::Job(Box::new(many)).to_cbor()),
+            Reason::Malformed
+        );
         let mut http = j.clone();
         http.image.uri = vec!["http://fw.example/x.bin".into()];
-        assert_eq!(reason(&Message::Job(http).to_cbor()), Reason::Malformed);
+        assert_eq!(
+            reason(&Message::Job(Box::new(http)).to_cbor()),
+            Reason::Malformed
+        );
         assert_eq!(reason(&[0xff, 0x00]), Reason::Malformed);
         assert_eq!(reason(&cbor(&Value::Array(vec![]))), Reason::Malformed);
         // Nested deeper than MAX_DEPTH.
@@ -1089,7 +1095,7 @@ pub(crate) mod tests {
         let with = |f: &dyn Fn(&mut Policy)| {
             let mut j = j.clone();
             f(&mut j.policy);
-            reason(&Message::Job(j).to_cbor())
+            reason(&Message::Job(Box::new(j)).to_cbor())
         };
         assert_eq!(
             with(&|p| p.first_chunk_timeout_s = 39),
@@ -1114,7 +1120,7 @@ pub(crate) mod tests {
         let mut ok = j.clone();
         ok.policy.not_in_use = false;
         ok.policy.override_reason = Some("exploit CVE-2026-1 in the field".into());
-        assert!(Message::from_cbor(&Message::Job(ok).to_cbor()).is_ok());
+        assert!(Message::from_cbor(&Message::Job(Box::new(ok)).to_cbor()).is_ok());
     }
 
     #[test]
