@@ -1008,6 +1008,80 @@ pub(crate) mod tests {
         Message::from_cbor(payload).unwrap_err().reason
     }
 
+    /// A CA (as a PEM file in `dir`) and a clientAuth leaf with SAN URI `uri`, as a signer.
+    fn signer(
+        dir: &std::path::Path,
+        uri: &str,
+    ) -> (
+        std::path::PathBuf,
+        rustls_pki_types::CertificateDer<'static>,
+        crate::signing::Signer,
+    ) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(vec![]).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = p.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(vec![]).unwrap();
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        p.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().unwrap())];
+        let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
+        let pem = dir.join(format!("ca-{}.pem", uri.len()));
+        std::fs::write(&pem, ca.pem()).unwrap();
+        let s = crate::signing::Signer::new(
+            cert.der(),
+            &rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap()
+        .with_chain(vec![cert.der().clone(), ca.der().clone()]);
+        (pem, cert.der().clone(), s)
+    }
+
+    #[test]
+    fn verify_checks_signer_role_size_and_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, _, fw) = signer(dir.path(), "urn:wardgate-firmware:release");
+        let (_, gw_leaf, gw) = signer(dir.path(), "urn:wardgate:s:w:gw-1");
+        let trust = Verifier::from_files([], [ca.as_path()], []).unwrap();
+        let now = 1_800_000_000;
+        let job = Message::Job(Box::new(sample_job(5, now)));
+        let signed = fw.sign(job.to_cbor());
+        let v = verify(&signed, &trust, now).unwrap();
+        assert_eq!(v.message, job);
+        assert_eq!(v.signer, "release");
+        let why = |m: &[u8], at: u64| verify(m, &trust, at).unwrap_err().reason;
+        assert_eq!(why(&signed, now + 86_400), Reason::Expired);
+        assert_eq!(why(&signed, now - CLOCK_SKEW_S - 1), Reason::NotYetValid);
+        assert!(
+            verify(&signed, &trust, now - CLOCK_SKEW_S).is_ok(),
+            "within the skew"
+        );
+        assert_eq!(why(&vec![0u8; MAX_JOB_BYTES + 1], now), Reason::TooLarge);
+        assert_eq!(
+            why(&signed[..signed.len() - 1], now),
+            Reason::SignatureRefused
+        );
+        let mut flipped = signed.clone();
+        let n = flipped.len();
+        flipped[n - 1] ^= 1;
+        assert_eq!(why(&flipped, now), Reason::SignatureRefused);
+        // Trusted by another CA: refused. A gateway certificate listed as trusted: its signature
+        // verifies, but it is no firmware signer.
+        let (other_ca, _, _) = signer(dir.path(), "urn:wardgate-firmware:x");
+        let other = Verifier::from_files([], [other_ca.as_path()], []).unwrap();
+        assert_eq!(
+            verify(&signed, &other, now).unwrap_err().reason,
+            Reason::SignatureRefused
+        );
+        let mut listed = Verifier::default();
+        let gw_signed = gw.sign(job.to_cbor());
+        listed.add(&gw_leaf, "gw").unwrap();
+        assert_eq!(
+            verify(&gw_signed, &listed, now).unwrap_err().reason,
+            Reason::NotAFirmwareSigner
+        );
+    }
+
     #[test]
     fn a_job_and_a_cancel_round_trip() {
         let j = sample_job(7, 1_800_000_000);
