@@ -516,7 +516,13 @@ fn accept(a: AcceptArgs) -> anyhow::Result<ExitCode> {
     };
     let fleet = crate::firmware::target::Fleet::from_config(&config);
     let store = || -> anyhow::Result<crate::Store> {
-        Ok(crate::Store::open(&config.store.path, crate::store::StoreOptions::default())?.0)
+        let opts = crate::store::StoreOptions {
+            synchronous: config.store.synchronous,
+            max_bytes: config.store.max_bytes,
+            max_age_ms: (config.store.max_age_hours as i64).saturating_mul(3_600_000),
+            max_pages: config.store.max_pages,
+        };
+        Ok(crate::Store::open(&config.store.path, opts)?.0)
     };
     let outcome = if a.dry_run {
         let last = store()?.firmware_last_seq(v.message.class())?;
