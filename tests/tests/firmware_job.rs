@@ -440,6 +440,65 @@ acme = ["serial:bed12", "bed14", "a0:9e:1a:12:34:56"]
     assert!(o.status.success(), "verify_job.py: {o:?}");
     assert!(o.stdout.contains(r#""signer": "release""#), "{o:?}");
 
+    // The image against the job, as a gateway checks it after the download.
+    let against = |image: &Path| -> (Option<i32>, Value) {
+        let o = wardgate(
+            &[
+                os("firmware"),
+                os("inspect"),
+                os("--json"),
+                os("--job"),
+                j5.as_os_str(),
+                image.as_os_str(),
+            ],
+            dir,
+        );
+        (
+            o.code(),
+            serde_json::from_str(o.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {o:?}")),
+        )
+    };
+    let (code, v) = against(&img);
+    assert_eq!(
+        (code, &v["job_check"]),
+        (Some(0), &serde_json::json!({"ok": true}))
+    );
+    let mut bytes = std::fs::read(&img).unwrap();
+    bytes[0x400] ^= 0x80;
+    let tampered = dir.join("tampered.bin");
+    std::fs::write(&tampered, &bytes).unwrap();
+    let (code, v) = against(&tampered);
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(v["job_check"]["reason"], "image_sha256_mismatch");
+    // Upstream names the devices' key: an image signed by another key gets no job.
+    let device_keyhash = v["key_hash"].as_str().unwrap().to_owned();
+    let other = imgtool.keygen(dir, "other.pem", "ecdsa-p256");
+    let by_other = imgtool.sign(dir, &other, "other", "1.2.3+4", &body(4096, 9), &[]);
+    let o = wardgate(
+        &[
+            os("firmware"),
+            os("job"),
+            os("--image"),
+            by_other.as_os_str(),
+            os("--url"),
+            os("https://x.example/a"),
+            os("--class"),
+            os("acme"),
+            os("--seq"),
+            os("9"),
+            os("--keyhash"),
+            os(&device_keyhash),
+            os("--cert"),
+            fw.cert.as_os_str(),
+            os("--key"),
+            fw.key.as_os_str(),
+        ],
+        dir,
+    );
+    assert_eq!(o.code(), Some(1), "{o:?}");
+    assert!(o.stderr.contains("signed for another key"), "{o:?}");
+    assert!(o.stdout.is_empty(), "no job written: {o:?}");
+
     // Accepted: two queued executions, recorded in the store.
     let (code, v) = accept(&j5);
     assert_eq!(code, Some(0), "{v}");

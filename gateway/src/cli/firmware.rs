@@ -4,10 +4,12 @@
 //! - `inspect IMAGE [--json]`: an MCUboot image's header, version, sizes, TLVs, image hash (the
 //!   SHA256 TLV) and whether it matches the recomputed hash, the whole file's SHA-256 (the SMP
 //!   upload `sha`), key hash, signature type. Exit 1 when the file is malformed or the hash TLV
-//!   is missing or does not match.
+//!   is missing or does not match; with `--job JOB`, also when the image is not the one the job
+//!   names (size, SHA-256, image hash, version, key hash: the reason as in the wire format).
 //! - `job --image IMG --url URL --class C --seq N --cert PEM --key PEM […]`: the upstream tool:
 //!   makes a signed job (COSE_Sign1, `docs/wire-format.md` "Firmware jobs") from the image itself
-//!   (version, size, hashes, key hash read with the parser), or a signed cancel (`--cancel JOB`).
+//!   (version, size, hashes, key hash read with the parser; `--keyhash` refuses an image signed
+//!   for another key), or a signed cancel (`--cancel JOB`).
 //! - `accept --config F JOB`: what the gateway does on receiving a job, by hand: verify against
 //!   `[firmware]` trust, check the clock, resolve the targets, check and record `seq` and the
 //!   executions in the store. One JSON line; exit 1 when refused (with the reason).
@@ -58,6 +60,11 @@ pub struct InspectArgs {
     /// One JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Also check the image against this job file (its payload, read **without** verifying the
+    /// signature: `wardgate verify` or `firmware accept` do that): the checks a gateway makes
+    /// after the download, each failure with its reason. Exit 1 when one fails.
+    #[arg(long)]
+    job: Option<PathBuf>,
 }
 
 fn parse_file(path: &PathBuf) -> anyhow::Result<Result<ImageInfo, image::ImageError>> {
@@ -125,12 +132,35 @@ fn inspect(a: InspectArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(crate::error::EXIT_FAILURE));
         }
     };
+    let job_check = match &a.job {
+        None => None,
+        Some(p) => Some(check_job(&info, p)?),
+    };
     if a.json {
         let mut j = image_json(&info);
         j["file"] = json!(a.image);
+        if let Some(c) = &job_check {
+            j["job_check"] = match c {
+                Ok(()) => json!({"ok": true}),
+                Err((reason, detail)) => json!({"ok": false, "reason": reason, "detail": detail}),
+            };
+        }
         println!("{j}");
     } else {
         print!("{}", image_text(&a.image, &info));
+        if let Some(c) = &job_check {
+            match c {
+                Ok(()) => println!("job check        ok: the image is the one the job names"),
+                Err((reason, detail)) => println!("job check        FAILED: {reason}: {detail}"),
+            }
+        }
+    }
+    if let Some(Err((reason, detail))) = &job_check {
+        eprintln!(
+            "{}: not the job's image: {reason}: {detail}",
+            a.image.display()
+        );
+        return Ok(ExitCode::from(crate::error::EXIT_FAILURE));
     }
     if !info.hash_matches() {
         eprintln!(
@@ -147,6 +177,35 @@ fn inspect(a: InspectArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(crate::error::EXIT_FAILURE));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The image against the job in `job_file` (payload decoded, signature not verified):
+/// `Err((reason, detail))` for the first failed check.
+fn check_job(
+    info: &ImageInfo,
+    job_file: &std::path::Path,
+) -> anyhow::Result<Result<(), (&'static str, String)>> {
+    use coset::{CborSerializable, TaggedCborSerializable};
+    let bytes = std::fs::read(job_file)
+        .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", job_file.display()))?;
+    let sign1 = coset::CoseSign1::from_tagged_slice(&bytes)
+        .or_else(|_| coset::CoseSign1::from_slice(&bytes))
+        .map_err(|e| {
+            UsageError(format!(
+                "--job {}: not a COSE_Sign1: {e}",
+                job_file.display()
+            ))
+        })?;
+    let m = Message::from_cbor(sign1.payload.as_deref().unwrap_or_default())
+        .map_err(|r| UsageError(format!("--job {}: {r}", job_file.display())))?;
+    let Message::Job(j) = m else {
+        return Err(
+            UsageError(format!("--job {}: a cancel, not a job", job_file.display())).into(),
+        );
+    };
+    Ok(info
+        .check_against(&j.image.expected())
+        .map_err(|f| (f.reason(), f.to_string())))
 }
 
 fn image_text(path: &std::path::Path, i: &ImageInfo) -> String {
@@ -257,8 +316,12 @@ pub struct JobArgs {
     #[arg(long)]
     from_version: Vec<String>,
     /// Leave the image's key hash out of the job (by default the job names it).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "keyhash")]
     no_keyhash: bool,
+    /// The key hash (hex SHA-256, MCUboot KEYHASH) of the key the devices trust: the tool
+    /// refuses an image signed for another key.
+    #[arg(long)]
+    keyhash: Option<String>,
     /// MCUboot image number (SMP `image`); default 0.
     #[arg(long, default_value_t = 0)]
     index: u32,
@@ -367,6 +430,26 @@ fn make_job(a: JobArgs) -> anyhow::Result<ExitCode> {
                 "{}: the image's SHA256 TLV is missing or does not match its contents; refusing to sign a job for it",
                 path.display()
             );
+        }
+        if let Some(want) = &a.keyhash {
+            let want = hex::decode(want.trim())
+                .ok()
+                .filter(|k| k.len() == 32)
+                .ok_or_else(|| usage(format!("--keyhash `{want}`: 64 hex digits")))?;
+            match info.key_hash() {
+                Some(have) if have == want => {}
+                Some(have) => anyhow::bail!(
+                    "{}: the image is signed for another key (KEYHASH {}, --keyhash {}): \
+                     devices would refuse it",
+                    path.display(),
+                    hex::encode(have),
+                    hex::encode(&want)
+                ),
+                None => anyhow::bail!(
+                    "{}: the image names no key (no KEYHASH or PUBKEY TLV)",
+                    path.display()
+                ),
+            }
         }
         let keyhash = match (a.no_keyhash, info.key_hash()) {
             (true, _) | (false, None) => None,
