@@ -163,6 +163,23 @@ fn inspect_agrees_with_imgtool_on_real_images_and_refuses_tampered_and_truncated
             &["--pad", "--confirm"][..],
             "ECDSA_SIG",
         ),
+        // Protected TLVs (security counter, boot record, dependency: the shape of PROTOCOLS
+        // they are covered by the image hash.
+        (
+            &ec,
+            "protected",
+            "3.1.0+9",
+            4096,
+            &[
+                "--security-counter",
+                "5",
+                "--boot-record",
+                "SPE",
+                "--dependencies",
+                "(1,1.0.0+0)",
+            ][..],
+            "ECDSA_SIG",
+        ),
     ];
     for (key, name, version, len, extra, sig) in cases {
         let img = imgtool.sign(dir, key, name, version, &body(len, name.len() as u8), extra);
@@ -199,6 +216,31 @@ fn inspect_agrees_with_imgtool_on_real_images_and_refuses_tampered_and_truncated
         );
         if name == "padded" {
             assert_eq!(j["file_size"], 0x20000, "padded to the slot");
+        }
+        if name == "protected" {
+            assert_eq!(j["protect_tlv_size"], 123);
+            let prot: Vec<&str> = j["tlvs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|t| t["protected"] == true)
+                .map(|t| t["name"].as_str().unwrap())
+                .collect();
+            assert_eq!(prot, ["SEC_CNT", "BOOT_RECORD", "DEPENDENCY"]);
+            // A changed security counter (inside the protected area): imgtool and inspect
+            // both refuse the image.
+            let mut bytes = std::fs::read(&img).unwrap();
+            let sec_cnt = j["tlvs"][0]["offset"].as_u64().unwrap() as usize + 4;
+            bytes[sec_cnt] ^= 0x01;
+            let t = dir.join("protected-tampered.bin");
+            std::fs::write(&t, &bytes).unwrap();
+            assert!(imgtool.verify(dir, key, &t).is_none());
+            let (code, tj) = inspect_json(&t, dir);
+            assert_eq!(
+                (code, &tj["hash_ok"]),
+                (Some(1), &Value::Bool(false)),
+                "{tj}"
+            );
         }
         // The text form says the same.
         let o = wardgate(&[os("firmware"), os("inspect"), img.as_os_str()], dir);
