@@ -28,14 +28,19 @@ fn fleet() -> Fleet {
             d("serial:bed14", "bed14"),
         ],
         BTreeMap::from([
-            ("acme".to_owned(), vec!["serial:bed12".to_owned(), "bed14".to_owned()]),
+            (
+                "acme".to_owned(),
+                vec!["serial:bed12".to_owned(), "bed14".to_owned()],
+            ),
             ("polar".to_owned(), vec!["A0:9E:1A:12:34:56".to_owned()]),
         ]),
     )
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&sel, rest)) = data.split_first() else { return };
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
     let trust = ca_verifier();
     let message = match sel % 3 {
         0 => rest.to_vec(),

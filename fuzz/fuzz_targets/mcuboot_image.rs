@@ -11,7 +11,11 @@ fuzz_target!(|data: &[u8]| {
     let info = match parse(data) {
         Ok(i) => i,
         Err(e) => {
-            assert!(e.offset <= data.len() as u64, "error offset {} past the input", e.offset);
+            assert!(
+                e.offset <= data.len() as u64,
+                "error offset {} past the input",
+                e.offset
+            );
             return;
         }
     };
@@ -35,5 +39,8 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn ring_sha256(b: &[u8]) -> [u8; 32] {
-    ring::digest::digest(&ring::digest::SHA256, b).as_ref().try_into().unwrap()
+    ring::digest::digest(&ring::digest::SHA256, b)
+        .as_ref()
+        .try_into()
+        .unwrap()
 }
