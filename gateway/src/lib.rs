@@ -35,6 +35,7 @@ pub mod config;
 pub mod daemon;
 pub mod encryption;
 pub mod error;
+pub mod firmware;
 pub mod health;
 pub mod identity;
 pub mod mqtt;

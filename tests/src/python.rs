@@ -26,24 +26,59 @@ fn python3() -> PathBuf {
         .unwrap_or_else(|| "python3".into())
 }
 
+/// The firmware tests' tools, pinned with their dependencies (a locked set): `imgtool` makes and
+/// verifies signed MCUboot images (FIRMWARE.md §4.2), `cbor2` + `cryptography` check a job's
+/// COSE_Sign1 independently (`tests/python/verify_job.py`).
+pub const FIRMWARE_PACKAGES: &[&str] = &[
+    "imgtool==2.5.0",
+    "cbor2==6.3.0",
+    "cryptography==51.0.1",
+    "click==8.5.1",
+    "intelhex==2.3.0",
+    "PyYAML==6.0.4",
+    "cffi==2.1.1",
+    "pycparser==3.12",
+];
+
 /// Returns the venv's python (creating the venv in `target_tmp/e2e-venv` when needed).
 /// `target_tmp` is the test's `env!("CARGO_TARGET_TMPDIR")`.
 pub fn venv_python(target_tmp: &Path) -> Result<PathBuf> {
+    venv_with(
+        target_tmp,
+        "e2e-venv",
+        PACKAGES,
+        "import cbor2, cryptography",
+    )
+}
+
+/// The firmware tests' venv (`target_tmp/fw-venv`, [`FIRMWARE_PACKAGES`]); its `bin/imgtool`
+/// is beside the returned python.
+pub fn firmware_venv_python(target_tmp: &Path) -> Result<PathBuf> {
+    venv_with(
+        target_tmp,
+        "fw-venv",
+        FIRMWARE_PACKAGES,
+        "import imgtool, cbor2, cryptography",
+    )
+}
+
+/// A venv `target_tmp/NAME` with `packages` installed, made once and reused while `imports`
+/// runs in it; creation is serialised by a file lock.
+fn venv_with(target_tmp: &Path, name: &str, packages: &[&str], imports: &str) -> Result<PathBuf> {
     use nix::fcntl::{Flock, FlockArg};
     std::fs::create_dir_all(target_tmp)?;
-    let venv = target_tmp.join("e2e-venv");
+    let venv = target_tmp.join(name);
     let py = venv.join("bin/python");
     let lock_file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(target_tmp.join("e2e-venv.lock"))?;
+        .open(target_tmp.join(format!("{name}.lock")))?;
     let _lock = Flock::lock(lock_file, FlockArg::LockExclusive)
         .map_err(|(_, e)| crate::anyhow!("lock the venv: {e}"))?;
-    let imports = format!("import {}", PACKAGES.join(", "));
     if py.exists() {
         let mut c = std::process::Command::new(&py);
-        c.args(["-c", &imports]);
+        c.args(["-c", imports]);
         if run(c, b"", Duration::from_secs(60))?.status.success() {
             return Ok(py);
         }
@@ -69,12 +104,12 @@ pub fn venv_python(target_tmp: &Path) -> Result<PathBuf> {
         "--no-input",
         "-q",
     ])
-    .args(PACKAGES);
+    .args(packages);
     let o = run(c, b"", Duration::from_secs(300)).context("pip install")?;
     if !o.status.success() {
         bail!(
             "pip install {} into {} failed ({}); the independent verifier needs PyPI:\n{}{}",
-            PACKAGES.join(" "),
+            packages.join(" "),
             venv.display(),
             o.status,
             o.stdout,

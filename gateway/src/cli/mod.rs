@@ -11,6 +11,7 @@ pub mod check_config;
 pub mod decode;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod firmware;
 pub mod pair;
 pub mod provision;
 pub mod receive;
@@ -55,6 +56,8 @@ enum Command {
     Decode(decode::Args),
     /// Verify COSE_Sign1 batch messages against a gateway certificate; print payloads as JSON lines.
     Verify(verify::Args),
+    /// Firmware: inspect MCUboot images, make signed jobs, accept a job by hand.
+    Firmware(firmware::Args),
     /// Show what the gateway is doing: daemon, uplink and its last error, queue depth and age.
     Status(status::Args),
     /// Pair and bond a BLE device (installer command; the daemon itself never pairs). Requires
@@ -96,6 +99,7 @@ pub fn main() -> ExitCode {
         Command::Demo { .. } => Err(no_demo()),
         Command::Decode(a) => decode::main(a),
         Command::Verify(a) => verify::main(a),
+        Command::Firmware(a) => firmware::main(a),
         Command::Status(a) => status::main(a),
         Command::Pair(a) => pair::main(a),
         Command::Provision(a) => provision::main(a),
