@@ -19,6 +19,7 @@ pub mod db;
 pub mod env;
 pub mod mqtt;
 pub mod netns;
+pub mod nginx;
 pub mod process;
 pub mod pty;
 pub mod python;
