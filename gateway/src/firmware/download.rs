@@ -1275,12 +1275,12 @@ mod tests {
     fn a_download_in_progress_is_never_evicted_but_a_stale_one_is() {
         let fresh_part = entry("busy.part", 50, 5, false);
         let stale_part = entry("abandoned.part", 40, STALE_PART.as_secs() + 1, false);
-        let img = entry("img", 10, 9_000, true);
-        // Completes go first even when a stale part is older.
+        let img = entry("img", 10, 60, true);
+        // 100 bytes held: completes go first even when a stale part is older.
         assert_eq!(
             plan_room(
                 &[fresh_part.clone(), stale_part.clone(), img.clone()],
-                50,
+                20,
                 110,
                 now()
             ),
