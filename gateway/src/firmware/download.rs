@@ -31,6 +31,16 @@
 //!
 //! Calls for the same image must not run concurrently (the relay downloads an image once, for
 //! all its target devices); calls for different images may.
+//!
+//! ```ignore
+//! let settings = Settings::from_files(&up.ca, &up.cert, &up.key, state_dir.join("firmware"), 64 << 20)?;
+//! let image = Image { uris: job.image.uri.clone(), size: job.image.size, sha256: job.image.sha256 };
+//! match fetch(&settings, &image, &mut |p| report_downloading(p.bytes, p.total)).await {
+//!     Ok(path) => { /* MCUboot checks on `path`, then relay */ }
+//!     Err(e) if e.is_transient() => { /* retry with backoff: a .part resumes */ }
+//!     Err(e) => report_failed("download", e.reason()),
+//! }
+//! ```
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
