@@ -9,11 +9,14 @@
 //!   with Range requests, into a bounded cache (size and SHA-256 checked before it is kept).
 //! - [`image`]: the MCUboot image parser and the checks of an image against a job (pure).
 //! - [`job`]: the signed job and cancel: format, verification, refusal reasons, acceptance.
+//! - [`policy`]: when a device may be updated (window, clinical use, battery, parallel
+//!   transfers, deadline, attempts), pure.
 //! - [`reason`]: the refusal reasons (stable strings, a wire contract).
 //! - [`target`]: job targets → configured device ids (pure).
 
 pub mod download;
 pub mod image;
 pub mod job;
+pub mod policy;
 pub mod reason;
 pub mod target;
