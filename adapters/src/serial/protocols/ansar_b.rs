@@ -300,7 +300,8 @@ fn parse_line(line: &[u8], offset: u64, out: &mut Vec<Decoded>) {
         )));
         return;
     };
-    if fields.len() != n + 3 {
+    // `n` comes off the wire: `n + 3` must not overflow (a count of 2⁶⁴ − 1 is refused too).
+    if n.checked_add(3) != Some(fields.len()) {
         out.push(err(format!(
             "field {name}: {} ';'-separated parts after the count, expected {n} values, a label and an alarm",
             fields.len() - 1
@@ -621,6 +622,15 @@ mod tests {
         assert_eq!(values(&out, mdc::SPO2), vec![97.0]);
         assert_eq!(values(&out, mdc::PULSE_RATE_OXIM), vec![61.0]);
         assert!(values(&out, mdc::TEMP_BODY).is_empty());
+    }
+
+    #[test]
+    fn a_value_count_at_the_integer_limit_is_an_error_not_an_overflow() {
+        // Found by `scripts/fuzz 600` (serial_ansar_b): `n + 3` overflowed.
+        let s = message_with(&format!("HR={};80;;\r", usize::MAX));
+        let (out, _) = decode_all(&[&s]);
+        assert_eq!(errors(&out).len(), 1, "{out:?}");
+        assert!(values(&out, mdc::HEART_RATE_ECG).is_empty());
     }
 
     #[test]
