@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     /// The port or link failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     /// The other side went away (EOF, link lost).
     #[error("the device closed the link")]
@@ -144,6 +144,15 @@ pub enum SmpError {
     /// The device reported `match: false` for the complete image.
     #[error("the device says the uploaded data does not match the image's SHA-256")]
     Mismatch,
+    /// After the upload, slot 1's hash is not the image's MCUboot hash (even after a fresh
+    /// upload from offset 0).
+    #[error("slot 1 holds hash {got} after the upload, not the image's {expected}")]
+    HashMismatch {
+        /// The image's MCUboot hash, hex.
+        expected: String,
+        /// What the device lists for slot 1 (hex, `none` when absent).
+        got: String,
+    },
 }
 
 impl SmpError {
@@ -154,12 +163,14 @@ impl SmpError {
         match self {
             SmpError::Transport(_) => "transport".into(),
             SmpError::Timeout { .. } => "timeout".into(),
+            SmpError::Device { error, .. } if error.is_bad_state() => "bad_state".into(),
             SmpError::Device { error, .. } => format!("device:{}", error.name()),
             SmpError::BadResponse { .. } => "bad_response".into(),
             SmpError::BufferTooSmall { .. } => "buffer_too_small".into(),
             SmpError::OffsetBeyond { .. } => "offset_beyond".into(),
             SmpError::NoProgress { .. } => "no_progress".into(),
             SmpError::Mismatch => "mismatch".into(),
+            SmpError::HashMismatch { .. } => "hash_mismatch".into(),
         }
     }
 
@@ -218,6 +229,9 @@ pub struct UploadOptions {
     pub image: u32,
     /// Ask the device to refuse an image that is not newer.
     pub upgrade: bool,
+    /// Leave out `sha`: the device must start a new session at offset 0 (no resume). Used
+    /// once after a resumed upload did not verify (B24: a stale offset after an erase).
+    pub fresh: bool,
 }
 
 /// Times the device may go back to offset 0 during one upload before it fails.
@@ -460,7 +474,7 @@ impl<T: Transport> SmpClient<T> {
             .min(params.buf_size as usize);
         let start = UploadStart {
             len,
-            sha: Some(file_sha256(file).to_vec()),
+            sha: (!options.fresh).then(|| file_sha256(file).to_vec()),
             image: Some(options.image),
             upgrade: Some(options.upgrade),
         };
@@ -545,10 +559,57 @@ impl<T: Transport> SmpClient<T> {
             off = next;
         }
     }
+
+    /// [`Self::upload`], then the image list: slot 1 must hold `mcuboot_hash` (the image's SHA256
+    /// TLV). When the device said `match: false` or lists another hash (a resume from a stale
+    /// offset, B24), the upload is done once more without `sha`, from offset 0, and checked
+    /// again; still wrong → [`SmpError::HashMismatch`]. Returns the report of the last upload
+    /// (`restarts` counts the fresh one).
+    pub async fn upload_verified(
+        &mut self,
+        file: &[u8],
+        mcuboot_hash: &[u8],
+        options: UploadOptions,
+        progress: &mut (dyn FnMut(Progress) + Send),
+    ) -> Result<UploadReport, SmpError> {
+        let mut fresh = options.fresh;
+        loop {
+            let opts = UploadOptions { fresh, ..options };
+            let got = match self.upload(file, opts, progress).await {
+                Ok(report) => {
+                    let slots = self.image_list().await?;
+                    let slot1 = slots
+                        .iter()
+                        .find(|s| s.slot == 1 && s.image.unwrap_or(0) == options.image);
+                    match slot1.and_then(|s| s.hash.as_deref()) {
+                        Some(h) if h == mcuboot_hash => return Ok(report),
+                        Some(h) => hex(h),
+                        None => "none".to_string(),
+                    }
+                }
+                Err(SmpError::Mismatch) => "a mismatch reported by the device".to_string(),
+                Err(e) => return Err(e),
+            };
+            if fresh {
+                return Err(SmpError::HashMismatch {
+                    expected: hex(mcuboot_hash),
+                    got,
+                });
+            }
+            log::warn!(
+                "smp: the uploaded image does not verify ({got}); uploading again from offset 0"
+            );
+            fresh = true;
+        }
+    }
 }
 
-fn is_answer(h: &Header, op: Op, group: u16, cmd: u8, seq: u8) -> bool {
-    h.seq == seq && h.group == group && h.cmd == cmd && h.op == op.response()
+/// A response to the request: same sequence number, group and command, and a response op. The
+/// op is not required to mirror the request's (a read response to a write is accepted: PyPI smp
+/// 4.2.0 answers a state write with READ_RSP, its `ImageStatesWriteResponse` derives from the
+/// read response).
+fn is_answer(h: &Header, _op: Op, group: u16, cmd: u8, seq: u8) -> bool {
+    h.seq == seq && h.group == group && h.cmd == cmd && h.op.is_response()
 }
 
 fn bad(group: u16, cmd: u8, e: super::cbor::CborError) -> SmpError {
@@ -557,6 +618,10 @@ fn bad(group: u16, cmd: u8, e: super::cbor::CborError) -> SmpError {
         cmd,
         source: e.into(),
     }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn cbor_has(body: &Value, key: &str) -> bool {
@@ -874,7 +939,7 @@ mod tests {
         // EBADSTATE is its own reason; an offset past the end is refused.
         let mut c = mock(|f| vec![(1, reply(f, cbor::map([("rc", Value::from(6))])))]);
         let e = c.erase(None).await.unwrap_err();
-        assert_eq!(e.reason(), "device:EBADSTATE");
+        assert_eq!(e.reason(), "bad_state");
         assert!(e.device_error().unwrap().is_bad_state());
         let mut c = mock(|f| match f.header.cmd {
             6 => vec![(

@@ -4,13 +4,14 @@
 //!
 //! One file per subcommand, each with its `Args` and a `main(Args) -> anyhow::Result<ExitCode>`:
 //! [`run`] (the daemon), [`check_config`], [`status`], [`provision`], [`pair`] (installer
-//! commands), [`decode`], [`verify`] (looking at data), [`receive`] (the upstream side) and,
+//! commands), [`decode`], [`verify`] (looking at data), [`firmware_bench`] (`firmware list|upload` on the bench), [`receive`] (the upstream side) and,
 //! with the `demo` cargo feature (on in a checkout, off in the package), [`demo`].
 
 pub mod check_config;
 pub mod decode;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod firmware_bench;
 pub mod pair;
 pub mod provision;
 pub mod receive;
@@ -79,6 +80,9 @@ enum Command {
     Provision(provision::Args),
     /// The upstream side: subscribe, verify, dedup, store durably, ack.
     Receive(receive::Args),
+    /// Firmware on the bench: `list` a device's image slots, `upload` an MCUboot image over
+    /// SMP (serial) and test/confirm it.
+    Firmware(firmware_bench::Args),
 }
 
 /// Parses `std::env::args`, runs the command, prints the cause chain of an error.
@@ -100,6 +104,7 @@ pub fn main() -> ExitCode {
         Command::Pair(a) => pair::main(a),
         Command::Provision(a) => provision::main(a),
         Command::Receive(a) => receive::main(a),
+        Command::Firmware(a) => firmware_bench::main(a),
     };
     result.unwrap_or_else(|e| exit_code(&e))
 }
