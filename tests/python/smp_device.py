@@ -176,7 +176,8 @@ class Device:
     def upload(self, hdr, req):
         v, seq = hdr.version, hdr.sequence
         self.uploads += 1
-        if self.a.drop_at is not None and req.off == self.a.drop_at and req.off not in self.dropped:
+        self.log(f"upload off={req.off} len={len(req.data)} seq={seq}")
+        if self.a.drop_at is not None and req.off >= self.a.drop_at and not self.dropped:
             self.dropped.add(req.off)
             self.log(f"drop off={req.off} seq={seq}")
             return None
@@ -304,7 +305,7 @@ def main():
     p.add_argument("--buf-size", type=int, default=512)
     p.add_argument("--buf-count", type=int, default=4)
     p.add_argument("--erase-delay", type=float, default=0.0, help="seconds before answering a new upload session (slot erase)")
-    p.add_argument("--drop-at", type=int, help="no reply to the upload request at this offset, once")
+    p.add_argument("--drop-at", type=int, help="no reply to the first upload request at or past this offset")
     p.add_argument("--late-at", type=int, help="reply late (--late-by) to the first upload request at or past this offset")
     p.add_argument("--late-by", type=float, default=3.0)
     p.add_argument("--stale-offset-after-erase", action="store_true", help="zephyr#51798: erase keeps the upload offset")

@@ -22,6 +22,7 @@ pub mod netns;
 pub mod process;
 pub mod pty;
 pub mod python;
+pub mod smp_device;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -1,6 +1,7 @@
 //! The independent Python verifier (`tests/python/verify_cose.py`, `cbor2` + `cryptography`),
 //! its decryptor for encrypted messages (`tests/python/decrypt_cose.py`, `--key`), and the
-//! virtualenv they run in.
+//! virtualenvs they run in; a second venv holds the SMP device emulator's `smp` and `imgtool`
+//! (`crate::smp_device`), pinned (FIRMWARE.md F11).
 //!
 //! The venv is made once under the cargo target directory (`python3 -m venv`, then
 //! `pip install cbor2 cryptography`) and reused by later runs; creating it is serialised by a
@@ -14,6 +15,9 @@ use std::time::Duration;
 
 /// Packages the verifier imports.
 pub const PACKAGES: &[&str] = &["cbor2", "cryptography"];
+
+/// Packages of the SMP device emulator and the test images (pinned: FIRMWARE.md §4.1, F11).
+pub const SMP_PACKAGES: &[&str] = &["smp==4.2.0", "imgtool==2.5.0"];
 
 /// The verifier script.
 pub fn script() -> PathBuf {
@@ -29,18 +33,39 @@ fn python3() -> PathBuf {
 /// Returns the venv's python (creating the venv in `target_tmp/e2e-venv` when needed).
 /// `target_tmp` is the test's `env!("CARGO_TARGET_TMPDIR")`.
 pub fn venv_python(target_tmp: &Path) -> Result<PathBuf> {
+    venv_with(target_tmp, "e2e-venv", PACKAGES, PACKAGES)
+}
+
+/// The python of the SMP venv (`smp`, `imgtool`; created in `target_tmp/smp-venv` when needed).
+pub fn smp_venv_python(target_tmp: &Path) -> Result<PathBuf> {
+    venv_with(
+        target_tmp,
+        "smp-venv",
+        SMP_PACKAGES,
+        &["smp", "imgtool", "cbor2"],
+    )
+}
+
+/// A venv `name` under `target_tmp` with `packages` installed, reused when `imports` import;
+/// creation is serialised by a file lock.
+fn venv_with(
+    target_tmp: &Path,
+    name: &str,
+    packages: &[&str],
+    imports: &[&str],
+) -> Result<PathBuf> {
     use nix::fcntl::{Flock, FlockArg};
     std::fs::create_dir_all(target_tmp)?;
-    let venv = target_tmp.join("e2e-venv");
+    let venv = target_tmp.join(name);
     let py = venv.join("bin/python");
     let lock_file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(target_tmp.join("e2e-venv.lock"))?;
+        .open(target_tmp.join(format!("{name}.lock")))?;
     let _lock = Flock::lock(lock_file, FlockArg::LockExclusive)
         .map_err(|(_, e)| crate::anyhow!("lock the venv: {e}"))?;
-    let imports = format!("import {}", PACKAGES.join(", "));
+    let imports = format!("import {}", imports.join(", "));
     if py.exists() {
         let mut c = std::process::Command::new(&py);
         c.args(["-c", &imports]);
@@ -69,12 +94,12 @@ pub fn venv_python(target_tmp: &Path) -> Result<PathBuf> {
         "--no-input",
         "-q",
     ])
-    .args(PACKAGES);
+    .args(packages);
     let o = run(c, b"", Duration::from_secs(300)).context("pip install")?;
     if !o.status.success() {
         bail!(
-            "pip install {} into {} failed ({}); the independent verifier needs PyPI:\n{}{}",
-            PACKAGES.join(" "),
+            "pip install {} into {} failed ({}); the independent peers need PyPI:\n{}{}",
+            packages.join(" "),
             venv.display(),
             o.status,
             o.stdout,

@@ -189,7 +189,7 @@ async fn upload(a: UploadArgs) -> anyhow::Result<ExitCode> {
                 hex(&want),
                 if s0.confirmed { ", confirmed" } else { "" }
             );
-            println!("uploaded 0 bytes in 0.0 s (0.0 KB/s)");
+            println!("uploaded 0 bytes in 0.00 s (0.0 KB/s)");
             return Ok(ExitCode::SUCCESS);
         }
     }
@@ -216,6 +216,11 @@ async fn upload(a: UploadArgs) -> anyhow::Result<ExitCode> {
         .await
         .map_err(|e| smp_fail("upload", e))?;
     let secs = started.elapsed().as_secs_f64();
+    let stats = c.stats();
+    step(&format!(
+        "{} requests, {} re-sent after a timeout, {} late or stray answers dropped",
+        stats.requests, stats.retransmits, stats.dropped
+    ));
     if report.resumed_from > 0 {
         step(&format!(
             "resumed at offset {} of {}",
@@ -229,7 +234,7 @@ async fn upload(a: UploadArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     let uploaded = format!(
-        "uploaded {} bytes in {:.1} s ({:.1} KB/s)",
+        "uploaded {} bytes in {:.2} s ({:.1} KB/s)",
         report.bytes_sent,
         secs,
         report.bytes_sent as f64 / 1000.0 / secs.max(1e-3)
@@ -250,6 +255,7 @@ async fn upload(a: UploadArgs) -> anyhow::Result<ExitCode> {
     c.reset(false).await.map_err(|e| smp_fail("reset", e))?;
     drop(c);
     let mut c = wait_back(&a.link, Duration::from_secs_f64(a.swap_time.max(0.0))).await?;
+    step("the device is back");
     let slots = c.image_list().await.map_err(|e| smp_fail("list", e))?;
     let running = slots.iter().find(|s| s.slot == 0 && s.active).cloned();
     let Some(s0) = running.filter(|s| s.hash.as_deref() == Some(&want[..])) else {
