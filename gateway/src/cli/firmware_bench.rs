@@ -204,7 +204,7 @@ async fn upload(a: UploadArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let mut progress = move |p: Progress| {
         if tty {
-            let pct = if p.len == 0 { 100 } else { p.off * 100 / p.len };
+            let pct = (p.off * 100).checked_div(p.len).unwrap_or(100);
             eprint!("\ruploading {}/{} bytes ({pct:3} %)", p.off, p.len);
             if p.off == p.len {
                 eprintln!();
