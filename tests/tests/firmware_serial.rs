@@ -401,3 +401,54 @@ fn f10_pending_slot_is_bad_state() {
         assert_eq!(dev.count("session new"), 0);
     }
 }
+
+/// The bench of issue 10 (figures, not a check; `scripts/bench-smp`): upload throughput over a
+/// pty paced by the emulator to `WARDGATE_SMP_BAUD` (default 115200, 8N1: baud/10 bytes/s), as a
+/// fraction of the line's payload limit after the console framing (base64: 3 bytes in 4
+/// characters; 3 bytes of marker and newline per 120 characters: 90 packet bytes per 123 line
+/// bytes). Median of `WARDGATE_SMP_RUNS` (default 3) uploads of a 100 kB image, each to a fresh
+/// device with `WARDGATE_SMP_BUF` (default 512) byte buffers.
+#[test]
+#[ignore = "bench: run with scripts/bench-smp"]
+fn bench_upload_throughput() {
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (baud, runs, buf) = (
+        env("WARDGATE_SMP_BAUD", 115_200),
+        env("WARDGATE_SMP_RUNS", 3),
+        env("WARDGATE_SMP_BUF", 512),
+    );
+    let dir = temp_dir("fw-bench").unwrap();
+    let image = make_image(tmp(), dir.path(), "3.0.0", 100_000).unwrap();
+    let limit = baud as f64 / 10.0 * 90.0 / 123.0;
+    let mut rates = Vec::new();
+    for run in 0..runs {
+        let (b, s) = (baud.to_string(), buf.to_string());
+        let dev = SmpDevice::start(
+            tmp(),
+            dir.path(),
+            &format!("bench{run}"),
+            &["--pace-baud", &b, "--buf-size", &s],
+        )
+        .unwrap();
+        let out = upload(&dev, &image, &["--mode", "test-only"]);
+        ok(&out);
+        let (n, secs, _) = uploaded_line(&out);
+        let rate = n as f64 / secs;
+        eprintln!(
+            "run {run}: {n} bytes in {secs:.2} s = {rate:.0} B/s = {:.1} % of {limit:.0} B/s",
+            100.0 * rate / limit
+        );
+        rates.push(rate);
+    }
+    rates.sort_by(f64::total_cmp);
+    let median = rates[rates.len() / 2];
+    println!(
+        "smp upload at {baud} baud, buf_size {buf}: median {median:.0} B/s = {:.1} % of the line's payload limit ({limit:.0} B/s) over {runs} runs",
+        100.0 * median / limit
+    );
+}
