@@ -14,6 +14,7 @@ SIGUSR1 power-cycles the device (a reset without a command).
 """
 
 import argparse
+import base64
 import hashlib
 import os
 import select
@@ -56,6 +57,8 @@ class Device:
         self.late_done = set()
         self.reset_done = False
         self.uploads = 0
+        self.strip_crc_next = False
+        self.no_crc_done = False
         if a.pending_stuck:
             self.slot1 = {"version": "9.9.9", "hash": b"\x99" * 32, "pending": True, "permanent": False}
         if a.stale_session:
@@ -102,7 +105,13 @@ class Device:
     def send(self, frame):
         if self.a.noise:
             self.write(b"[00:00:%02d.123,456] <inf> app: sensor tick\r\n" % (self.uploads % 60))
-        out = b"".join(packet.encode(frame))
+        if self.strip_crc_next:
+            # zephyr#37893 (B23): the packet framed without its CRC (the length still counts it).
+            self.strip_crc_next = False
+            text = base64.b64encode(struct.pack(">H", len(frame) + 2) + frame)
+            out = b"".join((b"\x06\x09" if i == 0 else b"\x04\x14") + text[i:i + 120] + b"\n" for i in range(0, len(text), 120))
+        else:
+            out = b"".join(packet.encode(frame))
         self.write(out)
 
     def error(self, hdr, group, rc):
@@ -207,6 +216,10 @@ class Device:
             self.session = None
             self.log(f"offset reset to 0 at off={req.off}")
             return bytes(img.ImageUploadWriteResponse(off=0, sequence=seq, version=v))
+        if self.a.no_crc_at is not None and req.off >= self.a.no_crc_at and not self.no_crc_done:
+            self.no_crc_done = True
+            self.strip_crc_next = True
+            self.log(f"no-crc off={req.off} seq={seq}")
         if self.a.late_at is not None and req.off >= self.a.late_at and "x" not in self.late_done:
             self.late_done.add("x")
             self.log(f"late off={req.off} seq={seq} by={self.a.late_by}")
@@ -306,6 +319,7 @@ def main():
     p.add_argument("--buf-count", type=int, default=4)
     p.add_argument("--erase-delay", type=float, default=0.0, help="seconds before answering a new upload session (slot erase)")
     p.add_argument("--drop-at", type=int, help="no reply to the first upload request at or past this offset")
+    p.add_argument("--no-crc-at", type=int, help="send the answer to the first upload request at or past this offset without its CRC (B23)")
     p.add_argument("--late-at", type=int, help="reply late (--late-by) to the first upload request at or past this offset")
     p.add_argument("--late-by", type=float, default=3.0)
     p.add_argument("--stale-offset-after-erase", action="store_true", help="zephyr#51798: erase keeps the upload offset")

@@ -228,6 +228,23 @@ fn dropped_reply_is_resent_with_the_same_seq() {
     assert_eq!(dev.count("session new"), 1);
 }
 
+/// B23 (zephyr#37893): one answer arrives framed without its CRC. The client drops it as a
+/// decode error (no hang), re-sends the request after its timeout with the same sequence
+/// number, and the upload completes.
+#[test]
+fn b23_answer_without_crc_is_dropped_and_retried() {
+    let (_dir, dev, image) = setup("fw-nocrc", "1.5.1", 20_000, &["--no-crc-at", "7000"]);
+    let out = upload(&dev, &image, &["--timeout-ms", "800"]);
+    ok(&out);
+    assert_eq!(dev.count("no-crc off="), 1, "{}", dev.events());
+    assert!(
+        out.stderr.contains(", 1 re-sent after a timeout"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(slot(&list(&dev), 0)["version"], "1.5.1");
+}
+
 /// B24 (zephyr#51798): the device keeps a stale upload offset after an erase. It answers the
 /// first chunk with half the image's length although it holds nothing; the client follows it,
 /// the device reports `match: false`, and the client uploads again from offset 0 without `sha`
