@@ -114,15 +114,18 @@ class Device:
             out = b"".join(packet.encode(frame))
         self.write(out)
 
-    def error(self, hdr, group, rc):
-        body = {"rc": rc} if self.a.v1_errors else {"err": {"group": group, "rc": rc}}
+    def error(self, hdr, group, rc, v1=False):
+        """An error answer: v1 `{rc}` with --v1-errors or `v1` (a non-group error, such as
+        ENOTSUP for a command the device lacks, is `{rc}` under v2 too), else v2 `{err}`."""
+        v1 = v1 or self.a.v1_errors
+        body = {"rc": rc} if v1 else {"err": {"group": group, "rc": rc}}
         data = cbor2.dumps(body)
         h = H.Header(op=RSP[hdr.op], version=hdr.version, flags=H.Flag(0), length=len(data), group_id=hdr.group_id, sequence=hdr.sequence, command_id=hdr.command_id)
         if hdr.group_id == 1:
-            cls = img.ImageManagementErrorV1 if self.a.v1_errors else img.ImageManagementErrorV2
+            cls = img.ImageManagementErrorV1 if v1 else img.ImageManagementErrorV2
         else:
-            cls = osm.OSManagementErrorV1 if self.a.v1_errors else osm.OSManagementErrorV2
-        if self.a.v1_errors:
+            cls = osm.OSManagementErrorV1 if v1 else osm.OSManagementErrorV2
+        if v1:
             return bytes(cls(header=h, rc=rc))
         err = smperr.Err[img.IMG_MGMT_ERR if hdr.group_id == 1 else osm.OS_MGMT_RET_RC](group=group, rc=rc)
         return bytes(cls(header=h, err=err))
@@ -144,7 +147,7 @@ class Device:
             return bytes(osm.EchoWriteResponse(r=req.d, sequence=seq, version=v))
         if g == 0 and c == 6:
             if self.a.no_params:
-                return self.error(hdr, 0, 8 if self.a.v1_errors else 2)
+                return self.error(hdr, 0, 8, v1=True)  # MGMT_ERR_ENOTSUP
             return bytes(osm.MCUMgrParametersReadResponse(buf_size=self.a.buf_size, buf_count=self.a.buf_count, sequence=seq, version=v))
         if g == 0 and c == 5:
             self.pending_reset = True
@@ -180,7 +183,7 @@ class Device:
             return bytes(img.ImageEraseResponse(sequence=seq, version=v))
         if g == 1 and c == 1:
             return self.upload(hdr, img.ImageUploadWriteRequest.loads(frame))
-        return self.error(hdr, g, 8 if self.a.v1_errors else 1)
+        return self.error(hdr, g, 8, v1=True)  # MGMT_ERR_ENOTSUP
 
     def upload(self, hdr, req):
         v, seq = hdr.version, hdr.sequence

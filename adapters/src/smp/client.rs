@@ -367,7 +367,7 @@ impl<T: Transport> SmpClient<T> {
             .await
         {
             Ok(body) => Params::from_body(&body).map_err(|e| bad(os::GROUP, os::CMD_PARAMS, e))?,
-            Err(SmpError::Device { error, .. }) if not_supported(&error) => {
+            Err(SmpError::Device { error, .. }) if error.is_not_supported() => {
                 log::info!(
                     "smp: the device does not report its buffer size ({}); using {} bytes",
                     error.name(),
@@ -626,11 +626,6 @@ fn hex(b: &[u8]) -> String {
 
 fn cbor_has(body: &Value, key: &str) -> bool {
     super::cbor::get(body, key).is_some()
-}
-
-/// ENOTSUP (v1), or a v2 group error for the OS group that a device without the command sends.
-fn not_supported(e: &DeviceError) -> bool {
-    e.is_not_supported() || matches!(e, DeviceError::V2 { group: 0, .. })
 }
 
 #[cfg(test)]

@@ -344,6 +344,13 @@ mod tests {
             }
             assert_eq!(out, vec![ConsoleEvent::Frame(body)], "n={n}");
         }
+        // FIRMWARE.md §4.3: a 146-byte upload frame goes as 2 lines of 123 and 83 bytes.
+        let lines = encode(&[0; 146], MAX_LINE);
+        let lens: Vec<usize> = lines
+            .split_inclusive(|&b| b == b'\n')
+            .map(<[u8]>::len)
+            .collect();
+        assert_eq!(lens, vec![123, 83]);
         for packet in [89usize, 90, 91, 92, 93, 182, 183] {
             let lines = encode(&vec![0x5a; packet - PACKET_OVERHEAD], MAX_LINE);
             let count = lines.iter().filter(|&&b| b == b'\n').count();
