@@ -252,6 +252,7 @@ fn make() {
             v,
             gateway: GATEWAY.into(),
             batches,
+            refused: None,
         }
         .to_cbor()
     };
