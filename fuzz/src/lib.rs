@@ -106,6 +106,9 @@ pub struct Fixture {
     pub gateway: Signer,
     /// Signs as the receiver (`x5chain` = receiver certificate, CA).
     pub receiver: Signer,
+    /// Signs as firmware signer `release` (SAN `urn:wardgate-firmware:release`; `x5chain` =
+    /// its certificate, CA).
+    pub firmware: Signer,
 }
 
 fn ed25519_pkcs8(seed: u8) -> Vec<u8> {
@@ -169,6 +172,8 @@ pub fn fixture() -> &'static Fixture {
             leaf("urn:wardgate:s:w:gw-1", GATEWAY, 2, 2, &ca, &ca_key);
         let (receiver_der, receiver) =
             leaf("urn:wardgate-receiver:up-a", "up-a", 3, 3, &ca, &ca_key);
+        let (_, firmware) =
+            leaf("urn:wardgate-firmware:release", "release", 4, 4, &ca, &ca_key);
         Fixture {
             ca_der: ca.der().to_vec(),
             ca_pem: ca.pem(),
@@ -176,6 +181,7 @@ pub fn fixture() -> &'static Fixture {
             receiver_der,
             gateway,
             receiver,
+            firmware,
         }
     })
 }

@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | gateway | `urn:wardgate:{site}:{ward}:{id}` | `wardgate provision` (also CN = id) |
 //! | receiver (signs acks) | `urn:wardgate-receiver:{name}` | the hospital PKI team, for each upstream receiver |
+//! | firmware signer (signs firmware jobs) | `urn:wardgate-firmware:{name}` | the PKI team, under the firmware trust anchor (`[firmware] signer_ca`), apart from the TLS CA |
 //!
 //! A gateway certificate can therefore never sign an ack, and a receiver certificate never a
 //! batch, even when one CA issues both. A gateway certificate without the URI (older CAs that
@@ -23,6 +24,8 @@ use x509_cert::ext::pkix::SubjectAltName;
 pub const GATEWAY_URN: &str = "urn:wardgate:";
 /// The URI scheme prefix of a receiver identity.
 pub const RECEIVER_URN: &str = "urn:wardgate-receiver:";
+/// The URI scheme prefix of a firmware signer identity.
+pub const FIRMWARE_URN: &str = "urn:wardgate-firmware:";
 
 /// What a certificate says its holder is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,6 +44,11 @@ pub enum Identity {
         /// Its name in the SAN URI.
         name: String,
     },
+    /// An upstream firmware signer, which signs firmware jobs (`crate::firmware::job`).
+    FirmwareSigner {
+        /// Its name in the SAN URI.
+        name: String,
+    },
     /// Neither (no wardgate URI, no CN): trusted only when listed by certificate.
     Unknown,
 }
@@ -55,6 +63,7 @@ impl Identity {
             .map_err(|e| format!("certificate does not parse: {e}"))?;
         let tbs = &c.tbs_certificate;
         let mut gateway = None;
+        let mut receiver = None;
         let sans = tbs
             .get::<SubjectAltName>()
             .map_err(|e| format!("subjectAltName does not parse: {e}"))?;
@@ -63,9 +72,15 @@ impl Identity {
                 continue;
             };
             let uri = uri.as_str();
-            if let Some(name) = uri.strip_prefix(RECEIVER_URN) {
+            if let Some(name) = uri.strip_prefix(FIRMWARE_URN) {
                 if !name.is_empty() {
-                    return Ok(Identity::Receiver {
+                    return Ok(Identity::FirmwareSigner {
+                        name: name.to_owned(),
+                    });
+                }
+            } else if let Some(name) = uri.strip_prefix(RECEIVER_URN) {
+                if !name.is_empty() {
+                    receiver = Some(Identity::Receiver {
                         name: name.to_owned(),
                     });
                 }
@@ -82,8 +97,8 @@ impl Identity {
                 }
             }
         }
-        if let Some(g) = gateway {
-            return Ok(g);
+        if let Some(r) = receiver.or(gateway) {
+            return Ok(r);
         }
         Ok(common_name(&tbs.subject)
             .map(|id| Identity::Gateway {
@@ -127,6 +142,7 @@ impl std::fmt::Display for Identity {
             } => write!(f, "gateway {id} ({s}/{w})"),
             Identity::Gateway { id, .. } => write!(f, "gateway {id} (by CN)"),
             Identity::Receiver { name } => write!(f, "receiver {name}"),
+            Identity::FirmwareSigner { name } => write!(f, "firmware signer {name}"),
             Identity::Unknown => f.write_str("no wardgate identity"),
         }
     }
@@ -214,6 +230,29 @@ mod tests {
         assert!(id.is_receiver());
         assert!(!id.is_gateway("gw-1", "s", "w"));
         assert_eq!(id.to_string(), "receiver upstream-a");
+    }
+
+    #[test]
+    fn firmware_signers_are_named_by_their_urn_and_are_nothing_else() {
+        let c = cert(
+            Some("gw-1"),
+            &[
+                "urn:wardgate:s:w:gw-1",
+                "urn:wardgate-receiver:a",
+                "urn:wardgate-firmware:release-team",
+            ],
+        );
+        let id = Identity::of(&c).unwrap();
+        assert_eq!(
+            id,
+            Identity::FirmwareSigner {
+                name: "release-team".into()
+            }
+        );
+        assert!(!id.is_receiver() && !id.is_gateway("gw-1", "s", "w"));
+        assert_eq!(id.to_string(), "firmware signer release-team");
+        let c = cert(None, &["urn:wardgate-firmware:"]);
+        assert_eq!(Identity::of(&c).unwrap(), Identity::Unknown);
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //!   certificate rotation without a restart ([`uplink::credentials`]).
 //! - [`health`]: liveness, retained device status and heartbeat, the status snapshot.
 //! - [`system`]: clock, systemd notifications and watchdog, logging.
+//! - [`firmware`]: the firmware relay (image download into a bounded cache so far).
 //!
 //! The contract both sides share: [`batch`] (rows and their CBOR payload, DESIGN §5),
 //! [`signing`] (COSE_Sign1, `kid` = SHA-256 of the certificate SPKI, `x5chain`; trust by listed
@@ -35,6 +36,7 @@ pub mod config;
 pub mod daemon;
 pub mod encryption;
 pub mod error;
+pub mod firmware;
 pub mod health;
 pub mod identity;
 pub mod mqtt;

@@ -163,6 +163,22 @@ fn leaf_params(
     Ok(p)
 }
 
+/// Writes a `(cert PEM, key PEM)` pair as `dir/STEM.pem` and `dir/STEM.key` ([`write_cert`],
+/// [`write_key`]) and returns the two paths.
+pub fn write_pair(
+    dir: &Path,
+    stem: &str,
+    (cert, key): (String, String),
+) -> std::io::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let (c, k) = (
+        dir.join(format!("{stem}.pem")),
+        dir.join(format!("{stem}.key")),
+    );
+    write_cert(&c, &cert)?;
+    write_key(&k, &key)?;
+    Ok((c, k))
+}
+
 /// Writes `pem` to `path` (mode 0644).
 pub fn write_cert(path: &Path, pem: &str) -> std::io::Result<()> {
     std::fs::write(path, pem)

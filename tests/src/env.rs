@@ -63,6 +63,11 @@ pub struct GatewayOptions {
     pub devices: Vec<Device>,
     /// `[uplink] cert_check_s` (absent: the default).
     pub cert_check_s: Option<u64>,
+    /// `[uplink] max_inflight` (absent: the default).
+    pub max_inflight: Option<usize>,
+    /// `[uplink] port` when it is not the broker's own (e.g. a
+    /// [`FaultProxy`](crate::fault_proxy::FaultProxy) in between).
+    pub uplink_port: Option<u16>,
 }
 
 /// What goes into the receiver's `receiver.toml`.
@@ -155,6 +160,8 @@ impl TestEnv {
             key: self.pki.gateway_key.clone(),
             devices: Vec::new(),
             cert_check_s: None,
+            max_inflight: None,
+            uplink_port: None,
         }
     }
 
@@ -273,7 +280,7 @@ batch_interval_ms = {interval}
 ack_timeout_s = {ack_timeout}
 backoff_max_s = {backoff}
 "#,
-            port = self.broker.port,
+            port = o.uplink_port.unwrap_or(self.broker.port),
             ca = o.ca.display(),
             cert = o.cert.display(),
             key = o.key.display(),
@@ -287,6 +294,9 @@ backoff_max_s = {backoff}
         );
         if let Some(c) = o.cert_check_s {
             t.push_str(&format!("cert_check_s = {c}\n"));
+        }
+        if let Some(n) = o.max_inflight {
+            t.push_str(&format!("max_inflight = {n}\n"));
         }
         for d in &o.devices {
             t.push_str(&format!(

@@ -3,8 +3,9 @@
 //! Everything here drives the real thing: a real mosquitto with mutual TLS on a random loopback
 //! port ([`broker`]), the real `wardgate` command line as child processes ([`process`], spawned
 //! from the package's own `wardgate-e2e-bin`), real pseudo-terminals replaying recordings of
-//! real devices ([`pty`], on top of [`wardgate_sim::devsim`]), and the real SQLite files of the
-//! gateway's store and the receiver's output ([`db`]). [`env::TestEnv`] ties them together, one
+//! real devices ([`pty`], on top of [`wardgate_sim::devsim`]), the real SQLite files of the
+//! gateway's store and the receiver's output ([`db`]), and a real nginx serving firmware images
+//! with client certificates required ([`nginx`]). [`env::TestEnv`] ties them together, one
 //! per test, in its own temporary directory.
 //!
 //! Rules the helpers follow: loopback only, random ports, every wait bounded by a deadline
@@ -17,8 +18,10 @@ pub mod ble;
 pub mod broker;
 pub mod db;
 pub mod env;
+pub mod fault_proxy;
 pub mod mqtt;
 pub mod netns;
+pub mod nginx;
 pub mod process;
 pub mod pty;
 pub mod python;

@@ -1,7 +1,6 @@
 //! The independent Python verifier (`tests/python/verify_cose.py`, `cbor2` + `cryptography`),
 //! its decryptor for encrypted messages (`tests/python/decrypt_cose.py`, `--key`), and the
-//! virtualenvs they run in; a second venv holds the SMP device emulator's `smp` and `imgtool`
-//! (`crate::smp_device`), pinned (FIRMWARE.md F11).
+//! virtualenvs they run in (also the firmware tests' and the SMP device emulator's, pinned).
 //!
 //! The venv is made once under the cargo target directory (`python3 -m venv`, then
 //! `pip install cbor2 cryptography`) and reused by later runs; creating it is serialised by a
@@ -16,9 +15,6 @@ use std::time::Duration;
 /// Packages the verifier imports.
 pub const PACKAGES: &[&str] = &["cbor2", "cryptography"];
 
-/// Packages of the SMP device emulator and the test images (pinned: FIRMWARE.md §4.1, F11).
-pub const SMP_PACKAGES: &[&str] = &["smp==4.2.0", "imgtool==2.5.0"];
-
 /// The verifier script.
 pub fn script() -> PathBuf {
     crate::workspace_root().join("tests/python/verify_cose.py")
@@ -30,30 +26,59 @@ fn python3() -> PathBuf {
         .unwrap_or_else(|| "python3".into())
 }
 
+/// The firmware tests' tools, pinned with their dependencies (a locked set): `imgtool` makes and
+/// verifies signed MCUboot images (FIRMWARE.md §4.2), `cbor2` + `cryptography` check a job's
+/// COSE_Sign1 independently (`tests/python/verify_job.py`).
+pub const FIRMWARE_PACKAGES: &[&str] = &[
+    "imgtool==2.5.0",
+    "cbor2==6.3.0",
+    "cryptography==51.0.1",
+    "click==8.5.1",
+    "intelhex==2.3.0",
+    "PyYAML==6.0.4",
+    "cffi==2.1.1",
+    "pycparser==3.12",
+];
+
+/// Packages of the SMP device emulator (`crate::smp_device`) and its test images (pinned:
+/// FIRMWARE.md §4.1, F11).
+pub const SMP_PACKAGES: &[&str] = &["smp==4.2.0", "imgtool==2.5.0"];
+
 /// Returns the venv's python (creating the venv in `target_tmp/e2e-venv` when needed).
 /// `target_tmp` is the test's `env!("CARGO_TARGET_TMPDIR")`.
 pub fn venv_python(target_tmp: &Path) -> Result<PathBuf> {
-    venv_with(target_tmp, "e2e-venv", PACKAGES, PACKAGES)
+    venv_with(
+        target_tmp,
+        "e2e-venv",
+        PACKAGES,
+        "import cbor2, cryptography",
+    )
 }
 
-/// The python of the SMP venv (`smp`, `imgtool`; created in `target_tmp/smp-venv` when needed).
+/// The firmware tests' venv (`target_tmp/fw-venv`, [`FIRMWARE_PACKAGES`]); its `bin/imgtool`
+/// is beside the returned python.
+pub fn firmware_venv_python(target_tmp: &Path) -> Result<PathBuf> {
+    venv_with(
+        target_tmp,
+        "fw-venv",
+        FIRMWARE_PACKAGES,
+        "import imgtool, cbor2, cryptography",
+    )
+}
+
+/// The SMP emulator's venv (`target_tmp/smp-venv`, [`SMP_PACKAGES`]).
 pub fn smp_venv_python(target_tmp: &Path) -> Result<PathBuf> {
     venv_with(
         target_tmp,
         "smp-venv",
         SMP_PACKAGES,
-        &["smp", "imgtool", "cbor2"],
+        "import smp, imgtool, cbor2",
     )
 }
 
-/// A venv `name` under `target_tmp` with `packages` installed, reused when `imports` import;
-/// creation is serialised by a file lock.
-fn venv_with(
-    target_tmp: &Path,
-    name: &str,
-    packages: &[&str],
-    imports: &[&str],
-) -> Result<PathBuf> {
+/// A venv `target_tmp/NAME` with `packages` installed, made once and reused while `imports`
+/// runs in it; creation is serialised by a file lock.
+fn venv_with(target_tmp: &Path, name: &str, packages: &[&str], imports: &str) -> Result<PathBuf> {
     use nix::fcntl::{Flock, FlockArg};
     std::fs::create_dir_all(target_tmp)?;
     let venv = target_tmp.join(name);
@@ -65,10 +90,9 @@ fn venv_with(
         .open(target_tmp.join(format!("{name}.lock")))?;
     let _lock = Flock::lock(lock_file, FlockArg::LockExclusive)
         .map_err(|(_, e)| crate::anyhow!("lock the venv: {e}"))?;
-    let imports = format!("import {}", imports.join(", "));
     if py.exists() {
         let mut c = std::process::Command::new(&py);
-        c.args(["-c", &imports]);
+        c.args(["-c", imports]);
         if run(c, b"", Duration::from_secs(60))?.status.success() {
             return Ok(py);
         }
@@ -98,7 +122,7 @@ fn venv_with(
     let o = run(c, b"", Duration::from_secs(300)).context("pip install")?;
     if !o.status.success() {
         bail!(
-            "pip install {} into {} failed ({}); the independent peers need PyPI:\n{}{}",
+            "pip install {} into {} failed ({}); the independent verifier needs PyPI:\n{}{}",
             packages.join(" "),
             venv.display(),
             o.status,

@@ -11,7 +11,7 @@
 //!   TCP still takes the bytes but no PUBACK, PINGRESP or CONNACK comes; then it thaws and
 //!   answers everything late.
 //!
-//! Mosquitto cannot be told to withhold PUBACKs, and TLS is end to end (a proxy cannot see MQTT),
+//! Mosquitto cannot be told to withhold PUBACKs (`fault_proxy.rs` does it with a TLS-terminating proxy),
 //! so freezing the broker is how PUBACKs are delayed here. `wardgate_sim::broker::EmbeddedBroker` has
 //! no hook to delay or drop PUBACKs either, so there is no embedded-broker variant.
 

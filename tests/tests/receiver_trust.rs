@@ -16,7 +16,7 @@ use std::time::Duration;
 use wardgate_e2e::env::{GatewayOptions, ReceiverOptions, TestEnv, GATEWAY_ID, SITE, WARD};
 use wardgate_e2e::pty::{Device, Replayer};
 use wardgate_e2e::wait_for;
-use wardgate_sim::pki::{write_cert, write_key};
+use wardgate_sim::pki::write_pair;
 
 const BIN: &str = env!("CARGO_BIN_EXE_wardgate-e2e-bin");
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
@@ -35,13 +35,7 @@ fn gateway_cert(env: &TestEnv, serial: u64, until_year: Option<i32>) -> (PathBuf
             }
         })
         .unwrap();
-    let (c, k) = (
-        env.pki.dir.join("gateway-ca-trusted.pem"),
-        env.pki.dir.join("gateway-ca-trusted.key"),
-    );
-    write_cert(&c, &cert).unwrap();
-    write_key(&k, &key).unwrap();
-    (c, k)
+    write_pair(&env.pki.dir, "gateway-ca-trusted", (cert, key)).unwrap()
 }
 
 /// The receiver's config trusting gateways by the test CA, with `crl` if given.

@@ -9,7 +9,7 @@ use wardgate_e2e::broker::MosquittoOptions;
 use wardgate_e2e::env::TestEnv;
 use wardgate_e2e::pty::{Device, Replayer};
 use wardgate_e2e::{count_lines, wait_for};
-use wardgate_sim::pki::{write_cert, write_key, Ca};
+use wardgate_sim::pki::{write_pair, Ca};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wardgate-e2e-bin");
 
@@ -22,14 +22,7 @@ fn rogue_leaf(
     server: bool,
 ) -> (std::path::PathBuf, std::path::PathBuf) {
     let ca = Ca::new("rogue CA").unwrap();
-    let (cert, key) = ca.leaf(cn, names, server).unwrap();
-    let (c, k) = (
-        dir.join(format!("{stem}.pem")),
-        dir.join(format!("{stem}.key")),
-    );
-    write_cert(&c, &cert).unwrap();
-    write_key(&k, &key).unwrap();
-    (c, k)
+    write_pair(dir, stem, ca.leaf(cn, names, server).unwrap()).unwrap()
 }
 
 /// Connections mosquitto dropped during the TLS handshake (each one a retry of the gateway).

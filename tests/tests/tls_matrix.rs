@@ -17,19 +17,13 @@ use std::time::Duration;
 use wardgate_e2e::broker::{MosquittoOptions, Pki};
 use wardgate_e2e::env::{GatewayOptions, TestEnv};
 use wardgate_e2e::{count_lines, wait_for};
-use wardgate_sim::pki::{self_signed_leaf, write_cert, write_key, Ca};
+use wardgate_sim::pki::{self_signed_leaf, write_key, Ca};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wardgate-e2e-bin");
 
 /// Writes `(cert, key)` PEMs to `dir/STEM.pem|.key`.
-fn write_pair(dir: &Path, stem: &str, (cert, key): (String, String)) -> (PathBuf, PathBuf) {
-    let (c, k) = (
-        dir.join(format!("{stem}.pem")),
-        dir.join(format!("{stem}.key")),
-    );
-    write_cert(&c, &cert).unwrap();
-    write_key(&k, &key).unwrap();
-    (c, k)
+fn write_pair(dir: &Path, stem: &str, pair: (String, String)) -> (PathBuf, PathBuf) {
+    wardgate_sim::pki::write_pair(dir, stem, pair).unwrap()
 }
 
 /// The broker's listener from `pki` with another certificate and key.

@@ -21,7 +21,6 @@
 use super::error::{device_error, DeviceError};
 use super::header::{Frame, FrameError, Header, Op, Version};
 use super::image::{self, SlotState, UploadRequest, UploadResponse, UploadStart};
-use super::mcuboot::file_sha256;
 use super::os::{self, Params};
 use ciborium::Value;
 use std::future::Future;
@@ -618,6 +617,13 @@ fn bad(group: u16, cmd: u8, e: super::cbor::CborError) -> SmpError {
         cmd,
         source: e.into(),
     }
+}
+
+/// SHA-256 of a whole image file: the upload's `sha`, its session id (PROTOCOLS §A.2).
+pub fn file_sha256(file: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, file).as_ref());
+    out
 }
 
 fn hex(b: &[u8]) -> String {

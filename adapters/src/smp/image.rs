@@ -3,7 +3,7 @@
 //! write, `{"image"?, "len"?, "off", "sha"?, "data", "upgrade"?}` → `{"off"?, "match"?}`) and
 //! erase (cmd 5, write, `{"slot"?}`).
 //!
-//! Hashes: a slot's `hash` is the MCUboot image hash (SHA256 TLV, [`super::mcuboot`]); the
+//! Hashes: a slot's `hash` is the MCUboot image hash (the SHA256 TLV, PROTOCOLS §A.6); the
 //! upload's `sha` is the SHA-256 of the whole file and names the upload session (resume).
 
 use super::cbor::{self, CborError};

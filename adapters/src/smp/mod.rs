@@ -3,7 +3,8 @@
 //! Pure (no I/O, never panics on any input; fuzzed): [`header`] (the 8-byte header and a whole
 //! frame), [`cbor`] (payload helpers), [`error`] (v1 `rc` / v2 `err` with their names), [`os`]
 //! and [`image`] (the group payloads), [`console`] (serial console framing), [`ble`]
-//! (notification reassembly and write splitting), [`mcuboot`] (the slot hash of an image file).
+//! (notification reassembly and write splitting). The MCUboot image parser that gives the slot
+//! hash an upload must end with is the gateway's (`firmware::image`).
 //! With I/O: [`client`] (the async request/response and upload state machine over a
 //! [`client::Transport`]) and [`serial`] (that transport on a serial port).
 
@@ -14,6 +15,5 @@ pub mod console;
 pub mod error;
 pub mod header;
 pub mod image;
-pub mod mcuboot;
 pub mod os;
 pub mod serial;

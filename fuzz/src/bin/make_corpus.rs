@@ -270,6 +270,10 @@ fn make() {
     c.sel("cose_verify", 1, &f.ca_der);
     c.sel("cose_verify", 2, &payload);
 
+    // The Content-Range forms nginx sends for a resumed image download (RFC 9110 §14.4).
+    for v in ["bytes 0-499/1234", "bytes 1048576-2097151/2097152", "bytes 42-1233/*", "bytes */1234"] {
+        c.add("http_content_range", v.as_bytes().to_vec());
+    }
     smp(&mut c);
     c.write();
 }

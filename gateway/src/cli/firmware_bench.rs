@@ -1,5 +1,6 @@
-//! `wardgate firmware list|upload` (issue 10, a contract): the SMP client of the relay
-//! (`wardgate_adapters::smp`) on a serial port, for a biomedical technician on the bench.
+//! `wardgate firmware list|upload` (issue 10, a contract; subcommands of `cli/firmware.rs`):
+//! the SMP client of the relay (`wardgate_adapters::smp`) on a serial port, for a biomedical
+//! technician on the bench.
 //!
 //! - `list --port PATH [--baud N]`: the device's image slots as JSON lines (`slot`, `version`,
 //!   `hash` hex, `active`, `confirmed`, `pending`, `bootable`, `permanent`, `image`).
@@ -11,10 +12,11 @@
 //!   its hash, and (but for test-only) confirmed. A `\r` progress line on a terminal; stdout
 //!   ends with `uploaded N bytes in S s (K KB/s)`. A failure prints `reason=<reason>` (the
 //!   client's `SmpError::reason`, or `reverted`, `not_running`, `not_confirmed`,
-//!   `device_gone`, `not_mcuboot`) and exits 1.
+//!   `device_gone`, `not_mcuboot`, `image_hash_mismatch`) and exits 1.
 
+use crate::firmware::image;
 use anyhow::{anyhow, Context};
-use clap::{Subcommand, ValueEnum};
+use clap::ValueEnum;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -23,27 +25,11 @@ use wardgate_adapters::smp::client::{
     ClientSettings, Progress, SmpClient, SmpError, UploadOptions,
 };
 use wardgate_adapters::smp::image::SlotState;
-use wardgate_adapters::smp::mcuboot;
 use wardgate_adapters::smp::serial::SerialTransport;
 
-/// `wardgate firmware …`.
-#[derive(clap::Args)]
-pub struct Args {
-    #[command(subcommand)]
-    command: FirmwareCommand,
-}
-
-#[derive(Subcommand)]
-enum FirmwareCommand {
-    /// The device's image slots as JSON lines.
-    List(ListArgs),
-    /// Upload an MCUboot image to the device over SMP and test/confirm it.
-    Upload(UploadArgs),
-}
-
 /// The serial link and the client's timeouts.
-#[derive(clap::Args, Clone)]
-struct LinkArgs {
+#[derive(Debug, clap::Args, Clone)]
+pub struct LinkArgs {
     /// Serial port of the device's SMP console (a stable path such as /dev/serial/by-id/…).
     #[arg(long)]
     port: PathBuf,
@@ -78,8 +64,9 @@ impl LinkArgs {
     }
 }
 
-#[derive(clap::Args)]
-struct ListArgs {
+/// `wardgate firmware list` arguments.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
     #[command(flatten)]
     link: LinkArgs,
 }
@@ -95,8 +82,9 @@ enum Mode {
     TestOnly,
 }
 
-#[derive(clap::Args)]
-struct UploadArgs {
+/// `wardgate firmware upload` arguments.
+#[derive(Debug, clap::Args)]
+pub struct UploadArgs {
     #[command(flatten)]
     link: LinkArgs,
     /// The signed MCUboot image.
@@ -109,13 +97,14 @@ struct UploadArgs {
     swap_time: f64,
 }
 
-/// Runs `wardgate firmware …`.
-pub fn main(args: Args) -> anyhow::Result<ExitCode> {
-    let rt = super::runtime()?;
-    match args.command {
-        FirmwareCommand::List(a) => rt.block_on(list(a)),
-        FirmwareCommand::Upload(a) => rt.block_on(upload(a)),
-    }
+/// Runs `wardgate firmware list`.
+pub fn list_main(a: ListArgs) -> anyhow::Result<ExitCode> {
+    super::runtime()?.block_on(list(a))
+}
+
+/// Runs `wardgate firmware upload`.
+pub fn upload_main(a: UploadArgs) -> anyhow::Result<ExitCode> {
+    super::runtime()?.block_on(upload(a))
 }
 
 /// A failure with its machine-readable reason.
@@ -171,14 +160,27 @@ fn step(text: &str) {
 
 async fn upload(a: UploadArgs) -> anyhow::Result<ExitCode> {
     let file = std::fs::read(&a.image).with_context(|| format!("read {}", a.image.display()))?;
-    let summary = mcuboot::summary(&file).map_err(|e| {
+    // Nothing reaches a device unverified: a malformed image, or one whose SHA256 TLV is not
+    // the hash of its bytes, is refused before the port is opened.
+    let info = image::parse(&file).map_err(|e| {
         fail(
             "upload",
             "not_mcuboot",
             format!("{}: {e}", a.image.display()),
         )
     })?;
-    let want = summary.hash;
+    if !info.hash_matches() {
+        return Err(fail(
+            "upload",
+            "image_hash_mismatch",
+            format!(
+                "{}: the SHA256 TLV does not match the image (corrupt or tampered)",
+                a.image.display()
+            ),
+        ));
+    }
+    let want = info.computed_hash;
+    let version = info.header.version.to_string();
     let mut c = a.link.open()?;
     let before = c.image_list().await.map_err(|e| smp_fail("list", e))?;
     if let Some(s0) = before.iter().find(|s| s.slot == 0 && s.active) {
@@ -197,7 +199,7 @@ async fn upload(a: UploadArgs) -> anyhow::Result<ExitCode> {
         "uploading {} ({} bytes, version {}, image hash {})",
         a.image.display(),
         file.len(),
-        summary.version,
+        version,
         hex(&want)
     ));
     let tty = std::io::stderr().is_terminal();
@@ -269,7 +271,7 @@ async fn upload(a: UploadArgs) -> anyhow::Result<ExitCode> {
             format!(
                 "the device came back running {old}, not the new image {}: MCUboot reverted \
                  it or did not swap",
-                summary.version
+                version
             ),
         ));
     };

@@ -4,13 +4,14 @@
 //!
 //! One file per subcommand, each with its `Args` and a `main(Args) -> anyhow::Result<ExitCode>`:
 //! [`run`] (the daemon), [`check_config`], [`status`], [`provision`], [`pair`] (installer
-//! commands), [`decode`], [`verify`] (looking at data), [`firmware_bench`] (`firmware list|upload` on the bench), [`receive`] (the upstream side) and,
+//! commands), [`decode`], [`verify`] (looking at data), [`receive`] (the upstream side) and,
 //! with the `demo` cargo feature (on in a checkout, off in the package), [`demo`].
 
 pub mod check_config;
 pub mod decode;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod firmware;
 pub mod firmware_bench;
 pub mod pair;
 pub mod provision;
@@ -56,6 +57,8 @@ enum Command {
     Decode(decode::Args),
     /// Verify COSE_Sign1 batch messages against a gateway certificate; print payloads as JSON lines.
     Verify(verify::Args),
+    /// Firmware: inspect MCUboot images, make signed jobs, accept a job by hand.
+    Firmware(firmware::Args),
     /// Show what the gateway is doing: daemon, uplink and its last error, queue depth and age.
     Status(status::Args),
     /// Pair and bond a BLE device (installer command; the daemon itself never pairs). Requires
@@ -80,9 +83,6 @@ enum Command {
     Provision(provision::Args),
     /// The upstream side: subscribe, verify, dedup, store durably, ack.
     Receive(receive::Args),
-    /// Firmware on the bench: `list` a device's image slots, `upload` an MCUboot image over
-    /// SMP (serial) and test/confirm it.
-    Firmware(firmware_bench::Args),
 }
 
 /// Parses `std::env::args`, runs the command, prints the cause chain of an error.
@@ -100,11 +100,11 @@ pub fn main() -> ExitCode {
         Command::Demo { .. } => Err(no_demo()),
         Command::Decode(a) => decode::main(a),
         Command::Verify(a) => verify::main(a),
+        Command::Firmware(a) => firmware::main(a),
         Command::Status(a) => status::main(a),
         Command::Pair(a) => pair::main(a),
         Command::Provision(a) => provision::main(a),
         Command::Receive(a) => receive::main(a),
-        Command::Firmware(a) => firmware_bench::main(a),
     };
     result.unwrap_or_else(|e| exit_code(&e))
 }

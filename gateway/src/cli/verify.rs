@@ -4,7 +4,9 @@
 //! `N verified, M failed` on stderr; exit 1 when any failed. An encrypted message (COSE_Encrypt,
 //! `docs/wire-format.md` "Encryption") needs `--key RECEIVER.key` (a receiver's P-256 key; its
 //! recipient is found by the `kid` of its public key): it is decrypted, then the signed message
-//! inside is verified.
+//! inside is verified. A firmware job or cancel is printed too (`kind` `firmware_job` or
+//! `firmware_cancel`; the gateway's own checks of expiry, `seq` and targets are `wardgate
+//! firmware accept`'s).
 
 use crate::error::UsageError;
 use std::path::PathBuf;
@@ -120,6 +122,33 @@ fn verify_one(
         // Retained device status and heartbeat (crate::health::retained) are signed too.
         Err(e) => crate::health::retained::to_json(&p)
             .filter(|j| j.get("kind").is_some())
+            // A firmware job or cancel (`wardgate firmware job`): printed with `kind`
+            // `firmware_job`/`firmware_cancel`; its signer must name a firmware signer.
+            .or_else(|| firmware_job(&p, &verified.signer, f))
             .ok_or_else(|| e.to_string()),
     }
+}
+
+/// A firmware job's JSON, when `payload` is one (a `firmware_signer` field names its signer,
+/// `null` when the certificate names no firmware signer: gateways would refuse it).
+fn firmware_job(
+    payload: &[u8],
+    signer: &crate::identity::Identity,
+    f: &std::path::Path,
+) -> Option<serde_json::Value> {
+    let m = crate::firmware::job::Message::from_cbor(payload).ok()?;
+    let mut j = m.to_json();
+    match signer {
+        crate::identity::Identity::FirmwareSigner { name } => {
+            j["firmware_signer"] = name.clone().into()
+        }
+        other => {
+            eprintln!(
+                "{}: signed by {other}, not a firmware signer: gateways refuse this job",
+                f.display()
+            );
+            j["firmware_signer"] = serde_json::Value::Null;
+        }
+    }
+    Some(j)
 }

@@ -48,6 +48,26 @@ pub fn gateway(c: &Config) -> Vec<Problem> {
         }
     }
     store(&mut out, &c.store.path);
+    if let Some(f) = &c.firmware {
+        let fw = KeyPath::of("firmware");
+        trust_files(
+            &mut out,
+            &fw,
+            ("signer_certs", &f.signer_certs),
+            ("signer_ca", f.signer_ca.as_ref()),
+            ("signer_crl", &f.signer_crl),
+        );
+        if let Some(tz) = &f.timezone {
+            let name = tz.get_ref();
+            let fixed = name == "UTC" || name.starts_with('+') || name.starts_with('-');
+            if !fixed && !Path::new(ZONEINFO).join(name).is_file() {
+                out.push(Problem::warning(
+                    fw.key("timezone"),
+                    format!("time zone `{name}` is not in {ZONEINFO} (install tzdata, or check the spelling)"),
+                ));
+            }
+        }
+    }
     // Compare where the paths lead (by-id symlink vs /dev/ttyUSB0 is the realistic mix-up).
     let mut ports = HashMap::new();
     for (i, s) in c.serial.iter().enumerate() {
@@ -70,6 +90,9 @@ pub fn gateway(c: &Config) -> Vec<Problem> {
     }
     out
 }
+
+/// The system's tz database (Debian `tzdata`).
+pub const ZONEINFO: &str = "/usr/share/zoneinfo";
 
 /// The filesystem problems of a receiver config (paths already resolved).
 pub fn receiver(c: &ReceiverConfig) -> Vec<Problem> {

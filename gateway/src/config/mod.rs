@@ -19,6 +19,7 @@
 //! This module uses no other module of the crate (only `wardgate_adapters` for the device
 //! sections), so everything may depend on it.
 
+pub mod devices;
 pub mod diagnostic;
 pub mod files;
 pub mod positions;
@@ -215,6 +216,19 @@ fn resolve_gateway(c: &mut Config, base: &Path) {
     for s in c.serial.iter_mut() {
         resolve(base, &mut s.path);
     }
+    if let Some(f) = c.firmware.as_mut() {
+        for p in f
+            .signer_certs
+            .iter_mut()
+            .chain(f.signer_ca.as_mut())
+            .chain(f.signer_crl.iter_mut())
+        {
+            resolve(base, p.get_mut());
+        }
+        if let Some(d) = f.cache_dir.as_mut() {
+            resolve(base, d);
+        }
+    }
 }
 
 fn resolve_receiver(c: &mut ReceiverConfig, base: &Path) {
@@ -300,6 +314,44 @@ mod tests {
     const GW: &str = "version = 1\n[gateway]\nid = \"gw1\"\nsite = \"s\"\nward = \"w\"\n";
     const UP: &str =
         "[uplink]\nhost = \"h\"\nca = \"/ca.pem\"\ncert = \"/c.pem\"\nkey = \"/k.pem\"\nreceiver_certs = [\"/rx.pem\"]\n";
+
+    #[test]
+    fn firmware_classes_name_configured_devices_once_and_unambiguously() {
+        let devices = "[[serial]]\nname = \"bed12\"\npath = \"/dev/null\"\nprotocol = \"cms50\"\n\
+                       [[serial]]\nname = \"bed14\"\npath = \"/dev/zero\"\nprotocol = \"cms50\"\n\
+                       [ble]\n[[ble.device]]\nname = \"bed12\"\naddress = \"A0:9E:1A:12:34:56\"\n";
+        let fw = |classes: &str| {
+            format!("{GW}{UP}{devices}[firmware]\nsigner_ca = \"/fw-ca.pem\"\n[firmware.classes]\n{classes}")
+        };
+        // Lines: GW 5, UP 6, devices 12, [firmware] 24, signer_ca 25, [firmware.classes] 26.
+        assert_eq!(
+            error_at(&fw("acme = [\"bed12\"]\n")),
+            "27:9: class `acme`: device `bed12` could be any of ble:A0:9E:1A:12:34:56, serial:bed12; name it by id"
+        );
+        assert_eq!(
+            error_at(&fw("acme = [\"serial:bed12\"]\npolar = [\"bed14\", \"serial:bed12\"]\n")),
+            "28:19: device `serial:bed12` (serial:bed12) is in class `acme` too: a device runs one firmware line"
+        );
+        assert_eq!(
+            error_at(&fw("\"a/b\" = [\"bed14\"]\n")),
+            "27:9: class `a/b` must be 1 to 64 characters without `/`, `+`, `#` or spaces"
+        );
+        let ok = parse_with(
+            Path::new("/nonexistent/w.toml"),
+            &fw("acme = [\"serial:bed12\", \"bed14\"]\npolar = [\"a0:9e:1a:12:34:56\"]\n"),
+            Checks::NoFiles,
+        )
+        .unwrap();
+        let AnyConfig::Gateway(c) = ok.config else {
+            panic!("a gateway config")
+        };
+        let f = c.firmware.as_ref().unwrap();
+        assert_eq!(f.min_battery, 30, "defaults");
+        assert_eq!(
+            f.cache_dir(&c.store),
+            Path::new("/var/lib/wardgate/firmware")
+        );
+    }
 
     #[test]
     fn positions_follow_every_toml_form() {

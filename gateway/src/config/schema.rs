@@ -32,6 +32,73 @@ pub struct Config {
     /// BLE devices, tags and vendor profiles (`[ble]`, `[[ble.device]]`, `[[ble.tag]]`,
     /// `[[ble.vendor_profile]]`); absent: no BLE adapter runs.
     pub ble: Option<BleConfig>,
+    /// Firmware relay (`[firmware]`, issue 10); absent: the gateway relays no firmware.
+    pub firmware: Option<FirmwareSection>,
+}
+
+/// `[firmware]`: the firmware relay. Jobs are verified against a firmware trust anchor of its
+/// own (`signer_certs` and/or `signer_ca`), never the TLS CA (`uplink.ca`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirmwareSection {
+    /// PEM certificates of firmware signers, trusted one by one (by `kid`)…
+    #[serde(default)]
+    pub signer_certs: Vec<Spanned<PathBuf>>,
+    /// …or the firmware CA: a job is trusted when its `x5chain` chains to it. Each signer
+    /// certificate must name a firmware signer (SAN URI `urn:wardgate-firmware:{name}`) and
+    /// carry extendedKeyUsage clientAuth (what `signing::Verifier` checks chains for).
+    pub signer_ca: Option<Spanned<PathBuf>>,
+    /// Revocation lists (PEM or DER) honoured for signers trusted through `signer_ca`.
+    #[serde(default)]
+    pub signer_crl: Vec<Spanned<PathBuf>>,
+    /// Where downloaded images are kept; default `firmware/` beside the store.
+    pub cache_dir: Option<PathBuf>,
+    /// Most bytes the image cache may hold; default 64 MiB.
+    #[serde(default = "default_cache_max")]
+    pub cache_max_bytes: u64,
+    /// Maintenance window `["HH:MM", "HH:MM"]`, local time of `timezone` (an end before the
+    /// start crosses midnight). A job's own window wins. Absent: any time.
+    pub window: Option<Spanned<Vec<String>>>,
+    /// Time zone of the window: an IANA name from the system's tz database (e.g.
+    /// `Europe/Berlin`, follows daylight saving), `UTC` (default) or a fixed offset `+01:00`.
+    pub timezone: Option<Spanned<String>>,
+    /// A device that produced an observation within this many minutes is in clinical use and is
+    /// not updated (unless the job overrides, with a reason). Default 10.
+    #[serde(default = "default_in_use_minutes")]
+    pub in_use_minutes: u64,
+    /// Least battery level (percent) for an update; a job's own value wins. Default 30.
+    #[serde(default = "default_min_battery")]
+    pub min_battery: u8,
+    /// Most transfers at once on this gateway; default 1 (one BLE adapter).
+    #[serde(default = "default_max_parallel")]
+    pub max_parallel: usize,
+    /// Firmware classes: class name → the configured devices of that class (device ids
+    /// `serial:NAME` / `ble:ADDRESS`, installer names or BLE addresses). A job targets one class;
+    /// its `seq` is counted per class. Each device belongs to at most one class.
+    #[serde(default)]
+    pub classes: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+fn default_cache_max() -> u64 {
+    64 << 20
+}
+fn default_in_use_minutes() -> u64 {
+    10
+}
+fn default_min_battery() -> u8 {
+    30
+}
+fn default_max_parallel() -> usize {
+    1
+}
+
+impl FirmwareSection {
+    /// The image cache directory: `cache_dir`, else `firmware/` beside the store file.
+    pub fn cache_dir(&self, store: &StoreSection) -> PathBuf {
+        self.cache_dir
+            .clone()
+            .unwrap_or_else(|| store.path.with_file_name("firmware"))
+    }
 }
 
 /// `[gateway]`: identity. Each value appears in MQTT topics, so `/`, `+`, `#` are refused.
@@ -293,6 +360,12 @@ pub struct ReceiverSection {
     /// (new gateways refuse it). Default false; switch off once every gateway is upgraded.
     #[serde(default)]
     pub legacy_plain_acks: bool,
+    /// Refuse batches that are not encrypted to this receiver (COSE_Encrypt): the last step of
+    /// the migration to encryption, once every gateway lists this receiver's certificate in
+    /// `[uplink] receiver_certs`. A refused gateway is told why (signed refusal notice).
+    /// Default false (plain COSE_Sign1 batches accepted).
+    #[serde(default)]
+    pub require_encryption: bool,
     /// `sqlite:PATH` or `jsonl:PATH`: where verified observations are written durably (fsynced).
     pub output: Spanned<String>,
     /// If set, every message on the batch topic whose signature verified is also written here
@@ -376,6 +449,60 @@ impl ClockSource {
                 )),
             },
         }
+    }
+}
+
+/// A local time of day, minutes after midnight (0..1440), written `"HH:MM"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TimeOfDay(pub u16);
+
+impl TimeOfDay {
+    /// Parses `HH:MM` (00:00–23:59).
+    pub fn parse(s: &str) -> Option<TimeOfDay> {
+        let (h, m) = s.split_once(':')?;
+        if h.len() != 2 || m.len() != 2 || !(h.bytes().chain(m.bytes())).all(|b| b.is_ascii_digit())
+        {
+            return None;
+        }
+        let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+        (h < 24 && m < 60).then_some(TimeOfDay(h * 60 + m))
+    }
+}
+
+impl std::fmt::Display for TimeOfDay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:02}:{:02}", self.0 / 60, self.0 % 60)
+    }
+}
+
+/// Checks the syntax of a time zone: `UTC`, a fixed offset `±HH:MM`, or an IANA name
+/// (`Area/Location`, letters, digits, `_`, `-`, `+`, `/`). Whether an IANA name exists is the
+/// system's tz database's business (`config/files.rs` checks `/usr/share/zoneinfo`).
+pub fn check_tz(tz: &str) -> Result<(), String> {
+    if tz == "UTC" {
+        return Ok(());
+    }
+    if let Some(off) = tz.strip_prefix('+').or_else(|| tz.strip_prefix('-')) {
+        return match TimeOfDay::parse(off) {
+            Some(t) if t.0 <= 14 * 60 => Ok(()),
+            _ => Err(format!(
+                "time zone `{tz}`: an offset is ±HH:MM, at most ±14:00"
+            )),
+        };
+    }
+    let ok = !tz.is_empty()
+        && tz.len() <= 64
+        && !tz.starts_with('/')
+        && !tz.contains("..")
+        && tz
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'-' | b'+'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "time zone `{tz}` is not `UTC`, an offset like +01:00 or an IANA name like Europe/Berlin"
+        ))
     }
 }
 

@@ -182,6 +182,7 @@ pub fn gateway(c: &Config) -> Vec<Problem> {
         ));
     }
     serial(&mut out, c);
+    firmware(&mut out, c);
     if let Some(ble) = &c.ble {
         for (key, message) in ble.problems() {
             let mut at = KeyPath::of("ble");
@@ -246,6 +247,102 @@ fn serial(out: &mut Vec<Problem>, c: &Config) {
         let p = s.path.to_string_lossy();
         if p.starts_with("/dev/ttyUSB") || p.starts_with("/dev/ttyACM") {
             out.push(Problem::warning(at("path"), format!("serial `{}`: {p} can be renumbered at reboot; use its /dev/serial/by-id/ path so data cannot land on another bed's device", s.name)));
+        }
+    }
+}
+
+/// `[firmware]`: trust apart from the TLS CA, window and time zone, bounds, and classes whose
+/// devices are configured, named unambiguously, each in one class.
+fn firmware(out: &mut Vec<Problem>, c: &Config) {
+    let Some(f) = &c.firmware else { return };
+    let fw = KeyPath::of("firmware");
+    if f.signer_certs.is_empty() && f.signer_ca.is_none() {
+        out.push(Problem::error(
+            fw.clone(),
+            "[firmware] needs its own trust: signer_certs (firmware signer certificates) or \
+             signer_ca (the firmware CA); without one no job could be verified",
+        ));
+    }
+    if let Some(ca) = &f.signer_ca {
+        if ca.get_ref() == c.uplink.ca.get_ref() {
+            out.push(Problem::error(
+                fw.clone().key("signer_ca"),
+                "signer_ca is the TLS CA (uplink.ca): firmware trust must be configured apart \
+                 from it, so that a certificate for the broker connection can never sign firmware",
+            ));
+        }
+    }
+    if let Some(w) = &f.window {
+        let ok = w.get_ref().len() == 2
+            && w.get_ref()
+                .iter()
+                .all(|t| super::schema::TimeOfDay::parse(t).is_some())
+            && w.get_ref()[0] != w.get_ref()[1];
+        if !ok {
+            out.push(Problem::error(
+                fw.clone().key("window"),
+                "window must be [\"HH:MM\", \"HH:MM\"] (start, end; local time; different)",
+            ));
+        }
+    }
+    if let Some(tz) = &f.timezone {
+        if let Err(e) = super::schema::check_tz(tz.get_ref()) {
+            out.push(Problem::error(fw.clone().key("timezone"), e));
+        }
+    }
+    if f.min_battery > 100 {
+        out.push(Problem::error(
+            fw.clone().key("min_battery"),
+            format!(
+                "min_battery {} is not a percentage (0 to 100)",
+                f.min_battery
+            ),
+        ));
+    }
+    for (key, v) in [
+        ("cache_max_bytes", f.cache_max_bytes as u128),
+        ("max_parallel", f.max_parallel as u128),
+    ] {
+        if v == 0 {
+            out.push(Problem::error(
+                fw.clone().key(key),
+                format!("{key} must be greater than 0"),
+            ));
+        }
+    }
+    let devices = super::devices::configured(c);
+    let mut class_of: std::collections::HashMap<String, &str> = Default::default();
+    for (class, refs) in &f.classes {
+        let at = || fw.clone().key("classes").key(class);
+        if !is_topic_safe(class) || class.len() > 64 {
+            out.push(Problem::error(
+                at(),
+                format!(
+                    "class `{class}` must be 1 to 64 characters without `/`, `+`, `#` or spaces"
+                ),
+            ));
+        }
+        for (i, r) in refs.iter().enumerate() {
+            match super::devices::lookup(&devices, r) {
+                Ok(d) => {
+                    if let Some(other) = class_of.insert(d.id.clone(), class) {
+                        if other != class {
+                            out.push(Problem::error(
+                                at().index(i),
+                                format!("device `{r}` ({}) is in class `{other}` too: a device runs one firmware line", d.id),
+                            ));
+                        }
+                    }
+                }
+                Err(super::devices::LookupError::Unknown) => out.push(Problem::error(
+                    at().index(i),
+                    format!("class `{class}`: device `{r}` is not configured ([[serial]] name, [[ble.device]] name or address)"),
+                )),
+                Err(super::devices::LookupError::Ambiguous(ids)) => out.push(Problem::error(
+                    at().index(i),
+                    format!("class `{class}`: device `{r}` could be any of {}; name it by id", ids.join(", ")),
+                )),
+            }
         }
     }
 }

@@ -116,6 +116,7 @@ pub fn start(cfg: ReceiverConfig) -> anyhow::Result<ReceiverHandle> {
         }
     };
     let processor = Processor {
+        require_encryption: cfg.receiver.require_encryption,
         verifier,
         decryptor,
         output: Output::open(cfg.receiver.output.get_ref())?,

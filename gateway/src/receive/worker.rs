@@ -73,12 +73,20 @@ pub struct Processor {
     pub raw: Option<RawWriter>,
     /// Signs the acks.
     pub acker: Acker,
+    /// Refuse batches that are not encrypted (`[receiver] require_encryption`, after every
+    /// gateway encrypts to this receiver).
+    pub require_encryption: bool,
 }
 
 impl Processor {
     /// Handles one message. `Err` only when the verified batch could not be stored.
     pub fn process(&mut self, topic: &str, message: &[u8]) -> anyhow::Result<Outcome> {
         // Encrypted (COSE_Encrypt): decrypt first; plain COSE_Sign1 is accepted too (migration).
+        if self.require_encryption && !crate::encryption::is_encrypted(message) {
+            let reason = "not encrypted, and this receiver requires encryption ([receiver] require_encryption): the gateway must list this receiver's certificate in [uplink] receiver_certs".to_string();
+            let notice = self.acker.refusal(topic, message, &reason);
+            return Ok(Outcome::Rejected { reason, notice });
+        }
         let signed = match open_message(self.decryptor.as_ref(), message) {
             Ok(s) => s,
             Err(reason) => {
@@ -341,6 +349,7 @@ mod tests {
 
     fn processor(dir: &std::path::Path, verifier: Verifier, raw: &std::path::Path) -> Processor {
         Processor {
+            require_encryption: false,
             verifier,
             decryptor: None,
             output: Output::open(&format!("sqlite:{}", dir.join("up.db").display())).unwrap(),
@@ -439,9 +448,22 @@ mod tests {
             }
             o => panic!("{o:?}"),
         }
-        // A plain signed batch is still accepted (migration).
+        // A plain signed batch is still accepted (migration)…
         assert!(matches!(
             p.process(TOPIC, &msg).unwrap(),
+            Outcome::Stored { .. }
+        ));
+        // …until the receiver requires encryption: then refused with the reason, and the
+        // encrypted one still stored.
+        p.require_encryption = true;
+        match p.process(TOPIC, &msg).unwrap() {
+            Outcome::Rejected { reason, .. } => {
+                assert!(reason.contains("requires encryption"), "{reason}")
+            }
+            o => panic!("{o:?}"),
+        }
+        assert!(matches!(
+            p.process(TOPIC, &sealed).unwrap(),
             Outcome::Stored { .. }
         ));
     }

@@ -18,6 +18,11 @@
 //!   `first_seq..=last_seq` of `queue` (rows inside the range may be missing only when retention
 //!   dropped them, which it does for whole batches).
 //! - `meta(key, value)`: `assigned_upto` (highest seq already in a batch) and `next_batch`.
+//! - Since schema version 2, the firmware relay's state ([`firmware`]): `firmware_seq` (last
+//!   accepted job `seq` per target class: anti-rollback), `firmware_jobs` (each accepted job with
+//!   its signed message), `firmware_executions` (one row per job and device: state, attempt, last
+//!   offset the device reported, reason). An older store gains these tables when opened;
+//!   nothing else changes.
 //!
 //! **Accepted.** An observation is accepted when the transaction that inserted it has committed
 //! ([`Store::append`] returned `Ok`). With `synchronous=FULL` (default) that commit is fsynced.
@@ -49,6 +54,7 @@
 //! fresh store is created, and the returned [`OpenReport`] says so, for the daemon to log and
 //! report upstream. Data is never deleted to recover.
 
+pub mod firmware;
 pub mod schema;
 
 use crate::batch::{Batch, Item, StoredEvent, StoredObservation};

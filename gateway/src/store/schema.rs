@@ -7,8 +7,10 @@ use std::path::Path;
 
 /// `PRAGMA application_id` of a wardgate store: ASCII "WGRD".
 pub const APPLICATION_ID: i64 = 0x5747_5244;
-/// `PRAGMA user_version`: the schema version.
-pub const SCHEMA_VERSION: i64 = 1;
+/// `PRAGMA user_version`: the schema version. 1: queue, batches, meta. 2 (issue 10): the
+/// firmware tables (`firmware_seq`, `firmware_jobs`, `firmware_executions`), added to a version-1
+/// store by the same `CREATE TABLE IF NOT EXISTS` (nothing else changes, no data moves).
+pub const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS queue(
@@ -34,6 +36,42 @@ CREATE TABLE IF NOT EXISTS batches(
     created_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+-- Version 2: firmware jobs (store/firmware.rs).
+CREATE TABLE IF NOT EXISTS firmware_seq(
+    class      TEXT PRIMARY KEY,
+    seq        INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS firmware_jobs(
+    id           TEXT PRIMARY KEY,
+    class        TEXT    NOT NULL,
+    seq          INTEGER NOT NULL,
+    issued       INTEGER NOT NULL,
+    expires      INTEGER NOT NULL,
+    accepted_ms  INTEGER NOT NULL,
+    cancelled_ms INTEGER,
+    message      BLOB    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS firmware_executions(
+    job        TEXT    NOT NULL,
+    device     TEXT    NOT NULL,
+    state      TEXT    NOT NULL,
+    attempt    INTEGER NOT NULL DEFAULT 0,
+    offset     INTEGER NOT NULL DEFAULT 0,
+    reason     TEXT,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY(job, device)
+);
+";
+
+/// The schema of version 1 (before the firmware tables), for the migration test.
+#[cfg(test)]
+pub const SCHEMA_V1: &str = "
+CREATE TABLE queue(seq INTEGER PRIMARY KEY AUTOINCREMENT, class INTEGER NOT NULL, device TEXT NOT NULL, kind TEXT, code INTEGER, value REAL, unit INTEGER, device_time TEXT, gateway_time INTEGER NOT NULL, time_quality INTEGER, status TEXT, detail TEXT);
+CREATE TABLE batches(number INTEGER PRIMARY KEY, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, created_ms INTEGER NOT NULL);
+CREATE TABLE meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+PRAGMA application_id=1464291908;
+PRAGMA user_version=1;
 ";
 
 /// Why an existing file cannot be used.

@@ -3,7 +3,9 @@
 //! One MQTT session at a time over mutual TLS (rumqttc + rustls/ring). Each session starts from
 //! the store: batches handed out earlier and not acknowledged are re-sent first, with their
 //! numbers; then new batches are cut from pending rows, at most `max_inflight` unacknowledged at
-//! once. When a session fails (TLS refused, broker gone, keepalive missed), the MQTT client and
+//! once (a session that starts with such a backlog opens that window at one batch and widens it
+//! by one per acknowledged batch, so a link that dies every few packets still moves the replay
+//! forward). When a session fails (TLS refused, broker gone, keepalive missed), the MQTT client and
 //! its in-memory state are dropped and a new one is made after a capped, jittered backoff: nothing
 //! depends on rumqttc's session surviving.
 //!

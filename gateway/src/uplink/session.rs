@@ -104,6 +104,11 @@ impl Uplink {
         let mut retained_rx = self.retained.clone();
         let store = self.store.clone();
         let mut resend: VecDeque<u64> = blocking(move || store.unacked_batches()).await?.into();
+        // A session that starts with a backlog probes the link: its window opens at one batch
+        // and widens by one per acknowledged batch, up to `max_inflight`. Bursting a whole
+        // window of re-sends into a link that dies every few packets would lose every ack each
+        // time and replay the same batches forever (FAILURES.md B04).
+        let mut window = if resend.is_empty() { s.max_inflight } else { 1 };
         let batch_topic = mqtt::batch(&s.origin);
         let mut tick = tokio::time::interval(s.batch_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -148,7 +153,8 @@ impl Uplink {
                 _ = beat_tick.tick() => {}
                 ev = el.poll() => {
                     let ev = ev.map_err(|e| SessionError::connection(&e))?;
-                    self.handle_event(ev, &mut tracker, &ack_topic).await?;
+                    let acked = self.handle_event(ev, &mut tracker, &ack_topic).await?;
+                    window = (window + acked).min(s.max_inflight);
                 }
                 _ = tick.tick() => {
                     for n in tracker.overdue(Instant::now(), s.ack_timeout) {
@@ -158,11 +164,11 @@ impl Uplink {
                         }
                     }
                     if draining.is_none() {
-                        self.fill(&client, &signer, &mut tracker, &mut resend, &batch_topic).await?;
+                        self.fill(&client, &signer, &mut tracker, &mut resend, &batch_topic, window).await?;
                     }
                     self.publish_retained(&client, &signer, &mut tracker, &mut published)?;
                 }
-                _ = self.wake.notified(), if draining.is_none() => self.fill(&client, &signer, &mut tracker, &mut resend, &batch_topic).await?,
+                _ = self.wake.notified(), if draining.is_none() => self.fill(&client, &signer, &mut tracker, &mut resend, &batch_topic, window).await?,
                 r = async {
                     match retained_rx.as_mut() {
                         Some(rx) => rx.changed().await,
@@ -196,10 +202,14 @@ impl Uplink {
         ev: Event,
         tracker: &mut InflightTracker,
         ack_topic: &str,
-    ) -> Result<(), SessionError> {
+    ) -> Result<usize, SessionError> {
         match on_event(&ev, tracker, ack_topic, &self.settings.acks) {
             EventOutcome::Nothing => {}
-            EventOutcome::Acknowledge(numbers) => self.acknowledge(numbers).await?,
+            EventOutcome::Acknowledge(numbers) => {
+                let n = numbers.len();
+                self.acknowledge(numbers).await?;
+                return Ok(n);
+            }
             EventOutcome::Ignore(why) => log::warn!("{why}"),
             EventOutcome::Refused { sender, why } => self.refused_ack(sender, why),
             EventOutcome::ReceiverRefuses { receiver, reason } => {
@@ -217,7 +227,7 @@ impl Uplink {
                 }
             }
         }
-        Ok(())
+        Ok(0)
     }
 
     /// Counts a refused ack; logs it the first time this sender is seen (at most
@@ -289,7 +299,8 @@ impl Uplink {
         }
     }
 
-    /// Puts batches on the wire until `max_inflight`: re-sends first, then new batches.
+    /// Puts batches on the wire until `window` (at most `max_inflight`) are in flight: re-sends
+    /// first, then new batches.
     async fn fill(
         &self,
         client: &AsyncClient,
@@ -297,11 +308,10 @@ impl Uplink {
         tracker: &mut InflightTracker,
         resend: &mut VecDeque<u64>,
         topic: &str,
+        window: usize,
     ) -> Result<(), SessionError> {
         // Re-sending a batch that is already in flight does not widen the window.
-        while tracker.len() < self.settings.max_inflight
-            || resend.front().is_some_and(|n| tracker.contains(*n))
-        {
+        while tracker.len() < window || resend.front().is_some_and(|n| tracker.contains(*n)) {
             let store = self.store.clone();
             let signer = signer.clone();
             let origin = self.settings.origin.clone();

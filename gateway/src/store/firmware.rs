@@ -1,0 +1,430 @@
+//! The firmware relay's durable state (schema version 2): accepted jobs, the last accepted `seq`
+//! per target class (anti-rollback), and one execution per job and device.
+//!
+//! Plain values only (ids, numbers, text states): the meaning of a job lives in the firmware
+//! relay, which decides; the store remembers, in short transactions like the rest
+//! of [`Store`]. The `seq` check and the recording of a job happen in **one** `BEGIN IMMEDIATE`
+//! transaction, so two copies of a job arriving together cannot both be accepted.
+
+use super::{Store, StoreError};
+use rusqlite::{params, OptionalExtension, TransactionBehavior};
+
+/// An accepted job (or the job a cancel names, once cancelled).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobRow {
+    /// Job id.
+    pub id: String,
+    /// Target class.
+    pub class: String,
+    /// Its `seq`.
+    pub seq: u64,
+    /// `issued`, Unix seconds.
+    pub issued: u64,
+    /// `expires`, Unix seconds.
+    pub expires: u64,
+    /// When this gateway accepted it, Unix ms.
+    pub accepted_ms: i64,
+    /// When a cancel for it was accepted, Unix ms.
+    pub cancelled_ms: Option<i64>,
+    /// The signed job (COSE_Sign1) as received.
+    pub message: Vec<u8>,
+}
+
+/// One job on one device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecutionRow {
+    /// Job id.
+    pub job: String,
+    /// Device id (`serial:…`, `ble:…`).
+    pub device: String,
+    /// State, as the relay names it (`queued` when accepted; `cancelled` by a cancel).
+    pub state: String,
+    /// Attempts started so far.
+    pub attempt: u32,
+    /// The last upload offset the device reported, bytes (the device's offset is the only
+    /// truth about an upload; this is what the relay last heard).
+    pub offset: u64,
+    /// Why it waits or failed (a stable reason string), if it does.
+    pub reason: Option<String>,
+    /// Last change, Unix ms.
+    pub updated_ms: i64,
+}
+
+/// Why a job or cancel could not be recorded (the store worked; the message is refused).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SeqConflict {
+    /// `seq` is not greater than `last`, the last accepted for the class.
+    Replayed {
+        /// The last accepted seq.
+        last: u64,
+    },
+    /// A job with this id is already recorded.
+    DuplicateJob,
+    /// The cancel's class is not its job's.
+    ClassMismatch {
+        /// The job's class.
+        job_class: String,
+    },
+}
+
+/// Execution states that are final: a cancel leaves them alone.
+pub const FINAL_STATES: &[&str] = &["done", "failed", "cancelled"];
+
+impl Store {
+    /// The last accepted `seq` of `class`, if any.
+    pub fn firmware_last_seq(&self, class: &str) -> Result<Option<u64>, StoreError> {
+        self.lock()
+            .query_row(
+                "SELECT seq FROM firmware_seq WHERE class = ?1",
+                [class],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|o| o.map(|s| s as u64))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Records `job` and a `queued` execution per device if its `seq` is greater than the last
+    /// accepted for its class and its id is new; the class's seq becomes the job's. One
+    /// transaction. `Ok(Err(_))`: refused, nothing written.
+    pub fn firmware_accept_job(
+        &self,
+        job: &JobRow,
+        devices: &[String],
+    ) -> Result<Result<(), SeqConflict>, StoreError> {
+        let mut conn = self.lock();
+        let mut run = || -> rusqlite::Result<Result<(), SeqConflict>> {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Some(c) = seq_conflict(&tx, &job.class, job.seq)? {
+                return Ok(Err(c));
+            }
+            let exists: bool = tx
+                .query_row(
+                    "SELECT 1 FROM firmware_jobs WHERE id = ?1",
+                    [&job.id],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+            if exists {
+                return Ok(Err(SeqConflict::DuplicateJob));
+            }
+            tx.execute(
+                "INSERT INTO firmware_jobs(id, class, seq, issued, expires, accepted_ms, message)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    job.id,
+                    job.class,
+                    job.seq as i64,
+                    job.issued as i64,
+                    job.expires as i64,
+                    job.accepted_ms,
+                    job.message
+                ],
+            )?;
+            for d in devices {
+                tx.execute(
+                    "INSERT INTO firmware_executions(job, device, state, updated_ms)
+                     VALUES (?1, ?2, 'queued', ?3)",
+                    params![job.id, d, job.accepted_ms],
+                )?;
+            }
+            set_seq(&tx, &job.class, job.seq, job.accepted_ms)?;
+            tx.commit()?;
+            Ok(Ok(()))
+        };
+        run().map_err(|e| self.err(e))
+    }
+
+    /// Records a cancel of `job` (class `class`, `seq`): the class's seq advances, the job (if
+    /// known) is marked cancelled and its unfinished executions become `cancelled`. Returns how
+    /// many executions it cancelled. One transaction. `Ok(Err(_))`: refused, nothing written.
+    pub fn firmware_accept_cancel(
+        &self,
+        class: &str,
+        seq: u64,
+        job: &str,
+        now_ms: i64,
+    ) -> Result<Result<u64, SeqConflict>, StoreError> {
+        let mut conn = self.lock();
+        let mut run = || -> rusqlite::Result<Result<u64, SeqConflict>> {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Some(c) = seq_conflict(&tx, class, seq)? {
+                return Ok(Err(c));
+            }
+            let job_class: Option<String> = tx
+                .query_row(
+                    "SELECT class FROM firmware_jobs WHERE id = ?1",
+                    [job],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(jc) = job_class.filter(|jc| jc != class) {
+                return Ok(Err(SeqConflict::ClassMismatch { job_class: jc }));
+            }
+            tx.execute(
+                "UPDATE firmware_jobs SET cancelled_ms = ?2 WHERE id = ?1 AND cancelled_ms IS NULL",
+                params![job, now_ms],
+            )?;
+            let n = tx.execute(
+                "UPDATE firmware_executions SET state = 'cancelled', updated_ms = ?2
+                 WHERE job = ?1 AND state NOT IN ('done', 'failed', 'cancelled')",
+                params![job, now_ms],
+            )?;
+            set_seq(&tx, class, seq, now_ms)?;
+            tx.commit()?;
+            Ok(Ok(n as u64))
+        };
+        run().map_err(|e| self.err(e))
+    }
+
+    /// Every recorded job, oldest accepted first.
+    pub fn firmware_jobs(&self) -> Result<Vec<JobRow>, StoreError> {
+        let conn = self.lock();
+        let run = || -> rusqlite::Result<Vec<JobRow>> {
+            let mut st = conn.prepare(
+                "SELECT id, class, seq, issued, expires, accepted_ms, cancelled_ms, message
+                 FROM firmware_jobs ORDER BY accepted_ms, rowid",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok(JobRow {
+                    id: r.get(0)?,
+                    class: r.get(1)?,
+                    seq: r.get::<_, i64>(2)? as u64,
+                    issued: r.get::<_, i64>(3)? as u64,
+                    expires: r.get::<_, i64>(4)? as u64,
+                    accepted_ms: r.get(5)?,
+                    cancelled_ms: r.get(6)?,
+                    message: r.get(7)?,
+                })
+            })?;
+            rows.collect()
+        };
+        run().map_err(|e| self.err(e))
+    }
+
+    /// The executions of `job` (all jobs when `None`), by job then device.
+    pub fn firmware_executions(&self, job: Option<&str>) -> Result<Vec<ExecutionRow>, StoreError> {
+        let conn = self.lock();
+        let run = || -> rusqlite::Result<Vec<ExecutionRow>> {
+            let mut st = conn.prepare(
+                "SELECT job, device, state, attempt, offset, reason, updated_ms
+                 FROM firmware_executions WHERE ?1 IS NULL OR job = ?1 ORDER BY job, device",
+            )?;
+            let rows = st.query_map([job], |r| {
+                Ok(ExecutionRow {
+                    job: r.get(0)?,
+                    device: r.get(1)?,
+                    state: r.get(2)?,
+                    attempt: r.get::<_, i64>(3)? as u32,
+                    offset: r.get::<_, i64>(4)? as u64,
+                    reason: r.get(5)?,
+                    updated_ms: r.get(6)?,
+                })
+            })?;
+            rows.collect()
+        };
+        run().map_err(|e| self.err(e))
+    }
+
+    /// Sets an execution's state, attempt, offset and reason (the relay's state machine drives
+    /// it). Returns false when there is no such execution, or it is final ([`FINAL_STATES`]):
+    /// a cancelled or finished execution is never revived.
+    pub fn firmware_set_execution(&self, e: &ExecutionRow) -> Result<bool, StoreError> {
+        self.lock()
+            .execute(
+                "UPDATE firmware_executions
+                 SET state = ?3, attempt = ?4, offset = ?5, reason = ?6, updated_ms = ?7
+                 WHERE job = ?1 AND device = ?2 AND state NOT IN ('done', 'failed', 'cancelled')",
+                params![
+                    e.job,
+                    e.device,
+                    e.state,
+                    e.attempt,
+                    e.offset as i64,
+                    e.reason,
+                    e.updated_ms
+                ],
+            )
+            .map(|n| n == 1)
+            .map_err(|err| self.err(err))
+    }
+}
+
+fn seq_conflict(
+    tx: &rusqlite::Transaction<'_>,
+    class: &str,
+    seq: u64,
+) -> rusqlite::Result<Option<SeqConflict>> {
+    let last: Option<i64> = tx
+        .query_row(
+            "SELECT seq FROM firmware_seq WHERE class = ?1",
+            [class],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(last
+        .map(|l| l as u64)
+        .filter(|l| seq <= *l)
+        .map(|last| SeqConflict::Replayed { last }))
+}
+
+fn set_seq(
+    tx: &rusqlite::Transaction<'_>,
+    class: &str,
+    seq: u64,
+    now_ms: i64,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO firmware_seq(class, seq, updated_ms) VALUES (?1, ?2, ?3)
+         ON CONFLICT(class) DO UPDATE SET seq = excluded.seq, updated_ms = excluded.updated_ms",
+        params![class, seq as i64, now_ms],
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreOptions;
+
+    fn job(id: &str, class: &str, seq: u64) -> JobRow {
+        JobRow {
+            id: id.into(),
+            class: class.into(),
+            seq,
+            issued: 1,
+            expires: 2,
+            accepted_ms: 1000,
+            cancelled_ms: None,
+            message: vec![0xd2, seq as u8],
+        }
+    }
+
+    #[test]
+    fn seq_must_grow_per_class_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        {
+            let (s, _) = Store::open(&path, StoreOptions::default()).unwrap();
+            let devs = vec!["serial:a".to_owned(), "serial:b".to_owned()];
+            assert_eq!(
+                s.firmware_accept_job(&job("j5", "c", 5), &devs).unwrap(),
+                Ok(())
+            );
+            assert_eq!(
+                s.firmware_accept_job(&job("j4", "c", 4), &devs).unwrap(),
+                Err(SeqConflict::Replayed { last: 5 })
+            );
+            assert_eq!(
+                s.firmware_accept_job(&job("j5", "c", 6), &devs).unwrap(),
+                Err(SeqConflict::DuplicateJob)
+            );
+            // Another class has its own sequence.
+            assert_eq!(
+                s.firmware_accept_job(&job("k1", "d", 1), &devs[..1])
+                    .unwrap(),
+                Ok(())
+            );
+        }
+        let (s, _) = Store::open(&path, StoreOptions::default()).unwrap();
+        assert_eq!(s.firmware_last_seq("c").unwrap(), Some(5));
+        assert_eq!(
+            s.firmware_accept_job(&job("j5b", "c", 5), &[]).unwrap(),
+            Err(SeqConflict::Replayed { last: 5 }),
+            "after a restart too"
+        );
+        let jobs = s.firmware_jobs().unwrap();
+        assert_eq!(
+            jobs.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+            ["j5", "k1"]
+        );
+        assert_eq!(jobs[0].message, vec![0xd2, 5]);
+        let ex = s.firmware_executions(Some("j5")).unwrap();
+        assert_eq!(ex.len(), 2);
+        assert!(ex
+            .iter()
+            .all(|e| e.state == "queued" && e.attempt == 0 && e.offset == 0));
+        assert_eq!(s.firmware_executions(None).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn executions_move_until_final_and_a_cancel_stops_the_unfinished() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _) = Store::open(&dir.path().join("s.db"), StoreOptions::default()).unwrap();
+        let devs = vec!["serial:a".to_owned(), "serial:b".to_owned()];
+        s.firmware_accept_job(&job("j1", "c", 1), &devs)
+            .unwrap()
+            .unwrap();
+        let mut e = s.firmware_executions(Some("j1")).unwrap()[0].clone();
+        e.state = "uploading".into();
+        e.attempt = 1;
+        e.offset = 4096;
+        assert!(s.firmware_set_execution(&e).unwrap());
+        let mut done = s.firmware_executions(Some("j1")).unwrap()[1].clone();
+        done.state = "done".into();
+        assert!(s.firmware_set_execution(&done).unwrap());
+        assert_eq!(
+            s.firmware_accept_cancel("other", 2, "j1", 5).unwrap(),
+            Err(SeqConflict::ClassMismatch {
+                job_class: "c".into()
+            })
+        );
+        assert_eq!(
+            s.firmware_accept_cancel("c", 1, "j1", 5).unwrap(),
+            Err(SeqConflict::Replayed { last: 1 })
+        );
+        assert_eq!(s.firmware_accept_cancel("c", 2, "j1", 5).unwrap(), Ok(1));
+        let ex = s.firmware_executions(Some("j1")).unwrap();
+        assert_eq!(
+            ex.iter()
+                .map(|e| (e.state.as_str(), e.offset))
+                .collect::<Vec<_>>(),
+            [("cancelled", 4096), ("done", 0)]
+        );
+        assert!(
+            !s.firmware_set_execution(&e).unwrap(),
+            "a cancelled execution stays cancelled"
+        );
+        assert_eq!(s.firmware_jobs().unwrap()[0].cancelled_ms, Some(5));
+        // The old job cannot come back after its cancel.
+        assert_eq!(s.firmware_last_seq("c").unwrap(), Some(2));
+    }
+
+    #[test]
+    fn a_version_1_store_gains_the_firmware_tables_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.execute_batch("PRAGMA journal_mode=WAL;").unwrap();
+            c.execute_batch(super::super::schema::SCHEMA_V1).unwrap();
+            c.execute_batch(
+                "INSERT INTO queue(class, device, code, value, unit, gateway_time, time_quality)
+                 VALUES (1, 'serial:a', 150456, 97.0, 544, 1, 0);
+                 INSERT INTO meta(key, value) VALUES ('assigned_upto', 0), ('next_batch', 7);",
+            )
+            .unwrap();
+        }
+        let (s, report) = Store::open(&path, StoreOptions::default()).unwrap();
+        assert!(
+            report.quarantined.is_none(),
+            "a v1 store is ours, not foreign"
+        );
+        assert_eq!(s.queued(), 1, "its rows are kept");
+        let v: i64 = s
+            .lock()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 2);
+        assert_eq!(
+            s.firmware_accept_job(&job("j1", "c", 1), &[]).unwrap(),
+            Ok(())
+        );
+        assert_eq!(
+            s.next_batch(10).unwrap().unwrap().number,
+            7,
+            "meta untouched"
+        );
+    }
+}
