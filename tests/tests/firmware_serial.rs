@@ -483,3 +483,29 @@ fn bench_upload_throughput() {
         100.0 * median / limit
     );
 }
+
+/// Nothing reaches a device unverified: an image with one body byte flipped (its SHA256 TLV no
+/// longer matches) and a file that is no MCUboot image are refused with their reasons before a
+/// single upload request is sent.
+#[test]
+fn tampered_or_foreign_image_is_refused_before_upload() {
+    let (dir, dev, image) = setup("fw-tampered", "2.2.0", 4_000, &[]);
+    let mut bytes = std::fs::read(&image).unwrap();
+    bytes[0x300] ^= 0x01;
+    let tampered = dir.path().join("tampered.bin");
+    std::fs::write(&tampered, &bytes).unwrap();
+    let out = upload(&dev, &tampered, &[]);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("reason=image_hash_mismatch"),
+        "{}",
+        out.stderr
+    );
+    let foreign = dir.path().join("foreign.bin");
+    std::fs::write(&foreign, vec![0x5a; 4096]).unwrap();
+    let out = upload(&dev, &foreign, &[]);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("reason=not_mcuboot"), "{}", out.stderr);
+    assert_eq!(dev.count("upload off="), 0, "{}", dev.events());
+    assert_eq!(slot(&list(&dev), 0)["version"], "1.0.0");
+}
