@@ -32,6 +32,7 @@ pub mod ble;
 pub mod observation;
 pub mod retry;
 pub mod serial;
+pub mod smp;
 
 pub use observation::{DeviceEvent, DeviceId, EventKind, Observation, TimeQuality, Unit};
 

@@ -25,6 +25,7 @@ pub mod nginx;
 pub mod process;
 pub mod pty;
 pub mod python;
+pub mod smp_device;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -1,6 +1,6 @@
 //! The independent Python verifier (`tests/python/verify_cose.py`, `cbor2` + `cryptography`),
 //! its decryptor for encrypted messages (`tests/python/decrypt_cose.py`, `--key`), and the
-//! virtualenv they run in.
+//! virtualenvs they run in (also the firmware tests' and the SMP device emulator's, pinned).
 //!
 //! The venv is made once under the cargo target directory (`python3 -m venv`, then
 //! `pip install cbor2 cryptography`) and reused by later runs; creating it is serialised by a
@@ -40,6 +40,10 @@ pub const FIRMWARE_PACKAGES: &[&str] = &[
     "pycparser==3.12",
 ];
 
+/// Packages of the SMP device emulator (`crate::smp_device`) and its test images (pinned:
+/// FIRMWARE.md §4.1, F11).
+pub const SMP_PACKAGES: &[&str] = &["smp==4.2.0", "imgtool==2.5.0"];
+
 /// Returns the venv's python (creating the venv in `target_tmp/e2e-venv` when needed).
 /// `target_tmp` is the test's `env!("CARGO_TARGET_TMPDIR")`.
 pub fn venv_python(target_tmp: &Path) -> Result<PathBuf> {
@@ -59,6 +63,16 @@ pub fn firmware_venv_python(target_tmp: &Path) -> Result<PathBuf> {
         "fw-venv",
         FIRMWARE_PACKAGES,
         "import imgtool, cbor2, cryptography",
+    )
+}
+
+/// The SMP emulator's venv (`target_tmp/smp-venv`, [`SMP_PACKAGES`]).
+pub fn smp_venv_python(target_tmp: &Path) -> Result<PathBuf> {
+    venv_with(
+        target_tmp,
+        "smp-venv",
+        SMP_PACKAGES,
+        "import smp, imgtool, cbor2",
     )
 }
 

@@ -3,7 +3,8 @@
 //! - no import cycle between the modules of a crate (at each folder level: `gateway/src/*`,
 //!   `adapters/src/*`, `adapters/src/ble/*`, `adapters/src/serial/*`, `sim/src/*`), read from the
 //!   `crate::…` paths in non-test code;
-//! - the pure decoders (`adapters/src/ble/decode/`, `adapters/src/serial/protocols/`) do no I/O:
+//! - the pure decoders (`adapters/src/ble/decode/`, `adapters/src/serial/protocols/`, the SMP
+//!   codec in `adapters/src/smp/` but `client.rs` and `serial.rs`) do no I/O:
 //!   no tokio, btleplug, dbus, tokio-serial, nor the adapters' I/O modules;
 //! - adapters never touch MQTT or SQLite; the simulated world (`wardgate-sim`) depends on
 //!   `wardgate-adapters` only, never on the gateway it exercises;
@@ -330,39 +331,50 @@ fn decoders_do_no_io() {
     let root = workspace_root();
     let mut problems = Vec::new();
     let mut seen = 0;
+    // The SMP codec: every file of `adapters/src/smp/` but the client and its serial transport.
+    let smp_io = ["client.rs", "serial.rs"];
+    let smp: Vec<PathBuf> = rust_files(&root.join("adapters/src/smp"))
+        .into_iter()
+        .filter(|f| !smp_io.iter().any(|n| f.ends_with(n)))
+        .collect();
+    assert!(smp.len() >= 8, "only {} SMP codec files found", smp.len());
+    let mut files = smp;
     for dir in ["adapters/src/ble/decode", "adapters/src/serial/protocols"] {
         let dir = root.join(dir);
         assert!(dir.is_dir(), "{} is missing", dir.display());
-        for f in rust_files(&dir) {
-            seen += 1;
-            let c = code(&f);
-            for w in IO_WORDS {
-                if c.contains(&format!("{w}::")) || c.contains(&format!("use {w}")) {
-                    problems.push(format!("{}: uses {w}", f.display()));
-                }
+        files.extend(rust_files(&dir));
+    }
+    for f in files {
+        seen += 1;
+        let c = code(&f);
+        for w in IO_WORDS {
+            if c.contains(&format!("{w}::")) || c.contains(&format!("use {w}")) {
+                problems.push(format!("{}: uses {w}", f.display()));
             }
-            // `use std::{fs, net, …}`
-            for group in c.split("std::{").skip(1) {
-                let items = &group[..group.find('}').unwrap_or(group.len())];
-                for w in ["fs", "net"] {
-                    if items
-                        .split(',')
-                        .any(|i| i.trim() == w || i.trim().starts_with(&format!("{w}::")))
-                    {
-                        problems.push(format!("{}: uses std::{w}", f.display()));
-                    }
-                }
-            }
-            let src = root.join("adapters/src");
-            for p in crate_paths_in(&c, &module_of(&src, &f)) {
-                // The adapters' I/O modules: BLE central (and its BlueZ calls), the serial run loop
-                // and the module that opens ports.
-                if p.iter().any(|s| s == "central" || s == "bluez")
-                    || (p.first().is_some_and(|s| s == "serial")
-                        && p.get(1).is_some_and(|s| s == "adapter" || s == "line"))
+        }
+        // `use std::{fs, net, …}`
+        for group in c.split("std::{").skip(1) {
+            let items = &group[..group.find('}').unwrap_or(group.len())];
+            for w in ["fs", "net"] {
+                if items
+                    .split(',')
+                    .any(|i| i.trim() == w || i.trim().starts_with(&format!("{w}::")))
                 {
-                    problems.push(format!("{}: imports crate::{}", f.display(), p.join("::")));
+                    problems.push(format!("{}: uses std::{w}", f.display()));
                 }
+            }
+        }
+        let src = root.join("adapters/src");
+        for p in crate_paths_in(&c, &module_of(&src, &f)) {
+            // The adapters' I/O modules: BLE central (and its BlueZ calls), the serial run loop
+            // and the module that opens ports.
+            if p.iter().any(|s| s == "central" || s == "bluez")
+                || (p.first().is_some_and(|s| s == "smp")
+                    && p.get(1).is_some_and(|s| s == "client" || s == "serial"))
+                || (p.first().is_some_and(|s| s == "serial")
+                    && p.get(1).is_some_and(|s| s == "adapter" || s == "line"))
+            {
+                problems.push(format!("{}: imports crate::{}", f.display(), p.join("::")));
             }
         }
     }

@@ -274,10 +274,37 @@ fn make() {
     for v in ["bytes 0-499/1234", "bytes 1048576-2097151/2097152", "bytes 42-1233/*", "bytes */1234"] {
         c.add("http_content_range", v.as_bytes().to_vec());
     }
+    smp(&mut c);
     c.write();
 }
 
 /// Ends the process once the corpus is written (before libFuzzer starts).
 fn exit_now() {
     std::process::exit(0)
+}
+
+/// SMP seeds: the PROTOCOLS §A.7 frames, the same framed for the serial console (with console
+/// text around it) and cut for BLE (first byte: the piece size / MTU selector).
+fn smp(c: &mut Corpus) {
+    use wardgate_adapters::smp::console::{encode, MAX_LINE};
+    let mut a10 = hex("0200004c00010001a4636c656e1832636f66660064646174615832");
+    a10.extend([0u8; 50]);
+    a10.extend(hex("65696d61676501"));
+    let frames = [
+        hex("0a00001000008b00a161646c48656c6c6f20776f726c6421"),
+        hex("0900005900010000a166696d6167657382a464736c6f740066616374697665f46776657273696f6e65302e312e30697065726d616e656e74f4a464736c6f740066616374697665f46776657273696f6e65302e312e30697065726d616e656e74f4"),
+        a10,
+        hex("0b00000600011501a1636f666600"),
+        hex("0300000500010901a162726306"),
+        hex("0a00000700010f05a164736c6f7400"),
+        hex("0b00000700010701a1636f66661840"),
+    ];
+    for f in &frames {
+        c.add("smp_frame", f.clone());
+        let mut lines = b"[00:00:01.000] <inf> boot\r\n".to_vec();
+        lines.extend(encode(f, MAX_LINE));
+        c.sel("smp_console", 7, &lines);
+        c.sel("smp_ble", 20, f);
+    }
+    c.sel("smp_console", 0, &hex("0609414139495a5778736279776764323979624751686574343d0a"));
 }

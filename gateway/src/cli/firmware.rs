@@ -13,6 +13,8 @@
 //! - `accept --config F JOB`: what the gateway does on receiving a job, by hand: verify against
 //!   `[firmware]` trust, check the clock, resolve the targets, check and record `seq` and the
 //!   executions in the store. One JSON line; exit 1 when refused (with the reason).
+//! - `list --port PATH` and `upload --port PATH IMAGE [--mode …]`: the bench's SMP client
+//!   (`super::firmware_bench`).
 //!
 //! The group's enum is [`Command`]; each variant has its own `Args` and `main`.
 
@@ -41,6 +43,11 @@ pub enum Command {
     Job(Box<JobArgs>),
     /// Verify a job as the gateway would and record it in the gateway's store.
     Accept(AcceptArgs),
+    /// The device's image slots as JSON lines (SMP over a serial port).
+    List(super::firmware_bench::ListArgs),
+    /// Upload an MCUboot image to a device over SMP (serial) and test/confirm it; resumes when
+    /// re-run after an interruption.
+    Upload(super::firmware_bench::UploadArgs),
 }
 
 /// Runs a firmware subcommand.
@@ -49,6 +56,8 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         Command::Inspect(a) => inspect(a),
         Command::Job(a) => make_job(*a),
         Command::Accept(a) => accept(a),
+        Command::List(a) => super::firmware_bench::list_main(a),
+        Command::Upload(a) => super::firmware_bench::upload_main(a),
     }
 }
 

@@ -12,6 +12,7 @@ pub mod decode;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod firmware;
+pub mod firmware_bench;
 pub mod pair;
 pub mod provision;
 pub mod receive;
