@@ -50,10 +50,15 @@ pub enum AdapterEvent {
 }
 
 /// A command sent back to a device (the way back, DESIGN §1): firmware relay and settings.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Debug)]
 pub enum DeviceCommand {
     /// Write raw bytes to the device's transport (serial: the port).
     SendBytes(Vec<u8>),
+    /// Open an SMP session on the device's connection (the firmware relay,
+    /// [`smp::channel::pair`]): the adapter frames and carries SMP frames and pauses the data
+    /// protocol until the relay drops its end; dropped at once when the device is not
+    /// connected, and with the connection when it is lost.
+    OpenSmp(smp::channel::SmpLink),
 }
 
 /// Everything an adapter gets from the gateway when it starts.

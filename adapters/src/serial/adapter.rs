@@ -55,8 +55,24 @@
 //!
 //! # The way back
 //! [`SerialAdapter::command_sender`] returns the device's command channel (DESIGN §1):
-//! [`DeviceCommand::SendBytes`] are written to the port while it is connected and wait in the
-//! channel (bounded, 16) while it is not.
+//! [`DeviceCommand::SendBytes`] are written to the port while it is connected and wait (at most
+//! 16 taken from the channel, then the channel's 16) while it is not.
+//!
+//! # Firmware updates: an SMP session on the connection
+//! [`DeviceCommand::OpenSmp`] hands the adapter the device end of an SMP session
+//! ([`crate::smp::channel`]) so the firmware relay uses the connection the adapter already holds.
+//! While it is open, frames from the relay are written as SMP console lines
+//! ([`crate::smp::console::encode`]) and every byte read goes to a
+//! [`ConsoleDecoder`]: SMP frames go to the relay, console text is skipped. The device's data
+//! protocol is **paused** meanwhile: no keep-alive, nothing fed to the decoder, no observations,
+//! no wrong-baud check. The device is being updated, and the relay's policy updates only devices
+//! that are not in clinical use. When the relay drops its end, the session goes back to the data
+//! protocol as after a fresh open (new decoder, identity gate and line check; the on-open bytes
+//! are written again). When the port is lost the SMP link is dropped with the connection (the
+//! relay sees `Closed` and opens a new session once the adapter has reconnected); an `OpenSmp`
+//! while the port is not open is dropped at once; a second `OpenSmp` replaces the first (whose
+//! relay sees `Closed`). Frames each way are counted in [`SerialStats`]; a frame the relay is not
+//! ready for (its channel full) is dropped and counted (the client's timeout re-sends).
 
 use super::config::SerialConfig;
 use super::identity::{IdentityGate, IdentityVerdict};
@@ -64,7 +80,10 @@ use super::line::{check_line_settings, LineSettings};
 use super::protocols::{self, Decoded, Protocol};
 use crate::observation::{DeviceEvent, DeviceId, EventKind, Observation, Reading};
 use crate::retry::{Backoff, RateLimit, DEVICE_STABLE};
+use crate::smp::channel::SmpLink;
+use crate::smp::console::{self, ConsoleDecoder, ConsoleEvent};
 use crate::{Adapter, AdapterContext, AdapterError, AdapterEvent, DeviceCommand, RunFuture};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,6 +128,14 @@ pub struct SerialStats {
     pub bytes_read: u64,
     /// `error` events saying the bytes read do not frame (wrong baud rate or cable).
     pub line_suspect_reports: u64,
+    /// SMP sessions opened on a connection (firmware relay).
+    pub smp_sessions: u64,
+    /// SMP frames read from the device and passed to the relay.
+    pub smp_frames_in: u64,
+    /// SMP frames from the relay written to the device.
+    pub smp_frames_out: u64,
+    /// SMP frames from the device dropped because the relay's channel was full.
+    pub smp_frames_dropped: u64,
 }
 
 /// The atomics behind [`SerialStats`].
@@ -125,6 +152,10 @@ struct Counters {
     open_failures: AtomicU64,
     bytes_read: AtomicU64,
     line_suspect_reports: AtomicU64,
+    smp_sessions: AtomicU64,
+    smp_frames_in: AtomicU64,
+    smp_frames_out: AtomicU64,
+    smp_frames_dropped: AtomicU64,
 }
 
 fn bump(c: &AtomicU64, n: u64) {
@@ -195,6 +226,10 @@ impl SerialAdapter {
             open_failures: get(&c.open_failures),
             bytes_read: get(&c.bytes_read),
             line_suspect_reports: get(&c.line_suspect_reports),
+            smp_sessions: get(&c.smp_sessions),
+            smp_frames_in: get(&c.smp_frames_in),
+            smp_frames_out: get(&c.smp_frames_out),
+            smp_frames_dropped: get(&c.smp_frames_dropped),
         }
     }
 
@@ -252,6 +287,8 @@ impl SerialAdapter {
         let max_backoff = Duration::from_secs(self.cfg.max_backoff_s.max(1));
         let mut backoff = Backoff::device(max_backoff);
         let mut open_failure_reported = false;
+        // Commands taken from the channel while the port was not open (SendBytes only).
+        let mut pending: VecDeque<Vec<u8>> = VecDeque::new();
         loop {
             if *ctx.shutdown.borrow() {
                 return Ok(());
@@ -282,7 +319,9 @@ impl SerialAdapter {
                     self.send(ctx, self.event(EventKind::Connected, detail))
                         .await?;
                     let began = Instant::now();
-                    let end = self.session(&mut port, ctx, &mut cmd_rx).await;
+                    let end = self
+                        .session(&mut port, ctx, &mut cmd_rx, &mut pending)
+                        .await;
                     drop(port); // close the fd before any wait, so the device node can go away
                     match end {
                         SessionEnd::Shutdown => return Ok(()),
@@ -322,15 +361,78 @@ impl SerialAdapter {
             }
             let wait = backoff.next_delay();
             log::debug!("serial {name}: reopening in {wait:?}");
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                changed = ctx.shutdown.changed() => {
-                    if changed.is_err() || *ctx.shutdown.borrow() {
-                        return Ok(());
+            let until = Instant::now() + wait;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => break,
+                    changed = ctx.shutdown.changed() => {
+                        if changed.is_err() || *ctx.shutdown.borrow() {
+                            return Ok(());
+                        }
                     }
+                    cmd = cmd_rx.recv(), if pending.len() < COMMAND_CAPACITY => match cmd {
+                        Some(DeviceCommand::SendBytes(bytes)) => pending.push_back(bytes),
+                        Some(DeviceCommand::OpenSmp(link)) => {
+                            log::info!("serial {name}: SMP session refused: the port is not open");
+                            drop(link);
+                        }
+                        // Unreachable while `self` holds a sender.
+                        None => std::future::pending::<()>().await,
+                    },
                 }
             }
         }
+    }
+
+    /// Starts (or restarts, after an SMP session) the data protocol on an open port: a fresh
+    /// decoder and per-connection state, the on-open bytes written, the keep-alive armed.
+    async fn start_data(&self, port: &mut SerialStream) -> Result<DataState, String> {
+        let mut protocol = protocols::build(self.cfg.protocol);
+        let on_open = protocol.on_open();
+        if !on_open.is_empty() {
+            write(port, &on_open).await?;
+        }
+        let (period, keepalive) = match protocol.keepalive() {
+            Some((p, bytes)) if !p.is_zero() => (p, bytes),
+            _ => (Duration::from_secs(3600), Vec::new()),
+        };
+        let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ok(DataState {
+            protocol,
+            keepalive,
+            ticker,
+            state: SessionState {
+                gate: IdentityGate::new(self.cfg.serial_number.as_deref()),
+                last_logged: None,
+                limiter: RateLimit::error_events(),
+                frames_seen: 0,
+                judge: LineJudge::default(),
+            },
+        })
+    }
+
+    /// Passes bytes read during an SMP session to the relay; `false` when the relay has gone.
+    fn smp_incoming(&self, smp: &mut SmpSession, bytes: &[u8]) -> bool {
+        let name = &self.cfg.name;
+        smp.decoder.feed(bytes, &mut smp.events);
+        for ev in smp.events.drain(..) {
+            match ev {
+                ConsoleEvent::Frame(f) => match smp.link.from_device.try_send(f) {
+                    Ok(()) => bump(&self.counters.smp_frames_in, 1),
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        bump(&self.counters.smp_frames_dropped, 1);
+                        log::debug!("serial {name}: SMP frame dropped: the relay is not reading");
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                },
+                ConsoleEvent::Skipped(_) => {}
+                ConsoleEvent::Error(e) => {
+                    log::debug!("serial {name}: SMP console packet dropped: {e}");
+                }
+            }
+        }
+        true
     }
 
     /// Runs one connection until it is lost, shutdown fires or the channel closes.
@@ -339,30 +441,24 @@ impl SerialAdapter {
         port: &mut SerialStream,
         ctx: &mut AdapterContext,
         cmd_rx: &mut mpsc::Receiver<DeviceCommand>,
+        pending: &mut VecDeque<Vec<u8>>,
     ) -> SessionEnd {
-        let mut protocol = protocols::build(self.cfg.protocol);
-        let on_open = protocol.on_open();
-        if !on_open.is_empty() {
-            if let Err(reason) = write(port, &on_open).await {
+        let name = &self.cfg.name;
+        let mut data = match self.start_data(port).await {
+            Ok(d) => d,
+            Err(reason) => return SessionEnd::Lost(reason),
+        };
+        while let Some(bytes) = pending.pop_front() {
+            if let Err(reason) = write(port, &bytes).await {
                 return SessionEnd::Lost(reason);
             }
         }
-        let (period, keepalive) = match protocol.keepalive() {
-            Some((p, bytes)) if !p.is_zero() => (p, bytes),
-            _ => (Duration::from_secs(3600), Vec::new()),
-        };
-        let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut state = SessionState {
-            gate: IdentityGate::new(self.cfg.serial_number.as_deref()),
-            last_logged: None,
-            limiter: RateLimit::error_events(),
-            frames_seen: 0,
-            judge: LineJudge::default(),
-        };
+        // The SMP session on this connection, if one is open; dropped with the connection.
+        let mut smp: Option<SmpSession> = None;
         let mut buf = vec![0u8; READ_BUF];
         let mut decoded = Vec::new();
         loop {
+            let mut smp_ended = false;
             tokio::select! {
                 changed = ctx.shutdown.changed() => {
                     if changed.is_err() || *ctx.shutdown.borrow() {
@@ -373,42 +469,77 @@ impl SerialAdapter {
                     Ok(0) => return SessionEnd::Lost("end of file on the port (unplugged?)".into()),
                     Ok(n) => {
                         bump(&self.counters.bytes_read, n as u64);
-                        protocol.feed(&buf[..n], &mut decoded);
-                        let frames = protocol.frames_ok();
-                        let new_frames = frames - state.frames_seen;
-                        bump(&self.counters.frames_ok, new_frames);
-                        state.frames_seen = frames;
-                        let errors = decoded
-                            .iter()
-                            .filter(|d| matches!(d, Decoded::Error { .. }))
-                            .count() as u64;
-                        if let Some(what) = state.judge.observe(n as u64, new_frames, errors) {
-                            if self.report_line_suspect(ctx, &what).await.is_err() {
+                        if let Some(session) = smp.as_mut() {
+                            smp_ended = !self.smp_incoming(session, &buf[..n]);
+                        } else {
+                            let (protocol, state) = (&mut data.protocol, &mut data.state);
+                            protocol.feed(&buf[..n], &mut decoded);
+                            let frames = protocol.frames_ok();
+                            let new_frames = frames - state.frames_seen;
+                            bump(&self.counters.frames_ok, new_frames);
+                            state.frames_seen = frames;
+                            let errors = decoded
+                                .iter()
+                                .filter(|d| matches!(d, Decoded::Error { .. }))
+                                .count() as u64;
+                            if let Some(what) = state.judge.observe(n as u64, new_frames, errors) {
+                                if self.report_line_suspect(ctx, &what).await.is_err() {
+                                    return SessionEnd::ChannelClosed;
+                                }
+                            }
+                            if self.deliver(&mut decoded, state, ctx).await.is_err() {
                                 return SessionEnd::ChannelClosed;
                             }
-                        }
-                        if self.deliver(&mut decoded, &mut state, ctx).await.is_err() {
-                            return SessionEnd::ChannelClosed;
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => return SessionEnd::Lost(describe_io_error(&e)),
                 },
-                _ = ticker.tick(), if !keepalive.is_empty() => {
-                    if let Err(reason) = write(port, &keepalive).await {
+                _ = data.ticker.tick(), if !data.keepalive.is_empty() && smp.is_none() => {
+                    if let Err(reason) = write(port, &data.keepalive).await {
                         return SessionEnd::Lost(reason);
                     }
                 }
-                cmd = cmd_rx.recv() => {
-                    if let Some(DeviceCommand::SendBytes(bytes)) = cmd {
+                cmd = cmd_rx.recv() => match cmd {
+                    Some(DeviceCommand::SendBytes(bytes)) => {
                         if let Err(reason) = write(port, &bytes).await {
                             return SessionEnd::Lost(reason);
                         }
-                    } else {
-                        // Unreachable while `self` holds a sender; wait for the other branches.
-                        std::future::pending::<()>().await;
                     }
-                }
+                    Some(DeviceCommand::OpenSmp(link)) => {
+                        if smp.is_some() {
+                            log::info!("serial {name}: a new SMP session replaces the open one");
+                        }
+                        log::info!(
+                            "serial {name}: SMP session opened (firmware relay); data protocol paused"
+                        );
+                        bump(&self.counters.smp_sessions, 1);
+                        smp = Some(SmpSession {
+                            link,
+                            decoder: ConsoleDecoder::new(),
+                            events: Vec::new(),
+                        });
+                    }
+                    // Unreachable while `self` holds a sender; wait for the other branches.
+                    None => std::future::pending::<()>().await,
+                },
+                frame = next_smp_frame(&mut smp) => match frame {
+                    Some(frame) => {
+                        if let Err(reason) = write(port, &console::encode(&frame, console::MAX_LINE)).await {
+                            return SessionEnd::Lost(reason);
+                        }
+                        bump(&self.counters.smp_frames_out, 1);
+                    }
+                    None => smp_ended = true,
+                },
+            }
+            if smp_ended {
+                smp = None;
+                log::info!("serial {name}: SMP session closed; data protocol resumed");
+                data = match self.start_data(port).await {
+                    Ok(d) => d,
+                    Err(reason) => return SessionEnd::Lost(reason),
+                };
             }
         }
     }
@@ -499,6 +630,37 @@ impl SerialAdapter {
     fn observation(&self, r: Reading, clock_synced: bool) -> Observation {
         Observation::from_reading(self.device.clone(), r, clock_synced)
     }
+}
+
+/// An SMP session open on a connection (see the module documentation).
+struct SmpSession {
+    /// The adapter's end of the relay's channels.
+    link: SmpLink,
+    /// Console framing of what the device sends.
+    decoder: ConsoleDecoder,
+    /// Reused buffer of decoder output.
+    events: Vec<ConsoleEvent>,
+}
+
+/// The next frame the relay sends on the open SMP session (`None`: the relay is done); pending
+/// while no session is open. Cancel-safe.
+async fn next_smp_frame(smp: &mut Option<SmpSession>) -> Option<Vec<u8>> {
+    match smp {
+        Some(s) => s.link.to_device.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The data protocol's state on one connection, rebuilt after an SMP session.
+struct DataState {
+    /// The decoder.
+    protocol: Box<dyn Protocol>,
+    /// Keep-alive bytes (empty: none).
+    keepalive: Vec<u8>,
+    /// Keep-alive timer.
+    ticker: tokio::time::Interval,
+    /// Identity gate, error limiter, counters, line check.
+    state: SessionState,
 }
 
 /// Per-connection state of [`SerialAdapter::session`].

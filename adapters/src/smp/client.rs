@@ -275,6 +275,14 @@ impl<T: Transport> SmpClient<T> {
         self.transport
     }
 
+    /// Swaps in a fresh transport to the same device (after a reset: the port reopened, a new
+    /// link) and returns the old one. The counters and the sequence number carry on; the MCUmgr
+    /// parameters are read again (the device may run another image now).
+    pub fn replace_transport(&mut self, transport: T) -> T {
+        self.params = None;
+        std::mem::replace(&mut self.transport, transport)
+    }
+
     /// Sends one request and waits for its response body; the device's error is
     /// [`SmpError::Device`]. `timeout` is per attempt.
     pub async fn request(

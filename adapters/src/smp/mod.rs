@@ -6,10 +6,13 @@
 //! (notification reassembly and write splitting). The MCUboot image parser that gives the slot
 //! hash an upload must end with is the gateway's (`firmware::image`).
 //! With I/O: [`client`] (the async request/response and upload state machine over a
-//! [`client::Transport`]) and [`serial`] (that transport on a serial port).
+//! [`client::Transport`]), [`serial`] (that transport on a serial port), [`channel`] (that
+//! transport through the adapter that holds the device's connection) and [`update`] (the whole
+//! update sequence over any transport: upload, test/confirm, reset, reconnect, check).
 
 pub mod ble;
 pub mod cbor;
+pub mod channel;
 pub mod client;
 pub mod console;
 pub mod error;
@@ -17,3 +20,4 @@ pub mod header;
 pub mod image;
 pub mod os;
 pub mod serial;
+pub mod update;

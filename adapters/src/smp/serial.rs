@@ -2,12 +2,14 @@
 //! ([`super::console`], PROTOCOLS §A.5): frames go out as base64 lines, lines come in through
 //! the [`ConsoleDecoder`], console text is skipped and counted, a packet with a bad or missing CRC
 //! is dropped and counted (the client's timeout re-sends the request, B23/F7).
+//!
+//! The caller opens the port (the bench CLI with `serial::LineSettings`, 8N1, exclusive): this
+//! module imports nothing outside `smp/`, so the serial adapter can use the SMP codec without an
+//! import cycle (`tests/layout.rs`).
 
 use super::client::{Transport, TransportError};
 use super::console::{self, ConsoleDecoder, ConsoleEvent};
-use crate::serial::{LineSettings, Parity};
 use std::collections::VecDeque;
-use std::path::Path;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_serial::SerialStream;
 
@@ -22,7 +24,7 @@ pub struct ConsoleStats {
     pub bad_packets: u64,
 }
 
-/// An SMP console on a serial port (8N1, no flow control, exclusive).
+/// An SMP console on a serial port.
 pub struct SerialTransport {
     port: SerialStream,
     decoder: ConsoleDecoder,
@@ -32,24 +34,15 @@ pub struct SerialTransport {
 }
 
 impl SerialTransport {
-    /// Opens `path` at `baud` 8N1.
-    pub fn open(path: &Path, baud: u32) -> Result<SerialTransport, TransportError> {
-        let settings = LineSettings {
-            baud,
-            data_bits: 8,
-            parity: Parity::None,
-            stop_bits: 1,
-        };
-        let port = settings.open(path).map_err(|e| {
-            TransportError::Io(std::io::Error::other(format!("{}: {e}", path.display())))
-        })?;
-        Ok(SerialTransport {
+    /// An SMP console on an opened port (8N1, no flow control).
+    pub fn new(port: SerialStream) -> SerialTransport {
+        SerialTransport {
             port,
             decoder: ConsoleDecoder::new(),
             ready: VecDeque::new(),
             events: Vec::new(),
             stats: ConsoleStats::default(),
-        })
+        }
     }
 
     /// The counters.

@@ -13,19 +13,22 @@
 //!   ends with `uploaded N bytes in S s (K KB/s)`. A failure prints `reason=<reason>` (the
 //!   client's `SmpError::reason`, or `reverted`, `not_running`, `not_confirmed`,
 //!   `device_gone`, `not_mcuboot`, `image_hash_mismatch`) and exits 1.
+//!
+//! The sequence itself is `wardgate_adapters::smp::update::apply`, shared with the relay; this
+//! file opens the port, prints the steps and reopens the port after the reset.
 
 use crate::firmware::image;
-use anyhow::{anyhow, Context};
+use anyhow::Context;
 use clap::ValueEnum;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
-use wardgate_adapters::smp::client::{
-    ClientSettings, Progress, SmpClient, SmpError, UploadOptions,
-};
+use std::time::Duration;
+use wardgate_adapters::serial::{LineSettings, Parity};
+use wardgate_adapters::smp::client::{ClientSettings, SmpClient, SmpError, TransportError};
 use wardgate_adapters::smp::image::SlotState;
 use wardgate_adapters::smp::serial::SerialTransport;
+use wardgate_adapters::smp::update::{self, UpdateMode, UpdateStep};
 
 /// The serial link and the client's timeouts.
 #[derive(Debug, clap::Args, Clone)]
@@ -58,9 +61,25 @@ impl LinkArgs {
         }
     }
 
+    /// The port at `baud` 8N1, no flow control, exclusive.
+    fn transport(&self) -> Result<SerialTransport, TransportError> {
+        let settings = LineSettings {
+            baud: self.baud,
+            data_bits: 8,
+            parity: Parity::None,
+            stop_bits: 1,
+        };
+        let port = settings.open(&self.port).map_err(|e| {
+            TransportError::Io(std::io::Error::other(format!(
+                "{}: {e}",
+                self.port.display()
+            )))
+        })?;
+        Ok(SerialTransport::new(port))
+    }
+
     fn open(&self) -> anyhow::Result<SmpClient<SerialTransport>> {
-        let t = SerialTransport::open(&self.port, self.baud)?;
-        Ok(SmpClient::new(t, self.settings()))
+        Ok(SmpClient::new(self.transport()?, self.settings()))
     }
 }
 
@@ -73,7 +92,7 @@ pub struct ListArgs {
 
 /// What happens after the upload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Mode {
+pub(crate) enum Mode {
     /// Test, reset, wait for the device, confirm once it runs the new image.
     TestConfirm,
     /// Confirm (permanent) before the reset: no trial boot.
@@ -100,6 +119,16 @@ pub struct UploadArgs {
 /// Runs `wardgate firmware list`.
 pub fn list_main(a: ListArgs) -> anyhow::Result<ExitCode> {
     super::runtime()?.block_on(list(a))
+}
+
+impl From<Mode> for UpdateMode {
+    fn from(m: Mode) -> UpdateMode {
+        match m {
+            Mode::TestConfirm => UpdateMode::TestConfirm,
+            Mode::ConfirmOnly => UpdateMode::ConfirmOnly,
+            Mode::TestOnly => UpdateMode::TestOnly,
+        }
+    }
 }
 
 /// Runs `wardgate firmware upload`.
@@ -182,184 +211,110 @@ async fn upload(a: UploadArgs) -> anyhow::Result<ExitCode> {
     let want = info.computed_hash;
     let version = info.header.version.to_string();
     let mut c = a.link.open()?;
-    let before = c.image_list().await.map_err(|e| smp_fail("list", e))?;
-    if let Some(s0) = before.iter().find(|s| s.slot == 0 && s.active) {
-        if s0.hash.as_deref() == Some(&want[..]) && (s0.confirmed || a.mode == Mode::TestOnly) {
-            println!(
-                "the device already runs {} (hash {}){}",
-                s0.version,
-                hex(&want),
-                if s0.confirmed { ", confirmed" } else { "" }
-            );
-            println!("uploaded 0 bytes in 0.00 s (0.0 KB/s)");
-            return Ok(ExitCode::SUCCESS);
-        }
-    }
     step(&format!(
-        "uploading {} ({} bytes, version {}, image hash {})",
+        "{} ({} bytes, version {}, image hash {})",
         a.image.display(),
         file.len(),
         version,
         hex(&want)
     ));
     let tty = std::io::stderr().is_terminal();
-    let started = Instant::now();
-    let mut progress = move |p: Progress| {
-        if tty {
-            let pct = (p.off * 100).checked_div(p.len).unwrap_or(100);
-            eprint!("\ruploading {}/{} bytes ({pct:3} %)", p.off, p.len);
-            if p.off == p.len {
-                eprintln!();
+    let swap_time = Duration::from_secs_f64(a.swap_time.max(0.0));
+    let mut uploading = false;
+    let mut progress = |s: UpdateStep| match s {
+        UpdateStep::Uploading { off, len } => {
+            if !uploading {
+                uploading = true;
+                step("uploading");
+            }
+            if tty {
+                let pct = (off * 100).checked_div(len).unwrap_or(100);
+                eprint!("\ruploading {off}/{len} bytes ({pct:3} %)");
+                if off == len {
+                    eprintln!();
+                }
             }
         }
+        UpdateStep::Testing => step("marking the image for test"),
+        UpdateStep::Confirming if a.mode == Mode::ConfirmOnly => {
+            step("confirming the image (permanent)")
+        }
+        UpdateStep::Confirming => step("the device runs the new image; confirming"),
+        UpdateStep::Rebooting => step(&format!(
+            "resetting the device; waiting up to {:.0} s for it to come back",
+            swap_time.as_secs_f64()
+        )),
     };
-    let report = c
-        .upload_verified(&file, &want, UploadOptions::default(), &mut progress)
-        .await
-        .map_err(|e| smp_fail("upload", e))?;
-    let secs = started.elapsed().as_secs_f64();
+    let link = a.link.clone();
+    let reconnect = move || {
+        let link = link.clone();
+        async move {
+            if !Path::new(&link.port).exists() {
+                return Err(TransportError::Io(std::io::Error::other(format!(
+                    "{} does not exist",
+                    link.port.display()
+                ))));
+            }
+            link.transport()
+        }
+    };
+    let result = update::apply(
+        &mut c,
+        &file,
+        &want,
+        a.mode.into(),
+        swap_time,
+        reconnect,
+        &mut progress,
+    )
+    .await;
     let stats = c.stats();
     step(&format!(
         "{} requests, {} re-sent after a timeout, {} late or stray answers dropped",
         stats.requests, stats.retransmits, stats.dropped
     ));
-    if report.resumed_from > 0 {
+    let report = result?;
+    let up = &report.upload;
+    if up.chunks == 0 {
+        println!(
+            "the device already runs {} (hash {}){}",
+            report.version,
+            hex(&want),
+            if report.confirmed { ", confirmed" } else { "" }
+        );
+        println!("uploaded 0 bytes in 0.00 s (0.0 KB/s)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if up.resumed_from > 0 {
         step(&format!(
             "resumed at offset {} of {}",
-            report.resumed_from, report.len
+            up.resumed_from, up.len
         ));
     }
-    if report.restarts > 0 {
+    if up.restarts > 0 {
         step(&format!(
             "the device restarted the upload at offset 0 {} time(s)",
-            report.restarts
+            up.restarts
         ));
     }
-    let uploaded = format!(
+    if report.confirmed {
+        step(&format!(
+            "done: the device runs {}, confirmed",
+            report.version
+        ));
+    } else {
+        step(&format!(
+            "the device runs {} on test, not confirmed: it reverts at its next reset unless \
+             confirmed",
+            report.version
+        ));
+    }
+    let secs = up.elapsed.as_secs_f64();
+    println!(
         "uploaded {} bytes in {:.2} s ({:.1} KB/s)",
-        report.bytes_sent,
+        up.bytes_sent,
         secs,
-        report.bytes_sent as f64 / 1000.0 / secs.max(1e-3)
+        up.bytes_sent as f64 / 1000.0 / secs.max(1e-3)
     );
-    match a.mode {
-        Mode::TestConfirm | Mode::TestOnly => {
-            step("marking the image for test");
-            c.test(&want).await.map_err(|e| smp_fail("test", e))?;
-        }
-        Mode::ConfirmOnly => {
-            step("confirming the image (permanent)");
-            c.confirm(Some(&want))
-                .await
-                .map_err(|e| smp_fail("confirm", e))?;
-        }
-    }
-    step("resetting the device");
-    c.reset(false).await.map_err(|e| smp_fail("reset", e))?;
-    drop(c);
-    let mut c = wait_back(&a.link, Duration::from_secs_f64(a.swap_time.max(0.0))).await?;
-    step("the device is back");
-    let slots = c.image_list().await.map_err(|e| smp_fail("list", e))?;
-    let running = slots.iter().find(|s| s.slot == 0 && s.active).cloned();
-    let Some(s0) = running.filter(|s| s.hash.as_deref() == Some(&want[..])) else {
-        let old = slots
-            .iter()
-            .find(|s| s.slot == 0)
-            .map_or("nothing".to_string(), |s| s.version.clone());
-        return Err(fail(
-            "boot",
-            "reverted",
-            format!(
-                "the device came back running {old}, not the new image {}: MCUboot reverted \
-                 it or did not swap",
-                version
-            ),
-        ));
-    };
-    match a.mode {
-        Mode::TestOnly => {
-            step(&format!(
-                "the device runs {} on test, not confirmed: it reverts at its next reset unless \
-                 confirmed",
-                s0.version
-            ));
-        }
-        Mode::TestConfirm => {
-            step(&format!("the device runs {}; confirming", s0.version));
-            c.confirm(None).await.map_err(|e| smp_fail("confirm", e))?;
-            let slots = c.image_list().await.map_err(|e| smp_fail("list", e))?;
-            check_confirmed(&slots, &want)?;
-        }
-        Mode::ConfirmOnly => check_confirmed(&slots, &want)?,
-    }
-    println!("{uploaded}");
     Ok(ExitCode::SUCCESS)
-}
-
-fn check_confirmed(slots: &[SlotState], want: &[u8]) -> anyhow::Result<()> {
-    match slots.iter().find(|s| s.slot == 0 && s.active) {
-        Some(s) if s.hash.as_deref() == Some(want) && s.confirmed => {
-            step(&format!("done: the device runs {}, confirmed", s.version));
-            Ok(())
-        }
-        Some(s) if s.hash.as_deref() == Some(want) => Err(fail(
-            "confirm",
-            "not_confirmed",
-            format!(
-                "the device runs {} but does not list it confirmed",
-                s.version
-            ),
-        )),
-        _ => Err(fail(
-            "confirm",
-            "not_running",
-            "the device does not run the new image after the confirm",
-        )),
-    }
-}
-
-/// Reopens the port and echoes until the device answers or `swap_time` has passed.
-async fn wait_back(
-    link: &LinkArgs,
-    swap_time: Duration,
-) -> anyhow::Result<SmpClient<SerialTransport>> {
-    step(&format!(
-        "waiting up to {:.0} s for the device to come back",
-        swap_time.as_secs_f64()
-    ));
-    let deadline = Instant::now() + swap_time;
-    // Let the device go down first: a port that is still the old one answers nothing useful.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut last = String::from("never opened");
-    while Instant::now() < deadline {
-        if Path::new(&link.port).exists() {
-            match SerialTransport::open(&link.port, link.baud) {
-                Ok(t) => {
-                    let mut c = SmpClient::new(
-                        t,
-                        ClientSettings {
-                            retries: 0,
-                            timeout: Duration::from_millis(link.timeout_ms.min(1000)),
-                            ..link.settings()
-                        },
-                    );
-                    match c.echo("wardgate").await {
-                        Ok(_) => return Ok(SmpClient::new(c.into_transport(), link.settings())),
-                        Err(e) => last = e.to_string(),
-                    }
-                }
-                Err(e) => last = e.to_string(),
-            }
-        } else {
-            last = format!("{} does not exist", link.port.display());
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    Err(anyhow!(BenchError {
-        step: "reconnect",
-        reason: "device_gone".into(),
-        message: format!(
-            "the device did not answer within {:.0} s after the reset (last: {last})",
-            swap_time.as_secs_f64()
-        ),
-    }))
 }

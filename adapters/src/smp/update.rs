@@ -1,0 +1,321 @@
+//! The whole firmware update of one device over any [`Transport`] (FIRMWARE.md §2): the one
+//! sequence the bench CLI (`wardgate firmware upload`, a serial port) and the relay (an
+//! [`super::channel::ChannelTransport`] through the device's adapter) both run.
+//!
+//! 1. Image list: when the active slot already holds the image's MCUboot hash and is confirmed
+//!    (for [`UpdateMode::TestOnly`]: merely runs it), success at once, nothing uploaded (a re-run
+//!    is idempotent).
+//! 2. Upload into slot 1, checked against the MCUboot hash ([`SmpClient::upload_verified`]).
+//! 3. Per mode: test-confirm = test → reset → reconnect → list → confirm → list; confirm-only =
+//!    confirm (permanent) → reset → reconnect → list; test-only = test → reset → reconnect → list.
+//! 4. Reconnect: `reconnect` gives a fresh transport (the bench reopens the port, the relay asks
+//!    the adapter for a new link) and an echo must answer; tried every 250 ms until `swap_time`
+//!    has passed (MCUboot swaps the slots meanwhile).
+//! 5. Success only when the active slot has the image's hash and (but for test-only) is
+//!    confirmed.
+//!
+//! Every failure is an [`UpdateError`] with the step and a machine-readable reason.
+
+use super::client::{
+    Progress, SmpClient, SmpError, Transport, TransportError, UploadOptions, UploadReport,
+};
+use super::image::SlotState;
+use std::future::Future;
+use std::time::Duration;
+
+/// What happens after the upload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpdateMode {
+    /// Test, reset, wait for the device, confirm once it runs the new image.
+    TestConfirm,
+    /// Confirm (permanent) before the reset: no trial boot.
+    ConfirmOnly,
+    /// Test and reset only: the device reverts at its next reset unless someone confirms.
+    TestOnly,
+}
+
+/// Progress events of [`apply`], in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpdateStep {
+    /// `off` of `len` bytes acknowledged by the device.
+    Uploading {
+        /// The device's offset.
+        off: u64,
+        /// Image length.
+        len: u64,
+    },
+    /// Marking the image for a trial boot.
+    Testing,
+    /// Resetting the device and waiting for it to come back.
+    Rebooting,
+    /// Confirming the image (before the reset in confirm-only, after it in test-confirm).
+    Confirming,
+}
+
+/// What an update did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpdateReport {
+    /// The upload (`chunks == 0`: nothing uploaded, the device already ran the image).
+    pub upload: UploadReport,
+    /// The version the device runs afterwards.
+    pub version: String,
+    /// Whether the running image is confirmed (false only in test-only mode).
+    pub confirmed: bool,
+}
+
+/// Why an update failed.
+#[derive(Debug, thiserror::Error)]
+#[error("firmware {step} failed (reason={reason}): {message}")]
+pub struct UpdateError {
+    /// `upload`, `test`, `reset`, `reconnect`, `confirm` or `verify`.
+    pub step: &'static str,
+    /// Machine-readable, snake_case: [`SmpError::reason`] (`timeout`, `bad_state`,
+    /// `hash_mismatch`, `device:<NAME>` …) with `link_lost` for a transport the other side
+    /// closed; `device_gone` (no answer within the swap time), `reverted` (the device came back
+    /// on another image), `not_running`, `not_confirmed`.
+    pub reason: String,
+    /// For a person.
+    pub message: String,
+}
+
+impl UpdateError {
+    fn new(step: &'static str, reason: &str, message: impl Into<String>) -> UpdateError {
+        UpdateError {
+            step,
+            reason: reason.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn smp(step: &'static str, e: SmpError) -> UpdateError {
+        let reason = match &e {
+            SmpError::Transport(TransportError::Closed) => "link_lost".to_string(),
+            _ => e.reason(),
+        };
+        let message = match e.device_error() {
+            Some(d) if d.is_bad_state() => format!(
+                "{e}: slot 1 holds a pending image that cannot be erased; reset the device so \
+                 MCUboot boots it (or reverts), then try again"
+            ),
+            _ => e.to_string(),
+        };
+        UpdateError {
+            step,
+            reason,
+            message,
+        }
+    }
+}
+
+/// Pause before the first reconnect attempt: the device must go down first.
+const SETTLE: Duration = Duration::from_millis(200);
+/// Between reconnect attempts.
+const RETRY: Duration = Duration::from_millis(250);
+/// Longest wait for the echo of one reconnect attempt.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
+
+fn active(slots: &[SlotState]) -> Option<&SlotState> {
+    slots.iter().find(|s| s.slot == 0 && s.active)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Runs the update of one device (see the module documentation). `client` ends on the
+/// transport `reconnect` gave last. `image` is the signed MCUboot file, `mcuboot_hash` its
+/// SHA256 TLV (checked by the caller against the file).
+pub async fn apply<T, F, Fut>(
+    client: &mut SmpClient<T>,
+    image: &[u8],
+    mcuboot_hash: &[u8],
+    mode: UpdateMode,
+    swap_time: Duration,
+    mut reconnect: F,
+    progress: &mut (dyn FnMut(UpdateStep) + Send),
+) -> Result<UpdateReport, UpdateError>
+where
+    T: Transport,
+    F: FnMut() -> Fut + Send,
+    Fut: Future<Output = Result<T, TransportError>> + Send,
+{
+    let before = client
+        .image_list()
+        .await
+        .map_err(|e| UpdateError::smp("upload", e))?;
+    if let Some(s0) = active(&before) {
+        if s0.hash.as_deref() == Some(mcuboot_hash)
+            && (s0.confirmed || mode == UpdateMode::TestOnly)
+        {
+            log::info!(
+                "smp: the device already runs {} (hash {}); nothing to upload",
+                s0.version,
+                hex(mcuboot_hash)
+            );
+            return Ok(UpdateReport {
+                upload: UploadReport {
+                    len: image.len() as u64,
+                    resumed_from: 0,
+                    bytes_sent: 0,
+                    chunks: 0,
+                    restarts: 0,
+                    matched: None,
+                    elapsed: Duration::ZERO,
+                },
+                version: s0.version.clone(),
+                confirmed: s0.confirmed,
+            });
+        }
+    }
+    let upload = client
+        .upload_verified(
+            image,
+            mcuboot_hash,
+            UploadOptions::default(),
+            &mut |p: Progress| {
+                progress(UpdateStep::Uploading {
+                    off: p.off,
+                    len: p.len,
+                })
+            },
+        )
+        .await
+        .map_err(|e| UpdateError::smp("upload", e))?;
+    match mode {
+        UpdateMode::TestConfirm | UpdateMode::TestOnly => {
+            progress(UpdateStep::Testing);
+            client
+                .test(mcuboot_hash)
+                .await
+                .map_err(|e| UpdateError::smp("test", e))?;
+        }
+        UpdateMode::ConfirmOnly => {
+            progress(UpdateStep::Confirming);
+            client
+                .confirm(Some(mcuboot_hash))
+                .await
+                .map_err(|e| UpdateError::smp("confirm", e))?;
+        }
+    }
+    progress(UpdateStep::Rebooting);
+    match client.reset(false).await {
+        Ok(()) => {}
+        // A device may go down before its answer is out.
+        Err(SmpError::Transport(TransportError::Closed)) => {
+            log::info!("smp: the link closed at the reset before the answer");
+        }
+        Err(e) => return Err(UpdateError::smp("reset", e)),
+    }
+    wait_back(client, swap_time, &mut reconnect).await?;
+    let slots = client
+        .image_list()
+        .await
+        .map_err(|e| UpdateError::smp("verify", e))?;
+    let Some(s0) = active(&slots).filter(|s| s.hash.as_deref() == Some(mcuboot_hash)) else {
+        let old = slots
+            .iter()
+            .find(|s| s.slot == 0)
+            .map_or("nothing".to_string(), |s| s.version.clone());
+        return Err(UpdateError::new(
+            "verify",
+            "reverted",
+            format!(
+                "the device came back running {old}, not the new image (hash {}): MCUboot \
+                 reverted it or did not swap",
+                hex(mcuboot_hash)
+            ),
+        ));
+    };
+    let version = s0.version.clone();
+    let slots = match mode {
+        UpdateMode::TestOnly => {
+            return Ok(UpdateReport {
+                upload,
+                version,
+                confirmed: s0.confirmed,
+            })
+        }
+        UpdateMode::ConfirmOnly => slots,
+        UpdateMode::TestConfirm => {
+            progress(UpdateStep::Confirming);
+            client
+                .confirm(None)
+                .await
+                .map_err(|e| UpdateError::smp("confirm", e))?;
+            client
+                .image_list()
+                .await
+                .map_err(|e| UpdateError::smp("verify", e))?
+        }
+    };
+    match active(&slots) {
+        Some(s) if s.hash.as_deref() == Some(mcuboot_hash) && s.confirmed => Ok(UpdateReport {
+            upload,
+            version: s.version.clone(),
+            confirmed: true,
+        }),
+        Some(s) if s.hash.as_deref() == Some(mcuboot_hash) => Err(UpdateError::new(
+            "verify",
+            "not_confirmed",
+            format!(
+                "the device runs {} but does not list it confirmed",
+                s.version
+            ),
+        )),
+        _ => Err(UpdateError::new(
+            "verify",
+            "not_running",
+            "the device does not run the new image after the confirm",
+        )),
+    }
+}
+
+/// Gets a fresh transport from `reconnect` and echoes until the device answers or `swap_time`
+/// has passed; the client then runs on that transport.
+async fn wait_back<T, F, Fut>(
+    client: &mut SmpClient<T>,
+    swap_time: Duration,
+    reconnect: &mut F,
+) -> Result<(), UpdateError>
+where
+    T: Transport,
+    F: FnMut() -> Fut + Send,
+    Fut: Future<Output = Result<T, TransportError>> + Send,
+{
+    let deadline = tokio::time::Instant::now() + swap_time;
+    tokio::time::sleep(SETTLE).await;
+    let probe = super::client::ClientSettings {
+        retries: 0,
+        timeout: client.settings().timeout.min(PROBE_TIMEOUT),
+        ..client.settings().clone()
+    };
+    let mut last = String::from("never connected");
+    let mut attempts = 0u32;
+    while tokio::time::Instant::now() < deadline {
+        attempts += 1;
+        match tokio::time::timeout_at(deadline, reconnect()).await {
+            Err(_) => break,
+            Ok(Err(e)) => last = e.to_string(),
+            Ok(Ok(t)) => {
+                let mut c = SmpClient::new(t, probe.clone());
+                match c.echo("wardgate").await {
+                    Ok(_) => {
+                        log::info!("smp: the device is back after the reset ({attempts} attempts)");
+                        client.replace_transport(c.into_transport());
+                        return Ok(());
+                    }
+                    Err(e) => last = e.to_string(),
+                }
+            }
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+    Err(UpdateError::new(
+        "reconnect",
+        "device_gone",
+        format!(
+            "the device did not answer within {:.0} s after the reset (last: {last})",
+            swap_time.as_secs_f64()
+        ),
+    ))
+}
