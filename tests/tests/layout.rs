@@ -4,7 +4,8 @@
 //!   `adapters/src/*`, `adapters/src/ble/*`, `adapters/src/serial/*`, `sim/src/*`), read from the
 //!   `crate::…` paths in non-test code;
 //! - the pure decoders (`adapters/src/ble/decode/`, `adapters/src/serial/protocols/`, the SMP
-//!   codec in `adapters/src/smp/` but `client.rs` and `serial.rs`) do no I/O:
+//!   codec in `adapters/src/smp/` but `client.rs`, `serial.rs`, `channel.rs` and `update.rs`)
+//!   do no I/O:
 //!   no tokio, btleplug, dbus, tokio-serial, nor the adapters' I/O modules;
 //! - adapters never touch MQTT or SQLite; the simulated world (`wardgate-sim`) depends on
 //!   `wardgate-adapters` only, never on the gateway it exercises;
@@ -331,8 +332,9 @@ fn decoders_do_no_io() {
     let root = workspace_root();
     let mut problems = Vec::new();
     let mut seen = 0;
-    // The SMP codec: every file of `adapters/src/smp/` but the client and its serial transport.
-    let smp_io = ["client.rs", "serial.rs"];
+    // The SMP codec: every file of `adapters/src/smp/` but the client and its transports (serial
+    // port, channels to an adapter) and the update sequence (timers, reconnects) built on it.
+    let smp_io = ["client.rs", "serial.rs", "channel.rs", "update.rs"];
     let smp: Vec<PathBuf> = rust_files(&root.join("adapters/src/smp"))
         .into_iter()
         .filter(|f| !smp_io.iter().any(|n| f.ends_with(n)))
@@ -370,7 +372,9 @@ fn decoders_do_no_io() {
             // and the module that opens ports.
             if p.iter().any(|s| s == "central" || s == "bluez")
                 || (p.first().is_some_and(|s| s == "smp")
-                    && p.get(1).is_some_and(|s| s == "client" || s == "serial"))
+                    && p.get(1).is_some_and(|s| {
+                        ["client", "serial", "channel", "update"].contains(&s.as_str())
+                    }))
                 || (p.first().is_some_and(|s| s == "serial")
                     && p.get(1).is_some_and(|s| s == "adapter" || s == "line"))
             {

@@ -514,6 +514,12 @@ impl SerialAdapter {
                             "serial {name}: SMP session opened (firmware relay); data protocol paused"
                         );
                         bump(&self.counters.smp_sessions, 1);
+                        // End whatever partial line the data protocol left on the device's
+                        // console (start or keep-alive bytes have no newline), so the first SMP
+                        // line starts a line; an empty line is skipped.
+                        if let Err(reason) = write(port, b"\n").await {
+                            return SessionEnd::Lost(reason);
+                        }
                         smp = Some(SmpSession {
                             link,
                             decoder: ConsoleDecoder::new(),
