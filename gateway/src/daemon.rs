@@ -43,6 +43,8 @@ pub struct Running {
     uplink_task: tokio::task::JoinHandle<()>,
     status_task: tokio::task::JoinHandle<()>,
     notify_task: tokio::task::JoinHandle<()>,
+    /// The firmware relay, with `[firmware]`.
+    firmware_task: Option<tokio::task::JoinHandle<()>>,
     /// Keeps the writer running (idle ticks, retention, watchdog progress) even with no adapter;
     /// dropped in [`Running::stop`] once the adapters have stopped.
     writer_keepalive: mpsc::Sender<wardgate_adapters::AdapterEvent>,
@@ -63,6 +65,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         credentials.active().signer.clone(),
         credentials.active().tls.clone(),
     );
+    let download_tls = tls.clone();
     let opts = StoreOptions {
         synchronous: cfg.store.synchronous,
         max_bytes: cfg.store.max_bytes,
@@ -154,11 +157,33 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     );
     let uplink_beat = Arc::new(LoopBeat::default());
     uplink_beat.beat();
-    let uplink = uplink
+    let mut uplink = uplink
         .with_beat(uplink_beat.clone())
         .with_retained(retained_rx)
         .with_clock(clock.clone())
         .with_credentials(credentials);
+    let firmware_task = match &cfg.firmware {
+        Some(fw) => {
+            let relay = Arc::new(firmware_relay(
+                cfg,
+                fw,
+                &store,
+                download_tls,
+                Arc::new(AdapterLinks {
+                    serial: serial_adapters
+                        .iter()
+                        .map(|a| (format!("serial:{}", a.name()), a.clone()))
+                        .collect(),
+                    writer: writer.clone(),
+                }),
+                retained_tx.clone(),
+            )?);
+            let (jobs_tx, jobs_rx) = mpsc::channel(16);
+            uplink = uplink.with_firmware_jobs(jobs_tx);
+            Some(tokio::spawn(relay.run(jobs_rx, shutdown_rx.clone())))
+        }
+        None => None,
+    };
     let uplink_task = tokio::spawn(uplink.run(shutdown_rx.clone()));
     let mut tracked: Vec<(String, crate::health::liveness::Thresholds)> = cfg
         .serial
@@ -233,8 +258,90 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         uplink_task,
         status_task,
         notify_task,
+        firmware_task,
         writer_keepalive,
     })
+}
+
+/// The firmware relay of `[firmware]`: its trust anchor, image cache and defaults.
+fn firmware_relay(
+    cfg: &Config,
+    fw: &crate::config::schema::FirmwareSection,
+    store: &Arc<Store>,
+    tls: Arc<rustls::ClientConfig>,
+    devices: Arc<AdapterLinks>,
+    retained: watch::Sender<crate::uplink::RetainedSet>,
+) -> anyhow::Result<crate::firmware::relay::Relay> {
+    use crate::firmware::{download, policy::Zone, relay};
+    let trust = crate::signing::Verifier::from_files(
+        fw.signer_certs.iter().map(|p| p.get_ref().as_path()),
+        fw.signer_ca.iter().map(|p| p.get_ref().as_path()),
+        fw.signer_crl.iter().map(|p| p.get_ref().as_path()),
+    )
+    .map_err(|e| anyhow::anyhow!("[firmware] trust: {e}"))?;
+    let zone = match &fw.timezone {
+        Some(z) => Zone::parse(z.get_ref()).map_err(|e| anyhow::anyhow!("[firmware] {e}"))?,
+        None => Zone::Fixed(0),
+    };
+    Ok(relay::Relay {
+        store: store.clone(),
+        trust: Arc::new(trust),
+        fleet: crate::firmware::target::Fleet::from_config(cfg),
+        download: download::Settings::new(
+            tls,
+            cfg.uplink.cert.get_ref().display().to_string(),
+            fw.cache_dir(&cfg.store),
+            fw.cache_max_bytes,
+        ),
+        defaults: relay::Defaults {
+            window: relay::window_of(fw.window.as_ref().map(|w| w.get_ref())),
+            zone,
+            in_use_minutes: fw.in_use_minutes,
+            min_battery: fw.min_battery,
+            max_parallel: fw.max_parallel,
+        },
+        devices,
+        retained,
+    })
+}
+
+/// The relay's view of the devices: serial adapters carry SMP on their connection
+/// (`DeviceCommand::OpenSmp`); what the writer accepted says when a device was last seen and
+/// its battery. (BLE devices: not yet — the relay reports `device_offline` for them.)
+struct AdapterLinks {
+    serial: std::collections::HashMap<String, Arc<SerialAdapter>>,
+    writer: Arc<WriterStats>,
+}
+
+impl crate::firmware::relay::DeviceLinks for AdapterLinks {
+    fn view(&self, device: &str) -> crate::firmware::relay::DeviceView {
+        let counts = self
+            .writer
+            .per_device
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(device)
+            .cloned()
+            .unwrap_or_default();
+        let stats = self.serial.get(device).map(|a| a.stats());
+        crate::firmware::relay::DeviceView {
+            connected: stats.is_some_and(|s| s.connects > s.disconnects),
+            // Any sign of life counts (conservative: a device that just connected waits too).
+            last_observation_s: (counts.observations > 0 && counts.last_seen_ms > 0)
+                .then_some((counts.last_seen_ms / 1000) as u64),
+            battery: counts.battery_pct.map(|b| b.clamp(0.0, 100.0) as u8),
+        }
+    }
+
+    fn open_smp(&self, device: &str) -> Option<wardgate_adapters::smp::channel::ChannelTransport> {
+        let adapter = self.serial.get(device)?;
+        let (transport, link) = wardgate_adapters::smp::channel::pair(16);
+        adapter
+            .command_sender()
+            .try_send(wardgate_adapters::DeviceCommand::OpenSmp(link))
+            .ok()?;
+        Some(transport)
+    }
 }
 
 impl Running {
@@ -249,6 +356,9 @@ impl Running {
         let _ = self.uplink_task.await;
         let _ = self.status_task.await;
         let _ = self.notify_task.await;
+        if let Some(t) = self.firmware_task {
+            let _ = t.await;
+        }
     }
 }
 

@@ -34,6 +34,12 @@ pub fn device_status(o: &Origin, device: &str) -> String {
     )
 }
 
+/// Firmware jobs and cancels from upstream (signed; usually retained), subscribed by a gateway
+/// with a `[firmware]` section: `…/firmware/job`.
+pub fn firmware_job(o: &Origin) -> String {
+    format!("{}/firmware/job", prefix(o))
+}
+
 /// Splits a batch topic into (site, ward, gateway); `None` if it is not one.
 pub fn parse_batch(topic: &str) -> Option<(&str, &str, &str)> {
     let mut it = topic.split('/');

@@ -11,6 +11,8 @@
 //! - [`job`]: the signed job and cancel: format, verification, refusal reasons, acceptance.
 //! - [`policy`]: when a device may be updated (window, clinical use, battery, parallel
 //!   transfers, deadline, attempts), pure.
+//! - [`progress`]: the per-device progress report (CBOR, published signed and retained).
+//! - [`relay`]: the engine: jobs in, policy, download, checks, SMP through the adapter, progress.
 //! - [`reason`]: the refusal reasons (stable strings, a wire contract).
 //! - [`target`]: job targets → configured device ids (pure).
 
@@ -18,5 +20,7 @@ pub mod download;
 pub mod image;
 pub mod job;
 pub mod policy;
+pub mod progress;
 pub mod reason;
+pub mod relay;
 pub mod target;

@@ -266,6 +266,8 @@ pub struct Uplink {
     beat: Arc<LoopBeat>,
     /// Retained status messages to publish (device status, heartbeat; filled by `health/`).
     retained: Option<watch::Receiver<RetainedSet>>,
+    /// Where messages on `…/firmware/job` go (the firmware relay), when it runs.
+    firmware_jobs: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
     /// Polled before each new batch is cut (rows stamped before a clock sync are corrected first).
     clock: Option<Arc<crate::system::clock::SharedClock>>,
     /// The certificate and key files, watched for replacement (`None`: `signer` and
@@ -298,6 +300,7 @@ impl Uplink {
                 wake,
                 beat: Arc::default(),
                 retained: None,
+                firmware_jobs: None,
                 clock: None,
                 credentials: None,
                 refused_senders: Default::default(),
@@ -316,6 +319,15 @@ impl Uplink {
 
     /// Publishes the retained messages of `set` (filled by `health/`): all of them at every new
     /// session, then each one that changed, signed like the batches.
+    /// Subscribes to `…/firmware/job` and hands every message on it to the firmware relay
+    /// (`try_send`: a full channel drops it with a warning; upstream keeps jobs retained, so it
+    /// comes again at the next connection). Verification is the relay's.
+    pub fn with_firmware_jobs(mut self, jobs: tokio::sync::mpsc::Sender<Vec<u8>>) -> Uplink {
+        self.firmware_jobs = Some(jobs);
+        self
+    }
+
+    /// Publishes the retained messages of `set` (filled by `health/`): all of them at every new
     pub fn with_retained(mut self, set: watch::Receiver<RetainedSet>) -> Uplink {
         self.retained = Some(set);
         self

@@ -96,6 +96,9 @@ impl Uplink {
             tracker.other();
             client.try_subscribe(ack_topic.clone(), QoS::AtLeastOnce)?;
         }
+        if self.firmware_jobs.is_some() {
+            client.try_subscribe(mqtt::firmware_job(&s.origin), QoS::AtLeastOnce)?;
+        }
         client.try_publish(mqtt::status(&s.origin), QoS::AtLeastOnce, true, "online")?;
         tracker.other();
 
@@ -203,6 +206,14 @@ impl Uplink {
         tracker: &mut InflightTracker,
         ack_topic: &str,
     ) -> Result<usize, SessionError> {
+        if let (Event::Incoming(Packet::Publish(p)), Some(jobs)) = (&ev, &self.firmware_jobs) {
+            if p.topic == mqtt::firmware_job(&self.settings.origin) {
+                if !p.payload.is_empty() && jobs.try_send(p.payload.to_vec()).is_err() {
+                    log::warn!("firmware job dropped: the relay is busy or stopped (a retained job comes again at the next connection)");
+                }
+                return Ok(0);
+            }
+        }
         match on_event(&ev, tracker, ack_topic, &self.settings.acks) {
             EventOutcome::Nothing => {}
             EventOutcome::Acknowledge(numbers) => {
@@ -403,9 +414,9 @@ impl Uplink {
                 continue;
             }
             let signed = signer.sign(payload.as_ref().clone());
-            // Device status names devices: encrypted with the batches. The heartbeat carries
+            // Device status and firmware progress name devices: encrypted with the batches. The heartbeat carries
             // only counts, for monitoring that holds no receiver key: signed only.
-            let signed = if suffix.starts_with("device/") {
+            let signed = if suffix.starts_with("device/") || suffix.starts_with("firmware/") {
                 self.settings.seal(signed)
             } else {
                 signed
