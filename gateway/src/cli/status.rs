@@ -110,6 +110,35 @@ fn ago(ms: i64) -> String {
     }
 }
 
+/// The `firmware:` lines of the report: one per execution (job, device, state, attempt,
+/// reason, when it last changed).
+fn st_firmware(r: &Report) -> Vec<String> {
+    let Some(s) = &r.snapshot else {
+        return Vec::new();
+    };
+    s.firmware
+        .iter()
+        .map(|e| {
+            format!(
+                "firmware: job {} on {}: {}{}{} ({})",
+                e.job,
+                e.device,
+                e.state.to_uppercase(),
+                e.reason
+                    .as_ref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default(),
+                if e.attempt > 0 {
+                    format!(", attempt {}", e.attempt)
+                } else {
+                    String::new()
+                },
+                ago(e.updated_ms)
+            )
+        })
+        .collect()
+}
+
 /// The report as text for an installer.
 pub fn render(r: &Report, gateway: &str) -> String {
     let mut out = String::new();
@@ -305,6 +334,9 @@ pub fn render(r: &Report, gateway: &str) -> String {
                 c.observations, c.events
             ));
         }
+        for e in &st_firmware(r) {
+            line(e.clone());
+        }
         // Configured devices that never sent anything since the daemon started.
         for (d, st) in s
             .liveness
@@ -402,6 +434,35 @@ mod tests {
         let text = render(&stopped, "g");
         assert!(
             text.contains("device:   serial:bed1: last seen 3 s ago, accepted"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn firmware_executions_show_their_state_reason_and_attempt() {
+        let snap = Snapshot {
+            written_ms: now_ms(),
+            firmware: vec![crate::health::snapshot::FirmwareExecution {
+                job: "fw-7".into(),
+                device: "serial:bed1".into(),
+                state: "waiting".into(),
+                attempt: 1,
+                reason: Some("in_clinical_use".into()),
+                updated_ms: now_ms() - 3_000,
+            }],
+            ..Snapshot::default()
+        };
+        let r = Report {
+            running: true,
+            snapshot: Some(snap),
+            store: None,
+            problems: vec![],
+        };
+        let text = render(&r, "g");
+        assert!(
+            text.contains(
+                "firmware: job fw-7 on serial:bed1: WAITING (in_clinical_use), attempt 1 (3 s ago)"
+            ),
             "{text}"
         );
     }

@@ -69,6 +69,27 @@ pub struct Snapshot {
     /// older daemons).
     #[serde(default)]
     pub store: crate::pipeline::StoreState,
+    /// Firmware executions not finished, and those finished in the last day (absent without
+    /// `[firmware]` and in snapshots of older daemons).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub firmware: Vec<FirmwareExecution>,
+}
+
+/// One firmware job on one device, as `wardgate status` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FirmwareExecution {
+    /// Job id.
+    pub job: String,
+    /// Device id.
+    pub device: String,
+    /// State (`queued`, `waiting`, `downloading`, …, `done`, `failed`, `cancelled`).
+    pub state: String,
+    /// Attempts started.
+    pub attempt: u32,
+    /// Why it waits or failed.
+    pub reason: Option<String>,
+    /// Last change, Unix ms.
+    pub updated_ms: i64,
 }
 
 /// Writes `snap` atomically to `path` (temp file beside it + rename).

@@ -53,6 +53,31 @@ pub struct StatusLoop {
 }
 
 impl StatusLoop {
+    /// The firmware executions for the snapshot: unfinished ones, and finished ones of the
+    /// last day (an empty list without `[firmware]`: the tables are empty).
+    async fn firmware_executions(&self, now_ms: i64) -> Vec<super::snapshot::FirmwareExecution> {
+        let store = self.store.clone();
+        let rows = tokio::task::spawn_blocking(move || store.firmware_executions(None))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        rows.into_iter()
+            .filter(|e| {
+                !crate::store::firmware::FINAL_STATES.contains(&e.state.as_str())
+                    || now_ms - e.updated_ms < 86_400_000
+            })
+            .map(|e| super::snapshot::FirmwareExecution {
+                job: e.job,
+                device: e.device,
+                state: e.state,
+                attempt: e.attempt,
+                reason: e.reason,
+                updated_ms: e.updated_ms,
+            })
+            .collect()
+    }
+
     /// Runs until `shutdown` turns true, then writes a last snapshot marked `stopped`.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         use std::sync::atomic::Ordering;
@@ -160,6 +185,7 @@ impl StatusLoop {
                 last_heartbeat = Some(now);
                 self.heartbeat(&liveness, &uplink, &adapters, now_ms).await;
             }
+            let firmware = self.firmware_executions(now_ms).await;
             let snap = super::snapshot::Snapshot {
                 written_ms: now_ms,
                 written_boot_ms: super::snapshot::boot_ms(),
@@ -180,6 +206,7 @@ impl StatusLoop {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .clone(),
+                firmware,
             };
             let path = self.status_path.clone();
             let written = tokio::task::spawn_blocking(move || {
