@@ -92,7 +92,7 @@ pub struct ListArgs {
 
 /// What happens after the upload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub(crate) enum Mode {
+enum Mode {
     /// Test, reset, wait for the device, confirm once it runs the new image.
     TestConfirm,
     /// Confirm (permanent) before the reset: no trial boot.
