@@ -212,7 +212,7 @@ async fn upload(a: UploadArgs) -> anyhow::Result<ExitCode> {
     let version = info.header.version.to_string();
     let mut c = a.link.open()?;
     step(&format!(
-        "{} ({} bytes, version {}, image hash {})",
+        "image {} ({} bytes, version {}, image hash {})",
         a.image.display(),
         file.len(),
         version,
