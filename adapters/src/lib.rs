@@ -14,6 +14,9 @@
 //! - [`ble`]: `ble::decode` holds the pure BLE decoders (SIG health characteristics, declarative
 //!   vendor profiles, beacons including encrypted BTHome, presence aggregation); `ble::central`
 //!   the I/O: the BLE adapter on BlueZ through btleplug (and a few direct D-Bus calls).
+//! - [`smp`]: SMP/MCUmgr for the firmware relay: the pure codec, the client, its transports
+//!   (a serial port; [`smp::channel`], through the adapter that holds the device's connection,
+//!   opened with [`DeviceCommand::OpenSmp`]) and [`smp::update::apply`], the whole update.
 //!
 //! Modules depend one way: `observation` and `retry` on nothing here; decoders
 //! (`serial::protocols`, `ble::decode`) on `observation`; adapters (`serial::adapter`,

@@ -586,3 +586,77 @@ async fn noise_on_the_line_is_reported_once_as_a_baud_rate_or_cable_problem() {
     assert_eq!(stats.bytes_read, noise.len() as u64);
     assert!(stats.frame_errors > 100, "{stats:?}");
 }
+
+/// An SMP session on the connection (`DeviceCommand::OpenSmp`, the firmware relay): frames go
+/// out as console lines, the device's console lines come back as frames, and the data protocol
+/// is paused: the CMS50 bytes the device sends meanwhile give no observation and no keep-alive
+/// is written. When the relay drops its end, the data protocol starts again as on a fresh
+/// connection (start-live written again, a new decoder locks and readings flow).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_smp_session_pauses_the_data_protocol_until_the_relay_is_done() {
+    use wardgate_adapters::smp::channel;
+    use wardgate_adapters::smp::client::Transport;
+    use wardgate_adapters::smp::console;
+    use wardgate_adapters::DeviceCommand;
+
+    let scratch = Scratch::new("smp");
+    let link = scratch.0.join("usb-Contec_CMS50-if00-port0");
+    let mut pty = Pty::new();
+    point(&link, &pty.path);
+    let mut run = start(config("bed7-spo2", &link, ProtocolName::Cms50, None));
+    run.expect_event(EventKind::Connected).await;
+    let start_live = hex::decode("7d81a1808080808080").unwrap();
+    assert_eq!(pty.read_exact(9).await, start_live);
+
+    let (mut t, smp_link) = channel::pair(4);
+    run.adapter
+        .command_sender()
+        .send(DeviceCommand::OpenSmp(smp_link))
+        .await
+        .unwrap();
+    // The partial console line is ended first, then the request as console lines.
+    assert_eq!(pty.read_exact(1).await, b"\n");
+    let request = vec![
+        0x0a, 0x00, 0x00, 0x05, 0x00, 0x00, 0x01, 0x00, 0xa1, 0x61, 0x64, 0x62,
+    ];
+    t.send(&request).await.unwrap();
+    let lines = console::encode(&request, console::MAX_LINE);
+    assert_eq!(pty.read_exact(lines.len()).await, lines);
+
+    // The device streams CMS50 frames, console text, then its answer.
+    let reply = vec![
+        0x0b, 0x00, 0x00, 0x05, 0x00, 0x00, 0x01, 0x00, 0xa1, 0x61, 0x72, 0x62,
+    ];
+    let mut bytes = real("cms50e_live_capture.bin");
+    bytes.extend_from_slice(b"\n[00:00:01.000] <inf> app: hello\n");
+    bytes.extend(console::encode(&reply, console::MAX_LINE));
+    pty.write_all(&bytes).await;
+    let got = timeout(Duration::from_secs(5), t.recv())
+        .await
+        .expect("no SMP frame")
+        .unwrap();
+    assert_eq!(got, reply);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(run.events.try_recv().is_err(), "an event during SMP");
+
+    // The relay is done: the data protocol starts again.
+    drop(t);
+    assert_eq!(pty.read_exact(9).await, start_live);
+    pty.write_all(&real("cms50e_live_capture.bin")).await;
+    let obs = run.observations(102 * 3).await;
+    assert_eq!(values(&obs, mdc::SPO2), vec![99.0; 102]);
+
+    let (adapter, res) = run.stop().await;
+    assert!(res.is_ok(), "{res:?}");
+    let s = adapter.stats();
+    assert_eq!(
+        (
+            s.smp_sessions,
+            s.smp_frames_out,
+            s.smp_frames_in,
+            s.readings
+        ),
+        (1, 1, 1, 306),
+        "{s:?}"
+    );
+}

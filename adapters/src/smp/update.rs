@@ -319,3 +319,289 @@ where
         ),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smp::channel::{self, ChannelTransport, SmpLink};
+    use crate::smp::header::Frame;
+    use crate::smp::image::{self as img, UploadRequest, UploadResponse};
+    use crate::smp::{cbor, os};
+    use ciborium::Value;
+    use std::sync::{Arc, Mutex};
+
+    /// An MCUboot-like device model served over channel links; a reset drops the link and the
+    /// device is unreachable for `swap` (links opened meanwhile are dropped at once).
+    struct Model {
+        slot0: SlotState,
+        slot1: Option<SlotState>,
+        received: u64,
+        total: u64,
+        new_hash: Vec<u8>,
+        boot_fails: bool,
+        down_until: Option<tokio::time::Instant>,
+        swap: Duration,
+        uploads: u32,
+    }
+
+    fn slot(n: u32, version: &str, hash: &[u8]) -> SlotState {
+        SlotState {
+            image: None,
+            slot: n,
+            version: version.into(),
+            hash: Some(hash.to_vec()),
+            bootable: true,
+            pending: false,
+            confirmed: n == 0,
+            active: n == 0,
+            permanent: false,
+        }
+    }
+
+    impl Model {
+        fn new(new_hash: &[u8]) -> Arc<Mutex<Model>> {
+            Arc::new(Mutex::new(Model {
+                slot0: slot(0, "1.0.0", &[1; 32]),
+                slot1: None,
+                received: 0,
+                total: 0,
+                new_hash: new_hash.to_vec(),
+                boot_fails: false,
+                down_until: None,
+                swap: Duration::from_secs(2),
+                uploads: 0,
+            }))
+        }
+
+        fn slots(&self) -> Value {
+            let mut v = vec![self.slot0.clone()];
+            v.extend(self.slot1.clone());
+            img::state_body(&v)
+        }
+
+        fn boot(&mut self) {
+            let Some(s1) = self.slot1.clone() else { return };
+            if !self.slot0.confirmed {
+                let old = std::mem::replace(
+                    &mut self.slot0,
+                    slot(0, &s1.version, s1.hash.as_deref().unwrap()),
+                );
+                self.slot1 = Some(SlotState {
+                    slot: 1,
+                    active: false,
+                    confirmed: false,
+                    ..old
+                });
+            } else if s1.pending {
+                let mut new = slot(0, &s1.version, s1.hash.as_deref().unwrap());
+                new.confirmed = s1.permanent;
+                let old = std::mem::replace(&mut self.slot0, new);
+                self.slot1 = Some(SlotState {
+                    slot: 1,
+                    active: false,
+                    confirmed: false,
+                    ..old
+                });
+                if self.boot_fails && !s1.permanent {
+                    self.boot();
+                }
+            }
+        }
+
+        /// The answer to one request, and whether the device resets after it.
+        fn handle(&mut self, f: &Frame) -> (Value, bool) {
+            let body = f.body().unwrap();
+            match (f.header.group, f.header.cmd) {
+                (os::GROUP, os::CMD_ECHO) => (
+                    cbor::map([("r", cbor::get(&body, "d").unwrap().clone())]),
+                    false,
+                ),
+                (os::GROUP, os::CMD_RESET) => (cbor::map([]), true),
+                (img::GROUP, img::CMD_STATE) if f.header.op == crate::smp::header::Op::Read => {
+                    (self.slots(), false)
+                }
+                (img::GROUP, img::CMD_STATE) => {
+                    let confirm = cbor::flag(&body, "confirm").unwrap();
+                    let hash = match cbor::get(&body, "hash") {
+                        Some(Value::Bytes(b)) => Some(b.clone()),
+                        _ => None,
+                    };
+                    if confirm && (hash.is_none() || hash == self.slot0.hash) {
+                        self.slot0.confirmed = true;
+                    } else if let Some(s1) = self.slot1.as_mut().filter(|s| s.hash == hash) {
+                        s1.pending = true;
+                        s1.permanent = confirm;
+                    }
+                    (self.slots(), false)
+                }
+                (img::GROUP, img::CMD_UPLOAD) => {
+                    self.uploads += 1;
+                    let r = UploadRequest::from_body(&body).unwrap();
+                    let len = r.start.as_ref().map_or(0, |s| s.len);
+                    if r.off == 0 {
+                        self.received = 0;
+                        self.slot1 = None;
+                        self.total = len;
+                    }
+                    if r.off == self.received {
+                        self.received += r.data.len() as u64;
+                    }
+                    let done = self.received == self.total;
+                    if done {
+                        self.slot1 = Some(slot(1, "2.0.0", &self.new_hash.clone()));
+                        self.slot1.as_mut().unwrap().confirmed = false;
+                    }
+                    let rsp = UploadResponse {
+                        off: Some(self.received),
+                        matched: done.then_some(true),
+                    };
+                    (rsp.to_body(), false)
+                }
+                _ => (cbor::map([("rc", Value::from(8))]), false),
+            }
+        }
+    }
+
+    /// Serves one link until the device resets (the link is dropped with it).
+    async fn serve(model: Arc<Mutex<Model>>, mut link: SmpLink) {
+        while let Some(bytes) = link.to_device.recv().await {
+            let f = Frame::decode(&bytes).unwrap();
+            let (body, reset) = model.lock().unwrap().handle(&f);
+            let h = f.header;
+            let rsp = Frame::new(h.version, h.op.response(), h.group, h.cmd, h.seq, &body).unwrap();
+            if link.from_device.send(rsp.encode()).await.is_err() {
+                return;
+            }
+            if reset {
+                let mut m = model.lock().unwrap();
+                m.down_until = Some(tokio::time::Instant::now() + m.swap);
+                m.boot();
+                return;
+            }
+        }
+    }
+
+    /// What the relay's reconnect does: a new link, served unless the device is down.
+    fn connect(model: &Arc<Mutex<Model>>) -> ChannelTransport {
+        let (t, link) = channel::pair(4);
+        let down = model
+            .lock()
+            .unwrap()
+            .down_until
+            .is_some_and(|u| tokio::time::Instant::now() < u);
+        if !down {
+            tokio::spawn(serve(model.clone(), link));
+        }
+        t
+    }
+
+    async fn run(
+        model: &Arc<Mutex<Model>>,
+        mode: UpdateMode,
+        swap_time: Duration,
+    ) -> (Result<UpdateReport, UpdateError>, Vec<UpdateStep>) {
+        let image: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+        let hash = model.lock().unwrap().new_hash.clone();
+        let mut c = SmpClient::new(
+            connect(model),
+            super::super::client::ClientSettings::default(),
+        );
+        let m = model.clone();
+        let mut steps = Vec::new();
+        let r = apply(
+            &mut c,
+            &image,
+            &hash,
+            mode,
+            swap_time,
+            move || {
+                let t = connect(&m);
+                async move { Ok(t) }
+            },
+            &mut |s| {
+                if !matches!(s, UpdateStep::Uploading { .. }) {
+                    steps.push(s)
+                }
+            },
+        )
+        .await;
+        (r, steps)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn test_confirm_runs_the_new_image_confirmed_and_a_rerun_uploads_nothing() {
+        let model = Model::new(&[7; 32]);
+        let (r, steps) = run(&model, UpdateMode::TestConfirm, Duration::from_secs(10)).await;
+        let r = r.unwrap();
+        assert_eq!((r.version.as_str(), r.confirmed), ("2.0.0", true));
+        assert_eq!(r.upload.bytes_sent, 3000);
+        assert_eq!(
+            steps,
+            [
+                UpdateStep::Testing,
+                UpdateStep::Rebooting,
+                UpdateStep::Confirming
+            ]
+        );
+        let uploads = model.lock().unwrap().uploads;
+        let (again, steps) = run(&model, UpdateMode::TestConfirm, Duration::from_secs(10)).await;
+        let again = again.unwrap();
+        assert_eq!((again.upload.chunks, again.confirmed), (0, true));
+        assert!(steps.is_empty());
+        assert_eq!(model.lock().unwrap().uploads, uploads);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn confirm_only_and_test_only() {
+        let model = Model::new(&[7; 32]);
+        let (r, steps) = run(&model, UpdateMode::ConfirmOnly, Duration::from_secs(10)).await;
+        assert!(r.unwrap().confirmed);
+        assert_eq!(steps, [UpdateStep::Confirming, UpdateStep::Rebooting]);
+        let model = Model::new(&[7; 32]);
+        let (r, steps) = run(&model, UpdateMode::TestOnly, Duration::from_secs(10)).await;
+        let r = r.unwrap();
+        assert_eq!((r.version.as_str(), r.confirmed), ("2.0.0", false));
+        assert_eq!(steps, [UpdateStep::Testing, UpdateStep::Rebooting]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_test_image_that_does_not_boot_is_reverted() {
+        let model = Model::new(&[7; 32]);
+        model.lock().unwrap().boot_fails = true;
+        let e = run(&model, UpdateMode::TestConfirm, Duration::from_secs(10))
+            .await
+            .0
+            .unwrap_err();
+        assert_eq!((e.step, e.reason.as_str()), ("verify", "reverted"), "{e}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_device_that_stays_down_is_gone_after_the_swap_time() {
+        let model = Model::new(&[7; 32]);
+        model.lock().unwrap().swap = Duration::from_secs(3600);
+        let t0 = tokio::time::Instant::now();
+        let e = run(&model, UpdateMode::TestConfirm, Duration::from_secs(5))
+            .await
+            .0
+            .unwrap_err();
+        assert_eq!(
+            (e.step, e.reason.as_str()),
+            ("reconnect", "device_gone"),
+            "{e}"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_link_lost_mid_upload_is_link_lost() {
+        let model = Model::new(&[7; 32]);
+        // The adapter drops the link at once (the port is gone).
+        model.lock().unwrap().down_until =
+            Some(tokio::time::Instant::now() + Duration::from_secs(60));
+        let e = run(&model, UpdateMode::TestConfirm, Duration::from_secs(5))
+            .await
+            .0
+            .unwrap_err();
+        assert_eq!((e.step, e.reason.as_str()), ("upload", "link_lost"), "{e}");
+    }
+}

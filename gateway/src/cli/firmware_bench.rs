@@ -92,7 +92,7 @@ pub struct ListArgs {
 
 /// What happens after the upload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub(crate) enum Mode {
+enum Mode {
     /// Test, reset, wait for the device, confirm once it runs the new image.
     TestConfirm,
     /// Confirm (permanent) before the reset: no trial boot.
@@ -212,7 +212,7 @@ async fn upload(a: UploadArgs) -> anyhow::Result<ExitCode> {
     let version = info.header.version.to_string();
     let mut c = a.link.open()?;
     step(&format!(
-        "{} ({} bytes, version {}, image hash {})",
+        "image {} ({} bytes, version {}, image hash {})",
         a.image.display(),
         file.len(),
         version,
