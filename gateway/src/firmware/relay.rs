@@ -607,7 +607,7 @@ async fn attempt_update(relay: &Relay, job: &Job, device: &str, attempt: u32) ->
         Err(e) => {
             let transient = matches!(
                 e.reason.as_str(),
-                "timeout" | "link_lost" | "device_offline"
+                "timeout" | "link_lost" | "device_gone" | "device_offline"
             ) || e.reason.starts_with("transport");
             failed(e.step, e.reason.clone(), transient)
         }
