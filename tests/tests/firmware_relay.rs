@@ -12,7 +12,9 @@
 //! gateway does not trust is `failed` at `accept`; a job whose image does not match what the
 //! server sends is `failed` at `download`, and the device never sees an upload. A `kill -9`
 //! of the gateway in the middle of the upload: the restarted gateway resumes at the device's
-//! offset (no second erase) and ends `done`.
+//! offset (no second erase) and ends `done`. The device power-cycled in the middle of the
+//! upload (link lost): `waiting` with the reason, retried after `[firmware] retry_initial_s`,
+//! `done` at the second attempt.
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -100,6 +102,7 @@ max_backoff_s = 1
 [firmware]
 signer_certs = ["{signer}"]
 cache_dir = "{cache}"
+retry_initial_s = 2
 
 [firmware.classes]
 acme = ["{DEVICE}"]
@@ -432,14 +435,6 @@ fn a_gateway_killed_mid_upload_resumes_at_the_devices_offset() {
     w.publish_job(&job);
     let mut gw = w.gateway();
     // Kill -9 once the device holds about a third of the image.
-    let upload_off = |events: &str| -> u64 {
-        events
-            .lines()
-            .filter_map(|l| l.split("upload off=").nth(1))
-            .filter_map(|s| s.split_whitespace().next()?.parse().ok())
-            .max()
-            .unwrap_or(0)
-    };
     wait_until(
         "a third of the upload",
         Duration::from_secs(40),
@@ -479,4 +474,86 @@ fn a_gateway_killed_mid_upload_resumes_at_the_devices_offset() {
         "kill -9 and resume: {:?} (killed at off {at_kill} of {len})",
         t0.elapsed()
     );
+}
+
+#[test]
+fn a_link_lost_mid_upload_waits_and_is_retried_after_the_back_off() {
+    let Some(mut w) = World::start(
+        "fw-relay-link-lost",
+        &["--pace-baud", "38400", "--swap-delay", "0.5"],
+    ) else {
+        return;
+    };
+    let t0 = Instant::now();
+    let image = w.image("new", "1.2.3", 24_000);
+    let len = std::fs::metadata(&image).unwrap().len();
+    let url = w.serve(&image, "acme/app-1.2.3.bin");
+    let job = w.job("fw-lost", 1, &image, &url, &w.signer);
+    let watch = Watcher::start(&w.env, &format!("{}/firmware/#", prefix())).unwrap();
+    w.publish_job(&job);
+    let mut gw = w.gateway();
+    wait_until(
+        "a third of the upload",
+        Duration::from_secs(40),
+        Duration::from_millis(20),
+        || Ok((upload_off(&w.dev.events()) >= len / 3).then_some(())),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", w.dev.events(), gw.stderr()));
+    // The device resets under the upload: its session is gone, the port goes away and back.
+    w.dev.power_cycle().unwrap();
+    let topic = progress_topic("fw-lost", DEVICE);
+    let last = w.wait_final(&watch, &topic, Duration::from_secs(60), &gw);
+    let reports = w.seen(&watch, &topic);
+    assert_eq!(
+        last["state"],
+        "done",
+        "{last}\n{reports:?}\n{}",
+        w.dev.events()
+    );
+    assert_eq!(
+        (last["attempt"].as_u64(), last["version"].as_str()),
+        (Some(2), Some("1.2.3"))
+    );
+    // The failed first attempt was reported as waiting, with its step and reason, then the
+    // back-off.
+    let lost = reports
+        .iter()
+        .find(|r| r["state"] == "waiting" && r["attempt"] == 1 && r["step"].is_string())
+        .unwrap_or_else(|| panic!("no waiting report for the lost link: {reports:?}"));
+    assert_eq!(lost["step"], "upload", "{lost}");
+    assert!(
+        matches!(
+            lost["reason"].as_str(),
+            Some("transport" | "timeout" | "link_lost")
+        ),
+        "{lost}"
+    );
+    assert!(
+        reports
+            .iter()
+            .any(|r| r["state"] == "waiting" && r["reason"] == "retry_backoff"),
+        "{reports:?}"
+    );
+    // A new session after the reset (the device lost the first one), one confirm.
+    assert_eq!(w.dev.count("session new"), 2, "{}", w.dev.events());
+    assert_eq!(w.dev.count("confirm 1.2.3"), 1, "{}", w.dev.events());
+    let (state, attempt, _) = w.execution("fw-lost").unwrap();
+    assert_eq!((state.as_str(), attempt), ("done", 2));
+    gw.terminate(Duration::from_secs(10)).unwrap();
+    eprintln!(
+        "link lost ({}) and retried: {:?}, states {:?}",
+        lost["reason"],
+        t0.elapsed(),
+        states(&reports)
+    );
+}
+
+/// The highest offset the emulator has logged an upload request at.
+fn upload_off(events: &str) -> u64 {
+    events
+        .lines()
+        .filter_map(|l| l.split("upload off=").nth(1))
+        .filter_map(|s| s.split_whitespace().next()?.parse().ok())
+        .max()
+        .unwrap_or(0)
 }
