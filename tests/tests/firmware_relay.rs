@@ -23,6 +23,7 @@ use wardgate_e2e::env::{TestEnv, GATEWAY_ID, SITE, WARD};
 use wardgate_e2e::mqtt::{self, Watcher};
 use wardgate_e2e::nginx::{self, Nginx, NginxOptions};
 use wardgate_e2e::process::{run, Proc};
+use wardgate_e2e::pty::{Device, Streamer};
 use wardgate_e2e::smp_device::{make_image, SmpDevice};
 use wardgate_e2e::wait_until;
 use wardgate_sim::pki::{write_cert, write_key};
@@ -53,6 +54,12 @@ struct World {
 
 impl World {
     fn start(name: &str, dev_flags: &[&str]) -> Option<World> {
+        World::start_with(name, dev_flags, &[])
+    }
+
+    /// [`World::start`] with more `[[serial]]` devices (ptys under the gateway's `dev/`) in the
+    /// class.
+    fn start_with(name: &str, dev_flags: &[&str], monitors: &[Device]) -> Option<World> {
         if !nginx::available() {
             wardgate_e2e::skip_or_fail("nginx is not installed (apt-get install nginx)");
             return None;
@@ -89,7 +96,11 @@ impl World {
         let signer = (fw.join("release.pem"), fw.join("release.key"));
         write_cert(&signer.0, &cert_pem).unwrap();
         write_key(&signer.1, &key_pem).unwrap();
-        let config = env.write_gateway_config(&env.gateway_options()).unwrap();
+        let mut opts = env.gateway_options();
+        opts.devices = monitors.to_vec();
+        let config = env.write_gateway_config(&opts).unwrap();
+        let mut class = vec![format!("\"{DEVICE}\"")];
+        class.extend(monitors.iter().map(|d| format!("\"{}\"", d.id())));
         let mut t = std::fs::read_to_string(&config).unwrap();
         t.push_str(&format!(
             r#"
@@ -105,11 +116,12 @@ cache_dir = "{cache}"
 retry_initial_s = 2
 
 [firmware.classes]
-acme = ["{DEVICE}"]
+acme = [{class}]
 "#,
             link = dev.link.display(),
             signer = signer.0.display(),
             cache = env.dir.join("cache").display(),
+            class = class.join(", "),
         ));
         std::fs::write(&config, t).unwrap();
         Some(World {
@@ -147,13 +159,26 @@ acme = ["{DEVICE}"]
         url: &str,
         signer: &(PathBuf, PathBuf),
     ) -> Vec<u8> {
+        self.job_for(id, seq, image, url, signer, DEVICE)
+    }
+
+    /// [`World::job`] for `device`.
+    fn job_for(
+        &self,
+        id: &str,
+        seq: u64,
+        image: &Path,
+        url: &str,
+        signer: &(PathBuf, PathBuf),
+        device: &str,
+    ) -> Vec<u8> {
         let out = self.fw.join(format!("{id}.cose"));
         let mut c = std::process::Command::new(BIN);
         c.args(["firmware", "job", "--class", "acme", "--id", id])
             .args(["--seq", &seq.to_string()])
             .arg("--image")
             .arg(image)
-            .args(["--url", url, "--device", DEVICE, "--mode", "test-confirm"])
+            .args(["--url", url, "--device", device, "--mode", "test-confirm"])
             .args(["--swap-time-s", "15", "--chunk-timeout-s", "3"])
             .arg("--cert")
             .arg(&signer.0)
@@ -212,8 +237,13 @@ acme = ["{DEVICE}"]
         })
     }
 
-    /// `(state, attempt, reason)` of the store's execution of `job`.
+    /// `(state, attempt, reason)` of the store's execution of `job` on the emulated device.
     fn execution(&self, job: &str) -> Option<(String, i64, Option<String>)> {
+        self.execution_of(job, DEVICE)
+    }
+
+    /// `(state, attempt, reason)` of the store's execution of `job` on `device`.
+    fn execution_of(&self, job: &str, device: &str) -> Option<(String, i64, Option<String>)> {
         let db = rusqlite::Connection::open_with_flags(
             self.env.store_path(),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
@@ -221,7 +251,7 @@ acme = ["{DEVICE}"]
         .unwrap();
         db.query_row(
             "SELECT state, attempt, reason FROM firmware_executions WHERE job = ?1 AND device = ?2",
-            [job, DEVICE],
+            [job, device],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .ok()
@@ -556,4 +586,117 @@ fn upload_off(events: &str) -> u64 {
         .filter_map(|s| s.split_whitespace().next()?.parse().ok())
         .max()
         .unwrap_or(0)
+}
+
+/// A monitor that is streaming observations is in clinical use: its execution waits
+/// (`in_clinical_use`), nothing is downloaded for it and no SMP session is opened on it, while
+/// an idle device of the same class is updated.
+#[test]
+fn a_device_in_clinical_use_waits() {
+    let cms = Device::cms50e("bed8-spo2");
+    let Some(w) = World::start_with("fw-relay-in-use", &[], std::slice::from_ref(&cms)) else {
+        return;
+    };
+    let stream = Streamer::start(&cms, &w.env.dev_dir(), 1.0).unwrap();
+    let watch = Watcher::start(&w.env, &format!("{}/firmware/#", prefix())).unwrap();
+    let mut gw = w.gateway();
+    // The monitor's readings are in the store before the job arrives.
+    wait_until(
+        "readings of the monitor",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            let snap = w.env.store()?;
+            Ok(snap
+                .queue
+                .iter()
+                .any(|r| r.device == cms.id() && r.kind.is_none())
+                .then_some(()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", gw.stderr()));
+    let image = w.image("new", "1.2.3", 8_000);
+    let url = w.serve(&image, "acme/app.bin");
+    let job = w.job_for("fw-in-use", 1, &image, &url, &w.signer, &cms.id());
+    w.publish_job(&job);
+    let topic = progress_topic("fw-in-use", &cms.id());
+    let r = wait_until(
+        "the monitor waiting",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            Ok(w.seen(&watch, &topic)
+                .into_iter()
+                .find(|p| p["state"] == "waiting"))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{:?}\n{}", w.seen(&watch, &topic), gw.stderr()));
+    assert_eq!(r["reason"], "in_clinical_use", "{r}");
+    // It stays so while the readings flow: a few more policy ticks.
+    std::thread::sleep(Duration::from_secs(3));
+    let seen = states(&w.seen(&watch, &topic));
+    assert_eq!(seen, ["queued", "waiting"], "{seen:?}");
+    assert_eq!(w.execution_of("fw-in-use", &cms.id()).unwrap().0, "waiting");
+    assert!(
+        w.nginx.requests().unwrap().is_empty(),
+        "downloaded for a device in use"
+    );
+    stream.stop().unwrap();
+    gw.terminate(Duration::from_secs(10)).unwrap();
+}
+
+/// A signed cancel in the middle of an upload stops the runner: the device gets no more upload
+/// requests, the execution and the retained progress say `cancelled`.
+#[test]
+fn a_cancel_stops_an_upload() {
+    let Some(w) = World::start("fw-relay-cancel", &["--pace-baud", "38400"]) else {
+        return;
+    };
+    let image = w.image("new", "1.2.3", 24_000);
+    let len = std::fs::metadata(&image).unwrap().len();
+    let url = w.serve(&image, "acme/app-1.2.3.bin");
+    let job = w.job("fw-c", 1, &image, &url, &w.signer);
+    let watch = Watcher::start(&w.env, &format!("{}/firmware/#", prefix())).unwrap();
+    w.publish_job(&job);
+    let mut gw = w.gateway();
+    wait_until(
+        "a third of the upload",
+        Duration::from_secs(40),
+        Duration::from_millis(20),
+        || Ok((upload_off(&w.dev.events()) >= len / 3).then_some(())),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", w.dev.events(), gw.stderr()));
+    let out = w.fw.join("cancel.cose");
+    let mut c = std::process::Command::new(BIN);
+    c.args([
+        "firmware",
+        "job",
+        "--cancel",
+        "fw-c",
+        "--reason",
+        "wrong build",
+    ])
+    .args(["--class", "acme", "--seq", "2", "--cert"])
+    .arg(&w.signer.0)
+    .arg("--key")
+    .arg(&w.signer.1)
+    .arg("-o")
+    .arg(&out);
+    let o = run(c, b"", Duration::from_secs(60)).unwrap();
+    assert_eq!(o.code(), Some(0), "{o:?}");
+    w.publish_job(&std::fs::read(&out).unwrap());
+    let topic = progress_topic("fw-c", DEVICE);
+    let last = w.wait_final(&watch, &topic, Duration::from_secs(20), &gw);
+    assert_eq!(last["state"], "cancelled", "{last}\n{}", w.dev.events());
+    assert_eq!(w.execution("fw-c").unwrap().0, "cancelled");
+    // The upload stopped: no request after a short grace.
+    std::thread::sleep(Duration::from_secs(1));
+    let n = w.dev.count("upload off=");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(w.dev.count("upload off="), n, "{}", w.dev.events());
+    assert!(upload_off(&w.dev.events()) < len);
+    assert_eq!(w.dev.count("confirm"), 0);
+    // Nothing replaced `cancelled` at the broker.
+    assert_eq!(w.retained(&topic)["state"], "cancelled");
+    gw.terminate(Duration::from_secs(10)).unwrap();
 }
