@@ -700,3 +700,48 @@ fn a_cancel_stops_an_upload() {
     assert_eq!(w.retained(&topic)["state"], "cancelled");
     gw.terminate(Duration::from_secs(10)).unwrap();
 }
+
+/// `kill -9` just after the device was told to test the new image (around its reset): the
+/// restarted gateway finds the image uploaded (no second upload session) and confirms it.
+#[test]
+fn a_gateway_killed_at_the_test_step_confirms_after_the_restart() {
+    let Some(w) = World::start("fw-relay-kill-test", &["--swap-delay", "1.0"]) else {
+        return;
+    };
+    let image = w.image("new", "1.2.3", 8_000);
+    let url = w.serve(&image, "acme/app-1.2.3.bin");
+    let job = w.job("fw-kt", 1, &image, &url, &w.signer);
+    let watch = Watcher::start(&w.env, &format!("{}/firmware/#", prefix())).unwrap();
+    w.publish_job(&job);
+    let mut gw = w.gateway();
+    wait_until(
+        "the test request",
+        Duration::from_secs(40),
+        Duration::from_millis(5),
+        || Ok((w.dev.count("test 1.2.3") > 0).then_some(())),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", w.dev.events(), gw.stderr()));
+    gw.kill9().unwrap();
+    let mut gw2 = w.gateway();
+    let topic = progress_topic("fw-kt", DEVICE);
+    let last = wait_until(
+        "a final state after the restart",
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || {
+            Ok(w.seen(&watch, &topic)
+                .last()
+                .filter(|p| matches!(p["state"].as_str(), Some("done" | "failed")))
+                .cloned())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", w.dev.events(), gw2.stderr()));
+    let ev = w.dev.events();
+    assert_eq!(last["state"], "done", "{last}\n{ev}\n{}", gw2.stderr());
+    assert_eq!(last["version"], "1.2.3");
+    assert_eq!(w.dev.count("session new"), 1, "{ev}");
+    assert_eq!(w.dev.count("confirm 1.2.3"), 1, "{ev}");
+    assert_eq!(w.dev.count("boot revert"), 0, "{ev}");
+    assert_eq!(w.execution("fw-kt").unwrap().0, "done");
+    gw2.terminate(Duration::from_secs(10)).unwrap();
+}
