@@ -545,7 +545,7 @@ fn a_link_lost_mid_upload_waits_and_is_retried_after_the_back_off() {
         (Some(2), Some("1.2.3"))
     );
     // The failed first attempt was reported as waiting, with its step and reason, then the
-    // back-off.
+    // back-off (or the device's absence while it reboots, whichever the policy sees first).
     let lost = reports
         .iter()
         .find(|r| r["state"] == "waiting" && r["attempt"] == 1 && r["step"].is_string())
@@ -559,9 +559,11 @@ fn a_link_lost_mid_upload_waits_and_is_retried_after_the_back_off() {
         "{lost}"
     );
     assert!(
-        reports
-            .iter()
-            .any(|r| r["state"] == "waiting" && r["reason"] == "retry_backoff"),
+        reports.iter().any(|r| r["state"] == "waiting"
+            && matches!(
+                r["reason"].as_str(),
+                Some("retry_backoff" | "device_offline")
+            )),
         "{reports:?}"
     );
     // A new session after the reset (the device lost the first one), one confirm.
@@ -743,5 +745,56 @@ fn a_gateway_killed_at_the_test_step_confirms_after_the_restart() {
     assert_eq!(w.dev.count("confirm 1.2.3"), 1, "{ev}");
     assert_eq!(w.dev.count("boot revert"), 0, "{ev}");
     assert_eq!(w.execution("fw-kt").unwrap().0, "done");
+    // The restarted relay found the image on test (confirmed it) or pending (reset into it).
+    let log = gw2.stderr();
+    let case = ["on test", "pending; resetting"]
+        .into_iter()
+        .find(|n| log.contains(n))
+        .unwrap_or_else(|| panic!("neither case in the gateway's log:\n{log}"));
+    eprintln!("killed at the test step: after the restart the image was {case}");
     gw2.terminate(Duration::from_secs(10)).unwrap();
+}
+
+/// The device is not there when the job arrives: `waiting` (`device_offline`), no download;
+/// once its port appears the adapter connects and the update runs.
+#[test]
+fn an_offline_device_waits_and_is_updated_when_it_connects() {
+    let Some(w) = World::start("fw-relay-offline", &[]) else {
+        return;
+    };
+    // The gateway's device path is a link that does not exist yet.
+    let late = w.fw.join("late.tty");
+    let cfg = std::fs::read_to_string(&w.config).unwrap().replace(
+        &w.dev.link.display().to_string(),
+        &late.display().to_string(),
+    );
+    std::fs::write(&w.config, cfg).unwrap();
+    let image = w.image("new", "1.2.3", 8_000);
+    let url = w.serve(&image, "acme/app-1.2.3.bin");
+    let job = w.job("fw-off", 1, &image, &url, &w.signer);
+    let watch = Watcher::start(&w.env, &format!("{}/firmware/#", prefix())).unwrap();
+    w.publish_job(&job);
+    let mut gw = w.gateway();
+    let topic = progress_topic("fw-off", DEVICE);
+    let r = wait_until(
+        "waiting for the device",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            Ok(w.seen(&watch, &topic)
+                .into_iter()
+                .find(|p| p["state"] == "waiting"))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{:?}\n{}", w.seen(&watch, &topic), gw.stderr()));
+    assert_eq!(r["reason"], "device_offline", "{r}");
+    assert!(w.nginx.requests().unwrap().is_empty());
+    std::os::unix::fs::symlink(&w.dev.link, &late).unwrap();
+    let last = w.wait_final(&watch, &topic, Duration::from_secs(40), &gw);
+    assert_eq!(last["state"], "done", "{last}\n{}", w.dev.events());
+    assert_eq!(
+        (last["attempt"].as_u64(), last["version"].as_str()),
+        (Some(1), Some("1.2.3"))
+    );
+    gw.terminate(Duration::from_secs(10)).unwrap();
 }
