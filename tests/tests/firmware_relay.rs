@@ -798,3 +798,46 @@ fn an_offline_device_waits_and_is_updated_when_it_connects() {
     );
     gw.terminate(Duration::from_secs(10)).unwrap();
 }
+
+/// The job is at the broker before the gateway starts: the monitor connects, and the relay must
+/// not start on it in the seconds before its first reading (a CMS50 sends readings only after
+/// the host's start command and three good frames).
+#[test]
+fn a_monitor_just_connected_is_not_updated_before_its_first_reading() {
+    let cms = Device::cms50e("bed8-spo2");
+    let Some(w) = World::start_with("fw-relay-fresh", &[], std::slice::from_ref(&cms)) else {
+        return;
+    };
+    let stream = Streamer::start(&cms, &w.env.dev_dir(), 1.0).unwrap();
+    let image = w.image("new", "1.2.3", 8_000);
+    let url = w.serve(&image, "acme/app.bin");
+    let job = w.job_for("fw-fresh", 1, &image, &url, &w.signer, &cms.id());
+    let watch = Watcher::start(&w.env, &format!("{}/firmware/#", prefix())).unwrap();
+    w.publish_job(&job);
+    let mut gw = w.gateway();
+    let topic = progress_topic("fw-fresh", &cms.id());
+    let r = wait_until(
+        "the monitor waiting",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            Ok(w.seen(&watch, &topic)
+                .into_iter()
+                .find(|p| p["reason"] == "in_clinical_use"))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{:?}\n{}", w.seen(&watch, &topic), gw.stderr()));
+    assert_eq!(r["state"], "waiting");
+    std::thread::sleep(Duration::from_secs(2));
+    let seen = states(&w.seen(&watch, &topic));
+    assert!(
+        !seen.iter().any(|s| s == "downloading"),
+        "the relay started on a monitor in use: {seen:?}"
+    );
+    assert!(
+        w.nginx.requests().unwrap().is_empty(),
+        "downloaded for a monitor in use"
+    );
+    stream.stop().unwrap();
+    gw.terminate(Duration::from_secs(10)).unwrap();
+}
