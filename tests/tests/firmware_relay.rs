@@ -14,7 +14,10 @@
 //! of the gateway in the middle of the upload: the restarted gateway resumes at the device's
 //! offset (no second erase) and ends `done`. The device power-cycled in the middle of the
 //! upload (link lost): `waiting` with the reason, retried after `[firmware] retry_initial_s`,
-//! `done` at the second attempt.
+//! `done` at the second attempt. `kill -9` at the test step: confirmed after the restart, no
+//! second upload. A monitor streaming readings (also one that just connected) waits
+//! `in_clinical_use`; an offline device waits `device_offline`, then is updated; a signed cancel
+//! stops an upload.
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
