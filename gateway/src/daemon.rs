@@ -299,6 +299,7 @@ fn firmware_relay(
             in_use_minutes: fw.in_use_minutes,
             min_battery: fw.min_battery,
             max_parallel: fw.max_parallel,
+            retry_initial_s: fw.retry_initial_s.max(1),
         },
         devices,
         retained,

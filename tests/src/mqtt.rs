@@ -107,3 +107,136 @@ pub fn verified_json(env: &TestEnv, payload: &[u8]) -> Result<serde_json::Value>
     wardgate::health::retained::to_json(&p)
         .ok_or_else(|| anyhow::anyhow!("payload is not a CBOR map"))
 }
+
+/// Publishes `payload` on `topic`, **retained**, QoS 1, with the receiver's certificate (what an
+/// upstream does with a firmware job), and waits for the broker's PUBACK.
+pub fn publish_retained(env: &TestEnv, topic: &str, payload: &[u8]) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let tls = wardgate::tls::client_config(
+            &env.pki.ca_pem,
+            &env.pki.receiver_cert,
+            &env.pki.receiver_key,
+        )?;
+        let mut o = MqttOptions::new(
+            format!("e2e-pub-{}", fastrand_id()),
+            "127.0.0.1",
+            env.broker.port,
+        );
+        o.set_keep_alive(Duration::from_secs(5))
+            .set_clean_session(true)
+            .set_transport(Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(tls),
+            ));
+        let (client, mut el) = AsyncClient::new(o, 8);
+        client
+            .publish(topic, QoS::AtLeastOnce, true, payload.to_vec())
+            .await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match tokio::time::timeout_at(deadline, el.poll()).await {
+                Err(_) => anyhow::bail!("no PUBACK for the retained publish on {topic}"),
+                Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => break,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => anyhow::bail!("publisher connection: {e}"),
+            }
+        }
+        let _ = client.disconnect().await;
+        Ok(())
+    })
+}
+
+/// A subscriber running on its own thread until dropped: everything that arrives on its filter,
+/// in order (how a test sees intermediate states that a later retained message replaces).
+pub struct Watcher {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Message>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watcher {
+    /// Subscribes to `filter` (receiver's certificate) and returns once the broker granted it.
+    pub fn start(env: &TestEnv, filter: &str) -> Result<Watcher> {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
+        let (ca, cert, key, port) = (
+            env.pki.ca_pem.clone(),
+            env.pki.receiver_cert.clone(),
+            env.pki.receiver_key.clone(),
+            env.broker.port,
+        );
+        let (s, st, filter) = (seen.clone(), stop.clone(), filter.to_owned());
+        let thread = std::thread::spawn(move || {
+            let run = || -> Result<()> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async {
+                    let tls = wardgate::tls::client_config(&ca, &cert, &key)?;
+                    let mut o = MqttOptions::new(
+                        format!("e2e-watcher-{}", fastrand_id()),
+                        "127.0.0.1",
+                        port,
+                    );
+                    o.set_keep_alive(Duration::from_secs(5))
+                        .set_clean_session(true)
+                        .set_transport(Transport::tls_with_config(
+                            rumqttc::TlsConfiguration::Rustls(tls),
+                        ));
+                    let (client, mut el) = AsyncClient::new(o, 256);
+                    client.subscribe(&filter, QoS::AtLeastOnce).await?;
+                    let mut ready = Some(ready_tx.clone());
+                    while !st.load(std::sync::atomic::Ordering::Relaxed) {
+                        match tokio::time::timeout(Duration::from_millis(200), el.poll()).await {
+                            Err(_) => {}
+                            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => {
+                                if let Some(r) = ready.take() {
+                                    let _ = r.send(Ok(()));
+                                }
+                            }
+                            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                                s.lock().unwrap().push(Message {
+                                    topic: p.topic.to_string(),
+                                    payload: p.payload.to_vec(),
+                                    retained: p.retain,
+                                })
+                            }
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => anyhow::bail!("watcher connection: {e}"),
+                        }
+                    }
+                    let _ = client.disconnect().await;
+                    Ok(())
+                })
+            };
+            if let Err(e) = run() {
+                let _ = ready_tx.send(Err(e));
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(15))
+            .map_err(|_| anyhow::anyhow!("the watcher did not subscribe"))??;
+        Ok(Watcher {
+            seen,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Every message so far.
+    pub fn messages(&self) -> Vec<Message> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

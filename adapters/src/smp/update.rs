@@ -4,7 +4,10 @@
 //!
 //! 1. Image list: when the active slot already holds the image's MCUboot hash and is confirmed
 //!    (for [`UpdateMode::TestOnly`]: merely runs it), success at once, nothing uploaded (a re-run
-//!    is idempotent).
+//!    is idempotent). When it runs the image unconfirmed (an earlier run was interrupted after
+//!    the reset, e.g. the relay was killed), test-confirm and confirm-only only confirm it: an
+//!    upload would overwrite slot 1, the image MCUboot reverts to. When slot 1 already holds the
+//!    image pending (interrupted between test/confirm and the reset), straight to the reset.
 //! 2. Upload into slot 1, checked against the MCUboot hash ([`SmpClient::upload_verified`]).
 //! 3. Per mode: test-confirm = test → reset → reconnect → list → confirm → list; confirm-only =
 //!    confirm (permanent) → reset → reconnect → list; test-only = test → reset → reconnect → list.
@@ -143,6 +146,15 @@ where
         .image_list()
         .await
         .map_err(|e| UpdateError::smp("upload", e))?;
+    let nothing_uploaded = UploadReport {
+        len: image.len() as u64,
+        resumed_from: 0,
+        bytes_sent: 0,
+        chunks: 0,
+        restarts: 0,
+        matched: None,
+        elapsed: Duration::ZERO,
+    };
     if let Some(s0) = active(&before) {
         if s0.hash.as_deref() == Some(mcuboot_hash)
             && (s0.confirmed || mode == UpdateMode::TestOnly)
@@ -153,50 +165,68 @@ where
                 hex(mcuboot_hash)
             );
             return Ok(UpdateReport {
-                upload: UploadReport {
-                    len: image.len() as u64,
-                    resumed_from: 0,
-                    bytes_sent: 0,
-                    chunks: 0,
-                    restarts: 0,
-                    matched: None,
-                    elapsed: Duration::ZERO,
-                },
+                upload: nothing_uploaded,
                 version: s0.version.clone(),
                 confirmed: s0.confirmed,
             });
         }
-    }
-    let upload = client
-        .upload_verified(
-            image,
-            mcuboot_hash,
-            UploadOptions::default(),
-            &mut |p: Progress| {
-                progress(UpdateStep::Uploading {
-                    off: p.off,
-                    len: p.len,
-                })
-            },
-        )
-        .await
-        .map_err(|e| UpdateError::smp("upload", e))?;
-    match mode {
-        UpdateMode::TestConfirm | UpdateMode::TestOnly => {
-            progress(UpdateStep::Testing);
-            client
-                .test(mcuboot_hash)
-                .await
-                .map_err(|e| UpdateError::smp("test", e))?;
-        }
-        UpdateMode::ConfirmOnly => {
-            progress(UpdateStep::Confirming);
-            client
-                .confirm(Some(mcuboot_hash))
-                .await
-                .map_err(|e| UpdateError::smp("confirm", e))?;
+        if s0.hash.as_deref() == Some(mcuboot_hash) {
+            // It runs the new image on test: an earlier run was interrupted after the reset
+            // (the relay restarted). Confirm it; uploading again would overwrite slot 1, the
+            // image MCUboot reverts to, and the next reset would "revert" to the new one.
+            log::info!(
+                "smp: the device runs {} on test (hash {}); confirming it",
+                s0.version,
+                hex(mcuboot_hash)
+            );
+            return confirm_running(client, mcuboot_hash, nothing_uploaded, progress).await;
         }
     }
+    // Slot 1 already holds the image marked for the next boot (interrupted between the
+    // test/confirm request and the reset): the device refuses an upload to a pending slot, so
+    // go straight to the reset.
+    let pending = before
+        .iter()
+        .any(|s| s.slot == 1 && s.pending && s.hash.as_deref() == Some(mcuboot_hash));
+    let upload = if pending {
+        log::info!(
+            "smp: slot 1 holds the image (hash {}) pending; resetting into it",
+            hex(mcuboot_hash)
+        );
+        nothing_uploaded
+    } else {
+        let upload = client
+            .upload_verified(
+                image,
+                mcuboot_hash,
+                UploadOptions::default(),
+                &mut |p: Progress| {
+                    progress(UpdateStep::Uploading {
+                        off: p.off,
+                        len: p.len,
+                    })
+                },
+            )
+            .await
+            .map_err(|e| UpdateError::smp("upload", e))?;
+        match mode {
+            UpdateMode::TestConfirm | UpdateMode::TestOnly => {
+                progress(UpdateStep::Testing);
+                client
+                    .test(mcuboot_hash)
+                    .await
+                    .map_err(|e| UpdateError::smp("test", e))?;
+            }
+            UpdateMode::ConfirmOnly => {
+                progress(UpdateStep::Confirming);
+                client
+                    .confirm(Some(mcuboot_hash))
+                    .await
+                    .map_err(|e| UpdateError::smp("confirm", e))?;
+            }
+        }
+        upload
+    };
     progress(UpdateStep::Rebooting);
     match client.reset(false).await {
         Ok(()) => {}
@@ -227,28 +257,43 @@ where
         ));
     };
     let version = s0.version.clone();
-    let slots = match mode {
-        UpdateMode::TestOnly => {
-            return Ok(UpdateReport {
-                upload,
-                version,
-                confirmed: s0.confirmed,
-            })
-        }
-        UpdateMode::ConfirmOnly => slots,
-        UpdateMode::TestConfirm => {
-            progress(UpdateStep::Confirming);
-            client
-                .confirm(None)
-                .await
-                .map_err(|e| UpdateError::smp("confirm", e))?;
-            client
-                .image_list()
-                .await
-                .map_err(|e| UpdateError::smp("verify", e))?
-        }
-    };
-    match active(&slots) {
+    match mode {
+        UpdateMode::TestOnly => Ok(UpdateReport {
+            upload,
+            version,
+            confirmed: s0.confirmed,
+        }),
+        UpdateMode::ConfirmOnly => confirmed_report(&slots, mcuboot_hash, upload),
+        UpdateMode::TestConfirm => confirm_running(client, mcuboot_hash, upload, progress).await,
+    }
+}
+
+/// Confirms the running image and checks that the device lists it active and confirmed.
+async fn confirm_running<T: Transport>(
+    client: &mut SmpClient<T>,
+    mcuboot_hash: &[u8],
+    upload: UploadReport,
+    progress: &mut (dyn FnMut(UpdateStep) + Send),
+) -> Result<UpdateReport, UpdateError> {
+    progress(UpdateStep::Confirming);
+    client
+        .confirm(None)
+        .await
+        .map_err(|e| UpdateError::smp("confirm", e))?;
+    let slots = client
+        .image_list()
+        .await
+        .map_err(|e| UpdateError::smp("verify", e))?;
+    confirmed_report(&slots, mcuboot_hash, upload)
+}
+
+/// `slots` show the image active and confirmed: the report; otherwise why not.
+fn confirmed_report(
+    slots: &[SlotState],
+    mcuboot_hash: &[u8],
+    upload: UploadReport,
+) -> Result<UpdateReport, UpdateError> {
+    match active(slots) {
         Some(s) if s.hash.as_deref() == Some(mcuboot_hash) && s.confirmed => Ok(UpdateReport {
             upload,
             version: s.version.clone(),

@@ -72,6 +72,11 @@ pub struct FirmwareSection {
     /// Most transfers at once on this gateway; default 1 (one BLE adapter).
     #[serde(default = "default_max_parallel")]
     pub max_parallel: usize,
+    /// Seconds before the first retry of a device after a transient failure (timeout, link
+    /// lost, download interrupted); doubled at each further attempt, at most 15 min. Default
+    /// 30; at least 1.
+    #[serde(default = "default_retry_initial_s")]
+    pub retry_initial_s: u64,
     /// Firmware classes: class name → the configured devices of that class (device ids
     /// `serial:NAME` / `ble:ADDRESS`, installer names or BLE addresses). A job targets one class;
     /// its `seq` is counted per class. Each device belongs to at most one class.
@@ -90,6 +95,9 @@ fn default_min_battery() -> u8 {
 }
 fn default_max_parallel() -> usize {
     1
+}
+fn default_retry_initial_s() -> u64 {
+    30
 }
 
 impl FirmwareSection {

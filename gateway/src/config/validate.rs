@@ -302,6 +302,7 @@ fn firmware(out: &mut Vec<Problem>, c: &Config) {
     for (key, v) in [
         ("cache_max_bytes", f.cache_max_bytes as u128),
         ("max_parallel", f.max_parallel as u128),
+        ("retry_initial_s", f.retry_initial_s as u128),
     ] {
         if v == 0 {
             out.push(Problem::error(

@@ -73,6 +73,8 @@ pub struct Defaults {
     pub min_battery: u8,
     /// Most transfers at once.
     pub max_parallel: usize,
+    /// Back-off before the first retry after a transient failure, seconds.
+    pub retry_initial_s: u64,
 }
 
 /// Everything the relay runs with.
@@ -93,9 +95,10 @@ pub struct Relay {
     pub retained: watch::Sender<RetainedSet>,
 }
 
-/// Back-off after a failed attempt: 30 s, 60 s, 120 s … at most 15 min.
-fn backoff(attempt: u32) -> u64 {
-    (30u64 << attempt.saturating_sub(1).min(5)).min(900)
+/// Back-off after failed attempt number `attempt`: `initial` s (`[firmware] retry_initial_s`,
+/// default 30), doubling, at most 15 min.
+fn backoff(attempt: u32, initial: u64) -> u64 {
+    (initial.max(1) << attempt.saturating_sub(1).min(5)).min(900)
 }
 
 /// How a runner ended.
@@ -411,7 +414,8 @@ impl Relay {
                     // The policy fails it for good once the attempts are used up.
                     not_before.insert(
                         (job_id.to_owned(), device.to_owned()),
-                        (now_ms() / 1000) as u64 + backoff(e.attempt),
+                        (now_ms() / 1000) as u64
+                            + backoff(e.attempt, self.defaults.retry_initial_s),
                     );
                     self.set(&e, "waiting", e.attempt, Some(&reason)).await;
                     p.state = "waiting";
@@ -639,10 +643,13 @@ mod tests {
 
     #[test]
     fn back_off_doubles_and_is_capped() {
-        assert_eq!(backoff(1), 30);
-        assert_eq!(backoff(2), 60);
-        assert_eq!(backoff(3), 120);
-        assert_eq!(backoff(20), 900);
+        assert_eq!(backoff(1, 30), 30);
+        assert_eq!(backoff(2, 30), 60);
+        assert_eq!(backoff(3, 30), 120);
+        assert_eq!(backoff(20, 30), 900);
+        assert_eq!(backoff(1, 2), 2);
+        assert_eq!(backoff(2, 2), 4);
+        assert_eq!(backoff(1, 0), 1);
     }
 
     #[test]
