@@ -327,7 +327,9 @@ impl crate::firmware::relay::DeviceLinks for AdapterLinks {
         let stats = self.serial.get(device).map(|a| a.stats());
         crate::firmware::relay::DeviceView {
             connected: stats.is_some_and(|s| s.connects > s.disconnects),
-            // Any sign of life counts (conservative: a device that just connected waits too).
+            // In clinical use = it produced observations recently (issue 10's definition): the
+            // time of its last sign of life once it has sent any observation. A monitor that
+            // connected but has sent no reading yet is not in use (no patient data flows).
             last_observation_s: (counts.observations > 0 && counts.last_seen_ms > 0)
                 .then_some((counts.last_seen_ms / 1000) as u64),
             battery: counts.battery_pct.map(|b| b.clamp(0.0, 100.0) as u8),

@@ -350,6 +350,23 @@ impl Relay {
         parsed
     }
 
+    /// Records `state` for the execution of `job` on `device` (what `wardgate status` shows
+    /// while a runner works), keeping its attempt.
+    async fn mark(&self, job: &str, device: &str, state: &str) {
+        let store = self.store.clone();
+        let j = job.to_owned();
+        let Ok(Ok(execs)) =
+            tokio::task::spawn_blocking(move || store.firmware_executions(Some(&j))).await
+        else {
+            return;
+        };
+        if let Some(e) = execs.iter().find(|e| e.device == device) {
+            if !FINAL_STATES.contains(&e.state.as_str()) {
+                self.set(e, state, e.attempt, None).await;
+            }
+        }
+    }
+
     async fn set(&self, e: &ExecutionRow, state: &str, attempt: u32, reason: Option<&str>) {
         let row = ExecutionRow {
             state: state.into(),
@@ -514,6 +531,7 @@ async fn attempt_update(relay: &Relay, job: &Job, device: &str, attempt: u32) ->
         Err(e) => return failed("verify", format!("task: {e}"), true),
     };
     relay.publish(&relay.progress(&job.id, device, "verified", attempt));
+    relay.mark(&job.id, device, "uploading").await;
     // 3. SMP on the adapter's connection.
     let Some(transport) = relay.devices.open_smp(device) else {
         return failed("upload", "device_offline", true);
