@@ -450,6 +450,26 @@ fn a_tampered_job_or_image_never_reaches_the_device() {
     gw.terminate(Duration::from_secs(10)).unwrap();
 }
 
+/// Publishes job `job_id` for a 24 kB image of version 1.2.3, starts the gateway and returns
+/// once the device holds a third of the image: `(image length, progress watcher, gateway)`.
+fn upload_a_third(w: &World, job_id: &str) -> (u64, Watcher, Proc) {
+    let image = w.image("new", "1.2.3", 24_000);
+    let len = std::fs::metadata(&image).unwrap().len();
+    let url = w.serve(&image, "acme/app-1.2.3.bin");
+    let job = w.job(job_id, 1, &image, &url, &w.signer);
+    let watch = Watcher::start(&w.env, &format!("{}/firmware/#", prefix())).unwrap();
+    w.publish_job(&job);
+    let gw = w.gateway();
+    wait_until(
+        "a third of the upload",
+        Duration::from_secs(40),
+        Duration::from_millis(20),
+        || Ok((upload_off(&w.dev.events()) >= len / 3).then_some(())),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", w.dev.events(), gw.stderr()));
+    (len, watch, gw)
+}
+
 #[test]
 fn a_gateway_killed_mid_upload_resumes_at_the_devices_offset() {
     // A slow line: the upload takes several seconds.
@@ -460,21 +480,8 @@ fn a_gateway_killed_mid_upload_resumes_at_the_devices_offset() {
         return;
     };
     let t0 = Instant::now();
-    let image = w.image("new", "1.2.3", 24_000);
-    let len = std::fs::metadata(&image).unwrap().len();
-    let url = w.serve(&image, "acme/app-1.2.3.bin");
-    let job = w.job("fw-kill", 1, &image, &url, &w.signer);
-    let watch = Watcher::start(&w.env, &format!("{}/firmware/#", prefix())).unwrap();
-    w.publish_job(&job);
-    let mut gw = w.gateway();
+    let (len, watch, mut gw) = upload_a_third(&w, "fw-kill");
     // Kill -9 once the device holds about a third of the image.
-    wait_until(
-        "a third of the upload",
-        Duration::from_secs(40),
-        Duration::from_millis(20),
-        || Ok((upload_off(&w.dev.events()) >= len / 3).then_some(())),
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", w.dev.events(), gw.stderr()));
     gw.kill9().unwrap();
     let at_kill = upload_off(&w.dev.events());
     assert!(at_kill < len, "the upload finished before the kill");
@@ -518,20 +525,7 @@ fn a_link_lost_mid_upload_waits_and_is_retried_after_the_back_off() {
         return;
     };
     let t0 = Instant::now();
-    let image = w.image("new", "1.2.3", 24_000);
-    let len = std::fs::metadata(&image).unwrap().len();
-    let url = w.serve(&image, "acme/app-1.2.3.bin");
-    let job = w.job("fw-lost", 1, &image, &url, &w.signer);
-    let watch = Watcher::start(&w.env, &format!("{}/firmware/#", prefix())).unwrap();
-    w.publish_job(&job);
-    let mut gw = w.gateway();
-    wait_until(
-        "a third of the upload",
-        Duration::from_secs(40),
-        Duration::from_millis(20),
-        || Ok((upload_off(&w.dev.events()) >= len / 3).then_some(())),
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", w.dev.events(), gw.stderr()));
+    let (_, watch, mut gw) = upload_a_third(&w, "fw-lost");
     // The device resets under the upload: its session is gone, the port goes away and back.
     w.dev.power_cycle().unwrap();
     let topic = progress_topic("fw-lost", DEVICE);
