@@ -712,6 +712,11 @@ fn check_config_refuses_a_bad_firmware_section_at_its_position() {
             "w.toml:18:12: time zone `Europe Berlin`",
         ),
         (
+            // A well-formed name the tz database does not have: `run` could not load it.
+            "[firmware]\nsigner_ca = \"fw-ca.pem\"\ntimezone = \"Mars/Base\"\n",
+            "w.toml:18:12: time zone `Mars/Base`: /usr/share/zoneinfo/Mars/Base",
+        ),
+        (
             "[firmware]\nsigner_ca = \"fw-ca.pem\"\n[firmware.classes]\nacme = [\"bed12\", \"bed99\"]\n",
             "w.toml:19:18: class `acme`: device `bed99` is not configured",
         ),

@@ -89,7 +89,7 @@ pub enum SmpError {
     #[error("transport: {0}")]
     Transport(#[from] TransportError),
     /// No matching answer after all attempts.
-    #[error("no answer to group {group} command {cmd} after {attempts} attempts")]
+    #[error("the device did not answer SMP (group {group} command {cmd}, {attempts} attempts): check the port, the baud rate, and that its firmware runs MCUmgr on this line")]
     Timeout {
         /// Group of the request.
         group: u16,

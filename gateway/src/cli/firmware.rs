@@ -77,6 +77,16 @@ pub struct InspectArgs {
 }
 
 fn parse_file(path: &PathBuf) -> anyhow::Result<Result<ImageInfo, image::ImageError>> {
+    // A FIFO would block, a device has no size: images are regular files.
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => {
+            anyhow::bail!(
+                "{}: not a regular file (an image is a file)",
+                path.display()
+            )
+        }
+        _ => {}
+    }
     let mut f = std::fs::File::open(path)
         .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
     Ok(image::parse_reader(&mut f))
@@ -480,6 +490,11 @@ fn make_job(a: JobArgs) -> anyhow::Result<ExitCode> {
                 ))
             }
         };
+        // A zone the gateways cannot load would stop the job there: refuse it here, where it
+        // is made (the tz database of this machine is the reference).
+        if let Some(tz) = &a.tz {
+            crate::firmware::policy::Zone::parse(tz).map_err(|e| usage(format!("--tz: {e}")))?;
+        }
         Message::Job(Box::new(Job {
             id: a.id.unwrap_or_else(|| format!("{}-{}", a.class, a.seq)),
             seq: a.seq,

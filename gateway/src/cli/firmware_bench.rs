@@ -69,6 +69,16 @@ impl LinkArgs {
             parity: Parity::None,
             stop_bits: 1,
         };
+        // A regular file or a directory is no port (the OS says only "Not a typewriter").
+        if let Ok(m) = std::fs::metadata(&self.port) {
+            use std::os::unix::fs::FileTypeExt;
+            if !m.file_type().is_char_device() {
+                return Err(TransportError::Io(std::io::Error::other(format!(
+                    "{}: not a serial port (a character device such as /dev/ttyUSB0 or /dev/serial/by-id/…)",
+                    self.port.display()
+                ))));
+            }
+        }
         let port = settings.open(&self.port).map_err(|e| {
             TransportError::Io(std::io::Error::other(format!(
                 "{}: {e}",

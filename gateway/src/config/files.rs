@@ -57,14 +57,17 @@ pub fn gateway(c: &Config) -> Vec<Problem> {
             ("signer_ca", f.signer_ca.as_ref()),
             ("signer_crl", &f.signer_crl),
         );
+        // What `run` reads: a zone it cannot load stops the daemon, so it is an error here
+        // too (a syntax error is reported by the pure checks already).
         if let Some(tz) = &f.timezone {
             let name = tz.get_ref();
-            let fixed = name == "UTC" || name.starts_with('+') || name.starts_with('-');
-            if !fixed && !Path::new(ZONEINFO).join(name).is_file() {
-                out.push(Problem::warning(
-                    fw.key("timezone"),
-                    format!("time zone `{name}` is not in {ZONEINFO} (install tzdata, or check the spelling)"),
-                ));
+            if crate::config::schema::check_tz(name).is_ok() {
+                if let Err(e) = super::zone::Zone::parse(name) {
+                    out.push(Problem::error(
+                        fw.key("timezone"),
+                        format!("{e} (install tzdata, or check the spelling)"),
+                    ));
+                }
             }
         }
     }
@@ -90,9 +93,6 @@ pub fn gateway(c: &Config) -> Vec<Problem> {
     }
     out
 }
-
-/// The system's tz database (Debian `tzdata`).
-pub const ZONEINFO: &str = "/usr/share/zoneinfo";
 
 /// The filesystem problems of a receiver config (paths already resolved).
 pub fn receiver(c: &ReceiverConfig) -> Vec<Problem> {

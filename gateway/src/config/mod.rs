@@ -25,6 +25,7 @@ pub mod files;
 pub mod positions;
 pub mod schema;
 pub mod validate;
+pub mod zone;
 
 pub use diagnostic::{Diagnostic, Diagnostics, Severity};
 pub use positions::KeyPath;

@@ -137,13 +137,16 @@ impl Relay {
         }
     }
 
-    fn rules(&self, job: &Job) -> Rules {
+    /// The job's policy over the gateway's defaults. Errors: the job names a time zone this
+    /// gateway cannot load (never a silent fall-back to another zone: the window would open
+    /// at the wrong hour).
+    fn rules(&self, job: &Job) -> Result<Rules, String> {
         let p = &job.policy;
-        let zone =
-            p.tz.as_deref()
-                .and_then(|z| Zone::parse(z).ok())
-                .unwrap_or_else(|| self.defaults.zone.clone());
-        Rules {
+        let zone = match p.tz.as_deref() {
+            Some(z) => Zone::parse(z)?,
+            None => self.defaults.zone.clone(),
+        };
+        Ok(Rules {
             window: p.window.or(self.defaults.window),
             zone,
             not_in_use: p.not_in_use,
@@ -152,7 +155,7 @@ impl Relay {
             max_attempts: p.max_attempts,
             deadline: p.deadline,
             max_parallel: self.defaults.max_parallel,
-        }
+        })
     }
 
     /// Verifies and accepts one message from `…/firmware/job`; refusals become a `failed`
@@ -173,6 +176,16 @@ impl Relay {
                 return;
             }
         };
+        if let Message::Job(j) = &verified.message {
+            if let Some(Err(e)) = j.policy.tz.as_deref().map(Zone::parse) {
+                log::warn!("firmware job {} refused: unknown_time_zone ({e})", j.id);
+                let mut p = self.progress(&j.id, "-", "failed", 0);
+                p.step = Some("accept".into());
+                p.reason = Some("unknown_time_zone".into());
+                self.publish(&p);
+                return;
+            }
+        }
         let store = self.store.clone();
         let fleet = self.fleet.clone();
         let v = verified.clone();
@@ -280,7 +293,19 @@ impl Relay {
                             retry_not_before_s: not_before.get(&key).copied(),
                             running: running.len(),
                         };
-                        let mut decision = decide(&self.rules(&job), &situation);
+                        let rules = match self.rules(&job) {
+                            Ok(r) => r,
+                            Err(why) => {
+                                log::warn!("firmware job {}: {}: {why}", e.job, e.device);
+                                self.set(e, "failed", e.attempt, Some("unknown_time_zone")).await;
+                                let mut p = self.progress(&e.job, &e.device, "failed", e.attempt);
+                                p.step = Some("policy".into());
+                                p.reason = Some("unknown_time_zone".into());
+                                self.publish(&p);
+                                continue;
+                            }
+                        };
+                        let mut decision = decide(&rules, &situation);
                         // Two jobs for the same device never interleave.
                         if decision == Decision::Go && busy.contains(&e.device) {
                             decision = Decision::Wait(super::policy::WaitReason::TransferSlotsBusy);
