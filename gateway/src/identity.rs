@@ -44,7 +44,7 @@ pub enum Identity {
         /// Its name in the SAN URI.
         name: String,
     },
-    /// An upstream firmware signer, which signs firmware jobs (`crate::firmware::job`).
+    /// An upstream firmware signer, which signs firmware jobs (`firmware/job.rs`).
     FirmwareSigner {
         /// Its name in the SAN URI.
         name: String,

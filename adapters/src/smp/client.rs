@@ -805,6 +805,30 @@ mod tests {
         }
     }
 
+    /// What a mock device does with a request: `(delay ms, reply)` pairs.
+    trait Handler: FnMut(&Frame) -> Vec<(u64, Frame)> + Send {}
+    impl<F: FnMut(&Frame) -> Vec<(u64, Frame)> + Send> Handler for F {}
+
+    /// A device with a 256-byte buffer that answers every upload request with `off` and
+    /// `matched`, whatever it was sent.
+    fn answers_uploads(off: u64, matched: Option<bool>) -> SmpClient<Mock<impl Handler>> {
+        mock(move |f| {
+            let body = match f.header.cmd {
+                6 => Params {
+                    buf_size: 256,
+                    buf_count: 1,
+                }
+                .to_body(),
+                _ => UploadResponse {
+                    off: Some(off),
+                    matched,
+                }
+                .to_body(),
+            };
+            vec![(1, reply(f, body))]
+        })
+    }
+
     fn image(n: usize) -> Vec<u8> {
         (0..n).map(|i| (i % 251) as u8).collect()
     }
@@ -950,30 +974,7 @@ mod tests {
         let e = c.erase(None).await.unwrap_err();
         assert_eq!(e.reason(), "bad_state");
         assert!(e.device_error().unwrap().is_bad_state());
-        let mut c = mock(|f| match f.header.cmd {
-            6 => vec![(
-                1,
-                reply(
-                    f,
-                    Params {
-                        buf_size: 256,
-                        buf_count: 1,
-                    }
-                    .to_body(),
-                ),
-            )],
-            _ => vec![(
-                1,
-                reply(
-                    f,
-                    UploadResponse {
-                        off: Some(5000),
-                        matched: None,
-                    }
-                    .to_body(),
-                ),
-            )],
-        });
+        let mut c = answers_uploads(5000, None);
         assert_eq!(
             c.upload(&image(100), UploadOptions::default(), &mut |_| {})
                 .await
@@ -981,30 +982,7 @@ mod tests {
                 .reason(),
             "offset_beyond"
         );
-        let mut c = mock(|f| match f.header.cmd {
-            6 => vec![(
-                1,
-                reply(
-                    f,
-                    Params {
-                        buf_size: 256,
-                        buf_count: 1,
-                    }
-                    .to_body(),
-                ),
-            )],
-            _ => vec![(
-                1,
-                reply(
-                    f,
-                    UploadResponse {
-                        off: Some(100),
-                        matched: Some(false),
-                    }
-                    .to_body(),
-                ),
-            )],
-        });
+        let mut c = answers_uploads(100, Some(false));
         assert_eq!(
             c.upload(&image(100), UploadOptions::default(), &mut |_| {})
                 .await

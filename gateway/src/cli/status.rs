@@ -438,6 +438,17 @@ mod tests {
         );
     }
 
+    /// The text of a running daemon's report with `snap` (no store read, no problems).
+    fn render_running(snap: Snapshot) -> String {
+        let r = Report {
+            running: true,
+            snapshot: Some(snap),
+            store: None,
+            problems: vec![],
+        };
+        render(&r, "g")
+    }
+
     #[test]
     fn firmware_executions_show_their_state_reason_and_attempt() {
         let snap = Snapshot {
@@ -452,13 +463,7 @@ mod tests {
             }],
             ..Snapshot::default()
         };
-        let r = Report {
-            running: true,
-            snapshot: Some(snap),
-            store: None,
-            problems: vec![],
-        };
-        let text = render(&r, "g");
+        let text = render_running(snap);
         assert!(
             text.contains(
                 "firmware: job fw-7 on serial:bed1: WAITING (in_clinical_use), attempt 1 (3 s ago)"
@@ -509,13 +514,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        let r = Report {
-            running: true,
-            snapshot: Some(snap),
-            store: None,
-            problems: vec![],
-        };
-        let text = render(&r, "g");
+        let text = render_running(snap);
         assert!(
             text.contains("store:    FULL since 5 s ago: NOT ACCEPTING NEW ROWS; 50 held"),
             "{text}"
@@ -531,13 +530,7 @@ mod tests {
         let mut snap = Snapshot::default();
         snap.liveness
             .insert("ble:00:22:D0:90:4C:14".into(), "offline".into());
-        let r = Report {
-            running: true,
-            snapshot: Some(snap),
-            store: None,
-            problems: vec![],
-        };
-        let text = render(&r, "g");
+        let text = render_running(snap);
         assert!(
             text.contains(
                 "device:   ble:00:22:D0:90:4C:14: offline (nothing received since start)"

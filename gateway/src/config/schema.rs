@@ -238,7 +238,7 @@ pub struct UplinkSection {
     #[serde(default)]
     pub receiver_certs: Vec<Spanned<PathBuf>>,
     /// …or whose certificate (sent in the ack's `x5chain`) chains to this CA and names a receiver
-    /// (`urn:wardgate-receiver:{name}` subjectAltName URI; see `crate::identity`).
+    /// (`urn:wardgate-receiver:{name}` subjectAltName URI; see `identity.rs`).
     pub receiver_ca: Option<Spanned<PathBuf>>,
     /// Certificate revocation lists (PEM or DER) honoured for receivers trusted by `receiver_ca`.
     #[serde(default)]

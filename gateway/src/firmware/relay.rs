@@ -101,6 +101,9 @@ fn backoff(attempt: u32, initial: u64) -> u64 {
     (initial.max(1) << attempt.saturating_sub(1).min(5)).min(900)
 }
 
+/// A job as the tick loop needs it: the job and its rules (or why they cannot be made).
+type CachedJob = (Arc<Job>, Arc<Result<Rules, String>>);
+
 /// How a runner ended.
 enum Ended {
     Done {
@@ -237,7 +240,7 @@ impl Relay {
         let mut running: HashMap<(String, String), Running> = HashMap::new();
         let (done_tx, mut done_rx) = mpsc::channel::<(String, String, Ended)>(16);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let mut jobs_cache: HashMap<String, Option<Arc<Job>>> = HashMap::new();
+        let mut jobs_cache: HashMap<String, Option<CachedJob>> = HashMap::new();
         let mut not_before: HashMap<(String, String), u64> = HashMap::new();
         let mut last_wait: HashMap<(String, String), &'static str> = HashMap::new();
         loop {
@@ -280,7 +283,7 @@ impl Relay {
                         if running.contains_key(&key) {
                             continue;
                         }
-                        let Some(job) = self.job(&e.job, &mut jobs_cache).await else {
+                        let Some((job, rules)) = self.job(&e.job, &mut jobs_cache).await else {
                             continue;
                         };
                         let view = self.devices.view(&e.device);
@@ -293,7 +296,7 @@ impl Relay {
                             retry_not_before_s: not_before.get(&key).copied(),
                             running: running.len(),
                         };
-                        let rules = match self.rules(&job) {
+                        let rules = match rules.as_ref() {
                             Ok(r) => r,
                             Err(why) => {
                                 log::warn!("firmware job {}: {}: {why}", e.job, e.device);
@@ -305,7 +308,7 @@ impl Relay {
                                 continue;
                             }
                         };
-                        let mut decision = decide(&rules, &situation);
+                        let mut decision = decide(rules, &situation);
                         // Two jobs for the same device never interleave.
                         if decision == Decision::Go && busy.contains(&e.device) {
                             decision = Decision::Wait(super::policy::WaitReason::TransferSlotsBusy);
@@ -345,8 +348,8 @@ impl Relay {
     async fn job(
         &self,
         id: &str,
-        cache: &mut HashMap<String, Option<Arc<Job>>>,
-    ) -> Option<Arc<Job>> {
+        cache: &mut HashMap<String, Option<CachedJob>>,
+    ) -> Option<CachedJob> {
         if let Some(j) = cache.get(id) {
             return j.clone();
         }
@@ -371,8 +374,13 @@ impl Relay {
                 None
             }
         };
-        cache.insert(id.to_owned(), parsed.clone());
-        parsed
+        // Its rules once (a tz database zone is read from disk), not at every tick.
+        let cached = parsed.map(|j| {
+            let rules = Arc::new(self.rules(&j));
+            (j, rules)
+        });
+        cache.insert(id.to_owned(), cached.clone());
+        cached
     }
 
     /// Records `state` for the execution of `job` on `device` (what `wardgate status` shows
