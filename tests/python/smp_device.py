@@ -68,6 +68,7 @@ class Device:
         self.uploads = 0
         self.strip_crc_next = False
         self.no_crc_done = False
+        self.ahead = 0
         if a.pending_stuck:
             self.slot1 = {"version": "9.9.9", "hash": b"\x99" * 32, "pending": True, "permanent": False}
         if a.stale_session:
@@ -175,8 +176,25 @@ class Device:
             out.append(img.ImageState(slot=1, version=s["version"], hash=s["hash"], bootable=True, pending=s["pending"], permanent=s["permanent"]))
         return out
 
+    def slot_info(self, frame):
+        """Slot info (image group command 6), which smp 4.2.0 does not know (its header check
+        refuses the command id): header and CBOR by hand (PROTOCOLS §A.1, §A.2)."""
+        b0, _flags, _length, _group, seq, _cmd = struct.unpack(">BBHHBB", frame[:8])
+        version, op = (b0 >> 3) & 0x3, b0 & 0x7
+        if self.a.no_slot_info:
+            body = {"rc": 8}  # MGMT_ERR_ENOTSUP, the non-group shape
+        else:
+            self.log(f"slot-info size={self.a.slot_size}")
+            size = self.a.slot_size
+            body = {"images": [{"image": 0, "slots": [{"slot": 0, "size": size}, {"slot": 1, "size": size, "upload_image_id": 0}], "max_image_size": self.max_image()}]}
+        payload = cbor2.dumps(body)
+        rsp_op = 1 if op == 0 else 3  # READ_RSP / WRITE_RSP
+        return struct.pack(">BBHHBB", (version << 3) | rsp_op, 0, len(payload), 1, seq, 6) + payload
+
     def handle(self, frame):
         """The reply bytes to one request frame, or None for no reply."""
+        if len(frame) >= 8 and struct.unpack(">HB", frame[4:6] + frame[7:8]) == (1, 6):
+            return self.slot_info(frame)
         hdr = H.Header.loads(frame[:8])
         v, seq = hdr.version, hdr.sequence
         g, c = hdr.group_id, hdr.command_id
@@ -208,16 +226,6 @@ class Device:
             payload = bytes(img.ImageStatesReadResponse(images=self.images(), sequence=seq, version=v))[8:]
             h = H.Header(op=H.OP.WRITE_RSP, version=v, flags=H.Flag(0), length=len(payload), group_id=1, sequence=seq, command_id=0)
             return bytes(h) + payload
-        if g == 1 and c == 6:
-            if self.a.no_slot_info:
-                return self.error(hdr, 1, 8, v1=True)  # MGMT_ERR_ENOTSUP
-            self.log(f"slot-info size={self.a.slot_size}")
-            size = self.a.slot_size
-            body = {"images": [{"image": 0, "slots": [{"slot": 0, "size": size}, {"slot": 1, "size": size, "upload_image_id": 0}], "max_image_size": self.max_image()}]}
-            # smp 4.2.0 has no model for slot info: the header and CBOR built by hand.
-            payload = cbor2.dumps(body)
-            h = H.Header(op=H.OP.READ_RSP, version=v, flags=H.Flag(0), length=len(payload), group_id=1, sequence=seq, command_id=6)
-            return bytes(h) + payload
         if g == 1 and c == 5:
             if self.slot1 and self.slot1["pending"]:
                 self.log("erase refused: slot 1 pending")
@@ -242,6 +250,8 @@ class Device:
         v, seq = hdr.version, hdr.sequence
         self.uploads += 1
         self.log(f"upload off={req.off} len={len(req.data)} seq={seq}")
+        if self.ahead:
+            self.log(f"pipelined ahead={self.ahead}")
         if self.a.drop_at is not None and req.off >= self.a.drop_at and not self.dropped:
             self.dropped.add(req.off)
             self.log(f"drop off={req.off} seq={seq}")
@@ -357,6 +367,9 @@ class Device:
                     decoder.send(line)
                 except StopIteration as done:
                     decoder = None
+                    # Bytes of further requests already received: the gateway did not wait
+                    # for this answer before sending more (pipelining).
+                    self.ahead = len(buf)
                     reply = self.handle(done.value)
                     if reply is not None:
                         self.send(reply)

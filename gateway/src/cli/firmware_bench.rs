@@ -322,8 +322,8 @@ async fn upload(a: UploadArgs) -> anyhow::Result<ExitCode> {
     .await;
     let stats = c.stats();
     step(&format!(
-        "{} requests, {} re-sent after a timeout, {} late or stray answers dropped, at most {} in flight",
-        stats.requests, stats.retransmits, stats.dropped, stats.in_flight_max
+        "{} requests, {} re-sent after a timeout, {} late or stray answers dropped, at most {} in flight, pipeline dropped {} times",
+        stats.requests, stats.retransmits, stats.dropped, stats.in_flight_max, stats.pipeline_drops
     ));
     let report = result?;
     let up = &report.upload;
