@@ -652,7 +652,9 @@ fn bench_options_out_of_range_are_usage_errors() {
 /// fraction of the line's payload limit after the console framing (base64: 3 bytes in 4
 /// characters; 3 bytes of marker and newline per 120 characters: 90 packet bytes per 123 line
 /// bytes). Median of `WARDGATE_SMP_RUNS` (default 3) uploads of a 100 kB image, each to a fresh
-/// device with `WARDGATE_SMP_BUF` (default 512) byte buffers.
+/// device with `WARDGATE_SMP_BUF_COUNT` (default 4) buffers of `WARDGATE_SMP_BUF` (default 512)
+/// bytes: `BUF_COUNT - 1` upload requests in flight (1: no pipelining). The emulator's line is
+/// full duplex (requests received while answers are sent).
 #[test]
 #[ignore = "bench: run with scripts/bench-smp"]
 fn bench_upload_throughput() {
@@ -662,22 +664,23 @@ fn bench_upload_throughput() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(d)
     };
-    let (baud, runs, buf) = (
+    let (baud, runs, buf, count) = (
         env("WARDGATE_SMP_BAUD", 115_200),
         env("WARDGATE_SMP_RUNS", 3),
         env("WARDGATE_SMP_BUF", 512),
+        env("WARDGATE_SMP_BUF_COUNT", 4),
     );
     let dir = temp_dir("fw-bench").unwrap();
     let image = make_image(tmp(), dir.path(), "3.0.0", 100_000).unwrap();
     let limit = baud as f64 / 10.0 * 90.0 / 123.0;
     let mut rates = Vec::new();
     for run in 0..runs {
-        let (b, s) = (baud.to_string(), buf.to_string());
+        let (b, s, n) = (baud.to_string(), buf.to_string(), count.to_string());
         let dev = SmpDevice::start(
             tmp(),
             dir.path(),
             &format!("bench{run}"),
-            &["--pace-baud", &b, "--buf-size", &s],
+            &["--pace-baud", &b, "--buf-size", &s, "--buf-count", &n],
         )
         .unwrap();
         let out = upload(&dev, &image, &["--mode", "test-only"]);
@@ -693,7 +696,7 @@ fn bench_upload_throughput() {
     rates.sort_by(f64::total_cmp);
     let median = rates[rates.len() / 2];
     println!(
-        "smp upload at {baud} baud, buf_size {buf}: median {median:.0} B/s = {:.1} % of the line's payload limit ({limit:.0} B/s) over {runs} runs",
+        "smp upload at {baud} baud, buf_size {buf}, buf_count {count}: median {median:.0} B/s = {:.1} % of the line's payload limit ({limit:.0} B/s) over {runs} runs",
         100.0 * median / limit
     );
 }
