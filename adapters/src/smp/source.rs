@@ -8,7 +8,7 @@
 //!   on the open descriptor) must not change, or the read fails with
 //!   [`SourceError::Changed`]. A cache eviction that unlinks or replaces the path does not
 //!   matter: the open descriptor keeps the verified inode. After the upload the device's slot
-//!   hash is compared with the verified MCUboot hash anyway ([`super::client::SmpClient::upload_verified`]).
+//!   hash is compared with the verified MCUboot hash anyway (the client's `upload_verified`).
 //! - `[u8]` and `Vec<u8>`: an image in memory (unit tests, small tools).
 //!
 //! The whole-file SHA-256 (the upload's `sha`, its session id, PROTOCOLS §A.2) is not computed

@@ -141,6 +141,21 @@ pub struct FirmwareExecution {
     pub updated_ms: i64,
 }
 
+/// Writes `snap` atomically to `path` (temp file beside it + rename).
+pub fn write_snapshot(path: &Path, snap: &Snapshot) -> std::io::Result<()> {
+    let tmp: PathBuf = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(snap)?)?;
+    std::fs::rename(tmp, path)
+}
+
+/// `CLOCK_BOOTTIME` in ms: monotonic since boot, the same for every process, unmoved by
+/// wall-clock steps (`None` if the clock cannot be read).
+pub fn boot_ms() -> Option<i64> {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .ok()
+        .map(|t| t.tv_sec() * 1000 + t.tv_nsec() / 1_000_000)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,19 +204,4 @@ mod tests {
         );
         assert_eq!(v.len(), 1);
     }
-}
-
-/// Writes `snap` atomically to `path` (temp file beside it + rename).
-pub fn write_snapshot(path: &Path, snap: &Snapshot) -> std::io::Result<()> {
-    let tmp: PathBuf = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(snap)?)?;
-    std::fs::rename(tmp, path)
-}
-
-/// `CLOCK_BOOTTIME` in ms: monotonic since boot, the same for every process, unmoved by
-/// wall-clock steps (`None` if the clock cannot be read).
-pub fn boot_ms() -> Option<i64> {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
-        .ok()
-        .map(|t| t.tv_sec() * 1000 + t.tv_nsec() / 1_000_000)
 }
