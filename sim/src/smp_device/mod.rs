@@ -55,7 +55,6 @@
 //! [`SmpDeviceModel::session_offset`]).
 
 pub mod mcuboot;
-pub mod serial;
 
 use ciborium::Value;
 use std::collections::VecDeque;

@@ -56,7 +56,7 @@ impl Client {
         let req = UploadRequest {
             off: off as u64,
             data: img[off..(off + n).min(img.len())].to_vec(),
-            start: (off == 0).then(|| UploadStart {
+            start: (off == 0).then_some(UploadStart {
                 len: img.len() as u64,
                 sha: Some(sha),
                 image: Some(0),
