@@ -13,6 +13,7 @@ checks them against the model's own state.
   smp_peers.py smpclient-resume --port PTY --image IMG
   smp_peers.py smpclient-ble --address AA:BB:.. --image IMG
   smp_peers.py toolkit-serial --port PTY --image IMG
+  smp_peers.py toolkit-ble --address AA:BB:.. --image IMG
 """
 
 import argparse
@@ -187,12 +188,15 @@ async def smpclient_ble(a):
 
 # --- mcumgr-toolkit --------------------------------------------------------------------------
 
-def toolkit_serial(a):
+def toolkit(a):
     from mcumgr_toolkit import MCUmgrClient
     data = open(a.image, "rb").read()
 
     def connect():
-        c = MCUmgrClient.serial(a.port, 115200, int(a.timeout * 1000))
+        if a.address:
+            c = MCUmgrClient.ble(a.address, int(a.timeout * 1000))
+        else:
+            c = MCUmgrClient.serial(a.port, 115200, int(a.timeout * 1000))
         c.set_retries(3)
         return c
 
@@ -250,7 +254,7 @@ def toolkit_serial(a):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("command", choices=["smpclient-serial", "smpclient-resume", "smpclient-ble", "toolkit-serial"])
+    p.add_argument("command", choices=["smpclient-serial", "smpclient-resume", "smpclient-ble", "toolkit-serial", "toolkit-ble"])
     p.add_argument("--port")
     p.add_argument("--address")
     p.add_argument("--image", required=True)
@@ -259,8 +263,8 @@ def main():
     p.add_argument("--swap-wait", type=float, default=20.0)
     a = p.parse_args()
     try:
-        if a.command == "toolkit-serial":
-            toolkit_serial(a)
+        if a.command in ("toolkit-serial", "toolkit-ble"):
+            toolkit(a)
         else:
             asyncio.run({"smpclient-serial": smpclient_serial, "smpclient-resume": smpclient_resume,
                          "smpclient-ble": smpclient_ble}[a.command](a))

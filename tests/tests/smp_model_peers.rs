@@ -363,3 +363,51 @@ fn smpclient_over_the_simulated_bluez() {
     let writes = world.sim.writes(ADDR, blesim::SMP_CHARACTERISTIC_UUID);
     assert!(!writes.is_empty() && writes.iter().all(|w| w.len() <= 244));
 }
+
+#[test]
+fn mcumgr_toolkit_over_the_simulated_bluez() {
+    let dir = temp_dir("smp-peers-tk-ble").unwrap();
+    let img = image(dir.path(), "3.1.0", 4000);
+    let world = BleWorld::start().unwrap();
+    const ADDR: &str = "C0:FF:EE:5E:00:02";
+    let info = DeviceInformation::new("Acme", "Vitals-2", "SN8", "1.0.0");
+    world.sim.add_device(blesim::smp_vitals_device(ADDR, &info));
+    let model = SmpDeviceModel::new(options()).shared();
+    world.sim.attach_smp(ADDR, model.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let adv = {
+        let (sim, stop) = (world.sim.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut rssi = -55;
+            while !stop.load(Ordering::Relaxed) {
+                if sim.is_discovering() {
+                    rssi = if rssi == -55 { -56 } else { -55 };
+                    sim.advertise(
+                        ADDR,
+                        &blesim::Advert {
+                            rssi,
+                            name: Some("Vitals-2".into()),
+                            ..Default::default()
+                        },
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let lines = peers(
+        &[
+            "toolkit-ble",
+            "--address",
+            ADDR,
+            "--image",
+            img.path.to_str().unwrap(),
+            "--timeout",
+            "5",
+        ],
+        &world.env(),
+    );
+    stop.store(true, Ordering::Relaxed);
+    let _ = adv.join();
+    check_full_update(&lines, &model, &img, "3.1.0");
+}
