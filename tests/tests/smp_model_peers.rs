@@ -80,7 +80,7 @@ fn no_error(v: &Value) -> &Value {
     v
 }
 
-fn slot<'a>(v: &'a Value, n: u64) -> &'a Value {
+fn slot(v: &Value, n: u64) -> &Value {
     v["slots"]
         .as_array()
         .unwrap()
