@@ -214,7 +214,6 @@ fn start_gateway(env: &Env, store: Arc<Store>, batch_interval: Duration) -> Gate
         WriterOptions {
             commit_interval: Duration::from_millis(20),
             commit_max_rows: 5000,
-            batch_max: 2000,
             retention_every: Duration::from_secs(3600),
             buffer_max_rows: 10_000,
         },

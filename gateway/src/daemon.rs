@@ -110,7 +110,6 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         WriterOptions {
             commit_interval: Duration::from_millis(cfg.store.commit_interval_ms),
             commit_max_rows: cfg.store.commit_max_rows,
-            batch_max: cfg.uplink.batch_max,
             // Also the writer's idle tick: kept well inside the watchdog period.
             retention_every: crate::system::sd_notify::writer_tick(watchdog),
             buffer_max_rows: cfg.store.buffer_max_rows.max(1),

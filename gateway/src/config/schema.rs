@@ -287,7 +287,9 @@ pub struct UplinkSection {
     /// Most observations and events in one batch; default 2000.
     #[serde(default = "default_batch_max")]
     pub batch_max: usize,
-    /// Longest time a pending observation waits for its batch to fill, in ms; default 200.
+    /// How often, in ms, the uplink re-sends overdue batches, retries a full store and refreshes
+    /// retained payloads; default 200. Observations do not wait for it: each commit is sent at
+    /// once while the in-flight window has room (`uplink/session.rs`, `fills_on`).
     #[serde(default = "default_batch_interval")]
     pub batch_interval_ms: u64,
     /// Most unacknowledged batches in flight; default 16.
