@@ -5,8 +5,8 @@
 //! - on an idle gateway, a single reading written to the device reaches the receiver well before
 //!   the interval (the bound, 2.5 s, is generous: it takes milliseconds; before this change it
 //!   waited for the next tick, up to 5 s);
-//! - a burst of readings with a one-batch window travels in batches of many rows each: while a
-//!   batch awaits its ack the rows pile up, and the ack sends them together.
+//! - a burst of about 2,000 readings with a one-batch window travels in batches of many rows
+//!   each: while a batch awaits its ack the rows pile up, and the ack sends them together.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -66,10 +66,14 @@ fn a_reading_on_an_idle_gateway_leaves_at_once_and_a_burst_fills_batches() {
     );
     let first_batches = up.batches().unwrap();
 
-    // The burst: the rest of the recording at 20× its pace (1,200 frames a second).
-    let rest = &cms.recording[reading.len()..];
-    let n2 = cms.expected_in(rest);
-    rs[0].play(rest, cms.pace, 20.0);
+    // The burst: the rest of the recording and nine more copies of it (about 1,000 frames),
+    // written as fast as the gateway reads them.
+    let mut rest = cms.recording[reading.len()..].to_vec();
+    for _ in 0..9 {
+        rest.extend_from_slice(&cms.recording);
+    }
+    let n2 = cms.expected_in(&[reading.as_slice(), &rest].concat()) - n1;
+    rs[0].play(&rest, cms.pace, 1000.0);
     rs[0].wait_done(Duration::from_secs(60)).unwrap();
     env.wait_delivered(&[(cms.id(), n1 + n2)], Duration::from_secs(60))
         .unwrap();
