@@ -701,7 +701,11 @@ mod send_at_once {
 
         fn check(&self, before_cut: usize, e: &Ev) {
             if self.draining {
-                assert_eq!(self.cut.len(), before_cut, "a batch was cut while draining ({e:?})");
+                assert_eq!(
+                    self.cut.len(),
+                    before_cut,
+                    "a batch was cut while draining ({e:?})"
+                );
             } else {
                 assert!(
                     self.in_flight.len() >= self.window
@@ -714,7 +718,10 @@ mod send_at_once {
                 );
             }
             assert!(self.cut.values().all(|r| (1..=MAX).contains(r)));
-            assert_eq!(self.cut.values().sum::<usize>() + self.pending, self.committed);
+            assert_eq!(
+                self.cut.values().sum::<usize>() + self.pending,
+                self.committed
+            );
         }
     }
 
@@ -762,7 +769,10 @@ mod send_at_once {
         burst.extend((0..10).map(|_| Ev::Commit(1))); // the window is full: they wait
         burst.push(Ev::Ack(0));
         let sim = run(&burst);
-        assert_eq!(sim.cut.values().copied().collect::<Vec<_>>(), [1, 1, 1, MAX]);
+        assert_eq!(
+            sim.cut.values().copied().collect::<Vec<_>>(),
+            [1, 1, 1, MAX]
+        );
         assert_eq!(sim.pending, 10 - MAX);
     }
 
@@ -779,8 +789,17 @@ mod send_at_once {
             }
         }
         assert!(fills_on(Acked, WindowFull, false, false));
-        assert!(fills_on(Acked, Empty, true, false), "re-sends wait for room");
-        assert!(!fills_on(Acked, Empty, false, false), "nothing pending: the next commit wakes");
-        assert!(!fills_on(Acked, Blocked, false, false), "a blocked fill is retried on the tick");
+        assert!(
+            fills_on(Acked, Empty, true, false),
+            "re-sends wait for room"
+        );
+        assert!(
+            !fills_on(Acked, Empty, false, false),
+            "nothing pending: the next commit wakes"
+        );
+        assert!(
+            !fills_on(Acked, Blocked, false, false),
+            "a blocked fill is retried on the tick"
+        );
     }
 }

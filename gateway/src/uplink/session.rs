@@ -68,7 +68,12 @@ pub(super) enum FillEnd {
 /// the ack's room is taken at once by the rows that piled up meanwhile; after an empty fill the
 /// next commit wakes the session anyway, and a blocked one (full store, full request queue) is
 /// retried on the tick, not on every ack.
-pub(super) fn fills_on(trigger: Trigger, last: FillEnd, resend_waiting: bool, draining: bool) -> bool {
+pub(super) fn fills_on(
+    trigger: Trigger,
+    last: FillEnd,
+    resend_waiting: bool,
+    draining: bool,
+) -> bool {
     if draining {
         return false;
     }
