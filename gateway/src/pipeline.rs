@@ -284,6 +284,11 @@ pub struct DeviceCounts {
     /// it. Liveness follows this count.
     #[serde(default)]
     pub activity: u64,
+    /// Wall-clock Unix ms of the last commit with a clinical observation of this device (any
+    /// but a battery level: a BLE device's battery is read at every connection), 0: never.
+    /// The firmware relay's "in clinical use" reads it.
+    #[serde(default)]
+    pub last_clinical_ms: i64,
     /// Last battery level the device reported, % (MDC_ATTR_VAL_BATT_CHARGE observations).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub battery_pct: Option<f64>,
@@ -607,6 +612,8 @@ impl DeviceCounts {
                 self.observations += 1;
                 if o.code == wardgate_adapters::observation::mdc::BATTERY_CHARGE {
                     self.battery_pct = Some(o.value);
+                } else {
+                    self.last_clinical_ms = committed_ms;
                 }
             }
             AdapterEvent::Event(e) => {
@@ -747,6 +754,11 @@ mod counting_tests {
             1,
         );
         assert_eq!(per["d"].battery_pct, Some(79.0));
+        // A battery level is no clinical data: it does not make a device "in use".
+        let battery_only = counted(&[obs("b", mdc::BATTERY_CHARGE, 80.0)], 1);
+        assert_eq!(battery_only["b"].last_clinical_ms, 0);
+        assert!(battery_only["b"].last_seen_ms > 0);
+        assert!(counted(&[obs("c", mdc::SPO2, 97.0)], 1)["c"].last_clinical_ms > 0);
         assert_eq!(
             counted(&[obs("d", mdc::SPO2, 97.0)], 1)["d"].battery_pct,
             None

@@ -351,6 +351,10 @@ impl<'a> Scan<'a> {
             clock: self.ctx.clock_synced.clone(),
             stats: self.owner.stats.clone(),
             glucose_last: self.owner.glucose_last.clone(),
+            port: match self.owner.ports.get(&spec.address) {
+                Some(p) => p.clone(),
+                None => return,
+            },
         };
         let task = tokio::spawn(session.run(link_rx));
         self.sessions
