@@ -338,7 +338,9 @@ max_backoff_s = 1
     assert_eq!(sim.start_notify_count(OPEN, SMP_CHAR), 0);
     let status = w.status();
     assert!(
-        status.contains(&format!("firmware: job fw-refused on {open_id}: FAILED (not_bonded)")),
+        status.contains(&format!(
+            "firmware: job fw-refused on {open_id}: FAILED (not_bonded)"
+        )),
         "{status}"
     );
     gw.terminate(Duration::from_secs(10)).unwrap();

@@ -119,7 +119,8 @@ impl LinkArgs {
         self.ble
             .as_deref()
             .map(|a| {
-                Address::parse(a).map_err(|e| crate::error::UsageError(format!("--ble: {e}")).into())
+                Address::parse(a)
+                    .map_err(|e| crate::error::UsageError(format!("--ble: {e}")).into())
             })
             .transpose()
     }

@@ -717,10 +717,22 @@ mod tests {
 
     #[test]
     fn refusals_that_need_a_person_are_not_retried() {
-        for r in ["timeout", "link_lost", "device_gone", "device_offline", "transport"] {
+        for r in [
+            "timeout",
+            "link_lost",
+            "device_gone",
+            "device_offline",
+            "transport",
+        ] {
             assert!(is_transient(r), "{r}");
         }
-        for r in ["not_bonded", "no_smp_service", "bad_state", "reverted", "hash_mismatch"] {
+        for r in [
+            "not_bonded",
+            "no_smp_service",
+            "bad_state",
+            "reverted",
+            "hash_mismatch",
+        ] {
             assert!(!is_transient(r), "{r}");
         }
     }

@@ -140,7 +140,10 @@ impl Session {
                 link.refuse(why);
             }
             Some(DeviceCommand::SendBytes(_)) => {
-                log::debug!("ble {}: raw bytes have no meaning on BLE; dropped", self.name())
+                log::debug!(
+                    "ble {}: raw bytes have no meaning on BLE; dropped",
+                    self.name()
+                )
             }
             // Unreachable while the adapter holds a sender.
             None => std::future::pending::<()>().await,
@@ -481,7 +484,10 @@ impl Session {
         }
         gatt.reset();
         if smp.is_some() {
-            log::info!("ble {}: a new SMP session replaces the open one", self.name());
+            log::info!(
+                "ble {}: a new SMP session replaces the open one",
+                self.name()
+            );
         }
         inc(&self.stats.smp_sessions);
         log::info!(
@@ -523,11 +529,17 @@ impl Session {
             Ok(()) => inc(&self.stats.smp_frames_in),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 inc(&self.stats.smp_dropped);
-                log::debug!("ble {}: SMP frame dropped: the relay is not reading", self.name());
+                log::debug!(
+                    "ble {}: SMP frame dropped: the relay is not reading",
+                    self.name()
+                );
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 *smp = None;
-                log::info!("ble {}: SMP session closed (the relay is done)", self.name());
+                log::info!(
+                    "ble {}: SMP session closed (the relay is done)",
+                    self.name()
+                );
             }
         }
     }

@@ -34,8 +34,8 @@ use crate::ble::decode::uuid::Uuid;
 use crate::smp::ble::{split, BleError, Reassembler, MIN_ATT_MTU};
 use crate::smp::client::{LinkRefusal, Transport, TransportError};
 use btleplug::api::{
-    BDAddr, Central as _, CharPropFlags, Characteristic, Peripheral as _,
-    ValueNotification, WriteType,
+    BDAddr, Central as _, CharPropFlags, Characteristic, Peripheral as _, ValueNotification,
+    WriteType,
 };
 use btleplug::platform::{Adapter as BtAdapter, Manager, Peripheral};
 use futures::{Stream, StreamExt};
@@ -449,7 +449,9 @@ mod tests {
         assert!(is_stale_object(
             "Characteristic with UUID da2e7828-fbce-4e01-ae9e-261174997c48 not found."
         ));
-        assert!(!is_stale_object("org.bluez.Error.NotConnected: Not Connected"));
+        assert!(!is_stale_object(
+            "org.bluez.Error.NotConnected: Not Connected"
+        ));
         assert!(!is_stale_object("org.bluez.Error.Failed: Operation failed"));
     }
 
