@@ -7,7 +7,7 @@
 //! anyone in radio range load firmware.
 //!
 //! Two users:
-//! - the daemon's device session ([`super::session`]): a `DeviceCommand::OpenSmp` on a connected,
+//! - the daemon's device session (`session.rs`): a `DeviceCommand::OpenSmp` on a connected,
 //!   bonded device; the SMP notifications arrive on the session's **one** notification stream
 //!   next to the device's measurements (which keep flowing during an update); [`SmpGatt`] writes
 //!   and reassembles, the session forwards whole frames to the relay's [`SmpLink`];
