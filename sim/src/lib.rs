@@ -21,3 +21,4 @@ pub mod demo_ble;
 pub mod demo_serial;
 pub mod devsim;
 pub mod pki;
+pub mod smp_device;

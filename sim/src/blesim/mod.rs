@@ -71,6 +71,7 @@
 
 mod bus;
 mod profiles;
+mod smp;
 
 pub use bus::{Bus, DBUS_DAEMON};
 pub use profiles::{
@@ -78,6 +79,7 @@ pub use profiles::{
     heart_rate_strap, normalize_uuid, racp, svc, uuid16, weight_scale, DeviceInformation,
     GLUCOSE_FEATURE, GLUCOSE_MEASUREMENT, GLUCOSE_MEASUREMENT_CONTEXT, RACP,
 };
+pub use smp::{smp_service, smp_vitals_device, SMP_CHARACTERISTIC_UUID, SMP_SERVICE_UUID};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::CString;
@@ -97,7 +99,8 @@ use dbus::Message;
 pub const ADAPTER_PATH: &str = "/org/bluez/hci0";
 /// The simulated adapter's address.
 pub const ADAPTER_ADDRESS: &str = "00:1A:7D:DA:71:13";
-const MTU: u16 = 247;
+/// The ATT MTU of a simulated connection unless [`SimBluez::set_mtu`] says otherwise.
+pub const DEFAULT_MTU: u16 = 247;
 const AGENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 const I_PROPS: &str = "org.freedesktop.DBus.Properties";
@@ -269,6 +272,10 @@ struct Dev {
     handlers: HashMap<String, WriteHandler>,
     start_notify: HashMap<String, usize>,
     writes: HashMap<String, Vec<Vec<u8>>>,
+    /// The ATT MTU of its connections (`GattCharacteristic1.MTU`, `AcquireWrite`).
+    mtu: u16,
+    /// The SMP server behind the SMP characteristic ([`SimBluez::attach_smp`]).
+    smp: Option<smp::SmpServer>,
 }
 
 struct Agent {
@@ -357,7 +364,28 @@ fn new_dev(d: &SimDevice) -> Dev {
         handlers: HashMap::new(),
         start_notify: HashMap::new(),
         writes: HashMap::new(),
+        mtu: DEFAULT_MTU,
+        smp: None,
     }
+}
+
+/// The table a device serves now, as the `SimService`s it was built from.
+fn services_of(d: &Dev) -> Vec<SimService> {
+    d.services
+        .iter()
+        .map(|s| SimService {
+            uuid: s.uuid.clone(),
+            characteristics: s
+                .chars
+                .iter()
+                .map(|c| SimCharacteristic {
+                    uuid: c.uuid.clone(),
+                    flags: c.flags.clone(),
+                    value: c.value.clone(),
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 /// D-Bus object path of a device: `/org/bluez/hci0/dev_AA_BB_CC_DD_EE_FF`.
@@ -488,7 +516,10 @@ fn interfaces(st: &State, obj: &Obj) -> Vec<(&'static str, PropMap)> {
             p.insert("Value".into(), v(c.cached.clone()));
             p.insert("Notifying".into(), v(!c.sessions.is_empty()));
             p.insert("Flags".into(), v(c.flags.clone()));
-            p.insert("MTU".into(), v(MTU));
+            p.insert("MTU".into(), v(st.devices[a].mtu));
+            if c.has("write-without-response") {
+                p.insert("WriteAcquired".into(), v(false));
+            }
             p.insert("Handle".into(), v(c.handle + 1));
             vec![(I_CHAR, p)]
         }
@@ -669,6 +700,9 @@ fn do_disconnect(st: &mut State, a: &str, out: &mut Vec<Message>) {
         for p in ended {
             out.push(sig_changed(&p, I_CHAR, one("Notifying", v(false))));
         }
+    }
+    if let Some(smp) = d.smp.as_mut() {
+        smp.reassembler.reset();
     }
     d.services_resolved = false;
     out.push(dev_changed(a, "ServicesResolved", v(false)));
@@ -915,87 +949,13 @@ impl SimBluez {
     /// discovering: ignored and counted ([`ignored_adverts`](Self::ignored_adverts)).
     /// Advertising implies the device is in range.
     pub fn advertise(&self, address: &str, adv: &Advert) {
-        let mut st = self.inner.lock();
-        if !st.discovering() {
-            st.ignored_adverts += 1;
-            return;
-        }
-        let a = key(address);
-        let mut out = Vec::new();
-        let dup = st.duplicate_data;
-        let d = st.devices.entry(a.clone()).or_insert_with(|| {
-            new_dev(&SimDevice {
-                address: a.clone(),
-                address_type: AddressType::Public,
-                name: adv.name.clone(),
-                paired: false,
-                bonded: false,
-                services: vec![],
-                in_range: true,
-            })
-        });
-        d.in_range = true;
-        let mfr: BTreeMap<u16, Vec<u8>> = adv.manufacturer_data.iter().cloned().collect();
-        let sd: BTreeMap<String, Vec<u8>> = adv
-            .service_data
-            .iter()
-            .map(|(u, d)| (normalize_uuid(u), d.clone()))
-            .collect();
-        if !d.exported {
-            d.rssi = Some(adv.rssi);
-            d.tx_power = adv.tx_power;
-            if adv.name.is_some() {
-                d.name = adv.name.clone();
-            }
-            d.manufacturer_data = mfr;
-            d.service_data = sd;
-            d.uuids = Vec::new();
-            d.exported = true;
-            update_uuids(&mut st, &a, &adv.service_uuids, &mut Vec::new());
-            out.push(sig_added(&st, &device_path(&a), &Obj::Dev(a.clone())));
-        } else {
-            let mut ch = PropMap::new();
-            if d.rssi != Some(adv.rssi) {
-                d.rssi = Some(adv.rssi);
-                ch.insert("RSSI".into(), v(adv.rssi));
-            }
-            if let Some(name) = adv.name.as_ref().filter(|n| d.name.as_ref() != Some(*n)) {
-                d.name = Some(name.clone());
-                ch.insert("Name".into(), v(name.clone()));
-                ch.insert("Alias".into(), v(alias(d)));
-            }
-            if let Some(tx) = adv.tx_power.filter(|t| d.tx_power != Some(*t)) {
-                d.tx_power = Some(tx);
-                ch.insert("TxPower".into(), v(tx));
-            }
-            if !mfr.is_empty() && (dup || mfr != d.manufacturer_data) {
-                d.manufacturer_data = mfr;
-                ch.insert("ManufacturerData".into(), mfr_variant(&d.manufacturer_data));
-            }
-            if !sd.is_empty() && (dup || sd != d.service_data) {
-                d.service_data = sd;
-                ch.insert("ServiceData".into(), sd_variant(&d.service_data));
-            }
-            if !ch.is_empty() {
-                out.push(sig_changed(&device_path(&a), I_DEVICE, ch));
-            }
-            update_uuids(&mut st, &a, &adv.service_uuids, &mut out);
-        }
-        self.inner.send_all(out);
+        advertise_inner(&self.inner, address, adv)
     }
 
     /// Notifies/indicates `value` on the characteristic. `false` (nothing sent) unless the
     /// device is connected and the characteristic is notifying.
     pub fn notify(&self, address: &str, char_uuid: &str, value: &[u8]) -> bool {
-        let mut st = self.inner.lock();
-        let a = key(address);
-        let Some((si, ci)) = find_chr(&st, &a, char_uuid) else {
-            return false;
-        };
-        let mut out = Vec::new();
-        let sent = emit_value(&mut st, &a, si, ci, value, &mut out);
-        self.inner.send_all(out);
-        sent
+        notify_inner(&self.inner, address, char_uuid, value)
     }
 
     /// Sets what `ReadValue` returns (no signal).
@@ -1022,37 +982,14 @@ impl SimBluez {
 
     /// `Connect` fails while out of range; going out of range while connected is a link loss.
     pub fn set_in_range(&self, address: &str, in_range: bool) {
-        let mut st = self.inner.lock();
-        let a = key(address);
-        let Some(d) = st.devices.get_mut(&a) else {
-            return;
-        };
-        d.in_range = in_range;
-        let mut out = Vec::new();
-        if !in_range {
-            do_disconnect(&mut st, &a, &mut out);
-        }
-        self.inner.send_all(out);
+        set_in_range_inner(&self.inner, address, in_range)
     }
 
     /// The attribute table changed (firmware update). Exported GATT objects are removed
     /// (`InterfacesRemoved`); if connected the new table is exported at once (`InterfacesAdded`),
     /// else at the next connection. Write handlers and counters (by UUID) are kept.
     pub fn set_gatt(&self, address: &str, services: Vec<SimService>) {
-        let mut st = self.inner.lock();
-        let a = key(address);
-        if !st.devices.contains_key(&a) {
-            return;
-        }
-        let mut out = Vec::new();
-        unexport_gatt(&mut st, &a, &mut out);
-        let d = st.devices.get_mut(&a).unwrap();
-        d.services = build_gatt(&services);
-        if d.connected {
-            export_gatt(&mut st, &a, &mut out);
-            update_uuids(&mut st, &a, &[], &mut out);
-        }
-        self.inner.send_all(out);
+        set_gatt_inner(&self.inner, address, services)
     }
 
     /// Sets `Paired`/`Bonded` (PropertiesChanged when exported and changed).
@@ -1091,6 +1028,34 @@ impl SimBluez {
         if let Some(d) = st.devices.get_mut(&key(address)) {
             d.handlers.insert(normalize_uuid(char_uuid), Arc::new(f));
         }
+    }
+
+    /// Serves the SMP characteristic of the device at `address` with `model` (see
+    /// [`smp_service`] and the `smp` module docs: reassembly by header length, notifications of
+    /// at most MTU − 3 bytes, bonded links only, the model's delays on a worker thread, a reset
+    /// drops the link for the model's swap time). The device must have been added or placed
+    /// first and should serve [`smp_service`]; a second call replaces the model. The worker
+    /// ends when the device is replaced or the simulator stops.
+    pub fn attach_smp(&self, address: &str, model: crate::smp_device::SharedModel) {
+        let a = key(address);
+        let server = smp::SmpServer::start(Arc::downgrade(&self.inner), a.clone(), model);
+        if let Some(d) = self.inner.lock().devices.get_mut(&a) {
+            d.smp = Some(server);
+        }
+    }
+
+    /// Sets the ATT MTU of the device's connections (23…517; default [`DEFAULT_MTU`]): the
+    /// `MTU` property of its characteristics, what `AcquireWrite` returns, the longest command
+    /// write (MTU − 3) and the SMP notification size.
+    pub fn set_mtu(&self, address: &str, mtu: u16) {
+        if let Some(d) = self.inner.lock().devices.get_mut(&key(address)) {
+            d.mtu = mtu.clamp(23, 517);
+        }
+    }
+
+    /// The ATT MTU of the device's connections.
+    pub fn mtu(&self, address: &str) -> u16 {
+        mtu_of(&self.inner, address)
     }
 
     /// Installs [`glucose_racp`]`(records)` on the RACP characteristic (0x2A52).
@@ -1210,6 +1175,164 @@ impl SimBluez {
     }
 }
 
+fn advertise_inner(inner: &Inner, address: &str, adv: &Advert) {
+    let mut st = inner.lock();
+    if !st.discovering() {
+        st.ignored_adverts += 1;
+        return;
+    }
+    let a = key(address);
+    let mut out = Vec::new();
+    let dup = st.duplicate_data;
+    let d = st.devices.entry(a.clone()).or_insert_with(|| {
+        new_dev(&SimDevice {
+            address: a.clone(),
+            address_type: AddressType::Public,
+            name: adv.name.clone(),
+            paired: false,
+            bonded: false,
+            services: vec![],
+            in_range: true,
+        })
+    });
+    d.in_range = true;
+    let mfr: BTreeMap<u16, Vec<u8>> = adv.manufacturer_data.iter().cloned().collect();
+    let sd: BTreeMap<String, Vec<u8>> = adv
+        .service_data
+        .iter()
+        .map(|(u, d)| (normalize_uuid(u), d.clone()))
+        .collect();
+    if !d.exported {
+        d.rssi = Some(adv.rssi);
+        d.tx_power = adv.tx_power;
+        if adv.name.is_some() {
+            d.name = adv.name.clone();
+        }
+        d.manufacturer_data = mfr;
+        d.service_data = sd;
+        d.uuids = Vec::new();
+        d.exported = true;
+        update_uuids(&mut st, &a, &adv.service_uuids, &mut Vec::new());
+        out.push(sig_added(&st, &device_path(&a), &Obj::Dev(a.clone())));
+    } else {
+        let mut ch = PropMap::new();
+        if d.rssi != Some(adv.rssi) {
+            d.rssi = Some(adv.rssi);
+            ch.insert("RSSI".into(), v(adv.rssi));
+        }
+        if let Some(name) = adv.name.as_ref().filter(|n| d.name.as_ref() != Some(*n)) {
+            d.name = Some(name.clone());
+            ch.insert("Name".into(), v(name.clone()));
+            ch.insert("Alias".into(), v(alias(d)));
+        }
+        if let Some(tx) = adv.tx_power.filter(|t| d.tx_power != Some(*t)) {
+            d.tx_power = Some(tx);
+            ch.insert("TxPower".into(), v(tx));
+        }
+        if !mfr.is_empty() && (dup || mfr != d.manufacturer_data) {
+            d.manufacturer_data = mfr;
+            ch.insert("ManufacturerData".into(), mfr_variant(&d.manufacturer_data));
+        }
+        if !sd.is_empty() && (dup || sd != d.service_data) {
+            d.service_data = sd;
+            ch.insert("ServiceData".into(), sd_variant(&d.service_data));
+        }
+        if !ch.is_empty() {
+            out.push(sig_changed(&device_path(&a), I_DEVICE, ch));
+        }
+        update_uuids(&mut st, &a, &adv.service_uuids, &mut out);
+    }
+    inner.send_all(out);
+}
+
+fn notify_inner(inner: &Inner, address: &str, char_uuid: &str, value: &[u8]) -> bool {
+    let mut st = inner.lock();
+    let a = key(address);
+    let Some((si, ci)) = find_chr(&st, &a, char_uuid) else {
+        return false;
+    };
+    let mut out = Vec::new();
+    let sent = emit_value(&mut st, &a, si, ci, value, &mut out);
+    inner.send_all(out);
+    sent
+}
+
+fn set_in_range_inner(inner: &Inner, address: &str, in_range: bool) {
+    let mut st = inner.lock();
+    let a = key(address);
+    let Some(d) = st.devices.get_mut(&a) else {
+        return;
+    };
+    d.in_range = in_range;
+    let mut out = Vec::new();
+    if !in_range {
+        do_disconnect(&mut st, &a, &mut out);
+    }
+    inner.send_all(out);
+}
+
+fn set_gatt_inner(inner: &Inner, address: &str, services: Vec<SimService>) {
+    let mut st = inner.lock();
+    let a = key(address);
+    if !st.devices.contains_key(&a) {
+        return;
+    }
+    let mut out = Vec::new();
+    unexport_gatt(&mut st, &a, &mut out);
+    let d = st.devices.get_mut(&a).unwrap();
+    d.services = build_gatt(&services);
+    if d.connected {
+        export_gatt(&mut st, &a, &mut out);
+        update_uuids(&mut st, &a, &[], &mut out);
+    }
+    inner.send_all(out);
+}
+
+/// The ATT MTU of a device's connections.
+fn mtu_of(inner: &Inner, address: &str) -> u16 {
+    inner
+        .lock()
+        .devices
+        .get(&key(address))
+        .map_or(DEFAULT_MTU, |d| d.mtu)
+}
+
+/// After a firmware change: the same table with the new firmware revision (B18).
+fn firmware_changed(inner: &Inner, address: &str, version: &str) {
+    let services = {
+        let st = inner.lock();
+        match st.devices.get(&key(address)) {
+            Some(d) => services_of(d),
+            None => return,
+        }
+    };
+    set_gatt_inner(inner, address, smp::with_firmware(services, version));
+}
+
+/// The device advertises again (after a reset) if someone discovers: name and RSSI (a
+/// changed RSSI, so scanners that report only changes see it).
+fn readvertise(inner: &Inner, address: &str) {
+    let (name, rssi) = {
+        let st = inner.lock();
+        if !st.discovering() {
+            return;
+        }
+        match st.devices.get(&key(address)) {
+            Some(d) => (d.name.clone(), if d.rssi == Some(-60) { -61 } else { -60 }),
+            None => return,
+        }
+    };
+    advertise_inner(
+        inner,
+        address,
+        &Advert {
+            rssi,
+            name,
+            ..Default::default()
+        },
+    );
+}
+
 fn remove_if_present(st: &mut State, a: &str, out: &mut Vec<Message>) {
     if !st.devices.get(a).is_some_and(|d| d.exported) {
         st.devices.remove(a);
@@ -1258,6 +1381,9 @@ fn dispatch(inner: &Arc<Inner>, msg: Message) {
     // Methods that release the lock part-way.
     if iface == I_CHAR && member == "WriteValue" {
         return write_value(inner, &msg, &path);
+    }
+    if iface == I_CHAR && member == "AcquireWrite" {
+        return acquire_write(inner, &msg, &path);
     }
     if iface == I_DEVICE && member == "Pair" {
         return pair(inner, msg, &path);
@@ -1673,12 +1799,17 @@ fn handle(
                     out.push(msg.method_return().append1(val));
                 }
                 "StartNotify" => {
-                    let c = &st.devices[&a].services[si].chars[ci];
+                    let d = &st.devices[&a];
+                    let c = &d.services[si].chars[ci];
                     if !c.has("notify") && !c.has("indicate") {
                         return Err(derr(
                             "org.bluez.Error.NotSupported",
                             "Operation is not supported",
                         ));
+                    }
+                    if d.smp.is_some() && smp::is_smp_char(&c.uuid) && !d.bonded {
+                        // The CCCD write needs an encrypted link (smp_bt).
+                        return Err(not_paired());
                     }
                     let u = c.uuid.clone();
                     *st.devices
@@ -1718,6 +1849,12 @@ fn handle(
                         },
                         out,
                     );
+                }
+                "AcquireNotify" => {
+                    return Err(derr(
+                        "org.bluez.Error.NotSupported",
+                        "AcquireNotify is not simulated: use StartNotify",
+                    ))
                 }
                 _ => return Err(derr("org.freedesktop.DBus.Error.UnknownMethod", member)),
             }
@@ -1775,37 +1912,175 @@ fn handle(
 }
 
 fn write_value(inner: &Arc<Inner>, msg: &Message, path: &str) {
-    let staged: Result<(String, Option<WriteHandler>, Vec<u8>), DErr> = (|| {
+    let (val, opts): (Vec<u8>, Option<PropMap>) = match msg.read2::<Vec<u8>, PropMap>() {
+        Ok((v, o)) => (v, Some(o)),
+        Err(_) => match msg.read1::<Vec<u8>>() {
+            Ok(v) => (v, None),
+            Err(e) => {
+                let e = derr("org.bluez.Error.InvalidArguments", &e.to_string());
+                return inner.send_all(vec![error_reply(msg, &e)]);
+            }
+        },
+    };
+    let kind = opts
+        .as_ref()
+        .and_then(|o| o.get("type"))
+        .and_then(|t| t.0.as_str())
+        .map(str::to_string);
+    let mut out = vec![msg.method_return()];
+    match incoming_write(inner, path, val, kind.as_deref(), &mut out) {
+        Ok(()) => inner.send_all(out),
+        Err(e) => inner.send_all(vec![error_reply(msg, &e)]),
+    }
+}
+
+/// A write from a client (`WriteValue`, or a packet on an `AcquireWrite` socket: `kind`
+/// "command"): checks, records it, then hands it to the SMP server or the write handler, whose
+/// notifications are appended to `out` after the method return.
+fn incoming_write(
+    inner: &Arc<Inner>,
+    path: &str,
+    val: Vec<u8>,
+    kind: Option<&str>,
+    out: &mut Vec<Message>,
+) -> Result<(), DErr> {
+    let (a, handler) = {
         let mut st = inner.lock();
         let (a, si, ci) = chr_of(&st, path)?;
-        if !st.devices[&a].connected {
+        let d = &st.devices[&a];
+        if !d.connected {
             return Err(not_connected());
         }
-        let c = &st.devices[&a].services[si].chars[ci];
-        if !c.has("write") && !c.has("write-without-response") {
+        let c = &d.services[si].chars[ci];
+        let command = kind == Some("command") || (!c.has("write") && kind != Some("request"));
+        if command && !c.has("write-without-response") {
+            return Err(derr(
+                "org.bluez.Error.NotSupported",
+                "Operation is not supported",
+            ));
+        }
+        if !command && !c.has("write") {
             return Err(derr("org.bluez.Error.NotPermitted", "Write not permitted"));
         }
-        let val: Vec<u8> = msg
-            .read1()
-            .map_err(|e| derr("org.bluez.Error.InvalidArguments", &e.to_string()))?;
+        if command && val.len() > usize::from(d.mtu) - 3 {
+            // bt_att refuses a PDU above the MTU: the write cannot even start.
+            return Err(derr("org.bluez.Error.Failed", "Failed to initiate write"));
+        }
+        let smp = d.smp.is_some() && smp::is_smp_char(&c.uuid);
+        if smp && !d.bonded {
+            return Err(not_paired());
+        }
         let u = c.uuid.clone();
         let d = st.devices.get_mut(&a).unwrap();
         d.writes.entry(u.clone()).or_default().push(val.clone());
-        Ok((a, d.handlers.get(&u).cloned(), val))
-    })();
-    let (a, handler, val) = match staged {
-        Ok(x) => x,
-        Err(e) => return inner.send_all(vec![error_reply(msg, &e)]),
+        if smp {
+            if let Some(server) = d.smp.as_mut() {
+                match server.reassembler.push(&val) {
+                    Ok(Some(frame)) => {
+                        let _ = server.tx.send(frame);
+                    }
+                    Ok(None) => {}
+                    Err(e) => log::debug!("blesim {a}: SMP write dropped: {e}"),
+                }
+            }
+            return Ok(());
+        }
+        (a, d.handlers.get(&u).cloned())
     };
     let results = handler.map(|h| h(&val)).unwrap_or_default();
     let mut st = inner.lock();
-    let mut out = vec![msg.method_return()];
     for (u, value) in results {
         if let Some((si, ci)) = find_chr(&st, &a, &u) {
-            emit_value(&mut st, &a, si, ci, &value, &mut out);
+            emit_value(&mut st, &a, si, ci, &value, out);
         }
     }
-    inner.send_all(out);
+    Ok(())
+}
+
+fn not_paired() -> DErr {
+    derr("org.bluez.Error.NotPermitted", "Not paired")
+}
+
+/// `AcquireWrite(a{sv}) → (h fd, q mtu)`: a datagram socket whose packets are command writes
+/// (BlueZ uses a SOCK_SEQPACKET pair; datagrams keep the same packet boundaries). A reader
+/// thread turns each packet into a write until the client closes its end.
+fn acquire_write(inner: &Arc<Inner>, msg: &Message, path: &str) {
+    let checked: Result<u16, DErr> = (|| {
+        let st = inner.lock();
+        let (a, si, ci) = chr_of(&st, path)?;
+        let d = &st.devices[&a];
+        if !d.connected {
+            return Err(not_connected());
+        }
+        let c = &d.services[si].chars[ci];
+        if !c.has("write-without-response") {
+            return Err(derr(
+                "org.bluez.Error.NotSupported",
+                "Operation is not supported",
+            ));
+        }
+        if d.smp.is_some() && smp::is_smp_char(&c.uuid) && !d.bonded {
+            return Err(not_paired());
+        }
+        Ok(d.mtu)
+    })();
+    let mtu = match checked {
+        Ok(m) => m,
+        Err(e) => return inner.send_all(vec![error_reply(msg, &e)]),
+    };
+    let (ours, theirs) = match std::os::unix::net::UnixDatagram::pair() {
+        Ok(p) => p,
+        Err(e) => {
+            let e = derr("org.bluez.Error.Failed", &format!("socketpair: {e}"));
+            return inner.send_all(vec![error_reply(msg, &e)]);
+        }
+    };
+    let weak = Arc::downgrade(inner);
+    let path = path.to_string();
+    let _ = ours.set_read_timeout(Some(Duration::from_millis(200)));
+    let spawned = std::thread::Builder::new()
+        .name("blesim-acquired-write".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; usize::from(mtu)];
+            loop {
+                match ours.recv(&mut buf) {
+                    Ok(0) => return, // the client closed its end
+                    Ok(n) => {
+                        let Some(inner) = weak.upgrade() else { return };
+                        let mut out = Vec::new();
+                        if incoming_write(
+                            &inner,
+                            &path,
+                            buf[..n].to_vec(),
+                            Some("command"),
+                            &mut out,
+                        )
+                        .is_err()
+                        {
+                            return; // link lost or the characteristic is gone
+                        }
+                        inner.send_all(out);
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        if weak.strong_count() == 0 {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        let e = derr("org.bluez.Error.Failed", &format!("reader thread: {e}"));
+        return inner.send_all(vec![error_reply(msg, &e)]);
+    }
+    let fd: dbus::arg::OwnedFd = std::os::fd::OwnedFd::from(theirs);
+    inner.send_all(vec![msg.method_return().append2(fd, mtu)]);
 }
 
 enum AgentAsk {
