@@ -23,11 +23,12 @@ use wardgate_e2e::ble::{write_config_with_ble, BleWorld};
 use wardgate_e2e::env::{TestEnv, GATEWAY_ID, SITE, WARD};
 use wardgate_e2e::mqtt::{self, Watcher};
 use wardgate_e2e::nginx::{self, Nginx, NginxOptions};
-use wardgate_e2e::process::{run, Proc};
+use wardgate_e2e::process::{run, Output, Proc};
 use wardgate_e2e::smp_device::make_image;
 use wardgate_e2e::wait_until;
 use wardgate_sim::blesim::{self, DeviceInformation, SimCharacteristic, SimDevice, SimService};
 use wardgate_sim::pki::{write_cert, write_key};
+use wardgate_sim::smp_device::{self, SharedModel, SmpDeviceModel, SmpDeviceOptions};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wardgate-e2e-bin");
 const TARGET_TMP: &str = env!("CARGO_TARGET_TMPDIR");
@@ -344,4 +345,252 @@ max_backoff_s = 1
         "{status}"
     );
     gw.terminate(Duration::from_secs(10)).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The bench CLI over BLE: `wardgate firmware list|upload --ble ADDRESS`.
+
+/// A private bus and simulated BlueZ with one bonded vital-signs device (heart rate, battery,
+/// Device Information, the SMP service) backed by a fresh SMP device model, at ATT MTU `mtu`.
+fn smp_world(address: &str, mtu: u16, opts: SmpDeviceOptions) -> (BleWorld, SharedModel) {
+    let ble = BleWorld::start().unwrap();
+    let model = SmpDeviceModel::new(opts).shared();
+    ble.sim
+        .add_device(blesim::smp_vitals_device(address, &info("SMP1")));
+    ble.sim.attach_smp(address, model.clone());
+    ble.sim.set_mtu(address, mtu);
+    (ble, model)
+}
+
+/// `wardgate ARGS…` on the world's bus, to completion.
+fn cli(ble: &BleWorld, args: &[&str], timeout: Duration) -> Output {
+    let mut c = std::process::Command::new(BIN);
+    c.args(args)
+        .env("DBUS_SYSTEM_BUS_ADDRESS", ble.bus.address())
+        .env("WARDGATE_LOG", "info");
+    run(c, b"", timeout).unwrap()
+}
+
+fn slots(out: &Output) -> Vec<Value> {
+    assert_eq!(out.code(), Some(0), "list failed: {out:?}");
+    out.stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+fn slot(slots: &[Value], n: u64) -> &Value {
+    slots
+        .iter()
+        .find(|s| s["slot"] == n)
+        .unwrap_or_else(|| panic!("no slot {n} in {slots:?}"))
+}
+
+/// `(bytes, seconds, KB/s)` of the CLI's last line `uploaded N bytes in S s (K KB/s)`.
+fn uploaded_line(out: &Output) -> (u64, f64, f64) {
+    let last = out.stdout.lines().last().unwrap_or_default();
+    let rest = last
+        .strip_prefix("uploaded ")
+        .unwrap_or_else(|| panic!("last line is not `uploaded …`: {out:?}"));
+    let w: Vec<&str> = rest.split_whitespace().collect();
+    assert_eq!(
+        (w[1], w[2], w[4], w[6]),
+        ("bytes", "in", "s", "KB/s)"),
+        "{last}"
+    );
+    (
+        w[0].parse().unwrap(),
+        w[3].parse().unwrap(),
+        w[5].trim_start_matches('(').parse().unwrap(),
+    )
+}
+
+fn image_in(dir: &Path, version: &str, len: usize) -> PathBuf {
+    make_image(Path::new(TARGET_TMP), dir, version, len).unwrap()
+}
+
+/// What a technician does on the bench, at ATT MTU 23 (every request and every response longer
+/// than 20 bytes goes in several writes / notifications) and at 247: `list` shows the factory
+/// image, `upload` sends the whole image (the last line says bytes, seconds, KB/s), tests,
+/// resets, waits for the device to come back, confirms; `list` then shows the new version
+/// active and confirmed with the image's hash. Every write the device received fits the MTU.
+#[test]
+fn bench_cli_lists_and_uploads_over_ble_at_mtu_23_and_247() {
+    const DEV: &str = "C0:FF:EE:00:0B:01";
+    let dir = wardgate_e2e::temp_dir("fw-ble-cli").unwrap();
+    let image = image_in(dir.path(), "2.1.0", 12_000);
+    let len = std::fs::metadata(&image).unwrap().len();
+    for mtu in [23u16, 247] {
+        let (ble, model) = smp_world(
+            DEV,
+            mtu,
+            SmpDeviceOptions {
+                swap_time: Duration::from_millis(300),
+                ..SmpDeviceOptions::default()
+            },
+        );
+        let before = slots(&cli(
+            &ble,
+            &["firmware", "list", "--ble", DEV],
+            Duration::from_secs(60),
+        ));
+        let s0 = slot(&before, 0);
+        assert_eq!(
+            (
+                s0["version"].as_str(),
+                s0["active"].as_bool(),
+                s0["confirmed"].as_bool()
+            ),
+            (Some("1.0.0"), Some(true), Some(true)),
+            "mtu {mtu}: {before:?}"
+        );
+        let out = cli(
+            &ble,
+            &[
+                "firmware",
+                "upload",
+                "--ble",
+                DEV,
+                image.to_str().unwrap(),
+                "--swap-time",
+                "20",
+            ],
+            Duration::from_secs(180),
+        );
+        assert_eq!(out.code(), Some(0), "mtu {mtu}: {out:?}");
+        assert!(
+            out.stderr
+                .contains(&format!("ATT MTU {mtu}: writes of ≤ {} bytes", mtu - 3)),
+            "{}",
+            out.stderr
+        );
+        let (bytes, secs, kbs) = uploaded_line(&out);
+        assert_eq!(bytes, len, "{}", out.stdout);
+        assert!(secs > 0.0 && kbs > 0.0, "{}", out.stdout);
+        eprintln!("mtu {mtu}: {bytes} bytes in {secs:.2} s ({kbs:.1} KB/s)");
+        // The device: one erase, the whole image, swapped in, confirmed.
+        {
+            let m = smp_device::lock(&model);
+            assert_eq!(m.running_version(), "2.1.0", "{:?}", m.events());
+            assert!(m.running_confirmed(), "{:?}", m.events());
+            let c = m.counters();
+            assert_eq!((c.erases, c.sessions_new, c.swaps), (1, 1, 1), "{c:?}");
+            assert_eq!(c.bytes_written, len, "{c:?}");
+        }
+        let after = slots(&cli(
+            &ble,
+            &["firmware", "list", "--ble", DEV],
+            Duration::from_secs(60),
+        ));
+        let s0 = slot(&after, 0);
+        assert_eq!(
+            (
+                s0["version"].as_str(),
+                s0["active"].as_bool(),
+                s0["confirmed"].as_bool()
+            ),
+            (Some("2.1.0"), Some(true), Some(true)),
+            "mtu {mtu}: {after:?}"
+        );
+        // Fragmentation on the way out: no write above MTU − 3, and requests that needed several.
+        let writes = ble.sim.writes(DEV, SMP_CHAR);
+        let max = usize::from(mtu) - 3;
+        assert!(writes.iter().all(|w| w.len() <= max), "mtu {mtu}");
+        assert!(
+            writes.iter().filter(|w| w.len() == max).count() > 10,
+            "mtu {mtu}: requests were not split into MTU-sized writes"
+        );
+    }
+}
+
+/// A bench upload interrupted (the CLI killed at a third of the image) resumes where the
+/// device is when run again: no second erase, the device's offset answered to the first
+/// request.
+#[test]
+fn bench_cli_upload_over_ble_resumes_when_run_again() {
+    const DEV: &str = "C0:FF:EE:00:0B:02";
+    let dir = wardgate_e2e::temp_dir("fw-ble-cli-resume").unwrap();
+    let image = image_in(dir.path(), "2.2.0", 60_000);
+    let len = std::fs::metadata(&image).unwrap().len();
+    let (ble, model) = smp_world(DEV, 23, SmpDeviceOptions::default());
+    let log = dir.path().join("log");
+    std::fs::create_dir_all(&log).unwrap();
+    let mut first = Proc::spawn(
+        "upload-1",
+        Path::new(BIN),
+        ["firmware", "upload", "--ble", DEV, image.to_str().unwrap()],
+        dir.path(),
+        &log,
+        &[("DBUS_SYSTEM_BUS_ADDRESS", ble.bus.address())],
+    )
+    .unwrap();
+    wait_until(
+        "a third of the image on the device",
+        Duration::from_secs(120),
+        Duration::from_millis(20),
+        || {
+            Ok(smp_device::lock(&model)
+                .session_offset()
+                .filter(|o| *o >= len / 3)
+                .map(|_| ()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", first.stderr()));
+    first.kill9().unwrap();
+    let at = smp_device::lock(&model).session_offset().unwrap();
+    assert!(at < len, "the upload finished before the kill");
+    let out = cli(
+        &ble,
+        &[
+            "firmware",
+            "upload",
+            "--ble",
+            DEV,
+            image.to_str().unwrap(),
+            "--mode",
+            "test-only",
+        ],
+        Duration::from_secs(180),
+    );
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(out.stderr.contains("resumed at offset"), "{}", out.stderr);
+    let m = smp_device::lock(&model);
+    let c = m.counters();
+    assert_eq!(
+        (c.erases, c.sessions_new, c.sessions_resumed),
+        (1, 1, 1),
+        "{c:?}"
+    );
+    assert_eq!(m.running_version(), "2.2.0");
+}
+
+/// The bench refuses a device that is not bonded with this machine before anything is written:
+/// `reason=not_bonded`, exit 1, the SMP characteristic untouched.
+#[test]
+fn bench_cli_refuses_an_unbonded_ble_device() {
+    const DEV: &str = "C0:FF:EE:00:0B:03";
+    let ble = BleWorld::start().unwrap();
+    let mut d = blesim::smp_vitals_device(DEV, &info("UNB1"));
+    d.paired = false;
+    d.bonded = false;
+    ble.sim.add_device(d);
+    let model = SmpDeviceModel::new(SmpDeviceOptions::default()).shared();
+    ble.sim.attach_smp(DEV, model.clone());
+    let out = cli(
+        &ble,
+        &["firmware", "list", "--ble", DEV],
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("reason=not_bonded"), "{}", out.stderr);
+    assert!(ble.sim.writes(DEV, SMP_CHAR).is_empty());
+    assert!(!ble.sim.is_connected(DEV));
+    assert_eq!(smp_device::lock(&model).counters().requests, 0);
+    // Not a Bluetooth address: a usage error.
+    let out = cli(
+        &ble,
+        &["firmware", "list", "--ble", "C0:FF:EE"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.code(), Some(2), "{out:?}");
 }
