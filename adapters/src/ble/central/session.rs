@@ -54,6 +54,25 @@ struct SmpSession {
     gatt: SmpGatt,
 }
 
+/// The SMP session slot of one connection: a session still open when the connection ends is
+/// closed with it (the relay sees `Closed`, `link_lost`, and resumes at the device's offset on
+/// a later connection), and says so in the log.
+struct SmpSlot {
+    device: String,
+    session: Option<SmpSession>,
+}
+
+impl Drop for SmpSlot {
+    fn drop(&mut self) {
+        if self.session.is_some() {
+            log::info!(
+                "ble {}: the connection ended; the SMP session with it",
+                self.device
+            );
+        }
+    }
+}
+
 /// `connected` of the device's port while a connection is up; cleared when dropped (also when
 /// the adapter's runtime goes away mid-connection).
 struct ConnectedFlag(Arc<DevicePort>);
@@ -392,7 +411,11 @@ impl Session {
         // What the relay reads: this session holds a connection (cleared however it ends).
         let _connected = ConnectedFlag::set(&self.port);
         // The firmware relay's SMP session on this connection, dropped with it.
-        let mut smp: Option<SmpSession> = None;
+        let mut slot = SmpSlot {
+            device: self.name().to_owned(),
+            session: None,
+        };
+        let smp = &mut slot.session;
         // StartNotify on the SMP characteristic: once per connection, at the first session.
         let mut smp_subscribed = false;
         loop {
@@ -403,7 +426,7 @@ impl Session {
                         inc(&self.stats.notifications);
                         last_value = Instant::now();
                         if uuid == SMP_CHARACTERISTIC {
-                            self.smp_notification(&mut smp, &value);
+                            self.smp_notification(smp, &value);
                         } else {
                             self.handle(uuid, &value, identity_ok, &mut errors).await?;
                         }
@@ -411,17 +434,17 @@ impl Session {
                     None => return Err(AdapterError::Transport("notification stream ended".into())),
                 },
                 cmd = inbox.recv() => match cmd {
-                    Some(DeviceCommand::OpenSmp(l)) => self.open_smp(p, l, &mut smp, &mut smp_subscribed).await,
+                    Some(DeviceCommand::OpenSmp(l)) => self.open_smp(p, l, smp, &mut smp_subscribed).await,
                     Some(DeviceCommand::SendBytes(_)) => {
                         log::debug!("ble {}: raw bytes have no meaning on BLE; dropped", self.name())
                     }
                     // Unreachable while the adapter holds a sender.
                     None => std::future::pending::<()>().await,
                 },
-                frame = next_smp_frame(&mut smp) => match frame {
-                    Some(f) => self.smp_write(p, &mut smp, &f).await,
+                frame = next_smp_frame(smp) => match frame {
+                    Some(f) => self.smp_write(p, smp, &f).await,
                     None => {
-                        smp = None;
+                        *smp = None;
                         log::info!("ble {}: SMP session closed (the relay is done)", self.name());
                     }
                 },
