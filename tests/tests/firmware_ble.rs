@@ -877,6 +877,70 @@ fn a_link_lost_at_half_the_image_resumes_at_the_devices_offset() {
     gw.terminate(Duration::from_secs(10)).unwrap();
 }
 
+/// B18 under a live connection: the device's attribute table changes in the middle of the
+/// upload (every handle moves; the old objects vanish). The next write finds the SMP
+/// characteristic gone; the gateway discovers the services afresh, finds it again by UUID,
+/// subscribes and goes on: the same attempt ends `done`, nothing was written twice from 0.
+#[test]
+fn a_gatt_table_changed_under_the_connection_is_rediscovered_mid_upload() {
+    const DEV: &str = "C0:FF:EE:00:0C:03";
+    let id = format!("ble:{DEV}");
+    let Some(w) = World::start(
+        "fw-ble-b18",
+        &vitals_table("bed11-vitals", DEV),
+        std::slice::from_ref(&id),
+    ) else {
+        return;
+    };
+    let sim = &w.ble.sim;
+    let model = SmpDeviceModel::new(SmpDeviceOptions {
+        swap_time: Duration::from_millis(500),
+        ..SmpDeviceOptions::default()
+    })
+    .shared();
+    sim.add_device(blesim::smp_vitals_device(DEV, &info("SMP3")));
+    sim.attach_smp(DEV, model.clone());
+    let image = w.image("new", "2.0.0", 160_000);
+    let len = std::fs::metadata(&image).unwrap().len();
+    let url = w.serve(&image, "acme/vitals-2.0.0.bin");
+    let job = w.job("fw-ble-b18", 1, &image, &url, std::slice::from_ref(&id));
+    let watch = Watcher::start(&w.env, &format!("{}/firmware/#", prefix())).unwrap();
+    w.publish_job(&job);
+    let mut gw = w.gateway();
+    wait_until(
+        "a third of the image on the device",
+        Duration::from_secs(120),
+        Duration::from_millis(5),
+        || {
+            Ok(smp_device::lock(&model)
+                .session_offset()
+                .filter(|o| *o >= len / 3)
+                .map(|_| ()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", gw.stderr()));
+    sim.set_gatt(DEV, shifted_table(DEV));
+    assert!(smp_device::lock(&model).counters().uploads_complete == 0);
+    let topic = progress_topic("fw-ble-b18", &id);
+    let last = w.wait_final(&watch, &topic, Duration::from_secs(120), &gw);
+    assert_eq!(
+        (last["state"].as_str(), last["attempt"].as_u64()),
+        (Some("done"), Some(1)),
+        "{last}\nstates {:?}\n{}",
+        states(&w.seen(&watch, &topic)),
+        gw.stderr()
+    );
+    let c = smp_device::lock(&model).counters();
+    assert_eq!((c.erases, c.sessions_new), (1, 1), "{c:?}");
+    assert!(
+        gw.stderr()
+            .contains("the attribute table changed; discovering afresh"),
+        "{}",
+        gw.stderr()
+    );
+    gw.terminate(Duration::from_secs(10)).unwrap();
+}
+
 /// Bench (issue 10 "Measure": "Over the simulated BlueZ: KB/s at MTU 247 and at 23"), run by
 /// `scripts/bench-smp-ble [RUNS] [IMAGE_KIB]`: `wardgate firmware upload --ble` of an
 /// `WARDGATE_SMP_IMAGE_KIB` KiB image (default 256) to a fresh simulated device (the Rust SMP

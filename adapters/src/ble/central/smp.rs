@@ -130,9 +130,14 @@ impl SmpGatt {
             {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
+                    let name = dbus_error_name(&e);
                     let text = e.to_string();
-                    let stale = is_stale_object(&text);
-                    return Err(fail(text, stale));
+                    let stale = is_stale_object(name.as_deref(), &text);
+                    let reason = match name {
+                        Some(n) => format!("{n}: {text}"),
+                        None => text,
+                    };
+                    return Err(fail(reason, stale));
                 }
                 Err(_) => return Err(fail("timed out".into(), false)),
             }
@@ -160,15 +165,33 @@ impl SmpGatt {
     }
 }
 
+/// The D-Bus error name behind a btleplug error on BlueZ (e.g.
+/// `org.freedesktop.DBus.Error.UnknownObject`), when there is one: btleplug wraps bluez-async's
+/// error, whose text is only the message.
+pub fn dbus_error_name(e: &btleplug::Error) -> Option<String> {
+    let btleplug::Error::Other(inner) = e else {
+        return None;
+    };
+    match inner.downcast_ref::<bluez_async::BluetoothError>()? {
+        bluez_async::BluetoothError::DbusError(d) => d.name().map(str::to_owned),
+        _ => None,
+    }
+}
+
 /// Whether a GATT error says the characteristic's D-Bus object no longer exists (its attribute
-/// table changed: B18), so a fresh discovery may find it under a new handle. btleplug passes
-/// BlueZ's D-Bus error on as text (`org.freedesktop.DBus.Error.UnknownObject`), or its own
-/// "Characteristic with UUID … not found" when the last discovery lacks it.
-pub fn is_stale_object(error: &str) -> bool {
-    error.contains("UnknownObject")
-        || error.contains("UnknownMethod")
-        || error.contains("DoesNotExist")
-        || (error.contains("Characteristic with UUID") && error.contains("not found"))
+/// table changed: B18), so a fresh discovery may find it under a new handle: the D-Bus error
+/// `org.freedesktop.DBus.Error.UnknownObject` (or `UnknownMethod`/`UnknownInterface`: the path
+/// now holds something else), or btleplug's own "Characteristic with UUID … not found" when the
+/// last discovery lacks it.
+pub fn is_stale_object(dbus_name: Option<&str>, text: &str) -> bool {
+    matches!(
+        dbus_name,
+        Some(
+            "org.freedesktop.DBus.Error.UnknownObject"
+                | "org.freedesktop.DBus.Error.UnknownMethod"
+                | "org.freedesktop.DBus.Error.UnknownInterface"
+        )
+    ) || (text.contains("Characteristic with UUID") && text.contains("not found"))
 }
 
 /// Why a standalone SMP connection could not be made ([`SmpOpener`]).
@@ -443,16 +466,32 @@ mod tests {
 
     #[test]
     fn stale_objects_are_recognised() {
-        assert!(is_stale_object(
-            "D-Bus error: org.freedesktop.DBus.Error.UnknownObject: Method \"WriteValue\" …"
+        let dbus = |name: &str, text: &str| {
+            btleplug::Error::Other(Box::new(bluez_async::BluetoothError::DbusError(
+                dbus::Error::new_custom(name, text),
+            )))
+        };
+        let gone = dbus(
+            "org.freedesktop.DBus.Error.UnknownObject",
+            "no characteristic /org/bluez/hci0/dev_C0_FF_EE_00_00_01/service001d/char001e",
+        );
+        let name = dbus_error_name(&gone);
+        assert_eq!(
+            name.as_deref(),
+            Some("org.freedesktop.DBus.Error.UnknownObject")
+        );
+        assert!(is_stale_object(name.as_deref(), &gone.to_string()));
+        let off = dbus("org.bluez.Error.Failed", "Not connected");
+        assert!(!is_stale_object(
+            dbus_error_name(&off).as_deref(),
+            &off.to_string()
         ));
         assert!(is_stale_object(
+            None,
             "Characteristic with UUID da2e7828-fbce-4e01-ae9e-261174997c48 not found."
         ));
-        assert!(!is_stale_object(
-            "org.bluez.Error.NotConnected: Not Connected"
-        ));
-        assert!(!is_stale_object("org.bluez.Error.Failed: Operation failed"));
+        assert!(!is_stale_object(None, "Operation failed"));
+        assert_eq!(dbus_error_name(&btleplug::Error::NotConnected), None);
     }
 
     #[test]
