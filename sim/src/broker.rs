@@ -251,7 +251,9 @@ fn invalid_input(e: impl fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, e.to_string())
 }
 
-fn server_config(tls: BrokerTls) -> io::Result<Arc<ServerConfig>> {
+/// A rustls server configuration from `tls`: ring, TLS 1.2/1.3, client certificates required
+/// (chaining to `tls.client_ca`). The image server uses it too.
+pub(crate) fn server_config(tls: BrokerTls) -> io::Result<Arc<ServerConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
     for ca in tls.client_ca {

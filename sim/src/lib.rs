@@ -8,6 +8,8 @@
 //! - [`broker`]: a small embedded MQTT 3.1.1 broker (rumqttc's codec + tokio-rustls, client
 //!   certificates required) for the demo.
 //! - [`devsim`]: serial devices replaying recordings on real pseudo-terminals at device pace.
+//! - [`image_server`]: an HTTPS file server (client certificates, Range requests) for firmware
+//!   images; [`mcuboot`]: signed MCUboot images made in Rust (ECDSA P-256), for the demo.
 //! - [`pki`]: a throw-away CA and certificates (rcgen), for the demo and the tests only.
 //! - [`demo_ble`], [`demo_serial`]: the demo's devices (real captures replayed through [`blesim`]
 //!   and [`devsim`]).
@@ -20,5 +22,7 @@ pub mod broker;
 pub mod demo_ble;
 pub mod demo_serial;
 pub mod devsim;
+pub mod image_server;
+pub mod mcuboot;
 pub mod pki;
 pub mod smp_device;

@@ -729,3 +729,54 @@ fn check_config_refuses_a_bad_firmware_section_at_its_position() {
     let o = check("[firmware]\nsigner_ca = \"fw-ca.pem\"\ntimezone = \"Europe/Berlin\"\n[firmware.classes]\nacme = [\"bed12\"]\n");
     assert_eq!(o.code(), Some(0), "a good section: {o:?}");
 }
+
+/// The demo makes its images in Rust (`wardgate_sim::mcuboot`: it runs without Python): imgtool
+/// must validate them with their key (signature, hash, key hash) and agree with
+/// `wardgate firmware inspect` on the digest and the version; one flipped body byte and imgtool
+/// refuses it.
+#[test]
+fn demo_images_made_in_rust_are_valid_for_imgtool() {
+    use wardgate_sim::mcuboot;
+    let tmp = wardgate_e2e::temp_dir("fw-demo-image").unwrap();
+    let dir = tmp.path();
+    let imgtool = Imgtool::new();
+    let key = mcuboot::SigningKey::generate().unwrap();
+    let key_path = dir.join("demo-key.pem");
+    std::fs::write(&key_path, key.pkcs8_pem()).unwrap();
+    let bytes = mcuboot::build(
+        &mcuboot::demo_body(40_000, 3),
+        mcuboot::Version::parse("1.3.0+7").unwrap(),
+        &key,
+    )
+    .unwrap();
+    let image = dir.join("demo.bin");
+    std::fs::write(&image, &bytes).unwrap();
+    let (digest, version) = imgtool
+        .verify(dir, &key_path, &image)
+        .expect("imgtool refused the Rust-made image");
+    assert_eq!(digest, hex::encode(mcuboot::image_hash(&bytes).unwrap()));
+    assert_eq!(version, "1.3.0+7");
+    let (code, json) = inspect_json(&image, dir);
+    assert_eq!(code, Some(0), "{json}");
+    assert_eq!(json["image_hash"], Value::String(digest.clone()), "{json}");
+    assert_eq!(
+        json["key_hash"],
+        Value::String(hex::encode(key.key_hash())),
+        "{json}"
+    );
+    // The same image signed by another key: imgtool refuses it with the first key.
+    let other = dir.join("other-key.pem");
+    std::fs::write(&other, mcuboot::SigningKey::generate().unwrap().pkcs8_pem()).unwrap();
+    assert!(
+        imgtool.verify(dir, &other, &image).is_none(),
+        "validated with the wrong key"
+    );
+    let mut tampered = bytes.clone();
+    tampered[0x200 + 10] ^= 1;
+    let bad = dir.join("tampered.bin");
+    std::fs::write(&bad, tampered).unwrap();
+    assert!(
+        imgtool.verify(dir, &key_path, &bad).is_none(),
+        "a tampered body validated"
+    );
+}

@@ -11,6 +11,8 @@ pub mod check_config;
 pub mod decode;
 #[cfg(feature = "demo")]
 pub mod demo;
+#[cfg(feature = "demo")]
+pub mod demo_firmware;
 pub mod firmware;
 pub mod firmware_bench;
 pub mod pair;

@@ -24,6 +24,11 @@ use wardgate_adapters::observation::now_ms;
 /// Most distinct senders of refused acks logged individually (memory bound).
 pub(super) const MAX_LOGGED_SENDERS: usize = 256;
 
+/// Most acknowledged-but-undeleted batch numbers remembered while the store is full (memory
+/// bound; one beyond it stays in the store and is re-sent, and acknowledged again, by the next
+/// session).
+const MAX_UNDELETED: usize = 4096;
+
 /// How a session ended without an error.
 pub(super) enum SessionEnd {
     /// Shutdown was requested.
@@ -112,6 +117,8 @@ impl Uplink {
         // window of re-sends into a link that dies every few packets would lose every ack each
         // time and replay the same batches forever (FAILURES.md B04).
         let mut window = if resend.is_empty() { s.max_inflight } else { 1 };
+        // Acknowledged batches a full store could not delete yet: retried every tick.
+        let mut undeleted: Vec<u64> = Vec::new();
         let batch_topic = mqtt::batch(&s.origin);
         let mut tick = tokio::time::interval(s.batch_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -156,10 +163,11 @@ impl Uplink {
                 _ = beat_tick.tick() => {}
                 ev = el.poll() => {
                     let ev = ev.map_err(|e| SessionError::connection(&e))?;
-                    let acked = self.handle_event(ev, &mut tracker, &ack_topic).await?;
+                    let acked = self.handle_event(ev, &mut tracker, &ack_topic, &mut undeleted).await?;
                     window = (window + acked).min(s.max_inflight);
                 }
                 _ = tick.tick() => {
+                    self.retry_undeleted(&mut undeleted).await?;
                     for n in tracker.overdue(Instant::now(), s.ack_timeout) {
                         if !resend.contains(&n) {
                             log::info!("batch {n} not acknowledged within {:?}; sending it again", s.ack_timeout);
@@ -205,6 +213,7 @@ impl Uplink {
         ev: Event,
         tracker: &mut InflightTracker,
         ack_topic: &str,
+        undeleted: &mut Vec<u64>,
     ) -> Result<usize, SessionError> {
         if let (Event::Incoming(Packet::Publish(p)), Some(jobs)) = (&ev, &self.firmware_jobs) {
             if p.topic == mqtt::firmware_job(&self.settings.origin) {
@@ -218,7 +227,11 @@ impl Uplink {
             EventOutcome::Nothing => {}
             EventOutcome::Acknowledge(numbers) => {
                 let n = numbers.len();
-                self.acknowledge(numbers).await?;
+                for left in self.acknowledge(numbers).await? {
+                    if undeleted.len() < MAX_UNDELETED && !undeleted.contains(&left) {
+                        undeleted.push(left);
+                    }
+                }
                 return Ok(n);
             }
             EventOutcome::Ignore(why) => log::warn!("{why}"),
@@ -264,27 +277,27 @@ impl Uplink {
     }
 
     /// Deletes acknowledged batches from the store (stray or repeated numbers are harmless).
-    async fn acknowledge(&self, numbers: Vec<u64>) -> Result<(), SessionError> {
+    /// Returns the numbers a full store could not delete yet (the delete needs room in the WAL):
+    /// the caller retries them on the next tick. They are out of the in-flight window already,
+    /// so nothing else would ever delete them in this session.
+    async fn acknowledge(&self, numbers: Vec<u64>) -> Result<Vec<u64>, SessionError> {
         let store = self.store.clone();
-        let acked = blocking(move || {
+        let (acked, left, full) = blocking(move || {
             let mut acked = 0;
-            for n in numbers {
-                if store.ack(n)? {
-                    acked += 1;
+            for (i, n) in numbers.iter().enumerate() {
+                match store.ack(*n) {
+                    Ok(true) => acked += 1,
+                    Ok(false) => {}
+                    Err(e) if e.is_full() => return Ok((acked, numbers[i..].to_vec(), Some(e))),
+                    Err(e) => return Err(e),
                 }
             }
-            Ok(acked)
+            Ok((acked, Vec::new(), None))
         })
-        .await;
-        let acked = match acked {
-            // A full store may refuse even the delete (it needs room in the WAL): the rows stay,
-            // the batch is re-sent after ack_timeout and acknowledged again; no reconnect.
-            Err(SessionError::Store(e)) if e.is_full() => {
-                self.store_full(&e);
-                return Ok(());
-            }
-            other => other?,
-        };
+        .await?;
+        if let Some(e) = full {
+            self.store_full(&e);
+        }
         self.status.send_modify(|s| {
             s.batches_acked += acked;
             if acked > 0 {
@@ -292,6 +305,14 @@ impl Uplink {
                 s.receiver_refusal_since_ms = None;
             }
         });
+        Ok(left)
+    }
+
+    /// Retries deleting acknowledged batches a full store refused (see [`Self::acknowledge`]).
+    async fn retry_undeleted(&self, undeleted: &mut Vec<u64>) -> Result<(), SessionError> {
+        if !undeleted.is_empty() {
+            *undeleted = self.acknowledge(std::mem::take(undeleted)).await?;
+        }
         Ok(())
     }
 
