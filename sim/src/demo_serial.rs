@@ -59,3 +59,28 @@ pub fn expected_observations(protocol: ProtocolName, recording: &[u8]) -> u64 {
         .filter(|d| matches!(d, Decoded::Reading(_)))
         .count() as u64
 }
+
+/// The demo device `dev` as one that also takes firmware: its recording streamed (repeated) on
+/// a pty behind `link` with an SMP device `model` answering on the same line
+/// ([`crate::smp_device::serial`]), so `wardgate demo` can update a serial device with no
+/// Python. The host's start command (CMS50) is honoured as by [`crate::devsim`].
+pub fn start_with_smp(
+    dev: &DemoDevice,
+    link: &std::path::Path,
+    model: crate::smp_device::SharedModel,
+) -> std::io::Result<crate::smp_device::serial::SerialSmpDevice> {
+    use crate::smp_device::serial::{Recording, SerialOptions, SerialSmpDevice};
+    SerialSmpDevice::start(
+        link,
+        model,
+        SerialOptions {
+            recording: Some(Recording {
+                data: dev.recording.to_vec(),
+                pace: dev.pace,
+                start: dev.start.clone(),
+                repeat: true,
+            }),
+            ..Default::default()
+        },
+    )
+}

@@ -30,6 +30,24 @@ pub enum Pace {
     Baud(u32),
 }
 
+/// Opens a pty with both ends in raw mode and points `link` at its slave (atomically replacing
+/// an older link): (master, slave). Keep the slave open so the pty does not hang up between a
+/// client's reopen attempts.
+pub fn open_pty(link: &Path) -> std::io::Result<(File, OwnedFd)> {
+    let pty = openpty(None, None).map_err(std::io::Error::from)?;
+    for fd in [&pty.master, &pty.slave] {
+        let mut t = tcgetattr(fd).map_err(std::io::Error::from)?;
+        cfmakeraw(&mut t);
+        tcsetattr(fd, SetArg::TCSANOW, &t).map_err(std::io::Error::from)?;
+    }
+    let slave_path = nix::unistd::ttyname(&pty.slave).map_err(std::io::Error::from)?;
+    let tmp = link.with_extension("tmp-link");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&slave_path, &tmp)?;
+    std::fs::rename(&tmp, link)?;
+    Ok((File::from(pty.master), pty.slave))
+}
+
 /// A simulated serial device: a pty whose slave is reachable at a stable symlink.
 pub struct SimulatedPort {
     /// The stable path the gateway opens (a symlink to the pty slave).
@@ -57,18 +75,7 @@ impl SimulatedPort {
     /// `start`: bytes the host must send before the device streams (e.g. the CMS50 start-live
     /// command `7D 81 A1 …`); `None` for devices that stream unprompted.
     pub fn open(link: &Path, start: Option<Vec<u8>>) -> std::io::Result<SimulatedPort> {
-        let pty = openpty(None, None).map_err(std::io::Error::from)?;
-        for fd in [&pty.master, &pty.slave] {
-            let mut t = tcgetattr(fd).map_err(std::io::Error::from)?;
-            cfmakeraw(&mut t);
-            tcsetattr(fd, SetArg::TCSANOW, &t).map_err(std::io::Error::from)?;
-        }
-        let slave_path = nix::unistd::ttyname(&pty.slave).map_err(std::io::Error::from)?;
-        let tmp = link.with_extension("tmp-link");
-        let _ = std::fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(&slave_path, &tmp)?;
-        std::fs::rename(&tmp, link)?;
-        let master = File::from(pty.master);
+        let (master, slave) = open_pty(link)?;
         let host_bytes = Arc::new(AtomicU64::new(0));
         let started = Arc::new(AtomicBool::new(start.is_none()));
         // Drain what the host writes (handshake, keep-alives) so its writes never block, and
@@ -115,7 +122,7 @@ impl SimulatedPort {
         Ok(SimulatedPort {
             link: link.to_path_buf(),
             master,
-            _slave: pty.slave,
+            _slave: slave,
             host_bytes,
             started,
             stop,

@@ -10,6 +10,9 @@
 //! - [`devsim`]: serial devices replaying recordings on real pseudo-terminals at device pace.
 //! - [`image_server`]: an HTTPS file server (client certificates, Range requests) for firmware
 //!   images; [`mcuboot`]: signed MCUboot images made in Rust (ECDSA P-256), for the demo.
+//! - [`smp_device`]: a simulated SMP/MCUmgr device with MCUboot-like slots
+//!   ([`smp_device::SmpDeviceModel`]), served on a pty ([`smp_device::serial`]) or as the SMP
+//!   GATT service of [`blesim`] ([`blesim::SimBluez::attach_smp`]).
 //! - [`pki`]: a throw-away CA and certificates (rcgen), for the demo and the tests only.
 //! - [`demo_ble`], [`demo_serial`]: the demo's devices (real captures replayed through [`blesim`]
 //!   and [`devsim`]).

@@ -1,6 +1,7 @@
 //! The independent Python verifier (`tests/python/verify_cose.py`, `cbor2` + `cryptography`),
 //! its decryptor for encrypted messages (`tests/python/decrypt_cose.py`, `--key`), and the
-//! virtualenvs they run in (also the firmware tests' and the SMP device emulator's, pinned).
+//! virtualenvs they run in (also the firmware tests', the SMP device emulator's and the SMP
+//! peers', pinned).
 //!
 //! The venv is made once under the cargo target directory (`python3 -m venv`, then
 //! `pip install cbor2 cryptography`) and reused by later runs; creating it is serialised by a
@@ -44,6 +45,27 @@ pub const FIRMWARE_PACKAGES: &[&str] = &[
 /// FIRMWARE.md §4.1, F11).
 pub const SMP_PACKAGES: &[&str] = &["smp==4.2.0", "imgtool==2.5.0"];
 
+/// The independent SMP clients that check the Rust device model (`tests/python/smp_peers.py`):
+/// PyPI `smpclient` with its serial (pyserial) and BLE (bleak → dbus-fast → BlueZ D-Bus)
+/// transports, and PyPI `mcumgr-toolkit` (pyo3 binding of the Rust crate), the versions
+/// FIRMWARE.md §4.1 tried, pinned with their dependencies (a locked set).
+pub const PEER_PACKAGES: &[&str] = &[
+    "smpclient[serial,ble]==7.3.0",
+    "mcumgr-toolkit==0.20.0",
+    "smp==4.2.0",
+    "pyserial==3.5",
+    "bleak==3.1.0",
+    "dbus-fast==5.2.0",
+    "pydantic==2.14.4",
+    "pydantic_core==2.50.5",
+    "annotated-types==0.8.0",
+    "typing-inspection==0.4.5",
+    "typing_extensions==4.16.0",
+    "cbor2==6.3.0",
+    "crcmod==1.7",
+    "intelhex==2.3.0",
+];
+
 /// Returns the venv's python (creating the venv in `target_tmp/e2e-venv` when needed).
 /// `target_tmp` is the test's `env!("CARGO_TARGET_TMPDIR")`.
 pub fn venv_python(target_tmp: &Path) -> Result<PathBuf> {
@@ -73,6 +95,16 @@ pub fn smp_venv_python(target_tmp: &Path) -> Result<PathBuf> {
         "smp-venv",
         SMP_PACKAGES,
         "import smp, imgtool, cbor2",
+    )
+}
+
+/// The SMP peers' venv (`target_tmp/peers-venv`, [`PEER_PACKAGES`]).
+pub fn peers_venv_python(target_tmp: &Path) -> Result<PathBuf> {
+    venv_with(
+        target_tmp,
+        "peers-venv",
+        PEER_PACKAGES,
+        "import smpclient, smpclient.transport.serial, smpclient.transport.ble, mcumgr_toolkit",
     )
 }
 

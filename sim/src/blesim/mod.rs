@@ -488,6 +488,11 @@ fn adapter_props(st: &State) -> PropMap {
     p.insert("Discovering".into(), v(st.discovering()));
     p.insert("UUIDs".into(), v(Vec::<String>::new()));
     p.insert("Modalias".into(), v("usb:v1D6Bp0246d0541".to_string()));
+    // BlueZ ≥ 5.66; bleak picks an adapter by its `central` role.
+    p.insert(
+        "Roles".into(),
+        v(vec!["central".to_string(), "peripheral".to_string()]),
+    );
     p
 }
 

@@ -55,6 +55,7 @@
 //! [`SmpDeviceModel::session_offset`]).
 
 pub mod mcuboot;
+pub mod serial;
 
 use ciborium::Value;
 use std::collections::VecDeque;

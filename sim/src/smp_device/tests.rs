@@ -578,3 +578,94 @@ fn oversize_and_garbage_get_no_answer_and_never_panic() {
     let n = m.events().len();
     assert!(n <= MAX_EVENTS);
 }
+
+/// A fuzz-like sweep in the unit tests (the fuzz workspace deliberately builds no simulator):
+/// random frames with valid and broken headers, random payloads and mutated real requests, with
+/// boots in between; the model never panics and every answer is a well-formed SMP frame that
+/// echoes the request's sequence number.
+#[test]
+fn random_requests_never_panic() {
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut m = SmpDeviceModel::new(SmpDeviceOptions {
+        drop_reply_at: Some(100),
+        reset_offset_at: Some(300),
+        stale_offset_after_erase: true,
+        ..Default::default()
+    });
+    let mut c = Client::v2();
+    let img = app((1, 0, 0, 0), 600);
+    let seeds = [
+        c.frame(
+            Op::Write,
+            1,
+            1,
+            &UploadRequest {
+                off: 0,
+                data: img[..150].to_vec(),
+                start: Some(UploadStart {
+                    len: img.len() as u64,
+                    sha: Some(sha256(&img)),
+                    image: Some(0),
+                    upgrade: None,
+                }),
+            }
+            .to_body(),
+        ),
+        c.frame(
+            Op::Write,
+            1,
+            1,
+            &UploadRequest {
+                off: 150,
+                data: img[150..300].to_vec(),
+                start: None,
+            }
+            .to_body(),
+        ),
+        c.frame(
+            Op::Write,
+            1,
+            0,
+            &image::state_write(Some(&mcuboot::read(&img).unwrap().hash), false),
+        ),
+        c.frame(Op::Read, 1, 0, &cbor::map([])),
+        c.frame(Op::Write, 1, 5, &image::erase_request(Some(1))),
+        c.frame(Op::Read, 0, 6, &cbor::map([])),
+    ];
+    for i in 0..20_000u32 {
+        let r = rnd();
+        let mut f = seeds[(r % seeds.len() as u64) as usize].clone();
+        match (r >> 8) % 4 {
+            0 => {}
+            1 => {
+                let at = (rnd() as usize) % f.len();
+                f[at] = rnd() as u8;
+            }
+            2 => f.truncate((rnd() as usize) % f.len()),
+            _ => {
+                let n = (rnd() % 64) as usize;
+                f = (0..n).map(|_| rnd() as u8).collect();
+                if n >= 8 {
+                    f[0] &= 0x1b; // mostly valid byte 0
+                }
+            }
+        }
+        let seq = f.get(6).copied();
+        let reply = m.handle(&f);
+        if let Some(rsp) = reply.response {
+            let rsp = Frame::decode(&rsp).expect("a well-formed response");
+            assert_eq!(Some(rsp.header.seq), seq);
+            assert!(rsp.body().is_ok());
+        }
+        if reply.reset || i % 997 == 0 {
+            m.boot();
+        }
+    }
+    assert!(m.counters().requests == 20_000);
+}
