@@ -941,6 +941,66 @@ fn a_gatt_table_changed_under_the_connection_is_rediscovered_mid_upload() {
     gw.terminate(Duration::from_secs(10)).unwrap();
 }
 
+/// A slot erase longer than the device's silence watchdog (`silent_after_s`, 20 s by default
+/// for a heart-rate device; B25: an erase takes tens of seconds) does not cost the link: while
+/// the relay's SMP session is open, the SMP client's own timeouts judge the link, not the
+/// device's silence. The upload goes through in the same attempt, never `link_lost`.
+#[test]
+fn a_slot_erase_longer_than_the_silence_watchdog_keeps_the_link() {
+    const DEV: &str = "C0:FF:EE:00:0C:04";
+    let id = format!("ble:{DEV}");
+    let table = format!(
+        r#"
+[[ble.device]]
+name = "bed12-vitals"
+address = "{DEV}"
+profiles = ["heart-rate", "battery"]
+max_backoff_s = 1
+silent_after_s = 3
+"#
+    );
+    let Some(w) = World::start("fw-ble-erase", &table, std::slice::from_ref(&id)) else {
+        return;
+    };
+    let sim = &w.ble.sim;
+    let model = SmpDeviceModel::new(SmpDeviceOptions {
+        erase_delay: Duration::from_secs(7),
+        swap_time: Duration::from_millis(300),
+        ..SmpDeviceOptions::default()
+    })
+    .shared();
+    sim.add_device(blesim::smp_vitals_device(DEV, &info("SMP4")));
+    sim.attach_smp(DEV, model.clone());
+    let image = w.image("new", "2.0.0", 20_000);
+    let url = w.serve(&image, "acme/vitals-2.0.0.bin");
+    let job = w.job("fw-ble-erase", 1, &image, &url, std::slice::from_ref(&id));
+    let watch = Watcher::start(&w.env, &format!("{}/firmware/#", prefix())).unwrap();
+    w.publish_job(&job);
+    let mut gw = w.gateway();
+    let topic = progress_topic("fw-ble-erase", &id);
+    let last = w.wait_final(&watch, &topic, Duration::from_secs(120), &gw);
+    let reports = w.seen(&watch, &topic);
+    assert_eq!(
+        (last["state"].as_str(), last["version"].as_str()),
+        (Some("done"), Some("2.0.0")),
+        "{last}\nstates {:?}\n{}",
+        states(&reports),
+        gw.stderr()
+    );
+    assert!(
+        !reports.iter().any(|r| r["reason"] == "link_lost"),
+        "the link was dropped during the update: {:?}\n{}",
+        reports
+            .iter()
+            .map(|r| (r["state"].clone(), r["reason"].clone()))
+            .collect::<Vec<_>>(),
+        gw.stderr()
+    );
+    let c = smp_device::lock(&model).counters();
+    assert_eq!((c.erases, c.sessions_new, c.swaps), (1, 1, 1), "{c:?}");
+    gw.terminate(Duration::from_secs(10)).unwrap();
+}
+
 /// Bench (issue 10 "Measure": "Over the simulated BlueZ: KB/s at MTU 247 and at 23"), run by
 /// `scripts/bench-smp-ble [RUNS] [IMAGE_KIB]`: `wardgate firmware upload --ble` of an
 /// `WARDGATE_SMP_IMAGE_KIB` KiB image (default 256) to a fresh simulated device (the Rust SMP

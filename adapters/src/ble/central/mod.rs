@@ -46,6 +46,8 @@
 //!    device's measurements keep flowing. The link is dropped with the connection (the relay
 //!    resumes at the device's offset on the next one); after the device's reset the session
 //!    reconnects and discovers GATT afresh (B18) before anything is subscribed or written.
+//!    While an SMP session is open the silence watchdog (`silent_after_s`) is suspended: a slot
+//!    erase keeps a device quiet for tens of seconds, and the SMP client has its own timeouts.
 //!    [`BleAdapter::is_connected`] tells the relay whether a session holds a connection.
 //!
 //! # Files

@@ -420,6 +420,10 @@ impl Session {
         let mut smp_subscribed = false;
         loop {
             let silent_at = last_value + silent_after.unwrap_or(Duration::from_secs(86_400 * 365));
+            // While the relay updates the device, its silence says nothing about the link (a
+            // slot erase keeps it quiet for tens of seconds, B25): the SMP client's own
+            // timeouts judge it, and the silence window starts again when the session ends.
+            let updating = smp.is_some();
             tokio::select! {
                 n = notes.next() => match n {
                     Some(ValueNotification { uuid, value, .. }) => {
@@ -448,7 +452,7 @@ impl Session {
                         log::info!("ble {}: SMP session closed (the relay is done)", self.name());
                     }
                 },
-                _ = tokio::time::sleep_until(silent_at), if silent_after.is_some() => {
+                _ = tokio::time::sleep_until(silent_at), if silent_after.is_some() && !updating => {
                     let s = silent_after.unwrap_or_default().as_secs();
                     inc(&self.stats.silent_reconnects);
                     log::warn!("ble {}: subscribed but silent for {s} s; reconnecting", self.name());
@@ -465,6 +469,9 @@ impl Session {
                     if !p.is_connected().await.unwrap_or(false) { return Ok(Ended::LinkLost) }
                 }
                 _ = self.shutdown.changed() => return Ok(Ended::Shutdown),
+            }
+            if updating {
+                last_value = Instant::now();
             }
         }
     }
