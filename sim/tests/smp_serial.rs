@@ -1,7 +1,8 @@
 //! The SMP device model on a real pty ([`wardgate_sim::smp_device::serial`]) sharing the line with
 //! a demo device's recording: the recording streams, an SMP request written by the host is
-//! answered in console framing between the recording's bytes, a reset silences the device for
-//! the swap time (no answer, no recording), then both resume; a power cycle boots the model.
+//! answered in console framing between the recording's bytes, a reset takes the pty away for
+//! the swap time, then both resume on a new pty behind the same link; a power cycle boots the
+//! model.
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -66,7 +67,7 @@ fn recording_and_smp_share_the_line() {
         ..Default::default()
     })
     .shared();
-    let sim = demo_serial::start_with_smp(&dev, &link, model.clone()).unwrap();
+    let sim = demo_serial::start_with_smp(&dev, &link, model.clone(), 1.0, true).unwrap();
     let mut f = open(&link);
     let mut dec = ConsoleDecoder::new();
     let (bytes, _) = read_for(&mut f, &mut dec, Duration::from_millis(500));
@@ -125,14 +126,19 @@ fn recording_and_smp_share_the_line() {
     }
     std::thread::sleep(Duration::from_millis(100));
     assert!(!sim.is_up(), "swapping");
-    let _ = read_for(&mut f, &mut dec, Duration::from_millis(50));
-    let (quiet, _) = read_for(&mut f, &mut dec, Duration::from_millis(900));
-    assert!(quiet.is_empty(), "{} bytes during the swap", quiet.len());
-    let t = Instant::now();
+    assert!(!link.exists(), "the pty is gone during the swap");
+    let gone = Instant::now();
     while !sim.is_up() {
-        assert!(t.elapsed() < Duration::from_secs(5));
+        assert!(gone.elapsed() < Duration::from_secs(5));
         std::thread::sleep(Duration::from_millis(10));
     }
+    assert!(
+        gone.elapsed() >= Duration::from_millis(1300),
+        "back after {:?}",
+        gone.elapsed()
+    );
+    let mut f = open(&link);
+    let mut dec = ConsoleDecoder::new();
     let (again, _) = read_for(&mut f, &mut dec, Duration::from_millis(500));
     assert!(
         again.len() >= 100,

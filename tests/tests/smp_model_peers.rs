@@ -411,3 +411,59 @@ fn mcumgr_toolkit_over_the_simulated_bluez() {
     let _ = adv.join();
     check_full_update(&lines, &model, &img, "3.1.0");
 }
+
+/// The gateway's own SMP client (`wardgate firmware upload --port`, the relay's `update::apply`)
+/// against the Rust model, as the demo's serial device will see it: the whole update with
+/// console noise, then a device whose slot 1 holds a pending image it cannot swap: a v2 device
+/// refuses with `NO_FREE_SLOT` (Zephyr's answer), which the gateway reports as `bad_state`.
+#[test]
+fn the_gateway_client_updates_the_model() {
+    let dir = temp_dir("smp-peers-gw").unwrap();
+    let img = image(dir.path(), "4.0.0", 20_000);
+    let model = SmpDeviceModel::new(options()).shared();
+    let link = dir.path().join("dev.tty");
+    let _dev = SerialSmpDevice::start(
+        &link,
+        model.clone(),
+        SerialOptions {
+            noise: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let bench = |link: &Path| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_wardgate-e2e-bin"));
+        c.args([
+            "firmware",
+            "upload",
+            "--port",
+            link.to_str().unwrap(),
+            img.path.to_str().unwrap(),
+        ]);
+        run(c, b"", Duration::from_secs(120)).unwrap()
+    };
+    let out = bench(&link);
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    {
+        let m = lock(&model);
+        assert_eq!(m.running_version(), "4.0.0");
+        assert!(m.running_confirmed());
+        let n = m.counters();
+        assert_eq!((n.erases, n.bytes_written, n.swaps), (1, img.bytes, 1));
+    }
+    let stuck = SmpDeviceModel::new(SmpDeviceOptions {
+        stuck_pending: true,
+        ..options()
+    })
+    .shared();
+    let link2 = dir.path().join("stuck.tty");
+    let _dev2 = SerialSmpDevice::start(&link2, stuck.clone(), SerialOptions::default()).unwrap();
+    let out = bench(&link2);
+    assert_eq!(out.status.code(), Some(1), "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("reason=bad_state"), "{}", out.stderr);
+    assert!(lock(&stuck)
+        .events()
+        .iter()
+        .any(|e| matches!(e, SmpEvent::Refused { error, .. } if error == "NO_FREE_SLOT")));
+    assert_eq!(lock(&stuck).counters().erases, 0);
+}

@@ -110,14 +110,20 @@ impl DeviceError {
     }
 
     /// Whether this means "bad state" (v1 EBADSTATE, or the image group's
-    /// IMAGE_ALREADY_PENDING): a pending slot that cannot be erased or written.
+    /// IMAGE_ALREADY_PENDING or NO_FREE_SLOT): a pending slot that cannot be erased or written.
+    /// A v2 Zephyr device refuses an upload or an erase into a slot that is pending (or that a
+    /// test boot would revert to) with NO_FREE_SLOT (`img_mgmt_upload_inspect`,
+    /// `img_mgmt_erase`); its v1 translation is EBADSTATE.
     pub fn is_bad_state(&self) -> bool {
         matches!(
             self,
             DeviceError::V1 {
                 rc: MGMT_EBADSTATE,
                 ..
-            } | DeviceError::V2 { group: 1, rc: 28 }
+            } | DeviceError::V2 {
+                group: 1,
+                rc: 9 | 28
+            }
         )
     }
 }
@@ -197,6 +203,10 @@ mod tests {
         let e = device_error(&body).unwrap().unwrap();
         assert_eq!(e.name(), "IMAGE_ALREADY_PENDING");
         assert!(e.is_bad_state());
+        let e = DeviceError::V2 { group: 1, rc: 9 };
+        assert_eq!(e.name(), "NO_FREE_SLOT");
+        assert!(e.is_bad_state());
+        assert!(!DeviceError::V2 { group: 1, rc: 8 }.is_bad_state());
         let e = device_error(&cbor::map([(
             "err",
             cbor::map([("group", Value::from(9)), ("rc", Value::from(2))]),

@@ -46,6 +46,14 @@
 //!   `UUIDs` are emitted when changed.
 //! - `Pair` with an agent: see [`Pairing`]. Success sets `Paired` and `Bonded`, and connects
 //!   (bluez-async then waits for `ServicesResolved`).
+//! - ATT MTU per device ([`SimBluez::set_mtu`], default [`DEFAULT_MTU`]): the characteristics'
+//!   `MTU` property and `AcquireWrite`'s answer; a command write (`type: command`, or to a
+//!   characteristic without `write`) longer than MTU − 3 fails `org.bluez.Error.Failed` "Failed
+//!   to initiate write". `AcquireWrite` returns a socket whose packets are command writes;
+//!   `AcquireNotify` is not simulated (`NotSupported`). `Adapter1.Roles` lists `central`.
+//! - The SMP GATT service backed by a device model: [`SimBluez::attach_smp`], [`smp_service`],
+//!   [`smp_vitals_device`]; the `smp` module docs say what it does (bonded links only, writes
+//!   reassembled, notifications ≤ MTU − 3, the erase off the dispatch thread, reset and swap).
 //!
 //! Notes for the btleplug adapter (btleplug 0.13.5 / bluez-async 0.9, read from their code and
 //! exercised in `tests/blesim_btleplug.rs`):

@@ -19,10 +19,14 @@
 //! [`SerialOptions::noise`]); between requests it writes the recording's chunks when due. A
 //! response always starts on a new line: if the recording left a line open, a `\n` is written
 //! first (the gateway's serial adapter pauses its data decoder during an SMP session, so the
-//! extra byte reaches no decoder). At a reset the device answers, then is silent for the model's
-//! `swap_time` (no answer, no recording, what the host writes is lost), boots, and resumes; with
-//! [`SerialOptions::unplug_on_reset`] its pty disappears instead (a USB CDC device re-enumerating)
-//! and comes back behind the same link. [`SerialSmpDevice::power_cycle`] resets it without a
+//! extra byte reaches no decoder). At a reset the device answers, then its pty disappears for
+//! the model's `swap_time` (the link is removed and the pty closed: a client reads EIO, as from
+//! a USB CDC device re-enumerating or the Python emulator's reset) and comes back, a new pty
+//! behind the same link, after MCUboot booted the model. With [`SerialOptions::silent_reset`]
+//! the pty stays instead and the device is only silent (no answer, no recording, what the host
+//! writes is lost), as a UART behind a USB-serial bridge; a client that holds the port keeps
+//! it, but one that set `TIOCEXCL` (tokio-serial, the gateway's bench CLI) cannot reopen it
+//! while this simulator holds the slave. [`SerialSmpDevice::power_cycle`] resets it without a
 //! command. Recording bytes nobody reads are dropped (non-blocking writes, as a UART with no
 //! listener); responses wait up to 5 s for room.
 
@@ -63,8 +67,9 @@ pub struct SerialOptions {
     pub noise: bool,
     /// Pace reads and writes to this line rate (10 bits a byte); a pty has none.
     pub pace_baud: Option<u32>,
-    /// At a reset the pty disappears for the swap time (USB CDC) instead of going silent.
-    pub unplug_on_reset: bool,
+    /// At a reset the pty stays and the device is only silent for the swap time (a UART
+    /// behind a USB-serial bridge) instead of disappearing (see the module docs for `TIOCEXCL`).
+    pub silent_reset: bool,
 }
 
 /// Counts of what happened on the line.
@@ -303,7 +308,7 @@ impl Line {
         let swap = lock(&self.model).options().swap_time;
         // The response leaves the UART before the device resets.
         std::thread::sleep(Duration::from_millis(20));
-        if self.opts.unplug_on_reset {
+        if !self.opts.silent_reset {
             let _ = std::fs::remove_file(&self.link);
             self.master = None;
             self._slave = None;
