@@ -503,9 +503,10 @@ fn bench_cli_lists_and_uploads_over_ble_at_mtu_23_and_247() {
     }
 }
 
-/// A bench upload interrupted (the CLI killed at a third of the image) resumes where the
-/// device is when run again: no second erase, the device's offset answered to the first
-/// request.
+/// A bench upload interrupted (the CLI killed at a third of the image, at ATT MTU 23 most
+/// likely in the middle of a request's writes) resumes where the device is when run again: the
+/// link BlueZ still holds is renewed first (the device drops any half request), no second
+/// erase, the device's offset answered to the first request.
 #[test]
 fn bench_cli_upload_over_ble_resumes_when_run_again() {
     const DEV: &str = "C0:FF:EE:00:0B:02";
@@ -553,6 +554,13 @@ fn bench_cli_upload_over_ble_resumes_when_run_again() {
         Duration::from_secs(180),
     );
     assert_eq!(out.code(), Some(0), "{out:?}");
+    // BlueZ still held the link of the killed run (and the device maybe half a request): the
+    // new run renews it before it writes.
+    assert!(
+        out.stderr.contains("renewing the link BlueZ holds"),
+        "{}",
+        out.stderr
+    );
     assert!(out.stderr.contains("resumed at offset"), "{}", out.stderr);
     let m = smp_device::lock(&model);
     let c = m.counters();
@@ -871,6 +879,103 @@ fn a_link_lost_at_half_the_image_resumes_at_the_devices_offset() {
         "{:?}",
         m.events()
     );
+    assert_eq!(m.running_version(), "2.0.0");
+    assert!(m.running_confirmed());
+    drop(m);
+    gw.terminate(Duration::from_secs(10)).unwrap();
+}
+
+/// `kill -9` of the gateway in the middle of a BLE upload (ATT MTU 23: most likely between
+/// two writes of one request): BlueZ keeps the link, the restarted gateway adopts it, renews it
+/// before its first SMP request (the device may hold half a request), and the relay resumes
+/// at the device's offset: one erase, a resumed session, `done`.
+#[test]
+fn a_gateway_killed_mid_upload_resumes_over_ble() {
+    const DEV: &str = "C0:FF:EE:00:0C:05";
+    let id = format!("ble:{DEV}");
+    let Some(w) = World::start(
+        "fw-ble-kill9",
+        &vitals_table("bed13-vitals", DEV),
+        std::slice::from_ref(&id),
+    ) else {
+        return;
+    };
+    let sim = &w.ble.sim;
+    let model = SmpDeviceModel::new(SmpDeviceOptions {
+        swap_time: Duration::from_millis(500),
+        ..SmpDeviceOptions::default()
+    })
+    .shared();
+    sim.add_device(blesim::smp_vitals_device(DEV, &info("SMP5")));
+    sim.attach_smp(DEV, model.clone());
+    sim.set_mtu(DEV, 23);
+    let image = w.image("new", "2.0.0", 100_000);
+    let len = std::fs::metadata(&image).unwrap().len();
+    let url = w.serve(&image, "acme/vitals-2.0.0.bin");
+    let job = w.job("fw-ble-k9", 1, &image, &url, std::slice::from_ref(&id));
+    let watch = Watcher::start(&w.env, &format!("{}/firmware/#", prefix())).unwrap();
+    w.publish_job(&job);
+    let mut gw = w.gateway();
+    wait_until(
+        "a third of the image on the device",
+        Duration::from_secs(120),
+        Duration::from_millis(5),
+        || {
+            Ok(smp_device::lock(&model)
+                .session_offset()
+                .filter(|o| *o >= len / 3)
+                .map(|_| ()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", gw.stderr()));
+    gw.kill9().unwrap();
+    let at = smp_device::lock(&model).session_offset().unwrap();
+    assert!(at < len, "the image was complete before the kill");
+    assert!(
+        sim.is_connected(DEV),
+        "BlueZ keeps the link of a killed client"
+    );
+    let mut gw = w.gateway();
+    let topic = progress_topic("fw-ble-k9", &id);
+    let last = wait_until(
+        "done after the restart",
+        Duration::from_secs(120),
+        Duration::from_millis(100),
+        || {
+            Ok(w.seen(&watch, &topic)
+                .last()
+                .filter(|p| p["state"] == "done" || p["state"] == "failed")
+                .cloned())
+        },
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\n{:?}\n{}",
+            states(&w.seen(&watch, &topic)),
+            gw.stderr()
+        )
+    });
+    assert_eq!(
+        (last["state"].as_str(), last["version"].as_str()),
+        (Some("done"), Some("2.0.0")),
+        "{last}\n{}",
+        gw.stderr()
+    );
+    assert!(
+        gw.stderr()
+            .contains("SMP on a link held from before: renewing the link"),
+        "{}",
+        gw.stderr()
+    );
+    let m = smp_device::lock(&model);
+    let c = m.counters();
+    assert_eq!(
+        (c.erases, c.sessions_new),
+        (1, 1),
+        "{c:?}\n{:?}",
+        m.events()
+    );
+    assert!(c.sessions_resumed >= 1, "{c:?}");
     assert_eq!(m.running_version(), "2.0.0");
     assert!(m.running_confirmed());
     drop(m);

@@ -134,7 +134,7 @@ impl LinkArgs {
             .await
             .map_err(|e| fail("connect", e.reason(), e.to_string()))?;
         let t = opener
-            .open(Duration::from_secs_f64(self.connect_timeout.max(0.0)))
+            .open(Duration::from_secs_f64(self.connect_timeout.max(0.0)), true)
             .await
             .map_err(|e| fail("connect", e.reason(), e.to_string()))?;
         step(&format!(
@@ -294,7 +294,7 @@ async fn upload(a: UploadArgs) -> anyhow::Result<ExitCode> {
                 let opener = opener.clone();
                 async move {
                     opener
-                        .open(Duration::from_secs(5))
+                        .open(Duration::from_secs(5), false)
                         .await
                         .map_err(TransportError::from)
                 }

@@ -48,6 +48,10 @@
 //!    reconnects and discovers GATT afresh (B18) before anything is subscribed or written.
 //!    While an SMP session is open the silence watchdog (`silent_after_s`) is suspended: a slot
 //!    erase keeps a device quiet for tens of seconds, and the SMP client has its own timeouts.
+//!    The device reassembles requests by the SMP header's length, so half a request left on it
+//!    would swallow the next ones: a link BlueZ held from before our start (we may have been
+//!    killed mid-request) is renewed before its first SMP session, and so is a link on which a
+//!    write failed after part of a request went out.
 //!    [`BleAdapter::is_connected`] tells the relay whether a session holds a connection.
 //!
 //! # Files

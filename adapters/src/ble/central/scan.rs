@@ -355,6 +355,7 @@ impl<'a> Scan<'a> {
                 Some(p) => p.clone(),
                 None => return,
             },
+            smp_link_renewed: Default::default(),
         };
         let task = tokio::spawn(session.run(link_rx));
         self.sessions

@@ -43,6 +43,10 @@ pub(super) struct Session {
     pub(super) glucose_last: Arc<Mutex<HashMap<Address, u16>>>,
     /// The device's command channel and connection flag.
     pub(super) port: Arc<DevicePort>,
+    /// An SMP session on a connection BlueZ held from before was refused once and the link
+    /// renewed (see `open_smp`): at most once per session task, so a BlueZ that reconnects the
+    /// device on its own cannot make it a loop.
+    pub(super) smp_link_renewed: std::sync::atomic::AtomicBool,
 }
 
 /// The device's command inbox, held by its session for the session's lifetime.
@@ -97,6 +101,15 @@ async fn next_smp_frame(smp: &mut Option<SmpSession>) -> Option<Vec<u8>> {
         Some(s) => s.link.to_device.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// What an SMP step asks of the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Renew {
+    /// Go on.
+    Nothing,
+    /// Disconnect and connect again: the device's SMP reassembly may hold part of a request.
+    Link,
 }
 
 /// How a connection ended.
@@ -438,7 +451,12 @@ impl Session {
                     None => return Err(AdapterError::Transport("notification stream ended".into())),
                 },
                 cmd = inbox.recv() => match cmd {
-                    Some(DeviceCommand::OpenSmp(l)) => self.open_smp(p, l, smp, &mut smp_subscribed).await,
+                    Some(DeviceCommand::OpenSmp(l)) => {
+                        if self.open_smp(p, l, smp, &mut smp_subscribed, adopted).await == Renew::Link {
+                            let _ = p.disconnect().await;
+                            return Ok(Ended::LinkLost);
+                        }
+                    }
                     Some(DeviceCommand::SendBytes(_)) => {
                         log::debug!("ble {}: raw bytes have no meaning on BLE; dropped", self.name())
                     }
@@ -446,7 +464,12 @@ impl Session {
                     None => std::future::pending::<()>().await,
                 },
                 frame = next_smp_frame(smp) => match frame {
-                    Some(f) => self.smp_write(p, smp, &f).await,
+                    Some(f) => {
+                        if self.smp_write(p, smp, &f).await == Renew::Link {
+                            let _ = p.disconnect().await;
+                            return Ok(Ended::LinkLost);
+                        }
+                    }
                     None => {
                         *smp = None;
                         log::info!("ble {}: SMP session closed (the relay is done)", self.name());
@@ -481,18 +504,26 @@ impl Session {
     /// connection's fresh discovery, subscribed once per connection; then frames pass. A
     /// second session replaces the first (whose relay sees `Closed`). Refusals carry their
     /// reason to the relay, and nothing is written to the device.
+    ///
+    /// On a connection BlueZ held from before (`adopted`: we were restarted, maybe killed in
+    /// the middle of writing a request), the device may hold the first pieces of a request
+    /// that never ended; it reassembles by the header's length, so it would swallow our next
+    /// requests into it. The first session there is refused (`device_offline`) and the link
+    /// renewed ([`Renew::Link`]): a new connection starts the device's reassembly afresh.
     async fn open_smp(
         &self,
         p: &Peripheral,
         link: SmpLink,
         smp: &mut Option<SmpSession>,
         subscribed: &mut bool,
-    ) {
+        adopted: bool,
+    ) -> Renew {
         let a = self.spec.address;
         let refuse = |link: SmpLink, why: LinkRefusal| {
             inc(&self.stats.smp_refused);
             log::warn!("ble {}: SMP session refused: {why}", self.name());
             link.refuse(why);
+            Renew::Nothing
         };
         match self.bus.bond_state(&self.spec.adapter, a).await {
             Ok(st) if st.bonded => {}
@@ -505,6 +536,14 @@ impl Session {
         let Some(mut gatt) = SmpGatt::find(p) else {
             return refuse(link, LinkRefusal::NoSmpService);
         };
+        if adopted && !*subscribed && !self.smp_link_renewed.swap(true, Ordering::Relaxed) {
+            log::info!(
+                "ble {}: SMP on a link held from before: renewing the link first (the device may hold half a request)",
+                self.name()
+            );
+            refuse(link, LinkRefusal::Offline);
+            return Renew::Link;
+        }
         if !*subscribed {
             if let Err(e) = self.subscribe_smp(p, &gatt).await {
                 log::warn!("ble {}: SMP: {e}; session not opened", self.name());
@@ -527,6 +566,7 @@ impl Session {
             gatt.mtu() - 3
         );
         *smp = Some(SmpSession { link, gatt });
+        Renew::Nothing
     }
 
     async fn subscribe_smp(&self, p: &Peripheral, gatt: &SmpGatt) -> Result<(), String> {
@@ -577,10 +617,13 @@ impl Session {
     /// Writes one frame from the relay. A write that finds the characteristic's object gone
     /// (the attribute table changed under the connection, B18) gets one fresh discovery, the
     /// characteristic found again by UUID and subscribed, and a second try; any other failure
-    /// ends the SMP session (the relay sees `Closed` and retries on a later connection).
-    async fn smp_write(&self, p: &Peripheral, smp: &mut Option<SmpSession>, frame: &[u8]) {
+    /// ends the SMP session (the relay sees `Closed` and retries on a later connection), and
+    /// when part of the frame may have reached the device (a later piece failed, or a write
+    /// timed out) the link is renewed too: the device would take our next request for the
+    /// rest of this one.
+    async fn smp_write(&self, p: &Peripheral, smp: &mut Option<SmpSession>, frame: &[u8]) -> Renew {
         let Some(s) = smp.as_mut() else {
-            return;
+            return Renew::Nothing;
         };
         let mut result = s.gatt.write(p, frame).await;
         if let Err(e) = &result {
@@ -604,7 +647,7 @@ impl Session {
                         if let Some(s) = smp.take() {
                             s.link.refuse(LinkRefusal::NoSmpService);
                         }
-                        return;
+                        return Renew::Nothing;
                     }
                     Err(why) => log::warn!("ble {}: SMP: {why}", self.name()),
                 }
@@ -616,13 +659,23 @@ impl Session {
                 self.stats
                     .smp_writes
                     .fetch_add(pieces as u64, Ordering::Relaxed);
+                Renew::Nothing
             }
             Err(e) => {
-                log::warn!(
-                    "ble {}: SMP {e}; session ended (the relay retries)",
-                    self.name()
-                );
                 *smp = None;
+                if e.piece > 1 || e.timed_out {
+                    log::warn!(
+                        "ble {}: SMP {e}; session ended, link renewed (the device may hold part of the request)",
+                        self.name()
+                    );
+                    Renew::Link
+                } else {
+                    log::warn!(
+                        "ble {}: SMP {e}; session ended (the relay retries)",
+                        self.name()
+                    );
+                    Renew::Nothing
+                }
             }
         }
     }

@@ -78,6 +78,8 @@ pub struct WriteError {
     pub reason: String,
     /// The characteristic's object is gone (the attribute table changed, B18).
     pub stale: bool,
+    /// No answer from BlueZ within the GATT timeout (the piece may have gone out).
+    pub timed_out: bool,
 }
 
 impl SmpGatt {
@@ -119,6 +121,7 @@ impl SmpGatt {
                 piece: i + 1,
                 pieces,
                 len: piece.len(),
+                timed_out: reason == "timed out",
                 reason,
                 stale,
             };
@@ -289,7 +292,12 @@ impl SmpOpener {
     /// before anything is sent), connected if it is not (each attempt ≤ 20 s, until `wait` has
     /// passed), a fresh service discovery (B18), the SMP characteristic found by UUID (refused
     /// `no_smp_service` without it), the notification stream opened, then `StartNotify`.
-    pub async fn open(&self, wait: Duration) -> Result<BleSmpTransport, OpenError> {
+    ///
+    /// `fresh`: a link BlueZ already holds is renewed first (disconnect, connect). Whoever held
+    /// it (an earlier run killed mid-request, the daemon) may have left the first pieces of a
+    /// request on the device, which reassembles by the header's length and would swallow ours
+    /// into it; a new connection starts it afresh. Not needed after the device's own reset.
+    pub async fn open(&self, wait: Duration, fresh: bool) -> Result<BleSmpTransport, OpenError> {
         let a = self.address;
         let deadline = tokio::time::Instant::now() + wait;
         let st = self
@@ -320,6 +328,12 @@ impl SmpOpener {
                 None => tokio::time::sleep(Duration::from_millis(250)).await,
             }
         };
+        if fresh && p.is_connected().await.unwrap_or(false) {
+            log::info!("ble {a}: renewing the link BlueZ holds, for a clean SMP session");
+            if let Ok(Err(e)) = timeout(GATT_TIMEOUT, p.disconnect()).await {
+                log::debug!("ble {a}: disconnect: {e}");
+            }
+        }
         loop {
             if p.is_connected().await.unwrap_or(false) {
                 break;
