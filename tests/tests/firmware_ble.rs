@@ -780,15 +780,21 @@ fn relay_updates_a_bonded_ble_device_while_its_readings_flow() {
         },
     )
     .unwrap();
-    // What the installer sees on the gateway.
+    // What the installer sees on the gateway: the execution done, the device on 2.0.0.
     wait_until(
-        "status showing the execution done",
+        "status showing the execution done and the new version",
         Duration::from_secs(10),
         Duration::from_millis(200),
         || {
             let s = w.status();
-            Ok(s.contains(&format!("firmware: job fw-ble on {id}: DONE"))
-                .then_some(()))
+            let device_line = s
+                .lines()
+                .find(|l| l.starts_with("device:") && l.contains(&format!("{id}:")))
+                .unwrap_or_default()
+                .to_owned();
+            Ok((s.contains(&format!("firmware: job fw-ble on {id}: DONE"))
+                && device_line.contains("firmware 2.0.0 ("))
+            .then_some(()))
         },
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", w.status()));
