@@ -410,6 +410,22 @@ fn stored_glucose_records_arrive_once_through_racp_after_reconnects() {
         [vec![0x01, 0x01]],
         "first connection: all records"
     );
+    // The firmware revision it reported (Device Information 0x2A26) is its version in
+    // `wardgate status` (issue 10 item 6), before any firmware job.
+    wait_for(
+        "the meter's firmware in status",
+        Duration::from_secs(15),
+        || {
+            let out = std::process::Command::new(BIN)
+                .args(["status", "--json", "--config"])
+                .arg(&cfg)
+                .output()?;
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            let fw = &v["snapshot"]["firmware_versions"][&id];
+            Ok(fw["version"] == "1.0" && fw["source"] == "dis")
+        },
+    )
+    .unwrap();
     // Link loss; the meter takes a 4th reading meanwhile.
     sim.drop_link(meter);
     sim.install_glucose_racp(meter, vec![record(1), record(2), record(3), record(4)]);

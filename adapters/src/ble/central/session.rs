@@ -14,7 +14,7 @@ use crate::ble::decode::profiles::glucose;
 use crate::ble::decode::uuid::Uuid;
 use crate::ble::decode::vendor::{CharacteristicMode, VendorProfile};
 use crate::ble::decode::{DecodeError, Profile};
-use crate::observation::{EventKind, Observation, Reading};
+use crate::observation::{DeviceEvent, EventKind, Observation, Reading};
 use crate::retry::{Backoff, RateLimit, DEVICE_STABLE};
 use crate::smp::channel::SmpLink;
 use crate::smp::client::LinkRefusal;
@@ -353,8 +353,13 @@ impl Session {
                 ""
             }
         );
-        self.emit(event(&self.spec.device, EventKind::Connected, detail))
-            .await?;
+        // The Device Information firmware revision (0x2A26) becomes the device's firmware
+        // version in its status and the heartbeat (issue 10 item 6).
+        self.emit(AdapterEvent::Event(
+            DeviceEvent::new(self.spec.device.clone(), EventKind::Connected, detail)
+                .with_firmware(firmware.as_deref()),
+        ))
+        .await?;
         // Battery Level and vendor "read" characteristics: read once per connection. BlueZ
         // reports a read's result as a `Value` change too, so the value reaches `handle` through
         // the notification stream (exactly once), not from here.
