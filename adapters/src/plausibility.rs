@@ -72,6 +72,12 @@ const RR_SRC: &str = "100 ms = 600 /min, the highest documented rate (Chhabra 20
 const TEMP_ROOM_SRC: &str = "ambient sensor of a tag or beacon: ultra-low vaccine freezers \
     reach -86 C, common sensor ICs are rated to 125 C; bounds -100-150 C";
 const COUNT_SRC: &str = "a count of doses or puffs: never negative";
+const HUMID_SRC: &str = "definition: relative humidity is 0-100 % (sensors saturate at 100 %)";
+const BARO_SRC: &str = "highest sea-level pressure recorded 1083.8 hPa (Agata, Siberia, 1968, \
+    WMO Archive of Weather and Climate Extremes); the summit of Everest about 330 hPa; bounds \
+    300-1100 hPa";
+const LUX_SRC: &str = "direct sunlight is about 100,000-130,000 lx; bounds 0-200,000 lx";
+const VOLT_SRC: &str = "a tag's battery: coin cells 3 V, packs well under 100 V; never negative";
 
 macro_rules! lim {
     ($code:expr, $unit:expr, $min:expr, $max:expr, $src:expr) => {
@@ -184,6 +190,17 @@ pub const LIMITS: &[Limit] = &[
     lim!(mdc::BATTERY_CHARGE, Unit::PERCENT, 0.0, 100.0, BATT_SRC),
     lim!(mdc::RR_INTERVAL, Unit::MILLI_SEC, 100.0, 60_000.0, RR_SRC),
     lim!(mdc::TEMP_ROOM, Unit::DEGC, -100.0, 150.0, TEMP_ROOM_SRC),
+    lim!(mdc::PVT_HUMIDITY_REL, Unit::PERCENT, 0.0, 100.0, HUMID_SRC),
+    lim!(
+        mdc::PVT_PRESSURE_AMBIENT,
+        Unit::HECTO_PASCAL,
+        300.0,
+        1100.0,
+        BARO_SRC
+    ),
+    lim!(mdc::PVT_ILLUMINANCE, Unit::PVT_LUX, 0.0, 200_000.0, LUX_SRC),
+    lim!(mdc::PVT_BATTERY_VOLTAGE, Unit::VOLT, 0.0, 100.0, VOLT_SRC),
+    lim!(mdc::PVT_DEW_POINT, Unit::DEGC, -100.0, 150.0, TEMP_ROOM_SRC),
     lim!(
         mdc::PVT_INHALER_ACTUATION,
         Unit::DIMLESS,
@@ -255,7 +272,7 @@ pub fn mark(o: &mut Observation) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observation::{DeviceId, TimeQuality};
+    use crate::observation::DeviceId;
 
     fn check(code: u32, value: f64, unit: Unit) -> Option<bool> {
         implausible(code, value, unit)
@@ -425,6 +442,36 @@ mod tests {
             Some(true),
             "below 0 K"
         );
+        assert_eq!(
+            check(mdc::PVT_HUMIDITY_REL, 50.55, Unit::PERCENT),
+            Some(false)
+        );
+        assert_eq!(
+            check(mdc::PVT_HUMIDITY_REL, 120.0, Unit::PERCENT),
+            Some(true)
+        );
+        assert_eq!(
+            check(mdc::PVT_PRESSURE_AMBIENT, 1008.83, Unit::HECTO_PASCAL),
+            Some(false)
+        );
+        assert_eq!(
+            check(mdc::PVT_PRESSURE_AMBIENT, 0.0, Unit::HECTO_PASCAL),
+            Some(true)
+        );
+        assert_eq!(
+            check(mdc::PVT_ILLUMINANCE, 350.0, Unit::PVT_LUX),
+            Some(false)
+        );
+        assert_eq!(check(mdc::PVT_ILLUMINANCE, -1.0, Unit::PVT_LUX), Some(true));
+        assert_eq!(
+            check(mdc::PVT_BATTERY_VOLTAGE, 2.84, Unit::VOLT),
+            Some(false)
+        );
+        assert_eq!(
+            check(mdc::PVT_BATTERY_VOLTAGE, -0.1, Unit::VOLT),
+            Some(true)
+        );
+        assert_eq!(check(mdc::PVT_DEW_POINT, 9.0, Unit::DEGC), Some(false));
         for code in [mdc::PVT_INHALER_ACTUATION, mdc::PVT_DOSES_REMAINING] {
             assert_eq!(check(code, 120.0, Unit::DIMLESS), Some(false));
             assert_eq!(check(code, -1.0, Unit::DIMLESS), Some(true));
@@ -440,16 +487,17 @@ mod tests {
 
     #[test]
     fn mark_appends_the_flag_once_and_keeps_the_value_and_other_flags() {
-        let mut o = Observation {
-            device: DeviceId::serial("bed1"),
-            code: mdc::SPO2,
-            value: 127.0,
-            unit: Unit::PERCENT,
-            device_time: None,
-            gateway_time: 0,
-            time_quality: TimeQuality::Synced,
-            status: vec!["alarm".into()],
-        };
+        let mut o = Observation::from_reading(
+            DeviceId::serial("bed1"),
+            crate::observation::Reading {
+                code: mdc::SPO2,
+                value: 127.0,
+                unit: Unit::PERCENT,
+                device_time: None,
+                status: vec!["alarm".into()],
+            },
+            true,
+        );
         assert!(mark(&mut o));
         assert!(mark(&mut o));
         assert_eq!(o.status, vec!["alarm".to_string(), IMPLAUSIBLE.to_string()]);
