@@ -223,7 +223,7 @@ mod tests {
         // A tag without a key keeps no memory.
         let b = Address::parse("54:48:E6:8F:80:A6").unwrap();
         assert!(t.accept_counter(b, Some(1)));
-        assert!(t.counters.get(&b).is_none());
+        assert!(!t.counters.contains_key(&b));
     }
 
     #[test]
