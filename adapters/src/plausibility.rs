@@ -300,6 +300,18 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_table_names_every_code() {
+        let doc = include_str!("../../docs/plausibility.md");
+        for l in LIMITS {
+            assert!(
+                doc.contains(&l.code.to_string()),
+                "docs/plausibility.md does not list {}",
+                l.code
+            );
+        }
+    }
+
+    #[test]
     fn spo2() {
         assert_eq!(check(mdc::SPO2, 97.0, Unit::PERCENT), Some(false));
         assert_eq!(check(mdc::SPO2, 100.0, Unit::PERCENT), Some(false));
