@@ -19,7 +19,7 @@
 //! not know for that code, is not checked (nothing to judge it by). A value that is not a finite
 //! number is implausible for any code in the table.
 
-use crate::observation::{mdc, Observation, Unit};
+use crate::observation::{mdc, Observation, Reading, Unit};
 
 /// The status flag added to an implausible observation (wire: one of `status`'s strings).
 pub const IMPLAUSIBLE: &str = "implausible";
@@ -269,6 +269,17 @@ pub fn mark(o: &mut Observation) -> bool {
     true
 }
 
+/// The status flags `r` would be stored with: its own, plus [`IMPLAUSIBLE`] when its value is
+/// implausible (what `wardgate decode` prints, so an installer sees the flag before the
+/// gateway runs).
+pub fn status_of(r: &Reading) -> Vec<String> {
+    let mut s = r.status.clone();
+    if implausible(r.code, r.value, r.unit) == Some(true) && !s.iter().any(|f| f == IMPLAUSIBLE) {
+        s.push(IMPLAUSIBLE.to_owned());
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -501,7 +512,7 @@ mod tests {
     fn mark_appends_the_flag_once_and_keeps_the_value_and_other_flags() {
         let mut o = Observation::from_reading(
             DeviceId::serial("bed1"),
-            crate::observation::Reading {
+            Reading {
                 code: mdc::SPO2,
                 value: 127.0,
                 unit: Unit::PERCENT,
@@ -509,6 +520,21 @@ mod tests {
                 status: vec!["alarm".into()],
             },
             true,
+        );
+        let r = Reading {
+            code: mdc::SPO2,
+            value: 127.0,
+            unit: Unit::PERCENT,
+            device_time: None,
+            status: vec!["alarm".into()],
+        };
+        assert_eq!(status_of(&r), ["alarm", IMPLAUSIBLE]);
+        assert_eq!(
+            status_of(&Reading {
+                value: 97.0,
+                ..r.clone()
+            }),
+            ["alarm"]
         );
         assert!(mark(&mut o));
         assert!(mark(&mut o));

@@ -117,7 +117,7 @@ pub fn decode_protocol(
                 Decoded::Reading(r) => {
                     summary.observations += 1;
                     let mut line = json!({
-                        "device": device, "code": r.code, "value": r.value, "unit": r.unit.mdc, "ucum": r.unit.ucum, "status": r.status,
+                        "device": device, "code": r.code, "value": r.value, "unit": r.unit.mdc, "ucum": r.unit.ucum, "status": wardgate_adapters::plausibility::status_of(&r),
                     });
                     if let Some(t) = r.device_time {
                         line["device_time"] = t.into();
@@ -196,7 +196,7 @@ pub fn parse_hex_arg(arg: &str) -> Result<Vec<u8>, DecodeError> {
 
 fn observation_line(r: &Reading) -> serde_json::Value {
     let mut line = json!({
-        "device": "hex", "code": r.code, "value": r.value, "unit": r.unit.mdc, "ucum": r.unit.ucum, "status": r.status,
+        "device": "hex", "code": r.code, "value": r.value, "unit": r.unit.mdc, "ucum": r.unit.ucum, "status": wardgate_adapters::plausibility::status_of(r),
     });
     if let Some(t) = &r.device_time {
         line["device_time"] = t.clone().into();
