@@ -33,6 +33,7 @@
 
 pub mod ble;
 pub mod observation;
+pub mod plausibility;
 pub mod retry;
 pub mod serial;
 pub mod smp;

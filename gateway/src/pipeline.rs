@@ -156,8 +156,14 @@ impl PendingRows {
         self.rows.is_empty()
     }
 
-    /// Adds a row with no bound (normal group commit: the bound is the commit size).
-    pub fn push(&mut self, ev: AdapterEvent) {
+    /// Adds a row with no bound (normal group commit: the bound is the commit size). Every row
+    /// the writer accepts passes here (also through [`Self::admit`]): an observation outside its
+    /// code's physical range gets the status flag `implausible`
+    /// ([`wardgate_adapters::plausibility`]), whatever adapter produced it.
+    pub fn push(&mut self, mut ev: AdapterEvent) {
+        if let AdapterEvent::Observation(o) = &mut ev {
+            wardgate_adapters::plausibility::mark(o);
+        }
         self.by_class[class_of(&ev) as usize] += 1;
         self.rows.push_back(ev);
     }
@@ -693,6 +699,36 @@ mod counting_tests {
         let mut per = BTreeMap::new();
         count_committed(&mut per, rows, at);
         per
+    }
+
+    #[test]
+    fn every_row_the_writer_accepts_is_checked_for_plausibility() {
+        let status = |rows: &PendingRows| -> Vec<Vec<String>> {
+            rows.rows
+                .iter()
+                .map(|r| match r {
+                    AdapterEvent::Observation(o) => o.status.clone(),
+                    AdapterEvent::Event(_) => vec!["event".into()],
+                })
+                .collect()
+        };
+        let mut rows = PendingRows::default();
+        rows.push(obs("serial:bed1", mdc::SPO2, 97.0));
+        rows.push(obs("serial:bed1", mdc::SPO2, 127.0));
+        rows.push(ev("serial:bed1", EventKind::Connected, ""));
+        // While commits fail, rows come in through `admit`: checked the same way.
+        assert!(rows
+            .admit(obs("serial:bed1", mdc::SPO2, 101.0), 10)
+            .is_none());
+        assert_eq!(
+            status(&rows),
+            vec![
+                vec![],
+                vec!["implausible".to_string()],
+                vec!["event".to_string()],
+                vec!["implausible".to_string()],
+            ]
+        );
     }
 
     #[test]
