@@ -32,6 +32,7 @@
 #![warn(missing_docs)]
 
 pub mod ble;
+pub mod framing;
 pub mod observation;
 pub mod retry;
 pub mod serial;
