@@ -54,8 +54,8 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
         _args: Vec<String>,
     },
-    /// Decode a recording (`--protocol P FILE`) or one BLE payload (`--profile NAME HEX`) into
-    /// JSON lines of observations.
+    /// Decode a recording (`--protocol P FILE`, `--protocol lines --map MAPFILE FILE`) or one
+    /// BLE payload (`--profile NAME HEX`) into JSON lines of observations.
     Decode(decode::Args),
     /// Verify COSE_Sign1 batch messages against a gateway certificate; print payloads as JSON lines.
     Verify(verify::Args),
