@@ -1,5 +1,6 @@
 //! Bounded line framing: bytes in, whole lines out, for the `lines` serial protocol
-//! ([`crate::serial::protocols::lines`]) and the `exec` plug-in reader ([`crate::exec`]).
+//! (`serial::protocols::lines`) and the `exec` plug-in reader (`exec::adapter`); it depends on
+//! neither.
 //!
 //! A [`LineFramer`] collects bytes until its terminator (one to eight bytes, e.g. `\n`, `\r\n`,
 //! `\x03`) and hands out each complete line without the terminator, with the absolute stream
@@ -199,7 +200,10 @@ mod tests {
                     Framed::TooLong { offset, .. } => (offset, "TOO LONG".into()),
                 });
             }
-            assert!(f.buffered() <= max + term.len() - 1 + chunk.max(1), "bounded");
+            assert!(
+                f.buffered() <= max + term.len() - 1 + chunk.max(1),
+                "bounded"
+            );
         }
         out
     }
@@ -242,7 +246,7 @@ mod tests {
     #[test]
     fn a_too_long_line_is_reported_once_and_dropped_up_to_its_terminator() {
         let mut input = b"ok\n".to_vec();
-        input.extend(std::iter::repeat(b'x').take(10_000));
+        input.extend([b'x'; 10_000]);
         input.extend(b"\nafter\n");
         for chunk in [1, 7, 64, 4096, 20_000] {
             assert_eq!(

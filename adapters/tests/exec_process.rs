@@ -19,8 +19,7 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn new(name: &str) -> Scratch {
-        let dir =
-            std::env::temp_dir().join(format!("wardgate-exec-{}-{name}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("wardgate-exec-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("scratch dir");
         Scratch(dir)
@@ -145,7 +144,10 @@ fn wait_gone(pid: u32, what: &str) {
             None => return,
             Some(('Z', ppid)) if ppid != std::process::id() => return,
             Some(st) => {
-                assert!(Instant::now() < deadline, "{what} (pid {pid}) still there: {st:?}");
+                assert!(
+                    Instant::now() < deadline,
+                    "{what} (pid {pid}) still there: {st:?}"
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
@@ -167,7 +169,10 @@ async fn the_example_plugin_reports_through_the_adapter_with_its_records_and_tak
     let mut run = start(cfg, 1024);
     let (e, _) = run.expect(EventKind::Connected).await;
     assert_eq!(e.device.as_str(), "exec:bed12-ox");
-    assert!(e.detail.contains("started") && e.detail.contains("pid"), "{e:?}");
+    assert!(
+        e.detail.contains("started") && e.detail.contains("pid"),
+        "{e:?}"
+    );
     // The plug-in's own connected event, then its 10 replayed readings (one SpO2 missing).
     let (e, _) = run.expect(EventKind::Connected).await;
     assert_eq!(e.detail, "replaying oximeter_demo.csv");
@@ -175,7 +180,11 @@ async fn the_example_plugin_reports_through_the_adapter_with_its_records_and_tak
     assert_eq!(e.detail, "replay finished after 10 readings");
     assert_eq!(obs.len(), 19);
     assert!(obs.iter().all(|o| o.device.as_str() == "exec:bed12-ox"));
-    let spo2: Vec<f64> = obs.iter().filter(|o| o.code == mdc::SPO2).map(|o| o.value).collect();
+    let spo2: Vec<f64> = obs
+        .iter()
+        .filter(|o| o.code == mdc::SPO2)
+        .map(|o| o.value)
+        .collect();
     assert_eq!(spo2, [97.0, 97.0, 96.0, 95.0, 96.0, 97.0, 98.0, 98.0, 97.0]);
     let pulse: Vec<(f64, Vec<String>)> = obs
         .iter()
@@ -201,11 +210,20 @@ async fn the_example_plugin_reports_through_the_adapter_with_its_records_and_tak
     let (took, adapter) = run.stop().await;
     let st = adapter.stats();
     assert_eq!(
-        (st.starts, st.restarts, st.bad_lines, st.lines_ok, st.forced_kills),
+        (
+            st.starts,
+            st.restarts,
+            st.bad_lines,
+            st.lines_ok,
+            st.forced_kills
+        ),
         (1, 0, 0, 21, 0),
         "{st:?}"
     );
-    assert!(took < Duration::from_secs(2), "it exits on SIGTERM: {took:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "it exits on SIGTERM: {took:?}"
+    );
     wait_gone(pid, "the plug-in");
 }
 
@@ -236,9 +254,18 @@ async fn bad_lines_are_counted_and_reported_with_their_offset_and_never_become_o
         errors[0],
         format!("plug-in bad: line 2 (byte offset {offset_hello}): not a JSON object: expected value at line 1 column 1")
     );
-    assert!(errors[1].contains("line 3 (") && errors[1].contains("schema version 2 is not 1"), "{errors:?}");
-    assert!(errors[2].contains("line 4 (") && errors[2].contains("longer than max_line (512 bytes)"), "{errors:?}");
-    assert!(errors[3].contains("line 5 (") && errors[3].contains("has no devices"), "{errors:?}");
+    assert!(
+        errors[1].contains("line 3 (") && errors[1].contains("schema version 2 is not 1"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[2].contains("line 4 (") && errors[2].contains("longer than max_line (512 bytes)"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[3].contains("line 5 (") && errors[3].contains("has no devices"),
+        "{errors:?}"
+    );
     while obs.len() < 2 {
         match run.next().await {
             AdapterEvent::Observation(o) => obs.push(o),
@@ -246,9 +273,22 @@ async fn bad_lines_are_counted_and_reported_with_their_offset_and_never_become_o
         }
     }
     let st = run.adapter.stats();
-    assert_eq!((st.lines_ok, st.bad_lines, st.lines_too_long, st.observations), (2, 4, 1, 2), "{st:?}");
+    assert_eq!(
+        (
+            st.lines_ok,
+            st.bad_lines,
+            st.lines_too_long,
+            st.observations
+        ),
+        (2, 4, 1, 2),
+        "{st:?}"
+    );
     let (_, adapter) = run.stop().await;
-    assert_eq!(adapter.stats().starts, 1, "a bad line never restarts the plug-in");
+    assert_eq!(
+        adapter.stats().starts,
+        1,
+        "a bad line never restarts the plug-in"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,7 +329,10 @@ async fn a_crashing_plugin_is_restarted_on_the_backoff_schedule_and_reaped() {
         }
     }
     for (_, d) in &exits {
-        assert!(d.starts_with("plug-in crashy: exited with status 3 after "), "{d}");
+        assert!(
+            d.starts_with("plug-in crashy: exited with status 3 after "),
+            "{d}"
+        );
     }
     // The schedule: the n-th wait (from 0) is drawn from [d/2, d], d = 0.5 s · 2^n capped at
     // max_backoff_s = 4 s; the detail says it, and the next start comes no earlier.
@@ -307,7 +350,10 @@ async fn a_crashing_plugin_is_restarted_on_the_backoff_schedule_and_reaped() {
             d / 2.0
         );
         let gap = starts[n + 1].0.duration_since(exits[n].0).as_secs_f64();
-        assert!(gap >= said - 0.05, "restart {n} came after {gap} s, announced {said} s");
+        assert!(
+            gap >= said - 0.05,
+            "restart {n} came after {gap} s, announced {said} s"
+        );
     }
     // No zombie: each exited plug-in was reaped while the adapter runs.
     for (_, pid) in &starts[..4] {
@@ -316,7 +362,10 @@ async fn a_crashing_plugin_is_restarted_on_the_backoff_schedule_and_reaped() {
     let (_, adapter) = run.stop().await;
     let st = adapter.stats();
     assert!(st.restarts >= 4 && st.exits >= 5, "{st:?}");
-    assert!(st.stderr_lines >= 5, "one stderr line per run, logged: {st:?}");
+    assert!(
+        st.stderr_lines >= 5,
+        "one stderr line per run, logged: {st:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,7 +374,8 @@ async fn a_plugin_that_cannot_start_is_reported_once_and_retried() {
     let mut run = start(config("ghost", missing, ""), 64);
     let (e, _) = run.expect(EventKind::Error).await;
     assert!(
-        e.detail.starts_with("plug-in ghost: cannot start /nonexistent/wardgate/plugin: No such file"),
+        e.detail
+            .starts_with("plug-in ghost: cannot start /nonexistent/wardgate/plugin: No such file"),
         "{e:?}"
     );
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -333,7 +383,10 @@ async fn a_plugin_that_cannot_start_is_reported_once_and_retried() {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(run.events.try_recv().is_err(), "reported once, not per attempt");
+    assert!(
+        run.events.try_recv().is_err(),
+        "reported once, not per attempt"
+    );
     run.stop().await;
 }
 
@@ -352,12 +405,16 @@ async fn environment_and_working_directory_are_explicit() {
     let cfg = config(
         "envy",
         &script,
-        &format!("working_dir = \"{}\"\nenv = {{ SITE = \"ward7\" }}\n", dir.0.display()),
+        &format!(
+            "working_dir = \"{}\"\nenv = {{ SITE = \"ward7\" }}\n",
+            dir.0.display()
+        ),
     );
     let mut run = start(cfg, 64);
     run.expect(EventKind::Connected).await;
     run.expect(EventKind::Connected).await;
-    let seen: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let seen: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let mut keys: Vec<&str> = seen["env"]
         .as_object()
         .unwrap()
@@ -369,12 +426,21 @@ async fn environment_and_working_directory_are_explicit() {
     keys.sort();
     assert_eq!(
         keys,
-        ["LANG", "PATH", "SITE", "WARDGATE_DEVICE", "WARDGATE_PLUGIN", "WARDGATE_PLUGIN_SCHEMA"]
+        [
+            "LANG",
+            "PATH",
+            "SITE",
+            "WARDGATE_DEVICE",
+            "WARDGATE_PLUGIN",
+            "WARDGATE_PLUGIN_SCHEMA"
+        ]
     );
     assert_eq!(seen["env"]["SITE"], "ward7");
     assert_eq!(seen["env"]["PATH"], "/usr/local/bin:/usr/bin:/bin");
     assert_eq!(
-        Path::new(seen["cwd"].as_str().unwrap()).canonicalize().unwrap(),
+        Path::new(seen["cwd"].as_str().unwrap())
+            .canonicalize()
+            .unwrap(),
         dir.0.canonicalize().unwrap()
     );
     run.stop().await;
@@ -434,13 +500,19 @@ while True:
         if a == b && a > 0 {
             break b;
         }
-        assert!(Instant::now() < deadline, "the adapter kept reading: {a} → {b}");
+        assert!(
+            Instant::now() < deadline,
+            "the adapter kept reading: {a} → {b}"
+        );
     };
     let line = 65u64;
     // What it read: the channel's worth of lines, the one it waits to send, and at most one
     // read of 8 KiB beyond that.
     let bound = (capacity as u64 + 2) * line + 8192;
-    assert!(held <= bound, "read {held} bytes with the channel full (bound {bound})");
+    assert!(
+        held <= bound,
+        "read {held} bytes with the channel full (bound {bound})"
+    );
     let st = run.adapter.stats();
     assert!(st.stdout_buffer_max <= 1024 + 8192, "{st:?}");
     // The plug-in saw its pipe full: it was slowed, not buffered.
@@ -452,10 +524,16 @@ while True:
                 break (v[0], v[1]);
             }
         }
-        assert!(Instant::now() < deadline, "the plug-in never found its pipe full");
+        assert!(
+            Instant::now() < deadline,
+            "the plug-in never found its pipe full"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert!(written <= held + 256 * 1024, "written {written}, read {held}: the pipe holds the rest");
+    assert!(
+        written <= held + 256 * 1024,
+        "written {written}, read {held}: the pipe holds the rest"
+    );
     assert!(eagain > 0);
     // Taking events lets it go on.
     let mut taken = 0;
@@ -514,7 +592,10 @@ async fn shutdown_kills_a_plugin_that_ignores_sigterm_and_its_children() {
     run.expect(EventKind::Connected).await;
     run.expect(EventKind::Connected).await;
     let text = std::fs::read_to_string(&pids).unwrap();
-    let v: Vec<u32> = text.split_whitespace().map(|p| p.parse().unwrap()).collect();
+    let v: Vec<u32> = text
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
     let (plugin, grandchild) = (v[0], v[1]);
     assert!(proc_state(grandchild).is_some());
     let (took, adapter) = run.stop().await;

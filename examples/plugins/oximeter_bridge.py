@@ -17,7 +17,8 @@ The protocol (docs/plugins.md has all of it):
   * stderr: diagnostics for the journal (wardgate logs each line as "plugin <name>: ...").
     Never print patient values there.
   * stdin: commands from wardgate, one JSON object per line; ignore types you do not know.
-  * SIGTERM: exit promptly (wardgate sends SIGKILL after [[exec]] stop_grace_s).
+  * SIGTERM, or the end of stdin: exit promptly (wardgate sends SIGKILL after
+    [[exec]] stop_grace_s; a plug-in whose wardgate was killed sees its stdin end).
   * Exit on a fatal error: wardgate restarts the plug-in with a growing wait (0.5 s .. 30 s).
 
 Standard library only (no pip install on the gateway): it runs with Debian's python3.
@@ -105,6 +106,8 @@ def read_commands():
         if cmd.get("type") == "send_bytes":
             log("command send_bytes: %d base64 characters" % len(cmd.get("data", "")))
         # Unknown command types are ignored: newer wardgate versions may add some.
+    # stdin closed: wardgate is stopping us, or is gone (killed). Either way: leave.
+    os._exit(0)
 
 
 def main():

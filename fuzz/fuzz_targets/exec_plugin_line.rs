@@ -19,7 +19,10 @@ fn check(line: &[u8], devices: &[String]) {
         Ok(PluginMessage::Observation { device, reading }) => {
             assert!(reading.value.is_finite());
             assert!(reading.status.len() <= MAX_STATUS + 1);
-            assert!(reading.status.iter().all(|s| is_status_text(s)), "{reading:?}");
+            assert!(
+                reading.status.iter().all(|s| is_status_text(s)),
+                "{reading:?}"
+            );
             if let Some(t) = &reading.device_time {
                 assert_eq!(t.len(), 19);
             }
@@ -49,19 +52,27 @@ fn frame(max_line: usize, pieces: &[&[u8]]) -> Vec<(u64, Option<Vec<u8>>)> {
                 Framed::TooLong { offset, .. } => (offset, None),
             });
         }
-        assert!(f.buffered() <= max_line + p.len(), "held {} bytes", f.buffered());
+        assert!(
+            f.buffered() <= max_line + p.len(),
+            "held {} bytes",
+            f.buffered()
+        );
     }
     out
 }
 
 fuzz_target!(|data: &[u8]| {
     let devices = vec!["pump-1".to_string(), "pump-2".to_string()];
-    let Some((&sel, rest)) = data.split_first() else { return };
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
     match sel % 3 {
         0 => check(rest, &devices),
         1 => check(rest, &[]),
         _ => {
-            let Some((&m, stream)) = rest.split_first() else { return };
+            let Some((&m, stream)) = rest.split_first() else {
+                return;
+            };
             let max_line = 1 + m as usize;
             let whole = frame(max_line, &[stream]);
             let mut rng = Rng::from_data(data);

@@ -134,11 +134,17 @@ fn decode(p: &mut dyn Protocol, bytes: &[u8]) -> Vec<Decoded> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&sel, rest)) = data.split_first() else { return };
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
     match sel % 5 {
         4 => {
-            let Ok(text) = std::str::from_utf8(rest) else { return };
-            let Ok(f) = toml::from_str::<File>(text) else { return };
+            let Ok(text) = std::str::from_utf8(rest) else {
+                return;
+            };
+            let Ok(f) = toml::from_str::<File>(text) else {
+                return;
+            };
             for m in &f.lines_map {
                 let _ = m.problems();
                 if let Ok(c) = m.compile() {

@@ -57,7 +57,10 @@ fn assert_gone(pid: u64, what: &str) {
         match proc_state(pid) {
             None | Some(('Z', _)) => return,
             Some(st) => {
-                assert!(Instant::now() < deadline, "{what} (pid {pid}) is still there: {st:?}");
+                assert!(
+                    Instant::now() < deadline,
+                    "{what} (pid {pid}) is still there: {st:?}"
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
@@ -105,7 +108,11 @@ max_backoff_s = 4
     ));
     std::fs::write(&gw_cfg, &cfg).unwrap();
     let check = env
-        .cli(&["check-config".as_ref(), gw_cfg.as_os_str()], b"", Duration::from_secs(20))
+        .cli(
+            &["check-config".as_ref(), gw_cfg.as_os_str()],
+            b"",
+            Duration::from_secs(20),
+        )
         .unwrap();
     assert_eq!(check.code(), Some(0), "check-config: {check:?}");
 
@@ -115,18 +122,24 @@ max_backoff_s = 4
     env.wait_delivered(&[("exec:bed12-ox".into(), 19)], Duration::from_secs(30))
         .unwrap();
     let up = env.upstream();
-    wardgate_e2e::wait_for("4 exits of crashy upstream", Duration::from_secs(40), || {
-        Ok(up
-            .events()?
-            .iter()
-            .filter(|e| {
-                e.device == "exec:crashy"
-                    && e.kind == "disconnected"
-                    && e.detail.as_deref().is_some_and(|d| d.starts_with("plug-in crashy:"))
-            })
-            .count()
-            >= 4)
-    })
+    wardgate_e2e::wait_for(
+        "4 exits of crashy upstream",
+        Duration::from_secs(40),
+        || {
+            Ok(up
+                .events()?
+                .iter()
+                .filter(|e| {
+                    e.device == "exec:crashy"
+                        && e.kind == "disconnected"
+                        && e.detail
+                            .as_deref()
+                            .is_some_and(|d| d.starts_with("plug-in crashy:"))
+                })
+                .count()
+                >= 4)
+        },
+    )
     .unwrap();
     let pid = exec_stats(&env, "bed12-ox")["pid"].as_u64().unwrap_or(0);
     assert!(pid > 0, "{}", snapshot(&env));
@@ -157,8 +170,18 @@ max_backoff_s = 4
         .collect();
     assert_eq!(
         spo2,
-        [(97.0, 1), (97.0, 2), (96.0, 3), (95.0, 5), (96.0, 6), (97.0, 7), (98.0, 8), (98.0, 9), (97.0, 10)]
-            .map(|(v, r)| (v, format!("record={r}")))
+        [
+            (97.0, 1),
+            (97.0, 2),
+            (96.0, 3),
+            (95.0, 5),
+            (96.0, 6),
+            (97.0, 7),
+            (98.0, 8),
+            (98.0, 9),
+            (97.0, 10)
+        ]
+        .map(|(v, r)| (v, format!("record={r}")))
     );
     assert_eq!(ox.iter().filter(|o| o.code == PULSE_OXIM).count(), 10);
     let events = up.events().unwrap();
@@ -170,29 +193,58 @@ max_backoff_s = 4
             .collect()
     };
     let connected = of("exec:bed12-ox", "connected");
-    assert!(connected[0].starts_with(&format!("plug-in bed12-ox: started {}", plugin.display())), "{connected:?}");
+    assert!(
+        connected[0].starts_with(&format!("plug-in bed12-ox: started {}", plugin.display())),
+        "{connected:?}"
+    );
     assert_eq!(connected[1], "replaying oximeter_demo.csv");
     // Its stderr is in the daemon's log under its name, with the working directory it was given.
     let log = gateway.stderr();
     assert!(
-        log.contains(&format!("plugin bed12-ox: bed12-ox starting (schema 1, pid {pid}, cwd {}", workdir.display())),
+        log.contains(&format!(
+            "plugin bed12-ox: bed12-ox starting (schema 1, pid {pid}, cwd {}",
+            workdir.display()
+        )),
         "{log}"
     );
 
     // crashy: every exit reported with its status, and restarted on the backoff schedule (the
     // n-th wait in [d/2, d], d = 0.5 s · 2^n up to max_backoff_s = 4 s).
     let exits = of("exec:crashy", "disconnected");
-    let exits: Vec<&String> = exits.iter().filter(|d| d.starts_with("plug-in crashy:")).collect();
+    let exits: Vec<&String> = exits
+        .iter()
+        .filter(|d| d.starts_with("plug-in crashy:"))
+        .collect();
     assert!(exits.len() >= 4, "{exits:?}");
     for (n, d) in exits.iter().take(4).enumerate() {
-        assert!(d.starts_with("plug-in crashy: exited with status 3 after "), "{d}");
-        let said: f64 = d.rsplit("restarting in ").next().unwrap().trim_end_matches(" s").parse().unwrap();
+        assert!(
+            d.starts_with("plug-in crashy: exited with status 3 after "),
+            "{d}"
+        );
+        let said: f64 = d
+            .rsplit("restarting in ")
+            .next()
+            .unwrap()
+            .trim_end_matches(" s")
+            .parse()
+            .unwrap();
         let max = (0.5 * f64::from(1u32 << n)).min(4.0);
-        assert!(said >= max / 2.0 - 0.05 && said <= max + 0.05, "wait {n}: {said} s, want [{}, {max}]", max / 2.0);
+        assert!(
+            said >= max / 2.0 - 0.05 && said <= max + 0.05,
+            "wait {n}: {said} s, want [{}, {max}]",
+            max / 2.0
+        );
     }
     // Each run's reading arrived before its exit was reported.
-    let crashy_spo2 = obs.iter().filter(|o| o.device == "exec:crashy" && o.code == SPO2).count();
-    assert!(crashy_spo2 >= exits.len(), "{crashy_spo2} readings, {} exits", exits.len());
+    let crashy_spo2 = obs
+        .iter()
+        .filter(|o| o.device == "exec:crashy" && o.code == SPO2)
+        .count();
+    assert!(
+        crashy_spo2 >= exits.len(),
+        "{crashy_spo2} readings, {} exits",
+        exits.len()
+    );
 }
 
 /// The flooding plug-in writes valid lines as fast as its pipe takes them; the stubborn one
@@ -288,7 +340,10 @@ while True:
     // The flood was real, and the daemon's memory stayed bounded by its fixed buffers (the
     // event channel, the writer's batch, SQLite's cache), not by what the plug-in wrote.
     assert!(accepted > 50_000, "only {accepted} observations accepted");
-    assert!(hwm < 96 * 1024, "daemon peak RSS {hwm} KiB (35 MiB measured here)");
+    assert!(
+        hwm < 96 * 1024,
+        "daemon peak RSS {hwm} KiB (35 MiB measured here)"
+    );
 
     // SIGTERM: the daemon stops its plug-ins (the stubborn one with SIGKILL after 2 s) and
     // exits; no plug-in process is left.
@@ -298,11 +353,17 @@ while True:
     assert!(st.success(), "{st}");
     assert!(took < Duration::from_secs(12), "stop took {took:?}");
     assert!(
-        gateway.stderr().contains("plugin stubborn: still running 2 s after SIGTERM: SIGKILL"),
+        gateway
+            .stderr()
+            .contains("plugin stubborn: still running 2 s after SIGTERM: SIGKILL"),
         "{}",
         gateway.stderr()
     );
-    for (pid, what) in [(flood_pid, "flood"), (stubborn_pid, "stubborn"), (grandchild, "stubborn's child")] {
+    for (pid, what) in [
+        (flood_pid, "flood"),
+        (stubborn_pid, "stubborn"),
+        (grandchild, "stubborn's child"),
+    ] {
         assert_gone(pid, what);
     }
 }

@@ -79,7 +79,11 @@ fn lines_devices_on_ptys_arrive_upstream_and_bad_lines_are_reported_never_stored
     cfg.push_str(&example_maps());
     std::fs::write(&gw_cfg, &cfg).unwrap();
     let check = env
-        .cli(&["check-config".as_ref(), gw_cfg.as_os_str()], b"", Duration::from_secs(20))
+        .cli(
+            &["check-config".as_ref(), gw_cfg.as_os_str()],
+            b"",
+            Duration::from_secs(20),
+        )
         .unwrap();
     assert_eq!(check.code(), Some(0), "check-config: {check:?}");
 
@@ -92,7 +96,11 @@ fn lines_devices_on_ptys_arrive_upstream_and_bad_lines_are_reported_never_stored
     // The ports are open before a byte is sent (a pty keeps nothing for a reader to come).
     for name in ["bed1-ox", "bed2-nibp"] {
         gateway
-            .wait_stderr(&format!("serial {name}: connected to"), 1, Duration::from_secs(20))
+            .wait_stderr(
+                &format!("serial {name}: connected to"),
+                1,
+                Duration::from_secs(20),
+            )
             .unwrap();
     }
     let (ox_text, ox_bad) = oximeter_capture();
@@ -115,11 +123,17 @@ fn lines_devices_on_ptys_arrive_upstream_and_bad_lines_are_reported_never_stored
     .concat();
     let t1 = std::thread::spawn({
         let bytes = ox_bytes.clone();
-        move || ox.replay(&bytes, Pace::Baud(115_200), 1.0, Duration::from_secs(5)).map(|_| ox)
+        move || {
+            ox.replay(&bytes, Pace::Baud(115_200), 1.0, Duration::from_secs(5))
+                .map(|_| ox)
+        }
     });
     let t2 = std::thread::spawn({
         let bytes = nibp_text.clone().into_bytes();
-        move || nibp.replay(&bytes, Pace::Baud(9600), 1.0, Duration::from_secs(5)).map(|_| nibp)
+        move || {
+            nibp.replay(&bytes, Pace::Baud(9600), 1.0, Duration::from_secs(5))
+                .map(|_| nibp)
+        }
     });
     let _ox = t1.join().unwrap().unwrap();
     let _nibp = t2.join().unwrap().unwrap();
@@ -146,16 +160,20 @@ fn lines_devices_on_ptys_arrive_upstream_and_bad_lines_are_reported_never_stored
     let want_ox = "adapter:  bed1-ox (0 failures, 0 restarts, 17 frames, 3 frame errors";
     let want_nibp = "adapter:  bed2-nibp (0 failures, 0 restarts, 3 frames, 0 frame errors";
     let mut status = String::new();
-    wardgate_e2e::wait_for("the counts in wardgate status", Duration::from_secs(20), || {
-        status = env
-            .cli(
-                &["status".as_ref(), "--config".as_ref(), gw_cfg.as_os_str()],
-                b"",
-                Duration::from_secs(20),
-            )?
-            .stdout;
-        Ok(status.contains(want_ox) && status.contains(want_nibp))
-    })
+    wardgate_e2e::wait_for(
+        "the counts in wardgate status",
+        Duration::from_secs(20),
+        || {
+            status = env
+                .cli(
+                    &["status".as_ref(), "--config".as_ref(), gw_cfg.as_os_str()],
+                    b"",
+                    Duration::from_secs(20),
+                )?
+                .stdout;
+            Ok(status.contains(want_ox) && status.contains(want_nibp))
+        },
+    )
     .unwrap_or_else(|e| panic!("{e}: {status}"));
     let st = gateway.terminate(Duration::from_secs(10)).unwrap();
     assert!(st.success(), "{st}");
@@ -165,10 +183,15 @@ fn lines_devices_on_ptys_arrive_upstream_and_bad_lines_are_reported_never_stored
     let counts = up.count_by_device().unwrap();
     assert_eq!(
         counts,
-        want.iter().cloned().collect::<std::collections::BTreeMap<_, _>>()
+        want.iter()
+            .cloned()
+            .collect::<std::collections::BTreeMap<_, _>>()
     );
     let obs = up.observations().unwrap();
-    let ox: Vec<_> = obs.iter().filter(|o| o.device == "serial:bed1-ox").collect();
+    let ox: Vec<_> = obs
+        .iter()
+        .filter(|o| o.device == "serial:bed1-ox")
+        .collect();
     let good: Vec<u32> = (1..=20).filter(|i| ![5, 9, 13, 17].contains(i)).collect();
     let spo2: Vec<(f64, String)> = ox
         .iter()
@@ -186,8 +209,13 @@ fn lines_devices_on_ptys_arrive_upstream_and_bad_lines_are_reported_never_stored
         .filter(|o| o.code == PULSE_OXIM)
         .map(|o| o.value.unwrap())
         .collect();
-    assert_eq!(pulse, good.iter().map(|i| f64::from(60 + i)).collect::<Vec<_>>());
-    assert!(!ox.iter().any(|o| o.value == Some(88.0) || o.value == Some(101.0)));
+    assert_eq!(
+        pulse,
+        good.iter().map(|i| f64::from(60 + i)).collect::<Vec<_>>()
+    );
+    assert!(!ox
+        .iter()
+        .any(|o| o.value == Some(88.0) || o.value == Some(101.0)));
     let rx_db = rusqlite::Connection::open(&up.path).unwrap();
     let times: Vec<(String, String)> = rx_db
         .prepare("SELECT device_time, time_quality FROM observations WHERE device = 'serial:bed1-ox' AND code = ?1 ORDER BY seq")
@@ -201,12 +229,21 @@ fn lines_devices_on_ptys_arrive_upstream_and_bad_lines_are_reported_never_stored
     let nibp: Vec<(u32, f64, String)> = obs
         .iter()
         .filter(|o| o.device == "serial:bed2-nibp")
-        .map(|o| (o.code, o.value.unwrap(), o.status.clone().unwrap_or_default()))
+        .map(|o| {
+            (
+                o.code,
+                o.value.unwrap(),
+                o.status.clone().unwrap_or_default(),
+            )
+        })
         .collect();
     assert_eq!(nibp[0], (NIBP_SYS, 121.0, String::new()));
     assert_eq!(nibp[4].0, TEMP_BODY);
     assert!((nibp[4].1 - 36.8).abs() < 1e-9, "{nibp:?}");
-    assert_eq!(nibp[5], (NIBP_SYS, 118.0, "alarm-sys-high,low-battery".into()));
+    assert_eq!(
+        nibp[5],
+        (NIBP_SYS, 118.0, "alarm-sys-high,low-battery".into())
+    );
 
     // Each refused line reported upstream at its byte offset.
     let events = up.events().unwrap();
@@ -218,7 +255,9 @@ fn lines_devices_on_ptys_arrive_upstream_and_bad_lines_are_reported_never_stored
     for (offset, why) in &ox_bad {
         if why.contains("ox-002") {
             assert!(
-                errors.iter().any(|e| e.contains("reports serial number ox-002, configured ox-001")),
+                errors
+                    .iter()
+                    .any(|e| e.contains("reports serial number ox-002, configured ox-001")),
                 "{errors:?}"
             );
         } else {
@@ -260,13 +299,20 @@ fn lines_devices_on_ptys_arrive_upstream_and_bad_lines_are_reported_never_stored
         .collect();
     // decode has no identity gate: it shows the foreign device's line too, and says so.
     assert_eq!(decoded.len(), 34);
-    assert!(out.stderr.contains("device reports serial number ox-001"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("device reports serial number ox-001"),
+        "{}",
+        out.stderr
+    );
     let decoded_spo2: Vec<f64> = decoded
         .iter()
         .filter(|v| v["code"] == SPO2 && v["status"][0] != "record=13")
         .map(|v| v["value"].as_f64().unwrap())
         .collect();
-    assert_eq!(decoded_spo2, spo2.iter().map(|(v, _)| *v).collect::<Vec<_>>());
+    assert_eq!(
+        decoded_spo2,
+        spo2.iter().map(|(v, _)| *v).collect::<Vec<_>>()
+    );
     assert_eq!(
         wardgate_e2e::count_lines(&out.stderr, "byte offset"),
         3,

@@ -244,7 +244,10 @@ impl ExecAdapter {
                         self.cfg.command.display()
                     );
                     if !self
-                        .send(ctx, self.event(self.device.clone(), EventKind::Connected, detail))
+                        .send(
+                            ctx,
+                            self.event(self.device.clone(), EventKind::Connected, detail),
+                        )
                         .await?
                     {
                         let mut child = child;
@@ -290,8 +293,11 @@ impl ExecAdapter {
                     if start_failure.as_deref() != Some(why.as_str()) {
                         log::error!("plugin {name}: {why}; retrying");
                         let detail = format!("plug-in {name}: {why}");
-                        self.send(ctx, self.event(self.device.clone(), EventKind::Error, detail))
-                            .await?;
+                        self.send(
+                            ctx,
+                            self.event(self.device.clone(), EventKind::Error, detail),
+                        )
+                        .await?;
                         start_failure = Some(why);
                     } else {
                         log::debug!("plugin {name}: {why}");
@@ -556,7 +562,10 @@ impl ExecAdapter {
                 let detail =
                     format!("plug-in {name}: {n} further bad lines not reported one by one");
                 if !self
-                    .send(ctx, self.event(self.device.clone(), EventKind::Error, detail))
+                    .send(
+                        ctx,
+                        self.event(self.device.clone(), EventKind::Error, detail),
+                    )
                     .await?
                 {
                     return Ok(false);

@@ -114,7 +114,9 @@ impl ExecConfig {
 
     /// The working directory (default `/`).
     pub fn working_dir(&self) -> PathBuf {
-        self.working_dir.clone().unwrap_or_else(|| PathBuf::from("/"))
+        self.working_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/"))
     }
 
     /// The plug-in's whole environment: the defaults, then `env`.
@@ -147,7 +149,11 @@ impl ExecConfig {
         if self.command.as_os_str().is_empty() {
             p("command", format!("plug-in `{name}`: command is empty"));
         }
-        if self.working_dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+        if self
+            .working_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
             p(
                 "working_dir",
                 format!("plug-in `{name}`: working_dir is empty; remove it for /"),
@@ -157,7 +163,9 @@ impl ExecConfig {
             if k.is_empty() || k.contains(['=', '\0']) {
                 p(
                     "env",
-                    format!("plug-in `{name}`: environment variable name `{k}` is empty or has `=`"),
+                    format!(
+                        "plug-in `{name}`: environment variable name `{k}` is empty or has `=`"
+                    ),
                 );
             } else if k.starts_with("WARDGATE_") {
                 p(
@@ -215,7 +223,10 @@ impl ExecConfig {
             );
         }
         if self.max_backoff_s == 0 {
-            p("max_backoff_s", "max_backoff_s must be greater than 0".into());
+            p(
+                "max_backoff_s",
+                "max_backoff_s must be greater than 0".into(),
+            );
         }
         match (self.stale_after_s, self.offline_after_s) {
             (Some(0), _) => p(
@@ -270,7 +281,11 @@ mod tests {
         for (extra, key, why) in [
             ("devices = [\"a b\"]", "devices", "without"),
             ("devices = [\"a\", \"a\"]", "devices", "twice"),
-            ("env = { WARDGATE_PLUGIN = \"x\" }", "env", "set by wardgate"),
+            (
+                "env = { WARDGATE_PLUGIN = \"x\" }",
+                "env",
+                "set by wardgate",
+            ),
             ("env = { \"A=B\" = \"x\" }", "env", "has `=`"),
             ("max_line = 10", "max_line", "between 256"),
             ("stop_grace_s = 60", "stop_grace_s", "between 1 and 15"),

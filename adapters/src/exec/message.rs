@@ -181,7 +181,11 @@ pub fn parse_line(line: &[u8], devices: &[String]) -> Result<PluginMessage, Stri
                     .ok_or_else(|| format!("\"unit\": no unit has MDC code {c}"))?,
                 UnitSpec::Name(n) => parse_unit(&n).map_err(|e| format!("\"unit\": {e}"))?,
             };
-            let device_time = w.device_time.as_deref().map(parse_device_time).transpose()?;
+            let device_time = w
+                .device_time
+                .as_deref()
+                .map(parse_device_time)
+                .transpose()?;
             let mut status = w.status.unwrap_or_default();
             if status.len() > MAX_STATUS {
                 return Err(format!("more than {MAX_STATUS} status flags"));
@@ -291,7 +295,9 @@ mod tests {
     #[test]
     fn observations_in_every_allowed_form() {
         assert_eq!(
-            ok(r#"{"v":1,"type":"observation","code":"MDC_PULS_OXIM_SAT_O2","value":97,"unit":"%"}"#),
+            ok(
+                r#"{"v":1,"type":"observation","code":"MDC_PULS_OXIM_SAT_O2","value":97,"unit":"%"}"#
+            ),
             PluginMessage::Observation {
                 device: None,
                 reading: Reading {
@@ -304,7 +310,9 @@ mod tests {
             }
         );
         assert_eq!(
-            ok(r#"{"v":1,"type":"observation","device":"pump-2","code":150456,"value":96.5,"unit":262688,"device_time":"2024-06-10T06:13:20","status":["alarm"],"record":17}  "#),
+            ok(
+                r#"{"v":1,"type":"observation","device":"pump-2","code":150456,"value":96.5,"unit":262688,"device_time":"2024-06-10T06:13:20","status":["alarm"],"record":17}  "#
+            ),
             PluginMessage::Observation {
                 device: Some(1),
                 reading: Reading {
@@ -343,32 +351,87 @@ mod tests {
         for (line, why) in [
             ("", "not a JSON object: EOF"),
             ("hello", "not a JSON object: expected value"),
-            (r#"{"v":2,"type":"observation","new_thing":1}"#, "schema version 2 is not 1"),
-            (r#"{"v":"1","type":"event","kind":"error"}"#, "schema version \"1\" is not 1"),
+            (
+                r#"{"v":2,"type":"observation","new_thing":1}"#,
+                "schema version 2 is not 1",
+            ),
+            (
+                r#"{"v":"1","type":"event","kind":"error"}"#,
+                "schema version \"1\" is not 1",
+            ),
             (r#"{"type":"event","kind":"error"}"#, "no \"v\""),
-            (r#"{"v":1,"type":"observation","code":1,"valeu":2,"unit":"%"}"#, "unknown field `valeu`"),
-            (r#"{"v":1,"type":"observation","code":1,"unit":"%"}"#, "needs \"value\""),
-            (r#"{"v":1,"type":"observation","code":1,"value":"97","unit":"%"}"#, "invalid type: string"),
-            (r#"{"v":1,"type":"observation","code":1,"value":1e999,"unit":"%"}"#, "number out of range"),
-            (r#"{"v":1,"type":"observation","code":"SPO2","value":1,"unit":"%"}"#, "\"code\": unknown mdc name"),
-            (r#"{"v":1,"type":"observation","code":1,"value":1,"unit":"furlong"}"#, "\"unit\": unknown unit"),
-            (r#"{"v":1,"type":"observation","code":1,"value":1,"unit":12}"#, "no unit has MDC code 12"),
-            (r#"{"v":1,"type":"observation","code":1,"value":1,"unit":"%","device_time":"today"}"#, "device_time \"today\""),
-            (r#"{"v":1,"type":"observation","code":1,"value":1,"unit":"%","status":["a b"]}"#, "status flag \"a b\""),
-            (r#"{"v":1,"type":"observation","code":1,"value":1,"unit":"%","record":-1}"#, "invalid value: integer `-1`"),
-            (r#"{"v":1,"type":"observation","code":1,"value":1,"unit":"%","kind":"x"}"#, "\"kind\" is not part of an observation"),
-            (r#"{"v":1,"type":"event","kind":"connected","value":3}"#, "\"value\" is not part of an event"),
-            (r#"{"v":1,"type":"event","kind":"rejected"}"#, "is not connected, disconnected or error"),
+            (
+                r#"{"v":1,"type":"observation","code":1,"valeu":2,"unit":"%"}"#,
+                "unknown field `valeu`",
+            ),
+            (
+                r#"{"v":1,"type":"observation","code":1,"unit":"%"}"#,
+                "needs \"value\"",
+            ),
+            (
+                r#"{"v":1,"type":"observation","code":1,"value":"97","unit":"%"}"#,
+                "invalid type: string",
+            ),
+            (
+                r#"{"v":1,"type":"observation","code":1,"value":1e999,"unit":"%"}"#,
+                "number out of range",
+            ),
+            (
+                r#"{"v":1,"type":"observation","code":"SPO2","value":1,"unit":"%"}"#,
+                "\"code\": unknown mdc name",
+            ),
+            (
+                r#"{"v":1,"type":"observation","code":1,"value":1,"unit":"furlong"}"#,
+                "\"unit\": unknown unit",
+            ),
+            (
+                r#"{"v":1,"type":"observation","code":1,"value":1,"unit":12}"#,
+                "no unit has MDC code 12",
+            ),
+            (
+                r#"{"v":1,"type":"observation","code":1,"value":1,"unit":"%","device_time":"today"}"#,
+                "device_time \"today\"",
+            ),
+            (
+                r#"{"v":1,"type":"observation","code":1,"value":1,"unit":"%","status":["a b"]}"#,
+                "status flag \"a b\"",
+            ),
+            (
+                r#"{"v":1,"type":"observation","code":1,"value":1,"unit":"%","record":-1}"#,
+                "invalid value: integer `-1`",
+            ),
+            (
+                r#"{"v":1,"type":"observation","code":1,"value":1,"unit":"%","kind":"x"}"#,
+                "\"kind\" is not part of an observation",
+            ),
+            (
+                r#"{"v":1,"type":"event","kind":"connected","value":3}"#,
+                "\"value\" is not part of an event",
+            ),
+            (
+                r#"{"v":1,"type":"event","kind":"rejected"}"#,
+                "is not connected, disconnected or error",
+            ),
             (r#"{"v":1,"type":"event"}"#, "needs \"kind\""),
-            (r#"{"v":1,"type":"hello"}"#, "\"type\": \"hello\" is not observation or event"),
+            (
+                r#"{"v":1,"type":"hello"}"#,
+                "\"type\": \"hello\" is not observation or event",
+            ),
             (r#"{"v":1,"kind":"error"}"#, "no \"type\""),
-            (r#"{"v":1,"type":"event","kind":"error","device":"pump-9"}"#, "not one of [[exec]] devices (pump-1)"),
+            (
+                r#"{"v":1,"type":"event","kind":"error","device":"pump-9"}"#,
+                "not one of [[exec]] devices (pump-1)",
+            ),
             (r#"[1]"#, "not a JSON object (each line"),
         ] {
             let e = err(line);
             assert!(e.contains(why), "{line}: {e}");
         }
-        let e = parse_line(br#"{"v":1,"type":"event","kind":"error","device":"x"}"#, &[]).unwrap_err();
+        let e = parse_line(
+            br#"{"v":1,"type":"event","kind":"error","device":"x"}"#,
+            &[],
+        )
+        .unwrap_err();
         assert!(e.contains("has no devices"), "{e}");
         let many: Vec<String> = (0..17).map(|i| format!("\"f{i}\"")).collect();
         let e = err(&format!(

@@ -85,7 +85,11 @@ pub fn load_lines_map(
             return Err(fail(
                 &text,
                 None,
-                format!("{} maps here ({}): choose one with --map-name", maps.len(), names()),
+                format!(
+                    "{} maps here ({}): choose one with --map-name",
+                    maps.len(),
+                    names()
+                ),
             ))
         }
     };
@@ -532,10 +536,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     let map = match (&args.map, protocol.as_str()) {
         (Some(m), "lines") => Some(load_lines_map(m, args.map_name.as_deref())?),
         (Some(_), _) => {
-            return Err(UsageError(format!(
-                "--map is for --protocol lines, not {protocol}"
-            ))
-            .into())
+            return Err(UsageError(format!("--map is for --protocol lines, not {protocol}")).into())
         }
         (None, _) => None,
     };

@@ -484,7 +484,10 @@ mod tests {
         let serial = "[[serial]]\nname = \"bed12\"\npath = \"/dev/null\"\nprotocol = \"lines\"\nmap = \"ox\"\nbaud = 115200\nserial_number = \"ox-001\"\n";
         let map = "[[lines_map]]\nname = \"ox\"\nsyntax = \"json\"\n[[lines_map.field]]\nname = \"dev\"\nkey = \"dev\"\nkind = \"id\"\n[[lines_map.field]]\nname = \"spo2\"\nkey = \"spo2\"\nmdc = \"MDC_PULS_OXIM_SAT_O2\"\nunit = \"%\"\n";
         // Lines: GW 1-5, UP 6-11, serial 12-18, map 19-30.
-        assert_eq!(errors_at(&format!("{GW}{UP}{serial}{map}")), Vec::<String>::new());
+        assert_eq!(
+            errors_at(&format!("{GW}{UP}{serial}{map}")),
+            Vec::<String>::new()
+        );
         // A map problem at the value that has it: the unit of field[1].
         let bad = map.replace("unit = \"%\"", "unit = \"/min\"");
         assert_eq!(

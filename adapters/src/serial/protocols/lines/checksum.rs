@@ -193,7 +193,10 @@ mod tests {
     #[test]
     fn the_last_separator_counts_and_case_does_not() {
         let body = "{\"a\":\"x*y\"}";
-        let line = format!("{body}*{:04x}", Algorithm::Crc16Xmodem.compute(body.as_bytes()));
+        let line = format!(
+            "{body}*{:04x}",
+            Algorithm::Crc16Xmodem.compute(body.as_bytes())
+        );
         assert_eq!(check(Algorithm::Crc16Xmodem, "*", None, &line), Ok(body));
     }
 }

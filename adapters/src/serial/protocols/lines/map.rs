@@ -507,7 +507,10 @@ impl LinesMap {
                 );
             }
             if self.fields[..i].iter().any(|g| g.name == f.name) {
-                err(&at("name"), format!("field name {:?} is used twice", f.name));
+                err(
+                    &at("name"),
+                    format!("field name {:?} is used twice", f.name),
+                );
             }
             let once = [FieldKind::Id, FieldKind::Time, FieldKind::Record];
             if once.contains(&f.kind) && self.fields[..i].iter().any(|g| g.kind == f.kind) {
@@ -550,7 +553,10 @@ impl LinesMap {
                         vec![k.clone()]
                     };
                     if k.is_empty() || parts.iter().any(String::is_empty) {
-                        err(&at("key"), format!("key {k:?} is empty or has an empty part"));
+                        err(
+                            &at("key"),
+                            format!("key {k:?} is empty or has an empty part"),
+                        );
                         None
                     } else {
                         Some(Source::Key(parts))
@@ -654,9 +660,7 @@ impl LinesMap {
                     }
                 };
                 let range = match f.range {
-                    Some([lo, hi]) if lo.is_finite() && hi.is_finite() && lo < hi => {
-                        Some((lo, hi))
-                    }
+                    Some([lo, hi]) if lo.is_finite() && hi.is_finite() && lo < hi => Some((lo, hi)),
                     Some(_) => {
                         return Err((
                             "range",

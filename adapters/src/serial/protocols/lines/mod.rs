@@ -153,7 +153,11 @@ fn number(text: &str) -> Option<f64> {
 
 /// Decodes one line (terminator removed) into `out`; an error leaves partial output the caller
 /// drops.
-fn decode_line(map: &CompiledMap, raw: &[u8], out: &mut Vec<Decoded>) -> Result<LineOutcome, String> {
+fn decode_line(
+    map: &CompiledMap,
+    raw: &[u8],
+    out: &mut Vec<Decoded>,
+) -> Result<LineOutcome, String> {
     let text = match std::str::from_utf8(raw) {
         Ok(t) => t,
         Err(e) => {
@@ -174,7 +178,10 @@ fn decode_line(map: &CompiledMap, raw: &[u8], out: &mut Vec<Decoded>) -> Result<
             "protocol lines has no map: set [[serial]] map to the name of a [[lines_map]]".into(),
         );
     }
-    if map.line_prefix.as_deref().is_some_and(|p| !line.starts_with(p))
+    if map
+        .line_prefix
+        .as_deref()
+        .is_some_and(|p| !line.starts_with(p))
         || map.skip_prefix.iter().any(|p| line.starts_with(p.as_str()))
     {
         return Ok(LineOutcome::Skipped);
@@ -192,9 +199,7 @@ fn decode_line(map: &CompiledMap, raw: &[u8], out: &mut Vec<Decoded>) -> Result<
     for f in &map.fields {
         let value = match parsed.get(&f.source) {
             Found::Missing if f.optional => continue,
-            Found::Missing => {
-                return Err(format!("field {:?} ({}) is missing", f.name, f.source))
-            }
+            Found::Missing => return Err(format!("field {:?} ({}) is missing", f.name, f.source)),
             Found::NotScalar(what) => {
                 return Err(format!(
                     "field {:?} ({}) is {what}, not a value",
@@ -212,8 +217,7 @@ fn decode_line(map: &CompiledMap, raw: &[u8], out: &mut Vec<Decoded>) -> Result<
             .unwrap_or(value)
             .trim();
         if stripped.is_empty()
-            || f
-                .absent
+            || f.absent
                 .iter()
                 .any(|a| a.as_str() == value || a.as_str() == stripped)
         {
@@ -233,11 +237,15 @@ fn decode_line(map: &CompiledMap, raw: &[u8], out: &mut Vec<Decoded>) -> Result<
                 event,
             } => {
                 let raw = number(stripped).ok_or_else(|| {
-                    field(if f.suffix.is_none() && stripped.ends_with(|c: char| !c.is_ascii_digit() && c != '.') {
-                        "value is not a number (does the device add a unit? set suffix)"
-                    } else {
-                        "value is not a number"
-                    })
+                    field(
+                        if f.suffix.is_none()
+                            && stripped.ends_with(|c: char| !c.is_ascii_digit() && c != '.')
+                        {
+                            "value is not a number (does the device add a unit? set suffix)"
+                        } else {
+                            "value is not a number"
+                        },
+                    )
                 })?;
                 let v = raw * scale + add;
                 if !v.is_finite() {

@@ -71,7 +71,8 @@ fn every_shipped_example_map_compiles() {
 #[test]
 fn json_lines_of_the_esp32_example() {
     let m = example("esp32-oximeter");
-    let input = b"{\"dev\":\"ox-001\",\"spo2\":97,\"pulse\":72,\"ts\":1718000000250000,\"seq\":17}\n\
+    let input =
+        b"{\"dev\":\"ox-001\",\"spo2\":97,\"pulse\":72,\"ts\":1718000000250000,\"seq\":17}\n\
 {\"dev\":\"ox-001\",\"spo2\":-1,\"pulse\":\"71\",\"seq\":18}\r\n";
     let t = Some("2024-06-10T06:13:20");
     let want = vec![
@@ -175,7 +176,7 @@ fn non_text_bytes_and_overlong_lines_are_errors_with_their_offsets() {
     let mut input = good.as_bytes().to_vec();
     input.extend(b"{\"dev\":\"ox\xff\"}\n");
     let long_at = input.len() as u64;
-    input.extend(std::iter::repeat(b'x').take(5000));
+    input.extend([b'x'; 5000]);
     input.push(b'\n');
     input.extend(good.as_bytes());
     let out = decode(&m, &input, 100);
@@ -213,7 +214,10 @@ fn the_first_line_may_be_a_fragment_and_is_skipped_silently() {
     assert_eq!(out[0], Decoded::Identity("ox-001".into()));
     // Not when the stream started with a whole line: then a bad first line is reported.
     let out = decode(&m, b"\n{\"spo2\":1}\n", 3);
-    assert!(matches!(out[..], [Decoded::Error { offset: 1, .. }]), "{out:?}");
+    assert!(
+        matches!(out[..], [Decoded::Error { offset: 1, .. }]),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -222,7 +226,8 @@ fn csv_with_an_nmea_checksum_prefix_filter_scale_and_status_bits() {
     let body = "NIBP,2024-06-10 06:13:20,121,79,93,---,368,0043";
     let sum = checksum::Algorithm::Xor8.compute(body.as_bytes());
     let line = format!("${body}*{sum:02X}\r\n");
-    let input = format!("$STAT,ok*00\r\n{line}$NIBP,2024-06-10 06:13:20,121,79,93,64,368,0041*10\r\n");
+    let input =
+        format!("$STAT,ok*00\r\n{line}$NIBP,2024-06-10 06:13:20,121,79,93,64,368,0041*10\r\n");
     let out = decode(&m, input.as_bytes(), 9);
     let t = Some("2024-06-10T06:13:20");
     let st = ["alarm-sys-high", "alarm-sys-low", "low-battery"];
@@ -234,9 +239,27 @@ fn csv_with_an_nmea_checksum_prefix_filter_scale_and_status_bits() {
             reading(mdc::NIBP_MEAN, 93.0, Unit::MMHG, t, &st),
             // pulse "---": absent
             reading(mdc::TEMP_BODY, 368.0 * 0.1, Unit::DEGC, t, &st),
-            reading(mdc::NIBP_SYS, 121.0, Unit::MMHG, t, &["alarm-sys-high", "low-battery"]),
-            reading(mdc::NIBP_DIA, 79.0, Unit::MMHG, t, &["alarm-sys-high", "low-battery"]),
-            reading(mdc::NIBP_MEAN, 93.0, Unit::MMHG, t, &["alarm-sys-high", "low-battery"]),
+            reading(
+                mdc::NIBP_SYS,
+                121.0,
+                Unit::MMHG,
+                t,
+                &["alarm-sys-high", "low-battery"]
+            ),
+            reading(
+                mdc::NIBP_DIA,
+                79.0,
+                Unit::MMHG,
+                t,
+                &["alarm-sys-high", "low-battery"]
+            ),
+            reading(
+                mdc::NIBP_MEAN,
+                93.0,
+                Unit::MMHG,
+                t,
+                &["alarm-sys-high", "low-battery"]
+            ),
             reading(
                 mdc::PULSE_RATE_NIBP,
                 64.0,
@@ -244,7 +267,13 @@ fn csv_with_an_nmea_checksum_prefix_filter_scale_and_status_bits() {
                 t,
                 &["alarm-sys-high", "low-battery"]
             ),
-            reading(mdc::TEMP_BODY, 368.0 * 0.1, Unit::DEGC, t, &["alarm-sys-high", "low-battery"]),
+            reading(
+                mdc::TEMP_BODY,
+                368.0 * 0.1,
+                Unit::DEGC,
+                t,
+                &["alarm-sys-high", "low-battery"]
+            ),
         ]
     );
     // A flipped bit: the checksum refuses the line.
@@ -283,7 +312,8 @@ fn the_masimo_example_map_reads_what_the_masimo_decoder_reads() {
             .map(|d| match d {
                 Decoded::Reading(mut r) => {
                     r.device_time = None;
-                    r.status.retain(|s| !s.starts_with("exc-bit") && !s.starts_with("exception-0x"));
+                    r.status
+                        .retain(|s| !s.starts_with("exc-bit") && !s.starts_with("exception-0x"));
                     r.status.sort();
                     Decoded::Reading(r)
                 }
@@ -356,7 +386,11 @@ unit = "1"
     );
     let mut p = Lines::new(m);
     p.feed(b"# comment\n\n\nst:RUN;rate:1\n", &mut Vec::new());
-    assert_eq!(p.frames_ok(), 2, "the comment and the line; blank lines are neither");
+    assert_eq!(
+        p.frames_ok(),
+        2,
+        "the comment and the line; blank lines are neither"
+    );
 }
 
 #[test]
