@@ -626,3 +626,55 @@ async fn a_plugin_that_closes_its_stdout_is_stopped_and_restarted() {
     run.expect(EventKind::Connected).await;
     run.stop().await;
 }
+
+/// A plug-in for several devices: each line names one of `[[exec]] devices`; its readings carry
+/// that device's id, and a line naming another device is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_with_devices_reports_under_their_ids_only() {
+    let dir = Scratch::new("devices");
+    let obs = |d: &str, v: u32| {
+        format!(
+            r#"{{"v":1,"type":"observation","device":"{d}","code":150456,"value":{v},"unit":"%"}}"#
+        )
+    };
+    let script = dir.script(
+        "pumps.sh",
+        &format!(
+            "#!/bin/sh\nprintf '%s\\n' '{}' '{}' '{}' '{{\"v\":1,\"type\":\"event\",\"kind\":\"disconnected\",\"device\":\"pump-2\",\"detail\":\"cable\"}}'\nexec sleep 1000\n",
+            obs("pump-1", 91),
+            obs("pump-3", 93),
+            obs("pump-2", 92)
+        ),
+    );
+    let mut run = start(
+        config("pumps", &script, "devices = [\"pump-1\", \"pump-2\"]\n"),
+        64,
+    );
+    let (e, _) = run.expect(EventKind::Connected).await;
+    assert_eq!(e.device.as_str(), "exec:pumps");
+    let (e, seen) = run.expect(EventKind::Error).await;
+    assert!(
+        e.detail
+            .contains("\"device\": \"pump-3\" is not one of [[exec]] devices (pump-1, pump-2)"),
+        "{e:?}"
+    );
+    assert_eq!(e.device.as_str(), "exec:pumps");
+    let (e, more) = run.expect(EventKind::Disconnected).await;
+    assert_eq!(
+        (e.device.as_str(), e.detail.as_str()),
+        ("exec:pumps:pump-2", "cable")
+    );
+    let got: Vec<(String, f64)> = seen
+        .iter()
+        .chain(&more)
+        .map(|o| (o.device.0.clone(), o.value))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("exec:pumps:pump-1".to_string(), 91.0),
+            ("exec:pumps:pump-2".to_string(), 92.0)
+        ]
+    );
+    run.stop().await;
+}
