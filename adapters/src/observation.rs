@@ -467,6 +467,11 @@ pub struct DeviceEvent {
     /// For an `rssi` event of a BLE asset tag: the typed presence summary that `detail` renders.
     /// In-process only (the wire and the store carry `detail`); `None` for every other event.
     pub presence: Option<PresenceReport>,
+    /// For a `connected` event: the firmware revision the device reports on this connection
+    /// (BLE: Device Information, Firmware Revision String 0x2A26), for device status, the
+    /// heartbeat and `wardgate status`. In-process only, like `presence`; `None` when the device
+    /// does not say.
+    pub firmware: Option<String>,
 }
 
 impl DeviceEvent {
@@ -478,7 +483,17 @@ impl DeviceEvent {
             detail: detail.into(),
             gateway_time: now_ms(),
             presence: None,
+            firmware: None,
         }
+    }
+
+    /// The same event carrying the firmware revision the device reported (`None` or an empty
+    /// text: not reported). At most 64 characters are kept.
+    pub fn with_firmware(mut self, firmware: Option<&str>) -> Self {
+        self.firmware = firmware
+            .map(|f| f.trim().chars().take(64).collect::<String>())
+            .filter(|f| !f.is_empty());
+        self
     }
 
     /// The `rssi` event of a tag's presence summary, stamped now: `detail` is the report's wire
@@ -490,6 +505,7 @@ impl DeviceEvent {
             detail: report.to_string(),
             gateway_time: now_ms(),
             presence: Some(report),
+            firmware: None,
         }
     }
 }

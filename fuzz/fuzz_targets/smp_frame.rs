@@ -33,4 +33,13 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(r) = UploadResponse::from_body(&body) {
         assert_eq!(UploadResponse::from_body(&r.to_body()), Ok(r));
     }
+    if let Ok(images) = image::parse_slot_info(&body) {
+        for i in &images {
+            let _ = i.upload_limit();
+        }
+        assert_eq!(
+            image::parse_slot_info(&image::slot_info_body(&images)),
+            Ok(images)
+        );
+    }
 });

@@ -367,6 +367,7 @@ mod tests {
                         detail: "x".into(),
                         gateway_time: 5,
                         presence: None,
+                        firmware: None,
                     },
                 }),
             ],

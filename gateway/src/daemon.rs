@@ -325,7 +325,7 @@ fn firmware_relay(
             fw.cache_max_bytes,
         ),
         defaults: relay::Defaults {
-            window: relay::window_of(fw.window.as_ref().map(|w| w.get_ref())),
+            window: relay::window_of(fw.window.as_ref().map(|w| &w.get_ref().0)),
             zone,
             in_use_minutes: fw.in_use_minutes,
             min_battery: fw.min_battery,

@@ -296,6 +296,17 @@ pub struct DeviceCounts {
     /// The last of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The firmware revision the device reported at its last `connected` (BLE Device
+    /// Information 0x2A26), if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<String>,
+    /// When that `connected` was committed, Unix ms (0: never).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub firmware_ms: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 
 /// What the writer has done, shared with status and the demo.
@@ -621,6 +632,10 @@ impl DeviceCounts {
                         // without one leaves the RSSI unknown, not stale.
                         self.rssi_dbm = e.presence.as_ref().map(|p| p.rssi_median.round() as i64);
                     }
+                    EventKind::Connected if e.firmware.is_some() => {
+                        self.firmware = e.firmware.clone();
+                        self.firmware_ms = committed_ms;
+                    }
                     _ => {}
                 }
             }
@@ -734,6 +749,30 @@ mod counting_tests {
         let d = &per["d"];
         assert_eq!((d.events, d.activity, d.last_seen_ms), (7, 3, 3_000));
         assert_eq!(d.observations, 0);
+    }
+
+    #[test]
+    fn the_firmware_a_device_reports_on_connecting_is_kept_until_it_reports_another() {
+        let mut per = BTreeMap::new();
+        let connected = |fw: Option<&str>| {
+            let AdapterEvent::Event(e) = ev("ble:b", EventKind::Connected, "") else {
+                unreachable!()
+            };
+            AdapterEvent::Event(e.with_firmware(fw))
+        };
+        count_committed(&mut per, &[connected(Some(" 2.1.0 "))], 1_000);
+        assert_eq!(
+            (per["ble:b"].firmware.as_deref(), per["ble:b"].firmware_ms),
+            (Some("2.1.0"), 1_000)
+        );
+        // A connection whose read failed (no revision) keeps the last one known.
+        count_committed(&mut per, &[connected(None), connected(Some(""))], 2_000);
+        assert_eq!(per["ble:b"].firmware.as_deref(), Some("2.1.0"));
+        count_committed(&mut per, &[connected(Some("2.2.0"))], 3_000);
+        assert_eq!(
+            (per["ble:b"].firmware.as_deref(), per["ble:b"].firmware_ms),
+            (Some("2.2.0"), 3_000)
+        );
     }
 
     #[test]

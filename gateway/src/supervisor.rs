@@ -66,6 +66,7 @@ pub async fn supervise(
             detail: format!("adapter {reason}; restarting"),
             gateway_time: now_ms(),
             presence: None,
+            firmware: None,
         });
         if out.send(ev).await.is_err() {
             return;

@@ -63,22 +63,37 @@ pub fn expected_observations(protocol: ProtocolName, recording: &[u8]) -> u64 {
 /// The demo device `dev` as one that also takes firmware: its recording streamed (repeated) on
 /// a pty behind `link` with an SMP device `model` answering on the same line
 /// ([`crate::smp_device::serial`]), so `wardgate demo` can update a serial device with no
-/// Python. The host's start command (CMS50) is honoured as by [`crate::devsim`].
+/// Python. The host's start command (CMS50) is honoured as by [`crate::devsim`]. `speed`
+/// scales the device's pace (1 = its own); `repeat` starts the recording over at its end.
 pub fn start_with_smp(
     dev: &DemoDevice,
     link: &std::path::Path,
     model: crate::smp_device::SharedModel,
+    speed: f64,
+    repeat: bool,
 ) -> std::io::Result<crate::smp_device::serial::SerialSmpDevice> {
     use crate::smp_device::serial::{Recording, SerialOptions, SerialSmpDevice};
+    let speed = if speed.is_finite() && speed > 0.0 {
+        speed
+    } else {
+        1.0
+    };
+    let pace = match dev.pace {
+        Pace::Frames { size, per_sec } => Pace::Frames {
+            size,
+            per_sec: per_sec * speed,
+        },
+        Pace::Baud(b) => Pace::Baud((f64::from(b) * speed).min(f64::from(u32::MAX)) as u32),
+    };
     SerialSmpDevice::start(
         link,
         model,
         SerialOptions {
             recording: Some(Recording {
                 data: dev.recording.to_vec(),
-                pace: dev.pace,
+                pace,
                 start: dev.start.clone(),
-                repeat: true,
+                repeat,
             }),
             ..Default::default()
         },

@@ -67,7 +67,7 @@ fn recording_and_smp_share_the_line() {
         ..Default::default()
     })
     .shared();
-    let sim = demo_serial::start_with_smp(&dev, &link, model.clone()).unwrap();
+    let sim = demo_serial::start_with_smp(&dev, &link, model.clone(), 1.0, true).unwrap();
     let mut f = open(&link);
     let mut dec = ConsoleDecoder::new();
     let (bytes, _) = read_for(&mut f, &mut dec, Duration::from_millis(500));

@@ -11,16 +11,25 @@ image is unconfirmed reverts; confirm makes it permanent.
 Fault switches (command-line flags) reproduce FIRMWARE.md §2 and FAILURES.md B23-B25; every
 event is a line in --log (`erase`, `session new|resume`, `drop`, `late`, `reset`, `boot`, ...).
 SIGUSR1 power-cycles the device (a reset without a command).
+
+--pace-baud models a full-duplex UART: what the gateway writes is received at the line rate
+(requests queued in the device's buffers wait their turn), and replies go out at the line rate
+from a writer thread while the next request is being received, as on a real serial line. MCUmgr
+parameters report --buf-size and --buf-count; slot info (image group command 6) reports slots of
+--slot-size bytes (--no-slot-info: not supported), and an upload longer than the slot is refused
+with INVALID_IMAGE_TOO_LARGE as Zephyr does.
 """
 
 import argparse
 import base64
 import hashlib
 import os
+import queue
 import select
 import signal
 import struct
 import sys
+import threading
 import time
 import tty
 
@@ -59,6 +68,7 @@ class Device:
         self.uploads = 0
         self.strip_crc_next = False
         self.no_crc_done = False
+        self.ahead = 0
         if a.pending_stuck:
             self.slot1 = {"version": "9.9.9", "hash": b"\x99" * 32, "pending": True, "permanent": False}
         if a.stale_session:
@@ -67,6 +77,10 @@ class Device:
             # the session's offset is not.
             self.session = {"sha": hashlib.sha256(data).digest(), "len": len(data), "off": len(data) // 2, "data": bytearray(b"\xff" * len(data))}
         self.master = self.slave = None
+        self.rx_clock = 0.0
+        self.tx_clock = 0.0
+        self.out = queue.Queue()
+        threading.Thread(target=self.writer, daemon=True).start()
         self.open_pty()
 
     def log(self, text):
@@ -91,16 +105,41 @@ class Device:
         os.close(self.slave)
         self.master = None
 
-    def pace(self, n):
-        if self.a.pace_baud:
-            time.sleep(n * 10 / self.a.pace_baud)
+    def line_time(self, n):
+        return n * 10 / self.a.pace_baud if self.a.pace_baud else 0.0
+
+    def received(self, n):
+        """Waits until `n` bytes just read have crossed the line (8N1), after those before."""
+        now = time.monotonic()
+        self.rx_clock = max(self.rx_clock, now) + self.line_time(n)
+        if self.rx_clock > now:
+            time.sleep(self.rx_clock - now)
+
+    def writer(self):
+        """The transmit side: each queued write leaves after its line time, independently of
+        what is being received."""
+        while True:
+            data = self.out.get()
+            try:
+                now = time.monotonic()
+                self.tx_clock = max(self.tx_clock, now) + self.line_time(len(data))
+                if self.tx_clock > now:
+                    time.sleep(self.tx_clock - now)
+                view = memoryview(data)
+                while view and self.master is not None:
+                    n = os.write(self.master, view)
+                    view = view[n:]
+            except OSError as e:
+                self.log(f"write failed: {e!r}")
+            finally:
+                self.out.task_done()
 
     def write(self, data):
-        self.pace(len(data))
-        view = memoryview(data)
-        while view:
-            n = os.write(self.master, view)
-            view = view[n:]
+        self.out.put(bytes(data))
+
+    def flush(self):
+        """Waits until everything queued has been written."""
+        self.out.join()
 
     def send(self, frame):
         if self.a.noise:
@@ -137,8 +176,25 @@ class Device:
             out.append(img.ImageState(slot=1, version=s["version"], hash=s["hash"], bootable=True, pending=s["pending"], permanent=s["permanent"]))
         return out
 
+    def slot_info(self, frame):
+        """Slot info (image group command 6), which smp 4.2.0 does not know (its header check
+        refuses the command id): header and CBOR by hand (PROTOCOLS §A.1, §A.2)."""
+        b0, _flags, _length, _group, seq, _cmd = struct.unpack(">BBHHBB", frame[:8])
+        version, op = (b0 >> 3) & 0x3, b0 & 0x7
+        if self.a.no_slot_info:
+            body = {"rc": 8}  # MGMT_ERR_ENOTSUP, the non-group shape
+        else:
+            self.log(f"slot-info size={self.a.slot_size}")
+            size = self.a.slot_size
+            body = {"images": [{"image": 0, "slots": [{"slot": 0, "size": size}, {"slot": 1, "size": size, "upload_image_id": 0}], "max_image_size": self.max_image()}]}
+        payload = cbor2.dumps(body)
+        rsp_op = 1 if op == 0 else 3  # READ_RSP / WRITE_RSP
+        return struct.pack(">BBHHBB", (version << 3) | rsp_op, 0, len(payload), 1, seq, 6) + payload
+
     def handle(self, frame):
         """The reply bytes to one request frame, or None for no reply."""
+        if len(frame) >= 8 and struct.unpack(">HB", frame[4:6] + frame[7:8]) == (1, 6):
+            return self.slot_info(frame)
         hdr = H.Header.loads(frame[:8])
         v, seq = hdr.version, hdr.sequence
         g, c = hdr.group_id, hdr.command_id
@@ -185,10 +241,17 @@ class Device:
             return self.upload(hdr, img.ImageUploadWriteRequest.loads(frame))
         return self.error(hdr, g, 8, v1=True)  # MGMT_ERR_ENOTSUP
 
+    def max_image(self):
+        """The largest image the slot takes: its size less MCUboot's trailer (one 4 KiB sector
+        here)."""
+        return self.a.slot_size - 4096
+
     def upload(self, hdr, req):
         v, seq = hdr.version, hdr.sequence
         self.uploads += 1
         self.log(f"upload off={req.off} len={len(req.data)} seq={seq}")
+        if self.ahead:
+            self.log(f"pipelined ahead={self.ahead}")
         if self.a.drop_at is not None and req.off >= self.a.drop_at and not self.dropped:
             self.dropped.add(req.off)
             self.log(f"drop off={req.off} seq={seq}")
@@ -203,6 +266,9 @@ class Device:
             if self.slot1 and self.slot1["pending"]:
                 self.log("upload refused: slot 1 pending")
                 return self.error(hdr, 1, 6 if self.a.v1_errors else 28)
+            if req.len > self.max_image():
+                self.log(f"upload refused: len={req.len} too large")
+                return self.error(hdr, 1, 3 if self.a.v1_errors else 30)  # EINVAL / INVALID_IMAGE_TOO_LARGE
             self.log(f"session new len={req.len} sha={'yes' if req.sha else 'no'}")
             self.log(f"erase delay={self.a.erase_delay}")
             time.sleep(self.a.erase_delay)
@@ -258,6 +324,7 @@ class Device:
     def reset(self):
         self.log("reset")
         self.session = None
+        self.flush()
         self.close_pty()
         time.sleep(self.a.swap_delay)
         self.boot()
@@ -286,7 +353,7 @@ class Device:
             except OSError:
                 time.sleep(0.05)
                 continue
-            self.pace(len(chunk))
+            self.received(len(chunk))
             buf += chunk
             while b"\n" in buf:
                 line, buf = buf.split(b"\n", 1)
@@ -300,6 +367,9 @@ class Device:
                     decoder.send(line)
                 except StopIteration as done:
                     decoder = None
+                    # Bytes of further requests already received: the gateway did not wait
+                    # for this answer before sending more (pipelining).
+                    self.ahead = len(buf)
                     reply = self.handle(done.value)
                     if reply is not None:
                         self.send(reply)
@@ -334,7 +404,9 @@ def main():
     p.add_argument("--swap-delay", type=float, default=0.5, help="seconds the port is gone at a reset")
     p.add_argument("--boot-fails", action="store_true", help="a test image never boots: MCUboot reverts")
     p.add_argument("--pending-stuck", action="store_true", help="slot 1 holds a pending image that cannot be erased")
-    p.add_argument("--pace-baud", type=int, help="pace reads and writes to this line rate (the pty has none)")
+    p.add_argument("--pace-baud", type=int, help="pace reads and writes to this line rate, full duplex (the pty has none)")
+    p.add_argument("--slot-size", type=lambda x: int(x, 0), default=0x100000, help="bytes of each slot (slot info; uploads longer than the slot less a 4 KiB trailer are refused)")
+    p.add_argument("--no-slot-info", action="store_true", help="slot info (image group command 6) not supported")
     a = p.parse_args()
     Device(a).run()
 

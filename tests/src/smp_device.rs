@@ -76,12 +76,24 @@ impl Drop for SmpDevice {
 }
 
 /// A signed MCUboot image of `body_len` random bytes and `version` (imgtool `sign`, ECDSA P-256
-/// key made once in `dir`), at `dir/app-<version>.bin`.
+/// key made once in `dir`), at `dir/app-<version>.bin`, for a 1 MiB slot.
 pub fn make_image(
     target_tmp: &Path,
     dir: &Path,
     version: &str,
     body_len: usize,
+) -> Result<PathBuf> {
+    make_image_for_slot(target_tmp, dir, version, body_len, 0x100000)
+}
+
+/// [`make_image`] for a slot of `slot_size` bytes (imgtool checks that the image and MCUboot's
+/// trailer fit it).
+pub fn make_image_for_slot(
+    target_tmp: &Path,
+    dir: &Path,
+    version: &str,
+    body_len: usize,
+    slot_size: usize,
 ) -> Result<PathBuf> {
     let py = python::smp_venv_python(target_tmp)?;
     let imgtool = |args: &[&str]| -> Result<()> {
@@ -111,7 +123,7 @@ pub fn make_image(
         "--version",
         version,
         "--slot-size",
-        "0x100000",
+        &format!("{slot_size:#x}"),
         "--pad-header",
         raw.to_str().context("path")?,
         out.to_str().context("path")?,

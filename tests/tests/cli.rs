@@ -51,6 +51,10 @@ fn demo_messages(dir: &Path) -> (PathBuf, Vec<PathBuf>) {
         "ble:00:22:D0:90:4C:14          7        7          7         7  ok",
         "ble:5C:31:3E:01:16:6D          2        2          2         2  ok",
         "refused:  ble:C4:7C:8D:6A:11:22 (0 observations stored",
+        // Issue 10 item 9: the serial oximeter updated over SMP on its own line (signed job,
+        // HTTPS download with the gateway's certificate, verified, tested, confirmed), its
+        // version read back from the device.
+        "every device updated",
     ] {
         assert!(
             out.stdout.contains(row),
@@ -58,6 +62,19 @@ fn demo_messages(dir: &Path) -> (PathBuf, Vec<PathBuf>) {
             out.stdout
         );
     }
+    let row = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("serial:bed1-spo2") && l.contains(" 1.0.0 "))
+        .unwrap_or_else(|| panic!("no firmware row for bed1-spo2:\n{}", out.stdout));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        (cols[1], cols[2], cols[5], cols[6]),
+        ("1.0.0", "1.1.0", "1.1.0", "ok"),
+        "from, to, running, result: {row}"
+    );
+    let image = std::fs::metadata(dir.join("images/oximeter-cms50-1.1.0.bin")).unwrap();
+    assert_eq!(cols[3], image.len().to_string(), "bytes: {row}");
     let mut msgs: Vec<PathBuf> = std::fs::read_dir(dir.join("messages"))
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -692,6 +692,7 @@ fn check_config_refuses_a_bad_firmware_section_at_its_position() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let base = "version = 1\n[gateway]\nid = \"gw-1\"\nsite = \"s\"\nward = \"w\"\n[uplink]\nhost = \"h\"\nca = \"tls-ca.pem\"\ncert = \"c.pem\"\nkey = \"k.pem\"\nreceiver_certs = [\"rx.pem\"]\n[[serial]]\nname = \"bed12\"\npath = \"/dev/null\"\nprotocol = \"cms50\"\n";
+    std::fs::write(dir.join("a-file"), b"not a directory").unwrap();
     let check = |firmware: &str| -> Output {
         let p = dir.join("w.toml");
         std::fs::write(&p, format!("{base}{firmware}")).unwrap();
@@ -705,8 +706,14 @@ fn check_config_refuses_a_bad_firmware_section_at_its_position() {
         ),
         (
             "[firmware]\nsigner_ca = \"fw-ca.pem\"\nwindow = [\"25:00\", \"03:00\"]\n",
-            "w.toml:18:10: window must be",
+            "w.toml:18:11: window start `25:00` is not a time of day: HH:MM from 00:00 to 23:59",
         ),
+        (
+            // The text form: the value that is wrong and the allowed range.
+            "[firmware]\nsigner_ca = \"fw-ca.pem\"\nwindow = \"08:00-25:00\"\n",
+            "w.toml:18:10: window end `25:00` is not a time of day: HH:MM from 00:00 to 23:59",
+        ),
+
         (
             "[firmware]\nsigner_ca = \"fw-ca.pem\"\ntimezone = \"Europe Berlin\"\n",
             "w.toml:18:12: time zone `Europe Berlin`",
@@ -726,7 +733,16 @@ fn check_config_refuses_a_bad_firmware_section_at_its_position() {
         assert_eq!(o.code(), Some(2), "{section}: {o:?}");
         assert!(o.stderr.contains(want), "{section}: want `{want}` in:\n{}", o.stderr);
     }
-    let o = check("[firmware]\nsigner_ca = \"fw-ca.pem\"\ntimezone = \"Europe/Berlin\"\n[firmware.classes]\nacme = [\"bed12\"]\n");
+    // A cache directory that is a file would only fail at the first download.
+    let o = check("[firmware]\nsigner_ca = \"fw-ca.pem\"\ncache_dir = \"a-file\"\n");
+    assert_eq!(o.code(), Some(2), "{o:?}");
+    let line = o
+        .stderr
+        .lines()
+        .find(|l| l.contains("w.toml:18:13: cache_dir "))
+        .unwrap_or_else(|| panic!("no cache_dir error at 18:13 in:\n{}", o.stderr));
+    assert!(line.ends_with(&format!("{} is a file, not a directory; the relay keeps downloaded images in a directory: remove the file or name another path", dir.join("a-file").display())), "{line}");
+    let o = check("[firmware]\nsigner_ca = \"fw-ca.pem\"\ntimezone = \"Europe/Berlin\"\nwindow = \"22:00-05:00\"\n[firmware.classes]\nacme = [\"bed12\"]\n");
     assert_eq!(o.code(), Some(0), "a good section: {o:?}");
 }
 

@@ -17,7 +17,11 @@
 //! `done` at the second attempt. `kill -9` at the test step: confirmed after the restart, no
 //! second upload. A monitor streaming readings (also one that just connected) waits
 //! `in_clinical_use`; an offline device waits `device_offline`, then is updated; a signed cancel
-//! stops an upload.
+//! stops an upload. The version the device reports (at the first SMP session, then after the
+//! update) is in its retained device status, in the heartbeat and in `wardgate status`. A
+//! `kill -9` during a failed attempt's back-off: the restarted gateway waits the back-off out
+//! (its deadline is in the store) and counts on from the attempts made. (The RSS bench of a
+//! 1 MiB relay is here too, ignored: `scripts/bench-smp --rss`.)
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -27,7 +31,7 @@ use wardgate_e2e::mqtt::{self, Watcher};
 use wardgate_e2e::nginx::{self, Nginx, NginxOptions};
 use wardgate_e2e::process::{run, Proc};
 use wardgate_e2e::pty::{Device, Streamer};
-use wardgate_e2e::smp_device::{make_image, SmpDevice};
+use wardgate_e2e::smp_device::{make_image, make_image_for_slot, SmpDevice};
 use wardgate_e2e::wait_until;
 use wardgate_sim::pki::{write_cert, write_key};
 
@@ -104,7 +108,12 @@ impl World {
         let config = env.write_gateway_config(&opts).unwrap();
         let mut class = vec![format!("\"{DEVICE}\"")];
         class.extend(monitors.iter().map(|d| format!("\"{}\"", d.id())));
-        let mut t = std::fs::read_to_string(&config).unwrap();
+        // A heartbeat every 2 s: the firmware versions it carries are seen soon.
+        let mut t = std::fs::read_to_string(&config).unwrap().replacen(
+            "[uplink]\n",
+            "[uplink]\nheartbeat_s = 2\n",
+            1,
+        );
         t.push_str(&format!(
             r#"
 [[serial]]
@@ -260,6 +269,62 @@ acme = [{class}]
         .ok()
     }
 
+    /// Waits until the retained device status of the emulated device says `firmware` =
+    /// `version` (source `smp`) and returns it.
+    fn device_status_with(&self, version: &str) -> Value {
+        let topic = format!("{}/device/{DEVICE}/status", prefix());
+        wait_until(
+            &format!("device status with firmware {version}"),
+            Duration::from_secs(20),
+            Duration::from_millis(200),
+            || {
+                let m = mqtt::latest(&self.env, &topic, Duration::from_millis(800))?.remove(&topic);
+                Ok(
+                    m.and_then(|m| mqtt::verified_json(&self.env, &m.payload).ok())
+                        .filter(|j| j["firmware"] == version),
+                )
+            },
+        )
+        .unwrap()
+    }
+
+    /// Waits until the retained heartbeat lists the emulated device at `version`.
+    fn heartbeat_with(&self, version: &str) -> Value {
+        let topic = format!("{}/heartbeat", prefix());
+        wait_until(
+            &format!("a heartbeat with firmware {version}"),
+            Duration::from_secs(20),
+            Duration::from_millis(200),
+            || {
+                let m = mqtt::latest(&self.env, &topic, Duration::from_millis(800))?.remove(&topic);
+                Ok(
+                    m.and_then(|m| mqtt::verified_json(&self.env, &m.payload).ok())
+                        .filter(|j| j["firmware"][DEVICE] == version),
+                )
+            },
+        )
+        .unwrap()
+    }
+
+    /// Waits until a heartbeat is retained (the gateway is connected and its status loop runs).
+    fn heartbeat_with_any(&self) {
+        let topic = format!("{}/heartbeat", prefix());
+        wait_until(
+            "a heartbeat",
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            || Ok(mqtt::latest(&self.env, &topic, Duration::from_millis(800))?.remove(&topic)),
+        )
+        .unwrap();
+    }
+
+    /// `wardgate status` for the gateway's config, as text.
+    fn status_text(&self) -> String {
+        let mut c = std::process::Command::new(BIN);
+        c.args(["status", "--config"]).arg(&self.config);
+        run(c, b"", Duration::from_secs(30)).unwrap().stdout
+    }
+
     /// The retained message on `topic` as a fresh subscriber gets it.
     fn retained(&self, topic: &str) -> Value {
         let m = wait_until(
@@ -341,6 +406,18 @@ fn relay_updates_a_serial_device_end_to_end() {
         (r["state"].as_str(), r["version"].as_str()),
         (Some("done"), Some("1.2.3")),
         "{r}"
+    );
+    // The version the device runs now, everywhere an operator looks: the retained device
+    // status, the heartbeat, `wardgate status`.
+    let st = w.device_status_with("1.2.3");
+    assert_eq!(st["firmware_source"], "smp", "{st}");
+    w.heartbeat_with("1.2.3");
+    let text = w.status_text();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&format!("device:   {DEVICE}:"))
+                && l.contains("firmware 1.2.3 (smp)")),
+        "{text}"
     );
     gw.terminate(Duration::from_secs(10)).unwrap();
     eprintln!("relay end to end: {:?}, states {seen:?}", t0.elapsed());
@@ -575,6 +652,83 @@ fn a_link_lost_mid_upload_waits_and_is_retried_after_the_back_off() {
         t0.elapsed(),
         states(&reports)
     );
+}
+
+/// A transient failure (the device power-cycled under the upload), then `kill -9` of the gateway
+/// during the back-off: the restarted gateway neither retries at once nor forgets the attempt —
+/// attempt 2 starts only after the deadline reported with attempt 1's `waiting` (kept in the
+/// store), and ends `done`. Meanwhile the version the device reported at the first SMP session
+/// (1.0.0) is in its device status and `wardgate status`, across the restart.
+#[test]
+fn a_gateway_killed_in_the_back_off_waits_it_out_and_keeps_the_attempts() {
+    let Some(mut w) = World::start(
+        "fw-relay-backoff",
+        &["--pace-baud", "38400", "--swap-delay", "0.5"],
+    ) else {
+        return;
+    };
+    // A back-off long enough to kill and restart the gateway inside it.
+    let cfg = std::fs::read_to_string(&w.config)
+        .unwrap()
+        .replace("retry_initial_s = 2\n", "retry_initial_s = 15\n");
+    std::fs::write(&w.config, cfg).unwrap();
+    let (_, watch, mut gw) = upload_a_third(&w, "fw-bo");
+    w.dev.power_cycle().unwrap();
+    let topic = progress_topic("fw-bo", DEVICE);
+    let waiting = wait_until(
+        "attempt 1 waiting with its retry time",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            Ok(w.seen(&watch, &topic)
+                .into_iter()
+                .find(|r| r["state"] == "waiting" && r["retry_at_ms"].is_i64()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{:?}\n{}", w.seen(&watch, &topic), gw.stderr()));
+    assert_eq!(waiting["attempt"], 1, "{waiting}");
+    let retry_at = waiting["retry_at_ms"].as_i64().unwrap();
+    let now = wardgate_adapters::observation::now_ms();
+    assert!(
+        retry_at > now + 5_000,
+        "retry at {retry_at}, now {now}: the back-off is not running"
+    );
+    gw.kill9().unwrap();
+    let mut gw2 = w.gateway();
+    // The version reported at the first SMP session, kept across the restart.
+    let st = w.device_status_with("1.0.0");
+    assert_eq!(st["firmware_source"], "smp", "{st}");
+    assert!(
+        w.status_text().contains("firmware 1.0.0 (smp)"),
+        "{}",
+        w.status_text()
+    );
+    let last = w.wait_final(&watch, &topic, Duration::from_secs(90), &gw2);
+    let reports = w.seen(&watch, &topic);
+    assert_eq!(
+        last["state"],
+        "done",
+        "{last}\n{reports:?}\n{}",
+        gw2.stderr()
+    );
+    assert_eq!(last["attempt"], 2, "the attempts were counted on: {last}");
+    // Attempt 2 started after the deadline, not when the gateway came back.
+    let second = reports
+        .iter()
+        .find(|r| r["attempt"] == 2 && r["state"] == "downloading")
+        .unwrap_or_else(|| panic!("no second attempt: {reports:?}"));
+    let started = second["time_ms"].as_i64().unwrap();
+    assert!(
+        started >= retry_at,
+        "attempt 2 started at {started}, {} ms before the back-off ended",
+        retry_at - started
+    );
+    assert!(
+        !reports.iter().any(|r| r["attempt"].as_u64() > Some(2)),
+        "{reports:?}"
+    );
+    w.device_status_with("1.2.3");
+    gw2.terminate(Duration::from_secs(10)).unwrap();
 }
 
 /// The highest offset the emulator has logged an upload request at.
@@ -837,4 +991,145 @@ fn a_monitor_just_connected_is_not_updated_before_its_first_reading() {
     );
     stream.stop().unwrap();
     gw.terminate(Duration::from_secs(10)).unwrap();
+}
+
+/// `VmRSS` and `VmHWM` of process `pid`, KiB (`/proc/PID/status`).
+fn rss_kib(pid: i32) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        s.lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// The bench of issue 10's "Measure" (figures, not a check; `scripts/bench-smp --rss`): the
+/// gateway's RSS while the real daemon relays a 1 MiB image (downloaded from nginx with mutual
+/// TLS into the cache, verified, uploaded over the serial adapter's SMP session to the emulator
+/// on a pty paced to `WARDGATE_RSS_BAUD`, default 921600). `/proc/PID/status` of the gateway is
+/// sampled every 20 ms: the baseline is the median VmRSS over the second before the job is
+/// published (the daemon settled), the growth the highest VmRSS during the upload (from the
+/// emulator's `session new` to `complete`) less that baseline, and VmHWM at the end less the
+/// baseline. Median of `WARDGATE_RSS_RUNS` (default 3) runs, each a fresh gateway. Target:
+/// growth ≤ 2 MB.
+#[test]
+#[ignore = "bench: run with scripts/bench-smp --rss"]
+fn bench_relay_rss() {
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (baud, runs) = (
+        env("WARDGATE_RSS_BAUD", 921_600),
+        env("WARDGATE_RSS_RUNS", 3),
+    );
+    let mut growths = Vec::new();
+    for run_no in 0..runs {
+        let b = baud.to_string();
+        let Some(w) = World::start(
+            &format!("fw-rss-{run_no}"),
+            &[
+                "--pace-baud",
+                &b,
+                "--slot-size",
+                "0x200000",
+                "--swap-delay",
+                "0.2",
+            ],
+        ) else {
+            return;
+        };
+        let d = w.fw.join("big");
+        std::fs::create_dir_all(&d).unwrap();
+        let image =
+            make_image_for_slot(Path::new(TARGET_TMP), &d, "3.0.0", 1 << 20, 0x200000).unwrap();
+        let len = std::fs::metadata(&image).unwrap().len();
+        let url = w.serve(&image, "acme/big.bin");
+        let job = w.job(&format!("fw-rss-{run_no}"), 1, &image, &url, &w.signer);
+        let watch = Watcher::start(&w.env, &format!("{}/firmware/#", prefix())).unwrap();
+        let mut gw = w.gateway();
+        let pid = gw.pid().as_raw();
+        // Settled: connected, first heartbeat out, the serial adapter running.
+        w.heartbeat_with_any();
+        std::thread::sleep(Duration::from_secs(2));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sampler = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let t0 = Instant::now();
+                let mut samples = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Some((rss, hwm)) = rss_kib(pid) {
+                        samples.push((t0.elapsed(), rss, hwm));
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                (t0, samples)
+            })
+        };
+        std::thread::sleep(Duration::from_secs(1));
+        let published = Instant::now();
+        w.publish_job(&job);
+        let mark = |needle: &str| -> Instant {
+            wait_until(
+                needle,
+                Duration::from_secs(300),
+                Duration::from_millis(10),
+                || Ok((w.dev.count(needle) > 0).then(Instant::now)),
+            )
+            .unwrap_or_else(|e| panic!("{e}\n{}\n{}", w.dev.events(), gw.stderr()))
+        };
+        let up_start = mark("session new");
+        let up_end = mark("complete match=True");
+        let topic = progress_topic(&format!("fw-rss-{run_no}"), DEVICE);
+        let last = w.wait_final(&watch, &topic, Duration::from_secs(120), &gw);
+        assert_eq!(last["state"], "done", "{last}");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (t0, samples) = sampler.join().unwrap();
+        let at = |i: Instant| i.saturating_duration_since(t0);
+        let mut before: Vec<u64> = samples
+            .iter()
+            .filter(|(t, _, _)| *t < at(published))
+            .map(|s| s.1)
+            .collect();
+        before.sort_unstable();
+        let base = before[before.len() / 2];
+        let max_in = |from: Instant, to: Instant| {
+            samples
+                .iter()
+                .filter(|(t, _, _)| *t >= at(from) && *t <= at(to))
+                .map(|s| s.1)
+                .max()
+                .unwrap_or(0)
+        };
+        let download = max_in(published, up_start);
+        let upload = max_in(up_start, up_end);
+        let n_upload = samples
+            .iter()
+            .filter(|(t, _, _)| *t >= at(up_start) && *t <= at(up_end))
+            .count();
+        let hwm = samples.last().map_or(0, |s| s.2);
+        let growth = upload.saturating_sub(base);
+        eprintln!(
+            "run {run_no}: {len} bytes; VmRSS before {base} KiB; max during the download {download} KiB; \
+             max during the upload {upload} KiB ({n_upload} samples over {:.1} s): growth {growth} KiB; \
+             VmHWM at the end {hwm} KiB (+{} KiB over the baseline)",
+            (up_end - up_start).as_secs_f64(),
+            hwm.saturating_sub(base)
+        );
+        growths.push(growth);
+        gw.terminate(Duration::from_secs(10)).unwrap();
+    }
+    growths.sort_unstable();
+    let median = growths[growths.len() / 2];
+    println!(
+        "gateway RSS growth while relaying a 1 MiB image at {baud} baud: median {median} KiB ({:.2} MB) over {runs} runs {growths:?} (target <= 2 MB)",
+        median as f64 * 1024.0 / 1e6
+    );
 }

@@ -91,8 +91,14 @@ fn uploaded_line(out: &Output) -> (u64, f64, f64) {
 }
 
 /// `(re-sent, dropped)` from the CLI's `N requests, R re-sent after a timeout, D late or stray
-/// answers dropped` line.
+/// answers dropped, …` line.
 fn client_stats(out: &Output) -> (u64, u64) {
+    let (r, d, _, _) = pipeline_stats(out);
+    (r, d)
+}
+
+/// `(re-sent, dropped, most in flight, pipeline drops)` from the CLI's stats line.
+fn pipeline_stats(out: &Output) -> (u64, u64, u64, u64) {
     let line = out
         .stderr
         .lines()
@@ -102,7 +108,21 @@ fn client_stats(out: &Output) -> (u64, u64) {
         let i = line.find(after).unwrap();
         line[..i].rsplit(' ').next().unwrap().parse().unwrap()
     };
-    (num(" re-sent"), num(" late or stray"))
+    let after = |before: &str| -> u64 {
+        let i = line.find(before).unwrap() + before.len();
+        line[i..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    (
+        num(" re-sent"),
+        num(" late or stray"),
+        after("at most "),
+        after("pipeline dropped "),
+    )
 }
 
 fn ok(out: &Output) {
@@ -202,7 +222,7 @@ fn f2_late_reply_is_dropped() {
         "fw-late",
         "1.4.0",
         20_000,
-        &["--late-at", "5000", "--late-by", "2.5"],
+        &["--late-at", "5000", "--late-by", "2.5", "--buf-count", "2"],
     );
     let out = upload(&dev, &image, &["--timeout-ms", "1500"]);
     ok(&out);
@@ -215,11 +235,18 @@ fn f2_late_reply_is_dropped() {
     );
 }
 
-/// F7: the device drops one request without answering. The client re-sends it after its
-/// timeout with the same sequence number and the same bytes.
+/// F7: the device drops one request without answering. With one request in flight (a device
+/// with 2 buffers) the client re-sends it after its timeout with the same sequence number and
+/// the same bytes. (Pipelined, the next answer names the device's offset first:
+/// `pipelined_upload_follows_the_device_past_a_dropped_request`.)
 #[test]
 fn dropped_reply_is_resent_with_the_same_seq() {
-    let (_dir, dev, image) = setup("fw-drop", "1.5.0", 20_000, &["--drop-at", "9000"]);
+    let (_dir, dev, image) = setup(
+        "fw-drop",
+        "1.5.0",
+        20_000,
+        &["--drop-at", "9000", "--buf-count", "2"],
+    );
     let out = upload(&dev, &image, &["--timeout-ms", "1500"]);
     ok(&out);
     let events = dev.events();
@@ -240,10 +267,15 @@ fn dropped_reply_is_resent_with_the_same_seq() {
 
 /// B23 (zephyr#37893): one answer arrives framed without its CRC. The client drops it as a
 /// decode error (no hang), re-sends the request after its timeout with the same sequence
-/// number, and the upload completes.
+/// number (one request in flight: a device with 2 buffers), and the upload completes.
 #[test]
 fn b23_answer_without_crc_is_dropped_and_retried() {
-    let (_dir, dev, image) = setup("fw-nocrc", "1.5.1", 20_000, &["--no-crc-at", "7000"]);
+    let (_dir, dev, image) = setup(
+        "fw-nocrc",
+        "1.5.1",
+        20_000,
+        &["--no-crc-at", "7000", "--buf-count", "2"],
+    );
     let out = upload(&dev, &image, &["--timeout-ms", "1500"]);
     ok(&out);
     assert_eq!(dev.count("no-crc off="), 1, "{}", dev.events());
@@ -433,12 +465,196 @@ fn f10_pending_slot_is_bad_state() {
     }
 }
 
+/// Pipelining within the device's buffer count (issue 10 item 2): a device with 4 SMP buffers
+/// gets up to 3 upload requests in flight — it finds the next requests already received when it
+/// answers one (`pipelined ahead=` in its log) — and holds exactly the image afterwards. A
+/// device with 2 buffers gets one at a time.
+#[test]
+fn pipelined_upload_stays_within_the_buffer_count() {
+    let (dir, dev, image) = setup(
+        "fw-pipe",
+        "2.3.0",
+        30_000,
+        &["--buf-count", "4", "--pace-baud", "230400"],
+    );
+    let out = upload(&dev, &image, &["--mode", "test-only"]);
+    ok(&out);
+    let (resent, _, in_flight, drops) = pipeline_stats(&out);
+    assert_eq!((resent, in_flight, drops), (0, 3, 0), "{}", out.stderr);
+    assert!(dev.count("pipelined ahead=") > 10, "{}", dev.events());
+    assert_eq!(dev.count("session new"), 1);
+    let s0 = slot(&list(&dev), 0).clone();
+    assert_eq!(s0["hash"], imgtool_digest(dir.path(), &image));
+
+    let two = SmpDevice::start(tmp(), dir.path(), "two", &["--buf-count", "2"]).unwrap();
+    let out = upload(&two, &image, &["--mode", "test-only"]);
+    ok(&out);
+    assert_eq!(pipeline_stats(&out).2, 1, "{}", out.stderr);
+    assert_eq!(two.count("pipelined ahead="), 0, "{}", two.events());
+    assert_eq!(
+        slot(&list(&two), 0)["hash"],
+        imgtool_digest(dir.path(), &image)
+    );
+}
+
+/// The device ignores one request of a pipelined upload (`--drop-at`): it answers the requests
+/// after it with its own offset, the client drops its pipeline and goes on from that offset at
+/// once — no timeout, no re-send with an old sequence number — and the device holds exactly the
+/// image.
+#[test]
+fn pipelined_upload_follows_the_device_past_a_dropped_request() {
+    let (dir, dev, image) = setup(
+        "fw-pipe-drop",
+        "2.3.1",
+        30_000,
+        &["--buf-count", "4", "--drop-at", "9000"],
+    );
+    let out = upload(
+        &dev,
+        &image,
+        &["--mode", "test-only", "--timeout-ms", "20000"],
+    );
+    ok(&out);
+    assert_eq!(dev.count("drop off="), 1, "{}", dev.events());
+    let (resent, dropped, _, drops) = pipeline_stats(&out);
+    assert_eq!(resent, 0, "no timeout was needed: {}", out.stderr);
+    assert!(drops >= 1 && dropped >= 1, "{}", out.stderr);
+    let (_, secs, _) = uploaded_line(&out);
+    assert!(secs < 20.0, "the 20 s timeout was not waited for: {secs} s");
+    assert_eq!(
+        slot(&list(&dev), 0)["hash"],
+        imgtool_digest(dir.path(), &image)
+    );
+}
+
+/// FIRMWARE.md F10, issue 10 item 3: an image larger than the device's slot is refused with
+/// `reason=image_too_large` before anything is erased or sent — from the slot info the device
+/// reports, and, from a device without slot info, by the device's own refusal at the first
+/// request (INVALID_IMAGE_TOO_LARGE), which starts no session either.
+#[test]
+fn an_image_larger_than_the_slot_is_refused_before_the_erase() {
+    let (dir, dev, image) = setup("fw-too-large", "2.4.0", 20_000, &["--slot-size", "0x4000"]);
+    let out = upload(&dev, &image, &[]);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("reason=image_too_large"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("12288 bytes"),
+        "the slot's limit is named: {}",
+        out.stderr
+    );
+    assert_eq!(dev.count("slot-info"), 1, "{}", dev.events());
+    assert_eq!(dev.count("upload off="), 0, "{}", dev.events());
+    assert_eq!(dev.count("erase"), 0, "{}", dev.events());
+    assert_eq!(slot(&list(&dev), 0)["version"], "1.0.0");
+
+    let old = SmpDevice::start(
+        tmp(),
+        dir.path(),
+        "old",
+        &["--slot-size", "0x4000", "--no-slot-info"],
+    )
+    .unwrap();
+    let out = upload(&old, &image, &[]);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("reason=image_too_large"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(old.count("upload refused: len="), 1, "{}", old.events());
+    assert_eq!(old.count("session new"), 0, "{}", old.events());
+
+    // The same image fits a device with a larger slot.
+    let big = SmpDevice::start(tmp(), dir.path(), "big", &["--slot-size", "0x8000"]).unwrap();
+    ok(&upload(&big, &image, &["--mode", "test-only"]));
+}
+
+/// The image is read from the file during the upload, never held whole: a file changed under
+/// the upload (appended to) is refused at the next chunk with `reason=image_changed`, and what
+/// the device holds is never confirmed.
+#[test]
+fn an_image_file_changed_during_the_upload_is_refused() {
+    let (_dir, dev, image) = setup("fw-changed", "2.5.0", 60_000, &["--pace-baud", "115200"]);
+    let port = dev.link.to_str().unwrap().to_string();
+    let mut cli = Proc::spawn(
+        "cli",
+        Path::new(BIN),
+        [
+            "firmware",
+            "upload",
+            "--port",
+            &port,
+            image.to_str().unwrap(),
+        ],
+        image.parent().unwrap(),
+        image.parent().unwrap(),
+        &[],
+    )
+    .unwrap();
+    wait_for("the upload under way", Duration::from_secs(60), || {
+        Ok(dev.count("upload off=") >= 5)
+    })
+    .unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&image)
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"tampered").unwrap();
+    drop(f);
+    let status = cli.wait_exit(Duration::from_secs(120)).unwrap();
+    assert_eq!(status.code(), Some(1), "{}", cli.stderr());
+    assert!(
+        cli.stderr().contains("reason=image_changed"),
+        "{}",
+        cli.stderr()
+    );
+    assert_eq!(dev.count("complete"), 0, "{}", dev.events());
+    assert_eq!(slot(&list(&dev), 0)["version"], "1.0.0");
+}
+
+/// The bench's numbers are bounded (review of issue 10): a usage error (exit 2) that names the
+/// option and the range, before any port is opened.
+#[test]
+fn bench_options_out_of_range_are_usage_errors() {
+    for (args, want) in [
+        (&["--timeout-ms", "0"][..], "100..=600000"),
+        (&["--timeout-ms", "99999999"][..], "100..=600000"),
+        (&["--retries", "1000"][..], "0..=20"),
+        (&["--first-timeout", "inf"][..], "outside 1 to 600 s"),
+        (&["--first-timeout=-3"][..], "outside 1 to 600 s"),
+        (
+            &["--first-timeout", "soon"][..],
+            "is not a number of seconds",
+        ),
+        (&["--swap-time", "NaN"][..], "outside 1 to 3600 s"),
+    ] {
+        let mut a = vec!["firmware", "upload", "--port", "/nonexistent/tty"];
+        a.extend(args);
+        a.push("/nonexistent/image.bin");
+        let out = wardgate(&a);
+        assert_eq!(out.code(), Some(2), "{args:?}: {out:?}");
+        let option = args[0].split('=').next().unwrap();
+        assert!(out.stderr.contains(option), "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains(want),
+            "{args:?}: want `{want}` in {}",
+            out.stderr
+        );
+    }
+}
+
 /// The bench of issue 10 (figures, not a check; `scripts/bench-smp`): upload throughput over a
 /// pty paced by the emulator to `WARDGATE_SMP_BAUD` (default 115200, 8N1: baud/10 bytes/s), as a
 /// fraction of the line's payload limit after the console framing (base64: 3 bytes in 4
 /// characters; 3 bytes of marker and newline per 120 characters: 90 packet bytes per 123 line
 /// bytes). Median of `WARDGATE_SMP_RUNS` (default 3) uploads of a 100 kB image, each to a fresh
-/// device with `WARDGATE_SMP_BUF` (default 512) byte buffers.
+/// device with `WARDGATE_SMP_BUF_COUNT` (default 4) buffers of `WARDGATE_SMP_BUF` (default 512)
+/// bytes: `BUF_COUNT - 1` upload requests in flight (1: no pipelining). The emulator's line is
+/// full duplex (requests received while answers are sent).
 #[test]
 #[ignore = "bench: run with scripts/bench-smp"]
 fn bench_upload_throughput() {
@@ -448,22 +664,23 @@ fn bench_upload_throughput() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(d)
     };
-    let (baud, runs, buf) = (
+    let (baud, runs, buf, count) = (
         env("WARDGATE_SMP_BAUD", 115_200),
         env("WARDGATE_SMP_RUNS", 3),
         env("WARDGATE_SMP_BUF", 512),
+        env("WARDGATE_SMP_BUF_COUNT", 4),
     );
     let dir = temp_dir("fw-bench").unwrap();
     let image = make_image(tmp(), dir.path(), "3.0.0", 100_000).unwrap();
     let limit = baud as f64 / 10.0 * 90.0 / 123.0;
     let mut rates = Vec::new();
     for run in 0..runs {
-        let (b, s) = (baud.to_string(), buf.to_string());
+        let (b, s, n) = (baud.to_string(), buf.to_string(), count.to_string());
         let dev = SmpDevice::start(
             tmp(),
             dir.path(),
             &format!("bench{run}"),
-            &["--pace-baud", &b, "--buf-size", &s],
+            &["--pace-baud", &b, "--buf-size", &s, "--buf-count", &n],
         )
         .unwrap();
         let out = upload(&dev, &image, &["--mode", "test-only"]);
@@ -479,7 +696,7 @@ fn bench_upload_throughput() {
     rates.sort_by(f64::total_cmp);
     let median = rates[rates.len() / 2];
     println!(
-        "smp upload at {baud} baud, buf_size {buf}: median {median:.0} B/s = {:.1} % of the line's payload limit ({limit:.0} B/s) over {runs} runs",
+        "smp upload at {baud} baud, buf_size {buf}, buf_count {count}: median {median:.0} B/s = {:.1} % of the line's payload limit ({limit:.0} B/s) over {runs} runs",
         100.0 * median / limit
     );
 }

@@ -15,6 +15,16 @@
 //! - Chunk size: the largest `data` that keeps the whole request within the device's `buf_size`
 //!   (MCUmgr parameters; ENOTSUP → [`ClientSettings::default_params`], F6) and the transport's
 //!   own limit ([`Transport::frame_limit`]).
+//! - Pipelining within the device's buffer count: once the device has answered the request at
+//!   offset 0 (erase or resume), up to `buf_count − 1` upload requests are in flight (at least
+//!   1, at most [`MAX_IN_FLIGHT`]; 1 when the parameters are ENOTSUP), each at the offset the one
+//!   before would leave. An answer whose `off` is that request's end settles it and every
+//!   earlier one (the device's offset is cumulative); any other `off` drops the pipeline and the
+//!   upload goes on from the device's offset (the answers to requests still in flight are then
+//!   dropped by sequence number). When the oldest request times out, the pipeline shrinks to
+//!   it and it is re-sent with its sequence number.
+//! - The image is read in chunks from an [`ImageSource`] (a verified file held open), never
+//!   held whole; its SHA-256 comes with it.
 //!
 //! Every failure is an [`SmpError`] with a machine-readable [`SmpError::reason`].
 
@@ -22,7 +32,10 @@ use super::error::{device_error, DeviceError};
 use super::header::{Frame, FrameError, Header, Op, Version};
 use super::image::{self, SlotState, UploadRequest, UploadResponse, UploadStart};
 use super::os::{self, Params};
+pub use super::source::ImageSource;
+use super::source::SourceError;
 use ciborium::Value;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -143,6 +156,22 @@ pub enum SmpError {
     /// The device reported `match: false` for the complete image.
     #[error("the device says the uploaded data does not match the image's SHA-256")]
     Mismatch,
+    /// The image could not be read, or changed since it was verified.
+    #[error("{0}")]
+    Source(#[from] SourceError),
+    /// The image is larger than the device's slot (slot info, checked before anything is
+    /// erased or sent).
+    #[error(
+        "the image is {len} bytes, larger than the device's slot for image {image} ({limit} bytes)"
+    )]
+    ImageTooLarge {
+        /// Image length.
+        len: u64,
+        /// The largest image the device accepts.
+        limit: u64,
+        /// Image number.
+        image: u32,
+    },
     /// After the upload, slot 1's hash is not the image's MCUboot hash (even after a fresh
     /// upload from offset 0).
     #[error("slot 1 holds hash {got} after the upload, not the image's {expected}")]
@@ -155,14 +184,18 @@ pub enum SmpError {
 }
 
 impl SmpError {
-    /// A machine-readable reason: `timeout`, `transport`, `device:<NAME>` (e.g.
-    /// `device:EBADSTATE`), `bad_response`, `buffer_too_small`, `offset_beyond`, `no_progress`,
-    /// `mismatch`.
+    /// A machine-readable reason: `timeout`, `transport`, `bad_state`, `image_too_large` (the
+    /// pre-check, or the device's INVALID_IMAGE_TOO_LARGE), `device:<NAME>` (e.g.
+    /// `device:ENOMEM`), `bad_response`, `buffer_too_small`, `offset_beyond`, `no_progress`,
+    /// `mismatch`, `hash_mismatch`, `image_changed`, `image_unreadable`.
     pub fn reason(&self) -> String {
         match self {
             SmpError::Transport(_) => "transport".into(),
             SmpError::Timeout { .. } => "timeout".into(),
             SmpError::Device { error, .. } if error.is_bad_state() => "bad_state".into(),
+            SmpError::Device { error, .. } if error.is_too_large() => "image_too_large".into(),
+            SmpError::Source(e) => e.reason().into(),
+            SmpError::ImageTooLarge { .. } => "image_too_large".into(),
             SmpError::Device { error, .. } => format!("device:{}", error.name()),
             SmpError::BadResponse { .. } => "bad_response".into(),
             SmpError::BufferTooSmall { .. } => "buffer_too_small".into(),
@@ -191,6 +224,11 @@ pub struct ClientStats {
     pub retransmits: u64,
     /// Frames dropped: late, stale or not matching the request waited for.
     pub dropped: u64,
+    /// The most upload requests that were in flight at once.
+    pub in_flight_max: u64,
+    /// Times an upload's pipeline was dropped because the device answered another offset than
+    /// the one its requests would leave.
+    pub pipeline_drops: u64,
 }
 
 /// Upload progress: `off` of `len` bytes acknowledged by the device.
@@ -235,6 +273,21 @@ pub struct UploadOptions {
 
 /// Times the device may go back to offset 0 during one upload before it fails.
 const MAX_RESTARTS: u32 = 3;
+/// Most upload requests in flight at once, whatever buffer count a device reports (each holds
+/// one encoded request, at most the device's `buf_size`, for a re-send).
+pub const MAX_IN_FLIGHT: usize = 8;
+
+/// An upload request sent and not yet settled.
+struct InFlight {
+    seq: u8,
+    /// Where its data ends: the `off` the device answers when it took it.
+    end: u64,
+    /// The encoded frame, for a re-send with the same sequence number.
+    frame: Vec<u8>,
+    timeout: Duration,
+    deadline: tokio::time::Instant,
+    attempts: u32,
+}
 /// Answers in a row without a new offset before an upload fails.
 const MAX_STALLS: u32 = 5;
 
@@ -244,6 +297,8 @@ pub struct SmpClient<T: Transport> {
     settings: ClientSettings,
     seq: u8,
     params: Option<Params>,
+    /// Upload requests allowed in flight (from the parameters; 1 until they are read).
+    window: usize,
     stats: ClientStats,
 }
 
@@ -256,6 +311,7 @@ impl<T: Transport> SmpClient<T> {
             settings,
             seq: fastrand::u8(..),
             params: None,
+            window: 1,
             stats: ClientStats::default(),
         }
     }
@@ -283,6 +339,25 @@ impl<T: Transport> SmpClient<T> {
         std::mem::replace(&mut self.transport, transport)
     }
 
+    fn next_seq(&mut self) -> u8 {
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        seq
+    }
+
+    fn encode(
+        &self,
+        op: Op,
+        group: u16,
+        cmd: u8,
+        seq: u8,
+        body: &Value,
+    ) -> Result<Vec<u8>, SmpError> {
+        Ok(Frame::new(self.settings.version, op, group, cmd, seq, body)
+            .map_err(|source| SmpError::BadResponse { group, cmd, source })?
+            .encode())
+    }
+
     /// Sends one request and waits for its response body; the device's error is
     /// [`SmpError::Device`]. `timeout` is per attempt.
     pub async fn request(
@@ -293,11 +368,8 @@ impl<T: Transport> SmpClient<T> {
         body: &Value,
         timeout: Duration,
     ) -> Result<Value, SmpError> {
-        let seq = self.seq;
-        self.seq = self.seq.wrapping_add(1);
-        let frame = Frame::new(self.settings.version, op, group, cmd, seq, body)
-            .map_err(|source| SmpError::BadResponse { group, cmd, source })?
-            .encode();
+        let seq = self.next_seq();
+        let frame = self.encode(op, group, cmd, seq, body)?;
         let attempts = 1 + self.settings.retries;
         self.stats.requests += 1;
         for attempt in 0..attempts {
@@ -326,18 +398,7 @@ impl<T: Transport> SmpClient<T> {
                     );
                     continue;
                 }
-                let body = Frame::decode(&got)
-                    .and_then(|f| f.body())
-                    .map_err(|source| SmpError::BadResponse { group, cmd, source })?;
-                return match device_error(&body) {
-                    Ok(None) => Ok(body),
-                    Ok(Some(error)) => Err(SmpError::Device { group, cmd, error }),
-                    Err(e) => Err(SmpError::BadResponse {
-                        group,
-                        cmd,
-                        source: e.into(),
-                    }),
-                };
+                return answer_body(&got, group, cmd);
             }
         }
         Err(SmpError::Timeout {
@@ -369,23 +430,83 @@ impl<T: Transport> SmpClient<T> {
             return Ok(p);
         }
         let t = self.settings.timeout;
-        let p = match self
+        let (p, window) = match self
             .request(Op::Read, os::GROUP, os::CMD_PARAMS, &Value::Map(vec![]), t)
             .await
         {
-            Ok(body) => Params::from_body(&body).map_err(|e| bad(os::GROUP, os::CMD_PARAMS, e))?,
+            Ok(body) => {
+                let p = Params::from_body(&body).map_err(|e| bad(os::GROUP, os::CMD_PARAMS, e))?;
+                let window = (p.buf_count as usize)
+                    .saturating_sub(1)
+                    .clamp(1, MAX_IN_FLIGHT);
+                (p, window)
+            }
             Err(SmpError::Device { error, .. }) if error.is_not_supported() => {
                 log::info!(
-                    "smp: the device does not report its buffer size ({}); using {} bytes",
+                    "smp: the device does not report its buffer size ({}); using {} bytes, one request in flight",
                     error.name(),
                     self.settings.default_params.buf_size
                 );
-                self.settings.default_params
+                (self.settings.default_params, 1)
             }
             Err(e) => return Err(e),
         };
         self.params = Some(p);
+        self.window = window;
         Ok(p)
+    }
+
+    /// Upload requests the client keeps in flight for this device: `buf_count − 1` of its
+    /// MCUmgr parameters, at least 1, at most [`MAX_IN_FLIGHT`]; 1 when the device does not
+    /// report them (read them first with [`Self::params`]).
+    pub fn window(&self) -> usize {
+        self.window
+    }
+
+    /// Slot info (image group command 6): the slots and the largest image per image number;
+    /// `None` when the device does not support the command (ENOTSUP).
+    pub async fn slot_info(&mut self) -> Result<Option<Vec<image::ImageSlots>>, SmpError> {
+        let t = self.settings.timeout;
+        match self
+            .request(
+                Op::Read,
+                image::GROUP,
+                image::CMD_SLOT_INFO,
+                &Value::Map(vec![]),
+                t,
+            )
+            .await
+        {
+            Ok(body) => image::parse_slot_info(&body)
+                .map(Some)
+                .map_err(|e| bad(image::GROUP, image::CMD_SLOT_INFO, e)),
+            Err(SmpError::Device { error, .. }) if error.is_not_supported() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The slot-size pre-check (FIRMWARE.md F10), before anything is erased or sent: an image of
+    /// `len` bytes for image number `image` must fit the largest image the device's slot info
+    /// gives ([`image::ImageSlots::upload_limit`]). Returns that limit, or `None` when the
+    /// device does not tell (no slot info, or no entry for the image): then only the device's
+    /// own refusal (INVALID_IMAGE_TOO_LARGE at the first chunk) stops an image too large.
+    /// Errors: [`SmpError::ImageTooLarge`].
+    pub async fn check_fits(&mut self, len: u64, image: u32) -> Result<Option<u64>, SmpError> {
+        let Some(images) = self.slot_info().await? else {
+            log::info!("smp: the device does not report its slot sizes (slot info not supported); no size pre-check");
+            return Ok(None);
+        };
+        let Some(limit) = images
+            .iter()
+            .find(|i| i.image == image)
+            .and_then(|i| i.upload_limit())
+        else {
+            return Ok(None);
+        };
+        if len > limit {
+            return Err(SmpError::ImageTooLarge { len, limit, image });
+        }
+        Ok(Some(limit))
     }
 
     /// The image slots (state read).
@@ -464,24 +585,26 @@ impl<T: Transport> SmpClient<T> {
         .map(|_| ())
     }
 
-    /// Uploads `file` into the secondary slot, following the device's offsets; `progress` is
-    /// called after every answer. Re-running with the same file resumes at the device's offset.
-    pub async fn upload(
+    /// Uploads `image` into the secondary slot, following the device's offsets and pipelining
+    /// within its buffer count (see the module documentation); `progress` is called after every
+    /// answer acted on. Re-running with the same image resumes at the device's offset.
+    pub async fn upload<S: ImageSource + ?Sized>(
         &mut self,
-        file: &[u8],
+        image: &S,
         options: UploadOptions,
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<UploadReport, SmpError> {
         let started = Instant::now();
-        let len = file.len() as u64;
+        let len = image.len();
         let params = self.params().await?;
+        let window = self.window;
         let limit = self
             .transport
             .frame_limit(params.buf_size as usize)
             .min(params.buf_size as usize);
         let start = UploadStart {
             len,
-            sha: (!options.fresh).then(|| file_sha256(file).to_vec()),
+            sha: (!options.fresh).then(|| image.sha256().to_vec()),
             image: Some(options.image),
             upgrade: Some(options.upgrade),
         };
@@ -495,48 +618,129 @@ impl<T: Transport> SmpClient<T> {
             elapsed: Duration::ZERO,
         };
         let (g, c) = (image::GROUP, image::CMD_UPLOAD);
+        // The device's offset: what its last answer acted on said (0 before any answer).
         let mut off: u64 = 0;
+        // Where the next new request starts.
+        let mut next: u64 = 0;
         let mut answered = false;
         let mut stalls = 0;
+        let mut inflight: VecDeque<InFlight> = VecDeque::new();
         loop {
-            let first = off == 0;
-            let st = first.then_some(&start);
-            let n = image::max_chunk(limit, off, st);
-            if n == 0 && off < len {
-                return Err(SmpError::BufferTooSmall { limit });
+            // The request at offset 0 goes alone (the device erases the slot, or answers the
+            // offset to resume from); the pipeline fills once it has answered.
+            let depth = if answered && off != 0 { window } else { 1 };
+            while inflight.len() < depth && next < len {
+                let first = next == 0;
+                let st = first.then_some(&start);
+                let n = image::max_chunk(limit, next, st);
+                if n == 0 {
+                    return Err(SmpError::BufferTooSmall { limit });
+                }
+                let end = (next + n as u64).min(len);
+                let mut data = vec![0u8; (end - next) as usize];
+                image.read_at(next, &mut data)?;
+                let req = UploadRequest {
+                    off: next,
+                    data,
+                    start: st.cloned(),
+                };
+                let seq = self.next_seq();
+                let frame = self.encode(Op::Write, g, c, seq, &req.to_body())?;
+                let timeout = if first {
+                    self.settings.first_chunk_timeout
+                } else {
+                    self.settings.timeout
+                };
+                self.stats.requests += 1;
+                report.chunks += 1;
+                report.bytes_sent += end - next;
+                self.transport.send(&frame).await?;
+                inflight.push_back(InFlight {
+                    seq,
+                    end,
+                    frame,
+                    timeout,
+                    deadline: tokio::time::Instant::now() + timeout,
+                    attempts: 1,
+                });
+                self.stats.in_flight_max = self.stats.in_flight_max.max(inflight.len() as u64);
+                next = end;
+                if first {
+                    break;
+                }
             }
-            let end = (off + n as u64).min(len);
-            let req = UploadRequest {
-                off,
-                data: file[off as usize..end as usize].to_vec(),
-                start: st.cloned(),
+            let Some(oldest) = inflight.front() else {
+                // Nothing left to send and nothing in flight: the device's offset is short of
+                // the end although every byte was sent (cannot happen: a mismatch resets
+                // `next`); refuse rather than spin.
+                return Err(SmpError::NoProgress { off, times: stalls });
             };
-            let timeout = if first {
-                self.settings.first_chunk_timeout
-            } else {
-                self.settings.timeout
+            let got = match tokio::time::timeout_at(oldest.deadline, self.transport.recv()).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    // No answer to the oldest in time: the pipeline shrinks to it (answers to
+                    // the others are dropped by sequence number) and it is re-sent as it was.
+                    let mut f = inflight.pop_front().expect("checked above");
+                    if f.attempts > self.settings.retries {
+                        return Err(SmpError::Timeout {
+                            group: g,
+                            cmd: c,
+                            attempts: f.attempts,
+                        });
+                    }
+                    log::debug!(
+                        "smp: no answer to upload seq {} ({} requests in flight); re-sending it alone",
+                        f.seq,
+                        inflight.len() + 1
+                    );
+                    inflight.clear();
+                    f.attempts += 1;
+                    self.stats.retransmits += 1;
+                    self.transport.send(&f.frame).await?;
+                    f.deadline = tokio::time::Instant::now() + f.timeout;
+                    next = f.end;
+                    inflight.push_back(f);
+                    continue;
+                }
             };
-            report.chunks += 1;
-            report.bytes_sent += end - off;
-            let body = self
-                .request(Op::Write, g, c, &req.to_body(), timeout)
-                .await?;
+            let Ok(header) = Header::decode(&got) else {
+                self.stats.dropped += 1;
+                continue;
+            };
+            let Some(idx) = inflight
+                .iter()
+                .position(|f| is_answer(&header, Op::Write, g, c, f.seq))
+            else {
+                self.stats.dropped += 1;
+                log::debug!(
+                    "smp: dropped a frame (seq {}, group {}, cmd {}) during the upload",
+                    header.seq,
+                    header.group,
+                    header.cmd
+                );
+                continue;
+            };
+            let body = answer_body(&got, g, c)?;
             let rsp = UploadResponse::from_body(&body).map_err(|e| bad(g, c, e))?;
-            let Some(next) = rsp.off else {
+            let Some(dev_off) = rsp.off else {
                 return Err(SmpError::BadResponse {
                     group: g,
                     cmd: c,
                     source: FrameError::Payload(super::cbor::CborError::Missing("off")),
                 });
             };
-            if next > len {
-                return Err(SmpError::OffsetBeyond { off: next, len });
+            if dev_off > len {
+                return Err(SmpError::OffsetBeyond { off: dev_off, len });
             }
+            // The device's offset is cumulative: this answer settles its request and every
+            // earlier one.
+            let req_end = inflight[idx].end;
+            inflight.drain(..=idx);
             if !answered {
                 answered = true;
                 // A fresh session answers the end of the first chunk; a resumed one its offset.
-                report.resumed_from = if next == end { 0 } else { next };
-            } else if next == 0 && off != 0 {
+                report.resumed_from = if dev_off == req_end { 0 } else { dev_off };
+            } else if dev_off == 0 && off != 0 {
                 report.restarts += 1;
                 log::info!("smp: the device restarted the upload at offset 0 (was at {off})");
                 if report.restarts > MAX_RESTARTS {
@@ -546,7 +750,7 @@ impl<T: Transport> SmpClient<T> {
                     });
                 }
             }
-            if next <= off && next != 0 {
+            if dev_off <= off && dev_off != 0 {
                 stalls += 1;
                 if stalls >= MAX_STALLS {
                     return Err(SmpError::NoProgress { off, times: stalls });
@@ -554,8 +758,23 @@ impl<T: Transport> SmpClient<T> {
             } else {
                 stalls = 0;
             }
-            progress(Progress { off: next, len });
-            if next == len {
+            if dev_off != req_end {
+                // The device is elsewhere than the pipeline assumed: follow it.
+                if !inflight.is_empty() {
+                    self.stats.pipeline_drops += 1;
+                    log::debug!(
+                        "smp: the device is at offset {dev_off}, not {req_end}; dropping {} request(s) in flight",
+                        inflight.len()
+                    );
+                }
+                inflight.clear();
+            }
+            off = dev_off;
+            if inflight.is_empty() {
+                next = off;
+            }
+            progress(Progress { off, len });
+            if off == len {
                 report.matched = rsp.matched;
                 if rsp.matched == Some(false) {
                     return Err(SmpError::Mismatch);
@@ -563,7 +782,6 @@ impl<T: Transport> SmpClient<T> {
                 report.elapsed = started.elapsed();
                 return Ok(report);
             }
-            off = next;
         }
     }
 
@@ -572,9 +790,9 @@ impl<T: Transport> SmpClient<T> {
     /// offset, B24), the upload is done once more without `sha`, from offset 0, and checked
     /// again; still wrong → [`SmpError::HashMismatch`]. Returns the report of the last upload
     /// (`restarts` counts the fresh one).
-    pub async fn upload_verified(
+    pub async fn upload_verified<S: ImageSource + ?Sized>(
         &mut self,
-        file: &[u8],
+        file: &S,
         mcuboot_hash: &[u8],
         options: UploadOptions,
         progress: &mut (dyn FnMut(Progress) + Send),
@@ -617,6 +835,22 @@ impl<T: Transport> SmpClient<T> {
 /// read response).
 fn is_answer(h: &Header, _op: Op, group: u16, cmd: u8, seq: u8) -> bool {
     h.seq == seq && h.group == group && h.cmd == cmd && h.op.is_response()
+}
+
+/// The body of an answer already matched to its request, or the device's error in it.
+fn answer_body(got: &[u8], group: u16, cmd: u8) -> Result<Value, SmpError> {
+    let body = Frame::decode(got)
+        .and_then(|f| f.body())
+        .map_err(|source| SmpError::BadResponse { group, cmd, source })?;
+    match device_error(&body) {
+        Ok(None) => Ok(body),
+        Ok(Some(error)) => Err(SmpError::Device { group, cmd, error }),
+        Err(e) => Err(SmpError::BadResponse {
+            group,
+            cmd,
+            source: e.into(),
+        }),
+    }
 }
 
 fn bad(group: u16, cmd: u8, e: super::cbor::CborError) -> SmpError {
@@ -702,6 +936,15 @@ mod tests {
         off: u64,
         len: u64,
         sha: Option<Vec<u8>>,
+        /// What the device holds (checked against the image after an upload).
+        data: Vec<u8>,
+        buf_count: u32,
+        /// The nth upload request never reaches the device (no state change, no answer).
+        lose_nth: Option<u32>,
+        /// Slot info: the largest image (`None`: ENOTSUP).
+        max_image: Option<u64>,
+        /// Every answer from the nth upload request on comes after 3 s.
+        slow_from: Option<u32>,
         enotsup: bool,
         drop_nth: Option<u32>,
         erase_ms: u64,
@@ -717,6 +960,11 @@ mod tests {
                 off: 0,
                 len: 0,
                 sha: None,
+                data: Vec::new(),
+                buf_count: 2,
+                lose_nth: None,
+                max_image: None,
+                slow_from: None,
                 enotsup: false,
                 drop_nth: None,
                 erase_ms: 0,
@@ -743,20 +991,49 @@ mod tests {
                         f,
                         Params {
                             buf_size: 256,
-                            buf_count: 2,
+                            buf_count: self.buf_count,
                         }
                         .to_body(),
                     ),
                 )],
+                (1, 6) => match self.max_image {
+                    None => vec![(1, reply(f, cbor::map([("rc", Value::from(8))])))],
+                    Some(m) => vec![(
+                        1,
+                        reply(
+                            f,
+                            image::slot_info_body(&[image::ImageSlots {
+                                image: 0,
+                                slots: vec![
+                                    image::SlotSize {
+                                        slot: 0,
+                                        size: m + 4096,
+                                        upload_image_id: None,
+                                    },
+                                    image::SlotSize {
+                                        slot: 1,
+                                        size: m + 4096,
+                                        upload_image_id: Some(0),
+                                    },
+                                ],
+                                max_image_size: Some(m),
+                            }]),
+                        ),
+                    )],
+                },
                 (1, 1) => {
                     let r = UploadRequest::from_body(&body).unwrap();
                     self.uploads += 1;
+                    if self.lose_nth == Some(self.uploads) {
+                        return vec![];
+                    }
                     let mut delay = 1;
                     if let Some(s) = &r.start {
                         if r.off == 0 && (self.sha != s.sha || self.off == 0) {
                             self.sha = s.sha.clone();
                             self.len = s.len;
                             self.off = 0;
+                            self.data = vec![0xff; s.len as usize];
                             self.erases += 1;
                             delay = self.erase_ms;
                         }
@@ -775,6 +1052,10 @@ mod tests {
                         }
                     }
                     if r.off == self.off {
+                        let at = r.off as usize;
+                        if let Some(d) = self.data.get_mut(at..at + r.data.len()) {
+                            d.copy_from_slice(&r.data);
+                        }
                         self.off += r.data.len() as u64;
                     }
                     if self.drop_nth == Some(self.uploads) {
@@ -784,7 +1065,9 @@ mod tests {
                         self.off = 0;
                         self.sha = None;
                     }
-                    if self.late_nth == Some(self.uploads) {
+                    if self.late_nth == Some(self.uploads)
+                        || self.slow_from.is_some_and(|n| self.uploads >= n)
+                    {
                         delay = 3000;
                     }
                     let done = self.off == self.len;
@@ -990,5 +1273,181 @@ mod tests {
                 .reason(),
             "mismatch"
         );
+    }
+
+    /// The most requests in flight at once over the mock's sent frames: a request is in flight
+    /// from its send until the device's answer to it (mock answers arrive 1 ms later).
+    fn upload_chunks(c: &SmpClient<Mock<impl Handler>>) -> Vec<u64> {
+        c.transport
+            .sent
+            .iter()
+            .filter(|f| f.header.cmd == 1 && f.header.group == 1)
+            .map(|f| UploadRequest::from_body(&f.body().unwrap()).unwrap().off)
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pipelines_within_the_buffer_count_and_the_data_arrives_whole() {
+        let img = image(20_000);
+        let mut dev = Dev::new();
+        dev.buf_count = 4;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut c = mock(move |f| {
+            let r = dev.handle(f);
+            if f.header.cmd == 1 && dev.off == dev.len {
+                let _ = tx.send(dev.data.clone());
+            }
+            r
+        });
+        let r = c
+            .upload(&img, UploadOptions::default(), &mut |_| {})
+            .await
+            .unwrap();
+        assert_eq!(r.matched, Some(true));
+        assert_eq!(c.window(), 3);
+        assert_eq!(c.stats().in_flight_max, 3, "{:?}", c.stats());
+        assert_eq!(
+            rx.try_iter().last().unwrap(),
+            img,
+            "the device holds the image"
+        );
+        // Each new request starts where the one before ends, and no byte is sent twice.
+        assert_eq!(r.bytes_sent, 20_000);
+        let offs = upload_chunks(&c);
+        assert!(offs.windows(2).all(|w| w[0] < w[1]), "{offs:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_request_drops_the_pipeline_and_the_upload_follows_the_device() {
+        let img = image(20_000);
+        let mut dev = Dev::new();
+        dev.buf_count = 4;
+        // The 5th request never arrives: the device answers the next ones with its own offset.
+        dev.lose_nth = Some(5);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut c = mock(move |f| {
+            let r = dev.handle(f);
+            if f.header.cmd == 1 && dev.off == dev.len {
+                let _ = tx.send(dev.data.clone());
+            }
+            r
+        });
+        let t0 = TInstant::now();
+        let r = c
+            .upload(&img, UploadOptions::default(), &mut |_| {})
+            .await
+            .unwrap();
+        assert_eq!(r.matched, Some(true));
+        assert_eq!(rx.try_iter().last().unwrap(), img);
+        let st = c.stats();
+        assert_eq!(st.pipeline_drops, 1, "{st:?}");
+        // No timeout was needed: the device's offset told the story at once.
+        assert_eq!(st.retransmits, 0, "{st:?}");
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        // The answers to the requests sent after the lost one (stale offsets) were dropped by
+        // sequence number: at most the two still in flight.
+        assert!(st.dropped <= 2, "{st:?}");
+        // The lost request's offset was sent again.
+        let offs = upload_chunks(&c);
+        let lost = offs[4];
+        assert_eq!(offs.iter().filter(|o| **o == lost).count(), 2, "{offs:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_answer_in_the_pipeline_is_settled_by_the_next_and_enotsup_means_one_in_flight()
+    {
+        let img = image(20_000);
+        let mut dev = Dev::new();
+        dev.buf_count = 4;
+        dev.drop_nth = Some(5);
+        let mut c = mock(move |f| dev.handle(f));
+        let r = c
+            .upload(&img, UploadOptions::default(), &mut |_| {})
+            .await
+            .unwrap();
+        assert_eq!((r.matched, r.bytes_sent), (Some(true), 20_000));
+        assert_eq!(c.stats().retransmits, 0, "{:?}", c.stats());
+        assert_eq!(c.stats().pipeline_drops, 0, "{:?}", c.stats());
+
+        let mut dev = Dev::new();
+        dev.buf_count = 4;
+        dev.enotsup = true;
+        let mut c = mock(move |f| dev.handle(f));
+        c.upload(&img, UploadOptions::default(), &mut |_| {})
+            .await
+            .unwrap();
+        assert_eq!((c.window(), c.stats().in_flight_max), (1, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timeout_in_the_pipeline_resends_the_oldest_with_its_sequence_number() {
+        let img = image(20_000);
+        let mut dev = Dev::new();
+        dev.buf_count = 4;
+        // From the 80th request on every answer comes after 3 s (past the 2.5 s timeout): the
+        // device got slow, it did not lose anything.
+        dev.slow_from = Some(80);
+        let mut c = mock(move |f| dev.handle(f));
+        let r = c
+            .upload(&img, UploadOptions::default(), &mut |_| {})
+            .await
+            .unwrap();
+        assert_eq!(r.matched, Some(true));
+        let st = c.stats();
+        assert!(st.retransmits >= 1, "{st:?}");
+        let sent: Vec<_> = c
+            .transport
+            .sent
+            .iter()
+            .filter(|f| f.header.cmd == 1)
+            .collect();
+        // The re-sent frame is the same frame (same sequence number and bytes).
+        let dup = sent
+            .iter()
+            .enumerate()
+            .find(|(i, f)| sent[..*i].iter().any(|g| g.header.seq == f.header.seq))
+            .expect("a re-sent request");
+        let orig = sent
+            .iter()
+            .find(|g| g.header.seq == dup.1.header.seq)
+            .unwrap();
+        assert_eq!(orig.payload, dup.1.payload);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_image_larger_than_the_slot_is_refused_before_anything_is_sent() {
+        let mut dev = Dev::new();
+        dev.max_image = Some(10_000);
+        let mut c = mock(move |f| dev.handle(f));
+        assert_eq!(c.check_fits(10_000, 0).await.unwrap(), Some(10_000));
+        let e = c.check_fits(10_001, 0).await.unwrap_err();
+        assert_eq!(e.reason(), "image_too_large");
+        assert!(e.to_string().contains("10001 bytes"), "{e}");
+        assert_eq!(upload_chunks(&c).len(), 0);
+        // Another image number, or a device without slot info: nothing known, no refusal.
+        assert_eq!(c.check_fits(10_001, 1).await.unwrap(), None);
+        let mut c = mock(move |f| Dev::new().handle(f));
+        assert_eq!(c.check_fits(u64::MAX, 0).await.unwrap(), None);
+        // The device's own refusal (INVALID_IMAGE_TOO_LARGE at the first chunk) has the same
+        // reason.
+        let mut c = mock(|f| {
+            let body = match f.header.cmd {
+                6 => Params {
+                    buf_size: 256,
+                    buf_count: 1,
+                }
+                .to_body(),
+                _ => cbor::map([(
+                    "err",
+                    cbor::map([("group", Value::from(1)), ("rc", Value::from(30))]),
+                )]),
+            };
+            vec![(1, reply(f, body))]
+        });
+        let e = c
+            .upload(&image(100), UploadOptions::default(), &mut |_| {})
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason(), "image_too_large", "{e}");
     }
 }

@@ -126,6 +126,12 @@ impl DeviceError {
             }
         )
     }
+
+    /// Whether the device refused an image as larger than its slot (the image group's
+    /// INVALID_IMAGE_TOO_LARGE, v2 group 1 rc 30).
+    pub fn is_too_large(&self) -> bool {
+        matches!(self, DeviceError::V2 { group: 1, rc: 30 })
+    }
 }
 
 /// The `MGMT_ERR` name of `rc` (`rc 256+` are per-user: `USER_<rc>`).
@@ -214,6 +220,10 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(e.name(), "group 9 rc 2");
+        assert!(!e.is_too_large());
+        let e = DeviceError::V2 { group: 1, rc: 30 };
+        assert_eq!(e.name(), "INVALID_IMAGE_TOO_LARGE");
+        assert!(e.is_too_large());
         // Legacy `rc: 0` on success, an empty map, and `err.rc: 0` are no error.
         assert_eq!(
             device_error(&cbor::map([

@@ -1,7 +1,9 @@
 //! Image group (group 1) payloads, PROTOCOLS §A.2: state read (cmd 0, read, `{}` →
 //! `{"images": [...]}`), state write (cmd 0, write, `{"hash"?, "confirm"}`), upload (cmd 1,
 //! write, `{"image"?, "len"?, "off", "sha"?, "data", "upgrade"?}` → `{"off"?, "match"?}`) and
-//! erase (cmd 5, write, `{"slot"?}`).
+//! erase (cmd 5, write, `{"slot"?}`) and slot info (cmd 6, read, `{}` → `{"images": [{"image",
+//! "slots": [{"slot", "size", "upload_image_id"?}], "max_image_size"?}]}`, Zephyr
+//! `smp_group_1.rst`; the sizes an image must fit before the slot is erased, FIRMWARE.md F10).
 //!
 //! Hashes: a slot's `hash` is the MCUboot image hash (the SHA256 TLV, PROTOCOLS §A.6); the
 //! upload's `sha` is the SHA-256 of the whole file and names the upload session (resume).
@@ -18,6 +20,8 @@ pub const CMD_STATE: u8 = 0;
 pub const CMD_UPLOAD: u8 = 1;
 /// Erase command.
 pub const CMD_ERASE: u8 = 5;
+/// Slot info command (read).
+pub const CMD_SLOT_INFO: u8 = 6;
 
 /// One slot of the image state list. Flags absent on the wire are false.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -127,6 +131,121 @@ pub fn erase_request(slot: Option<u32>) -> Value {
         Some(s) => cbor::map([("slot", Value::from(s))]),
         None => cbor::map([]),
     }
+}
+
+/// One slot of a slot info response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotSize {
+    /// Slot number within its image (0 primary, 1 secondary).
+    pub slot: u32,
+    /// Size of the slot's flash area, bytes.
+    pub size: u64,
+    /// The image number an upload to this slot takes, when the device says.
+    pub upload_image_id: Option<u32>,
+}
+
+/// One image of a slot info response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageSlots {
+    /// Image number.
+    pub image: u32,
+    /// Its slots.
+    pub slots: Vec<SlotSize>,
+    /// The largest image the device accepts for it (slot size less MCUboot's trailer), bytes.
+    pub max_image_size: Option<u64>,
+}
+
+impl ImageSlots {
+    /// The largest upload for this image: `max_image_size` when given, else the size of its
+    /// secondary slot (slot 1), else `None`.
+    pub fn upload_limit(&self) -> Option<u64> {
+        self.max_image_size
+            .or_else(|| self.slots.iter().find(|s| s.slot == 1).map(|s| s.size))
+    }
+}
+
+fn u32_field(v: &Value, key: &'static str) -> Result<Option<u32>, CborError> {
+    cbor::uint(v, key)?
+        .map(|n| u32::try_from(n).map_err(|_| CborError::Type(key)))
+        .transpose()
+}
+
+/// The images of a slot info response `{"images": [...]}` (at most 16 images of 16 slots: more
+/// is refused as malformed).
+pub fn parse_slot_info(body: &Value) -> Result<Vec<ImageSlots>, CborError> {
+    let Some(items) = cbor::get(body, "images") else {
+        return Err(CborError::Missing("images"));
+    };
+    let Value::Array(items) = items else {
+        return Err(CborError::Type("images"));
+    };
+    if items.len() > 16 {
+        return Err(CborError::Type("images"));
+    }
+    items
+        .iter()
+        .map(|v| {
+            if !v.is_map() {
+                return Err(CborError::Type("images"));
+            }
+            let slots = match cbor::get(v, "slots") {
+                Some(Value::Array(s)) if s.len() <= 16 => s
+                    .iter()
+                    .map(|s| {
+                        if !s.is_map() {
+                            return Err(CborError::Type("slots"));
+                        }
+                        Ok(SlotSize {
+                            slot: cbor::req_u32(s, "slot")?,
+                            size: cbor::uint(s, "size")?.ok_or(CborError::Missing("size"))?,
+                            upload_image_id: u32_field(s, "upload_image_id")?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+                Some(_) => return Err(CborError::Type("slots")),
+                None => return Err(CborError::Missing("slots")),
+            };
+            Ok(ImageSlots {
+                image: cbor::req_u32(v, "image")?,
+                slots,
+                max_image_size: cbor::uint(v, "max_image_size")?,
+            })
+        })
+        .collect()
+}
+
+/// A slot info response body (device models, round trips).
+pub fn slot_info_body(images: &[ImageSlots]) -> Value {
+    Value::Map(vec![(
+        Value::Text("images".into()),
+        Value::Array(
+            images
+                .iter()
+                .map(|i| {
+                    let slots = i
+                        .slots
+                        .iter()
+                        .map(|s| {
+                            let mut m =
+                                vec![("slot", Value::from(s.slot)), ("size", Value::from(s.size))];
+                            if let Some(u) = s.upload_image_id {
+                                m.push(("upload_image_id", Value::from(u)));
+                            }
+                            cbor::map(m)
+                        })
+                        .collect();
+                    let mut m = vec![
+                        ("image", Value::from(i.image)),
+                        ("slots", Value::Array(slots)),
+                    ];
+                    if let Some(x) = i.max_image_size {
+                        m.push(("max_image_size", Value::from(x)));
+                    }
+                    cbor::map(m)
+                })
+                .collect(),
+        ),
+    )])
 }
 
 /// The fields that only the first chunk (`off == 0`) carries.
@@ -402,5 +521,48 @@ mod tests {
             }
         }
         assert_eq!(max_chunk(10, 0, Some(&start)), 0);
+    }
+
+    #[test]
+    fn slot_info_round_trip_and_limits() {
+        // Zephyr smp_group_1.rst's example shape.
+        let body = cbor::map([(
+            "images",
+            Value::Array(vec![cbor::map([
+                ("image", Value::from(0)),
+                (
+                    "slots",
+                    Value::Array(vec![
+                        cbor::map([("slot", Value::from(0)), ("size", Value::from(0x6_0000))]),
+                        cbor::map([
+                            ("slot", Value::from(1)),
+                            ("size", Value::from(0x6_0000)),
+                            ("upload_image_id", Value::from(0)),
+                        ]),
+                    ]),
+                ),
+                ("max_image_size", Value::from(0x5_f000)),
+            ])]),
+        )]);
+        let images = parse_slot_info(&body).unwrap();
+        assert_eq!(images[0].upload_limit(), Some(0x5_f000));
+        assert_eq!(images[0].slots[1].upload_image_id, Some(0));
+        assert_eq!(parse_slot_info(&slot_info_body(&images)).unwrap(), images);
+        let mut no_max = images[0].clone();
+        no_max.max_image_size = None;
+        assert_eq!(no_max.upload_limit(), Some(0x6_0000));
+        no_max.slots.truncate(1);
+        assert_eq!(no_max.upload_limit(), None);
+        assert_eq!(
+            parse_slot_info(&cbor::map([("images", Value::from(1))])),
+            Err(CborError::Type("images"))
+        );
+        assert_eq!(
+            parse_slot_info(&cbor::map([(
+                "images",
+                Value::Array(vec![cbor::map([("image", Value::from(0))])])
+            )])),
+            Err(CborError::Missing("slots"))
+        );
     }
 }

@@ -7,8 +7,10 @@
 //! hash an upload must end with is the gateway's (`firmware::image`).
 //! With I/O: [`client`] (the async request/response and upload state machine over a
 //! [`client::Transport`]), [`serial`] (that transport on a serial port), [`channel`] (that
-//! transport through the adapter that holds the device's connection) and [`update`] (the whole
-//! update sequence over any transport: upload, test/confirm, reset, reconnect, check).
+//! transport through the adapter that holds the device's connection), [`source`] (the image an
+//! upload reads in chunks: a verified file held open, never the whole image in memory) and
+//! [`update`] (the whole update sequence over any transport: upload, test/confirm, reset,
+//! reconnect, check).
 
 pub mod ble;
 pub mod cbor;
@@ -20,4 +22,5 @@ pub mod header;
 pub mod image;
 pub mod os;
 pub mod serial;
+pub mod source;
 pub mod update;

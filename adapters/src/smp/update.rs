@@ -8,7 +8,10 @@
 //!    the reset, e.g. the relay was killed), test-confirm and confirm-only only confirm it: an
 //!    upload would overwrite slot 1, the image MCUboot reverts to. When slot 1 already holds the
 //!    image pending (interrupted between test/confirm and the reset), straight to the reset.
-//! 2. Upload into slot 1, checked against the MCUboot hash ([`SmpClient::upload_verified`]).
+//! 2. Slot-size pre-check ([`SmpClient::check_fits`]: slot info; an image larger than the slot
+//!    fails with `image_too_large` before anything is erased or sent), then the upload into
+//!    slot 1, read in chunks from the [`ImageSource`] (never the whole image in memory) and
+//!    checked against the MCUboot hash ([`SmpClient::upload_verified`]).
 //! 3. Per mode: test-confirm = test → reset → reconnect → list → confirm → list; confirm-only =
 //!    confirm (permanent) → reset → reconnect → list; test-only = test → reset → reconnect → list.
 //! 4. Reconnect: `reconnect` gives a fresh transport (the bench reopens the port, the relay asks
@@ -20,7 +23,8 @@
 //! Every failure is an [`UpdateError`] with the step and a machine-readable reason.
 
 use super::client::{
-    Progress, SmpClient, SmpError, Transport, TransportError, UploadOptions, UploadReport,
+    ImageSource, Progress, SmpClient, SmpError, Transport, TransportError, UploadOptions,
+    UploadReport,
 };
 use super::image::SlotState;
 use std::future::Future;
@@ -73,7 +77,8 @@ pub struct UpdateError {
     /// `upload`, `test`, `reset`, `reconnect`, `confirm` or `verify`.
     pub step: &'static str,
     /// Machine-readable, snake_case: [`SmpError::reason`] (`timeout`, `bad_state`,
-    /// `hash_mismatch`, `device:<NAME>` …) with `link_lost` for a transport the other side
+    /// `image_too_large`, `hash_mismatch`, `image_changed`, `device:<NAME>` …) with `link_lost`
+    /// for a transport the other side
     /// closed; `device_gone` (no answer within the swap time), `reverted` (the device came back
     /// on another image), `not_running`, `not_confirmed`.
     pub reason: String,
@@ -126,11 +131,12 @@ fn hex(b: &[u8]) -> String {
 }
 
 /// Runs the update of one device (see the module documentation). `client` ends on the
-/// transport `reconnect` gave last. `image` is the signed MCUboot file, `mcuboot_hash` its
-/// SHA256 TLV (checked by the caller against the file).
-pub async fn apply<T, F, Fut>(
+/// transport `reconnect` gave last. `image` is the signed MCUboot file (a
+/// [`super::source::FileImage`] held open: read in chunks), `mcuboot_hash` its SHA256 TLV
+/// (checked by the caller against the file).
+pub async fn apply<T, S, F, Fut>(
     client: &mut SmpClient<T>,
-    image: &[u8],
+    image: &S,
     mcuboot_hash: &[u8],
     mode: UpdateMode,
     swap_time: Duration,
@@ -139,6 +145,7 @@ pub async fn apply<T, F, Fut>(
 ) -> Result<UpdateReport, UpdateError>
 where
     T: Transport,
+    S: ImageSource + ?Sized,
     F: FnMut() -> Fut + Send,
     Fut: Future<Output = Result<T, TransportError>> + Send,
 {
@@ -147,7 +154,7 @@ where
         .await
         .map_err(|e| UpdateError::smp("upload", e))?;
     let nothing_uploaded = UploadReport {
-        len: image.len() as u64,
+        len: image.len(),
         resumed_from: 0,
         bytes_sent: 0,
         chunks: 0,
@@ -195,6 +202,11 @@ where
         );
         nothing_uploaded
     } else {
+        // The slot must hold the image: refused before the slot is erased.
+        client
+            .check_fits(image.len(), 0)
+            .await
+            .map_err(|e| UpdateError::smp("upload", e))?;
         let upload = client
             .upload_verified(
                 image,

@@ -13,22 +13,36 @@
 //! 5. When every recording has been replayed and delivered, it prints per device: observations
 //!    in the recording (decoded offline by the same decoder), stored by the gateway, delivered
 //!    upstream, and verified independently from the raw messages with only `gateway.pem`.
-//!    It succeeds only when all four match for every device.
+//! 6. Firmware ([`super::demo_firmware`]): the CMS50 also serves SMP on its line (a Rust
+//!    Zephyr/MCUboot device model, [`wardgate_sim::smp_device`]); once its recording is
+//!    delivered, a signed job is published retained, and the real relay downloads the image over
+//!    HTTPS with the gateway's certificate, verifies it, uploads it, tests, resets, confirms. The
+//!    firmware table shows from/to versions, bytes, seconds, and the version the device runs.
+//!
+//! It succeeds only when all four counts match for every device and every update ended `done`
+//! with the device running the job's version, confirmed.
 
+use super::demo_firmware;
 use crate::signing::Verifier;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use wardgate_sim::broker::{BrokerTls, EmbeddedBroker};
-use wardgate_sim::demo_serial::{devices, expected_observations};
+use wardgate_sim::demo_serial::{devices, expected_observations, start_with_smp};
 use wardgate_sim::devsim::SimulatedPort;
+use wardgate_sim::smp_device::{self, SmpDeviceModel, SmpDeviceOptions};
 use wardgate_sim::{demo_ble, pki};
 
 /// The embedded gateway config.
 pub const DEMO_CONFIG: &str = include_str!("../../../config/demo.toml");
 /// The embedded receiver config.
 pub const RECEIVER_CONFIG: &str = include_str!("../../../config/receiver-demo.toml");
+/// The serial device the demo updates (it also takes firmware over SMP on its line).
+const FIRMWARE_SERIAL: &str = "bed1-spo2";
+/// The version the demo's devices run before the update.
+const FIRMWARE_FROM: &str = "1.0.0";
+
 /// `wardgate demo` arguments.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -149,7 +163,30 @@ pub async fn run(mut opts: DemoOptions) -> anyhow::Result<bool> {
     let port = broker.local_addr().port();
     println!("embedded MQTT broker (TLS, client certificates required) on 127.0.0.1:{port}");
 
-    // 3. Configs through the real loader
+    // 3. Firmware: the device that takes an update, the upstream side (signer, image, server).
+    let fw_model = SmpDeviceModel::new(SmpDeviceOptions {
+        running_version: FIRMWARE_FROM.into(),
+        erase_delay: Duration::from_millis(300),
+        swap_time: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .shared();
+    let running = fw_model.clone();
+    let plans = vec![demo_firmware::Planned {
+        device: format!("serial:{FIRMWARE_SERIAL}"),
+        class: "oximeter-cms50".into(),
+        from: FIRMWARE_FROM.into(),
+        to: "1.1.0".into(),
+        body_len: 48 * 1024,
+        running: Box::new(move || {
+            let m = smp_device::lock(&running);
+            m.running_confirmed()
+                .then(|| m.running_version().to_owned())
+        }),
+    }];
+    let (mut upstream, fw_section) = demo_firmware::Upstream::prepare(&dir, &ca, plans).await?;
+
+    // 4. Configs through the real loader
     let gw_path = dir.join("wardgate.toml");
     let mut gw_text = DEMO_CONFIG.replace("port = 8883", &format!("port = {port}"));
     let ble = match std::mem::replace(&mut opts.ble, Err(String::new())) {
@@ -164,6 +201,7 @@ pub async fn run(mut opts: DemoOptions) -> anyhow::Result<bool> {
             None
         }
     };
+    gw_text.push_str(&fw_section);
     std::fs::write(&gw_path, gw_text)?;
     let rx_path = dir.join("receiver.toml");
     std::fs::write(
@@ -171,16 +209,23 @@ pub async fn run(mut opts: DemoOptions) -> anyhow::Result<bool> {
         RECEIVER_CONFIG.replace("port = 8883", &format!("port = {port}")),
     )?;
 
-    // 4. Devices on ptys (before the gateway opens them)
+    // 5. Devices on ptys (before the gateway opens them); one of them also takes firmware.
     let mut sims = Vec::new();
+    let mut fw_serial = None;
     let mut expected = BTreeMap::new();
     for d in devices() {
-        let port = SimulatedPort::open(&dir.join("dev").join(d.name), d.start.clone())?;
         expected.insert(
             format!("serial:{}", d.name),
             expected_observations(d.protocol, d.recording),
         );
-        sims.push((d, port));
+        let link = dir.join("dev").join(d.name);
+        if d.name == FIRMWARE_SERIAL {
+            let dev = start_with_smp(&d, &link, fw_model.clone(), opts.speed, false)?;
+            fw_serial = Some((d, dev));
+        } else {
+            let port = SimulatedPort::open(&link, d.start.clone())?;
+            sims.push((d, port));
+        }
     }
     if ble.is_some() {
         expected.extend(demo_ble::DemoBle::expected());
@@ -219,6 +264,24 @@ pub async fn run(mut opts: DemoOptions) -> anyhow::Result<bool> {
         result.map_err(|e| anyhow::anyhow!("replaying {name}: {e}"))?;
         ports.push(port);
     }
+    if let Some((d, dev)) = &fw_serial {
+        println!(
+            "replaying {} ({} bytes, {}) on {}, with an SMP firmware service on the same line",
+            d.name,
+            d.recording.len(),
+            d.protocol.as_str(),
+            dev.link.display()
+        );
+        let deadline = Instant::now() + Duration::from_secs(60).mul_f64(1.0 / speed.max(0.01));
+        while dev.counts().2 < d.recording.len() as u64 {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "replaying {}: the gateway did not take the recording in time",
+                d.name
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let mut ble = None;
     if let Some(t) = ble_play {
         let (b, r) = tokio::task::spawn_blocking(move || t.join())
@@ -228,7 +291,7 @@ pub async fn run(mut opts: DemoOptions) -> anyhow::Result<bool> {
         ble = Some(b);
     }
 
-    // 5. Wait until everything recorded is delivered (or a deadline passes).
+    // 6. Wait until everything recorded is delivered (or a deadline passes).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let stats = receiver
@@ -245,6 +308,18 @@ pub async fn run(mut opts: DemoOptions) -> anyhow::Result<bool> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // 7. The firmware roll-out, once the observations are delivered (the serial adapter pauses
+    // the data protocol while SMP runs on the line).
+    println!("publishing signed firmware jobs (retained on …/firmware/job)");
+    let origin = crate::batch::Origin {
+        gateway: cfg.gateway.id.get_ref().clone(),
+        site: cfg.gateway.site.get_ref().clone(),
+        ward: cfg.gateway.ward.get_ref().clone(),
+    };
+    upstream.publish(&origin, port, &dir).await?;
+    let firmware = upstream
+        .wait(&gateway.store, Duration::from_secs(120))
+        .await?;
     let stored = gateway
         .writer
         .per_device
@@ -254,6 +329,7 @@ pub async fn run(mut opts: DemoOptions) -> anyhow::Result<bool> {
     let uplink = gateway.uplink.borrow().clone();
     gateway.stop().await;
     drop(ports);
+    drop(fw_serial);
     drop(ble);
     let stats = receiver
         .stats
@@ -264,7 +340,7 @@ pub async fn run(mut opts: DemoOptions) -> anyhow::Result<bool> {
     let _ = receiver.task.await;
     broker.shutdown().await;
 
-    // 6. Independent verification of the raw messages with only the gateway certificate.
+    // 8. Independent verification of the raw messages with only the gateway certificate.
     let verified = verify_dir(&dir.join("gateway.pem"), &messages)?;
     let mut ok = true;
     println!();
@@ -294,6 +370,12 @@ pub async fn run(mut opts: DemoOptions) -> anyhow::Result<bool> {
             if good { "ok" } else { "MISMATCH" }
         );
     }
+    println!();
+    ok &= demo_firmware::print_table(&firmware);
+    println!(
+        "firmware: {} image bytes served over HTTPS (client certificate required)",
+        upstream.bytes_served()
+    );
     if let Some(c) = stored.get(&format!("ble:{}", demo_ble::STRANGER)) {
         println!(
             "refused:  ble:{} ({} observations stored; reported upstream as `rejected`)",
@@ -323,9 +405,9 @@ pub async fn run(mut opts: DemoOptions) -> anyhow::Result<bool> {
     println!(
         "{}",
         if ok {
-            "demo: every recorded observation was stored, delivered and verified"
+            "demo: every recorded observation was stored, delivered and verified; every device updated"
         } else {
-            "demo: FAILED (counts differ)"
+            "demo: FAILED (counts differ or an update did not end on its version)"
         }
     );
     Ok(ok)

@@ -15,7 +15,12 @@
 //!   `device_gone`, `not_mcuboot`, `image_hash_mismatch`) and exits 1.
 //!
 //! The sequence itself is `wardgate_adapters::smp::update::apply`, shared with the relay; this
-//! file opens the port, prints the steps and reopens the port after the reset.
+//! file opens the port, prints the steps and reopens the port after the reset. The image is
+//! checked and uploaded through one open descriptor, read in chunks (never whole in memory;
+//! a file changed during the upload fails with `reason=image_changed`).
+//!
+//! Bounds (a value outside is a usage error naming the range): `--timeout-ms` 100–600000,
+//! `--retries` 0–20, `--first-timeout` 1–600 s, `--swap-time` 1–3600 s.
 
 use crate::firmware::image;
 use anyhow::Context;
@@ -28,6 +33,7 @@ use wardgate_adapters::serial::{LineSettings, Parity};
 use wardgate_adapters::smp::client::{ClientSettings, SmpClient, SmpError, TransportError};
 use wardgate_adapters::smp::image::SlotState;
 use wardgate_adapters::smp::serial::SerialTransport;
+use wardgate_adapters::smp::source::{FileImage, ImageSource, Verified};
 use wardgate_adapters::smp::update::{self, UpdateMode, UpdateStep};
 
 /// The serial link and the client's timeouts.
@@ -39,23 +45,38 @@ pub struct LinkArgs {
     /// Baud rate.
     #[arg(long, default_value_t = 115_200)]
     baud: u32,
-    /// Per-request timeout in milliseconds (all requests but upload offset 0).
-    #[arg(long, default_value_t = 2500)]
+    /// Per-request timeout in milliseconds (all requests but upload offset 0), 100 to 600000.
+    #[arg(long, default_value_t = 2500, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     timeout_ms: u64,
     /// Timeout of an upload request at offset 0 in seconds (the device erases the slot before
-    /// answering; at least 40 s unless a device class is known to be faster).
-    #[arg(long, default_value_t = 40.0)]
+    /// answering; at least 40 s unless a device class is known to be faster), 1 to 600.
+    #[arg(long, default_value_t = 40.0, value_parser = seconds_in(1.0, 600.0))]
     first_timeout: f64,
-    /// Re-sends of a request that got no answer (same sequence number).
-    #[arg(long, default_value_t = 3)]
+    /// Re-sends of a request that got no answer (same sequence number), 0 to 20.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=20))]
     retries: u32,
+}
+
+/// A clap parser of seconds (a decimal number) within `[min, max]`: anything else (negative,
+/// `inf`, `NaN`, text) is refused with the range in the message.
+fn seconds_in(min: f64, max: f64) -> impl Fn(&str) -> Result<f64, String> + Clone {
+    move |s: &str| {
+        let v: f64 = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not a number of seconds ({min} to {max})"))?;
+        if !(min..=max).contains(&v) {
+            return Err(format!("{s} s is outside {min} to {max} s"));
+        }
+        Ok(v)
+    }
 }
 
 impl LinkArgs {
     fn settings(&self) -> ClientSettings {
         ClientSettings {
             timeout: Duration::from_millis(self.timeout_ms),
-            first_chunk_timeout: Duration::from_secs_f64(self.first_timeout.max(0.0)),
+            first_chunk_timeout: Duration::from_secs_f64(self.first_timeout),
             retries: self.retries,
             ..ClientSettings::default()
         }
@@ -121,8 +142,9 @@ pub struct UploadArgs {
     /// What to do after the upload.
     #[arg(long, value_enum, default_value_t = Mode::TestConfirm)]
     mode: Mode,
-    /// Seconds to wait for the device to come back after the reset (MCUboot swaps the slots).
-    #[arg(long, default_value_t = 60.0)]
+    /// Seconds to wait for the device to come back after the reset (MCUboot swaps the slots),
+    /// 1 to 3600.
+    #[arg(long, default_value_t = 60.0, value_parser = seconds_in(1.0, 3600.0))]
     swap_time: f64,
 }
 
@@ -198,26 +220,46 @@ fn step(text: &str) {
 }
 
 async fn upload(a: UploadArgs) -> anyhow::Result<ExitCode> {
-    let file = std::fs::read(&a.image).with_context(|| format!("read {}", a.image.display()))?;
     // Nothing reaches a device unverified: a malformed image, or one whose SHA256 TLV is not
-    // the hash of its bytes, is refused before the port is opened.
-    let info = image::parse(&file).map_err(|e| {
-        fail(
-            "upload",
-            "not_mcuboot",
-            format!("{}: {e}", a.image.display()),
-        )
-    })?;
-    if !info.hash_matches() {
-        return Err(fail(
-            "upload",
-            "image_hash_mismatch",
-            format!(
-                "{}: the SHA256 TLV does not match the image (corrupt or tampered)",
+    // the hash of its bytes, is refused before the port is opened. The upload then reads the
+    // very descriptor that was checked, in chunks.
+    if let Ok(m) = std::fs::metadata(&a.image) {
+        if !m.is_file() {
+            anyhow::bail!(
+                "{}: not a regular file (an image is a file)",
                 a.image.display()
-            ),
-        ));
+            );
+        }
     }
+    let mut parsed = None;
+    let file = FileImage::open_verified(&a.image, |f| {
+        let info = image::parse_reader(f).map_err(|e| {
+            fail(
+                "upload",
+                "not_mcuboot",
+                format!("{}: {e}", a.image.display()),
+            )
+        })?;
+        if !info.hash_matches() {
+            return Err(fail(
+                "upload",
+                "image_hash_mismatch",
+                format!(
+                    "{}: the SHA256 TLV does not match the image (corrupt or tampered)",
+                    a.image.display()
+                ),
+            ));
+        }
+        let sha = info.file_sha256;
+        parsed = Some(info);
+        Ok(sha)
+    })
+    .map_err(|e| match e {
+        Verified::Io(e) => anyhow::anyhow!("read {}: {e}", a.image.display()),
+        Verified::Changed(m) => fail("upload", "image_changed", m),
+        Verified::Refused(e) => e,
+    })?;
+    let info = parsed.context("the image was not parsed")?;
     let want = info.computed_hash;
     let version = info.header.version.to_string();
     let mut c = a.link.open()?;
@@ -280,8 +322,8 @@ async fn upload(a: UploadArgs) -> anyhow::Result<ExitCode> {
     .await;
     let stats = c.stats();
     step(&format!(
-        "{} requests, {} re-sent after a timeout, {} late or stray answers dropped",
-        stats.requests, stats.retransmits, stats.dropped
+        "{} requests, {} re-sent after a timeout, {} late or stray answers dropped, at most {} in flight, pipeline dropped {} times",
+        stats.requests, stats.retransmits, stats.dropped, stats.in_flight_max, stats.pipeline_drops
     ));
     let report = result?;
     let up = &report.upload;

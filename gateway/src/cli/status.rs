@@ -110,6 +110,14 @@ fn ago(ms: i64) -> String {
     }
 }
 
+/// `firmware 1.2.3 (smp), ` when the device's version is known, else nothing.
+fn firmware_of(s: &Snapshot, device: &str) -> String {
+    s.firmware_versions
+        .get(device)
+        .map(|v| format!("firmware {} ({}), ", v.version, v.source))
+        .unwrap_or_default()
+}
+
 /// The `firmware:` lines of the report: one per execution (job, device, state, attempt,
 /// reason, when it last changed).
 fn st_firmware(r: &Report) -> Vec<String> {
@@ -350,8 +358,10 @@ pub fn render(r: &Report, gateway: &str) -> String {
                 (None, None) => String::new(),
             };
             line(format!(
-                "device:   {d}: {head}accepted since start: observations {}, events {}",
-                c.observations, c.events
+                "device:   {d}: {head}{}accepted since start: observations {}, events {}",
+                firmware_of(s, d),
+                c.observations,
+                c.events
             ));
         }
         for e in &st_firmware(r) {
@@ -364,8 +374,12 @@ pub fn render(r: &Report, gateway: &str) -> String {
             .filter(|(d, _)| !s.devices.contains_key(*d))
         {
             line(format!(
-                "device:   {d}: {} (nothing received since start)",
-                if r.running { st.as_str() } else { "not seen" }
+                "device:   {d}: {}{} (nothing received since start)",
+                if r.running { st.as_str() } else { "not seen" },
+                firmware_of(s, d)
+                    .strip_suffix(", ")
+                    .map(|f| format!(", {f}"))
+                    .unwrap_or_default()
             ));
         }
     }
@@ -573,5 +587,50 @@ mod tests {
         assert!(!fresh(&snap(now_ms(), boot - 60_000)));
         // From before a reboot (boot clock restarted): never running.
         assert!(!fresh(&snap(now_ms(), boot + 3_600_000)));
+    }
+
+    #[test]
+    fn each_devices_firmware_version_is_shown_when_known() {
+        let mut snap = Snapshot {
+            written_ms: now_ms(),
+            gateway: "g".into(),
+            ..Default::default()
+        };
+        snap.devices.insert(
+            "serial:bed1".into(),
+            DeviceCounts {
+                observations: 3,
+                ..Default::default()
+            },
+        );
+        snap.liveness.insert("serial:bed1".into(), "online".into());
+        snap.liveness
+            .insert("ble:00:22:D0:90:4C:14".into(), "offline".into());
+        for (d, v, src) in [
+            ("serial:bed1", "1.4.0", "smp"),
+            ("ble:00:22:D0:90:4C:14", "2.1", "dis"),
+        ] {
+            snap.firmware_versions.insert(
+                d.into(),
+                crate::health::snapshot::FirmwareVersion {
+                    version: v.into(),
+                    source: src.into(),
+                    since_ms: 1,
+                },
+            );
+        }
+        let text = render_running(snap);
+        assert!(
+            text.contains(
+                "device:   serial:bed1: online, firmware 1.4.0 (smp), accepted since start"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "device:   ble:00:22:D0:90:4C:14: offline, firmware 2.1 (dis) (nothing received since start)"
+            ),
+            "{text}"
+        );
     }
 }

@@ -119,13 +119,24 @@ fn verify_one(
     let p = verified.payload;
     match crate::batch::BatchPayload::from_cbor(&p) {
         Ok(b) => serde_json::to_value(&b).map_err(|e| e.to_string()),
-        // Retained device status and heartbeat (crate::health::retained) are signed too.
-        Err(e) => crate::health::retained::to_json(&p)
-            .filter(|j| j.get("kind").is_some())
-            // A firmware job or cancel (`wardgate firmware job`): printed with `kind`
-            // `firmware_job`/`firmware_cancel`; its signer must name a firmware signer.
-            .or_else(|| firmware_job(&p, &verified.signer, f))
-            .ok_or_else(|| e.to_string()),
+        Err(e) => {
+            let json = crate::health::retained::to_json(&p);
+            let kind = json
+                .as_ref()
+                .and_then(|j| j.get("kind")?.as_str().map(str::to_owned));
+            match (json, kind.as_deref()) {
+                // Retained device status and heartbeat (crate::health::retained) are signed
+                // too: checked with the upstream's typed decoder, printed as they are.
+                (Some(j), Some(k @ ("device-status" | "heartbeat"))) => {
+                    crate::health::retained::decode(&p).map_err(|e| format!("{k}: {e}"))?;
+                    Ok(j)
+                }
+                (Some(j), Some(_)) => Ok(j),
+                // A firmware job or cancel (`wardgate firmware job`): printed with `kind`
+                // `firmware_job`/`firmware_cancel`; its signer must name a firmware signer.
+                _ => firmware_job(&p, &verified.signer, f).ok_or_else(|| e.to_string()),
+            }
+        }
     }
 }
 

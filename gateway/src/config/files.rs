@@ -58,6 +58,7 @@ pub fn gateway(c: &Config) -> Vec<Problem> {
             ("signer_ca", f.signer_ca.as_ref()),
             ("signer_crl", &f.signer_crl),
         );
+        cache_dir(&mut out, &fw, f, &c.store);
         // What `run` reads: a zone it cannot load stops the daemon, so it is an error here
         // too (a syntax error is reported by the pure checks already).
         if let Some(tz) = &f.timezone {
@@ -358,6 +359,59 @@ fn pair(out: &mut Vec<Problem>, at: KeyPath, cert: &Path, key: &Path) {
             at,
             format!("{} / {}: {e}", cert.display(), key.display()),
         ));
+    }
+}
+
+/// `[firmware] cache_dir` (default `firmware/` beside the store): where the relay downloads
+/// images. Something there that is not a directory (a regular file, a broken link) would only
+/// fail at the first job's download; it is an error now. A directory that does not exist yet
+/// is created by the relay.
+fn cache_dir(
+    out: &mut Vec<Problem>,
+    fw: &KeyPath,
+    f: &crate::config::schema::FirmwareSection,
+    store: &crate::config::schema::StoreSection,
+) {
+    let dir = f.cache_dir(store);
+    // Absent from the file: the problem is the default beside the store; point at [firmware].
+    let at = if f.cache_dir.is_some() {
+        fw.clone().key("cache_dir")
+    } else {
+        fw.clone()
+    };
+    let named = if f.cache_dir.is_some() {
+        format!("cache_dir {}", dir.display())
+    } else {
+        format!(
+            "the image cache {} (the default, beside the store; set cache_dir)",
+            dir.display()
+        )
+    };
+    match std::fs::symlink_metadata(&dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(m) if m.file_type().is_symlink() => {
+            if !dir.is_dir() {
+                out.push(Problem::error(
+                    at,
+                    format!("{named} is a link to no directory; the relay keeps downloaded images in a directory"),
+                ));
+            }
+        }
+        Ok(_) => out.push(Problem::error(
+            at,
+            format!("{named} is a file, not a directory; the relay keeps downloaded images in a directory: remove the file or name another path"),
+        )),
+        Err(_) => {
+            // Does not exist yet: created at the first download, below an existing directory.
+            if let Some(p) = dir.ancestors().skip(1).find(|p| p.exists()) {
+                if !p.is_dir() {
+                    out.push(Problem::error(
+                        at,
+                        format!("{named} cannot be created: {} is a file", p.display()),
+                    ));
+                }
+            }
+        }
     }
 }
 

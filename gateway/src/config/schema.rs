@@ -65,9 +65,10 @@ pub struct FirmwareSection {
     /// Most bytes the image cache may hold; default 64 MiB.
     #[serde(default = "default_cache_max")]
     pub cache_max_bytes: u64,
-    /// Maintenance window `["HH:MM", "HH:MM"]`, local time of `timezone` (an end before the
-    /// start crosses midnight). A job's own window wins. Absent: any time.
-    pub window: Option<Spanned<Vec<String>>>,
+    /// Maintenance window `["HH:MM", "HH:MM"]` (or the text `"HH:MM-HH:MM"`), local time of
+    /// `timezone` (an end before the start crosses midnight). A job's own window wins. Absent:
+    /// any time.
+    pub window: Option<Spanned<Window>>,
     /// Time zone of the window: an IANA name from the system's tz database (e.g.
     /// `Europe/Berlin`, follows daylight saving), `UTC` (default) or a fixed offset `+01:00`.
     pub timezone: Option<Spanned<String>>,
@@ -91,6 +92,37 @@ pub struct FirmwareSection {
     /// its `seq` is counted per class. Each device belongs to at most one class.
     #[serde(default)]
     pub classes: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// `[firmware] window` as written: its times, in order (checked by `validate`: two valid times
+/// of day). Deserialized from an array of texts or from one text `"HH:MM-HH:MM"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for Window {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Window, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Window;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("[\"HH:MM\", \"HH:MM\"] or \"HH:MM-HH:MM\" (start, end)")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Window, E> {
+                match v.split_once('-') {
+                    Some((a, b)) => Ok(Window(vec![a.trim().to_owned(), b.trim().to_owned()])),
+                    None => Ok(Window(vec![v.to_owned()])),
+                }
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Window, A::Error> {
+                let mut out = Vec::new();
+                while let Some(t) = a.next_element::<String>()? {
+                    out.push(t);
+                }
+                Ok(Window(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 fn default_cache_max() -> u64 {

@@ -400,16 +400,37 @@ fn firmware(out: &mut Vec<Problem>, c: &Config) {
         }
     }
     if let Some(w) = &f.window {
-        let ok = w.get_ref().len() == 2
-            && w.get_ref()
-                .iter()
-                .all(|t| super::schema::TimeOfDay::parse(t).is_some())
-            && w.get_ref()[0] != w.get_ref()[1];
-        if !ok {
+        let times = &w.get_ref().0;
+        if times.len() != 2 {
             out.push(Problem::error(
                 fw.clone().key("window"),
-                "window must be [\"HH:MM\", \"HH:MM\"] (start, end; local time; different)",
+                format!(
+                    "window has {} time(s); it must be [\"HH:MM\", \"HH:MM\"] or \"HH:MM-HH:MM\" (start, end; local time of `timezone`)",
+                    times.len()
+                ),
             ));
+        } else {
+            let mut ok = true;
+            for (i, (t, what)) in times.iter().zip(["start", "end"]).enumerate() {
+                if super::schema::TimeOfDay::parse(t).is_none() {
+                    ok = false;
+                    out.push(Problem::error(
+                        fw.clone().key("window").index(i),
+                        format!(
+                            "window {what} `{t}` is not a time of day: HH:MM from 00:00 to 23:59 (an end before the start crosses midnight)"
+                        ),
+                    ));
+                }
+            }
+            if ok && times[0] == times[1] {
+                out.push(Problem::error(
+                    fw.clone().key("window").index(1),
+                    format!(
+                        "window start and end are both `{}`: an empty window would never open; leave `window` out for any time",
+                        times[0]
+                    ),
+                ));
+            }
         }
     }
     if let Some(tz) = &f.timezone {

@@ -38,6 +38,9 @@ pub struct Progress {
     pub step: Option<String>,
     /// The version the device runs (done).
     pub version: Option<String>,
+    /// Waiting after a failed attempt: no new attempt before this, Unix ms (the back-off
+    /// deadline, kept across restarts).
+    pub retry_at_ms: Option<i64>,
     /// Gateway wall clock, Unix ms.
     pub time_ms: i64,
 }
@@ -72,6 +75,9 @@ impl Progress {
         num("off", self.off);
         num("len", self.len);
         num("rate_bps", self.rate_bps);
+        if let Some(r) = self.retry_at_ms {
+            m.push((t("retry_at_ms"), Value::Integer(r.into())));
+        }
         for (k, v) in [
             ("reason", &self.reason),
             ("step", &self.step),

@@ -16,9 +16,14 @@
 //! size, SHA-256, MCUboot hash, version and key hash equal to the job's, before `OpenSmp`); the
 //! device's offset is the only truth about an upload (the SMP client follows it, a resumed
 //! attempt starts where the device says); every execution is persisted (`firmware_executions`),
-//! so a restart or `kill -9` resumes it (the device's offset decides how much is sent again);
-//! one runner per device at a time, at most `max_parallel` at once; a cancel stops a runner (its
-//! SMP session closes, the adapter returns to the device's data protocol).
+//! so a restart or `kill -9` resumes it (the device's offset decides how much is sent again), and
+//! so is a failed attempt's back-off deadline (`retry_after_ms`: a restart in the back-off
+//! neither retries at once nor forgets the attempts); the image is never held whole in memory
+//! (the cached file is verified and uploaded through one open descriptor, read in chunks); one
+//! runner per device at a time, at most `max_parallel` at once; a cancel stops a runner (its
+//! SMP session closes, the adapter returns to the device's data protocol). The running version
+//! each device reports over SMP (at every attempt, and after the update) is recorded in the
+//! store (`device_firmware`) for device status, the heartbeat and `wardgate status`.
 
 use super::download;
 use super::image::ImageInfo;
@@ -28,7 +33,7 @@ use super::progress::Progress;
 use super::target::Fleet;
 use crate::config::schema::TimeOfDay;
 use crate::signing::Verifier;
-use crate::store::firmware::{ExecutionRow, FINAL_STATES};
+use crate::store::firmware::{DeviceFirmwareRow, ExecutionRow, FINAL_STATES};
 use crate::store::Store;
 use crate::uplink::RetainedSet;
 use std::collections::{BTreeMap, HashMap};
@@ -38,6 +43,8 @@ use tokio::sync::{mpsc, watch};
 use wardgate_adapters::observation::now_ms;
 use wardgate_adapters::smp::channel::ChannelTransport;
 use wardgate_adapters::smp::client::{ClientSettings, SmpClient, TransportError};
+use wardgate_adapters::smp::image::SlotState;
+use wardgate_adapters::smp::source::FileImage;
 use wardgate_adapters::smp::update::{self, UpdateMode, UpdateStep};
 
 /// What the relay needs to know of a device now.
@@ -241,7 +248,6 @@ impl Relay {
         let (done_tx, mut done_rx) = mpsc::channel::<(String, String, Ended)>(16);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut jobs_cache: HashMap<String, Option<CachedJob>> = HashMap::new();
-        let mut not_before: HashMap<(String, String), u64> = HashMap::new();
         let mut last_wait: HashMap<(String, String), &'static str> = HashMap::new();
         loop {
             tokio::select! {
@@ -254,7 +260,7 @@ impl Relay {
                 Some(raw) = jobs.recv() => self.intake(raw).await,
                 Some((job_id, device, ended)) = done_rx.recv() => {
                     running.remove(&(job_id.clone(), device.clone()));
-                    self.finish(&job_id, &device, ended, &mut not_before).await;
+                    self.finish(&job_id, &device, ended).await;
                 }
                 _ = tick.tick() => {
                     let store = self.store.clone();
@@ -293,7 +299,8 @@ impl Relay {
                             last_observation_s: view.last_observation_s,
                             battery: view.battery,
                             attempts: e.attempt,
-                            retry_not_before_s: not_before.get(&key).copied(),
+                            // Persisted: a restart in the back-off waits it out.
+                            retry_not_before_s: e.retry_after_ms.map(|ms| (ms.max(0) as u64).div_ceil(1000)),
                             running: running.len(),
                         };
                         let rules = match rules.as_ref() {
@@ -400,12 +407,31 @@ impl Relay {
         }
     }
 
+    /// Records `state` (a `waiting` execution keeps its back-off deadline; any other state
+    /// clears it).
     async fn set(&self, e: &ExecutionRow, state: &str, attempt: u32, reason: Option<&str>) {
+        let retry = if state == "waiting" {
+            e.retry_after_ms
+        } else {
+            None
+        };
+        self.set_row(e, state, attempt, reason, retry).await
+    }
+
+    async fn set_row(
+        &self,
+        e: &ExecutionRow,
+        state: &str,
+        attempt: u32,
+        reason: Option<&str>,
+        retry_after_ms: Option<i64>,
+    ) {
         let row = ExecutionRow {
             state: state.into(),
             attempt,
             reason: reason.map(str::to_owned),
             updated_ms: now_ms(),
+            retry_after_ms,
             ..e.clone()
         };
         let store = self.store.clone();
@@ -420,13 +446,7 @@ impl Relay {
         }
     }
 
-    async fn finish(
-        &self,
-        job_id: &str,
-        device: &str,
-        ended: Ended,
-        not_before: &mut HashMap<(String, String), u64>,
-    ) {
+    async fn finish(&self, job_id: &str, device: &str, ended: Ended) {
         let store = self.store.clone();
         let j = job_id.to_owned();
         let Ok(Ok(execs)) =
@@ -442,7 +462,7 @@ impl Relay {
         }
         match ended {
             Ended::Done { version } => {
-                log::info!("firmware job {job_id}: {device} runs {version}, confirmed");
+                log::info!("firmware job {job_id}: {device} runs {version}");
                 self.set(&e, "done", e.attempt, None).await;
                 let mut p = self.progress(job_id, device, "done", e.attempt);
                 p.version = Some(version);
@@ -461,14 +481,14 @@ impl Relay {
                 p.step = Some(step);
                 p.reason = Some(reason.clone());
                 if transient {
-                    // The policy fails it for good once the attempts are used up.
-                    not_before.insert(
-                        (job_id.to_owned(), device.to_owned()),
-                        (now_ms() / 1000) as u64
-                            + backoff(e.attempt, self.defaults.retry_initial_s),
-                    );
-                    self.set(&e, "waiting", e.attempt, Some(&reason)).await;
+                    // The policy fails it for good once the attempts are used up. The deadline
+                    // is in the store: a restart waits it out too.
+                    let retry_ms =
+                        now_ms() + 1000 * backoff(e.attempt, self.defaults.retry_initial_s) as i64;
+                    self.set_row(&e, "waiting", e.attempt, Some(&reason), Some(retry_ms))
+                        .await;
                     p.state = "waiting";
+                    p.retry_at_ms = Some(retry_ms);
                 } else {
                     self.set(&e, "failed", e.attempt, Some(&reason)).await;
                 }
@@ -544,22 +564,30 @@ async fn attempt_update(relay: &Relay, job: &Job, device: &str, attempt: u32) ->
             Err(e) => return failed("download", e.reason(), e.is_transient()),
         }
     };
-    // 2. The MCUboot checks against the job: nothing unverified reaches the device.
+    // 2. The MCUboot checks against the job: nothing unverified reaches the device. The file
+    //    is checked through the descriptor the upload then reads from, in pieces: the image is
+    //    never held whole, and a file changed after the check is refused at the next chunk.
     let image = match tokio::task::spawn_blocking({
         let path = path.clone();
         let expected = job.image.expected();
-        move || -> Result<Vec<u8>, String> {
-            let mut f = std::fs::File::open(&path).map_err(|_| "cache_unreadable".to_string())?;
-            let info: ImageInfo =
-                super::image::parse_reader(&mut f).map_err(|_| "not_mcuboot".to_string())?;
-            info.check_against(&expected)
-                .map_err(|c| c.reason().to_string())?;
-            std::fs::read(&path).map_err(|_| "cache_unreadable".to_string())
+        move || -> Result<FileImage, String> {
+            FileImage::open_verified(&path, |f| {
+                let info: ImageInfo =
+                    super::image::parse_reader(f).map_err(|_| "not_mcuboot".to_string())?;
+                info.check_against(&expected)
+                    .map_err(|c| c.reason().to_string())?;
+                Ok(info.file_sha256)
+            })
+            .map_err(|e| match e {
+                wardgate_adapters::smp::source::Verified::Io(_) => "cache_unreadable".to_string(),
+                wardgate_adapters::smp::source::Verified::Changed(_) => "image_changed".to_string(),
+                wardgate_adapters::smp::source::Verified::Refused(r) => r,
+            })
         }
     })
     .await
     {
-        Ok(Ok(bytes)) => bytes,
+        Ok(Ok(image)) => image,
         Ok(Err(reason)) => return failed("verify", reason, false),
         Err(e) => return failed("verify", format!("task: {e}"), true),
     };
@@ -575,27 +603,27 @@ async fn attempt_update(relay: &Relay, job: &Job, device: &str, attempt: u32) ->
         ..ClientSettings::default()
     };
     let mut client = SmpClient::new(transport, settings);
+    // What the device runs now: recorded (device status, heartbeat, `wardgate status`), and
+    // checked against the job's `from_versions`.
+    let slots = match client.image_list().await {
+        Ok(slots) => slots,
+        Err(e) => return failed("upload", e.reason(), true),
+    };
+    record_running(relay, device, &slots).await;
     if let Some(from) = &job.target.from_versions {
-        match client.image_list().await {
-            Ok(slots) => {
-                let running = slots.iter().find(|s| s.active).map(|s| s.version.clone());
-                let applies = running.as_deref().is_some_and(|v| {
-                    from.iter().any(|f| {
-                        v == f.to_string()
-                            || v.starts_with(&format!("{f}."))
-                            || f.to_string().starts_with(v)
-                    })
-                });
-                let already = slots.iter().any(|s| {
-                    s.active
-                        && s.confirmed
-                        && s.hash.as_deref() == Some(&job.image.mcuboot_hash[..])
-                });
-                if !applies && !already {
-                    return failed("verify", "version_not_applicable", false);
-                }
-            }
-            Err(e) => return failed("upload", e.reason(), true),
+        let running = slots.iter().find(|s| s.active).map(|s| s.version.clone());
+        let applies = running.as_deref().is_some_and(|v| {
+            from.iter().any(|f| {
+                v == f.to_string()
+                    || v.starts_with(&format!("{f}."))
+                    || f.to_string().starts_with(v)
+            })
+        });
+        let already = slots.iter().any(|s| {
+            s.active && s.confirmed && s.hash.as_deref() == Some(&job.image.mcuboot_hash[..])
+        });
+        if !applies && !already {
+            return failed("verify", "version_not_applicable", false);
         }
     }
     let mode = match job.policy.mode {
@@ -656,9 +684,23 @@ async fn attempt_update(relay: &Relay, job: &Job, device: &str, attempt: u32) ->
     )
     .await
     {
-        Ok(report) => Ended::Done {
-            version: report.version,
-        },
+        Ok(report) => {
+            let running = SlotState {
+                image: None,
+                slot: 0,
+                version: report.version.clone(),
+                hash: Some(job.image.mcuboot_hash.to_vec()),
+                bootable: true,
+                pending: false,
+                confirmed: report.confirmed,
+                active: true,
+                permanent: false,
+            };
+            record_running(relay, device, std::slice::from_ref(&running)).await;
+            Ended::Done {
+                version: report.version,
+            }
+        }
         Err(e) => {
             let transient = matches!(
                 e.reason.as_str(),
@@ -666,6 +708,28 @@ async fn attempt_update(relay: &Relay, job: &Job, device: &str, attempt: u32) ->
             ) || e.reason.starts_with("transport");
             failed(e.step, e.reason.clone(), transient)
         }
+    }
+}
+
+/// Records the image `device` runs (the active slot 0 of `slots`) in the store, for device
+/// status, the heartbeat and `wardgate status`; a store failure is logged, nothing more.
+async fn record_running(relay: &Relay, device: &str, slots: &[SlotState]) {
+    let Some(s) = slots.iter().find(|s| s.active && s.slot == 0) else {
+        return;
+    };
+    let row = DeviceFirmwareRow {
+        device: device.to_owned(),
+        version: s.version.clone(),
+        hash: s.hash.clone(),
+        confirmed: s.confirmed,
+        source: "smp".into(),
+        updated_ms: now_ms(),
+    };
+    let store = relay.store.clone();
+    match tokio::task::spawn_blocking(move || store.firmware_set_device(&row)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => log::warn!("firmware: {device}: cannot record its version: {e}"),
+        Err(e) => log::warn!("firmware: {device}: cannot record its version: {e}"),
     }
 }
 

@@ -77,6 +77,55 @@ pub struct Snapshot {
     /// `[firmware]` and in snapshots of older daemons).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub firmware: Vec<FirmwareExecution>,
+    /// The firmware each device last reported, by device id (absent when none did and in
+    /// snapshots of older daemons).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub firmware_versions: BTreeMap<String, FirmwareVersion>,
+}
+
+/// The firmware a device reported.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirmwareVersion {
+    /// Version text as reported.
+    pub version: String,
+    /// `smp` (the running image over SMP, recorded by the firmware relay) or `dis` (BLE Device
+    /// Information 0x2A26 at the last connection).
+    pub source: String,
+    /// When it was reported, Unix ms.
+    pub since_ms: i64,
+}
+
+/// The version of each device: the newer of what the relay recorded over SMP (`smp`, from the
+/// store) and what the device said at its last BLE connection (`dis`, the writer's counts).
+pub fn firmware_versions(
+    smp: &[crate::store::firmware::DeviceFirmwareRow],
+    counts: &BTreeMap<String, DeviceCounts>,
+) -> BTreeMap<String, FirmwareVersion> {
+    let mut out: BTreeMap<String, FirmwareVersion> = BTreeMap::new();
+    for r in smp {
+        out.insert(
+            r.device.clone(),
+            FirmwareVersion {
+                version: r.version.clone(),
+                source: r.source.clone(),
+                since_ms: r.updated_ms,
+            },
+        );
+    }
+    for (d, c) in counts {
+        let Some(v) = &c.firmware else { continue };
+        if out.get(d).is_none_or(|f| f.since_ms <= c.firmware_ms) {
+            out.insert(
+                d.clone(),
+                FirmwareVersion {
+                    version: v.clone(),
+                    source: "dis".into(),
+                    since_ms: c.firmware_ms,
+                },
+            );
+        }
+    }
+    out
 }
 
 /// One firmware job on one device, as `wardgate status` shows it.
@@ -109,4 +158,54 @@ pub fn boot_ms() -> Option<i64> {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
         .ok()
         .map(|t| t.tv_sec() * 1000 + t.tv_nsec() / 1_000_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::firmware::DeviceFirmwareRow;
+
+    #[test]
+    fn the_newer_report_of_a_devices_firmware_wins() {
+        let smp = |d: &str, v: &str, at: i64| DeviceFirmwareRow {
+            device: d.into(),
+            version: v.into(),
+            hash: None,
+            confirmed: true,
+            source: "smp".into(),
+            updated_ms: at,
+        };
+        let mut counts = BTreeMap::new();
+        counts.insert(
+            "ble:a".to_string(),
+            DeviceCounts {
+                firmware: Some("2.0 (dis)".into()),
+                firmware_ms: 500,
+                ..Default::default()
+            },
+        );
+        counts.insert("serial:b".to_string(), DeviceCounts::default());
+        let v = firmware_versions(
+            &[smp("ble:a", "1.9.0", 100), smp("serial:b", "1.0.0", 50)],
+            &counts,
+        );
+        assert_eq!(
+            (v["ble:a"].version.as_str(), v["ble:a"].source.as_str()),
+            ("2.0 (dis)", "dis")
+        );
+        assert_eq!(
+            (
+                v["serial:b"].version.as_str(),
+                v["serial:b"].source.as_str()
+            ),
+            ("1.0.0", "smp")
+        );
+        // An SMP report after the connection (the relay updated it) wins.
+        let v = firmware_versions(&[smp("ble:a", "2.1.0", 900)], &counts);
+        assert_eq!(
+            (v["ble:a"].version.as_str(), v["ble:a"].source.as_str()),
+            ("2.1.0", "smp")
+        );
+        assert_eq!(v.len(), 1);
+    }
 }

@@ -1,7 +1,9 @@
 //! The daemon's 2-second status loop: device liveness from the writer's counts (transitions
 //! logged and published as retained device status), the gateway heartbeat, the `status.json`
 //! snapshot for `wardgate status`, and the clock (synchronisation followed, buffered rows
-//! corrected when it syncs).
+//! corrected when it syncs). Each device's firmware version (the relay's SMP reports in the
+//! store, BLE Device Information in the writer's counts) goes into all three; a device whose
+//! version changes gets its retained status published again.
 
 use crate::pipeline::WriterStats;
 use crate::store::Store;
@@ -56,6 +58,20 @@ pub struct StatusLoop {
 }
 
 impl StatusLoop {
+    /// The firmware version of each device now (see [`super::snapshot::firmware_versions`]).
+    async fn firmware_versions(
+        &self,
+        counts: &std::collections::BTreeMap<String, crate::pipeline::DeviceCounts>,
+    ) -> std::collections::BTreeMap<String, super::snapshot::FirmwareVersion> {
+        let store = self.store.clone();
+        let smp = tokio::task::spawn_blocking(move || store.firmware_devices())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        super::snapshot::firmware_versions(&smp, counts)
+    }
+
     /// The firmware executions for the snapshot: unfinished ones, and finished ones of the
     /// last day (an empty list without `[firmware]`: the tables are empty).
     async fn firmware_executions(&self, now_ms: i64) -> Vec<super::snapshot::FirmwareExecution> {
@@ -95,6 +111,8 @@ impl StatusLoop {
             since.insert(d.clone(), wardgate_adapters::observation::now_ms());
         }
         let mut previous: std::collections::BTreeMap<String, u64> = Default::default();
+        // The firmware version last published in each device's status.
+        let mut published_fw: std::collections::BTreeMap<String, String> = Default::default();
         let mut last_heartbeat: Option<std::time::Instant> = None;
         let mut first = true;
         // The last snapshot write error, logged once per distinct error (not every 2 s).
@@ -122,6 +140,12 @@ impl StatusLoop {
             }
             transitions.extend(liveness.tick(now));
             let mut changed: Vec<String> = transitions.iter().map(|t| t.device.clone()).collect();
+            let versions = self.firmware_versions(&devices).await;
+            for (d, v) in &versions {
+                if published_fw.get(d) != Some(&v.version) && !changed.contains(d) {
+                    changed.push(d.clone());
+                }
+            }
             if first {
                 // Every configured device's initial state, so the upstream knows them all.
                 changed.extend(self.tracked.iter().map(|(d, _)| d.clone()));
@@ -138,6 +162,10 @@ impl StatusLoop {
                             continue;
                         };
                         let c = devices.get(d).cloned().unwrap_or_default();
+                        let fw = versions.get(d);
+                        if let Some(v) = fw {
+                            published_fw.insert(d.clone(), v.version.clone());
+                        }
                         let s = super::retained::DeviceStatus {
                             device: d.clone(),
                             state: state.as_str().into(),
@@ -147,6 +175,8 @@ impl StatusLoop {
                             rssi_dbm: c.rssi_dbm,
                             errors: c.errors,
                             last_error: c.last_error.clone(),
+                            firmware: fw.map(|v| v.version.clone()),
+                            firmware_source: fw.map(|v| v.source.clone()),
                         };
                         set.insert(
                             super::retained::device_topic(d),
@@ -193,7 +223,8 @@ impl StatusLoop {
                 .collect();
             if last_heartbeat.is_none_or(|t| now.duration_since(t) >= self.heartbeat_every) {
                 last_heartbeat = Some(now);
-                self.heartbeat(&liveness, &uplink, &adapters, now_ms).await;
+                self.heartbeat(&liveness, &uplink, &adapters, &versions, now_ms)
+                    .await;
             }
             let firmware = self.firmware_executions(now_ms).await;
             let snap = super::snapshot::Snapshot {
@@ -217,6 +248,7 @@ impl StatusLoop {
                     .unwrap_or_else(|e| e.into_inner())
                     .clone(),
                 firmware,
+                firmware_versions: versions,
             };
             let path = self.status_path.clone();
             let written = tokio::task::spawn_blocking(move || {
@@ -259,6 +291,7 @@ impl StatusLoop {
         liveness: &super::liveness::LivenessTracker,
         uplink: &UplinkStatus,
         adapters: &[super::snapshot::AdapterSnapshot],
+        versions: &std::collections::BTreeMap<String, super::snapshot::FirmwareVersion>,
         now_ms: i64,
     ) {
         let store = self.store.clone();
@@ -297,6 +330,10 @@ impl StatusLoop {
             devices_online: count(super::liveness::DeviceState::Online),
             devices_stale: count(super::liveness::DeviceState::Stale),
             devices_offline: count(super::liveness::DeviceState::Offline),
+            firmware: versions
+                .iter()
+                .map(|(d, v)| (d.clone(), v.version.clone()))
+                .collect(),
         };
         self.retained.send_modify(|set| {
             set.insert("heartbeat".into(), Arc::new(super::retained::heartbeat(&h)));

@@ -1,5 +1,7 @@
-//! The firmware relay's durable state (schema version 2): accepted jobs, the last accepted `seq`
-//! per target class (anti-rollback), and one execution per job and device.
+//! The firmware relay's durable state (schema versions 2 and 3): accepted jobs, the last
+//! accepted `seq` per target class (anti-rollback), one execution per job and device (with the
+//! back-off deadline of its last failed attempt), and the firmware each device last reported
+//! over SMP.
 //!
 //! Plain values only (ids, numbers, text states): the meaning of a job lives in the firmware
 //! relay, which decides; the store remembers, in short transactions like the rest
@@ -47,6 +49,26 @@ pub struct ExecutionRow {
     /// Why it waits or failed (a stable reason string), if it does.
     pub reason: Option<String>,
     /// Last change, Unix ms.
+    pub updated_ms: i64,
+    /// No new attempt before this, Unix ms: the back-off after a failed attempt (schema 3), kept
+    /// across restarts. `None`: no back-off running.
+    pub retry_after_ms: Option<i64>,
+}
+
+/// The firmware a device reported (schema 3): over SMP, its running image (slot 0 active).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceFirmwareRow {
+    /// Device id.
+    pub device: String,
+    /// Version text as the device reports it (`1.2.3`, `1.2.3.4`).
+    pub version: String,
+    /// MCUboot image hash of the running image, when reported.
+    pub hash: Option<Vec<u8>>,
+    /// Whether the running image is confirmed.
+    pub confirmed: bool,
+    /// Where it came from: `smp` (the image list).
+    pub source: String,
+    /// When it was reported, Unix ms.
     pub updated_ms: i64,
 }
 
@@ -208,7 +230,7 @@ impl Store {
         let conn = self.lock();
         let run = || -> rusqlite::Result<Vec<ExecutionRow>> {
             let mut st = conn.prepare(
-                "SELECT job, device, state, attempt, offset, reason, updated_ms
+                "SELECT job, device, state, attempt, offset, reason, updated_ms, retry_after_ms
                  FROM firmware_executions WHERE ?1 IS NULL OR job = ?1 ORDER BY job, device",
             )?;
             let rows = st.query_map([job], |r| {
@@ -220,6 +242,7 @@ impl Store {
                     offset: r.get::<_, i64>(4)? as u64,
                     reason: r.get(5)?,
                     updated_ms: r.get(6)?,
+                    retry_after_ms: r.get(7)?,
                 })
             })?;
             rows.collect()
@@ -227,14 +250,15 @@ impl Store {
         run().map_err(|e| self.err(e))
     }
 
-    /// Sets an execution's state, attempt, offset and reason (the relay's state machine drives
-    /// it). Returns false when there is no such execution, or it is final ([`FINAL_STATES`]):
-    /// a cancelled or finished execution is never revived.
+    /// Sets an execution's state, attempt, offset, reason and back-off deadline (the relay's
+    /// state machine drives it). Returns false when there is no such execution, or it is final
+    /// ([`FINAL_STATES`]): a cancelled or finished execution is never revived.
     pub fn firmware_set_execution(&self, e: &ExecutionRow) -> Result<bool, StoreError> {
         self.lock()
             .execute(
                 "UPDATE firmware_executions
-                 SET state = ?3, attempt = ?4, offset = ?5, reason = ?6, updated_ms = ?7
+                 SET state = ?3, attempt = ?4, offset = ?5, reason = ?6, updated_ms = ?7,
+                     retry_after_ms = ?8
                  WHERE job = ?1 AND device = ?2 AND state NOT IN ('done', 'failed', 'cancelled')",
                 params![
                     e.job,
@@ -243,11 +267,57 @@ impl Store {
                     e.attempt,
                     e.offset as i64,
                     e.reason,
-                    e.updated_ms
+                    e.updated_ms,
+                    e.retry_after_ms
                 ],
             )
             .map(|n| n == 1)
             .map_err(|err| self.err(err))
+    }
+
+    /// Records the firmware `row.device` reports (replacing what was known of it).
+    pub fn firmware_set_device(&self, row: &DeviceFirmwareRow) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "INSERT INTO device_firmware(device, version, hash, confirmed, source, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(device) DO UPDATE SET version = excluded.version,
+                   hash = excluded.hash, confirmed = excluded.confirmed,
+                   source = excluded.source, updated_ms = excluded.updated_ms",
+                params![
+                    row.device,
+                    row.version,
+                    row.hash,
+                    row.confirmed,
+                    row.source,
+                    row.updated_ms
+                ],
+            )
+            .map(|_| ())
+            .map_err(|err| self.err(err))
+    }
+
+    /// The firmware every device last reported, by device.
+    pub fn firmware_devices(&self) -> Result<Vec<DeviceFirmwareRow>, StoreError> {
+        let conn = self.lock();
+        let run = || -> rusqlite::Result<Vec<DeviceFirmwareRow>> {
+            let mut st = conn.prepare(
+                "SELECT device, version, hash, confirmed, source, updated_ms
+                 FROM device_firmware ORDER BY device",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok(DeviceFirmwareRow {
+                    device: r.get(0)?,
+                    version: r.get(1)?,
+                    hash: r.get(2)?,
+                    confirmed: r.get(3)?,
+                    source: r.get(4)?,
+                    updated_ms: r.get(5)?,
+                })
+            })?;
+            rows.collect()
+        };
+        run().map_err(|e| self.err(e))
     }
 }
 
@@ -416,7 +486,7 @@ mod tests {
             .lock()
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(v, 2);
+        assert_eq!(v, super::super::schema::SCHEMA_VERSION);
         assert_eq!(
             s.firmware_accept_job(&job("j1", "c", 1), &[]).unwrap(),
             Ok(())
@@ -426,5 +496,66 @@ mod tests {
             7,
             "meta untouched"
         );
+    }
+
+    #[test]
+    fn a_version_2_store_gains_the_back_off_column_and_the_device_firmware_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v2.db");
+        {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.execute_batch("PRAGMA journal_mode=WAL;").unwrap();
+            c.execute_batch(super::super::schema::SCHEMA_V2).unwrap();
+            c.execute_batch(
+                "INSERT INTO meta(key, value) VALUES ('assigned_upto', 0), ('next_batch', 7);
+                 INSERT INTO firmware_seq(class, seq, updated_ms) VALUES ('c', 4, 1);
+                 INSERT INTO firmware_jobs(id, class, seq, issued, expires, accepted_ms, message)
+                   VALUES ('j4', 'c', 4, 1, 2, 1000, x'd2');
+                 INSERT INTO firmware_executions(job, device, state, attempt, offset, reason, updated_ms)
+                   VALUES ('j4', 'serial:a', 'waiting', 2, 4096, 'link_lost', 1500);",
+            )
+            .unwrap();
+        }
+        let (s, report) = Store::open(&path, StoreOptions::default()).unwrap();
+        assert!(report.quarantined.is_none());
+        let v: i64 = s
+            .lock()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 3);
+        let mut e = s.firmware_executions(Some("j4")).unwrap().remove(0);
+        assert_eq!(
+            (e.state.as_str(), e.attempt, e.offset, e.retry_after_ms),
+            ("waiting", 2, 4096, None),
+            "the row is kept, with no back-off known"
+        );
+        assert_eq!(s.firmware_last_seq("c").unwrap(), Some(4));
+        e.retry_after_ms = Some(99_000);
+        assert!(s.firmware_set_execution(&e).unwrap());
+        drop(s);
+        // Opened again (a restart): the deadline is still there, and the schema stays 3.
+        let (s, _) = Store::open(&path, StoreOptions::default()).unwrap();
+        assert_eq!(
+            s.firmware_executions(Some("j4")).unwrap()[0].retry_after_ms,
+            Some(99_000)
+        );
+        let row = DeviceFirmwareRow {
+            device: "serial:a".into(),
+            version: "1.2.3".into(),
+            hash: Some(vec![7; 32]),
+            confirmed: true,
+            source: "smp".into(),
+            updated_ms: 5,
+        };
+        s.firmware_set_device(&row).unwrap();
+        s.firmware_set_device(&DeviceFirmwareRow {
+            version: "1.3.0".into(),
+            updated_ms: 6,
+            ..row.clone()
+        })
+        .unwrap();
+        let devs = s.firmware_devices().unwrap();
+        assert_eq!(devs.len(), 1);
+        assert_eq!((devs[0].version.as_str(), devs[0].updated_ms), ("1.3.0", 6));
     }
 }

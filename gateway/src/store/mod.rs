@@ -287,6 +287,7 @@ impl Store {
                 ),
                 gateway_time: now_ms(),
                 presence: None,
+                firmware: None,
             })])?;
         }
         Ok((store, report))
@@ -716,6 +717,7 @@ impl Store {
             ),
             gateway_time: now_ms(),
             presence: None,
+            firmware: None,
         })])
         .map(|_| ())
         .map_err(|e| self.err(e))
@@ -830,6 +832,7 @@ fn read_items(
                     detail: r.get::<_, Option<String>>(10)?.unwrap_or_default(),
                     gateway_time,
                     presence: None,
+                    firmware: None,
                 },
             })),
         }

@@ -10,7 +10,11 @@ pub const APPLICATION_ID: i64 = 0x5747_5244;
 /// `PRAGMA user_version`: the schema version. 1: queue, batches, meta. 2 (issue 10): the
 /// firmware tables (`firmware_seq`, `firmware_jobs`, `firmware_executions`), added to a version-1
 /// store by the same `CREATE TABLE IF NOT EXISTS` (nothing else changes, no data moves).
-pub const SCHEMA_VERSION: i64 = 2;
+/// 3 (issue 10): `firmware_executions.retry_after_ms` (a failed attempt's back-off deadline,
+/// so a restart neither retries at once nor forgets it; `ALTER TABLE … ADD COLUMN` on a
+/// version-2 store, NULL for its rows) and `device_firmware` (the version each device last
+/// reported over SMP).
+pub const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS queue(
@@ -60,8 +64,38 @@ CREATE TABLE IF NOT EXISTS firmware_executions(
     offset     INTEGER NOT NULL DEFAULT 0,
     reason     TEXT,
     updated_ms INTEGER NOT NULL,
+    retry_after_ms INTEGER,
     PRIMARY KEY(job, device)
 );
+-- Version 3: the firmware each device reported (store/firmware.rs).
+CREATE TABLE IF NOT EXISTS device_firmware(
+    device     TEXT PRIMARY KEY,
+    version    TEXT    NOT NULL,
+    hash       BLOB,
+    confirmed  INTEGER NOT NULL,
+    source     TEXT    NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+";
+
+/// Columns added after their table was first created: `(table, column, type)`. `CREATE TABLE IF
+/// NOT EXISTS` leaves an existing table alone, so each is added by `ALTER TABLE … ADD COLUMN`
+/// when missing (atomic; an interrupted upgrade is finished at the next open).
+const ADDED_COLUMNS: &[(&str, &str, &str)] =
+    &[("firmware_executions", "retry_after_ms", "INTEGER")];
+
+/// The schema of version 2 (issue 10 before the back-off deadline and the device firmware
+/// table), for the migration test.
+#[cfg(test)]
+pub const SCHEMA_V2: &str = "
+CREATE TABLE queue(seq INTEGER PRIMARY KEY AUTOINCREMENT, class INTEGER NOT NULL, device TEXT NOT NULL, kind TEXT, code INTEGER, value REAL, unit INTEGER, device_time TEXT, gateway_time INTEGER NOT NULL, time_quality INTEGER, status TEXT, detail TEXT);
+CREATE TABLE batches(number INTEGER PRIMARY KEY, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, created_ms INTEGER NOT NULL);
+CREATE TABLE meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE firmware_seq(class TEXT PRIMARY KEY, seq INTEGER NOT NULL, updated_ms INTEGER NOT NULL);
+CREATE TABLE firmware_jobs(id TEXT PRIMARY KEY, class TEXT NOT NULL, seq INTEGER NOT NULL, issued INTEGER NOT NULL, expires INTEGER NOT NULL, accepted_ms INTEGER NOT NULL, cancelled_ms INTEGER, message BLOB NOT NULL);
+CREATE TABLE firmware_executions(job TEXT NOT NULL, device TEXT NOT NULL, state TEXT NOT NULL, attempt INTEGER NOT NULL DEFAULT 0, offset INTEGER NOT NULL DEFAULT 0, reason TEXT, updated_ms INTEGER NOT NULL, PRIMARY KEY(job, device));
+PRAGMA application_id=1464291908;
+PRAGMA user_version=2;
 ";
 
 /// The schema of version 1 (before the firmware tables), for the migration test.
@@ -143,10 +177,21 @@ pub fn open_checked(path: &Path, sync: Synchronous) -> Result<Connection, OpenPr
          PRAGMA wal_autocheckpoint=1000;
          PRAGMA foreign_keys=OFF;
          PRAGMA application_id={APPLICATION_ID};
-         {SCHEMA}
-         PRAGMA user_version={SCHEMA_VERSION};"
+         {SCHEMA}"
     ))
     .map_err(classify)?;
+    for (table, column, kind) in ADDED_COLUMNS {
+        let present = conn
+            .prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")
+            .and_then(|mut st| st.exists([table, column]))
+            .map_err(classify)?;
+        if !present {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind};"))
+                .map_err(classify)?;
+        }
+    }
+    conn.execute_batch(&format!("PRAGMA user_version={SCHEMA_VERSION};"))
+        .map_err(classify)?;
     seed_fresh(&conn).map_err(classify)?;
     Ok(conn)
 }

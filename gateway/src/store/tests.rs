@@ -93,6 +93,7 @@ fn observation_fields_round_trip() {
         detail: "EIO".into(),
         gateway_time: 5,
         presence: None,
+        firmware: None,
     };
     let first = *s
         .append(&[

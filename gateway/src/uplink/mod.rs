@@ -382,6 +382,7 @@ impl Uplink {
                         detail: text,
                         gateway_time: wardgate_adapters::observation::now_ms(),
                         presence: None,
+                        firmware: None,
                     },
                 );
                 if let Err(e) = blocking(move || store.append(&[ev]).map(|_| ())).await {
