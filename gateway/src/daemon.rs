@@ -151,7 +151,11 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     }
     let mut exec_adapters = Vec::new();
     for e in &cfg.exec {
-        let plugin = Arc::new(ExecAdapter::new(e.clone()));
+        // Started through this very binary (`/proc/self/exe`, valid even when the file was
+        // replaced by an upgrade), which closes every descriptor but 0–2 before the plug-in runs.
+        let plugin = Arc::new(
+            ExecAdapter::new(e.clone()).with_launcher(std::path::PathBuf::from("/proc/self/exe")),
+        );
         exec_adapters.push(plugin.clone());
         start_adapter(plugin);
     }

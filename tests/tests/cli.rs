@@ -51,6 +51,8 @@ fn demo_messages(dir: &Path) -> (PathBuf, Vec<PathBuf>) {
         "ble:00:22:D0:90:4C:14          7        7          7         7  ok",
         "ble:5C:31:3E:01:16:6D          2        2          2         2  ok",
         "refused:  ble:C4:7C:8D:6A:11:22 (0 observations stored",
+        // Issue 11 item 2: the example plug-in, a python3 child process of the daemon.
+        "exec:bed15-plugin             19       19         19        19  ok",
         // Issue 10 item 9: the serial oximeter updated over SMP on its own line (signed job,
         // HTTPS download with the gateway's certificate, verified, tested, confirmed), its
         // version read back from the device.
@@ -275,8 +277,8 @@ fn verify_prints_payloads_of_genuine_messages_and_rejects_tampered_ones() {
     }
     assert_eq!(
         seqs.len(),
-        306 + 297 + 7 + 2,
-        "every recorded observation is in the messages (serial and BLE)"
+        306 + 297 + 7 + 2 + 19,
+        "every recorded observation is in the messages (serial, BLE and the plug-in)"
     );
     // One message on standard input.
     let stdin = wardgate(
@@ -340,10 +342,11 @@ fn independent_python_verifier_accepts_genuine_and_rejects_tampered_messages() {
     assert_eq!(s.totals["verified"].as_u64(), Some(msgs.len() as u64));
     assert_eq!(
         s.totals["unique_observations"],
-        306 + 297 + 7 + 2,
+        306 + 297 + 7 + 2 + 19,
         "{}",
         s.totals
     );
+    assert_eq!(s.totals["per_device"]["exec:bed15-plugin"], 19);
     assert_eq!(s.totals["per_device"]["serial:bed1-spo2"], 306);
     assert_eq!(s.totals["per_device"]["serial:bed2-monitor"], 297);
     assert_eq!(s.totals["per_device"]["ble:00:22:D0:90:4C:14"], 7);
@@ -366,5 +369,68 @@ fn independent_python_verifier_accepts_genuine_and_rejects_tampered_messages() {
         s.output.stderr.contains("unknown kid"),
         "{}",
         s.output.stderr
+    );
+}
+
+#[test]
+fn decode_lines_needs_a_map_and_refuses_a_bad_one_at_its_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let capture = dir.path().join("capture.txt");
+    std::fs::write(&capture, "SPO2=97 PR=72\nSPO2=x PR=71\n").unwrap();
+    let no_map = wardgate(
+        &[
+            "decode".as_ref(),
+            "--protocol".as_ref(),
+            "lines".as_ref(),
+            capture.as_os_str(),
+        ],
+        b"",
+    );
+    assert_eq!(no_map.code(), Some(2), "{no_map:?}");
+    assert!(
+        no_map.stderr.contains("--protocol lines needs --map FILE"),
+        "{}",
+        no_map.stderr
+    );
+    let map = dir.path().join("map.toml");
+    let text = "[[lines_map]]\nname = \"kv\"\nsyntax = \"kv\"\n\n[[lines_map.field]]\nname = \"spo2\"\nkey = \"SPO2\"\nmdc = \"MDC_PULS_OXIM_SAT_O2\"\nunit = \"%\"\n\n[[lines_map.field]]\nname = \"pr\"\nkey = \"PR\"\nmdc = \"MDC_PULS_OXIM_PULS_RATE\"\nunit = \"/min\"\n";
+    std::fs::write(&map, text).unwrap();
+    let args = |m: &Path| {
+        wardgate(
+            &[
+                "decode".as_ref(),
+                "--protocol".as_ref(),
+                "lines".as_ref(),
+                "--map".as_ref(),
+                m.as_os_str(),
+                capture.as_os_str(),
+            ],
+            b"",
+        )
+    };
+    let bad = args(&map);
+    assert_eq!(bad.code(), Some(2), "{bad:?}");
+    assert_eq!(
+        bad.stderr.trim(),
+        format!(
+            "{}:15:8: lines_map `kv`: unit \"/min\" is ambiguous: write \"{{beat}}/min\" or \"{{breath}}/min\"",
+            map.display()
+        )
+    );
+    std::fs::write(&map, text.replace("\"/min\"", "\"{beat}/min\"")).unwrap();
+    let good = args(&map);
+    assert_eq!(good.code(), Some(0), "{good:?}");
+    let lines = json_lines(&good);
+    assert_eq!(lines.len(), 2, "{}", good.stdout);
+    assert_eq!(
+        (lines[0]["code"].as_u64(), lines[0]["value"].as_f64()),
+        (Some(150456), Some(97.0))
+    );
+    assert_eq!(
+        good.stderr.trim(),
+        format!(
+            "{}: byte offset 14: field \"spo2\" (key SPO2): value is not a number",
+            capture.display()
+        )
     );
 }

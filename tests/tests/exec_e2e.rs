@@ -88,6 +88,26 @@ fn the_example_plugin_reports_upstream_and_a_crashing_one_is_restarted_on_schedu
     let csv = examples().join("oximeter_demo.csv");
     let workdir = env.gw_dir.join("plugins/bed12-ox");
     std::fs::create_dir_all(&workdir).unwrap();
+    // Lists the descriptors it was started with, once the daemon has opened its port, store
+    // and broker connection.
+    let fdcheck = write_script(
+        &env.gw_dir.join("plugins"),
+        "fdcheck.py",
+        r#"#!/usr/bin/python3
+import json, os, time
+time.sleep(2)
+fds = []
+for n in sorted(os.listdir('/proc/self/fd'), key=int):
+    try:
+        target = os.readlink('/proc/self/fd/' + n)
+    except OSError:
+        continue  # the directory listing's own descriptor, closed by now
+    if not (target.startswith('/proc/') and target.endswith('/fd')):
+        fds.append('%s=%s' % (n, target.split(':')[0]))
+print(json.dumps({"v": 1, "type": "event", "kind": "connected", "detail": "fds " + " ".join(fds)}), flush=True)
+time.sleep(1000)
+"#,
+    );
     let mut cfg = std::fs::read_to_string(&gw_cfg).unwrap();
     cfg.push_str(&format!(
         r#"
@@ -102,11 +122,33 @@ name = "crashy"
 command = "{plugin}"
 args = ["--replay", "{csv}", "--rate", "0", "--count", "1", "--exit-code", "3"]
 max_backoff_s = 4
+
+[[exec]]
+name = "fdcheck"
+command = "{fdcheck}"
+
+[[serial]]
+name = "bed13-ox"
+path = "dev/bed13-ox"
+protocol = "lines"
+map = "esp32-oximeter"
+baud = 115200
 "#,
         plugin = plugin.display(),
-        csv = csv.display()
+        csv = csv.display(),
+        fdcheck = fdcheck.display(),
     ));
+    cfg.push_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/profiles/lines-example.toml"),
+        )
+        .unwrap(),
+    );
     std::fs::write(&gw_cfg, &cfg).unwrap();
+    // A serial port the daemon holds open (and locks) while the plug-ins run.
+    std::fs::create_dir_all(env.dev_dir()).unwrap();
+    let _port =
+        wardgate_sim::devsim::SimulatedPort::open(&env.dev_dir().join("bed13-ox"), None).unwrap();
     let check = env
         .cli(
             &["check-config".as_ref(), gw_cfg.as_os_str()],
@@ -122,6 +164,12 @@ max_backoff_s = 4
     env.wait_delivered(&[("exec:bed12-ox".into(), 19)], Duration::from_secs(30))
         .unwrap();
     let up = env.upstream();
+    wardgate_e2e::wait_for("fdcheck's report upstream", Duration::from_secs(30), || {
+        Ok(up.events()?.iter().any(|e| {
+            e.device == "exec:fdcheck" && e.detail.as_deref().is_some_and(|d| d.starts_with("fds "))
+        }))
+    })
+    .unwrap();
     wardgate_e2e::wait_for(
         "4 exits of crashy upstream",
         Duration::from_secs(40),
@@ -198,6 +246,13 @@ max_backoff_s = 4
         "{connected:?}"
     );
     assert_eq!(connected[1], "replaying oximeter_demo.csv");
+    // A plug-in inherits nothing of the daemon but its three pipes: not the serial port (whose
+    // lock would stay held), not the store, not the broker connection.
+    assert_eq!(
+        of("exec:fdcheck", "connected").last().map(String::as_str),
+        Some("fds 0=pipe 1=pipe 2=pipe"),
+        "{events:?}"
+    );
     // Its stderr is in the daemon's log under its name, with the working directory it was given.
     let log = gateway.stderr();
     assert!(

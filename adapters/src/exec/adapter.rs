@@ -3,7 +3,8 @@
 //! # What it does
 //! 1. Starts `command` with `args` in its own process group, with an explicit environment
 //!    ([`ExecConfig::environment`], nothing inherited) and working directory
-//!    ([`ExecConfig::working_dir`]), stdin/stdout/stderr as pipes. Emits `connected` (device
+//!    ([`ExecConfig::working_dir`]), stdin/stdout/stderr as pipes and, through the launcher
+//!    ([`ExecAdapter::with_launcher`], [`super::launch`]), no other descriptor. Emits `connected` (device
 //!    `exec:<name>`, detail with the pid).
 //! 2. Reads stdout as lines of at most `max_line` bytes ([`crate::framing::LineFramer`]) and
 //!    parses each ([`super::message::parse_line`]): observations and events go to the gateway's
@@ -42,6 +43,7 @@ use crate::framing::{Framed, LineFramer};
 use crate::observation::{DeviceEvent, DeviceId, EventKind, Observation};
 use crate::retry::{Backoff, RateLimit, RESTART_INITIAL, RESTART_STABLE};
 use crate::{Adapter, AdapterContext, AdapterError, AdapterEvent, DeviceCommand, RunFuture};
+use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -149,6 +151,9 @@ pub struct ExecAdapter {
     counters: Arc<Counters>,
     cmd_tx: mpsc::Sender<DeviceCommand>,
     cmd_rx: Mutex<mpsc::Receiver<DeviceCommand>>,
+    /// A program that starts the plug-in with only descriptors 0–2 open
+    /// ([`super::launch`]); `None`: the plug-in is started directly.
+    launcher: Option<PathBuf>,
 }
 
 impl ExecAdapter {
@@ -162,7 +167,17 @@ impl ExecAdapter {
             counters: Arc::default(),
             cmd_tx,
             cmd_rx: Mutex::new(cmd_rx),
+            launcher: None,
         }
+    }
+
+    /// Starts the plug-in through `launcher` (the `wardgate` binary itself, e.g.
+    /// `/proc/self/exe`, which runs [`super::launch::launch`] for
+    /// [`super::launch::LAUNCH_ARG`]): the plug-in then inherits no descriptor but 0–2, whatever
+    /// the daemon's process holds open.
+    pub fn with_launcher(mut self, launcher: PathBuf) -> Self {
+        self.launcher = Some(launcher);
+        self
     }
 
     /// `exec:<name>`.
@@ -334,7 +349,22 @@ impl ExecAdapter {
 
     /// Starts the plug-in (see the module documentation).
     fn spawn(&self) -> std::io::Result<Child> {
-        let mut cmd = Command::new(&self.cfg.command);
+        let mut cmd = match &self.launcher {
+            Some(launcher) => {
+                // The launcher's exec would fail in the child, seen only as an exit status:
+                // say here what a direct start would say.
+                let m = std::fs::metadata(&self.cfg.command)?;
+                if !m.is_file()
+                    || std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 == 0
+                {
+                    return Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+                }
+                let mut c = Command::new(launcher);
+                c.arg(super::launch::LAUNCH_ARG).arg(&self.cfg.command);
+                c
+            }
+            None => Command::new(&self.cfg.command),
+        };
         cmd.args(&self.cfg.args)
             .env_clear()
             .envs(self.cfg.environment())

@@ -8,6 +8,7 @@
 //! | [`config`] | `[[exec]]` tables ([`ExecConfig`]): command, arguments, environment, working directory, sub-devices, limits | no |
 //! | [`message`] | the line protocol, schema version 1 (`docs/plugins.md`): [`message::parse_line`], [`message::encode_command`] | no (pure, fuzzed) |
 //! | [`adapter`] | [`ExecAdapter`]: starts, reads, restarts and stops the plug-in process | yes |
+//! | [`launch`] | the launcher the `wardgate` binary becomes for a plug-in: closes every descriptor above 2, then `execv` | yes (in the child) |
 //!
 //! A plug-in runs as the daemon's user (under the packaged unit: `wardgate`, with the unit's
 //! sandbox), in its own process group, and is trusted as far as its configuration entry says:
@@ -16,6 +17,7 @@
 
 pub mod adapter;
 pub mod config;
+pub mod launch;
 pub mod message;
 
 pub use adapter::{ExecAdapter, ExecStats};

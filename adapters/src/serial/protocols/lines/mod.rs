@@ -236,16 +236,15 @@ fn decode_line(
                 range,
                 event,
             } => {
+                let unit_after_number = stripped
+                    .starts_with(|c: char| c.is_ascii_digit() || matches!(c, '+' | '-' | '.'))
+                    && stripped.ends_with(|c: char| !c.is_ascii_digit() && c != '.');
                 let raw = number(stripped).ok_or_else(|| {
-                    field(
-                        if f.suffix.is_none()
-                            && stripped.ends_with(|c: char| !c.is_ascii_digit() && c != '.')
-                        {
-                            "value is not a number (does the device add a unit? set suffix)"
-                        } else {
-                            "value is not a number"
-                        },
-                    )
+                    field(if f.suffix.is_none() && unit_after_number {
+                        "value is not a number (does the device add a unit? set suffix)"
+                    } else {
+                        "value is not a number"
+                    })
                 })?;
                 let v = raw * scale + add;
                 if !v.is_finite() {
