@@ -25,6 +25,16 @@ fn json_lines(out: &Output) -> Vec<Value> {
         .collect()
 }
 
+/// Readings of the demo's plug-in device (the example plug-in's replay), run when Debian's
+/// python3 is installed.
+fn plugin_readings() -> usize {
+    if Path::new("/usr/bin/python3").is_file() {
+        19
+    } else {
+        0
+    }
+}
+
 /// Runs `wardgate demo --speed 50 --out DIR` (the whole chain in-process, real recordings) and
 /// returns `(DIR/gateway.pem, DIR/messages/*.cose)`.
 fn demo_messages(dir: &Path) -> (PathBuf, Vec<PathBuf>) {
@@ -51,8 +61,6 @@ fn demo_messages(dir: &Path) -> (PathBuf, Vec<PathBuf>) {
         "ble:00:22:D0:90:4C:14          7        7          7         7  ok",
         "ble:5C:31:3E:01:16:6D          2        2          2         2  ok",
         "refused:  ble:C4:7C:8D:6A:11:22 (0 observations stored",
-        // Issue 11 item 2: the example plug-in, a python3 child process of the daemon.
-        "exec:bed15-plugin             19       19         19        19  ok",
         // Issue 10 item 9: the serial oximeter updated over SMP on its own line (signed job,
         // HTTPS download with the gateway's certificate, verified, tested, confirmed), its
         // version read back from the device.
@@ -63,6 +71,18 @@ fn demo_messages(dir: &Path) -> (PathBuf, Vec<PathBuf>) {
             "demo output lacks `{row}`:\n{}",
             out.stdout
         );
+    }
+    // Issue 11 item 2: the example plug-in, a python3 child process of the daemon (the demo
+    // leaves it out without python3, and says so).
+    if Path::new("/usr/bin/python3").is_file() {
+        let row = "exec:bed15-plugin             19       19         19        19  ok";
+        assert!(
+            out.stdout.contains(row),
+            "demo output lacks `{row}`:\n{}",
+            out.stdout
+        );
+    } else {
+        wardgate_e2e::skip_or_fail("the demo's plug-in device needs /usr/bin/python3");
     }
     let row = out
         .stdout
@@ -289,7 +309,7 @@ fn verify_prints_payloads_of_genuine_messages_and_rejects_tampered_ones() {
     }
     assert_eq!(
         seqs.len(),
-        306 + 297 + 7 + 2 + 19,
+        306 + 297 + 7 + 2 + plugin_readings(),
         "every recorded observation is in the messages (serial, BLE and the plug-in)"
     );
     // One message on standard input.
@@ -354,11 +374,13 @@ fn independent_python_verifier_accepts_genuine_and_rejects_tampered_messages() {
     assert_eq!(s.totals["verified"].as_u64(), Some(msgs.len() as u64));
     assert_eq!(
         s.totals["unique_observations"],
-        306 + 297 + 7 + 2 + 19,
+        306 + 297 + 7 + 2 + plugin_readings(),
         "{}",
         s.totals
     );
-    assert_eq!(s.totals["per_device"]["exec:bed15-plugin"], 19);
+    if plugin_readings() > 0 {
+        assert_eq!(s.totals["per_device"]["exec:bed15-plugin"], 19);
+    }
     assert_eq!(s.totals["per_device"]["serial:bed1-spo2"], 306);
     assert_eq!(s.totals["per_device"]["serial:bed2-monitor"], 297);
     assert_eq!(s.totals["per_device"]["ble:00:22:D0:90:4C:14"], 7);

@@ -82,6 +82,11 @@ fn memory_kib(pid: u64) -> (u64, u64) {
 
 #[test]
 fn the_example_plugin_reports_upstream_and_a_crashing_one_is_restarted_on_schedule() {
+    if !Path::new("/usr/bin/python3").is_file() {
+        return wardgate_e2e::skip_or_fail(
+            "/usr/bin/python3 is not installed (apt-get install python3)",
+        );
+    }
     let env = TestEnv::new("exec", BIN).unwrap();
     let gw_cfg = env.write_gateway_config(&env.gateway_options()).unwrap();
     let plugin = examples().join("oximeter_bridge.py");
@@ -306,6 +311,11 @@ baud = 115200
 /// ignores SIGTERM and has a child of its own.
 #[test]
 fn a_flooding_plugin_does_not_grow_the_daemon_and_shutdown_leaves_no_plugin_process() {
+    if !Path::new("/usr/bin/python3").is_file() {
+        return wardgate_e2e::skip_or_fail(
+            "/usr/bin/python3 is not installed (apt-get install python3)",
+        );
+    }
     let env = TestEnv::new("exec-flood", BIN).unwrap();
     let gw_cfg = env.write_gateway_config(&env.gateway_options()).unwrap();
     let scripts = env.gw_dir.join("plugins");
