@@ -36,6 +36,13 @@ pub enum Pace {
 pub fn open_pty(link: &Path) -> std::io::Result<(File, OwnedFd)> {
     let pty = openpty(None, None).map_err(std::io::Error::from)?;
     for fd in [&pty.master, &pty.slave] {
+        // Close-on-exec: a child the same process starts (an `[[exec]]` plug-in of the demo)
+        // must not hold the device's pty open (a resetting device would never hang up).
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
+        .map_err(std::io::Error::from)?;
         let mut t = tcgetattr(fd).map_err(std::io::Error::from)?;
         cfmakeraw(&mut t);
         tcsetattr(fd, SetArg::TCSANOW, &t).map_err(std::io::Error::from)?;
