@@ -167,6 +167,10 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         start_adapter(ble);
     }
     let writer_keepalive = tx;
+    let encryptor = crate::uplink::encryptor_from_config(cfg)?;
+    // With encryption on, device names and versions travel only encrypted (device status); the
+    // heartbeat, signed only, then leaves its firmware map out.
+    let heartbeat_firmware = encryptor.is_none();
     let (uplink, uplink_status) = Uplink::new(
         store.clone(),
         signer,
@@ -175,7 +179,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
             tls,
             Arc::new(crate::uplink::receivers_from_config(cfg)?),
         )
-        .with_encryption(crate::uplink::encryptor_from_config(cfg)?),
+        .with_encryption(encryptor),
         wake,
     );
     let uplink_beat = Arc::new(LoopBeat::default());
@@ -262,6 +266,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
             tracked,
             retained: retained_tx,
             heartbeat_every: Duration::from_secs(cfg.uplink.heartbeat_s.max(1)),
+            heartbeat_firmware,
             clock,
             started: std::time::Instant::now(),
         }

@@ -51,6 +51,11 @@ pub struct StatusLoop {
     pub retained: watch::Sender<crate::uplink::RetainedSet>,
     /// Heartbeat period (`[uplink] heartbeat_s`).
     pub heartbeat_every: Duration,
+    /// Whether the heartbeat carries each device's firmware version. The heartbeat is signed,
+    /// never encrypted (monitoring reads it without a receiver key): with `[uplink]` encryption
+    /// on, device ids and versions stay in the encrypted device status only (a version list on a
+    /// shared broker tells any certificate holder which devices run a vulnerable image).
+    pub heartbeat_firmware: bool,
     /// The clock source, polled every tick.
     pub clock: Arc<crate::system::clock::SharedClock>,
     /// When the daemon started (heartbeat uptime).
@@ -330,10 +335,14 @@ impl StatusLoop {
             devices_online: count(super::liveness::DeviceState::Online),
             devices_stale: count(super::liveness::DeviceState::Stale),
             devices_offline: count(super::liveness::DeviceState::Offline),
-            firmware: versions
-                .iter()
-                .map(|(d, v)| (d.clone(), v.version.clone()))
-                .collect(),
+            firmware: if self.heartbeat_firmware {
+                versions
+                    .iter()
+                    .map(|(d, v)| (d.clone(), v.version.clone()))
+                    .collect()
+            } else {
+                Vec::new()
+            },
         };
         self.retained.send_modify(|set| {
             set.insert("heartbeat".into(), Arc::new(super::retained::heartbeat(&h)));
