@@ -67,6 +67,7 @@ fn payload(gw: &str, batch: u64, rows: u64, value: f64) -> BatchPayload {
                 time_quality: "synced".into(),
                 device_time: None,
                 status: vec![],
+                waveform: None,
             })
             .collect(),
         events: vec![],

@@ -225,6 +225,7 @@ fn make() {
             time_quality: "synced".into(),
             device_time: Some("2026-01-02T03:04:05".into()),
             status: vec!["probe-off".into()],
+            waveform: None,
         }],
         events: vec![WireEvent {
             seq: 42,
@@ -239,6 +240,20 @@ fn make() {
     c.sel("receive_batch", 0, &signed_batch);
     c.sel("receive_batch", 1, &payload);
     c.sel("receive_batch", 2, &payload);
+    // A waveform observation (issue 11): one second of a 60 Hz pleth.
+    let mut wave = BatchPayload::from_cbor(&payload).unwrap();
+    wave.observations[0].code = 150452;
+    wave.observations[0].unit = 262656;
+    wave.observations[0].ucum = "1".into();
+    wave.observations[0].waveform = Some(wardgate_adapters::observation::Waveform {
+        period_us: 16_667,
+        scale: 1.0,
+        offset: 0.0,
+        samples: (0..60).map(|i| (i * 17) % 128).collect(),
+    });
+    let wave = wave.to_cbor();
+    c.sel("receive_batch", 1, &wave);
+    c.sel("receive_batch", 2, &wave);
     let topic = TOPIC.replace("gw-1", "gw-2");
     c.sel(
         "receive_batch",
