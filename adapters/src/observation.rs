@@ -597,4 +597,29 @@ pub struct PresenceReport {
 
 impl fmt::Display for PresenceReport {
     /// The wire-format detail (docs/wire-format.md): `rule=… window_s=… count=… rssi_min=…
-    /// rssi_median=F rssi_
+    /// rssi_median=F rssi_max=…`, the median with one decimal.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "rule={} window_s={} count={} rssi_min={} rssi_median={:.1} rssi_max={}",
+            self.rule, self.window_s, self.count, self.rssi_min, self.rssi_median, self.rssi_max
+        )
+    }
+}
+
+/// Milliseconds of **monotonic** time since this process first asked, starting at 1 (so 0 can
+/// mean "never"). For progress stamps and timeouts that a wall-clock step must not move
+/// (DESIGN §11: timers use monotonic time).
+pub fn mono_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(std::time::Instant::now);
+    start.elapsed().as_millis() as u64 + 1
+}
+
+/// Milliseconds since the Unix epoch from the system clock (0 if the clock is before 1970).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -176,9 +176,6 @@ def verify_message(raw, keys):
 def check_waveform(where, w):
     """A waveform's bounds: period_us a positive integer, scale and offset finite numbers,
     1..MAX_WAVEFORM_SAMPLES integer samples (32-bit signed)."""
-    for k in w:
-        if k not in ("period_us", "scale", "offset", "samples"):
-            raise Invalid(f"{where}: waveform has an unknown key {k!r}")
     check_type(where + " waveform", w, "period_us", int)
     if isinstance(w["period_us"], bool) or w["period_us"] <= 0 or w["period_us"] > 0xFFFFFFFF:
         raise Invalid(f"{where}: waveform period_us {w['period_us']!r} is not a positive u32")

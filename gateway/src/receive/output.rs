@@ -188,11 +188,8 @@ impl Output {
                         let (value, flag) = stored_value(o.value);
                         let status = stored_status(o, flag);
                         let status = (!status.is_empty()).then(|| status.join(","));
-                        let waveform = o
-                            .waveform
-                            .as_ref()
-                            .map(serde_json::to_string)
-                            .transpose()?;
+                        let waveform =
+                            o.waveform.as_ref().map(serde_json::to_string).transpose()?;
                         let n = ins.execute(rusqlite::params![
                             p.gateway,
                             o.seq as i64,

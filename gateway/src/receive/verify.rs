@@ -139,17 +139,33 @@ mod tests {
             offset: -5.12,
             samples: (0..MAX_WAVEFORM_SAMPLES as i32).collect(),
         };
-        assert_eq!(decode_batch(&with(ok.clone()).to_cbor()).unwrap(), with(ok.clone()));
+        assert_eq!(
+            decode_batch(&with(ok.clone()).to_cbor()).unwrap(),
+            with(ok.clone())
+        );
         let mut big = ok.clone();
         big.samples.push(0);
         assert_eq!(
             decode_batch(&with(big).to_cbor()).unwrap_err(),
-            format!("observation seq 9: waveform of {} samples (at most {MAX_WAVEFORM_SAMPLES})", MAX_WAVEFORM_SAMPLES + 1)
+            format!(
+                "observation seq 9: waveform of {} samples (at most {MAX_WAVEFORM_SAMPLES})",
+                MAX_WAVEFORM_SAMPLES + 1
+            )
         );
-        let zero = Waveform { period_us: 0, ..ok.clone() };
-        assert!(decode_batch(&with(zero).to_cbor()).unwrap_err().contains("period 0"));
-        let empty = Waveform { samples: vec![], ..ok };
-        assert!(decode_batch(&with(empty).to_cbor()).unwrap_err().contains("without samples"));
+        let zero = Waveform {
+            period_us: 0,
+            ..ok.clone()
+        };
+        assert!(decode_batch(&with(zero).to_cbor())
+            .unwrap_err()
+            .contains("period 0"));
+        let empty = Waveform {
+            samples: vec![],
+            ..ok
+        };
+        assert!(decode_batch(&with(empty).to_cbor())
+            .unwrap_err()
+            .contains("without samples"));
     }
 
     #[test]

@@ -263,7 +263,6 @@ fn a_clock_step_corrects_old_clock_rows_once_and_never_batched_ones() {
                 AdapterEvent::Observation(o) => o,
                 _ => unreachable!(),
             }
-            waveform: None,
         })
     };
     let step = 2 * 86_400_000i64;
@@ -334,7 +333,10 @@ fn a_waveform_is_one_row_that_comes_back_sample_for_sample() {
     o.waveform.as_mut().unwrap().scale = 0.005;
     o.waveform.as_mut().unwrap().offset = -1.25;
     let first = *s
-        .append(&[AdapterEvent::Observation(o.clone()), obs("serial:bed1", mdc::SPO2, 97.0)])
+        .append(&[
+            AdapterEvent::Observation(o.clone()),
+            obs("serial:bed1", mdc::SPO2, 97.0),
+        ])
         .unwrap()
         .start();
     assert_eq!(s.queued(), 2, "60 samples are one row");
@@ -368,7 +370,9 @@ fn a_damaged_stored_waveform_is_an_error_not_samples() {
     assert!(decode_waveform(&encode_waveform(&empty))
         .unwrap_err()
         .contains("without samples"));
-    let w = pleth("d", vec![1, -2, i32::MAX, i32::MIN]).waveform.unwrap();
+    let w = pleth("d", vec![1, -2, i32::MAX, i32::MIN])
+        .waveform
+        .unwrap();
     assert_eq!(decode_waveform(&encode_waveform(&w)).unwrap(), w);
 }
 
@@ -401,7 +405,11 @@ fn a_version_3_store_with_buffered_rows_gains_waveforms_and_keeps_its_batches() 
     assert_eq!(v, 4);
     assert_eq!(s.unacked_batches().unwrap(), vec![7]);
     let old = s.load_batch(7).unwrap().unwrap();
-    assert_eq!(old.items.len(), 2, "the unacknowledged batch keeps its rows");
+    assert_eq!(
+        old.items.len(),
+        2,
+        "the unacknowledged batch keeps its rows"
+    );
     match &old.items[0] {
         Item::Observation(o) => {
             assert_eq!((o.seq, o.observation.value), (100, 97.0));
@@ -414,7 +422,11 @@ fn a_version_3_store_with_buffered_rows_gains_waveforms_and_keeps_its_batches() 
     assert!(*range.start() > 102, "seq keeps growing across the upgrade");
     let next = s.next_batch(10).unwrap().unwrap();
     assert_eq!(next.number, 8);
-    assert_eq!(next.items.len(), 2, "the event buffered before, then the waveform");
+    assert_eq!(
+        next.items.len(),
+        2,
+        "the event buffered before, then the waveform"
+    );
     assert_eq!(
         next.items[1],
         Item::Observation(StoredObservation {
@@ -425,7 +437,11 @@ fn a_version_3_store_with_buffered_rows_gains_waveforms_and_keeps_its_batches() 
     assert!(s.ack(7).unwrap());
     drop(s);
     let (s, _) = Store::open(&path, StoreOptions::default()).unwrap();
-    assert_eq!(s.load_batch(8).unwrap().unwrap(), next, "and after a restart");
+    assert_eq!(
+        s.load_batch(8).unwrap().unwrap(),
+        next,
+        "and after a restart"
+    );
 }
 
 #[test]
@@ -451,7 +467,10 @@ fn size_retention_drops_waveform_observations_before_numerics() {
         .unwrap()
         .expect("200 arrays are over 64 KiB");
     assert!(report.waveform > 0);
-    assert_eq!(report.numeric, 0, "numerics survive while waveforms are left");
+    assert_eq!(
+        report.numeric, 0,
+        "numerics survive while waveforms are left"
+    );
     let mut numerics = 0;
     while let Some(b) = s.next_batch(10_000).unwrap() {
         for i in &b.items {
