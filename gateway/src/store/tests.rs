@@ -455,10 +455,9 @@ fn size_retention_drops_waveform_observations_before_numerics() {
     // 200 one-second pleth arrays (60 samples each) interleaved with their numerics.
     let mut rows = Vec::new();
     for i in 0..200 {
-        rows.push(AdapterEvent::Observation(pleth(
-            "serial:bed1",
-            (0..60).map(|k| (i * 60 + k) % 100).collect(),
-        )));
+        let mut w = pleth("serial:bed1", (0..60).map(|k| (i * 60 + k) % 100).collect());
+        w.gateway_time = now_ms();
+        rows.push(AdapterEvent::Observation(w));
         rows.push(obs("serial:bed1", mdc::SPO2, 97.0));
     }
     s.append(&rows).unwrap();
