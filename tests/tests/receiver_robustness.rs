@@ -598,7 +598,8 @@ fn the_mitdb_208_ecg_arrives_sample_for_sample_and_an_oversized_array_is_refused
         assert_eq!(w["scale"], 0.005);
         assert_eq!(w["offset"], -5.12);
         let samples: Vec<i32> = serde_json::from_value(w["samples"].clone()).unwrap();
-        assert_eq!(*value, (f64::from(samples[0]) - 1024.0) / 200.0);
+        // `value` is sample 0 in mV: offset + scale × sample = (adc − 1024) / 200.
+        assert!((*value - (f64::from(samples[0]) - 1024.0) / 200.0).abs() < 1e-9);
         upstream_samples.extend(samples);
     }
     assert_eq!(upstream_samples.len(), adc.len());
@@ -631,8 +632,8 @@ fn the_mitdb_208_ecg_arrives_sample_for_sample_and_an_oversized_array_is_refused
     assert_eq!(py.totals["unique_observations"], 300, "{}", py.totals);
 
     let st = receiver.terminate(Duration::from_secs(10)).unwrap();
-    assert!(st.success());
     let log = receiver.stderr();
+    assert!(st.success(), "receiver exit {st:?}:\n{log}");
     let totals = last_totals(&log);
     assert_eq!(counter(&totals, "rejected"), 1, "{totals}");
     assert!(

@@ -184,11 +184,19 @@ async fn run(
     let mut last_error: Option<String> = None;
     let mut subscribe = false;
     let mut totals = Totals::new();
+    // The worker's end when it saw the shutdown before this loop did (a clean stop, not a
+    // failure: both wake on the same signal and `select!` picks either).
+    let mut stopped_first = false;
+    let stopping = shutdown.clone();
     loop {
         let ev = tokio::select! {
             ev = el.poll() => ev,
             _ = shutdown.wait_for(|s| *s) => break,
             r = &mut worker => {
+                if matches!(r, Ok(Ok(()))) && *stopping.borrow() {
+                    stopped_first = true;
+                    break;
+                }
                 log::info!("{}", lock(&stats).totals());
                 return match r {
                     Ok(Ok(())) => Err(anyhow::anyhow!("the receiver's worker stopped")),
@@ -240,7 +248,7 @@ async fn run(
     // are redelivered to the next session.
     let deadline = tokio::time::Instant::now() + STOP_GRACE;
     let mut result = Ok(());
-    loop {
+    while !stopped_first {
         tokio::select! {
             r = &mut worker => {
                 if let Ok(Err(e)) = r {
