@@ -248,22 +248,25 @@ async fn run(
     // are redelivered to the next session.
     let deadline = tokio::time::Instant::now() + STOP_GRACE;
     let mut result = Ok(());
-    while !stopped_first {
-        tokio::select! {
-            r = &mut worker => {
-                if let Ok(Err(e)) = r {
-                    result = Err(e);
+    // (Skipped when the worker already ended: nothing is in hand.)
+    if !stopped_first {
+        loop {
+            tokio::select! {
+                r = &mut worker => {
+                    if let Ok(Err(e)) = r {
+                        result = Err(e);
+                    }
+                    break;
                 }
-                break;
-            }
-            ev = el.poll() => if ev.is_err() {
-                worker.abort();
-                break;
-            },
-            _ = tokio::time::sleep_until(deadline) => {
-                log::warn!("receiver: the message in hand did not finish within {STOP_GRACE:?}; it will be redelivered");
-                worker.abort();
-                break;
+                ev = el.poll() => if ev.is_err() {
+                    worker.abort();
+                    break;
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    log::warn!("receiver: the message in hand did not finish within {STOP_GRACE:?}; it will be redelivered");
+                    worker.abort();
+                    break;
+                }
             }
         }
     }
