@@ -240,6 +240,12 @@ fn make() {
     c.sel("receive_batch", 0, &signed_batch);
     c.sel("receive_batch", 1, &payload);
     c.sel("receive_batch", 2, &payload);
+    let topic = TOPIC.replace("gw-1", "gw-2");
+    c.sel(
+        "receive_batch",
+        3,
+        &[&[topic.len() as u8], topic.as_bytes(), &payload].concat(),
+    );
     // A waveform observation (issue 11): one second of a 60 Hz pleth.
     let mut wave = BatchPayload::from_cbor(&payload).unwrap();
     wave.observations[0].code = 150452;
@@ -254,12 +260,6 @@ fn make() {
     let wave = wave.to_cbor();
     c.sel("receive_batch", 1, &wave);
     c.sel("receive_batch", 2, &wave);
-    let topic = TOPIC.replace("gw-1", "gw-2");
-    c.sel(
-        "receive_batch",
-        3,
-        &[&[topic.len() as u8], topic.as_bytes(), &payload].concat(),
-    );
 
     // Gateway ack path: a signed v2 ack from the fixed receiver, its payload, a v1 plain ack.
     let ack = |v: u32, batches: Vec<u64>| {
