@@ -33,6 +33,7 @@
 
 pub mod ble;
 pub mod observation;
+pub mod plausibility;
 pub mod retry;
 pub mod serial;
 pub mod smp;
@@ -53,14 +54,17 @@ pub enum AdapterEvent {
 }
 
 /// A command sent back to a device (the way back, DESIGN §1): firmware relay and settings.
+/// Sent on `SerialAdapter::command_sender` or `BleAdapter::command_sender(address)`.
 #[derive(Debug)]
 pub enum DeviceCommand {
-    /// Write raw bytes to the device's transport (serial: the port).
+    /// Write raw bytes to the device's transport (serial: the port; BLE: dropped).
     SendBytes(Vec<u8>),
     /// Open an SMP session on the device's connection (the firmware relay,
-    /// [`smp::channel::pair`]): the adapter frames and carries SMP frames and pauses the data
-    /// protocol until the relay drops its end; dropped at once when the device is not
-    /// connected, and with the connection when it is lost.
+    /// [`smp::channel::pair`]): the adapter frames and carries SMP frames until the relay drops
+    /// its end (serial: the data protocol pauses meanwhile; BLE: the SMP characteristic, the
+    /// readings keep flowing); refused at once when the device is not connected (BLE also when
+    /// not bonded or without the SMP service: [`smp::channel::SmpLink::refuse`] tells the relay
+    /// why), and dropped with the connection when it is lost.
     OpenSmp(smp::channel::SmpLink),
 }
 

@@ -147,8 +147,30 @@ impl Unit {
         ucum: "ms",
     };
 
+    /// MDC_DIM_HECTO_PASCAL (term 3842), `hPa`: barometric pressure from a BLE sensor tag.
+    /// Term from the antidote-derived MDC unit tables in public repositories (a Java `DIM`
+    /// constant class listing `MDC_DIM_HECTO_PASCAL = 3842` next to `MDC_DIM_KILO_PASCAL =
+    /// 3843`, which PROTOCOLS.md §E.2 confirms).
+    pub const HECTO_PASCAL: Unit = Unit {
+        mdc: 265_986,
+        ucum: "hPa",
+    };
+    /// MDC_DIM_VOLT (term 4256), `V`: a tag's battery voltage. Same source as
+    /// [`Unit::HECTO_PASCAL`].
+    pub const VOLT: Unit = Unit {
+        mdc: 266_400,
+        ucum: "V",
+    };
+    /// wardgate-private unit (MDC_PART_PVT, term 1001; unit terms start at 1001 so they never
+    /// look like a private measurement code), `lx`: illuminance. No MDC unit code for lux was
+    /// found in the sources this project uses; consumers read the UCUM string.
+    pub const PVT_LUX: Unit = Unit {
+        mdc: (1024 << 16) + 1001,
+        ucum: "lx",
+    };
+
     /// Every unit this crate emits; used to map a stored unit code back to its UCUM string.
-    pub const ALL: [Unit; 16] = [
+    pub const ALL: [Unit; 19] = [
         Unit::PERCENT,
         Unit::BEAT_PER_MIN,
         Unit::RESP_PER_MIN,
@@ -165,6 +187,9 @@ impl Unit {
         Unit::INCH,
         Unit::KG_PER_M_SQ,
         Unit::MILLI_SEC,
+        Unit::HECTO_PASCAL,
+        Unit::VOLT,
+        Unit::PVT_LUX,
     ];
 
     /// The unit with MDC code `mdc`, if this crate knows it.
@@ -282,6 +307,23 @@ pub mod mdc {
     /// unit `1`. Not a standard MDC code.
     pub const PVT_DOSES_REMAINING: u32 = PVT_BASE + 2;
 
+    // Environment quantities of BLE sensor tags and beacons (BTHome v2, Eddystone TLM): no
+    // term for ambient humidity, barometric pressure, illuminance, battery voltage or dew point
+    // was found in IEEE 11073-10101 as this project's sources give it (PROTOCOLS.md §E.2, the
+    // antidote-derived tables); MDC_TEMP_ROOM is used for the tags' temperature. wardgate
+    // defines private codes for the rest (docs/wire-format.md, "Codes used").
+
+    /// wardgate-private (term 3): relative humidity around a tag (medicine fridge, ward), `%`.
+    pub const PVT_HUMIDITY_REL: u32 = PVT_BASE + 3;
+    /// wardgate-private (term 4): barometric (ambient) pressure, `hPa`.
+    pub const PVT_PRESSURE_AMBIENT: u32 = PVT_BASE + 4;
+    /// wardgate-private (term 5): illuminance, `lx` ([`super::Unit::PVT_LUX`]).
+    pub const PVT_ILLUMINANCE: u32 = PVT_BASE + 5;
+    /// wardgate-private (term 6): a tag's or beacon's battery voltage, `V`.
+    pub const PVT_BATTERY_VOLTAGE: u32 = PVT_BASE + 6;
+    /// wardgate-private (term 7): dew point of the air around a tag, `Cel`.
+    pub const PVT_DEW_POINT: u32 = PVT_BASE + 7;
+
     /// Whether `code` lies in the private partition (wardgate- or vendor-defined).
     pub fn is_private(code: u32) -> bool {
         code >> 16 == PART_PVT
@@ -330,6 +372,11 @@ pub mod mdc {
         ("MDC_TEMP_ROOM", TEMP_ROOM),
         ("WARDGATE_PVT_INHALER_ACTUATION", PVT_INHALER_ACTUATION),
         ("WARDGATE_PVT_DOSES_REMAINING", PVT_DOSES_REMAINING),
+        ("WARDGATE_PVT_HUMIDITY_REL", PVT_HUMIDITY_REL),
+        ("WARDGATE_PVT_PRESSURE_AMBIENT", PVT_PRESSURE_AMBIENT),
+        ("WARDGATE_PVT_ILLUMINANCE", PVT_ILLUMINANCE),
+        ("WARDGATE_PVT_BATTERY_VOLTAGE", PVT_BATTERY_VOLTAGE),
+        ("WARDGATE_PVT_DEW_POINT", PVT_DEW_POINT),
     ];
 
     /// The code named `name` in [`NAMES`] (exact, case-sensitive).

@@ -138,9 +138,11 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         start_adapter(serial);
     }
     let mut ble_stats = None;
+    let mut ble_adapter = None;
     if let Some(b) = &cfg.ble {
         let ble = Arc::new(BleAdapter::new(b.clone()));
         ble_stats = Some(ble.stats());
+        ble_adapter = Some(ble.clone());
         start_adapter(ble);
     }
     let writer_keepalive = tx;
@@ -174,6 +176,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
                         .iter()
                         .map(|a| (format!("serial:{}", a.name()), a.clone()))
                         .collect(),
+                    ble: ble_adapter.clone(),
                     writer: writer.clone(),
                 }),
                 retained_tx.clone(),
@@ -306,12 +309,21 @@ fn firmware_relay(
     })
 }
 
-/// The relay's view of the devices: serial adapters carry SMP on their connection
-/// (`DeviceCommand::OpenSmp`); what the writer accepted says when a device was last seen and
-/// its battery. (BLE devices: not yet — the relay reports `device_offline` for them.)
+/// The relay's view of the devices: serial adapters carry SMP on their connection, and so does
+/// the BLE adapter for its bonded devices (`DeviceCommand::OpenSmp` through the device's
+/// command channel); what the writer accepted says when a device was last seen and its
+/// battery.
 struct AdapterLinks {
     serial: std::collections::HashMap<String, Arc<SerialAdapter>>,
+    ble: Option<Arc<BleAdapter>>,
     writer: Arc<WriterStats>,
+}
+
+impl AdapterLinks {
+    /// The BLE identity address of a `ble:AA:BB:…` device id.
+    fn ble_address(device: &str) -> Option<wardgate_adapters::ble::config::Address> {
+        wardgate_adapters::ble::config::Address::parse(device.strip_prefix("ble:")?).ok()
+    }
 }
 
 impl crate::firmware::relay::DeviceLinks for AdapterLinks {
@@ -324,23 +336,40 @@ impl crate::firmware::relay::DeviceLinks for AdapterLinks {
             .get(device)
             .cloned()
             .unwrap_or_default();
-        let stats = self.serial.get(device).map(|a| a.stats());
+        let connected = match (Self::ble_address(device), &self.ble) {
+            (Some(a), Some(ble)) => ble.is_connected(a),
+            _ => self
+                .serial
+                .get(device)
+                .map(|a| a.stats())
+                .is_some_and(|s| s.connects > s.disconnects),
+        };
         crate::firmware::relay::DeviceView {
-            connected: stats.is_some_and(|s| s.connects > s.disconnects),
+            connected,
             // In clinical use = it produced observations recently (issue 10's definition): the
-            // time of its last sign of life once it has sent any observation. A monitor that
-            // connected but has sent no reading yet is not in use (no patient data flows).
-            last_observation_s: (counts.observations > 0 && counts.last_seen_ms > 0)
+            // time of its last sign of life once it has sent any clinical observation (a
+            // battery level is none: BLE devices report theirs at every connection). A monitor
+            // that connected but has sent no reading yet is not in use (no patient data flows).
+            last_observation_s: (counts.last_clinical_ms > 0 && counts.last_seen_ms > 0)
                 .then_some((counts.last_seen_ms / 1000) as u64),
             battery: counts.battery_pct.map(|b| b.clamp(0.0, 100.0) as u8),
         }
     }
 
     fn open_smp(&self, device: &str) -> Option<wardgate_adapters::smp::channel::ChannelTransport> {
-        let adapter = self.serial.get(device)?;
         let (transport, link) = wardgate_adapters::smp::channel::pair(16);
-        adapter
-            .command_sender()
+        let sender = match (Self::ble_address(device), &self.ble) {
+            // BLE adds no framing: the device's SMP buffer holds the frame itself.
+            (Some(a), Some(ble)) => {
+                return ble
+                    .command_sender(a)?
+                    .try_send(wardgate_adapters::DeviceCommand::OpenSmp(link))
+                    .ok()
+                    .map(|()| transport.with_overhead(0));
+            }
+            _ => self.serial.get(device)?.command_sender(),
+        };
+        sender
             .try_send(wardgate_adapters::DeviceCommand::OpenSmp(link))
             .ok()?;
         Some(transport)

@@ -156,8 +156,14 @@ impl PendingRows {
         self.rows.is_empty()
     }
 
-    /// Adds a row with no bound (normal group commit: the bound is the commit size).
-    pub fn push(&mut self, ev: AdapterEvent) {
+    /// Adds a row with no bound (normal group commit: the bound is the commit size). Every row
+    /// the writer accepts passes here (also through [`Self::admit`]): an observation outside its
+    /// code's physical range gets the status flag `implausible`
+    /// ([`wardgate_adapters::plausibility`]), whatever adapter produced it.
+    pub fn push(&mut self, mut ev: AdapterEvent) {
+        if let AdapterEvent::Observation(o) = &mut ev {
+            wardgate_adapters::plausibility::mark(o);
+        }
         self.by_class[class_of(&ev) as usize] += 1;
         self.rows.push_back(ev);
     }
@@ -284,6 +290,11 @@ pub struct DeviceCounts {
     /// it. Liveness follows this count.
     #[serde(default)]
     pub activity: u64,
+    /// Wall-clock Unix ms of the last commit with a clinical observation of this device (any
+    /// but a battery level: a BLE device's battery is read at every connection), 0: never.
+    /// The firmware relay's "in clinical use" reads it.
+    #[serde(default)]
+    pub last_clinical_ms: i64,
     /// Last battery level the device reported, % (MDC_ATTR_VAL_BATT_CHARGE observations).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub battery_pct: Option<f64>,
@@ -618,6 +629,8 @@ impl DeviceCounts {
                 self.observations += 1;
                 if o.code == wardgate_adapters::observation::mdc::BATTERY_CHARGE {
                     self.battery_pct = Some(o.value);
+                } else {
+                    self.last_clinical_ms = committed_ms;
                 }
             }
             AdapterEvent::Event(e) => {
@@ -687,6 +700,36 @@ mod counting_tests {
         let mut per = BTreeMap::new();
         count_committed(&mut per, rows, at);
         per
+    }
+
+    #[test]
+    fn every_row_the_writer_accepts_is_checked_for_plausibility() {
+        let status = |rows: &PendingRows| -> Vec<Vec<String>> {
+            rows.rows
+                .iter()
+                .map(|r| match r {
+                    AdapterEvent::Observation(o) => o.status.clone(),
+                    AdapterEvent::Event(_) => vec!["event".into()],
+                })
+                .collect()
+        };
+        let mut rows = PendingRows::default();
+        rows.push(obs("serial:bed1", mdc::SPO2, 97.0));
+        rows.push(obs("serial:bed1", mdc::SPO2, 127.0));
+        rows.push(ev("serial:bed1", EventKind::Connected, ""));
+        // While commits fail, rows come in through `admit`: checked the same way.
+        assert!(rows
+            .admit(obs("serial:bed1", mdc::SPO2, 101.0), 10)
+            .is_none());
+        assert_eq!(
+            status(&rows),
+            vec![
+                vec![],
+                vec!["implausible".to_string()],
+                vec!["event".to_string()],
+                vec!["implausible".to_string()],
+            ]
+        );
     }
 
     #[test]
@@ -787,6 +830,11 @@ mod counting_tests {
             1,
         );
         assert_eq!(per["d"].battery_pct, Some(79.0));
+        // A battery level is no clinical data: it does not make a device "in use".
+        let battery_only = counted(&[obs("b", mdc::BATTERY_CHARGE, 80.0)], 1);
+        assert_eq!(battery_only["b"].last_clinical_ms, 0);
+        assert!(battery_only["b"].last_seen_ms > 0);
+        assert!(counted(&[obs("c", mdc::SPO2, 97.0)], 1)["c"].last_clinical_ms > 0);
         assert_eq!(
             counted(&[obs("d", mdc::SPO2, 97.0)], 1)["d"].battery_pct,
             None

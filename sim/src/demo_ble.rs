@@ -86,8 +86,12 @@ pub struct DemoBle {
 
 impl DemoBle {
     /// Starts the simulated BlueZ with the strap (in range, unknown until it advertises) and
-    /// the scale (bonded earlier).
-    pub fn start(bus: Bus) -> anyhow::Result<DemoBle> {
+    /// the scale (bonded earlier). With `scale_firmware`, the scale also offers the SMP service
+    /// backed by that device model (and reports its running version as firmware revision).
+    pub fn start(
+        bus: Bus,
+        scale_firmware: Option<crate::smp_device::SharedModel>,
+    ) -> anyhow::Result<DemoBle> {
         let sim = SimBluez::start(bus.address())?;
         let mut strap = blesim::heart_rate_strap(
             STRAP,
@@ -95,13 +99,23 @@ impl DemoBle {
         );
         strap.address_type = blesim::AddressType::Public;
         sim.place_device(strap);
+        let version = scale_firmware
+            .as_ref()
+            .map(|m| crate::smp_device::lock(m).running_version().to_owned())
+            .unwrap_or_else(|| "2.0".into());
         let mut scale = blesim::weight_scale(
             SCALE,
-            &DeviceInformation::new("A&D Medical", "UC-352BLE", "5130116", "2.0"),
+            &DeviceInformation::new("A&D Medical", "UC-352BLE", "5130116", &version),
         );
         scale.paired = true;
         scale.bonded = true;
+        if scale_firmware.is_some() {
+            scale.services.push(blesim::smp_service());
+        }
         sim.add_device(scale);
+        if let Some(model) = scale_firmware {
+            sim.attach_smp(SCALE, model);
+        }
         Ok(DemoBle { sim, _bus: bus })
     }
 

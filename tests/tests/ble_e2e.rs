@@ -410,6 +410,22 @@ fn stored_glucose_records_arrive_once_through_racp_after_reconnects() {
         [vec![0x01, 0x01]],
         "first connection: all records"
     );
+    // The firmware revision it reported (Device Information 0x2A26) is its version in
+    // `wardgate status` (issue 10 item 6), before any firmware job.
+    wait_for(
+        "the meter's firmware in status",
+        Duration::from_secs(15),
+        || {
+            let out = std::process::Command::new(BIN)
+                .args(["status", "--json", "--config"])
+                .arg(&cfg)
+                .output()?;
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            let fw = &v["snapshot"]["firmware_versions"][&id];
+            Ok(fw["version"] == "1.0" && fw["source"] == "dis")
+        },
+    )
+    .unwrap();
     // Link loss; the meter takes a 4th reading meanwhile.
     sim.drop_link(meter);
     sim.install_glucose_racp(meter, vec![record(1), record(2), record(3), record(4)]);
@@ -814,4 +830,86 @@ fn a_hung_system_bus_stalls_only_ble_serial_data_flows_and_the_daemon_stops() {
     let st = st.unwrap();
     assert!(st.success(), "exit {st}: {}", gateway.stderr());
     assert!(took < Duration::from_secs(12), "SIGTERM took {took:?}");
+}
+
+/// BTHome sensor tags (issue 11 item 6): the quantities a tag advertises become observations of
+/// the tag's device id, once per presence window, not once per advertisement. A plain sensor
+/// (the BTHome v2 reference frame D-11 of PROTOCOLS.md, bthome-ble's test vector: 25.06 °C,
+/// 50.55 % humidity) advertising at 10 Hz for 3 s with a 1 s window: its humidity arrives
+/// upstream under the wardgate-private code, a few times, not 30. An encrypted sensor (vector
+/// D-14, same values, its key configured) repeating one frame: used once — the same counter
+/// again is a replay and is not used.
+#[test]
+fn bthome_sensor_quantities_arrive_as_observations_once_per_window() {
+    use wardgate_adapters::observation::mdc::{PVT_HUMIDITY_REL, TEMP_ROOM};
+    let env = TestEnv::new("ble-bthome", BIN).unwrap();
+    let ble = BleWorld::start().unwrap();
+    let sim = &ble.sim;
+    let fridge = "A4:C1:38:00:00:01";
+    let keyed = "54:48:E6:8F:80:A5";
+    let ble_cfg = format!(
+        "[ble]\n\n[[ble.tag]]\nname = \"fridges\"\nservice_data = \"fcd2\"\nwindow_s = 1\n\
+         [ble.tag.bthome_keys]\n\"{keyed}\" = \"231d39c1d7cc1ab1aee224cd096db932\"\n"
+    );
+    let cfg = write_config_with_ble(&env, &env.gateway_options(), &ble_cfg).unwrap();
+    let check = std::process::Command::new(BIN)
+        .arg("check-config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let _receiver = env.start_receiver(&ReceiverOptions::default()).unwrap();
+    let mut gateway = env.spawn_gateway_with_env(&cfg, &ble.env()).unwrap();
+    let plain = wardgate_e2e::hex("4002ca0903bf13");
+    let encrypted = wardgate_e2e::hex("41a47266c95f730011223378237214");
+    for i in 0..30 {
+        for (address, frame) in [(fridge, &plain), (keyed, &encrypted)] {
+            sim.advertise(
+                address,
+                &Advert {
+                    rssi: -60 - (i % 5) as i16,
+                    service_data: vec![(blesim::uuid16(0xFCD2), frame.clone())],
+                    ..Default::default()
+                },
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let up = env.upstream();
+    let (fridge_id, keyed_id) = (format!("ble:{fridge}"), format!("ble:{keyed}"));
+    wait_for("the humidity upstream", Duration::from_secs(20), || {
+        Ok(up.values(&fridge_id, PVT_HUMIDITY_REL)?.len() >= 2
+            && !up.values(&keyed_id, PVT_HUMIDITY_REL)?.is_empty())
+    })
+    .unwrap();
+    // Let every window close, then count.
+    std::thread::sleep(Duration::from_secs(3));
+    let humidity = up.values(&fridge_id, PVT_HUMIDITY_REL).unwrap();
+    assert!(
+        (2..=5).contains(&humidity.len()) && humidity.iter().all(|v| *v == 50.55),
+        "one humidity per 1 s window over 3 s of advertising, not 30: {humidity:?}"
+    );
+    let temperature = up.values(&fridge_id, TEMP_ROOM).unwrap();
+    assert_eq!(temperature.len(), humidity.len(), "{temperature:?}");
+    assert!(temperature.iter().all(|v| *v == 25.06));
+    let obs = up.observations().unwrap();
+    let h = obs
+        .iter()
+        .find(|o| o.device == fridge_id && o.code == PVT_HUMIDITY_REL)
+        .unwrap();
+    assert_eq!((h.unit, h.ucum.as_deref()), (262_688, Some("%")));
+    assert_eq!(h.status, None, "a plausible humidity carries no flag");
+    // The keyed sensor's one frame, repeated: used once.
+    assert_eq!(
+        up.values(&keyed_id, PVT_HUMIDITY_REL).unwrap(),
+        [50.55],
+        "a repeated encrypted frame (same counter) is not used again"
+    );
+    assert_eq!(up.values(&keyed_id, TEMP_ROOM).unwrap(), [25.06]);
+    let st = gateway.terminate(Duration::from_secs(10)).unwrap();
+    assert!(st.success(), "{}", gateway.stderr());
 }

@@ -75,6 +75,18 @@ fn demo_messages(dir: &Path) -> (PathBuf, Vec<PathBuf>) {
     );
     let image = std::fs::metadata(dir.join("images/oximeter-cms50-1.1.0.bin")).unwrap();
     assert_eq!(cols[3], image.len().to_string(), "bytes: {row}");
+    // And the bonded BLE scale over the SMP GATT service of the simulated BlueZ.
+    let row = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("ble:5C:31:3E:01:16:6D") && l.contains(" 2.0.0 "))
+        .unwrap_or_else(|| panic!("no firmware row for the scale:\n{}", out.stdout));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        (cols[1], cols[2], cols[5], cols[6]),
+        ("2.0.0", "2.1.0", "2.1.0", "ok"),
+        "from, to, running, result: {row}"
+    );
     let mut msgs: Vec<PathBuf> = std::fs::read_dir(dir.join("messages"))
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use wardgate_adapters::serial::{Parity, ProtocolName, SerialAdapter, SerialConfig};
 use wardgate_adapters::smp::channel::{self, ChannelTransport};
-use wardgate_adapters::smp::client::{ClientSettings, SmpClient, Transport, TransportError};
+use wardgate_adapters::smp::client::{
+    ClientSettings, LinkRefusal, SmpClient, Transport, TransportError,
+};
 use wardgate_adapters::smp::update::{self, UpdateMode, UpdateStep};
 use wardgate_adapters::{Adapter, AdapterContext, AdapterEvent, DeviceCommand};
 use wardgate_e2e::process::run;
@@ -230,10 +232,10 @@ async fn update_through_the_serial_adapter() {
     running.stop().await;
 }
 
-/// An OpenSmp while the adapter has no port (the device is gone): the link is dropped at once,
-/// the relay sees `Closed` promptly, on send and on recv.
+/// An OpenSmp while the adapter has no port (the device is gone): the link is refused at once,
+/// the relay sees `device_offline` promptly, on send and on recv.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn open_smp_without_a_port_is_closed_at_once() {
+async fn open_smp_without_a_port_is_refused_at_once() {
     let dir = temp_dir("fw-adapter-gone").unwrap();
     let running = start(config(&dir.path().join("no-such.tty")));
     let t0 = Instant::now();
@@ -241,13 +243,19 @@ async fn open_smp_without_a_port_is_closed_at_once() {
     let r = tokio::time::timeout(Duration::from_secs(2), t.recv())
         .await
         .expect("recv did not end");
-    assert!(matches!(r, Err(TransportError::Closed)), "{r:?}");
-    assert!(matches!(t.send(b"x").await, Err(TransportError::Closed)));
+    assert!(
+        matches!(r, Err(TransportError::Refused(LinkRefusal::Offline))),
+        "{r:?}"
+    );
+    assert!(matches!(
+        t.send(b"x").await,
+        Err(TransportError::Refused(LinkRefusal::Offline))
+    ));
     assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
     // The client's view: a transport error, not a timeout.
     let mut c = SmpClient::new(running.open_smp().await.unwrap(), settings());
     let e = c.echo("hi").await.unwrap_err();
-    assert_eq!(e.reason(), "transport", "{e}");
+    assert_eq!(e.reason(), "device_offline", "{e}");
     assert!(running.adapter.stats().open_failures >= 1);
     running.stop().await;
 }

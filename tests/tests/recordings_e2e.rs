@@ -285,3 +285,77 @@ fn receiver_restart_mid_stream_loses_nothing() {
         "the restarted receiver added raw messages"
     );
 }
+
+/// Plausibility (issue 11 item 4): the real Ivy 450C recording with the NIBP systolic of its last
+/// message changed from `121` to `621` mmHg — what a monitor with a corrupted field would send
+/// (same length, so the framing is untouched; the ANSAR-B decoder has no upper bound for a
+/// pressure). The value is kept and arrives upstream with the status flag `implausible`, in the
+/// receiver's database and in `wardgate verify`'s output; the recording's own values (NIBP
+/// 121/75, HR 80) arrive unflagged.
+#[test]
+fn an_implausible_value_arrives_upstream_kept_and_flagged() {
+    let env = TestEnv::new("implausible", BIN).unwrap();
+    let mut ivy = Device::ivy450c("bed3-monitor");
+    let field = b"NIBP=4;121;";
+    let at = ivy
+        .recording
+        .windows(field.len())
+        .rposition(|w| w == field)
+        .expect("the recording's NIBP field");
+    ivy.recording[at..at + field.len()].copy_from_slice(b"NIBP=4;621;");
+    let mut opts = env.gateway_options();
+    opts.devices = vec![ivy.clone()];
+    let gw_cfg = env.write_gateway_config(&opts).unwrap();
+
+    let mut receiver = env.start_receiver(&ReceiverOptions::default()).unwrap();
+    let mut replays = Replayer::for_devices(&env.dev_dir(), &[&ivy]).unwrap();
+    let mut gateway = env.spawn_gateway(&gw_cfg).unwrap();
+    replays[0].play(&ivy.recording, ivy.pace, SPEED);
+    replays[0].wait_done(Duration::from_secs(30)).unwrap();
+    let want = [(ivy.id(), 297)];
+    env.wait_delivered(&want, Duration::from_secs(30)).unwrap();
+    env.wait_store_drained(Duration::from_secs(15)).unwrap();
+    let st = gateway.terminate(Duration::from_secs(10)).unwrap();
+    assert!(st.success(), "wardgate run exited with {st} on SIGTERM");
+
+    let obs = env.upstream().observations().unwrap();
+    let flagged = |o: &&wardgate_e2e::db::UpObservation| {
+        o.status
+            .as_deref()
+            .is_some_and(|s| s.split(',').any(|f| f == "implausible"))
+    };
+    let implausible: Vec<_> = obs.iter().filter(flagged).collect();
+    assert_eq!(
+        implausible
+            .iter()
+            .map(|o| (o.device.as_str(), o.code, o.value))
+            .collect::<Vec<_>>(),
+        vec![(ivy.id().as_str(), NIBP_SYS, Some(621.0))],
+        "exactly the edited systolic is flagged, its value kept: {implausible:?}"
+    );
+    let sys = env.upstream().values(&ivy.id(), NIBP_SYS).unwrap();
+    assert_eq!(sys.len(), 27);
+    assert_eq!(sys.iter().filter(|v| **v == 121.0).count(), 26);
+    assert!(obs
+        .iter()
+        .filter(|o| o.code == HEART_RATE)
+        .all(|o| o.value == Some(80.0) && !flagged(&o)));
+
+    // `wardgate verify` prints the flag with the row.
+    let payloads = env.verify_raw_messages().unwrap();
+    let on_wire: Vec<&serde_json::Value> = payloads
+        .iter()
+        .flat_map(|p| p["observations"].as_array().unwrap())
+        .filter(|o| {
+            o["status"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|f| f == "implausible"))
+        })
+        .collect();
+    assert_eq!(on_wire.len(), 1, "{on_wire:?}");
+    assert_eq!(on_wire[0]["code"], NIBP_SYS);
+    assert_eq!(on_wire[0]["value"], 621.0);
+
+    let st = receiver.terminate(Duration::from_secs(10)).unwrap();
+    assert!(st.success(), "wardgate receive exited with {st} on SIGTERM");
+}

@@ -70,7 +70,7 @@
 //! protocol as after a fresh open (new decoder, identity gate and line check; the on-open bytes
 //! are written again). When the port is lost the SMP link is dropped with the connection (the
 //! relay sees `Closed` and opens a new session once the adapter has reconnected); an `OpenSmp`
-//! while the port is not open is dropped at once; a second `OpenSmp` replaces the first (whose
+//! while the port is not open is refused at once (`device_offline`); a second `OpenSmp` replaces the first (whose
 //! relay sees `Closed`). Frames each way are counted in [`SerialStats`]; a frame the relay is not
 //! ready for (its channel full) is dropped and counted (the client's timeout re-sends).
 
@@ -374,7 +374,7 @@ impl SerialAdapter {
                         Some(DeviceCommand::SendBytes(bytes)) => pending.push_back(bytes),
                         Some(DeviceCommand::OpenSmp(link)) => {
                             log::info!("serial {name}: SMP session refused: the port is not open");
-                            drop(link);
+                            link.refuse(crate::smp::client::LinkRefusal::Offline);
                         }
                         // Unreachable while `self` holds a sender.
                         None => std::future::pending::<()>().await,

@@ -9,10 +9,14 @@
 //! Ends: the relay is done when it drops its transport (the adapter sees `to_device` closed and
 //! returns the device to its data protocol); the link is lost when the adapter drops its
 //! `from_device` sender (port lost, session ended, an `OpenSmp` while not connected): the
-//! relay's [`ChannelTransport::recv`] then returns [`TransportError::Closed`].
+//! relay's [`ChannelTransport::recv`] then returns [`TransportError::Closed`]. An adapter that
+//! refuses a session (the device is not connected, not bonded, has no SMP service) or ends it
+//! for a reason the relay should report drops it with [`SmpLink::refuse`]: the relay then gets
+//! [`TransportError::Refused`] with that [`LinkRefusal`] instead of `Closed`.
 
-use super::client::{Transport, TransportError};
+use super::client::{LinkRefusal, Transport, TransportError};
 use super::console;
+use std::sync::{Arc, OnceLock};
 use tokio::sync::mpsc;
 
 /// Adapter side of an SMP session on a device's existing connection.
@@ -24,6 +28,17 @@ pub struct SmpLink {
     /// Whole SMP frames read from the device (medium framing removed). Dropping it tells the
     /// relay the link is gone.
     pub from_device: mpsc::Sender<Vec<u8>>,
+    /// Why the adapter ended the session, when it says ([`SmpLink::refuse`]).
+    refusal: Arc<OnceLock<LinkRefusal>>,
+}
+
+impl SmpLink {
+    /// Ends (or refuses) the session with a reason: the relay's next `recv`/`send` returns
+    /// [`TransportError::Refused`]`(why)` once the frames already passed on are read.
+    pub fn refuse(self, why: LinkRefusal) {
+        let _ = self.refusal.set(why);
+        drop(self);
+    }
 }
 
 /// Relay side: implements [`Transport`] (whole SMP frames; the adapter does the medium's
@@ -34,6 +49,8 @@ pub struct ChannelTransport {
     rx: mpsc::Receiver<Vec<u8>>,
     /// Bytes of medium framing the device's SMP buffer holds besides the frame.
     overhead: usize,
+    /// Set by the adapter's [`SmpLink::refuse`].
+    refusal: Arc<OnceLock<LinkRefusal>>,
 }
 
 /// A connected pair of `capacity` frames each way. The transport's
@@ -44,15 +61,18 @@ pub fn pair(capacity: usize) -> (ChannelTransport, SmpLink) {
     let capacity = capacity.max(1);
     let (to_tx, to_rx) = mpsc::channel(capacity);
     let (from_tx, from_rx) = mpsc::channel(capacity);
+    let refusal = Arc::new(OnceLock::new());
     (
         ChannelTransport {
             tx: to_tx,
             rx: from_rx,
             overhead: console::PACKET_OVERHEAD,
+            refusal: refusal.clone(),
         },
         SmpLink {
             to_device: to_rx,
             from_device: from_tx,
+            refusal,
         },
     )
 }
@@ -64,19 +84,30 @@ impl ChannelTransport {
         self.overhead = overhead;
         self
     }
+
+    /// `Closed`, or `Refused` when the adapter said why.
+    fn gone(&self) -> TransportError {
+        match self.refusal.get() {
+            Some(why) => TransportError::Refused(*why),
+            None => TransportError::Closed,
+        }
+    }
 }
 
 impl Transport for ChannelTransport {
     async fn send(&mut self, frame: &[u8]) -> Result<(), TransportError> {
-        self.tx
-            .send(frame.to_vec())
-            .await
-            .map_err(|_| TransportError::Closed)
+        if let Err(_closed) = self.tx.send(frame.to_vec()).await {
+            return Err(self.gone());
+        }
+        Ok(())
     }
 
     /// Cancel-safe: `mpsc::Receiver::recv` takes a frame only when it completes.
     async fn recv(&mut self) -> Result<Vec<u8>, TransportError> {
-        self.rx.recv().await.ok_or(TransportError::Closed)
+        match self.rx.recv().await {
+            Some(f) => Ok(f),
+            None => Err(self.gone()),
+        }
     }
 
     fn frame_limit(&self, buf_size: usize) -> usize {
@@ -106,6 +137,7 @@ mod tests {
         let SmpLink {
             to_device,
             from_device,
+            ..
         } = link;
         from_device.send(b"last".to_vec()).await.unwrap();
         drop(from_device);
@@ -123,6 +155,27 @@ mod tests {
         drop(t);
         assert!(link.to_device.recv().await.is_none());
         assert!(link.from_device.send(vec![1]).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_refused_link_says_why_after_what_it_passed_on() {
+        let (mut t, link) = pair(4);
+        link.from_device.send(b"answer".to_vec()).await.unwrap();
+        link.refuse(LinkRefusal::NotBonded);
+        assert_eq!(t.recv().await.unwrap(), b"answer");
+        assert!(matches!(
+            t.recv().await,
+            Err(TransportError::Refused(LinkRefusal::NotBonded))
+        ));
+        assert!(matches!(
+            t.send(b"x").await,
+            Err(TransportError::Refused(LinkRefusal::NotBonded))
+        ));
+        let e = crate::smp::client::SmpError::Transport(TransportError::Refused(
+            LinkRefusal::NoSmpService,
+        ));
+        assert_eq!(e.reason(), "no_smp_service");
+        assert!(!LinkRefusal::NotBonded.is_transient() && LinkRefusal::Offline.is_transient());
     }
 
     #[tokio::test(start_paused = true)]

@@ -48,6 +48,60 @@ pub enum TransportError {
     /// The other side went away (EOF, link lost).
     #[error("the device closed the link")]
     Closed,
+    /// The adapter that holds the device's connection refused the session or ended it for a
+    /// stated reason ([`super::channel::SmpLink::refuse`]).
+    #[error("SMP session refused: {0}")]
+    Refused(LinkRefusal),
+}
+
+/// Why an adapter refused (or ended) an SMP session on a device's connection; the relay
+/// reports [`LinkRefusal::as_str`] as the `failed`/`waiting` reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkRefusal {
+    /// The device is not connected now (`device_offline`; may pass).
+    Offline,
+    /// The device is not bonded with this gateway (`not_bonded`): SMP goes to bonded devices
+    /// only (an unencrypted link would let anyone in radio range write firmware; Zephyr's
+    /// `smp_bt` requires encryption too). Needs `wardgate pair`.
+    NotBonded,
+    /// The device offers no SMP characteristic (`no_smp_service`): service
+    /// `8D53DC1D-1DB7-4CD3-868B-8A527460AA84`, characteristic
+    /// `DA2E7828-FBCE-4E01-AE9E-261174997C48` with write-without-response and notify
+    /// (PROTOCOLS §A.4).
+    NoSmpService,
+}
+
+impl LinkRefusal {
+    /// The stable reason string: `device_offline`, `not_bonded`, `no_smp_service`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkRefusal::Offline => "device_offline",
+            LinkRefusal::NotBonded => "not_bonded",
+            LinkRefusal::NoSmpService => "no_smp_service",
+        }
+    }
+
+    /// Whether waiting may cure it (the device reconnects); the others need a person.
+    pub fn is_transient(self) -> bool {
+        self == LinkRefusal::Offline
+    }
+}
+
+impl std::fmt::Display for LinkRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LinkRefusal::Offline => "the device is not connected",
+            LinkRefusal::NotBonded => {
+                "the device is not bonded with this gateway; SMP is for bonded devices only: \
+                 pair it with `wardgate pair ADDRESS`"
+            }
+            LinkRefusal::NoSmpService => {
+                "the device offers no SMP characteristic (service \
+                 8D53DC1D-1DB7-4CD3-868B-8A527460AA84, characteristic \
+                 DA2E7828-FBCE-4E01-AE9E-261174997C48)"
+            }
+        })
+    }
 }
 
 /// A link that carries whole SMP frames (header + CBOR). The transport adds and removes its
@@ -187,9 +241,11 @@ impl SmpError {
     /// A machine-readable reason: `timeout`, `transport`, `bad_state`, `image_too_large` (the
     /// pre-check, or the device's INVALID_IMAGE_TOO_LARGE), `device:<NAME>` (e.g.
     /// `device:ENOMEM`), `bad_response`, `buffer_too_small`, `offset_beyond`, `no_progress`,
-    /// `mismatch`, `hash_mismatch`, `image_changed`, `image_unreadable`.
+    /// `mismatch`, `hash_mismatch`, `image_changed`, `image_unreadable`; a refused session gives
+    /// the refusal's ([`LinkRefusal::as_str`]).
     pub fn reason(&self) -> String {
         match self {
+            SmpError::Transport(TransportError::Refused(r)) => r.as_str().into(),
             SmpError::Transport(_) => "transport".into(),
             SmpError::Timeout { .. } => "timeout".into(),
             SmpError::Device { error, .. } if error.is_bad_state() => "bad_state".into(),

@@ -117,7 +117,7 @@ pub fn decode_protocol(
                 Decoded::Reading(r) => {
                     summary.observations += 1;
                     let mut line = json!({
-                        "device": device, "code": r.code, "value": r.value, "unit": r.unit.mdc, "ucum": r.unit.ucum, "status": r.status,
+                        "device": device, "code": r.code, "value": r.value, "unit": r.unit.mdc, "ucum": r.unit.ucum, "status": wardgate_adapters::plausibility::status_of(&r),
                     });
                     if let Some(t) = r.device_time {
                         line["device_time"] = t.into();
@@ -196,7 +196,7 @@ pub fn parse_hex_arg(arg: &str) -> Result<Vec<u8>, DecodeError> {
 
 fn observation_line(r: &Reading) -> serde_json::Value {
     let mut line = json!({
-        "device": "hex", "code": r.code, "value": r.value, "unit": r.unit.mdc, "ucum": r.unit.ucum, "status": r.status,
+        "device": "hex", "code": r.code, "value": r.value, "unit": r.unit.mdc, "ucum": r.unit.ucum, "status": wardgate_adapters::plausibility::status_of(r),
     });
     if let Some(t) = &r.device_time {
         line["device_time"] = t.clone().into();
@@ -522,10 +522,12 @@ mod tests {
             "hex: byte offset 2: not an iBeacon: type/length 10 15, expected 02 15\n"
         );
         let (out, _, s) = run("eddystone", "aafe20000b1813000000146700002ac4");
-        assert_eq!((s.presence, s.observations), (1, 1));
+        // Temperature and battery voltage (issue 11 item 6).
+        assert_eq!((s.presence, s.observations), (1, 2));
         assert!(out.contains("\"battery_mv\":2840"));
         let (out, _, s) = run("bthome", "4002ca0903bf13");
-        assert_eq!(s.observations, 1);
+        // Temperature and humidity.
+        assert_eq!(s.observations, 2);
         assert!(out.contains("\"humidity\""));
         let (out, _, s) = run(
             "advertisement",
@@ -553,9 +555,9 @@ mod tests {
         )
         .unwrap();
         let out = String::from_utf8(out).unwrap();
-        assert_eq!((s.observations, s.errors), (1, 0), "{out}");
+        assert_eq!((s.observations, s.errors), (2, 0), "{out}");
         assert!(
-            out.contains("\"counter\":857870592") && out.contains("25.06"),
+            out.contains("\"counter\":857870592") && out.contains("25.06") && out.contains("50.55"),
             "{out}"
         );
         let mut wrong = key;

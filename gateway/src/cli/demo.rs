@@ -13,10 +13,11 @@
 //! 5. When every recording has been replayed and delivered, it prints per device: observations
 //!    in the recording (decoded offline by the same decoder), stored by the gateway, delivered
 //!    upstream, and verified independently from the raw messages with only `gateway.pem`.
-//! 6. Firmware ([`super::demo_firmware`]): the CMS50 also serves SMP on its line (a Rust
-//!    Zephyr/MCUboot device model, [`wardgate_sim::smp_device`]); once its recording is
-//!    delivered, a signed job is published retained, and the real relay downloads the image over
-//!    HTTPS with the gateway's certificate, verifies it, uploads it, tests, resets, confirms. The
+//! 6. Firmware ([`super::demo_firmware`]): the CMS50 also serves SMP on its line, and the bonded
+//!    BLE scale the SMP GATT service (a Rust Zephyr/MCUboot device model,
+//!    [`wardgate_sim::smp_device`]); once the recordings are delivered, one signed job per
+//!    device class is published retained, and the real relay downloads each image over HTTPS
+//!    with the gateway's certificate, verifies it, uploads it, tests, resets, confirms. The
 //!    firmware table shows from/to versions, bytes, seconds, and the version the device runs.
 //!
 //! It succeeds only when all four counts match for every device and every update ended `done`
@@ -40,8 +41,10 @@ pub const DEMO_CONFIG: &str = include_str!("../../../config/demo.toml");
 pub const RECEIVER_CONFIG: &str = include_str!("../../../config/receiver-demo.toml");
 /// The serial device the demo updates (it also takes firmware over SMP on its line).
 const FIRMWARE_SERIAL: &str = "bed1-spo2";
-/// The version the demo's devices run before the update.
+/// The version the demo's serial device runs before the update.
 const FIRMWARE_FROM: &str = "1.0.0";
+/// The version the demo's BLE scale runs before the update.
+const FIRMWARE_BLE_FROM: &str = "2.0.0";
 
 /// `wardgate demo` arguments.
 #[derive(Debug, clap::Args)]
@@ -184,6 +187,32 @@ pub async fn run(mut opts: DemoOptions) -> anyhow::Result<bool> {
                 .then(|| m.running_version().to_owned())
         }),
     }];
+    let mut plans = plans;
+    // The bonded scale takes firmware over the SMP GATT service when BLE runs.
+    let scale_model = opts.ble.is_ok().then(|| {
+        SmpDeviceModel::new(SmpDeviceOptions {
+            running_version: FIRMWARE_BLE_FROM.into(),
+            erase_delay: Duration::from_millis(300),
+            swap_time: Duration::from_secs(1),
+            ..Default::default()
+        })
+        .shared()
+    });
+    if let Some(m) = &scale_model {
+        let running = m.clone();
+        plans.push(demo_firmware::Planned {
+            device: format!("ble:{}", demo_ble::SCALE),
+            class: "scale-uc352".into(),
+            from: FIRMWARE_BLE_FROM.into(),
+            to: "2.1.0".into(),
+            body_len: 64 * 1024,
+            running: Box::new(move || {
+                let m = smp_device::lock(&running);
+                m.running_confirmed()
+                    .then(|| m.running_version().to_owned())
+            }),
+        });
+    }
     let (mut upstream, fw_section) = demo_firmware::Upstream::prepare(&dir, &ca, plans).await?;
 
     // 4. Configs through the real loader
@@ -191,7 +220,7 @@ pub async fn run(mut opts: DemoOptions) -> anyhow::Result<bool> {
     let mut gw_text = DEMO_CONFIG.replace("port = 8883", &format!("port = {port}"));
     let ble = match std::mem::replace(&mut opts.ble, Err(String::new())) {
         Ok(bus) => {
-            let ble = demo_ble::DemoBle::start(bus)?;
+            let ble = demo_ble::DemoBle::start(bus, scale_model)?;
             gw_text.push_str(demo_ble::DEMO_BLE_CONFIG);
             println!("simulated BlueZ on a private D-Bus: Polar H7 strap, A&D UC-352BLE scale, one stranger");
             Some(ble)

@@ -13,7 +13,8 @@
 //! - `accept --config F JOB`: what the gateway does on receiving a job, by hand: verify against
 //!   `[firmware]` trust, check the clock, resolve the targets, check and record `seq` and the
 //!   executions in the store. One JSON line; exit 1 when refused (with the reason).
-//! - `list --port PATH` and `upload --port PATH IMAGE [--mode …]`: the bench's SMP client
+//! - `list (--port PATH | --ble ADDRESS)` and `upload (--port PATH | --ble ADDRESS) IMAGE
+//!   [--mode …]`: the bench's SMP client on a serial port or a bonded BLE device
 //!   (`super::firmware_bench`).
 //!
 //! The group's enum is [`Command`]; each variant has its own `Args` and `main`.
@@ -43,10 +44,10 @@ pub enum Command {
     Job(Box<JobArgs>),
     /// Verify a job as the gateway would and record it in the gateway's store.
     Accept(AcceptArgs),
-    /// The device's image slots as JSON lines (SMP over a serial port).
+    /// The device's image slots as JSON lines (SMP over a serial port or a bonded BLE device).
     List(super::firmware_bench::ListArgs),
-    /// Upload an MCUboot image to a device over SMP (serial) and test/confirm it; resumes when
-    /// re-run after an interruption.
+    /// Upload an MCUboot image to a device over SMP (serial port or bonded BLE device) and
+    /// test/confirm it; resumes when re-run after an interruption.
     Upload(super::firmware_bench::UploadArgs),
 }
 

@@ -1,10 +1,19 @@
 //! `wardgate firmware list|upload` (issue 10, a contract; subcommands of `cli/firmware.rs`):
-//! the SMP client of the relay (`wardgate_adapters::smp`) on a serial port, for a biomedical
-//! technician on the bench.
+//! the SMP client of the relay (`wardgate_adapters::smp`) on a serial port or a BLE device, for
+//! a biomedical technician on the bench.
 //!
-//! - `list --port PATH [--baud N]`: the device's image slots as JSON lines (`slot`, `version`,
-//!   `hash` hex, `active`, `confirmed`, `pending`, `bootable`, `permanent`, `image`).
-//! - `upload --port PATH [--baud N] IMAGE [--mode test-confirm|confirm-only|test-only]`: upload
+//! The link: `--port PATH [--baud N]` (the SMP console of a serial port, 8N1), or `--ble
+//! ADDRESS [--adapter hci0]`: a device **bonded** with this machine's BlueZ (`wardgate pair`),
+//! reached through btleplug: connected if it is not, services discovered afresh, the SMP
+//! characteristic (PROTOCOLS §A.4) subscribed, requests written in pieces of ≤ ATT MTU − 3
+//! (`wardgate_adapters::ble::central::smp`). An unbonded device is refused before anything is
+//! written (`reason=not_bonded`), one without the SMP service too (`reason=no_smp_service`).
+//! Stop `wardgate run` first if it serves the same device (both would talk to it at once).
+//!
+//! - `list (--port PATH [--baud N] | --ble ADDRESS)`: the device's image slots as JSON lines
+//!   (`slot`, `version`, `hash` hex, `active`, `confirmed`, `pending`, `bootable`, `permanent`,
+//!   `image`).
+//! - `upload (--port PATH [--baud N] | --ble ADDRESS) IMAGE [--mode test-confirm|confirm-only|test-only]`: upload
 //!   (resumes where the device is), check slot 1's hash against the image's MCUboot hash, then
 //!   per mode: test-confirm = test → reset → wait for the device (`--swap-time`, default 60 s)
 //!   → list → confirm → list; confirm-only = confirm (permanent) → reset → wait → list;
@@ -15,9 +24,10 @@
 //!   `device_gone`, `not_mcuboot`, `image_hash_mismatch`) and exits 1.
 //!
 //! The sequence itself is `wardgate_adapters::smp::update::apply`, shared with the relay; this
-//! file opens the port, prints the steps and reopens the port after the reset. The image is
-//! checked and uploaded through one open descriptor, read in chunks (never whole in memory;
-//! a file changed during the upload fails with `reason=image_changed`).
+//! file opens the port (or connects), prints the steps and reopens the port (reconnects, with a
+//! fresh GATT discovery: B18) after the reset. The image is checked and uploaded through one
+//! open descriptor, read in chunks (never whole in memory; a file changed during the upload
+//! fails with `reason=image_changed`).
 //!
 //! Bounds (a value outside is a usage error naming the range): `--timeout-ms` 100–600000,
 //! `--retries` 0–20, `--first-timeout` 1–600 s, `--swap-time` 1–3600 s.
@@ -29,22 +39,36 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
+use wardgate_adapters::ble::central::smp::{BleSmpTransport, SmpOpener};
+use wardgate_adapters::ble::config::Address;
 use wardgate_adapters::serial::{LineSettings, Parity};
-use wardgate_adapters::smp::client::{ClientSettings, SmpClient, SmpError, TransportError};
+use wardgate_adapters::smp::client::{
+    ClientSettings, SmpClient, SmpError, Transport, TransportError,
+};
 use wardgate_adapters::smp::image::SlotState;
 use wardgate_adapters::smp::serial::SerialTransport;
 use wardgate_adapters::smp::source::{FileImage, ImageSource, Verified};
 use wardgate_adapters::smp::update::{self, UpdateMode, UpdateStep};
 
-/// The serial link and the client's timeouts.
+/// The link (a serial port or a bonded BLE device) and the client's timeouts.
 #[derive(Debug, clap::Args, Clone)]
 pub struct LinkArgs {
     /// Serial port of the device's SMP console (a stable path such as /dev/serial/by-id/…).
-    #[arg(long)]
-    port: PathBuf,
-    /// Baud rate.
+    #[arg(long, required_unless_present = "ble", conflicts_with = "ble")]
+    port: Option<PathBuf>,
+    /// Baud rate (with --port).
     #[arg(long, default_value_t = 115_200)]
     baud: u32,
+    /// A BLE device bonded with this machine (`wardgate pair`), by its identity address
+    /// (AA:BB:CC:DD:EE:FF): SMP over its GATT SMP service.
+    #[arg(long, value_name = "ADDRESS")]
+    ble: Option<String>,
+    /// The Bluetooth adapter (with --ble).
+    #[arg(long, default_value = "hci0", requires = "ble")]
+    adapter: String,
+    /// Seconds to wait for a BLE device to connect (with --ble).
+    #[arg(long, default_value_t = 30.0, requires = "ble")]
+    connect_timeout: f64,
     /// Per-request timeout in milliseconds (all requests but upload offset 0), 100 to 600000.
     #[arg(long, default_value_t = 2500, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     timeout_ms: u64,
@@ -84,6 +108,7 @@ impl LinkArgs {
 
     /// The port at `baud` 8N1, no flow control, exclusive.
     fn transport(&self) -> Result<SerialTransport, TransportError> {
+        let port = self.port.clone().unwrap_or_default();
         let settings = LineSettings {
             baud: self.baud,
             data_bits: 8,
@@ -91,26 +116,54 @@ impl LinkArgs {
             stop_bits: 1,
         };
         // A regular file or a directory is no port (the OS says only "Not a typewriter").
-        if let Ok(m) = std::fs::metadata(&self.port) {
+        if let Ok(m) = std::fs::metadata(&port) {
             use std::os::unix::fs::FileTypeExt;
             if !m.file_type().is_char_device() {
                 return Err(TransportError::Io(std::io::Error::other(format!(
                     "{}: not a serial port (a character device such as /dev/ttyUSB0 or /dev/serial/by-id/…)",
-                    self.port.display()
+                    port.display()
                 ))));
             }
         }
-        let port = settings.open(&self.port).map_err(|e| {
-            TransportError::Io(std::io::Error::other(format!(
-                "{}: {e}",
-                self.port.display()
-            )))
+        let opened = settings.open(&port).map_err(|e| {
+            TransportError::Io(std::io::Error::other(format!("{}: {e}", port.display())))
         })?;
-        Ok(SerialTransport::new(port))
+        Ok(SerialTransport::new(opened))
     }
 
     fn open(&self) -> anyhow::Result<SmpClient<SerialTransport>> {
         Ok(SmpClient::new(self.transport()?, self.settings()))
+    }
+
+    /// The BLE device's address, when the link is `--ble`. Error (usage): not an address.
+    fn ble_address(&self) -> anyhow::Result<Option<Address>> {
+        self.ble
+            .as_deref()
+            .map(|a| {
+                Address::parse(a)
+                    .map_err(|e| crate::error::UsageError(format!("--ble: {e}")).into())
+            })
+            .transpose()
+    }
+
+    /// Reaches BlueZ and opens an SMP session on the bonded device `address`.
+    async fn open_ble(
+        &self,
+        address: Address,
+    ) -> anyhow::Result<(SmpOpener, SmpClient<BleSmpTransport>)> {
+        let opener = SmpOpener::new(&self.adapter, address)
+            .await
+            .map_err(|e| fail("connect", e.reason(), e.to_string()))?;
+        let t = opener
+            .open(Duration::from_secs_f64(self.connect_timeout.max(0.0)), true)
+            .await
+            .map_err(|e| fail("connect", e.reason(), e.to_string()))?;
+        step(&format!(
+            "connected to {address} (ATT MTU {}: writes of ≤ {} bytes)",
+            t.mtu(),
+            t.mtu() - 3
+        ));
+        Ok((opener, SmpClient::new(t, self.settings())))
     }
 }
 
@@ -206,7 +259,13 @@ fn slot_json(s: &SlotState) -> String {
 }
 
 async fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
-    let mut c = a.link.open()?;
+    match a.link.ble_address()? {
+        Some(address) => list_on(a.link.open_ble(address).await?.1).await,
+        None => list_on(a.link.open()?).await,
+    }
+}
+
+async fn list_on<T: Transport>(mut c: SmpClient<T>) -> anyhow::Result<ExitCode> {
     let slots = c.image_list().await.map_err(|e| smp_fail("list", e))?;
     let mut out = std::io::stdout().lock();
     for s in &slots {
@@ -262,7 +321,6 @@ async fn upload(a: UploadArgs) -> anyhow::Result<ExitCode> {
     let info = parsed.context("the image was not parsed")?;
     let want = info.computed_hash;
     let version = info.header.version.to_string();
-    let mut c = a.link.open()?;
     step(&format!(
         "image {} ({} bytes, version {}, image hash {})",
         a.image.display(),
@@ -270,6 +328,55 @@ async fn upload(a: UploadArgs) -> anyhow::Result<ExitCode> {
         version,
         hex(&want)
     ));
+    match a.link.ble_address()? {
+        Some(address) => {
+            let (opener, c) = a.link.open_ble(address).await?;
+            // After the reset: a new connection, services discovered afresh (B18).
+            let reconnect = move || {
+                let opener = opener.clone();
+                async move {
+                    opener
+                        .open(Duration::from_secs(5), false)
+                        .await
+                        .map_err(TransportError::from)
+                }
+            };
+            upload_on(&a, c, &file, &want, reconnect).await
+        }
+        None => {
+            let c = a.link.open()?;
+            let link = a.link.clone();
+            let reconnect = move || {
+                let link = link.clone();
+                async move {
+                    let port = link.port.clone().unwrap_or_default();
+                    if !Path::new(&port).exists() {
+                        return Err(TransportError::Io(std::io::Error::other(format!(
+                            "{} does not exist",
+                            port.display()
+                        ))));
+                    }
+                    link.transport()
+                }
+            };
+            upload_on(&a, c, &file, &want, reconnect).await
+        }
+    }
+}
+
+/// The update on an open client; `reconnect` gives a fresh transport after the reset.
+async fn upload_on<T, F, Fut>(
+    a: &UploadArgs,
+    mut c: SmpClient<T>,
+    file: &FileImage,
+    want: &[u8],
+    reconnect: F,
+) -> anyhow::Result<ExitCode>
+where
+    T: Transport,
+    F: FnMut() -> Fut + Send,
+    Fut: std::future::Future<Output = Result<T, TransportError>> + Send,
+{
     let tty = std::io::stderr().is_terminal();
     let swap_time = Duration::from_secs_f64(a.swap_time.max(0.0));
     let mut uploading = false;
@@ -297,23 +404,10 @@ async fn upload(a: UploadArgs) -> anyhow::Result<ExitCode> {
             swap_time.as_secs_f64()
         )),
     };
-    let link = a.link.clone();
-    let reconnect = move || {
-        let link = link.clone();
-        async move {
-            if !Path::new(&link.port).exists() {
-                return Err(TransportError::Io(std::io::Error::other(format!(
-                    "{} does not exist",
-                    link.port.display()
-                ))));
-            }
-            link.transport()
-        }
-    };
     let result = update::apply(
         &mut c,
-        &file,
-        &want,
+        file,
+        want,
         a.mode.into(),
         swap_time,
         reconnect,
@@ -331,7 +425,7 @@ async fn upload(a: UploadArgs) -> anyhow::Result<ExitCode> {
         println!(
             "the device already runs {} (hash {}){}",
             report.version,
-            hex(&want),
+            hex(want),
             if report.confirmed { ", confirmed" } else { "" }
         );
         println!("uploaded 0 bytes in 0.00 s (0.0 KB/s)");

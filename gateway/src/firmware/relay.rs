@@ -607,7 +607,11 @@ async fn attempt_update(relay: &Relay, job: &Job, device: &str, attempt: u32) ->
     // checked against the job's `from_versions`.
     let slots = match client.image_list().await {
         Ok(slots) => slots,
-        Err(e) => return failed("upload", e.reason(), true),
+        Err(e) => {
+            let reason = e.reason();
+            let transient = is_transient(&reason);
+            return failed("upload", reason, transient);
+        }
     };
     record_running(relay, device, &slots).await;
     if let Some(from) = &job.target.from_versions {
@@ -702,13 +706,21 @@ async fn attempt_update(relay: &Relay, job: &Job, device: &str, attempt: u32) ->
             }
         }
         Err(e) => {
-            let transient = matches!(
-                e.reason.as_str(),
-                "timeout" | "link_lost" | "device_gone" | "device_offline"
-            ) || e.reason.starts_with("transport");
+            let transient = is_transient(&e.reason);
             failed(e.step, e.reason.clone(), transient)
         }
     }
+}
+
+/// Whether a failed attempt may pass by waiting (the execution waits with back-off): a
+/// timeout, a lost link, a device that did not come back or is offline, a transport error. A
+/// refusal that needs a person (`not_bonded`, `no_smp_service`) or anything the device said
+/// fails at once.
+fn is_transient(reason: &str) -> bool {
+    matches!(
+        reason,
+        "timeout" | "link_lost" | "device_gone" | "device_offline"
+    ) || reason.starts_with("transport")
 }
 
 /// Records the image `device` runs (the active slot 0 of `slots`) in the store, for device
@@ -765,6 +777,28 @@ mod tests {
         assert_eq!(backoff(1, 2), 2);
         assert_eq!(backoff(2, 2), 4);
         assert_eq!(backoff(1, 0), 1);
+    }
+
+    #[test]
+    fn refusals_that_need_a_person_are_not_retried() {
+        for r in [
+            "timeout",
+            "link_lost",
+            "device_gone",
+            "device_offline",
+            "transport",
+        ] {
+            assert!(is_transient(r), "{r}");
+        }
+        for r in [
+            "not_bonded",
+            "no_smp_service",
+            "bad_state",
+            "reverted",
+            "hash_mismatch",
+        ] {
+            assert!(!is_transient(r), "{r}");
+        }
     }
 
     #[test]

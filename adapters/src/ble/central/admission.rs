@@ -81,8 +81,12 @@ pub(super) struct TagState {
     pub(super) addresses: Vec<Address>,
     pub(super) keys: HashMap<Address, [u8; 16]>,
     pub(super) presence: PresenceAggregator,
-    /// Latest beacon readings per tag, sent with the tag's next presence summary.
+    /// Latest beacon readings per tag, one per measurement code, sent with the tag's next
+    /// presence summary (so at most one observation per tag and quantity per window).
     pub(super) latest: HashMap<String, Vec<Reading>>,
+    /// The last accepted encrypted-BTHome frame counter per keyed tag (replay protection,
+    /// bthome.io/encryption): a frame whose counter does not increase is not used.
+    pub(super) counters: HashMap<Address, u32>,
 }
 
 impl TagState {
@@ -109,7 +113,44 @@ impl TagState {
                 MAX_TAGS_PER_RULE,
             ),
             latest: HashMap::new(),
+            counters: HashMap::new(),
             rule: rule.clone(),
+        }
+    }
+
+    /// Whether a decoded BTHome frame of tag `a` with frame counter `counter` may be used:
+    /// always for a plain frame (`None`); for an encrypted one only when its counter is above
+    /// the last accepted one (then remembered). A replayed or repeated frame is refused. The
+    /// memory holds the keyed tags only (at most the rule's `bthome_keys`).
+    pub(super) fn accept_counter(&mut self, a: Address, counter: Option<u32>) -> bool {
+        let Some(c) = counter else { return true };
+        match self.counters.get(&a) {
+            Some(&last) if c <= last => false,
+            _ => {
+                if self.keys.contains_key(&a) {
+                    self.counters.insert(a, c);
+                }
+                true
+            }
+        }
+    }
+
+    /// Keeps `readings` of tag `a` for its next presence summary: each replaces the kept
+    /// reading of the same code (the latest value of each quantity wins; quantities a tag sends
+    /// in different advertisements are all kept). At most [`MAX_TAGS_PER_RULE`] tags.
+    pub(super) fn keep_latest(&mut self, a: Address, readings: Vec<Reading>) {
+        let key = a.to_string();
+        if readings.is_empty()
+            || (self.latest.len() >= MAX_TAGS_PER_RULE && !self.latest.contains_key(&key))
+        {
+            return;
+        }
+        let kept = self.latest.entry(key).or_default();
+        for r in readings {
+            match kept.iter_mut().find(|k| k.code == r.code) {
+                Some(k) => *k = r,
+                None => kept.push(r),
+            }
         }
     }
 
@@ -148,6 +189,69 @@ pub(super) struct Sighting {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::observation::{mdc, Unit};
+
+    fn keyed_rule(a: &str) -> TagRule {
+        TagRule {
+            name: "fridges".into(),
+            service_data: Some("fcd2".into()),
+            ibeacon_uuid: None,
+            name_prefix: None,
+            addresses: vec![],
+            window_s: 10,
+            bthome_keys: [(
+                a.to_string(),
+                "231d39c1d7cc1ab1aee224cd096db932".to_string(),
+            )]
+            .into_iter()
+            .collect(),
+        }
+    }
+
+    #[test]
+    fn encrypted_frames_are_used_only_with_a_rising_counter() {
+        let a = Address::parse("54:48:E6:8F:80:A5").unwrap();
+        let mut t = TagState::new(&keyed_rule("54:48:E6:8F:80:A5"));
+        assert!(t.accept_counter(a, None), "plain frame");
+        assert!(t.accept_counter(a, Some(0x3322_1100)));
+        assert!(
+            !t.accept_counter(a, Some(0x3322_1100)),
+            "the same frame again"
+        );
+        assert!(!t.accept_counter(a, Some(5)), "an older frame replayed");
+        assert!(t.accept_counter(a, Some(0x3322_1101)));
+        // A tag without a key keeps no memory.
+        let b = Address::parse("54:48:E6:8F:80:A6").unwrap();
+        assert!(t.accept_counter(b, Some(1)));
+        assert!(!t.counters.contains_key(&b));
+    }
+
+    #[test]
+    fn the_latest_value_of_each_quantity_is_kept_per_tag() {
+        let a = Address::parse("54:48:E6:8F:80:A5").unwrap();
+        let mut t = TagState::new(&keyed_rule("54:48:E6:8F:80:A5"));
+        let r = |code, value| {
+            crate::ble::decode::profiles::reading(code, value, Unit::PERCENT, None, &[])
+        };
+        t.keep_latest(
+            a,
+            vec![r(mdc::PVT_HUMIDITY_REL, 40.0), r(mdc::TEMP_ROOM, 5.0)],
+        );
+        t.keep_latest(a, vec![r(mdc::BATTERY_CHARGE, 90.0)]);
+        t.keep_latest(a, vec![r(mdc::PVT_HUMIDITY_REL, 41.5)]);
+        let kept: Vec<(u32, f64)> = t.latest[&a.to_string()]
+            .iter()
+            .map(|r| (r.code, r.value))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                (mdc::PVT_HUMIDITY_REL, 41.5),
+                (mdc::TEMP_ROOM, 5.0),
+                (mdc::BATTERY_CHARGE, 90.0)
+            ]
+        );
+    }
 
     #[test]
     fn reject_tracker_is_bounded_and_rate_limited() {

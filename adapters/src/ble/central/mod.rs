@@ -34,6 +34,25 @@
 //! 4. **Reconcile after our own restart**: devices BlueZ still holds connected are reported by
 //!    btleplug as connected at start; their sessions adopt the link (no reconnect), rediscover
 //!    and resubscribe.
+//! 5. **The way back** (DESIGN §1): every configured device has a command channel
+//!    ([`BleAdapter::command_sender`]) that its session serves. `DeviceCommand::OpenSmp` opens
+//!    an SMP session for the firmware relay on the device's existing connection ([`smp`]):
+//!    refused ([`SmpLink::refuse`](crate::smp::channel::SmpLink::refuse), a reason the relay
+//!    reports) when the device is not connected (`device_offline`), not bonded (`not_bonded`:
+//!    SMP is for bonded devices only, also with `require_bond = false`) or has no SMP
+//!    characteristic (`no_smp_service`); otherwise the SMP characteristic is subscribed once per
+//!    connection on the session's one notification stream, frames from the relay are written
+//!    in pieces of ≤ ATT MTU − 3, notifications reassembled and passed on whole, while the
+//!    device's measurements keep flowing. The link is dropped with the connection (the relay
+//!    resumes at the device's offset on the next one); after the device's reset the session
+//!    reconnects and discovers GATT afresh (B18) before anything is subscribed or written.
+//!    While an SMP session is open the silence watchdog (`silent_after_s`) is suspended: a slot
+//!    erase keeps a device quiet for tens of seconds, and the SMP client has its own timeouts.
+//!    The device reassembles requests by the SMP header's length, so half a request left on it
+//!    would swallow the next ones: a link BlueZ held from before our start (we may have been
+//!    killed mid-request) is renewed before its first SMP session, and so is a link on which a
+//!    write failed after part of a request went out.
+//!    [`BleAdapter::is_connected`] tells the relay whether a session holds a connection.
 //!
 //! # Files
 //! | file | role |
@@ -43,6 +62,7 @@
 //! | `scan.rs` | the scan loop's state: classification of every report, presence summaries, session start, blind-adapter recovery |
 //! | `session.rs` | one admitted device's connection loop: connect with [`crate::retry::Backoff`], discovery, subscriptions, decoding |
 //! | [`bluez`] | the few BlueZ D-Bus calls btleplug lacks (bond state, pairable, power, `RemoveDevice`) |
+//! | [`smp`] | SMP over GATT: the SMP characteristic, MTU-sized writes, notification reassembly; a standalone transport for the bench CLI |
 //!
 //! Everything pure (decoders, presence aggregation, UUIDs) lives in [`crate::ble::decode`].
 //!
@@ -50,6 +70,7 @@
 //! Logs never carry clinical values above `debug`.
 
 pub mod bluez;
+pub mod smp;
 
 mod admission;
 mod scan;
@@ -62,13 +83,13 @@ use crate::ble::decode::uuid::{sig16, Uuid};
 use crate::ble::decode::vendor::VendorProfile;
 use crate::ble::decode::Profile;
 use crate::observation::{DeviceEvent, DeviceId, EventKind};
-use crate::{Adapter, AdapterContext, AdapterError, AdapterEvent, RunFuture};
+use crate::{Adapter, AdapterContext, AdapterError, AdapterEvent, DeviceCommand, RunFuture};
 use btleplug::api::{Central, Manager as _, ScanFilter};
 use btleplug::platform::{Adapter as BtAdapter, Manager};
 use futures::StreamExt;
 use serde::Serialize;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -129,6 +150,20 @@ pub struct BleStats {
     pub silent_reconnects: AtomicU64,
     /// Times the adapter heard no advertisement while known tags should be heard.
     pub blind_episodes: AtomicU64,
+    /// SMP sessions opened for the firmware relay (`DeviceCommand::OpenSmp` accepted).
+    pub smp_sessions: AtomicU64,
+    /// `OpenSmp` refused (not connected, not bonded, no SMP characteristic).
+    pub smp_refused: AtomicU64,
+    /// SMP frames written to devices (each in ATT-MTU-sized pieces).
+    pub smp_frames_out: AtomicU64,
+    /// Write Without Response pieces of those frames.
+    pub smp_writes: AtomicU64,
+    /// Whole SMP frames reassembled from notifications and passed to the relay.
+    pub smp_frames_in: AtomicU64,
+    /// SMP frames or notifications dropped (did not reassemble, the relay not reading).
+    pub smp_dropped: AtomicU64,
+    /// Fresh service discoveries after a write found the SMP characteristic gone (B18).
+    pub smp_rediscoveries: AtomicU64,
 }
 
 fn inc(c: &AtomicU64) {
@@ -142,21 +177,69 @@ pub struct BleAdapter {
     /// Last glucose record sequence number delivered, per device (survives reconnects and
     /// adapter restarts within the process).
     glucose_last: Arc<Mutex<HashMap<Address, u16>>>,
+    /// The way back to each configured device (survives adapter restarts).
+    ports: Arc<HashMap<Address, Arc<DevicePort>>>,
+}
+
+/// Commands queued per device before its session takes them.
+const COMMAND_CAPACITY: usize = 4;
+
+/// The way back to one configured device: its command channel, served by its session, and
+/// whether that session holds a connection now.
+struct DevicePort {
+    commands: mpsc::Sender<DeviceCommand>,
+    /// Taken by the device's session for its lifetime (one session per device).
+    inbox: tokio::sync::Mutex<mpsc::Receiver<DeviceCommand>>,
+    /// Connected, discovered and subscribed (what the relay's policy reads).
+    connected: AtomicBool,
 }
 
 impl BleAdapter {
     /// An adapter for a validated `[ble]` section ([`BleConfig::problems`] empty).
     pub fn new(cfg: BleConfig) -> Self {
+        let ports = cfg
+            .devices
+            .iter()
+            .filter_map(|d| Address::parse(&d.address).ok())
+            .map(|a| {
+                let (commands, inbox) = mpsc::channel(COMMAND_CAPACITY);
+                let port = DevicePort {
+                    commands,
+                    inbox: tokio::sync::Mutex::new(inbox),
+                    connected: AtomicBool::new(false),
+                };
+                (a, Arc::new(port))
+            })
+            .collect();
         BleAdapter {
             cfg: Arc::new(cfg),
             stats: Arc::default(),
             glucose_last: Arc::default(),
+            ports: Arc::new(ports),
         }
     }
 
     /// Live counters.
     pub fn stats(&self) -> Arc<BleStats> {
         self.stats.clone()
+    }
+
+    /// The command channel of the configured device with identity address `address` (`None`:
+    /// not a `[[ble.device]]`): [`DeviceCommand::OpenSmp`] opens an SMP session on its
+    /// connection (see the module docs for when it is refused); `SendBytes` has no meaning on
+    /// BLE and is dropped. At most 4 commands wait while the session is busy (`try_send` says
+    /// `Full` beyond). The channel works from any runtime (the adapter runs on its own thread).
+    pub fn command_sender(&self, address: Address) -> Option<mpsc::Sender<DeviceCommand>> {
+        self.ports.get(&address).map(|p| p.commands.clone())
+    }
+
+    /// Whether the session of `address` holds a connection now (connected, services
+    /// discovered, subscriptions made); false for an unknown address or while the adapter is
+    /// not running.
+    pub fn is_connected(&self, address: Address) -> bool {
+        self.ports
+            .get(&address)
+            .is_some_and(|p| p.connected.load(Ordering::Relaxed))
     }
 }
 
@@ -174,6 +257,7 @@ impl Adapter for BleAdapter {
                 cfg: self.cfg.clone(),
                 stats: self.stats.clone(),
                 glucose_last: self.glucose_last.clone(),
+                ports: self.ports.clone(),
             };
             // The thread sends into its own channel; a task here forwards to the gateway's. If
             // the thread hangs, dropping the forwarder releases the gateway's channel, so the

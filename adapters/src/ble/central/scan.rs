@@ -4,10 +4,7 @@
 use super::admission::{RejectDecision, RejectTracker, Sighting, TagState};
 use super::bluez::{address_from_id, Bus};
 use super::session::Session;
-use super::{
-    device_id, event, inc, send, BleAdapter, DeviceSpec, SessionHandle, MAX_TAGS_PER_RULE,
-    MAX_TRACKED,
-};
+use super::{device_id, event, inc, send, BleAdapter, DeviceSpec, SessionHandle, MAX_TRACKED};
 use crate::ble::config::{Address, TagRule};
 use crate::ble::decode::advertisement;
 use crate::ble::decode::presence::PresenceSummary;
@@ -316,8 +313,10 @@ impl<'a> Scan<'a> {
                     .ok()
                     .map(advertisement::Beacon::Eddystone),
                 Some(advertisement::UUID_BTHOME) => {
-                    let key = self.tags[rule].keys.get(&a);
-                    bthome(a, data, key).map(advertisement::Beacon::BtHome)
+                    let t = &mut self.tags[rule];
+                    bthome(a, data, t.keys.get(&a))
+                        .filter(|b| t.accept_counter(a, b.counter))
+                        .map(advertisement::Beacon::BtHome)
                 }
                 _ => None,
             };
@@ -325,12 +324,7 @@ impl<'a> Scan<'a> {
                 readings.extend(b.readings());
             }
         }
-        let t = &mut self.tags[rule];
-        if !readings.is_empty()
-            && (t.latest.len() < MAX_TAGS_PER_RULE || t.latest.contains_key(&a.to_string()))
-        {
-            t.latest.insert(a.to_string(), readings);
-        }
+        self.tags[rule].keep_latest(a, readings);
     }
 
     pub(super) fn ensure_session(&mut self, spec: Arc<DeviceSpec>, id: PeripheralId) {
@@ -351,6 +345,11 @@ impl<'a> Scan<'a> {
             clock: self.ctx.clock_synced.clone(),
             stats: self.owner.stats.clone(),
             glucose_last: self.owner.glucose_last.clone(),
+            port: match self.owner.ports.get(&spec.address) {
+                Some(p) => p.clone(),
+                None => return,
+            },
+            smp_link_renewed: Default::default(),
         };
         let task = tokio::spawn(session.run(link_rx));
         self.sessions

@@ -46,7 +46,21 @@ pub struct BtHome {
 }
 
 impl BtHome {
-    /// Readings: temperatures → [`mdc::TEMP_ROOM`] °C, battery (0x01) → [`mdc::BATTERY_CHARGE`] %.
+    /// Readings of the sensor quantities a ward needs (issue 11 item 6), in the object's own
+    /// unit (bthome-ble `const.py` factors already applied):
+    ///
+    /// | object ids | quantity | code | unit |
+    /// |---|---|---|---|
+    /// | 0x02, 0x45, 0x57, 0x58 | temperature | [`mdc::TEMP_ROOM`] | °C |
+    /// | 0x01 | battery | [`mdc::BATTERY_CHARGE`] | % |
+    /// | 0x03, 0x2E | humidity | [`mdc::PVT_HUMIDITY_REL`] (private) | % |
+    /// | 0x04 | pressure | [`mdc::PVT_PRESSURE_AMBIENT`] (private) | hPa |
+    /// | 0x05 | illuminance | [`mdc::PVT_ILLUMINANCE`] (private) | lx |
+    /// | 0x0C, 0x4A | voltage | [`mdc::PVT_BATTERY_VOLTAGE`] (private) | V |
+    /// | 0x08 | dew point | [`mdc::PVT_DEW_POINT`] (private) | °C |
+    ///
+    /// Other objects (counts, energy, CO2, particulates, binary sensors, text, …) stay in the
+    /// presence map only.
     pub fn readings(&self) -> Vec<Reading> {
         self.values
             .iter()
@@ -54,13 +68,17 @@ impl BtHome {
                 let BtHomeData::Number(n) = v.data else {
                     return None;
                 };
-                match v.object_id {
-                    0x02 | 0x45 | 0x57 | 0x58 => {
-                        Some(reading(mdc::TEMP_ROOM, n, Unit::DEGC, None, &[]))
-                    }
-                    0x01 => Some(reading(mdc::BATTERY_CHARGE, n, Unit::PERCENT, None, &[])),
-                    _ => None,
-                }
+                let (code, unit) = match v.object_id {
+                    0x02 | 0x45 | 0x57 | 0x58 => (mdc::TEMP_ROOM, Unit::DEGC),
+                    0x01 => (mdc::BATTERY_CHARGE, Unit::PERCENT),
+                    0x03 | 0x2E => (mdc::PVT_HUMIDITY_REL, Unit::PERCENT),
+                    0x04 => (mdc::PVT_PRESSURE_AMBIENT, Unit::HECTO_PASCAL),
+                    0x05 => (mdc::PVT_ILLUMINANCE, Unit::PVT_LUX),
+                    0x0C | 0x4A => (mdc::PVT_BATTERY_VOLTAGE, Unit::VOLT),
+                    0x08 => (mdc::PVT_DEW_POINT, Unit::DEGC),
+                    _ => return None,
+                };
+                Some(reading(code, n, unit, None, &[]))
             })
             .collect()
     }

@@ -31,10 +31,11 @@
 //! 16-bit service UUIDs stay `u16` here: that is what the AD structure carries on air
 //! ([`crate::ble::decode::uuid::sig16`] gives the full [`Uuid`](crate::ble::decode::Uuid)).
 //!
-//! Presence fields (ids, Tx power, battery voltage, uptime, …) stay in the typed structs
-//! ([`Beacon::presence`] gives them as JSON). Only values with an MDC code become [`Reading`]s:
-//! beacon temperature → [`mdc::TEMP_ROOM`] (°C), BTHome battery → [`mdc::BATTERY_CHARGE`] (%),
-//! Mi Scale weight → [`mdc::BODY_WEIGHT`].
+//! Presence fields (ids, Tx power, uptime, …) stay in the typed structs ([`Beacon::presence`]
+//! gives them as JSON). Sensor quantities become [`Reading`]s, with their MDC code or a
+//! wardgate-private one: beacon temperature → [`mdc::TEMP_ROOM`] (°C), Eddystone TLM battery
+//! voltage → [`mdc::PVT_BATTERY_VOLTAGE`] (V), BTHome battery, humidity, pressure, illuminance,
+//! voltage and dew point (see [`BtHome::readings`]), Mi Scale weight → [`mdc::BODY_WEIGHT`].
 
 use crate::ble::decode::profiles::reading;
 use crate::ble::decode::{DateTime, DecodeError, Reader};
@@ -309,6 +310,15 @@ impl Beacon {
                 .temperature_c
                 .map(|c| reading(mdc::TEMP_ROOM, c, Unit::DEGC, None, &[]))
                 .into_iter()
+                .chain(t.battery_mv.map(|mv| {
+                    reading(
+                        mdc::PVT_BATTERY_VOLTAGE,
+                        f64::from(mv) / 1000.0,
+                        Unit::VOLT,
+                        None,
+                        &[],
+                    )
+                }))
                 .collect(),
             Beacon::BtHome(b) => b.readings(),
             Beacon::MiScale(m) => m.readings(),
@@ -393,8 +403,14 @@ mod tests {
         assert_eq!(t.uptime_s(), 1094.8);
         let r = Beacon::Eddystone(Eddystone::Tlm(t)).readings();
         assert_eq!(
-            (r[0].code, r[0].value, r[0].unit),
-            (188_508, 19.0, Unit::DEGC)
+            r.iter()
+                .map(|r| (r.code, r.value, r.unit))
+                .collect::<Vec<_>>(),
+            [
+                (188_508, 19.0, Unit::DEGC),
+                (mdc::PVT_BATTERY_VOLTAGE, 2.84, Unit::VOLT)
+            ],
+            "temperature and battery voltage (2840 mV)"
         );
         // D-08: temperature bytes 47 11.
         let Eddystone::Tlm(t) = parse_eddystone(&hex("20000b1847110000146700002ac4")).unwrap()
@@ -462,12 +478,26 @@ mod tests {
             })
             .collect();
         assert_eq!(v, [("temperature", 25.06, "Cel"), ("humidity", 50.55, "%")]);
+        // Temperature (MDC_TEMP_ROOM) and humidity (wardgate-private) both become readings.
         let r = b.readings();
-        assert_eq!(r.len(), 1);
-        assert_eq!((r[0].code, r[0].value), (188_508, 25.06));
+        assert_eq!(
+            r.iter()
+                .map(|r| (r.code, r.value, r.unit))
+                .collect::<Vec<_>>(),
+            [
+                (188_508, 25.06, Unit::DEGC),
+                (mdc::PVT_HUMIDITY_REL, 50.55, Unit::PERCENT)
+            ]
+        );
+        assert_eq!(mdc::PVT_HUMIDITY_REL, 1024 * 65536 + 3);
         let b = parse_bthome(&hex("4004138a01")).unwrap();
         assert_eq!(b.values[0].data, BtHomeData::Number(1008.83));
         assert_eq!(b.values[0].ucum, "hPa");
+        let r = b.readings();
+        assert_eq!(
+            (r[0].code, r[0].value, r[0].unit),
+            (mdc::PVT_PRESSURE_AMBIENT, 1008.83, Unit::HECTO_PASCAL)
+        );
     }
 
     #[test]
