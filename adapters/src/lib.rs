@@ -10,10 +10,14 @@
 //! - [`retry`]: the one retry policy: [`retry::Backoff`] (capped exponential, equal jitter) and
 //!   [`retry::RateLimit`], used by serial, BLE and the gateway's supervisor and uplink.
 //! - [`serial`]: the serial port adapter (run loop, line settings, identity gate) and the
-//!   bedside-monitor protocol decoders (`cms50`, `ansar-b`, `masimo`), pure state machines.
+//!   bedside-monitor protocol decoders (`cms50`, `ansar-b`, `masimo`, and `lines`, decoded by a
+//!   declarative map from the configuration), pure state machines.
 //! - [`ble`]: `ble::decode` holds the pure BLE decoders (SIG health characteristics, declarative
 //!   vendor profiles, beacons including encrypted BTHome, presence aggregation); `ble::central`
 //!   the I/O: the BLE adapter on BlueZ through btleplug (and a few direct D-Bus calls).
+//! - [`exec`]: out-of-process plug-ins: a child process writing JSON lines, supervised
+//!   (restart with backoff, stop with SIGTERM then SIGKILL), read with backpressure.
+//! - [`framing`]: bounded line framing shared by the `lines` protocol and `exec`.
 //! - [`smp`]: SMP/MCUmgr for the firmware relay: the pure codec, the client, its transports
 //!   (a serial port; [`smp::channel`], through the adapter that holds the device's connection,
 //!   opened with [`DeviceCommand::OpenSmp`]) and [`smp::update::apply`], the whole update.
@@ -32,6 +36,8 @@
 #![warn(missing_docs)]
 
 pub mod ble;
+pub mod exec;
+pub mod framing;
 pub mod observation;
 pub mod plausibility;
 pub mod retry;

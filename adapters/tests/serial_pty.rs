@@ -133,6 +133,7 @@ fn config(
         stop_bits: 1,
         serial_number: serial_number.map(Into::into),
         max_backoff_s: 1,
+        map: None,
     }
 }
 

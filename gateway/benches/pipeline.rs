@@ -5,8 +5,8 @@
 //! - throughput: observations/s from the first append to the last observation counted by an
 //!   MQTT subscriber (durable commits, `synchronous=FULL`, broker ack mode);
 //! - backlog drain: time to deliver a 1,000,000-observation backlog once the uplink starts;
-//! - added latency at 1,000 observations/s: subscriber receive time − gateway time, p50/p99,
-//!   minus the batching interval;
+//! - latency at 1,000 observations/s: subscriber receive time − gateway time, p50/p99 (rows are
+//!   sent at their commit; `tests/benches/latency.rs` measures from the device's write);
 //! - peak RSS (VmHWM) of this process (gateway pipeline + subscriber together: an upper bound).
 //!
 //! Environment: `BENCH_OBS` (default 200000), `BENCH_BACKLOG` (default 1000000), `BENCH_RUNS`
@@ -215,7 +215,6 @@ fn start_gateway(env: &Env, store: Arc<Store>, batch_interval: Duration) -> Gate
         WriterOptions {
             commit_interval: Duration::from_millis(20),
             commit_max_rows: 5000,
-            batch_max: 2000,
             retention_every: Duration::from_secs(3600),
             buffer_max_rows: 10_000,
         },
@@ -376,12 +375,11 @@ fn main() {
         l.sort_unstable();
         let p = |q: f64| l[((l.len() as f64 * q) as usize).min(l.len() - 1)];
         println!(
-            "latency at 1000 obs/s ({} samples): p50 {} ms, p99 {} ms; p99 beyond the {} ms batching interval: {} ms (target ≤ 20 ms)",
+            "latency at 1000 obs/s ({} samples): p50 {} ms, p99 {} ms (target p99 ≤ 25 ms: sent at once, the {} ms interval paces only re-sends)",
             l.len(),
             p(0.5),
             p(0.99),
-            interval.as_millis(),
-            p(0.99) - interval.as_millis() as i64
+            interval.as_millis()
         );
         drop(tx);
         gw.stop().await;

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify};
 use wardgate_adapters::ble::central::BleAdapter;
+use wardgate_adapters::exec::ExecAdapter;
 use wardgate_adapters::serial::SerialAdapter;
 use wardgate_adapters::Adapter;
 
@@ -110,7 +111,6 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         WriterOptions {
             commit_interval: Duration::from_millis(cfg.store.commit_interval_ms),
             commit_max_rows: cfg.store.commit_max_rows,
-            batch_max: cfg.uplink.batch_max,
             // Also the writer's idle tick: kept well inside the watchdog period.
             retention_every: crate::system::sd_notify::writer_tick(watchdog),
             buffer_max_rows: cfg.store.buffer_max_rows.max(1),
@@ -131,11 +131,32 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
             health,
         )));
     };
+    // The `[[lines_map]]`s, compiled once and shared by the devices that name them (validated:
+    // one that does not compile is skipped here, and its device refuses to run, reported).
+    let lines_maps: std::collections::HashMap<&str, Arc<_>> = cfg
+        .lines_map
+        .iter()
+        .filter_map(|m| Some((m.name.as_str(), Arc::new(m.compile().ok()?))))
+        .collect();
     let mut serial_adapters = Vec::new();
     for s in &cfg.serial {
-        let serial = Arc::new(SerialAdapter::new(s.clone()));
+        let mut serial = SerialAdapter::new(s.clone());
+        if let Some(map) = s.map.as_deref().and_then(|m| lines_maps.get(m)) {
+            serial = serial.with_lines_map(map.clone());
+        }
+        let serial = Arc::new(serial);
         serial_adapters.push(serial.clone());
         start_adapter(serial);
+    }
+    let mut exec_adapters = Vec::new();
+    for e in &cfg.exec {
+        // Started through this very binary (`/proc/self/exe`, valid even when the file was
+        // replaced by an upgrade), which closes every descriptor but 0–2 before the plug-in runs.
+        let plugin = Arc::new(
+            ExecAdapter::new(e.clone()).with_launcher(std::path::PathBuf::from("/proc/self/exe")),
+        );
+        exec_adapters.push(plugin.clone());
+        start_adapter(plugin);
     }
     let mut ble_stats = None;
     let mut ble_adapter = None;
@@ -198,6 +219,17 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
             )
         })
         .collect();
+    for e in &cfg.exec {
+        let thresholds = crate::health::liveness::Thresholds {
+            stale: Duration::from_secs(e.stale_after_s.unwrap_or(10)),
+            offline: Duration::from_secs(e.offline_after_s.unwrap_or(60)),
+        };
+        let mut ids = e.device_ids();
+        if !e.devices.is_empty() {
+            ids.insert(0, e.device_id());
+        }
+        tracked.extend(ids.into_iter().map(|id| (id.0, thresholds)));
+    }
     for d in cfg.ble.iter().flat_map(|b| b.devices.iter()) {
         if let Ok(a) = wardgate_adapters::ble::config::Address::parse(&d.address) {
             let (stale, offline) = d.liveness_s();
@@ -224,6 +256,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
             adapters: adapters.clone(),
             counters: crate::health::status_loop::Counters {
                 serial: serial_adapters,
+                exec: exec_adapters,
                 ble: ble_stats,
             },
             tracked,
@@ -242,11 +275,12 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         shutdown_rx,
     ));
     log::info!(
-        "wardgate {} started: gateway {} ({} serial devices, {} BLE devices), store {}",
+        "wardgate {} started: gateway {} ({} serial devices, {} BLE devices, {} plug-ins), store {}",
         env!("CARGO_PKG_VERSION"),
         cfg.gateway.id.get_ref(),
         cfg.serial.len(),
         cfg.ble.as_ref().map_or(0, |b| b.devices.len()),
+        cfg.exec.len(),
         cfg.store.path.display()
     );
     Ok(Running {
@@ -415,7 +449,9 @@ fn watched(
     store: &Arc<Store>,
     cfg: &Config,
 ) -> crate::system::sd_notify::Watched {
-    let devices = cfg.serial.len() + cfg.ble.as_ref().map_or(0, |b| b.devices.len());
+    let devices = cfg.serial.len()
+        + cfg.ble.as_ref().map_or(0, |b| b.devices.len())
+        + cfg.exec.iter().map(|e| e.device_ids().len()).sum::<usize>();
     let (writer, beat, uplink, store) = (
         writer.clone(),
         uplink_beat.clone(),

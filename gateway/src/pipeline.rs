@@ -50,8 +50,6 @@ pub struct WriterOptions {
     pub commit_interval: Duration,
     /// Most rows per transaction.
     pub commit_max_rows: usize,
-    /// Wake the uplink when this many rows are pending (a full batch).
-    pub batch_max: usize,
     /// How often retention limits are checked.
     pub retention_every: Duration,
     /// Most rows held in memory while commits fail; beyond it rows are refused (module doc).
@@ -346,7 +344,6 @@ pub async fn run_writer(
     wake: Arc<Notify>,
     stats: Arc<WriterStats>,
 ) {
-    let mut pending_since_wake = 0usize;
     let mut last_retention = tokio::time::Instant::now();
     let mut last_commit = tokio::time::Instant::now() - opts.commit_interval;
     let mut buf = PendingRows::default();
@@ -486,11 +483,10 @@ pub async fn run_writer(
                     unreported_full = false;
                 }
                 publish(&stats, None, &buf, &unreported);
-                pending_since_wake += rows.len();
-                if pending_since_wake >= opts.batch_max {
-                    pending_since_wake = 0;
-                    wake.notify_one();
-                }
+                // Every commit wakes the uplink: with room in its in-flight window it cuts a
+                // batch of whatever is committed at once (send at once when idle); without,
+                // the rows wait for an ack and go out together (adaptive batching).
+                wake.notify_one();
                 if last_retention.elapsed() >= opts.retention_every {
                     retention(&store, &mut last_retention, &opts).await;
                 }

@@ -56,7 +56,6 @@ async fn failing_commits_keep_the_rows_and_count_as_progress() {
         WriterOptions {
             commit_interval: Duration::from_millis(20),
             commit_max_rows: 100,
-            batch_max: 100,
             retention_every: Duration::from_secs(3600),
             buffer_max_rows: 10_000,
         },
@@ -149,7 +148,6 @@ async fn a_full_store_refuses_new_rows_counted_and_reports_them_when_space_retur
         WriterOptions {
             commit_interval: Duration::from_millis(5),
             commit_max_rows: 20,
-            batch_max: 1_000_000,
             retention_every: Duration::from_secs(3600),
             buffer_max_rows: 30,
         },

@@ -60,6 +60,7 @@ fn config(path: &Path) -> SerialConfig {
         stop_bits: 1,
         serial_number: None,
         max_backoff_s: 1,
+        map: None,
     }
 }
 

@@ -5,8 +5,7 @@
 //!   `crate::…` paths in non-test code;
 //! - the pure decoders (`adapters/src/ble/decode/`, `adapters/src/serial/protocols/`, the SMP
 //!   codec in `adapters/src/smp/` but `client.rs`, `serial.rs`, `channel.rs`, `source.rs` and
-//!   `update.rs`)
-//!   do no I/O:
+//!   `update.rs`, `framing.rs`, `exec/message.rs`, `exec/config.rs`) do no I/O:
 //!   no tokio, btleplug, dbus, tokio-serial, nor the adapters' I/O modules;
 //! - adapters never touch MQTT or SQLite; the simulated world (`wardgate-sim`) depends on
 //!   `wardgate-adapters` only, never on the gateway it exercises;
@@ -349,6 +348,17 @@ fn decoders_do_no_io() {
         .collect();
     assert!(smp.len() >= 8, "only {} SMP codec files found", smp.len());
     let mut files = smp;
+    // The bounded line framer and the plug-in line protocol are pure too (only exec's
+    // adapter.rs starts processes).
+    for f in [
+        "adapters/src/framing.rs",
+        "adapters/src/exec/message.rs",
+        "adapters/src/exec/config.rs",
+    ] {
+        let f = root.join(f);
+        assert!(f.is_file(), "{} is missing", f.display());
+        files.push(f);
+    }
     for dir in ["adapters/src/ble/decode", "adapters/src/serial/protocols"] {
         let dir = root.join(dir);
         assert!(dir.is_dir(), "{} is missing", dir.display());
@@ -379,6 +389,8 @@ fn decoders_do_no_io() {
             // The adapters' I/O modules: BLE central (and its BlueZ calls), the serial run loop
             // and the module that opens ports.
             if p.iter().any(|s| s == "central" || s == "bluez")
+                || (p.first().is_some_and(|s| s == "exec")
+                    && p.get(1).is_some_and(|s| s == "adapter"))
                 || (p.first().is_some_and(|s| s == "smp")
                     && p.get(1).is_some_and(|s| {
                         ["client", "serial", "channel", "source", "update"].contains(&s.as_str())

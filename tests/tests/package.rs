@@ -170,6 +170,16 @@ fn contents_have_the_paths_modes_and_owners() {
             "/usr/share/wardgate/profiles/inhaler-example.toml",
             "-rw-r--r--",
         ),
+        (
+            "/usr/share/wardgate/profiles/lines-example.toml",
+            "-rw-r--r--",
+        ),
+        (
+            "/usr/share/doc/wardgate/examples/plugins/oximeter_bridge.py",
+            "-rw-r--r--",
+        ),
+        ("/usr/share/doc/wardgate/plugins.md", "-rw-r--r--"),
+        ("/usr/share/doc/wardgate/install.md", "-rw-r--r--"),
         ("/usr/share/doc/wardgate/README.md", "-rw-r--r--"),
         ("/usr/share/doc/wardgate/README.Debian", "-rw-r--r--"),
         ("/usr/share/doc/wardgate/copyright", "-rw-r--r--"),
@@ -219,6 +229,15 @@ fn packaged_files_are_the_repository_files() {
             "config/profiles/inhaler-example.toml",
             "usr/share/wardgate/profiles/inhaler-example.toml",
         ),
+        (
+            "config/profiles/lines-example.toml",
+            "usr/share/wardgate/profiles/lines-example.toml",
+        ),
+        (
+            "examples/plugins/oximeter_bridge.py",
+            "usr/share/doc/wardgate/examples/plugins/oximeter_bridge.py",
+        ),
+        ("docs/plugins.md", "usr/share/doc/wardgate/plugins.md"),
         ("README.md", "usr/share/doc/wardgate/README.md"),
     ] {
         assert_eq!(

@@ -175,3 +175,83 @@ fn the_dbus_policy_allows_org_bluez_and_nothing_else() {
         String::from_utf8_lossy(&root.stderr)
     );
 }
+
+/// The unit's sandbox lets the plug-ins `docs/plugins.md` tells installers to put in
+/// `/usr/local/lib/wardgate/plugins/` (and the example's interpreter, `/usr/bin/python3`) run:
+/// no directive forbids executing, hides or replaces those paths, the system call filter keeps
+/// `execve`, and the state directory a plug-in may use as its working directory is the unit's.
+#[test]
+fn the_unit_lets_the_documented_plugin_locations_execute() {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/wardgate.service"),
+    )
+    .unwrap();
+    let directives: Vec<(&str, &str)> = unit
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .collect();
+    let values = |key: &str| -> Vec<&str> {
+        directives
+            .iter()
+            .filter(|(k, _)| *k == key)
+            .flat_map(|(_, v)| v.split_whitespace())
+            .collect()
+    };
+    let covers = |path: &str, p: &str| {
+        let p = p.trim_start_matches(['-', '+', ':']);
+        path == p || path.starts_with(&format!("{}/", p.trim_end_matches('/'))) || p == "/"
+    };
+    for path in [
+        "/usr/local/lib/wardgate/plugins/oximeter_bridge.py",
+        "/usr/bin/python3",
+        "/usr/lib/python3",
+    ] {
+        for key in [
+            "NoExecPaths",
+            "InaccessiblePaths",
+            "TemporaryFileSystem",
+            "BindPaths",
+            "BindReadOnlyPaths",
+        ] {
+            let hit: Vec<&str> = values(key)
+                .into_iter()
+                .filter(|p| covers(path, p))
+                .collect();
+            assert!(hit.is_empty(), "{key}={hit:?} covers {path}");
+        }
+        // ExecPaths only matters together with NoExecPaths; if both appear, the path must be
+        // re-allowed.
+        if !values("NoExecPaths").is_empty() {
+            assert!(
+                values("ExecPaths").iter().any(|p| covers(path, p)),
+                "{path}"
+            );
+        }
+    }
+    assert_eq!(
+        values("ProtectSystem"),
+        ["strict"],
+        "read-only, still executable"
+    );
+    assert_eq!(
+        values("StateDirectory"),
+        ["wardgate"],
+        "the plug-ins' writable place"
+    );
+    // execve is in @system-service and not in the refused @privileged/@resources sets.
+    assert!(values("SystemCallFilter").contains(&"@system-service"));
+    for refused in values("SystemCallFilter")
+        .iter()
+        .filter(|v| v.starts_with('~'))
+    {
+        assert!(
+            !refused.contains("@process"),
+            "{refused} would refuse execve/fork"
+        );
+    }
+    // The defaults that would stop a plug-in are not set to stop it.
+    assert!(values("ProtectProc").is_empty() || values("ProtectProc") == ["default"]);
+    assert!(values("NoExecPaths").is_empty());
+}

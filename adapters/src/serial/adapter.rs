@@ -24,7 +24,7 @@
 //!
 //! # Identity (DESIGN §11: ports renumbered after reboot)
 //! When `serial_number` is configured, the protocol must report one ([`Protocol::reports_identity`],
-//! today only `masimo`; otherwise the adapter refuses to start with [`AdapterError::Config`], as the
+//! `masimo`, and `lines` when its map has an `id` field; otherwise the adapter refuses to start with [`AdapterError::Config`], as the
 //! check could never pass). After every (re)open the adapter **holds back readings until the
 //! device has reported a matching serial number**: readings decoded before the first
 //! [`Decoded::Identity`] of the connection are dropped (counted in
@@ -77,6 +77,7 @@
 use super::config::SerialConfig;
 use super::identity::{IdentityGate, IdentityVerdict};
 use super::line::{check_line_settings, LineSettings};
+use super::protocols::lines::map::CompiledMap as LinesMapCompiled;
 use super::protocols::{self, Decoded, Protocol};
 use crate::observation::{DeviceEvent, DeviceId, EventKind, Observation, Reading};
 use crate::retry::{Backoff, RateLimit, DEVICE_STABLE};
@@ -184,6 +185,8 @@ pub struct SerialAdapter {
     cmd_tx: mpsc::Sender<DeviceCommand>,
     /// Receiver half, owned by the running `run` (a second concurrent `run` is refused).
     cmd_rx: Mutex<mpsc::Receiver<DeviceCommand>>,
+    /// `protocol = "lines"`: the compiled `[[lines_map]]` its lines are decoded by.
+    lines_map: Option<Arc<LinesMapCompiled>>,
 }
 
 impl SerialAdapter {
@@ -197,7 +200,21 @@ impl SerialAdapter {
             counters: Arc::default(),
             cmd_tx,
             cmd_rx: Mutex::new(cmd_rx),
+            lines_map: None,
         }
+    }
+
+    /// The map a `lines` device decodes by (`[[lines_map]]` named by `map`, compiled with
+    /// [`LinesMap::compile`](super::protocols::lines::LinesMap::compile)). Without one a `lines`
+    /// device refuses to run.
+    pub fn with_lines_map(mut self, map: Arc<LinesMapCompiled>) -> Self {
+        self.lines_map = Some(map);
+        self
+    }
+
+    /// A fresh decoder for this device's protocol (and map).
+    fn decoder(&self) -> Box<dyn Protocol> {
+        protocols::build_with(self.cfg.protocol, self.lines_map.as_ref())
     }
 
     /// The device id its observations carry: `serial:<name>`.
@@ -266,6 +283,12 @@ impl SerialAdapter {
         if cfg.baud() == 0 {
             return Err("baud 0".into());
         }
+        if cfg.protocol == super::config::ProtocolName::Lines && self.lines_map.is_none() {
+            return Err(format!(
+                "protocol lines needs its map: no [[lines_map]] named {:?} was given to the adapter",
+                cfg.map.as_deref().unwrap_or_default()
+            ));
+        }
         if cfg.serial_number.is_some() && !protocol.reports_identity() {
             return Err(format!(
                 "serial_number is configured but protocol {} never reports one, so it cannot be checked",
@@ -280,7 +303,7 @@ impl SerialAdapter {
         let Ok(mut cmd_rx) = self.cmd_rx.try_lock() else {
             return Err(self.refuse(ctx, "adapter is already running".into()).await);
         };
-        if let Err(why) = self.static_check(protocols::build(self.cfg.protocol).as_ref()) {
+        if let Err(why) = self.static_check(self.decoder().as_ref()) {
             return Err(self.refuse(ctx, why).await);
         }
         let want = LineSettings::from_config(&self.cfg);
@@ -311,10 +334,14 @@ impl SerialAdapter {
                         want.describe()
                     );
                     let detail = format!(
-                        "device {name}: opened {} at {} ({})",
+                        "device {name}: opened {} at {} ({}{})",
                         self.cfg.path.display(),
                         want.describe(),
-                        self.cfg.protocol.as_str()
+                        self.cfg.protocol.as_str(),
+                        match &self.lines_map {
+                            Some(m) => format!(", map {}", m.name),
+                            None => String::new(),
+                        }
                     );
                     self.send(ctx, self.event(EventKind::Connected, detail))
                         .await?;
@@ -387,7 +414,7 @@ impl SerialAdapter {
     /// Starts (or restarts, after an SMP session) the data protocol on an open port: a fresh
     /// decoder and per-connection state, the on-open bytes written, the keep-alive armed.
     async fn start_data(&self, port: &mut SerialStream) -> Result<DataState, String> {
-        let mut protocol = protocols::build(self.cfg.protocol);
+        let mut protocol = self.decoder();
         let on_open = protocol.on_open();
         if !on_open.is_empty() {
             write(port, &on_open).await?;

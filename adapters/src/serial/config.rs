@@ -15,6 +15,10 @@ pub enum ProtocolName {
     /// Masimo Radical-7 / Rad-series ASCII serial output ("ASCII 1"), 9600 8N1.
     #[serde(rename = "masimo")]
     Masimo,
+    /// Text lines (JSON, CSV, `key=value`) decoded by a `[[lines_map]]` named in `map`
+    /// ([`crate::serial::protocols::lines`]); the baud rate must be given.
+    #[serde(rename = "lines")]
+    Lines,
 }
 
 /// Parity setting.
@@ -41,7 +45,8 @@ pub struct SerialConfig {
     pub path: PathBuf,
     /// The device protocol.
     pub protocol: ProtocolName,
-    /// Baud rate in bit/s; default is the protocol's own (cms50 115200, ansar-b 9600, masimo 9600).
+    /// Baud rate in bit/s; default is the protocol's own (cms50 115200, ansar-b 9600, masimo
+    /// 9600; `lines` has none: give it).
     pub baud: Option<u32>,
     /// Data bits, 5–8; default 8.
     #[serde(default = "default_data_bits")]
@@ -58,6 +63,10 @@ pub struct SerialConfig {
     /// Longest wait between reopen attempts after an unplug, in seconds; default 30.
     #[serde(default = "default_max_backoff")]
     pub max_backoff_s: u64,
+    /// `protocol = "lines"`: the name of the `[[lines_map]]` its lines are decoded by (required
+    /// there, refused elsewhere).
+    #[serde(default)]
+    pub map: Option<String>,
 }
 
 fn default_data_bits() -> u8 {
@@ -71,19 +80,34 @@ fn default_max_backoff() -> u64 {
 }
 
 impl ProtocolName {
-    /// The protocol's default baud rate (bit/s).
+    /// The protocol's default baud rate (bit/s). `lines` has none (the configuration must give
+    /// one); 115200 stands in so the value is never 0.
     pub fn default_baud(self) -> u32 {
         match self {
-            ProtocolName::Cms50 => 115_200,
+            ProtocolName::Cms50 | ProtocolName::Lines => 115_200,
             ProtocolName::AnsarB | ProtocolName::Masimo => 9_600,
         }
     }
+
+    /// Whether the protocol has a default baud rate (all but `lines`).
+    pub fn has_default_baud(self) -> bool {
+        self != ProtocolName::Lines
+    }
+
+    /// Every protocol, in the order the documentation lists them.
+    pub const ALL: [ProtocolName; 4] = [
+        ProtocolName::Cms50,
+        ProtocolName::AnsarB,
+        ProtocolName::Masimo,
+        ProtocolName::Lines,
+    ];
     /// The CLI/config spelling.
     pub fn as_str(self) -> &'static str {
         match self {
             ProtocolName::Cms50 => "cms50",
             ProtocolName::AnsarB => "ansar-b",
             ProtocolName::Masimo => "masimo",
+            ProtocolName::Lines => "lines",
         }
     }
 }

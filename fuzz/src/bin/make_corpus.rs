@@ -290,6 +290,67 @@ fn make() {
         c.add("http_content_range", v.as_bytes().to_vec());
     }
     smp(&mut c);
+
+    // `lines`: the example maps' own lines (selector = map), good and refused.
+    let esp = "{\"dev\":\"ox-001\",\"spo2\":97,\"pulse\":72,\"ts\":1718000000250000,\"seq\":17}\n\
+{\"dev\":\"ox-001\",\"spo2\":-1,\"pulse\":\"71\",\"seq\":18}\r\n\
+{\"dev\":\"ox-001\",\"spo2\":101,\"pulse\":72}\n{\"dev\":\"ox-002\",\"spo2\":[97]}\n{\"dev\":\"ox\"\n";
+    c.sel("serial_lines", 0, esp.as_bytes());
+    let nmea = |body: &str| {
+        let sum = body.bytes().fold(0u8, |a, b| a ^ b);
+        format!("${body}*{sum:02X}\r\n")
+    };
+    let nibp = [
+        nmea("NIBP,2024-06-10 06:13:20,121,79,93,64,368,0041"),
+        "$STAT,ok*00\r\n".into(),
+        nmea("NIBP,2024-06-10 06:18:20,118,77,90,---,369,0000"),
+        "$NIBP,2024-06-10 06:18:20,118,77,90,---,369,0000*00\r\n".into(),
+        nmea("NIBP,\"2024-06-10 06:18:20\",\"1\"\"8\",77"),
+    ]
+    .concat();
+    c.sel("serial_lines", 1, nibp.as_bytes());
+    c.sel(
+        "serial_lines",
+        2,
+        b"\n12/01/05 11:56:29 SN=0123456789 SPO2=098% BPM=240 PI=20.00% ALARM=0000 EXC=000820\r\n\
+09/15/10 15:10:29 SPO2=097% BPM=064 PI=11.82% ALARM=20 EXC=800\r\n\
+03/15/11 14:22:07 SPO2=090% BPM=--- PI=--.--% ALARM=0012 EXC=800604\r\n",
+    );
+    let crc = |body: &str| {
+        let sum = wardgate_adapters::serial::protocols::lines::checksum::Algorithm::Crc16Xmodem
+            .compute(body.as_bytes());
+        format!("{body}|{sum:04X}\r")
+    };
+    let kv = [
+        "# booted\r".to_string(),
+        crc("id:ab-1;t:01.02.24 03:04:05.123+01:00;n:7;st:ALM;b:0x8000000000000001;hr:150bpm;ev:1"),
+        crc("id:ab-1;st:OK;hr:--"),
+        crc("st:weird;hr:9e9"),
+        "id:ab-1;hr:70|0000\r".into(),
+    ]
+    .concat();
+    c.sel("serial_lines", 3, kv.as_bytes());
+    c.sel(
+        "serial_lines",
+        4,
+        include_str!("../../../config/profiles/lines-example.toml").as_bytes(),
+    );
+    // Plug-in lines: the example plug-in's output and the unit tests' refusals.
+    let plugin_lines = [
+        r#"{"v":1,"type":"event","kind":"connected","detail":"replaying oximeter_demo.csv"}"#,
+        r#"{"v":1,"type":"observation","code":"MDC_PULS_OXIM_SAT_O2","value":97.0,"unit":"%","record":1}"#,
+        r#"{"v":1,"type":"observation","device":"pump-2","code":150456,"value":96.5,"unit":262688,"device_time":"2024-06-10T06:13:20","status":["alarm"],"record":17}"#,
+        r#"{"v":2,"type":"observation","new_thing":1}"#,
+        r#"{"v":1,"type":"observation","code":1,"valeu":2,"unit":"%"}"#,
+        r#"{"v":1,"type":"event","kind":"error","device":"pump-9","detail":"NAK
+again"}"#,
+        r#"[1,"observation"]"#,
+    ];
+    for l in plugin_lines {
+        c.sel("exec_plugin_line", 0, l.as_bytes());
+    }
+    let stream = plugin_lines.join("\n") + "\n" + &"x".repeat(300) + "\n";
+    c.sel("exec_plugin_line", 2, &[[255u8].as_slice(), stream.as_bytes()].concat());
     c.write();
 }
 

@@ -3,6 +3,11 @@
 //! `device`, `status`, `device_time`). Decoder errors go to stderr as `FILE: byte offset N:
 //! message`; the device's reported identity as `FILE: device reports serial number S`.
 //!
+//! `wardgate decode --protocol lines --map MAPFILE [--map-name NAME] FILE`: the same for a
+//! line-oriented device, with the `[[lines_map]]` of MAPFILE (a snippet such as
+//! `config/profiles/lines-example.toml`, or the gateway's own `wardgate.toml`); a map with
+//! problems is refused as `check-config` would, each at `MAPFILE:line:col` (exit 2).
+//!
 //! `wardgate decode --profile NAME HEX`: decodes one BLE payload (a GATT notification value or
 //! an advertisement field) with the pure decoders of `wardgate_adapters::ble` and prints the
 //! same observation lines with `device` = `hex`; beacon formats first print one
@@ -17,17 +22,97 @@ use wardgate_adapters::ble::decode::advertisement::{self as adv, Beacon};
 use wardgate_adapters::ble::decode::profiles::glucose;
 use wardgate_adapters::ble::{DecodeError, Profile};
 use wardgate_adapters::observation::Reading;
+use wardgate_adapters::serial::protocols::lines::map::CompiledMap;
+use wardgate_adapters::serial::protocols::lines::LinesMap;
 use wardgate_adapters::serial::protocols::{self, Decoded};
 use wardgate_adapters::serial::ProtocolName;
 
-/// Parses a protocol name as in the config (`cms50`, `ansar-b`, `masimo`).
+/// Parses a protocol name as in the config (`cms50`, `ansar-b`, `masimo`, `lines`).
 pub fn protocol_by_name(name: &str) -> Option<ProtocolName> {
-    match name {
-        "cms50" => Some(ProtocolName::Cms50),
-        "ansar-b" => Some(ProtocolName::AnsarB),
-        "masimo" => Some(ProtocolName::Masimo),
-        _ => None,
+    ProtocolName::ALL.into_iter().find(|p| p.as_str() == name)
+}
+
+/// Largest map file read (as for a config file).
+const MAX_MAP_FILE: u64 = crate::config::MAX_CONFIG_BYTES;
+
+/// The `[[lines_map]]` named `name` in `file` (or its only one), compiled. Errors: the file
+/// cannot be read or parsed, has no such map (or several and no name), or the map has
+/// problems — as [`crate::config::Diagnostics`] at `file:line:col`, like `check-config`.
+pub fn load_lines_map(
+    file: &Path,
+    name: Option<&str>,
+) -> anyhow::Result<std::sync::Arc<CompiledMap>> {
+    use crate::config::{positions, Diagnostic, Diagnostics, KeyPath};
+    #[derive(serde::Deserialize)]
+    struct MapFile {
+        #[serde(default)]
+        lines_map: Vec<LinesMap>,
     }
+    let fail = |text: &str, span: Option<std::ops::Range<usize>>, m: String| {
+        anyhow::Error::from(Diagnostics(vec![Diagnostic::at(file, text, span, m)]))
+    };
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut std::io::Read::take(
+            std::fs::File::open(file).map_err(|e| fail("", None, format!("cannot read: {e}")))?,
+            MAX_MAP_FILE,
+        ),
+        &mut text,
+    )
+    .map_err(|e| fail("", None, format!("cannot read: {e}")))?;
+    let maps = toml::from_str::<MapFile>(&text)
+        .map_err(|e| fail(&text, e.span(), e.message().trim().replace('\n', "; ")))?
+        .lines_map;
+    let names = || {
+        maps.iter()
+            .map(|m| m.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let index = match name {
+        Some(n) => maps.iter().position(|m| m.name == n).ok_or_else(|| {
+            fail(
+                &text,
+                None,
+                format!("no [[lines_map]] named `{n}` here (there are: {})", names()),
+            )
+        })?,
+        None if maps.len() == 1 => 0,
+        None if maps.is_empty() => {
+            return Err(fail(&text, None, "no [[lines_map]] in this file".into()))
+        }
+        None => {
+            return Err(fail(
+                &text,
+                None,
+                format!(
+                    "{} maps here ({}): choose one with --map-name",
+                    maps.len(),
+                    names()
+                ),
+            ))
+        }
+    };
+    let map = &maps[index];
+    map.compile().map(std::sync::Arc::new).map_err(|problems| {
+        let pos = positions::Positions::parse(&text);
+        let at = KeyPath::of("lines_map").index(index);
+        anyhow::Error::from(Diagnostics(
+            problems
+                .into_iter()
+                .map(|(key, message)| {
+                    let mut p = at.clone();
+                    p.0.extend(KeyPath::parse(&key).0);
+                    Diagnostic::at(
+                        file,
+                        &text,
+                        pos.span(&p),
+                        format!("lines_map `{}`: {message}", map.name),
+                    )
+                })
+                .collect(),
+        ))
+    })
 }
 
 /// If `bytes` is ASCII hex (digits and whitespace only, even count), its decoded bytes.
@@ -62,8 +147,10 @@ pub const MAX_ERROR_LINES: u64 = 20;
 /// bounded whatever the file size; writes JSON lines to `out` and problems to `err`.
 ///
 /// Errors: unknown protocol name (a [`crate::error::UsageError`]), read or write failures.
+/// `map`: the compiled map of protocol `lines` (required there, see [`load_lines_map`]).
 pub fn decode_protocol(
     protocol: &str,
+    map: Option<&std::sync::Arc<CompiledMap>>,
     file: &Path,
     input: &mut dyn std::io::Read,
     out: &mut dyn Write,
@@ -71,10 +158,16 @@ pub fn decode_protocol(
 ) -> anyhow::Result<DecodeSummary> {
     let name = protocol_by_name(protocol).ok_or_else(|| {
         crate::error::UsageError(format!(
-            "unknown protocol `{protocol}`: expected cms50, ansar-b or masimo"
+            "unknown protocol `{protocol}`: expected cms50, ansar-b, masimo or lines"
         ))
     })?;
-    let mut p = protocols::build(name);
+    if name == ProtocolName::Lines && map.is_none() {
+        return Err(crate::error::UsageError(
+            "--protocol lines needs --map FILE (a file with [[lines_map]] tables)".into(),
+        )
+        .into());
+    }
+    let mut p = protocols::build_with(name, map);
     let device = format!(
         "file:{}",
         file.file_name()
@@ -377,9 +470,15 @@ pub fn decode_profile_with_key(
 /// `wardgate decode` arguments.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Serial protocol: cms50, ansar-b or masimo.
+    /// Serial protocol: cms50, ansar-b, masimo or lines (with --map).
     #[arg(long, conflicts_with = "profile")]
     protocol: Option<String>,
+    /// `--protocol lines`: a TOML file with `[[lines_map]]` tables (a snippet, or wardgate.toml).
+    #[arg(long, value_name = "MAPFILE", conflicts_with = "profile")]
+    map: Option<PathBuf>,
+    /// Which `[[lines_map]]` of MAPFILE (needed when it has several).
+    #[arg(long, value_name = "NAME", requires = "map")]
+    map_name: Option<String>,
     /// BLE decoder: heart-rate, blood-pressure, cuff-pressure, thermometer, plx-spot,
     /// plx-continuous, weight, glucose, battery, ibeacon, eddystone, bthome, advertisement.
     #[arg(long)]
@@ -430,15 +529,23 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     }
     let Some(protocol) = args.protocol else {
         return Err(UsageError(
-            "decode needs --protocol cms50|ansar-b|masimo FILE, or --profile NAME HEX".into(),
+            "decode needs --protocol cms50|ansar-b|masimo FILE, --protocol lines --map MAPFILE FILE, or --profile NAME HEX".into(),
         )
         .into());
+    };
+    let map = match (&args.map, protocol.as_str()) {
+        (Some(m), "lines") => Some(load_lines_map(m, args.map_name.as_deref())?),
+        (Some(_), _) => {
+            return Err(UsageError(format!("--map is for --protocol lines, not {protocol}")).into())
+        }
+        (None, _) => None,
     };
     let file = args.file;
     let mut input =
         std::fs::File::open(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let summary = decode_protocol(
         &protocol,
+        map.as_ref(),
         &file,
         &mut input,
         &mut out,

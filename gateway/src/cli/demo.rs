@@ -7,6 +7,8 @@
 //! 3. One pseudo-terminal per device ([`wardgate_sim::devsim`]) replaying its recording from
 //!    `data/real/serial/` at the device's own pace (`--speed` to hurry); the CMS50 waits for the
 //!    gateway's start-live command like the real oximeter.
+//!    A plug-in device (`[[exec]]`): the shipped `examples/plugins/oximeter_bridge.py`, run by
+//!    `python3` as a child process, replaying `oximeter_demo.csv` (left out without python3).
 //! 4. The gateway itself (`config/demo.toml`: real serial adapters, store, uplink) and the
 //!    upstream receiver (`config/receiver-demo.toml`), both through the same code as `run` and
 //!    `receive`.
@@ -34,6 +36,45 @@ use wardgate_sim::demo_serial::{devices, expected_observations, start_with_smp};
 use wardgate_sim::devsim::SimulatedPort;
 use wardgate_sim::smp_device::{self, SmpDeviceModel, SmpDeviceOptions};
 use wardgate_sim::{demo_ble, pki};
+
+/// The demo's plug-in device (`[[exec]]`): the shipped example plug-in, from the checkout.
+const PLUGIN_DEVICE: &str = "exec:bed15-plugin";
+
+/// The `[[exec]]` section of the demo's plug-in device and the readings its replay holds (the
+/// non-missing cells of `examples/plugins/oximeter_demo.csv`), or why it is left out (no
+/// `python3`, not a checkout).
+fn demo_plugin(speed: f64) -> Result<(String, u64), String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/plugins");
+    let (script, csv) = (
+        dir.join("oximeter_bridge.py"),
+        dir.join("oximeter_demo.csv"),
+    );
+    let python = ["/usr/local/bin/python3", "/usr/bin/python3", "/bin/python3"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .ok_or("no python3 in /usr/local/bin, /usr/bin or /bin")?;
+    let text = std::fs::read_to_string(&csv).map_err(|e| format!("{}: {e}", csv.display()))?;
+    if !script.is_file() {
+        return Err(format!(
+            "{} is not there (not a checkout?)",
+            script.display()
+        ));
+    }
+    let readings = text
+        .lines()
+        .skip(1)
+        .flat_map(|l| l.split(','))
+        .filter(|v| !v.trim().is_empty() && v.trim() != "-")
+        .count() as u64;
+    let section = format!(
+        "\n[[exec]]\nname = \"{}\"\ncommand = \"{python}\"\nargs = [\"{}\", \"--replay\", \"{}\", \"--rate\", \"{}\"]\n",
+        PLUGIN_DEVICE.trim_start_matches("exec:"),
+        script.display(),
+        csv.display(),
+        2.0 * speed.max(0.1)
+    );
+    Ok((section, readings))
+}
 
 /// The embedded gateway config.
 pub const DEMO_CONFIG: &str = include_str!("../../../config/demo.toml");
@@ -230,6 +271,16 @@ pub async fn run(mut opts: DemoOptions) -> anyhow::Result<bool> {
             None
         }
     };
+    let plugin = demo_plugin(opts.speed);
+    match &plugin {
+        Ok((section, _)) => {
+            gw_text.push_str(section);
+            println!(
+                "plug-in device {PLUGIN_DEVICE}: examples/plugins/oximeter_bridge.py (python3), replaying oximeter_demo.csv"
+            );
+        }
+        Err(why) => println!("plug-in device left out: {why}"),
+    }
     gw_text.push_str(&fw_section);
     std::fs::write(&gw_path, gw_text)?;
     let rx_path = dir.join("receiver.toml");
@@ -258,6 +309,9 @@ pub async fn run(mut opts: DemoOptions) -> anyhow::Result<bool> {
     }
     if ble.is_some() {
         expected.extend(demo_ble::DemoBle::expected());
+    }
+    if let Ok((_, readings)) = &plugin {
+        expected.insert(PLUGIN_DEVICE.to_string(), *readings);
     }
     let cfg = crate::config::load(&gw_path)?;
     let rcfg = crate::config::load_receiver(&rx_path)?;

@@ -54,8 +54,8 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
         _args: Vec<String>,
     },
-    /// Decode a recording (`--protocol P FILE`) or one BLE payload (`--profile NAME HEX`) into
-    /// JSON lines of observations.
+    /// Decode a recording (`--protocol P FILE`, `--protocol lines --map MAPFILE FILE`) or one
+    /// BLE payload (`--profile NAME HEX`) into JSON lines of observations.
     Decode(decode::Args),
     /// Verify COSE_Sign1 batch messages against a gateway certificate; print payloads as JSON lines.
     Verify(verify::Args),
@@ -89,6 +89,15 @@ enum Command {
 
 /// Parses `std::env::args`, runs the command, prints the cause chain of an error.
 pub fn main() -> ExitCode {
+    // A plug-in being started by the daemon (`exec` adapter): close what it must not inherit,
+    // become the plug-in. Before anything else: no logging, no runtime, no file opened.
+    {
+        let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        if args.get(1).and_then(|a| a.to_str()) == Some(wardgate_adapters::exec::launch::LAUNCH_ARG)
+        {
+            return ExitCode::from(wardgate_adapters::exec::launch::launch(&args[2..]));
+        }
+    }
     let cli = Cli::parse();
     crate::system::telemetry::init_logging();
     // Stores, receiver outputs and raw messages hold clinical data: owner-only, like keys.

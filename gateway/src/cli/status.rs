@@ -322,8 +322,28 @@ pub fn render(r: &Report, gateway: &str) -> String {
                     )
                 })
                 .unwrap_or_default();
+            let exec = a
+                .exec
+                .as_ref()
+                .map(|m| {
+                    let g = |k: &str| m.get(k).copied().unwrap_or(0);
+                    format!(
+                        ", plug-in {}, {} starts, {} lines, {} bad lines ({} too long), {} stderr lines, {} forced kills",
+                        match g("pid") {
+                            0 => "not running".to_string(),
+                            pid => format!("pid {pid}"),
+                        },
+                        g("starts"),
+                        g("lines_ok"),
+                        g("bad_lines"),
+                        g("lines_too_long"),
+                        g("stderr_lines"),
+                        g("forced_kills")
+                    )
+                })
+                .unwrap_or_default();
             line(format!(
-                "adapter:  {} ({} failures, {} restarts{serial}{ble})",
+                "adapter:  {} ({} failures, {} restarts{serial}{exec}{ble})",
                 a.name, a.failures, a.restarts
             ));
         }

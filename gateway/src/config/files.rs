@@ -1,7 +1,8 @@
 //! Checks that look at the filesystem, on a config whose relative paths are resolved: the
 //! certificate and key files (present, readable, a certificate where one is expected, key
 //! owner-only), the store's path, serial ports that do not exist, serial devices that lead to
-//! the same port.
+//! the same port, plug-in programs (present, executable, not writable by every user) and their
+//! working directories.
 //!
 //! A file that does not exist (yet) is a warning: configs are often checked before the
 //! certificates are provisioned, and `wardgate run` fails later naming the file.
@@ -72,6 +73,9 @@ pub fn gateway(c: &Config) -> Vec<Problem> {
             }
         }
     }
+    for (i, e) in c.exec.iter().enumerate() {
+        plugin(&mut out, KeyPath::of("exec").index(i), e);
+    }
     // Compare where the paths lead (by-id symlink vs /dev/ttyUSB0 is the realistic mix-up).
     let mut ports = HashMap::new();
     for (i, s) in c.serial.iter().enumerate() {
@@ -132,6 +136,61 @@ fn serial_port(out: &mut Vec<Problem>, at: KeyPath, name: &str, path: &Path) {
             at,
             format!("serial `{name}`: cannot see port {}: {e}", path.display()),
         )),
+    }
+}
+
+/// A plug-in's executable and working directory. Not installed yet is a warning (the daemon
+/// starts, reports it and retries, while the other devices run); a program that every user
+/// may rewrite is an error: anyone could run code as the gateway.
+fn plugin(out: &mut Vec<Problem>, at: KeyPath, e: &wardgate_adapters::exec::ExecConfig) {
+    use std::os::unix::fs::PermissionsExt;
+    let name = &e.name;
+    let cmd = &e.command;
+    match std::fs::metadata(cmd) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => out.push(Problem::warning(
+            at.clone().key("command"),
+            format!("plug-in `{name}`: {} does not exist (yet)", cmd.display()),
+        )),
+        Err(err) => out.push(Problem::warning(
+            at.clone().key("command"),
+            format!("plug-in `{name}`: cannot see {}: {err}", cmd.display()),
+        )),
+        Ok(m) if !m.is_file() => out.push(Problem::error(
+            at.clone().key("command"),
+            format!("plug-in `{name}`: {} is not a file", cmd.display()),
+        )),
+        Ok(m) => {
+            let mode = m.permissions().mode();
+            if mode & 0o111 == 0 {
+                out.push(Problem::warning(
+                    at.clone().key("command"),
+                    format!(
+                        "plug-in `{name}`: {} is not executable (chmod 755 it)",
+                        cmd.display()
+                    ),
+                ));
+            }
+            if mode & 0o002 != 0 {
+                out.push(Problem::error(
+                    at.clone().key("command"),
+                    format!(
+                        "plug-in `{name}`: every user may write {}: anyone could run code as the gateway (chmod o-w)",
+                        cmd.display()
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(dir) = &e.working_dir {
+        if !dir.as_os_str().is_empty() && !dir.is_dir() {
+            out.push(Problem::warning(
+                at.key("working_dir"),
+                format!(
+                    "plug-in `{name}`: working directory {} does not exist (yet)",
+                    dir.display()
+                ),
+            ));
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Configuration: the TOML schema, loading and validation (`wardgate check-config`).
 //!
 //! Two kinds of file share the loader: the gateway's (`[gateway]`, `[store]`, `[uplink]`,
-//! `[[serial]]`; see `config/wardgate.toml`) and the upstream receiver's (`[mqtt]`, `[receiver]`;
+//! `[[serial]]`, `[[lines_map]]`, `[[exec]]`, `[ble]`, `[firmware]`; see `config/wardgate.toml`) and the upstream receiver's (`[mqtt]`, `[receiver]`;
 //! see `config/receiver.toml`). A file with a `[receiver]` table is a receiver config.
 //!
 //! Every problem is reported as `FILE:line:col: message` ([`Diagnostic`]). Loading goes:
@@ -216,6 +216,12 @@ fn resolve_gateway(c: &mut Config, base: &Path) {
     }
     for s in c.serial.iter_mut() {
         resolve(base, &mut s.path);
+    }
+    for e in c.exec.iter_mut() {
+        resolve(base, &mut e.command);
+        if let Some(d) = e.working_dir.as_mut() {
+            resolve(base, d);
+        }
     }
     if let Some(f) = c.firmware.as_mut() {
         for p in f
@@ -456,6 +462,95 @@ mod tests {
         assert!(
             d.to_string().contains("keepalive_s must be at most 65535"),
             "{d}"
+        );
+    }
+
+    /// Every error of `text` (a complete gateway config), as `line:col: message`.
+    fn errors_at(text: &str) -> Vec<String> {
+        parse_any(Path::new("w.toml"), text)
+            .err()
+            .map(|d| {
+                d.into_errors()
+                    .0
+                    .iter()
+                    .map(|d| format!("{}:{}: {}", d.line, d.col, d.message))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn lines_devices_and_their_maps_are_checked_at_their_line_and_column() {
+        let serial = "[[serial]]\nname = \"bed12\"\npath = \"/dev/null\"\nprotocol = \"lines\"\nmap = \"ox\"\nbaud = 115200\nserial_number = \"ox-001\"\n";
+        let map = "[[lines_map]]\nname = \"ox\"\nsyntax = \"json\"\n[[lines_map.field]]\nname = \"dev\"\nkey = \"dev\"\nkind = \"id\"\n[[lines_map.field]]\nname = \"spo2\"\nkey = \"spo2\"\nmdc = \"MDC_PULS_OXIM_SAT_O2\"\nunit = \"%\"\n";
+        // Lines: GW 1-5, UP 6-11, serial 12-18, map 19-30.
+        assert_eq!(
+            errors_at(&format!("{GW}{UP}{serial}{map}")),
+            Vec::<String>::new()
+        );
+        // A map problem at the value that has it: the unit of field[1].
+        let bad = map.replace("unit = \"%\"", "unit = \"/min\"");
+        assert_eq!(
+            errors_at(&format!("{GW}{UP}{serial}{bad}")),
+            ["30:8: lines_map `ox`: unit \"/min\" is ambiguous: write \"{beat}/min\" or \"{breath}/min\""]
+        );
+        // The same map as an inline field table, and a column where syntax json wants a key.
+        let inline = "[[lines_map]]\nname = \"ox\"\nsyntax = \"json\"\nfield = [ { name = \"dev\", key = \"dev\", kind = \"id\" }, { name = \"spo2\", column = 2, mdc = 150456, unit = \"%\" } ]\n";
+        assert_eq!(
+            errors_at(&format!("{GW}{UP}{serial}{inline}")),
+            ["22:81: lines_map `ox`: syntax json locates fields by key, not column"]
+        );
+        // The device: a map that is not there, no baud, a serial number that cannot be checked.
+        let other = serial.replace("map = \"ox\"", "map = \"oxx\"");
+        assert_eq!(
+            errors_at(&format!("{GW}{UP}{other}{map}")),
+            ["16:7: serial `bed12`: no [[lines_map]] named `oxx` (there are: ox)"]
+        );
+        let no_baud = serial.replace("baud = 115200\n", "");
+        assert_eq!(
+            errors_at(&format!("{GW}{UP}{no_baud}{map}")),
+            ["15:12: serial `bed12`: protocol lines has no standard baud rate: set baud (the device's manual names it, e.g. 9600 or 115200)"]
+        );
+        let no_id = map.replace("kind = \"id\"", "kind = \"record\"");
+        assert_eq!(
+            errors_at(&format!("{GW}{UP}{serial}{no_id}")),
+            ["18:17: serial `bed12`: serial_number cannot be checked: map `ox` has no field of kind \"id\""]
+        );
+        let cms = serial.replace("protocol = \"lines\"", "protocol = \"cms50\"");
+        assert_eq!(
+            errors_at(&format!("{GW}{UP}{cms}{map}"))[0],
+            "16:7: serial `bed12`: map is for protocol \"lines\"; protocol cms50 needs none"
+        );
+    }
+
+    #[test]
+    fn plugins_are_checked_at_their_line_and_column() {
+        let exec = "[[exec]]\nname = \"pump\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"true\"]\nstop_grace_s = 30\nenv = { WARDGATE_PLUGIN = \"x\" }\n";
+        // Lines: GW 1-5, UP 6-11, exec 12-17.
+        assert_eq!(
+            errors_at(&format!("{GW}{UP}{exec}")),
+            [
+                "16:16: plug-in `pump`: stop_grace_s must be between 1 and 15 s (the service itself has 20 s to stop)",
+                "17:7: plug-in `pump`: WARDGATE_PLUGIN is set by wardgate itself"
+            ]
+            .map(|m| m.replace("plug-in `pump`: stop_grace_s", "stop_grace_s"))
+        );
+        // Not installed yet: a warning (the other devices must still start).
+        let missing = "[[exec]]\nname = \"pump\"\ncommand = \"/nonexistent/pump.py\"\n";
+        let l = parse_any(Path::new("w.toml"), &format!("{GW}{UP}{missing}")).unwrap();
+        assert!(
+            l.warnings
+                .iter()
+                .any(|d| d.to_string() == "w.toml:14:11: warning: plug-in `pump`: /nonexistent/pump.py does not exist (yet)"),
+            "{:?}",
+            l.warnings
+        );
+        // A plug-in name that is a serial device's too.
+        let serial = "[[serial]]\nname = \"pump\"\npath = \"/dev/null\"\nprotocol = \"cms50\"\n";
+        let ok_exec = "[[exec]]\nname = \"pump\"\ncommand = \"/bin/sh\"\n";
+        assert_eq!(
+            errors_at(&format!("{GW}{UP}{serial}{ok_exec}")),
+            ["17:8: plug-in name `pump` is also the name of another adapter; choose another"]
         );
     }
 }

@@ -8,6 +8,8 @@ use serde::Deserialize;
 use std::path::PathBuf;
 use toml::Spanned;
 use wardgate_adapters::ble::config::BleConfig;
+use wardgate_adapters::exec::ExecConfig;
+use wardgate_adapters::serial::protocols::lines::LinesMap;
 use wardgate_adapters::serial::SerialConfig;
 
 /// The configuration format version this build understands.
@@ -29,6 +31,13 @@ pub struct Config {
     /// Serial bedside devices.
     #[serde(default)]
     pub serial: Vec<SerialConfig>,
+    /// How line-oriented serial devices' lines are read (`[[lines_map]]`, named by a
+    /// `[[serial]]` with `protocol = "lines"` and `map = NAME`).
+    #[serde(default)]
+    pub lines_map: Vec<LinesMap>,
+    /// Out-of-process plug-ins (`[[exec]]`): child processes writing JSON lines.
+    #[serde(default)]
+    pub exec: Vec<ExecConfig>,
     /// BLE devices, tags and vendor profiles (`[ble]`, `[[ble.device]]`, `[[ble.tag]]`,
     /// `[[ble.vendor_profile]]`); absent: no BLE adapter runs.
     pub ble: Option<BleConfig>,
@@ -287,7 +296,9 @@ pub struct UplinkSection {
     /// Most observations and events in one batch; default 2000.
     #[serde(default = "default_batch_max")]
     pub batch_max: usize,
-    /// Longest time a pending observation waits for its batch to fill, in ms; default 200.
+    /// How often, in ms, the uplink re-sends overdue batches, retries a full store and refreshes
+    /// retained payloads; default 200. Observations do not wait for it: each commit is sent at
+    /// once while the in-flight window has room (`uplink/session.rs`, `fills_on`).
     #[serde(default = "default_batch_interval")]
     pub batch_interval_ms: u64,
     /// Most unacknowledged batches in flight; default 16.

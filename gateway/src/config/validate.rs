@@ -182,6 +182,8 @@ pub fn gateway(c: &Config) -> Vec<Problem> {
         ));
     }
     serial(&mut out, c);
+    lines_maps(&mut out, c);
+    exec(&mut out, c);
     firmware(&mut out, c);
     if let Some(ble) = &c.ble {
         for (key, message) in ble.problems() {
@@ -244,9 +246,134 @@ fn serial(out: &mut Vec<Problem>, c: &Config) {
                 format!("serial `{}`: path is empty", s.name),
             ));
         }
+        lines_device(out, c, i, s);
         let p = s.path.to_string_lossy();
         if p.starts_with("/dev/ttyUSB") || p.starts_with("/dev/ttyACM") {
             out.push(Problem::warning(at("path"), format!("serial `{}`: {p} can be renumbered at reboot; use its /dev/serial/by-id/ path so data cannot land on another bed's device", s.name)));
+        }
+    }
+}
+
+/// A `[[serial]]` device of protocol `lines`: its map exists (and only it has one), its baud
+/// rate is given, and a `serial_number` can be checked (the map has an `id` field).
+fn lines_device(
+    out: &mut Vec<Problem>,
+    c: &Config,
+    i: usize,
+    s: &wardgate_adapters::serial::SerialConfig,
+) {
+    use wardgate_adapters::serial::ProtocolName;
+    let at = |key: &str| KeyPath::of("serial").index(i).key(key);
+    let name = &s.name;
+    if s.protocol != ProtocolName::Lines {
+        if s.map.is_some() {
+            out.push(Problem::error(
+                at("map"),
+                format!(
+                    "serial `{name}`: map is for protocol \"lines\"; protocol {} needs none",
+                    s.protocol.as_str()
+                ),
+            ));
+        }
+        return;
+    }
+    let Some(map) = &s.map else {
+        out.push(Problem::error(
+            at("protocol"),
+            format!("serial `{name}`: protocol lines needs map = \"NAME\" of a [[lines_map]]"),
+        ));
+        return;
+    };
+    if s.baud.is_none() {
+        out.push(Problem::error(
+            at("protocol"),
+            format!(
+                "serial `{name}`: protocol lines has no standard baud rate: set baud (the device's manual names it, e.g. 9600 or 115200)"
+            ),
+        ));
+    }
+    match c.lines_map.iter().find(|m| &m.name == map) {
+        None => out.push(Problem::error(
+            at("map"),
+            format!(
+                "serial `{name}`: no [[lines_map]] named `{map}`{}",
+                if c.lines_map.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " (there are: {})",
+                        c.lines_map
+                            .iter()
+                            .map(|m| m.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            ),
+        )),
+        Some(m) => {
+            let has_id = m
+                .fields
+                .iter()
+                .any(|f| f.kind == wardgate_adapters::serial::protocols::lines::map::FieldKind::Id);
+            if s.serial_number.is_some() && !has_id {
+                out.push(Problem::error(
+                    at("serial_number"),
+                    format!(
+                        "serial `{name}`: serial_number cannot be checked: map `{map}` has no field of kind \"id\""
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+/// `[[lines_map]]`: unique names and every problem of each map at its key.
+fn lines_maps(out: &mut Vec<Problem>, c: &Config) {
+    let mut names = HashSet::new();
+    for (i, m) in c.lines_map.iter().enumerate() {
+        let at = KeyPath::of("lines_map").index(i);
+        if !m.name.trim().is_empty() && !names.insert(m.name.as_str()) {
+            out.push(Problem::error(
+                at.clone().key("name"),
+                format!("lines_map name `{}` is used twice", m.name),
+            ));
+        }
+        for (key, message) in m.problems() {
+            let mut p = at.clone();
+            p.0.extend(KeyPath::parse(&key).0);
+            out.push(Problem::error(
+                p,
+                format!("lines_map `{}`: {message}", m.name),
+            ));
+        }
+    }
+}
+
+/// `[[exec]]`: each plug-in's own problems, and names unique among plug-ins and serial devices
+/// (an adapter's name appears alone in logs and `wardgate status`).
+fn exec(out: &mut Vec<Problem>, c: &Config) {
+    let mut names = HashSet::new();
+    for (i, e) in c.exec.iter().enumerate() {
+        let at = KeyPath::of("exec").index(i);
+        if !names.insert(e.name.as_str()) {
+            out.push(Problem::error(
+                at.clone().key("name"),
+                format!("plug-in name `{}` is used twice", e.name),
+            ));
+        } else if c.serial.iter().any(|s| s.name == e.name) || e.name == "ble" {
+            out.push(Problem::error(
+                at.clone().key("name"),
+                format!(
+                    "plug-in name `{}` is also the name of another adapter; choose another",
+                    e.name
+                ),
+            ));
+        }
+        for (key, message) in e.problems() {
+            let mut p = at.clone();
+            p.0.extend(KeyPath::parse(&key).0);
+            out.push(Problem::error(p, message));
         }
     }
 }

@@ -30,6 +30,10 @@ pub struct AdapterSnapshot {
     /// Serial adapters: frames decoded, frame errors, connects, disconnects (else absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<BTreeMap<String, u64>>,
+    /// Plug-ins (`[[exec]]`): starts, restarts, exits, lines, bad lines, stderr lines, forced
+    /// kills, the running pid (see `wardgate_adapters::exec::ExecStats`; else absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<BTreeMap<String, u64>>,
     /// The BLE adapter: advertisements, refused devices, pruned, connects, subscriptions,
     /// notifications, decode errors (see `wardgate_adapters::ble::central::BleStats`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use wardgate_adapters::ble::central::BleStats;
+use wardgate_adapters::exec::ExecAdapter;
 use wardgate_adapters::serial::SerialAdapter;
 use wardgate_adapters::Adapter;
 
@@ -20,6 +21,8 @@ use wardgate_adapters::Adapter;
 pub struct Counters {
     /// The serial adapters (their frame counters).
     pub serial: Vec<Arc<SerialAdapter>>,
+    /// The plug-ins (their process and line counters).
+    pub exec: Vec<Arc<ExecAdapter>>,
     /// The BLE adapter's counters.
     pub ble: Option<Arc<BleStats>>,
 }
@@ -198,6 +201,13 @@ impl StatusLoop {
                     serial: self
                         .counters
                         .serial
+                        .iter()
+                        .find(|a| a.name() == name)
+                        .and_then(|a| serde_json::to_value(a.stats()).ok())
+                        .and_then(|v| serde_json::from_value(v).ok()),
+                    exec: self
+                        .counters
+                        .exec
                         .iter()
                         .find(|a| a.name() == name)
                         .and_then(|a| serde_json::to_value(a.stats()).ok())

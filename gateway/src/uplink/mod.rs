@@ -70,7 +70,8 @@ pub struct UplinkSettings {
     pub ack: AckMode,
     /// Most rows per batch.
     pub batch_max: usize,
-    /// Longest wait for a batch to fill.
+    /// The tick: re-sends of overdue batches, a full store's retries, retained payloads (rows do
+    /// not wait for it: every commit wakes the session).
     pub batch_interval: Duration,
     /// Most unacknowledged batches on the wire.
     pub max_inflight: usize,
@@ -280,7 +281,8 @@ pub struct Uplink {
 }
 
 impl Uplink {
-    /// A new uplink. `wake` is notified by the writer when enough rows are pending.
+    /// A new uplink. `wake` is notified by the writer after every commit: with room in the
+    /// in-flight window the session then cuts a batch at once (send at once when idle).
     pub fn new(
         store: Arc<Store>,
         signer: Arc<Signer>,

@@ -554,3 +554,253 @@ fn broker_mode_status_puback_then_link_loss_loses_nothing() {
         ],
     );
 }
+
+/// Send at once when idle (issue 11, item 5): the session's wake-up rule ([`fills_on`]) and
+/// `fill`'s window loop (re-sends first, then new batches of at most `batch_max` rows), over the
+/// real [`Store`], driven by proptest through random interleavings of commits of the writer,
+/// acks of any batch in flight, ticks, certificate-rotation draining, and reconnects with a
+/// backlog (slow start: the window opens at one batch and widens by one per ack).
+///
+/// Checked after every step:
+/// - no committed row waits while the window has room: unless the session is draining, either
+///   the window is full or nothing is pending (no uncut row, no queued re-send) — a reading
+///   written to an idle gateway is on the wire as soon as its commit is handled;
+/// - batches fill up under load (adaptive batching): every batch holds
+///   `min(rows pending when it was cut, batch_max)` rows, never more than `batch_max`;
+/// - while draining for a rotation no new batch is cut;
+/// - every committed row is in exactly one batch or still pending.
+mod send_at_once {
+    use super::*;
+    use crate::uplink::session::{fills_on, FillEnd, Trigger};
+
+    const WINDOW: usize = 3;
+    const MAX: usize = 4;
+
+    #[derive(Clone, Debug)]
+    enum Ev {
+        /// The writer commits this many rows and wakes the session.
+        Commit(usize),
+        /// The batch at this position (modulo) in flight is acknowledged.
+        Ack(usize),
+        /// The batching interval passed.
+        Tick,
+        /// A new certificate is pending: the session drains (no new batches).
+        Drain,
+        /// The session ends (rotation or link loss) and a new one starts from the store.
+        Reconnect,
+    }
+
+    fn ev() -> impl Strategy<Value = Ev> {
+        prop_oneof![
+            4 => (1usize..12).prop_map(Ev::Commit),
+            4 => (0usize..8).prop_map(Ev::Ack),
+            1 => Just(Ev::Tick),
+            1 => Just(Ev::Drain),
+            1 => Just(Ev::Reconnect),
+        ]
+    }
+
+    struct Sim {
+        store: Store,
+        in_flight: Vec<u64>,
+        resend: VecDeque<u64>,
+        window: usize,
+        last: FillEnd,
+        draining: bool,
+        /// Committed rows not yet in a batch.
+        pending: usize,
+        /// Rows of every batch cut.
+        cut: BTreeMap<u64, usize>,
+        committed: usize,
+        value: f64,
+    }
+
+    impl Sim {
+        /// As `Uplink::session`'s start: re-sends from the store, the window at one batch when
+        /// there is a backlog, and the first tick (a tokio interval fires at once).
+        fn start_session(&mut self) {
+            self.in_flight.clear();
+            self.resend = self.store.unacked_batches().unwrap().into();
+            self.window = if self.resend.is_empty() { WINDOW } else { 1 };
+            self.draining = false;
+            self.last = FillEnd::Empty;
+            self.on(Trigger::Tick);
+        }
+
+        /// As the select loop: `fill` when [`fills_on`] says so.
+        fn on(&mut self, t: Trigger) {
+            if fills_on(t, self.last, !self.resend.is_empty(), self.draining) {
+                self.last = self.fill();
+            }
+        }
+
+        /// As `Uplink::fill`.
+        fn fill(&mut self) -> FillEnd {
+            loop {
+                let resend_in_flight = self
+                    .resend
+                    .front()
+                    .is_some_and(|n| self.in_flight.contains(n));
+                if !(self.in_flight.len() < self.window || resend_in_flight) {
+                    return FillEnd::WindowFull;
+                }
+                let again = self.resend.pop_front();
+                let batch = match again {
+                    Some(n) => self.store.load_batch(n).unwrap(),
+                    None => self.store.next_batch(MAX).unwrap(),
+                };
+                let Some(b) = batch else {
+                    if again.is_some() {
+                        continue;
+                    }
+                    return FillEnd::Empty;
+                };
+                if again.is_none() {
+                    let rows = b.items.len();
+                    assert_eq!(
+                        rows,
+                        self.pending.min(MAX),
+                        "a batch takes everything pending up to batch_max"
+                    );
+                    self.pending -= rows;
+                    self.cut.insert(b.number, rows);
+                }
+                if !self.in_flight.contains(&b.number) {
+                    self.in_flight.push(b.number);
+                }
+            }
+        }
+
+        fn apply(&mut self, e: &Ev) {
+            match e {
+                Ev::Commit(n) => {
+                    let rows: Vec<_> = (0..*n)
+                        .map(|_| {
+                            self.value += 1.0;
+                            observation(self.value)
+                        })
+                        .collect();
+                    self.store.append(&rows).unwrap();
+                    self.pending += n;
+                    self.committed += n;
+                    self.on(Trigger::Commit);
+                }
+                Ev::Ack(i) => {
+                    if self.in_flight.is_empty() {
+                        return;
+                    }
+                    let n = self.in_flight.remove(i % self.in_flight.len());
+                    assert!(self.store.ack(n).unwrap());
+                    self.window = (self.window + 1).min(WINDOW);
+                    self.on(Trigger::Acked);
+                }
+                Ev::Tick => self.on(Trigger::Tick),
+                Ev::Drain => self.draining = true,
+                Ev::Reconnect => self.start_session(),
+            }
+        }
+
+        fn check(&self, before_cut: usize, e: &Ev) {
+            if self.draining {
+                assert_eq!(
+                    self.cut.len(),
+                    before_cut,
+                    "a batch was cut while draining ({e:?})"
+                );
+            } else {
+                assert!(
+                    self.in_flight.len() >= self.window
+                        || (self.pending == 0 && self.resend.is_empty()),
+                    "after {e:?}: {} rows and {:?} re-sends wait with {} of {} in flight",
+                    self.pending,
+                    self.resend,
+                    self.in_flight.len(),
+                    self.window
+                );
+            }
+            assert!(self.cut.values().all(|r| (1..=MAX).contains(r)));
+            assert_eq!(
+                self.cut.values().sum::<usize>() + self.pending,
+                self.committed
+            );
+        }
+    }
+
+    fn run(events: &[Ev]) -> Sim {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sim = Sim {
+            store: open(&dir.path().join("store.db")),
+            in_flight: Vec::new(),
+            resend: VecDeque::new(),
+            window: WINDOW,
+            last: FillEnd::Empty,
+            draining: false,
+            pending: 0,
+            cut: BTreeMap::new(),
+            committed: 0,
+            value: 0.0,
+        };
+        sim.start_session();
+        for e in events {
+            let before = sim.cut.len();
+            sim.apply(e);
+            sim.check(before, e);
+        }
+        sim
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        #[test]
+        fn no_committed_row_waits_while_the_window_has_room(events in prop::collection::vec(ev(), 1..120)) {
+            run(&events);
+        }
+    }
+
+    /// Idle: each reading is its own batch, on the wire at its commit. Under load: while the
+    /// window is full rows pile up, and the ack that opens it takes `batch_max` of them at once.
+    #[test]
+    fn one_row_leaves_at_its_commit_and_a_burst_fills_batches() {
+        let sim = run(&[Ev::Commit(1), Ev::Ack(0), Ev::Commit(1)]);
+        assert_eq!(sim.cut.values().copied().collect::<Vec<_>>(), [1, 1]);
+        assert_eq!((sim.in_flight.len(), sim.pending), (1, 0));
+
+        let mut burst = vec![Ev::Commit(1), Ev::Commit(1), Ev::Commit(1)];
+        burst.extend((0..10).map(|_| Ev::Commit(1))); // the window is full: they wait
+        burst.push(Ev::Ack(0));
+        let sim = run(&burst);
+        assert_eq!(
+            sim.cut.values().copied().collect::<Vec<_>>(),
+            [1, 1, 1, MAX]
+        );
+        assert_eq!(sim.pending, 10 - MAX);
+    }
+
+    /// The rule itself, case by case.
+    #[test]
+    fn fills_on_cases() {
+        use FillEnd::*;
+        use Trigger::*;
+        for last in [WindowFull, Empty, Blocked] {
+            assert!(fills_on(Commit, last, false, false));
+            assert!(fills_on(Tick, last, false, false));
+            for t in [Commit, Acked, Tick] {
+                assert!(!fills_on(t, last, true, true), "never while draining");
+            }
+        }
+        assert!(fills_on(Acked, WindowFull, false, false));
+        assert!(
+            fills_on(Acked, Empty, true, false),
+            "re-sends wait for room"
+        );
+        assert!(
+            !fills_on(Acked, Empty, false, false),
+            "nothing pending: the next commit wakes"
+        );
+        assert!(
+            !fills_on(Acked, Blocked, false, false),
+            "a blocked fill is retried on the tick"
+        );
+    }
+}

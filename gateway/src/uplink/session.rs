@@ -1,7 +1,15 @@
 //! One MQTT session of the uplink, from CONNECT to its end: subscribe to acks, publish
 //! `online` and the retained payloads, re-send unacknowledged batches, then the select loop
 //! (events, batch ticks, wake-ups from the writer, certificate checks, shutdown). What each MQTT
-//! event means is decided by the pure [`on_event`]; this file carries it out.
+//! event means is decided by the pure [`on_event`]; when to look for a batch to send, by the pure
+//! [`fills_on`]; this file carries them out.
+//!
+//! Send at once when idle (adaptive batching, like group commit): every commit of the writer
+//! wakes the session, which cuts a batch of whatever is committed while the in-flight window has
+//! room, so a reading leaves without waiting for the batching tick. While the window is full,
+//! committed rows accumulate in the store; the ack that opens the window cuts the next batch at
+//! once, with everything pending up to `batch_max`. The tick (`batch_interval`) remains for
+//! re-sends of overdue batches, a full store's retries and retained payloads.
 //!
 //! The reconnect loop around sessions (backoff, logging once per reason, certificate rotation)
 //! is [`Uplink::run`](super::Uplink::run) in `mod.rs`.
@@ -28,6 +36,52 @@ pub(super) const MAX_LOGGED_SENDERS: usize = 256;
 /// bound; one beyond it stays in the store and is re-sent, and acknowledged again, by the next
 /// session).
 const MAX_UNDELETED: usize = 4096;
+
+/// Why the session looks at the store for a batch to send (see [`fills_on`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Trigger {
+    /// The writer committed rows (its wake-up).
+    Commit,
+    /// Batches were acknowledged: the in-flight window has room again.
+    Acked,
+    /// The batching interval passed.
+    Tick,
+}
+
+/// Why the last `fill` stopped putting batches on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum FillEnd {
+    /// The in-flight window was full: committed rows may be waiting for room.
+    WindowFull,
+    /// Nothing was pending (no re-send, no uncut row).
+    Empty,
+    /// The store is full or the MQTT client's request queue is: retried on the tick.
+    Blocked,
+}
+
+/// Whether the session runs `fill` now, for `trigger`, given why the last fill stopped, whether
+/// re-sends are queued and whether the session is draining for a certificate rotation (no new
+/// batches then, only acks until the window is empty). Pure.
+///
+/// A commit or the tick always looks (the commit is what makes a reading leave at once when
+/// idle). An ack looks only when the last fill stopped at a full window or re-sends wait: then
+/// the ack's room is taken at once by the rows that piled up meanwhile; after an empty fill the
+/// next commit wakes the session anyway, and a blocked one (full store, full request queue) is
+/// retried on the tick, not on every ack.
+pub(super) fn fills_on(
+    trigger: Trigger,
+    last: FillEnd,
+    resend_waiting: bool,
+    draining: bool,
+) -> bool {
+    if draining {
+        return false;
+    }
+    match trigger {
+        Trigger::Commit | Trigger::Tick => true,
+        Trigger::Acked => last == FillEnd::WindowFull || resend_waiting,
+    }
+}
 
 /// How a session ended without an error.
 pub(super) enum SessionEnd {
@@ -133,6 +187,8 @@ impl Uplink {
         cert_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Set when a new pair is pending: no new batches; reconnect once the window is empty.
         let mut draining: Option<Instant> = None;
+        // Why the last fill stopped: an ack fills again only after a full window (`fills_on`).
+        let mut last_fill = FillEnd::Empty;
         loop {
             self.beat.beat();
             if let Some(since) = draining {
@@ -165,6 +221,9 @@ impl Uplink {
                     let ev = ev.map_err(|e| SessionError::connection(&e))?;
                     let acked = self.handle_event(ev, &mut tracker, &ack_topic, &mut undeleted).await?;
                     window = (window + acked).min(s.max_inflight);
+                    if acked > 0 && fills_on(Trigger::Acked, last_fill, !resend.is_empty(), draining.is_some()) {
+                        last_fill = self.fill(&client, &signer, &mut tracker, &mut resend, &batch_topic, window).await?;
+                    }
                 }
                 _ = tick.tick() => {
                     self.retry_undeleted(&mut undeleted).await?;
@@ -174,12 +233,14 @@ impl Uplink {
                             resend.push_back(n);
                         }
                     }
-                    if draining.is_none() {
-                        self.fill(&client, &signer, &mut tracker, &mut resend, &batch_topic, window).await?;
+                    if fills_on(Trigger::Tick, last_fill, !resend.is_empty(), draining.is_some()) {
+                        last_fill = self.fill(&client, &signer, &mut tracker, &mut resend, &batch_topic, window).await?;
                     }
                     self.publish_retained(&client, &signer, &mut tracker, &mut published)?;
                 }
-                _ = self.wake.notified(), if draining.is_none() => self.fill(&client, &signer, &mut tracker, &mut resend, &batch_topic, window).await?,
+                _ = self.wake.notified(), if fills_on(Trigger::Commit, last_fill, !resend.is_empty(), draining.is_some()) => {
+                    last_fill = self.fill(&client, &signer, &mut tracker, &mut resend, &batch_topic, window).await?;
+                }
                 r = async {
                     match retained_rx.as_mut() {
                         Some(rx) => rx.changed().await,
@@ -332,7 +393,7 @@ impl Uplink {
     }
 
     /// Puts batches on the wire until `window` (at most `max_inflight`) are in flight: re-sends
-    /// first, then new batches.
+    /// first, then new batches of up to `batch_max` rows. Returns why it stopped.
     async fn fill(
         &self,
         client: &AsyncClient,
@@ -341,7 +402,7 @@ impl Uplink {
         resend: &mut VecDeque<u64>,
         topic: &str,
         window: usize,
-    ) -> Result<(), SessionError> {
+    ) -> Result<FillEnd, SessionError> {
         // Re-sending a batch that is already in flight does not widen the window.
         while tracker.len() < window || resend.front().is_some_and(|n| tracker.contains(*n)) {
             let store = self.store.clone();
@@ -377,7 +438,7 @@ impl Uplink {
                     if let Some(n) = again {
                         resend.push_front(n);
                     }
-                    break;
+                    return Ok(FillEnd::Blocked);
                 }
                 Ok(s) => {
                     if again.is_none() {
@@ -392,7 +453,7 @@ impl Uplink {
                 if again.is_some() {
                     continue; // acknowledged meanwhile
                 }
-                break;
+                return Ok(FillEnd::Empty);
             };
             if client
                 .try_publish(topic, QoS::AtLeastOnce, false, bytes)
@@ -400,7 +461,7 @@ impl Uplink {
             {
                 // The client's request queue is full: try again on the next tick, same number.
                 resend.push_front(number);
-                break;
+                return Ok(FillEnd::Blocked);
             }
             tracker.sent(number, Instant::now());
             self.status.send_modify(|s| {
@@ -410,7 +471,7 @@ impl Uplink {
                 }
             });
         }
-        Ok(())
+        Ok(FillEnd::WindowFull)
     }
 
     /// Signs and publishes (retained, QoS 1) every entry of the set that differs from what this

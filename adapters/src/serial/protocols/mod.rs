@@ -9,6 +9,7 @@
 //! | [`cms50`] | Contec CMS50D+/CMS50E, `7D 81` command set ("V7.0") | 115200 8N1 | Contec "Communication protocol of pulse oximeter V7.0"; gagistech/bedsidemon; recordings in `data/real/serial/` |
 //! | [`ansar_b`] | Ivy Biomedical 450C "ANSAR-B" output | 9600 8N1 | mdpnp/mdpnp `AnsarB.java`; recording `ivy450c_ansarb_capture.bin` |
 //! | [`masimo`] | Masimo Radical-7 / Rad-series "ASCII 1" output | 9600 8N1 | mdpnp/mdpnp `poxrad_discrete.h`, `masimo-radical-7.spec`; Masimo operator's manuals |
+//! | [`lines`] | any device printing text lines (JSON, CSV, `key=value`), decoded by a `[[lines_map]]` from the config | set `baud` | the device's manual, written down as a map; RFC 8259, RFC 4180, NMEA 0183 checksums |
 //!
 //! Every decoder is a pure state machine: bytes may arrive split anywhere, a frame may be cut or
 //! garbled, and feeding the same bytes in any chunking yields the same [`Decoded`] sequence.
@@ -16,10 +17,12 @@
 
 pub mod ansar_b;
 pub mod cms50;
+pub mod lines;
 pub mod masimo;
 
 use crate::observation::Reading;
 use crate::serial::config::ProtocolName;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What a decoder produces from the byte stream.
@@ -67,11 +70,25 @@ pub trait Protocol: Send {
 }
 
 /// A fresh decoder for the configured protocol (one per port opening: framing state never
-/// survives a reconnect).
+/// survives a reconnect). `lines` needs its map: this gives the placeholder that refuses every
+/// line ([`lines::Lines::unmapped`]); use [`build_with`].
 pub fn build(name: ProtocolName) -> Box<dyn Protocol> {
+    build_with(name, None)
+}
+
+/// [`build`], with the compiled map a `lines` device decodes by (ignored by the other
+/// protocols).
+pub fn build_with(
+    name: ProtocolName,
+    map: Option<&Arc<lines::map::CompiledMap>>,
+) -> Box<dyn Protocol> {
     match name {
         ProtocolName::Cms50 => Box::new(cms50::Cms50::new()),
         ProtocolName::AnsarB => Box::new(ansar_b::AnsarB::new()),
         ProtocolName::Masimo => Box::new(masimo::Masimo::new()),
+        ProtocolName::Lines => match map {
+            Some(m) => Box::new(lines::Lines::new(m.clone())),
+            None => Box::new(lines::Lines::unmapped()),
+        },
     }
 }

@@ -1,0 +1,452 @@
+//! The plug-in line protocol, version 1 (`docs/plugins.md` is the reference for plug-in
+//! authors): what a plug-in writes on its stdout, parsed ([`parse_line`]), and what wardgate
+//! writes on its stdin ([`encode_command`]). Pure: no I/O, never panics (fuzzed:
+//! `fuzz/fuzz_targets/exec_plugin_line.rs`).
+//!
+//! One JSON object (RFC 8259) per line, UTF-8, ending in `\n`:
+//!
+//! ```text
+//! {"v":1,"type":"observation","code":"MDC_PULS_OXIM_SAT_O2","value":97,"unit":"%"}
+//! {"v":1,"type":"observation","device":"pump-1","code":150456,"value":97.0,"unit":262688,
+//!  "device_time":"2024-06-10T06:13:20","status":["alarm"],"record":17}
+//! {"v":1,"type":"event","kind":"connected","detail":"pump X200 sn 4711 on /dev/ttyUSB0"}
+//! {"v":1,"type":"event","kind":"error","detail":"pump answered NAK to a rate query"}
+//! ```
+//!
+//! - `v` (required, first to be checked): the schema version, `1`. A line of another version is
+//!   refused with that reason (a newer plug-in on an older wardgate).
+//! - `type`: `observation` or `event`.
+//! - `device` (optional): one of the `[[exec]] devices` names; absent when the plug-in has none.
+//! - observation: `code` (an MDC code: a number, or a name of `observation::mdc::NAMES`),
+//!   `value` (a finite JSON number), `unit` (UCUM or alias as in vendor profiles, or the MDC unit
+//!   code), optional `device_time` (`YYYY-MM-DDThh:mm:ss`, the device's local time), `status`
+//!   (at most 16 flags, printable ASCII without spaces, ≤ 64 characters each), `record` (the
+//!   device's own sequence or record number, a whole number: kept as status `record=N`, as
+//!   glucose RACP records are, so upstream sees gaps at the device).
+//! - event: `kind` `connected`, `disconnected` or `error`; optional `detail` (text for
+//!   installers, at most 200 characters; never patient values).
+//! - Any other key is an error (a misspelt optional key would otherwise be lost silently).
+//!
+//! wardgate → plug-in (stdin), one line per command:
+//! `{"v":1,"type":"send_bytes","data":"<base64>"}` ([`DeviceCommand::SendBytes`]). A plug-in
+//! ignores types it does not know.
+
+use crate::ble::decode::vendor::{parse_unit, MdcCode};
+use crate::observation::{EventKind, Reading, Unit};
+use crate::serial::protocols::lines::map::is_status_text;
+use crate::serial::protocols::lines::time::parse_device_time;
+use crate::DeviceCommand;
+use serde::Deserialize;
+
+/// The schema version this wardgate reads and writes.
+pub const SCHEMA_VERSION: u64 = 1;
+/// Most status flags on one observation.
+pub const MAX_STATUS: usize = 16;
+/// Longest event detail kept, characters.
+pub const MAX_DETAIL: usize = 200;
+
+/// A line a plug-in wrote, understood.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PluginMessage {
+    /// A reading.
+    Observation {
+        /// Index into `[[exec]] devices`, or `None` for the plug-in itself.
+        device: Option<usize>,
+        /// The reading (status includes `record=N`).
+        reading: Reading,
+    },
+    /// A device event.
+    Event {
+        /// Index into `[[exec]] devices`, or `None` for the plug-in itself.
+        device: Option<usize>,
+        /// `connected`, `disconnected` or `error`.
+        kind: EventKind,
+        /// Text for installers (cut to [`MAX_DETAIL`] characters, control characters replaced).
+        detail: String,
+    },
+}
+
+/// A unit as a plug-in writes it.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum UnitSpec {
+    Code(u32),
+    Name(String),
+}
+
+/// The wire form of every line (all keys of every type; which belong where is checked after).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wire {
+    v: Option<serde_json::Value>,
+    #[serde(rename = "type")]
+    kind_of: Option<String>,
+    device: Option<String>,
+    code: Option<MdcCode>,
+    value: Option<f64>,
+    unit: Option<UnitSpec>,
+    device_time: Option<String>,
+    status: Option<Vec<String>>,
+    record: Option<u64>,
+    kind: Option<String>,
+    detail: Option<String>,
+}
+
+/// Only `v`, for the error path.
+#[derive(Deserialize)]
+struct VersionOnly {
+    v: Option<serde_json::Value>,
+}
+
+fn version_problem(v: Option<&serde_json::Value>) -> Option<String> {
+    match v {
+        None => Some("no \"v\": every line is an object starting {\"v\":1,".into()),
+        Some(serde_json::Value::Number(n)) if n.as_u64() == Some(SCHEMA_VERSION) => None,
+        Some(other) => Some(format!(
+            "schema version {} is not {SCHEMA_VERSION}, the one this wardgate reads",
+            other.to_string().chars().take(20).collect::<String>()
+        )),
+    }
+}
+
+/// Parses one stdout line of a plug-in (`\n` removed; a trailing `\r` and spaces are
+/// tolerated). `devices` is `[[exec]] devices`. Errors in words, for the installer.
+pub fn parse_line(line: &[u8], devices: &[String]) -> Result<PluginMessage, String> {
+    if !line.trim_ascii_start().starts_with(b"{") {
+        // serde would take a JSON array for a struct, field by field: not our format.
+        return Err(match serde_json::from_slice::<serde_json::Value>(line) {
+            Err(e) => format!("not a JSON object: {e}"),
+            Ok(_) => "not a JSON object (each line is one {…})".into(),
+        });
+    }
+    let w: Wire = match serde_json::from_slice(line) {
+        Ok(w) => w,
+        Err(e) => {
+            // A line of another schema version says so, whatever else is wrong with it.
+            if let Ok(v) = serde_json::from_slice::<VersionOnly>(line) {
+                if let Some(p) = version_problem(v.v.as_ref()) {
+                    return Err(p);
+                }
+            }
+            return Err(if e.is_syntax() || e.is_eof() {
+                format!("not a JSON object: {e}")
+            } else {
+                e.to_string()
+            });
+        }
+    };
+    if let Some(p) = version_problem(w.v.as_ref()) {
+        return Err(p);
+    }
+    let device = match (&w.device, devices.is_empty()) {
+        (None, _) => None,
+        (Some(d), true) => {
+            return Err(format!(
+                "\"device\": {:?}, but this plug-in has no devices (set [[exec]] devices, or leave \"device\" out)",
+                short(d)
+            ))
+        }
+        (Some(d), false) => Some(devices.iter().position(|x| x == d).ok_or_else(|| {
+            format!(
+                "\"device\": {:?} is not one of [[exec]] devices ({})",
+                short(d),
+                devices.join(", ")
+            )
+        })?),
+    };
+    let not_here = |what: &str, keys: &[(&str, bool)]| -> Result<(), String> {
+        match keys.iter().find(|(_, set)| *set) {
+            Some((k, _)) => Err(format!("\"{k}\" is not part of an {what}")),
+            None => Ok(()),
+        }
+    };
+    match w.kind_of.as_deref() {
+        Some("observation") => {
+            not_here(
+                "observation",
+                &[("kind", w.kind.is_some()), ("detail", w.detail.is_some())],
+            )?;
+            let code = w
+                .code
+                .as_ref()
+                .ok_or("an observation needs \"code\"")?
+                .resolve()
+                .map_err(|e| format!("\"code\": {e}"))?;
+            let value = w.value.ok_or("an observation needs \"value\" (a number)")?;
+            if !value.is_finite() {
+                return Err("\"value\" is not a finite number".into());
+            }
+            let unit = match w.unit.ok_or("an observation needs \"unit\"")? {
+                UnitSpec::Code(c) => Unit::from_mdc(c)
+                    .ok_or_else(|| format!("\"unit\": no unit has MDC code {c}"))?,
+                UnitSpec::Name(n) => parse_unit(&n).map_err(|e| format!("\"unit\": {e}"))?,
+            };
+            let device_time = w
+                .device_time
+                .as_deref()
+                .map(parse_device_time)
+                .transpose()?;
+            let mut status = w.status.unwrap_or_default();
+            if status.len() > MAX_STATUS {
+                return Err(format!("more than {MAX_STATUS} status flags"));
+            }
+            if let Some(s) = status.iter().find(|s| !is_status_text(s)) {
+                return Err(format!(
+                    "status flag {:?} is not printable ASCII without spaces, at most 64 characters",
+                    short(s)
+                ));
+            }
+            if let Some(r) = w.record {
+                status.push(format!("record={r}"));
+            }
+            Ok(PluginMessage::Observation {
+                device,
+                reading: Reading {
+                    code,
+                    value,
+                    unit,
+                    device_time,
+                    status,
+                },
+            })
+        }
+        Some("event") => {
+            not_here(
+                "event",
+                &[
+                    ("code", w.code.is_some()),
+                    ("value", w.value.is_some()),
+                    ("unit", w.unit.is_some()),
+                    ("device_time", w.device_time.is_some()),
+                    ("status", w.status.is_some()),
+                    ("record", w.record.is_some()),
+                ],
+            )?;
+            let kind = match w.kind.as_deref() {
+                Some("connected") => EventKind::Connected,
+                Some("disconnected") => EventKind::Disconnected,
+                Some("error") => EventKind::Error,
+                Some(other) => {
+                    return Err(format!(
+                        "event \"kind\": {:?} is not connected, disconnected or error",
+                        short(other)
+                    ))
+                }
+                None => return Err("an event needs \"kind\"".into()),
+            };
+            let detail = w
+                .detail
+                .unwrap_or_default()
+                .chars()
+                .take(MAX_DETAIL)
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            Ok(PluginMessage::Event {
+                device,
+                kind,
+                detail,
+            })
+        }
+        Some(other) => Err(format!(
+            "\"type\": {:?} is not observation or event",
+            short(other)
+        )),
+        None => Err("no \"type\" (observation or event)".into()),
+    }
+}
+
+/// At most 40 characters of a plug-in's text, for messages.
+fn short(s: &str) -> String {
+    s.chars().take(40).collect()
+}
+
+/// The stdin line for a command (with its `\n`), or `None` for a command a plug-in cannot take
+/// ([`DeviceCommand::OpenSmp`]: firmware updates go through serial adapters only).
+pub fn encode_command(cmd: &DeviceCommand) -> Option<Vec<u8>> {
+    use base64::Engine;
+    match cmd {
+        DeviceCommand::SendBytes(bytes) => {
+            let line = serde_json::json!({
+                "v": SCHEMA_VERSION,
+                "type": "send_bytes",
+                "data": base64::engine::general_purpose::STANDARD.encode(bytes),
+            });
+            let mut out = line.to_string().into_bytes();
+            out.push(b'\n');
+            Some(out)
+        }
+        DeviceCommand::OpenSmp(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observation::mdc;
+
+    fn ok(line: &str) -> PluginMessage {
+        parse_line(line.as_bytes(), &["pump-1".into(), "pump-2".into()])
+            .unwrap_or_else(|e| panic!("{line}: {e}"))
+    }
+    fn err(line: &str) -> String {
+        parse_line(line.as_bytes(), &["pump-1".into()]).unwrap_err()
+    }
+
+    #[test]
+    fn observations_in_every_allowed_form() {
+        assert_eq!(
+            ok(
+                r#"{"v":1,"type":"observation","code":"MDC_PULS_OXIM_SAT_O2","value":97,"unit":"%"}"#
+            ),
+            PluginMessage::Observation {
+                device: None,
+                reading: Reading {
+                    code: mdc::SPO2,
+                    value: 97.0,
+                    unit: Unit::PERCENT,
+                    device_time: None,
+                    status: vec![]
+                }
+            }
+        );
+        assert_eq!(
+            ok(
+                r#"{"v":1,"type":"observation","device":"pump-2","code":150456,"value":96.5,"unit":262688,"device_time":"2024-06-10T06:13:20","status":["alarm"],"record":17}  "#
+            ),
+            PluginMessage::Observation {
+                device: Some(1),
+                reading: Reading {
+                    code: mdc::SPO2,
+                    value: 96.5,
+                    unit: Unit::PERCENT,
+                    device_time: Some("2024-06-10T06:13:20".into()),
+                    status: vec!["alarm".into(), "record=17".into()]
+                }
+            }
+        );
+    }
+
+    #[test]
+    fn events() {
+        assert_eq!(
+            ok("{\"v\":1,\"type\":\"event\",\"kind\":\"error\",\"detail\":\"NAK\\nagain\"}\r"),
+            PluginMessage::Event {
+                device: None,
+                kind: EventKind::Error,
+                detail: "NAK again".into()
+            }
+        );
+        assert_eq!(
+            ok(r#"{"v":1,"type":"event","kind":"connected","device":"pump-1"}"#),
+            PluginMessage::Event {
+                device: Some(0),
+                kind: EventKind::Connected,
+                detail: String::new()
+            }
+        );
+    }
+
+    #[test]
+    fn bad_lines_say_why() {
+        for (line, why) in [
+            ("", "not a JSON object: EOF"),
+            ("hello", "not a JSON object: expected value"),
+            (
+                r#"{"v":2,"type":"observation","new_thing":1}"#,
+                "schema version 2 is not 1",
+            ),
+            (
+                r#"{"v":"1","type":"event","kind":"error"}"#,
+                "schema version \"1\" is not 1",
+            ),
+            (r#"{"type":"event","kind":"error"}"#, "no \"v\""),
+            (
+                r#"{"v":1,"type":"observation","code":1,"valeu":2,"unit":"%"}"#,
+                "unknown field `valeu`",
+            ),
+            (
+                r#"{"v":1,"type":"observation","code":1,"unit":"%"}"#,
+                "needs \"value\"",
+            ),
+            (
+                r#"{"v":1,"type":"observation","code":1,"value":"97","unit":"%"}"#,
+                "invalid type: string",
+            ),
+            (
+                r#"{"v":1,"type":"observation","code":1,"value":1e999,"unit":"%"}"#,
+                "number out of range",
+            ),
+            (
+                r#"{"v":1,"type":"observation","code":"SPO2","value":1,"unit":"%"}"#,
+                "\"code\": unknown mdc name",
+            ),
+            (
+                r#"{"v":1,"type":"observation","code":1,"value":1,"unit":"furlong"}"#,
+                "\"unit\": unknown unit",
+            ),
+            (
+                r#"{"v":1,"type":"observation","code":1,"value":1,"unit":12}"#,
+                "no unit has MDC code 12",
+            ),
+            (
+                r#"{"v":1,"type":"observation","code":1,"value":1,"unit":"%","device_time":"today"}"#,
+                "device_time \"today\"",
+            ),
+            (
+                r#"{"v":1,"type":"observation","code":1,"value":1,"unit":"%","status":["a b"]}"#,
+                "status flag \"a b\"",
+            ),
+            (
+                r#"{"v":1,"type":"observation","code":1,"value":1,"unit":"%","record":-1}"#,
+                "invalid value: integer `-1`",
+            ),
+            (
+                r#"{"v":1,"type":"observation","code":1,"value":1,"unit":"%","kind":"x"}"#,
+                "\"kind\" is not part of an observation",
+            ),
+            (
+                r#"{"v":1,"type":"event","kind":"connected","value":3}"#,
+                "\"value\" is not part of an event",
+            ),
+            (
+                r#"{"v":1,"type":"event","kind":"rejected"}"#,
+                "is not connected, disconnected or error",
+            ),
+            (r#"{"v":1,"type":"event"}"#, "needs \"kind\""),
+            (
+                r#"{"v":1,"type":"hello"}"#,
+                "\"type\": \"hello\" is not observation or event",
+            ),
+            (r#"{"v":1,"kind":"error"}"#, "no \"type\""),
+            (
+                r#"{"v":1,"type":"event","kind":"error","device":"pump-9"}"#,
+                "not one of [[exec]] devices (pump-1)",
+            ),
+            (r#"[1]"#, "not a JSON object (each line"),
+        ] {
+            let e = err(line);
+            assert!(e.contains(why), "{line}: {e}");
+        }
+        let e = parse_line(
+            br#"{"v":1,"type":"event","kind":"error","device":"x"}"#,
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.contains("has no devices"), "{e}");
+        let many: Vec<String> = (0..17).map(|i| format!("\"f{i}\"")).collect();
+        let e = err(&format!(
+            r#"{{"v":1,"type":"observation","code":1,"value":1,"unit":"%","status":[{}]}}"#,
+            many.join(",")
+        ));
+        assert!(e.contains("more than 16"), "{e}");
+    }
+
+    #[test]
+    fn commands_are_one_json_line() {
+        let line = encode_command(&DeviceCommand::SendBytes(vec![0x7d, 0x81, 0xa1])).unwrap();
+        assert_eq!(
+            String::from_utf8(line).unwrap(),
+            "{\"data\":\"fYGh\",\"type\":\"send_bytes\",\"v\":1}\n"
+        );
+    }
+}

@@ -1,0 +1,434 @@
+//! Plug-ins (`[[exec]]`) as real child processes of the real daemon (`wardgate run`, a child
+//! process of the test) → real mosquitto with mutual TLS → `wardgate receive` → SQLite. What a
+//! user checks: the shipped example plug-in's readings arrive upstream with their record
+//! numbers; its stderr is in the daemon's log under its name; a plug-in that crashes is
+//! restarted on the backoff schedule and every exit is reported upstream; a plug-in that floods
+//! does not grow the daemon's memory (what the daemon buffers from it stays bounded); stopping
+//! the daemon leaves no plug-in process behind, even one that ignores SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use wardgate_e2e::env::{ReceiverOptions, TestEnv};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wardgate-e2e-bin");
+const SPO2: u32 = 150456;
+const PULSE_OXIM: u32 = 149530;
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/plugins")
+}
+
+fn write_script(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    p
+}
+
+/// The daemon's status snapshot (`status.json` beside the store in these tests).
+fn snapshot(env: &TestEnv) -> serde_json::Value {
+    std::fs::read_to_string(env.gw_dir.join("status.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// The `exec` counters of adapter `name` in the snapshot.
+fn exec_stats(env: &TestEnv, name: &str) -> serde_json::Value {
+    snapshot(env)["adapters"]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["name"] == name).cloned())
+        .map(|a| a["exec"].clone())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// `None` when gone; else (state, ppid) from `/proc/PID/stat`.
+fn proc_state(pid: u64) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut parts = rest.split(' ');
+    Some((parts.next()?.chars().next()?, parts.next()?.parse().ok()?))
+}
+
+/// Not a live process: gone, or a zombie (reparented to an init that has not reaped it yet).
+fn assert_gone(pid: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match proc_state(pid) {
+            None | Some(('Z', _)) => return,
+            Some(st) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "{what} (pid {pid}) is still there: {st:?}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// Peak and current resident memory of `pid`, KiB.
+fn memory_kib(pid: u64) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+#[test]
+fn the_example_plugin_reports_upstream_and_a_crashing_one_is_restarted_on_schedule() {
+    if !Path::new("/usr/bin/python3").is_file() {
+        return wardgate_e2e::skip_or_fail(
+            "/usr/bin/python3 is not installed (apt-get install python3)",
+        );
+    }
+    let env = TestEnv::new("exec", BIN).unwrap();
+    let gw_cfg = env.write_gateway_config(&env.gateway_options()).unwrap();
+    let plugin = examples().join("oximeter_bridge.py");
+    let csv = examples().join("oximeter_demo.csv");
+    let workdir = env.gw_dir.join("plugins/bed12-ox");
+    std::fs::create_dir_all(&workdir).unwrap();
+    // Lists the descriptors it was started with, once the daemon has opened its port, store
+    // and broker connection.
+    let fdcheck = write_script(
+        &env.gw_dir.join("plugins"),
+        "fdcheck.py",
+        r#"#!/usr/bin/python3
+import json, os, time
+time.sleep(2)
+fds = []
+for n in sorted(os.listdir('/proc/self/fd'), key=int):
+    try:
+        target = os.readlink('/proc/self/fd/' + n)
+    except OSError:
+        continue  # the directory listing's own descriptor, closed by now
+    if not (target.startswith('/proc/') and target.endswith('/fd')):
+        fds.append('%s=%s' % (n, target.split(':')[0]))
+print(json.dumps({"v": 1, "type": "event", "kind": "connected", "detail": "fds " + " ".join(fds)}), flush=True)
+time.sleep(1000)
+"#,
+    );
+    let mut cfg = std::fs::read_to_string(&gw_cfg).unwrap();
+    cfg.push_str(&format!(
+        r#"
+[[exec]]
+name = "bed12-ox"
+command = "{plugin}"
+args = ["--replay", "{csv}", "--rate", "50"]
+working_dir = "plugins/bed12-ox"
+
+[[exec]]
+name = "crashy"
+command = "{plugin}"
+args = ["--replay", "{csv}", "--rate", "0", "--count", "1", "--exit-code", "3"]
+max_backoff_s = 4
+
+[[exec]]
+name = "fdcheck"
+command = "{fdcheck}"
+
+[[serial]]
+name = "bed13-ox"
+path = "dev/bed13-ox"
+protocol = "lines"
+map = "esp32-oximeter"
+baud = 115200
+"#,
+        plugin = plugin.display(),
+        csv = csv.display(),
+        fdcheck = fdcheck.display(),
+    ));
+    cfg.push_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/profiles/lines-example.toml"),
+        )
+        .unwrap(),
+    );
+    std::fs::write(&gw_cfg, &cfg).unwrap();
+    // A serial port the daemon holds open (and locks) while the plug-ins run.
+    std::fs::create_dir_all(env.dev_dir()).unwrap();
+    let _port =
+        wardgate_sim::devsim::SimulatedPort::open(&env.dev_dir().join("bed13-ox"), None).unwrap();
+    let check = env
+        .cli(
+            &["check-config".as_ref(), gw_cfg.as_os_str()],
+            b"",
+            Duration::from_secs(20),
+        )
+        .unwrap();
+    assert_eq!(check.code(), Some(0), "check-config: {check:?}");
+
+    let mut receiver = env.start_receiver(&ReceiverOptions::default()).unwrap();
+    let mut gateway = env.spawn_gateway(&gw_cfg).unwrap();
+    // The example's 10 readings (one SpO2 missing), and crashy's runs: 4 exits reported.
+    env.wait_delivered(&[("exec:bed12-ox".into(), 19)], Duration::from_secs(30))
+        .unwrap();
+    let up = env.upstream();
+    wardgate_e2e::wait_for("fdcheck's report upstream", Duration::from_secs(30), || {
+        Ok(up.events()?.iter().any(|e| {
+            e.device == "exec:fdcheck" && e.detail.as_deref().is_some_and(|d| d.starts_with("fds "))
+        }))
+    })
+    .unwrap();
+    wardgate_e2e::wait_for(
+        "4 exits of crashy upstream",
+        Duration::from_secs(40),
+        || {
+            Ok(up
+                .events()?
+                .iter()
+                .filter(|e| {
+                    e.device == "exec:crashy"
+                        && e.kind == "disconnected"
+                        && e.detail
+                            .as_deref()
+                            .is_some_and(|d| d.starts_with("plug-in crashy:"))
+                })
+                .count()
+                >= 4)
+        },
+    )
+    .unwrap();
+    let pid = exec_stats(&env, "bed12-ox")["pid"].as_u64().unwrap_or(0);
+    assert!(pid > 0, "{}", snapshot(&env));
+    let mut status = String::new();
+    wardgate_e2e::wait_for("the plug-in in wardgate status", Duration::from_secs(10), || {
+        status = env
+            .cli(&["status".as_ref(), "--config".as_ref(), gw_cfg.as_os_str()], b"", Duration::from_secs(20))?
+            .stdout;
+        Ok(status.contains(&format!(
+            "adapter:  bed12-ox (0 failures, 0 restarts, plug-in pid {pid}, 1 starts, 21 lines, 0 bad lines (0 too long)"
+        )))
+    })
+    .unwrap_or_else(|e| panic!("{e}: {status}"));
+
+    // Stop: the daemon exits cleanly and takes its plug-ins with it.
+    let st = gateway.terminate(Duration::from_secs(15)).unwrap();
+    assert!(st.success(), "{st}");
+    receiver.terminate(Duration::from_secs(10)).unwrap();
+    assert_gone(pid, "the example plug-in");
+
+    // Its readings, in order, with the device's own record numbers.
+    let obs = up.observations().unwrap();
+    let ox: Vec<_> = obs.iter().filter(|o| o.device == "exec:bed12-ox").collect();
+    let spo2: Vec<(f64, String)> = ox
+        .iter()
+        .filter(|o| o.code == SPO2)
+        .map(|o| (o.value.unwrap(), o.status.clone().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        spo2,
+        [
+            (97.0, 1),
+            (97.0, 2),
+            (96.0, 3),
+            (95.0, 5),
+            (96.0, 6),
+            (97.0, 7),
+            (98.0, 8),
+            (98.0, 9),
+            (97.0, 10)
+        ]
+        .map(|(v, r)| (v, format!("record={r}")))
+    );
+    assert_eq!(ox.iter().filter(|o| o.code == PULSE_OXIM).count(), 10);
+    let events = up.events().unwrap();
+    let of = |device: &str, kind: &str| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e.device == device && e.kind == kind)
+            .map(|e| e.detail.clone().unwrap_or_default())
+            .collect()
+    };
+    let connected = of("exec:bed12-ox", "connected");
+    assert!(
+        connected[0].starts_with(&format!("plug-in bed12-ox: started {}", plugin.display())),
+        "{connected:?}"
+    );
+    assert_eq!(connected[1], "replaying oximeter_demo.csv");
+    // A plug-in inherits nothing of the daemon but its three pipes: not the serial port (whose
+    // lock would stay held), not the store, not the broker connection.
+    assert_eq!(
+        of("exec:fdcheck", "connected").last().map(String::as_str),
+        Some("fds 0=pipe 1=pipe 2=pipe"),
+        "{events:?}"
+    );
+    // Its stderr is in the daemon's log under its name, with the working directory it was given.
+    let log = gateway.stderr();
+    assert!(
+        log.contains(&format!(
+            "plugin bed12-ox: bed12-ox starting (schema 1, pid {pid}, cwd {}",
+            workdir.display()
+        )),
+        "{log}"
+    );
+
+    // crashy: every exit reported with its status, and restarted on the backoff schedule (the
+    // n-th wait in [d/2, d], d = 0.5 s · 2^n up to max_backoff_s = 4 s).
+    let exits = of("exec:crashy", "disconnected");
+    let exits: Vec<&String> = exits
+        .iter()
+        .filter(|d| d.starts_with("plug-in crashy:"))
+        .collect();
+    assert!(exits.len() >= 4, "{exits:?}");
+    for (n, d) in exits.iter().take(4).enumerate() {
+        assert!(
+            d.starts_with("plug-in crashy: exited with status 3 after "),
+            "{d}"
+        );
+        let said: f64 = d
+            .rsplit("restarting in ")
+            .next()
+            .unwrap()
+            .trim_end_matches(" s")
+            .parse()
+            .unwrap();
+        let max = (0.5 * f64::from(1u32 << n)).min(4.0);
+        assert!(
+            said >= max / 2.0 - 0.05 && said <= max + 0.05,
+            "wait {n}: {said} s, want [{}, {max}]",
+            max / 2.0
+        );
+    }
+    // Each run's reading arrived before its exit was reported.
+    let crashy_spo2 = obs
+        .iter()
+        .filter(|o| o.device == "exec:crashy" && o.code == SPO2)
+        .count();
+    assert!(
+        crashy_spo2 >= exits.len(),
+        "{crashy_spo2} readings, {} exits",
+        exits.len()
+    );
+}
+
+/// The flooding plug-in writes valid lines as fast as its pipe takes them; the stubborn one
+/// ignores SIGTERM and has a child of its own.
+#[test]
+fn a_flooding_plugin_does_not_grow_the_daemon_and_shutdown_leaves_no_plugin_process() {
+    if !Path::new("/usr/bin/python3").is_file() {
+        return wardgate_e2e::skip_or_fail(
+            "/usr/bin/python3 is not installed (apt-get install python3)",
+        );
+    }
+    let env = TestEnv::new("exec-flood", BIN).unwrap();
+    let gw_cfg = env.write_gateway_config(&env.gateway_options()).unwrap();
+    let scripts = env.gw_dir.join("plugins");
+    std::fs::create_dir_all(&scripts).unwrap();
+    let flood = write_script(
+        &scripts,
+        "flood.py",
+        r#"#!/usr/bin/python3
+import os, sys
+line = b'{"v":1,"type":"observation","code":150456,"value":97,"unit":"%"}\n'
+chunk = line * 1000
+written = 0
+while True:
+    os.write(1, chunk)
+    written += len(chunk)
+    if written % (len(chunk) * 100) == 0:
+        with open('flood.written.tmp', 'w') as f:
+            f.write(str(written))
+        os.replace('flood.written.tmp', 'flood.written')
+"#,
+    );
+    let pids = scripts.join("stubborn.pids");
+    let stubborn = write_script(
+        &scripts,
+        "stubborn.sh",
+        &format!(
+            "#!/bin/sh\ntrap '' TERM\nsleep 1000 &\necho \"$$ $!\" > {}\necho '{{\"v\":1,\"type\":\"event\",\"kind\":\"connected\"}}'\nwhile :; do sleep 1; done\n",
+            pids.display()
+        ),
+    );
+    let mut cfg = std::fs::read_to_string(&gw_cfg).unwrap();
+    cfg.push_str(&format!(
+        "\n[[exec]]\nname = \"flood\"\ncommand = \"{}\"\nworking_dir = \"plugins\"\nmax_line = 1024\n\
+         \n[[exec]]\nname = \"stubborn\"\ncommand = \"{}\"\nstop_grace_s = 2\n",
+        flood.display(),
+        stubborn.display()
+    ));
+    std::fs::write(&gw_cfg, &cfg).unwrap();
+    // No receiver: the store holds the flood (what is under test is the daemon's memory).
+    let mut gateway = env.spawn_gateway(&gw_cfg).unwrap();
+    let daemon = u64::from(gateway.pid().as_raw() as u32);
+    wardgate_e2e::wait_for("the plug-ins running", Duration::from_secs(20), || {
+        Ok(exec_stats(&env, "flood")["pid"].as_u64().unwrap_or(0) > 0
+            && exec_stats(&env, "stubborn")["pid"].as_u64().unwrap_or(0) > 0
+            && pids.exists())
+    })
+    .unwrap();
+    let flood_pid = exec_stats(&env, "flood")["pid"].as_u64().unwrap();
+    let stubborn_pid = exec_stats(&env, "stubborn")["pid"].as_u64().unwrap();
+    let grandchild: u64 = std::fs::read_to_string(&pids)
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Let it flood for 8 s.
+    let until = Instant::now() + Duration::from_secs(8);
+    let mut peak_rss = 0;
+    while Instant::now() < until {
+        peak_rss = peak_rss.max(memory_kib(daemon).1);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let (hwm, _) = memory_kib(daemon);
+    let written: u64 = std::fs::read_to_string(scripts.join("flood.written"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let mut stats = serde_json::Value::Null;
+    wardgate_e2e::wait_for("a fresh snapshot", Duration::from_secs(10), || {
+        stats = exec_stats(&env, "flood");
+        Ok(stats["stdout_bytes"].as_u64().unwrap_or(0) > 0)
+    })
+    .unwrap();
+    let accepted = snapshot(&env)["devices"]["exec:flood"]["observations"]
+        .as_u64()
+        .unwrap_or(0);
+    eprintln!(
+        "flood: plug-in wrote {written} bytes, daemon read {} and accepted {accepted} observations; \
+         daemon peak RSS {hwm} KiB (sampled max {peak_rss} KiB); stdout buffer max {} bytes",
+        stats["stdout_bytes"], stats["stdout_buffer_max"]
+    );
+    // What the daemon holds of the plug-in's output: one partial line and one read at most.
+    let buffered = stats["stdout_buffer_max"].as_u64().unwrap();
+    assert!(buffered <= 1024 + 8192, "stdout buffer {buffered} bytes");
+    assert_eq!(stats["bad_lines"], 0, "{stats}");
+    // The flood was real, and the daemon's memory stayed bounded by its fixed buffers (the
+    // event channel, the writer's batch, SQLite's cache), not by what the plug-in wrote.
+    assert!(accepted > 50_000, "only {accepted} observations accepted");
+    assert!(
+        hwm < 96 * 1024,
+        "daemon peak RSS {hwm} KiB (35 MiB measured here)"
+    );
+
+    // SIGTERM: the daemon stops its plug-ins (the stubborn one with SIGKILL after 2 s) and
+    // exits; no plug-in process is left.
+    let t0 = Instant::now();
+    let st = gateway.terminate(Duration::from_secs(20)).unwrap();
+    let took = t0.elapsed();
+    assert!(st.success(), "{st}");
+    assert!(took < Duration::from_secs(12), "stop took {took:?}");
+    assert!(
+        gateway
+            .stderr()
+            .contains("plugin stubborn: still running 2 s after SIGTERM: SIGKILL"),
+        "{}",
+        gateway.stderr()
+    );
+    for (pid, what) in [
+        (flood_pid, "flood"),
+        (stubborn_pid, "stubborn"),
+        (grandchild, "stubborn's child"),
+    ] {
+        assert_gone(pid, what);
+    }
+}
