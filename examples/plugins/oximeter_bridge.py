@@ -22,7 +22,9 @@ The protocol (docs/plugins.md has all of it):
   * Exit on a fatal error: wardgate restarts the plug-in with a growing wait (0.5 s .. 30 s).
 
 Standard library only (no pip install on the gateway): it runs with Debian's python3.
-SYNTHETIC: the readings come from a CSV replay standing in for a real device.
+Stand-in data: oximeter_demo.csv holds the SpO2 and pulse of every live frame of a real Contec
+CMS50E capture (data/real/serial/cms50e_live_capture.bin, decoded by wardgate), replayed
+as if this bridge read them from a device.
 """
 
 import argparse

@@ -165,9 +165,21 @@ baud = 115200
 
     let mut receiver = env.start_receiver(&ReceiverOptions::default()).unwrap();
     let mut gateway = env.spawn_gateway(&gw_cfg).unwrap();
-    // The example's 10 readings (one SpO2 missing), and crashy's runs: 4 exits reported.
-    env.wait_delivered(&[("exec:bed12-ox".into(), 19)], Duration::from_secs(30))
-        .unwrap();
+    // The example's readings (two a row of its CSV, the CMS50E capture's SpO2 and pulse; a
+    // missing cell is no reading), and crashy's runs: 4 exits reported.
+    let readings = std::fs::read_to_string(&csv)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .flat_map(|l| l.split(','))
+        .filter(|v| !v.trim().is_empty() && v.trim() != "-")
+        .count() as u64;
+    assert!(readings >= 200, "{readings}");
+    env.wait_delivered(
+        &[("exec:bed12-ox".into(), readings)],
+        Duration::from_secs(30),
+    )
+    .unwrap();
     let up = env.upstream();
     wardgate_e2e::wait_for("fdcheck's report upstream", Duration::from_secs(30), || {
         Ok(up.events()?.iter().any(|e| {

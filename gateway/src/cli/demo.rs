@@ -71,7 +71,8 @@ fn demo_plugin(speed: f64) -> Result<(String, u64), String> {
         PLUGIN_DEVICE.trim_start_matches("exec:"),
         script.display(),
         csv.display(),
-        2.0 * speed.max(0.1)
+        // The CMS50E's own rate: the CSV holds one row per live frame, 60 a second.
+        60.0 * speed.max(0.1)
     );
     Ok((section, readings))
 }
