@@ -438,6 +438,73 @@ pub struct Observation {
     /// Measurement-status flags from the device (e.g. `alarm`, `low-perfusion`); empty when the
     /// device reported nothing unusual.
     pub status: Vec<String>,
+    /// For a waveform observation: the sample array of one period ([`Waveform`]); `value` is
+    /// then the physical value of the first sample and `gateway_time` the time of that sample.
+    /// `None` for a numeric.
+    pub waveform: Option<Waveform>,
+}
+
+/// Most samples one waveform observation carries (a store row, a wire object). 4,096 holds one
+/// second at up to 4 kHz: the CMS50's 60 Hz pleth and MIT-BIH's 360 Hz ECG with room to spare.
+pub const MAX_WAVEFORM_SAMPLES: usize = 4096;
+
+/// The sample array of one waveform observation: the real-time sample array (RT-SA) of IEEE
+/// 11073-10201 (DIM, object class `MDC_MOC_VMO_METRIC_SA_RT`) as IEEE 11073-20601 carries it
+/// (§7.4.4, RT-SA object), reduced to what a consumer needs to rebuild the signal:
+///
+/// - `period_us`: `Sample-Period` (`MDC_ATTR_TIME_PD_SAMP`), the time between two samples, in
+///   microseconds (20601 counts it in 1/8 ms; µs keeps 360 Hz exact to 1 µs: 2,778 µs);
+/// - `scale`, `offset`: the linear map of `Scale-and-Range-Specification`
+///   (`MDC_ATTR_SCALE_SPECN_I16`): the points (lower-scaled-value → lower-absolute-value) and
+///   (upper-scaled-value → upper-absolute-value) define `physical = offset + scale × sample`, in
+///   the observation's `unit`;
+/// - `samples`: `Simple-Sa-Observed-Value` (`MDC_ATTR_SIMP_SA_OBS_VAL`), the raw samples in time
+///   order, as signed integers (`Sa-Specification` sample sizes up to 32 bits), sample `i` taken
+///   at `gateway_time + i × period_us / 1000` ms.
+///
+/// At most [`MAX_WAVEFORM_SAMPLES`] samples; never empty; `period_us` > 0; `scale` and `offset`
+/// finite ([`Waveform::problem`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Waveform {
+    /// Time between two samples, µs (> 0).
+    pub period_us: u32,
+    /// Physical units per raw sample step.
+    pub scale: f64,
+    /// Physical value of a raw sample 0.
+    pub offset: f64,
+    /// Raw samples, oldest first.
+    pub samples: Vec<i32>,
+}
+
+impl Waveform {
+    /// Why this array may not be stored or sent (`None` when it may): empty, more than
+    /// [`MAX_WAVEFORM_SAMPLES`] samples, a zero period, a scale or offset that is not finite.
+    pub fn problem(&self) -> Option<String> {
+        if self.samples.is_empty() {
+            Some("waveform without samples".into())
+        } else if self.samples.len() > MAX_WAVEFORM_SAMPLES {
+            Some(format!(
+                "waveform of {} samples (at most {MAX_WAVEFORM_SAMPLES})",
+                self.samples.len()
+            ))
+        } else if self.period_us == 0 {
+            Some("waveform with sample period 0".into())
+        } else if !self.scale.is_finite() || !self.offset.is_finite() {
+            Some("waveform scale or offset not a finite number".into())
+        } else {
+            None
+        }
+    }
+
+    /// The physical value of raw sample `raw`: `offset + scale × raw`.
+    pub fn physical(&self, raw: i32) -> f64 {
+        self.offset + self.scale * f64::from(raw)
+    }
+
+    /// Samples per second (1e6 / `period_us`).
+    pub fn frequency_hz(&self) -> f64 {
+        1e6 / f64::from(self.period_us.max(1))
+    }
 }
 
 impl Observation {
@@ -460,6 +527,7 @@ impl Observation {
             gateway_time: now_ms(),
             time_quality,
             status: r.status,
+            waveform: None,
         }
     }
 }

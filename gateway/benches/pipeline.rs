@@ -113,6 +113,7 @@ fn observation(i: u64, t: i64) -> AdapterEvent {
         gateway_time: t,
         time_quality: TimeQuality::Synced,
         status: vec![],
+        waveform: None,
     })
 }
 

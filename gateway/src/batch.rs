@@ -6,7 +6,7 @@
 //! `observations`, `events`.
 
 use serde::{Deserialize, Serialize};
-use wardgate_adapters::observation::{DeviceEvent, Observation};
+use wardgate_adapters::observation::{DeviceEvent, Observation, Waveform};
 
 /// Payload format version (`v`).
 pub const PAYLOAD_VERSION: u32 = 1;
@@ -102,6 +102,12 @@ pub struct WireObservation {
     /// Measurement-status flags; absent when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub status: Vec<String>,
+    /// A waveform observation's sample array (IEEE 11073 real-time sample array: period,
+    /// scale, offset, raw samples; see [`Waveform`]); absent for a numeric, and in every payload
+    /// of a gateway older than issue 11, which therefore still decodes. `value` is then the
+    /// physical value of sample 0 and `gateway_time` its time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waveform: Option<Waveform>,
 }
 
 #[cfg(test)]
@@ -119,6 +125,7 @@ impl WireObservation {
             time_quality: "synced".into(),
             device_time: None,
             status: vec![],
+            waveform: None,
         }
     }
 }
@@ -169,6 +176,7 @@ impl Batch {
                         time_quality: ob.time_quality.as_str().to_owned(),
                         device_time: ob.device_time.clone(),
                         status: ob.status.clone(),
+                        waveform: ob.waveform.clone(),
                     })
                 }
                 Item::Event(e) => events.push(WireEvent {
@@ -208,6 +216,8 @@ struct WireObservationRef<'a> {
     device_time: Option<&'a str>,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     status: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waveform: Option<&'a Waveform>,
 }
 
 /// Borrowing twin of [`WireEvent`].
@@ -253,6 +263,7 @@ impl Batch {
                         time_quality: ob.time_quality.as_str(),
                         device_time: ob.device_time.as_deref(),
                         status: &ob.status,
+                        waveform: ob.waveform.as_ref(),
                     })
                 }
                 Item::Event(e) => events.push(WireEventRef {
@@ -347,6 +358,7 @@ mod tests {
                     gateway_time: 1_700_000_000_000,
                     time_quality: TimeQuality::Device,
                     status,
+                    waveform: None,
                 },
             })
         };
@@ -359,6 +371,25 @@ mod tests {
                     vec!["alarm=APNEA".into()],
                     Some("2011-03-15T14:22:05".into()),
                 ),
+                Item::Observation(StoredObservation {
+                    seq: 4,
+                    observation: Observation {
+                        device: DeviceId("serial:ecg".into()),
+                        code: 131_329,
+                        value: -0.145,
+                        unit: Unit::DIMLESS,
+                        device_time: None,
+                        gateway_time: 1_700_000_000_000,
+                        time_quality: TimeQuality::Synced,
+                        status: vec![],
+                        waveform: Some(Waveform {
+                            period_us: 2778,
+                            scale: 0.005,
+                            offset: -5.12,
+                            samples: vec![995, 995, 1000, -3, 0, i32::MAX],
+                        }),
+                    },
+                }),
                 Item::Event(StoredEvent {
                     seq: 3,
                     event: DeviceEvent {
@@ -380,5 +411,31 @@ mod tests {
         let bytes = b.encode_payload(&o);
         assert_eq!(bytes, b.to_payload(&o).to_cbor());
         assert_eq!(BatchPayload::from_cbor(&bytes).unwrap(), b.to_payload(&o));
+        let p = BatchPayload::from_cbor(&bytes).unwrap();
+        assert_eq!(
+            p.observations[2].waveform.as_ref().unwrap().samples,
+            vec![995, 995, 1000, -3, 0, i32::MAX]
+        );
+        assert_eq!(p.observations[0].waveform, None);
+    }
+
+    #[test]
+    fn a_payload_without_waveforms_keeps_its_pre_issue_11_bytes_and_decodes() {
+        // The v1 payload of a numeric, as a gateway before issue 11 encoded it (no `waveform`
+        // key): today's encoder writes the same bytes, and today's decoder reads them.
+        let old = WireObservation::spo2_for_tests(1, 97.0);
+        let p = BatchPayload {
+            v: 1,
+            gateway: "gw".into(),
+            site: "s".into(),
+            ward: "w".into(),
+            batch: 1,
+            observations: vec![old],
+            events: vec![],
+        };
+        let bytes = p.to_cbor();
+        let needle: &[u8] = b"waveform";
+        assert!(!bytes.windows(needle.len()).any(|w| w == needle));
+        assert_eq!(BatchPayload::from_cbor(&bytes).unwrap(), p);
     }
 }

@@ -669,6 +669,7 @@ mod counting_tests {
             gateway_time: 1,
             time_quality: TimeQuality::Synced,
             status: vec![],
+            waveform: None,
         })
     }
 

@@ -24,6 +24,7 @@ fn spo2(value: f64) -> AdapterEvent {
         gateway_time: now_ms(),
         time_quality: TimeQuality::Synced,
         status: vec![],
+        waveform: None,
     })
 }
 

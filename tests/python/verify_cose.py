@@ -12,7 +12,9 @@ For every message file it checks:
   - the signature over Sig_structure = ["Signature1", protected, h'', payload] (RFC 9052 §4.4);
     ES256 signatures are raw r||s (64 bytes, RFC 9053 §2.1) and are converted to DER here;
   - the payload schema: a map with text keys v (1), gateway, site, ward, batch (uint),
-    observations (array of maps with seq, device, code, value, unit, gateway_time, ...),
+    observations (array of maps with seq, device, code, value, unit, gateway_time, ...; a
+    waveform observation's optional "waveform" map: period_us > 0, finite scale and offset,
+    1..4096 integer samples),
     events (array of maps with seq, device, kind, detail, gateway_time).
 
 With --key RECEIVER.key, every message must be encrypted to that receiver (COSE_Encrypt, see
@@ -32,6 +34,7 @@ payload matched the schema, 1 otherwise, 2 on usage errors.
 import argparse
 import hashlib
 import json
+import math
 import os
 import sys
 from collections.abc import Mapping
@@ -58,7 +61,15 @@ OBS_REQUIRED = {
     "unit": int,
     "gateway_time": int,
 }
-OBS_OPTIONAL = {"ucum": str, "time_quality": str, "device_time": str, "status": list}
+OBS_OPTIONAL = {
+    "ucum": str,
+    "time_quality": str,
+    "device_time": str,
+    "status": list,
+    "waveform": Mapping,
+}
+# A waveform observation's sample array (docs/wire-format.md, "waveform"; IEEE 11073 RT-SA).
+MAX_WAVEFORM_SAMPLES = 4096
 EVENT_REQUIRED = {"seq": int, "device": str, "kind": str, "detail": str, "gateway_time": int}
 EVENT_KINDS = {"connected", "disconnected", "battery", "rssi", "rejected", "error", "dropped"}
 # 2001-09-09 .. 2286: a gateway_time in epoch *milliseconds*, not seconds.
@@ -162,6 +173,25 @@ def verify_message(raw, keys):
     return batch
 
 
+def check_waveform(where, w):
+    """A waveform's bounds: period_us a positive integer, scale and offset finite numbers,
+    1..MAX_WAVEFORM_SAMPLES integer samples (32-bit signed)."""
+    check_type(where + " waveform", w, "period_us", int)
+    if isinstance(w["period_us"], bool) or w["period_us"] <= 0 or w["period_us"] > 0xFFFFFFFF:
+        raise Invalid(f"{where}: waveform period_us {w['period_us']!r} is not a positive u32")
+    for k in ("scale", "offset"):
+        check_type(where + " waveform", w, k, (int, float))
+        if not math.isfinite(w[k]):
+            raise Invalid(f"{where}: waveform {k} is not finite")
+    check_type(where + " waveform", w, "samples", (list, tuple))
+    n = len(w["samples"])
+    if not 1 <= n <= MAX_WAVEFORM_SAMPLES:
+        raise Invalid(f"{where}: waveform of {n} samples (1..{MAX_WAVEFORM_SAMPLES})")
+    for s in w["samples"]:
+        if isinstance(s, bool) or not isinstance(s, int) or not -(2**31) <= s < 2**31:
+            raise Invalid(f"{where}: waveform sample {s!r} is not a 32-bit integer")
+
+
 def check_payload(batch):
     if not isinstance(batch, Mapping):
         raise Invalid("payload is not a map")
@@ -196,6 +226,8 @@ def check_payload(batch):
             raise Invalid(f"{where}: time_quality {o['time_quality']!r}")
         if "status" in o and not all(isinstance(s, str) for s in o["status"]):
             raise Invalid(f"{where}: status holds a non-text flag")
+        if "waveform" in o:
+            check_waveform(where, o["waveform"])
         if last_seq is not None and o["seq"] <= last_seq:
             raise Invalid(f"{where}: seq {o['seq']} not increasing")
         last_seq = o["seq"]

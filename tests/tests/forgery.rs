@@ -235,6 +235,7 @@ fn a_batch_signed_by_another_gateway_is_refused_and_the_real_rows_are_stored() {
                 time_quality: "synced".into(),
                 device_time: None,
                 status: vec![],
+                waveform: None,
             })
             .collect(),
         events: vec![],

@@ -11,7 +11,11 @@
 //!   delivered again and dropped again, no reconnect loop);
 //! - junk and messages signed by an untrusted key: rejected, counted, no raw file;
 //! - a NaN value from a trusted key: stored as absent with status `invalid-value=nan`, counted,
-//!   the batch acked.
+//!   the batch acked;
+//! - waveforms (issue 11): the real MIT-BIH 208 ECG excerpt (5 min at 360 Hz) as 300 one-second
+//!   waveform observations arrives in the receiver's output sample for sample, `wardgate verify`
+//!   and the independent Python verifier print and accept them, and a batch with an array over
+//!   the bound is refused whole (never acked, nothing of it stored).
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, Transport};
 use std::collections::BTreeSet;
@@ -24,6 +28,7 @@ use wardgate_e2e::env::{ReceiverOptions, TestEnv, SITE, WARD};
 use wardgate_e2e::{wait_for, Result};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wardgate-e2e-bin");
+const TARGET_TMP: &str = env!("CARGO_TARGET_TMPDIR");
 
 /// A gateway identity for a test publisher: id, certificate, key.
 #[derive(Clone)]
@@ -67,6 +72,7 @@ fn payload(gw: &str, batch: u64, rows: u64, value: f64) -> BatchPayload {
                 time_quality: "synced".into(),
                 device_time: None,
                 status: vec![],
+                waveform: None,
             })
             .collect(),
         events: vec![],
@@ -481,5 +487,158 @@ fn oversize_junk_and_nan_are_handled_while_batches_keep_flowing() {
     assert_eq!(counter(&totals, "verified"), 5, "{totals}");
     let log = receiver.stderr();
     assert!(!log.contains("connection:"), "no reconnect loop:\n{log}");
+    acks.finish().unwrap();
+}
+
+/// The MIT-BIH 208 excerpt (`data/real/physio/`, PROVENANCE.md): 108,000 ADC samples of lead
+/// MLII at 360 Hz, `mV = (adc − 1024) / 200`.
+fn mitdb208() -> Vec<i32> {
+    let path = wardgate_e2e::workspace_root()
+        .join("data/real/physio/mitdb208_excerpt_360hz_adc_u16le.bin");
+    let bytes = std::fs::read(&path).unwrap();
+    let adc: Vec<i32> = bytes
+        .chunks_exact(2)
+        .map(|b| i32::from(u16::from_le_bytes([b[0], b[1]])))
+        .collect();
+    assert_eq!(adc.len(), 108_000);
+    assert_eq!(
+        &adc[..5],
+        &[975, 981, 987, 989, 990],
+        "PROVENANCE's self-check values"
+    );
+    adc
+}
+
+/// One-second waveform observations of `adc` (360 samples each) from seq `first_seq`.
+fn ecg_rows(gw: &str, first_seq: u64, adc: &[i32]) -> Vec<WireObservation> {
+    adc.chunks(360)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let w = wardgate_adapters::observation::Waveform {
+                period_us: 2778,
+                scale: 1.0 / 200.0,
+                offset: -1024.0 / 200.0,
+                samples: chunk.to_vec(),
+            };
+            WireObservation {
+                seq: first_seq + i as u64,
+                device: format!("serial:{gw}-ecg"),
+                // MDC_ECG_ELEC_POTL_II, MDC_DIM_MILLI_VOLT: test data, not a decoder's claim.
+                code: 131_330,
+                value: w.physical(chunk[0]),
+                unit: 266_418,
+                ucum: "mV".into(),
+                gateway_time: 1_700_000_000_000 + i as i64 * 1000,
+                time_quality: "synced".into(),
+                device_time: None,
+                status: vec![],
+                waveform: Some(w),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn the_mitdb_208_ecg_arrives_sample_for_sample_and_an_oversized_array_is_refused() {
+    let env = TestEnv::new("rx-waveform", BIN).unwrap();
+    let gw = gateways(&env, 1).remove(0);
+    let acks = AckWatcher::start(&env);
+    let mut receiver = env
+        .start_receiver_with_certs(&ReceiverOptions::default(), std::slice::from_ref(&gw.cert))
+        .unwrap();
+    let adc = mitdb208();
+    let rows = ecg_rows(&gw.id, 1, &adc);
+    assert_eq!(rows.len(), 300);
+    // 30 batches of 10 seconds each, then one with an array of 4,097 samples.
+    let mut msgs = Vec::new();
+    for (b, chunk) in rows.chunks(10).enumerate() {
+        let mut p = payload(&gw.id, b as u64 + 1, 0, 0.0);
+        p.observations = chunk.to_vec();
+        msgs.push((batch_topic(&gw.id), signed(&gw, &p), false));
+    }
+    let too_big = 99;
+    let mut p = payload(&gw.id, too_big, 0, 0.0);
+    p.observations = ecg_rows(&gw.id, 10_000, &adc[..360]);
+    p.observations[0].waveform.as_mut().unwrap().samples = adc[..4097].to_vec();
+    msgs.push((batch_topic(&gw.id), signed(&gw, &p), false));
+    publish_all(&env, &gw, msgs).unwrap();
+    let want: BTreeSet<(String, u64)> = (1..=30).map(|b| (gw.id.clone(), b)).collect();
+    wait_for(
+        "the 30 ECG batches acknowledged",
+        Duration::from_secs(60),
+        || Ok(acks.acked() == want),
+    )
+    .unwrap_or_else(|e| panic!("{e}: acked {:?}", acks.acked()));
+
+    // Upstream, every sample of the 5 minutes, in order, with the array's scale and period.
+    let c = rusqlite::Connection::open_with_flags(
+        &env.upstream().path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let stored: Vec<(u64, f64, String)> = c
+        .prepare("SELECT seq, value, waveform FROM observations ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
+        })
+        .unwrap()
+        .collect::<std::result::Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        stored.len(),
+        300,
+        "one row per second, nothing of the oversized batch"
+    );
+    let mut upstream_samples = Vec::new();
+    for (i, (seq, value, w)) in stored.iter().enumerate() {
+        assert_eq!(*seq, i as u64 + 1);
+        let w: serde_json::Value = serde_json::from_str(w).unwrap();
+        assert_eq!(w["period_us"], 2778);
+        assert_eq!(w["scale"], 0.005);
+        assert_eq!(w["offset"], -5.12);
+        let samples: Vec<i32> = serde_json::from_value(w["samples"].clone()).unwrap();
+        // `value` is sample 0 in mV: offset + scale × sample = (adc − 1024) / 200.
+        assert!((*value - (f64::from(samples[0]) - 1024.0) / 200.0).abs() < 1e-9);
+        upstream_samples.extend(samples);
+    }
+    assert_eq!(upstream_samples.len(), adc.len());
+    for (i, (up, sent)) in upstream_samples.iter().zip(&adc).enumerate() {
+        assert_eq!(up, sent, "sample {i}");
+    }
+    assert!(
+        (stored[0].1 - -0.245).abs() < 1e-12,
+        "PROVENANCE: first sample −0.245 mV"
+    );
+
+    // `wardgate verify` prints the arrays; the Python verifier accepts them.
+    let raw = env.raw_messages();
+    assert_eq!(raw.len(), 30, "raw copies only of what verified: {raw:?}");
+    let mut args: Vec<&std::ffi::OsStr> =
+        vec!["verify".as_ref(), "--cert".as_ref(), gw.cert.as_os_str()];
+    args.extend(raw.iter().map(|p| p.as_os_str()));
+    let out = env.cli(&args, b"", Duration::from_secs(60)).unwrap();
+    assert_eq!(out.code(), Some(0), "wardgate verify: {}", out.stderr);
+    let mut printed = 0usize;
+    for line in out.stdout.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        for o in v["observations"].as_array().unwrap() {
+            printed += o["waveform"]["samples"].as_array().unwrap().len();
+        }
+    }
+    assert_eq!(printed, adc.len(), "verify prints every sample");
+    let py = wardgate_e2e::python::verify(TARGET_TMP.as_ref(), &gw.cert, &raw).unwrap();
+    assert_eq!(py.output.code(), Some(0), "verify_cose.py: {:?}", py.output);
+    assert_eq!(py.totals["unique_observations"], 300, "{}", py.totals);
+
+    let st = receiver.terminate(Duration::from_secs(10)).unwrap();
+    let log = receiver.stderr();
+    assert!(st.success(), "receiver exit {st:?}:\n{log}");
+    let totals = last_totals(&log);
+    assert_eq!(counter(&totals, "rejected"), 1, "{totals}");
+    assert!(
+        log.contains("waveform of 4097 samples (at most 4096)"),
+        "the refusal says why:\n{log}"
+    );
     acks.finish().unwrap();
 }

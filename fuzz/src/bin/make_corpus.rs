@@ -225,6 +225,7 @@ fn make() {
             time_quality: "synced".into(),
             device_time: Some("2026-01-02T03:04:05".into()),
             status: vec!["probe-off".into()],
+            waveform: None,
         }],
         events: vec![WireEvent {
             seq: 42,
@@ -245,6 +246,20 @@ fn make() {
         3,
         &[&[topic.len() as u8], topic.as_bytes(), &payload].concat(),
     );
+    // A waveform observation (issue 11): one second of a 60 Hz pleth.
+    let mut wave = BatchPayload::from_cbor(&payload).unwrap();
+    wave.observations[0].code = 150452;
+    wave.observations[0].unit = 262656;
+    wave.observations[0].ucum = "1".into();
+    wave.observations[0].waveform = Some(wardgate_adapters::observation::Waveform {
+        period_us: 16_667,
+        scale: 1.0,
+        offset: 0.0,
+        samples: (0..60).map(|i| (i * 17) % 128).collect(),
+    });
+    let wave = wave.to_cbor();
+    c.sel("receive_batch", 1, &wave);
+    c.sel("receive_batch", 2, &wave);
 
     // Gateway ack path: a signed v2 ack from the fixed receiver, its payload, a v1 plain ack.
     let ack = |v: u32, batches: Vec<u64>| {

@@ -1,6 +1,7 @@
 //! `wardgate verify --cert PEM FILE…` (or `--ca PEM [--crl CRL]`): verifies COSE_Sign1 messages
 //! (batches, retained device status, heartbeats, acks) against listed certificates or, through
-//! their `x5chain`, a CA, and prints each payload as a JSON line;
+//! their `x5chain`, a CA, and prints each payload as a JSON line (a waveform observation with
+//! its `waveform`: `period_us`, `scale`, `offset` and every raw sample);
 //! `N verified, M failed` on stderr; exit 1 when any failed. An encrypted message (COSE_Encrypt,
 //! `docs/wire-format.md` "Encryption") needs `--key RECEIVER.key` (a receiver's P-256 key; its
 //! recipient is found by the `kid` of its public key): it is decrypted, then the signed message
@@ -118,7 +119,12 @@ fn verify_one(
     }
     let p = verified.payload;
     match crate::batch::BatchPayload::from_cbor(&p) {
-        Ok(b) => serde_json::to_value(&b).map_err(|e| e.to_string()),
+        // A batch, printed as its wire payload: a waveform observation with its `waveform`
+        // object (period, scale, offset, every raw sample), after the receiver's bounds check.
+        Ok(b) => {
+            crate::receive::verify::decode_batch(&p)?;
+            serde_json::to_value(&b).map_err(|e| e.to_string())
+        }
         Err(e) => {
             let json = crate::health::retained::to_json(&p);
             let kind = json

@@ -184,11 +184,19 @@ async fn run(
     let mut last_error: Option<String> = None;
     let mut subscribe = false;
     let mut totals = Totals::new();
+    // The worker's end when it saw the shutdown before this loop did (a clean stop, not a
+    // failure: both wake on the same signal and `select!` picks either).
+    let mut stopped_first = false;
+    let stopping = shutdown.clone();
     loop {
         let ev = tokio::select! {
             ev = el.poll() => ev,
             _ = shutdown.wait_for(|s| *s) => break,
             r = &mut worker => {
+                if matches!(r, Ok(Ok(()))) && *stopping.borrow() {
+                    stopped_first = true;
+                    break;
+                }
                 log::info!("{}", lock(&stats).totals());
                 return match r {
                     Ok(Ok(())) => Err(anyhow::anyhow!("the receiver's worker stopped")),
@@ -240,22 +248,25 @@ async fn run(
     // are redelivered to the next session.
     let deadline = tokio::time::Instant::now() + STOP_GRACE;
     let mut result = Ok(());
-    loop {
-        tokio::select! {
-            r = &mut worker => {
-                if let Ok(Err(e)) = r {
-                    result = Err(e);
+    // (Skipped when the worker already ended: nothing is in hand.)
+    if !stopped_first {
+        loop {
+            tokio::select! {
+                r = &mut worker => {
+                    if let Ok(Err(e)) = r {
+                        result = Err(e);
+                    }
+                    break;
                 }
-                break;
-            }
-            ev = el.poll() => if ev.is_err() {
-                worker.abort();
-                break;
-            },
-            _ = tokio::time::sleep_until(deadline) => {
-                log::warn!("receiver: the message in hand did not finish within {STOP_GRACE:?}; it will be redelivered");
-                worker.abort();
-                break;
+                ev = el.poll() => if ev.is_err() {
+                    worker.abort();
+                    break;
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    log::warn!("receiver: the message in hand did not finish within {STOP_GRACE:?}; it will be redelivered");
+                    worker.abort();
+                    break;
+                }
             }
         }
     }

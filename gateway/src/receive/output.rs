@@ -9,6 +9,11 @@
 //! and dropping the row silently is what the old schema did (`value REAL NOT NULL` under
 //! `INSERT OR IGNORE`). Nothing is invented either: the flag says the value was not a number.
 //! Older SQLite outputs are migrated once at open (the `value` column loses `NOT NULL`).
+//!
+//! **A waveform observation** is one row like any other; its sample array goes into
+//! `observations.waveform` as JSON text (`{"period_us":…,"scale":…,"offset":…,"samples":[…]}`,
+//! the wire object unchanged; NULL for a numeric), and in a JSON lines output as the row's
+//! `waveform` object. An older SQLite output gains the column at open.
 
 use crate::batch::{BatchPayload, WireObservation};
 use std::collections::{BTreeMap, HashSet};
@@ -70,7 +75,7 @@ const OBSERVATIONS: &str =
     "observations(gateway TEXT NOT NULL, seq INTEGER NOT NULL, batch INTEGER NOT NULL,
     device TEXT NOT NULL, code INTEGER NOT NULL, value REAL, unit INTEGER NOT NULL, ucum TEXT,
     gateway_time INTEGER NOT NULL, time_quality TEXT, device_time TEXT, status TEXT,
-    PRIMARY KEY(gateway, seq))";
+    waveform TEXT, PRIMARY KEY(gateway, seq))";
 
 /// Opens (creating or migrating) the SQLite output.
 fn open_sqlite(path: &std::path::Path) -> anyhow::Result<rusqlite::Connection> {
@@ -85,6 +90,13 @@ fn open_sqlite(path: &std::path::Path) -> anyhow::Result<rusqlite::Connection> {
             device TEXT NOT NULL, kind TEXT NOT NULL, detail TEXT, gateway_time INTEGER NOT NULL,
             PRIMARY KEY(gateway, seq));"
     ))?;
+    let has_waveform = c
+        .prepare("SELECT 1 FROM pragma_table_info('observations') WHERE name = 'waveform'")?
+        .exists([])?;
+    if !has_waveform {
+        // Before waveforms (issue 11): the column is added, rows kept (NULL: numerics).
+        c.execute_batch("ALTER TABLE observations ADD COLUMN waveform TEXT;")?;
+    }
     let value_not_null: bool = c.query_row(
         "SELECT \"notnull\" FROM pragma_table_info('observations') WHERE name = 'value'",
         [],
@@ -97,7 +109,7 @@ fn open_sqlite(path: &std::path::Path) -> anyhow::Result<rusqlite::Connection> {
         tx.execute_batch(&format!(
             "CREATE TABLE migrated_{OBSERVATIONS};
              INSERT INTO migrated_observations SELECT gateway, seq, batch, device, code, value, unit, ucum,
-                gateway_time, time_quality, device_time, status FROM observations;
+                gateway_time, time_quality, device_time, status, NULL FROM observations;
              DROP TABLE observations;
              ALTER TABLE migrated_observations RENAME TO observations;"
         ))?;
@@ -169,13 +181,15 @@ impl Output {
                     // `ON CONFLICT DO NOTHING` on the key only: any other constraint failing is
                     // an error that keeps the batch unacknowledged, never a silently lost row.
                     let mut ins = tx.prepare_cached(
-                        "INSERT INTO observations(gateway, seq, batch, device, code, value, unit, ucum, gateway_time, time_quality, device_time, status)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) ON CONFLICT(gateway, seq) DO NOTHING",
+                        "INSERT INTO observations(gateway, seq, batch, device, code, value, unit, ucum, gateway_time, time_quality, device_time, status, waveform)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) ON CONFLICT(gateway, seq) DO NOTHING",
                     )?;
                     for o in &p.observations {
                         let (value, flag) = stored_value(o.value);
                         let status = stored_status(o, flag);
                         let status = (!status.is_empty()).then(|| status.join(","));
+                        let waveform =
+                            o.waveform.as_ref().map(serde_json::to_string).transpose()?;
                         let n = ins.execute(rusqlite::params![
                             p.gateway,
                             o.seq as i64,
@@ -188,7 +202,8 @@ impl Output {
                             o.gateway_time,
                             o.time_quality,
                             o.device_time,
-                            status
+                            status,
+                            waveform
                         ])?;
                         if n == 1 {
                             *w.per_device.entry(o.device.clone()).or_insert(0) += 1;
@@ -343,6 +358,47 @@ mod tests {
             (w.per_device.len(), w.invalid_values, w.duplicate),
             (0, 0, true)
         );
+    }
+
+    #[test]
+    fn a_waveform_arrives_sample_for_sample_in_sqlite_and_jsonl() {
+        use wardgate_adapters::observation::Waveform;
+        let samples: Vec<i32> = (0..360).map(|i| (i * 7919) % 2048 - 1024).collect();
+        let mut b = batch(1, vec![obs(1, 97.0), obs(2, -5.12)]);
+        b.observations[1].waveform = Some(Waveform {
+            period_us: 2778,
+            scale: 0.005,
+            offset: -5.12,
+            samples: samples.clone(),
+        });
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("up.db");
+        let mut out = Output::open(&format!("sqlite:{}", path.display())).unwrap();
+        out.write(&b).unwrap();
+        let c = rusqlite::Connection::open(&path).unwrap();
+        let rows: Vec<Option<String>> = c
+            .prepare("SELECT waveform FROM observations ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows[0], None, "a numeric has no waveform");
+        let w: serde_json::Value = serde_json::from_str(rows[1].as_deref().unwrap()).unwrap();
+        assert_eq!(w["period_us"], 2778);
+        assert_eq!(w["offset"], -5.12);
+        assert_eq!(w["samples"], serde_json::json!(samples));
+
+        let spec = format!("jsonl:{}", d.path().join("up.jsonl").display());
+        Output::open(&spec).unwrap().write(&b).unwrap();
+        let text = std::fs::read_to_string(d.path().join("up.jsonl")).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert!(lines[0].get("waveform").is_none());
+        assert_eq!(lines[1]["waveform"]["samples"], serde_json::json!(samples));
+        assert_eq!(lines[1]["waveform"]["scale"], 0.005);
     }
 
     #[test]

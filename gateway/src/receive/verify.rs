@@ -4,7 +4,8 @@
 //! signature against the trusted gateways ([`Verifier`]: a listed certificate, or one that
 //! chains to `gateway_ca` through the message's `x5chain`, not revoked); the payload is a CBOR
 //! map whose `v` is [`PAYLOAD_VERSION`] (read first, so a future version is refused as such
-//! rather than as a schema error); the v1 schema; the topic names the site, ward and gateway the
+//! rather than as a schema error); the v1 schema, and every waveform within its bounds (at most
+//! `MAX_WAVEFORM_SAMPLES` samples, a period > 0, a finite scale and offset); the topic names the site, ward and gateway the
 //! signed payload names; and the **signer's certificate names that same gateway**
 //! ([`crate::identity`]: SAN `urn:wardgate:{site}:{ward}:{id}`, or CN = id), so one gateway's key
 //! cannot sign another gateway's data.
@@ -59,7 +60,8 @@ pub fn check_message(
     Ok(p)
 }
 
-/// Decodes a batch payload, checking its `v` before its schema.
+/// Decodes a batch payload, checking its `v` before its schema, then the bounds of every
+/// waveform ([`wardgate_adapters::observation::Waveform::problem`], naming the row's `seq`).
 pub fn decode_batch(payload: &[u8]) -> Result<BatchPayload, String> {
     let value: ciborium::Value =
         ciborium::from_reader(payload).map_err(|e| format!("batch payload is not CBOR: {e}"))?;
@@ -67,9 +69,15 @@ pub fn decode_batch(payload: &[u8]) -> Result<BatchPayload, String> {
         v if v == u64::from(PAYLOAD_VERSION) => {}
         v => return Err(format!("payload version {v} is not {PAYLOAD_VERSION}")),
     }
-    value
+    let p: BatchPayload = value
         .deserialized()
-        .map_err(|e| format!("batch payload is not a v1 batch: {e}"))
+        .map_err(|e| format!("batch payload is not a v1 batch: {e}"))?;
+    for o in &p.observations {
+        if let Some(problem) = o.waveform.as_ref().and_then(|w| w.problem()) {
+            return Err(format!("observation seq {}: {problem}", o.seq));
+        }
+    }
+    Ok(p)
 }
 
 /// The `v` of a CBOR map payload: a map is required, `v` must be present and an unsigned
@@ -114,6 +122,50 @@ mod tests {
     #[test]
     fn a_v1_batch_decodes() {
         assert_eq!(decode_batch(&payload(1).to_cbor()).unwrap(), payload(1));
+    }
+
+    #[test]
+    fn a_waveform_is_accepted_within_its_bounds_and_refused_beyond_them() {
+        use wardgate_adapters::observation::{Waveform, MAX_WAVEFORM_SAMPLES};
+        let with = |w: Waveform| {
+            let mut p = payload(1);
+            p.observations[0].seq = 9;
+            p.observations[0].waveform = Some(w);
+            p
+        };
+        let ok = Waveform {
+            period_us: 2778,
+            scale: 0.005,
+            offset: -5.12,
+            samples: (0..MAX_WAVEFORM_SAMPLES as i32).collect(),
+        };
+        assert_eq!(
+            decode_batch(&with(ok.clone()).to_cbor()).unwrap(),
+            with(ok.clone())
+        );
+        let mut big = ok.clone();
+        big.samples.push(0);
+        assert_eq!(
+            decode_batch(&with(big).to_cbor()).unwrap_err(),
+            format!(
+                "observation seq 9: waveform of {} samples (at most {MAX_WAVEFORM_SAMPLES})",
+                MAX_WAVEFORM_SAMPLES + 1
+            )
+        );
+        let zero = Waveform {
+            period_us: 0,
+            ..ok.clone()
+        };
+        assert!(decode_batch(&with(zero).to_cbor())
+            .unwrap_err()
+            .contains("period 0"));
+        let empty = Waveform {
+            samples: vec![],
+            ..ok
+        };
+        assert!(decode_batch(&with(empty).to_cbor())
+            .unwrap_err()
+            .contains("without samples"));
     }
 
     #[test]

@@ -522,7 +522,7 @@ mod tests {
             .lock()
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(v, 3);
+        assert_eq!(v, super::super::schema::SCHEMA_VERSION);
         let mut e = s.firmware_executions(Some("j4")).unwrap().remove(0);
         assert_eq!(
             (e.state.as_str(), e.attempt, e.offset, e.retry_after_ms),

@@ -23,6 +23,10 @@
 //!   its signed message), `firmware_executions` (one row per job and device: state, attempt, last
 //!   offset the device reported, reason). An older store gains these tables when opened;
 //!   nothing else changes.
+//! - Since schema version 4, `queue.samples` (BLOB, NULL for numerics and events): a waveform
+//!   observation's sample array (period, scale, offset, raw samples) as CBOR
+//!   ([`encode_waveform`]), in the same row as its first sample's value: a waveform is one row,
+//!   stored, batched, acknowledged and dropped like any other (retention class `waveform`).
 //!
 //! **Accepted.** An observation is accepted when the transaction that inserted it has committed
 //! ([`Store::append`] returned `Ok`). With `synchronous=FULL` (default) that commit is fsynced.
@@ -62,7 +66,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use wardgate_adapters::observation::{
-    mdc, now_ms, DeviceEvent, DeviceId, EventKind, Observation, TimeQuality, Unit,
+    mdc, now_ms, DeviceEvent, DeviceId, EventKind, Observation, TimeQuality, Unit, Waveform,
 };
 use wardgate_adapters::AdapterEvent;
 
@@ -205,7 +209,9 @@ pub struct Store {
 /// The retention class of a row (also the order in which the writer refuses rows when full).
 pub fn class_of(item: &AdapterEvent) -> Class {
     match item {
-        AdapterEvent::Observation(o) if o.code == mdc::PLETH => Class::Waveform,
+        AdapterEvent::Observation(o) if o.waveform.is_some() || o.code == mdc::PLETH => {
+            Class::Waveform
+        }
         AdapterEvent::Observation(_) => Class::Numeric,
         AdapterEvent::Event(_) => Class::Event,
     }
@@ -334,8 +340,8 @@ impl Store {
         let (mut first, mut last) = (0i64, 0i64);
         {
             let mut ins = tx.prepare_cached(
-                "INSERT INTO queue(class, device, kind, code, value, unit, device_time, gateway_time, time_quality, status, detail)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                "INSERT INTO queue(class, device, kind, code, value, unit, device_time, gateway_time, time_quality, status, detail, samples)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?;
             for (i, item) in items.iter().enumerate() {
                 let class = class_of(item) as i64;
@@ -357,7 +363,8 @@ impl Store {
                             o.gateway_time,
                             o.time_quality as i64,
                             status,
-                            Option::<&str>::None
+                            Option::<&str>::None,
+                            o.waveform.as_ref().map(encode_waveform)
                         ])?;
                     }
                     AdapterEvent::Event(e) => {
@@ -372,7 +379,8 @@ impl Store {
                             e.gateway_time,
                             Option::<i64>::None,
                             Option::<&str>::None,
-                            e.detail
+                            e.detail,
+                            Option::<Vec<u8>>::None
                         ])?;
                     }
                 }
@@ -788,7 +796,7 @@ fn read_items(
     p: impl rusqlite::Params,
 ) -> rusqlite::Result<Vec<Item>> {
     let mut st = conn.prepare_cached(&format!(
-        "SELECT seq, device, kind, code, value, unit, device_time, gateway_time, time_quality, status, detail FROM queue WHERE {cond}"
+        "SELECT seq, device, kind, code, value, unit, device_time, gateway_time, time_quality, status, detail, samples FROM queue WHERE {cond}"
     ))?;
     let mut rows = st.query(p)?;
     let mut items = Vec::new();
@@ -801,6 +809,16 @@ fn read_items(
             None => {
                 let unit_code: u32 = r.get(5)?;
                 let status: Option<String> = r.get(9)?;
+                let waveform = match r.get::<_, Option<Vec<u8>>>(11)? {
+                    Some(blob) => Some(decode_waveform(&blob).map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            11,
+                            rusqlite::types::Type::Blob,
+                            format!("row {seq}: {e}").into(),
+                        )
+                    })?),
+                    None => None,
+                };
                 items.push(Item::Observation(StoredObservation {
                     seq,
                     observation: Observation {
@@ -821,6 +839,7 @@ fn read_items(
                         status: status
                             .map(|s| s.split(',').map(str::to_owned).collect())
                             .unwrap_or_default(),
+                        waveform,
                     },
                 }));
             }
@@ -838,6 +857,25 @@ fn read_items(
         }
     }
     Ok(items)
+}
+
+/// A waveform as stored in `queue.samples`: the CBOR map of [`Waveform`] (`period_us`, `scale`,
+/// `offset`, `samples`).
+pub fn encode_waveform(w: &Waveform) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + w.samples.len() * 3);
+    ciborium::into_writer(w, &mut out).expect("serialising to a Vec cannot fail");
+    out
+}
+
+/// Reads a stored waveform back. Errors: not the CBOR of a [`Waveform`], or one that
+/// [`Waveform::problem`] refuses (a damaged row is reported, never turned into samples).
+pub fn decode_waveform(blob: &[u8]) -> Result<Waveform, String> {
+    let w: Waveform =
+        ciborium::from_reader(blob).map_err(|e| format!("stored waveform unreadable: {e}"))?;
+    match w.problem() {
+        Some(p) => Err(format!("stored waveform refused: {p}")),
+        None => Ok(w),
+    }
 }
 
 fn event_kind(s: &str) -> EventKind {

@@ -14,7 +14,9 @@ pub const APPLICATION_ID: i64 = 0x5747_5244;
 /// so a restart neither retries at once nor forgets it; `ALTER TABLE … ADD COLUMN` on a
 /// version-2 store, NULL for its rows) and `device_firmware` (the version each device last
 /// reported over SMP).
-pub const SCHEMA_VERSION: i64 = 3;
+/// 4 (issue 11): `queue.samples`, a waveform observation's sample array (`ALTER TABLE … ADD
+/// COLUMN` on a version-3 store, NULL for its rows: they are all numerics and events).
+pub const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS queue(
@@ -29,7 +31,8 @@ CREATE TABLE IF NOT EXISTS queue(
     gateway_time INTEGER NOT NULL,
     time_quality INTEGER,
     status       TEXT,
-    detail       TEXT
+    detail       TEXT,
+    samples      BLOB
 );
 -- No index on class: retention (rare) scans by seq; every append would pay for one.
 DROP INDEX IF EXISTS queue_class_seq;
@@ -81,8 +84,24 @@ CREATE TABLE IF NOT EXISTS device_firmware(
 /// Columns added after their table was first created: `(table, column, type)`. `CREATE TABLE IF
 /// NOT EXISTS` leaves an existing table alone, so each is added by `ALTER TABLE … ADD COLUMN`
 /// when missing (atomic; an interrupted upgrade is finished at the next open).
-const ADDED_COLUMNS: &[(&str, &str, &str)] =
-    &[("firmware_executions", "retry_after_ms", "INTEGER")];
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("firmware_executions", "retry_after_ms", "INTEGER"),
+    ("queue", "samples", "BLOB"),
+];
+
+/// The schema of version 3 (issue 10, before waveforms), for the migration test.
+#[cfg(test)]
+pub const SCHEMA_V3: &str = "
+CREATE TABLE queue(seq INTEGER PRIMARY KEY AUTOINCREMENT, class INTEGER NOT NULL, device TEXT NOT NULL, kind TEXT, code INTEGER, value REAL, unit INTEGER, device_time TEXT, gateway_time INTEGER NOT NULL, time_quality INTEGER, status TEXT, detail TEXT);
+CREATE TABLE batches(number INTEGER PRIMARY KEY, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, created_ms INTEGER NOT NULL);
+CREATE TABLE meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE firmware_seq(class TEXT PRIMARY KEY, seq INTEGER NOT NULL, updated_ms INTEGER NOT NULL);
+CREATE TABLE firmware_jobs(id TEXT PRIMARY KEY, class TEXT NOT NULL, seq INTEGER NOT NULL, issued INTEGER NOT NULL, expires INTEGER NOT NULL, accepted_ms INTEGER NOT NULL, cancelled_ms INTEGER, message BLOB NOT NULL);
+CREATE TABLE firmware_executions(job TEXT NOT NULL, device TEXT NOT NULL, state TEXT NOT NULL, attempt INTEGER NOT NULL DEFAULT 0, offset INTEGER NOT NULL DEFAULT 0, reason TEXT, updated_ms INTEGER NOT NULL, retry_after_ms INTEGER, PRIMARY KEY(job, device));
+CREATE TABLE device_firmware(device TEXT PRIMARY KEY, version TEXT NOT NULL, hash BLOB, confirmed INTEGER NOT NULL, source TEXT NOT NULL, updated_ms INTEGER NOT NULL);
+PRAGMA application_id=1464291908;
+PRAGMA user_version=3;
+";
 
 /// The schema of version 2 (issue 10 before the back-off deadline and the device firmware
 /// table), for the migration test.

@@ -13,6 +13,7 @@ fn obs(device: &str, code: u32, value: f64) -> AdapterEvent {
         gateway_time: now_ms(),
         time_quality: TimeQuality::Synced,
         status: vec![],
+        waveform: None,
     })
 }
 
@@ -86,6 +87,7 @@ fn observation_fields_round_trip() {
         gateway_time: 1_700_000_000_123,
         time_quality: TimeQuality::Device,
         status: vec!["alarm".into(), "low-perfusion".into()],
+        waveform: None,
     };
     let e = DeviceEvent {
         device: DeviceId("serial:bed1".into()),
@@ -300,4 +302,184 @@ fn a_clock_step_corrects_old_clock_rows_once_and_never_batched_ones() {
             (new_now - 500, 1), // already on the new clock: not shifted again
         ]
     );
+}
+
+fn pleth(device: &str, samples: Vec<i32>) -> Observation {
+    let waveform = Waveform {
+        period_us: 16_667,
+        scale: 1.0,
+        offset: 0.0,
+        samples,
+    };
+    Observation {
+        device: DeviceId(device.into()),
+        code: mdc::PLETH,
+        value: waveform.physical(waveform.samples[0]),
+        unit: Unit::DIMLESS,
+        device_time: None,
+        gateway_time: 1_700_000_000_000,
+        time_quality: TimeQuality::Synced,
+        status: vec![],
+        waveform: Some(waveform),
+    }
+}
+
+#[test]
+fn a_waveform_is_one_row_that_comes_back_sample_for_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let samples: Vec<i32> = (0..60).map(|i| (i * 37) % 101 - 50).collect();
+    let mut o = pleth("serial:bed1", samples);
+    o.waveform.as_mut().unwrap().scale = 0.005;
+    o.waveform.as_mut().unwrap().offset = -1.25;
+    let first = *s
+        .append(&[
+            AdapterEvent::Observation(o.clone()),
+            obs("serial:bed1", mdc::SPO2, 97.0),
+        ])
+        .unwrap()
+        .start();
+    assert_eq!(s.queued(), 2, "60 samples are one row");
+    let b = s.next_batch(10).unwrap().unwrap();
+    assert_eq!(
+        b.items[0],
+        Item::Observation(StoredObservation {
+            seq: first,
+            observation: o
+        })
+    );
+    match &b.items[1] {
+        Item::Observation(n) => assert_eq!(n.observation.waveform, None),
+        other => panic!("expected the numeric, got {other:?}"),
+    }
+    assert_eq!(
+        class_of(&AdapterEvent::Observation(pleth("d", vec![1]))),
+        Class::Waveform
+    );
+}
+
+#[test]
+fn a_damaged_stored_waveform_is_an_error_not_samples() {
+    assert!(decode_waveform(b"\xff\x00").is_err());
+    let empty = Waveform {
+        period_us: 1000,
+        scale: 1.0,
+        offset: 0.0,
+        samples: vec![],
+    };
+    assert!(decode_waveform(&encode_waveform(&empty))
+        .unwrap_err()
+        .contains("without samples"));
+    let w = pleth("d", vec![1, -2, i32::MAX, i32::MIN])
+        .waveform
+        .unwrap();
+    assert_eq!(decode_waveform(&encode_waveform(&w)).unwrap(), w);
+}
+
+#[test]
+fn a_version_3_store_with_buffered_rows_gains_waveforms_and_keeps_its_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v3.db");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch("PRAGMA journal_mode=WAL;").unwrap();
+        c.execute_batch(schema::SCHEMA_V3).unwrap();
+        // One batch sent and not acknowledged (upstream away), one row not yet batched.
+        c.execute_batch(
+            "INSERT INTO queue(seq, class, device, code, value, unit, gateway_time, time_quality)
+               VALUES (100, 1, 'serial:a', 150456, 97.0, 262688, 1, 0),
+                      (101, 1, 'serial:a', 149530, 61.0, 264864, 2, 0);
+             INSERT INTO queue(seq, class, device, kind, gateway_time, detail)
+               VALUES (102, 2, 'serial:a', 'disconnected', 3, 'EIO');
+             INSERT INTO batches(number, first_seq, last_seq, created_ms) VALUES (7, 100, 101, 5);
+             INSERT INTO meta(key, value) VALUES ('assigned_upto', 101), ('next_batch', 8);",
+        )
+        .unwrap();
+    }
+    let (s, report) = Store::open(&path, StoreOptions::default()).unwrap();
+    assert!(report.quarantined.is_none(), "a v3 store is ours");
+    let v: i64 = s
+        .lock()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 4);
+    assert_eq!(s.unacked_batches().unwrap(), vec![7]);
+    let old = s.load_batch(7).unwrap().unwrap();
+    assert_eq!(
+        old.items.len(),
+        2,
+        "the unacknowledged batch keeps its rows"
+    );
+    match &old.items[0] {
+        Item::Observation(o) => {
+            assert_eq!((o.seq, o.observation.value), (100, 97.0));
+            assert_eq!(o.observation.waveform, None);
+        }
+        other => panic!("{other:?}"),
+    }
+    let w = pleth("serial:a", vec![10, 20, 30]);
+    let range = s.append(&[AdapterEvent::Observation(w.clone())]).unwrap();
+    assert!(*range.start() > 102, "seq keeps growing across the upgrade");
+    let next = s.next_batch(10).unwrap().unwrap();
+    assert_eq!(next.number, 8);
+    assert_eq!(
+        next.items.len(),
+        2,
+        "the event buffered before, then the waveform"
+    );
+    assert_eq!(
+        next.items[1],
+        Item::Observation(StoredObservation {
+            seq: *range.start(),
+            observation: w
+        })
+    );
+    assert!(s.ack(7).unwrap());
+    drop(s);
+    let (s, _) = Store::open(&path, StoreOptions::default()).unwrap();
+    assert_eq!(
+        s.load_batch(8).unwrap().unwrap(),
+        next,
+        "and after a restart"
+    );
+}
+
+#[test]
+fn size_retention_drops_waveform_observations_before_numerics() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        max_bytes: 64 * 1024,
+        ..Default::default()
+    };
+    let (s, _) = Store::open(&dir.path().join("store.db"), opts).unwrap();
+    // 200 one-second pleth arrays (60 samples each) interleaved with their numerics.
+    let mut rows = Vec::new();
+    for i in 0..200 {
+        let mut w = pleth("serial:bed1", (0..60).map(|k| (i * 60 + k) % 100).collect());
+        w.gateway_time = now_ms();
+        rows.push(AdapterEvent::Observation(w));
+        rows.push(obs("serial:bed1", mdc::SPO2, 97.0));
+    }
+    s.append(&rows).unwrap();
+    let report = s
+        .enforce_retention(now_ms())
+        .unwrap()
+        .expect("200 arrays are over 64 KiB");
+    assert!(report.waveform > 0);
+    assert_eq!(
+        report.numeric, 0,
+        "numerics survive while waveforms are left"
+    );
+    let mut numerics = 0;
+    while let Some(b) = s.next_batch(10_000).unwrap() {
+        for i in &b.items {
+            if let Item::Observation(o) = i {
+                if o.observation.waveform.is_none() {
+                    numerics += 1;
+                }
+            }
+        }
+        s.ack(b.number).unwrap();
+    }
+    assert_eq!(numerics, 200);
 }

@@ -185,6 +185,7 @@ fn observation(value: f64) -> AdapterEvent {
         gateway_time: 1_700_000_000_000,
         time_quality: TimeQuality::Synced,
         status: vec![],
+        waveform: None,
     })
 }
 
