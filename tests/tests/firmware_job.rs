@@ -728,6 +728,15 @@ fn check_config_refuses_a_bad_firmware_section_at_its_position() {
             "w.toml:19:18: class `acme`: device `bed99` is not configured",
         ),
         ("[firmware]\nmin_battery = 30\n", "w.toml:16:1: [firmware] needs its own trust"),
+        (
+            // An absurd value overflowed the policy's minutes → seconds (the relay task died).
+            "[firmware]\nsigner_ca = \"fw-ca.pem\"\nin_use_minutes = 307445734561825861\n",
+            "w.toml:18:18: in_use_minutes 307445734561825861 is out of range (0 to 10080, one week)",
+        ),
+        (
+            "[firmware]\nsigner_ca = \"fw-ca.pem\"\nretry_initial_s = 3600\n",
+            "w.toml:18:19: retry_initial_s 3600 is out of range (1 to 900",
+        ),
     ] {
         let o = check(section);
         assert_eq!(o.code(), Some(2), "{section}: {o:?}");

@@ -45,6 +45,9 @@ pub const STANDARD_BAUD_RATES: &[u32] = &[
     2_000_000, 2_500_000, 3_000_000, 3_500_000, 4_000_000,
 ];
 
+/// Most minutes `[firmware] in_use_minutes` may be (one week).
+pub const MAX_IN_USE_MINUTES: u64 = 7 * 24 * 60;
+
 /// Whether `s` can be one level of an MQTT topic: non-empty, no `/`, `+`, `#`, whitespace or NUL.
 pub fn is_topic_safe(s: &str) -> bool {
     !s.is_empty()
@@ -444,6 +447,25 @@ fn firmware(out: &mut Vec<Problem>, c: &Config) {
             format!(
                 "min_battery {} is not a percentage (0 to 100)",
                 f.min_battery
+            ),
+        ));
+    }
+    // A week: far beyond any ward's idea of "recently used", far below an overflow.
+    if f.in_use_minutes > MAX_IN_USE_MINUTES {
+        out.push(Problem::error(
+            fw.clone().key("in_use_minutes"),
+            format!(
+                "in_use_minutes {} is out of range (0 to {MAX_IN_USE_MINUTES}, one week)",
+                f.in_use_minutes
+            ),
+        ));
+    }
+    if f.retry_initial_s > 900 {
+        out.push(Problem::error(
+            fw.clone().key("retry_initial_s"),
+            format!(
+                "retry_initial_s {} is out of range (1 to 900: the back-off is capped at 15 min)",
+                f.retry_initial_s
             ),
         ));
     }

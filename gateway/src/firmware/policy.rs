@@ -162,7 +162,7 @@ pub fn decide(rules: &Rules, s: &Situation) -> Decision {
     }
     if rules.not_in_use
         && s.last_observation_s
-            .is_some_and(|t| s.now_s.saturating_sub(t) < rules.in_use_minutes * 60)
+            .is_some_and(|t| s.now_s.saturating_sub(t) < rules.in_use_minutes.saturating_mul(60))
     {
         return Decision::Wait(WaitReason::InClinicalUse);
     }

@@ -107,8 +107,12 @@ impl Store {
     }
 
     /// Records `job` and a `queued` execution per device if its `seq` is greater than the last
-    /// accepted for its class and its id is new; the class's seq becomes the job's. One
-    /// transaction. `Ok(Err(_))`: refused, nothing written.
+    /// accepted for its class and its id is new; the class's seq becomes the job's. A newer job
+    /// **supersedes** the older jobs of its class on its devices: their unfinished executions
+    /// become `cancelled` (reason `superseded`), so an older image waiting for its window can
+    /// never run after a newer one (a security fix silently undone). One transaction.
+    /// `Ok(Err(_))`: refused, nothing written; the same job again (same id and seq, e.g. the
+    /// retained job at every reconnect) is [`SeqConflict::DuplicateJob`], not a replay.
     pub fn firmware_accept_job(
         &self,
         job: &JobRow,
@@ -117,6 +121,17 @@ impl Store {
         let mut conn = self.lock();
         let mut run = || -> rusqlite::Result<Result<(), SeqConflict>> {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let same: bool = tx
+                .query_row(
+                    "SELECT 1 FROM firmware_jobs WHERE id = ?1 AND class = ?2 AND seq = ?3",
+                    params![job.id, job.class, job.seq as i64],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+            if same {
+                return Ok(Err(SeqConflict::DuplicateJob));
+            }
             if let Some(c) = seq_conflict(&tx, &job.class, job.seq)? {
                 return Ok(Err(c));
             }
@@ -145,6 +160,13 @@ impl Store {
                 ],
             )?;
             for d in devices {
+                tx.execute(
+                    "UPDATE firmware_executions SET state = 'cancelled', reason = 'superseded',
+                            updated_ms = ?3
+                     WHERE device = ?1 AND state NOT IN ('done', 'failed', 'cancelled')
+                       AND job IN (SELECT id FROM firmware_jobs WHERE class = ?2)",
+                    params![d, job.class, job.accepted_ms],
+                )?;
                 tx.execute(
                     "INSERT INTO firmware_executions(job, device, state, updated_ms)
                      VALUES (?1, ?2, 'queued', ?3)",
@@ -416,6 +438,56 @@ mod tests {
             .iter()
             .all(|e| e.state == "queued" && e.attempt == 0 && e.offset == 0));
         assert_eq!(s.firmware_executions(None).unwrap().len(), 3);
+    }
+
+    /// A newer job of a class supersedes the older one's unfinished executions on its devices
+    /// (an older image waiting for its window must never run after a newer one); finished ones
+    /// and other devices are left alone; the retained job seen again is a duplicate, not a
+    /// replay.
+    #[test]
+    fn a_newer_job_supersedes_the_older_unfinished_executions_of_its_class() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _) = Store::open(&dir.path().join("store.db"), StoreOptions::default()).unwrap();
+        let (a, b, c) = (
+            "serial:a".to_owned(),
+            "serial:b".to_owned(),
+            "serial:c".to_owned(),
+        );
+        s.firmware_accept_job(&job("old", "c", 1), &[a.clone(), b.clone(), c.clone()])
+            .unwrap()
+            .unwrap();
+        let mut done = s.firmware_executions(Some("old")).unwrap()[1].clone();
+        assert_eq!(done.device, b);
+        done.state = "done".into();
+        assert!(s.firmware_set_execution(&done).unwrap());
+        // The newer job targets a and b, not c.
+        s.firmware_accept_job(&job("new", "c", 2), &[a.clone(), b.clone()])
+            .unwrap()
+            .unwrap();
+        let old: Vec<(String, String, Option<String>)> = s
+            .firmware_executions(Some("old"))
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.device, e.state, e.reason))
+            .collect();
+        assert_eq!(
+            old,
+            [
+                (a.clone(), "cancelled".into(), Some("superseded".into())),
+                (b.clone(), "done".into(), None),
+                (c.clone(), "queued".into(), None),
+            ]
+        );
+        assert!(s
+            .firmware_executions(Some("new"))
+            .unwrap()
+            .iter()
+            .all(|e| e.state == "queued"));
+        assert_eq!(
+            s.firmware_accept_job(&job("new", "c", 2), &[a]).unwrap(),
+            Err(SeqConflict::DuplicateJob),
+            "the retained job again"
+        );
     }
 
     #[test]
