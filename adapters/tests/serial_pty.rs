@@ -134,6 +134,7 @@ fn config(
         serial_number: serial_number.map(Into::into),
         max_backoff_s: 1,
         map: None,
+        location: None,
     }
 }
 

@@ -66,6 +66,7 @@ fuzz_target!(|data: &[u8]| {
                 last_error: opt(f(21), text(rest.get(20..).unwrap_or(&[]), 40)),
                 firmware: opt(f(22), text(rest.get(5..).unwrap_or(&[]), 30)),
                 firmware_source: opt(f(23), "smp".into()),
+                location: opt(f(22) >> 1, text(rest.get(10..).unwrap_or(&[]), 64)),
             };
             let r = Retained::DeviceStatus {
                 gateway: "gw-1".into(),

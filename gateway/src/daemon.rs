@@ -223,6 +223,12 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
             )
         })
         .collect();
+    // Where each device is (`location`): device status and status.json.
+    let mut locations: std::collections::BTreeMap<String, String> = cfg
+        .serial
+        .iter()
+        .filter_map(|s| Some((format!("serial:{}", s.name), s.location.clone()?)))
+        .collect();
     for e in &cfg.exec {
         let thresholds = crate::health::liveness::Thresholds {
             stale: Duration::from_secs(e.stale_after_s.unwrap_or(10)),
@@ -232,13 +238,20 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         if !e.devices.is_empty() {
             ids.insert(0, e.device_id());
         }
+        if let Some(l) = &e.location {
+            locations.extend(ids.iter().map(|id| (id.0.clone(), l.clone())));
+        }
         tracked.extend(ids.into_iter().map(|id| (id.0, thresholds)));
     }
     for d in cfg.ble.iter().flat_map(|b| b.devices.iter()) {
         if let Ok(a) = wardgate_adapters::ble::config::Address::parse(&d.address) {
             let (stale, offline) = d.liveness_s();
+            let id = wardgate_adapters::ble::central::device_id(a).0;
+            if let Some(l) = &d.location {
+                locations.insert(id.clone(), l.clone());
+            }
             tracked.push((
-                wardgate_adapters::ble::central::device_id(a).0,
+                id,
                 crate::health::liveness::Thresholds {
                     stale: Duration::from_secs(stale),
                     offline: Duration::from_secs(offline),
@@ -264,6 +277,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
                 ble: ble_stats,
             },
             tracked,
+            locations,
             retained: retained_tx,
             heartbeat_every: Duration::from_secs(cfg.uplink.heartbeat_s.max(1)),
             heartbeat_firmware,

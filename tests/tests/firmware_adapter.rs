@@ -61,6 +61,7 @@ fn config(path: &Path) -> SerialConfig {
         serial_number: None,
         max_backoff_s: 1,
         map: None,
+        location: None,
     }
 }
 

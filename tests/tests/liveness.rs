@@ -128,7 +128,9 @@ fn device_status_is_published_retained_on_every_transition_and_the_heartbeat_rep
         &env.gateway_options(),
         &format!(
             "[ble]\n{}",
-            strap_config("stale_after_s = 3\noffline_after_s = 7\nsilent_after_s = 0")
+            strap_config(
+                "stale_after_s = 3\noffline_after_s = 7\nsilent_after_s = 0\nlocation = \"ward-4/bed-4\""
+            )
         ),
     )
     .unwrap();
@@ -200,6 +202,10 @@ fn device_status_is_published_retained_on_every_transition_and_the_heartbeat_rep
     let j = mqtt::verified_json(&env, &last.payload).unwrap();
     assert_eq!(j["device"], format!("ble:{STRAP}"));
     assert_eq!(j["kind"], "device-status");
+    assert_eq!(
+        j["location"], "ward-4/bed-4",
+        "the configured location: {j}"
+    );
     assert!(
         j["battery"].as_f64().is_some(),
         "battery level read on connect travels with the status: {j}"
@@ -242,6 +248,16 @@ fn device_status_is_published_retained_on_every_transition_and_the_heartbeat_rep
         (Some(false), Some(0))
     );
     assert_eq!(h["uplink"]["acks_refused"], 0);
+    assert!(
+        !h.to_string().contains("ward-4/bed-4"),
+        "the heartbeat (never encrypted) carries no location: {h}"
+    );
+    // The installer sees where the device is.
+    let text = status_text(&cfg);
+    assert!(
+        text.contains(&format!("device:   ble:{STRAP} at ward-4/bed-4: offline")),
+        "{text}"
+    );
     let st = gateway.terminate(Duration::from_secs(10)).unwrap();
     assert!(st.success(), "{}", gateway.stderr());
 }

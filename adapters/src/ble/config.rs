@@ -69,6 +69,11 @@ pub struct BleConfig {
 pub struct BleDeviceConfig {
     /// The installer's name, e.g. `bed12-hr` (logs and `wardgate status`).
     pub name: String,
+    /// Where the device is, e.g. `ward-7/bed-12` (issue 11 item 7): up to 64 characters,
+    /// `/`-separated non-empty parts of `A-Z a-z 0-9 . _ -` (checked by `check-config`).
+    /// Shown in the device's retained status, `status.json` and `wardgate status`.
+    #[serde(default)]
+    pub location: Option<String>,
     /// Identity address `AA:BB:CC:DD:EE:FF`. The device id upstream is `ble:<address>`.
     pub address: String,
     /// `public` (default) or `random`: the device's address type as BlueZ reports it

@@ -39,6 +39,12 @@ pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 pub struct ExecConfig {
     /// The installer's name; the device id is `exec:<name>`.
     pub name: String,
+    /// Where the device is, e.g. `ward-7/bed-12` (issue 11 item 7): up to 64 characters,
+    /// `/`-separated non-empty parts of `A-Z a-z 0-9 . _ -` (checked by `check-config`);
+    /// it applies to the plug-in and every one of its sub-devices.
+    /// Shown in the device's retained status, `status.json` and `wardgate status`.
+    #[serde(default)]
+    pub location: Option<String>,
     /// The executable (absolute, or relative to the config file's directory).
     pub command: PathBuf,
     /// Its arguments.

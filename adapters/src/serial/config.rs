@@ -40,6 +40,11 @@ pub enum Parity {
 pub struct SerialConfig {
     /// The installer's name for the device, e.g. `bed12-spo2`; the device id is `serial:<name>`.
     pub name: String,
+    /// Where the device is, e.g. `ward-7/bed-12` (issue 11 item 7): up to 64 characters,
+    /// `/`-separated non-empty parts of `A-Z a-z 0-9 . _ -` (checked by `check-config`).
+    /// Shown in the device's retained status, `status.json` and `wardgate status`.
+    #[serde(default)]
+    pub location: Option<String>,
     /// Stable path of the port, e.g. `/dev/serial/by-id/usb-Prolific_…-if00-port0`. Never a
     /// `/dev/ttyUSBn` number in production: those are renumbered at reboot.
     pub path: PathBuf,

@@ -110,6 +110,15 @@ fn ago(ms: i64) -> String {
     }
 }
 
+/// The device as the status lists it: its id, and where it is when configured
+/// (`serial:bed1 at ward-7/bed-12`).
+fn device_label(s: &Snapshot, device: &str) -> String {
+    match s.locations.get(device) {
+        Some(l) => format!("{device} at {l}"),
+        None => device.to_owned(),
+    }
+}
+
 /// `firmware 1.2.3 (smp), ` when the device's version is known, else nothing.
 fn firmware_of(s: &Snapshot, device: &str) -> String {
     s.firmware_versions
@@ -358,7 +367,8 @@ pub fn render(r: &Report, gateway: &str) -> String {
                 (None, None) => String::new(),
             };
             line(format!(
-                "device:   {d}: {head}{}accepted since start: observations {}, events {}",
+                "device:   {}: {head}{}accepted since start: observations {}, events {}",
+                device_label(s, d),
                 firmware_of(s, d),
                 c.observations,
                 c.events
@@ -374,7 +384,8 @@ pub fn render(r: &Report, gateway: &str) -> String {
             .filter(|(d, _)| !s.devices.contains_key(*d))
         {
             line(format!(
-                "device:   {d}: {}{} (nothing received since start)",
+                "device:   {}: {}{} (nothing received since start)",
+                device_label(s, d),
                 if r.running { st.as_str() } else { "not seen" },
                 firmware_of(s, d)
                     .strip_suffix(", ")
@@ -630,6 +641,44 @@ mod tests {
             text.contains(
                 "device:   ble:00:22:D0:90:4C:14: offline, firmware 2.1 (dis) (nothing received since start)"
             ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn each_devices_location_is_shown_when_configured() {
+        let mut snap = Snapshot {
+            written_ms: now_ms(),
+            gateway: "g".into(),
+            ..Default::default()
+        };
+        snap.devices.insert(
+            "serial:bed12".into(),
+            DeviceCounts {
+                observations: 3,
+                ..Default::default()
+            },
+        );
+        snap.liveness.insert("serial:bed12".into(), "online".into());
+        snap.liveness.insert("exec:pump".into(), "offline".into());
+        snap.liveness.insert("serial:bed14".into(), "online".into());
+        snap.locations
+            .insert("serial:bed12".into(), "ward-7/bed-12".into());
+        snap.locations.insert("exec:pump".into(), "ward-7".into());
+        // A snapshot round-trips with its locations (status.json).
+        let back: Snapshot = serde_json::from_str(&serde_json::to_string(&snap).unwrap()).unwrap();
+        assert_eq!(back.locations, snap.locations);
+        let text = render_running(snap);
+        assert!(
+            text.contains("device:   serial:bed12 at ward-7/bed-12: online, accepted since start"),
+            "{text}"
+        );
+        assert!(
+            text.contains("device:   exec:pump at ward-7: offline (nothing received since start)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("device:   serial:bed14: online (nothing received since start)"),
             "{text}"
         );
     }

@@ -553,4 +553,16 @@ mod tests {
             ["17:8: plug-in name `pump` is also the name of another adapter; choose another"]
         );
     }
+
+    #[test]
+    fn a_bad_location_is_reported_at_its_line_and_column() {
+        let ble = "[ble]\n[[ble.device]]\nname = \"hr\"\naddress = \"A0:9E:1A:12:34:56\"\nrequire_bond = false\nlocation = \"ward-7/bed 12\"\n";
+        // Lines: GW 1-5, UP 6-11, ble 12-17.
+        assert_eq!(
+            errors_at(&format!("{GW}{UP}{ble}")),
+            ["17:12: location `ward-7/bed 12` contains ' '; use letters, digits, `.`, `_`, `-` in `/`-separated parts, e.g. \"ward-7/bed-12\""]
+        );
+        let ok = ble.replace("bed 12", "bed-12");
+        assert!(errors_at(&format!("{GW}{UP}{ok}")).is_empty());
+    }
 }

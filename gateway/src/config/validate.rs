@@ -187,6 +187,7 @@ pub fn gateway(c: &Config) -> Vec<Problem> {
     serial(&mut out, c);
     lines_maps(&mut out, c);
     exec(&mut out, c);
+    locations(&mut out, c);
     firmware(&mut out, c);
     if let Some(ble) = &c.ble {
         for (key, message) in ble.problems() {
@@ -196,6 +197,65 @@ pub fn gateway(c: &Config) -> Vec<Problem> {
         }
     }
     out
+}
+
+/// Longest `location` of a device, characters.
+pub const LOCATION_MAX: usize = 64;
+
+/// Whether `s` is a device `location` (issue 11 item 7): 1 to [`LOCATION_MAX`] characters,
+/// `/`-separated parts, each non-empty and made of `A-Z a-z 0-9 . _ -` (e.g. `ward-7/bed-12`).
+/// Errors say what is wrong, in installer words.
+pub fn check_location(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("location is empty; remove it or give one, e.g. \"ward-7/bed-12\"".into());
+    }
+    if s.chars().count() > LOCATION_MAX {
+        return Err(format!(
+            "location is {} characters long; at most {LOCATION_MAX}",
+            s.chars().count()
+        ));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/')))
+    {
+        return Err(format!(
+            "location `{s}` contains {c:?}; use letters, digits, `.`, `_`, `-` in `/`-separated parts, e.g. \"ward-7/bed-12\""
+        ));
+    }
+    if s.split('/').any(str::is_empty) {
+        return Err(format!(
+            "location `{s}` has an empty part (a leading, trailing or doubled `/`)"
+        ));
+    }
+    Ok(())
+}
+
+/// The `location` of every configured device: `[[serial]]`, `[[exec]]`, `[[ble.device]]`.
+fn locations(out: &mut Vec<Problem>, c: &Config) {
+    let serial = c
+        .serial
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (KeyPath::of("serial").index(i), s.location.as_deref()));
+    let exec = c
+        .exec
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (KeyPath::of("exec").index(i), e.location.as_deref()));
+    let ble = c.ble.iter().flat_map(|b| {
+        b.devices.iter().enumerate().map(|(i, d)| {
+            (
+                KeyPath::of("ble").key("device").index(i),
+                d.location.as_deref(),
+            )
+        })
+    });
+    for (at, location) in serial.chain(exec).chain(ble) {
+        if let Some(Err(e)) = location.map(check_location) {
+            out.push(Problem::error(at.key("location"), e));
+        }
+    }
 }
 
 fn serial(out: &mut Vec<Problem>, c: &Config) {
@@ -744,6 +804,35 @@ mod tests {
         assert_eq!(
             one("baud = 0\n")[0].1,
             "serial `a`: baud must be greater than 0"
+        );
+    }
+
+    #[test]
+    fn locations_are_checked_on_every_device_kind() {
+        assert_eq!(check_location("ward-7/bed-12"), Ok(()));
+        assert_eq!(check_location("icu.b_2"), Ok(()));
+        assert!(check_location(&"a".repeat(64)).is_ok());
+        assert!(check_location(&"a".repeat(65))
+            .unwrap_err()
+            .contains("at most 64"));
+        assert!(check_location("").unwrap_err().contains("empty"));
+        assert!(check_location("ward 7").unwrap_err().contains("' '"));
+        assert!(check_location("bed-12/")
+            .unwrap_err()
+            .contains("empty part"));
+        assert!(check_location("a//b").unwrap_err().contains("empty part"));
+        assert!(check_location("/a").unwrap_err().contains("empty part"));
+        assert!(check_location("chambre-\u{e9}").is_err());
+        let ok = "[[serial]]\nname = \"a\"\npath = \"/dev/serial/by-id/x\"\nprotocol = \"cms50\"\nlocation = \"ward-7/bed-12\"\n";
+        assert!(problems(ok).is_empty(), "{:?}", problems(ok));
+        let bad = "[[serial]]\nname = \"a\"\npath = \"/dev/serial/by-id/x\"\nprotocol = \"cms50\"\nlocation = \"ward 7\"\n[[exec]]\nname = \"p\"\ncommand = \"/bin/true\"\nlocation = \"x//y\"\n[ble]\n[[ble.device]]\nname = \"d\"\naddress = \"A0:9E:1A:12:34:56\"\nrequire_bond = false\nlocation = \"\"\n";
+        assert_eq!(
+            paths(bad),
+            [
+                "serial[0].location",
+                "exec[0].location",
+                "ble.device[0].location"
+            ]
         );
     }
 

@@ -64,6 +64,8 @@ pub struct DeviceStatus {
     /// Where that version came from: `smp` (the running image's MCUboot version, image list)
     /// or `dis` (BLE Device Information, Firmware Revision String 0x2A26).
     pub firmware_source: Option<String>,
+    /// Where the device is, as configured (`location`, e.g. `ward-7/bed-12`; issue 11 item 7).
+    pub location: Option<String>,
 }
 
 /// The topic suffix of a device's status: `device/{device}/status` (`/`, `+`, `#` → `_`).
@@ -73,8 +75,8 @@ pub fn device_topic(device: &str) -> String {
 
 /// CBOR payload of a device status:
 /// `{ "v": 1, "kind": "device-status", "gateway", "device", "state", "since", "last_seen",
-/// ? "battery", ? "rssi", "errors", ? "last_error", ? "firmware", ? "firmware_source" }` (times
-/// in Unix ms).
+/// ? "battery", ? "rssi", "errors", ? "last_error", ? "firmware", ? "firmware_source",
+/// ? "location" }` (times in Unix ms).
 pub fn device_status(gateway: &str, s: &DeviceStatus) -> Vec<u8> {
     let mut e = vec![
         ("v", int(1)),
@@ -100,6 +102,9 @@ pub fn device_status(gateway: &str, s: &DeviceStatus) -> Vec<u8> {
     }
     if let Some(f) = &s.firmware_source {
         e.push(("firmware_source", text(f)));
+    }
+    if let Some(l) = &s.location {
+        e.push(("location", text(l)));
     }
     encode(&map(e))
 }
@@ -305,7 +310,7 @@ impl<'a> Fields<'a> {
 /// Reads a retained device status or heartbeat payload (the CBOR inside the COSE_Sign1; see
 /// [`device_status`], [`heartbeat`] and docs/wire-format.md). Pure, bounded (size, depth),
 /// never panics. Optional fields absent in older gateways' messages (`battery`, `rssi`,
-/// `last_error`, `firmware`, `firmware_source`, the heartbeat's `firmware`) decode as absent;
+/// `last_error`, `firmware`, `firmware_source`, `location`, the heartbeat's `firmware`) decode as absent;
 /// unknown extra keys are ignored (a newer gateway may add some).
 pub fn decode(cbor: &[u8]) -> Result<Retained, RetainedError> {
     if cbor.len() > MAX_RETAINED_BYTES {
@@ -341,6 +346,7 @@ pub fn decode(cbor: &[u8]) -> Result<Retained, RetainedError> {
                     last_error: f.opt_text("last_error")?,
                     firmware: f.opt_text("firmware")?,
                     firmware_source: f.opt_text("firmware_source")?,
+                    location: f.opt_text("location")?,
                 },
             })
         }
@@ -437,6 +443,7 @@ mod tests {
             last_error: Some("link lost".into()),
             firmware: None,
             firmware_source: None,
+            location: None,
         };
         let j = to_json(&device_status("gw1", &s)).unwrap();
         assert_eq!(j["kind"], "device-status");
@@ -445,6 +452,35 @@ mod tests {
         assert!(j.get("rssi").is_none());
         assert_eq!(j["since"], 1_795_939_200_000i64);
         assert_eq!(device_topic("serial:a/b"), "device/serial:a_b/status");
+    }
+
+    #[test]
+    fn the_location_travels_in_the_device_status_and_is_absent_when_not_configured() {
+        let s = DeviceStatus {
+            device: "serial:bed12".into(),
+            state: "online".into(),
+            location: Some("ward-7/bed-12".into()),
+            ..Default::default()
+        };
+        let cbor = device_status("gw1", &s);
+        assert_eq!(to_json(&cbor).unwrap()["location"], "ward-7/bed-12");
+        assert_eq!(
+            decode(&cbor).unwrap(),
+            Retained::DeviceStatus {
+                gateway: "gw1".into(),
+                status: s.clone()
+            }
+        );
+        let without = DeviceStatus {
+            location: None,
+            ..s
+        };
+        let cbor = device_status("gw1", &without);
+        assert!(to_json(&cbor).unwrap().get("location").is_none());
+        let Retained::DeviceStatus { status, .. } = decode(&cbor).unwrap() else {
+            panic!("not a device status")
+        };
+        assert_eq!(status.location, None);
     }
 
     #[test]

@@ -81,6 +81,10 @@ pub struct Snapshot {
     /// snapshots of older daemons).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub firmware_versions: BTreeMap<String, FirmwareVersion>,
+    /// The configured `location` of each device that has one, by device id (absent when none
+    /// has and in snapshots of older daemons).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub locations: BTreeMap<String, String>,
 }
 
 /// The firmware a device reported.

@@ -47,6 +47,9 @@ pub struct StatusLoop {
     pub counters: Counters,
     /// Configured devices and their liveness thresholds.
     pub tracked: Vec<(String, super::liveness::Thresholds)>,
+    /// The configured `location` of each device that has one, by device id (device status and
+    /// `status.json`; never the heartbeat, which is not encrypted).
+    pub locations: std::collections::BTreeMap<String, String>,
     /// Where device status and heartbeat payloads go (the uplink publishes them retained).
     pub retained: watch::Sender<crate::uplink::RetainedSet>,
     /// Heartbeat period (`[uplink] heartbeat_s`).
@@ -182,6 +185,7 @@ impl StatusLoop {
                             last_error: c.last_error.clone(),
                             firmware: fw.map(|v| v.version.clone()),
                             firmware_source: fw.map(|v| v.source.clone()),
+                            location: self.locations.get(d).cloned(),
                         };
                         set.insert(
                             super::retained::device_topic(d),
@@ -245,6 +249,7 @@ impl StatusLoop {
                     .map(|(d, st)| (d.to_owned(), st.as_str().to_owned()))
                     .collect(),
                 adapters,
+                locations: self.locations.clone(),
                 clock_synced: Some(self.clock.synced()),
                 store: self
                     .writer
