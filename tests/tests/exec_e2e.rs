@@ -449,7 +449,8 @@ while True:
 /// MLII at 360 Hz, `mV = (adc − 1024) / 200`.
 fn mitdb208() -> Vec<i32> {
     let bytes = std::fs::read(
-        wardgate_e2e::workspace_root().join("data/real/physio/mitdb208_excerpt_360hz_adc_u16le.bin"),
+        wardgate_e2e::workspace_root()
+            .join("data/real/physio/mitdb208_excerpt_360hz_adc_u16le.bin"),
     )
     .unwrap();
     let adc: Vec<i32> = bytes
@@ -457,7 +458,11 @@ fn mitdb208() -> Vec<i32> {
         .map(|b| i32::from(u16::from_le_bytes([b[0], b[1]])))
         .collect();
     assert_eq!(adc.len(), 108_000);
-    assert_eq!(&adc[..5], &[975, 981, 987, 989, 990], "PROVENANCE's self-check values");
+    assert_eq!(
+        &adc[..5],
+        &[975, 981, 987, 989, 990],
+        "PROVENANCE's self-check values"
+    );
     adc
 }
 
@@ -492,7 +497,11 @@ working_dir = "plugins/ecg"
     );
     std::fs::write(&gw_cfg, &cfg).unwrap();
     let check = env
-        .cli(&["check-config".as_ref(), gw_cfg.as_os_str()], b"", Duration::from_secs(20))
+        .cli(
+            &["check-config".as_ref(), gw_cfg.as_os_str()],
+            b"",
+            Duration::from_secs(20),
+        )
         .unwrap();
     assert_eq!(check.code(), Some(0), "check-config: {check:?}");
 
@@ -538,7 +547,11 @@ working_dir = "plugins/ecg"
         .unwrap()
         .collect::<std::result::Result<_, _>>()
         .unwrap();
-    assert_eq!(rows.len(), 300, "one waveform observation per second, no duplicate");
+    assert_eq!(
+        rows.len(),
+        300,
+        "one waveform observation per second, no duplicate"
+    );
     let mut upstream_samples = Vec::new();
     for (i, (code, value, unit, ucum, t, status, w)) in rows.iter().enumerate() {
         // MDC_ECG_ELEC_POTL_II in MDC_DIM_MILLI_VOLT, the plug-in's record number kept.
@@ -565,5 +578,8 @@ working_dir = "plugins/ecg"
     for (i, (up, sent)) in upstream_samples.iter().zip(&adc).enumerate() {
         assert_eq!(up, sent, "sample {i}");
     }
-    assert!((rows[0].1 - -0.245).abs() < 1e-12, "PROVENANCE: first sample −0.245 mV");
+    assert!(
+        (rows[0].1 - -0.245).abs() < 1e-12,
+        "PROVENANCE: first sample −0.245 mV"
+    );
 }

@@ -263,7 +263,9 @@ pub fn parse_line(line: &[u8], devices: &[String]) -> Result<PluginMessage, Stri
                 ],
             )?;
             let waveform = Waveform {
-                period_us: w.period_us.ok_or("a waveform needs \"period_us\" (µs, > 0)")?,
+                period_us: w
+                    .period_us
+                    .ok_or("a waveform needs \"period_us\" (µs, > 0)")?,
                 scale: w.scale.unwrap_or(1.0),
                 offset: w.offset.unwrap_or(0.0),
                 samples: w
@@ -446,7 +448,10 @@ mod tests {
         else {
             panic!("not a waveform")
         };
-        assert_eq!((reading.value, waveform.scale, waveform.offset), (-3.0, 1.0, 0.0));
+        assert_eq!(
+            (reading.value, waveform.scale, waveform.offset),
+            (-3.0, 1.0, 0.0)
+        );
         let full = vec!["1"; MAX_WAVEFORM_SAMPLES].join(",");
         assert!(matches!(
             ok(&format!(
