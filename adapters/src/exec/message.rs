@@ -29,8 +29,8 @@
 //!   sample array of one period, IEEE 11073 RT-SA ([`Waveform`]): `code`, `unit`, `device_time`,
 //!   `status`, `record` as for an observation, no `value`; `period_us` (time between two
 //!   samples, µs, > 0), `scale` and `offset` (physical = offset + scale × sample, in `unit`;
-//!   default 1 and 0), `samples` (1 to [`MAX_WAVEFORM_SAMPLES`] whole numbers, i32, oldest
-//!   first). The plug-in writes the line when the period's last sample is taken: wardgate
+//!   default 1 and 0), `samples` (1 to [`crate::observation::MAX_WAVEFORM_SAMPLES`] whole
+//!   numbers, i32, oldest first). The plug-in writes the line when the period's last sample is taken: wardgate
 //!   stamps the first sample at arrival − (n − 1) × period.
 //! - event: `kind` `connected`, `disconnected` or `error`; optional `detail` (text for
 //!   installers, at most 200 characters; never patient values).
@@ -41,7 +41,7 @@
 //! ignores types it does not know.
 
 use crate::ble::decode::vendor::{parse_unit, MdcCode};
-use crate::observation::{EventKind, Reading, Unit, Waveform, MAX_WAVEFORM_SAMPLES};
+use crate::observation::{EventKind, Reading, Unit, Waveform};
 use crate::serial::protocols::lines::map::is_status_text;
 use crate::serial::protocols::lines::time::parse_device_time;
 use crate::DeviceCommand;
@@ -371,7 +371,7 @@ pub fn encode_command(cmd: &DeviceCommand) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observation::mdc;
+    use crate::observation::{mdc, MAX_WAVEFORM_SAMPLES};
 
     fn ok(line: &str) -> PluginMessage {
         parse_line(line.as_bytes(), &["pump-1".into(), "pump-2".into()])
