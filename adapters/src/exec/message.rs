@@ -30,8 +30,8 @@
 //!   `status`, `record` as for an observation, no `value`; `period_us` (time between two
 //!   samples, µs, > 0), `scale` and `offset` (physical = offset + scale × sample, in `unit`;
 //!   default 1 and 0), `samples` (1 to [`crate::observation::MAX_WAVEFORM_SAMPLES`] whole
-//!   numbers, i32, oldest first). The plug-in writes the line when the period's last sample is taken: wardgate
-//!   stamps the first sample at arrival − (n − 1) × period.
+//!   numbers, i32, oldest first). The plug-in writes the line when the period's last sample
+//!   is taken: wardgate stamps the first sample at arrival − (n − 1) × period.
 //! - event: `kind` `connected`, `disconnected` or `error`; optional `detail` (text for
 //!   installers, at most 200 characters; never patient values).
 //! - Any other key is an error (a misspelt optional key would otherwise be lost silently).
