@@ -181,12 +181,32 @@ async fn the_example_plugin_reports_through_the_adapter_with_its_records_and_tak
         return;
     }
     let dir = Scratch::new("example");
+    // The first 10 rows of the example's CSV (the CMS50E capture's SpO2 and pulse), the 4th
+    // row's SpO2 cell missing as a device that lost it would send it.
+    let text = std::fs::read_to_string(example_csv()).unwrap();
+    let mut rows: Vec<(String, String)> = text
+        .lines()
+        .skip(1)
+        .take(10)
+        .map(|l| {
+            let (a, b) = l.split_once(',').unwrap();
+            (a.to_owned(), b.to_owned())
+        })
+        .collect();
+    assert_eq!(rows.len(), 10);
+    rows[3].0 = "-".into();
+    let csv = dir.0.join("oximeter_demo.csv");
+    let mut body = String::from("spo2,pulse\n");
+    for (a, b) in &rows {
+        body.push_str(&format!("{a},{b}\n"));
+    }
+    std::fs::write(&csv, body).unwrap();
     let cfg = config(
         "bed12-ox",
         &example_plugin(),
         &format!(
             "args = [\"--replay\", \"{}\", \"--rate\", \"0\"]\nworking_dir = \"{}\"\n",
-            example_csv().display(),
+            csv.display(),
             dir.0.display()
         ),
     );
@@ -209,14 +229,20 @@ async fn the_example_plugin_reports_through_the_adapter_with_its_records_and_tak
         .filter(|o| o.code == mdc::SPO2)
         .map(|o| o.value)
         .collect();
-    assert_eq!(spo2, [97.0, 97.0, 96.0, 95.0, 96.0, 97.0, 98.0, 98.0, 97.0]);
+    let want: Vec<f64> = rows
+        .iter()
+        .filter(|(a, _)| a != "-")
+        .map(|(a, _)| a.parse().unwrap())
+        .collect();
+    assert_eq!(spo2, want);
     let pulse: Vec<(f64, Vec<String>)> = obs
         .iter()
         .filter(|o| o.code == mdc::PULSE_RATE_OXIM)
         .map(|o| (o.value, o.status.clone()))
         .collect();
-    assert_eq!(pulse[0], (72.0, vec!["record=1".to_string()]));
-    assert_eq!(pulse[9], (73.0, vec!["record=10".to_string()]));
+    let pulse_of = |i: usize| rows[i].1.parse::<f64>().unwrap();
+    assert_eq!(pulse[0], (pulse_of(0), vec!["record=1".to_string()]));
+    assert_eq!(pulse[9], (pulse_of(9), vec!["record=10".to_string()]));
     assert_eq!(obs[0].unit.ucum, "%");
     // The way back: a command reaches its stdin (it logs it; counted as written).
     run.adapter
