@@ -161,6 +161,11 @@ impl Unit {
         mdc: 266_400,
         ucum: "V",
     };
+    /// MDC_DIM_MILLI_VOLT (term 4274), `mV`: ECG potentials (a waveform's physical unit).
+    pub const MILLI_VOLT: Unit = Unit {
+        mdc: 266_418,
+        ucum: "mV",
+    };
     /// wardgate-private unit (MDC_PART_PVT, term 1001; unit terms start at 1001 so they never
     /// look like a private measurement code), `lx`: illuminance. No MDC unit code for lux was
     /// found in the sources this project uses; consumers read the UCUM string.
@@ -170,7 +175,7 @@ impl Unit {
     };
 
     /// Every unit this crate emits; used to map a stored unit code back to its UCUM string.
-    pub const ALL: [Unit; 19] = [
+    pub const ALL: [Unit; 20] = [
         Unit::PERCENT,
         Unit::BEAT_PER_MIN,
         Unit::RESP_PER_MIN,
@@ -189,6 +194,7 @@ impl Unit {
         Unit::MILLI_SEC,
         Unit::HECTO_PASCAL,
         Unit::VOLT,
+        Unit::MILLI_VOLT,
         Unit::PVT_LUX,
     ];
 
@@ -212,6 +218,9 @@ pub mod mdc {
     pub const PERFUSION_INDEX: u32 = 150_488;
     /// MDC_ECG_HEART_RATE, heart rate from ECG, /min.
     pub const HEART_RATE_ECG: u32 = 147_842;
+    /// MDC_ECG_ELEC_POTL_II (term 258), ECG lead II potential, mV: a waveform's code (MIT-BIH
+    /// lead MLII is a modified lead II).
+    pub const ECG_ELEC_POTL_II: u32 = 131_330;
     /// MDC_PRESS_BLD_NONINV_SYS, NIBP systolic, mmHg.
     pub const NIBP_SYS: u32 = 150_021;
     /// MDC_PRESS_BLD_NONINV_DIA, NIBP diastolic, mmHg.
@@ -337,6 +346,7 @@ pub mod mdc {
         ("MDC_PULS_OXIM_PLETH", PLETH),
         ("MDC_PULS_OXIM_PERF_REL", PERFUSION_INDEX),
         ("MDC_ECG_HEART_RATE", HEART_RATE_ECG),
+        ("MDC_ECG_ELEC_POTL_II", ECG_ELEC_POTL_II),
         ("MDC_PRESS_BLD_NONINV_SYS", NIBP_SYS),
         ("MDC_PRESS_BLD_NONINV_DIA", NIBP_DIA),
         ("MDC_PRESS_BLD_NONINV_MEAN", NIBP_MEAN),

@@ -6,7 +6,9 @@
 //! each, the framer never holding more than `max_line` + the piece fed), each line parsed.
 //! A parsed observation has a finite value, at most 16 flags + `record=N`, each printable
 //! without spaces, a device time `YYYY-MM-DDThh:mm:ss`; an event's detail has at most 200
-//! characters and no control character; a device index is one of the devices. Nothing panics.
+//! characters and no control character; a waveform's array has no problem (1–4,096 samples,
+//! period > 0, finite scale and offset) and its value is sample 0's physical value; a device
+//! index is one of the devices. Nothing panics.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use wardgate_adapters::exec::message::{parse_line, PluginMessage, MAX_DETAIL, MAX_STATUS};
@@ -26,6 +28,18 @@ fn check(line: &[u8], devices: &[String]) {
             if let Some(t) = &reading.device_time {
                 assert_eq!(t.len(), 19);
             }
+            assert!(device.map_or(true, |i| i < devices.len()));
+        }
+        Ok(PluginMessage::Waveform {
+            device,
+            reading,
+            waveform,
+        }) => {
+            assert_eq!(waveform.problem(), None);
+            assert!(reading.value.is_finite());
+            assert_eq!(reading.value, waveform.physical(waveform.samples[0]));
+            assert!(reading.status.len() <= MAX_STATUS + 1);
+            assert!(reading.status.iter().all(|s| is_status_text(s)));
             assert!(device.map_or(true, |i| i < devices.len()));
         }
         Ok(PluginMessage::Event { device, detail, .. }) => {

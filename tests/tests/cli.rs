@@ -3,7 +3,7 @@
 //! from `wardgate demo --out DIR` (the whole chain in-process, real recordings).
 
 use serde_json::Value;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use wardgate_e2e::process::{run, Output};
@@ -62,6 +62,9 @@ fn demo_messages(dir: &Path) -> (PathBuf, Vec<PathBuf>) {
     for row in [
         "ble:00:22:D0:90:4C:14          7        7          7         7  ok",
         "ble:5C:31:3E:01:16:6D          2        2          2         2  ok",
+        // Issue 11 item 3: the ECG device, a shell plug-in replaying 20 s of MIT-BIH 208 as
+        // one waveform observation (360 samples) a second.
+        "exec:bed16-ecg                20       20         20        20  ok",
         "refused:  ble:C4:7C:8D:6A:11:22 (0 observations stored",
         // Issue 10 item 9: the serial oximeter updated over SMP on its own line (signed job,
         // HTTPS download with the gateway's certificate, verified, tested, confirmed), its
@@ -294,6 +297,7 @@ fn verify_prints_payloads_of_genuine_messages_and_rejects_tampered_ones() {
     let payloads = json_lines(&out);
     assert_eq!(payloads.len(), msgs.len(), "one payload per message");
     let mut seqs = BTreeSet::new();
+    let mut ecg = BTreeMap::new();
     for p in &payloads {
         assert_eq!(p["v"], 1);
         for key in ["gateway", "site", "ward", "batch", "observations", "events"] {
@@ -307,12 +311,28 @@ fn verify_prints_payloads_of_genuine_messages_and_rejects_tampered_ones() {
                 seqs.insert(o["seq"].as_u64().unwrap()),
                 "seq twice in the demo's messages"
             );
+            if o["device"] == "exec:bed16-ecg" {
+                let samples: Vec<i32> =
+                    serde_json::from_value(o["waveform"]["samples"].clone()).unwrap();
+                ecg.insert(o["seq"].as_u64().unwrap(), samples);
+            }
         }
     }
+    // The ECG device's waveforms, in seq order, are the first 20 s of MIT-BIH 208, every sample.
+    let adc: Vec<i32> = std::fs::read(
+        wardgate_e2e::workspace_root()
+            .join("data/real/physio/mitdb208_excerpt_360hz_adc_u16le.bin"),
+    )
+    .unwrap()
+    .chunks_exact(2)
+    .map(|b| i32::from(u16::from_le_bytes([b[0], b[1]])))
+    .collect();
+    let printed: Vec<i32> = ecg.into_values().flatten().collect();
+    assert_eq!(printed, adc[..20 * 360], "the demo ECG, sample for sample");
     assert_eq!(
         seqs.len(),
-        306 + 297 + 7 + 2 + plugin_readings(),
-        "every recorded observation is in the messages (serial, BLE and the plug-in)"
+        306 + 297 + 7 + 2 + 20 + plugin_readings(),
+        "every recorded observation is in the messages (serial, BLE, the ECG and the plug-in)"
     );
     // One message on standard input.
     let stdin = wardgate(
@@ -376,7 +396,7 @@ fn independent_python_verifier_accepts_genuine_and_rejects_tampered_messages() {
     assert_eq!(s.totals["verified"].as_u64(), Some(msgs.len() as u64));
     assert_eq!(
         s.totals["unique_observations"],
-        306 + 297 + 7 + 2 + plugin_readings(),
+        306 + 297 + 7 + 2 + 20 + plugin_readings(),
         "{}",
         s.totals
     );
@@ -390,6 +410,7 @@ fn independent_python_verifier_accepts_genuine_and_rejects_tampered_messages() {
     assert_eq!(s.totals["per_device"]["serial:bed2-monitor"], 297);
     assert_eq!(s.totals["per_device"]["ble:00:22:D0:90:4C:14"], 7);
     assert_eq!(s.totals["per_device"]["ble:5C:31:3E:01:16:6D"], 2);
+    assert_eq!(s.totals["per_device"]["exec:bed16-ecg"], 20);
 
     let bad_sig = tampered(&msgs[0], scratch.path(), -1);
     let s = python::verify(TARGET_TMP.as_ref(), cert, std::slice::from_ref(&bad_sig)).unwrap();

@@ -611,6 +611,23 @@ impl ExecAdapter {
                         *ctx.clock_synced.borrow(),
                     ))
                 }
+                Ok(PluginMessage::Waveform {
+                    device,
+                    reading,
+                    waveform,
+                }) => {
+                    bump(&self.counters.lines_ok, 1);
+                    bump(&self.counters.observations, 1);
+                    let mut o = Observation::from_reading(
+                        self.device_of(device),
+                        reading,
+                        *ctx.clock_synced.borrow(),
+                    );
+                    // Observation::waveform's time is its first sample's.
+                    o.gateway_time = message::first_sample_ms(o.gateway_time, &waveform);
+                    o.waveform = Some(waveform);
+                    AdapterEvent::Observation(o)
+                }
                 Ok(PluginMessage::Event {
                     device,
                     kind,

@@ -9,13 +9,15 @@
 //! {"v":1,"type":"observation","code":"MDC_PULS_OXIM_SAT_O2","value":97,"unit":"%"}
 //! {"v":1,"type":"observation","device":"pump-1","code":150456,"value":97.0,"unit":262688,
 //!  "device_time":"2024-06-10T06:13:20","status":["alarm"],"record":17}
+//! {"v":1,"type":"waveform","code":"MDC_ECG_ELEC_POTL_II","unit":"mV","period_us":2778,
+//!  "scale":0.005,"offset":-5.12,"samples":[975,981,987,989,990]}
 //! {"v":1,"type":"event","kind":"connected","detail":"pump X200 sn 4711 on /dev/ttyUSB0"}
 //! {"v":1,"type":"event","kind":"error","detail":"pump answered NAK to a rate query"}
 //! ```
 //!
 //! - `v` (required, first to be checked): the schema version, `1`. A line of another version is
 //!   refused with that reason (a newer plug-in on an older wardgate).
-//! - `type`: `observation` or `event`.
+//! - `type`: `observation`, `waveform` or `event`.
 //! - `device` (optional): one of the `[[exec]] devices` names; absent when the plug-in has none.
 //! - observation: `code` (an MDC code: a number, or a name of `observation::mdc::NAMES`),
 //!   `value` (a finite JSON number), `unit` (UCUM or alias as in vendor profiles, or the MDC unit
@@ -23,6 +25,13 @@
 //!   (at most 16 flags, printable ASCII without spaces, ≤ 64 characters each), `record` (the
 //!   device's own sequence or record number, a whole number: kept as status `record=N`, as
 //!   glucose RACP records are, so upstream sees gaps at the device).
+//! - waveform (added to version 1; an older wardgate refuses the line as an unknown type): the
+//!   sample array of one period, IEEE 11073 RT-SA ([`Waveform`]): `code`, `unit`, `device_time`,
+//!   `status`, `record` as for an observation, no `value`; `period_us` (time between two
+//!   samples, µs, > 0), `scale` and `offset` (physical = offset + scale × sample, in `unit`;
+//!   default 1 and 0), `samples` (1 to [`crate::observation::MAX_WAVEFORM_SAMPLES`] whole
+//!   numbers, i32, oldest first). The plug-in writes the line when the period's last sample
+//!   is taken: wardgate stamps the first sample at arrival − (n − 1) × period.
 //! - event: `kind` `connected`, `disconnected` or `error`; optional `detail` (text for
 //!   installers, at most 200 characters; never patient values).
 //! - Any other key is an error (a misspelt optional key would otherwise be lost silently).
@@ -32,7 +41,7 @@
 //! ignores types it does not know.
 
 use crate::ble::decode::vendor::{parse_unit, MdcCode};
-use crate::observation::{EventKind, Reading, Unit};
+use crate::observation::{EventKind, Reading, Unit, Waveform};
 use crate::serial::protocols::lines::map::is_status_text;
 use crate::serial::protocols::lines::time::parse_device_time;
 use crate::DeviceCommand;
@@ -54,6 +63,15 @@ pub enum PluginMessage {
         device: Option<usize>,
         /// The reading (status includes `record=N`).
         reading: Reading,
+    },
+    /// The sample array of one period (`"type":"waveform"`).
+    Waveform {
+        /// Index into `[[exec]] devices`, or `None` for the plug-in itself.
+        device: Option<usize>,
+        /// Code, unit, device time and status; `value` is the physical value of sample 0.
+        reading: Reading,
+        /// The array (checked: [`Waveform::problem`] is `None`).
+        waveform: Waveform,
     },
     /// A device event.
     Event {
@@ -88,6 +106,10 @@ struct Wire {
     device_time: Option<String>,
     status: Option<Vec<String>>,
     record: Option<u64>,
+    period_us: Option<u32>,
+    scale: Option<f64>,
+    offset: Option<f64>,
+    samples: Option<Vec<i32>>,
     kind: Option<String>,
     detail: Option<String>,
 }
@@ -156,49 +178,29 @@ pub fn parse_line(line: &[u8], devices: &[String]) -> Result<PluginMessage, Stri
     };
     let not_here = |what: &str, keys: &[(&str, bool)]| -> Result<(), String> {
         match keys.iter().find(|(_, set)| *set) {
-            Some((k, _)) => Err(format!("\"{k}\" is not part of an {what}")),
+            Some((k, _)) => Err(format!("\"{k}\" is not part of {what}")),
             None => Ok(()),
         }
     };
     match w.kind_of.as_deref() {
         Some("observation") => {
             not_here(
-                "observation",
-                &[("kind", w.kind.is_some()), ("detail", w.detail.is_some())],
+                "an observation",
+                &[
+                    ("kind", w.kind.is_some()),
+                    ("detail", w.detail.is_some()),
+                    ("period_us", w.period_us.is_some()),
+                    ("scale", w.scale.is_some()),
+                    ("offset", w.offset.is_some()),
+                    ("samples", w.samples.is_some()),
+                ],
             )?;
-            let code = w
-                .code
-                .as_ref()
-                .ok_or("an observation needs \"code\"")?
-                .resolve()
-                .map_err(|e| format!("\"code\": {e}"))?;
             let value = w.value.ok_or("an observation needs \"value\" (a number)")?;
             if !value.is_finite() {
                 return Err("\"value\" is not a finite number".into());
             }
-            let unit = match w.unit.ok_or("an observation needs \"unit\"")? {
-                UnitSpec::Code(c) => Unit::from_mdc(c)
-                    .ok_or_else(|| format!("\"unit\": no unit has MDC code {c}"))?,
-                UnitSpec::Name(n) => parse_unit(&n).map_err(|e| format!("\"unit\": {e}"))?,
-            };
-            let device_time = w
-                .device_time
-                .as_deref()
-                .map(parse_device_time)
-                .transpose()?;
-            let mut status = w.status.unwrap_or_default();
-            if status.len() > MAX_STATUS {
-                return Err(format!("more than {MAX_STATUS} status flags"));
-            }
-            if let Some(s) = status.iter().find(|s| !is_status_text(s)) {
-                return Err(format!(
-                    "status flag {:?} is not printable ASCII without spaces, at most 64 characters",
-                    short(s)
-                ));
-            }
-            if let Some(r) = w.record {
-                status.push(format!("record={r}"));
-            }
+            let (code, unit, device_time, status) =
+                common(w.code.as_ref(), w.unit, w.device_time, w.status, w.record)?;
             Ok(PluginMessage::Observation {
                 device,
                 reading: Reading {
@@ -212,7 +214,7 @@ pub fn parse_line(line: &[u8], devices: &[String]) -> Result<PluginMessage, Stri
         }
         Some("event") => {
             not_here(
-                "event",
+                "an event",
                 &[
                     ("code", w.code.is_some()),
                     ("value", w.value.is_some()),
@@ -220,6 +222,10 @@ pub fn parse_line(line: &[u8], devices: &[String]) -> Result<PluginMessage, Stri
                     ("device_time", w.device_time.is_some()),
                     ("status", w.status.is_some()),
                     ("record", w.record.is_some()),
+                    ("period_us", w.period_us.is_some()),
+                    ("scale", w.scale.is_some()),
+                    ("offset", w.offset.is_some()),
+                    ("samples", w.samples.is_some()),
                 ],
             )?;
             let kind = match w.kind.as_deref() {
@@ -247,12 +253,95 @@ pub fn parse_line(line: &[u8], devices: &[String]) -> Result<PluginMessage, Stri
                 detail,
             })
         }
+        Some("waveform") => {
+            not_here(
+                "a waveform",
+                &[
+                    ("kind", w.kind.is_some()),
+                    ("detail", w.detail.is_some()),
+                    ("value", w.value.is_some()),
+                ],
+            )?;
+            let waveform = Waveform {
+                period_us: w
+                    .period_us
+                    .ok_or("a waveform needs \"period_us\" (µs, > 0)")?,
+                scale: w.scale.unwrap_or(1.0),
+                offset: w.offset.unwrap_or(0.0),
+                samples: w
+                    .samples
+                    .ok_or("a waveform needs \"samples\" (whole numbers)")?,
+            };
+            if let Some(p) = waveform.problem() {
+                return Err(p);
+            }
+            let value = waveform.physical(waveform.samples[0]);
+            if !value.is_finite() {
+                return Err("the first sample's physical value is not a finite number".into());
+            }
+            let (code, unit, device_time, status) =
+                common(w.code.as_ref(), w.unit, w.device_time, w.status, w.record)?;
+            Ok(PluginMessage::Waveform {
+                device,
+                reading: Reading {
+                    code,
+                    value,
+                    unit,
+                    device_time,
+                    status,
+                },
+                waveform,
+            })
+        }
         Some(other) => Err(format!(
-            "\"type\": {:?} is not observation or event",
+            "\"type\": {:?} is not observation, waveform or event",
             short(other)
         )),
-        None => Err("no \"type\" (observation or event)".into()),
+        None => Err("no \"type\" (observation, waveform or event)".into()),
     }
+}
+
+/// The time of a waveform line's first sample, ms since the Unix epoch: the line arrived at
+/// `arrival_ms`, right after its last sample was taken, so sample 0 is (n − 1) periods earlier
+/// (rounded down to the ms).
+pub fn first_sample_ms(arrival_ms: i64, waveform: &Waveform) -> i64 {
+    let span_us = (waveform.samples.len() as i64 - 1).max(0) * i64::from(waveform.period_us);
+    arrival_ms - span_us.div_euclid(1000) - i64::from(span_us.rem_euclid(1000) != 0)
+}
+
+/// What an observation and a waveform share: code, unit, device time, status with `record=N`.
+fn common(
+    code: Option<&MdcCode>,
+    unit: Option<UnitSpec>,
+    device_time: Option<String>,
+    status: Option<Vec<String>>,
+    record: Option<u64>,
+) -> Result<(u32, Unit, Option<String>, Vec<String>), String> {
+    let code = code
+        .ok_or("needs \"code\"")?
+        .resolve()
+        .map_err(|e| format!("\"code\": {e}"))?;
+    let unit = match unit.ok_or("needs \"unit\"")? {
+        UnitSpec::Code(c) => {
+            Unit::from_mdc(c).ok_or_else(|| format!("\"unit\": no unit has MDC code {c}"))?
+        }
+        UnitSpec::Name(n) => parse_unit(&n).map_err(|e| format!("\"unit\": {e}"))?,
+    };
+    let device_time = device_time.as_deref().map(parse_device_time).transpose()?;
+    let mut status = status.unwrap_or_default();
+    if status.len() > MAX_STATUS {
+        return Err(format!("more than {MAX_STATUS} status flags"));
+    }
+    if let Some(s) = status.iter().find(|s| !is_status_text(s)) {
+        return Err(format!(
+            "status flag {:?} is not printable ASCII without spaces, at most 64 characters",
+            short(s)
+        ));
+    }
+    if let Some(r) = record {
+        status.push(format!("record={r}"));
+    }
+    Ok((code, unit, device_time, status))
 }
 
 /// At most 40 characters of a plug-in's text, for messages.
@@ -282,7 +371,7 @@ pub fn encode_command(cmd: &DeviceCommand) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observation::mdc;
+    use crate::observation::{mdc, MAX_WAVEFORM_SAMPLES};
 
     fn ok(line: &str) -> PluginMessage {
         parse_line(line.as_bytes(), &["pump-1".into(), "pump-2".into()])
@@ -324,6 +413,128 @@ mod tests {
                 }
             }
         );
+    }
+
+    #[test]
+    fn a_waveform_is_one_period_of_samples() {
+        assert_eq!(
+            ok(
+                r#"{"v":1,"type":"waveform","device":"pump-1","code":"MDC_ECG_ELEC_POTL_II","unit":"mV","period_us":2778,"scale":0.005,"offset":-5.12,"samples":[975,981,987],"record":4}"#
+            ),
+            PluginMessage::Waveform {
+                device: Some(0),
+                reading: Reading {
+                    code: mdc::ECG_ELEC_POTL_II,
+                    // PROVENANCE of MIT-BIH 208: the first sample is −0.245 mV.
+                    value: -5.12 + 0.005 * 975.0,
+                    unit: Unit::MILLI_VOLT,
+                    device_time: None,
+                    status: vec!["record=4".into()]
+                },
+                waveform: Waveform {
+                    period_us: 2778,
+                    scale: 0.005,
+                    offset: -5.12,
+                    samples: vec![975, 981, 987]
+                }
+            }
+        );
+        // Scale and offset default to the raw samples themselves.
+        let PluginMessage::Waveform {
+            reading, waveform, ..
+        } = ok(
+            r#"{"v":1,"type":"waveform","code":150452,"unit":"1","period_us":16667,"samples":[-3]}"#,
+        )
+        else {
+            panic!("not a waveform")
+        };
+        assert_eq!(
+            (reading.value, waveform.scale, waveform.offset),
+            (-3.0, 1.0, 0.0)
+        );
+        let full = vec!["1"; MAX_WAVEFORM_SAMPLES].join(",");
+        assert!(matches!(
+            ok(&format!(
+                r#"{{"v":1,"type":"waveform","code":1,"unit":"1","period_us":1,"samples":[{full}]}}"#
+            )),
+            PluginMessage::Waveform { .. }
+        ));
+        for (line, why) in [
+            (
+                r#"{"v":1,"type":"waveform","code":1,"unit":"mV","samples":[1]}"#.to_string(),
+                "needs \"period_us\"",
+            ),
+            (
+                r#"{"v":1,"type":"waveform","code":1,"unit":"mV","period_us":1}"#.into(),
+                "needs \"samples\"",
+            ),
+            (
+                r#"{"v":1,"type":"waveform","code":1,"unit":"mV","period_us":1,"samples":[]}"#
+                    .into(),
+                "waveform without samples",
+            ),
+            (
+                r#"{"v":1,"type":"waveform","code":1,"unit":"mV","period_us":0,"samples":[1]}"#
+                    .into(),
+                "sample period 0",
+            ),
+            (
+                r#"{"v":1,"type":"waveform","code":1,"unit":"mV","period_us":1,"samples":[1.5]}"#
+                    .into(),
+                "invalid type: floating point",
+            ),
+            (
+                r#"{"v":1,"type":"waveform","code":1,"unit":"mV","period_us":1,"samples":[2147483648]}"#
+                    .into(),
+                "invalid value: integer `2147483648`",
+            ),
+            (
+                r#"{"v":1,"type":"waveform","code":1,"unit":"mV","period_us":1,"scale":1e308,"samples":[10]}"#
+                    .into(),
+                "physical value is not a finite number",
+            ),
+            (
+                r#"{"v":1,"type":"waveform","code":1,"unit":"mV","period_us":1,"samples":[1],"value":1}"#
+                    .into(),
+                "\"value\" is not part of a waveform",
+            ),
+            (
+                r#"{"v":1,"type":"waveform","unit":"mV","period_us":1,"samples":[1]}"#.into(),
+                "needs \"code\"",
+            ),
+            (
+                r#"{"v":1,"type":"observation","code":1,"value":1,"unit":"%","samples":[1]}"#
+                    .into(),
+                "\"samples\" is not part of an observation",
+            ),
+            (
+                r#"{"v":1,"type":"event","kind":"error","period_us":1}"#.into(),
+                "\"period_us\" is not part of an event",
+            ),
+            (
+                format!(
+                    r#"{{"v":1,"type":"waveform","code":1,"unit":"1","period_us":1,"samples":[{full},1]}}"#
+                ),
+                "waveform of 4097 samples (at most 4096)",
+            ),
+        ] {
+            let e = err(&line);
+            assert!(e.contains(why), "{line}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_waveform_is_stamped_at_its_first_sample() {
+        let w = |n: usize, period_us: u32| Waveform {
+            period_us,
+            scale: 1.0,
+            offset: 0.0,
+            samples: vec![0; n],
+        };
+        // 360 samples at 360 Hz span 359 × 2,778 µs = 997.302 ms.
+        assert_eq!(first_sample_ms(10_000, &w(360, 2778)), 10_000 - 998);
+        assert_eq!(first_sample_ms(10_000, &w(61, 1000)), 10_000 - 60);
+        assert_eq!(first_sample_ms(10_000, &w(1, 2778)), 10_000);
     }
 
     #[test]
@@ -415,7 +626,7 @@ mod tests {
             (r#"{"v":1,"type":"event"}"#, "needs \"kind\""),
             (
                 r#"{"v":1,"type":"hello"}"#,
-                "\"type\": \"hello\" is not observation or event",
+                "\"type\": \"hello\" is not observation, waveform or event",
             ),
             (r#"{"v":1,"kind":"error"}"#, "no \"type\""),
             (

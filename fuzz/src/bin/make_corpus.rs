@@ -335,7 +335,7 @@ fn make() {
         4,
         include_str!("../../../config/profiles/lines-example.toml").as_bytes(),
     );
-    // Plug-in lines: the example plug-in's output and the unit tests' refusals.
+    // Plug-in lines: the example plug-in's output, the unit tests' refusals, two waveforms.
     let plugin_lines = [
         r#"{"v":1,"type":"event","kind":"connected","detail":"replaying oximeter_demo.csv"}"#,
         r#"{"v":1,"type":"observation","code":"MDC_PULS_OXIM_SAT_O2","value":97.0,"unit":"%","record":1}"#,
@@ -345,6 +345,8 @@ fn make() {
         r#"{"v":1,"type":"event","kind":"error","device":"pump-9","detail":"NAK
 again"}"#,
         r#"[1,"observation"]"#,
+        r#"{"v":1,"type":"waveform","code":"MDC_ECG_ELEC_POTL_II","unit":"mV","period_us":2778,"scale":0.005,"offset":-5.12,"samples":[975,981,987,989,990],"record":1}"#,
+        r#"{"v":1,"type":"waveform","device":"pump-1","code":150452,"unit":262656,"period_us":16667,"samples":[64,66,70,-2147483648,2147483647],"status":["alarm"]}"#,
     ];
     for l in plugin_lines {
         c.sel("exec_plugin_line", 0, l.as_bytes());

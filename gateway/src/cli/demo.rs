@@ -9,6 +9,9 @@
 //!    gateway's start-live command like the real oximeter.
 //!    A plug-in device (`[[exec]]`): the shipped `examples/plugins/oximeter_bridge.py`, run by
 //!    `python3` as a child process, replaying `oximeter_demo.csv` (left out without python3).
+//!    An ECG device (`[[exec]]`, no Python: `/bin/sh` reading a file): the first
+//!    [`ECG_SECONDS`] seconds of the real MIT-BIH 208 ECG (`data/real/physio/`, 360 Hz) as one
+//!    waveform line per second, at one line a second (`--speed` to hurry).
 //! 4. The gateway itself (`config/demo.toml`: real serial adapters, store, uplink) and the
 //!    upstream receiver (`config/receiver-demo.toml`), both through the same code as `run` and
 //!    `receive`.
@@ -75,6 +78,59 @@ fn demo_plugin(speed: f64) -> Result<(String, u64), String> {
         60.0 * speed.max(0.1)
     );
     Ok((section, readings))
+}
+
+/// The demo's ECG device (`[[exec]]`): a shell script replaying the MIT-BIH 208 excerpt as
+/// waveform lines (plug-in schema v1 `"type":"waveform"`, `docs/plugins.md`).
+const ECG_DEVICE: &str = "exec:bed16-ecg";
+/// Seconds of the MIT-BIH 208 excerpt the demo replays: one waveform observation (360 samples)
+/// each.
+const ECG_SECONDS: usize = 20;
+
+/// Writes `dir/ecg/ecg.jsonl` (the first [`ECG_SECONDS`] seconds of the MIT-BIH 208 excerpt,
+/// lead MLII, 360 Hz, raw ADC with `mV = (adc − 1024) / 200`, PROVENANCE.md) and
+/// `dir/ecg/replay.sh` (prints one line every `1 / speed` s, then waits to be stopped), and
+/// returns the `[[exec]]` section and the observations it yields, or why it is left out (no
+/// `/bin/sh`, not a checkout).
+fn demo_ecg(dir: &Path, speed: f64) -> Result<(String, u64), String> {
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../data/real/physio/mitdb208_excerpt_360hz_adc_u16le.bin");
+    let bytes = std::fs::read(&bin).map_err(|e| format!("{}: {e}", bin.display()))?;
+    if !Path::new("/bin/sh").is_file() {
+        return Err("no /bin/sh".into());
+    }
+    let adc: Vec<u16> = bytes
+        .chunks_exact(2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let mut lines = String::new();
+    for (i, second) in adc.chunks(360).take(ECG_SECONDS).enumerate() {
+        let samples: Vec<String> = second.iter().map(u16::to_string).collect();
+        lines.push_str(&format!(
+            "{{\"v\":1,\"type\":\"waveform\",\"code\":\"MDC_ECG_ELEC_POTL_II\",\"unit\":\"mV\",\"period_us\":2778,\"scale\":0.005,\"offset\":-5.12,\"record\":{i},\"samples\":[{}]}}\n",
+            samples.join(",")
+        ));
+    }
+    let ecg_dir = dir.join("ecg");
+    let write = |name: &str, text: &str| {
+        std::fs::create_dir_all(&ecg_dir)
+            .and_then(|()| std::fs::write(ecg_dir.join(name), text))
+            .map_err(|e| format!("{}: {e}", ecg_dir.join(name).display()))
+    };
+    write("ecg.jsonl", &lines)?;
+    write(
+        "replay.sh",
+        &format!(
+            "while IFS= read -r line; do sleep {:.3}; printf '%s\\n' \"$line\"; done < ecg.jsonl\nexec sleep 86400\n",
+            1.0 / speed.max(0.1)
+        ),
+    )?;
+    let section = format!(
+        "\n[[exec]]\nname = \"{}\"\ncommand = \"/bin/sh\"\nargs = [\"replay.sh\"]\nworking_dir = \"{}\"\n",
+        ECG_DEVICE.trim_start_matches("exec:"),
+        ecg_dir.display()
+    );
+    Ok((section, adc.chunks(360).take(ECG_SECONDS).count() as u64))
 }
 
 /// The embedded gateway config.
@@ -282,6 +338,16 @@ pub async fn run(mut opts: DemoOptions) -> anyhow::Result<bool> {
         }
         Err(why) => println!("plug-in device left out: {why}"),
     }
+    let ecg = demo_ecg(&dir, opts.speed);
+    match &ecg {
+        Ok((section, n)) => {
+            gw_text.push_str(section);
+            println!(
+                "ECG device {ECG_DEVICE}: /bin/sh replaying {n} s of MIT-BIH 208 (360 Hz) as waveforms"
+            );
+        }
+        Err(why) => println!("ECG device left out: {why}"),
+    }
     gw_text.push_str(&fw_section);
     std::fs::write(&gw_path, gw_text)?;
     let rx_path = dir.join("receiver.toml");
@@ -313,6 +379,9 @@ pub async fn run(mut opts: DemoOptions) -> anyhow::Result<bool> {
     }
     if let Ok((_, readings)) = &plugin {
         expected.insert(PLUGIN_DEVICE.to_string(), *readings);
+    }
+    if let Ok((_, n)) = &ecg {
+        expected.insert(ECG_DEVICE.to_string(), *n);
     }
     let cfg = crate::config::load(&gw_path)?;
     let rcfg = crate::config::load_receiver(&rx_path)?;

@@ -451,6 +451,8 @@ mod tests {
         assert_eq!(mdc::CUFF_PRESSURE, 2 * 65_536 + 19_228);
         assert_eq!(mdc::TEMP_ROOM, 2 * 65_536 + 57_436);
         assert_eq!(mdc::BATTERY_CHARGE, 65_536 + 2_460);
+        assert_eq!(mdc::ECG_ELEC_POTL_II, 2 * 65_536 + 258);
+        assert_eq!(Unit::MILLI_VOLT.mdc, 4 * 65_536 + 4_274);
         for u in Unit::ALL {
             assert_eq!(Unit::from_mdc(u.mdc), Some(u));
         }

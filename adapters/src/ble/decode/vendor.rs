@@ -739,6 +739,7 @@ pub fn parse_unit(name: &str) -> Result<Unit, String> {
         "[in_i]" | "in" => Unit::INCH,
         "kg/m2" => Unit::KG_PER_M_SQ,
         "ms" => Unit::MILLI_SEC,
+        "mV" => Unit::MILLI_VOLT,
         "/min" => {
             return Err(
                 "unit \"/min\" is ambiguous: write \"{beat}/min\" or \"{breath}/min\"".into(),
