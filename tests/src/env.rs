@@ -497,15 +497,31 @@ raw_dir = "messages"
         )
     }
 
-    /// Waits until the gateway's store holds nothing unacknowledged.
+    /// Waits until the gateway's store holds nothing unacknowledged and its highest seq has not
+    /// moved for a second.
     pub fn wait_store_drained(&self, timeout: Duration) -> Result<StoreSnapshot> {
+        // Drained and quiet: with send-at-once the queue is empty between two commits while a
+        // device's last bytes are still being decoded, so the highest seq must also have stood
+        // still for a second.
+        let mut last: Option<(u64, std::time::Instant)> = None;
         crate::wait_until(
             "the gateway's store to drain",
             timeout,
             Duration::from_millis(100),
             || {
                 let s = self.store()?;
-                if s.queue.is_empty() && s.unacked_batches == 0 {
+                let since = match last {
+                    Some((m, t)) if m == s.max_seq => t,
+                    _ => {
+                        let now = std::time::Instant::now();
+                        last = Some((s.max_seq, now));
+                        now
+                    }
+                };
+                if s.queue.is_empty()
+                    && s.unacked_batches == 0
+                    && since.elapsed() >= Duration::from_secs(1)
+                {
                     Ok(Some(s))
                 } else {
                     Err(crate::anyhow!(
