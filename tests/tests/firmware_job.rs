@@ -549,8 +549,9 @@ acme = ["serial:bed12", "bed14", "a0:9e:1a:12:34:56"]
         v["devices"],
         serde_json::json!(["serial:bed12", "serial:bed14"])
     );
-    // The same job again, and an older seq after the store recorded 5: replayed.
-    assert_eq!(refused(&j5), "seq_replayed");
+    // The same job again (a retained job seen at every reconnect): a duplicate, not a replay;
+    // an older seq after the store recorded 5: replayed.
+    assert_eq!(refused(&j5), "duplicate_job");
     let j3 = job("j3.cose", &fw, 3, &[]);
     assert_eq!(refused(&j3), "seq_replayed");
     // Signed by a signer of another CA (same name): the signature is refused.
