@@ -399,6 +399,34 @@ fn relay_updates_a_serial_device_end_to_end() {
     );
     // What a late subscriber sees: retained, `done` with the version.
     let r = w.retained(&topic);
+    // And what install.md tells upstream to read it with: `wardgate verify --cert --key`.
+    let m = mqtt::latest(&w.env, &topic, Duration::from_millis(800))
+        .unwrap()
+        .remove(&topic)
+        .unwrap();
+    let file = w.env.dir.join("progress.cose");
+    std::fs::write(&file, &m.payload).unwrap();
+    let out = w
+        .env
+        .cli(
+            &[
+                "verify".as_ref(),
+                "--cert".as_ref(),
+                w.env.pki.gateway_cert.as_os_str(),
+                "--key".as_ref(),
+                w.env.pki.receiver_key.as_os_str(),
+                file.as_os_str(),
+            ],
+            b"",
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout.contains("\"state\":\"done\"") && out.stdout.contains("1.2.3"),
+        "{}",
+        out.stdout
+    );
     assert_eq!(
         (r["state"].as_str(), r["version"].as_str()),
         (Some("done"), Some("1.2.3")),

@@ -138,6 +138,15 @@ fn verify_one(
                     Ok(j)
                 }
                 (Some(j), Some(_)) => Ok(j),
+                // A firmware progress message (crate::firmware::progress: `job`, `device`,
+                // `state`, no `kind`), printed as it is.
+                (Some(j), None)
+                    if j.get("job").is_some_and(|v| v.is_string())
+                        && j.get("device").is_some_and(|v| v.is_string())
+                        && j.get("state").is_some_and(|v| v.is_string()) =>
+                {
+                    Ok(j)
+                }
                 // A firmware job or cancel (`wardgate firmware job`): printed with `kind`
                 // `firmware_job`/`firmware_cancel`; its signer must name a firmware signer.
                 _ => firmware_job(&p, &verified.signer, f).ok_or_else(|| e.to_string()),
