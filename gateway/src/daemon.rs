@@ -189,23 +189,37 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         .with_retained(retained_rx)
         .with_clock(clock.clone())
         .with_credentials(credentials);
-    let firmware_task = match &cfg.firmware {
-        Some(fw) => {
-            let relay = Arc::new(firmware_relay(
-                cfg,
-                fw,
-                &store,
-                download_tls,
-                Arc::new(AdapterLinks {
-                    serial: serial_adapters
-                        .iter()
-                        .map(|a| (format!("serial:{}", a.name()), a.clone()))
-                        .collect(),
-                    ble: ble_adapter.clone(),
-                    writer: writer.clone(),
-                }),
-                retained_tx.clone(),
-            )?);
+    // A relay that cannot start (its trust anchor unreadable, say) leaves the gateway running
+    // without it: observations matter more than firmware (check-config warns about the file).
+    let relay = match &cfg.firmware {
+        Some(fw) => match firmware_relay(
+            cfg,
+            fw,
+            &store,
+            download_tls,
+            Arc::new(AdapterLinks {
+                serial: serial_adapters
+                    .iter()
+                    .map(|a| (format!("serial:{}", a.name()), a.clone()))
+                    .collect(),
+                ble: ble_adapter.clone(),
+                writer: writer.clone(),
+            }),
+            retained_tx.clone(),
+        ) {
+            Ok(r) => Some(Arc::new(r)),
+            Err(e) => {
+                log::error!(
+                    "firmware relay off: {e}; the gateway runs without it (no job is accepted) \
+                     until the [firmware] section is fixed and the gateway restarted"
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    let firmware_task = match relay {
+        Some(relay) => {
             let (jobs_tx, jobs_rx) = mpsc::channel(16);
             uplink = uplink.with_firmware_jobs(jobs_tx);
             Some(tokio::spawn(relay.run(jobs_rx, shutdown_rx.clone())))

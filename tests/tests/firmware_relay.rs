@@ -1162,3 +1162,39 @@ fn bench_relay_rss() {
         median as f64 * 1024.0 / 1e6
     );
 }
+
+/// A `[firmware]` section whose trust anchor cannot be read (check-config warns about the file)
+/// leaves the gateway running without the relay: it says so once, and the monitor's
+/// observations still arrive upstream, every one.
+#[test]
+fn an_unreadable_firmware_trust_anchor_turns_the_relay_off_not_the_gateway() {
+    use wardgate_e2e::env::ReceiverOptions;
+    use wardgate_e2e::pty::{Device, Replayer};
+    let env = TestEnv::new("fw-trust-missing", BIN).unwrap();
+    let cms = Device::cms50e("bed1-spo2");
+    let mut opts = env.gateway_options();
+    opts.devices = vec![cms.clone()];
+    let cfg = env.write_gateway_config(&opts).unwrap();
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("\n[firmware]\nsigner_ca = \"no-such-firmware-ca.pem\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    let _receiver = env.start_receiver(&ReceiverOptions::default()).unwrap();
+    let mut replays = Replayer::for_devices(&env.dev_dir(), &[&cms]).unwrap();
+    let mut gateway = env.spawn_gateway(&cfg).unwrap();
+    replays[0].play(&cms.recording, cms.pace, 1.0);
+    replays[0].wait_done(Duration::from_secs(60)).unwrap();
+    env.wait_settled(Duration::from_secs(2), Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}\n{}", env.diagnostics()));
+    assert_eq!(
+        env.upstream().count("serial:bed1-spo2").unwrap(),
+        cms.expected()
+    );
+    assert!(gateway.is_running(), "{}", gateway.stderr());
+    let log = gateway.stderr();
+    assert_eq!(
+        wardgate_e2e::count_lines(&log, "firmware relay off: [firmware] trust"),
+        1,
+        "{log}"
+    );
+    gateway.terminate(Duration::from_secs(10)).unwrap();
+}
