@@ -356,12 +356,41 @@ max_backoff_s = 1
 /// Device Information, the SMP service) backed by a fresh SMP device model, at ATT MTU `mtu`.
 fn smp_world(address: &str, mtu: u16, opts: SmpDeviceOptions) -> (BleWorld, SharedModel) {
     let ble = BleWorld::start().unwrap();
-    let model = SmpDeviceModel::new(opts).shared();
-    ble.sim
-        .add_device(blesim::smp_vitals_device(address, &info("SMP1")));
-    ble.sim.attach_smp(address, model.clone());
+    let model = place_smp_device(&ble.sim, address, "SMP1", opts);
     ble.sim.set_mtu(address, mtu);
     (ble, model)
+}
+
+/// Adds a bonded vital-signs device with the SMP service (serial number `serial`) to `sim`,
+/// backed by a fresh SMP device model made with `opts`; returns the model.
+fn place_smp_device(
+    sim: &blesim::SimBluez,
+    address: &str,
+    serial: &str,
+    opts: SmpDeviceOptions,
+) -> SharedModel {
+    let model = SmpDeviceModel::new(opts).shared();
+    sim.add_device(blesim::smp_vitals_device(address, &info(serial)));
+    sim.attach_smp(address, model.clone());
+    model
+}
+
+/// Waits (polling every `poll`) until the device's upload session holds at least `bytes`;
+/// panics with `what`, the error and `log()` otherwise.
+fn wait_offset(
+    model: &SharedModel,
+    what: &str,
+    bytes: u64,
+    poll: Duration,
+    log: impl Fn() -> String,
+) {
+    wait_until(what, Duration::from_secs(120), poll, || {
+        Ok(smp_device::lock(model)
+            .session_offset()
+            .filter(|o| *o >= bytes)
+            .map(|_| ()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", log()));
 }
 
 /// `wardgate ARGS…` on the world's bus, to completion.
@@ -527,18 +556,13 @@ fn bench_cli_upload_over_ble_resumes_when_run_again() {
         &[("DBUS_SYSTEM_BUS_ADDRESS", ble.bus.address())],
     )
     .unwrap();
-    wait_until(
+    wait_offset(
+        &model,
         "a third of the image on the device",
-        Duration::from_secs(120),
+        len / 3,
         Duration::from_millis(20),
-        || {
-            Ok(smp_device::lock(&model)
-                .session_offset()
-                .filter(|o| *o >= len / 3)
-                .map(|_| ()))
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", first.stderr()));
+        || first.stderr(),
+    );
     first.kill9().unwrap();
     let at = smp_device::lock(&model).session_offset().unwrap();
     assert!(at < len, "the upload finished before the kill");
@@ -661,13 +685,15 @@ fn relay_updates_a_bonded_ble_device_while_its_readings_flow() {
         return;
     };
     let sim = &w.ble.sim;
-    let model = SmpDeviceModel::new(SmpDeviceOptions {
-        swap_time: Duration::from_secs(3),
-        ..SmpDeviceOptions::default()
-    })
-    .shared();
-    sim.add_device(blesim::smp_vitals_device(DEV, &info("SMP1")));
-    sim.attach_smp(DEV, model.clone());
+    let model = place_smp_device(
+        sim,
+        DEV,
+        "SMP1",
+        SmpDeviceOptions {
+            swap_time: Duration::from_secs(3),
+            ..SmpDeviceOptions::default()
+        },
+    );
     let image = w.image("new", "2.0.0", 240_000);
     let len = std::fs::metadata(&image).unwrap().len();
     let url = w.serve(&image, "acme/vitals-2.0.0.bin");
@@ -681,18 +707,13 @@ fn relay_updates_a_bonded_ble_device_while_its_readings_flow() {
     let mut gw = w.gateway();
     // During the upload the device measures: three heart rates, notified while the image is
     // still on its way.
-    wait_until(
+    wait_offset(
+        &model,
         "the upload under way",
-        Duration::from_secs(60),
+        1,
         Duration::from_millis(10),
-        || {
-            Ok(smp_device::lock(&model)
-                .session_offset()
-                .filter(|o| *o > 0)
-                .map(|_| ()))
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", gw.stderr()));
+        || gw.stderr(),
+    );
     for bpm in [71u8, 72, 73] {
         assert!(sim.notify(DEV, &hr_uuid(), &[0x00, bpm]), "not subscribed");
     }
@@ -823,13 +844,15 @@ fn a_link_lost_at_half_the_image_resumes_at_the_devices_offset() {
         return;
     };
     let sim = &w.ble.sim;
-    let model = SmpDeviceModel::new(SmpDeviceOptions {
-        swap_time: Duration::from_millis(500),
-        ..SmpDeviceOptions::default()
-    })
-    .shared();
-    sim.add_device(blesim::smp_vitals_device(DEV, &info("SMP2")));
-    sim.attach_smp(DEV, model.clone());
+    let model = place_smp_device(
+        sim,
+        DEV,
+        "SMP2",
+        SmpDeviceOptions {
+            swap_time: Duration::from_millis(500),
+            ..SmpDeviceOptions::default()
+        },
+    );
     sim.set_mtu(DEV, 64);
     let image = w.image("new", "2.0.0", 160_000);
     let len = std::fs::metadata(&image).unwrap().len();
@@ -838,18 +861,13 @@ fn a_link_lost_at_half_the_image_resumes_at_the_devices_offset() {
     let watch = Watcher::start(&w.env, &format!("{}/firmware/#", prefix())).unwrap();
     w.publish_job(&job);
     let mut gw = w.gateway();
-    wait_until(
+    wait_offset(
+        &model,
         "half the image on the device",
-        Duration::from_secs(120),
+        len / 2,
         Duration::from_millis(5),
-        || {
-            Ok(smp_device::lock(&model)
-                .session_offset()
-                .filter(|o| *o >= len / 2)
-                .map(|_| ()))
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", gw.stderr()));
+        || gw.stderr(),
+    );
     sim.drop_link(DEV);
     let at = smp_device::lock(&model).session_offset().unwrap();
     assert!(at < len, "the image was complete before the link loss");
@@ -909,13 +927,15 @@ fn a_gateway_killed_mid_upload_resumes_over_ble() {
         return;
     };
     let sim = &w.ble.sim;
-    let model = SmpDeviceModel::new(SmpDeviceOptions {
-        swap_time: Duration::from_millis(500),
-        ..SmpDeviceOptions::default()
-    })
-    .shared();
-    sim.add_device(blesim::smp_vitals_device(DEV, &info("SMP5")));
-    sim.attach_smp(DEV, model.clone());
+    let model = place_smp_device(
+        sim,
+        DEV,
+        "SMP5",
+        SmpDeviceOptions {
+            swap_time: Duration::from_millis(500),
+            ..SmpDeviceOptions::default()
+        },
+    );
     sim.set_mtu(DEV, 23);
     let image = w.image("new", "2.0.0", 100_000);
     let len = std::fs::metadata(&image).unwrap().len();
@@ -924,18 +944,13 @@ fn a_gateway_killed_mid_upload_resumes_over_ble() {
     let watch = Watcher::start(&w.env, &format!("{}/firmware/#", prefix())).unwrap();
     w.publish_job(&job);
     let mut gw = w.gateway();
-    wait_until(
+    wait_offset(
+        &model,
         "a third of the image on the device",
-        Duration::from_secs(120),
+        len / 3,
         Duration::from_millis(5),
-        || {
-            Ok(smp_device::lock(&model)
-                .session_offset()
-                .filter(|o| *o >= len / 3)
-                .map(|_| ()))
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", gw.stderr()));
+        || gw.stderr(),
+    );
     gw.kill9().unwrap();
     let at = smp_device::lock(&model).session_offset().unwrap();
     assert!(at < len, "the image was complete before the kill");
@@ -1006,13 +1021,15 @@ fn a_gatt_table_changed_under_the_connection_is_rediscovered_mid_upload() {
         return;
     };
     let sim = &w.ble.sim;
-    let model = SmpDeviceModel::new(SmpDeviceOptions {
-        swap_time: Duration::from_millis(500),
-        ..SmpDeviceOptions::default()
-    })
-    .shared();
-    sim.add_device(blesim::smp_vitals_device(DEV, &info("SMP3")));
-    sim.attach_smp(DEV, model.clone());
+    let model = place_smp_device(
+        sim,
+        DEV,
+        "SMP3",
+        SmpDeviceOptions {
+            swap_time: Duration::from_millis(500),
+            ..SmpDeviceOptions::default()
+        },
+    );
     let image = w.image("new", "2.0.0", 160_000);
     let len = std::fs::metadata(&image).unwrap().len();
     let url = w.serve(&image, "acme/vitals-2.0.0.bin");
@@ -1020,18 +1037,13 @@ fn a_gatt_table_changed_under_the_connection_is_rediscovered_mid_upload() {
     let watch = Watcher::start(&w.env, &format!("{}/firmware/#", prefix())).unwrap();
     w.publish_job(&job);
     let mut gw = w.gateway();
-    wait_until(
+    wait_offset(
+        &model,
         "a third of the image on the device",
-        Duration::from_secs(120),
+        len / 3,
         Duration::from_millis(5),
-        || {
-            Ok(smp_device::lock(&model)
-                .session_offset()
-                .filter(|o| *o >= len / 3)
-                .map(|_| ()))
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", gw.stderr()));
+        || gw.stderr(),
+    );
     sim.set_gatt(DEV, shifted_table(DEV));
     assert!(smp_device::lock(&model).counters().uploads_complete == 0);
     let topic = progress_topic("fw-ble-b18", &id);
@@ -1076,14 +1088,16 @@ silent_after_s = 3
         return;
     };
     let sim = &w.ble.sim;
-    let model = SmpDeviceModel::new(SmpDeviceOptions {
-        erase_delay: Duration::from_secs(7),
-        swap_time: Duration::from_millis(300),
-        ..SmpDeviceOptions::default()
-    })
-    .shared();
-    sim.add_device(blesim::smp_vitals_device(DEV, &info("SMP4")));
-    sim.attach_smp(DEV, model.clone());
+    let model = place_smp_device(
+        sim,
+        DEV,
+        "SMP4",
+        SmpDeviceOptions {
+            erase_delay: Duration::from_secs(7),
+            swap_time: Duration::from_millis(300),
+            ..SmpDeviceOptions::default()
+        },
+    );
     let image = w.image("new", "2.0.0", 20_000);
     let url = w.serve(&image, "acme/vitals-2.0.0.bin");
     let job = w.job("fw-ble-erase", 1, &image, &url, std::slice::from_ref(&id));

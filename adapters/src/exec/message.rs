@@ -199,18 +199,15 @@ pub fn parse_line(line: &[u8], devices: &[String]) -> Result<PluginMessage, Stri
             if !value.is_finite() {
                 return Err("\"value\" is not a finite number".into());
             }
-            let (code, unit, device_time, status) =
-                common(w.code.as_ref(), w.unit, w.device_time, w.status, w.record)?;
-            Ok(PluginMessage::Observation {
-                device,
-                reading: Reading {
-                    code,
-                    value,
-                    unit,
-                    device_time,
-                    status,
-                },
-            })
+            let reading = reading(
+                value,
+                w.code.as_ref(),
+                w.unit,
+                w.device_time,
+                w.status,
+                w.record,
+            )?;
+            Ok(PluginMessage::Observation { device, reading })
         }
         Some("event") => {
             not_here(
@@ -279,17 +276,17 @@ pub fn parse_line(line: &[u8], devices: &[String]) -> Result<PluginMessage, Stri
             if !value.is_finite() {
                 return Err("the first sample's physical value is not a finite number".into());
             }
-            let (code, unit, device_time, status) =
-                common(w.code.as_ref(), w.unit, w.device_time, w.status, w.record)?;
+            let reading = reading(
+                value,
+                w.code.as_ref(),
+                w.unit,
+                w.device_time,
+                w.status,
+                w.record,
+            )?;
             Ok(PluginMessage::Waveform {
                 device,
-                reading: Reading {
-                    code,
-                    value,
-                    unit,
-                    device_time,
-                    status,
-                },
+                reading,
                 waveform,
             })
         }
@@ -309,14 +306,16 @@ pub fn first_sample_ms(arrival_ms: i64, waveform: &Waveform) -> i64 {
     arrival_ms - span_us.div_euclid(1000) - i64::from(span_us.rem_euclid(1000) != 0)
 }
 
-/// What an observation and a waveform share: code, unit, device time, status with `record=N`.
-fn common(
+/// The reading of an observation or a waveform (`value`: the observation's, or the waveform's
+/// first sample in physical units): code, unit, device time, status with `record=N` checked.
+fn reading(
+    value: f64,
     code: Option<&MdcCode>,
     unit: Option<UnitSpec>,
     device_time: Option<String>,
     status: Option<Vec<String>>,
     record: Option<u64>,
-) -> Result<(u32, Unit, Option<String>, Vec<String>), String> {
+) -> Result<Reading, String> {
     let code = code
         .ok_or("needs \"code\"")?
         .resolve()
@@ -341,7 +340,13 @@ fn common(
     if let Some(r) = record {
         status.push(format!("record={r}"));
     }
-    Ok((code, unit, device_time, status))
+    Ok(Reading {
+        code,
+        value,
+        unit,
+        device_time,
+        status,
+    })
 }
 
 /// At most 40 characters of a plug-in's text, for messages.

@@ -16,7 +16,7 @@ pub enum ProtocolName {
     #[serde(rename = "masimo")]
     Masimo,
     /// Text lines (JSON, CSV, `key=value`) decoded by a `[[lines_map]]` named in `map`
-    /// ([`crate::serial::protocols::lines`]); the baud rate must be given.
+    /// (`serial/protocols/lines/`); the baud rate must be given.
     #[serde(rename = "lines")]
     Lines,
 }
