@@ -306,19 +306,38 @@ fn mcumgr_toolkit_over_a_pty() {
     assert!(e.contains("HASH_NOT_FOUND") || e.contains("8"), "{e}");
 }
 
-#[test]
-fn smpclient_over_the_simulated_bluez() {
-    let dir = temp_dir("smp-peers-ble").unwrap();
-    let img = image(dir.path(), "3.0.0", 4000);
+/// Stops its advertising thread when dropped.
+struct Advertiser {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Advertiser {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A simulated BlueZ with one bonded vital-signs device `name` (serial `serial`) whose SMP
+/// service is backed by a fresh model, advertising while anyone scans (bleak finds a device by
+/// address through discovery).
+fn advertised_smp_device(
+    address: &'static str,
+    name: &'static str,
+    serial: &str,
+) -> (BleWorld, SharedModel, Advertiser) {
     let world = BleWorld::start().unwrap();
-    const ADDR: &str = "C0:FF:EE:5E:00:01";
-    let info = DeviceInformation::new("Acme", "Vitals-1", "SN7", "1.0.0");
-    world.sim.add_device(blesim::smp_vitals_device(ADDR, &info));
+    let info = DeviceInformation::new("Acme", name, serial, "1.0.0");
+    world
+        .sim
+        .add_device(blesim::smp_vitals_device(address, &info));
     let model = SmpDeviceModel::new(options()).shared();
-    world.sim.attach_smp(ADDR, model.clone());
-    // Advertise while anyone scans (bleak finds the device by address through discovery).
+    world.sim.attach_smp(address, model.clone());
     let stop = Arc::new(AtomicBool::new(false));
-    let adv = {
+    let thread = {
         let (sim, stop) = (world.sim.clone(), stop.clone());
         std::thread::spawn(move || {
             let mut rssi = -55;
@@ -326,10 +345,10 @@ fn smpclient_over_the_simulated_bluez() {
                 if sim.is_discovering() {
                     rssi = if rssi == -55 { -56 } else { -55 };
                     sim.advertise(
-                        ADDR,
+                        address,
                         &blesim::Advert {
                             rssi,
-                            name: Some("Vitals-1".into()),
+                            name: Some(name.into()),
                             ..Default::default()
                         },
                     );
@@ -338,6 +357,22 @@ fn smpclient_over_the_simulated_bluez() {
             }
         })
     };
+    (
+        world,
+        model,
+        Advertiser {
+            stop,
+            thread: Some(thread),
+        },
+    )
+}
+
+#[test]
+fn smpclient_over_the_simulated_bluez() {
+    let dir = temp_dir("smp-peers-ble").unwrap();
+    let img = image(dir.path(), "3.0.0", 4000);
+    const ADDR: &str = "C0:FF:EE:5E:00:01";
+    let (world, model, adv) = advertised_smp_device(ADDR, "Vitals-1", "SN7");
     let lines = peers(
         &[
             "smpclient-ble",
@@ -350,8 +385,7 @@ fn smpclient_over_the_simulated_bluez() {
         ],
         &world.env(),
     );
-    stop.store(true, Ordering::Relaxed);
-    let _ = adv.join();
+    drop(adv);
     let mtu = step(&lines, "mtu");
     assert_eq!(
         mtu["max_write"].as_u64(),
@@ -368,33 +402,8 @@ fn smpclient_over_the_simulated_bluez() {
 fn mcumgr_toolkit_over_the_simulated_bluez() {
     let dir = temp_dir("smp-peers-tk-ble").unwrap();
     let img = image(dir.path(), "3.1.0", 4000);
-    let world = BleWorld::start().unwrap();
     const ADDR: &str = "C0:FF:EE:5E:00:02";
-    let info = DeviceInformation::new("Acme", "Vitals-2", "SN8", "1.0.0");
-    world.sim.add_device(blesim::smp_vitals_device(ADDR, &info));
-    let model = SmpDeviceModel::new(options()).shared();
-    world.sim.attach_smp(ADDR, model.clone());
-    let stop = Arc::new(AtomicBool::new(false));
-    let adv = {
-        let (sim, stop) = (world.sim.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut rssi = -55;
-            while !stop.load(Ordering::Relaxed) {
-                if sim.is_discovering() {
-                    rssi = if rssi == -55 { -56 } else { -55 };
-                    sim.advertise(
-                        ADDR,
-                        &blesim::Advert {
-                            rssi,
-                            name: Some("Vitals-2".into()),
-                            ..Default::default()
-                        },
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        })
-    };
+    let (world, model, adv) = advertised_smp_device(ADDR, "Vitals-2", "SN8");
     let lines = peers(
         &[
             "toolkit-ble",
@@ -407,8 +416,7 @@ fn mcumgr_toolkit_over_the_simulated_bluez() {
         ],
         &world.env(),
     );
-    stop.store(true, Ordering::Relaxed);
-    let _ = adv.join();
+    drop(adv);
     check_full_update(&lines, &model, &img, "3.1.0");
 }
 
