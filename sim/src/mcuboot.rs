@@ -114,8 +114,8 @@ impl Version {
 }
 
 /// A signed image of `body` (the application binary) with `version`, signed by `key`.
-/// Returns the whole file (header, body, TLVs). The image hash (SHA256 TLV) is
-/// [`image_hash`] of it; the SMP upload `sha` is the SHA-256 of the whole file.
+/// Returns the whole file (header, body, TLVs). Its image hash (SHA256 TLV) is what
+/// [`crate::smp_device::mcuboot::read`] computes; the SMP upload `sha` is the SHA-256 of the whole file.
 pub fn build(body: &[u8], version: Version, key: &SigningKey) -> anyhow::Result<Vec<u8>> {
     let img_size = u32::try_from(body.len())?;
     let mut f = Vec::with_capacity(HEADER_SIZE as usize + body.len() + 160);
@@ -150,14 +150,6 @@ pub fn build(body: &[u8], version: Version, key: &SigningKey) -> anyhow::Result<
     Ok(f)
 }
 
-/// The image hash of an image made by [`build`] (SHA-256 of header + body), or `None` when
-/// `image` is not one.
-pub fn image_hash(image: &[u8]) -> Option<[u8; 32]> {
-    let hdr = u16::from_le_bytes(image.get(8..10)?.try_into().ok()?) as usize;
-    let size = u32::from_le_bytes(image.get(12..16)?.try_into().ok()?) as usize;
-    Some(sha256(image.get(..hdr.checked_add(size)?)?))
-}
-
 /// A deterministic application body of `len` bytes (a recognisable pattern, not random, so the
 /// demo's images are the same each run apart from the signature).
 pub fn demo_body(len: usize, seed: u8) -> Vec<u8> {
@@ -182,7 +174,7 @@ mod tests {
         assert_eq!(u32::from_le_bytes(img[24..28].try_into().unwrap()), 9);
         let tlv = 0x200 + 1000;
         assert_eq!(&img[tlv..tlv + 2], &[0x07, 0x69]);
-        let hash = image_hash(&img).unwrap();
+        let hash = crate::smp_device::mcuboot::read(&img).unwrap().computed;
         let at = img.windows(4).position(|w| w == [0x10, 0, 32, 0]).unwrap() + 4;
         assert_eq!(&img[at..at + 32], &hash);
         assert_eq!(key.key_hash(), sha256(&key.public_spki_der()));

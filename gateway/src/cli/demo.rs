@@ -256,9 +256,9 @@ pub async fn run(mut opts: DemoOptions) -> anyhow::Result<bool> {
 
     // 2. Broker
     let tls = BrokerTls {
-        cert_chain: vec![pem_cert(&broker_cert)?],
+        cert_chain: vec![demo_firmware::pem_cert(&broker_cert)?],
         key: rustls_pki_types::pem::PemObject::from_pem_slice(broker_key.as_bytes())?,
-        client_ca: vec![pem_cert(&ca.cert_pem)?],
+        client_ca: vec![demo_firmware::pem_cert(&ca.cert_pem)?],
     };
     let broker = EmbeddedBroker::start("127.0.0.1:0".parse()?, tls).await?;
     let port = broker.local_addr().port();
@@ -564,13 +564,6 @@ pub async fn run(mut opts: DemoOptions) -> anyhow::Result<bool> {
         }
     );
     Ok(ok)
-}
-
-fn pem_cert(pem: &str) -> anyhow::Result<rustls_pki_types::CertificateDer<'static>> {
-    use rustls_pki_types::pem::PemObject;
-    Ok(rustls_pki_types::CertificateDer::from_pem_slice(
-        pem.as_bytes(),
-    )?)
 }
 
 /// Verifies every `*.cose` in `dir` with the certificate(s) in `cert` alone, and counts unique

@@ -292,13 +292,6 @@ pub fn print_table(rows: &[Outcome]) -> bool {
     ok
 }
 
-fn pem_cert(pem: &str) -> anyhow::Result<rustls_pki_types::CertificateDer<'static>> {
-    use rustls_pki_types::pem::PemObject;
-    Ok(rustls_pki_types::CertificateDer::from_pem_slice(
-        pem.as_bytes(),
-    )?)
-}
-
 /// Publishes each message retained (QoS 1) on the gateway's job topic, one after the other,
 /// waiting for each PUBACK.
 async fn publish_retained(
@@ -338,4 +331,12 @@ async fn publish_retained(
     let _ = client.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), el.poll()).await;
     Ok(())
+}
+
+/// One PEM certificate as DER (the demo's TLS servers: broker, image server).
+pub(super) fn pem_cert(pem: &str) -> anyhow::Result<rustls_pki_types::CertificateDer<'static>> {
+    use rustls_pki_types::pem::PemObject;
+    Ok(rustls_pki_types::CertificateDer::from_pem_slice(
+        pem.as_bytes(),
+    )?)
 }
