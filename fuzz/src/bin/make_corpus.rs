@@ -234,6 +234,7 @@ fn make() {
             detail: "/dev/ttyUSB0".into(),
             gateway_time: 1_760_000_000_001,
         }],
+        locations: Default::default(),
     }
     .to_cbor();
     let signed_batch = f.gateway.sign(payload.clone());
