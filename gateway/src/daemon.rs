@@ -503,7 +503,7 @@ fn watched(
 
 /// Device id → configured `location`, for every `[[serial]]`, `[[exec]]` (the plug-in and each of
 /// its devices) and `[[ble.device]]` that has one.
-fn configured_locations(cfg: &Config) -> std::collections::BTreeMap<String, String> {
+pub(crate) fn configured_locations(cfg: &Config) -> std::collections::BTreeMap<String, String> {
     let mut locations: std::collections::BTreeMap<String, String> = cfg
         .serial
         .iter()
