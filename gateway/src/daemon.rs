@@ -163,7 +163,13 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     let mut ble_stats = None;
     let mut ble_adapter = None;
     if let Some(b) = &cfg.ble {
-        let ble = Arc::new(BleAdapter::new(b.clone()));
+        // A tag a `[[ble.tag]]` rule with a `location` admits: its rows are stored with it.
+        let located = store.clone();
+        let ble = Arc::new(BleAdapter::new(b.clone()).with_tag_location(Arc::new(
+            move |id: &wardgate_adapters::observation::DeviceId, location: &str| {
+                located.set_location(&id.0, Some(location))
+            },
+        )));
         ble_stats = Some(ble.stats());
         ble_adapter = Some(ble.clone());
         start_adapter(ble);

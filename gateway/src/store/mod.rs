@@ -206,7 +206,7 @@ pub struct Store {
     /// and the systemd STATUS line never scan the table.
     queued: std::sync::atomic::AtomicU64,
     /// Configured device locations and each device's latest `device_location` entry
-    /// ([`location`]); locked only while `conn` is.
+    /// ([`location`]); an append holds it (after `conn`) for its whole transaction.
     locations: Mutex<location::Tracker>,
 }
 
@@ -312,14 +312,13 @@ impl Store {
     /// location, e.g. `ward-7/bed-12`; a device not named has none). Rows appended from now on
     /// are stored with these ([`location`]); call it before the first append.
     pub fn set_locations(&self, configured: std::collections::HashMap<String, String>) {
-        let _conn = self.lock();
         self.tracker().configure(configured);
     }
 
     /// Sets (`Some`) or clears (`None`) one device's configured location, e.g. for a device
-    /// admitted at run time by a rule that gives one.
+    /// admitted at run time by a rule that gives one. Waits only for an append in progress
+    /// (rows it commits keep the location they were read with).
     pub fn set_location(&self, device: &str, location: Option<&str>) {
-        let _conn = self.lock();
         self.tracker().set(device, location);
     }
 
