@@ -206,7 +206,7 @@ fn check_job(
     job_file: &std::path::Path,
 ) -> anyhow::Result<Result<(), (&'static str, String)>> {
     use coset::{CborSerializable, TaggedCborSerializable};
-    let bytes = std::fs::read(job_file)
+    let bytes = crate::signing::read_regular_file(job_file, job::MAX_JOB_BYTES as u64)
         .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", job_file.display()))?;
     let sign1 = coset::CoseSign1::from_tagged_slice(&bytes)
         .or_else(|_| coset::CoseSign1::from_slice(&bytes))
@@ -608,15 +608,9 @@ fn accept(a: AcceptArgs) -> anyhow::Result<ExitCode> {
         fw.signer_crl.iter().map(|p| p.get_ref().as_path()),
     )
     .map_err(|e| UsageError(format!("[firmware] trust: {e}")))?;
-    let mut bytes = Vec::new();
-    std::io::Read::read_to_end(
-        &mut std::io::Read::take(
-            std::fs::File::open(&a.file)
-                .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", a.file.display()))?,
-            job::MAX_JOB_BYTES as u64 + 1,
-        ),
-        &mut bytes,
-    )?;
+    // One byte over the limit is read so that `verify` refuses it as `too_large`.
+    let bytes = crate::signing::read_regular_file(&a.file, job::MAX_JOB_BYTES as u64 + 1)
+        .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", a.file.display()))?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
     let v = match job::verify(&bytes, &trust, now.as_secs()) {
         Ok(v) => v,
