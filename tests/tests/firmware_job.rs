@@ -541,6 +541,33 @@ acme = ["serial:bed12", "bed14", "a0:9e:1a:12:34:56"]
     assert!(o.stderr.contains("signed for another key"), "{o:?}");
     assert!(o.stdout.is_empty(), "no job written: {o:?}");
 
+    // A dry run says which devices it would update and leaves no store behind.
+    let o = wardgate(
+        &[
+            os("firmware"),
+            os("accept"),
+            os("--dry-run"),
+            os("--config"),
+            config.as_os_str(),
+            j5.as_os_str(),
+        ],
+        dir,
+    );
+    let v: Value = serde_json::from_str(o.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {o:?}"));
+    assert_eq!(
+        (o.code(), &v["accepted"]),
+        (Some(0), &Value::Bool(false)),
+        "{o:?}"
+    );
+    assert_eq!(
+        v["devices"],
+        serde_json::json!(["serial:bed12", "serial:bed14"])
+    );
+    assert!(
+        !dir.join("store.db").exists(),
+        "a dry run created the store"
+    );
+
     // Accepted: two queued executions, recorded in the store.
     let (code, v) = accept(&j5);
     assert_eq!(code, Some(0), "{v}");

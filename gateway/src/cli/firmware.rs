@@ -665,7 +665,12 @@ fn accept(a: AcceptArgs) -> anyhow::Result<ExitCode> {
         Ok(crate::Store::open(&config.store.path, opts)?.0)
     };
     let outcome = if a.dry_run {
-        let last = store()?.firmware_last_seq(v.message.class())?;
+        // A dry run on a gateway that never ran leaves no store file behind.
+        let last = if config.store.path.exists() {
+            store()?.firmware_last_seq(v.message.class())?
+        } else {
+            None
+        };
         match &v.message {
             Message::Job(j) => fleet
                 .resolve(&j.target.class, j.target.devices.as_deref())
