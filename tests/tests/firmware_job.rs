@@ -629,6 +629,32 @@ acme = ["serial:bed12", "bed14", "a0:9e:1a:12:34:56"]
     );
     assert_eq!(o.code(), Some(0), "{o:?}");
     assert_eq!(refused(&dir.join("other.cose")), "unknown_class");
+    // `-o` naming the image would overwrite it: refused (usage), the image untouched.
+    let before = std::fs::read(&img).unwrap();
+    let o = wardgate(
+        &[
+            os("firmware"),
+            os("job"),
+            os("--image"),
+            img.as_os_str(),
+            os("--url"),
+            os("https://x.example/a"),
+            os("--class"),
+            os("acme"),
+            os("--seq"),
+            os("10"),
+            os("--cert"),
+            fw.cert.as_os_str(),
+            os("--key"),
+            fw.key.as_os_str(),
+            os("-o"),
+            img.as_os_str(),
+        ],
+        dir,
+    );
+    assert_eq!(o.code(), Some(2), "{o:?}");
+    assert!(o.stderr.contains("is one of the job's inputs"), "{o:?}");
+    assert_eq!(std::fs::read(&img).unwrap(), before);
     // A gateway certificate cannot make a job: the tool refuses (usage, exit 2).
     let o = wardgate(
         &[

@@ -479,7 +479,10 @@ fn make_job(a: JobArgs) -> anyhow::Result<ExitCode> {
             reason: a.reason,
         })
     } else {
-        let path = a.image.expect("clap requires --image without --cancel");
+        let path = a
+            .image
+            .clone()
+            .expect("clap requires --image without --cancel");
         let info = parse_file(&path)?.map_err(|e| {
             anyhow::anyhow!("{}: not a well-formed MCUboot image: {e}", path.display())
         })?;
@@ -598,6 +601,24 @@ fn make_job(a: JobArgs) -> anyhow::Result<ExitCode> {
         None => std::io::stdout().write_all(&signed)?,
         Some(p) if p.as_os_str() == "-" => std::io::stdout().write_all(&signed)?,
         Some(p) => {
+            // `-o` naming the image (or the signer's files) would destroy what it was made from.
+            let same = |q: &std::path::Path| matches!((std::fs::canonicalize(p), std::fs::canonicalize(q)), (Ok(a), Ok(b)) if a == b);
+            if [
+                Some(a.cert.as_path()),
+                Some(a.key.as_path()),
+                a.image.as_deref(),
+            ]
+            .into_iter()
+            .flatten()
+            .any(same)
+            {
+                return Err(UsageError(format!(
+                    "-o {} is one of the job's inputs (the image, --cert or --key); write the \
+                     job to another file",
+                    p.display()
+                ))
+                .into());
+            }
             std::fs::write(p, &signed)
                 .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", p.display()))?;
             eprintln!(
