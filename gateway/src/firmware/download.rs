@@ -390,7 +390,7 @@ impl DownloadError {
         // installer makes room: retried, not final. Other cache I/O errors (permissions, a
         // read-only file system) need a person.
         if let E::Cache { source, .. } = self {
-            return source.kind() == std::io::ErrorKind::StorageFull;
+            return source.raw_os_error() == Some(libc::ENOSPC);
         }
         matches!(
             self,
@@ -1375,13 +1375,13 @@ mod tests {
         };
         assert_eq!((e.reason(), e.is_transient()), ("not_found", false));
         // A full disk under the cache is retried; a cache that cannot be written is not.
-        let cache = |kind| DownloadError::Cache {
+        let cache = |errno| DownloadError::Cache {
             path: "/var/lib/wardgate/firmware/x.part".into(),
-            source: std::io::Error::from(kind),
+            source: std::io::Error::from_raw_os_error(errno),
         };
-        let full = cache(std::io::ErrorKind::StorageFull);
+        let full = cache(libc::ENOSPC);
         assert_eq!((full.reason(), full.is_transient()), ("cache_io", true));
-        let denied = cache(std::io::ErrorKind::PermissionDenied);
+        let denied = cache(libc::EACCES);
         assert_eq!(
             (denied.reason(), denied.is_transient()),
             ("cache_io", false)
