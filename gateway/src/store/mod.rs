@@ -27,6 +27,10 @@
 //!   observation's sample array (period, scale, offset, raw samples) as CBOR
 //!   ([`encode_waveform`]), in the same row as its first sample's value: a waveform is one row,
 //!   stored, batched, acknowledged and dropped like any other (retention class `waveform`).
+//! - Since schema version 5, `device_location(device, from_seq, location)` ([`location`]): the
+//!   location each device was configured with from which row on, written in the same
+//!   transaction as the rows; a batch names one location per device ([`Batch::locations`]) and is
+//!   cut where a device's location changes; entries no queued row needs go on ack.
 //!
 //! **Accepted.** An observation is accepted when the transaction that inserted it has committed
 //! ([`Store::append`] returned `Ok`). With `synchronous=FULL` (default) that commit is fsynced.
