@@ -7,7 +7,9 @@
 //! offset of its first byte. A line that grows past `max_line` bytes is never held: the framer
 //! reports it once ([`Framed::TooLong`]) and drops its bytes up to the next terminator. So what
 //! it buffers is at most `max_line` bytes plus the last piece fed to it, whatever the input —
-//! the bound the `exec` adapter's backpressure relies on ([`LineFramer::buffered`]).
+//! the bound the `exec` adapter's backpressure relies on ([`LineFramer::buffered`]). It counts
+//! the bytes it dropped that way ([`LineFramer::discarded`]), so the serial adapter's wrong-baud
+//! check does not count them a second time.
 //!
 //! Pure: no I/O, never panics; feeding the same bytes in any chunking yields the same lines.
 
@@ -48,6 +50,8 @@ pub struct LineFramer {
     discarding: bool,
     /// Largest number of bytes ever held at once.
     high_water: usize,
+    /// Bytes of too-long lines dropped so far (their terminators included).
+    discarded: u64,
 }
 
 /// Longest terminator accepted.
@@ -72,6 +76,7 @@ impl LineFramer {
             offset: 0,
             discarding: false,
             high_water: 0,
+            discarded: 0,
         }
     }
 
@@ -94,6 +99,12 @@ impl LineFramer {
     /// passed to [`LineFramer::push`].
     pub fn high_water(&self) -> usize {
         self.high_water
+    }
+
+    /// Bytes of too-long lines ([`Framed::TooLong`]) dropped so far, terminators included: the
+    /// bytes this framer already reported as an error of its own.
+    pub fn discarded(&self) -> u64 {
+        self.discarded
     }
 
     /// Appends bytes read from the stream. Take the lines with [`LineFramer::next_line`] before
@@ -129,9 +140,11 @@ impl LineFramer {
                     self.scan = self.start;
                     self.offset += (end + t) as u64;
                     if std::mem::replace(&mut self.discarding, false) {
+                        self.discarded += (end + t) as u64;
                         continue; // the tail of a too-long line, already reported
                     }
                     if end > self.max_line {
+                        self.discarded += (end + t) as u64;
                         return Some(Framed::TooLong {
                             offset: line_offset,
                             max_line: self.max_line,
@@ -151,6 +164,7 @@ impl LineFramer {
                         let drop = pending.len() - keep;
                         self.start += drop;
                         self.offset += drop as u64;
+                        self.discarded += drop as u64;
                         self.scan = self.start;
                         return None;
                     }
@@ -162,6 +176,7 @@ impl LineFramer {
                         let drop = pending.len() - keep;
                         self.start += drop;
                         self.offset += drop as u64;
+                        self.discarded += drop as u64;
                         self.scan = self.start;
                         return Some(Framed::TooLong {
                             offset: line_offset,
@@ -285,6 +300,7 @@ mod tests {
         assert_eq!(reports, 1);
         assert!(f.high_water() <= 1000 + 1 + 4096, "{}", f.high_water());
         assert_eq!(f.offset(), 4096 * 1000 - 1);
+        assert_eq!(f.discarded(), 4096 * 1000 - 1, "dropped, reported bytes");
         f.push(b"\r\nnext\r\n");
         assert_eq!(
             f.next_line(),
@@ -293,5 +309,11 @@ mod tests {
                 bytes: b"next"
             })
         );
+        // The too-long line's last byte and its terminator; the good line is not counted.
+        assert_eq!(f.discarded(), 4096 * 1000 + 2);
+        let mut g = LineFramer::new(b"\n", 4);
+        g.push(b"abcdefgh\nok\n");
+        while g.next_line().is_some() {}
+        assert_eq!(g.discarded(), 9);
     }
 }

@@ -148,7 +148,11 @@ struct Running {
 }
 
 fn start(cfg: SerialConfig) -> Running {
-    let adapter = Arc::new(SerialAdapter::new(cfg));
+    start_adapter(SerialAdapter::new(cfg))
+}
+
+fn start_adapter(adapter: SerialAdapter) -> Running {
+    let adapter = Arc::new(adapter);
     let (out, events) = mpsc::channel(4096);
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (clock, clock_rx) = watch::channel(true);
@@ -587,6 +591,60 @@ async fn noise_on_the_line_is_reported_once_as_a_baud_rate_or_cable_problem() {
     assert_eq!(stats.line_suspect_reports, 1);
     assert_eq!(stats.bytes_read, noise.len() as u64);
     assert!(stats.frame_errors > 100, "{stats:?}");
+}
+
+/// A `lines` device that was decoding fine sends one endless line (10× the wrong-baud window,
+/// no terminator): the user is told the line is longer than `max_line`, once, and not to check
+/// the baud rate; the next line decodes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overlong_line_on_a_good_lines_device_is_no_baud_rate_problem() {
+    use wardgate_adapters::serial::protocols::lines::LinesMap;
+    let scratch = Scratch::new("overlong");
+    let link = scratch.0.join("usb-capno");
+    let mut pty = Pty::new();
+    point(&link, &pty.path);
+    let map: LinesMap = toml::from_str(
+        "name = \"capno\"\nsyntax = \"kv\"\nmax_line = 64\n\
+         [[field]]\nname = \"etco2\"\nkey = \"ETCO2\"\nmdc = 151708\nunit = \"mm[Hg]\"\n",
+    )
+    .unwrap();
+    let mut cfg = config("bed3-capno", &link, ProtocolName::Lines, None);
+    cfg.baud = Some(9600);
+    cfg.map = Some("capno".into());
+    let mut run =
+        start_adapter(SerialAdapter::new(cfg).with_lines_map(Arc::new(map.compile().unwrap())));
+    run.expect_event(EventKind::Connected).await;
+    let good: String = (0..100)
+        .map(|i| format!("ETCO2={}\n", 30 + i % 10))
+        .collect();
+    pty.write_all(good.as_bytes()).await;
+    assert_eq!(run.observations(100).await.len(), 100);
+    let endless = vec![b'9'; 10 * wardgate_adapters::serial::adapter::NO_FRAME_WINDOW as usize];
+    for chunk in endless.chunks(1024) {
+        pty.write_all(chunk).await;
+    }
+    pty.write_all(b"\nETCO2=41\n").await;
+    let mut details = Vec::new();
+    let mut after = Vec::new();
+    while let Ok(Some(ev)) = timeout(Duration::from_millis(700), run.events.recv()).await {
+        match ev {
+            AdapterEvent::Event(e) => {
+                assert_eq!(e.kind, EventKind::Error, "{e:?}");
+                details.push(e.detail);
+            }
+            AdapterEvent::Observation(o) => after.push(o.value),
+        }
+    }
+    assert_eq!(
+        details,
+        [format!(
+            "device bed3-capno: line longer than max_line (64 bytes) at byte offset {}",
+            good.len()
+        )]
+    );
+    assert_eq!(after, [41.0]);
+    let (adapter, _) = run.stop().await;
+    assert_eq!(adapter.stats().line_suspect_reports, 0);
 }
 
 /// An SMP session on the connection (`DeviceCommand::OpenSmp`, the firmware relay): frames go

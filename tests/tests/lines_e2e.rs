@@ -30,7 +30,7 @@ fn nmea(body: &str) -> String {
     format!("${body}*{sum:02X}\r\n")
 }
 
-/// The ESP32 device's capture: good lines, and four that must not be stored.
+/// The ESP32 device's capture: good lines, and five that must not be stored.
 fn oximeter_capture() -> (String, Vec<(u64, &'static str)>) {
     let mut text = String::new();
     let mut bad = Vec::new();
@@ -44,6 +44,13 @@ fn oximeter_capture() -> (String, Vec<(u64, &'static str)>) {
     };
     for i in 1..=20 {
         match i {
+            3 => {
+                // Which SpO2 is meant? Neither is stored.
+                bad.push((text.len() as u64, "key \"spo2\" appears twice in the line"));
+                text.push_str(
+                    "{\"dev\":\"ox-001\",\"spo2\":93,\"spo2\":12,\"pulse\":63,\"seq\":3}\n",
+                );
+            }
             5 => {
                 bad.push((text.len() as u64, "not JSON"));
                 text.push_str("{\"dev\":\"ox-001\",\"spo2\":9\n");
@@ -138,9 +145,9 @@ fn lines_devices_on_ptys_arrive_upstream_and_bad_lines_are_reported_never_stored
     let _ox = t1.join().unwrap().unwrap();
     let _nibp = t2.join().unwrap().unwrap();
 
-    // 16 good oximeter lines × 2 readings; 2 NIBP lines: 5 + 4 readings.
+    // 15 good oximeter lines × 2 readings; 2 NIBP lines: 5 + 4 readings.
     let want = [
-        ("serial:bed1-ox".to_string(), 32),
+        ("serial:bed1-ox".to_string(), 30),
         ("serial:bed2-nibp".to_string(), 9),
     ];
     env.wait_delivered(&want, Duration::from_secs(30)).unwrap();
@@ -152,12 +159,12 @@ fn lines_devices_on_ptys_arrive_upstream_and_bad_lines_are_reported_never_stored
             .iter()
             .filter(|e| e.device == "serial:bed1-ox" && e.kind == "error")
             .count()
-            >= 4)
+            >= 5)
     })
     .unwrap();
-    // Counted in `wardgate status` (its snapshot is written every 2 s): the three malformed
+    // Counted in `wardgate status` (its snapshot is written every 2 s): the four malformed
     // lines (the foreign one parsed and was held back by the identity gate).
-    let want_ox = "adapter:  bed1-ox (0 failures, 0 restarts, 17 frames, 3 frame errors";
+    let want_ox = "adapter:  bed1-ox (0 failures, 0 restarts, 16 frames, 4 frame errors";
     let want_nibp = "adapter:  bed2-nibp (0 failures, 0 restarts, 3 frames, 0 frame errors";
     let mut status = String::new();
     wardgate_e2e::wait_for(
@@ -192,7 +199,9 @@ fn lines_devices_on_ptys_arrive_upstream_and_bad_lines_are_reported_never_stored
         .iter()
         .filter(|o| o.device == "serial:bed1-ox")
         .collect();
-    let good: Vec<u32> = (1..=20).filter(|i| ![5, 9, 13, 17].contains(i)).collect();
+    let good: Vec<u32> = (1..=20)
+        .filter(|i| ![3, 5, 9, 13, 17].contains(i))
+        .collect();
     let spo2: Vec<(f64, String)> = ox
         .iter()
         .filter(|o| o.code == SPO2)
@@ -215,7 +224,7 @@ fn lines_devices_on_ptys_arrive_upstream_and_bad_lines_are_reported_never_stored
     );
     assert!(!ox
         .iter()
-        .any(|o| o.value == Some(88.0) || o.value == Some(101.0)));
+        .any(|o| [88.0, 101.0, 12.0, 93.0].contains(&o.value.unwrap())));
     let rx_db = rusqlite::Connection::open(&up.path).unwrap();
     let times: Vec<(String, String)> = rx_db
         .prepare("SELECT device_time, time_quality FROM observations WHERE device = 'serial:bed1-ox' AND code = ?1 ORDER BY seq")
@@ -225,7 +234,7 @@ fn lines_devices_on_ptys_arrive_upstream_and_bad_lines_are_reported_never_stored
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(times[0], ("2024-06-10T06:13:21".into(), "device".into()));
-    assert_eq!(times.len(), 16);
+    assert_eq!(times.len(), 15);
     let nibp: Vec<(u32, f64, String)> = obs
         .iter()
         .filter(|o| o.device == "serial:bed2-nibp")
@@ -298,7 +307,7 @@ fn lines_devices_on_ptys_arrive_upstream_and_bad_lines_are_reported_never_stored
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     // decode has no identity gate: it shows the foreign device's line too, and says so.
-    assert_eq!(decoded.len(), 34);
+    assert_eq!(decoded.len(), 32);
     assert!(
         out.stderr.contains("device reports serial number ox-001"),
         "{}",
@@ -313,9 +322,17 @@ fn lines_devices_on_ptys_arrive_upstream_and_bad_lines_are_reported_never_stored
         decoded_spo2,
         spo2.iter().map(|(v, _)| *v).collect::<Vec<_>>()
     );
+    assert!(
+        out.stderr.contains(&format!(
+            "byte offset {}: key \"spo2\" appears twice in the line",
+            ox_bad[0].0
+        )),
+        "{}",
+        out.stderr
+    );
     assert_eq!(
         wardgate_e2e::count_lines(&out.stderr, "byte offset"),
-        3,
+        4,
         "{}",
         out.stderr
     );

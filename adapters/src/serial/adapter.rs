@@ -49,7 +49,15 @@
 //! than good ones, gives one `error` event `device <name>: 4096 bytes and no valid frame: check
 //! the baud rate (configured 19200) and the cable` (or `…, 3 valid frames and 41 malformed: …`),
 //! counted in [`SerialStats::line_suspect_reports`]. It is not repeated while the line stays
-//! bad; a good window re-arms it, and so does a reconnect. The decoders, not this check, make
+//! bad; a good window re-arms it, and so does a reconnect.
+//!
+//! Once the connection has decoded a frame (the baud rate is right), bytes a protocol dropped
+//! as a framing error it reported with its own cause ([`Protocol::bytes_discarded`]: a `lines`
+//! line longer than `max_line`) are not counted: one 10 MB line without a terminator on a
+//! device that was decoding fine gives its `line longer than max_line` error and no wrong-baud
+//! diagnosis. Before the first frame they count, since at a wrong baud rate nearly every byte
+//! is dropped that way (a terminator seldom appears in noise) and the diagnosis is the one
+//! that helps. The bytes of malformed frames always count (a cable going bad mid-stream). The decoders, not this check, make
 //! sure no reading comes out of such a stream (`adapters/tests/decoder_noise.rs`): the event
 //! only says why the device seems silent.
 //!
@@ -509,7 +517,8 @@ impl SerialAdapter {
                                 .iter()
                                 .filter(|d| matches!(d, Decoded::Error { .. }))
                                 .count() as u64;
-                            if let Some(what) = state.judge.observe(n as u64, new_frames, errors) {
+                            let dropped = protocol.bytes_discarded();
+                            if let Some(what) = state.judge.observe(n as u64, new_frames, errors, dropped) {
                                 if self.report_line_suspect(ctx, &what).await.is_err() {
                                     return SessionEnd::ChannelClosed;
                                 }
@@ -720,20 +729,41 @@ struct LineJudge {
     errors: u64,
     /// The current bad stretch has been reported.
     reported: bool,
+    /// The connection has decoded a frame.
+    framed: bool,
+    /// The protocol's [`Protocol::bytes_discarded`] at the last read.
+    dropped_total: u64,
+    /// Of `bytes`, those the protocol dropped as its own framing error, once `framed`.
+    dropped: u64,
 }
 
 impl LineJudge {
-    /// Accounts what one read gave; returns what to report when a bad window closes the first
+    /// Accounts what one read gave (`dropped_total`: the protocol's cumulative
+    /// [`Protocol::bytes_discarded`]); returns what to report when a bad window closes the first
     /// time in a stretch.
-    fn observe(&mut self, bytes: u64, frames: u64, errors: u64) -> Option<String> {
+    fn observe(
+        &mut self,
+        bytes: u64,
+        frames: u64,
+        errors: u64,
+        dropped_total: u64,
+    ) -> Option<String> {
+        let dropped = dropped_total.saturating_sub(self.dropped_total);
+        self.dropped_total = dropped_total;
+        if self.framed {
+            self.dropped += dropped;
+        }
+        self.framed |= frames > 0;
         self.bytes += bytes;
         self.frames += frames;
         self.errors += errors;
-        if self.bytes < NO_FRAME_WINDOW {
+        // Bytes dropped now may have arrived in an earlier read: never below zero.
+        let counted = self.bytes.saturating_sub(self.dropped);
+        if counted < NO_FRAME_WINDOW {
             return None;
         }
-        let (b, f, e) = (self.bytes, self.frames, self.errors);
-        (self.bytes, self.frames, self.errors) = (0, 0, 0);
+        let (b, f, e) = (counted, self.frames, self.errors);
+        (self.bytes, self.frames, self.errors, self.dropped) = (0, 0, 0, 0);
         if f > 0 && e <= f {
             self.reported = false;
             return None;
@@ -784,26 +814,55 @@ mod tests {
     fn a_window_without_a_frame_is_reported_once_per_bad_stretch() {
         let mut j = LineJudge::default();
         for _ in 0..3 {
-            assert_eq!(j.observe(1024, 0, 0), None);
+            assert_eq!(j.observe(1024, 0, 0, 0), None);
         }
         assert_eq!(
-            j.observe(1024, 0, 0).as_deref(),
+            j.observe(1024, 0, 0, 0).as_deref(),
             Some("4096 bytes and no valid frame")
         );
         // Still bad: quiet, however long it lasts.
         for _ in 0..100 {
-            assert_eq!(j.observe(1024, 0, 3), None);
+            assert_eq!(j.observe(1024, 0, 3, 0), None);
         }
         // A good window re-arms it.
         for _ in 0..4 {
-            assert_eq!(j.observe(1024, 100, 1), None);
+            assert_eq!(j.observe(1024, 100, 1, 0), None);
         }
         for _ in 0..3 {
-            assert_eq!(j.observe(1000, 2, 10), None);
+            assert_eq!(j.observe(1000, 2, 10, 0), None);
         }
         assert_eq!(
-            j.observe(1100, 0, 11).as_deref(),
+            j.observe(1100, 0, 11, 0).as_deref(),
             Some("4100 bytes, 6 valid frames and 41 malformed")
+        );
+    }
+
+    #[test]
+    fn bytes_a_protocol_reported_itself_count_only_before_the_first_frame() {
+        // A device decoding fine, then one endless line the protocol drops as too long.
+        let mut j = LineJudge::default();
+        assert_eq!(j.observe(500, 10, 0, 0), None);
+        let mut dropped = 0;
+        for _ in 0..10_000 {
+            dropped += 1024;
+            assert_eq!(j.observe(1024, 0, 0, dropped), None);
+        }
+        // Malformed frames still count (the window still holds the first 500 bytes).
+        for _ in 0..3 {
+            assert_eq!(j.observe(1024, 0, 5, dropped), None);
+        }
+        assert_eq!(
+            j.observe(1024, 0, 5, dropped).as_deref(),
+            Some("4596 bytes, 10 valid frames and 20 malformed")
+        );
+        // Wrong baud from the start: the noise dropped as too-long lines counts.
+        let mut j = LineJudge::default();
+        for i in 1..4 {
+            assert_eq!(j.observe(1024, 0, 0, i * 1024), None);
+        }
+        assert_eq!(
+            j.observe(1024, 0, 1, 4096).as_deref(),
+            Some("4096 bytes and no valid frame")
         );
     }
 
@@ -812,7 +871,7 @@ mod tests {
         let mut j = LineJudge::default();
         // CMS50: 9 bytes a frame, a cut frame now and then.
         for i in 0..10_000u64 {
-            assert_eq!(j.observe(90, 10, u64::from(i % 7 == 0)), None);
+            assert_eq!(j.observe(90, 10, u64::from(i % 7 == 0), 0), None);
         }
     }
 }

@@ -44,6 +44,13 @@ pub enum Decoded {
 
 /// A serial device protocol.
 pub trait Protocol: Send {
+    /// Bytes the decoder dropped as part of a framing error it reported itself with its own
+    /// cause (the `lines` protocol's line longer than `max_line`), cumulative. The serial
+    /// adapter's wrong-baud check leaves them out once the connection has decoded a frame
+    /// (`serial::adapter`, "A wrong baud rate"). Default: none.
+    fn bytes_discarded(&self) -> u64 {
+        0
+    }
     /// The protocol's CLI/config name, e.g. `cms50`.
     fn name(&self) -> &'static str;
     /// Bytes to write right after the port opens (handshake, start-live command).

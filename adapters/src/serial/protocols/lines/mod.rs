@@ -138,6 +138,10 @@ impl Protocol for Lines {
     fn frames_ok(&self) -> u64 {
         self.frames_ok
     }
+
+    fn bytes_discarded(&self) -> u64 {
+        self.framer.discarded()
+    }
 }
 
 /// A measurement's number: decimal text (`-1.5`, `+72`, `3e2`), finite.

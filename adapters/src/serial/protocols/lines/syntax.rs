@@ -1,7 +1,11 @@
 //! The three line syntaxes of the `lines` protocol, parsed far enough to look fields up:
 //! JSON objects (RFC 8259, `serde_json`), CSV (RFC 4180 quoting: `"a ""b"", c"`), and
 //! `key=value` pairs. Every value comes out as text, so the mapping treats `97`, `"97"` and
-//! `spo2=97` alike. Pure, never panics.
+//! `spo2=97` alike. A key that appears twice in a line (`{"spo2":97,"spo2":12}`,
+//! `SPO2=098% SPO2=050%`, at any depth of a JSON object) makes the line an error in both
+//! syntaxes that have keys: which value the device meant is ambiguous (RFC 8259 §4: names
+//! "SHOULD be unique", and receivers differ in which one they keep), and it is what two lines
+//! run together look like. Pure, never panics.
 
 use super::map::{CompiledMap, Source, Syntax};
 use std::borrow::Cow;
@@ -13,7 +17,7 @@ pub enum Parsed<'a> {
     Json(serde_json::Map<String, serde_json::Value>),
     /// CSV columns.
     Csv(Vec<Cow<'a, str>>),
-    /// `key=value` pairs in line order (the first pair of a key wins).
+    /// `key=value` pairs in line order, each key once.
     Kv(Vec<(&'a str, &'a str)>),
 }
 
@@ -34,7 +38,19 @@ pub enum Found<'a> {
 pub fn parse<'a>(map: &CompiledMap, line: &'a str) -> Result<Parsed<'a>, String> {
     match map.syntax {
         Syntax::Json => match serde_json::from_str::<serde_json::Value>(line) {
-            Ok(serde_json::Value::Object(o)) => Ok(Parsed::Json(o)),
+            Ok(serde_json::Value::Object(o)) => {
+                // serde_json keeps the last of a duplicated key: look for one in a second pass.
+                match serde_json::from_str::<UniqueKeys>(line) {
+                    Ok(UniqueKeys) => Ok(Parsed::Json(o)),
+                    Err(e) => {
+                        let e = e.to_string();
+                        Err(e
+                            .rsplit_once(" at line ")
+                            .map_or(e.as_str(), |(m, _)| m)
+                            .to_string())
+                    }
+                }
+            }
             Ok(other) => Err(format!(
                 "not a JSON object but {}",
                 match other {
@@ -48,11 +64,79 @@ pub fn parse<'a>(map: &CompiledMap, line: &'a str) -> Result<Parsed<'a>, String>
             Err(e) => Err(format!("not JSON: {e}")),
         },
         Syntax::Csv => csv(line, map.csv_separator).map(Parsed::Csv),
-        Syntax::Kv => Ok(Parsed::Kv(kv(
-            line,
-            map.kv_separator.as_deref(),
-            &map.assign,
-        ))),
+        Syntax::Kv => {
+            let pairs = kv(line, map.kv_separator.as_deref(), &map.assign);
+            for (i, (k, _)) in pairs.iter().enumerate() {
+                if pairs[..i].iter().any(|(seen, _)| seen == k) {
+                    return Err(twice(k));
+                }
+            }
+            Ok(Parsed::Kv(pairs))
+        }
+    }
+}
+
+/// The error of a key that appears twice in a line.
+fn twice(key: &str) -> String {
+    format!(
+        "key {:?} appears twice in the line: which value is meant is ambiguous",
+        key.chars().take(24).collect::<String>()
+    )
+}
+
+/// Deserializes any JSON value, failing on an object with a key twice (at any depth); keeps
+/// nothing.
+struct UniqueKeys;
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueKeysVisitor)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueKeys, A::Error> {
+        while seq.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(UniqueKeys)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(k) = map.next_key::<String>()? {
+            if seen.contains(&k) {
+                return Err(serde::de::Error::custom(twice(&k)));
+            }
+            map.next_value::<UniqueKeys>()?;
+            seen.insert(k);
+        }
+        Ok(UniqueKeys)
     }
 }
 
@@ -175,6 +259,35 @@ mod tests {
         assert!(csv(r#"1,"a"b,2"#, ',').is_err());
         assert_eq!(csv("a;b", ';').unwrap(), ["a", "b"]);
         assert_eq!(csv("", ',').unwrap(), [""]);
+    }
+
+    fn kv_map() -> CompiledMap {
+        CompiledMap {
+            syntax: Syntax::Kv,
+            ..CompiledMap::unmapped()
+        }
+    }
+
+    #[test]
+    fn a_key_twice_is_refused_in_json_and_kv() {
+        let json = CompiledMap {
+            syntax: Syntax::Json,
+            ..CompiledMap::unmapped()
+        };
+        let e = parse(&json, r#"{"spo2":97,"spo2":12,"pulse":72}"#).unwrap_err();
+        assert_eq!(
+            e,
+            r#"key "spo2" appears twice in the line: which value is meant is ambiguous"#
+        );
+        let e = parse(&json, r#"{"a":{"b":1,"b":2}}"#).unwrap_err();
+        assert!(e.starts_with(r#"key "b" appears twice"#), "{e}");
+        assert!(parse(&json, r#"{"a":{"b":1},"c":{"b":2},"d":[{"b":1},{"b":2}]}"#).is_ok());
+        let e = parse(&kv_map(), "SN=1 SPO2=098% SPO2=050% BPM=97").unwrap_err();
+        assert_eq!(
+            e,
+            r#"key "SPO2" appears twice in the line: which value is meant is ambiguous"#
+        );
+        assert!(parse(&kv_map(), "SN=1 SPO2=098% BPM=97 spo2=1").is_ok());
     }
 
     #[test]
