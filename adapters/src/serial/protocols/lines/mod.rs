@@ -17,11 +17,14 @@
 //! 3. Lines not starting with `line_prefix`, or starting with a `skip_prefix`, are skipped:
 //!    well-formed, no readings, no error (banners, headers, other record types).
 //! 4. The checksum, if configured, is checked and removed.
-//! 5. The syntax is parsed ([`syntax`]) and every field looked up. A field that is missing (and
-//!    not `optional`), not a number, outside its `range`, a bad time stamp, id, record number or
-//!    status value makes **the whole line** an error: no reading of it is kept, because a line
-//!    that is not what the device sent (a cut, a shifted column) cannot be trusted in part.
-//!    An `absent` value (or an empty one, or JSON `null`) is no reading and no error.
+//! 5. The syntax is parsed ([`syntax`]; a key twice in a line refuses it) and every field
+//!    looked up. A field that is missing (and not `optional`), not a number (or one a double
+//!    cannot hold: `1e400` overflows, `1e-400` would become 0), outside its `range`, a bad time
+//!    stamp, id, record number (or one above 2⁶⁴−1) or status value makes **the whole line** an
+//!    error: no reading of it is kept, because a line that is not what the device sent (a cut, a
+//!    shifted column) cannot be trusted in part. An `absent` value (or an empty one, or JSON
+//!    `null`) is no reading and no error — except that an empty id, and an empty time or record
+//!    field that is not `optional`, is an error: required means required.
 //! 6. Out come, in order: [`Decoded::Identity`] of the `id` field (so the serial adapter's
 //!    identity gate judges this very line), then one [`Decoded::Reading`] per measurement or
 //!    event field that has a value, each with the line's device time and status flags (status
@@ -144,15 +147,69 @@ impl Protocol for Lines {
     }
 }
 
-/// A measurement's number: decimal text (`-1.5`, `+72`, `3e2`), finite.
-fn number(text: &str) -> Option<f64> {
+/// Why a value's text is not a number [`number`] keeps.
+#[derive(Debug, PartialEq, Eq)]
+enum NotANumber {
+    /// Not decimal text.
+    Text,
+    /// Too large for a double (`1e400`): it would become infinity.
+    Overflow,
+    /// Not zero, but too small for a double (`1e-400`): it would become 0.
+    Underflow,
+}
+
+/// A measurement's number: decimal text (`-1.5`, `+72`, `3e2`) that a double holds: neither
+/// infinite nor a non-zero number that would be stored as 0.
+fn number(text: &str) -> Result<f64, NotANumber> {
     let ok = !text.is_empty()
         && text
             .bytes()
             .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'));
-    ok.then(|| text.parse::<f64>().ok())
+    let v = ok
+        .then(|| text.parse::<f64>().ok())
         .flatten()
-        .filter(|v| v.is_finite())
+        .ok_or(NotANumber::Text)?;
+    if !v.is_finite() {
+        return Err(NotANumber::Overflow);
+    }
+    if underflows(text, v) {
+        return Err(NotANumber::Underflow);
+    }
+    Ok(v)
+}
+
+/// Whether decimal `text` that parsed as `v` names a non-zero number `v` lost (0).
+fn underflows(text: &str, v: f64) -> bool {
+    let mantissa = text.split(['e', 'E']).next().unwrap_or_default();
+    v == 0.0 && mantissa.bytes().any(|b| (b'1'..=b'9').contains(&b))
+}
+
+/// The first JSON number in `line` (valid JSON) that is not zero but parses as 0 (`1e-400`):
+/// serde_json would keep 0, which is not what the device printed.
+fn json_underflow(line: &str) -> Option<&str> {
+    let b = line.as_bytes();
+    let (mut i, mut in_string) = (0, false);
+    while i < b.len() {
+        match b[i] {
+            b'\\' if in_string => i += 1,
+            b'"' => in_string = !in_string,
+            c if !in_string && (c == b'-' || c.is_ascii_digit()) => {
+                let start = i;
+                while i < b.len() && matches!(b[i], b'0'..=b'9' | b'.' | b'-' | b'+' | b'e' | b'E')
+                {
+                    i += 1;
+                }
+                let token = &line[start..i];
+                if token.parse::<f64>().is_ok_and(|v| underflows(token, v)) {
+                    return Some(token);
+                }
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// Decodes one line (terminator removed) into `out`; an error leaves partial output the caller
@@ -195,6 +252,14 @@ fn decode_line(
         None => line,
     };
     let parsed = syntax::parse(map, body)?;
+    if map.syntax == map::Syntax::Json {
+        if json_underflow(body).is_some() {
+            return Err(
+                "a number in the line is too small to be told from 0 (underflow); it would be stored as 0"
+                    .into(),
+            );
+        }
+    }
     let mut id = None;
     let mut device_time = None;
     let mut record = None;
@@ -228,6 +293,15 @@ fn decode_line(
             if f.what == What::Id {
                 return Err(format!("field {:?} ({}) is empty", f.name, f.source));
             }
+            // A required time or record field must have a value; its own `absent` markers
+            // (and `optional = true`) say the device may leave it out.
+            if stripped.is_empty() && !f.optional && matches!(f.what, What::Time(_) | What::Record)
+            {
+                return Err(format!(
+                    "field {:?} ({}) is empty (set optional = true if the device may leave it empty)",
+                    f.name, f.source
+                ));
+            }
             continue;
         }
         let field = |why: &str| format!("field {:?} ({}): {why}", f.name, f.source);
@@ -243,11 +317,16 @@ fn decode_line(
                 let unit_after_number = stripped
                     .starts_with(|c: char| c.is_ascii_digit() || matches!(c, '+' | '-' | '.'))
                     && stripped.ends_with(|c: char| !c.is_ascii_digit() && c != '.');
-                let raw = number(stripped).ok_or_else(|| {
-                    field(if f.suffix.is_none() && unit_after_number {
-                        "value is not a number (does the device add a unit? set suffix)"
-                    } else {
-                        "value is not a number"
+                let raw = number(stripped).map_err(|why| {
+                    field(match why {
+                        NotANumber::Overflow => "value is too large for a number (overflow)",
+                        NotANumber::Underflow => {
+                            "value is too small to be told from 0 (underflow); it would be stored as 0"
+                        }
+                        NotANumber::Text if f.suffix.is_none() && unit_after_number => {
+                            "value is not a number (does the device add a unit? set suffix)"
+                        }
+                        NotANumber::Text => "value is not a number",
                     })
                 })?;
                 let v = raw * scale + add;
@@ -288,12 +367,19 @@ fn decode_line(
             }
             What::Time(fmt) => device_time = Some(fmt.apply(stripped).map_err(|e| field(&e))?),
             What::Record => {
-                let n: u64 = stripped
-                    .bytes()
-                    .all(|b| b.is_ascii_digit())
-                    .then(|| stripped.parse().ok())
-                    .flatten()
-                    .ok_or_else(|| field("a record number is a whole number from 0"))?;
+                // JSON gives an integer above 2^64 - 1 as a float (1.8446744073709552e19).
+                let huge = stripped
+                    .parse::<f64>()
+                    .is_ok_and(|v| v >= 18_446_744_073_709_551_616.0 && v.fract() == 0.0);
+                if !huge && !stripped.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(field("a record number is a whole number from 0"));
+                }
+                let n: u64 = stripped.parse().map_err(|_| {
+                    field(&format!(
+                        "the record number is too large (at most {})",
+                        u64::MAX
+                    ))
+                })?;
                 record = Some(n);
             }
             What::Status {

@@ -140,6 +140,18 @@ fn a_bad_field_refuses_the_whole_line_at_its_offset_and_never_shows_the_value() 
             "field \"seq\" (key seq): a record number is a whole number from 0",
         ),
         ("{\"dev\":\"\",\"spo2\":97,\"pulse\":72}", "field \"dev\" (key dev) is empty"),
+        (
+            "{\"dev\":\"ox-001\",\"spo2\":97,\"spo2\":12,\"pulse\":72}",
+            "key \"spo2\" appears twice in the line: which value is meant is ambiguous",
+        ),
+        (
+            "{\"dev\":\"ox-001\",\"spo2\":97,\"pulse\":72,\"seq\":18446744073709551616}",
+            "field \"seq\" (key seq): the record number is too large (at most 18446744073709551615)",
+        ),
+        (
+            "{\"dev\":\"ox-001\",\"spo2\":1e-400,\"pulse\":72}",
+            "a number in the line is too small to be told from 0 (underflow); it would be stored as 0",
+        ),
     ];
     for (bad, why) in cases {
         let input = format!("{good}{bad}\n{good}");
@@ -567,4 +579,41 @@ fn random_bytes_never_panic_and_never_read() {
         assert_eq!(readings, 0, "{name}: random bytes gave readings");
         assert!(p.buffered_high_water() <= m.max_line + 300, "{name}");
     }
+}
+
+#[test]
+fn numbers_a_double_cannot_hold_and_empty_required_times_refuse_the_line() {
+    let m = map(concat!(
+        "[[lines_map]]\nname = \"m\"\nsyntax = \"csv\"\n",
+        "[[lines_map.field]]\nname = \"t\"\ncolumn = 1\nkind = \"time\"\nformat = \"unix_s\"\n",
+        "[[lines_map.field]]\nname = \"n\"\ncolumn = 2\nkind = \"record\"\noptional = true\n",
+        "[[lines_map.field]]\nname = \"v\"\ncolumn = 3\nmdc = 1\nunit = \"%\"\n",
+    ));
+    let out = decode(
+        &m,
+        b"0,1,5\n0,2,1e400\n0,3,1e-400\n,4,5\n0,,0.0\n0,6,-0e-999\n",
+        3,
+    );
+    let at = |offset: u64, message: &str| Decoded::Error {
+        offset,
+        message: message.into(),
+    };
+    assert_eq!(
+        out,
+        [
+            reading(1, 5.0, Unit::PERCENT, Some("1970-01-01T00:00:00"), &["record=1"]),
+            at(6, "field \"v\" (column 3): value is too large for a number (overflow)"),
+            at(
+                16,
+                "field \"v\" (column 3): value is too small to be told from 0 (underflow); it would be stored as 0"
+            ),
+            at(
+                27,
+                "field \"t\" (column 1) is empty (set optional = true if the device may leave it empty)"
+            ),
+            // An empty optional record is no record; 0.0 and -0e-999 are zero.
+            reading(1, 0.0, Unit::PERCENT, Some("1970-01-01T00:00:00"), &[]),
+            reading(1, -0.0, Unit::PERCENT, Some("1970-01-01T00:00:00"), &["record=6"]),
+        ]
+    );
 }
