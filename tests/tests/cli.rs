@@ -539,3 +539,83 @@ fn decode_lines_needs_a_map_and_refuses_a_bad_one_at_its_line_and_column() {
         )
     );
 }
+
+#[test]
+fn decode_lines_says_where_the_id_changes_refuses_a_key_twice_and_a_column_read_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let decode = |map: &Path, capture: &Path| {
+        wardgate(
+            &[
+                "decode".as_ref(),
+                "--protocol".as_ref(),
+                "lines".as_ref(),
+                "--map".as_ref(),
+                map.as_os_str(),
+                capture.as_os_str(),
+            ],
+            b"",
+        )
+    };
+    let kv = dir.path().join("kv.toml");
+    std::fs::write(
+        &kv,
+        "[[lines_map]]\nname = \"kv\"\nsyntax = \"kv\"\n\n[[lines_map.field]]\nname = \"sn\"\nkey = \"SN\"\nkind = \"id\"\n\n[[lines_map.field]]\nname = \"spo2\"\nkey = \"SPO2\"\nmdc = \"MDC_PULS_OXIM_SAT_O2\"\nunit = \"%\"\n",
+    )
+    .unwrap();
+    let capture = dir.path().join("kv.txt");
+    std::fs::write(
+        &capture,
+        "SN=A SPO2=97\nSN=A SPO2=96\nSN=B SPO2=50\nSN=A SPO2=95\nSN=A SPO2=98 SPO2=50\n",
+    )
+    .unwrap();
+    let out = decode(&kv, &capture);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let lines = json_lines(&out);
+    let values: Vec<f64> = lines.iter().map(|l| l["value"].as_f64().unwrap()).collect();
+    assert_eq!(values, [97.0, 96.0, 50.0, 95.0]);
+    assert!(
+        lines.iter().all(|l| l["status"] == serde_json::json!([])),
+        "{}",
+        out.stdout
+    );
+    let c = capture.display();
+    assert_eq!(
+        out.stderr.lines().collect::<Vec<_>>(),
+        [
+            format!("{c}: device reports serial number A"),
+            format!("{c}: device reports serial number B from output line 3 on (was A): a gateway with serial_number = \"A\" holds these lines back"),
+            format!("{c}: device reports serial number A again from output line 4 on (was B)"),
+            format!("{c}: byte offset 52: key \"SPO2\" appears twice in the line: which value is meant is ambiguous"),
+        ]
+    );
+
+    // Two fields at one column: refused at the second one's line:col, as check-config does.
+    let csv = dir.path().join("csv.toml");
+    let text = "[[lines_map]]\nname = \"c\"\nsyntax = \"csv\"\n\n[[lines_map.field]]\nname = \"a\"\ncolumn = 2\nmdc = 1\nunit = \"%\"\n\n[[lines_map.field]]\nname = \"b\"\ncolumn = 2\nmdc = 2\nunit = \"%\"\n";
+    std::fs::write(&csv, text).unwrap();
+    let numbers = dir.path().join("numbers.csv");
+    std::fs::write(&numbers, "97\n98\n").unwrap();
+    let bad = decode(&csv, &numbers);
+    assert_eq!(bad.code(), Some(2), "{bad:?}");
+    assert_eq!(
+        bad.stderr.trim(),
+        format!(
+            "{}:13:10: lines_map `c`: column 2 is also field \"a\"'s: one value cannot be two fields",
+            csv.display()
+        )
+    );
+    // A capture of bare numbers is text, not ASCII hex.
+    let one = dir.path().join("one.toml");
+    std::fs::write(
+        &one,
+        "[[lines_map]]\nname = \"c\"\nsyntax = \"csv\"\n\n[[lines_map.field]]\nname = \"a\"\ncolumn = 1\nmdc = \"MDC_PULS_OXIM_SAT_O2\"\nunit = \"%\"\n",
+    )
+    .unwrap();
+    let good = decode(&one, &numbers);
+    assert_eq!(good.code(), Some(0), "{good:?}");
+    let values: Vec<f64> = json_lines(&good)
+        .iter()
+        .map(|l| l["value"].as_f64().unwrap())
+        .collect();
+    assert_eq!(values, [97.0, 98.0], "{}", good.stdout);
+}

@@ -1,7 +1,11 @@
 //! `wardgate decode --protocol P FILE`: runs a recording through the same decoder the serial
 //! adapter uses and prints one JSON line per observation (`code`, `value`, `unit`, `ucum`,
-//! `device`, `status`, `device_time`). Decoder errors go to stderr as `FILE: byte offset N:
-//! message`; the device's reported identity as `FILE: device reports serial number S`.
+//! `device`, `status`, `device_time`); `status` is always there (`[]`: none; on the wire an
+//! empty status is left out, `docs/wire-format.md`). Decoder errors go to stderr as `FILE: byte
+//! offset N: message`; the device's reported identity as `FILE: device reports serial number
+//! S`, and each change of it with the output line from which on it holds (a gateway with
+//! `serial_number` set holds back the lines of another id). A `lines` capture is always text,
+//! never taken for ASCII hex.
 //!
 //! `wardgate decode --protocol lines --map MAPFILE [--map-name NAME] FILE`: the same for a
 //! line-oriented device, with the `[[lines_map]]` of MAPFILE (a snippet such as
@@ -131,13 +135,51 @@ pub fn maybe_hex(bytes: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// What [`decode_protocol`] found.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct DecodeSummary {
     /// Observations printed.
     pub observations: u64,
     /// Decoder errors (bad frames, checksums), each with its byte offset; only the first
     /// [`MAX_ERROR_LINES`] are printed.
     pub errors: u64,
+    /// The first serial number (id) the device reported, and the last one.
+    pub serial_numbers: Option<(String, String)>,
+}
+
+/// Says on `err` what a reported serial number means: the first one, and every change after
+/// it, with the stdout line (1-based) whose reading comes first under it. The serial adapter
+/// with `serial_number` set to the first one holds back the lines that report another.
+fn identity(
+    s: &str,
+    file: &Path,
+    summary: &mut DecodeSummary,
+    err: &mut dyn Write,
+) -> anyhow::Result<()> {
+    match &mut summary.serial_numbers {
+        None => {
+            writeln!(err, "{}: device reports serial number {s}", file.display())?;
+            summary.serial_numbers = Some((s.to_string(), s.to_string()));
+        }
+        Some((_, last)) if last == s => {}
+        Some((first, last)) => {
+            let line = summary.observations + 1;
+            if first == s {
+                writeln!(
+                    err,
+                    "{}: device reports serial number {s} again from output line {line} on (was {last})",
+                    file.display()
+                )?;
+            } else {
+                writeln!(
+                    err,
+                    "{}: device reports serial number {s} from output line {line} on (was {last}): a gateway with serial_number = {first:?} holds these lines back",
+                    file.display()
+                )?;
+            }
+            *last = s.to_string();
+        }
+    }
+    Ok(())
 }
 
 /// Most decoder-error lines printed; the rest are counted in a summary line.
@@ -177,7 +219,8 @@ pub fn decode_protocol(
     let mut summary = DecodeSummary::default();
     let mut buf = vec![0u8; 64 * 1024];
     let mut decoded = Vec::new();
-    let mut hex_mode: Option<bool> = None;
+    // Lines are text: a capture of numbers one per line ("97\n98\n") is not ASCII hex.
+    let mut hex_mode: Option<bool> = (name == ProtocolName::Lines).then_some(false);
     let mut carry: Option<u8> = None;
     loop {
         let n = input
@@ -217,11 +260,7 @@ pub fn decode_protocol(
                     }
                     writeln!(out, "{line}")?;
                 }
-                Decoded::Identity(s) => {
-                    if summary.observations == 0 {
-                        writeln!(err, "{}: device reports serial number {s}", file.display())?;
-                    }
-                }
+                Decoded::Identity(s) => identity(&s, file, &mut summary, err)?,
                 Decoded::Error { offset, message } => {
                     summary.errors += 1;
                     if summary.errors <= MAX_ERROR_LINES {

@@ -389,7 +389,8 @@ impl LinesMap {
     /// the checksum separator non-empty; at least one field; field names unique; each field
     /// located as its syntax wants (`key` for json/kv, `column` ≥ 1 for csv); each kind with
     /// only its own settings (see [`FieldKind`]); codes, units, time formats and flags valid;
-    /// at most one id, time and record field; a range with min < max.
+    /// at most one id, time and record field; no two fields at one column or key; a range with
+    /// min < max.
     pub fn compile(&self) -> Result<CompiledMap, Vec<MapProblem>> {
         let mut errs: Vec<MapProblem> = Vec::new();
         let mut err = |k: &str, m: String| errs.push((k.to_string(), m));
@@ -487,6 +488,8 @@ impl LinesMap {
             );
         }
         let mut fields = Vec::new();
+        // Where each field reads its value, to refuse two fields reading one.
+        let mut sources: Vec<(Source, &str)> = Vec::new();
         for (i, f) in self.fields.iter().enumerate() {
             let at = |k: &str| {
                 if k.is_empty() {
@@ -567,6 +570,21 @@ impl LinesMap {
                     None
                 }
             };
+            if let Some(src) = &source {
+                if let Some((_, other)) = sources.iter().find(|(s, _)| s == src) {
+                    let k = if matches!(src, Source::Column(_)) {
+                        "column"
+                    } else {
+                        "key"
+                    };
+                    err(
+                        &at(k),
+                        format!("{src} is also field {other:?}'s: one value cannot be two fields"),
+                    );
+                } else {
+                    sources.push((src.clone(), &f.name));
+                }
+            }
             match self.what(f) {
                 Ok(what) => {
                     if let Some(source) = source {

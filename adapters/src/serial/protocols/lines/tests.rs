@@ -479,6 +479,14 @@ fn map_problems_name_their_key() {
             "field[0].key: syntax csv locates fields by column",
         ),
         (
+            "syntax = \"csv\"\n[[lines_map.field]]\nname=\"a\"\ncolumn=5\nmdc=1\nunit=\"%\"\n[[lines_map.field]]\nname=\"b\"\ncolumn=5\nmdc=2\nunit=\"%\"\n",
+            "field[1].column: column 5 is also field \"a\"'s: one value cannot be two fields",
+        ),
+        (
+            "syntax = \"kv\"\n[[lines_map.field]]\nname=\"a\"\nkey=\"SPO2\"\nmdc=1\nunit=\"%\"\n[[lines_map.field]]\nname=\"b\"\nkey=\"SPO2\"\nkind=\"status\"\n",
+            "field[1].key: key SPO2 is also field \"a\"'s: one value cannot be two fields",
+        ),
+        (
             "syntax = \"csv\"\n[[lines_map.field]]\nname=\"a\"\ncolumn=0\nmdc=1\nunit=\"%\"\n",
             "field[0].column: columns count from 1",
         ),
