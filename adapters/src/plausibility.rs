@@ -269,6 +269,55 @@ pub fn mark(o: &mut Observation) -> bool {
     true
 }
 
+/// The status flag of an observation whose device time cannot be when it was measured: more
+/// than [`DEVICE_TIME_AHEAD_MS`] after the gateway's synchronised clock, or more than
+/// [`DEVICE_TIME_BEHIND_MS`] before it (a device clock reset to 1970 or 2000, a year mis-set).
+/// The row keeps `device_time` as the device sent it and `time_quality` `device`; its
+/// `gateway_time` (arrival) is then the time to go by.
+pub const DEVICE_TIME_IMPLAUSIBLE: &str = "device-time-implausible";
+/// How far a device time may be ahead of the gateway clock: one day (a device keeps local time,
+/// at most 14 h ahead of UTC, plus drift).
+pub const DEVICE_TIME_AHEAD_MS: i64 = 24 * 3_600_000;
+/// How far a device time may be behind the gateway clock: one year (a device may send readings
+/// it stored, never ones from before its clock was last set right).
+pub const DEVICE_TIME_BEHIND_MS: i64 = 366 * 24 * 3_600_000;
+
+/// Whether `device_time` (the wire form `YYYY-MM-DDThh:mm:ss[.fff]`, device local time) is
+/// implausible next to `gateway_ms` (ms since 1970, from a synchronised clock), see
+/// [`DEVICE_TIME_IMPLAUSIBLE`]. A time that does not parse is not judged (`false`).
+pub fn device_time_implausible(device_time: &str, gateway_ms: i64) -> bool {
+    let Some(t) = wire_time_ms(device_time) else {
+        return false;
+    };
+    t - gateway_ms > DEVICE_TIME_AHEAD_MS || gateway_ms - t > DEVICE_TIME_BEHIND_MS
+}
+
+/// `YYYY-MM-DDThh:mm:ss…` as ms since 1970 (taken as UTC; the fraction ignored).
+fn wire_time_ms(t: &str) -> Option<i64> {
+    let b = t.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let s = t.get(r)?;
+        s.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' {
+        return None;
+    }
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    // Days from civil (H. Hinnant's algorithm), proleptic Gregorian.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 24 + hh) * 60 + mm) * 60_000 + ss * 1000)
+}
+
 /// The status flags `r` would be stored with: its own, plus [`IMPLAUSIBLE`] when its value is
 /// implausible (what `wardgate decode` prints, so an installer sees the flag before the
 /// gateway runs).
@@ -283,6 +332,27 @@ pub fn status_of(r: &Reading) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_times_far_from_the_clock_are_implausible() {
+        assert_eq!(wire_time_ms("1970-01-01T00:00:00"), Some(0));
+        assert_eq!(wire_time_ms("2000-03-01T00:00:01.5"), Some(951_868_801_000));
+        assert_eq!(wire_time_ms("yesterday"), None);
+        let now = wire_time_ms("2026-12-06T08:20:00").unwrap();
+        for (t, bad) in [
+            ("2026-12-06T08:20:00", false),
+            ("2026-12-06T22:20:00", false), // UTC+14
+            ("2026-12-07T08:20:01", true),
+            ("2099-01-01T00:00:00", true),
+            ("2025-12-06T08:20:00", false), // a stored reading, a year old
+            ("2016-02-22T22:47:45", true),
+            ("1970-01-01T00:00:00", true),
+            ("0001-01-01T00:00:00", true),
+            ("not a time", false),
+        ] {
+            assert_eq!(device_time_implausible(t, now), bad, "{t}");
+        }
+    }
     use crate::observation::DeviceId;
 
     fn check(code: u32, value: f64, unit: Unit) -> Option<bool> {

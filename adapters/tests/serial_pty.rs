@@ -647,6 +647,59 @@ async fn an_overlong_line_on_a_good_lines_device_is_no_baud_rate_problem() {
     assert_eq!(adapter.stats().line_suspect_reports, 0);
 }
 
+/// A device whose clock is far off (2099, 1970) while the gateway's clock is synchronised: its
+/// readings keep the device time and are flagged `device-time-implausible`; a right clock's are
+/// not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_times_far_from_a_synchronised_clock_are_flagged() {
+    use wardgate_adapters::serial::protocols::lines::LinesMap;
+    let scratch = Scratch::new("devtime");
+    let link = scratch.0.join("usb-capno");
+    let mut pty = Pty::new();
+    point(&link, &pty.path);
+    let map: LinesMap = toml::from_str(
+        "name = \"capno\"\nsyntax = \"csv\"\n\
+         [[field]]\nname = \"t\"\ncolumn = 1\nkind = \"time\"\nformat = \"unix_s\"\n\
+         [[field]]\nname = \"etco2\"\ncolumn = 2\nmdc = 151708\nunit = \"mm[Hg]\"\n",
+    )
+    .unwrap();
+    let mut cfg = config("bed3-capno", &link, ProtocolName::Lines, None);
+    cfg.baud = Some(9600);
+    cfg.map = Some("capno".into());
+    let mut run =
+        start_adapter(SerialAdapter::new(cfg).with_lines_map(Arc::new(map.compile().unwrap())));
+    run.expect_event(EventKind::Connected).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let text = format!(
+        "{},30\n{},31\n{},32\n{},33\n",
+        now - 60,
+        4_070_908_800u64, // 2099-01-01
+        0,
+        now - 3600
+    );
+    pty.write_all(text.as_bytes()).await;
+    let obs = run.observations(4).await;
+    let seen: Vec<(f64, TimeQuality, Vec<String>)> = obs
+        .iter()
+        .map(|o| (o.value, o.time_quality, o.status.clone()))
+        .collect();
+    let flag = || vec!["device-time-implausible".to_string()];
+    assert_eq!(
+        seen,
+        [
+            (30.0, TimeQuality::Device, vec![]),
+            (31.0, TimeQuality::Device, flag()),
+            (32.0, TimeQuality::Device, flag()),
+            (33.0, TimeQuality::Device, vec![]),
+        ]
+    );
+    assert_eq!(obs[1].device_time.as_deref(), Some("2099-01-01T00:00:00"));
+    run.stop().await;
+}
+
 /// An SMP session on the connection (`DeviceCommand::OpenSmp`, the firmware relay): frames go
 /// out as console lines, the device's console lines come back as frames, and the data protocol
 /// is paused: the CMS50 bytes the device sends meanwhile give no observation and no keep-alive

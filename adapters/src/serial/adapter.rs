@@ -61,6 +61,14 @@
 //! sure no reading comes out of such a stream (`adapters/tests/decoder_noise.rs`): the event
 //! only says why the device seems silent.
 //!
+//! # A device clock far off
+//! While the gateway's clock is synchronised, a reading whose device time is more than a day
+//! ahead of it or more than a year behind (a clock reset to 1970 or 2000, a year mis-set) gets
+//! the status flag `device-time-implausible` ([`crate::plausibility::DEVICE_TIME_IMPLAUSIBLE`]):
+//! it keeps `device_time` as sent and `time_quality` `device`, and its `gateway_time` (arrival)
+//! is the time to go by. With an unsynchronised clock nothing is judged (the gateway's own time
+//! may be the wrong one).
+//!
 //! # The way back
 //! [`SerialAdapter::command_sender`] returns the device's command channel (DESIGN §1):
 //! [`DeviceCommand::SendBytes`] are written to the port while it is connected and wait (at most
@@ -669,8 +677,20 @@ impl SerialAdapter {
         Ok(())
     }
 
+    /// With a synchronised clock, a device time far from it is flagged
+    /// [`DEVICE_TIME_IMPLAUSIBLE`](crate::plausibility::DEVICE_TIME_IMPLAUSIBLE).
     fn observation(&self, r: Reading, clock_synced: bool) -> Observation {
-        Observation::from_reading(self.device.clone(), r, clock_synced)
+        let mut obs = Observation::from_reading(self.device.clone(), r, clock_synced);
+        if clock_synced
+            && obs
+                .device_time
+                .as_deref()
+                .is_some_and(|t| crate::plausibility::device_time_implausible(t, obs.gateway_time))
+        {
+            obs.status
+                .push(crate::plausibility::DEVICE_TIME_IMPLAUSIBLE.to_owned());
+        }
+        obs
     }
 }
 
