@@ -252,13 +252,11 @@ fn decode_line(
         None => line,
     };
     let parsed = syntax::parse(map, body)?;
-    if map.syntax == map::Syntax::Json {
-        if json_underflow(body).is_some() {
-            return Err(
-                "a number in the line is too small to be told from 0 (underflow); it would be stored as 0"
-                    .into(),
-            );
-        }
+    if map.syntax == map::Syntax::Json && json_underflow(body).is_some() {
+        return Err(
+            "a number in the line is too small to be told from 0 (underflow); it would be stored as 0"
+                .into(),
+        );
     }
     let mut id = None;
     let mut device_time = None;
