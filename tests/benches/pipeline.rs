@@ -138,7 +138,11 @@ fn rss_with_devices(env: &BenchBroker, n: usize, secs: Duration) {
     let mut child = Proc::spawn(
         "gateway-rss",
         std::path::Path::new(E2E_BIN),
-        ["run".as_ref(), "--config".as_ref(), d.join("rss.toml").as_os_str()],
+        [
+            "run".as_ref(),
+            "--config".as_ref(),
+            d.join("rss.toml").as_os_str(),
+        ],
         &d,
         &d,
         &[("WARDGATE_LOG", "warn")],

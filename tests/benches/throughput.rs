@@ -36,6 +36,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use wardgate_e2e::bench::harness::{
+    device_name, line, tally, Row, LINES_MAP, OBS_PER_READING, PTYS,
+};
 use wardgate_e2e::bench::{
     clock_ticks, cpu_seconds, env_u64, load_average, median, peak_rss_kib, percentile, pipeline,
     raw, unix_us,
@@ -46,53 +49,6 @@ use wardgate_e2e::{anyhow, Context, Result};
 use wardgate_sim::devsim::{Pace, SimulatedPort};
 
 const E2E_BIN: &str = env!("CARGO_BIN_EXE_wardgate-e2e-bin");
-/// Ptys (devices) of the harness.
-const PTYS: u64 = 4;
-/// Observations per reading (SpO2 and pulse).
-const OBS_PER_READING: u64 = 2;
-const SPO2: u32 = 150_456;
-const PULSE: u32 = 149_530;
-
-/// The `[[lines_map]]` of the harness's JSON lines: `dev` is the device's id (checked against
-/// `serial_number`), `ts` its time in µs since the epoch, `seq` its record number.
-const LINES_MAP: &str = r#"
-[[lines_map]]
-name = "bench-oximeter"
-description = "issue 11 bench harness: {dev, spo2, pulse, ts (µs since the epoch), seq}"
-syntax = "json"
-max_line = 256
-
-[[lines_map.field]]
-name = "dev"
-key = "dev"
-kind = "id"
-
-[[lines_map.field]]
-name = "spo2"
-key = "spo2"
-mdc = "MDC_PULS_OXIM_SAT_O2"
-unit = "%"
-range = [0, 100]
-
-[[lines_map.field]]
-name = "pulse"
-key = "pulse"
-mdc = "MDC_PULS_OXIM_PULS_RATE"
-unit = "{beat}/min"
-range = [0, 350]
-
-[[lines_map.field]]
-name = "ts"
-key = "ts"
-kind = "time"
-format = "unix_us"
-
-[[lines_map.field]]
-name = "seq"
-key = "seq"
-kind = "record"
-"#;
-
 struct Settings {
     bin: PathBuf,
     runs: usize,
@@ -175,19 +131,6 @@ impl DaemonRun {
     fn readings_per_s(&self) -> f64 {
         self.readings as f64 / self.secs
     }
-}
-
-fn device_name(i: u64) -> String {
-    format!("ox-{:03}", i % PTYS + 1)
-}
-
-fn line(i: u64, ts_us: u64) -> String {
-    format!(
-        "{{\"dev\":\"{}\",\"spo2\":{},\"pulse\":{},\"ts\":{ts_us},\"seq\":{i}}}\n",
-        device_name(i),
-        90 + i % 10,
-        60 + i % 40
-    )
 }
 
 /// One line, one blocking `write(2)` (the pty's buffer full: it waits for the gateway to read).
@@ -301,9 +244,8 @@ fn daemon_run(s: &Settings, label: &str, readings: u64, feed: Feed) -> Result<Da
 
     let gw_pid = gateway.pid().as_raw();
     let rx_pids: Vec<i32> = receivers.iter().map(|p| p.pid().as_raw()).collect();
-    let rx_cpu = |pids: &[i32]| -> Result<f64> {
-        pids.iter().map(|&p| cpu_seconds(p, s.ticks)).sum()
-    };
+    let rx_cpu =
+        |pids: &[i32]| -> Result<f64> { pids.iter().map(|&p| cpu_seconds(p, s.ticks)).sum() };
     let (gw_cpu0, rx_cpu0) = (cpu_seconds(gw_pid, s.ticks)?, rx_cpu(&rx_pids)?);
     let first_write_us = unix_us();
     // ts of every reading, by reading number.
@@ -384,11 +326,7 @@ fn daemon_run(s: &Settings, label: &str, readings: u64, feed: Feed) -> Result<Da
     }
     drop(ports);
 
-    // (device, record) → [spo2 rows, pulse rows], and the last receipt of each reading.
-    let mut count = vec![[0u32; 2]; readings as usize];
-    let mut receipt_ms = vec![i64::MIN; readings as usize];
-    let mut unexpected = 0u64;
-    let mut last_ms = i64::MIN;
+    let mut rows = Vec::new();
     for out in &outputs {
         if !out.exists() {
             continue;
@@ -398,45 +336,29 @@ fn daemon_run(s: &Settings, label: &str, readings: u64, feed: Feed) -> Result<Da
             "SELECT o.device, o.code, o.status, b.received_ms FROM observations o
                JOIN batches b ON b.gateway = o.gateway AND b.batch = o.batch",
         )?;
-        let mut rows = q.query([])?;
-        while let Some(r) = rows.next()? {
-            let device: String = r.get(0)?;
-            let code: u32 = r.get(1)?;
-            let status: Option<String> = r.get(2)?;
-            let at: i64 = r.get(3)?;
-            last_ms = last_ms.max(at);
-            let record = status.as_deref().and_then(|s| {
-                s.split(',')
-                    .find_map(|f| f.strip_prefix("record="))
-                    .and_then(|n| n.parse::<u64>().ok())
-            });
-            let slot = match code {
-                SPO2 => Some(0),
-                PULSE => Some(1),
-                _ => None,
-            };
-            match (record, slot) {
-                (Some(i), Some(slot))
-                    if i < readings && device == format!("serial:{}", device_name(i)) =>
-                {
-                    count[i as usize][slot] += 1;
-                    receipt_ms[i as usize] = receipt_ms[i as usize].max(at);
-                }
-                _ => unexpected += 1,
-            }
+        let found = q.query_map([], |r| {
+            Ok(Row {
+                device: r.get(0)?,
+                code: r.get(1)?,
+                status: r.get(2)?,
+                received_ms: r.get(3)?,
+            })
+        })?;
+        for r in found {
+            rows.push(r?);
         }
     }
-    let lost = count.iter().filter(|c| c.contains(&0)).count() as u64;
-    let duplicated = count.iter().filter(|c| c.iter().any(|&n| n > 1)).count() as u64;
-    let mut latency_ms: Vec<f64> = receipt_ms
+    let t = tally(readings, rows);
+    let mut latency_ms: Vec<f64> = t
+        .receipt_ms
         .iter()
         .zip(&ts_us)
-        .zip(&count)
-        .filter(|(_, c)| !c.contains(&0))
-        .map(|((&r, &ts), _)| r as f64 - ts as f64 / 1000.0)
+        .filter_map(|(r, &ts)| r.map(|r| r as f64 - ts as f64 / 1000.0))
         .collect();
     latency_ms.sort_by(f64::total_cmp);
+    let last_ms = t.last_ms.unwrap_or(i64::MAX);
     let secs = ((last_ms as f64 - first_write_us as f64 / 1000.0) / 1000.0).max(1e-3);
+    let (lost, duplicated, unexpected) = (t.lost, t.duplicated, t.unexpected);
     Ok(DaemonRun {
         readings,
         lost,
@@ -468,9 +390,18 @@ impl Collected {
     fn daemon(&mut self, part: &str, r: &DaemonRun, per: f64) {
         let units = r.readings as f64 * per;
         self.push(&format!("{part}.rate"), units / r.secs);
-        self.push(&format!("{part}.gw_cpu_per_1000"), r.gw_cpu / units * 1000.0);
-        self.push(&format!("{part}.rx_cpu_per_1000"), r.rx_cpu / units * 1000.0);
-        self.push(&format!("{part}.gw_peak_mib"), r.gw_peak_kib as f64 / 1024.0);
+        self.push(
+            &format!("{part}.gw_cpu_per_1000"),
+            r.gw_cpu / units * 1000.0,
+        );
+        self.push(
+            &format!("{part}.rx_cpu_per_1000"),
+            r.rx_cpu / units * 1000.0,
+        );
+        self.push(
+            &format!("{part}.gw_peak_mib"),
+            r.gw_peak_kib as f64 / 1024.0,
+        );
         let f = self.faults.entry(part.into()).or_default();
         f.0 += r.lost;
         f.1 += r.duplicated;
@@ -548,7 +479,10 @@ fn measure(s: &Settings) -> Result<()> {
             c.daemon(&format!("c{n}"), &r, 1.0);
         }
         let r = daemon_run(s, "latency", s.rate * s.secs, Feed::Paced { rate: s.rate })?;
-        let (p50, p99) = (percentile(&r.latency_ms, 0.5), percentile(&r.latency_ms, 0.99));
+        let (p50, p99) = (
+            percentile(&r.latency_ms, 0.5),
+            percentile(&r.latency_ms, 0.99),
+        );
         println!(
             "  run {run}: (c) {}/s for {} s: latency p50 {p50:.1} ms, p99 {p99:.1} ms; lost {}, duplicated {}, unexpected {}",
             s.rate, s.secs, r.lost, r.duplicated, r.unexpected
@@ -619,7 +553,14 @@ fn report(s: &Settings, c: &Collected, load_before: &str, took: Duration) {
     );
     row(
         "(a) lost / duplicated readings (all runs)".into(),
-        format!("{al} / {ad}{}", if au > 0 { format!(" (+{au} unexpected)") } else { String::new() }),
+        format!(
+            "{al} / {ad}{}",
+            if au > 0 {
+                format!(" (+{au} unexpected)")
+            } else {
+                String::new()
+            }
+        ),
         "0 / 0",
         Some(al + ad + au == 0),
     );
@@ -676,13 +617,26 @@ fn report(s: &Settings, c: &Collected, load_before: &str, took: Duration) {
             Some(r >= 160_000.0),
         );
         row(
-            format!("(c) {} readings: lost / duplicated (all runs)", fmt_n(n as f64)),
-            format!("{l} / {d}{}", if u > 0 { format!(" (+{u} unexpected)") } else { String::new() }),
+            format!(
+                "(c) {} readings: lost / duplicated (all runs)",
+                fmt_n(n as f64)
+            ),
+            format!(
+                "{l} / {d}{}",
+                if u > 0 {
+                    format!(" (+{u} unexpected)")
+                } else {
+                    String::new()
+                }
+            ),
             "0 / 0",
             Some(l + d + u == 0),
         );
         row(
-            format!("(c) {} readings: CPU s per 1,000 readings, daemon / receivers", fmt_n(n as f64)),
+            format!(
+                "(c) {} readings: CPU s per 1,000 readings, daemon / receivers",
+                fmt_n(n as f64)
+            ),
             format!(
                 "{:.4} / {:.4}",
                 c.median(&format!("{k}.gw_cpu_per_1000")),
@@ -701,26 +655,49 @@ fn report(s: &Settings, c: &Collected, load_before: &str, took: Duration) {
     let (p50, p99) = (c.median("c.latency.p50"), c.median("c.latency.p99"));
     let (ll, ld, lu) = faults("c.latency");
     row(
-        format!("(c) latency at {}/s for {} s, p50 (ms resolution)", s.rate, s.secs),
+        format!(
+            "(c) latency at {}/s for {} s, p50 (ms resolution)",
+            s.rate, s.secs
+        ),
         format!("{p50:.1} ms"),
         "",
         None,
     );
     row(
-        format!("(c) latency at {}/s for {} s, p99 (ms resolution)", s.rate, s.secs),
+        format!(
+            "(c) latency at {}/s for {} s, p99 (ms resolution)",
+            s.rate, s.secs
+        ),
         format!("{p99:.1} ms"),
         "≤ 25 ms",
         Some(p99 <= 25.0),
     );
     row(
         "(c) latency run: lost / duplicated (all runs)".into(),
-        format!("{ll} / {ld}{}", if lu > 0 { format!(" (+{lu} unexpected)") } else { String::new() }),
+        format!(
+            "{ll} / {ld}{}",
+            if lu > 0 {
+                format!(" (+{lu} unexpected)")
+            } else {
+                String::new()
+            }
+        ),
         "0 / 0",
         Some(ll + ld + lu == 0),
     );
     let w0 = rows.iter().map(|r| r[0].chars().count()).max().unwrap_or(0);
-    let w1 = rows.iter().map(|r| r[1].chars().count()).max().unwrap_or(0).max(8);
-    let w2 = rows.iter().map(|r| r[2].chars().count()).max().unwrap_or(0).max(6);
+    let w1 = rows
+        .iter()
+        .map(|r| r[1].chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(8);
+    let w2 = rows
+        .iter()
+        .map(|r| r[2].chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(6);
     let pad = |t: &str, w: usize| format!("{t}{}", " ".repeat(w.saturating_sub(t.chars().count())));
     println!();
     println!(
@@ -729,10 +706,21 @@ fn report(s: &Settings, c: &Collected, load_before: &str, took: Duration) {
         load_average(),
         took.as_secs_f64()
     );
-    println!("{}  {}  {}  met?", pad("figure", w0), pad("measured", w1), pad("target", w2));
+    println!(
+        "{}  {}  {}  met?",
+        pad("figure", w0),
+        pad("measured", w1),
+        pad("target", w2)
+    );
     println!("{}", "-".repeat(w0 + w1 + w2 + 12));
     for r in &rows {
-        println!("{}  {}  {}  {}", pad(&r[0], w0), pad(&r[1], w1), pad(&r[2], w2), r[3]);
+        println!(
+            "{}  {}  {}  {}",
+            pad(&r[0], w0),
+            pad(&r[1], w1),
+            pad(&r[2], w2),
+            r[3]
+        );
     }
     let mut json = serde_json::json!({
         "bench": "wardgate-issue11-measure",

@@ -1,8 +1,10 @@
 //! Measuring helpers for the benches in `tests/benches/` (issue 11 "Measure"): medians and
-//! percentiles, a child process's CPU time and peak RSS read from `/proc`, the raw SQLite
-//! ceiling ([`raw`]) and the in-process pipeline ([`pipeline`]) that both `throughput.rs` (the
+//! percentiles, a child process's CPU time and peak RSS read from `/proc`, the issue's harness
+//! input and the count of what arrived ([`harness`]), the raw SQLite ceiling ([`raw`]) and the
+//! in-process pipeline ([`pipeline`]) that both `throughput.rs` (the
 //! one bench command, `scripts/bench`) and `pipeline.rs` run.
 
+pub mod harness;
 pub mod pipeline;
 pub mod raw;
 

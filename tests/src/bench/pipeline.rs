@@ -38,7 +38,10 @@ impl BenchBroker {
     /// Creates the directory, the PKI and starts the broker.
     pub fn start(name: &str) -> Result<BenchBroker> {
         let dir = crate::temp_dir(name)?;
-        let pki = Pki::create(&dir.path().join("pki"), &format!("wardgate bench CA ({name})"))?;
+        let pki = Pki::create(
+            &dir.path().join("pki"),
+            &format!("wardgate bench CA ({name})"),
+        )?;
         let mut opts = MosquittoOptions::from_pki(&pki);
         opts.extra = "max_inflight_messages 0\nmax_queued_messages 1000000\n".into();
         let broker = Mosquitto::start(&dir.path().join("broker"), &opts)?;
@@ -83,7 +86,8 @@ pub async fn subscriber(
     count: Arc<AtomicU64>,
     latencies: Arc<Mutex<Vec<i64>>>,
 ) -> Result<AsyncClient> {
-    let tls = wardgate::tls::client_config(&b.pki.ca_pem, &b.pki.receiver_cert, &b.pki.receiver_key)?;
+    let tls =
+        wardgate::tls::client_config(&b.pki.ca_pem, &b.pki.receiver_cert, &b.pki.receiver_key)?;
     let mut o = MqttOptions::new(
         format!("bench-sub-{}", fastrand::u32(..)),
         "127.0.0.1",
@@ -111,7 +115,11 @@ pub async fn subscriber(
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let now = now_ms();
-                    let Ok(msg) = <coset::CoseSign1 as coset::TaggedCborSerializable>::from_tagged_slice(&p.payload) else {
+                    let Ok(msg) =
+                        <coset::CoseSign1 as coset::TaggedCborSerializable>::from_tagged_slice(
+                            &p.payload,
+                        )
+                    else {
                         continue; // not a signed batch: not counted
                     };
                     let Some(Ok(b)) = msg.payload.as_deref().map(BatchPayload::from_cbor) else {
@@ -162,7 +170,11 @@ pub fn open_store(b: &BenchBroker, name: &str) -> Result<Arc<Store>> {
 
 /// Starts the writer (the daemon's commit settings) and the uplink (broker ack mode, batches of
 /// up to 2,000, `batch_interval` between re-sends) on `store`.
-pub fn start_gateway(b: &BenchBroker, store: Arc<Store>, batch_interval: Duration) -> Result<Gateway> {
+pub fn start_gateway(
+    b: &BenchBroker,
+    store: Arc<Store>,
+    batch_interval: Duration,
+) -> Result<Gateway> {
     let signer = Arc::new(Signer::from_files(&b.pki.gateway_cert, &b.pki.gateway_key)?);
     let tls = wardgate::tls::client_config(&b.pki.ca_pem, &b.pki.gateway_cert, &b.pki.gateway_key)?;
     let (shutdown, srx) = watch::channel(false);

@@ -14,8 +14,7 @@ use wardgate_adapters::observation::{mdc, Unit};
 /// `dir` (the store file is left there).
 pub fn queue_ddl(dir: &Path) -> Result<String> {
     let path = dir.join("ddl-store.db");
-    let (store, _) =
-        wardgate::store::Store::open(&path, wardgate::store::StoreOptions::default())?;
+    let (store, _) = wardgate::store::Store::open(&path, wardgate::store::StoreOptions::default())?;
     drop(store);
     let c = rusqlite::Connection::open(&path)?;
     let ddl: String = c
@@ -41,7 +40,12 @@ pub fn insert_rate(dir: &Path, rows: u64, per_txn: u64) -> Result<f64> {
     anyhow::ensure!(mode.eq_ignore_ascii_case("wal"), "journal_mode is {mode}");
     c.execute_batch("PRAGMA synchronous=FULL;")?;
     c.execute_batch(&ddl)?;
-    let devices = ["serial:ox-001", "serial:ox-002", "serial:ox-003", "serial:ox-004"];
+    let devices = [
+        "serial:ox-001",
+        "serial:ox-002",
+        "serial:ox-003",
+        "serial:ox-004",
+    ];
     let t0 = Instant::now();
     let gateway_time = wardgate_adapters::observation::now_ms();
     let mut i = 0u64;
@@ -53,7 +57,7 @@ pub fn insert_rate(dir: &Path, rows: u64, per_txn: u64) -> Result<f64> {
                  VALUES (?1, ?2, NULL, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, NULL)",
             )?;
             for _ in 0..per_txn.min(rows - i) {
-                let (code, value, unit) = if i % 2 == 0 {
+                let (code, value, unit) = if i & 1 == 0 {
                     (mdc::SPO2, 97.0, Unit::PERCENT.mdc)
                 } else {
                     (mdc::PULSE_RATE_OXIM, 72.0, Unit::BEAT_PER_MIN.mdc)
