@@ -311,7 +311,9 @@ fn daemon_run(s: &Settings, label: &str, readings: u64, feed: Feed) -> Result<Da
             eprintln!("bench {label}: {n} of {want} observations stored; giving up waiting");
             break;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        // Not too often: counting competes with the measured processes for the CPU (the
+        // rate is taken from the rows' receipt times, not from this poll).
+        std::thread::sleep(Duration::from_millis(100));
     }
     let gw_cpu = cpu_seconds(gw_pid, s.ticks)? - gw_cpu0;
     let rx_cpu = rx_cpu(&rx_pids)? - rx_cpu0;
