@@ -131,8 +131,9 @@ struct DaemonRun {
 }
 
 impl DaemonRun {
+    /// Readings delivered whole (not lost) per second.
     fn readings_per_s(&self) -> f64 {
-        self.readings as f64 / self.secs
+        (self.readings - self.lost) as f64 / self.secs
     }
 }
 
@@ -301,10 +302,10 @@ fn daemon_run(s: &Settings, label: &str, readings: u64, feed: Feed) -> Result<Da
     let want = readings * OBS_PER_READING;
     let deadline = Instant::now() + Duration::from_secs(120 + readings / 1_000);
     let (mut last_n, mut last_change) = (0u64, Instant::now());
-    loop {
+    let complete = loop {
         let n = stored(&outputs);
         if n >= want {
-            break;
+            break true;
         }
         if n != last_n {
             (last_n, last_change) = (n, Instant::now());
@@ -312,18 +313,20 @@ fn daemon_run(s: &Settings, label: &str, readings: u64, feed: Feed) -> Result<Da
         let idle = last_change.max(writers_done).elapsed();
         if idle > Duration::from_secs(20) || Instant::now() > deadline {
             eprintln!("bench {label}: {n} of {want} observations stored; giving up waiting");
-            break;
+            break false;
         }
         // Not too often: counting competes with the measured processes for the CPU (the
         // rate is taken from the rows' receipt times, not from this poll).
         std::thread::sleep(Duration::from_millis(100));
-    }
+    };
     let gw_cpu = cpu_seconds(gw_pid, s.ticks)? - gw_cpu0;
     let rx_cpu = rx_cpu(&rx_pids)? - rx_cpu0;
     let gw_peak_kib = peak_rss_kib(gw_pid)?;
     // Every batch acknowledged (late re-sends would show up as duplicates now, not after).
-    if let Err(e) = env.wait_store_drained(Duration::from_secs(60)) {
-        eprintln!("bench {label}: {e:#}");
+    if complete {
+        if let Err(e) = env.wait_store_drained(Duration::from_secs(60)) {
+            eprintln!("bench {label}: {e:#}");
+        }
     }
     let _ = gateway.terminate(Duration::from_secs(20));
     for mut r in receivers {
@@ -394,7 +397,7 @@ impl Collected {
     }
     fn daemon(&mut self, part: &str, r: &DaemonRun, per: f64) {
         let units = r.readings as f64 * per;
-        self.push(&format!("{part}.rate"), units / r.secs);
+        self.push(&format!("{part}.rate"), r.readings_per_s() * per);
         self.push(
             &format!("{part}.gw_cpu_per_1000"),
             r.gw_cpu / units * 1000.0,
