@@ -697,7 +697,8 @@ async fn device_times_far_from_a_synchronised_clock_are_flagged() {
         ]
     );
     assert_eq!(obs[1].device_time.as_deref(), Some("2099-01-01T00:00:00"));
-    run.stop().await;
+    let (_, res) = run.stop().await;
+    assert!(res.is_ok(), "{res:?}");
 }
 
 /// An SMP session on the connection (`DeviceCommand::OpenSmp`, the firmware relay): frames go
