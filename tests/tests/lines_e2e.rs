@@ -142,12 +142,21 @@ fn lines_devices_on_ptys_arrive_upstream_and_bad_lines_are_reported_never_stored
                 .map(|_| nibp)
         }
     });
-    let _ox = t1.join().unwrap().unwrap();
+    let mut ox = t1.join().unwrap().unwrap();
     let _nibp = t2.join().unwrap().unwrap();
+    // Then one endless line (12 wrong-baud windows of 4096 bytes, no terminator) and a good
+    // line: a device that was decoding fine gets the too-long error, not a baud-rate diagnosis.
+    let endless_at = ox_bytes.len() as u64;
+    let mut tail = vec![b'9'; 12 * 4096];
+    tail.extend_from_slice(
+        b"\n{\"dev\":\"ox-001\",\"spo2\":91,\"pulse\":81,\"ts\":1718000021000000,\"seq\":21}\n",
+    );
+    ox.replay(&tail, Pace::Baud(115_200), 10.0, Duration::from_secs(5))
+        .unwrap();
 
-    // 15 good oximeter lines × 2 readings; 2 NIBP lines: 5 + 4 readings.
+    // 16 good oximeter lines × 2 readings; 2 NIBP lines: 5 + 4 readings.
     let want = [
-        ("serial:bed1-ox".to_string(), 30),
+        ("serial:bed1-ox".to_string(), 32),
         ("serial:bed2-nibp".to_string(), 9),
     ];
     env.wait_delivered(&want, Duration::from_secs(30)).unwrap();
@@ -159,12 +168,12 @@ fn lines_devices_on_ptys_arrive_upstream_and_bad_lines_are_reported_never_stored
             .iter()
             .filter(|e| e.device == "serial:bed1-ox" && e.kind == "error")
             .count()
-            >= 5)
+            >= 6)
     })
     .unwrap();
     // Counted in `wardgate status` (its snapshot is written every 2 s): the four malformed
-    // lines (the foreign one parsed and was held back by the identity gate).
-    let want_ox = "adapter:  bed1-ox (0 failures, 0 restarts, 16 frames, 4 frame errors";
+    // lines and the endless one (the foreign one parsed and was held back by the identity gate).
+    let want_ox = "adapter:  bed1-ox (0 failures, 0 restarts, 17 frames, 5 frame errors";
     let want_nibp = "adapter:  bed2-nibp (0 failures, 0 restarts, 3 frames, 0 frame errors";
     let mut status = String::new();
     wardgate_e2e::wait_for(
@@ -182,6 +191,23 @@ fn lines_devices_on_ptys_arrive_upstream_and_bad_lines_are_reported_never_stored
         },
     )
     .unwrap_or_else(|e| panic!("{e}: {status}"));
+    // The journal: the endless line's own error, once, and no baud-rate diagnosis.
+    let journal = gateway.stderr();
+    assert_eq!(
+        wardgate_e2e::count_lines(
+            &journal,
+            &format!(
+                "serial bed1-ox: line longer than max_line (256 bytes) at byte offset {endless_at}"
+            )
+        ),
+        1,
+        "{journal}"
+    );
+    assert_eq!(
+        wardgate_e2e::count_lines(&journal, "check the baud rate"),
+        0,
+        "{journal}"
+    );
     let st = gateway.terminate(Duration::from_secs(10)).unwrap();
     assert!(st.success(), "{st}");
     receiver.terminate(Duration::from_secs(10)).unwrap();
@@ -199,7 +225,7 @@ fn lines_devices_on_ptys_arrive_upstream_and_bad_lines_are_reported_never_stored
         .iter()
         .filter(|o| o.device == "serial:bed1-ox")
         .collect();
-    let good: Vec<u32> = (1..=20)
+    let good: Vec<u32> = (1..=21)
         .filter(|i| ![3, 5, 9, 13, 17].contains(i))
         .collect();
     let spo2: Vec<(f64, String)> = ox
@@ -234,7 +260,7 @@ fn lines_devices_on_ptys_arrive_upstream_and_bad_lines_are_reported_never_stored
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(times[0], ("2024-06-10T06:13:21".into(), "device".into()));
-    assert_eq!(times.len(), 15);
+    assert_eq!(times.len(), 16);
     let nibp: Vec<(u32, f64, String)> = obs
         .iter()
         .filter(|o| o.device == "serial:bed2-nibp")
@@ -318,9 +344,13 @@ fn lines_devices_on_ptys_arrive_upstream_and_bad_lines_are_reported_never_stored
         .filter(|v| v["code"] == SPO2 && v["status"][0] != "record=13")
         .map(|v| v["value"].as_f64().unwrap())
         .collect();
+    // The capture ends before the endless line and line 21.
     assert_eq!(
         decoded_spo2,
-        spo2.iter().map(|(v, _)| *v).collect::<Vec<_>>()
+        spo2[..spo2.len() - 1]
+            .iter()
+            .map(|(v, _)| *v)
+            .collect::<Vec<_>>()
     );
     assert!(
         out.stderr.contains(&format!(
