@@ -335,7 +335,9 @@ fn lines_devices_on_ptys_arrive_upstream_and_bad_lines_are_reported_never_stored
     // decode has no identity gate: it shows the foreign device's line too, and says so.
     assert_eq!(decoded.len(), 32);
     assert!(
-        out.stderr.contains("device reports serial number ox-001"),
+        out.stderr.contains("device reports serial number ox-001")
+            && out.stderr.contains("device reports serial number ox-002 from output line 19 on (was ox-001): a gateway with serial_number = \"ox-001\" holds these lines back")
+            && out.stderr.contains("device reports serial number ox-001 again from output line 21 on (was ox-002)"),
         "{}",
         out.stderr
     );
