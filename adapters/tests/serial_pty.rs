@@ -135,6 +135,7 @@ fn config(
         max_backoff_s: 1,
         map: None,
         location: None,
+        numerics_every_s: None,
     }
 }
 
