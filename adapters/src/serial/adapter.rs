@@ -448,7 +448,7 @@ impl SerialAdapter {
                 frames_seen: 0,
                 judge: LineJudge::default(),
                 last_bytes_ms: now_ms(),
-                last_bytes_at: Instant::now(),
+                idle_from: Instant::now(),
                 flushed: true,
             },
         })
@@ -516,54 +516,25 @@ impl SerialAdapter {
         let mut decoded = Vec::new();
         loop {
             let mut smp_ended = false;
+            // What the port gave, read by its branch or by the quiet-line check.
+            let mut got: Option<std::io::Result<usize>> = None;
             tokio::select! {
                 changed = ctx.shutdown.changed() => {
                     if changed.is_err() || *ctx.shutdown.borrow() {
                         return SessionEnd::Shutdown;
                     }
                 }
-                read = port.read(&mut buf) => match read {
-                    Ok(0) => return SessionEnd::Lost("end of file on the port (unplugged?)".into()),
-                    Ok(n) => {
-                        bump(&self.counters.bytes_read, n as u64);
-                        if let Some(session) = smp.as_mut() {
-                            smp_ended = !self.smp_incoming(session, &buf[..n]);
-                        } else {
-                            // A pause the quiet-line timer did not see end first (a busy host).
-                            if data.state.last_bytes_at.elapsed() >= GAP
-                                && self.flush(data, ctx).await.is_err()
-                            {
-                                return SessionEnd::ChannelClosed;
-                            }
-                            data.state.last_bytes_at = Instant::now();
-                            data.state.last_bytes_ms = now_ms();
-                            data.state.flushed = false;
-                            let (protocol, state) = (&mut data.protocol, &mut data.state);
-                            protocol.feed(&buf[..n], &mut decoded);
-                            let frames = protocol.frames_ok();
-                            let new_frames = frames - state.frames_seen;
-                            bump(&self.counters.frames_ok, new_frames);
-                            state.frames_seen = frames;
-                            let errors = decoded
-                                .iter()
-                                .filter(|d| matches!(d, Decoded::Error { .. }))
-                                .count() as u64;
-                            if let Some(what) = state.judge.observe(n as u64, new_frames, errors) {
-                                if self.report_line_suspect(ctx, &what).await.is_err() {
-                                    return SessionEnd::ChannelClosed;
-                                }
-                            }
-                            if self.deliver(&mut decoded, state, ctx).await.is_err() {
+                read = port.read(&mut buf) => got = Some(read),
+                // No byte for GAP since the last ones were handled: unless bytes are waiting
+                // (a busy host or a full event channel, not a quiet device), the stream paused.
+                _ = tokio::time::sleep_until(data.state.idle_from + GAP), if !data.state.flushed && smp.is_none() => {
+                    match tokio::time::timeout(Duration::ZERO, port.read(&mut buf)).await {
+                        Ok(read) => got = Some(read),
+                        Err(_) => {
+                            if self.flush(data, ctx).await.is_err() {
                                 return SessionEnd::ChannelClosed;
                             }
                         }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return SessionEnd::Lost(describe_io_error(&e)),
-                },
-                _ = tokio::time::sleep_until(data.state.last_bytes_at + GAP), if !data.state.flushed && smp.is_none() => {
-                    if self.flush(data, ctx).await.is_err() {
-                        return SessionEnd::ChannelClosed;
                     }
                 }
                 _ = data.ticker.tick(), if !data.keepalive.is_empty() && smp.is_none() => {
@@ -613,6 +584,44 @@ impl SerialAdapter {
                     }
                     None => smp_ended = true,
                 },
+            }
+            match got {
+                None => {}
+                Some(Ok(0)) => {
+                    return SessionEnd::Lost("end of file on the port (unplugged?)".into())
+                }
+                Some(Ok(n)) => {
+                    bump(&self.counters.bytes_read, n as u64);
+                    if let Some(session) = smp.as_mut() {
+                        smp_ended = !self.smp_incoming(session, &buf[..n]);
+                    } else {
+                        data.state.last_bytes_ms = now_ms();
+                        data.state.flushed = false;
+                        let (protocol, state) = (&mut data.protocol, &mut data.state);
+                        protocol.feed(&buf[..n], &mut decoded);
+                        let frames = protocol.frames_ok();
+                        let new_frames = frames - state.frames_seen;
+                        bump(&self.counters.frames_ok, new_frames);
+                        state.frames_seen = frames;
+                        let errors = decoded
+                            .iter()
+                            .filter(|d| matches!(d, Decoded::Error { .. }))
+                            .count() as u64;
+                        if let Some(what) = state.judge.observe(n as u64, new_frames, errors) {
+                            if self.report_line_suspect(ctx, &what).await.is_err() {
+                                return SessionEnd::ChannelClosed;
+                            }
+                        }
+                        if self.deliver(&mut decoded, state, ctx).await.is_err() {
+                            return SessionEnd::ChannelClosed;
+                        }
+                        // The quiet-line timer counts from here: time spent delivering (a full
+                        // event channel) is no pause of the device.
+                        state.idle_from = Instant::now();
+                    }
+                }
+                Some(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Some(Err(e)) => return SessionEnd::Lost(describe_io_error(&e)),
             }
             if smp_ended {
                 smp = None;
@@ -776,8 +785,8 @@ struct SessionState {
     /// Wall-clock time (ms since the epoch) the last bytes arrived: the stamp of what they
     /// completed, and of what a flush releases.
     last_bytes_ms: i64,
-    /// When the last bytes arrived (the quiet-line timer, [`GAP`]).
-    last_bytes_at: Instant,
+    /// When the last bytes read were handled: the quiet-line timer ([`GAP`]) counts from here.
+    idle_from: Instant,
     /// The decoder was flushed and no byte has been fed since.
     flushed: bool,
 }
