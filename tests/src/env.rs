@@ -305,6 +305,9 @@ backoff_max_s = {backoff}
                 d.name,
                 d.protocol_name()
             ));
+            if let Some(n) = d.numerics_every_s {
+                t.push_str(&format!("numerics_every_s = {n}\n"));
+            }
         }
         let path = self.gw_dir.join("wardgate.toml");
         std::fs::write(&path, t)?;

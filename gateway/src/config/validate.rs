@@ -820,7 +820,12 @@ mod tests {
                 "[[serial]]\nname = \"a\"\npath = \"/dev/serial/by-id/x\"\nprotocol = \"{protocol}\"\n{every}"
             ))
         };
-        for ok in ["", "numerics_every_s = 0\n", "numerics_every_s = 1\n", "numerics_every_s = 60\n"] {
+        for ok in [
+            "",
+            "numerics_every_s = 0\n",
+            "numerics_every_s = 1\n",
+            "numerics_every_s = 60\n",
+        ] {
             assert_eq!(one("cms50", ok), vec![], "{ok}");
         }
         let p = one("cms50", "numerics_every_s = 61\n");
