@@ -250,7 +250,7 @@ fn print_decoded(
             Decoded::Waveform { reading, waveform } => {
                 summary.observations += 1;
                 let line = json!({
-                    "device": device, "code": reading.code, "value": reading.value, "unit": reading.unit.mdc, "ucum": reading.unit.ucum, "status": reading.status,
+                    "device": device, "code": reading.code, "value": reading.value, "unit": reading.unit.mdc, "ucum": reading.unit.ucum, "status": wardgate_adapters::plausibility::status_of(&reading),
                     "period_us": waveform.period_us, "scale": waveform.scale, "offset": waveform.offset, "samples": waveform.samples,
                 });
                 writeln!(out, "{line}")?;

@@ -54,8 +54,10 @@
 //! Frames come at [`FRAMES_PER_SEC`] (60) a second (the CMS50E recording's source README). The
 //! decoder counts the device's seconds in frames, from the first trusted frame of a stretch:
 //! - **Pleth**: one [`Decoded::Waveform`] per second, code [`mdc::PLETH`] (`MDC_PULS_OXIM_PLETH`,
-//!   IEEE 11073-10101 partition 2 (SCADA) term 19380: 2·65536 + 19380 = 150452; the term is
-//!   antidote's `nomenclature.h` and the MD PnP/ICE `rosetta` value), unit `1` (dimensionless),
+//!   IEEE 11073-10101 partition 2 (SCADA) term 19380: 2·65536 + 19380 = 150452; the term as in
+//!   the MD PnP OpenICE nomenclature (`rosetta` IDL: `MDC_PULS_OXIM_PLETH = 19380`, next to
+//!   `MDC_PULS_OXIM_SAT_O2 = 19384`, whose 150456 the PHD IG confirms; `docs/PROTOCOLS.md`
+//!   §E), unit `1` (dimensionless),
 //!   period [`PLETH_PERIOD_US`] (1 s / 60, rounded to the µs), scale 1, offset 0, samples exactly
 //!   as the frames carry them (`0..=127`), oldest first: 60 samples, fewer when the stretch
 //!   ends or the status changes within the second. An array is homogeneous: its samples were all
