@@ -69,6 +69,8 @@ fn demo_messages(dir: &Path) -> (PathBuf, Vec<PathBuf>) {
         // Issue 11 item 3: the ECG device, a shell plug-in replaying 20 s of MIT-BIH 208 as
         // one waveform observation (360 samples) a second.
         "exec:bed16-ecg                20       20         20        20  ok",
+        // Issue 11 item 3: the CMS50E's 1.7 s as SpO2, pulse and one pleth array a second.
+        "serial:bed1-spo2               6        6          6         6  ok",
         "refused:  ble:C4:7C:8D:6A:11:22 (0 observations stored",
         // Issue 10 item 9: the serial oximeter updated over SMP on its own line (signed job,
         // HTTPS download with the gateway's certificate, verified, tested, confirmed), its

@@ -732,6 +732,28 @@ mod tests {
         assert_eq!(samples(&out), samples(&decode_all(&[&bin])));
     }
 
+    /// `examples/plugins/oximeter_demo.csv` (the example plug-in's replay, 204 readings) is the
+    /// SpO2 and pulse of every live frame of the CMS50E capture: this decoder's output with
+    /// `numerics_every_s = 0`, row for row.
+    #[test]
+    fn the_example_plugins_csv_is_every_frames_numerics_of_the_recording() {
+        let out = decode_with(0, &[&real("cms50e_live_capture.bin")]);
+        let want: Vec<String> = values(&out, mdc::SPO2)
+            .iter()
+            .zip(values(&out, mdc::PULSE_RATE_OXIM))
+            .map(|(s, p)| format!("{s},{p}"))
+            .collect();
+        let csv = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/plugins/oximeter_demo.csv"
+        ))
+        .unwrap();
+        let mut lines = csv.lines();
+        assert_eq!(lines.next(), Some("spo2,pulse"));
+        assert_eq!(lines.collect::<Vec<_>>(), want);
+        assert_eq!(want.len() * 2, 204);
+    }
+
     #[test]
     fn a_long_stream_loses_and_repeats_no_sample_across_array_boundaries() {
         // The recording five times back to back: 510 frames, 8.5 s.
