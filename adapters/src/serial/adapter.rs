@@ -18,8 +18,9 @@
 //!    else `synced`/`unsynced` from [`AdapterContext::clock_synced`]. A
 //!    [`Decoded::Waveform`] becomes an observation carrying its sample array, stamped at its
 //!    first sample ([`Waveform::first_sample_ms`](crate::observation::Waveform::first_sample_ms)).
-//!    When no byte has come for [`GAP`] (and before an SMP session pauses the data protocol, and
-//!    when the port is lost) the decoder is flushed ([`Protocol::flush`]): what it held back (a
+//!    When no byte has come for [`GAP`] since the last ones were handled and none waits in the
+//!    port (a busy host or a full event channel is no pause), before an SMP session pauses the
+//!    data protocol, and when the port is lost, the decoder is flushed ([`Protocol::flush`]): what it held back (a
 //!    partial waveform array, unfinished numerics) is sent, stamped at the arrival of the last
 //!    bytes, so no array spans a pause and a disconnect loses no held sample.
 //! 5. On end of file, `EIO`, `ENODEV` or any other read/write error (unplug; a pty whose master
@@ -528,13 +529,15 @@ impl SerialAdapter {
                 // No byte for GAP since the last ones were handled: unless bytes are waiting
                 // (a busy host or a full event channel, not a quiet device), the stream paused.
                 _ = tokio::time::sleep_until(data.state.idle_from + GAP), if !data.state.flushed && smp.is_none() => {
-                    match tokio::time::timeout(Duration::ZERO, port.read(&mut buf)).await {
-                        Ok(read) => got = Some(read),
-                        Err(_) => {
+                    // A plain read(2) on the non-blocking fd: it sees bytes the reactor may not
+                    // have reported yet.
+                    match port.try_read(&mut buf) {
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                             if self.flush(data, ctx).await.is_err() {
                                 return SessionEnd::ChannelClosed;
                             }
                         }
+                        read => got = Some(read),
                     }
                 }
                 _ = data.ticker.tick(), if !data.keepalive.is_empty() && smp.is_none() => {
