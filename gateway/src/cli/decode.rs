@@ -1,11 +1,14 @@
 //! `wardgate decode --protocol P FILE`: runs a recording through the same decoder the serial
 //! adapter uses and prints one JSON line per observation (`code`, `value`, `unit`, `ucum`,
 //! `device`, `status`, `device_time`); `status` is always there (`[]`: none; on the wire an
-//! empty status is left out, `docs/wire-format.md`). Decoder errors go to stderr as `FILE: byte
-//! offset N: message`; the device's reported identity as `FILE: device reports serial number
-//! S`, and each change of it with the output line from which on it holds (a gateway with
-//! `serial_number` set holds back the lines of another id). A `lines` capture is always text,
-//! never taken for ASCII hex.
+//! empty status is left out, `docs/wire-format.md`). A waveform (the CMS50's pleth, one array a
+//! second) is one line too, its samples in one array: `value` is the first sample's, plus
+//! `period_us`, `scale`, `offset` and `samples` (raw, oldest first). At the end of the file the
+//! decoder is flushed, as the serial adapter does when the line goes quiet (the last partial
+//! array and numerics). Decoder errors go to stderr as `FILE: byte offset N: message`; the
+//! device's reported identity as `FILE: device reports serial number S`, and each change of it
+//! with the output line from which on it holds (a gateway with `serial_number` set holds back
+//! the lines of another id). A `lines` capture is always text, never taken for ASCII hex.
 //!
 //! `wardgate decode --protocol lines --map MAPFILE [--map-name NAME] FILE`: the same for a
 //! line-oriented device, with the `[[lines_map]]` of MAPFILE (a snippet such as
@@ -248,28 +251,10 @@ pub fn decode_protocol(
         } else {
             p.feed(chunk, &mut decoded);
         }
-        for d in decoded.drain(..) {
-            match d {
-                Decoded::Reading(r) => {
-                    summary.observations += 1;
-                    let mut line = json!({
-                        "device": device, "code": r.code, "value": r.value, "unit": r.unit.mdc, "ucum": r.unit.ucum, "status": wardgate_adapters::plausibility::status_of(&r),
-                    });
-                    if let Some(t) = r.device_time {
-                        line["device_time"] = t.into();
-                    }
-                    writeln!(out, "{line}")?;
-                }
-                Decoded::Identity(s) => identity(&s, file, &mut summary, err)?,
-                Decoded::Error { offset, message } => {
-                    summary.errors += 1;
-                    if summary.errors <= MAX_ERROR_LINES {
-                        writeln!(err, "{}: byte offset {offset}: {message}", file.display())?;
-                    }
-                }
-            }
-        }
+        print_decoded(&mut decoded, &device, file, &mut summary, out, err)?;
     }
+    p.flush(&mut decoded);
+    print_decoded(&mut decoded, &device, file, &mut summary, out, err)?;
     if summary.errors > MAX_ERROR_LINES {
         writeln!(
             err,
@@ -280,6 +265,48 @@ pub fn decode_protocol(
         )?;
     }
     Ok(summary)
+}
+
+/// Prints (and drains) decoder output: one JSON line per observation or waveform on `out`,
+/// identities and errors (the first [`MAX_ERROR_LINES`]) on `err`.
+fn print_decoded(
+    decoded: &mut Vec<Decoded>,
+    device: &str,
+    file: &Path,
+    summary: &mut DecodeSummary,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<()> {
+    for d in decoded.drain(..) {
+        match d {
+            Decoded::Reading(r) => {
+                summary.observations += 1;
+                let mut line = json!({
+                    "device": device, "code": r.code, "value": r.value, "unit": r.unit.mdc, "ucum": r.unit.ucum, "status": wardgate_adapters::plausibility::status_of(&r),
+                });
+                if let Some(t) = r.device_time {
+                    line["device_time"] = t.into();
+                }
+                writeln!(out, "{line}")?;
+            }
+            Decoded::Waveform { reading, waveform } => {
+                summary.observations += 1;
+                let line = json!({
+                    "device": device, "code": reading.code, "value": reading.value, "unit": reading.unit.mdc, "ucum": reading.unit.ucum, "status": wardgate_adapters::plausibility::status_of(&reading),
+                    "period_us": waveform.period_us, "scale": waveform.scale, "offset": waveform.offset, "samples": waveform.samples,
+                });
+                writeln!(out, "{line}")?;
+            }
+            Decoded::Identity(s) => identity(&s, file, summary, err)?,
+            Decoded::Error { offset, message } => {
+                summary.errors += 1;
+                if summary.errors <= MAX_ERROR_LINES {
+                    writeln!(err, "{}: byte offset {offset}: {message}", file.display())?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Beacon and advertisement formats `--profile` accepts besides the GATT [`Profile`]s.
