@@ -360,6 +360,18 @@ fn make() {
         4,
         include_str!("../../../config/profiles/lines-example.toml").as_bytes(),
     );
+    // Review of issue 11: keys twice (JSON at any depth, kv), an underflowing number, a record
+    // number above 2^64 - 1, an empty time.
+    c.sel(
+        "serial_lines",
+        0,
+        "{\"dev\":\"ox-001\",\"spo2\":97,\"spo2\":12,\"pulse\":72}\n{\"dev\":\"ox-001\",\"a\":{\"b\":1,\"b\":2},\"spo2\":97}\n{\"dev\":\"ox-001\",\"spo2\":1e-400,\"pulse\":72}\n{\"dev\":\"ox-001\",\"spo2\":97,\"seq\":18446744073709551616}\n{\"dev\":\"ox-001\",\"spo2\":97,\"ts\":\"\"}\n".as_bytes(),
+    );
+    c.sel(
+        "serial_lines",
+        2,
+        "\n02/22/16 22:47:46 SN=0000056661 SPO2=098% SPO2=050% BPM=097\r\n02/22/16 22:47:47 SN=0000056661 SPO2=1e-400% BPM=097\r\n".as_bytes(),
+    );
     // Plug-in lines: the example plug-in's output, the unit tests' refusals, two waveforms.
     let plugin_lines = [
         r#"{"v":1,"type":"event","kind":"connected","detail":"replaying oximeter_demo.csv"}"#,
