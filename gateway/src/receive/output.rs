@@ -33,6 +33,18 @@ pub struct Written {
     pub duplicate: bool,
 }
 
+impl Written {
+    /// Counts one new observation of `device` (the name is copied only the first time).
+    fn count(&mut self, device: &str) {
+        match self.per_device.get_mut(device) {
+            Some(n) => *n += 1,
+            None => {
+                self.per_device.insert(device.to_owned(), 1);
+            }
+        }
+    }
+}
+
 /// A value as stored: `(value, extra status flag)`. Finite values unchanged; NaN and ±infinity
 /// absent, with the flag saying which.
 pub fn stored_value(v: f64) -> (Option<f64>, Option<&'static str>) {
@@ -54,6 +66,17 @@ fn stored_status(o: &WireObservation, flag: Option<&str>) -> Vec<String> {
         s.push(f.to_owned());
     }
     s
+}
+
+/// The row's `status` column: its flags (with the invalid-value flag) joined with `,`, or
+/// absent when there are none.
+fn status_text(o: &WireObservation, flag: Option<&str>) -> Option<String> {
+    match (o.status.as_slice(), flag) {
+        ([], None) => None,
+        ([], Some(f)) => Some(f.to_owned()),
+        (s, None) => Some(s.join(",")),
+        (s, Some(f)) => Some(format!("{},{f}", s.join(","))),
+    }
 }
 
 /// Where verified data goes.
@@ -186,8 +209,7 @@ impl Output {
                     )?;
                     for o in &p.observations {
                         let (value, flag) = stored_value(o.value);
-                        let status = stored_status(o, flag);
-                        let status = (!status.is_empty()).then(|| status.join(","));
+                        let status = status_text(o, flag);
                         let waveform =
                             o.waveform.as_ref().map(serde_json::to_string).transpose()?;
                         let n = ins.execute(rusqlite::params![
@@ -206,7 +228,7 @@ impl Output {
                             waveform
                         ])?;
                         if n == 1 {
-                            *w.per_device.entry(o.device.clone()).or_insert(0) += 1;
+                            w.count(&o.device);
                             w.invalid_values += u64::from(flag.is_some());
                         }
                     }
@@ -254,7 +276,7 @@ impl Output {
                         v["type"] = "observation".into();
                         serde_json::to_writer(&mut out, &v)?;
                         out.push(b'\n');
-                        *w.per_device.entry(o.device.clone()).or_insert(0) += 1;
+                        w.count(&o.device);
                         w.invalid_values += u64::from(flag.is_some());
                     }
                 }
