@@ -14,6 +14,8 @@
 //! Prints, per phase, CPU time (user + system of this process) per observation in µs and
 //! observations per second of wall time:
 //! - `verify+decode`: [`check_message`] alone over every batch;
+//! - `write`: [`Output::write`] alone (the durable write of batches decoded beforehand) into a
+//!   fresh output file;
 //! - `process`: the whole per-message path into a fresh output file.
 //!
 //! Environment: `BENCH_OBS` (total observations, default 400000), `BENCH_BATCH` (rows per
@@ -179,6 +181,7 @@ fn main() {
         if wave_every == 0 { "never".to_string() } else { format!("{wave_every} rows") }
     );
     let mut best_verify: Option<(Duration, Duration)> = None;
+    let mut best_write: Option<(Duration, Duration)> = None;
     let mut best_process: Option<(Duration, Duration)> = None;
     for run in 0..runs {
         let (c0, t0) = (cpu(), Instant::now());
@@ -190,6 +193,23 @@ fn main() {
         if best_verify.is_none_or(|b| v.0 < b.0) {
             best_verify = Some(v);
         }
+        let decoded: Vec<_> = s
+            .messages
+            .iter()
+            .map(|m| check_message(&s.verifier, TOPIC, m).unwrap())
+            .collect();
+        let write_dir = tempfile::tempdir_in(s._dir.path()).unwrap();
+        let spec = format!("{kind}:{}", write_dir.path().join("w.out").display());
+        let mut out = Output::open(&spec).unwrap();
+        let (c0, t0) = (cpu(), Instant::now());
+        for b in &decoded {
+            std::hint::black_box(out.write(b).unwrap());
+        }
+        let w = (cpu() - c0, t0.elapsed());
+        if best_write.is_none_or(|b| w.0 < b.0) {
+            best_write = Some(w);
+        }
+        drop((out, decoded, write_dir));
         let out_dir = tempfile::tempdir_in(s._dir.path()).unwrap();
         let spec = format!("{kind}:{}", out_dir.path().join(format!("up-{run}.out")).display());
         let mut p = Processor {
@@ -223,6 +243,8 @@ fn main() {
     }
     let (c, w) = best_verify.unwrap();
     report("verify+decode", s.observations, c, w);
+    let (c, w) = best_write.unwrap();
+    report("write", s.observations, c, w);
     let (c, w) = best_process.unwrap();
     report("process", s.observations, c, w);
 }
