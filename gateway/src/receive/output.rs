@@ -14,6 +14,11 @@
 //! `observations.waveform` as JSON text (`{"period_us":…,"scale":…,"offset":…,"samples":[…]}`,
 //! the wire object unchanged; NULL for a numeric), and in a JSON lines output as the row's
 //! `waveform` object. An older SQLite output gains the column at open.
+//!
+//! **Several receivers** (`[receiver] share_group`) may each write their own file, or share
+//! one SQLite file: writers then take turns, each waiting up to [`SHARED_FILE_WAIT`]. Dedup
+//! works across a shared file; across separate files a batch the gateway re-sent (its ack was
+//! late) may be stored by two receivers, so readers merging files dedup on `(gateway, seq)`.
 
 use crate::batch::{BatchPayload, WireObservation};
 use std::collections::{BTreeMap, HashSet};
@@ -100,9 +105,17 @@ const OBSERVATIONS: &str =
     gateway_time INTEGER NOT NULL, time_quality TEXT, device_time TEXT, status TEXT,
     waveform TEXT, PRIMARY KEY(gateway, seq))";
 
+/// How long a write waits for another receiver writing the same SQLite file (one
+/// transaction per batch) before it fails; failing stops the receiver without PUBACK, so the
+/// broker redelivers the batch.
+pub const SHARED_FILE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Opens (creating or migrating) the SQLite output.
 fn open_sqlite(path: &std::path::Path) -> anyhow::Result<rusqlite::Connection> {
     let mut c = rusqlite::Connection::open(path)?;
+    // Several receivers may share one file: each waits its turn to write (SQLite's busy
+    // handler) instead of failing the batch.
+    c.busy_timeout(SHARED_FILE_WAIT)?;
     c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
     c.execute_batch(&format!(
         "PRAGMA synchronous=FULL;
