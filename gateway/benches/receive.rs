@@ -16,7 +16,10 @@
 //! - `verify+decode`: [`check_message`] alone over every batch;
 //! - `write`: [`Output::write`] alone (the durable write of batches decoded beforehand) into a
 //!   fresh output file;
-//! - `process`: the whole per-message path into a fresh output file.
+//! - `process`: the whole per-message path into a fresh output file;
+//! - with `BENCH_RECEIVERS=N` (N > 1), `N receivers`: N threads, each a receiver's worker with
+//!   its own output file (or, with `BENCH_SHARED=1`, all writing one SQLite file), the batches
+//!   dealt out in turn as a shared subscription does; observations/s of all of them together.
 //!
 //! Environment: `BENCH_OBS` (total observations, default 400000), `BENCH_BATCH` (rows per
 //! batch, default 5000), `BENCH_OUTPUT` (`sqlite` or `jsonl`, default `sqlite`), `BENCH_RAW`
@@ -151,6 +154,21 @@ fn setup(total: usize, per_batch: usize, wave_every: usize) -> Setup {
     }
 }
 
+/// A receiver's worker writing to `spec`, raw copies into `raw` when given.
+fn processor(s: &Setup, spec: &str, raw: Option<std::path::PathBuf>) -> Processor {
+    Processor {
+        verifier: Verifier::from_files([s.gateway_cert.as_path()], [], []).unwrap(),
+        decryptor: None,
+        output: Output::open(spec).unwrap(),
+        raw: raw.map(|r| RawWriter::new(&r)),
+        acker: Acker {
+            signer: Signer::from_files(&s.acker_cert, &s.acker_key).unwrap(),
+            legacy_plain: false,
+        },
+        require_encryption: false,
+    }
+}
+
 fn report(phase: &str, obs: usize, cpu: Duration, wall: Duration) {
     println!(
         "{phase:>14}: {:6.2} µs CPU/observation, {:9.0} observations/s (wall {:.2} s, CPU {:.2} s)",
@@ -212,17 +230,7 @@ fn main() {
         drop((out, decoded, write_dir));
         let out_dir = tempfile::tempdir_in(s._dir.path()).unwrap();
         let spec = format!("{kind}:{}", out_dir.path().join(format!("up-{run}.out")).display());
-        let mut p = Processor {
-            verifier: Verifier::from_files([s.gateway_cert.as_path()], [], []).unwrap(),
-            decryptor: None,
-            output: Output::open(&spec).unwrap(),
-            raw: raw.then(|| RawWriter::new(&out_dir.path().join("raw"))),
-            acker: Acker {
-                signer: Signer::from_files(&s.acker_cert, &s.acker_key).unwrap(),
-                legacy_plain: false,
-            },
-            require_encryption: false,
-        };
+        let mut p = processor(&s, &spec, raw.then(|| out_dir.path().join("raw")));
         let (c0, t0) = (cpu(), Instant::now());
         let mut stored = 0u64;
         for m in &s.messages {
@@ -240,6 +248,40 @@ fn main() {
             best_process = Some(r);
         }
         check_stored(&kind, out_dir.path(), run, s.observations);
+    }
+    let receivers = env("BENCH_RECEIVERS", 1);
+    if receivers > 1 {
+        let shared = env("BENCH_SHARED", 0) == 1;
+        let out_dir = tempfile::tempdir_in(s._dir.path()).unwrap();
+        let mut processors: Vec<_> = (0..receivers)
+            .map(|i| {
+                let file = if shared { "shared.out".to_string() } else { format!("rx{i}.out") };
+                processor(&s, &format!("{kind}:{}", out_dir.path().join(file).display()), None)
+            })
+            .collect();
+        let (c0, t0) = (cpu(), Instant::now());
+        std::thread::scope(|scope| {
+            for (i, p) in processors.iter_mut().enumerate() {
+                let messages = &s.messages;
+                scope.spawn(move || {
+                    for m in messages.iter().skip(i).step_by(receivers) {
+                        assert!(matches!(p.process(TOPIC, m).unwrap(), Outcome::Stored { .. }));
+                    }
+                });
+            }
+        });
+        let r = (cpu() - c0, t0.elapsed());
+        drop(processors);
+        report(
+            &format!("{receivers} receivers"),
+            s.observations,
+            r.0,
+            r.1,
+        );
+        println!(
+            "                ({})",
+            if shared { "one shared SQLite file" } else { "each its own output file" }
+        );
     }
     let (c, w) = best_verify.unwrap();
     report("verify+decode", s.observations, c, w);
