@@ -229,7 +229,10 @@ fn main() {
         }
         drop((out, decoded, write_dir));
         let out_dir = tempfile::tempdir_in(s._dir.path()).unwrap();
-        let spec = format!("{kind}:{}", out_dir.path().join(format!("up-{run}.out")).display());
+        let spec = format!(
+            "{kind}:{}",
+            out_dir.path().join(format!("up-{run}.out")).display()
+        );
         let mut p = processor(&s, &spec, raw.then(|| out_dir.path().join("raw")));
         let (c0, t0) = (cpu(), Instant::now());
         let mut stored = 0u64;
@@ -243,7 +246,10 @@ fn main() {
             }
         }
         let r = (cpu() - c0, t0.elapsed());
-        assert_eq!(stored as usize, s.observations, "every observation stored once");
+        assert_eq!(
+            stored as usize, s.observations,
+            "every observation stored once"
+        );
         if best_process.is_none_or(|b| r.0 < b.0) {
             best_process = Some(r);
         }
@@ -255,8 +261,16 @@ fn main() {
         let out_dir = tempfile::tempdir_in(s._dir.path()).unwrap();
         let mut processors: Vec<_> = (0..receivers)
             .map(|i| {
-                let file = if shared { "shared.out".to_string() } else { format!("rx{i}.out") };
-                processor(&s, &format!("{kind}:{}", out_dir.path().join(file).display()), None)
+                let file = if shared {
+                    "shared.out".to_string()
+                } else {
+                    format!("rx{i}.out")
+                };
+                processor(
+                    &s,
+                    &format!("{kind}:{}", out_dir.path().join(file).display()),
+                    None,
+                )
             })
             .collect();
         let (c0, t0) = (cpu(), Instant::now());
@@ -265,22 +279,24 @@ fn main() {
                 let messages = &s.messages;
                 scope.spawn(move || {
                     for m in messages.iter().skip(i).step_by(receivers) {
-                        assert!(matches!(p.process(TOPIC, m).unwrap(), Outcome::Stored { .. }));
+                        assert!(matches!(
+                            p.process(TOPIC, m).unwrap(),
+                            Outcome::Stored { .. }
+                        ));
                     }
                 });
             }
         });
         let r = (cpu() - c0, t0.elapsed());
         drop(processors);
-        report(
-            &format!("{receivers} receivers"),
-            s.observations,
-            r.0,
-            r.1,
-        );
+        report(&format!("{receivers} receivers"), s.observations, r.0, r.1);
         println!(
             "                ({})",
-            if shared { "one shared SQLite file" } else { "each its own output file" }
+            if shared {
+                "one shared SQLite file"
+            } else {
+                "each its own output file"
+            }
         );
     }
     let (c, w) = best_verify.unwrap();
@@ -296,8 +312,10 @@ fn check_stored(kind: &str, dir: &Path, run: usize, want: usize) {
     let path = dir.join(format!("up-{run}.out"));
     let n = if kind == "sqlite" {
         let c = rusqlite::Connection::open(&path).unwrap();
-        c.query_row("SELECT count(*) FROM observations", [], |r| r.get::<_, i64>(0))
-            .unwrap() as usize
+        c.query_row("SELECT count(*) FROM observations", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .unwrap() as usize
     } else {
         std::fs::read_to_string(&path)
             .unwrap()

@@ -25,11 +25,9 @@ const RECEIVERS: usize = 3;
 /// Fills the gateway's store with [`BACKLOG`] observations from 8 devices, as its writer would.
 fn fill_store(env: &TestEnv) {
     env.init_store().unwrap();
-    let (store, _) = wardgate::store::Store::open(
-        &env.store_path(),
-        wardgate::store::StoreOptions::default(),
-    )
-    .unwrap();
+    let (store, _) =
+        wardgate::store::Store::open(&env.store_path(), wardgate::store::StoreOptions::default())
+            .unwrap();
     let t = wardgate_adapters::observation::now_ms();
     let rows: Vec<_> = (0..BACKLOG)
         .map(|i| {
@@ -86,7 +84,10 @@ fn deliver(env: &TestEnv, ack_timeout_s: u64, mut receivers: Vec<Proc>) -> BTree
         let raw = std::fs::read_dir(env.rx_dir.join(format!("rx{i}/messages")))
             .map(|d| d.count())
             .unwrap_or(0);
-        assert!(raw > 0, "receiver rx{i} stored no batch: the load was not shared");
+        assert!(
+            raw > 0,
+            "receiver rx{i} stored no batch: the load was not shared"
+        );
     }
     let accepted = env.accepted_seqs(store.max_seq);
     assert_eq!(accepted.len() as u64, BACKLOG);
@@ -123,5 +124,9 @@ fn three_receivers_sharing_one_file_store_every_row_exactly_once() {
     let up = Upstream::new(&shared);
     let (rows, distinct) = up.row_and_distinct_counts().unwrap();
     assert_eq!(rows, distinct);
-    assert_eq!(up.all_seqs().unwrap(), accepted, "every accepted row upstream");
+    assert_eq!(
+        up.all_seqs().unwrap(),
+        accepted,
+        "every accepted row upstream"
+    );
 }

@@ -158,6 +158,126 @@ fn open_sqlite(path: &std::path::Path) -> anyhow::Result<rusqlite::Connection> {
     Ok(c)
 }
 
+/// Rows per multi-row `INSERT` on the fast path (13 parameters each: 832, far below SQLite's
+/// limit of 32,766).
+const ROWS_PER_INSERT: usize = 64;
+
+/// `INSERT INTO observations … VALUES (13 × ?), …` for `rows` rows, no row skipped silently:
+/// `ON CONFLICT DO NOTHING` on the key only, so any other constraint failing is an error that
+/// keeps the batch unacknowledged, never a silently lost row.
+fn insert_sql(rows: usize) -> String {
+    let row = format!("({})", ["?"; 13].join(", "));
+    format!(
+        "INSERT INTO observations(gateway, seq, batch, device, code, value, unit, ucum, gateway_time, time_quality, device_time, status, waveform)
+         VALUES {} ON CONFLICT(gateway, seq) DO NOTHING",
+        vec![row; rows].join(", ")
+    )
+}
+
+/// The SQL of [`insert_sql`] for one row and for [`ROWS_PER_INSERT`] rows, made once.
+fn insert_statements() -> &'static (String, String) {
+    static SQL: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| (insert_sql(1), insert_sql(ROWS_PER_INSERT)))
+}
+
+/// Whether every observation of `p` will be a new row: its seqs strictly increase (no seq twice
+/// in the batch) and the output holds no row of this gateway in their range. Read inside the
+/// batch's write transaction (`BEGIN IMMEDIATE`), so another receiver sharing the file cannot
+/// add one in between. False for an empty batch and for seqs beyond SQLite's integers.
+fn all_rows_new(tx: &rusqlite::Transaction<'_>, p: &BatchPayload) -> rusqlite::Result<bool> {
+    let (Some(first), Some(last)) = (p.observations.first(), p.observations.last()) else {
+        return Ok(false);
+    };
+    if i64::try_from(last.seq).is_err() || !p.observations.windows(2).all(|w| w[0].seq < w[1].seq) {
+        return Ok(false);
+    }
+    let taken: bool = tx
+        .prepare_cached(
+            "SELECT EXISTS(SELECT 1 FROM observations WHERE gateway = ?1 AND seq BETWEEN ?2 AND ?3)",
+        )?
+        .query_row(
+            rusqlite::params![p.gateway, first.seq as i64, last.seq as i64],
+            |r| r.get(0),
+        )?;
+    Ok(!taken)
+}
+
+/// Binds observation `o` of `p` as the row starting at parameter `at + 1`; returns its
+/// invalid-value flag.
+fn bind_row(
+    st: &mut rusqlite::CachedStatement<'_>,
+    at: usize,
+    p: &BatchPayload,
+    o: &WireObservation,
+) -> anyhow::Result<Option<&'static str>> {
+    let (value, flag) = stored_value(o.value);
+    st.raw_bind_parameter(at + 1, &p.gateway)?;
+    st.raw_bind_parameter(at + 2, o.seq as i64)?;
+    st.raw_bind_parameter(at + 3, p.batch as i64)?;
+    st.raw_bind_parameter(at + 4, &o.device)?;
+    st.raw_bind_parameter(at + 5, o.code)?;
+    st.raw_bind_parameter(at + 6, value)?;
+    st.raw_bind_parameter(at + 7, o.unit)?;
+    st.raw_bind_parameter(at + 8, &o.ucum)?;
+    st.raw_bind_parameter(at + 9, o.gateway_time)?;
+    st.raw_bind_parameter(at + 10, &o.time_quality)?;
+    st.raw_bind_parameter(at + 11, &o.device_time)?;
+    st.raw_bind_parameter(at + 12, status_text(o, flag))?;
+    let waveform = o.waveform.as_ref().map(serde_json::to_string).transpose()?;
+    st.raw_bind_parameter(at + 13, waveform)?;
+    Ok(flag)
+}
+
+/// The fast path, when [`all_rows_new`]: [`ROWS_PER_INSERT`] rows per statement, each of them
+/// counted as new (checked: a row not inserted is an error, the batch is not acknowledged).
+fn insert_new_rows(
+    tx: &rusqlite::Transaction<'_>,
+    p: &BatchPayload,
+    w: &mut Written,
+) -> anyhow::Result<()> {
+    let (one, many) = insert_statements();
+    let mut chunks = p.observations.chunks_exact(ROWS_PER_INSERT);
+    let mut st = tx.prepare_cached(many)?;
+    for chunk in &mut chunks {
+        let mut invalid = 0;
+        for (i, o) in chunk.iter().enumerate() {
+            invalid += u64::from(bind_row(&mut st, i * 13, p, o)?.is_some());
+        }
+        let n = st.raw_execute()?;
+        anyhow::ensure!(n == chunk.len(), "{} of {} new rows stored", n, chunk.len());
+        for o in chunk {
+            w.count(&o.device);
+        }
+        w.invalid_values += invalid;
+    }
+    let mut st = tx.prepare_cached(one)?;
+    for o in chunks.remainder() {
+        let flag = bind_row(&mut st, 0, p, o)?;
+        anyhow::ensure!(st.raw_execute()? == 1, "new row seq {} not stored", o.seq);
+        w.count(&o.device);
+        w.invalid_values += u64::from(flag.is_some());
+    }
+    Ok(())
+}
+
+/// The general path (a re-sent batch, rows already stored, a seq twice): row by row, counting
+/// the ones that were new.
+fn insert_rows_one_by_one(
+    tx: &rusqlite::Transaction<'_>,
+    p: &BatchPayload,
+    w: &mut Written,
+) -> anyhow::Result<()> {
+    let mut st = tx.prepare_cached(&insert_statements().0)?;
+    for o in &p.observations {
+        let flag = bind_row(&mut st, 0, p, o)?;
+        if st.raw_execute()? == 1 {
+            w.count(&o.device);
+            w.invalid_values += u64::from(flag.is_some());
+        }
+    }
+    Ok(())
+}
+
 impl Output {
     /// Opens `sqlite:PATH` or `jsonl:PATH`.
     pub fn open(spec: &str) -> anyhow::Result<Output> {
@@ -214,36 +334,10 @@ impl Output {
                     rusqlite::params![p.gateway, p.batch as i64, p.site, p.ward, now],
                 )? == 1;
                 {
-                    // `ON CONFLICT DO NOTHING` on the key only: any other constraint failing is
-                    // an error that keeps the batch unacknowledged, never a silently lost row.
-                    let mut ins = tx.prepare_cached(
-                        "INSERT INTO observations(gateway, seq, batch, device, code, value, unit, ucum, gateway_time, time_quality, device_time, status, waveform)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) ON CONFLICT(gateway, seq) DO NOTHING",
-                    )?;
-                    for o in &p.observations {
-                        let (value, flag) = stored_value(o.value);
-                        let status = status_text(o, flag);
-                        let waveform =
-                            o.waveform.as_ref().map(serde_json::to_string).transpose()?;
-                        let n = ins.execute(rusqlite::params![
-                            p.gateway,
-                            o.seq as i64,
-                            p.batch as i64,
-                            o.device,
-                            o.code,
-                            value,
-                            o.unit,
-                            o.ucum,
-                            o.gateway_time,
-                            o.time_quality,
-                            o.device_time,
-                            status,
-                            waveform
-                        ])?;
-                        if n == 1 {
-                            w.count(&o.device);
-                            w.invalid_values += u64::from(flag.is_some());
-                        }
+                    if all_rows_new(&tx, p)? {
+                        insert_new_rows(&tx, p, &mut w)?;
+                    } else {
+                        insert_rows_one_by_one(&tx, p, &mut w)?;
                     }
                     let mut ev = tx.prepare_cached(
                         "INSERT INTO events(gateway, seq, batch, device, kind, detail, gateway_time) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -471,6 +565,108 @@ mod tests {
         drop(out);
         // Opening again does nothing more.
         Output::open(&format!("sqlite:{}", path.display())).unwrap();
+    }
+
+    /// Every column of every observation row, in seq order, as text.
+    fn rows(path: &std::path::Path) -> Vec<String> {
+        let c = rusqlite::Connection::open(path).unwrap();
+        let mut st = c
+            .prepare("SELECT gateway, seq, batch, device, code, value, unit, ucum, gateway_time, time_quality, device_time, status, waveform FROM observations ORDER BY seq")
+            .unwrap();
+        st.query_map([], |r| {
+            Ok((0..13)
+                .map(|i| format!("{:?}", rusqlite::types::Value::from(r.get_ref(i).unwrap())))
+                .collect::<Vec<_>>()
+                .join("|"))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+
+    #[test]
+    fn many_rows_at_once_and_row_by_row_store_the_same_rows_and_counts() {
+        use wardgate_adapters::observation::Waveform;
+        // 150 rows: two full multi-row statements and a remainder of 22; a NaN, a status, a
+        // device time, a waveform and a second device among them.
+        let mut all: Vec<_> = (1..=150).map(|s| obs(s, 90.0 + s as f64 / 10.0)).collect();
+        all[69].value = f64::NAN;
+        all[3].status = vec!["low-perfusion".into()];
+        all[130].status = vec!["implausible".into()];
+        all[130].value = f64::INFINITY;
+        all[10].device_time = Some("2026-12-06T08:00:00".into());
+        all[99].waveform = Some(Waveform {
+            period_us: 13_333,
+            scale: 0.5,
+            offset: 1.0,
+            samples: vec![1, 2, 3],
+        });
+        for o in &mut all[120..] {
+            o.device = "ble:a4:c1:38:0f:2e:91".into();
+        }
+        let d = tempfile::tempdir().unwrap();
+        // A fresh output: every row new, many at once.
+        let fast = d.path().join("fast.db");
+        let mut out = Output::open(&format!("sqlite:{}", fast.display())).unwrap();
+        let w = out.write(&batch(1, all.clone())).unwrap();
+        assert_eq!(w.per_device.get("serial:a"), Some(&120));
+        assert_eq!(w.per_device.get("ble:a4:c1:38:0f:2e:91"), Some(&30));
+        assert_eq!((w.invalid_values, w.duplicate), (2, false));
+        // An output that already holds seq 150: row by row, seq 150 not counted again.
+        let slow = d.path().join("slow.db");
+        let mut out = Output::open(&format!("sqlite:{}", slow.display())).unwrap();
+        out.write(&batch(9, vec![all[149].clone()])).unwrap();
+        let w = out.write(&batch(1, all.clone())).unwrap();
+        assert_eq!(w.per_device.get("serial:a"), Some(&120));
+        assert_eq!(w.per_device.get("ble:a4:c1:38:0f:2e:91"), Some(&29));
+        assert_eq!(w.invalid_values, 2);
+        let (a, mut b) = (rows(&fast), rows(&slow));
+        assert_eq!(a.len(), 150);
+        // The one row stored first came in batch 9.
+        assert!(b[149].contains("|Integer(9)|"), "{}", b[149]);
+        b[149] = b[149].replace("|Integer(9)|", "|Integer(1)|");
+        assert_eq!(a, b);
+        assert!(
+            a[69].contains("Null") && a[69].contains("invalid-value=nan"),
+            "{}",
+            a[69]
+        );
+        assert!(
+            a[130].contains("implausible,invalid-value=inf"),
+            "{}",
+            a[130]
+        );
+        assert!(a[99].contains(r#"{\"period_us\":13333"#), "{}", a[99]);
+    }
+
+    #[test]
+    fn a_batch_overlapping_stored_rows_or_naming_a_seq_twice_stores_each_row_once() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("up.db");
+        let mut out = Output::open(&format!("sqlite:{}", path.display())).unwrap();
+        let w = out
+            .write(&batch(1, (1..=100).map(|s| obs(s, 1.0)).collect()))
+            .unwrap();
+        assert_eq!(w.per_device.get("serial:a"), Some(&100));
+        // Seqs 91..=200 after 1..=100: 100 new.
+        let w = out
+            .write(&batch(2, (91..=200).map(|s| obs(s, 2.0)).collect()))
+            .unwrap();
+        assert_eq!(w.per_device.get("serial:a"), Some(&100));
+        // 300 twice in one batch, out of order: stored once, counted once.
+        let w = out
+            .write(&batch(3, vec![obs(301, 3.0), obs(300, 3.0), obs(300, 4.0)]))
+            .unwrap();
+        assert_eq!(w.per_device.get("serial:a"), Some(&2));
+        let c = rusqlite::Connection::open(&path).unwrap();
+        let (n, v): (i64, f64) = c
+            .query_row(
+                "SELECT (SELECT count(*) FROM observations), value FROM observations WHERE seq = 300",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((n, v), (202, 3.0));
     }
 
     #[test]
