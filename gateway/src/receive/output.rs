@@ -21,7 +21,7 @@
 //! late) may be stored by two receivers, so readers merging files dedup on `(gateway, seq)`.
 
 use crate::batch::{BatchPayload, WireObservation};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -64,13 +64,56 @@ pub fn stored_value(v: f64) -> (Option<f64>, Option<&'static str>) {
     }
 }
 
-/// The row's status flags as stored, with the invalid-value flag appended when there is one.
-fn stored_status(o: &WireObservation, flag: Option<&str>) -> Vec<String> {
-    let mut s = o.status.clone();
-    if let Some(f) = flag {
-        s.push(f.to_owned());
+/// One observation line of the JSON-lines output: the wire observation with `value` as stored,
+/// `status` with the invalid-value flag, and `gateway`, `batch`, `type` added. The keys are in
+/// sorted order, as the `serde_json::Value` this was built from before wrote them, so the lines
+/// are byte for byte the same (the waveform object, rare, still goes through a `Value`).
+#[derive(serde::Serialize)]
+struct ObservationLine<'a> {
+    batch: u64,
+    code: u32,
+    device: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device_time: Option<&'a str>,
+    gateway: &'a str,
+    gateway_time: i64,
+    seq: u64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    status: Vec<&'a str>,
+    time_quality: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    ucum: &'a str,
+    unit: u32,
+    value: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waveform: Option<serde_json::Value>,
+}
+
+impl<'a> ObservationLine<'a> {
+    fn new(
+        p: &'a BatchPayload,
+        o: &'a WireObservation,
+        value: Option<f64>,
+        flag: Option<&'static str>,
+    ) -> serde_json::Result<ObservationLine<'a>> {
+        Ok(ObservationLine {
+            batch: p.batch,
+            code: o.code,
+            device: &o.device,
+            device_time: o.device_time.as_deref(),
+            gateway: &p.gateway,
+            gateway_time: o.gateway_time,
+            seq: o.seq,
+            status: o.status.iter().map(String::as_str).chain(flag).collect(),
+            time_quality: &o.time_quality,
+            kind: "observation",
+            ucum: &o.ucum,
+            unit: o.unit,
+            value,
+            waveform: o.waveform.as_ref().map(serde_json::to_value).transpose()?,
+        })
     }
-    s
 }
 
 /// The row's `status` column: its flags (with the invalid-value flag) joined with `,`, or
@@ -92,8 +135,8 @@ pub enum Output {
     Jsonl {
         /// The open file (append).
         file: std::fs::File,
-        /// `(gateway, seq)` already written (loaded from the file at start).
-        seen: HashSet<(String, u64)>,
+        /// The seqs already written, per gateway (loaded from the file at start).
+        seen: HashMap<String, HashSet<u64>>,
         /// `(gateway, batch)` already written.
         batches: HashSet<(String, u64)>,
     },
@@ -291,14 +334,14 @@ impl Output {
         match kind {
             "sqlite" => Ok(Output::Sqlite(open_sqlite(&path)?)),
             "jsonl" => {
-                let mut seen = HashSet::new();
+                let mut seen: HashMap<String, HashSet<u64>> = HashMap::new();
                 let mut batches = HashSet::new();
                 if let Ok(text) = std::fs::read_to_string(&path) {
                     for line in text.lines() {
                         if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
                             let gw = v["gateway"].as_str().unwrap_or_default().to_owned();
                             if let Some(seq) = v["seq"].as_u64() {
-                                seen.insert((gw.clone(), seq));
+                                seen.entry(gw.clone()).or_default().insert(seq);
                             }
                             if let Some(b) = v["batch"].as_u64() {
                                 batches.insert((gw, b));
@@ -367,21 +410,13 @@ impl Output {
                 let fresh = !batches.contains(&(p.gateway.clone(), p.batch));
                 let mut out = Vec::new();
                 let mut new_seqs = HashSet::new();
+                let known = seen.get(&p.gateway);
                 let mut fresh_seq =
-                    |seq: u64| !seen.contains(&(p.gateway.clone(), seq)) && new_seqs.insert(seq);
+                    |seq: u64| !known.is_some_and(|k| k.contains(&seq)) && new_seqs.insert(seq);
                 for o in &p.observations {
                     if fresh_seq(o.seq) {
                         let (value, flag) = stored_value(o.value);
-                        let mut v = serde_json::to_value(o)?;
-                        v["value"] = value.into();
-                        let status = stored_status(o, flag);
-                        if !status.is_empty() {
-                            v["status"] = status.into();
-                        }
-                        v["gateway"] = p.gateway.clone().into();
-                        v["batch"] = p.batch.into();
-                        v["type"] = "observation".into();
-                        serde_json::to_writer(&mut out, &v)?;
+                        serde_json::to_writer(&mut out, &ObservationLine::new(p, o, value, flag)?)?;
                         out.push(b'\n');
                         w.count(&o.device);
                         w.invalid_values += u64::from(flag.is_some());
@@ -403,7 +438,7 @@ impl Output {
                 // Only now is it durable: a failed write leaves the dedup sets as they were, so
                 // the redelivered batch is written again.
                 batches.insert((p.gateway.clone(), p.batch));
-                seen.extend(new_seqs.into_iter().map(|s| (p.gateway.clone(), s)));
+                seen.entry(p.gateway.clone()).or_default().extend(new_seqs);
                 w.duplicate = !fresh;
                 Ok(w)
             }
@@ -667,6 +702,51 @@ mod tests {
             )
             .unwrap();
         assert_eq!((n, v), (202, 3.0));
+    }
+
+    /// A JSON line as the receiver built it before `ObservationLine` (through a `Value`).
+    fn line_as_before(p: &BatchPayload, o: &WireObservation) -> String {
+        let (value, flag) = stored_value(o.value);
+        let mut v = serde_json::to_value(o).unwrap();
+        v["value"] = value.into();
+        let mut status = o.status.clone();
+        status.extend(flag.map(str::to_owned));
+        if !status.is_empty() {
+            v["status"] = status.into();
+        }
+        v["gateway"] = p.gateway.clone().into();
+        v["batch"] = p.batch.into();
+        v["type"] = "observation".into();
+        serde_json::to_string(&v).unwrap()
+    }
+
+    #[test]
+    fn jsonl_lines_are_byte_for_byte_what_they_were() {
+        use wardgate_adapters::observation::Waveform;
+        let mut all: Vec<_> = (1..=6).map(|s| obs(s, 90.25 + s as f64)).collect();
+        all[0].value = 97.0;
+        all[1].value = f64::NAN;
+        all[1].status = vec!["low-perfusion".into(), "implausible".into()];
+        all[2].status = vec!["low-perfusion".into()];
+        all[3].device_time = Some("2026-12-06T08:00:00".into());
+        all[3].gateway_time = -5;
+        all[4].value = f64::NEG_INFINITY;
+        all[5].waveform = Some(Waveform {
+            period_us: 13_333,
+            scale: 0.005,
+            offset: -5.12,
+            samples: vec![-3, 0, 2048],
+        });
+        let b = batch(1 << 60, all);
+        let d = tempfile::tempdir().unwrap();
+        let spec = format!("jsonl:{}", d.path().join("up.jsonl").display());
+        Output::open(&spec).unwrap().write(&b).unwrap();
+        let text = std::fs::read_to_string(d.path().join("up.jsonl")).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 7, "six observations and an event");
+        for (line, o) in lines.iter().zip(&b.observations) {
+            assert_eq!(*line, line_as_before(&b, o));
+        }
     }
 
     #[test]
