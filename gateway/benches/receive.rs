@@ -7,7 +7,7 @@
 //! `cargo bench -p wardgate --bench receive`
 //!
 //! The batches are made beforehand with the gateway's own code ([`BatchPayload::to_cbor`],
-//! [`Signer::sign`]): numerics from four devices (SpO2 and pulse rate, half of them with a device
+//! [`Signer::sign`]): numerics from four devices, each with a location (SpO2 and pulse rate, half of them with a device
 //! time stamp, one in fifty with a status flag) and, with `BENCH_WAVE_EVERY=N`, every N-th row a
 //! 75-sample waveform (the CMS50 pleth at 75 Hz is one such row a second).
 //!
@@ -138,8 +138,19 @@ fn setup(total: usize, per_batch: usize, wave_every: usize) -> Setup {
                 detail: String::new(),
                 gateway_time: 1_796_000_000_000,
             }],
+            locations: Default::default(),
         };
         seq += 1;
+        // Every device has a configured location (as the demo's do).
+        let mut payload = payload;
+        for o in &payload.observations {
+            if !payload.locations.contains_key(&o.device) {
+                let bed = payload.locations.len() + 1;
+                payload
+                    .locations
+                    .insert(o.device.clone(), format!("ward-3/bed-{bed}"));
+            }
+        }
         messages.push(signer.sign(payload.to_cbor()));
         n += rows;
     }

@@ -15,6 +15,11 @@
 //! the wire object unchanged; NULL for a numeric), and in a JSON lines output as the row's
 //! `waveform` object. An older SQLite output gains the column at open.
 //!
+//! **A row's location** (issue 11 item 7) is its device's entry in the batch's `locations` (where
+//! the device was configured to be when the gateway committed the row): `observations.location`
+//! and `events.location` (NULL when none), the JSON lines field `location` (absent when none).
+//! An older SQLite output gains the columns at open (NULL for its rows).
+//!
 //! **Several receivers** (`[receiver] share_group`) may each write their own file, or share
 //! one SQLite file: writers then take turns, each waiting up to [`SHARED_FILE_WAIT`]. Dedup
 //! works across a shared file; across separate files a batch the gateway re-sent (its ack was
@@ -77,6 +82,8 @@ struct ObservationLine<'a> {
     device_time: Option<&'a str>,
     gateway: &'a str,
     gateway_time: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    location: Option<&'a str>,
     seq: u64,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     status: Vec<&'a str>,
@@ -104,6 +111,7 @@ impl<'a> ObservationLine<'a> {
             device_time: o.device_time.as_deref(),
             gateway: &p.gateway,
             gateway_time: o.gateway_time,
+            location: p.locations.get(&o.device).map(String::as_str),
             seq: o.seq,
             status: o.status.iter().map(String::as_str).chain(flag).collect(),
             time_quality: &o.time_quality,
@@ -146,7 +154,7 @@ const OBSERVATIONS: &str =
     "observations(gateway TEXT NOT NULL, seq INTEGER NOT NULL, batch INTEGER NOT NULL,
     device TEXT NOT NULL, code INTEGER NOT NULL, value REAL, unit INTEGER NOT NULL, ucum TEXT,
     gateway_time INTEGER NOT NULL, time_quality TEXT, device_time TEXT, status TEXT,
-    waveform TEXT, PRIMARY KEY(gateway, seq))";
+    waveform TEXT, location TEXT, PRIMARY KEY(gateway, seq))";
 
 /// How long a write waits for another receiver writing the same SQLite file (one
 /// transaction per batch) before it fails; failing stops the receiver without PUBACK, so the
@@ -167,7 +175,7 @@ fn open_sqlite(path: &std::path::Path) -> anyhow::Result<rusqlite::Connection> {
          CREATE TABLE IF NOT EXISTS {OBSERVATIONS};
          CREATE TABLE IF NOT EXISTS events(gateway TEXT NOT NULL, seq INTEGER NOT NULL, batch INTEGER NOT NULL,
             device TEXT NOT NULL, kind TEXT NOT NULL, detail TEXT, gateway_time INTEGER NOT NULL,
-            PRIMARY KEY(gateway, seq));"
+            location TEXT, PRIMARY KEY(gateway, seq));"
     ))?;
     let has_waveform = c
         .prepare("SELECT 1 FROM pragma_table_info('observations') WHERE name = 'waveform'")?
@@ -175,6 +183,15 @@ fn open_sqlite(path: &std::path::Path) -> anyhow::Result<rusqlite::Connection> {
     if !has_waveform {
         // Before waveforms (issue 11): the column is added, rows kept (NULL: numerics).
         c.execute_batch("ALTER TABLE observations ADD COLUMN waveform TEXT;")?;
+    }
+    for table in ["observations", "events"] {
+        let has_location = c
+            .prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = 'location'")?
+            .exists([table])?;
+        if !has_location {
+            // Before device locations (issue 11 item 7): rows kept, NULL (none known).
+            c.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN location TEXT;"))?;
+        }
     }
     let value_not_null: bool = c.query_row(
         "SELECT \"notnull\" FROM pragma_table_info('observations') WHERE name = 'value'",
@@ -188,7 +205,7 @@ fn open_sqlite(path: &std::path::Path) -> anyhow::Result<rusqlite::Connection> {
         tx.execute_batch(&format!(
             "CREATE TABLE migrated_{OBSERVATIONS};
              INSERT INTO migrated_observations SELECT gateway, seq, batch, device, code, value, unit, ucum,
-                gateway_time, time_quality, device_time, status, NULL FROM observations;
+                gateway_time, time_quality, device_time, status, waveform, location FROM observations;
              DROP TABLE observations;
              ALTER TABLE migrated_observations RENAME TO observations;"
         ))?;
@@ -201,17 +218,20 @@ fn open_sqlite(path: &std::path::Path) -> anyhow::Result<rusqlite::Connection> {
     Ok(c)
 }
 
-/// Rows per multi-row `INSERT` on the fast path (13 parameters each: 832, far below SQLite's
-/// limit of 32,766).
+/// Rows per multi-row `INSERT` on the fast path ([`COLUMNS`] parameters each: 896, far below
+/// SQLite's limit of 32,766).
 const ROWS_PER_INSERT: usize = 64;
 
-/// `INSERT INTO observations … VALUES (13 × ?), …` for `rows` rows, no row skipped silently:
+/// Parameters per observation row.
+const COLUMNS: usize = 14;
+
+/// `INSERT INTO observations … VALUES (14 × ?), …` for `rows` rows, no row skipped silently:
 /// `ON CONFLICT DO NOTHING` on the key only, so any other constraint failing is an error that
 /// keeps the batch unacknowledged, never a silently lost row.
 fn insert_sql(rows: usize) -> String {
-    let row = format!("({})", ["?"; 13].join(", "));
+    let row = format!("({})", ["?"; COLUMNS].join(", "));
     format!(
-        "INSERT INTO observations(gateway, seq, batch, device, code, value, unit, ucum, gateway_time, time_quality, device_time, status, waveform)
+        "INSERT INTO observations(gateway, seq, batch, device, code, value, unit, ucum, gateway_time, time_quality, device_time, status, waveform, location)
          VALUES {} ON CONFLICT(gateway, seq) DO NOTHING",
         vec![row; rows].join(", ")
     )
@@ -268,6 +288,7 @@ fn bind_row(
     st.raw_bind_parameter(at + 12, status_text(o, flag))?;
     let waveform = o.waveform.as_ref().map(serde_json::to_string).transpose()?;
     st.raw_bind_parameter(at + 13, waveform)?;
+    st.raw_bind_parameter(at + 14, p.locations.get(&o.device))?;
     Ok(flag)
 }
 
@@ -284,7 +305,7 @@ fn insert_new_rows(
     for chunk in &mut chunks {
         let mut invalid = 0;
         for (i, o) in chunk.iter().enumerate() {
-            invalid += u64::from(bind_row(&mut st, i * 13, p, o)?.is_some());
+            invalid += u64::from(bind_row(&mut st, i * COLUMNS, p, o)?.is_some());
         }
         let n = st.raw_execute()?;
         anyhow::ensure!(n == chunk.len(), "{} of {} new rows stored", n, chunk.len());
@@ -383,7 +404,7 @@ impl Output {
                         insert_rows_one_by_one(&tx, p, &mut w)?;
                     }
                     let mut ev = tx.prepare_cached(
-                        "INSERT INTO events(gateway, seq, batch, device, kind, detail, gateway_time) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                        "INSERT INTO events(gateway, seq, batch, device, kind, detail, gateway_time, location) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                          ON CONFLICT(gateway, seq) DO NOTHING",
                     )?;
                     for e in &p.events {
@@ -394,7 +415,8 @@ impl Output {
                             e.device,
                             e.kind,
                             e.detail,
-                            e.gateway_time
+                            e.gateway_time,
+                            p.locations.get(&e.device)
                         ])? as u64;
                     }
                 }
@@ -428,6 +450,9 @@ impl Output {
                         v["gateway"] = p.gateway.clone().into();
                         v["batch"] = p.batch.into();
                         v["type"] = "event".into();
+                        if let Some(l) = p.locations.get(&e.device) {
+                            v["location"] = l.clone().into();
+                        }
                         serde_json::to_writer(&mut out, &v)?;
                         out.push(b'\n');
                         w.events += 1;
@@ -470,6 +495,7 @@ mod tests {
                 detail: String::new(),
                 gateway_time: 1,
             }],
+            locations: Default::default(),
         }
     }
 
@@ -566,6 +592,57 @@ mod tests {
     }
 
     #[test]
+    fn each_row_is_stored_with_its_device_s_location_in_sqlite_and_jsonl() {
+        let mut b = batch(1, vec![obs(1, 97.0), obs(2, 96.0)]);
+        b.observations[1].device = "serial:b".into();
+        b.locations = [
+            ("serial:a".to_owned(), "ward-7/bed-12".to_owned()),
+            ("gateway".to_owned(), "ward-7/cupboard".to_owned()),
+        ]
+        .into();
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("up.db");
+        Output::open(&format!("sqlite:{}", path.display()))
+            .unwrap()
+            .write(&b)
+            .unwrap();
+        let c = rusqlite::Connection::open(&path).unwrap();
+        let rows: Vec<(String, Option<String>)> = c
+            .prepare("SELECT device, location FROM observations ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            [
+                ("serial:a".into(), Some("ward-7/bed-12".into())),
+                ("serial:b".into(), None)
+            ]
+        );
+        let ev: Option<String> = c
+            .query_row("SELECT location FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ev.as_deref(), Some("ward-7/cupboard"));
+
+        let jl = d.path().join("up.jsonl");
+        Output::open(&format!("jsonl:{}", jl.display()))
+            .unwrap()
+            .write(&b)
+            .unwrap();
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&jl)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["location"], "ward-7/bed-12");
+        assert!(lines[1].get("location").is_none());
+        assert_eq!(lines[2]["location"], "ward-7/cupboard");
+        assert!(lines[0].get("locations").is_none());
+    }
+
+    #[test]
     fn an_old_sqlite_output_is_migrated_with_its_rows() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("up.db");
@@ -597,6 +674,19 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(v, [Some(96.0), None]);
+        for table in ["observations", "events"] {
+            let n: i64 = c
+                .query_row(
+                    &format!("SELECT count(*) FROM {table} WHERE location IS NULL"),
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert!(
+                n >= 1,
+                "{table} gained a location column, NULL for old rows"
+            );
+        }
         drop(out);
         // Opening again does nothing more.
         Output::open(&format!("sqlite:{}", path.display())).unwrap();
@@ -606,10 +696,10 @@ mod tests {
     fn rows(path: &std::path::Path) -> Vec<String> {
         let c = rusqlite::Connection::open(path).unwrap();
         let mut st = c
-            .prepare("SELECT gateway, seq, batch, device, code, value, unit, ucum, gateway_time, time_quality, device_time, status, waveform FROM observations ORDER BY seq")
+            .prepare("SELECT gateway, seq, batch, device, code, value, unit, ucum, gateway_time, time_quality, device_time, status, waveform, location FROM observations ORDER BY seq")
             .unwrap();
         st.query_map([], |r| {
-            Ok((0..13)
+            Ok((0..14)
                 .map(|i| format!("{:?}", rusqlite::types::Value::from(r.get_ref(i).unwrap())))
                 .collect::<Vec<_>>()
                 .join("|"))
@@ -639,19 +729,24 @@ mod tests {
         for o in &mut all[120..] {
             o.device = "ble:a4:c1:38:0f:2e:91".into();
         }
+        let mut full = batch(1, all.clone());
+        full.locations
+            .insert("ble:a4:c1:38:0f:2e:91".into(), "ward-7/bed-9".into());
         let d = tempfile::tempdir().unwrap();
         // A fresh output: every row new, many at once.
         let fast = d.path().join("fast.db");
         let mut out = Output::open(&format!("sqlite:{}", fast.display())).unwrap();
-        let w = out.write(&batch(1, all.clone())).unwrap();
+        let w = out.write(&full).unwrap();
         assert_eq!(w.per_device.get("serial:a"), Some(&120));
         assert_eq!(w.per_device.get("ble:a4:c1:38:0f:2e:91"), Some(&30));
         assert_eq!((w.invalid_values, w.duplicate), (2, false));
         // An output that already holds seq 150: row by row, seq 150 not counted again.
         let slow = d.path().join("slow.db");
         let mut out = Output::open(&format!("sqlite:{}", slow.display())).unwrap();
-        out.write(&batch(9, vec![all[149].clone()])).unwrap();
-        let w = out.write(&batch(1, all.clone())).unwrap();
+        let mut first = batch(9, vec![all[149].clone()]);
+        first.locations = full.locations.clone();
+        out.write(&first).unwrap();
+        let w = out.write(&full).unwrap();
         assert_eq!(w.per_device.get("serial:a"), Some(&120));
         assert_eq!(w.per_device.get("ble:a4:c1:38:0f:2e:91"), Some(&29));
         assert_eq!(w.invalid_values, 2);
@@ -672,6 +767,8 @@ mod tests {
             a[130]
         );
         assert!(a[99].contains(r#"{\"period_us\":13333"#), "{}", a[99]);
+        assert!(a[0].ends_with("|Null"), "{}", a[0]);
+        assert!(a[140].ends_with(r#"|Text("ward-7/bed-9")"#), "{}", a[140]);
     }
 
     #[test]
@@ -717,6 +814,9 @@ mod tests {
         v["gateway"] = p.gateway.clone().into();
         v["batch"] = p.batch.into();
         v["type"] = "observation".into();
+        if let Some(l) = p.locations.get(&o.device) {
+            v["location"] = l.clone().into();
+        }
         serde_json::to_string(&v).unwrap()
     }
 
@@ -737,7 +837,9 @@ mod tests {
             offset: -5.12,
             samples: vec![-3, 0, 2048],
         });
-        let b = batch(1 << 60, all);
+        let mut b = batch(1 << 60, all);
+        b.locations.insert("serial:a".into(), "ward-7/bed-3".into());
+        b.observations[2].device = "serial:b".into();
         let d = tempfile::tempdir().unwrap();
         let spec = format!("jsonl:{}", d.path().join("up.jsonl").display());
         Output::open(&spec).unwrap().write(&b).unwrap();

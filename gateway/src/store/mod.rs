@@ -27,6 +27,10 @@
 //!   observation's sample array (period, scale, offset, raw samples) as CBOR
 //!   ([`encode_waveform`]), in the same row as its first sample's value: a waveform is one row,
 //!   stored, batched, acknowledged and dropped like any other (retention class `waveform`).
+//! - Since schema version 5, `device_location(device, from_seq, location)` ([`location`]): the
+//!   location each device was configured with from which row on, written in the same
+//!   transaction as the rows; a batch names one location per device ([`Batch::locations`]) and is
+//!   cut where a device's location changes; entries no queued row needs go on ack.
 //!
 //! **Accepted.** An observation is accepted when the transaction that inserted it has committed
 //! ([`Store::append`] returned `Ok`). With `synchronous=FULL` (default) that commit is fsynced.
@@ -59,6 +63,7 @@
 //! report upstream. Data is never deleted to recover.
 
 pub mod firmware;
+pub mod location;
 pub mod schema;
 
 use crate::batch::{Batch, Item, StoredEvent, StoredObservation};
@@ -204,6 +209,9 @@ pub struct Store {
     /// Rows in `queue`: counted once at open, then kept by append, ack and retention, so status
     /// and the systemd STATUS line never scan the table.
     queued: std::sync::atomic::AtomicU64,
+    /// Configured device locations and each device's latest `device_location` entry
+    /// ([`location`]); an append holds it (after `conn`) for its whole transaction.
+    locations: Mutex<location::Tracker>,
 }
 
 /// The retention class of a row (also the order in which the writer refuses rows when full).
@@ -276,12 +284,17 @@ impl Store {
                 path: path.into(),
                 source: e,
             })?;
+        let tracker = location::Tracker::load(&conn).map_err(|e| StoreError::Sqlite {
+            path: path.into(),
+            source: e,
+        })?;
         let store = Store {
             conn: Mutex::new(conn),
             path: path.into(),
             opts,
             dropped: Default::default(),
             queued: std::sync::atomic::AtomicU64::new(rows as u64),
+            locations: Mutex::new(tracker),
         };
         if let Some((aside, reason)) = &report.quarantined {
             store.append(&[AdapterEvent::Event(DeviceEvent {
@@ -297,6 +310,24 @@ impl Store {
             })])?;
         }
         Ok((store, report))
+    }
+
+    /// Sets the configured location of every device (device id, e.g. `serial:bed12-spo2`, →
+    /// location, e.g. `ward-7/bed-12`; a device not named has none). Rows appended from now on
+    /// are stored with these ([`location`]); call it before the first append.
+    pub fn set_locations(&self, configured: std::collections::HashMap<String, String>) {
+        self.tracker().configure(configured);
+    }
+
+    /// Sets (`Some`) or clears (`None`) one device's configured location, e.g. for a device
+    /// admitted at run time by a rule that gives one. Waits only for an append in progress
+    /// (rows it commits keep the location they were read with).
+    pub fn set_location(&self, device: &str, location: Option<&str>) {
+        self.tracker().set(device, location);
+    }
+
+    fn tracker(&self) -> std::sync::MutexGuard<'_, location::Tracker> {
+        self.locations.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The store file.
@@ -336,6 +367,8 @@ impl Store {
         items: &[AdapterEvent],
     ) -> rusqlite::Result<std::ops::RangeInclusive<u64>> {
         let mut conn = self.lock();
+        let mut tracker = self.tracker();
+        let mut first_rows: Option<Vec<(&str, i64)>> = (!tracker.idle()).then(Vec::new);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (mut first, mut last) = (0i64, 0i64);
         {
@@ -389,9 +422,23 @@ impl Store {
                     first = seq;
                 }
                 last = seq;
+                if let Some(rows) = first_rows.as_mut() {
+                    let device = match item {
+                        AdapterEvent::Observation(o) => o.device.as_str(),
+                        AdapterEvent::Event(e) => e.device.as_str(),
+                    };
+                    if !rows.iter().any(|(d, _)| *d == device) {
+                        rows.push((device, seq));
+                    }
+                }
             }
         }
+        let changes = first_rows
+            .map(|rows| tracker.changes(rows))
+            .unwrap_or_default();
+        location::write(&tx, &changes)?;
         tx.commit()?;
+        tracker.committed(changes);
         self.queued
             .fetch_add(items.len() as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(first as u64..=last as u64)
@@ -408,11 +455,13 @@ impl Store {
                 [],
                 |r| r.get(0),
             )?;
-            let items = read_items(
+            let mut items = read_items(
                 &tx,
                 "seq > ?1 ORDER BY seq LIMIT ?2",
                 params![assigned, max as i64],
             )?;
+            location::cut_at_change(&tx, &mut items)?;
+            let locations = location::for_items(&tx, &items)?;
             let (Some(first), Some(last)) =
                 (items.first().map(Item::seq), items.last().map(Item::seq))
             else {
@@ -438,6 +487,7 @@ impl Store {
             Ok(Some(Batch {
                 number: number as u64,
                 items,
+                locations,
             }))
         })();
         r.map_err(|e| self.err(e))
@@ -467,7 +517,12 @@ impl Store {
                 "seq BETWEEN ?1 AND ?2 ORDER BY seq",
                 params![first, last],
             )?;
-            Ok(Some(Batch { number, items }))
+            let locations = location::for_items(&conn, &items)?;
+            Ok(Some(Batch {
+                number,
+                items,
+                locations,
+            }))
         })();
         r.map_err(|e| self.err(e))
     }
@@ -486,6 +541,7 @@ impl Store {
                 [first, last],
             )?;
             tx.execute("DELETE FROM batches WHERE number=?1", [number as i64])?;
+            location::prune(&tx)?;
             tx.commit()?;
             self.queued
                 .fetch_sub(deleted as u64, std::sync::atomic::Ordering::Relaxed);
