@@ -1,5 +1,5 @@
 //! Device-to-upstream latency and saturated throughput through the real daemon (issue 11,
-//! item 5 and "Measure" (c)): devices on ptys → `wardgate run` (store `synchronous=FULL`) →
+//! item 5): devices on ptys → `wardgate run` (store `synchronous=FULL`) →
 //! mosquitto (mutual TLS) → `wardgate receive` (upstream ack mode, durable SQLite output).
 //!
 //! `scripts/bench-latency [--baseline REV]` (or `cargo bench -p wardgate-e2e --bench latency`).
@@ -14,8 +14,8 @@
 //!
 //! With `BENCH_BASELINE_BIN` (another build of `wardgate`, e.g. `main` before send-at-once;
 //! `scripts/bench-latency --baseline REV` builds it) the same runs are made with it, and the ratio
-//! this build / baseline is printed. The readings are CMS50 frames, not the JSON lines of the
-//! issue's harness: the `lines` protocol that reads those is built on another branch.
+//! this build / baseline is printed. The readings are CMS50 frames; the issue's own harness (JSON
+//! lines on 4 ptys) is measured by `throughput.rs` (`scripts/bench`).
 //!
 //! Environment: `BENCH_BIN` (default: this package's `wardgate-e2e-bin`, the same entry point
 //! as `wardgate`), `BENCH_BASELINE_BIN`, `BENCH_RUNS` (3), `BENCH_RATE` (50), `BENCH_SECS` (20),
