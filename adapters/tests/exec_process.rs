@@ -804,7 +804,8 @@ async fn a_plugin_that_exits_at_once_gives_no_sign_of_life() {
         let (e, obs) = run.expect(EventKind::Disconnected).await;
         assert!(obs.is_empty());
         assert!(
-            e.detail.starts_with("plug-in exitnow: exited with status 3 after "),
+            e.detail
+                .starts_with("plug-in exitnow: exited with status 3 after "),
             "{e:?}"
         );
     }

@@ -461,11 +461,16 @@ while True:
         .unwrap();
     let t0 = Instant::now();
     let up = env.upstream();
-    wardgate_e2e::wait_for("steady's latest reading upstream", Duration::from_secs(60), || {
-        Ok(up.observations()?.iter().any(|o| {
-            o.device == "exec:steady" && o.status.as_deref() == Some(&format!("record={record}"))
-        }))
-    })
+    wardgate_e2e::wait_for(
+        "steady's latest reading upstream",
+        Duration::from_secs(60),
+        || {
+            Ok(up.observations()?.iter().any(|o| {
+                o.device == "exec:steady"
+                    && o.status.as_deref() == Some(&format!("record={record}"))
+            }))
+        },
+    )
     .unwrap();
     let late = t0.elapsed();
     eprintln!("steady: record {record} upstream {late:?} after it was written (or later)");

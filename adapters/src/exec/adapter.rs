@@ -848,6 +848,29 @@ fn signal_group(pid: u32, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), sig);
 }
 
+/// `exited with status 3`, `killed by signal 9 (SIGKILL)`.
+fn describe_exit(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exited with status {c}"),
+        (None, Some(s)) => match nix::sys::signal::Signal::try_from(s) {
+            Ok(sig) => format!("killed by signal {s} ({sig})"),
+            Err(_) => format!("killed by signal {s}"),
+        },
+        _ => "ended".into(),
+    }
+}
+
+impl Adapter for ExecAdapter {
+    fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    fn run<'a>(&'a self, ctx: &'a mut AdapterContext) -> RunFuture<'a> {
+        Box::pin(self.run_inner(ctx))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -914,28 +937,5 @@ mod tests {
             panic!()
         };
         assert_eq!(wait, Duration::from_secs(1));
-    }
-}
-
-/// `exited with status 3`, `killed by signal 9 (SIGKILL)`.
-fn describe_exit(status: ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(c), _) => format!("exited with status {c}"),
-        (None, Some(s)) => match nix::sys::signal::Signal::try_from(s) {
-            Ok(sig) => format!("killed by signal {s} ({sig})"),
-            Err(_) => format!("killed by signal {s}"),
-        },
-        _ => "ended".into(),
-    }
-}
-
-impl Adapter for ExecAdapter {
-    fn name(&self) -> &str {
-        &self.cfg.name
-    }
-
-    fn run<'a>(&'a self, ctx: &'a mut AdapterContext) -> RunFuture<'a> {
-        Box::pin(self.run_inner(ctx))
     }
 }

@@ -323,7 +323,11 @@ mod tests {
             ("max_line = 10", "max_line", "between 256"),
             ("stop_grace_s = 60", "stop_grace_s", "between 1 and 15"),
             ("max_backoff_s = 0", "max_backoff_s", "greater than 0"),
-            ("max_lines_per_s = 0", "max_lines_per_s", "between 1 and 100000"),
+            (
+                "max_lines_per_s = 0",
+                "max_lines_per_s",
+                "between 1 and 100000",
+            ),
             (
                 "max_lines_per_s = 100001",
                 "max_lines_per_s",
