@@ -813,3 +813,32 @@ async fn a_plugin_that_exits_at_once_gives_no_sign_of_life() {
     assert!(st.quick_exits >= 3 && st.restarts >= 2, "{st:?}");
     run.stop().await;
 }
+
+/// A burst of bad lines and then silence: the ones over the limit are summarised by the timer,
+/// not only when a later line comes (that may be never).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_lines_held_back_are_summarised_without_a_further_line() {
+    let dir = Scratch::new("burst");
+    let script = dir.script(
+        "burst.sh",
+        "#!/bin/sh\nfor i in 1 2 3 4 5 6 7 8; do echo \"not json $i\"; done\nexec sleep 1000\n",
+    );
+    let mut run = start(config("burst", &script, ""), 64);
+    let mut details = Vec::new();
+    for _ in 0..6 {
+        let (e, _) = run.expect(EventKind::Error).await;
+        details.push(e.detail);
+    }
+    assert!(
+        details[..5]
+            .iter()
+            .all(|d| d.starts_with("plug-in burst: line ")),
+        "{details:?}"
+    );
+    assert_eq!(
+        details[5],
+        "plug-in burst: 3 further bad lines not reported one by one"
+    );
+    assert_eq!(run.adapter.stats().bad_lines, 8);
+    run.stop().await;
+}

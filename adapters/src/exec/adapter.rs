@@ -21,7 +21,8 @@
 //!    ([`ExecStats::bad_lines`], [`ExecStats::lines_too_long`]) and reported as an `error` event
 //!    `plug-in <name>: line N (byte offset M): <why>` (at most
 //!    [`MAX_ERROR_EVENTS_PER_SEC`](crate::retry::MAX_ERROR_EVENTS_PER_SEC) a second, the rest
-//!    counted and summarised); nothing of it is stored, nothing stops.
+//!    counted and summarised within [`SUMMARY_EVERY`] of the window's end, or at the end of the
+//!    run); nothing of it is stored, nothing stops. The reason never quotes the plug-in's value.
 //! 4. Logs each stderr line as `plugin <name>: <line>` (the journal under systemd), at most
 //!    [`STDERR_LINES_PER_SEC`] a second (the rest counted and summarised), each cut to
 //!    [`STDERR_MAX_LINE`] bytes: a plug-in's diagnostics, so plug-ins must not print patient
@@ -68,6 +69,10 @@ pub const STDERR_LINES_PER_SEC: u32 = 20;
 pub const STDIN_QUEUE: usize = 16;
 /// Capacity of the adapter's command channel.
 const COMMAND_CAPACITY: usize = 16;
+/// How often the counts of bad lines and stderr lines held back by the rate limits are
+/// summarised when no further line comes to carry them (they are also summarised at the end
+/// of each run).
+const SUMMARY_EVERY: Duration = Duration::from_secs(1);
 /// After the plug-in exited, how long the rest of its stdout may take (a grandchild holding the
 /// pipe open must not hold the adapter); after it closed its stdout, how long its exit may take
 /// before it is stopped.
@@ -448,6 +453,8 @@ impl ExecAdapter {
         // When stdout reached its end while the process still ran.
         let mut stdout_closed: Option<Instant> = None;
         let mut smp_refused = false;
+        let mut summaries = tokio::time::interval_at(Instant::now() + SUMMARY_EVERY, SUMMARY_EVERY);
+        summaries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let end = loop {
             if let Some((status, _)) = exited {
                 if !stdout_open && !stderr_open {
@@ -466,6 +473,7 @@ impl ExecAdapter {
             tokio::select! {
                 _ = wait_shutdown(&mut ctx.shutdown) => {
                     drop(stdin_tx.take());
+                    self.summarise(&mut st, ctx, true).await;
                     let status = self.stop(&mut child, pid).await;
                     log::info!(
                         "plugin {name}: stopped ({})",
@@ -486,6 +494,7 @@ impl ExecAdapter {
                             Ok(true) => {}
                             Ok(false) => {
                                 drop(stdin_tx.take());
+                                self.summarise(&mut st, ctx, true).await;
                                 let status = self.stop(&mut child, pid).await;
                                 log::info!(
                                     "plugin {name}: stopped ({})",
@@ -541,6 +550,7 @@ impl ExecAdapter {
                         status.map_or("no status".into(), describe_exit)
                     ));
                 }
+                _ = summaries.tick() => self.summarise(&mut st, ctx, false).await,
                 cmd = cmd_rx.recv() => match cmd {
                     Some(c) => match message::encode_command(&c) {
                         Some(line) => {
@@ -564,6 +574,7 @@ impl ExecAdapter {
         };
         drop(stdin_tx);
         writer.abort();
+        self.summarise(&mut st, ctx, true).await;
         if let Some((offset, _)) = framer.remainder() {
             // A last line without its newline: refused like any bad line.
             bump(&self.counters.bad_lines, 1);
@@ -713,6 +724,41 @@ impl ExecAdapter {
         match device.and_then(|i| self.cfg.devices.get(i)) {
             Some(d) => self.cfg.sub_device_id(d),
             None => self.device.clone(),
+        }
+    }
+
+    /// Says how many bad lines (an `error` event, and the journal) and stderr lines (the
+    /// journal) the rate limits held back: those of a window that is over, or all of them when
+    /// `all` (the run ends). An event the gateway cannot take (shutdown) is only logged.
+    async fn summarise(&self, st: &mut ReadState, ctx: &mut AdapterContext, all: bool) {
+        let name = &self.cfg.name;
+        let now = Instant::now().into_std();
+        let (bad, stderr) = if all {
+            (
+                st.limiter.take_all_suppressed(),
+                st.stderr_limiter.take_all_suppressed(),
+            )
+        } else {
+            (
+                st.limiter.take_suppressed(now),
+                st.stderr_limiter.take_suppressed(now),
+            )
+        };
+        if let Some(n) = stderr {
+            log::info!(
+                "plugin {name}: ({n} stderr lines not logged: more than {STDERR_LINES_PER_SEC} a second)"
+            );
+        }
+        if let Some(n) = bad {
+            let what = format!("{n} further bad lines not reported one by one");
+            log::warn!("plugin {name}: {what}");
+            let detail = format!("plug-in {name}: {what}");
+            let _ = self
+                .send(
+                    ctx,
+                    self.event(self.device.clone(), EventKind::Error, detail),
+                )
+                .await;
         }
     }
 
