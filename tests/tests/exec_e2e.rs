@@ -394,10 +394,9 @@ written = 0
 while True:
     os.write(1, chunk)
     written += len(chunk)
-    if written % (len(chunk) * 100) == 0:
-        with open('flood.written.tmp', 'w') as f:
-            f.write(str(written))
-        os.replace('flood.written.tmp', 'flood.written')
+    with open('flood.written.tmp', 'w') as f:
+        f.write(str(written))
+    os.replace('flood.written.tmp', 'flood.written')
 "#,
     );
     let pids = scripts.join("stubborn.pids");
