@@ -166,6 +166,7 @@ mod tests {
                 Decoded::Reading(r) => readings.push(r),
                 Decoded::Identity(id) => ids.push(id),
                 Decoded::Error { message, .. } => panic!("{message}"),
+                Decoded::Waveform { .. } => panic!("a lines map gives no waveform: {d:?}"),
             }
         }
         assert_eq!(ids, ["ox-003"]);
