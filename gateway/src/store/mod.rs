@@ -214,13 +214,20 @@ pub struct Store {
 /// it is idle; the next [`Store::append`] assigns its rows to a batch in the same transaction (one
 /// fsync for the rows and the assignment) and keeps the number here until [`Store::next_batch`]
 /// hands it out.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct CutState {
-    /// `Some(batch_max)` while the uplink waits for rows with room in its window.
-    offer: Option<usize>,
+    /// `(batch_max, check)` while the uplink waits for rows with room in its window.
+    offer: Option<(usize, Option<CutCheck>)>,
     /// Cut in a commit, not yet handed out by `next_batch`, oldest first.
     precut: std::collections::VecDeque<u64>,
 }
+
+/// Asked by a commit right before it cuts an offered batch ([`Store::offer_cut`]): `false`
+/// leaves the cut to the uplink (the offer stays). The uplink passes "the clock has not changed
+/// its synchronisation since the last poll" (`system::clock::SharedClock::settled`): rows stamped
+/// before a synchronisation are corrected before they are cut. Called with the store's connection
+/// locked: it must not lock anything that is held while calling the store.
+pub type CutCheck = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// The retention class of a row (also the order in which the writer refuses rows when full).
 pub fn class_of(item: &AdapterEvent) -> Class {
@@ -342,11 +349,10 @@ impl Store {
     /// the next [`Self::append`] also cuts a batch of up to `batch_max` of the oldest unassigned
     /// rows in its own transaction, so a reading waits for one fsync, not two (the cut's own
     /// commit), before it can be published. One offer cuts at most one batch; [`Self::next_batch`]
-    /// hands that batch out first. Not cut in the commit (left to `next_batch`): rows of a commit
-    /// holding an observation stamped by an unsynchronised clock (the uplink corrects those
-    /// before it cuts, see `system::clock`).
-    pub fn offer_cut(&self, batch_max: usize) {
-        self.cut_state().offer = Some(batch_max.max(1));
+    /// hands that batch out first. A commit for which `check` returns `false` cuts nothing and
+    /// leaves the offer for the next one (see [`CutCheck`]).
+    pub fn offer_cut(&self, batch_max: usize, check: Option<CutCheck>) {
+        self.cut_state().offer = Some((batch_max.max(1), check));
     }
 
     /// Withdraws [`Self::offer_cut`] (the window filled, the store refused a cut, the session
@@ -443,18 +449,23 @@ impl Store {
             }
         }
         // The offer is taken before the commit (its lock is never held across an fsync) and put
-        // back if the commit fails; one offer cuts at most one batch.
-        let offered = if items.is_empty()
-            || items.iter().any(|i| {
-                matches!(i, AdapterEvent::Observation(o) if o.time_quality == TimeQuality::Unsynced)
-            }) {
+        // back if the commit fails or its check says no; one offer cuts at most one batch.
+        let offered = if items.is_empty() {
             None
         } else {
             self.cut_state().offer.take()
         };
+        let offered = match offered {
+            Some((max, check)) if check.as_ref().is_none_or(|c| c()) => Some((max, check)),
+            Some(kept) => {
+                self.cut_state().offer.get_or_insert(kept);
+                None
+            }
+            None => None,
+        };
         let committed = (|| {
-            let number = match offered {
-                Some(max) => cut_batch(&tx, max)?.map(|(number, _, _)| number),
+            let number = match &offered {
+                Some((max, _)) => cut_batch(&tx, *max)?.map(|(number, _, _)| number),
                 None => None,
             };
             tx.commit()?;
@@ -464,8 +475,8 @@ impl Store {
             Ok(Some(number)) => self.cut_state().precut.push_back(number),
             Ok(None) => {}
             Err(e) => {
-                if let Some(max) = offered {
-                    self.cut_state().offer.get_or_insert(max);
+                if let Some(kept) = offered {
+                    self.cut_state().offer.get_or_insert(kept);
                 }
                 return Err(e);
             }

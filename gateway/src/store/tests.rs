@@ -494,7 +494,7 @@ fn an_offered_cut_is_made_in_the_appending_commit_and_handed_out_once() {
     // Without an offer a commit cuts nothing.
     let r0 = s.append(&[obs("d", mdc::SPO2, 90.0)]).unwrap();
     assert!(s.unacked_batches().unwrap().is_empty());
-    s.offer_cut(2);
+    s.offer_cut(2, None);
     let r1 = s
         .append(&[obs("d", mdc::SPO2, 91.0), obs("d", mdc::SPO2, 92.0)])
         .unwrap();
@@ -518,25 +518,31 @@ fn an_offered_cut_is_made_in_the_appending_commit_and_handed_out_once() {
 }
 
 #[test]
-fn a_withdrawn_offer_cuts_nothing_and_rows_of_an_unsynced_clock_wait_for_the_uplink() {
+fn a_withdrawn_offer_cuts_nothing_and_a_check_saying_no_keeps_the_offer() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir);
-    s.offer_cut(10);
+    s.offer_cut(10, None);
     s.withdraw_cut();
     s.append(&[obs("d", mdc::SPO2, 90.0)]).unwrap();
     assert!(s.unacked_batches().unwrap().is_empty());
-    // A commit with a row stamped by an unsynchronised clock leaves the cut to the uplink (which
-    // corrects such rows first) and keeps the offer for a later commit.
-    s.offer_cut(10);
-    let AdapterEvent::Observation(mut o) = obs("d", mdc::SPO2, 91.0) else {
-        unreachable!()
-    };
-    o.time_quality = TimeQuality::Unsynced;
-    s.append(&[AdapterEvent::Observation(o)]).unwrap();
+    // The check (the uplink's: the clock changed its synchronisation since the last poll) says
+    // no: the commit leaves the cut to the uplink and the offer stays for a later commit.
+    let settled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s2 = settled.clone();
+    s.offer_cut(
+        10,
+        Some(std::sync::Arc::new(move || {
+            s2.load(std::sync::atomic::Ordering::Relaxed)
+        })),
+    );
+    s.append(&[obs("d", mdc::SPO2, 91.0)]).unwrap();
     assert!(s.unacked_batches().unwrap().is_empty());
+    settled.store(true, std::sync::atomic::Ordering::Relaxed);
     s.append(&[obs("d", mdc::SPO2, 92.0)]).unwrap();
     let b = s.next_batch(10).unwrap().unwrap();
-    assert_eq!(b.items.len(), 3, "the offer kept cuts all three rows");
+    assert_eq!(b.items.len(), 3, "the kept offer cuts all three rows");
+    s.append(&[obs("d", mdc::SPO2, 93.0)]).unwrap();
+    assert_eq!(s.unacked_batches().unwrap(), vec![b.number], "used up");
 }
 
 /// A batch cut in a commit and not handed out before the session ended is re-sent by the next
@@ -545,9 +551,9 @@ fn a_withdrawn_offer_cuts_nothing_and_rows_of_an_unsynced_clock_wait_for_the_upl
 fn a_batch_cut_in_a_commit_is_re_sent_once_by_the_next_session() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir);
-    s.offer_cut(10);
+    s.offer_cut(10, None);
     s.append(&[obs("d", mdc::SPO2, 90.0)]).unwrap();
-    s.offer_cut(10); // a new offer: withdrawn by `resume`
+    s.offer_cut(10, None); // a new offer: withdrawn by `resume`
     let cut = s.unacked_batches().unwrap();
     assert_eq!(s.resume().unwrap(), cut);
     s.append(&[obs("d", mdc::SPO2, 91.0)]).unwrap();
@@ -556,7 +562,7 @@ fn a_batch_cut_in_a_commit_is_re_sent_once_by_the_next_session() {
     assert_eq!(next.items.len(), 1);
     assert_eq!(s.unacked_batches().unwrap(), vec![cut[0], next.number]);
     // After a restart nothing is pending in memory; the file lists both.
-    s.offer_cut(10);
+    s.offer_cut(10, None);
     s.append(&[obs("d", mdc::SPO2, 92.0)]).unwrap();
     let all = s.unacked_batches().unwrap();
     assert_eq!(all.len(), 3);

@@ -269,7 +269,7 @@ impl Model {
         };
         let Some(batch) = batch else {
             if again.is_none() {
-                self.store.offer_cut(BATCH_MAX);
+                self.store.offer_cut(BATCH_MAX, None);
             }
             return; // nothing pending, or the re-send was acknowledged meanwhile
         };
@@ -687,7 +687,7 @@ mod send_at_once {
                     if again.is_some() {
                         continue;
                     }
-                    self.store.offer_cut(MAX);
+                    self.store.offer_cut(MAX, None);
                     return FillEnd::Empty;
                 };
                 if again.is_none() {

@@ -483,11 +483,14 @@ impl Uplink {
                     continue; // acknowledged meanwhile
                 }
                 // Idle with room in the window: the writer's next commit cuts the batch in its
-                // own transaction (one fsync before publish instead of two). Not while the clock
-                // is unsynchronised: its rows are corrected here, right before a cut.
-                if self.clock.as_ref().is_none_or(|c| c.synced()) {
-                    self.store.offer_cut(self.settings.batch_max);
-                }
+                // own transaction (one fsync before publish instead of two), unless the clock's
+                // synchronisation changed since the poll above (its rows are corrected here,
+                // right before a cut).
+                let check = self
+                    .clock
+                    .clone()
+                    .map(|c| -> crate::store::CutCheck { Arc::new(move || c.settled()) });
+                self.store.offer_cut(self.settings.batch_max, check);
                 return Ok(FillEnd::Empty);
             };
             if client
