@@ -36,9 +36,14 @@
 //! **Batches.** [`Store::next_batch`] assigns the oldest unassigned rows to a new batch number in
 //! one transaction *before* the uplink publishes it, so a batch keeps its number and its rows
 //! across reconnects, restarts and crashes: [`Store::unacked_batches`] lists what must be sent
-//! again. Batch numbers strictly increase.
+//! again. Batch numbers strictly increase. While the uplink is idle it offers a cut
+//! ([`Store::offer_cut`]): the next [`Store::append`] assigns its rows to a batch in its own
+//! transaction (one fsync for both), and `next_batch` hands that batch out first.
+//! [`Store::resume`] starts a session with every unacknowledged batch.
 //!
-//! **Deleted.** Rows leave the store only in [`Store::ack`] (their batch was acknowledged) or in
+//! **Deleted.** Rows leave the store only in [`Store::ack`] (their batch was acknowledged; the
+//! delete is made durable by the next `FULL` commit, not by its own fsync: a power cut in between
+//! brings the batch back to be re-sent, never loses a row) or in
 //! retention ([`Store::enforce_retention`]), which drops the oldest rows of the lowest priority
 //! class first (waveform samples, then numerics, then device events) and records a `dropped`
 //! event with the counts, which travels upstream like any other event: nothing is lost silently.
