@@ -3,9 +3,10 @@
 //!
 //! A batch is signed as a COSE_Sign1 ([`crate::signing`]) whose payload is the CBOR encoding of
 //! [`BatchPayload`]: a map with text keys `v` (1), `gateway`, `site`, `ward`, `batch`,
-//! `observations`, `events`.
+//! `observations`, `events`, and (since issue 11, optional) `locations`.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use wardgate_adapters::observation::{DeviceEvent, Observation, Waveform};
 
 /// Payload format version (`v`).
@@ -56,6 +57,9 @@ pub struct Batch {
     pub number: u64,
     /// Rows in seq order.
     pub items: Vec<Item>,
+    /// Device id → the location configured when its rows were committed, for the devices of
+    /// `items` that had one (one per device: the store cuts a batch where a location changes).
+    pub locations: BTreeMap<String, String>,
 }
 
 /// The CBOR payload of a batch message (the COSE_Sign1 payload).
@@ -75,6 +79,12 @@ pub struct BatchPayload {
     pub observations: Vec<WireObservation>,
     /// Device events, in seq order.
     pub events: Vec<WireEvent>,
+    /// Device id → where the device was (its configured `location`, e.g. `ward-7/bed-12`) when
+    /// its rows in this batch were read; only devices with rows here and a location. Absent
+    /// when empty, and in every payload of a gateway older than issue 11 item 7, which
+    /// therefore still decodes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub locations: BTreeMap<String, String>,
 }
 
 /// An observation on the wire.
@@ -196,6 +206,7 @@ impl Batch {
             batch: self.number,
             observations,
             events,
+            locations: self.locations.clone(),
         }
     }
 }
@@ -240,6 +251,8 @@ struct BatchPayloadRef<'a> {
     batch: u64,
     observations: Vec<WireObservationRef<'a>>,
     events: Vec<WireEventRef<'a>>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    locations: &'a BTreeMap<String, String>,
 }
 
 impl Batch {
@@ -283,6 +296,7 @@ impl Batch {
             batch: self.number,
             observations,
             events,
+            locations: &self.locations,
         };
         let mut out = Vec::with_capacity(64 + self.items.len() * 100);
         ciborium::into_writer(&p, &mut out).expect("serialising to a Vec cannot fail");
@@ -402,6 +416,7 @@ mod tests {
                     },
                 }),
             ],
+            locations: [("serial:bed1".to_owned(), "ward-7/bed-1".to_owned())].into(),
         };
         let o = Origin {
             gateway: "gw".into(),
@@ -417,6 +432,7 @@ mod tests {
             vec![995, 995, 1000, -3, 0, i32::MAX]
         );
         assert_eq!(p.observations[0].waveform, None);
+        assert_eq!(p.locations["serial:bed1"], "ward-7/bed-1");
     }
 
     #[test]
@@ -432,10 +448,41 @@ mod tests {
             batch: 1,
             observations: vec![old],
             events: vec![],
+            locations: BTreeMap::new(),
         };
         let bytes = p.to_cbor();
-        let needle: &[u8] = b"waveform";
-        assert!(!bytes.windows(needle.len()).any(|w| w == needle));
+        for needle in [&b"waveform"[..], b"locations"] {
+            assert!(!bytes.windows(needle.len()).any(|w| w == needle));
+        }
         assert_eq!(BatchPayload::from_cbor(&bytes).unwrap(), p);
+    }
+
+    #[test]
+    fn locations_travel_as_a_map_after_the_rows() {
+        let mut p = BatchPayload {
+            v: 1,
+            gateway: "gw".into(),
+            site: "s".into(),
+            ward: "w".into(),
+            batch: 1,
+            observations: vec![WireObservation::spo2_for_tests(1, 97.0)],
+            events: vec![],
+            locations: [("serial:a".to_owned(), "ward-7/bed-12".to_owned())].into(),
+        };
+        let bytes = p.to_cbor();
+        let v: ciborium::Value = ciborium::from_reader(&bytes[..]).unwrap();
+        let map = v.as_map().unwrap();
+        let (k, locs) = map.last().unwrap();
+        assert_eq!(k.as_text(), Some("locations"));
+        assert_eq!(
+            locs.as_map().unwrap()[0],
+            (
+                ciborium::Value::Text("serial:a".into()),
+                ciborium::Value::Text("ward-7/bed-12".into())
+            )
+        );
+        assert_eq!(BatchPayload::from_cbor(&bytes).unwrap(), p);
+        p.locations.clear();
+        assert!(!p.to_cbor().windows(9).any(|w| w == b"locations"));
     }
 }

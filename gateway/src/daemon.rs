@@ -76,6 +76,8 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     let path = cfg.store.path.clone();
     let (store, open_report) =
         tokio::task::spawn_blocking(move || Store::open(&path, opts)).await??;
+    // Rows are stored with the location their device has now (store::location).
+    store.set_locations(configured_locations(cfg).into_iter().collect());
     let store = Arc::new(store);
     let notifier = crate::system::sd_notify::Notifier::from_env();
     let watchdog = notifier
@@ -161,7 +163,13 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     let mut ble_stats = None;
     let mut ble_adapter = None;
     if let Some(b) = &cfg.ble {
-        let ble = Arc::new(BleAdapter::new(b.clone()));
+        // A tag a `[[ble.tag]]` rule with a `location` admits: its rows are stored with it.
+        let located = store.clone();
+        let ble = Arc::new(BleAdapter::new(b.clone()).with_tag_location(Arc::new(
+            move |id: &wardgate_adapters::observation::DeviceId, location: &str| {
+                located.set_location(&id.0, Some(location))
+            },
+        )));
         ble_stats = Some(ble.stats());
         ble_adapter = Some(ble.clone());
         start_adapter(ble);
@@ -238,11 +246,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         })
         .collect();
     // Where each device is (`location`): device status and status.json.
-    let mut locations: std::collections::BTreeMap<String, String> = cfg
-        .serial
-        .iter()
-        .filter_map(|s| Some((format!("serial:{}", s.name), s.location.clone()?)))
-        .collect();
+    let locations = configured_locations(cfg);
     for e in &cfg.exec {
         let thresholds = crate::health::liveness::Thresholds {
             stale: Duration::from_secs(e.stale_after_s.unwrap_or(10)),
@@ -252,20 +256,13 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         if !e.devices.is_empty() {
             ids.insert(0, e.device_id());
         }
-        if let Some(l) = &e.location {
-            locations.extend(ids.iter().map(|id| (id.0.clone(), l.clone())));
-        }
         tracked.extend(ids.into_iter().map(|id| (id.0, thresholds)));
     }
     for d in cfg.ble.iter().flat_map(|b| b.devices.iter()) {
         if let Ok(a) = wardgate_adapters::ble::config::Address::parse(&d.address) {
             let (stale, offline) = d.liveness_s();
-            let id = wardgate_adapters::ble::central::device_id(a).0;
-            if let Some(l) = &d.location {
-                locations.insert(id.clone(), l.clone());
-            }
             tracked.push((
-                id,
+                wardgate_adapters::ble::central::device_id(a).0,
                 crate::health::liveness::Thresholds {
                     stale: Duration::from_secs(stale),
                     offline: Duration::from_secs(offline),
@@ -508,4 +505,30 @@ fn watched(
             )
         }),
     }
+}
+
+/// Device id → configured `location`, for every `[[serial]]`, `[[exec]]` (the plug-in and each of
+/// its devices) and `[[ble.device]]` that has one.
+pub(crate) fn configured_locations(cfg: &Config) -> std::collections::BTreeMap<String, String> {
+    let mut locations: std::collections::BTreeMap<String, String> = cfg
+        .serial
+        .iter()
+        .filter_map(|s| Some((format!("serial:{}", s.name), s.location.clone()?)))
+        .collect();
+    for e in &cfg.exec {
+        if let Some(l) = &e.location {
+            let mut ids = e.device_ids();
+            ids.push(e.device_id());
+            locations.extend(ids.iter().map(|id| (id.0.clone(), l.clone())));
+        }
+    }
+    for d in cfg.ble.iter().flat_map(|b| b.devices.iter()) {
+        if let (Ok(a), Some(l)) = (
+            wardgate_adapters::ble::config::Address::parse(&d.address),
+            &d.location,
+        ) {
+            locations.insert(wardgate_adapters::ble::central::device_id(a).0, l.clone());
+        }
+    }
+    locations
 }

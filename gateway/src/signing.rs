@@ -121,14 +121,61 @@ fn public_key(spki_der: &[u8]) -> Result<(KeyAlg, Vec<u8>), SigningError> {
     )))
 }
 
-/// Reads every certificate from a PEM file.
+/// Largest credential or signed file read whole (a PEM of certificates, a private key, a CRL, a
+/// signed firmware job), bytes: 4 MiB, far above any real one.
+pub const MAX_FILE_BYTES: u64 = 4 << 20;
+
+/// Reads a file named in the config or on the command line (certificates, keys, CRLs, signed
+/// jobs) whole. Refuses, with an `InvalidInput` error that says why, what is not a regular file
+/// (a FIFO would block the caller until someone writes to it, `/dev/zero` never ends) and a
+/// file larger than `max` bytes, so a wrong path never hangs or exhausts the daemon or a CLI.
+pub fn read_regular_file(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(invalid(format!(
+            "not a regular file (a {}); give the path of the file itself",
+            file_kind(&meta.file_type())
+        )));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(max + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(invalid(format!("larger than {max} bytes")));
+    }
+    Ok(bytes)
+}
+
+/// What a file that is not a regular file is, in words.
+fn file_kind(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "directory"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_char_device() {
+        "character device"
+    } else if t.is_block_device() {
+        "block device"
+    } else if t.is_socket() {
+        "socket"
+    } else {
+        "special file"
+    }
+}
+
+/// Reads every certificate from a PEM file (at most [`MAX_FILE_BYTES`], a regular file).
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, SigningError> {
     let file_err = |m: String| SigningError::File {
         path: path.display().to_string(),
         message: m,
     };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| file_err(format!("cannot read certificates: {e}")))?
+    let bytes = read_regular_file(path, MAX_FILE_BYTES)
+        .map_err(|e| file_err(format!("cannot read certificates: {e}")))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| file_err(format!("bad PEM: {e}")))?;
     if certs.is_empty() {
@@ -137,12 +184,17 @@ pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, SigningEr
     Ok(certs)
 }
 
-/// Reads a private key (PKCS#8, SEC1 or PKCS#1 PEM).
+/// Reads a private key (PKCS#8, SEC1 or PKCS#1 PEM; a regular file of at most
+/// [`MAX_FILE_BYTES`]).
 pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, SigningError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| SigningError::File {
+    let file_err = |m: String| SigningError::File {
         path: path.display().to_string(),
-        message: format!("cannot read private key: {e}"),
-    })
+        message: m,
+    };
+    let bytes = read_regular_file(path, MAX_FILE_BYTES)
+        .map_err(|e| file_err(format!("cannot read private key: {e}")))?;
+    PrivateKeyDer::from_pem_slice(&bytes)
+        .map_err(|e| file_err(format!("cannot read private key: {e}")))
 }
 
 /// The certificate parsed as X.509 (RFC 5280) by the `x509-cert` crate, with a message an
@@ -402,7 +454,8 @@ impl Verifier {
             path: path.display().to_string(),
             message: m,
         };
-        let bytes = std::fs::read(path).map_err(|e| file_err(format!("cannot read: {e}")))?;
+        let bytes = read_regular_file(path, MAX_FILE_BYTES)
+            .map_err(|e| file_err(format!("cannot read: {e}")))?;
         let ders: Vec<Vec<u8>> = if bytes.starts_with(b"-----") {
             use rustls_pki_types::CertificateRevocationListDer as Crl;
             Crl::pem_slice_iter(&bytes)

@@ -15,7 +15,9 @@ For every message file it checks:
     observations (array of maps with seq, device, code, value, unit, gateway_time, ...; a
     waveform observation's optional "waveform" map: period_us > 0, finite scale and offset,
     1..4096 integer samples),
-    events (array of maps with seq, device, kind, detail, gateway_time).
+    events (array of maps with seq, device, kind, detail, gateway_time), and the optional
+    locations (map of device id => location: 1..64 characters of [A-Za-z0-9._-] in non-empty
+    "/"-separated parts, only for devices with rows in the batch).
 
 With --key RECEIVER.key, every message must be encrypted to that receiver (COSE_Encrypt, see
 decrypt_cose.py beside this file): it is decrypted first, then the signed message inside is
@@ -26,7 +28,9 @@ Usage: verify_cose.py --cert gateway.pem [--cert other.pem] [--key receiver.key]
 
 Prints one JSON line of totals on stdout:
   {"messages": N, "batches": N, "observations": N, "unique_observations": N, "events": N,
-   "unique_events": N, "per_device": {device: unique observations}}
+   "unique_events": N, "per_device": {device: unique observations},
+   "per_location": {device: {location: unique observations}}} (a row's location is its
+   device's entry in its batch's locations; rows without one are not counted there)
 and one line per problem on stderr. Exit status: 0 when every message verified and every
 payload matched the schema, 1 otherwise, 2 on usage errors.
 """
@@ -243,6 +247,32 @@ def check_payload(batch):
         if last_seq is not None and e["seq"] <= last_seq:
             raise Invalid(f"{where}: seq {e['seq']} not increasing")
         last_seq = e["seq"]
+    check_locations(batch)
+
+
+LOCATION_MAX = 64
+LOCATION_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def check_locations(batch):
+    """The optional "locations" map: text device ids of devices with rows in this batch, each
+    mapped to a location (docs/wire-format.md, install.md 5c)."""
+    if "locations" not in batch:
+        return
+    locs = batch["locations"]
+    if not isinstance(locs, Mapping):
+        raise Invalid("payload locations is not a map")
+    devices = {o["device"] for o in batch["observations"]} | {e["device"] for e in batch["events"]}
+    for device, loc in locs.items():
+        if not isinstance(device, str) or not isinstance(loc, str):
+            raise Invalid(f"locations: {device!r} => {loc!r} is not text => text")
+        if device not in devices:
+            raise Invalid(f"locations names device {device}, which has no row in the batch")
+        if not 1 <= len(loc) <= LOCATION_MAX:
+            raise Invalid(f"locations[{device}]: {len(loc)} characters (1..{LOCATION_MAX})")
+        parts = loc.split("/")
+        if any(not p for p in parts) or any(c not in LOCATION_CHARS for p in parts for c in p):
+            raise Invalid(f"locations[{device}]: {loc!r} is not a location")
 
 
 def message_files(paths):
@@ -278,6 +308,7 @@ def main(argv):
     seen_obs = set()
     seen_events = set()
     per_device = {}
+    per_location = {}
     n_obs = n_events = 0
     for path in files:
         try:
@@ -297,6 +328,10 @@ def main(argv):
             if (gw, o["seq"]) not in seen_obs:
                 seen_obs.add((gw, o["seq"]))
                 per_device[o["device"]] = per_device.get(o["device"], 0) + 1
+                loc = batch.get("locations", {}).get(o["device"])
+                if loc is not None:
+                    counts = per_location.setdefault(o["device"], {})
+                    counts[loc] = counts.get(loc, 0) + 1
         for e in batch["events"]:
             n_events += 1
             seen_events.add((gw, e["seq"]))
@@ -312,6 +347,7 @@ def main(argv):
                 "events": n_events,
                 "unique_events": len(seen_events),
                 "per_device": per_device,
+                "per_location": per_location,
             },
             sort_keys=True,
         )

@@ -123,6 +123,20 @@ impl Upstream {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
+    /// `(seq, location)` of every observation and event of `device`, in seq order: the location
+    /// the receiver stored with each row (`None`: none).
+    pub fn locations(&self, device: &str) -> Result<Vec<(u64, Option<String>)>> {
+        let Some(c) = self.conn()? else {
+            return Ok(Vec::new());
+        };
+        let mut st = c.prepare(
+            "SELECT seq, location FROM observations WHERE device = ?1
+             UNION ALL SELECT seq, location FROM events WHERE device = ?1 ORDER BY seq",
+        )?;
+        let rows = st.query_map([device], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
     /// Observations per device.
     pub fn count_by_device(&self) -> Result<BTreeMap<String, u64>> {
         let Some(c) = self.conn()? else {

@@ -68,6 +68,8 @@ pub struct GatewayOptions {
     /// `[uplink] port` when it is not the broker's own (e.g. a
     /// [`FaultProxy`](crate::fault_proxy::FaultProxy) in between).
     pub uplink_port: Option<u16>,
+    /// `location` of a `[[serial]]` device, by device name (absent: none).
+    pub locations: std::collections::BTreeMap<String, String>,
 }
 
 /// What goes into the receiver's `receiver.toml`.
@@ -162,6 +164,7 @@ impl TestEnv {
             cert_check_s: None,
             max_inflight: None,
             uplink_port: None,
+            locations: Default::default(),
         }
     }
 
@@ -305,6 +308,9 @@ backoff_max_s = {backoff}
                 d.name,
                 d.protocol_name()
             ));
+            if let Some(l) = o.locations.get(&d.name) {
+                t.push_str(&format!("location = \"{l}\"\n"));
+            }
         }
         let path = self.gw_dir.join("wardgate.toml");
         std::fs::write(&path, t)?;

@@ -171,7 +171,7 @@ pub struct Summary {
     /// The raw run.
     pub output: Output,
     /// The parsed JSON totals (`messages`, `verified`, `failed`, `batches`, `observations`,
-    /// `unique_observations`, `events`, `unique_events`, `per_device`).
+    /// `unique_observations`, `events`, `unique_events`, `per_device`, `per_location`).
     pub totals: serde_json::Value,
 }
 

@@ -849,7 +849,7 @@ fn bthome_sensor_quantities_arrive_as_observations_once_per_window() {
     let keyed = "54:48:E6:8F:80:A5";
     let ble_cfg = format!(
         "[ble]\n\n[[ble.tag]]\nname = \"fridges\"\nservice_data = \"fcd2\"\nwindow_s = 1\n\
-         [ble.tag.bthome_keys]\n\"{keyed}\" = \"231d39c1d7cc1ab1aee224cd096db932\"\n"
+         location = \"pharmacy/fridge-1\"\n[ble.tag.bthome_keys]\n\"{keyed}\" = \"231d39c1d7cc1ab1aee224cd096db932\"\n"
     );
     let cfg = write_config_with_ble(&env, &env.gateway_options(), &ble_cfg).unwrap();
     let check = std::process::Command::new(BIN)
@@ -910,6 +910,19 @@ fn bthome_sensor_quantities_arrive_as_observations_once_per_window() {
         "a repeated encrypted frame (same counter) is not used again"
     );
     assert_eq!(up.values(&keyed_id, TEMP_ROOM).unwrap(), [25.06]);
+    // Every tag the rule admits is where the rule says (issue 11 item 7): each of their rows
+    // reached the receiver with the rule's location.
+    for id in [&fridge_id, &keyed_id] {
+        let rows = up.locations(id).unwrap();
+        assert!(!rows.is_empty(), "{id}");
+        for (seq, location) in rows {
+            assert_eq!(
+                location.as_deref(),
+                Some("pharmacy/fridge-1"),
+                "{id} row {seq}"
+            );
+        }
+    }
     let st = gateway.terminate(Duration::from_secs(10)).unwrap();
     assert!(st.success(), "{}", gateway.stderr());
 }

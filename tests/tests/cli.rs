@@ -37,6 +37,17 @@ fn plugin_readings() -> usize {
     }
 }
 
+/// The demo devices' configured locations (config/demo.toml, config/demo-ble.toml, the demo's
+/// `[[exec]]` sections).
+const DEMO_LOCATIONS: [(&str, &str); 6] = [
+    ("serial:bed1-spo2", "ward-7/bed-1"),
+    ("serial:bed2-monitor", "ward-7/bed-2"),
+    ("ble:00:22:D0:90:4C:14", "ward-7/bed-3"),
+    ("ble:5C:31:3E:01:16:6D", "ward-7/bed-3"),
+    ("exec:bed15-plugin", "ward-7/bed-15"),
+    ("exec:bed16-ecg", "ward-7/bed-16"),
+];
+
 /// Runs `wardgate demo --speed 50 --out DIR` (the whole chain in-process, real recordings) and
 /// returns `(DIR/gateway.pem, DIR/messages/*.cose)`.
 fn demo_messages(dir: &Path) -> (PathBuf, Vec<PathBuf>) {
@@ -76,6 +87,20 @@ fn demo_messages(dir: &Path) -> (PathBuf, Vec<PathBuf>) {
             "demo output lacks `{row}`:\n{}",
             out.stdout
         );
+    }
+    // Issue 11 item 7: each device's configured location, as the receiver stored it with the
+    // device's rows (read back from the receiver's SQLite output: it travelled in the batches).
+    for (device, location) in DEMO_LOCATIONS {
+        if device == "exec:bed15-plugin" && plugin_readings() == 0 {
+            continue;
+        }
+        let cols: Vec<&str> = out
+            .stdout
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|c| c.len() == 7 && c[0] == device && c[5] == "ok")
+            .unwrap_or_else(|| panic!("no observation row for {device}:\n{}", out.stdout));
+        assert_eq!(cols[6], location, "{device}: {cols:?}");
     }
     // Issue 11 item 2: the example plug-in, a python3 child process of the daemon (the demo
     // leaves it out without python3, and says so).
@@ -311,6 +336,14 @@ fn verify_prints_payloads_of_genuine_messages_and_rejects_tampered_ones() {
                 seqs.insert(o["seq"].as_u64().unwrap()),
                 "seq twice in the demo's messages"
             );
+            // Each observation's device has its location in the batch (issue 11 item 7).
+            let device = o["device"].as_str().unwrap();
+            let want = DEMO_LOCATIONS.iter().find(|(d, _)| *d == device).unwrap().1;
+            assert_eq!(
+                p["locations"][device], want,
+                "{device} in batch {}",
+                p["batch"]
+            );
             if o["device"] == "exec:bed16-ecg" {
                 let samples: Vec<i32> =
                     serde_json::from_value(o["waveform"]["samples"].clone()).unwrap();
@@ -411,6 +444,18 @@ fn independent_python_verifier_accepts_genuine_and_rejects_tampered_messages() {
     assert_eq!(s.totals["per_device"]["ble:00:22:D0:90:4C:14"], 7);
     assert_eq!(s.totals["per_device"]["ble:5C:31:3E:01:16:6D"], 2);
     assert_eq!(s.totals["per_device"]["exec:bed16-ecg"], 20);
+    // Every observation of each device travelled with its one location.
+    for (device, location) in DEMO_LOCATIONS {
+        if device == "exec:bed15-plugin" && plugin_readings() == 0 {
+            continue;
+        }
+        assert_eq!(
+            s.totals["per_location"][device],
+            serde_json::json!({ location: s.totals["per_device"][device] }),
+            "{device}: {}",
+            s.totals
+        );
+    }
 
     let bad_sig = tampered(&msgs[0], scratch.path(), -1);
     let s = python::verify(TARGET_TMP.as_ref(), cert, std::slice::from_ref(&bad_sig)).unwrap();

@@ -541,6 +541,33 @@ acme = ["serial:bed12", "bed14", "a0:9e:1a:12:34:56"]
     assert!(o.stderr.contains("signed for another key"), "{o:?}");
     assert!(o.stdout.is_empty(), "no job written: {o:?}");
 
+    // A dry run says which devices it would update and leaves no store behind.
+    let o = wardgate(
+        &[
+            os("firmware"),
+            os("accept"),
+            os("--dry-run"),
+            os("--config"),
+            config.as_os_str(),
+            j5.as_os_str(),
+        ],
+        dir,
+    );
+    let v: Value = serde_json::from_str(o.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {o:?}"));
+    assert_eq!(
+        (o.code(), &v["accepted"]),
+        (Some(0), &Value::Bool(false)),
+        "{o:?}"
+    );
+    assert_eq!(
+        v["devices"],
+        serde_json::json!(["serial:bed12", "serial:bed14"])
+    );
+    assert!(
+        !dir.join("store.db").exists(),
+        "a dry run created the store"
+    );
+
     // Accepted: two queued executions, recorded in the store.
     let (code, v) = accept(&j5);
     assert_eq!(code, Some(0), "{v}");
@@ -602,6 +629,32 @@ acme = ["serial:bed12", "bed14", "a0:9e:1a:12:34:56"]
     );
     assert_eq!(o.code(), Some(0), "{o:?}");
     assert_eq!(refused(&dir.join("other.cose")), "unknown_class");
+    // `-o` naming the image would overwrite it: refused (usage), the image untouched.
+    let before = std::fs::read(&img).unwrap();
+    let o = wardgate(
+        &[
+            os("firmware"),
+            os("job"),
+            os("--image"),
+            img.as_os_str(),
+            os("--url"),
+            os("https://x.example/a"),
+            os("--class"),
+            os("acme"),
+            os("--seq"),
+            os("10"),
+            os("--cert"),
+            fw.cert.as_os_str(),
+            os("--key"),
+            fw.key.as_os_str(),
+            os("-o"),
+            img.as_os_str(),
+        ],
+        dir,
+    );
+    assert_eq!(o.code(), Some(2), "{o:?}");
+    assert!(o.stderr.contains("is one of the job's inputs"), "{o:?}");
+    assert_eq!(std::fs::read(&img).unwrap(), before);
     // A gateway certificate cannot make a job: the tool refuses (usage, exit 2).
     let o = wardgate(
         &[

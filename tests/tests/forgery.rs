@@ -239,6 +239,7 @@ fn a_batch_signed_by_another_gateway_is_refused_and_the_real_rows_are_stored() {
             })
             .collect(),
         events: vec![],
+        locations: Default::default(),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -76,6 +76,7 @@ fn payload(gw: &str, batch: u64, rows: u64, value: f64) -> BatchPayload {
             })
             .collect(),
         events: vec![],
+        locations: Default::default(),
     }
 }
 

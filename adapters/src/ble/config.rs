@@ -161,6 +161,11 @@ pub struct TagRule {
     /// BTHome v2 encryption keys (16 bytes hex) by tag address.
     #[serde(default)]
     pub bthome_keys: std::collections::BTreeMap<String, String>,
+    /// Where the tags this rule admits are, e.g. `pharmacy/fridge-1` (issue 11 item 7): every
+    /// tag it admits gets it, in the same form as a device's `location` (checked by
+    /// `check-config`); its rows travel upstream with it.
+    #[serde(default)]
+    pub location: Option<String>,
 }
 
 impl TagRule {

@@ -234,6 +234,7 @@ fn make() {
             detail: "/dev/ttyUSB0".into(),
             gateway_time: 1_760_000_000_001,
         }],
+        locations: Default::default(),
     }
     .to_cbor();
     let signed_batch = f.gateway.sign(payload.clone());
@@ -260,6 +261,17 @@ fn make() {
     let wave = wave.to_cbor();
     c.sel("receive_batch", 1, &wave);
     c.sel("receive_batch", 2, &wave);
+    // Where the device was (issue 11 item 7): a valid `locations`, then a refused one.
+    let mut located = BatchPayload::from_cbor(&payload).unwrap();
+    located.locations = [("serial:bed12-spo2".to_owned(), "ward-7/bed-12".to_owned())].into();
+    c.sel("receive_batch", 1, &located.to_cbor());
+    c.sel("receive_batch", 2, &located.to_cbor());
+    located.locations = [
+        ("serial:bed12-spo2".to_owned(), "ward 7//x".to_owned()),
+        ("serial:nobody".to_owned(), "a".to_owned()),
+    ]
+    .into();
+    c.sel("receive_batch", 1, &located.to_cbor());
 
     // Gateway ack path: a signed v2 ack from the fixed receiver, its payload, a v1 plain ack.
     let ack = |v: u32, batches: Vec<u64>| {

@@ -17,7 +17,9 @@
 //!    `receive`.
 //! 5. When every recording has been replayed and delivered, it prints per device: observations
 //!    in the recording (decoded offline by the same decoder), stored by the gateway, delivered
-//!    upstream, and verified independently from the raw messages with only `gateway.pem`.
+//!    upstream, and verified independently from the raw messages with only `gateway.pem`;
+//!    and the device's location (`ward-7/bed-1` …) as the receiver stored it with the rows,
+//!    read from the receiver's SQLite output: it travelled in the batches.
 //! 6. Firmware ([`super::demo_firmware`]): the CMS50 also serves SMP on its line, and the bonded
 //!    BLE scale the SMP GATT service (a Rust Zephyr/MCUboot device model,
 //!    [`wardgate_sim::smp_device`]); once the recordings are delivered, one signed job per
@@ -25,7 +27,8 @@
 //!    with the gateway's certificate, verifies it, uploads it, tests, resets, confirms. The
 //!    firmware table shows from/to versions, bytes, seconds, and the version the device runs.
 //!
-//! It succeeds only when all four counts match for every device and every update ended `done`
+//! It succeeds only when all four counts match and the stored location is the configured one
+//! for every device, and every update ended `done`
 //! with the device running the job's version, confirmed.
 
 use super::demo_firmware;
@@ -70,7 +73,7 @@ fn demo_plugin(speed: f64) -> Result<(String, u64), String> {
         .filter(|v| !v.trim().is_empty() && v.trim() != "-")
         .count() as u64;
     let section = format!(
-        "\n[[exec]]\nname = \"{}\"\ncommand = \"{python}\"\nargs = [\"{}\", \"--replay\", \"{}\", \"--rate\", \"{}\"]\n",
+        "\n[[exec]]\nname = \"{}\"\ncommand = \"{python}\"\nargs = [\"{}\", \"--replay\", \"{}\", \"--rate\", \"{}\"]\nlocation = \"ward-7/bed-15\"\n",
         PLUGIN_DEVICE.trim_start_matches("exec:"),
         script.display(),
         csv.display(),
@@ -126,7 +129,7 @@ fn demo_ecg(dir: &Path, speed: f64) -> Result<(String, u64), String> {
         ),
     )?;
     let section = format!(
-        "\n[[exec]]\nname = \"{}\"\ncommand = \"/bin/sh\"\nargs = [\"replay.sh\"]\nworking_dir = \"{}\"\n",
+        "\n[[exec]]\nname = \"{}\"\ncommand = \"/bin/sh\"\nargs = [\"replay.sh\"]\nworking_dir = \"{}\"\nlocation = \"ward-7/bed-16\"\n",
         ECG_DEVICE.trim_start_matches("exec:"),
         ecg_dir.display()
     );
@@ -495,11 +498,15 @@ pub async fn run(mut opts: DemoOptions) -> anyhow::Result<bool> {
 
     // 8. Independent verification of the raw messages with only the gateway certificate.
     let verified = verify_dir(&dir.join("gateway.pem"), &messages)?;
+    // Where each device was, as the receiver stored it with its rows (it travelled in the
+    // batches' `locations`), against the configuration.
+    let located = upstream_locations(&dir.join("upstream.db"))?;
+    let configured = crate::daemon::configured_locations(&cfg);
     let mut ok = true;
     println!();
     println!(
-        "{:<22} {:>9} {:>8} {:>10} {:>9}",
-        "device", "recorded", "stored", "delivered", "verified"
+        "{:<22} {:>9} {:>8} {:>10} {:>9}  {:<8}  location (as stored upstream)",
+        "device", "recorded", "stored", "delivered", "verified", ""
     );
     for (dev, recorded) in &expected {
         let row = Row {
@@ -508,19 +515,22 @@ pub async fn run(mut opts: DemoOptions) -> anyhow::Result<bool> {
             delivered: stats.delivered.get(dev).copied().unwrap_or(0),
             verified: verified.get(dev).copied().unwrap_or(0),
         };
+        let location = located.get(dev).map(String::as_str).unwrap_or("-");
         let good = row.recorded > 0
             && row.recorded == row.stored
             && row.stored == row.delivered
-            && row.delivered == row.verified;
+            && row.delivered == row.verified
+            && location == configured.get(dev).map(String::as_str).unwrap_or("-");
         ok &= good;
         println!(
-            "{:<22} {:>9} {:>8} {:>10} {:>9}  {}",
+            "{:<22} {:>9} {:>8} {:>10} {:>9}  {:<8}  {}",
             dev,
             row.recorded,
             row.stored,
             row.delivered,
             row.verified,
-            if good { "ok" } else { "MISMATCH" }
+            if good { "ok" } else { "MISMATCH" },
+            location
         );
     }
     println!();
@@ -564,6 +574,19 @@ pub async fn run(mut opts: DemoOptions) -> anyhow::Result<bool> {
         }
     );
     Ok(ok)
+}
+
+/// Device → the location(s) the receiver stored with its observations in its SQLite output at
+/// `path` (several joined by `,`: a device moved while its rows travelled; devices whose rows
+/// have none are absent).
+fn upstream_locations(path: &Path) -> anyhow::Result<BTreeMap<String, String>> {
+    let c =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let mut st = c.prepare(
+        "SELECT device, group_concat(location, ',') FROM (SELECT DISTINCT device, location FROM observations WHERE location IS NOT NULL ORDER BY device, location) GROUP BY device",
+    )?;
+    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// Verifies every `*.cose` in `dir` with the certificate(s) in `cert` alone, and counts unique

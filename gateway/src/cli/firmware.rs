@@ -206,7 +206,7 @@ fn check_job(
     job_file: &std::path::Path,
 ) -> anyhow::Result<Result<(), (&'static str, String)>> {
     use coset::{CborSerializable, TaggedCborSerializable};
-    let bytes = std::fs::read(job_file)
+    let bytes = crate::signing::read_regular_file(job_file, job::MAX_JOB_BYTES as u64)
         .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", job_file.display()))?;
     let sign1 = coset::CoseSign1::from_tagged_slice(&bytes)
         .or_else(|_| coset::CoseSign1::from_slice(&bytes))
@@ -400,6 +400,45 @@ fn duration_s(s: &str) -> Option<u64> {
     n.parse::<u64>().ok()?.checked_mul(mult)
 }
 
+/// What a gateway checks of a firmware signer's certificate besides the chain
+/// (`signing::Verifier`, webpki for clientAuth): valid at `at` (Unix s) and, when it has an
+/// extendedKeyUsage, one that includes clientAuth (RFC 5280 §4.2.1.12; a codeSigning-only
+/// certificate is refused). Checked before signing so that an installer learns it here, not
+/// from a `failed signature_refused` on every gateway.
+fn signer_usable(cert: &rustls_pki_types::CertificateDer<'_>, at: u64) -> Result<(), String> {
+    use x509_cert::ext::pkix::ExtendedKeyUsage;
+    const CLIENT_AUTH: x509_cert::der::oid::ObjectIdentifier =
+        x509_cert::der::oid::ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.2");
+    let (from, until) = crate::signing::validity(cert)?;
+    let date = |d: std::time::Duration| crate::cli::provision::rfc3339(d);
+    if at > until.as_secs() {
+        return Err(format!(
+            "the signer certificate expired on {}: gateways would refuse the job \
+             (signature_refused); renew it",
+            date(until)
+        ));
+    }
+    if at < from.as_secs() {
+        return Err(format!(
+            "the signer certificate is not valid before {}: gateways would refuse the job \
+             (signature_refused) until then",
+            date(from)
+        ));
+    }
+    let x = crate::signing::parse_x509(cert)?;
+    if let Ok(Some((_, eku))) = x.tbs_certificate.get::<ExtendedKeyUsage>() {
+        if !eku.0.contains(&CLIENT_AUTH) {
+            return Err(
+                "the signer certificate's extendedKeyUsage lacks clientAuth (gateways verify \
+                 firmware signers as client certificates and would refuse the job, \
+                 signature_refused); see docs/install.md for the signer certificate"
+                    .into(),
+            );
+        }
+    }
+    Ok(())
+}
+
 fn make_job(a: JobArgs) -> anyhow::Result<ExitCode> {
     let usage = |m: String| anyhow::Error::from(UsageError(m));
     let signer = crate::signing::Signer::from_files(&a.cert, &a.key)
@@ -416,12 +455,11 @@ fn make_job(a: JobArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => return Err(usage(format!("--cert: {e}"))),
     }
-    let issued = match a.issued {
-        Some(t) => t,
-        None => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs(),
-    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let issued = a.issued.unwrap_or(now);
+    signer_usable(&cert[0], now.max(issued)).map_err(|e| usage(format!("--cert: {e}")))?;
     let expires = match a.expires {
         Some(t) => t,
         None => issued.saturating_add(duration_s(&a.expires_in).ok_or_else(|| {
@@ -441,7 +479,10 @@ fn make_job(a: JobArgs) -> anyhow::Result<ExitCode> {
             reason: a.reason,
         })
     } else {
-        let path = a.image.expect("clap requires --image without --cancel");
+        let path = a
+            .image
+            .clone()
+            .expect("clap requires --image without --cancel");
         let info = parse_file(&path)?.map_err(|e| {
             anyhow::anyhow!("{}: not a well-formed MCUboot image: {e}", path.display())
         })?;
@@ -560,6 +601,24 @@ fn make_job(a: JobArgs) -> anyhow::Result<ExitCode> {
         None => std::io::stdout().write_all(&signed)?,
         Some(p) if p.as_os_str() == "-" => std::io::stdout().write_all(&signed)?,
         Some(p) => {
+            // `-o` naming the image (or the signer's files) would destroy what it was made from.
+            let same = |q: &std::path::Path| matches!((std::fs::canonicalize(p), std::fs::canonicalize(q)), (Ok(a), Ok(b)) if a == b);
+            if [
+                Some(a.cert.as_path()),
+                Some(a.key.as_path()),
+                a.image.as_deref(),
+            ]
+            .into_iter()
+            .flatten()
+            .any(same)
+            {
+                return Err(UsageError(format!(
+                    "-o {} is one of the job's inputs (the image, --cert or --key); write the \
+                     job to another file",
+                    p.display()
+                ))
+                .into());
+            }
             std::fs::write(p, &signed)
                 .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", p.display()))?;
             eprintln!(
@@ -608,15 +667,9 @@ fn accept(a: AcceptArgs) -> anyhow::Result<ExitCode> {
         fw.signer_crl.iter().map(|p| p.get_ref().as_path()),
     )
     .map_err(|e| UsageError(format!("[firmware] trust: {e}")))?;
-    let mut bytes = Vec::new();
-    std::io::Read::read_to_end(
-        &mut std::io::Read::take(
-            std::fs::File::open(&a.file)
-                .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", a.file.display()))?,
-            job::MAX_JOB_BYTES as u64 + 1,
-        ),
-        &mut bytes,
-    )?;
+    // One byte over the limit is read so that `verify` refuses it as `too_large`.
+    let bytes = crate::signing::read_regular_file(&a.file, job::MAX_JOB_BYTES as u64 + 1)
+        .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", a.file.display()))?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
     let v = match job::verify(&bytes, &trust, now.as_secs()) {
         Ok(v) => v,
@@ -633,7 +686,12 @@ fn accept(a: AcceptArgs) -> anyhow::Result<ExitCode> {
         Ok(crate::Store::open(&config.store.path, opts)?.0)
     };
     let outcome = if a.dry_run {
-        let last = store()?.firmware_last_seq(v.message.class())?;
+        // A dry run on a gateway that never ran leaves no store file behind.
+        let last = if config.store.path.exists() {
+            store()?.firmware_last_seq(v.message.class())?
+        } else {
+            None
+        };
         match &v.message {
             Message::Job(j) => fleet
                 .resolve(&j.target.class, j.target.devices.as_deref())
@@ -694,5 +752,32 @@ mod tests {
         assert_eq!(duration_s("7d"), Some(604_800));
         assert_eq!(duration_s("7w"), None);
         assert_eq!(duration_s(""), None);
+    }
+
+    #[test]
+    fn a_signer_certificate_gateways_would_refuse_is_refused_before_signing() {
+        let cert = |eku: Vec<rcgen::ExtendedKeyUsagePurpose>, from: (i32, u8), until: i32| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut p = rcgen::CertificateParams::new(vec![]).unwrap();
+            p.extended_key_usages = eku;
+            p.not_before = rcgen::date_time_ymd(from.0, from.1, 1);
+            p.not_after = rcgen::date_time_ymd(until, 1, 1);
+            p.self_signed(&key).unwrap().der().clone()
+        };
+        use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, CodeSigning};
+        // 2027-01-01 and 2030-01-01 (+1 s), Unix seconds.
+        let (now, after) = (1_798_761_600, 1_893_456_001);
+        assert_eq!(
+            signer_usable(&cert(vec![ClientAuth], (2023, 1), 2030), now),
+            Ok(())
+        );
+        // No extendedKeyUsage at all: any use (RFC 5280 §4.2.1.12), as webpki reads it.
+        assert_eq!(signer_usable(&cert(vec![], (2023, 1), 2030), now), Ok(()));
+        let e = signer_usable(&cert(vec![CodeSigning], (2023, 1), 2030), now).unwrap_err();
+        assert!(e.contains("lacks clientAuth"), "{e}");
+        let e = signer_usable(&cert(vec![ClientAuth], (2023, 1), 2030), after).unwrap_err();
+        assert!(e.contains("expired on 2030-01-01"), "{e}");
+        let e = signer_usable(&cert(vec![ClientAuth], (2027, 6), 2030), now).unwrap_err();
+        assert!(e.contains("not valid before 2027-06-01"), "{e}");
     }
 }

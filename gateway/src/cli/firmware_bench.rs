@@ -56,8 +56,8 @@ pub struct LinkArgs {
     /// Serial port of the device's SMP console (a stable path such as /dev/serial/by-id/…).
     #[arg(long, required_unless_present = "ble", conflicts_with = "ble")]
     port: Option<PathBuf>,
-    /// Baud rate (with --port).
-    #[arg(long, default_value_t = 115_200)]
+    /// Baud rate (with --port), 50 to 4,000,000.
+    #[arg(long, default_value_t = 115_200, value_parser = clap::value_parser!(u32).range(50..=4_000_000))]
     baud: u32,
     /// A BLE device bonded with this machine (`wardgate pair`), by its identity address
     /// (AA:BB:CC:DD:EE:FF): SMP over its GATT SMP service.

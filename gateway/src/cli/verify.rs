@@ -1,7 +1,8 @@
 //! `wardgate verify --cert PEM FILE…` (or `--ca PEM [--crl CRL]`): verifies COSE_Sign1 messages
 //! (batches, retained device status, heartbeats, acks) against listed certificates or, through
 //! their `x5chain`, a CA, and prints each payload as a JSON line (a waveform observation with
-//! its `waveform`: `period_us`, `scale`, `offset` and every raw sample);
+//! its `waveform`: `period_us`, `scale`, `offset` and every raw sample; a batch with its
+//! `locations`, device id → where the device was when its rows were read);
 //! `N verified, M failed` on stderr; exit 1 when any failed. An encrypted message (COSE_Encrypt,
 //! `docs/wire-format.md` "Encryption") needs `--key RECEIVER.key` (a receiver's P-256 key; its
 //! recipient is found by the `kid` of its public key): it is decrypted, then the signed message

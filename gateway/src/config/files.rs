@@ -218,17 +218,66 @@ fn trust_files(
         certificate(out, table.clone().key(certs_key).index(i), p.get_ref());
     }
     if let Some(p) = ca {
+        let before = out.len();
         certificate(out, table.clone().key(ca_key), p.get_ref());
+        if out.len() == before {
+            ca_certificates(out, table.clone().key(ca_key), p.get_ref(), certs_key);
+        }
     }
     for (i, p) in crls.iter().enumerate() {
         exists(out, table.clone().key(crl_key).index(i), p.get_ref());
     }
 }
 
+/// A trust anchor file (`signer_ca`, `receiver_ca`): a certificate in it that is neither a CA
+/// (basicConstraints cA, RFC 5280 §4.2.1.9) nor self-signed can anchor nothing — whatever it
+/// would be trusted for is signed by its issuer, not by it — so every message would be refused
+/// later with an unknown issuer. The usual mix-up: the signer's own certificate given as the CA.
+fn ca_certificates(out: &mut Vec<Problem>, at: KeyPath, path: &Path, certs_key: &str) {
+    use x509_cert::ext::pkix::BasicConstraints;
+    let Ok(certs) = crate::signing::read_certs(path) else {
+        return; // reported by `certificate`
+    };
+    for c in &certs {
+        let Ok(x) = crate::signing::parse_x509(c) else {
+            continue;
+        };
+        let tbs = &x.tbs_certificate;
+        let is_ca = matches!(tbs.get::<BasicConstraints>(), Ok(Some((_, bc))) if bc.ca);
+        if !is_ca && tbs.issuer != tbs.subject {
+            out.push(Problem::error(
+                at.clone(),
+                format!(
+                    "{} holds a certificate that is not a CA ({}, issued by {}, has no \
+                     basicConstraints cA=TRUE): give the CA's certificate here, or list this \
+                     one in {certs_key} to trust it alone",
+                    path.display(),
+                    tbs.subject,
+                    tbs.issuer
+                ),
+            ));
+        }
+    }
+}
+
 /// A file that must exist and be readable (a revocation list): a warning when missing, an error
 /// when unreadable.
 fn exists(out: &mut Vec<Problem>, at: KeyPath, path: &Path) {
-    match std::fs::metadata(path).and_then(|_| std::fs::File::open(path)) {
+    // A FIFO would block the open; only a regular file is a revocation list.
+    let regular = |m: std::fs::Metadata| {
+        if m.is_file() {
+            Ok(())
+        } else {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ))
+        }
+    };
+    match std::fs::metadata(path)
+        .and_then(regular)
+        .and_then(|_| std::fs::File::open(path))
+    {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => out.push(Problem::warning(
             at,
@@ -251,7 +300,7 @@ pub fn pem_labels(text: &str) -> Vec<&str> {
 /// A PEM file that should hold certificates: present (else a warning), readable, and not a
 /// private key given by mistake.
 fn certificate(out: &mut Vec<Problem>, at: KeyPath, path: &Path) {
-    match std::fs::read(path) {
+    match crate::signing::read_regular_file(path, crate::signing::MAX_FILE_BYTES) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => out.push(Problem::warning(
             at,
             format!("{} does not exist (yet)", path.display()),
@@ -513,6 +562,57 @@ mod tests {
             "{}",
             out[0].message
         );
+    }
+
+    #[test]
+    fn a_trust_anchor_file_must_hold_a_ca_and_special_files_are_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = wardgate_sim::pki::Ca::new("firmware CA").unwrap();
+        let (leaf, _) = ca.leaf("signer-1", &[], false).unwrap();
+        let write = |name: &str, pem: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, pem).unwrap();
+            Spanned::new(0..0, p)
+        };
+        let (ca_pem, leaf_pem) = (write("ca.pem", &ca.cert_pem), write("leaf.pem", &leaf));
+        let check = |ca: &Spanned| {
+            let mut out = Vec::new();
+            trust_files(
+                &mut out,
+                &KeyPath::of("firmware"),
+                ("signer_certs", &[]),
+                ("signer_ca", Some(ca)),
+                ("signer_crl", &[]),
+            );
+            out
+        };
+        assert!(check(&ca_pem).is_empty(), "{:?}", check(&ca_pem));
+        // The signer's own certificate given as the CA: nothing would ever verify.
+        let out = check(&leaf_pem);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].severity, Severity::Error);
+        assert!(
+            out[0].message.contains("is not a CA")
+                && out[0].message.contains("CN=signer-1")
+                && out[0].message.contains("signer_certs"),
+            "{}",
+            out[0].message
+        );
+        // A FIFO (and a device such as /dev/zero) is refused at once, never opened and read.
+        let fifo = dir.path().join("fifo.pem");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        for p in [fifo.as_path(), Path::new("/dev/zero")] {
+            let out = check(&Spanned::new(0..0, p.to_path_buf()));
+            assert_eq!(out.len(), 1, "{out:?}");
+            assert!(
+                out[0].message.contains("not a regular file"),
+                "{}",
+                out[0].message
+            );
+            let mut crl = Vec::new();
+            exists(&mut crl, KeyPath::of("signer_crl"), p);
+            assert!(crl[0].message.contains("not a regular file"), "{crl:?}");
+        }
     }
 
     #[test]

@@ -231,7 +231,8 @@ pub fn check_location(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The `location` of every configured device: `[[serial]]`, `[[exec]]`, `[[ble.device]]`.
+/// The `location` of every configured device: `[[serial]]`, `[[exec]]`, `[[ble.device]]`, and
+/// of every `[[ble.tag]]` rule (its tags').
 fn locations(out: &mut Vec<Problem>, c: &Config) {
     let serial = c
         .serial
@@ -251,7 +252,15 @@ fn locations(out: &mut Vec<Problem>, c: &Config) {
             )
         })
     });
-    for (at, location) in serial.chain(exec).chain(ble) {
+    let tags = c.ble.iter().flat_map(|b| {
+        b.tags.iter().enumerate().map(|(i, t)| {
+            (
+                KeyPath::of("ble").key("tag").index(i),
+                t.location.as_deref(),
+            )
+        })
+    });
+    for (at, location) in serial.chain(exec).chain(ble).chain(tags) {
         if let Some(Err(e)) = location.map(check_location) {
             out.push(Problem::error(at.key("location"), e));
         }
@@ -825,13 +834,14 @@ mod tests {
         assert!(check_location("chambre-\u{e9}").is_err());
         let ok = "[[serial]]\nname = \"a\"\npath = \"/dev/serial/by-id/x\"\nprotocol = \"cms50\"\nlocation = \"ward-7/bed-12\"\n";
         assert!(problems(ok).is_empty(), "{:?}", problems(ok));
-        let bad = "[[serial]]\nname = \"a\"\npath = \"/dev/serial/by-id/x\"\nprotocol = \"cms50\"\nlocation = \"ward 7\"\n[[exec]]\nname = \"p\"\ncommand = \"/bin/true\"\nlocation = \"x//y\"\n[ble]\n[[ble.device]]\nname = \"d\"\naddress = \"A0:9E:1A:12:34:56\"\nrequire_bond = false\nlocation = \"\"\n";
+        let bad = "[[serial]]\nname = \"a\"\npath = \"/dev/serial/by-id/x\"\nprotocol = \"cms50\"\nlocation = \"ward 7\"\n[[exec]]\nname = \"p\"\ncommand = \"/bin/true\"\nlocation = \"x//y\"\n[ble]\n[[ble.device]]\nname = \"d\"\naddress = \"A0:9E:1A:12:34:56\"\nrequire_bond = false\nlocation = \"\"\n[[ble.tag]]\nname = \"fridges\"\nservice_data = \"fcd2\"\nlocation = \"pharmacy fridge\"\n";
         assert_eq!(
             paths(bad),
             [
                 "serial[0].location",
                 "exec[0].location",
-                "ble.device[0].location"
+                "ble.device[0].location",
+                "ble.tag[0].location"
             ]
         );
     }

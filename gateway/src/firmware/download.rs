@@ -386,6 +386,12 @@ impl DownloadError {
     /// server or a changed config.
     pub fn is_transient(&self) -> bool {
         use DownloadError as E;
+        // A full disk under the cache (ENOSPC) frees up when the store's retention or an
+        // installer makes room: retried, not final. Other cache I/O errors (permissions, a
+        // read-only file system) need a person.
+        if let E::Cache { source, .. } = self {
+            return source.raw_os_error() == Some(libc::ENOSPC);
+        }
         matches!(
             self,
             E::Connect { .. }
@@ -1368,5 +1374,18 @@ mod tests {
             body: String::new(),
         };
         assert_eq!((e.reason(), e.is_transient()), ("not_found", false));
+        // A full disk under the cache is retried; a cache that cannot be written is not.
+        let cache = |errno| DownloadError::Cache {
+            path: "/var/lib/wardgate/firmware/x.part".into(),
+            source: std::io::Error::from_raw_os_error(errno),
+        };
+        let full = cache(libc::ENOSPC);
+        assert_eq!((full.reason(), full.is_transient()), ("cache_io", true));
+        let denied = cache(libc::EACCES);
+        assert_eq!(
+            (denied.reason(), denied.is_transient()),
+            ("cache_io", false)
+        );
+        assert!(full.to_string().contains("x.part"), "{full}");
     }
 }

@@ -139,6 +139,18 @@ impl ImageVersion {
     }
 }
 
+/// A version as an SMP device reports it (Zephyr's `img_mgmt`: `1.2.3`, or `1.2.3.4` when the
+/// build number is not 0) in imgtool's form, as jobs and `firmware inspect` show it (`1.2.3+4`),
+/// so that an installer sees one spelling everywhere. Anything else is returned as it is.
+pub fn version_as_imgtool(v: &str) -> String {
+    let parts: Vec<&str> = v.split('.').collect();
+    let numeric = |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    match parts.as_slice() {
+        [a, b, c, d] if parts.iter().all(numeric) => format!("{a}.{b}.{c}+{d}"),
+        _ => v.to_owned(),
+    }
+}
+
 impl std::fmt::Display for ImageVersion {
     /// `major.minor.revision+build` (imgtool's form).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -847,5 +859,14 @@ pub(crate) mod tests {
             b.check_against(&want).unwrap_err().reason(),
             "image_hash_invalid"
         );
+    }
+
+    #[test]
+    fn device_versions_are_shown_in_imgtool_form() {
+        assert_eq!(version_as_imgtool("1.2.3.4"), "1.2.3+4");
+        assert_eq!(version_as_imgtool("1.2.3"), "1.2.3");
+        assert_eq!(version_as_imgtool("1.2.3+4"), "1.2.3+4");
+        assert_eq!(version_as_imgtool("1.2.x.4"), "1.2.x.4");
+        assert_eq!(version_as_imgtool("1..3.4"), "1..3.4");
     }
 }

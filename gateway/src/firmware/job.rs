@@ -936,6 +936,13 @@ fn conflict(c: SeqConflict, seq: u64, class: &str) -> Refusal {
             Reason::DuplicateJob,
             "a job with this id was already accepted",
         ),
+        SeqConflict::IdReused => refuse(
+            Reason::JobIdReused,
+            format!(
+                "another job with this id (another class or seq) was already accepted; seq {seq} \
+                 of class `{class}` needs a new job id"
+            ),
+        ),
         SeqConflict::ClassMismatch { job_class } => refuse(
             Reason::CancelMismatch,
             format!("the cancel is for class `{class}`, the job is of class `{job_class}`"),

@@ -24,8 +24,10 @@ pub enum Reason {
     Expired,
     /// `seq` is not greater than the last accepted for the class.
     SeqReplayed,
-    /// A job with this id was already accepted.
+    /// This job (same id, class and seq) was already accepted: the retained job seen again.
     DuplicateJob,
+    /// Another job (another class or seq) was accepted under this id before.
+    JobIdReused,
     /// The class is not configured on this gateway (`[firmware.classes]`).
     UnknownClass,
     /// A listed device is not configured on this gateway.
@@ -56,6 +58,7 @@ impl Reason {
             Reason::Expired => "expired",
             Reason::SeqReplayed => "seq_replayed",
             Reason::DuplicateJob => "duplicate_job",
+            Reason::JobIdReused => "job_id_reused",
             Reason::UnknownClass => "unknown_class",
             Reason::UnknownDevice => "unknown_device",
             Reason::AmbiguousDevice => "ambiguous_device",

@@ -462,6 +462,7 @@ impl Relay {
         }
         match ended {
             Ended::Done { version } => {
+                let version = crate::firmware::image::version_as_imgtool(&version);
                 log::info!("firmware job {job_id}: {device} runs {version}");
                 self.set(&e, "done", e.attempt, None).await;
                 let mut p = self.progress(job_id, device, "done", e.attempt);
@@ -731,7 +732,7 @@ async fn record_running(relay: &Relay, device: &str, slots: &[SlotState]) {
     };
     let row = DeviceFirmwareRow {
         device: device.to_owned(),
-        version: s.version.clone(),
+        version: crate::firmware::image::version_as_imgtool(&s.version),
         hash: s.hash.clone(),
         confirmed: s.confirmed,
         source: "smp".into(),

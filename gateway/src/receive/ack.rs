@@ -85,6 +85,7 @@ mod tests {
             batch: 42,
             observations: vec![],
             events: vec![],
+            locations: Default::default(),
         };
         let (cert, signer) = receiver("up-a");
         let acker = Acker {

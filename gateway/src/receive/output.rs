@@ -14,6 +14,11 @@
 //! `observations.waveform` as JSON text (`{"period_us":…,"scale":…,"offset":…,"samples":[…]}`,
 //! the wire object unchanged; NULL for a numeric), and in a JSON lines output as the row's
 //! `waveform` object. An older SQLite output gains the column at open.
+//!
+//! **A row's location** (issue 11 item 7) is its device's entry in the batch's `locations` (where
+//! the device was configured to be when the gateway committed the row): `observations.location`
+//! and `events.location` (NULL when none), the JSON lines field `location` (absent when none).
+//! An older SQLite output gains the columns at open (NULL for its rows).
 
 use crate::batch::{BatchPayload, WireObservation};
 use std::collections::{BTreeMap, HashSet};
@@ -75,7 +80,7 @@ const OBSERVATIONS: &str =
     "observations(gateway TEXT NOT NULL, seq INTEGER NOT NULL, batch INTEGER NOT NULL,
     device TEXT NOT NULL, code INTEGER NOT NULL, value REAL, unit INTEGER NOT NULL, ucum TEXT,
     gateway_time INTEGER NOT NULL, time_quality TEXT, device_time TEXT, status TEXT,
-    waveform TEXT, PRIMARY KEY(gateway, seq))";
+    waveform TEXT, location TEXT, PRIMARY KEY(gateway, seq))";
 
 /// Opens (creating or migrating) the SQLite output.
 fn open_sqlite(path: &std::path::Path) -> anyhow::Result<rusqlite::Connection> {
@@ -88,7 +93,7 @@ fn open_sqlite(path: &std::path::Path) -> anyhow::Result<rusqlite::Connection> {
          CREATE TABLE IF NOT EXISTS {OBSERVATIONS};
          CREATE TABLE IF NOT EXISTS events(gateway TEXT NOT NULL, seq INTEGER NOT NULL, batch INTEGER NOT NULL,
             device TEXT NOT NULL, kind TEXT NOT NULL, detail TEXT, gateway_time INTEGER NOT NULL,
-            PRIMARY KEY(gateway, seq));"
+            location TEXT, PRIMARY KEY(gateway, seq));"
     ))?;
     let has_waveform = c
         .prepare("SELECT 1 FROM pragma_table_info('observations') WHERE name = 'waveform'")?
@@ -96,6 +101,15 @@ fn open_sqlite(path: &std::path::Path) -> anyhow::Result<rusqlite::Connection> {
     if !has_waveform {
         // Before waveforms (issue 11): the column is added, rows kept (NULL: numerics).
         c.execute_batch("ALTER TABLE observations ADD COLUMN waveform TEXT;")?;
+    }
+    for table in ["observations", "events"] {
+        let has_location = c
+            .prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = 'location'")?
+            .exists([table])?;
+        if !has_location {
+            // Before device locations (issue 11 item 7): rows kept, NULL (none known).
+            c.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN location TEXT;"))?;
+        }
     }
     let value_not_null: bool = c.query_row(
         "SELECT \"notnull\" FROM pragma_table_info('observations') WHERE name = 'value'",
@@ -109,7 +123,7 @@ fn open_sqlite(path: &std::path::Path) -> anyhow::Result<rusqlite::Connection> {
         tx.execute_batch(&format!(
             "CREATE TABLE migrated_{OBSERVATIONS};
              INSERT INTO migrated_observations SELECT gateway, seq, batch, device, code, value, unit, ucum,
-                gateway_time, time_quality, device_time, status, NULL FROM observations;
+                gateway_time, time_quality, device_time, status, waveform, location FROM observations;
              DROP TABLE observations;
              ALTER TABLE migrated_observations RENAME TO observations;"
         ))?;
@@ -181,8 +195,8 @@ impl Output {
                     // `ON CONFLICT DO NOTHING` on the key only: any other constraint failing is
                     // an error that keeps the batch unacknowledged, never a silently lost row.
                     let mut ins = tx.prepare_cached(
-                        "INSERT INTO observations(gateway, seq, batch, device, code, value, unit, ucum, gateway_time, time_quality, device_time, status, waveform)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) ON CONFLICT(gateway, seq) DO NOTHING",
+                        "INSERT INTO observations(gateway, seq, batch, device, code, value, unit, ucum, gateway_time, time_quality, device_time, status, waveform, location)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) ON CONFLICT(gateway, seq) DO NOTHING",
                     )?;
                     for o in &p.observations {
                         let (value, flag) = stored_value(o.value);
@@ -203,7 +217,8 @@ impl Output {
                             o.time_quality,
                             o.device_time,
                             status,
-                            waveform
+                            waveform,
+                            p.locations.get(&o.device)
                         ])?;
                         if n == 1 {
                             *w.per_device.entry(o.device.clone()).or_insert(0) += 1;
@@ -211,7 +226,7 @@ impl Output {
                         }
                     }
                     let mut ev = tx.prepare_cached(
-                        "INSERT INTO events(gateway, seq, batch, device, kind, detail, gateway_time) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                        "INSERT INTO events(gateway, seq, batch, device, kind, detail, gateway_time, location) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                          ON CONFLICT(gateway, seq) DO NOTHING",
                     )?;
                     for e in &p.events {
@@ -222,7 +237,8 @@ impl Output {
                             e.device,
                             e.kind,
                             e.detail,
-                            e.gateway_time
+                            e.gateway_time,
+                            p.locations.get(&e.device)
                         ])? as u64;
                     }
                 }
@@ -252,6 +268,9 @@ impl Output {
                         v["gateway"] = p.gateway.clone().into();
                         v["batch"] = p.batch.into();
                         v["type"] = "observation".into();
+                        if let Some(l) = p.locations.get(&o.device) {
+                            v["location"] = l.clone().into();
+                        }
                         serde_json::to_writer(&mut out, &v)?;
                         out.push(b'\n');
                         *w.per_device.entry(o.device.clone()).or_insert(0) += 1;
@@ -264,6 +283,9 @@ impl Output {
                         v["gateway"] = p.gateway.clone().into();
                         v["batch"] = p.batch.into();
                         v["type"] = "event".into();
+                        if let Some(l) = p.locations.get(&e.device) {
+                            v["location"] = l.clone().into();
+                        }
                         serde_json::to_writer(&mut out, &v)?;
                         out.push(b'\n');
                         w.events += 1;
@@ -306,6 +328,7 @@ mod tests {
                 detail: String::new(),
                 gateway_time: 1,
             }],
+            locations: Default::default(),
         }
     }
 
@@ -402,6 +425,57 @@ mod tests {
     }
 
     #[test]
+    fn each_row_is_stored_with_its_device_s_location_in_sqlite_and_jsonl() {
+        let mut b = batch(1, vec![obs(1, 97.0), obs(2, 96.0)]);
+        b.observations[1].device = "serial:b".into();
+        b.locations = [
+            ("serial:a".to_owned(), "ward-7/bed-12".to_owned()),
+            ("gateway".to_owned(), "ward-7/cupboard".to_owned()),
+        ]
+        .into();
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("up.db");
+        Output::open(&format!("sqlite:{}", path.display()))
+            .unwrap()
+            .write(&b)
+            .unwrap();
+        let c = rusqlite::Connection::open(&path).unwrap();
+        let rows: Vec<(String, Option<String>)> = c
+            .prepare("SELECT device, location FROM observations ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            [
+                ("serial:a".into(), Some("ward-7/bed-12".into())),
+                ("serial:b".into(), None)
+            ]
+        );
+        let ev: Option<String> = c
+            .query_row("SELECT location FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ev.as_deref(), Some("ward-7/cupboard"));
+
+        let jl = d.path().join("up.jsonl");
+        Output::open(&format!("jsonl:{}", jl.display()))
+            .unwrap()
+            .write(&b)
+            .unwrap();
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&jl)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["location"], "ward-7/bed-12");
+        assert!(lines[1].get("location").is_none());
+        assert_eq!(lines[2]["location"], "ward-7/cupboard");
+        assert!(lines[0].get("locations").is_none());
+    }
+
+    #[test]
     fn an_old_sqlite_output_is_migrated_with_its_rows() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("up.db");
@@ -433,6 +507,19 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(v, [Some(96.0), None]);
+        for table in ["observations", "events"] {
+            let n: i64 = c
+                .query_row(
+                    &format!("SELECT count(*) FROM {table} WHERE location IS NULL"),
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert!(
+                n >= 1,
+                "{table} gained a location column, NULL for old rows"
+            );
+        }
         drop(out);
         // Opening again does nothing more.
         Output::open(&format!("sqlite:{}", path.display())).unwrap();

@@ -61,7 +61,9 @@ pub fn check_message(
 }
 
 /// Decodes a batch payload, checking its `v` before its schema, then the bounds of every
-/// waveform ([`wardgate_adapters::observation::Waveform::problem`], naming the row's `seq`).
+/// waveform ([`wardgate_adapters::observation::Waveform::problem`], naming the row's `seq`),
+/// then every entry of `locations`: a valid location
+/// ([`crate::config::validate::check_location`]) of a device that has rows in the batch.
 pub fn decode_batch(payload: &[u8]) -> Result<BatchPayload, String> {
     let value: ciborium::Value =
         ciborium::from_reader(payload).map_err(|e| format!("batch payload is not CBOR: {e}"))?;
@@ -75,6 +77,17 @@ pub fn decode_batch(payload: &[u8]) -> Result<BatchPayload, String> {
     for o in &p.observations {
         if let Some(problem) = o.waveform.as_ref().and_then(|w| w.problem()) {
             return Err(format!("observation seq {}: {problem}", o.seq));
+        }
+    }
+    for (device, location) in &p.locations {
+        crate::config::validate::check_location(location)
+            .map_err(|e| format!("locations[{device}]: {e}"))?;
+        let has_rows = p.observations.iter().any(|o| &o.device == device)
+            || p.events.iter().any(|e| &e.device == device);
+        if !has_rows {
+            return Err(format!(
+                "locations names device {device}, which has no row in the batch"
+            ));
         }
     }
     Ok(p)
@@ -110,7 +123,27 @@ mod tests {
             batch: 7,
             observations: vec![WireObservation::spo2_for_tests(1, 97.0)],
             events: vec![],
+            locations: Default::default(),
         }
+    }
+
+    #[test]
+    fn locations_must_be_valid_and_name_a_device_of_the_batch() {
+        let mut p = payload(1);
+        p.locations
+            .insert("serial:a".into(), "ward-7/bed-12".into());
+        assert_eq!(decode_batch(&p.to_cbor()).unwrap(), p);
+        let mut bad = p.clone();
+        bad.locations.insert("serial:a".into(), "ward 7".into());
+        assert!(decode_batch(&bad.to_cbor())
+            .unwrap_err()
+            .starts_with("locations[serial:a]: location `ward 7` contains ' '"));
+        let mut stray = p.clone();
+        stray.locations.insert("serial:b".into(), "ward-7".into());
+        assert_eq!(
+            decode_batch(&stray.to_cbor()).unwrap_err(),
+            "locations names device serial:b, which has no row in the batch"
+        );
     }
 
     fn cbor(v: &impl serde::Serialize) -> Vec<u8> {

@@ -312,6 +312,7 @@ mod tests {
             batch: 3,
             observations: vec![WireObservation::spo2_for_tests(1, value)],
             events: vec![],
+            locations: Default::default(),
         };
         (v, signer.sign(p.to_cbor()))
     }

@@ -80,8 +80,11 @@ pub enum SeqConflict {
         /// The last accepted seq.
         last: u64,
     },
-    /// A job with this id is already recorded.
+    /// This very job (same id, class and seq) is already recorded: the retained job seen again.
     DuplicateJob,
+    /// A job with this id but another class or seq is already recorded: job ids are never
+    /// reused, so this is a mistake upstream (or a forgery), reported, not ignored.
+    IdReused,
     /// The cancel's class is not its job's.
     ClassMismatch {
         /// The job's class.
@@ -144,7 +147,7 @@ impl Store {
                 .optional()?
                 .is_some();
             if exists {
-                return Ok(Err(SeqConflict::DuplicateJob));
+                return Ok(Err(SeqConflict::IdReused));
             }
             tx.execute(
                 "INSERT INTO firmware_jobs(id, class, seq, issued, expires, accepted_ms, message)
@@ -410,7 +413,7 @@ mod tests {
             );
             assert_eq!(
                 s.firmware_accept_job(&job("j5", "c", 6), &devs).unwrap(),
-                Err(SeqConflict::DuplicateJob)
+                Err(SeqConflict::IdReused)
             );
             // Another class has its own sequence.
             assert_eq!(

@@ -27,6 +27,10 @@
 //!   observation's sample array (period, scale, offset, raw samples) as CBOR
 //!   ([`encode_waveform`]), in the same row as its first sample's value: a waveform is one row,
 //!   stored, batched, acknowledged and dropped like any other (retention class `waveform`).
+//! - Since schema version 5, `device_location(device, from_seq, location)` ([`location`]): the
+//!   location each device was configured with from which row on, written in the same
+//!   transaction as the rows; a batch names one location per device ([`Batch::locations`]) and is
+//!   cut where a device's location changes; entries no queued row needs go on ack.
 //!
 //! **Accepted.** An observation is accepted when the transaction that inserted it has committed
 //! ([`Store::append`] returned `Ok`). With `synchronous=FULL` (default) that commit is fsynced.
@@ -64,6 +68,7 @@
 //! report upstream. Data is never deleted to recover.
 
 pub mod firmware;
+pub mod location;
 pub mod schema;
 
 use crate::batch::{Batch, Item, StoredEvent, StoredObservation};
@@ -213,6 +218,9 @@ pub struct Store {
     /// `conn` is held (lock order: `conn`, then `cut`), except by the offer and its withdrawal,
     /// which touch nothing else.
     cut: Mutex<CutState>,
+    /// Configured device locations and each device's latest `device_location` entry
+    /// ([`location`]); an append holds it (after `conn`) for its whole transaction.
+    locations: Mutex<location::Tracker>,
 }
 
 /// Batches cut inside the writer's commit (send at once, issue 11): the uplink offers a cut while
@@ -304,6 +312,10 @@ impl Store {
                 path: path.into(),
                 source: e,
             })?;
+        let tracker = location::Tracker::load(&conn).map_err(|e| StoreError::Sqlite {
+            path: path.into(),
+            source: e,
+        })?;
         let store = Store {
             conn: Mutex::new(conn),
             path: path.into(),
@@ -311,6 +323,7 @@ impl Store {
             dropped: Default::default(),
             queued: std::sync::atomic::AtomicU64::new(rows as u64),
             cut: Mutex::new(CutState::default()),
+            locations: Mutex::new(tracker),
         };
         if let Some((aside, reason)) = &report.quarantined {
             store.append(&[AdapterEvent::Event(DeviceEvent {
@@ -326,6 +339,24 @@ impl Store {
             })])?;
         }
         Ok((store, report))
+    }
+
+    /// Sets the configured location of every device (device id, e.g. `serial:bed12-spo2`, →
+    /// location, e.g. `ward-7/bed-12`; a device not named has none). Rows appended from now on
+    /// are stored with these ([`location`]); call it before the first append.
+    pub fn set_locations(&self, configured: std::collections::HashMap<String, String>) {
+        self.tracker().configure(configured);
+    }
+
+    /// Sets (`Some`) or clears (`None`) one device's configured location, e.g. for a device
+    /// admitted at run time by a rule that gives one. Waits only for an append in progress
+    /// (rows it commits keep the location they were read with).
+    pub fn set_location(&self, device: &str, location: Option<&str>) {
+        self.tracker().set(device, location);
+    }
+
+    fn tracker(&self) -> std::sync::MutexGuard<'_, location::Tracker> {
+        self.locations.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The store file.
@@ -398,6 +429,8 @@ impl Store {
         items: &[AdapterEvent],
     ) -> rusqlite::Result<std::ops::RangeInclusive<u64>> {
         let mut conn = self.lock();
+        let mut tracker = self.tracker();
+        let mut first_rows: Option<Vec<(&str, i64)>> = (!tracker.idle()).then(Vec::new);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (mut first, mut last) = (0i64, 0i64);
         {
@@ -451,8 +484,21 @@ impl Store {
                     first = seq;
                 }
                 last = seq;
+                if let Some(rows) = first_rows.as_mut() {
+                    let device = match item {
+                        AdapterEvent::Observation(o) => o.device.as_str(),
+                        AdapterEvent::Event(e) => e.device.as_str(),
+                    };
+                    if !rows.iter().any(|(d, _)| *d == device) {
+                        rows.push((device, seq));
+                    }
+                }
             }
         }
+        let changes = first_rows
+            .map(|rows| tracker.changes(rows))
+            .unwrap_or_default();
+        location::write(&tx, &changes)?;
         // The offer is taken before the commit (its lock is never held across an fsync) and put
         // back if the commit fails or its check says no; one offer cuts at most one batch.
         let offered = if items.is_empty() {
@@ -470,15 +516,19 @@ impl Store {
         };
         let committed = (|| {
             let number = match &offered {
-                Some((max, _)) => cut_batch(&tx, *max)?.map(|(number, _, _)| number),
+                Some((max, _)) => cut_batch(&tx, *max)?.map(|(number, _)| number),
                 None => None,
             };
             tx.commit()?;
             Ok(number)
         })();
         match committed {
-            Ok(Some(number)) => self.cut_state().precut.push_back(number),
-            Ok(None) => {}
+            Ok(number) => {
+                tracker.committed(changes);
+                if let Some(number) = number {
+                    self.cut_state().precut.push_back(number);
+                }
+            }
             Err(e) => {
                 if let Some(kept) = offered {
                     self.cut_state().offer.get_or_insert(kept);
@@ -509,20 +559,25 @@ impl Store {
                         "seq BETWEEN ?1 AND ?2 ORDER BY seq",
                         params![first, last],
                     )?;
-                    return Ok(Some(Batch { number, items }));
+                    let locations = location::for_items(&conn, &items)?;
+                    return Ok(Some(Batch {
+                        number,
+                        items,
+                        locations,
+                    }));
                 }
             }
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let Some((number, first, last)) = cut_batch(&tx, max)? else {
+            let Some((number, items)) = cut_batch(&tx, max)? else {
                 return Ok(None);
             };
-            let items = read_items(
-                &tx,
-                "seq BETWEEN ?1 AND ?2 ORDER BY seq",
-                params![first, last],
-            )?;
+            let locations = location::for_items(&tx, &items)?;
             tx.commit()?;
-            Ok(Some(Batch { number, items }))
+            Ok(Some(Batch {
+                number,
+                items,
+                locations,
+            }))
         })();
         r.map_err(|e| self.err(e))
     }
@@ -551,7 +606,12 @@ impl Store {
                 "seq BETWEEN ?1 AND ?2 ORDER BY seq",
                 params![first, last],
             )?;
-            Ok(Some(Batch { number, items }))
+            let locations = location::for_items(&conn, &items)?;
+            Ok(Some(Batch {
+                number,
+                items,
+                locations,
+            }))
         })();
         r.map_err(|e| self.err(e))
     }
@@ -583,6 +643,7 @@ impl Store {
                 .execute([first, last])?;
             tx.prepare_cached("DELETE FROM batches WHERE number=?1")?
                 .execute([number as i64])?;
+            location::prune(&tx)?;
             tx.commit()?;
             self.queued
                 .fetch_sub(deleted as u64, std::sync::atomic::Ordering::Relaxed);
@@ -852,19 +913,22 @@ impl Store {
 }
 
 /// Assigns up to `max` of the oldest unassigned rows (`seq > assigned_upto`) to the next batch
-/// number inside `tx`: `(number, first_seq, last_seq)`, or `None` when no row is unassigned.
-fn cut_batch(tx: &Connection, max: usize) -> rusqlite::Result<Option<(u64, i64, i64)>> {
+/// number inside `tx`, ending the batch early where a device's location changes
+/// ([`location::cut_at_change`]): `(number, rows)`, or `None` when no row is unassigned.
+fn cut_batch(tx: &Connection, max: usize) -> rusqlite::Result<Option<(u64, Vec<Item>)>> {
     let assigned: i64 = tx.query_row(
         "SELECT value FROM meta WHERE key='assigned_upto'",
         [],
         |r| r.get(0),
     )?;
-    let (first, last): (Option<i64>, Option<i64>) = tx.query_row(
-        "SELECT min(seq), max(seq) FROM (SELECT seq FROM queue WHERE seq > ?1 ORDER BY seq LIMIT ?2)",
+    let mut items = read_items(
+        tx,
+        "seq > ?1 ORDER BY seq LIMIT ?2",
         params![assigned, max as i64],
-        |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    let (Some(first), Some(last)) = (first, last) else {
+    location::cut_at_change(tx, &mut items)?;
+    let (Some(first), Some(last)) = (items.first().map(Item::seq), items.last().map(Item::seq))
+    else {
         return Ok(None);
     };
     let number: i64 = tx.query_row("SELECT value FROM meta WHERE key='next_batch'", [], |r| {
@@ -873,11 +937,11 @@ fn cut_batch(tx: &Connection, max: usize) -> rusqlite::Result<Option<(u64, i64, 
     let mut ins = tx.prepare_cached(
         "INSERT INTO batches(number, first_seq, last_seq, created_ms) VALUES (?1, ?2, ?3, ?4)",
     )?;
-    ins.execute(params![number, first, last, now_ms()])?;
+    ins.execute(params![number, first as i64, last as i64, now_ms()])?;
     let mut set = tx.prepare_cached("UPDATE meta SET value=?1 WHERE key=?2")?;
-    set.execute(params![last, "assigned_upto"])?;
+    set.execute(params![last as i64, "assigned_upto"])?;
     set.execute(params![number + 1, "next_batch"])?;
-    Ok(Some((number as u64, first, last)))
+    Ok(Some((number as u64, items)))
 }
 
 /// The seq range `(first, last)` of batch `number`, if it is unacknowledged.

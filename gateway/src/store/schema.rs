@@ -1,6 +1,7 @@
 //! SQL schema, PRAGMAs (WAL, `synchronous`), and the checks that decide whether an existing file
 //! is ours and intact.
 
+use super::location::SCHEMA as LOCATION_SCHEMA;
 use super::Synchronous;
 use rusqlite::Connection;
 use std::path::Path;
@@ -16,7 +17,10 @@ pub const APPLICATION_ID: i64 = 0x5747_5244;
 /// reported over SMP).
 /// 4 (issue 11): `queue.samples`, a waveform observation's sample array (`ALTER TABLE … ADD
 /// COLUMN` on a version-3 store, NULL for its rows: they are all numerics and events).
-pub const SCHEMA_VERSION: i64 = 4;
+/// 5 (issue 11): `device_location` (where each device was from which row on,
+/// [`super::location`]), created empty in an older store: its rows and batches keep no location,
+/// as before.
+pub const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS queue(
@@ -88,6 +92,20 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("firmware_executions", "retry_after_ms", "INTEGER"),
     ("queue", "samples", "BLOB"),
 ];
+
+/// The schema of version 4 (issue 11, before device locations), for the migration test.
+#[cfg(test)]
+pub const SCHEMA_V4: &str = "
+CREATE TABLE queue(seq INTEGER PRIMARY KEY AUTOINCREMENT, class INTEGER NOT NULL, device TEXT NOT NULL, kind TEXT, code INTEGER, value REAL, unit INTEGER, device_time TEXT, gateway_time INTEGER NOT NULL, time_quality INTEGER, status TEXT, detail TEXT, samples BLOB);
+CREATE TABLE batches(number INTEGER PRIMARY KEY, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, created_ms INTEGER NOT NULL);
+CREATE TABLE meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE firmware_seq(class TEXT PRIMARY KEY, seq INTEGER NOT NULL, updated_ms INTEGER NOT NULL);
+CREATE TABLE firmware_jobs(id TEXT PRIMARY KEY, class TEXT NOT NULL, seq INTEGER NOT NULL, issued INTEGER NOT NULL, expires INTEGER NOT NULL, accepted_ms INTEGER NOT NULL, cancelled_ms INTEGER, message BLOB NOT NULL);
+CREATE TABLE firmware_executions(job TEXT NOT NULL, device TEXT NOT NULL, state TEXT NOT NULL, attempt INTEGER NOT NULL DEFAULT 0, offset INTEGER NOT NULL DEFAULT 0, reason TEXT, updated_ms INTEGER NOT NULL, retry_after_ms INTEGER, PRIMARY KEY(job, device));
+CREATE TABLE device_firmware(device TEXT PRIMARY KEY, version TEXT NOT NULL, hash BLOB, confirmed INTEGER NOT NULL, source TEXT NOT NULL, updated_ms INTEGER NOT NULL);
+PRAGMA application_id=1464291908;
+PRAGMA user_version=4;
+";
 
 /// The schema of version 3 (issue 10, before waveforms), for the migration test.
 #[cfg(test)]
@@ -196,7 +214,8 @@ pub fn open_checked(path: &Path, sync: Synchronous) -> Result<Connection, OpenPr
          PRAGMA wal_autocheckpoint=1000;
          PRAGMA foreign_keys=OFF;
          PRAGMA application_id={APPLICATION_ID};
-         {SCHEMA}"
+         {SCHEMA}
+         {LOCATION_SCHEMA}"
     ))
     .map_err(classify)?;
     for (table, column, kind) in ADDED_COLUMNS {

@@ -402,7 +402,7 @@ fn a_version_3_store_with_buffered_rows_gains_waveforms_and_keeps_its_batches() 
         .lock()
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 4);
+    assert_eq!(v, schema::SCHEMA_VERSION);
     assert_eq!(s.unacked_batches().unwrap(), vec![7]);
     let old = s.load_batch(7).unwrap().unwrap();
     assert_eq!(
@@ -607,4 +607,219 @@ fn an_ack_deletes_at_once_and_leaves_the_connection_fully_synchronous() {
     let b = n.next_batch(10).unwrap().unwrap();
     assert!(n.ack(b.number).unwrap());
     assert_eq!(n.synchronous_now(), 1);
+}
+
+fn located(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(d, l)| (d.to_string(), l.to_string()))
+        .collect()
+}
+
+fn entries(s: &Store) -> Vec<(String, i64, Option<String>)> {
+    s.lock()
+        .prepare("SELECT device, from_seq, location FROM device_location ORDER BY device, from_seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[test]
+fn a_batch_names_the_location_each_device_had_when_its_rows_were_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    s.set_locations(located(&[("serial:a", "ward-7/bed-12")]));
+    let r = s
+        .append(&[
+            obs("serial:a", mdc::SPO2, 97.0),
+            obs("serial:b", mdc::SPO2, 95.0),
+            obs("serial:a", mdc::SPO2, 98.0),
+        ])
+        .unwrap();
+    assert_eq!(
+        entries(&s),
+        [(
+            "serial:a".into(),
+            *r.start() as i64,
+            Some("ward-7/bed-12".into())
+        )],
+        "one entry, at the device's first row; a device without a location has none"
+    );
+    s.append(&[obs("serial:a", mdc::SPO2, 99.0)]).unwrap();
+    assert_eq!(entries(&s).len(), 1, "an unchanged location writes nothing");
+    let b = s.next_batch(10).unwrap().unwrap();
+    assert_eq!(b.items.len(), 4);
+    assert_eq!(
+        b.locations,
+        [("serial:a".to_owned(), "ward-7/bed-12".to_owned())].into()
+    );
+    assert_eq!(
+        s.load_batch(b.number).unwrap().unwrap(),
+        b,
+        "a re-send says the same"
+    );
+}
+
+#[test]
+fn a_location_change_cuts_the_batch_and_survives_reopen_and_prune() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a1, a2) = {
+        let s = open(&dir);
+        s.set_locations(located(&[
+            ("serial:a", "ward-7/bed-12"),
+            ("serial:b", "ward-7/bed-3"),
+        ]));
+        let a1 = s
+            .append(&[
+                obs("serial:a", mdc::SPO2, 97.0),
+                obs("serial:b", mdc::SPO2, 90.0),
+            ])
+            .unwrap();
+        // The gateway restarts with serial:a moved and serial:b's location removed.
+        drop(s);
+        let s = open(&dir);
+        s.set_locations(located(&[("serial:a", "ward-8/bed-1")]));
+        let a2 = s
+            .append(&[
+                obs("serial:b", mdc::SPO2, 91.0),
+                obs("serial:a", mdc::SPO2, 98.0),
+            ])
+            .unwrap();
+        (a1, a2)
+    };
+    let s = open(&dir);
+    s.set_locations(located(&[("serial:a", "ward-8/bed-1")]));
+    // Reopened with the same configuration: nothing new recorded.
+    s.append(&[obs("serial:a", mdc::SPO2, 99.0)]).unwrap();
+    let (b1, b2) = (*a2.start(), *a2.end());
+    assert_eq!(
+        entries(&s),
+        [
+            (
+                "serial:a".into(),
+                *a1.start() as i64,
+                Some("ward-7/bed-12".into())
+            ),
+            ("serial:a".into(), b2 as i64, Some("ward-8/bed-1".into())),
+            (
+                "serial:b".into(),
+                *a1.end() as i64,
+                Some("ward-7/bed-3".into())
+            ),
+            ("serial:b".into(), b1 as i64, None),
+        ]
+    );
+    // serial:b changes first (at b1): the first batch stops before it.
+    let first = s.next_batch(100).unwrap().unwrap();
+    assert_eq!(
+        first.items.iter().map(Item::seq).collect::<Vec<_>>(),
+        [*a1.start(), *a1.end()]
+    );
+    assert_eq!(
+        first.locations,
+        [
+            ("serial:a".to_owned(), "ward-7/bed-12".to_owned()),
+            ("serial:b".to_owned(), "ward-7/bed-3".to_owned())
+        ]
+        .into()
+    );
+    // b1 is serial:b's first row of the next batch and serial:a's change comes with its first row
+    // there: no further cut, serial:b has no location any more.
+    let second = s.next_batch(100).unwrap().unwrap();
+    assert_eq!(second.items.len(), 3);
+    assert_eq!(
+        second.locations,
+        [("serial:a".to_owned(), "ward-8/bed-1".to_owned())].into()
+    );
+    assert!(s.ack(first.number).unwrap());
+    assert_eq!(
+        entries(&s),
+        [
+            (
+                "serial:a".into(),
+                *a1.start() as i64,
+                Some("ward-7/bed-12".into())
+            ),
+            ("serial:a".into(), b2 as i64, Some("ward-8/bed-1".into())),
+            ("serial:b".into(), b1 as i64, None),
+        ],
+        "serial:b's old entry is gone; pruning goes by the lowest queued seq (b1), which \
+         serial:a's old entry still covers"
+    );
+    assert_eq!(s.load_batch(second.number).unwrap().unwrap(), second);
+    assert!(s.ack(second.number).unwrap());
+    assert_eq!(entries(&s).len(), 2, "the latest entry per device is kept");
+}
+
+#[test]
+fn a_change_inside_a_device_s_rows_cuts_the_batch_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    s.set_location("serial:a", Some("bed-1"));
+    let r1 = s
+        .append(&[
+            obs("serial:a", mdc::SPO2, 97.0),
+            obs("serial:a", mdc::SPO2, 97.0),
+        ])
+        .unwrap();
+    s.set_location("serial:a", Some("bed-2"));
+    let r2 = s.append(&[obs("serial:a", mdc::SPO2, 96.0)]).unwrap();
+    let first = s.next_batch(100).unwrap().unwrap();
+    assert_eq!(first.items.last().unwrap().seq(), *r1.end());
+    assert_eq!(first.locations["serial:a"], "bed-1");
+    let second = s.next_batch(100).unwrap().unwrap();
+    assert_eq!(second.items[0].seq(), *r2.start());
+    assert_eq!(second.locations["serial:a"], "bed-2");
+    assert!(s.next_batch(100).unwrap().is_none());
+}
+
+#[test]
+fn a_version_4_store_is_upgraded_with_its_queue_and_unacked_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v4.db");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch("PRAGMA journal_mode=WAL;").unwrap();
+        c.execute_batch(schema::SCHEMA_V4).unwrap();
+        c.execute_batch(
+            "INSERT INTO queue(seq, class, device, code, value, unit, gateway_time, time_quality)
+               VALUES (100, 1, 'serial:a', 150456, 97.0, 262688, 1, 0),
+                      (101, 1, 'serial:a', 150456, 96.0, 262688, 2, 0),
+                      (102, 1, 'serial:a', 150456, 95.0, 262688, 3, 0);
+             INSERT INTO batches(number, first_seq, last_seq, created_ms) VALUES (7, 100, 101, 5);
+             INSERT INTO meta(key, value) VALUES ('assigned_upto', 101), ('next_batch', 8);",
+        )
+        .unwrap();
+    }
+    let (s, report) = Store::open(&path, StoreOptions::default()).unwrap();
+    assert!(report.quarantined.is_none(), "a v4 store is ours");
+    let v: i64 = s
+        .lock()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 5);
+    s.set_locations(located(&[("serial:a", "ward-7/bed-12")]));
+    let old = s.load_batch(7).unwrap().unwrap();
+    assert_eq!(
+        old.items.len(),
+        2,
+        "the unacknowledged batch keeps its rows"
+    );
+    assert!(
+        old.locations.is_empty(),
+        "rows read before the upgrade have no location"
+    );
+    let r = s.append(&[obs("serial:a", mdc::SPO2, 94.0)]).unwrap();
+    let next = s.next_batch(10).unwrap().unwrap();
+    assert_eq!(
+        next.items.iter().map(Item::seq).collect::<Vec<_>>(),
+        [102],
+        "the row buffered before the upgrade travels alone: it has no location"
+    );
+    assert!(next.locations.is_empty());
+    let last = s.next_batch(10).unwrap().unwrap();
+    assert_eq!(last.items[0].seq(), *r.start());
+    assert_eq!(last.locations["serial:a"], "ward-7/bed-12");
 }

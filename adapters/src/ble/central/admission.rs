@@ -205,6 +205,7 @@ mod tests {
             )]
             .into_iter()
             .collect(),
+            location: None,
         }
     }
 

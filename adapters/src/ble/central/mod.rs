@@ -179,7 +179,13 @@ pub struct BleAdapter {
     glucose_last: Arc<Mutex<HashMap<Address, u16>>>,
     /// The way back to each configured device (survives adapter restarts).
     ports: Arc<HashMap<Address, Arc<DevicePort>>>,
+    /// Told the device id and location of each tag a `[[ble.tag]]` rule with a `location`
+    /// admits, before any of its rows is sent ([`BleAdapter::with_tag_location`]).
+    tag_location: Option<TagLocationHook>,
 }
+
+/// Called with `(device id, location)` when a `[[ble.tag]]` rule with a `location` admits a tag.
+pub type TagLocationHook = Arc<dyn Fn(&DeviceId, &str) + Send + Sync>;
 
 /// Commands queued per device before its session takes them.
 const COMMAND_CAPACITY: usize = 4;
@@ -216,7 +222,17 @@ impl BleAdapter {
             stats: Arc::default(),
             glucose_last: Arc::default(),
             ports: Arc::new(ports),
+            tag_location: None,
         }
+    }
+
+    /// Calls `hook(device id, location)` each time a `[[ble.tag]]` rule that has a `location`
+    /// admits a tag (again after the adapter restarts or forgets tags), on the adapter's scan
+    /// task and before the tag's first row is sent: the gateway's store then records the rows
+    /// with it. The hook must be quick (it runs on the scan loop).
+    pub fn with_tag_location(mut self, hook: TagLocationHook) -> Self {
+        self.tag_location = Some(hook);
+        self
     }
 
     /// Live counters.
@@ -258,6 +274,7 @@ impl Adapter for BleAdapter {
                 stats: self.stats.clone(),
                 glucose_last: self.glucose_last.clone(),
                 ports: self.ports.clone(),
+                tag_location: self.tag_location.clone(),
             };
             // The thread sends into its own channel; a task here forwards to the gateway's. If
             // the thread hangs, dropping the forwarder releases the gateway's channel, so the

@@ -240,7 +240,14 @@ impl<'a> Scan<'a> {
             if self.tag_of.len() >= MAX_TRACKED {
                 self.tag_of.clear();
             }
-            self.tag_of.insert(a, rule);
+            if self.tag_of.insert(a, rule).is_none() {
+                if let (Some(hook), Some(l)) = (
+                    &self.owner.tag_location,
+                    self.tags[rule].rule.location.as_deref(),
+                ) {
+                    hook(&device_id(a), l);
+                }
+            }
             if let Some(r) = rssi.or(s.rssi) {
                 self.tags[rule]
                     .presence
