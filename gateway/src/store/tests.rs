@@ -823,3 +823,33 @@ fn a_version_4_store_is_upgraded_with_its_queue_and_unacked_batches() {
     assert_eq!(last.items[0].seq(), *r.start());
     assert_eq!(last.locations["serial:a"], "ward-7/bed-12");
 }
+
+/// A batch cut in the writer's commit follows the same rules as one cut by `next_batch`: it ends
+/// where a device's location changes (the rows after it wait for the next cut) and carries the
+/// locations its rows were committed with.
+#[test]
+fn a_cut_in_the_commit_ends_at_a_location_change_and_carries_the_locations() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    s.set_locations(located(&[("serial:a", "ward-7/bed-12")]));
+    let before = s.append(&[obs("serial:a", mdc::SPO2, 97.0)]).unwrap();
+    s.set_locations(located(&[("serial:a", "ward-8/bed-1")]));
+    s.offer_cut(10, None);
+    let after = s.append(&[obs("serial:a", mdc::SPO2, 98.0)]).unwrap();
+    let cut = s.unacked_batches().unwrap();
+    assert_eq!(cut.len(), 1);
+    let b = s.next_batch(10).unwrap().unwrap();
+    assert_eq!(b.number, cut[0], "the batch cut in the commit comes first");
+    assert_eq!(
+        b.items.iter().map(Item::seq).collect::<Vec<_>>(),
+        [*before.start()]
+    );
+    assert_eq!(b.locations["serial:a"], "ward-7/bed-12");
+    assert_eq!(s.load_batch(b.number).unwrap().unwrap(), b);
+    let rest = s.next_batch(10).unwrap().unwrap();
+    assert_eq!(
+        rest.items.iter().map(Item::seq).collect::<Vec<_>>(),
+        [*after.start()]
+    );
+    assert_eq!(rest.locations["serial:a"], "ward-8/bed-1");
+}
