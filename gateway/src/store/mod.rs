@@ -231,8 +231,9 @@ pub struct Store {
 struct CutState {
     /// `(batch_max, check)` while the uplink waits for rows with room in its window.
     offer: Option<(usize, Option<CutCheck>)>,
-    /// Cut in a commit, not yet handed out by `next_batch`, oldest first.
-    precut: std::collections::VecDeque<u64>,
+    /// Cut in a commit, not yet handed out by `next_batch`, oldest first: the batch as read in
+    /// the commit's own transaction (so it is not read twice).
+    precut: std::collections::VecDeque<Batch>,
 }
 
 /// Asked by a commit right before it cuts an offered batch ([`Store::offer_cut`]): `false`
@@ -515,18 +516,25 @@ impl Store {
             None => None,
         };
         let committed = (|| {
-            let number = match &offered {
-                Some((max, _)) => cut_batch(&tx, *max)?.map(|(number, _)| number),
+            let batch = match &offered {
+                Some((max, _)) => match cut_batch(&tx, *max)? {
+                    Some((number, items)) => Some(Batch {
+                        number,
+                        locations: location::for_items(&tx, &items)?,
+                        items,
+                    }),
+                    None => None,
+                },
                 None => None,
             };
             tx.commit()?;
-            Ok(number)
+            Ok(batch)
         })();
         match committed {
-            Ok(number) => {
+            Ok(batch) => {
                 tracker.committed(changes);
-                if let Some(number) = number {
-                    self.cut_state().precut.push_back(number);
+                if let Some(batch) = batch {
+                    self.cut_state().precut.push_back(batch);
                 }
             }
             Err(e) => {
@@ -549,22 +557,13 @@ impl Store {
         let mut conn = self.lock();
         let r = (|| {
             loop {
-                let Some(number) = self.cut_state().precut.pop_front() else {
+                let Some(batch) = self.cut_state().precut.pop_front() else {
                     break;
                 };
-                // Gone only if retention dropped it meanwhile: then the next one.
-                if let Some((first, last)) = batch_range(&conn, number)? {
-                    let items = read_items(
-                        &conn,
-                        "seq BETWEEN ?1 AND ?2 ORDER BY seq",
-                        params![first, last],
-                    )?;
-                    let locations = location::for_items(&conn, &items)?;
-                    return Ok(Some(Batch {
-                        number,
-                        items,
-                        locations,
-                    }));
+                // Gone only if retention dropped it meanwhile (then the next one); rows are
+                // immutable once in a batch, so the copy read at the cut is what the file holds.
+                if batch_range(&conn, batch.number)?.is_some() {
+                    return Ok(Some(batch));
                 }
             }
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
