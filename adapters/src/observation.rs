@@ -515,6 +515,13 @@ impl Waveform {
     pub fn frequency_hz(&self) -> f64 {
         1e6 / f64::from(self.period_us.max(1))
     }
+
+    /// The time of the first sample, ms since the Unix epoch, for an array whose last sample
+    /// arrived at `arrival_ms`: (n − 1) periods earlier, rounded down to the ms.
+    pub fn first_sample_ms(&self, arrival_ms: i64) -> i64 {
+        let span_us = (self.samples.len() as i64 - 1).max(0) * i64::from(self.period_us);
+        arrival_ms - span_us.div_euclid(1000) - i64::from(span_us.rem_euclid(1000) != 0)
+    }
 }
 
 impl Observation {

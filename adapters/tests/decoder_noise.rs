@@ -40,9 +40,12 @@ fn decode_counting(protocol: ProtocolName, bytes: &[u8], seed: u64) -> (usize, u
         let n = rng.usize(1..=rest.len().min(1024));
         p.feed(&rest[..n], &mut out);
         rest = &rest[n..];
+        if rest.is_empty() {
+            p.flush(&mut out); // the stream ended: what the decoder holds counts too
+        }
         for d in out.drain(..) {
             match d {
-                Decoded::Reading(_) => readings += 1,
+                Decoded::Reading(_) | Decoded::Waveform { .. } => readings += 1,
                 Decoded::Error { .. } => errors += 1,
                 Decoded::Identity(_) => {}
             }

@@ -135,6 +135,7 @@ fn config(
         max_backoff_s: 1,
         map: None,
         location: None,
+        numerics_every_s: None,
     }
 }
 
@@ -249,15 +250,18 @@ async fn cms50_replay_then_unplug_and_replug_on_the_stable_path() {
         "start-live command"
     );
 
-    // Replay the CMS50E recording in uneven pieces.
+    // Replay the CMS50E recording in uneven pieces: 102 frames, 1.7 s of the device's time.
+    // The first second leaves when complete; the rest when the line has gone quiet.
     let bin = real("cms50e_live_capture.bin");
     for piece in bin.chunks(97) {
         pty.write_all(piece).await;
     }
-    let obs = run.observations(102 * 3).await;
-    assert_eq!(values(&obs, mdc::SPO2), vec![99.0; 102]);
-    assert_eq!(values(&obs, mdc::PULSE_RATE_OXIM), vec![60.0; 102]);
-    assert_eq!(values(&obs, mdc::PLETH).len(), 102);
+    let obs = run.observations(2 * 3).await;
+    assert_eq!(values(&obs, mdc::SPO2), vec![99.0; 2]);
+    assert_eq!(values(&obs, mdc::PULSE_RATE_OXIM), vec![60.0; 2]);
+    let arrays = pleth(&obs);
+    assert_eq!(arrays.iter().map(Vec::len).collect::<Vec<_>>(), [60, 42]);
+    assert_eq!(arrays.concat(), recording_pleth(&bin));
     for o in &obs {
         assert_eq!(o.device.as_str(), "serial:bed7-spo2");
         assert_eq!(o.time_quality, TimeQuality::Synced);
@@ -283,9 +287,10 @@ async fn cms50_replay_then_unplug_and_replug_on_the_stable_path() {
     );
 
     pty2.write_all(&cms50dplus_device_bytes()).await;
-    let obs = run.observations(5 * 3).await;
-    assert_eq!(values(&obs, mdc::PULSE_RATE_OXIM), vec![65.0; 5]);
-    assert_eq!(values(&obs, mdc::SPO2), vec![97.0; 5]);
+    let obs = run.observations(3).await;
+    assert_eq!(values(&obs, mdc::PULSE_RATE_OXIM), vec![65.0]);
+    assert_eq!(values(&obs, mdc::SPO2), vec![97.0]);
+    assert_eq!(pleth(&obs), vec![vec![51, 48, 46, 44, 43]]);
 
     let (adapter, res) = run.stop().await;
     assert!(res.is_ok(), "{res:?}");
@@ -297,9 +302,102 @@ async fn cms50_replay_then_unplug_and_replug_on_the_stable_path() {
     );
     assert_eq!(
         (s.frames_ok, s.frame_errors, s.readings),
-        (107, 0, 321),
+        (107, 0, 9),
         "{s:?}"
     );
+}
+
+/// The pleth arrays among `obs`, in order.
+fn pleth(obs: &[Observation]) -> Vec<Vec<i32>> {
+    obs.iter()
+        .filter(|o| o.code == mdc::PLETH)
+        .map(|o| {
+            let w = o.waveform.as_ref().expect("the pleth is a waveform");
+            assert_eq!((w.period_us, w.scale, w.offset), (16_667, 1.0, 0.0));
+            assert_eq!(o.value, f64::from(w.samples[0]));
+            w.samples.clone()
+        })
+        .collect()
+}
+
+/// The pleth sample of every live frame of a CMS50 stream of whole 9-byte frames (d1 bits
+/// 0..6, bit 7 of the data byte being the sync bit).
+fn recording_pleth(bytes: &[u8]) -> Vec<i32> {
+    bytes
+        .chunks(9)
+        .map(|f| {
+            assert_eq!(f[0], 0x01, "a live frame");
+            i32::from(f[3] & 0x7F)
+        })
+        .collect()
+}
+
+/// A pause in the stream ends the array: samples are never joined across it, and each array is
+/// stamped at its first sample. Samples held when the port is lost leave before `disconnected`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_ends_the_pleth_array_and_a_disconnect_loses_no_held_sample() {
+    let scratch = Scratch::new("cms50-gap");
+    let link = scratch.0.join("usb-Contec_CMS50-if00-port0");
+    let mut pty = Pty::new();
+    point(&link, &pty.path);
+    let mut run = start(config("bed7-spo2", &link, ProtocolName::Cms50, None));
+    run.expect_event(EventKind::Connected).await;
+    let _start_live = pty.read_exact(9).await;
+    let bin = real("cms50e_live_capture.bin");
+    let (first, second) = (&bin[..30 * 9], &bin[30 * 9..60 * 9]);
+
+    // 30 frames, a pause of 1.5 s (three times GAP), the next 30.
+    pty.write_all(first).await;
+    let a = run.observations(3).await;
+    let after_first = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    pty.write_all(second).await;
+    let b = run.observations(3).await;
+    assert!(
+        after_first.elapsed() >= Duration::from_millis(1500),
+        "the second half's array waited for its own pause"
+    );
+    assert_eq!(pleth(&a), vec![recording_pleth(first)]);
+    assert_eq!(pleth(&b), vec![recording_pleth(second)]);
+    assert_eq!(values(&a, mdc::SPO2), vec![99.0]);
+    assert_eq!(values(&b, mdc::SPO2), vec![99.0]);
+    let stamp = |obs: &[Observation]| {
+        obs.iter()
+            .find(|o| o.code == mdc::PLETH)
+            .unwrap()
+            .gateway_time
+    };
+    let numeric = |obs: &[Observation]| {
+        obs.iter()
+            .find(|o| o.code == mdc::SPO2)
+            .unwrap()
+            .gateway_time
+    };
+    // Each array starts 29 periods (483 ms) before its last bytes arrived (the numerics' time).
+    for obs in [&a, &b] {
+        assert_eq!(numeric(obs) - stamp(obs), 484, "29 × 16.667 ms, rounded up");
+    }
+    assert!(
+        stamp(&b) - stamp(&a) >= 1500,
+        "{} ms apart",
+        stamp(&b) - stamp(&a)
+    );
+
+    // 20 frames, and the port is lost before the line goes quiet: the 20 samples and their
+    // numerics still leave, before the `disconnected` event.
+    let third = &bin[60 * 9..80 * 9];
+    pty.write_all(third).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while run.adapter.stats().bytes_read < 9 * 80 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    drop(pty);
+    let (_, c) = run.expect_event(EventKind::Disconnected).await;
+    assert_eq!(pleth(&c), vec![recording_pleth(third)]);
+    assert_eq!(values(&c, mdc::PULSE_RATE_OXIM), vec![60.0]);
+    let (adapter, res) = run.stop().await;
+    assert!(res.is_ok(), "{res:?}");
+    assert_eq!(adapter.stats().readings, 9);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -645,8 +743,9 @@ async fn an_smp_session_pauses_the_data_protocol_until_the_relay_is_done() {
     drop(t);
     assert_eq!(pty.read_exact(9).await, start_live);
     pty.write_all(&real("cms50e_live_capture.bin")).await;
-    let obs = run.observations(102 * 3).await;
-    assert_eq!(values(&obs, mdc::SPO2), vec![99.0; 102]);
+    let obs = run.observations(2 * 3).await;
+    assert_eq!(values(&obs, mdc::SPO2), vec![99.0; 2]);
+    assert_eq!(pleth(&obs).concat().len(), 102);
 
     let (adapter, res) = run.stop().await;
     assert!(res.is_ok(), "{res:?}");
@@ -658,7 +757,7 @@ async fn an_smp_session_pauses_the_data_protocol_until_the_relay_is_done() {
             s.smp_frames_in,
             s.readings
         ),
-        (1, 1, 1, 306),
+        (1, 1, 1, 6),
         "{s:?}"
     );
 }

@@ -23,8 +23,9 @@ The protocol (docs/plugins.md has all of it):
 
 Standard library only (no pip install on the gateway): it runs with Debian's python3.
 Stand-in data: oximeter_demo.csv holds the SpO2 and pulse of every live frame of a real Contec
-CMS50E capture (data/real/serial/cms50e_live_capture.bin, decoded by wardgate), replayed
-as if this bridge read them from a device.
+CMS50E capture (data/real/serial/cms50e_live_capture.bin, decoded by wardgate's cms50
+decoder with numerics_every_s = 0; a unit test in adapters/src/serial/protocols/cms50.rs
+checks it row for row), replayed as if this bridge read them from a device.
 """
 
 import argparse

@@ -123,6 +123,7 @@ fn check_output(out: &[Decoded]) {
             }
             Decoded::Identity(id) => assert!(is_status_text(id), "{id:?}"),
             Decoded::Error { .. } => {}
+            Decoded::Waveform { .. } => panic!("lines emits no waveform: {d:?}"),
         }
     }
 }

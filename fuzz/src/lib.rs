@@ -43,6 +43,7 @@ fn run(mut p: Box<dyn Protocol>, chunks: &[&[u8]]) -> (Vec<Decoded>, u64) {
     for c in chunks {
         p.feed(c, &mut out);
     }
+    p.flush(&mut out);
     (out, p.frames_ok())
 }
 
@@ -74,6 +75,11 @@ pub fn check_serial(make: fn() -> Box<dyn Protocol>, data: &[u8]) {
     for d in &whole.0 {
         match d {
             Decoded::Reading(r) => check_reading(r),
+            Decoded::Waveform { reading, waveform } => {
+                check_reading(reading);
+                assert_eq!(waveform.problem(), None, "{waveform:?}");
+                assert_eq!(reading.value, waveform.physical(waveform.samples[0]));
+            }
             Decoded::Error { offset, .. } => {
                 assert!(*offset <= data.len() as u64, "error offset {offset} past the stream")
             }

@@ -50,13 +50,17 @@ pub fn devices() -> Vec<DemoDevice> {
     ]
 }
 
-/// Observations the decoder finds in a recording (the demo's expected count).
+/// Observations the decoder finds in a recording (the demo's expected count): numerics and
+/// waveform arrays, with what the decoder holds at the end (the gateway flushes it once the
+/// replay has stopped and the line is quiet). A cms50 recording at the default one numeric a
+/// second: SpO2, pulse rate and one pleth array per started second.
 pub fn expected_observations(protocol: ProtocolName, recording: &[u8]) -> u64 {
     let mut p = protocols::build(protocol);
     let mut out = Vec::new();
     p.feed(recording, &mut out);
+    p.flush(&mut out);
     out.iter()
-        .filter(|d| matches!(d, Decoded::Reading(_)))
+        .filter(|d| matches!(d, Decoded::Reading(_) | Decoded::Waveform { .. }))
         .count() as u64
 }
 

@@ -1,5 +1,5 @@
 //! Device-to-upstream latency and saturated throughput through the real daemon (issue 11,
-//! item 5 and "Measure" (c)): devices on ptys → `wardgate run` (store `synchronous=FULL`) →
+//! item 5): devices on ptys → `wardgate run` (store `synchronous=FULL`) →
 //! mosquitto (mutual TLS) → `wardgate receive` (upstream ack mode, durable SQLite output).
 //!
 //! `scripts/bench-latency [--baseline REV]` (or `cargo bench -p wardgate-e2e --bench latency`).
@@ -14,8 +14,8 @@
 //!
 //! With `BENCH_BASELINE_BIN` (another build of `wardgate`, e.g. `main` before send-at-once;
 //! `scripts/bench-latency --baseline REV` builds it) the same runs are made with it, and the ratio
-//! this build / baseline is printed. The readings are CMS50 frames, not the JSON lines of the
-//! issue's harness: the `lines` protocol that reads those is built on another branch.
+//! this build / baseline is printed. The readings are CMS50 frames; the issue's own harness (JSON
+//! lines on 4 ptys) is measured by `throughput.rs` (`scripts/bench`).
 //!
 //! Environment: `BENCH_BIN` (default: this package's `wardgate-e2e-bin`, the same entry point
 //! as `wardgate`), `BENCH_BASELINE_BIN`, `BENCH_RUNS` (3), `BENCH_RATE` (50), `BENCH_SECS` (20),
@@ -96,7 +96,9 @@ fn stop(mut gateway: wardgate_e2e::process::Proc, mut receiver: wardgate_e2e::pr
 /// One latency run: (p50, p99) in ms over the readings.
 fn latency_run(bin: &str, rate: u64, secs: u64) -> (f64, f64) {
     let env = TestEnv::new("bench-latency", bin).unwrap();
-    let dev = Device::cms50e("ox-001");
+    // Every frame's numerics (numerics_every_s = 0): a reading per frame, as before issue 11
+    // item 3 (by default SpO2 and pulse leave once a second, with the second's pleth array).
+    let dev = Device::cms50e("ox-001").with_numerics_every(0);
     let (gateway, receiver, mut ports) = start(&env, std::slice::from_ref(&dev));
     let n = (rate * secs) as usize;
     let data = frames(&dev, n);
@@ -170,7 +172,7 @@ fn latency_run(bin: &str, rate: u64, secs: u64) -> (f64, f64) {
 fn throughput_run(bin: &str, per_pty: usize) -> f64 {
     let env = TestEnv::new("bench-saturated", bin).unwrap();
     let devs: Vec<Device> = (1..=4)
-        .map(|i| Device::cms50e(&format!("ox-{i:03}")))
+        .map(|i| Device::cms50e(&format!("ox-{i:03}")).with_numerics_every(0))
         .collect();
     let (gateway, receiver, ports) = start(&env, &devs);
     let data = frames(&devs[0], per_pty);

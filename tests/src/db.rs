@@ -192,6 +192,41 @@ impl Upstream {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
+    /// The waveform observations of `code` from `device`, in seq order: `(gateway_time,
+    /// period_us, samples)` from the `waveform` column (JSON); an observation of that code
+    /// without one is an error.
+    pub fn waveforms(&self, device: &str, code: u32) -> Result<Vec<(i64, u32, Vec<i32>)>> {
+        let Some(c) = self.conn()? else {
+            return Ok(Vec::new());
+        };
+        let mut st = c.prepare(
+            "SELECT gateway_time, waveform FROM observations WHERE device = ?1 AND code = ?2 ORDER BY seq",
+        )?;
+        let rows = st.query_map(rusqlite::params![device, code], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (t, w) = row?;
+            let w = w.with_context(|| format!("{device} code {code} at {t}: no waveform"))?;
+            let w: serde_json::Value = serde_json::from_str(&w)?;
+            let period = w["period_us"].as_u64().context("period_us")? as u32;
+            let samples: Vec<i32> = serde_json::from_value(w["samples"].clone())?;
+            out.push((t, period, samples));
+        }
+        Ok(out)
+    }
+
+    /// Every sample of the waveform observations of `code` from `device`, concatenated in seq
+    /// order (see [`Self::waveforms`]).
+    pub fn samples(&self, device: &str, code: u32) -> Result<Vec<i32>> {
+        Ok(self
+            .waveforms(device, code)?
+            .into_iter()
+            .flat_map(|w| w.2)
+            .collect())
+    }
+
     /// Values of `code` from `device`, in seq order.
     pub fn values(&self, device: &str, code: u32) -> Result<Vec<f64>> {
         Ok(self

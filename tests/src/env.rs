@@ -308,6 +308,9 @@ backoff_max_s = {backoff}
                 d.name,
                 d.protocol_name()
             ));
+            if let Some(n) = d.numerics_every_s {
+                t.push_str(&format!("numerics_every_s = {n}\n"));
+            }
             if let Some(l) = o.locations.get(&d.name) {
                 t.push_str(&format!("location = \"{l}\"\n"));
             }

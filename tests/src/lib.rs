@@ -14,6 +14,7 @@
 //!
 //! Set `WARDGATE_E2E_KEEP=1` to keep the temporary directories of the tests for inspection.
 
+pub mod bench;
 pub mod ble;
 pub mod broker;
 pub mod db;

@@ -23,6 +23,8 @@ pub struct Device {
     pub pace: Pace,
     /// Bytes the host must send before it streams (the CMS50's start-live command).
     pub start: Option<Vec<u8>>,
+    /// `numerics_every_s` in its `[[serial]]` (cms50; `None`: the default, once a second).
+    pub numerics_every_s: Option<u32>,
 }
 
 impl Device {
@@ -38,6 +40,23 @@ impl Device {
                 per_sec: 60.0,
             },
             start: Some(START_LIVE[..3].to_vec()),
+            numerics_every_s: None,
+        }
+    }
+
+    /// The device with `numerics_every_s = n` in its `[[serial]]` (0: SpO2 and pulse with every
+    /// CMS50 frame, 60 a second, for tests that need many observations).
+    pub fn with_numerics_every(mut self, n: u32) -> Device {
+        self.numerics_every_s = Some(n);
+        self
+    }
+
+    /// A fresh decoder as the gateway configures it for this device.
+    fn decoder(&self) -> Box<dyn wardgate_adapters::serial::protocols::Protocol> {
+        use wardgate_adapters::serial::protocols::{build, cms50::Cms50};
+        match (self.protocol, self.numerics_every_s) {
+            (ProtocolName::Cms50, Some(n)) => Box::new(Cms50::with_numerics_every(n)),
+            (protocol, _) => build(protocol),
         }
     }
 
@@ -49,6 +68,7 @@ impl Device {
             recording: wardgate_sim::demo_serial::IVY450C_RECORDING.to_vec(),
             pace: Pace::Baud(9600),
             start: None,
+            numerics_every_s: None,
         }
     }
 
@@ -62,9 +82,37 @@ impl Device {
         self.protocol.as_str()
     }
 
-    /// Observations the decoder finds in `bytes` (the whole recording: [`Self::expected`]).
+    /// Observations the decoder finds in `bytes` (the whole recording: [`Self::expected`]),
+    /// with what it holds at the end: the gateway sends that when the line goes quiet.
     pub fn expected_in(&self, bytes: &[u8]) -> u64 {
-        wardgate_sim::demo_serial::expected_observations(self.protocol, bytes)
+        use wardgate_adapters::serial::protocols::Decoded;
+        if self.numerics_every_s.is_none() {
+            return wardgate_sim::demo_serial::expected_observations(self.protocol, bytes);
+        }
+        let mut p = self.decoder();
+        let mut out = Vec::new();
+        p.feed(bytes, &mut out);
+        p.flush(&mut out);
+        out.iter()
+            .filter(|d| matches!(d, Decoded::Reading(_) | Decoded::Waveform { .. }))
+            .count() as u64
+    }
+
+    /// The waveform samples the decoder finds in `bytes` (each array's samples in order, with
+    /// what it holds at the end), e.g. the CMS50's pleth.
+    pub fn samples_in(&self, bytes: &[u8]) -> Vec<i32> {
+        use wardgate_adapters::serial::protocols::Decoded;
+        let mut p = self.decoder();
+        let mut out = Vec::new();
+        p.feed(bytes, &mut out);
+        p.flush(&mut out);
+        out.into_iter()
+            .filter_map(|d| match d {
+                Decoded::Waveform { waveform, .. } => Some(waveform.samples),
+                _ => None,
+            })
+            .flatten()
+            .collect()
     }
 
     /// Observations in the whole recording.

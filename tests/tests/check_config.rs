@@ -388,6 +388,36 @@ fn duplicate_serial_name_is_reported_at_the_duplicate() {
 }
 
 #[test]
+fn numerics_every_s_is_checked_at_its_value() {
+    let f = Fixture::new();
+    let text = f.base().replacen(
+        "protocol = \"cms50\"\n",
+        "protocol = \"cms50\"\nnumerics_every_s = 90\n",
+        1,
+    );
+    let p = f.write("numerics.toml", &text);
+    assert_one_problem(
+        &check_config(&p),
+        &p,
+        locate(&text, "90\n", 0),
+        "serial `bed1-spo2`: numerics_every_s 90 is more than 60 (one SpO2 a minute); 1 sends SpO2 and pulse once a second, 0 with every frame",
+    );
+    let text = f.base().replacen(
+        "protocol = \"ansar-b\"\n",
+        "protocol = \"ansar-b\"\nnumerics_every_s = 1\n",
+        1,
+    );
+    let p = f.write("numerics-ansar.toml", &text);
+    let (line, col) = locate(&text, "numerics_every_s = 1", 0);
+    assert_one_problem(
+        &check_config(&p),
+        &p,
+        (line, col + "numerics_every_s = ".len()),
+        "serial `bed2-monitor`: numerics_every_s is for protocol \"cms50\"",
+    );
+}
+
+#[test]
 fn several_problems_are_all_reported_in_file_order() {
     let f = Fixture::new();
     let text = f

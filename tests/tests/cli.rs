@@ -25,6 +25,10 @@ fn json_lines(out: &Output) -> Vec<Value> {
         .collect()
 }
 
+/// Observations of the demo's CMS50E (`bed1-spo2`): its 102 frames are 1.7 s of the device, so
+/// SpO2, pulse rate and one pleth array (60 samples, then 42) for each of two seconds.
+const CMS50_OBSERVATIONS: usize = 6;
+
 /// Readings of the demo's plug-in device (the example plug-in's replay), run when Debian's
 /// python3 is installed.
 fn plugin_readings() -> usize {
@@ -76,6 +80,8 @@ fn demo_messages(dir: &Path) -> (PathBuf, Vec<PathBuf>) {
         // Issue 11 item 3: the ECG device, a shell plug-in replaying 20 s of MIT-BIH 208 as
         // one waveform observation (360 samples) a second.
         "exec:bed16-ecg                20       20         20        20  ok",
+        // Issue 11 item 3: the CMS50E's 1.7 s as SpO2, pulse and one pleth array a second.
+        "serial:bed1-spo2               6        6          6         6  ok",
         "refused:  ble:C4:7C:8D:6A:11:22 (0 observations stored",
         // Issue 10 item 9: the serial oximeter updated over SMP on its own line (signed job,
         // HTTPS download with the gateway's certificate, verified, tested, confirmed), its
@@ -187,7 +193,11 @@ fn decode_cms50_recording_prints_one_json_line_per_observation_with_the_recorded
     assert_eq!(out.code(), Some(0), "{out:?}");
     assert_eq!(out.stderr, "", "no decoder errors in a clean recording");
     let lines = json_lines(&out);
-    assert_eq!(lines.len(), 306, "102 frames × (SpO2, pulse, pleth)");
+    assert_eq!(
+        lines.len(),
+        CMS50_OBSERVATIONS,
+        "102 frames = 1.7 s: per second SpO2, pulse and one pleth array"
+    );
     for l in &lines {
         for key in ["code", "value", "unit", "device", "status"] {
             assert!(l.get(key).is_some(), "`{key}` missing in {l}");
@@ -198,7 +208,8 @@ fn decode_cms50_recording_prints_one_json_line_per_observation_with_the_recorded
             "clean frames have no status flags: {l}"
         );
     }
-    // Frame by frame against the CSV transcription: SpO2 99, pulse 60, pleth = wire byte & 0x7F.
+    // Against the CSV transcription: SpO2 99 and pulse 60 of each second's last frame (59,
+    // 101), then the second's pleth samples = wire byte & 0x7F, every one, in one line.
     let csv = std::fs::read_to_string(real_recording("cms50e_live_capture.expected.csv")).unwrap();
     let rows: Vec<Vec<&str>> = csv
         .lines()
@@ -206,33 +217,47 @@ fn decode_cms50_recording_prints_one_json_line_per_observation_with_the_recorded
         .map(|l| l.split(',').collect())
         .collect();
     assert_eq!(rows.len(), 102);
-    for (i, frame) in lines.chunks(3).enumerate() {
-        let get = |code: u64| {
-            frame
-                .iter()
-                .find(|l| l["code"] == code)
-                .unwrap_or_else(|| panic!("frame {i}: no {code}"))
-        };
-        let (pleth, pulse, spo2): (f64, f64, f64) = (
-            rows[i][4].parse().unwrap(),
-            rows[i][6].parse().unwrap(),
-            rows[i][7].parse().unwrap(),
+    let col = |i: usize, c: usize| -> f64 { rows[i][c].parse().unwrap() };
+    for (second, (lines, frames)) in lines.chunks(3).zip([0..60, 60..102]).enumerate() {
+        let last = frames.end - 1;
+        assert_eq!(
+            (
+                lines[0]["code"].as_u64(),
+                lines[0]["value"].as_f64(),
+                lines[0]["unit"].as_u64()
+            ),
+            (Some(150456), Some(col(last, 7)), Some(262688)),
+            "second {second}: SpO2 {}",
+            lines[0]
         );
         assert_eq!(
-            (get(150456)["value"].as_f64(), get(150456)["unit"].as_u64()),
-            (Some(spo2), Some(262688)),
-            "frame {i} SpO2"
+            (
+                lines[1]["code"].as_u64(),
+                lines[1]["value"].as_f64(),
+                lines[1]["unit"].as_u64()
+            ),
+            (Some(149530), Some(col(last, 6)), Some(264864)),
+            "second {second}: pulse {}",
+            lines[1]
+        );
+        let w = &lines[2];
+        assert_eq!(
+            (w["code"].as_u64(), w["unit"].as_u64(), w["ucum"].as_str()),
+            (Some(150452), Some(262656), Some("1")),
+            "second {second}: pleth {w}"
         );
         assert_eq!(
-            (get(149530)["value"].as_f64(), get(149530)["unit"].as_u64()),
-            (Some(pulse), Some(264864)),
-            "frame {i} pulse"
+            (
+                w["period_us"].as_u64(),
+                w["scale"].as_f64(),
+                w["offset"].as_f64()
+            ),
+            (Some(16_667), Some(1.0), Some(0.0))
         );
-        assert_eq!(
-            get(150452)["value"].as_f64(),
-            Some((pleth as u32 & 0x7F) as f64),
-            "frame {i} pleth"
-        );
+        let samples: Vec<f64> = serde_json::from_value(w["samples"].clone()).unwrap();
+        let want: Vec<f64> = frames.map(|i| (col(i, 4) as u32 & 0x7F) as f64).collect();
+        assert_eq!(samples, want, "second {second}: pleth samples");
+        assert_eq!(w["value"].as_f64(), Some(want[0]), "value = first sample");
     }
     // The same capture as ASCII hex decodes to the same observations.
     let hex = real_recording("cms50e_live_capture.hex.txt");
@@ -364,7 +389,7 @@ fn verify_prints_payloads_of_genuine_messages_and_rejects_tampered_ones() {
     assert_eq!(printed, adc[..20 * 360], "the demo ECG, sample for sample");
     assert_eq!(
         seqs.len(),
-        306 + 297 + 7 + 2 + 20 + plugin_readings(),
+        CMS50_OBSERVATIONS + 297 + 7 + 2 + 20 + plugin_readings(),
         "every recorded observation is in the messages (serial, BLE, the ECG and the plug-in)"
     );
     // One message on standard input.
@@ -429,7 +454,7 @@ fn independent_python_verifier_accepts_genuine_and_rejects_tampered_messages() {
     assert_eq!(s.totals["verified"].as_u64(), Some(msgs.len() as u64));
     assert_eq!(
         s.totals["unique_observations"],
-        306 + 297 + 7 + 2 + 20 + plugin_readings(),
+        CMS50_OBSERVATIONS + 297 + 7 + 2 + 20 + plugin_readings(),
         "{}",
         s.totals
     );
@@ -439,7 +464,10 @@ fn independent_python_verifier_accepts_genuine_and_rejects_tampered_messages() {
             plugin_readings() as u64
         );
     }
-    assert_eq!(s.totals["per_device"]["serial:bed1-spo2"], 306);
+    assert_eq!(
+        s.totals["per_device"]["serial:bed1-spo2"],
+        CMS50_OBSERVATIONS as u64
+    );
     assert_eq!(s.totals["per_device"]["serial:bed2-monitor"], 297);
     assert_eq!(s.totals["per_device"]["ble:00:22:D0:90:4C:14"], 7);
     assert_eq!(s.totals["per_device"]["ble:5C:31:3E:01:16:6D"], 2);

@@ -53,7 +53,9 @@ fn a_full_filesystem_refuses_new_rows_reports_them_and_loses_nothing_accepted() 
         return wardgate_e2e::skip_or_fail("unshare and nsenter (util-linux) are needed");
     }
     let env = TestEnv::new("diskfull", BIN).unwrap();
-    let cms = Device::cms50e("bed1");
+    // Every frame's numerics (60 SpO2 and 60 pulse rates a second, and the pleth array): enough
+    // rows to fill the tiny store in seconds.
+    let cms = Device::cms50e("bed1").with_numerics_every(0);
     let mut opts = env.gateway_options();
     opts.devices = vec![cms.clone()];
     let cfg = env.write_gateway_config(&opts).unwrap();

@@ -62,6 +62,7 @@ fn config(path: &Path) -> SerialConfig {
         max_backoff_s: 1,
         map: None,
         location: None,
+        numerics_every_s: None,
     }
 }
 

@@ -46,7 +46,8 @@ fn impostor_signer(env: &TestEnv) -> wardgate::signing::Signer {
 #[test]
 fn forged_acks_from_another_certificate_holder_delete_nothing() {
     let env = TestEnv::new("forged-acks", BIN).unwrap();
-    let cms = Device::cms50e("bed1-spo2");
+    // Every frame's numerics (numerics_every_s = 0): rows enough for many batches.
+    let cms = Device::cms50e("bed1-spo2").with_numerics_every(0);
     let mut opts = env.gateway_options();
     opts.devices = vec![cms.clone()];
     let cfg = env.write_gateway_config(&opts).unwrap();

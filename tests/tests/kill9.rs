@@ -27,6 +27,8 @@ use wardgate_e2e::pty::{ansar_b_message_ends, Device, Replayer, Streamer};
 use wardgate_e2e::{batches_by_number, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wardgate-e2e-bin");
+/// MDC_PULS_OXIM_PLETH.
+const PLETH: u32 = 150452;
 
 /// Every queued row of a snapshot must be upstream with the same content.
 fn assert_snapshot_delivered(env: &TestEnv, snap: &StoreSnapshot, what: &str) {
@@ -102,14 +104,19 @@ fn kill9_mid_stream_then_restart_delivers_every_accepted_observation_once() {
         (0..3).map(|i| part(&cms, &cms_cuts, i)).collect(),
         (0..3).map(|i| part(&ivy, &ivy_cuts, i)).collect(),
     );
-    for (d, parts) in [(&cms, &cms_parts), (&ivy, &ivy_parts)] {
-        let sum: u64 = parts.iter().map(|p| d.expected_in(p)).sum();
-        assert_eq!(
-            sum,
-            d.expected(),
-            "{}: the cut points split no frame",
-            d.name
-        );
+    // The cut points split no frame: the Ivy's parts hold its observations between them, the
+    // CMS50E's its pleth samples. (The CMS50E's observation counts do not add up: each part ends
+    // a stretch, whose unfinished second leaves as a shorter array with its own numerics, as
+    // the gateway does when the line goes quiet between the parts.)
+    let sum: u64 = ivy_parts.iter().map(|p| ivy.expected_in(p)).sum();
+    assert_eq!(sum, ivy.expected(), "ivy: the cut points split no frame");
+    let cms_samples: Vec<i32> = cms_parts.iter().flat_map(|p| cms.samples_in(p)).collect();
+    assert_eq!(
+        cms_samples,
+        cms.samples_in(&cms.recording),
+        "cms: the cut points split no frame"
+    );
+    for parts in [&cms_parts, &ivy_parts] {
         assert!(parts[1].len() < 4000, "part B must fit the pty's buffer");
     }
 
@@ -193,27 +200,57 @@ fn kill9_mid_stream_then_restart_delivers_every_accepted_observation_once() {
     assert_eq!(rows, distinct, "an observation stored twice upstream");
     assert!(final_store.max_seq >= snap_c.max_seq);
 
-    // Per device: never more than recorded; at most what the killed process had read but not yet
-    // committed is lost: for the CMS50E the frames of the last group commit (20 ms, but allow
-    // for a loaded machine: 5 frames = 333 ms at 15 frames/s); for the Ivy the message being
-    // read (the one before it was already delivered when the kill came, the next one takes
-    // 0.6 s to arrive).
+    // The CMS50E's pleth, sample-exact: A and B whole, then of C what the restarted gateway
+    // read. The frames of C the killed process had read were held for their unfinished second
+    // (the pleth leaves as one array a second, the numerics with it): never accepted, they died
+    // with it; the rest of C arrives whole, a suffix of C's samples, each once.
+    let samples = up.samples(&cms.id(), PLETH).unwrap();
+    let ab: Vec<i32> = cms_parts[..2]
+        .iter()
+        .flat_map(|p| cms.samples_in(p))
+        .collect();
+    let c = cms.samples_in(&cms_parts[2]);
+    assert_eq!(
+        samples[..ab.len()],
+        ab[..],
+        "A and B's pleth upstream, in order"
+    );
+    let rest = &samples[ab.len()..];
+    assert!(
+        !rest.is_empty() && c.ends_with(rest),
+        "of C ({} samples) a suffix arrives, not {} samples: {rest:?}",
+        c.len(),
+        rest.len()
+    );
+    eprintln!(
+        "{}: {} of {} pleth samples of C delivered (the rest held by the killed process)",
+        cms.id(),
+        rest.len(),
+        c.len()
+    );
+
+    // The Ivy: never more than recorded; at most what the killed process had read but not yet
+    // committed is lost: the message being read (the one before it was already delivered when
+    // the kill came, the next one takes 0.6 s to arrive).
     let counts = up.count_by_device().unwrap();
-    for (d, allowance) in [(&cms, 5 * 3), (&ivy, 11)] {
-        let got = counts.get(&d.id()).copied().unwrap_or(0);
-        let want = d.expected();
-        assert!(
-            got <= want,
-            "{}: {got} delivered, more than the {want} recorded",
-            d.id()
-        );
-        assert!(got + allowance >= want, "{}: {got} of {want} delivered; more lost than the in-flight bytes of the killed process", d.id());
-        eprintln!(
-            "{}: {got} of {want} recorded observations delivered ({} lost with the killed process)",
-            d.id(),
-            want - got
-        );
-    }
+    let (d, allowance) = (&ivy, 11);
+    let got = counts.get(&d.id()).copied().unwrap_or(0);
+    let want = d.expected();
+    assert!(
+        got <= want,
+        "{}: {got} delivered, more than the {want} recorded",
+        d.id()
+    );
+    assert!(
+        got + allowance >= want,
+        "{}: {got} of {want} delivered; more lost than the in-flight bytes of the killed process",
+        d.id()
+    );
+    eprintln!(
+        "{}: {got} of {want} recorded observations delivered ({} lost with the killed process)",
+        d.id(),
+        want - got
+    );
 
     // On the wire: re-sends kept their numbers and rows.
     let payloads = env.verify_raw_messages().unwrap();

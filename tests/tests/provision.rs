@@ -320,7 +320,9 @@ fn rotation_on_disk_without_restart_and_refused_replacements_keep_the_old_pair()
     let (cert_b, key_b) = env.pki.leaf("gateway-b", GATEWAY_ID, &[], false).unwrap();
     let (cert_c, _) = env.pki.leaf("gateway-c", GATEWAY_ID, &[], false).unwrap();
 
-    let cms = Device::cms50e("bed1-spo2");
+    // Every frame's numerics (numerics_every_s = 0): at a twentieth of its pace the CMS50E's
+    // device second is 20 s, and readings must flow before, during and after the replacements.
+    let cms = Device::cms50e("bed1-spo2").with_numerics_every(0);
     let mut opts = env.gateway_options();
     opts.cert = cert.clone();
     opts.key = key.clone();

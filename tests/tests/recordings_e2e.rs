@@ -71,8 +71,8 @@ fn recordings_arrive_complete_with_their_values_through_mosquitto_and_verify_ind
     let want = [(cms.id(), cms.expected()), (ivy.id(), ivy.expected())];
     assert_eq!(
         (want[0].1, want[1].1),
-        (306, 297),
-        "observations in the recordings (102 CMS50E frames × 3, 27 ANSAR-B messages × 11)"
+        (6, 297),
+        "observations in the recordings (the CMS50E's 102 frames = 1.7 s: per second SpO2, pulse and one pleth array; 27 ANSAR-B messages × 11)"
     );
     env.wait_delivered(&want, Duration::from_secs(30)).unwrap();
     let store = env.wait_store_drained(Duration::from_secs(15)).unwrap();
@@ -132,30 +132,48 @@ fn recordings_arrive_complete_with_their_values_through_mosquitto_and_verify_ind
             "unit of {o:?}"
         );
     }
+    // The numerics once a second: the values of each second's last frame (59, 101).
     let spo2 = up.values(&cms.id(), SPO2).unwrap();
     let pulse = up.values(&cms.id(), PULSE_OXIM).unwrap();
-    let pleth = up.values(&cms.id(), PLETH).unwrap();
     assert_eq!(
         spo2,
-        frames.iter().map(|f| f.2 as f64).collect::<Vec<_>>(),
-        "SpO2 per frame (99 %)"
+        [frames[59].2 as f64, frames[101].2 as f64],
+        "SpO2 of each second (99 %)"
     );
-    assert!(spo2.iter().all(|v| *v == 99.0));
     assert_eq!(
         pulse,
-        frames.iter().map(|f| f.1 as f64).collect::<Vec<_>>(),
-        "pulse per frame (60 /min)"
+        [frames[59].1 as f64, frames[101].1 as f64],
+        "pulse of each second (60 /min)"
     );
-    assert!(pulse.iter().all(|v| *v == 60.0));
-    // The CSV's `pleth` column is the raw wire byte (sync bit 7 set, 128..255); the decoder
-    // reports the waveform value without the sync bit (documented in adapters' cms50.rs).
+    // The pleth as waveforms, sample-exact: one array a second (60 samples, then the 42 of the
+    // unfinished second, sent when the line went quiet), 60 Hz. The CSV's `pleth` column is the
+    // raw wire byte (sync bit 7 set, 128..255); the samples are without the sync bit
+    // (documented in adapters' cms50.rs).
+    let arrays = up.waveforms(&cms.id(), PLETH).unwrap();
     assert_eq!(
-        pleth,
+        arrays
+            .iter()
+            .map(|(_, period, s)| (*period, s.len()))
+            .collect::<Vec<_>>(),
+        [(16_667, 60), (16_667, 42)],
+        "pleth arrays (period µs, samples)"
+    );
+    assert_eq!(
+        up.samples(&cms.id(), PLETH).unwrap(),
         frames
             .iter()
-            .map(|f| (f.0 & 0x7F) as f64)
+            .map(|f| (f.0 & 0x7F) as i32)
             .collect::<Vec<_>>(),
-        "pleth samples in recording order (CSV pleth column minus the sync bit)"
+        "pleth samples in recording order (CSV pleth column minus the sync bit), none lost or repeated"
+    );
+    assert!(
+        arrays[0].0 < arrays[1].0,
+        "stamped at their first samples, in order"
+    );
+    // `value` of an array is its first sample.
+    assert_eq!(
+        up.values(&cms.id(), PLETH).unwrap(),
+        arrays.iter().map(|a| f64::from(a.2[0])).collect::<Vec<_>>()
     );
 
     // Ivy 450C: the monitor's fixed values (PROVENANCE.md), in all 27 messages.
@@ -268,7 +286,14 @@ fn receiver_restart_mid_stream_loses_nothing() {
         .terminate(Duration::from_secs(10))
         .unwrap()
         .success());
-    assert_eq!(env.upstream().count(&cms.id()).unwrap(), cms.expected());
+    // Each half ended a stretch (the line went quiet after it): its own arrays and numerics.
+    let second = cms.expected_in(&cms.recording[half..]);
+    assert_eq!(env.upstream().count(&cms.id()).unwrap(), first + second);
+    assert_eq!(
+        env.upstream().samples(&cms.id(), PLETH).unwrap(),
+        cms.samples_in(&cms.recording),
+        "every pleth sample once, in order, across the receiver's restart"
+    );
     let payloads = env.verify_raw_messages().unwrap();
     let seqs: BTreeSet<u64> = batches_by_number(&payloads)
         .unwrap()

@@ -108,23 +108,12 @@ fn broker_down_for_10s_mid_stream_loses_nothing_and_duplicates_nothing() {
         env.accepted_seqs(store.max_seq),
         "every accepted seq delivered, no gaps"
     );
-    // Order survived the outage: seq order upstream is the device's own order.
-    let frames: Vec<f64> = {
-        let mut p = wardgate_adapters::serial::protocols::build(cms.protocol);
-        let mut out = Vec::new();
-        p.feed(&cms.recording, &mut out);
-        out.into_iter()
-            .filter_map(|d| match d {
-                wardgate_adapters::serial::protocols::Decoded::Reading(r) if r.code == PLETH => {
-                    Some(r.value)
-                }
-                _ => None,
-            })
-            .collect()
-    };
+    // Order survived the outage: seq order upstream is the device's own order, sample-exact.
+    let samples = cms.samples_in(&cms.recording);
+    assert_eq!(samples.len(), 102, "one pleth sample per frame");
     assert_eq!(
-        up.values(&cms.id(), PLETH).unwrap(),
-        frames,
+        up.samples(&cms.id(), PLETH).unwrap(),
+        samples,
         "pleth samples upstream in recording order"
     );
 }

@@ -302,8 +302,7 @@ pub fn parse_line(line: &[u8], devices: &[String]) -> Result<PluginMessage, Stri
 /// `arrival_ms`, right after its last sample was taken, so sample 0 is (n − 1) periods earlier
 /// (rounded down to the ms).
 pub fn first_sample_ms(arrival_ms: i64, waveform: &Waveform) -> i64 {
-    let span_us = (waveform.samples.len() as i64 - 1).max(0) * i64::from(waveform.period_us);
-    arrival_ms - span_us.div_euclid(1000) - i64::from(span_us.rem_euclid(1000) != 0)
+    waveform.first_sample_ms(arrival_ms)
 }
 
 /// The reading of an observation or a waveform (`value`: the observation's, or the waveform's

@@ -13,8 +13,16 @@
 //!    [`Protocol::keepalive`] periodically, and feeds every byte read to a fresh decoder
 //!    ([`protocols::build`]).
 //! 4. Stamps each [`Reading`] into an [`Observation`] with device id `serial:<name>`,
-//!    `gateway_time` = [`now_ms`](crate::observation::now_ms) and `time_quality` = `device` when the device sent its own time,
-//!    else `synced`/`unsynced` from [`AdapterContext::clock_synced`].
+//!    `gateway_time` = [`now_ms`](crate::observation::now_ms) when the bytes that completed it
+//!    arrived, and `time_quality` = `device` when the device sent its own time,
+//!    else `synced`/`unsynced` from [`AdapterContext::clock_synced`]. A
+//!    [`Decoded::Waveform`] becomes an observation carrying its sample array, stamped at its
+//!    first sample ([`Waveform::first_sample_ms`](crate::observation::Waveform::first_sample_ms)).
+//!    When no byte has come for [`GAP`] since the last ones were handled and none waits in the
+//!    port (a busy host or a full event channel is no pause), before an SMP session pauses the
+//!    data protocol, and when the port is lost, the decoder is flushed ([`Protocol::flush`]): what it held back (a
+//!    partial waveform array, unfinished numerics) is sent, stamped at the arrival of the last
+//!    bytes, so no array spans a pause and a disconnect loses no held sample.
 //! 5. On end of file, `EIO`, `ENODEV` or any other read/write error (unplug; a pty whose master
 //!    closed gives `EIO`): emits `disconnected`, **closes the port** (drops the fd), and reopens the
 //!    stable path with capped exponential backoff and jitter (first wait 125–250 ms, doubling, at
@@ -78,8 +86,8 @@ use super::config::SerialConfig;
 use super::identity::{IdentityGate, IdentityVerdict};
 use super::line::{check_line_settings, LineSettings};
 use super::protocols::lines::map::CompiledMap as LinesMapCompiled;
-use super::protocols::{self, Decoded, Protocol};
-use crate::observation::{DeviceEvent, DeviceId, EventKind, Observation, Reading};
+use super::protocols::{self, Decoded, Protocol, GAP};
+use crate::observation::{now_ms, DeviceEvent, DeviceId, EventKind, Observation, Reading};
 use crate::retry::{Backoff, RateLimit, DEVICE_STABLE};
 use crate::smp::channel::SmpLink;
 use crate::smp::console::{self, ConsoleDecoder, ConsoleEvent};
@@ -214,7 +222,7 @@ impl SerialAdapter {
 
     /// A fresh decoder for this device's protocol (and map).
     fn decoder(&self) -> Box<dyn Protocol> {
-        protocols::build_with(self.cfg.protocol, self.lines_map.as_ref())
+        protocols::build_for(&self.cfg, self.lines_map.as_ref())
     }
 
     /// The device id its observations carry: `serial:<name>`.
@@ -346,14 +354,19 @@ impl SerialAdapter {
                     self.send(ctx, self.event(EventKind::Connected, detail))
                         .await?;
                     let began = Instant::now();
+                    let mut data = None;
                     let end = self
-                        .session(&mut port, ctx, &mut cmd_rx, &mut pending)
+                        .session(&mut port, ctx, &mut cmd_rx, &mut pending, &mut data)
                         .await;
                     drop(port); // close the fd before any wait, so the device node can go away
                     match end {
                         SessionEnd::Shutdown => return Ok(()),
                         SessionEnd::ChannelClosed => return Err(AdapterError::ChannelClosed),
                         SessionEnd::Lost(reason) => {
+                            // What the decoder held back leaves before `disconnected`.
+                            if let Some(d) = data.as_mut() {
+                                self.flush(d, ctx).await?;
+                            }
                             bump(&self.counters.disconnects, 1);
                             log::warn!("serial {name}: connection lost: {reason}");
                             let detail = format!("device {name}: {reason}");
@@ -435,8 +448,23 @@ impl SerialAdapter {
                 limiter: RateLimit::error_events(),
                 frames_seen: 0,
                 judge: LineJudge::default(),
+                last_bytes_ms: now_ms(),
+                idle_from: Instant::now(),
+                flushed: true,
             },
         })
+    }
+
+    /// Flushes the decoder ([`Protocol::flush`]) and delivers what it held, stamped at the last
+    /// bytes' arrival; nothing when it was flushed since.
+    async fn flush(&self, data: &mut DataState, ctx: &AdapterContext) -> Result<(), AdapterError> {
+        if data.state.flushed {
+            return Ok(());
+        }
+        data.state.flushed = true;
+        let mut decoded = Vec::new();
+        data.protocol.flush(&mut decoded);
+        self.deliver(&mut decoded, &mut data.state, ctx).await
     }
 
     /// Passes bytes read during an SMP session to the relay; `false` when the relay has gone.
@@ -462,17 +490,20 @@ impl SerialAdapter {
         true
     }
 
-    /// Runs one connection until it is lost, shutdown fires or the channel closes.
+    /// Runs one connection until it is lost, shutdown fires or the channel closes. `slot`
+    /// holds the data protocol's state, so the caller can flush the decoder when the port is
+    /// lost.
     async fn session(
         &self,
         port: &mut SerialStream,
         ctx: &mut AdapterContext,
         cmd_rx: &mut mpsc::Receiver<DeviceCommand>,
         pending: &mut VecDeque<Vec<u8>>,
+        slot: &mut Option<DataState>,
     ) -> SessionEnd {
         let name = &self.cfg.name;
-        let mut data = match self.start_data(port).await {
-            Ok(d) => d,
+        let data = match self.start_data(port).await {
+            Ok(d) => slot.insert(d),
             Err(reason) => return SessionEnd::Lost(reason),
         };
         while let Some(bytes) = pending.pop_front() {
@@ -486,42 +517,29 @@ impl SerialAdapter {
         let mut decoded = Vec::new();
         loop {
             let mut smp_ended = false;
+            // What the port gave, read by its branch or by the quiet-line check.
+            let mut got: Option<std::io::Result<usize>> = None;
             tokio::select! {
                 changed = ctx.shutdown.changed() => {
                     if changed.is_err() || *ctx.shutdown.borrow() {
                         return SessionEnd::Shutdown;
                     }
                 }
-                read = port.read(&mut buf) => match read {
-                    Ok(0) => return SessionEnd::Lost("end of file on the port (unplugged?)".into()),
-                    Ok(n) => {
-                        bump(&self.counters.bytes_read, n as u64);
-                        if let Some(session) = smp.as_mut() {
-                            smp_ended = !self.smp_incoming(session, &buf[..n]);
-                        } else {
-                            let (protocol, state) = (&mut data.protocol, &mut data.state);
-                            protocol.feed(&buf[..n], &mut decoded);
-                            let frames = protocol.frames_ok();
-                            let new_frames = frames - state.frames_seen;
-                            bump(&self.counters.frames_ok, new_frames);
-                            state.frames_seen = frames;
-                            let errors = decoded
-                                .iter()
-                                .filter(|d| matches!(d, Decoded::Error { .. }))
-                                .count() as u64;
-                            if let Some(what) = state.judge.observe(n as u64, new_frames, errors) {
-                                if self.report_line_suspect(ctx, &what).await.is_err() {
-                                    return SessionEnd::ChannelClosed;
-                                }
-                            }
-                            if self.deliver(&mut decoded, state, ctx).await.is_err() {
+                read = port.read(&mut buf) => got = Some(read),
+                // No byte for GAP since the last ones were handled: unless bytes are waiting
+                // (a busy host or a full event channel, not a quiet device), the stream paused.
+                _ = tokio::time::sleep_until(data.state.idle_from + GAP), if !data.state.flushed && smp.is_none() => {
+                    // A plain read(2) on the non-blocking fd: it sees bytes the reactor may not
+                    // have reported yet.
+                    match port.try_read(&mut buf) {
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            if self.flush(data, ctx).await.is_err() {
                                 return SessionEnd::ChannelClosed;
                             }
                         }
+                        read => got = Some(read),
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return SessionEnd::Lost(describe_io_error(&e)),
-                },
+                }
                 _ = data.ticker.tick(), if !data.keepalive.is_empty() && smp.is_none() => {
                     if let Err(reason) = write(port, &data.keepalive).await {
                         return SessionEnd::Lost(reason);
@@ -541,6 +559,10 @@ impl SerialAdapter {
                             "serial {name}: SMP session opened (firmware relay); data protocol paused"
                         );
                         bump(&self.counters.smp_sessions, 1);
+                        // The data protocol pauses: what its decoder held leaves now.
+                        if self.flush(data, ctx).await.is_err() {
+                            return SessionEnd::ChannelClosed;
+                        }
                         // End whatever partial line the data protocol left on the device's
                         // console (start or keep-alive bytes have no newline), so the first SMP
                         // line starts a line; an empty line is skipped.
@@ -566,10 +588,48 @@ impl SerialAdapter {
                     None => smp_ended = true,
                 },
             }
+            match got {
+                None => {}
+                Some(Ok(0)) => {
+                    return SessionEnd::Lost("end of file on the port (unplugged?)".into())
+                }
+                Some(Ok(n)) => {
+                    bump(&self.counters.bytes_read, n as u64);
+                    if let Some(session) = smp.as_mut() {
+                        smp_ended = !self.smp_incoming(session, &buf[..n]);
+                    } else {
+                        data.state.last_bytes_ms = now_ms();
+                        data.state.flushed = false;
+                        let (protocol, state) = (&mut data.protocol, &mut data.state);
+                        protocol.feed(&buf[..n], &mut decoded);
+                        let frames = protocol.frames_ok();
+                        let new_frames = frames - state.frames_seen;
+                        bump(&self.counters.frames_ok, new_frames);
+                        state.frames_seen = frames;
+                        let errors = decoded
+                            .iter()
+                            .filter(|d| matches!(d, Decoded::Error { .. }))
+                            .count() as u64;
+                        if let Some(what) = state.judge.observe(n as u64, new_frames, errors) {
+                            if self.report_line_suspect(ctx, &what).await.is_err() {
+                                return SessionEnd::ChannelClosed;
+                            }
+                        }
+                        if self.deliver(&mut decoded, state, ctx).await.is_err() {
+                            return SessionEnd::ChannelClosed;
+                        }
+                        // The quiet-line timer counts from here: time spent delivering (a full
+                        // event channel) is no pause of the device.
+                        state.idle_from = Instant::now();
+                    }
+                }
+                Some(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Some(Err(e)) => return SessionEnd::Lost(describe_io_error(&e)),
+            }
             if smp_ended {
                 smp = None;
                 log::info!("serial {name}: SMP session closed; data protocol resumed");
-                data = match self.start_data(port).await {
+                *data = match self.start_data(port).await {
                     Ok(d) => d,
                     Err(reason) => return SessionEnd::Lost(reason),
                 };
@@ -612,13 +672,30 @@ impl SerialAdapter {
             match d {
                 Decoded::Reading(r) => {
                     if st.gate.admits() {
-                        let obs = self.observation(r, *ctx.clock_synced.borrow());
+                        let mut obs = self.observation(r, *ctx.clock_synced.borrow());
+                        obs.gateway_time = st.last_bytes_ms;
                         log::debug!(
                             "serial {name}: code {} value {} {}",
                             obs.code,
                             obs.value,
                             obs.unit.ucum
                         );
+                        self.send(ctx, AdapterEvent::Observation(obs)).await?;
+                        bump(&self.counters.readings, 1);
+                    } else {
+                        bump(&self.counters.readings_dropped, 1);
+                    }
+                }
+                Decoded::Waveform { reading, waveform } => {
+                    if st.gate.admits() {
+                        let mut obs = self.observation(reading, *ctx.clock_synced.borrow());
+                        obs.gateway_time = waveform.first_sample_ms(st.last_bytes_ms);
+                        log::debug!(
+                            "serial {name}: code {} waveform of {} samples",
+                            obs.code,
+                            waveform.samples.len()
+                        );
+                        obs.waveform = Some(waveform);
                         self.send(ctx, AdapterEvent::Observation(obs)).await?;
                         bump(&self.counters.readings, 1);
                     } else {
@@ -708,6 +785,13 @@ struct SessionState {
     frames_seen: u64,
     /// The wrong-baud check of this connection.
     judge: LineJudge,
+    /// Wall-clock time (ms since the epoch) the last bytes arrived: the stamp of what they
+    /// completed, and of what a flush releases.
+    last_bytes_ms: i64,
+    /// When the last bytes read were handled: the quiet-line timer ([`GAP`]) counts from here.
+    idle_from: Instant,
+    /// The decoder was flushed and no byte has been fed since.
+    flushed: bool,
 }
 
 /// The wrong-baud check of one connection, by windows of [`NO_FRAME_WINDOW`] bytes (pure; see

@@ -72,7 +72,19 @@ pub struct SerialConfig {
     /// there, refused elsewhere).
     #[serde(default)]
     pub map: Option<String>,
+    /// `protocol = "cms50"`: SpO2 and pulse rate once every this many seconds (the last values
+    /// of the window, never an average), `0` = with every frame (60 a second); default 1, at
+    /// most 60 (checked by `check-config`; refused for other protocols). The pleth leaves as one
+    /// waveform array a second either way (`serial/protocols/cms50.rs`).
+    #[serde(default)]
+    pub numerics_every_s: Option<u32>,
 }
+
+/// Default `numerics_every_s` of a cms50 device: SpO2 and pulse rate once a second.
+pub const DEFAULT_NUMERICS_EVERY_S: u32 = 1;
+
+/// Largest `numerics_every_s` the configuration accepts: one value a minute.
+pub const MAX_NUMERICS_EVERY_S: u32 = 60;
 
 fn default_data_bits() -> u8 {
     8
@@ -118,6 +130,12 @@ impl ProtocolName {
 }
 
 impl SerialConfig {
+    /// The effective `numerics_every_s` of a cms50 device (default
+    /// [`DEFAULT_NUMERICS_EVERY_S`]).
+    pub fn numerics_every_s(&self) -> u32 {
+        self.numerics_every_s.unwrap_or(DEFAULT_NUMERICS_EVERY_S)
+    }
+
     /// The effective baud rate.
     pub fn baud(&self) -> u32 {
         self.baud.unwrap_or_else(|| self.protocol.default_baud())

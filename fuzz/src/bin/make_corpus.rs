@@ -84,6 +84,19 @@ fn make() {
     c.add("serial_cms50", cms[..90].to_vec());
     c.add("serial_cms50", cms[4..200].to_vec()); // starts mid-frame
     c.add("serial_cms50", cms.clone());
+    // 5.1 s back to back: pleth arrays end at second boundaries (60 frames), then a flush.
+    c.add("serial_cms50", cms.repeat(3));
+    // Status changes inside a second: searching pulse (high byte E2), then finger out (E1),
+    // then normal frames again: arrays end at each change.
+    let mut flags = cms[..27 * 9].to_vec();
+    for (i, f) in flags.chunks_mut(9).enumerate() {
+        f[1] = match i {
+            9..=14 => 0xE2,
+            18..=20 => 0xE1,
+            _ => f[1],
+        };
+    }
+    c.add("serial_cms50", flags);
     let mut handshake = Vec::new();
     for r in csv(&real.join("serial/cms50dplus_handshake_and_live.csv")) {
         if r["direction"] == "dev->host" {

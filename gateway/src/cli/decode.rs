@@ -1,6 +1,10 @@
 //! `wardgate decode --protocol P FILE`: runs a recording through the same decoder the serial
 //! adapter uses and prints one JSON line per observation (`code`, `value`, `unit`, `ucum`,
-//! `device`, `status`, `device_time`). Decoder errors go to stderr as `FILE: byte offset N:
+//! `device`, `status`, `device_time`). A waveform (the CMS50's pleth, one array a second) is one
+//! line too, its samples in one array: `value` is the first sample's, plus `period_us`, `scale`,
+//! `offset` and `samples` (raw, oldest first). At the end of the file the decoder is flushed,
+//! as the serial adapter does when the line goes quiet (the last partial array and numerics).
+//! Decoder errors go to stderr as `FILE: byte offset N:
 //! message`; the device's reported identity as `FILE: device reports serial number S`.
 //!
 //! `wardgate decode --protocol lines --map MAPFILE [--map-name NAME] FILE`: the same for a
@@ -205,32 +209,10 @@ pub fn decode_protocol(
         } else {
             p.feed(chunk, &mut decoded);
         }
-        for d in decoded.drain(..) {
-            match d {
-                Decoded::Reading(r) => {
-                    summary.observations += 1;
-                    let mut line = json!({
-                        "device": device, "code": r.code, "value": r.value, "unit": r.unit.mdc, "ucum": r.unit.ucum, "status": wardgate_adapters::plausibility::status_of(&r),
-                    });
-                    if let Some(t) = r.device_time {
-                        line["device_time"] = t.into();
-                    }
-                    writeln!(out, "{line}")?;
-                }
-                Decoded::Identity(s) => {
-                    if summary.observations == 0 {
-                        writeln!(err, "{}: device reports serial number {s}", file.display())?;
-                    }
-                }
-                Decoded::Error { offset, message } => {
-                    summary.errors += 1;
-                    if summary.errors <= MAX_ERROR_LINES {
-                        writeln!(err, "{}: byte offset {offset}: {message}", file.display())?;
-                    }
-                }
-            }
-        }
+        print_decoded(&mut decoded, &device, file, &mut summary, out, err)?;
     }
+    p.flush(&mut decoded);
+    print_decoded(&mut decoded, &device, file, &mut summary, out, err)?;
     if summary.errors > MAX_ERROR_LINES {
         writeln!(
             err,
@@ -241,6 +223,52 @@ pub fn decode_protocol(
         )?;
     }
     Ok(summary)
+}
+
+/// Prints (and drains) decoder output: one JSON line per observation or waveform on `out`,
+/// identities and errors (the first [`MAX_ERROR_LINES`]) on `err`.
+fn print_decoded(
+    decoded: &mut Vec<Decoded>,
+    device: &str,
+    file: &Path,
+    summary: &mut DecodeSummary,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<()> {
+    for d in decoded.drain(..) {
+        match d {
+            Decoded::Reading(r) => {
+                summary.observations += 1;
+                let mut line = json!({
+                    "device": device, "code": r.code, "value": r.value, "unit": r.unit.mdc, "ucum": r.unit.ucum, "status": wardgate_adapters::plausibility::status_of(&r),
+                });
+                if let Some(t) = r.device_time {
+                    line["device_time"] = t.into();
+                }
+                writeln!(out, "{line}")?;
+            }
+            Decoded::Waveform { reading, waveform } => {
+                summary.observations += 1;
+                let line = json!({
+                    "device": device, "code": reading.code, "value": reading.value, "unit": reading.unit.mdc, "ucum": reading.unit.ucum, "status": wardgate_adapters::plausibility::status_of(&reading),
+                    "period_us": waveform.period_us, "scale": waveform.scale, "offset": waveform.offset, "samples": waveform.samples,
+                });
+                writeln!(out, "{line}")?;
+            }
+            Decoded::Identity(s) => {
+                if summary.observations == 0 {
+                    writeln!(err, "{}: device reports serial number {s}", file.display())?;
+                }
+            }
+            Decoded::Error { offset, message } => {
+                summary.errors += 1;
+                if summary.errors <= MAX_ERROR_LINES {
+                    writeln!(err, "{}: byte offset {offset}: {message}", file.display())?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Beacon and advertisement formats `--profile` accepts besides the GATT [`Profile`]s.

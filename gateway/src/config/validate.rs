@@ -319,10 +319,40 @@ fn serial(out: &mut Vec<Problem>, c: &Config) {
             ));
         }
         lines_device(out, c, i, s);
+        numerics_every(out, i, s);
         let p = s.path.to_string_lossy();
         if p.starts_with("/dev/ttyUSB") || p.starts_with("/dev/ttyACM") {
             out.push(Problem::warning(at("path"), format!("serial `{}`: {p} can be renumbered at reboot; use its /dev/serial/by-id/ path so data cannot land on another bed's device", s.name)));
         }
+    }
+}
+
+/// `numerics_every_s` of a `[[serial]]` device: cms50 only (the other protocols send their
+/// numerics at the device's own pace), at most
+/// [`MAX_NUMERICS_EVERY_S`](wardgate_adapters::serial::config::MAX_NUMERICS_EVERY_S).
+fn numerics_every(out: &mut Vec<Problem>, i: usize, s: &wardgate_adapters::serial::SerialConfig) {
+    use wardgate_adapters::serial::config::MAX_NUMERICS_EVERY_S;
+    use wardgate_adapters::serial::ProtocolName;
+    let Some(n) = s.numerics_every_s else {
+        return;
+    };
+    let at = KeyPath::of("serial").index(i).key("numerics_every_s");
+    let name = &s.name;
+    if s.protocol != ProtocolName::Cms50 {
+        out.push(Problem::error(
+            at,
+            format!(
+                "serial `{name}`: numerics_every_s is for protocol \"cms50\" (60 frames a second); protocol {} sends its numerics at its own pace: remove it",
+                s.protocol.as_str()
+            ),
+        ));
+    } else if n > MAX_NUMERICS_EVERY_S {
+        out.push(Problem::error(
+            at,
+            format!(
+                "serial `{name}`: numerics_every_s {n} is more than {MAX_NUMERICS_EVERY_S} (one SpO2 a minute); 1 sends SpO2 and pulse once a second, 0 with every frame"
+            ),
+        ));
     }
 }
 
@@ -790,6 +820,36 @@ mod tests {
         let sev: Vec<Severity> = gateway(&c).into_iter().map(|p| p.severity).collect();
         assert_eq!(sev.iter().filter(|s| **s == Severity::Warning).count(), 1);
         assert_eq!(sev.last(), Some(&Severity::Warning));
+    }
+
+    #[test]
+    fn numerics_every_s_is_for_cms50_and_at_most_a_minute() {
+        let one = |protocol: &str, every: &str| {
+            problems(&format!(
+                "[[serial]]\nname = \"a\"\npath = \"/dev/serial/by-id/x\"\nprotocol = \"{protocol}\"\n{every}"
+            ))
+        };
+        for ok in [
+            "",
+            "numerics_every_s = 0\n",
+            "numerics_every_s = 1\n",
+            "numerics_every_s = 60\n",
+        ] {
+            assert_eq!(one("cms50", ok), vec![], "{ok}");
+        }
+        let p = one("cms50", "numerics_every_s = 61\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].0, "serial[0].numerics_every_s");
+        assert!(p[0].1.contains("more than 60"), "{p:?}");
+        let p = one("masimo", "numerics_every_s = 1\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].0, "serial[0].numerics_every_s");
+        assert!(p[0].1.contains("is for protocol \"cms50\""), "{p:?}");
+        // A negative number is no u32: the file does not parse.
+        let bad = format!(
+            "{BASE}[[serial]]\nname = \"a\"\npath = \"/dev/serial/by-id/x\"\nprotocol = \"cms50\"\nnumerics_every_s = -1\n"
+        );
+        assert!(toml::from_str::<Config>(&bad).is_err());
     }
 
     #[test]

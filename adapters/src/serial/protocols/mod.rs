@@ -20,8 +20,8 @@ pub mod cms50;
 pub mod lines;
 pub mod masimo;
 
-use crate::observation::Reading;
-use crate::serial::config::ProtocolName;
+use crate::observation::{Reading, Waveform};
+use crate::serial::config::{ProtocolName, SerialConfig};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +30,15 @@ use std::time::Duration;
 pub enum Decoded {
     /// A reading.
     Reading(Reading),
+    /// The sample array of one stretch of a waveform (at most one second for the CMS50 pleth):
+    /// `reading` gives code, unit and status, its `value` is the physical value of the first
+    /// sample; the adapter stamps the array at its first sample ([`Waveform::first_sample_ms`]).
+    Waveform {
+        /// Code, unit, status; `value` = `waveform.physical(waveform.samples[0])`.
+        reading: Reading,
+        /// The samples, oldest first ([`Waveform::problem`] is `None`).
+        waveform: Waveform,
+    },
     /// The device reported its own serial number or id (checked against the config).
     Identity(String),
     /// A frame was malformed; `offset` is the absolute byte offset in the stream (counted from the
@@ -56,6 +65,13 @@ pub trait Protocol: Send {
     }
     /// Feeds bytes read from the port; appends what they complete to `out`. Never panics.
     fn feed(&mut self, bytes: &[u8], out: &mut Vec<Decoded>);
+    /// The stream paused or ended (the line went quiet for [`GAP`], the port was lost, the file
+    /// ended): appends what the decoder holds back for the rest of a period (a partial waveform
+    /// array, the numerics of an unfinished window), so nothing is joined across the pause and
+    /// nothing held is lost. The next bytes start new arrays. Default: nothing is held.
+    fn flush(&mut self, out: &mut Vec<Decoded>) {
+        let _ = out;
+    }
     /// Whether the protocol reports the device's own serial number ([`Decoded::Identity`]).
     /// The serial adapter refuses a configured `serial_number` for protocols that do not, since
     /// it could never be checked.
@@ -69,11 +85,29 @@ pub trait Protocol: Send {
     }
 }
 
+/// No bytes for this long is a gap in a device's stream: the serial adapter calls
+/// [`Protocol::flush`], so a waveform array never spans it. 500 ms is 30 CMS50 frame periods;
+/// a streaming device's USB-serial bridge delivers bytes every few ms, so only a device that
+/// stopped sending (or a stalled host) makes such a pause.
+pub const GAP: Duration = Duration::from_millis(500);
+
 /// A fresh decoder for the configured protocol (one per port opening: framing state never
 /// survives a reconnect). `lines` needs its map: this gives the placeholder that refuses every
 /// line ([`lines::Lines::unmapped`]); use [`build_with`].
 pub fn build(name: ProtocolName) -> Box<dyn Protocol> {
     build_with(name, None)
+}
+
+/// The decoder of a configured `[[serial]]` device: [`build_with`] its map, and a cms50 emits
+/// its numerics every [`SerialConfig::numerics_every_s`] seconds.
+pub fn build_for(
+    cfg: &SerialConfig,
+    map: Option<&Arc<lines::map::CompiledMap>>,
+) -> Box<dyn Protocol> {
+    match cfg.protocol {
+        ProtocolName::Cms50 => Box::new(cms50::Cms50::with_numerics_every(cfg.numerics_every_s())),
+        other => build_with(other, map),
+    }
 }
 
 /// [`build`], with the compiled map a `lines` device decodes by (ignored by the other
