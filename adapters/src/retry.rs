@@ -144,6 +144,12 @@ impl RateLimit {
         }
     }
 
+    /// How many events were held back, whether their window is over or not (at the end of a
+    /// stream, so that the last of them are summarised too); `None` when none were.
+    pub fn take_all_suppressed(&mut self) -> Option<u64> {
+        (self.suppressed > 0).then(|| std::mem::take(&mut self.suppressed))
+    }
+
     /// How many events were held back, once the window they belong to is over (then the count
     /// starts again from zero); `None` while the window runs or when nothing was held back.
     pub fn take_suppressed(&mut self, now: Instant) -> Option<u64> {

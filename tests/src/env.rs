@@ -331,12 +331,26 @@ backoff_max_s = {backoff}
         o: &ReceiverOptions,
         gateway_certs: &[PathBuf],
     ) -> Result<PathBuf> {
+        let t = self.receiver_config_text(o, gateway_certs, "sqlite:upstream.db");
+        let path = self.rx_dir.join("receiver.toml");
+        std::fs::write(&path, t)?;
+        Ok(path)
+    }
+
+    /// The text of a receiver's `receiver.toml` writing to `output` (raw copies in `messages`
+    /// next to the config).
+    fn receiver_config_text(
+        &self,
+        o: &ReceiverOptions,
+        gateway_certs: &[PathBuf],
+        output: &str,
+    ) -> String {
         let share = o
             .share_group
             .as_ref()
             .map(|g| format!("share_group = \"{g}\"\n"))
             .unwrap_or_default();
-        let t = format!(
+        format!(
             r#"# wardgate e2e receiver
 version = 1
 
@@ -351,7 +365,7 @@ keepalive_s = {keepalive}
 
 [receiver]
 {share}gateway_certs = [{gw}]
-output = "sqlite:upstream.db"
+output = "{output}"
 raw_dir = "messages"
 "#,
             port = self.broker.port,
@@ -365,10 +379,48 @@ raw_dir = "messages"
                 .map(|c| format!("\"{}\"", c.display()))
                 .collect::<Vec<_>>()
                 .join(", "),
-        );
-        let path = self.rx_dir.join("receiver.toml");
-        std::fs::write(&path, t)?;
-        Ok(path)
+        )
+    }
+
+    /// Starts one of several receivers, `receiver/NAME/` its directory (config, raw copies
+    /// in `messages/`), `output` its `[receiver] output` (e.g. `sqlite:upstream.db`, relative to
+    /// that directory, or a file shared with other receivers), `logs/NAME.stderr` its log; waits
+    /// until it is subscribed.
+    pub fn start_named_receiver(
+        &self,
+        name: &str,
+        opts: &ReceiverOptions,
+        output: &str,
+    ) -> Result<Proc> {
+        let dir = self.rx_dir.join(name);
+        std::fs::create_dir_all(&dir)?;
+        let cfg = dir.join("receiver.toml");
+        let certs = std::slice::from_ref(&self.pki.gateway_cert);
+        std::fs::write(&cfg, self.receiver_config_text(opts, certs, output))?;
+        let before = self.subscriptions(&opts.client_id);
+        let p = Proc::spawn(
+            name,
+            &self.bin,
+            [
+                std::ffi::OsStr::new("receive"),
+                "--config".as_ref(),
+                cfg.as_os_str(),
+            ],
+            &dir,
+            &self.log_dir,
+            &[],
+        )?;
+        self.wait_subscribed(&opts.client_id, before + 1, Duration::from_secs(15))?;
+        Ok(p)
+    }
+
+    /// How many times the broker logged `client_id` subscribing to the batch topic.
+    fn subscriptions(&self, client_id: &str) -> usize {
+        self.broker
+            .log()
+            .lines()
+            .filter(|l| l.contains(client_id) && l.contains("wardgate/v1/+/+/+/batch"))
+            .count()
     }
 
     /// Starts `wardgate run --config CONFIG` (stderr in `logs/gateway.stderr`).

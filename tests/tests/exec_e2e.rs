@@ -113,6 +113,12 @@ print(json.dumps({"v": 1, "type": "event", "kind": "connected", "detail": "fds "
 time.sleep(1000)
 "#,
     );
+    // Fails at once, every time (the reviewer's exit_now.sh).
+    let exitnow = write_script(
+        &env.gw_dir.join("plugins"),
+        "exit_now.sh",
+        "#!/bin/sh\necho 'exit_now: starting and failing' >&2\nexit 3\n",
+    );
     let mut cfg = std::fs::read_to_string(&gw_cfg).unwrap();
     cfg.push_str(&format!(
         r#"
@@ -132,6 +138,11 @@ max_backoff_s = 4
 name = "fdcheck"
 command = "{fdcheck}"
 
+[[exec]]
+name = "exitnow"
+command = "{exitnow}"
+max_backoff_s = 1
+
 [[serial]]
 name = "bed13-ox"
 path = "dev/bed13-ox"
@@ -142,6 +153,7 @@ baud = 115200
         plugin = plugin.display(),
         csv = csv.display(),
         fdcheck = fdcheck.display(),
+        exitnow = exitnow.display(),
     ));
     cfg.push_str(
         &std::fs::read_to_string(
@@ -213,13 +225,40 @@ baud = 115200
         status = env
             .cli(&["status".as_ref(), "--config".as_ref(), gw_cfg.as_os_str()], b"", Duration::from_secs(20))?
             .stdout;
-        // Its readings and two events (replaying, replay finished).
+        // Its readings and two events (replaying, replay finished); exitnow restarted often
+        // enough to be a problem.
         Ok(status.contains(&format!(
             "adapter:  bed12-ox (0 failures, 0 restarts, plug-in pid {pid}, 1 starts, {} lines, 0 bad lines (0 too long)",
             readings + 2
-        )))
+        )) && status.contains("PROBLEM:  plug-in exitnow keeps restarting: its last "))
     })
     .unwrap_or_else(|e| panic!("{e}: {status}"));
+    // The plug-in that fails at once: its restarts where the adapter's are, never online (its
+    // starts are no sign of life: it sent nothing), and `wardgate status` exits 1.
+    let restarts = |status: &str| -> u64 {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("adapter:  exitnow ("))
+            .unwrap_or_else(|| panic!("{status}"));
+        line.split(" failures, ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{line}"))
+    };
+    assert!(restarts(&status) >= 2, "{status}");
+    assert!(
+        status.contains("device:   exec:exitnow: offline"),
+        "{status}"
+    );
+    let out = env
+        .cli(
+            &["status".as_ref(), "--config".as_ref(), gw_cfg.as_os_str()],
+            b"",
+            Duration::from_secs(20),
+        )
+        .unwrap();
+    assert_eq!(out.code(), Some(1), "{out:?}");
 
     // Stop: the daemon exits cleanly and takes its plug-ins with it.
     let st = gateway.terminate(Duration::from_secs(15)).unwrap();
@@ -261,12 +300,18 @@ baud = 115200
             .map(|e| e.detail.clone().unwrap_or_default())
             .collect()
     };
+    // The plug-in's own connected event only: its start is in the journal, not upstream.
     let connected = of("exec:bed12-ox", "connected");
+    assert_eq!(connected, ["replaying oximeter_demo.csv"]);
     assert!(
-        connected[0].starts_with(&format!("plug-in bed12-ox: started {}", plugin.display())),
-        "{connected:?}"
+        gateway.stderr().contains(&format!(
+            "plugin bed12-ox: started {} (pid {pid})",
+            plugin.display()
+        )),
+        "{}",
+        gateway.stderr()
     );
-    assert_eq!(connected[1], "replaying oximeter_demo.csv");
+    assert!(of("exec:exitnow", "connected").is_empty(), "{events:?}");
     // A plug-in inherits nothing of the daemon but its three pipes: not the serial port (whose
     // lock would stay held), not the store, not the broker connection.
     assert_eq!(
@@ -323,7 +368,9 @@ baud = 115200
     );
 }
 
-/// The flooding plug-in writes valid lines as fast as its pipe takes them; the stubborn one
+/// The flooding plug-in writes valid lines as fast as its pipe takes them: it is read at its
+/// `max_lines_per_s` (the default), slowed once, logged once, shown in `wardgate status`, and
+/// another plug-in's readings reach the receiver meanwhile within seconds. The stubborn one
 /// ignores SIGTERM and has a child of its own.
 #[test]
 fn a_flooding_plugin_does_not_grow_the_daemon_and_shutdown_leaves_no_plugin_process() {
@@ -347,10 +394,9 @@ written = 0
 while True:
     os.write(1, chunk)
     written += len(chunk)
-    if written % (len(chunk) * 100) == 0:
-        with open('flood.written.tmp', 'w') as f:
-            f.write(str(written))
-        os.replace('flood.written.tmp', 'flood.written')
+    with open('flood.written.tmp', 'w') as f:
+        f.write(str(written))
+    os.replace('flood.written.tmp', 'flood.written')
 "#,
     );
     let pids = scripts.join("stubborn.pids");
@@ -362,15 +408,23 @@ while True:
             pids.display()
         ),
     );
+    // Another bed's plug-in: a reading every 200 ms, its record number also in a file.
+    let steady = write_script(
+        &scripts,
+        "steady.sh",
+        "#!/bin/sh\nn=0\nwhile :; do\n  n=$((n+1))\n  echo \"{\\\"v\\\":1,\\\"type\\\":\\\"observation\\\",\\\"code\\\":150456,\\\"value\\\":97,\\\"unit\\\":\\\"%\\\",\\\"record\\\":$n}\"\n  echo $n > steady.n.tmp && mv steady.n.tmp steady.n\n  sleep 0.2\ndone\n",
+    );
     let mut cfg = std::fs::read_to_string(&gw_cfg).unwrap();
     cfg.push_str(&format!(
         "\n[[exec]]\nname = \"flood\"\ncommand = \"{}\"\nworking_dir = \"plugins\"\nmax_line = 1024\n\
+         \n[[exec]]\nname = \"steady\"\ncommand = \"{}\"\nworking_dir = \"plugins\"\n\
          \n[[exec]]\nname = \"stubborn\"\ncommand = \"{}\"\nstop_grace_s = 2\n",
         flood.display(),
+        steady.display(),
         stubborn.display()
     ));
     std::fs::write(&gw_cfg, &cfg).unwrap();
-    // No receiver: the store holds the flood (what is under test is the daemon's memory).
+    let mut receiver = env.start_receiver(&ReceiverOptions::default()).unwrap();
     let mut gateway = env.spawn_gateway(&gw_cfg).unwrap();
     let daemon = u64::from(gateway.pid().as_raw() as u32);
     wardgate_e2e::wait_for("the plug-ins running", Duration::from_secs(20), || {
@@ -389,13 +443,37 @@ while True:
         .parse()
         .unwrap();
     // Let it flood for 8 s.
-    let until = Instant::now() + Duration::from_secs(8);
+    let flood_start = Instant::now();
+    let until = flood_start + Duration::from_secs(8);
     let mut peak_rss = 0;
     while Instant::now() < until {
         peak_rss = peak_rss.max(memory_kib(daemon).1);
         std::thread::sleep(Duration::from_millis(250));
     }
     let (hwm, _) = memory_kib(daemon);
+    // The other bed's latest reading reaches the receiver within seconds (before the limit, a
+    // flood delayed other devices by up to 91 s).
+    let record: u64 = std::fs::read_to_string(scripts.join("steady.n"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let t0 = Instant::now();
+    let up = env.upstream();
+    wardgate_e2e::wait_for(
+        "steady's latest reading upstream",
+        Duration::from_secs(60),
+        || {
+            Ok(up.observations()?.iter().any(|o| {
+                o.device == "exec:steady"
+                    && o.status.as_deref() == Some(&format!("record={record}"))
+            }))
+        },
+    )
+    .unwrap();
+    let late = t0.elapsed();
+    eprintln!("steady: record {record} upstream {late:?} after it was written (or later)");
+    assert!(late < Duration::from_secs(5), "{late:?}");
     let written: u64 = std::fs::read_to_string(scripts.join("flood.written"))
         .ok()
         .and_then(|s| s.trim().parse().ok())
@@ -409,6 +487,7 @@ while True:
     let accepted = snapshot(&env)["devices"]["exec:flood"]["observations"]
         .as_u64()
         .unwrap_or(0);
+    let flooded = flood_start.elapsed().as_secs_f64();
     eprintln!(
         "flood: plug-in wrote {written} bytes, daemon read {} and accepted {accepted} observations; \
          daemon peak RSS {hwm} KiB (sampled max {peak_rss} KiB); stdout buffer max {} bytes",
@@ -420,7 +499,25 @@ while True:
     assert_eq!(stats["bad_lines"], 0, "{stats}");
     // The flood was real, and the daemon's memory stayed bounded by its fixed buffers (the
     // event channel, the writer's batch, SQLite's cache), not by what the plug-in wrote.
-    assert!(accepted > 50_000, "only {accepted} observations accepted");
+    // At most the default 2,000 lines a second (after a one-second burst) since the plug-in
+    // started, and read all along (not stalled).
+    assert!(
+        accepted as f64 <= 2_000.0 * (flooded + 3.0) && accepted > 5_000,
+        "{accepted} observations accepted in {flooded:.1} s"
+    );
+    assert_eq!(stats["slowed"], 1, "{stats}");
+    let status = env
+        .cli(
+            &["status".as_ref(), "--config".as_ref(), gw_cfg.as_os_str()],
+            b"",
+            Duration::from_secs(20),
+        )
+        .unwrap()
+        .stdout;
+    assert!(
+        status.contains(", SLOWED 1 times for writing more than max_lines_per_s ("),
+        "{status}"
+    );
     assert!(
         hwm < 96 * 1024,
         "daemon peak RSS {hwm} KiB (35 MiB measured here)"
@@ -433,13 +530,20 @@ while True:
     let took = t0.elapsed();
     assert!(st.success(), "{st}");
     assert!(took < Duration::from_secs(12), "stop took {took:?}");
+    receiver.terminate(Duration::from_secs(10)).unwrap();
+    let log = gateway.stderr();
     assert!(
-        gateway
-            .stderr()
-            .contains("plugin stubborn: still running 2 s after SIGTERM: SIGKILL"),
-        "{}",
-        gateway.stderr()
+        log.contains("plugin stubborn: still running 2 s after SIGTERM: SIGKILL"),
+        "{log}"
     );
+    // Slowed once, said once, at WARN; and stopped while held back, said too.
+    assert_eq!(
+        log.matches("plugin flood: exceeds max_lines_per_s=2000; reading slowed")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("plugin flood: stopped ("), "{log}");
     for (pid, what) in [
         (flood_pid, "flood"),
         (stubborn_pid, "stubborn"),

@@ -4,19 +4,25 @@
 //! 1. Starts `command` with `args` in its own process group, with an explicit environment
 //!    ([`ExecConfig::environment`], nothing inherited) and working directory
 //!    ([`ExecConfig::working_dir`]), stdin/stdout/stderr as pipes and, through the launcher
-//!    ([`ExecAdapter::with_launcher`], [`super::launch`]), no other descriptor. Emits `connected` (device
-//!    `exec:<name>`, detail with the pid).
+//!    ([`ExecAdapter::with_launcher`], [`super::launch`]), no other descriptor. Logs the start
+//!    (with the pid) but sends no event: a start is no sign of the device's life; what the
+//!    plug-in sends is.
 //! 2. Reads stdout as lines of at most `max_line` bytes ([`crate::framing::LineFramer`]) and
 //!    parses each ([`super::message::parse_line`]): observations and events go to the gateway's
 //!    channel with `send().await`. **Backpressure:** while that channel is full the adapter
 //!    does not read the pipe, so a plug-in that writes faster than the store takes blocks in
 //!    its own `write` (the pipe holds 64 KiB on Linux). What the adapter holds is at most one
 //!    read (8 KiB) plus `max_line` bytes of a partial line ([`ExecStats::stdout_buffer_max`]).
+//!    **Rate:** at most `max_lines_per_s` lines a second (a one-second burst): beyond it the
+//!    adapter stops reading until the budget refills, logs `exceeds max_lines_per_s=N; reading
+//!    slowed` once per episode at WARN and counts it ([`ExecStats::slowed`]), so a flooding
+//!    plug-in cannot crowd the store and the uplink for every other device.
 //! 3. A line that does not parse, or is longer than `max_line`, is counted
 //!    ([`ExecStats::bad_lines`], [`ExecStats::lines_too_long`]) and reported as an `error` event
 //!    `plug-in <name>: line N (byte offset M): <why>` (at most
 //!    [`MAX_ERROR_EVENTS_PER_SEC`](crate::retry::MAX_ERROR_EVENTS_PER_SEC) a second, the rest
-//!    counted and summarised); nothing of it is stored, nothing stops.
+//!    counted and summarised within [`SUMMARY_EVERY`] of the window's end, or at the end of the
+//!    run); nothing of it is stored, nothing stops. The reason never quotes the plug-in's value.
 //! 4. Logs each stderr line as `plugin <name>: <line>` (the journal under systemd), at most
 //!    [`STDERR_LINES_PER_SEC`] a second (the rest counted and summarised), each cut to
 //!    [`STDERR_MAX_LINE`] bytes: a plug-in's diagnostics, so plug-ins must not print patient
@@ -63,6 +69,10 @@ pub const STDERR_LINES_PER_SEC: u32 = 20;
 pub const STDIN_QUEUE: usize = 16;
 /// Capacity of the adapter's command channel.
 const COMMAND_CAPACITY: usize = 16;
+/// How often the counts of bad lines and stderr lines held back by the rate limits are
+/// summarised when no further line comes to carry them (they are also summarised at the end
+/// of each run).
+const SUMMARY_EVERY: Duration = Duration::from_secs(1);
 /// After the plug-in exited, how long the rest of its stdout may take (a grandchild holding the
 /// pipe open must not hold the adapter); after it closed its stdout, how long its exit may take
 /// before it is stopped.
@@ -107,6 +117,14 @@ pub struct ExecStats {
     pub forced_kills: u64,
     /// The pid of the running plug-in (0: none).
     pub pid: u64,
+    /// Runs in a row that ended within [`RESTART_STABLE`] of their start (0 after a longer
+    /// run): a plug-in that keeps failing at once (`wardgate status` lists it as a problem).
+    pub quick_exits: u64,
+    /// Times reading was slowed because the plug-in wrote more than `max_lines_per_s`
+    /// (episodes: one per stretch over the limit).
+    pub slowed: u64,
+    /// Milliseconds the adapter held off reading stdout for `max_lines_per_s`.
+    pub slowed_ms: u64,
 }
 
 #[derive(Debug, Default)]
@@ -128,6 +146,9 @@ struct Counters {
     commands_dropped: AtomicU64,
     forced_kills: AtomicU64,
     pid: AtomicU64,
+    quick_exits: AtomicU64,
+    slowed: AtomicU64,
+    slowed_ms: AtomicU64,
 }
 
 fn bump(c: &AtomicU64, n: u64) {
@@ -212,6 +233,9 @@ impl ExecAdapter {
             commands_dropped: g(&c.commands_dropped),
             forced_kills: g(&c.forced_kills),
             pid: g(&c.pid),
+            quick_exits: g(&c.quick_exits),
+            slowed: g(&c.slowed),
+            slowed_ms: g(&c.slowed_ms),
         }
     }
 
@@ -250,21 +274,13 @@ impl ExecAdapter {
                         bump(&self.counters.restarts, 1);
                     }
                     self.counters.pid.store(pid as u64, Ordering::Relaxed);
+                    // Only in the journal: a start is no sign of the device's life (what the
+                    // plug-in sends is), so it is no `connected` event.
                     log::info!(
                         "plugin {name}: started {} (pid {pid})",
                         self.cfg.command.display()
                     );
-                    let detail = format!(
-                        "plug-in {name}: started {} (pid {pid})",
-                        self.cfg.command.display()
-                    );
-                    if !self
-                        .send(
-                            ctx,
-                            self.event(self.device.clone(), EventKind::Connected, detail),
-                        )
-                        .await?
-                    {
+                    if *ctx.shutdown.borrow() {
                         let mut child = child;
                         self.stop(&mut child, pid).await;
                         self.counters.pid.store(0, Ordering::Relaxed);
@@ -281,6 +297,9 @@ impl ExecAdapter {
                             let ran = began.elapsed();
                             if ran >= RESTART_STABLE {
                                 backoff.reset();
+                                self.counters.quick_exits.store(0, Ordering::Relaxed);
+                            } else {
+                                bump(&self.counters.quick_exits, 1);
                             }
                             let wait = backoff.next_delay();
                             let why = format!(
@@ -425,6 +444,7 @@ impl ExecAdapter {
         let mut ebuf = vec![0u8; 4096];
         let mut st = ReadState {
             line: 0,
+            budget: LineBudget::new(self.cfg.max_lines_per_s, Instant::now().into_std()),
             limiter: RateLimit::error_events(),
             stderr_limiter: RateLimit::new(STDERR_LINES_PER_SEC, Duration::from_secs(1)),
         };
@@ -433,6 +453,8 @@ impl ExecAdapter {
         // When stdout reached its end while the process still ran.
         let mut stdout_closed: Option<Instant> = None;
         let mut smp_refused = false;
+        let mut summaries = tokio::time::interval_at(Instant::now() + SUMMARY_EVERY, SUMMARY_EVERY);
+        summaries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let end = loop {
             if let Some((status, _)) = exited {
                 if !stdout_open && !stderr_open {
@@ -451,6 +473,7 @@ impl ExecAdapter {
             tokio::select! {
                 _ = wait_shutdown(&mut ctx.shutdown) => {
                     drop(stdin_tx.take());
+                    self.summarise(&mut st, ctx, true).await;
                     let status = self.stop(&mut child, pid).await;
                     log::info!(
                         "plugin {name}: stopped ({})",
@@ -471,7 +494,12 @@ impl ExecAdapter {
                             Ok(true) => {}
                             Ok(false) => {
                                 drop(stdin_tx.take());
-                                self.stop(&mut child, pid).await;
+                                self.summarise(&mut st, ctx, true).await;
+                                let status = self.stop(&mut child, pid).await;
+                                log::info!(
+                                    "plugin {name}: stopped ({})",
+                                    status.map_or("no status".into(), describe_exit)
+                                );
                                 writer.abort();
                                 return RunEnd::Shutdown;
                             }
@@ -522,6 +550,7 @@ impl ExecAdapter {
                         status.map_or("no status".into(), describe_exit)
                     ));
                 }
+                _ = summaries.tick() => self.summarise(&mut st, ctx, false).await,
                 cmd = cmd_rx.recv() => match cmd {
                     Some(c) => match message::encode_command(&c) {
                         Some(line) => {
@@ -545,6 +574,7 @@ impl ExecAdapter {
         };
         drop(stdin_tx);
         writer.abort();
+        self.summarise(&mut st, ctx, true).await;
         if let Some((offset, _)) = framer.remainder() {
             // A last line without its newline: refused like any bad line.
             bump(&self.counters.bad_lines, 1);
@@ -587,6 +617,9 @@ impl ExecAdapter {
                 }
             };
             st.line += 1;
+            if !self.take_budget(st, ctx).await {
+                return Ok(false);
+            }
             let now = Instant::now().into_std();
             if let Some(n) = st.limiter.take_suppressed(now) {
                 let detail =
@@ -657,10 +690,75 @@ impl ExecAdapter {
         }
     }
 
+    /// Takes one line of the `max_lines_per_s` budget; when it is spent, waits (not reading
+    /// the pipe: the plug-in blocks in its `write`) until it refills. The first wait of an
+    /// episode is logged and counted. `false`: shutdown fired while waiting.
+    async fn take_budget(&self, st: &mut ReadState, ctx: &mut AdapterContext) -> bool {
+        loop {
+            let now = Instant::now();
+            match st.budget.take(now.into_std()) {
+                Budget::Ok => return true,
+                Budget::Wait { wait, new_episode } => {
+                    if new_episode {
+                        bump(&self.counters.slowed, 1);
+                        log::warn!(
+                            "plugin {}: exceeds max_lines_per_s={}; reading slowed",
+                            self.cfg.name,
+                            self.cfg.max_lines_per_s
+                        );
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = wait_shutdown(&mut ctx.shutdown) => return false,
+                    }
+                    bump(
+                        &self.counters.slowed_ms,
+                        now.elapsed().as_millis().try_into().unwrap_or(u64::MAX),
+                    );
+                }
+            }
+        }
+    }
+
     fn device_of(&self, device: Option<usize>) -> DeviceId {
         match device.and_then(|i| self.cfg.devices.get(i)) {
             Some(d) => self.cfg.sub_device_id(d),
             None => self.device.clone(),
+        }
+    }
+
+    /// Says how many bad lines (an `error` event, and the journal) and stderr lines (the
+    /// journal) the rate limits held back: those of a window that is over, or all of them when
+    /// `all` (the run ends). An event the gateway cannot take (shutdown) is only logged.
+    async fn summarise(&self, st: &mut ReadState, ctx: &mut AdapterContext, all: bool) {
+        let name = &self.cfg.name;
+        let now = Instant::now().into_std();
+        let (bad, stderr) = if all {
+            (
+                st.limiter.take_all_suppressed(),
+                st.stderr_limiter.take_all_suppressed(),
+            )
+        } else {
+            (
+                st.limiter.take_suppressed(now),
+                st.stderr_limiter.take_suppressed(now),
+            )
+        };
+        if let Some(n) = stderr {
+            log::info!(
+                "plugin {name}: ({n} stderr lines not logged: more than {STDERR_LINES_PER_SEC} a second)"
+            );
+        }
+        if let Some(n) = bad {
+            let what = format!("{n} further bad lines not reported one by one");
+            log::warn!("plugin {name}: {what}");
+            let detail = format!("plug-in {name}: {what}");
+            let _ = self
+                .send(
+                    ctx,
+                    self.event(self.device.clone(), EventKind::Error, detail),
+                )
+                .await;
         }
     }
 
@@ -688,12 +786,68 @@ impl ExecAdapter {
 
 /// Per-run reading state.
 struct ReadState {
+    /// `max_lines_per_s`.
+    budget: LineBudget,
     /// stdout lines seen (numbered from 1 in reports).
     line: u64,
     /// Bad-line `error` events.
     limiter: RateLimit,
     /// stderr lines logged.
     stderr_limiter: RateLimit,
+}
+
+/// What [`LineBudget::take`] allows.
+#[derive(Debug, PartialEq)]
+enum Budget {
+    /// The line may be read.
+    Ok,
+    /// Wait this long, then ask again; `new_episode`: the first wait since the budget was last
+    /// full (logged once).
+    Wait { wait: Duration, new_episode: bool },
+}
+
+/// A token bucket of stdout lines (pure: the time is passed in): `rate` a second, at most one
+/// second's worth banked. When it is empty the caller waits for a twentieth of a second's
+/// worth (at least one line), so a plug-in over the limit is read in short bursts, not line by
+/// line. An episode of slowing ends when the bucket is full again (the plug-in stayed under
+/// the limit for a while).
+#[derive(Debug)]
+struct LineBudget {
+    rate: f64,
+    tokens: f64,
+    at: std::time::Instant,
+    slowed: bool,
+}
+
+impl LineBudget {
+    fn new(rate: u32, now: std::time::Instant) -> Self {
+        let rate = f64::from(rate.max(1));
+        LineBudget {
+            rate,
+            tokens: rate,
+            at: now,
+            slowed: false,
+        }
+    }
+
+    fn take(&mut self, now: std::time::Instant) -> Budget {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + dt * self.rate).min(self.rate);
+        if self.tokens >= self.rate {
+            self.slowed = false;
+        }
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Budget::Ok;
+        }
+        let want = (self.rate / 20.0).max(1.0);
+        let wait = Duration::from_secs_f64((want - self.tokens) / self.rate);
+        Budget::Wait {
+            wait,
+            new_episode: !std::mem::replace(&mut self.slowed, true),
+        }
+    }
 }
 
 /// Writes queued command lines to the plug-in's stdin until the queue closes or a write fails.
@@ -760,5 +914,74 @@ impl Adapter for ExecAdapter {
 
     fn run<'a>(&'a self, ctx: &'a mut AdapterContext) -> RunFuture<'a> {
         Box::pin(self.run_inner(ctx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_line_budget_allows_its_rate_and_a_one_second_burst() {
+        let t0 = std::time::Instant::now();
+        let mut b = LineBudget::new(100, t0);
+        // A burst of one second's worth, then a wait of a twentieth of a second's worth.
+        for _ in 0..100 {
+            assert_eq!(b.take(t0), Budget::Ok);
+        }
+        let Budget::Wait { wait, new_episode } = b.take(t0) else {
+            panic!("over the burst")
+        };
+        assert!(new_episode);
+        assert!((wait.as_secs_f64() - 0.05).abs() < 1e-9, "{wait:?}");
+        // Still over: the same episode.
+        assert!(matches!(
+            b.take(t0 + Duration::from_millis(5)),
+            Budget::Wait {
+                new_episode: false,
+                ..
+            }
+        ));
+        // After the wait, five lines (50 ms at 100/s), then a wait again.
+        let t1 = t0 + Duration::from_millis(55);
+        for _ in 0..5 {
+            assert_eq!(b.take(t1), Budget::Ok);
+        }
+        assert!(matches!(
+            b.take(t1),
+            Budget::Wait {
+                new_episode: false,
+                ..
+            }
+        ));
+        // Over a long run the accepted rate is the limit: 10 s → about 1,000 lines.
+        let mut n = 0u32;
+        let mut now = t1;
+        while now < t1 + Duration::from_secs(10) {
+            match b.take(now) {
+                Budget::Ok => n += 1,
+                Budget::Wait { wait, .. } => now += wait,
+            }
+        }
+        assert!((995..=1_006).contains(&n), "{n}");
+        // A full bucket (a second under the limit) ends the episode: the next is logged again.
+        let t2 = now + Duration::from_secs(2);
+        for _ in 0..100 {
+            assert_eq!(b.take(t2), Budget::Ok);
+        }
+        assert!(matches!(
+            b.take(t2),
+            Budget::Wait {
+                new_episode: true,
+                ..
+            }
+        ));
+        // One line a second at a limit of 1: a wait of one second.
+        let mut one = LineBudget::new(1, t0);
+        assert_eq!(one.take(t0), Budget::Ok);
+        let Budget::Wait { wait, .. } = one.take(t0) else {
+            panic!()
+        };
+        assert_eq!(wait, Duration::from_secs(1));
     }
 }

@@ -11,6 +11,7 @@
 //! max_line = 65536                             # bytes per stdout line (256 B – 1 MiB)
 //! stop_grace_s = 5                             # SIGTERM, then SIGKILL after this (1–15 s)
 //! max_backoff_s = 30                           # longest wait before a restart
+//! max_lines_per_s = 2000                       # stdout lines read a second (1 s burst)
 //! ```
 //!
 //! The environment is explicit: the plug-in gets `PATH=/usr/local/bin:/usr/bin:/bin`,
@@ -30,6 +31,12 @@ pub const MAX_LINE_RANGE: std::ops::RangeInclusive<usize> = 256..=(1 << 20);
 /// Bounds of [`ExecConfig::stop_grace_s`]: the packaged unit gives the whole daemon
 /// `TimeoutStopSec=20s` to stop.
 pub const STOP_GRACE_RANGE: std::ops::RangeInclusive<u64> = 1..=15;
+/// Default [`ExecConfig::max_lines_per_s`]: a plug-in bridging a whole ward (20 beds × a
+/// dozen readings a second, and an ECG or pleth array a second each) writes a few hundred
+/// lines a second; a flooding one writes tens of thousands.
+pub const DEFAULT_MAX_LINES_PER_S: u32 = 2000;
+/// Bounds of [`ExecConfig::max_lines_per_s`].
+pub const MAX_LINES_PER_S_RANGE: std::ops::RangeInclusive<u32> = 1..=100_000;
 /// The `PATH` a plug-in gets unless `env` sets one.
 pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
@@ -69,6 +76,11 @@ pub struct ExecConfig {
     /// Longest wait before a restart, seconds; default 30.
     #[serde(default = "default_max_backoff")]
     pub max_backoff_s: u64,
+    /// Most stdout lines read a second (a burst of one second's worth is allowed); default
+    /// [`DEFAULT_MAX_LINES_PER_S`], bounds [`MAX_LINES_PER_S_RANGE`]. Beyond it the adapter
+    /// stops reading the pipe until the budget refills: the plug-in blocks in its `write`.
+    #[serde(default = "default_max_lines_per_s")]
+    pub max_lines_per_s: u32,
     /// Liveness: silence after which its devices are `stale`; default 10 s (as serial devices).
     #[serde(default)]
     pub stale_after_s: Option<u64>,
@@ -85,6 +97,9 @@ fn default_grace() -> u64 {
 }
 fn default_max_backoff() -> u64 {
     30
+}
+fn default_max_lines_per_s() -> u32 {
+    DEFAULT_MAX_LINES_PER_S
 }
 
 /// Whether `s` can be a name in a device id and an MQTT topic level: non-empty, at most 64
@@ -228,6 +243,17 @@ impl ExecConfig {
                 ),
             );
         }
+        if !MAX_LINES_PER_S_RANGE.contains(&self.max_lines_per_s) {
+            p(
+                "max_lines_per_s",
+                format!(
+                    "max_lines_per_s {} must be between {} and {}",
+                    self.max_lines_per_s,
+                    MAX_LINES_PER_S_RANGE.start(),
+                    MAX_LINES_PER_S_RANGE.end()
+                ),
+            );
+        }
         if self.max_backoff_s == 0 {
             p(
                 "max_backoff_s",
@@ -265,6 +291,7 @@ mod tests {
     fn defaults_and_ids() {
         let c = cfg("");
         assert_eq!(c.problems(), Vec::<(String, String)>::new());
+        assert_eq!(c.max_lines_per_s, DEFAULT_MAX_LINES_PER_S);
         assert_eq!(c.device_ids(), [DeviceId("exec:p".into())]);
         assert_eq!(c.working_dir(), PathBuf::from("/"));
         let env = c.environment();
@@ -296,6 +323,16 @@ mod tests {
             ("max_line = 10", "max_line", "between 256"),
             ("stop_grace_s = 60", "stop_grace_s", "between 1 and 15"),
             ("max_backoff_s = 0", "max_backoff_s", "greater than 0"),
+            (
+                "max_lines_per_s = 0",
+                "max_lines_per_s",
+                "between 1 and 100000",
+            ),
+            (
+                "max_lines_per_s = 100001",
+                "max_lines_per_s",
+                "between 1 and 100000",
+            ),
             (
                 "stale_after_s = 30\noffline_after_s = 10",
                 "offline_after_s",

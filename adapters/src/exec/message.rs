@@ -18,7 +18,9 @@
 //! - `v` (required, first to be checked): the schema version, `1`. A line of another version is
 //!   refused with that reason (a newer plug-in on an older wardgate).
 //! - `type`: `observation`, `waveform` or `event`.
-//! - `device` (optional): one of the `[[exec]] devices` names; absent when the plug-in has none.
+//! - `device`: one of the `[[exec]] devices` names; absent when the plug-in has none. Required
+//!   on observations and waveforms when it has some (a reading without it is refused); an event
+//!   without it is the plug-in's own (`exec:<name>`).
 //! - observation: `code` (an MDC code: a number, or a name of `observation::mdc::NAMES`),
 //!   `value` (a finite JSON number), `unit` (UCUM or alias as in vendor profiles, or the MDC unit
 //!   code), optional `device_time` (`YYYY-MM-DDThh:mm:ss`, the device's local time), `status`
@@ -153,7 +155,7 @@ pub fn parse_line(line: &[u8], devices: &[String]) -> Result<PluginMessage, Stri
             return Err(if e.is_syntax() || e.is_eof() {
                 format!("not a JSON object: {e}")
             } else {
-                e.to_string()
+                data_error(&e)
             });
         }
     };
@@ -161,6 +163,13 @@ pub fn parse_line(line: &[u8], devices: &[String]) -> Result<PluginMessage, Stri
         return Err(p);
     }
     let device = match (&w.device, devices.is_empty()) {
+        // A reading must say whose it is; an event without one is the plug-in's own.
+        (None, false) if w.kind_of.as_deref() != Some("event") => {
+            return Err(format!(
+                "no \"device\": this plug-in has [[exec]] devices ({}); each reading names one",
+                devices.join(", ")
+            ))
+        }
         (None, _) => None,
         (Some(d), true) => {
             return Err(format!(
@@ -348,6 +357,54 @@ fn reading(
     })
 }
 
+/// A serde_json data error in words without the value it is about (a plug-in's values are
+/// patient values; install.md §6 promises none in logs at the default level): the kind of
+/// problem, the column and what was expected, e.g. `a value of the wrong type at column 23
+/// (expected a number)`. Messages that name only a field (`missing field`, `unknown field`,
+/// `duplicate field`) are kept as serde_json words them.
+fn data_error(e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    let msg = full
+        .strip_suffix(&format!(" at line {} column {}", e.line(), e.column()))
+        .unwrap_or(&full);
+    let at = format!("at column {}", e.column());
+    if ["missing field", "unknown field", "duplicate field"]
+        .iter()
+        .any(|p| msg.starts_with(p))
+    {
+        return format!("{msg} {at}");
+    }
+    let what = if msg.starts_with("invalid type") {
+        "a value of the wrong type"
+    } else if msg.starts_with("invalid value") {
+        "a value out of range"
+    } else if msg.starts_with("invalid length") {
+        "an array of the wrong length"
+    } else if msg.starts_with("number out of range") {
+        "a number out of range"
+    } else if msg.starts_with("data did not match any variant") {
+        "a value of the wrong type"
+    } else {
+        "a value that cannot be read"
+    };
+    match msg.rsplit_once(", expected ") {
+        Some((_, expected)) => format!("{what} {at} (expected {})", expected_in_words(expected)),
+        None => format!("{what} {at}"),
+    }
+}
+
+/// serde's name of what it expected, for installers: `f64` → `a number`.
+fn expected_in_words(expected: &str) -> &str {
+    match expected {
+        "f64" | "f32" => "a number",
+        "i32" => "a whole number from -2147483648 to 2147483647",
+        "u32" => "a whole number from 0 to 4294967295",
+        "u64" => "a whole number from 0 to 18446744073709551615",
+        "a sequence" => "an array",
+        other => other,
+    }
+}
+
 /// At most 40 characters of a plug-in's text, for messages.
 fn short(s: &str) -> String {
     s.chars().take(40).collect()
@@ -377,12 +434,25 @@ mod tests {
     use super::*;
     use crate::observation::{mdc, MAX_WAVEFORM_SAMPLES};
 
+    /// Parsed as a plug-in with devices `pump-1`, `pump-2` when the line names a device, else
+    /// as one without devices.
     fn ok(line: &str) -> PluginMessage {
-        parse_line(line.as_bytes(), &["pump-1".into(), "pump-2".into()])
-            .unwrap_or_else(|e| panic!("{line}: {e}"))
+        let devices: Vec<String> = if line.contains("\"device\"") {
+            vec!["pump-1".into(), "pump-2".into()]
+        } else {
+            vec![]
+        };
+        parse_line(line.as_bytes(), &devices).unwrap_or_else(|e| panic!("{line}: {e}"))
     }
+    /// Refused, as a plug-in with the device `pump-1` when the line names a device, else as
+    /// one without devices.
     fn err(line: &str) -> String {
-        parse_line(line.as_bytes(), &["pump-1".into()]).unwrap_err()
+        let devices: Vec<String> = if line.contains("\"device\"") {
+            vec!["pump-1".into()]
+        } else {
+            vec![]
+        };
+        parse_line(line.as_bytes(), &devices).unwrap_err()
     }
 
     #[test]
@@ -485,12 +555,12 @@ mod tests {
             (
                 r#"{"v":1,"type":"waveform","code":1,"unit":"mV","period_us":1,"samples":[1.5]}"#
                     .into(),
-                "invalid type: floating point",
+                "a value of the wrong type at column 74 (expected a whole number from -2147483648 to 2147483647)",
             ),
             (
                 r#"{"v":1,"type":"waveform","code":1,"unit":"mV","period_us":1,"samples":[2147483648]}"#
                     .into(),
-                "invalid value: integer `2147483648`",
+                "a value out of range at column 81 (expected a whole number from -2147483648 to 2147483647)",
             ),
             (
                 r#"{"v":1,"type":"waveform","code":1,"unit":"mV","period_us":1,"scale":1e308,"samples":[10]}"#
@@ -585,7 +655,7 @@ mod tests {
             ),
             (
                 r#"{"v":1,"type":"observation","code":1,"value":"97","unit":"%"}"#,
-                "invalid type: string",
+                "a value of the wrong type at column 49 (expected a number)",
             ),
             (
                 r#"{"v":1,"type":"observation","code":1,"value":1e999,"unit":"%"}"#,
@@ -613,7 +683,7 @@ mod tests {
             ),
             (
                 r#"{"v":1,"type":"observation","code":1,"value":1,"unit":"%","record":-1}"#,
-                "invalid value: integer `-1`",
+                "a value out of range at column 69 (expected a whole number from 0 to 18446744073709551615)",
             ),
             (
                 r#"{"v":1,"type":"observation","code":1,"value":1,"unit":"%","kind":"x"}"#,
@@ -648,12 +718,75 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("has no devices"), "{e}");
+        // A plug-in with devices names one on every reading; its own events need none.
+        for line in [
+            r#"{"v":1,"type":"observation","code":1,"value":1,"unit":"%"}"#,
+            r#"{"v":1,"type":"waveform","code":1,"unit":"mV","period_us":1,"samples":[1]}"#,
+        ] {
+            let e = parse_line(line.as_bytes(), &["pump-1".into()]).unwrap_err();
+            assert!(
+                e.contains("no \"device\": this plug-in has [[exec]] devices (pump-1)"),
+                "{e}"
+            );
+        }
+        assert!(matches!(
+            parse_line(
+                br#"{"v":1,"type":"event","kind":"error","detail":"SDK"}"#,
+                &["pump-1".into()]
+            ),
+            Ok(PluginMessage::Event { device: None, .. })
+        ));
         let many: Vec<String> = (0..17).map(|i| format!("\"f{i}\"")).collect();
         let e = err(&format!(
             r#"{{"v":1,"type":"observation","code":1,"value":1,"unit":"%","status":[{}]}}"#,
             many.join(",")
         ));
         assert!(e.contains("more than 16"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_not_repeated() {
+        for (line, value) in [
+            (
+                r#"{"v":1,"type":"observation","code":1,"value":"97","unit":"%"}"#,
+                "97",
+            ),
+            (
+                r#"{"v":1,"type":"waveform","code":1,"unit":"mV","period_us":1,"samples":[1,3000000000]}"#,
+                "3000000000",
+            ),
+            (
+                r#"{"v":1,"type":"waveform","code":1,"unit":"mV","period_us":1,"samples":[1,1.5]}"#,
+                "1.5",
+            ),
+            (
+                r#"{"v":1,"type":"observation","code":1,"value":[96],"unit":"%"}"#,
+                "96",
+            ),
+            (
+                r#"{"v":1,"type":"observation","code":1,"value":95,"unit":"%","record":-7}"#,
+                "-7",
+            ),
+            (
+                r#"{"v":1,"type":"observation","code":1,"value":94,"unit":"%","status":[93]}"#,
+                "93",
+            ),
+            (
+                r#"{"v":1,"type":"observation","code":{"x":92},"value":1,"unit":"%"}"#,
+                "92",
+            ),
+            (
+                r#"{"v":1,"type":"observation","code":1,"value":1,"unit":-91}"#,
+                "91",
+            ),
+        ] {
+            let e = err(line);
+            assert!(!e.contains(value), "{line}: {e}");
+            assert!(e.contains("at column"), "{line}: {e}");
+        }
+        // What names only a field is kept.
+        let e = err(r#"{"v":1,"type":"event","kind":"error","kind":"error"}"#);
+        assert!(e.starts_with("duplicate field `kind` at column"), "{e}");
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub fn report(store_path: &Path, snap_path: &Path) -> Report {
         }
     };
     let running = snapshot.as_ref().is_some_and(|s| !s.stopped && fresh(s));
+    if let Some(s) = snapshot.as_ref().filter(|_| running) {
+        problems.extend(plugin_problems(s));
+    }
     let store = match std::fs::metadata(store_path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => {
@@ -82,6 +85,37 @@ pub fn report(store_path: &Path, snap_path: &Path) -> Report {
         store,
         problems,
     }
+}
+
+/// Plug-ins of a running daemon that are not running, or keep exiting within a minute of
+/// their start (3 or more runs in a row: [`wardgate_adapters::exec::ExecStats::quick_exits`]).
+fn plugin_problems(s: &Snapshot) -> Vec<String> {
+    let mut out = Vec::new();
+    for a in &s.adapters {
+        let Some(m) = &a.exec else { continue };
+        let g = |k: &str| m.get(k).copied().unwrap_or(0);
+        let quick = g("quick_exits");
+        let why = if g("starts") == 0 && g("start_failures") > 0 {
+            format!(
+                "plug-in {} cannot start ({} attempts; see the journal)",
+                a.name,
+                g("start_failures")
+            )
+        } else if quick >= 3 {
+            format!(
+                "plug-in {} keeps restarting: its last {quick} runs ended within a minute of their start ({} starts; its stderr is in the journal as `plugin {}:`)",
+                a.name,
+                g("starts"),
+                a.name
+            )
+        } else if g("pid") == 0 {
+            format!("plug-in {} is not running ({} starts)", a.name, g("starts"))
+        } else {
+            continue;
+        };
+        out.push(why);
+    }
+    out
 }
 
 /// Whether the snapshot was written within [`FRESH_MS`]: on the boot clock when the snapshot
@@ -337,7 +371,7 @@ pub fn render(r: &Report, gateway: &str) -> String {
                 .map(|m| {
                     let g = |k: &str| m.get(k).copied().unwrap_or(0);
                     format!(
-                        ", plug-in {}, {} starts, {} lines, {} bad lines ({} too long), {} stderr lines, {} forced kills",
+                        ", plug-in {}, {} starts, {} lines, {} bad lines ({} too long), {} stderr lines{}, {} forced kills{}",
                         match g("pid") {
                             0 => "not running".to_string(),
                             pid => format!("pid {pid}"),
@@ -347,7 +381,15 @@ pub fn render(r: &Report, gateway: &str) -> String {
                         g("bad_lines"),
                         g("lines_too_long"),
                         g("stderr_lines"),
-                        g("forced_kills")
+                        match g("stderr_suppressed") {
+                            0 => String::new(),
+                            n => format!(" ({n} more not logged: over {} a second)", wardgate_adapters::exec::adapter::STDERR_LINES_PER_SEC),
+                        },
+                        g("forced_kills"),
+                        match g("slowed") {
+                            0 => String::new(),
+                            n => format!(", SLOWED {n} times for writing more than max_lines_per_s ({:.1} s held back)", g("slowed_ms") as f64 / 1000.0),
+                        }
                     )
                 })
                 .unwrap_or_default();
@@ -492,6 +534,52 @@ mod tests {
             problems: vec![],
         };
         render(&r, "g")
+    }
+
+    #[test]
+    fn plugins_that_are_not_running_or_keep_restarting_are_problems() {
+        let plugin = |name: &str, stats: &[(&str, u64)]| crate::health::snapshot::AdapterSnapshot {
+            name: name.into(),
+            failures: 0,
+            restarts: 0,
+            serial: None,
+            exec: Some(stats.iter().map(|(k, v)| (k.to_string(), *v)).collect()),
+            ble: None,
+        };
+        let snap = Snapshot {
+            written_ms: now_ms(),
+            adapters: vec![
+                plugin("ok", &[("pid", 7), ("starts", 1)]),
+                plugin("crashy", &[("pid", 0), ("starts", 12), ("quick_exits", 11)]),
+                plugin("missing", &[("pid", 0), ("start_failures", 4)]),
+                plugin("between", &[("pid", 0), ("starts", 2), ("quick_exits", 1)]),
+                plugin(
+                    "flood",
+                    &[
+                        ("pid", 9),
+                        ("starts", 1),
+                        ("slowed", 2),
+                        ("slowed_ms", 4_500),
+                        ("stderr_lines", 20),
+                        ("stderr_suppressed", 380),
+                    ],
+                ),
+            ],
+            ..Snapshot::default()
+        };
+        assert_eq!(
+            plugin_problems(&snap),
+            [
+                "plug-in crashy keeps restarting: its last 11 runs ended within a minute of their start (12 starts; its stderr is in the journal as `plugin crashy:`)",
+                "plug-in missing cannot start (4 attempts; see the journal)",
+                "plug-in between is not running (2 starts)",
+            ]
+        );
+        let text = render_running(snap);
+        assert!(
+            text.contains(", 20 stderr lines (380 more not logged: over 20 a second), 0 forced kills, SLOWED 2 times for writing more than max_lines_per_s (4.5 s held back))"),
+            "{text}"
+        );
     }
 
     #[test]

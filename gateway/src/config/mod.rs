@@ -545,6 +545,18 @@ mod tests {
             "{:?}",
             l.warnings
         );
+        // An empty PATH: a warning at the env table; max_lines_per_s bounded.
+        let path = "[[exec]]\nname = \"pump\"\ncommand = \"/bin/sh\"\nenv = { PATH = \"\" }\nmax_lines_per_s = 0\n";
+        let l = parse_any(Path::new("w.toml"), &format!("{GW}{UP}{path}")).unwrap_err();
+        let text = l.to_string();
+        assert!(
+            text.contains("w.toml:15:7: warning: plug-in `pump`: env PATH is empty"),
+            "{text}"
+        );
+        assert!(
+            text.contains("w.toml:16:19: max_lines_per_s 0 must be between 1 and 100000"),
+            "{text}"
+        );
         // A plug-in name that is a serial device's too.
         let serial = "[[serial]]\nname = \"pump\"\npath = \"/dev/null\"\nprotocol = \"cms50\"\n";
         let ok_exec = "[[exec]]\nname = \"pump\"\ncommand = \"/bin/sh\"\n";

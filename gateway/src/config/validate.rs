@@ -477,6 +477,15 @@ fn exec(out: &mut Vec<Problem>, c: &Config) {
             p.0.extend(KeyPath::parse(&key).0);
             out.push(Problem::error(p, message));
         }
+        if e.env.get("PATH").is_some_and(|p| p.trim().is_empty()) {
+            out.push(Problem::warning(
+                at.clone().key("env"),
+                format!(
+                    "plug-in `{}`: env PATH is empty: a script starting `#!/usr/bin/env python3` finds no interpreter; leave PATH out for the default",
+                    e.name
+                ),
+            ));
+        }
     }
 }
 

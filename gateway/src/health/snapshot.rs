@@ -25,7 +25,8 @@ pub struct AdapterSnapshot {
     pub name: String,
     /// Runs that ended in an error or a panic.
     pub failures: u64,
-    /// Restarts by the supervisor.
+    /// Restarts by the supervisor; for a plug-in, plus the plug-in's own restarts
+    /// (`exec.restarts`).
     pub restarts: u64,
     /// Serial adapters: frames decoded, frame errors, connects, disconnects (else absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -206,7 +206,14 @@ impl StatusLoop {
                 .map(|(name, h)| super::snapshot::AdapterSnapshot {
                     name: name.clone(),
                     failures: h.failures.load(Ordering::Relaxed),
-                    restarts: h.restarts.load(Ordering::Relaxed),
+                    // A plug-in's own restarts are the adapter's too.
+                    restarts: h.restarts.load(Ordering::Relaxed)
+                        + self
+                            .counters
+                            .exec
+                            .iter()
+                            .find(|a| a.name() == name)
+                            .map_or(0, |a| a.stats().restarts),
                     serial: self
                         .counters
                         .serial

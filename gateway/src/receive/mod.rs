@@ -43,6 +43,12 @@
 //! **Values that are not numbers** (NaN, ±infinity) are stored as absent with the status flag
 //! `invalid-value=…` and counted; see [`output`] for why this rather than rejecting the batch.
 //!
+//! **Cost.** `cargo bench -p wardgate --bench receive` runs pre-made signed batches through the
+//! worker's [`worker::Processor::process`] (verify → decode → durable write → ack) and prints
+//! the CPU per observation of each step; the hot spots were the CBOR decode (now straight into
+//! [`crate::batch::BatchPayload`], [`verify::decode_batch`]) and one SQLite statement per row
+//! (now 64 rows per statement for a batch of new rows, [`output`]).
+//!
 //! Reporting: the counters ([`ReceiverStats`]) are logged as one `receiver totals:` line every
 //! minute when they changed and once when the receiver stops.
 

@@ -19,9 +19,14 @@
 //! the device was configured to be when the gateway committed the row): `observations.location`
 //! and `events.location` (NULL when none), the JSON lines field `location` (absent when none).
 //! An older SQLite output gains the columns at open (NULL for its rows).
+//!
+//! **Several receivers** (`[receiver] share_group`) may each write their own file, or share
+//! one SQLite file: writers then take turns, each waiting up to [`SHARED_FILE_WAIT`]. Dedup
+//! works across a shared file; across separate files a batch the gateway re-sent (its ack was
+//! late) may be stored by two receivers, so readers merging files dedup on `(gateway, seq)`.
 
 use crate::batch::{BatchPayload, WireObservation};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -38,6 +43,18 @@ pub struct Written {
     pub duplicate: bool,
 }
 
+impl Written {
+    /// Counts one new observation of `device` (the name is copied only the first time).
+    fn count(&mut self, device: &str) {
+        match self.per_device.get_mut(device) {
+            Some(n) => *n += 1,
+            None => {
+                self.per_device.insert(device.to_owned(), 1);
+            }
+        }
+    }
+}
+
 /// A value as stored: `(value, extra status flag)`. Finite values unchanged; NaN and ±infinity
 /// absent, with the flag saying which.
 pub fn stored_value(v: f64) -> (Option<f64>, Option<&'static str>) {
@@ -52,13 +69,70 @@ pub fn stored_value(v: f64) -> (Option<f64>, Option<&'static str>) {
     }
 }
 
-/// The row's status flags as stored, with the invalid-value flag appended when there is one.
-fn stored_status(o: &WireObservation, flag: Option<&str>) -> Vec<String> {
-    let mut s = o.status.clone();
-    if let Some(f) = flag {
-        s.push(f.to_owned());
+/// One observation line of the JSON-lines output: the wire observation with `value` as stored,
+/// `status` with the invalid-value flag, and `gateway`, `batch`, `type` added. The keys are in
+/// sorted order, as the `serde_json::Value` this was built from before wrote them, so the lines
+/// are byte for byte the same (the waveform object, rare, still goes through a `Value`).
+#[derive(serde::Serialize)]
+struct ObservationLine<'a> {
+    batch: u64,
+    code: u32,
+    device: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device_time: Option<&'a str>,
+    gateway: &'a str,
+    gateway_time: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    location: Option<&'a str>,
+    seq: u64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    status: Vec<&'a str>,
+    time_quality: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    ucum: &'a str,
+    unit: u32,
+    value: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waveform: Option<serde_json::Value>,
+}
+
+impl<'a> ObservationLine<'a> {
+    fn new(
+        p: &'a BatchPayload,
+        o: &'a WireObservation,
+        value: Option<f64>,
+        flag: Option<&'static str>,
+    ) -> serde_json::Result<ObservationLine<'a>> {
+        Ok(ObservationLine {
+            batch: p.batch,
+            code: o.code,
+            device: &o.device,
+            device_time: o.device_time.as_deref(),
+            gateway: &p.gateway,
+            gateway_time: o.gateway_time,
+            location: p.locations.get(&o.device).map(String::as_str),
+            seq: o.seq,
+            status: o.status.iter().map(String::as_str).chain(flag).collect(),
+            time_quality: &o.time_quality,
+            kind: "observation",
+            ucum: &o.ucum,
+            unit: o.unit,
+            value,
+            waveform: o.waveform.as_ref().map(serde_json::to_value).transpose()?,
+        })
     }
-    s
+}
+
+/// The row's `status` column: its flags (with the invalid-value flag) joined with `,`, or
+/// absent when there are none.
+fn status_text(o: &WireObservation, flag: Option<&str>) -> Option<String> {
+    match (o.status.as_slice(), flag) {
+        ([], None) => None,
+        ([], Some(f)) => Some(f.to_owned()),
+        (s, None) => Some(s.join(",")),
+        (s, Some(f)) => Some(format!("{},{f}", s.join(","))),
+    }
 }
 
 /// Where verified data goes.
@@ -69,8 +143,8 @@ pub enum Output {
     Jsonl {
         /// The open file (append).
         file: std::fs::File,
-        /// `(gateway, seq)` already written (loaded from the file at start).
-        seen: HashSet<(String, u64)>,
+        /// The seqs already written, per gateway (loaded from the file at start).
+        seen: HashMap<String, HashSet<u64>>,
         /// `(gateway, batch)` already written.
         batches: HashSet<(String, u64)>,
     },
@@ -82,9 +156,17 @@ const OBSERVATIONS: &str =
     gateway_time INTEGER NOT NULL, time_quality TEXT, device_time TEXT, status TEXT,
     waveform TEXT, location TEXT, PRIMARY KEY(gateway, seq))";
 
+/// How long a write waits for another receiver writing the same SQLite file (one
+/// transaction per batch) before it fails; failing stops the receiver without PUBACK, so the
+/// broker redelivers the batch.
+pub const SHARED_FILE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Opens (creating or migrating) the SQLite output.
 fn open_sqlite(path: &std::path::Path) -> anyhow::Result<rusqlite::Connection> {
     let mut c = rusqlite::Connection::open(path)?;
+    // Several receivers may share one file: each waits its turn to write (SQLite's busy
+    // handler) instead of failing the batch.
+    c.busy_timeout(SHARED_FILE_WAIT)?;
     c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
     c.execute_batch(&format!(
         "PRAGMA synchronous=FULL;
@@ -136,6 +218,130 @@ fn open_sqlite(path: &std::path::Path) -> anyhow::Result<rusqlite::Connection> {
     Ok(c)
 }
 
+/// Rows per multi-row `INSERT` on the fast path ([`COLUMNS`] parameters each: 896, far below
+/// SQLite's limit of 32,766).
+const ROWS_PER_INSERT: usize = 64;
+
+/// Parameters per observation row.
+const COLUMNS: usize = 14;
+
+/// `INSERT INTO observations … VALUES (14 × ?), …` for `rows` rows, no row skipped silently:
+/// `ON CONFLICT DO NOTHING` on the key only, so any other constraint failing is an error that
+/// keeps the batch unacknowledged, never a silently lost row.
+fn insert_sql(rows: usize) -> String {
+    let row = format!("({})", ["?"; COLUMNS].join(", "));
+    format!(
+        "INSERT INTO observations(gateway, seq, batch, device, code, value, unit, ucum, gateway_time, time_quality, device_time, status, waveform, location)
+         VALUES {} ON CONFLICT(gateway, seq) DO NOTHING",
+        vec![row; rows].join(", ")
+    )
+}
+
+/// The SQL of [`insert_sql`] for one row and for [`ROWS_PER_INSERT`] rows, made once.
+fn insert_statements() -> &'static (String, String) {
+    static SQL: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| (insert_sql(1), insert_sql(ROWS_PER_INSERT)))
+}
+
+/// Whether every observation of `p` will be a new row: its seqs strictly increase (no seq twice
+/// in the batch) and the output holds no row of this gateway in their range. Read inside the
+/// batch's write transaction (`BEGIN IMMEDIATE`), so another receiver sharing the file cannot
+/// add one in between. False for an empty batch and for seqs beyond SQLite's integers.
+fn all_rows_new(tx: &rusqlite::Transaction<'_>, p: &BatchPayload) -> rusqlite::Result<bool> {
+    let (Some(first), Some(last)) = (p.observations.first(), p.observations.last()) else {
+        return Ok(false);
+    };
+    if i64::try_from(last.seq).is_err() || !p.observations.windows(2).all(|w| w[0].seq < w[1].seq) {
+        return Ok(false);
+    }
+    let taken: bool = tx
+        .prepare_cached(
+            "SELECT EXISTS(SELECT 1 FROM observations WHERE gateway = ?1 AND seq BETWEEN ?2 AND ?3)",
+        )?
+        .query_row(
+            rusqlite::params![p.gateway, first.seq as i64, last.seq as i64],
+            |r| r.get(0),
+        )?;
+    Ok(!taken)
+}
+
+/// Binds observation `o` of `p` as the row starting at parameter `at + 1`; returns its
+/// invalid-value flag.
+fn bind_row(
+    st: &mut rusqlite::CachedStatement<'_>,
+    at: usize,
+    p: &BatchPayload,
+    o: &WireObservation,
+) -> anyhow::Result<Option<&'static str>> {
+    let (value, flag) = stored_value(o.value);
+    st.raw_bind_parameter(at + 1, &p.gateway)?;
+    st.raw_bind_parameter(at + 2, o.seq as i64)?;
+    st.raw_bind_parameter(at + 3, p.batch as i64)?;
+    st.raw_bind_parameter(at + 4, &o.device)?;
+    st.raw_bind_parameter(at + 5, o.code)?;
+    st.raw_bind_parameter(at + 6, value)?;
+    st.raw_bind_parameter(at + 7, o.unit)?;
+    st.raw_bind_parameter(at + 8, &o.ucum)?;
+    st.raw_bind_parameter(at + 9, o.gateway_time)?;
+    st.raw_bind_parameter(at + 10, &o.time_quality)?;
+    st.raw_bind_parameter(at + 11, &o.device_time)?;
+    st.raw_bind_parameter(at + 12, status_text(o, flag))?;
+    let waveform = o.waveform.as_ref().map(serde_json::to_string).transpose()?;
+    st.raw_bind_parameter(at + 13, waveform)?;
+    st.raw_bind_parameter(at + 14, p.locations.get(&o.device))?;
+    Ok(flag)
+}
+
+/// The fast path, when [`all_rows_new`]: [`ROWS_PER_INSERT`] rows per statement, each of them
+/// counted as new (checked: a row not inserted is an error, the batch is not acknowledged).
+fn insert_new_rows(
+    tx: &rusqlite::Transaction<'_>,
+    p: &BatchPayload,
+    w: &mut Written,
+) -> anyhow::Result<()> {
+    let (one, many) = insert_statements();
+    let mut chunks = p.observations.chunks_exact(ROWS_PER_INSERT);
+    let mut st = tx.prepare_cached(many)?;
+    for chunk in &mut chunks {
+        let mut invalid = 0;
+        for (i, o) in chunk.iter().enumerate() {
+            invalid += u64::from(bind_row(&mut st, i * COLUMNS, p, o)?.is_some());
+        }
+        let n = st.raw_execute()?;
+        anyhow::ensure!(n == chunk.len(), "{} of {} new rows stored", n, chunk.len());
+        for o in chunk {
+            w.count(&o.device);
+        }
+        w.invalid_values += invalid;
+    }
+    let mut st = tx.prepare_cached(one)?;
+    for o in chunks.remainder() {
+        let flag = bind_row(&mut st, 0, p, o)?;
+        anyhow::ensure!(st.raw_execute()? == 1, "new row seq {} not stored", o.seq);
+        w.count(&o.device);
+        w.invalid_values += u64::from(flag.is_some());
+    }
+    Ok(())
+}
+
+/// The general path (a re-sent batch, rows already stored, a seq twice): row by row, counting
+/// the ones that were new.
+fn insert_rows_one_by_one(
+    tx: &rusqlite::Transaction<'_>,
+    p: &BatchPayload,
+    w: &mut Written,
+) -> anyhow::Result<()> {
+    let mut st = tx.prepare_cached(&insert_statements().0)?;
+    for o in &p.observations {
+        let flag = bind_row(&mut st, 0, p, o)?;
+        if st.raw_execute()? == 1 {
+            w.count(&o.device);
+            w.invalid_values += u64::from(flag.is_some());
+        }
+    }
+    Ok(())
+}
+
 impl Output {
     /// Opens `sqlite:PATH` or `jsonl:PATH`.
     pub fn open(spec: &str) -> anyhow::Result<Output> {
@@ -149,14 +355,14 @@ impl Output {
         match kind {
             "sqlite" => Ok(Output::Sqlite(open_sqlite(&path)?)),
             "jsonl" => {
-                let mut seen = HashSet::new();
+                let mut seen: HashMap<String, HashSet<u64>> = HashMap::new();
                 let mut batches = HashSet::new();
                 if let Ok(text) = std::fs::read_to_string(&path) {
                     for line in text.lines() {
                         if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
                             let gw = v["gateway"].as_str().unwrap_or_default().to_owned();
                             if let Some(seq) = v["seq"].as_u64() {
-                                seen.insert((gw.clone(), seq));
+                                seen.entry(gw.clone()).or_default().insert(seq);
                             }
                             if let Some(b) = v["batch"].as_u64() {
                                 batches.insert((gw, b));
@@ -192,38 +398,10 @@ impl Output {
                     rusqlite::params![p.gateway, p.batch as i64, p.site, p.ward, now],
                 )? == 1;
                 {
-                    // `ON CONFLICT DO NOTHING` on the key only: any other constraint failing is
-                    // an error that keeps the batch unacknowledged, never a silently lost row.
-                    let mut ins = tx.prepare_cached(
-                        "INSERT INTO observations(gateway, seq, batch, device, code, value, unit, ucum, gateway_time, time_quality, device_time, status, waveform, location)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) ON CONFLICT(gateway, seq) DO NOTHING",
-                    )?;
-                    for o in &p.observations {
-                        let (value, flag) = stored_value(o.value);
-                        let status = stored_status(o, flag);
-                        let status = (!status.is_empty()).then(|| status.join(","));
-                        let waveform =
-                            o.waveform.as_ref().map(serde_json::to_string).transpose()?;
-                        let n = ins.execute(rusqlite::params![
-                            p.gateway,
-                            o.seq as i64,
-                            p.batch as i64,
-                            o.device,
-                            o.code,
-                            value,
-                            o.unit,
-                            o.ucum,
-                            o.gateway_time,
-                            o.time_quality,
-                            o.device_time,
-                            status,
-                            waveform,
-                            p.locations.get(&o.device)
-                        ])?;
-                        if n == 1 {
-                            *w.per_device.entry(o.device.clone()).or_insert(0) += 1;
-                            w.invalid_values += u64::from(flag.is_some());
-                        }
+                    if all_rows_new(&tx, p)? {
+                        insert_new_rows(&tx, p, &mut w)?;
+                    } else {
+                        insert_rows_one_by_one(&tx, p, &mut w)?;
                     }
                     let mut ev = tx.prepare_cached(
                         "INSERT INTO events(gateway, seq, batch, device, kind, detail, gateway_time, location) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -254,26 +432,15 @@ impl Output {
                 let fresh = !batches.contains(&(p.gateway.clone(), p.batch));
                 let mut out = Vec::new();
                 let mut new_seqs = HashSet::new();
+                let known = seen.get(&p.gateway);
                 let mut fresh_seq =
-                    |seq: u64| !seen.contains(&(p.gateway.clone(), seq)) && new_seqs.insert(seq);
+                    |seq: u64| !known.is_some_and(|k| k.contains(&seq)) && new_seqs.insert(seq);
                 for o in &p.observations {
                     if fresh_seq(o.seq) {
                         let (value, flag) = stored_value(o.value);
-                        let mut v = serde_json::to_value(o)?;
-                        v["value"] = value.into();
-                        let status = stored_status(o, flag);
-                        if !status.is_empty() {
-                            v["status"] = status.into();
-                        }
-                        v["gateway"] = p.gateway.clone().into();
-                        v["batch"] = p.batch.into();
-                        v["type"] = "observation".into();
-                        if let Some(l) = p.locations.get(&o.device) {
-                            v["location"] = l.clone().into();
-                        }
-                        serde_json::to_writer(&mut out, &v)?;
+                        serde_json::to_writer(&mut out, &ObservationLine::new(p, o, value, flag)?)?;
                         out.push(b'\n');
-                        *w.per_device.entry(o.device.clone()).or_insert(0) += 1;
+                        w.count(&o.device);
                         w.invalid_values += u64::from(flag.is_some());
                     }
                 }
@@ -296,7 +463,7 @@ impl Output {
                 // Only now is it durable: a failed write leaves the dedup sets as they were, so
                 // the redelivered batch is written again.
                 batches.insert((p.gateway.clone(), p.batch));
-                seen.extend(new_seqs.into_iter().map(|s| (p.gateway.clone(), s)));
+                seen.entry(p.gateway.clone()).or_default().extend(new_seqs);
                 w.duplicate = !fresh;
                 Ok(w)
             }
@@ -523,6 +690,165 @@ mod tests {
         drop(out);
         // Opening again does nothing more.
         Output::open(&format!("sqlite:{}", path.display())).unwrap();
+    }
+
+    /// Every column of every observation row, in seq order, as text.
+    fn rows(path: &std::path::Path) -> Vec<String> {
+        let c = rusqlite::Connection::open(path).unwrap();
+        let mut st = c
+            .prepare("SELECT gateway, seq, batch, device, code, value, unit, ucum, gateway_time, time_quality, device_time, status, waveform, location FROM observations ORDER BY seq")
+            .unwrap();
+        st.query_map([], |r| {
+            Ok((0..14)
+                .map(|i| format!("{:?}", rusqlite::types::Value::from(r.get_ref(i).unwrap())))
+                .collect::<Vec<_>>()
+                .join("|"))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+
+    #[test]
+    fn many_rows_at_once_and_row_by_row_store_the_same_rows_and_counts() {
+        use wardgate_adapters::observation::Waveform;
+        // 150 rows: two full multi-row statements and a remainder of 22; a NaN, a status, a
+        // device time, a waveform and a second device among them.
+        let mut all: Vec<_> = (1..=150).map(|s| obs(s, 90.0 + s as f64 / 10.0)).collect();
+        all[69].value = f64::NAN;
+        all[3].status = vec!["low-perfusion".into()];
+        all[130].status = vec!["implausible".into()];
+        all[130].value = f64::INFINITY;
+        all[10].device_time = Some("2026-12-06T08:00:00".into());
+        all[99].waveform = Some(Waveform {
+            period_us: 13_333,
+            scale: 0.5,
+            offset: 1.0,
+            samples: vec![1, 2, 3],
+        });
+        for o in &mut all[120..] {
+            o.device = "ble:a4:c1:38:0f:2e:91".into();
+        }
+        let mut full = batch(1, all.clone());
+        full.locations
+            .insert("ble:a4:c1:38:0f:2e:91".into(), "ward-7/bed-9".into());
+        let d = tempfile::tempdir().unwrap();
+        // A fresh output: every row new, many at once.
+        let fast = d.path().join("fast.db");
+        let mut out = Output::open(&format!("sqlite:{}", fast.display())).unwrap();
+        let w = out.write(&full).unwrap();
+        assert_eq!(w.per_device.get("serial:a"), Some(&120));
+        assert_eq!(w.per_device.get("ble:a4:c1:38:0f:2e:91"), Some(&30));
+        assert_eq!((w.invalid_values, w.duplicate), (2, false));
+        // An output that already holds seq 150: row by row, seq 150 not counted again.
+        let slow = d.path().join("slow.db");
+        let mut out = Output::open(&format!("sqlite:{}", slow.display())).unwrap();
+        let mut first = batch(9, vec![all[149].clone()]);
+        first.locations = full.locations.clone();
+        out.write(&first).unwrap();
+        let w = out.write(&full).unwrap();
+        assert_eq!(w.per_device.get("serial:a"), Some(&120));
+        assert_eq!(w.per_device.get("ble:a4:c1:38:0f:2e:91"), Some(&29));
+        assert_eq!(w.invalid_values, 2);
+        let (a, mut b) = (rows(&fast), rows(&slow));
+        assert_eq!(a.len(), 150);
+        // The one row stored first came in batch 9.
+        assert!(b[149].contains("|Integer(9)|"), "{}", b[149]);
+        b[149] = b[149].replace("|Integer(9)|", "|Integer(1)|");
+        assert_eq!(a, b);
+        assert!(
+            a[69].contains("Null") && a[69].contains("invalid-value=nan"),
+            "{}",
+            a[69]
+        );
+        assert!(
+            a[130].contains("implausible,invalid-value=inf"),
+            "{}",
+            a[130]
+        );
+        assert!(a[99].contains(r#"{\"period_us\":13333"#), "{}", a[99]);
+        assert!(a[0].ends_with("|Null"), "{}", a[0]);
+        assert!(a[140].ends_with(r#"|Text("ward-7/bed-9")"#), "{}", a[140]);
+    }
+
+    #[test]
+    fn a_batch_overlapping_stored_rows_or_naming_a_seq_twice_stores_each_row_once() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("up.db");
+        let mut out = Output::open(&format!("sqlite:{}", path.display())).unwrap();
+        let w = out
+            .write(&batch(1, (1..=100).map(|s| obs(s, 1.0)).collect()))
+            .unwrap();
+        assert_eq!(w.per_device.get("serial:a"), Some(&100));
+        // Seqs 91..=200 after 1..=100: 100 new.
+        let w = out
+            .write(&batch(2, (91..=200).map(|s| obs(s, 2.0)).collect()))
+            .unwrap();
+        assert_eq!(w.per_device.get("serial:a"), Some(&100));
+        // 300 twice in one batch, out of order: stored once, counted once.
+        let w = out
+            .write(&batch(3, vec![obs(301, 3.0), obs(300, 3.0), obs(300, 4.0)]))
+            .unwrap();
+        assert_eq!(w.per_device.get("serial:a"), Some(&2));
+        let c = rusqlite::Connection::open(&path).unwrap();
+        let (n, v): (i64, f64) = c
+            .query_row(
+                "SELECT (SELECT count(*) FROM observations), value FROM observations WHERE seq = 300",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((n, v), (202, 3.0));
+    }
+
+    /// A JSON line as the receiver built it before `ObservationLine` (through a `Value`).
+    fn line_as_before(p: &BatchPayload, o: &WireObservation) -> String {
+        let (value, flag) = stored_value(o.value);
+        let mut v = serde_json::to_value(o).unwrap();
+        v["value"] = value.into();
+        let mut status = o.status.clone();
+        status.extend(flag.map(str::to_owned));
+        if !status.is_empty() {
+            v["status"] = status.into();
+        }
+        v["gateway"] = p.gateway.clone().into();
+        v["batch"] = p.batch.into();
+        v["type"] = "observation".into();
+        if let Some(l) = p.locations.get(&o.device) {
+            v["location"] = l.clone().into();
+        }
+        serde_json::to_string(&v).unwrap()
+    }
+
+    #[test]
+    fn jsonl_lines_are_byte_for_byte_what_they_were() {
+        use wardgate_adapters::observation::Waveform;
+        let mut all: Vec<_> = (1..=6).map(|s| obs(s, 90.25 + s as f64)).collect();
+        all[0].value = 97.0;
+        all[1].value = f64::NAN;
+        all[1].status = vec!["low-perfusion".into(), "implausible".into()];
+        all[2].status = vec!["low-perfusion".into()];
+        all[3].device_time = Some("2026-12-06T08:00:00".into());
+        all[3].gateway_time = -5;
+        all[4].value = f64::NEG_INFINITY;
+        all[5].waveform = Some(Waveform {
+            period_us: 13_333,
+            scale: 0.005,
+            offset: -5.12,
+            samples: vec![-3, 0, 2048],
+        });
+        let mut b = batch(1 << 60, all);
+        b.locations.insert("serial:a".into(), "ward-7/bed-3".into());
+        b.observations[2].device = "serial:b".into();
+        let d = tempfile::tempdir().unwrap();
+        let spec = format!("jsonl:{}", d.path().join("up.jsonl").display());
+        Output::open(&spec).unwrap().write(&b).unwrap();
+        let text = std::fs::read_to_string(d.path().join("up.jsonl")).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 7, "six observations and an event");
+        for (line, o) in lines.iter().zip(&b.observations) {
+            assert_eq!(*line, line_as_before(&b, o));
+        }
     }
 
     #[test]

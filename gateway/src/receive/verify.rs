@@ -64,16 +64,17 @@ pub fn check_message(
 /// waveform ([`wardgate_adapters::observation::Waveform::problem`], naming the row's `seq`),
 /// then every entry of `locations`: a valid location
 /// ([`crate::config::validate::check_location`]) of a device that has rows in the batch.
+///
+/// The common case, a well-formed v1 batch, is decoded straight into [`BatchPayload`] (one pass,
+/// no intermediate `ciborium::Value` tree: most of the receiver's CPU per observation went
+/// there). Anything that does not decode that way is decoded again through the generic value,
+/// whose errors name what is wrong (version before schema), so the reasons are unchanged.
 pub fn decode_batch(payload: &[u8]) -> Result<BatchPayload, String> {
-    let value: ciborium::Value =
-        ciborium::from_reader(payload).map_err(|e| format!("batch payload is not CBOR: {e}"))?;
-    match version_of(&value)? {
-        v if v == u64::from(PAYLOAD_VERSION) => {}
-        v => return Err(format!("payload version {v} is not {PAYLOAD_VERSION}")),
-    }
-    let p: BatchPayload = value
-        .deserialized()
-        .map_err(|e| format!("batch payload is not a v1 batch: {e}"))?;
+    let p = match ciborium::from_reader::<BatchPayload, _>(payload) {
+        Ok(p) if p.v == PAYLOAD_VERSION => p,
+        Ok(p) => return Err(format!("payload version {} is not {PAYLOAD_VERSION}", p.v)),
+        Err(_) => decode_slowly(payload)?,
+    };
     for o in &p.observations {
         if let Some(problem) = o.waveform.as_ref().and_then(|w| w.problem()) {
             return Err(format!("observation seq {}: {problem}", o.seq));
@@ -91,6 +92,19 @@ pub fn decode_batch(payload: &[u8]) -> Result<BatchPayload, String> {
         }
     }
     Ok(p)
+}
+
+/// [`decode_batch`] through the generic CBOR value: the version is read before the schema.
+fn decode_slowly(payload: &[u8]) -> Result<BatchPayload, String> {
+    let value: ciborium::Value =
+        ciborium::from_reader(payload).map_err(|e| format!("batch payload is not CBOR: {e}"))?;
+    match version_of(&value)? {
+        v if v == u64::from(PAYLOAD_VERSION) => {}
+        v => return Err(format!("payload version {v} is not {PAYLOAD_VERSION}")),
+    }
+    value
+        .deserialized()
+        .map_err(|e| format!("batch payload is not a v1 batch: {e}"))
 }
 
 /// The `v` of a CBOR map payload: a map is required, `v` must be present and an unsigned
