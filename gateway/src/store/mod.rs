@@ -40,9 +40,14 @@
 //! **Batches.** [`Store::next_batch`] assigns the oldest unassigned rows to a new batch number in
 //! one transaction *before* the uplink publishes it, so a batch keeps its number and its rows
 //! across reconnects, restarts and crashes: [`Store::unacked_batches`] lists what must be sent
-//! again. Batch numbers strictly increase.
+//! again. Batch numbers strictly increase. While the uplink is idle it offers a cut
+//! ([`Store::offer_cut`]): the next [`Store::append`] assigns its rows to a batch in its own
+//! transaction (one fsync for both), and `next_batch` hands that batch out first.
+//! [`Store::resume`] starts a session with every unacknowledged batch.
 //!
-//! **Deleted.** Rows leave the store only in [`Store::ack`] (their batch was acknowledged) or in
+//! **Deleted.** Rows leave the store only in [`Store::ack`] (their batch was acknowledged; the
+//! delete is made durable by the next `FULL` commit, not by its own fsync: a power cut in between
+//! brings the batch back to be re-sent, never loses a row) or in
 //! retention ([`Store::enforce_retention`]), which drops the oldest rows of the lowest priority
 //! class first (waveform samples, then numerics, then device events) and records a `dropped`
 //! event with the counts, which travels upstream like any other event: nothing is lost silently.
@@ -209,10 +214,34 @@ pub struct Store {
     /// Rows in `queue`: counted once at open, then kept by append, ack and retention, so status
     /// and the systemd STATUS line never scan the table.
     queued: std::sync::atomic::AtomicU64,
+    /// Cutting batches inside the writer's commit ([`Store::offer_cut`]). Locked only while
+    /// `conn` is held (lock order: `conn`, then `cut`), except by the offer and its withdrawal,
+    /// which touch nothing else.
+    cut: Mutex<CutState>,
     /// Configured device locations and each device's latest `device_location` entry
     /// ([`location`]); an append holds it (after `conn`) for its whole transaction.
     locations: Mutex<location::Tracker>,
 }
+
+/// Batches cut inside the writer's commit (send at once, issue 11): the uplink offers a cut while
+/// it is idle; the next [`Store::append`] assigns its rows to a batch in the same transaction (one
+/// fsync for the rows and the assignment) and keeps the number here until [`Store::next_batch`]
+/// hands it out.
+#[derive(Default)]
+struct CutState {
+    /// `(batch_max, check)` while the uplink waits for rows with room in its window.
+    offer: Option<(usize, Option<CutCheck>)>,
+    /// Cut in a commit, not yet handed out by `next_batch`, oldest first: the batch as read in
+    /// the commit's own transaction (so it is not read twice).
+    precut: std::collections::VecDeque<Batch>,
+}
+
+/// Asked by a commit right before it cuts an offered batch ([`Store::offer_cut`]): `false`
+/// leaves the cut to the uplink (the offer stays). The uplink passes "the clock has not changed
+/// its synchronisation since the last poll" (`system::clock::SharedClock::settled`): rows stamped
+/// before a synchronisation are corrected before they are cut. Called with the store's connection
+/// locked: it must not lock anything that is held while calling the store.
+pub type CutCheck = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// The retention class of a row (also the order in which the writer refuses rows when full).
 pub fn class_of(item: &AdapterEvent) -> Class {
@@ -294,6 +323,7 @@ impl Store {
             opts,
             dropped: Default::default(),
             queued: std::sync::atomic::AtomicU64::new(rows as u64),
+            cut: Mutex::new(CutState::default()),
             locations: Mutex::new(tracker),
         };
         if let Some((aside, reason)) = &report.quarantined {
@@ -346,6 +376,39 @@ impl Store {
         // A panic while holding the lock cannot leave a transaction open (rusqlite rolls back on
         // drop), so a poisoned mutex still guards a consistent connection.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cut_state(&self) -> std::sync::MutexGuard<'_, CutState> {
+        self.cut.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The uplink is idle (its last look found nothing to send) with room in its in-flight window:
+    /// the next [`Self::append`] also cuts a batch of up to `batch_max` of the oldest unassigned
+    /// rows in its own transaction, so a reading waits for one fsync, not two (the cut's own
+    /// commit), before it can be published. One offer cuts at most one batch; [`Self::next_batch`]
+    /// hands that batch out first. A commit for which `check` returns `false` cuts nothing and
+    /// leaves the offer for the next one (see [`CutCheck`]).
+    pub fn offer_cut(&self, batch_max: usize, check: Option<CutCheck>) {
+        self.cut_state().offer = Some((batch_max.max(1), check));
+    }
+
+    /// Withdraws [`Self::offer_cut`] (the window filled, the store refused a cut, the session
+    /// drains for a rotation or ended): commits no longer cut batches.
+    pub fn withdraw_cut(&self) {
+        self.cut_state().offer = None;
+    }
+
+    /// For a new uplink session: withdraws any cut offer, forgets which batches cut in a commit
+    /// were not handed out yet, and returns every unacknowledged batch, oldest first (they
+    /// included: the session re-sends them all, each once).
+    pub fn resume(&self) -> Result<Vec<u64>, StoreError> {
+        let _conn = self.lock();
+        let mut cut = self.cut_state();
+        cut.offer = None;
+        cut.precut.clear();
+        drop(cut);
+        drop(_conn);
+        self.unacked_batches()
     }
 
     /// Appends observations and events in one transaction (group commit) and returns the seq
@@ -437,55 +500,80 @@ impl Store {
             .map(|rows| tracker.changes(rows))
             .unwrap_or_default();
         location::write(&tx, &changes)?;
-        tx.commit()?;
-        tracker.committed(changes);
+        // The offer is taken before the commit (its lock is never held across an fsync) and put
+        // back if the commit fails or its check says no; one offer cuts at most one batch.
+        let offered = if items.is_empty() {
+            None
+        } else {
+            self.cut_state().offer.take()
+        };
+        let offered = match offered {
+            Some((max, check)) if check.as_ref().is_none_or(|c| c()) => Some((max, check)),
+            Some(kept) => {
+                self.cut_state().offer.get_or_insert(kept);
+                None
+            }
+            None => None,
+        };
+        let committed = (|| {
+            let batch = match &offered {
+                Some((max, _)) => match cut_batch(&tx, *max)? {
+                    Some((number, items)) => Some(Batch {
+                        number,
+                        locations: location::for_items(&tx, &items)?,
+                        items,
+                    }),
+                    None => None,
+                },
+                None => None,
+            };
+            tx.commit()?;
+            Ok(batch)
+        })();
+        match committed {
+            Ok(batch) => {
+                tracker.committed(changes);
+                if let Some(batch) = batch {
+                    self.cut_state().precut.push_back(batch);
+                }
+            }
+            Err(e) => {
+                if let Some(kept) = offered {
+                    self.cut_state().offer.get_or_insert(kept);
+                }
+                return Err(e);
+            }
+        }
         self.queued
             .fetch_add(items.len() as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(first as u64..=last as u64)
     }
 
     /// Assigns up to `max` of the oldest unassigned rows to a new batch and returns it, or `None`
-    /// when nothing is pending. The assignment is committed before this returns.
+    /// when nothing is pending. The assignment is committed before this returns. A batch cut in
+    /// the writer's commit ([`Self::offer_cut`]) and not handed out yet is returned first, as it
+    /// was cut (no write then).
     pub fn next_batch(&self, max: usize) -> Result<Option<Batch>, StoreError> {
         let mut conn = self.lock();
         let r = (|| {
+            loop {
+                let Some(batch) = self.cut_state().precut.pop_front() else {
+                    break;
+                };
+                // Gone only if retention dropped it meanwhile (then the next one); rows are
+                // immutable once in a batch, so the copy read at the cut is what the file holds.
+                if batch_range(&conn, batch.number)?.is_some() {
+                    return Ok(Some(batch));
+                }
+            }
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let assigned: i64 = tx.query_row(
-                "SELECT value FROM meta WHERE key='assigned_upto'",
-                [],
-                |r| r.get(0),
-            )?;
-            let mut items = read_items(
-                &tx,
-                "seq > ?1 ORDER BY seq LIMIT ?2",
-                params![assigned, max as i64],
-            )?;
-            location::cut_at_change(&tx, &mut items)?;
-            let locations = location::for_items(&tx, &items)?;
-            let (Some(first), Some(last)) =
-                (items.first().map(Item::seq), items.last().map(Item::seq))
-            else {
+            let Some((number, items)) = cut_batch(&tx, max)? else {
                 return Ok(None);
             };
-            let number: i64 =
-                tx.query_row("SELECT value FROM meta WHERE key='next_batch'", [], |r| {
-                    r.get(0)
-                })?;
-            tx.execute(
-                "INSERT INTO batches(number, first_seq, last_seq, created_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![number, first as i64, last as i64, now_ms()],
-            )?;
-            tx.execute(
-                "UPDATE meta SET value=?1 WHERE key='assigned_upto'",
-                [last as i64],
-            )?;
-            tx.execute(
-                "UPDATE meta SET value=?1 WHERE key='next_batch'",
-                [number + 1],
-            )?;
+            let locations = location::for_items(&tx, &items)?;
             tx.commit()?;
             Ok(Some(Batch {
-                number: number as u64,
+                number,
                 items,
                 locations,
             }))
@@ -529,25 +617,52 @@ impl Store {
 
     /// Acknowledges batch `number`: its rows leave the store. Returns `false` if the batch was
     /// unknown (already acknowledged, or a stray ack), which is harmless.
+    ///
+    /// The delete is committed without its own fsync (`synchronous=NORMAL` for this one
+    /// transaction; WAL mode): it becomes durable with the next `FULL` commit (the next append or
+    /// cut, whose fsync of the WAL covers every frame before it) or checkpoint. A power cut
+    /// before that can only bring the batch back, with its number and rows: the next session
+    /// re-sends it and the receiver, which dedups on `(gateway, seq)`, stores nothing twice and
+    /// acknowledges it again. Rows are never lost this way, and a later commit is never durable
+    /// without this one (the WAL is a log: what survives is a prefix of the commits).
     pub fn ack(&self, number: u64) -> Result<bool, StoreError> {
         let mut conn = self.lock();
+        let relaxed = self.opts.synchronous == Synchronous::Full;
+        if relaxed {
+            conn.pragma_update(None, "synchronous", "NORMAL")
+                .map_err(|e| self.err(e))?;
+        }
         let r = (|| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let Some((first, last)) = batch_range(&tx, number)? else {
                 return Ok(false);
             };
-            let deleted = tx.execute(
-                "DELETE FROM queue WHERE seq BETWEEN ?1 AND ?2",
-                [first, last],
-            )?;
-            tx.execute("DELETE FROM batches WHERE number=?1", [number as i64])?;
+            let deleted = tx
+                .prepare_cached("DELETE FROM queue WHERE seq BETWEEN ?1 AND ?2")?
+                .execute([first, last])?;
+            tx.prepare_cached("DELETE FROM batches WHERE number=?1")?
+                .execute([number as i64])?;
             location::prune(&tx)?;
             tx.commit()?;
             self.queued
                 .fetch_sub(deleted as u64, std::sync::atomic::Ordering::Relaxed);
             Ok(true)
         })();
+        if relaxed {
+            // Every other commit stays `FULL`: an error here fails the ack (the caller retries),
+            // never leaves appends without their fsync.
+            conn.pragma_update(None, "synchronous", "FULL")
+                .map_err(|e| self.err(e))?;
+        }
         r.map_err(|e| self.err(e))
+    }
+
+    /// `PRAGMA synchronous` of the store's connection now (0 off, 1 normal, 2 full), for tests.
+    #[cfg(test)]
+    fn synchronous_now(&self) -> i64 {
+        self.lock()
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap()
     }
 
     /// The highest `seq` ever assigned (0 for an empty, never-used store).
@@ -794,6 +909,38 @@ impl Store {
         conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
             .map_err(|e| self.err(e))
     }
+}
+
+/// Assigns up to `max` of the oldest unassigned rows (`seq > assigned_upto`) to the next batch
+/// number inside `tx`, ending the batch early where a device's location changes
+/// ([`location::cut_at_change`]): `(number, rows)`, or `None` when no row is unassigned.
+fn cut_batch(tx: &Connection, max: usize) -> rusqlite::Result<Option<(u64, Vec<Item>)>> {
+    let assigned: i64 = tx.query_row(
+        "SELECT value FROM meta WHERE key='assigned_upto'",
+        [],
+        |r| r.get(0),
+    )?;
+    let mut items = read_items(
+        tx,
+        "seq > ?1 ORDER BY seq LIMIT ?2",
+        params![assigned, max as i64],
+    )?;
+    location::cut_at_change(tx, &mut items)?;
+    let (Some(first), Some(last)) = (items.first().map(Item::seq), items.last().map(Item::seq))
+    else {
+        return Ok(None);
+    };
+    let number: i64 = tx.query_row("SELECT value FROM meta WHERE key='next_batch'", [], |r| {
+        r.get(0)
+    })?;
+    let mut ins = tx.prepare_cached(
+        "INSERT INTO batches(number, first_seq, last_seq, created_ms) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    ins.execute(params![number, first as i64, last as i64, now_ms()])?;
+    let mut set = tx.prepare_cached("UPDATE meta SET value=?1 WHERE key=?2")?;
+    set.execute(params![last as i64, "assigned_upto"])?;
+    set.execute(params![number + 1, "next_batch"])?;
+    Ok(Some((number as u64, items)))
 }
 
 /// The seq range `(first, last)` of batch `number`, if it is unacknowledged.

@@ -484,6 +484,131 @@ fn size_retention_drops_waveform_observations_before_numerics() {
     assert_eq!(numerics, 200);
 }
 
+/// Issue 11, send at once: with a cut offered, the writer's commit assigns its rows to a batch in
+/// the same transaction; `next_batch` hands that batch out as it was cut, once, and one offer
+/// cuts one batch.
+#[test]
+fn an_offered_cut_is_made_in_the_appending_commit_and_handed_out_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    // Without an offer a commit cuts nothing.
+    let r0 = s.append(&[obs("d", mdc::SPO2, 90.0)]).unwrap();
+    assert!(s.unacked_batches().unwrap().is_empty());
+    s.offer_cut(2, None);
+    let r1 = s
+        .append(&[obs("d", mdc::SPO2, 91.0), obs("d", mdc::SPO2, 92.0)])
+        .unwrap();
+    // Cut at the commit: the oldest unassigned rows, at most `batch_max` of them.
+    let cut = s.unacked_batches().unwrap();
+    assert_eq!(cut.len(), 1, "the commit cut one batch");
+    let b = s.load_batch(cut[0]).unwrap().unwrap();
+    let seqs: Vec<u64> = b.items.iter().map(Item::seq).collect();
+    assert_eq!(seqs, vec![*r0.start(), *r1.start()]);
+    // The offer is used up: the next commit cuts nothing.
+    s.append(&[obs("d", mdc::SPO2, 93.0)]).unwrap();
+    assert_eq!(s.unacked_batches().unwrap(), cut);
+    // `next_batch` hands out the batch cut in the commit first, then cuts the rest itself.
+    assert_eq!(s.next_batch(10).unwrap().unwrap(), b);
+    let rest = s.next_batch(10).unwrap().unwrap();
+    assert!(rest.number > b.number);
+    let seqs: Vec<u64> = rest.items.iter().map(Item::seq).collect();
+    assert_eq!(seqs.len(), 2, "{seqs:?}");
+    assert_eq!(*seqs.last().unwrap(), *r1.end() + 1);
+    assert!(s.next_batch(10).unwrap().is_none());
+}
+
+#[test]
+fn a_withdrawn_offer_cuts_nothing_and_a_check_saying_no_keeps_the_offer() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    s.offer_cut(10, None);
+    s.withdraw_cut();
+    s.append(&[obs("d", mdc::SPO2, 90.0)]).unwrap();
+    assert!(s.unacked_batches().unwrap().is_empty());
+    // The check (the uplink's: the clock changed its synchronisation since the last poll) says
+    // no: the commit leaves the cut to the uplink and the offer stays for a later commit.
+    let settled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s2 = settled.clone();
+    s.offer_cut(
+        10,
+        Some(std::sync::Arc::new(move || {
+            s2.load(std::sync::atomic::Ordering::Relaxed)
+        })),
+    );
+    s.append(&[obs("d", mdc::SPO2, 91.0)]).unwrap();
+    assert!(s.unacked_batches().unwrap().is_empty());
+    settled.store(true, std::sync::atomic::Ordering::Relaxed);
+    s.append(&[obs("d", mdc::SPO2, 92.0)]).unwrap();
+    let b = s.next_batch(10).unwrap().unwrap();
+    assert_eq!(b.items.len(), 3, "the kept offer cuts all three rows");
+    s.append(&[obs("d", mdc::SPO2, 93.0)]).unwrap();
+    assert_eq!(s.unacked_batches().unwrap(), vec![b.number], "used up");
+}
+
+/// A batch cut in a commit and not handed out before the session ended is re-sent by the next
+/// session (`resume`) and not handed out a second time by `next_batch`; after a restart too.
+#[test]
+fn a_batch_cut_in_a_commit_is_re_sent_once_by_the_next_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    s.offer_cut(10, None);
+    s.append(&[obs("d", mdc::SPO2, 90.0)]).unwrap();
+    s.offer_cut(10, None); // a new offer: withdrawn by `resume`
+    let cut = s.unacked_batches().unwrap();
+    assert_eq!(s.resume().unwrap(), cut);
+    s.append(&[obs("d", mdc::SPO2, 91.0)]).unwrap();
+    let next = s.next_batch(10).unwrap().unwrap();
+    assert!(!cut.contains(&next.number), "not handed out twice");
+    assert_eq!(next.items.len(), 1);
+    assert_eq!(s.unacked_batches().unwrap(), vec![cut[0], next.number]);
+    // After a restart nothing is pending in memory; the file lists both.
+    s.offer_cut(10, None);
+    s.append(&[obs("d", mdc::SPO2, 92.0)]).unwrap();
+    let all = s.unacked_batches().unwrap();
+    assert_eq!(all.len(), 3);
+    drop(s);
+    let s = open(&dir);
+    assert_eq!(s.resume().unwrap(), all);
+    assert!(s.next_batch(10).unwrap().is_none());
+}
+
+/// The ack's delete is committed without its own fsync and the connection is `FULL` again
+/// afterwards (every append keeps its fsync); the rows are gone at once for this process and for
+/// another connection (a `kill -9` loses nothing that was written; only a power cut before the
+/// next `FULL` commit can bring the batch back, to be re-sent).
+#[test]
+fn an_ack_deletes_at_once_and_leaves_the_connection_fully_synchronous() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    assert_eq!(s.synchronous_now(), 2);
+    s.append(&[obs("d", mdc::SPO2, 90.0), obs("d", mdc::SPO2, 91.0)])
+        .unwrap();
+    let b = s.next_batch(10).unwrap().unwrap();
+    s.append(&[obs("d", mdc::SPO2, 92.0)]).unwrap();
+    assert!(s.ack(b.number).unwrap());
+    assert_eq!(s.synchronous_now(), 2, "FULL again after the ack");
+    assert!(!s.ack(b.number).unwrap());
+    assert_eq!(s.synchronous_now(), 2, "FULL again after an unknown ack");
+    assert_eq!(s.queued(), 1);
+    let other = read_stats(s.path()).unwrap();
+    assert_eq!((other.queued, other.unacked_batches), (1, 0));
+    // A store opened `normal` stays `normal`.
+    let dir2 = tempfile::tempdir().unwrap();
+    let n = Store::open(
+        &dir2.path().join("store.db"),
+        StoreOptions {
+            synchronous: Synchronous::Normal,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap()
+    .0;
+    n.append(&[obs("d", mdc::SPO2, 90.0)]).unwrap();
+    let b = n.next_batch(10).unwrap().unwrap();
+    assert!(n.ack(b.number).unwrap());
+    assert_eq!(n.synchronous_now(), 1);
+}
+
 fn located(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
     pairs
         .iter()
@@ -697,4 +822,34 @@ fn a_version_4_store_is_upgraded_with_its_queue_and_unacked_batches() {
     let last = s.next_batch(10).unwrap().unwrap();
     assert_eq!(last.items[0].seq(), *r.start());
     assert_eq!(last.locations["serial:a"], "ward-7/bed-12");
+}
+
+/// A batch cut in the writer's commit follows the same rules as one cut by `next_batch`: it ends
+/// where a device's location changes (the rows after it wait for the next cut) and carries the
+/// locations its rows were committed with.
+#[test]
+fn a_cut_in_the_commit_ends_at_a_location_change_and_carries_the_locations() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    s.set_locations(located(&[("serial:a", "ward-7/bed-12")]));
+    let before = s.append(&[obs("serial:a", mdc::SPO2, 97.0)]).unwrap();
+    s.set_locations(located(&[("serial:a", "ward-8/bed-1")]));
+    s.offer_cut(10, None);
+    let after = s.append(&[obs("serial:a", mdc::SPO2, 98.0)]).unwrap();
+    let cut = s.unacked_batches().unwrap();
+    assert_eq!(cut.len(), 1);
+    let b = s.next_batch(10).unwrap().unwrap();
+    assert_eq!(b.number, cut[0], "the batch cut in the commit comes first");
+    assert_eq!(
+        b.items.iter().map(Item::seq).collect::<Vec<_>>(),
+        [*before.start()]
+    );
+    assert_eq!(b.locations["serial:a"], "ward-7/bed-12");
+    assert_eq!(s.load_batch(b.number).unwrap().unwrap(), b);
+    let rest = s.next_batch(10).unwrap().unwrap();
+    assert_eq!(
+        rest.items.iter().map(Item::seq).collect::<Vec<_>>(),
+        [*after.start()]
+    );
+    assert_eq!(rest.locations["serial:a"], "ward-8/bed-1");
 }

@@ -144,6 +144,8 @@ impl ClockWatch {
 /// when the uplink reconnects the moment the clock is set).
 pub struct SharedClock {
     inner: std::sync::Mutex<Inner>,
+    /// The source again, read without `inner`'s lock by [`Self::settled`].
+    source: ClockSource,
     tx: tokio::sync::watch::Sender<bool>,
 }
 
@@ -160,10 +162,11 @@ impl SharedClock {
     /// Starts following `source`. Blocking: reads the store's last `seq` when the clock is
     /// unsynchronised now.
     pub fn new(source: ClockSource, store: &crate::store::Store) -> std::sync::Arc<SharedClock> {
-        let watch = ClockWatch::new(source);
+        let watch = ClockWatch::new(source.clone());
         let synced = watch.synced();
         let unsynced_after_seq = if synced { None } else { store.max_seq().ok() };
         std::sync::Arc::new(SharedClock {
+            source,
             inner: std::sync::Mutex::new(Inner {
                 watch,
                 unsynced_upto_seq: unsynced_after_seq.unwrap_or(0),
@@ -176,6 +179,15 @@ impl SharedClock {
     /// Whether the clock is synchronised (as of the last poll).
     pub fn synced(&self) -> bool {
         *self.tx.borrow()
+    }
+
+    /// Whether the source says what the last poll saw (no synchronisation, or loss of it, waits
+    /// for the next [`Self::poll`]): rows may then be cut into a batch without that poll, as the
+    /// writer's commit does ([`crate::store::Store::offer_cut`]). Reads the source (one
+    /// `adjtimex(2)` or `stat(2)`), never `inner`'s lock: the store calls it with its connection
+    /// locked, and `poll` locks the connection with `inner` held.
+    pub fn settled(&self) -> bool {
+        self.source.synced() == self.synced()
     }
 
     /// A receiver that follows [`Self::synced`] (for `AdapterContext::clock_synced`).
@@ -214,12 +226,12 @@ impl SharedClock {
                         log::warn!("clock synchronised, but correcting buffered rows failed: {e}")
                     }
                 }
-                let _ = self.tx.send(true);
+                self.tx.send_replace(true);
             }
             ClockChange::Unsynced => {
                 inner.unsynced_after_seq = store.max_seq().ok();
                 inner.unsynced_upto_seq = inner.unsynced_after_seq.unwrap_or(0);
-                let _ = self.tx.send(false);
+                self.tx.send_replace(false);
                 log::warn!("the system clock is no longer synchronised; observations are stamped `unsynced`");
             }
         }
@@ -273,5 +285,31 @@ mod tests {
     fn the_kernel_query_answers() {
         // Whatever this machine's state, the query itself works without privileges here.
         assert!(kernel_synced().is_some());
+    }
+
+    /// The writer's commit cuts an offered batch only while the source says what the last poll
+    /// saw (`settled`); a synchronisation waits for the uplink's poll, which corrects rows first.
+    #[test]
+    fn settled_until_the_source_changes_and_again_after_the_poll() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = crate::store::Store::open(
+            &dir.path().join("store.db"),
+            crate::store::StoreOptions::default(),
+        )
+        .unwrap();
+        let flag = dir.path().join("synced");
+        let clock = SharedClock::new(ClockSource::File(flag.clone()), &store);
+        assert!(!clock.synced() && clock.settled());
+        std::fs::write(&flag, b"").unwrap();
+        assert!(!clock.settled(), "synchronised since the last poll");
+        assert!(matches!(
+            clock.poll(&store),
+            Some(ClockChange::Synced { .. })
+        ));
+        assert!(clock.synced() && clock.settled());
+        std::fs::remove_file(&flag).unwrap();
+        assert!(!clock.settled());
+        clock.poll(&store);
+        assert!(clock.settled());
     }
 }

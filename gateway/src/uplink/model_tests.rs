@@ -10,7 +10,10 @@
 //! What `session.rs` does around them is reproduced here step by step: a publish is recorded in
 //! the tracker right after `try_publish` succeeded, never after it failed (the request channel
 //! is small so that it fills); `fill`'s window and re-send rules; the session's start (`online`,
-//! the retained payloads, `Store::unacked_batches`).
+//! the retained payloads, `Store::resume`); since issue 11 also the cut offer (`fill` withdraws it
+//! and offers a cut in the writer's next commit when it finds nothing to send), so a batch may be
+//! cut by an `Append` step, and must then be handed out once, as cut, or re-sent by the next
+//! session.
 //!
 //! Checked after every step: the rows in the file are exactly those accepted minus those of the
 //! batches acknowledged *by an ack of their own*: a PUBACK for the packet id their own PUBLISH was
@@ -162,6 +165,8 @@ struct Model {
     written: Vec<u64>,
     /// Batches acknowledged by an ack of their own.
     own_acked: BTreeSet<u64>,
+    /// Batches `next_batch` handed out (each at most once, ever).
+    handed_out: BTreeSet<u64>,
 }
 
 fn open(path: &Path) -> Store {
@@ -207,6 +212,7 @@ impl Model {
             cut: BTreeMap::new(),
             written: Vec::new(),
             own_acked: BTreeSet::new(),
+            handed_out: BTreeSet::new(),
         };
         m.new_session(1);
         m
@@ -227,7 +233,10 @@ impl Model {
             .expect("an empty channel takes `online`");
         s.tracker.other();
         self.publish_others(retained);
-        self.session.resend = self.store.unacked_batches().unwrap().into();
+        // The old session's end withdrew its cut offer; the new one re-sends every batch, those
+        // cut in a commit and never handed out included.
+        self.store.withdraw_cut();
+        self.session.resend = self.store.resume().unwrap().into();
     }
 
     /// As `publish_retained`: each queued publish recorded, the rest left when the channel is full.
@@ -243,8 +252,10 @@ impl Model {
         }
     }
 
-    /// One round of `fill`'s loop.
+    /// One round of `fill`'s loop (it withdraws the cut offer first, and offers a cut in the
+    /// writer's next commit when it finds nothing to send, as `session.rs` does).
     fn fill(&mut self) {
+        self.store.withdraw_cut();
         let s = &mut self.session;
         if !(s.tracker.len() < usize::from(MAX_INFLIGHT)
             || s.resend.front().is_some_and(|n| s.tracker.contains(*n)))
@@ -257,11 +268,21 @@ impl Model {
             None => self.store.next_batch(BATCH_MAX).unwrap(),
         };
         let Some(batch) = batch else {
+            if again.is_none() {
+                self.store.offer_cut(BATCH_MAX, None);
+            }
             return; // nothing pending, or the re-send was acknowledged meanwhile
         };
         if again.is_none() {
-            let seqs = batch.items.iter().map(|i| i.seq()).collect();
-            assert!(self.cut.insert(batch.number, seqs).is_none());
+            let seqs: Vec<u64> = batch.items.iter().map(|i| i.seq()).collect();
+            assert!(
+                self.handed_out.insert(batch.number),
+                "next_batch handed out batch {} twice",
+                batch.number
+            );
+            // A batch cut in a commit is handed out as it was cut.
+            let was = self.cut.entry(batch.number).or_insert_with(|| seqs.clone());
+            assert_eq!(*was, seqs, "batch {} changed after its cut", batch.number);
         }
         let s = &mut self.session;
         if s.try_publish(BATCHES, batch.number.to_be_bytes().to_vec())
@@ -383,6 +404,15 @@ impl Model {
                 let rows: Vec<_> = (0..n).map(|i| observation(90.0 + i as f64)).collect();
                 let seqs = self.store.append(&rows).unwrap();
                 self.appended.extend(seqs);
+                // A commit may have cut a batch (the session offered it): record it now, it may
+                // be acknowledged after a re-send without ever being handed out by next_batch.
+                for n in self.store.unacked_batches().unwrap() {
+                    if !self.cut.contains_key(&n) {
+                        let b = self.store.load_batch(n).unwrap().unwrap();
+                        self.cut
+                            .insert(n, b.items.iter().map(|i| i.seq()).collect());
+                    }
+                }
             }
             Step::Fill => self.fill(),
             Step::Other => self.publish_others(1),
@@ -568,7 +598,9 @@ fn broker_mode_status_puback_then_link_loss_loses_nothing() {
 /// - batches fill up under load (adaptive batching): every batch holds
 ///   `min(rows pending when it was cut, batch_max)` rows, never more than `batch_max`;
 /// - while draining for a rotation no new batch is cut;
-/// - every committed row is in exactly one batch or still pending.
+/// - every committed row is in exactly one batch or still pending;
+/// - a commit on an idle session (the last fill found nothing) cuts the batch itself, in its own
+///   transaction, and a commit on a busy or draining one cuts nothing (adaptive batching).
 mod send_at_once {
     use super::*;
     use crate::uplink::session::{fills_on, FillEnd, Trigger};
@@ -620,7 +652,8 @@ mod send_at_once {
         /// there is a backlog, and the first tick (a tokio interval fires at once).
         fn start_session(&mut self) {
             self.in_flight.clear();
-            self.resend = self.store.unacked_batches().unwrap().into();
+            self.store.withdraw_cut(); // the old session's end
+            self.resend = self.store.resume().unwrap().into();
             self.window = if self.resend.is_empty() { WINDOW } else { 1 };
             self.draining = false;
             self.last = FillEnd::Empty;
@@ -634,8 +667,9 @@ mod send_at_once {
             }
         }
 
-        /// As `Uplink::fill`.
+        /// As `Uplink::fill`: the cut offer withdrawn first, made again when nothing is pending.
         fn fill(&mut self) -> FillEnd {
+            self.store.withdraw_cut();
             loop {
                 let resend_in_flight = self
                     .resend
@@ -653,6 +687,7 @@ mod send_at_once {
                     if again.is_some() {
                         continue;
                     }
+                    self.store.offer_cut(MAX, None);
                     return FillEnd::Empty;
                 };
                 if again.is_none() {
@@ -680,9 +715,24 @@ mod send_at_once {
                             observation(self.value)
                         })
                         .collect();
+                    let idle = self.last == FillEnd::Empty && !self.draining;
+                    let before = self.store.unacked_batches().unwrap();
                     self.store.append(&rows).unwrap();
                     self.pending += n;
                     self.committed += n;
+                    let after = self.store.unacked_batches().unwrap();
+                    if idle {
+                        // Idle: the commit itself cut the batch (one fsync before publish).
+                        assert_eq!(after.len(), before.len() + 1, "no cut in the idle commit");
+                        let b = self
+                            .store
+                            .load_batch(*after.last().unwrap())
+                            .unwrap()
+                            .unwrap();
+                        assert_eq!(b.items.len(), self.pending.min(MAX));
+                    } else {
+                        assert_eq!(after, before, "a commit cut a batch with no offer");
+                    }
                     self.on(Trigger::Commit);
                 }
                 Ev::Ack(i) => {
@@ -695,7 +745,10 @@ mod send_at_once {
                     self.on(Trigger::Acked);
                 }
                 Ev::Tick => self.on(Trigger::Tick),
-                Ev::Drain => self.draining = true,
+                Ev::Drain => {
+                    self.draining = true;
+                    self.store.withdraw_cut();
+                }
                 Ev::Reconnect => self.start_session(),
             }
         }

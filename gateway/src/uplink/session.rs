@@ -83,6 +83,16 @@ pub(super) fn fills_on(
     }
 }
 
+/// Withdraws the store's cut offer when the session ends, however it ends: a disconnected
+/// uplink must not have commits cut batches (they would pile up as one-commit batches).
+struct WithdrawCut<'a>(&'a crate::store::Store);
+
+impl Drop for WithdrawCut<'_> {
+    fn drop(&mut self) {
+        self.0.withdraw_cut();
+    }
+}
+
 /// How a session ended without an error.
 pub(super) enum SessionEnd {
     /// Shutdown was requested.
@@ -165,7 +175,10 @@ impl Uplink {
         self.publish_retained(&client, &signer, &mut tracker, &mut published)?;
         let mut retained_rx = self.retained.clone();
         let store = self.store.clone();
-        let mut resend: VecDeque<u64> = blocking(move || store.unacked_batches()).await?.into();
+        // Every unacknowledged batch, those cut in a commit of an earlier session and never
+        // handed out included; no commit cuts a batch until this session offers it.
+        let mut resend: VecDeque<u64> = blocking(move || store.resume()).await?.into();
+        let _withdraw = WithdrawCut(&self.store);
         // A session that starts with a backlog probes the link: its window opens at one batch
         // and widens by one per acknowledged batch, up to `max_inflight`. Bursting a whole
         // window of re-sends into a link that dies every few packets would lose every ack each
@@ -213,6 +226,7 @@ impl Uplink {
                         if c.has_pending() {
                             log::info!("uplink: new certificate pending; reconnecting once the {} batches in flight are acknowledged", tracker.len());
                             draining = Some(Instant::now());
+                            self.store.withdraw_cut();
                         }
                     }
                 }
@@ -403,6 +417,21 @@ impl Uplink {
         topic: &str,
         window: usize,
     ) -> Result<FillEnd, SessionError> {
+        // A commit cuts a batch only while this session is idle with room (offered at `Empty`).
+        self.store.withdraw_cut();
+        self.fill_window(client, signer, tracker, resend, topic, window)
+            .await
+    }
+
+    async fn fill_window(
+        &self,
+        client: &AsyncClient,
+        signer: &Arc<Signer>,
+        tracker: &mut InflightTracker,
+        resend: &mut VecDeque<u64>,
+        topic: &str,
+        window: usize,
+    ) -> Result<FillEnd, SessionError> {
         // Re-sending a batch that is already in flight does not widen the window.
         while tracker.len() < window || resend.front().is_some_and(|n| tracker.contains(*n)) {
             let store = self.store.clone();
@@ -453,6 +482,15 @@ impl Uplink {
                 if again.is_some() {
                     continue; // acknowledged meanwhile
                 }
+                // Idle with room in the window: the writer's next commit cuts the batch in its
+                // own transaction (one fsync before publish instead of two), unless the clock's
+                // synchronisation changed since the poll above (its rows are corrected here,
+                // right before a cut).
+                let check = self
+                    .clock
+                    .clone()
+                    .map(|c| -> crate::store::CutCheck { Arc::new(move || c.settled()) });
+                self.store.offer_cut(self.settings.batch_max, check);
                 return Ok(FillEnd::Empty);
             };
             if client
