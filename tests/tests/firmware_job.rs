@@ -629,10 +629,9 @@ acme = ["serial:bed12", "bed14", "a0:9e:1a:12:34:56"]
     );
     assert_eq!(o.code(), Some(0), "{o:?}");
     assert_eq!(refused(&dir.join("other.cose")), "unknown_class");
-    // `-o` naming the image would overwrite it: refused (usage), the image untouched.
-    let before = std::fs::read(&img).unwrap();
-    let o = wardgate(
-        &[
+    // `firmware job` of the image for class acme at seq 10, signed with `cert`/`key`, and `extra`.
+    let job_of_img = |cert: &Path, key: &Path, extra: &[&std::ffi::OsStr]| {
+        let mut args = vec![
             os("firmware"),
             os("job"),
             os("--image"),
@@ -644,37 +643,21 @@ acme = ["serial:bed12", "bed14", "a0:9e:1a:12:34:56"]
             os("--seq"),
             os("10"),
             os("--cert"),
-            fw.cert.as_os_str(),
+            cert.as_os_str(),
             os("--key"),
-            fw.key.as_os_str(),
-            os("-o"),
-            img.as_os_str(),
-        ],
-        dir,
-    );
+            key.as_os_str(),
+        ];
+        args.extend_from_slice(extra);
+        wardgate(&args, dir)
+    };
+    // `-o` naming the image would overwrite it: refused (usage), the image untouched.
+    let before = std::fs::read(&img).unwrap();
+    let o = job_of_img(&fw.cert, &fw.key, &[os("-o"), img.as_os_str()]);
     assert_eq!(o.code(), Some(2), "{o:?}");
     assert!(o.stderr.contains("is one of the job's inputs"), "{o:?}");
     assert_eq!(std::fs::read(&img).unwrap(), before);
     // A gateway certificate cannot make a job: the tool refuses (usage, exit 2).
-    let o = wardgate(
-        &[
-            os("firmware"),
-            os("job"),
-            os("--image"),
-            img.as_os_str(),
-            os("--url"),
-            os("https://x.example/a"),
-            os("--class"),
-            os("acme"),
-            os("--seq"),
-            os("9"),
-            os("--cert"),
-            gw.cert.as_os_str(),
-            os("--key"),
-            gw.key.as_os_str(),
-        ],
-        dir,
-    );
+    let o = job_of_img(&gw.cert, &gw.key, &[]);
     assert_eq!(o.code(), Some(2), "{o:?}");
     assert!(o.stderr.contains("not a firmware signer"), "{o:?}");
     // None of the refused jobs left a trace; the accepted one is there.
