@@ -342,8 +342,29 @@ fn insert_rows_one_by_one(
     Ok(())
 }
 
+/// Cuts a JSON-lines file back to its last newline when it ends inside a line (a crash or a
+/// full disk during a write; the batch of that line was never acknowledged, since the ack
+/// follows the fsync). Returns the bytes dropped (0 when the file ends with a newline, is
+/// empty or does not exist).
+fn drop_torn_tail(path: &std::path::Path) -> std::io::Result<u64> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    if bytes.last().is_none_or(|b| *b == b'\n') {
+        return Ok(0);
+    }
+    let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let f = std::fs::OpenOptions::new().write(true).open(path)?;
+    f.set_len(keep as u64)?;
+    f.sync_data()?;
+    Ok((bytes.len() - keep) as u64)
+}
+
 impl Output {
-    /// Opens `sqlite:PATH` or `jsonl:PATH`.
+    /// Opens `sqlite:PATH` or `jsonl:PATH`. A JSON-lines file that ends inside a line (a write
+    /// cut short) is first cut back to its last complete line.
     pub fn open(spec: &str) -> anyhow::Result<Output> {
         let (kind, path) = spec
             .split_once(':')
@@ -357,7 +378,17 @@ impl Output {
             "jsonl" => {
                 let mut seen: HashMap<String, HashSet<u64>> = HashMap::new();
                 let mut batches = HashSet::new();
-                if let Ok(text) = std::fs::read_to_string(&path) {
+                let torn = drop_torn_tail(&path)?;
+                if torn > 0 {
+                    log::warn!(
+                        "output {}: dropped a torn last line ({torn} bytes without a newline: a \
+                         write cut short by a crash or a full disk); its batch was never \
+                         acknowledged and is stored again when the gateway sends it again",
+                        path.display()
+                    );
+                }
+                if let Ok(bytes) = std::fs::read(&path) {
+                    let text = String::from_utf8_lossy(&bytes);
                     for line in text.lines() {
                         if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
                             let gw = v["gateway"].as_str().unwrap_or_default().to_owned();
@@ -458,8 +489,13 @@ impl Output {
                         w.events += 1;
                     }
                 }
-                file.write_all(&out)?;
-                file.sync_data()?;
+                // A write that fails half-way must not leave half a line for the next batch's
+                // first line to be glued to: the file goes back to where it was.
+                let before = file.metadata()?.len();
+                if let Err(e) = file.write_all(&out).and_then(|()| file.sync_data()) {
+                    let _ = file.set_len(before);
+                    return Err(e.into());
+                }
                 // Only now is it durable: a failed write leaves the dedup sets as they were, so
                 // the redelivered batch is written again.
                 batches.insert((p.gateway.clone(), p.batch));
@@ -870,5 +906,38 @@ mod tests {
             .write(&batch(1, vec![obs(1, f64::NAN), obs(2, 5.0)]))
             .unwrap();
         assert_eq!((w.per_device.len(), w.events, w.duplicate), (0, 0, true));
+    }
+
+    #[test]
+    fn a_torn_last_jsonl_line_is_dropped_at_open_and_the_batch_is_written_again_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("up.jsonl");
+        let spec = format!("jsonl:{}", path.display());
+        let mut out = Output::open(&spec).unwrap();
+        out.write(&batch(1, vec![obs(1, 97.0)])).unwrap();
+        drop(out);
+        let whole = std::fs::read(&path).unwrap();
+        // Batch 2's line cut short by a crash (never acknowledged), with half a UTF-8 character.
+        let mut torn = whole.clone();
+        torn.extend_from_slice(b"{\"batch\":2,\"code\":150456,\"device\":\"\xc3");
+        std::fs::write(&path, &torn).unwrap();
+        let mut out = Output::open(&spec).unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            whole,
+            "cut back to the last newline"
+        );
+        // Batch 1 is still known (the dedup index survived the torn UTF-8); batch 2 comes again.
+        let w = out.write(&batch(1, vec![obs(1, 97.0)])).unwrap();
+        assert!(w.duplicate && w.per_device.is_empty());
+        out.write(&batch(2, vec![obs(2, 96.0)])).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let seqs: Vec<u64> = lines.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, [1, 101, 2, 102], "every line parses, each row once");
+        assert_eq!(drop_torn_tail(&d.path().join("absent.jsonl")).unwrap(), 0);
     }
 }
