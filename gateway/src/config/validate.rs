@@ -220,12 +220,17 @@ pub fn check_location(s: &str) -> Result<(), String> {
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/')))
     {
         return Err(format!(
-            "location `{s}` contains {c:?}; use letters, digits, `.`, `_`, `-` in `/`-separated parts, e.g. \"ward-7/bed-12\""
+            "location `{s}` contains {c:?}; use ASCII letters (A-Z, a-z), digits, `.`, `_`, `-` in `/`-separated parts, e.g. \"ward-7/bed-12\""
         ));
     }
     if s.split('/').any(str::is_empty) {
         return Err(format!(
             "location `{s}` has an empty part (a leading, trailing or doubled `/`)"
+        ));
+    }
+    if s.split('/').any(|p| p.chars().all(|c| c == '.')) {
+        return Err(format!(
+            "location `{s}` has a part made only of dots; name the ward, room or bed"
         ));
     }
     Ok(())
@@ -899,6 +904,11 @@ mod tests {
             .unwrap_err()
             .contains("empty part"));
         assert!(check_location("a//b").unwrap_err().contains("empty part"));
+        assert!(check_location("..").unwrap_err().contains("only of dots"));
+        assert!(check_location("ward-7/./bed-1")
+            .unwrap_err()
+            .contains("only of dots"));
+        assert_eq!(check_location("ward.7/bed-1.a"), Ok(()));
         assert!(check_location("/a").unwrap_err().contains("empty part"));
         assert!(check_location("chambre-\u{e9}").is_err());
         let ok = "[[serial]]\nname = \"a\"\npath = \"/dev/serial/by-id/x\"\nprotocol = \"cms50\"\nlocation = \"ward-7/bed-12\"\n";
