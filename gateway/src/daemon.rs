@@ -252,11 +252,9 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
             stale: Duration::from_secs(e.stale_after_s.unwrap_or(10)),
             offline: Duration::from_secs(e.offline_after_s.unwrap_or(60)),
         };
-        let mut ids = e.device_ids();
-        if !e.devices.is_empty() {
-            ids.insert(0, e.device_id());
-        }
-        tracked.extend(ids.into_iter().map(|id| (id.0, thresholds)));
+        // A plug-in with `devices` is not a device itself: its liveness is its devices' (and
+        // the adapter's running/restarts/problems), not an `exec:NAME` that never reads.
+        tracked.extend(e.device_ids().into_iter().map(|id| (id.0, thresholds)));
     }
     for d in cfg.ble.iter().flat_map(|b| b.devices.iter()) {
         if let Ok(a) = wardgate_adapters::ble::config::Address::parse(&d.address) {
