@@ -572,7 +572,7 @@ mod tests {
         // Lines: GW 1-5, UP 6-11, ble 12-17.
         assert_eq!(
             errors_at(&format!("{GW}{UP}{ble}")),
-            ["17:12: location `ward-7/bed 12` contains ' '; use letters, digits, `.`, `_`, `-` in `/`-separated parts, e.g. \"ward-7/bed-12\""]
+            ["17:12: location `ward-7/bed 12` contains ' '; use ASCII letters (A-Z, a-z), digits, `.`, `_`, `-` in `/`-separated parts, e.g. \"ward-7/bed-12\""]
         );
         let ok = ble.replace("bed 12", "bed-12");
         assert!(errors_at(&format!("{GW}{UP}{ok}")).is_empty());
