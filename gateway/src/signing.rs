@@ -132,13 +132,7 @@ pub const MAX_FILE_BYTES: u64 = 4 << 20;
 pub fn read_regular_file(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
-    let meta = std::fs::metadata(path)?;
-    if !meta.is_file() {
-        return Err(invalid(format!(
-            "not a regular file (a {}); give the path of the file itself",
-            file_kind(&meta.file_type())
-        )));
-    }
+    regular_file(path)?;
     let mut bytes = Vec::new();
     std::fs::File::open(path)?
         .take(max + 1)
@@ -147,6 +141,22 @@ pub fn read_regular_file(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
         return Err(invalid(format!("larger than {max} bytes")));
     }
     Ok(bytes)
+}
+
+/// The metadata of `path` when it is a regular file; otherwise an `InvalidInput` error saying
+/// what it is instead ("not a regular file (a FIFO)"), without opening it (a FIFO would block).
+pub fn regular_file(path: &Path) -> std::io::Result<std::fs::Metadata> {
+    let meta = std::fs::metadata(path)?;
+    if meta.is_file() {
+        return Ok(meta);
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!(
+            "not a regular file (a {}); give the path of the file itself",
+            file_kind(&meta.file_type())
+        ),
+    ))
 }
 
 /// What a file that is not a regular file is, in words.

@@ -264,20 +264,7 @@ fn ca_certificates(out: &mut Vec<Problem>, at: KeyPath, path: &Path, certs_key: 
 /// when unreadable.
 fn exists(out: &mut Vec<Problem>, at: KeyPath, path: &Path) {
     // A FIFO would block the open; only a regular file is a revocation list.
-    let regular = |m: std::fs::Metadata| {
-        if m.is_file() {
-            Ok(())
-        } else {
-            Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "not a regular file",
-            ))
-        }
-    };
-    match std::fs::metadata(path)
-        .and_then(regular)
-        .and_then(|_| std::fs::File::open(path))
-    {
+    match crate::signing::regular_file(path).and_then(|_| std::fs::File::open(path)) {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => out.push(Problem::warning(
             at,

@@ -342,24 +342,26 @@ fn insert_rows_one_by_one(
     Ok(())
 }
 
-/// Cuts a JSON-lines file back to its last newline when it ends inside a line (a crash or a
-/// full disk during a write; the batch of that line was never acknowledged, since the ack
-/// follows the fsync). Returns the bytes dropped (0 when the file ends with a newline, is
-/// empty or does not exist).
-fn drop_torn_tail(path: &std::path::Path) -> std::io::Result<u64> {
-    let bytes = match std::fs::read(path) {
+/// Reads a JSON-lines file, cut back to its last newline when it ends inside a line (a crash
+/// or a full disk during a write; the batch of that line was never acknowledged, since the ack
+/// follows the fsync). Returns the complete lines and the bytes dropped (0 when the file ends
+/// with a newline, is empty or does not exist).
+fn read_dropping_torn_tail(path: &std::path::Path) -> std::io::Result<(Vec<u8>, u64)> {
+    let mut bytes = match std::fs::read(path) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
         Err(e) => return Err(e),
     };
     if bytes.last().is_none_or(|b| *b == b'\n') {
-        return Ok(0);
+        return Ok((bytes, 0));
     }
     let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
     let f = std::fs::OpenOptions::new().write(true).open(path)?;
     f.set_len(keep as u64)?;
     f.sync_data()?;
-    Ok((bytes.len() - keep) as u64)
+    let torn = (bytes.len() - keep) as u64;
+    bytes.truncate(keep);
+    Ok((bytes, torn))
 }
 
 impl Output {
@@ -378,7 +380,7 @@ impl Output {
             "jsonl" => {
                 let mut seen: HashMap<String, HashSet<u64>> = HashMap::new();
                 let mut batches = HashSet::new();
-                let torn = drop_torn_tail(&path)?;
+                let (bytes, torn) = read_dropping_torn_tail(&path)?;
                 if torn > 0 {
                     log::warn!(
                         "output {}: dropped a torn last line ({torn} bytes without a newline: a \
@@ -387,17 +389,15 @@ impl Output {
                         path.display()
                     );
                 }
-                if let Ok(bytes) = std::fs::read(&path) {
-                    let text = String::from_utf8_lossy(&bytes);
-                    for line in text.lines() {
-                        if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
-                            let gw = v["gateway"].as_str().unwrap_or_default().to_owned();
-                            if let Some(seq) = v["seq"].as_u64() {
-                                seen.entry(gw.clone()).or_default().insert(seq);
-                            }
-                            if let Some(b) = v["batch"].as_u64() {
-                                batches.insert((gw, b));
-                            }
+                let text = String::from_utf8_lossy(&bytes);
+                for line in text.lines() {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+                        let gw = v["gateway"].as_str().unwrap_or_default().to_owned();
+                        if let Some(seq) = v["seq"].as_u64() {
+                            seen.entry(gw.clone()).or_default().insert(seq);
+                        }
+                        if let Some(b) = v["batch"].as_u64() {
+                            batches.insert((gw, b));
                         }
                     }
                 }
@@ -938,6 +938,9 @@ mod tests {
             .collect();
         let seqs: Vec<u64> = lines.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
         assert_eq!(seqs, [1, 101, 2, 102], "every line parses, each row once");
-        assert_eq!(drop_torn_tail(&d.path().join("absent.jsonl")).unwrap(), 0);
+        assert_eq!(
+            read_dropping_torn_tail(&d.path().join("absent.jsonl")).unwrap(),
+            (Vec::new(), 0)
+        );
     }
 }
