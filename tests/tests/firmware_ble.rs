@@ -185,6 +185,19 @@ acme = [{class}]
         mqtt::publish_retained(&self.env, &format!("{}/firmware/job", prefix()), job).unwrap();
     }
 
+    /// An update of device `id` to 2.0.0 (an image of `size` body bytes, served, job `job_id`
+    /// seq 1) published retained, with a watcher of the firmware topics started first. Returns
+    /// the image's length and the watcher.
+    fn publish_update(&self, job_id: &str, id: &str, size: usize) -> (u64, Watcher) {
+        let image = self.image("new", "2.0.0", size);
+        let len = std::fs::metadata(&image).unwrap().len();
+        let url = self.serve(&image, "acme/vitals-2.0.0.bin");
+        let job = self.job(job_id, 1, &image, &url, &[id.to_owned()]);
+        let watch = Watcher::start(&self.env, &format!("{}/firmware/#", prefix())).unwrap();
+        self.publish_job(&job);
+        (len, watch)
+    }
+
     fn gateway(&self) -> Proc {
         self.env
             .spawn_gateway_with_env(
@@ -694,16 +707,11 @@ fn relay_updates_a_bonded_ble_device_while_its_readings_flow() {
             ..SmpDeviceOptions::default()
         },
     );
-    let image = w.image("new", "2.0.0", 240_000);
-    let len = std::fs::metadata(&image).unwrap().len();
-    let url = w.serve(&image, "acme/vitals-2.0.0.bin");
-    let job = w.job("fw-ble", 1, &image, &url, std::slice::from_ref(&id));
     let mut receiver = w
         .env
         .start_receiver(&wardgate_e2e::env::ReceiverOptions::default())
         .unwrap();
-    let watch = Watcher::start(&w.env, &format!("{}/firmware/#", prefix())).unwrap();
-    w.publish_job(&job);
+    let (len, watch) = w.publish_update("fw-ble", &id, 240_000);
     let mut gw = w.gateway();
     // During the upload the device measures: three heart rates, notified while the image is
     // still on its way.
@@ -854,12 +862,7 @@ fn a_link_lost_at_half_the_image_resumes_at_the_devices_offset() {
         },
     );
     sim.set_mtu(DEV, 64);
-    let image = w.image("new", "2.0.0", 160_000);
-    let len = std::fs::metadata(&image).unwrap().len();
-    let url = w.serve(&image, "acme/vitals-2.0.0.bin");
-    let job = w.job("fw-ble-ll", 1, &image, &url, std::slice::from_ref(&id));
-    let watch = Watcher::start(&w.env, &format!("{}/firmware/#", prefix())).unwrap();
-    w.publish_job(&job);
+    let (len, watch) = w.publish_update("fw-ble-ll", &id, 160_000);
     let mut gw = w.gateway();
     wait_offset(
         &model,
@@ -937,12 +940,7 @@ fn a_gateway_killed_mid_upload_resumes_over_ble() {
         },
     );
     sim.set_mtu(DEV, 23);
-    let image = w.image("new", "2.0.0", 100_000);
-    let len = std::fs::metadata(&image).unwrap().len();
-    let url = w.serve(&image, "acme/vitals-2.0.0.bin");
-    let job = w.job("fw-ble-k9", 1, &image, &url, std::slice::from_ref(&id));
-    let watch = Watcher::start(&w.env, &format!("{}/firmware/#", prefix())).unwrap();
-    w.publish_job(&job);
+    let (len, watch) = w.publish_update("fw-ble-k9", &id, 100_000);
     let mut gw = w.gateway();
     wait_offset(
         &model,
@@ -1030,12 +1028,7 @@ fn a_gatt_table_changed_under_the_connection_is_rediscovered_mid_upload() {
             ..SmpDeviceOptions::default()
         },
     );
-    let image = w.image("new", "2.0.0", 160_000);
-    let len = std::fs::metadata(&image).unwrap().len();
-    let url = w.serve(&image, "acme/vitals-2.0.0.bin");
-    let job = w.job("fw-ble-b18", 1, &image, &url, std::slice::from_ref(&id));
-    let watch = Watcher::start(&w.env, &format!("{}/firmware/#", prefix())).unwrap();
-    w.publish_job(&job);
+    let (len, watch) = w.publish_update("fw-ble-b18", &id, 160_000);
     let mut gw = w.gateway();
     wait_offset(
         &model,
@@ -1098,11 +1091,7 @@ silent_after_s = 3
             ..SmpDeviceOptions::default()
         },
     );
-    let image = w.image("new", "2.0.0", 20_000);
-    let url = w.serve(&image, "acme/vitals-2.0.0.bin");
-    let job = w.job("fw-ble-erase", 1, &image, &url, std::slice::from_ref(&id));
-    let watch = Watcher::start(&w.env, &format!("{}/firmware/#", prefix())).unwrap();
-    w.publish_job(&job);
+    let (_, watch) = w.publish_update("fw-ble-erase", &id, 20_000);
     let mut gw = w.gateway();
     let topic = progress_topic("fw-ble-erase", &id);
     let last = w.wait_final(&watch, &topic, Duration::from_secs(120), &gw);
